@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the Debian packages that parts of the toolkit and its tests use (JACK for the live
+# streaming test, Opus tools for the baseline, ...). Safe to re-run: only missing packages are
+# installed. Without root or apt-get it prints what is missing and returns 0, so the tests that
+# need a package skip with a message instead of failing the whole run.
+set -uo pipefail
+
+# One package per line; append what your part needs.
+PACKAGES=(
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
+    echo "system_deps: missing ${missing[*]} (need root and apt-get); the tests that use them will skip" >&2
+    exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null 2>&1 || true
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+    || echo "system_deps: apt-get install ${missing[*]} failed; the tests that use them will skip" >&2
+exit 0
