@@ -1,0 +1,235 @@
+"""Convolution layers: causal ones with a streaming step, and their non-causal twins.
+
+Module and buffer names follow the original AudioDec checkpoints (`conv`, `deconv`, `pad_buffer`)
+so that its state dicts load unchanged.
+
+Streaming: every causal layer owns its state (the last inputs it needs to see again). `step(x)`
+consumes one chunk and returns the matching output chunk; `reset_state(batch_size)` starts
+`batch_size` independent streams from the layer's `pad_buffer` (zeros in every released model).
+Feeding a signal through `step` in pieces gives exactly what one `step` over the whole signal
+gives, provided each piece is a multiple of the layer's stride.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class StreamingState:
+    """Mixin holding one layer's streaming buffer: the last `pad_length` inputs, (B, C, pad)."""
+
+    pad_buffer: torch.Tensor
+    pad_length: int
+    _state: torch.Tensor | None
+
+    def reset_state(self, batch_size: int = 1) -> None:
+        """Start `batch_size` independent streams from the stored initial buffer."""
+        self._state = self.pad_buffer.expand(batch_size, -1, -1).clone()
+
+    def clear_state(self) -> None:
+        """Leave streaming mode (the next `step` starts from the initial buffer)."""
+        self._state = None
+
+    def _push(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the state to chunk `x` (B, C, T) and keep the new tail as the next state."""
+        if self._state is None or self._state.shape[0] != x.shape[0]:
+            if self._state is not None:
+                raise RuntimeError(
+                    f"streaming batch changed from {self._state.shape[0]} to {x.shape[0]} streams; "
+                    "call reset_streaming(model, batch_size) first"
+                )
+            self.reset_state(x.shape[0])
+        if self.pad_length == 0:
+            return x
+        x = torch.cat((self._state.to(x.dtype), x), dim=-1)
+        self._state = x[:, :, -self.pad_length:]
+        return x
+
+
+class Conv1d1x1(nn.Conv1d):
+    """Pointwise 1-D convolution, (B, C_in, T) -> (B, C_out, T)."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """Streaming step: a pointwise conv has no memory."""
+        return self(x)
+
+
+class NonCausalConv1d(nn.Module):
+    """1-D convolution padded on both sides ('same' length for stride 1)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = -1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if padding < 0:
+            padding = (kernel_size - 1) // 2 * dilation
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+        self.conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+            dilation=dilation, groups=groups, bias=bias,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, T) -> (B, C_out, T // stride)."""
+        return self.conv(x)
+
+
+class CausalConv1d(StreamingState, NonCausalConv1d):
+    """1-D convolution padded on the left only: output t sees inputs <= t."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=0,
+            dilation=dilation, groups=groups, bias=bias,
+        )
+        self.pad_length = (kernel_size - 1) * dilation
+        self.register_buffer("pad_buffer", torch.zeros(1, in_channels, self.pad_length))
+        self._state = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Offline pass with zero history: (B, C_in, T) -> (B, C_out, T // stride)."""
+        return self.conv(F.pad(x, (self.pad_length, 0)))
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """Streaming step on chunk (B, C_in, T), T a multiple of the stride."""
+        return self.conv(self._push(x))
+
+
+class NonCausalConvTranspose1d(nn.Module):
+    """Transposed 1-D convolution with symmetric cropping (upsampling by `stride`)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int = -1,
+        output_padding: int = -1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if padding < 0:
+            padding = (stride + 1) // 2
+        if output_padding < 0:
+            output_padding = 1 if stride % 2 else 0
+        self.stride = stride
+        self.deconv = nn.ConvTranspose1d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+            output_padding=output_padding, groups=groups, bias=bias,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, T) -> (B, C_out, T * stride)."""
+        return self.deconv(x)
+
+
+class CausalConvTranspose1d(StreamingState, NonCausalConvTranspose1d):
+    """Causal transposed convolution (kernel 2*stride): keeps one input frame of history.
+
+    The offline pass replicates the first frame as history (as the original trains); the
+    streaming pass starts from `pad_buffer` (zeros), which is why inference warms up first.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool = True
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding=0, output_padding=0, bias=bias
+        )
+        self.pad_length = math.ceil(kernel_size / stride) - 1
+        self.register_buffer("pad_buffer", torch.zeros(1, in_channels, self.pad_length))
+        self._state = None
+
+    def _crop(self, y: torch.Tensor) -> torch.Tensor:
+        return y[:, :, self.stride:-self.stride]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Offline pass: (B, C_in, T) -> (B, C_out, T * stride)."""
+        return self._crop(self.deconv(F.pad(x, (self.pad_length, 0), mode="replicate")))
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """Streaming step: (B, C_in, T) -> (B, C_out, T * stride)."""
+        return self._crop(self.deconv(self._push(x)))
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class NonCausalConv2d(nn.Module):
+    """2-D convolution padded on all sides ('same' size for stride 1)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = -1,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        kernel, dil = _pair(kernel_size), _pair(dilation)
+        if isinstance(padding, int) and padding < 0:
+            padding = ((kernel[0] - 1) // 2 * dil[0], (kernel[1] - 1) // 2 * dil[1])
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel, stride=stride, padding=padding,
+            dilation=dil, groups=groups, bias=bias,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H', W')."""
+        return self.conv(x)
+
+
+class Conv2d1x1(nn.Conv2d):
+    """Pointwise 2-D convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+
+def reset_streaming(model: nn.Module, batch_size: int = 1) -> None:
+    """Start `batch_size` fresh independent streams in every streaming layer of `model`."""
+    for module in model.modules():
+        if isinstance(module, StreamingState):
+            module.reset_state(batch_size)
+
+
+def clear_streaming(model: nn.Module) -> None:
+    """Drop the streaming state of every layer of `model`."""
+    for module in model.modules():
+        if isinstance(module, StreamingState):
+            module.clear_state()

@@ -1,0 +1,133 @@
+"""Residual vector quantizer with exponential-moving-average codebooks.
+
+Buffer names (`embed` (dim, size), `cluster_size` (size,), `embed_avg` (dim, size)) follow the
+original checkpoints. The arithmetic of the nearest-code search and of the straight-through
+value is kept exactly as the original computes it: the codes an official model transmits
+depend on it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VectorQuantize(nn.Module):
+    """One EMA codebook of `codebook_size` vectors of size `dim`."""
+
+    def __init__(
+        self, dim: int, codebook_size: int, decay: float = 0.8, commitment: float = 1.0, eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.decay = decay
+        self.commitment = commitment
+        self.eps = eps
+        embed = torch.randn(dim, codebook_size)
+        self.register_buffer("embed", embed)
+        self.register_buffer("cluster_size", torch.zeros(codebook_size))
+        self.register_buffer("embed_avg", embed.clone())
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The code vectors, (codebook_size, dim)."""
+        return self.embed.t()
+
+    def nearest(self, flatten: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of `flatten` (N, dim) -> (N,)."""
+        dist = (
+            flatten.pow(2).sum(1, keepdim=True)
+            - 2 * flatten @ self.embed
+            + self.embed.pow(2).sum(0, keepdim=True)
+        )
+        return (-dist).max(1).indices
+
+    def _ema_update(self, flatten: torch.Tensor, onehot: torch.Tensor) -> None:
+        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(flatten.t() @ onehot, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
+        self.embed.copy_(self.embed_avg / smoothed.unsqueeze(0))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize x (..., dim); returns (straight-through value, commitment loss, perplexity).
+
+        In training mode the codebook follows the assigned vectors by EMA (Laplace-smoothed sizes).
+        """
+        flatten = x.reshape(-1, self.dim)
+        indices = self.nearest(flatten)
+        onehot = F.one_hot(indices, self.codebook_size).type(x.dtype)
+        quantized = F.embedding(indices.view(*x.shape[:-1]), self.codebook)
+        if self.training:
+            with torch.no_grad():
+                self._ema_update(flatten.detach(), onehot)
+        loss = F.mse_loss(quantized.detach(), x) * self.commitment
+        quantized = x + (quantized - x).detach()
+        probs = onehot.mean(0)
+        perplexity = torch.exp(-torch.sum(probs * torch.log(probs + 1e-10)))
+        return quantized, loss, perplexity
+
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: x (..., dim) -> (value x + (q - x), indices (...))."""
+        indices = self.nearest(x.reshape(-1, self.dim)).view(*x.shape[:-1])
+        quantized = F.embedding(indices, self.codebook)
+        return x + (quantized - x), indices
+
+
+class ResidualVQ(nn.Module):
+    """`num_quantizers` codebooks, each quantizing what the previous ones left over."""
+
+    def __init__(self, *, num_quantizers: int, dim: int, codebook_size: int, **kwargs) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.layers = nn.ModuleList(
+            VectorQuantize(dim=dim, codebook_size=codebook_size, **kwargs) for _ in range(num_quantizers)
+        )
+
+    @property
+    def num_quantizers(self) -> int:
+        return len(self.layers)
+
+    def forward(
+        self, x: torch.Tensor, n_quantizers: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass on x (B, T, dim) with the first `n_quantizers` codebooks (default all).
+
+        Returns (quantized (B, T, dim), losses (n,), perplexities (n,)). The residual subtracts
+        the straight-through value, so only the first codebook's path carries encoder gradient.
+        """
+        quantized_out = torch.zeros_like(x)
+        residual = x
+        losses, perplexities = [], []
+        for layer in self.layers[: n_quantizers or self.num_quantizers]:
+            quantized, loss, perplexity = layer(residual)
+            residual = residual - quantized
+            quantized_out = quantized_out + quantized
+            losses.append(loss)
+            perplexities.append(perplexity)
+        return quantized_out, torch.stack(losses), torch.stack(perplexities)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes of x (B, T, dim) -> (B, num_quantizers, T), each in [0, codebook_size)."""
+        residual = x
+        codes = []
+        for layer in self.layers:
+            quantized, indices = layer.quantize(residual)
+            residual = residual - quantized
+            codes.append(indices)
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Latent from codes (B, K, T), K <= num_quantizers -> (B, T, dim).
+
+        Sums the rows of the first K codebooks in codebook order, as the original receiver does.
+        """
+        n_used = codes.shape[1]
+        if n_used > self.num_quantizers:
+            raise ValueError(f"{n_used} codebooks given but the model has {self.num_quantizers}")
+        table = torch.cat([layer.codebook for layer in self.layers[:n_used]])
+        offsets = torch.arange(n_used, device=codes.device).view(1, n_used, 1) * self.codebook_size
+        rows = F.embedding((codes + offsets).transpose(0, 1), table)
+        return rows.sum(dim=0)

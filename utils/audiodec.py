@@ -1,0 +1,173 @@
+"""The codec users call: a transmitter (encoder + quantizer) and a receiver (lookup + decoder).
+
+`StreamingCodec` wraps an AudioDec encoder checkpoint and a decoder checkpoint (symmetric
+AudioDec decoder or HiFi-GAN vocoder). Every call continues the streams where the last one
+stopped, so a file coded in one call or in chunks of any multiple of the hop gives the same
+codes and the same waveform (Contract 2).
+
+Like the original, the streams start from a warmed-up state: the encoder first encodes
+`WARMUP_SAMPLES` zeros and the decoder decodes the resulting codes; matching this is what makes
+outputs equal the original's from the first sample on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layers.conv import StreamingState, reset_streaming
+from models.autoencoder.AudioDec import Generator as AudioDecGenerator
+from models.registry import AUTOENCODER_TYPES
+from utils.checkpoint import load_generator, state_hash
+from utils.errors import CodecError
+from utils.registry import get_entry, resolve
+
+WARMUP_SAMPLES = 8192
+
+
+def _expand_streams(model: nn.Module, batch_size: int) -> None:
+    """Copy the (single) warmed-up stream state of every layer into `batch_size` streams."""
+    for module in model.modules():
+        if isinstance(module, StreamingState) and module._state is not None:
+            module._state = module._state.repeat(batch_size, 1, 1)
+
+
+class StreamingCodec:
+    """Encoder and decoder of one codec, with streaming state for a batch of streams.
+
+    Shapes: waveforms (B, C, T) float32 in [-1, 1] (B independent streams); codes (B, K, frames)
+    int64 in [0, codebook_size), unoffset.
+    """
+
+    def __init__(
+        self,
+        encoder: AudioDecGenerator,
+        decoder: nn.Module,
+        sample_rate: int,
+        name: str = "custom",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if encoder.hop_length != decoder.hop_length:
+            raise CodecError(
+                f"encoder hop {encoder.hop_length} and decoder hop {decoder.hop_length} differ: pick a matching pair"
+            )
+        self.name = name
+        self.sample_rate = sample_rate
+        self.device = torch.device(device)
+        self.encoder = encoder.to(self.device)
+        self.decoder = decoder.to(self.device)
+        self.hop_length = encoder.hop_length
+        self.input_channels = encoder.input_channels
+        self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
+        self.n_codebooks = encoder.n_codebooks
+        self.codebook_size = encoder.codebook_size
+        self._decode_latent = decoder.decode
+        self.batch_size = 0
+
+    @classmethod
+    def from_checkpoints(
+        cls, encoder_checkpoint: str, decoder_checkpoint: str, device: str = "cpu", name: str = "custom"
+    ) -> StreamingCodec:
+        """Load a codec from two checkpoints in the original format (config.yml beside each)."""
+        encoder, encoder_config = load_generator(encoder_checkpoint)
+        if encoder_config["model_type"] not in AUTOENCODER_TYPES:
+            raise CodecError(
+                f"{encoder_checkpoint} is a {encoder_config['model_type']} model, not an AudioDec encoder: "
+                "pass an autoencoder checkpoint as the encoder"
+            )
+        if encoder.mode != "causal":
+            raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
+        decoder, _ = load_generator(decoder_checkpoint)
+        return cls(encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device)
+
+    @classmethod
+    def from_name(cls, name: str, root: str | None = None, device: str = "cpu") -> StreamingCodec:
+        """Load a registered model (see utils.registry) from `root` (a folder holding exp/)."""
+        entry = get_entry(name)
+        encoder_checkpoint, decoder_checkpoint = resolve(entry, root)
+        return cls.from_checkpoints(encoder_checkpoint, decoder_checkpoint, device=device, name=name)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def bitrate(self, n_codebooks: int | None = None) -> float:
+        """Bits per second of the raw codes with the first `n_codebooks` codebooks."""
+        bits = math.ceil(math.log2(self.codebook_size))
+        return (n_codebooks or self.n_codebooks) * bits * self.frame_rate
+
+    def decoder_hash(self) -> bytes:
+        """8-byte fingerprint of the decoder weights (stored in compressed files)."""
+        return state_hash(self.decoder)
+
+    @torch.inference_mode()
+    def reset(self, batch_size: int = 1) -> None:
+        """Start `batch_size` independent streams from the warmed-up state."""
+        reset_streaming(self.encoder, 1)
+        reset_streaming(self.decoder, 1)
+        silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
+        self._decode_latent(self.encoder.lookup(self.encoder.quantize(self.encoder.encode(silence))))
+        _expand_streams(self.encoder, batch_size)
+        _expand_streams(self.decoder, batch_size)
+        self.batch_size = batch_size
+
+    def _check_batch(self, batch: int) -> None:
+        if self.batch_size == 0:
+            self.reset(batch)
+        elif batch != self.batch_size:
+            raise CodecError(
+                f"{batch} streams given but the codec was reset for {self.batch_size}: call reset({batch})"
+            )
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Transmitter: waveform chunk (B, C, T), T a multiple of the hop -> codes (B, K, T / hop)."""
+        if x.shape[-1] % self.hop_length:
+            raise CodecError(f"chunk of {x.shape[-1]} samples is not a multiple of the hop ({self.hop_length})")
+        self._check_batch(x.shape[0])
+        return self.encoder.quantize(self.encoder.encode(x.to(self.device, torch.float32)))
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Receiver: codes (B, K', frames), K' <= K -> waveform chunk (B, C_out, frames * hop)."""
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_codebooks:
+            raise CodecError(f"codes must be (streams, 1..{self.n_codebooks}, frames), got {tuple(codes.shape)}")
+        self._check_batch(codes.shape[0])
+        return self._decode_latent(self.encoder.lookup(codes.to(self.device)))
+
+    def code(self, x: torch.Tensor, n_codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-signal pass from a fresh warmed-up state: x (B, C, T) -> (codes, y (B, C_out, T)).
+
+        The signal is zero-padded to a multiple of the hop and the output cut back to T samples.
+        """
+        length = x.shape[-1]
+        self.reset(x.shape[0])
+        padded = F.pad(x, (0, -length % self.hop_length))
+        codes = self.encode(padded)
+        y = self.decode(codes[:, :n_codebooks] if n_codebooks else codes)
+        return codes, y[..., :length]
+
+    def streams_from_audio(self, data: np.ndarray) -> torch.Tensor:
+        """File samples (T, C) -> model input (B, input_channels, T).
+
+        A mono model codes each channel as its own stream; a multi-channel model takes exactly its
+        number of channels as one stream.
+        """
+        channels = data.shape[1]
+        if self.input_channels == 1:
+            return torch.from_numpy(np.ascontiguousarray(data.T)).float().unsqueeze(1)
+        if channels != self.input_channels:
+            raise CodecError(
+                f"input has {channels} channels but model '{self.name}' takes {self.input_channels}: "
+                f"give a {self.input_channels}-channel file"
+            )
+        return torch.from_numpy(np.ascontiguousarray(data.T)).float().unsqueeze(0)
+
+    @staticmethod
+    def audio_from_streams(y: torch.Tensor) -> np.ndarray:
+        """Model output (B, C_out, T) -> file samples (T, B * C_out)."""
+        return y.reshape(-1, y.shape[-1]).T.cpu().numpy()

@@ -1,0 +1,128 @@
+"""Checkpoints in the original AudioDec format.
+
+A checkpoint is `torch.save` of `{"model": {"generator": ..., "discriminator": ...}, "optimizer":
+..., "scheduler": ..., "steps": N, "epochs": E}` with `config.yml` beside it. Generator state dicts
+use the original key names (old-style `weight_g`/`weight_v`, `pad_buffer`, codebook buffers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from layers.weight_norm import fold_weight_norm, from_original_keys, has_weight_norm, to_original_keys
+from models.registry import generator_class
+from utils.errors import CodecError
+
+
+def config_path_for(checkpoint: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yml")
+
+
+def load_config(checkpoint: str) -> dict[str, Any]:
+    """The training config saved beside `checkpoint`."""
+    path = config_path_for(checkpoint)
+    if not os.path.isfile(path):
+        raise CodecError(
+            f"no config.yml beside {checkpoint}: copy the experiment folder whole (config.yml + checkpoint)"
+        )
+    with open(path) as handle:
+        try:
+            config = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            reason = error.__class__.__name__
+            raise CodecError(f"{path} is not valid YAML ({reason}): restore it from the experiment") from None
+    for key in ("model_type", "generator_params"):
+        if not isinstance(config, dict) or key not in config:
+            raise CodecError(f"{path} has no '{key}': it is not an AudioDec training config")
+    return config
+
+
+def read_checkpoint(checkpoint: str) -> dict[str, Any]:
+    """`torch.load` a checkpoint safely (weights only), with a clear error for a bad file."""
+    if not os.path.isfile(checkpoint):
+        raise CodecError(f"checkpoint {checkpoint} not found: check the path or download the model's exp/ folder")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        reason = error.__class__.__name__
+        raise CodecError(
+            f"cannot read checkpoint {checkpoint} ({reason}): the file is damaged or not a checkpoint"
+        ) from None
+    if not isinstance(state, dict) or "generator" not in state.get("model", {}):
+        raise CodecError(f"{checkpoint} holds no model.generator: it is not an AudioDec checkpoint")
+    return state
+
+
+def build_generator(config: dict[str, Any], inference: bool = True) -> nn.Module:
+    """The generator a config describes. For inference the vocoder statistics come from the checkpoint."""
+    params = dict(config["generator_params"])
+    model_type = config["model_type"]
+    if inference and "stats" in params:
+        params["load_stats"] = False
+    try:
+        return generator_class(model_type)(**params)
+    except (TypeError, ValueError) as error:
+        raise CodecError(f"cannot build {model_type} from generator_params: {error}") from None
+
+
+def load_generator_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a generator state dict in the original spelling (strict: nothing missing or extra)."""
+    if has_weight_norm(model):
+        state_dict = from_original_keys(state_dict)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise CodecError(
+            f"checkpoint does not fit its config: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+
+
+def generator_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The generator's state dict in the original spelling (what `save_checkpoint` writes)."""
+    return to_original_keys(model.state_dict())
+
+
+def load_generator(checkpoint: str, inference: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Build and load the generator of `checkpoint`; for inference: eval mode, weight norm folded."""
+    config = load_config(checkpoint)
+    model = build_generator(config, inference=inference)
+    load_generator_state(model, read_checkpoint(checkpoint)["model"]["generator"])
+    if inference:
+        fold_weight_norm(model)
+        model.eval()
+        model.requires_grad_(False)
+    return model, config
+
+
+def state_hash(model: nn.Module) -> bytes:
+    """First 8 bytes of SHA-256 over a model's tensors (names and values): identifies weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()[:8]
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """`torch.save` to a temp file in the target folder, then rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pkl")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

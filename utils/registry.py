@@ -1,0 +1,97 @@
+"""Model names -> encoder and decoder checkpoints (the original's names, plus ours).
+
+Paths are relative to a model root: a folder holding `exp/` (as the original's demos, run from
+the project folder). `resolve` looks in the given root, else the current folder, else this
+toolkit's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from utils.errors import CodecError
+
+TOOLKIT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered codec: which checkpoint encodes, which decodes, at what sample rate."""
+
+    name: str
+    sample_rate: int
+    encoder: str
+    decoder: str
+    description: str
+
+
+def _ckpt(kind: str, tag: str, steps: int) -> str:
+    return os.path.join("exp", kind, tag, f"checkpoint-{steps}steps.pkl")
+
+
+def _official(name: str, rate: int, enc: tuple[str, str, int], dec: tuple[str, str, int], text: str) -> ModelEntry:
+    return ModelEntry(name, rate, _ckpt(*enc), _ckpt(*dec), text)
+
+
+_AE = "autoencoder"
+_VCTK = "symAD_vctk_48000_hop300"
+_LIBRI = "symAD_libritts_24000_hop300"
+_UNIV = "symADuniv_vctk_48000_hop300"
+
+MODELS: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in (
+        _official("libritts_v1", 24000, (_AE, _LIBRI, 500000),
+                  ("vocoder", "AudioDec_v1_symAD_libritts_24000_hop300_clean", 500000),
+                  "LibriTTS 24 kHz, AudioDec encoder + HiFi-GAN v1 vocoder"),
+        _official("libritts_sym", 24000, (_AE, _LIBRI, 500000), (_AE, _LIBRI, 1000000),
+                  "LibriTTS 24 kHz, symmetric AudioDec"),
+        _official("vctk_v0", 48000, (_AE, _VCTK, 200000),
+                  ("vocoder", "AudioDec_v0_symAD_vctk_48000_hop300_clean", 500000),
+                  "VCTK 48 kHz, HiFi-GAN v0 (multi-receptive-field) vocoder"),
+        _official("vctk_v1", 48000, (_AE, _VCTK, 200000),
+                  ("vocoder", "AudioDec_v1_symAD_vctk_48000_hop300_clean", 500000),
+                  "VCTK 48 kHz, HiFi-GAN v1 (grouped) vocoder"),
+        _official("vctk_v2", 48000, (_AE, _VCTK, 200000),
+                  ("vocoder", "AudioDec_v2_symAD_vctk_48000_hop300_clean", 500000),
+                  "VCTK 48 kHz, HiFi-GAN v2 (small grouped) vocoder"),
+        _official("vctk_sym", 48000, (_AE, _VCTK, 200000), (_AE, _VCTK, 700000),
+                  "VCTK 48 kHz, symmetric AudioDec"),
+        _official("vctk_denoise", 48000, ("denoise", _VCTK, 200000),
+                  ("vocoder", "AudioDec_v1_symAD_vctk_48000_hop300_clean", 500000),
+                  "VCTK 48 kHz, denoising encoder + HiFi-GAN v1 vocoder"),
+        _official("vctk_univ", 48000, (_AE, _UNIV, 500000),
+                  ("vocoder", "AudioDec_v3_symADuniv_vctk_48000_hop300_clean", 500000),
+                  "VCTK 48 kHz, UnivNet-discriminator encoder + v3 vocoder"),
+        _official("vctk_univ_sym", 48000, (_AE, _UNIV, 500000), (_AE, _UNIV, 1000000),
+                  "VCTK 48 kHz, symmetric AudioDec trained with UnivNet discriminators"),
+        _official("vctk_activate_sym", 48000, (_AE, "symAAD_vctk_48000_hop300", 200000),
+                  (_AE, "symAAD_vctk_48000_hop300", 700000),
+                  "VCTK 48 kHz, symmetric AudioDec with activations and weight norm"),
+        _official("vctk_c16h320_sym", 48000, (_AE, "symAD_c16_vctk_48000_hop320", 500000),
+                  (_AE, "symAD_c16_vctk_48000_hop320", 1000000),
+                  "VCTK 48 kHz, 16 codebooks, hop 320, symmetric"),
+    )
+}
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registered model `name`, or a one-line error listing the names."""
+    if name not in MODELS:
+        raise CodecError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))} (or --list-models)")
+    return MODELS[name]
+
+
+def resolve(entry: ModelEntry, root: str | None = None) -> tuple[str, str]:
+    """Absolute encoder and decoder checkpoint paths of `entry`."""
+    roots = [root] if root else [os.getcwd(), TOOLKIT_ROOT]
+    for folder in roots:
+        encoder, decoder = (os.path.join(folder, entry.encoder), os.path.join(folder, entry.decoder))
+        if os.path.isfile(encoder) and os.path.isfile(decoder):
+            return encoder, decoder
+    missing = entry.encoder if not os.path.isfile(os.path.join(roots[0], entry.encoder)) else entry.decoder
+    raise CodecError(
+        f"model '{entry.name}' is not installed: {missing} not found under {' or '.join(roots)}; "
+        "download its exp/ folder there or pass --root"
+    )
