@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Code a file with a streaming codec: wav -> codes -> wav (the original's file demo, plus more).
+
+    python demoFile.py --model vctk_v1 -i in.wav -o out.wav [--cuda N] [--num_threads N]
+    python demoFile.py --encoder ENC.pkl --decoder DEC.pkl -i in.wav -o out.wav
+    python demoFile.py --list-models
+
+A file at another sample rate is an error unless --resample is given (then it is resampled with
+soxr, and the output is written at the model's rate). A mono model codes every channel of the
+file as its own stream.
+"""
+
+import argparse
+import logging
+
+import numpy as np
+import torch
+
+from utils.audio import read_audio, resample, write_audio
+from utils.cli import add_model_arguments, list_models, load_codec, pick_device, run_main
+from utils.errors import CodecError
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("-i", "--input", help="input audio file")
+    parser.add_argument("-o", "--output", help="output wav file (PCM_16)")
+    parser.add_argument("--cuda", type=int, default=0, help="GPU index; -1 or no CUDA = CPU")
+    parser.add_argument("--num_threads", type=int, default=4, help="CPU threads")
+    parser.add_argument("--n_codebooks", type=int, help="decode with the first K codebooks only (lower bitrate)")
+    parser.add_argument("--resample", action="store_true", help="resample input at another rate instead of failing")
+    parser.add_argument("--save_codes", help="also write the transmitted codes (.npy, offset per codebook)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.list_models:
+        list_models()
+        return
+    if not args.input or not args.output:
+        raise CodecError("give -i INPUT and -o OUTPUT (or --list-models)")
+    if args.num_threads < 1:
+        raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
+    torch.set_num_threads(args.num_threads)
+    data, rate = read_audio(args.input)
+    codec = load_codec(args, pick_device(args.cuda))
+    if args.n_codebooks is not None and not 1 <= args.n_codebooks <= codec.n_codebooks:
+        raise CodecError(f"--n_codebooks {args.n_codebooks}: this model has 1..{codec.n_codebooks}")
+    if rate != codec.sample_rate:
+        if not args.resample:
+            raise CodecError(
+                f"{args.input} is at {rate} Hz but model '{codec.name}' codes {codec.sample_rate} Hz: "
+                "convert it, or pass --resample"
+            )
+        logging.info(f"resampling {rate} Hz -> {codec.sample_rate} Hz")
+        data = resample(data, rate, codec.sample_rate)
+    streams = codec.streams_from_audio(data)
+    logging.info(f"coding {data.shape[0] / codec.sample_rate:.2f} s, {streams.shape[0]} stream(s), "
+                 f"{codec.bitrate(args.n_codebooks) / 1000:.1f} kbps")
+    codes, y = codec.code(streams, n_codebooks=args.n_codebooks)
+    write_audio(args.output, codec.audio_from_streams(y), codec.sample_rate, "PCM_16")
+    if args.save_codes:
+        offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size
+        flat = codes.cpu().numpy() + offsets
+        np.save(args.save_codes, flat[0] if flat.shape[0] == 1 else flat)
+    logging.info(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    run_main(main)
