@@ -1,0 +1,156 @@
+"""Bad input to demoFile.py: one-line error naming the problem, non-zero exit, no traceback, no output."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import soundfile as sf
+import torch
+import yaml
+
+from models.autoencoder.AudioDec import Generator
+from tests.conftest import OFFICIAL, REPO, official_path
+from utils.checkpoint import atomic_torch_save, generator_state_dict
+
+
+def run_demo(python: str, *args: str, cwd: str = OFFICIAL) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python, os.path.join(REPO, "demoFile.py"), "--cuda", "-1", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, output: str, words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert words in lines[0]
+    assert not os.path.exists(output)
+    assert not [name for name in os.listdir(os.path.dirname(output)) if name.startswith(".tmp-")]
+
+
+def test_missing_file(tmp_path, python: str) -> None:
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--model", "vctk_sym", "-i", str(tmp_path / "nope.wav"), "-o", out)
+    assert_clean_failure(result, out, "does not exist")
+
+
+def test_empty_file(tmp_path, python: str) -> None:
+    (tmp_path / "empty.wav").write_bytes(b"")
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--model", "vctk_sym", "-i", str(tmp_path / "empty.wav"), "-o", out)
+    assert_clean_failure(result, out, "empty")
+
+
+def test_non_audio_file(tmp_path, python: str) -> None:
+    (tmp_path / "notes.wav").write_text("this is not audio\n" * 20)
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--model", "vctk_sym", "-i", str(tmp_path / "notes.wav"), "-o", out)
+    assert_clean_failure(result, out, "cannot read")
+
+
+def test_wrong_sample_rate(tmp_path, python: str) -> None:
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--model", "vctk_sym", "-i", official_path("input", "test_24k.wav"), "-o", out)
+    assert_clean_failure(result, out, "--resample")
+
+
+def test_wrong_sample_rate_resampled_on_request(tmp_path, python: str) -> None:
+    out = tmp_path / "out.wav"
+    result = run_demo(python, "--model", "vctk_sym", "--resample", "-i", official_path("input", "test_24k.wav"),
+                      "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    data, rate = sf.read(out)
+    assert rate == 48000 and abs(len(data) - 2 * 48000) <= 1
+
+
+def test_unknown_model(tmp_path, python: str) -> None:
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--model", "vctk_v9", "-i", official_path("input", "test_48k.wav"), "-o", out)
+    assert_clean_failure(result, out, "unknown model 'vctk_v9'")
+
+
+def test_model_not_installed(tmp_path, python: str) -> None:
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--model", "vctk_sym", "--root", str(tmp_path),
+                      "-i", official_path("input", "test_48k.wav"), "-o", out)
+    assert_clean_failure(result, out, "not installed")
+
+
+def test_checkpoint_without_config(tmp_path, python: str) -> None:
+    folder = tmp_path / "exp" / "autoencoder" / "symAD_vctk_48000_hop300"
+    folder.mkdir(parents=True)
+    for steps in (200000, 700000):
+        name = f"checkpoint-{steps}steps.pkl"
+        shutil.copy(official_path("exp", "autoencoder", "symAD_vctk_48000_hop300", name), folder / name)
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--model", "vctk_sym", "-i", official_path("input", "test_48k.wav"), "-o", out,
+                      cwd=str(tmp_path))
+    assert_clean_failure(result, out, "no config.yml")
+
+
+def _mimo_model(folder) -> str:
+    """A tiny 2-channel-in / 2-channel-out (MIMO) AudioDec saved in the original format."""
+    params = {"input_channels": 2, "output_channels": 2, "encode_channels": 4, "decode_channels": 4,
+              "code_dim": 8, "codebook_size": 16, "codebook_num": 2}
+    model = Generator(**params)
+    folder.mkdir(parents=True)
+    yaml.safe_dump({"model_type": "symAudioDec", "sampling_rate": 48000, "generator_params": params},
+                   open(folder / "config.yml", "w"))
+    path = str(folder / "checkpoint-1steps.pkl")
+    atomic_torch_save({"model": {"generator": generator_state_dict(model)}, "steps": 1}, path)
+    return path
+
+
+def test_more_channels_than_the_model_takes(tmp_path, python: str) -> None:
+    checkpoint = _mimo_model(tmp_path / "mimo")
+    sf.write(tmp_path / "three.wav", 0.1 * np.random.default_rng(0).standard_normal((4800, 3)), 48000)
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--encoder", checkpoint, "--decoder", checkpoint,
+                      "-i", str(tmp_path / "three.wav"), "-o", out)
+    assert_clean_failure(result, out, "takes 2")
+
+
+def test_mimo_model_codes_its_channels(tmp_path, python: str) -> None:
+    checkpoint = _mimo_model(tmp_path / "mimo")
+    sf.write(tmp_path / "two.wav", 0.1 * np.random.default_rng(0).standard_normal((4500, 2)), 48000)
+    out = tmp_path / "out.wav"
+    result = run_demo(python, "--encoder", checkpoint, "--decoder", checkpoint,
+                      "-i", str(tmp_path / "two.wav"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sf.read(out)[0].shape == (4500, 2)
+
+
+def test_stereo_file_with_mono_model_codes_each_channel(tmp_path, python: str) -> None:
+    """A mono model codes each channel as its own stream; each equals the mono result."""
+    mono, _ = sf.read(official_path("input", "test_48k.wav"))
+    stereo = np.stack([mono, 0.5 * mono[::-1]], axis=1)
+    sf.write(tmp_path / "stereo.wav", stereo, 48000, "PCM_16")
+    out = tmp_path / "out.wav"
+    result = run_demo(python, "--model", "vctk_sym", "-i", str(tmp_path / "stereo.wav"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    coded, _ = sf.read(out)
+    reference, _ = sf.read(official_path("ref", "vctk_sym.wav"))
+    assert coded.shape == stereo.shape
+    assert np.abs(coded[:, 0] - reference).max() <= 2 / 32768
+
+
+def test_list_models(python: str) -> None:
+    result = run_demo(python, "--list-models")
+    assert result.returncode == 0
+    names = {line.split()[0] for line in result.stdout.splitlines()}
+    assert {"vctk_v1", "libritts_sym", "vctk_c16h320_sym", "vctk_denoise"} <= names
+
+
+def test_unpadded_length_is_kept(tmp_path, python: str) -> None:
+    """A file whose length is not a multiple of the hop comes back at its own length."""
+    torch.manual_seed(0)
+    sf.write(tmp_path / "odd.wav", 0.1 * np.random.default_rng(1).standard_normal(12345), 48000)
+    out = tmp_path / "out.wav"
+    result = run_demo(python, "--model", "vctk_v1", "-i", str(tmp_path / "odd.wav"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sf.read(out)[0].shape == (12345,)

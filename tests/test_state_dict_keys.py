@@ -1,0 +1,42 @@
+"""Full-size models: our module tree has exactly the original's state-dict keys, shapes and sizes."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+import yaml
+
+from tests.conftest import official_path
+from utils.checkpoint import build_generator, generator_state_dict
+
+PARAM_COUNTS = json.load(open(official_path("keys", "param_counts.json")))
+KEY_FILES = sorted(glob.glob(official_path("keys", "*", "*.json")))
+
+# The vectors shrink widths; the released models use these (everything else is as configured).
+FULL_AUTOENCODER = {"encode_channels": 32, "decode_channels": 32, "code_dim": 64, "codebook_size": 1024}
+FULL_VOCODER = {"channels": 512, "in_channels": 64}
+
+
+def full_size_config(tag: str) -> dict:
+    config = yaml.safe_load(open(official_path("exp", tag, "config.yml")))
+    overrides = FULL_VOCODER if config["model_type"] in ("HiFiGAN", "UnivNet") else FULL_AUTOENCODER
+    config["generator_params"].update(overrides)
+    return config
+
+
+@pytest.mark.parametrize("key_file", KEY_FILES, ids=lambda path: os.path.relpath(path, official_path("keys")))
+def test_full_size_keys_shapes_and_counts(key_file: str) -> None:
+    tag = os.path.relpath(key_file, official_path("keys"))[: -len(".json")]
+    expected = json.load(open(key_file))
+    model = build_generator(full_size_config(tag), inference=True)
+    ours = {key: list(value.shape) for key, value in generator_state_dict(model).items()}
+    assert sorted(set(expected) - set(ours)) == [], "missing keys"
+    assert sorted(set(ours) - set(expected)) == [], "unexpected keys"
+    assert ours == expected
+    counts = PARAM_COUNTS[tag]
+    assert sum(p.numel() for p in model.parameters()) == counts["generator_parameters"]
+    assert sum(v.numel() for v in generator_state_dict(model).values()) == counts["generator_state_dict_numel"]
+    assert len(ours) == counts["generator_state_dict_keys"]
