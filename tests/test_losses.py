@@ -106,9 +106,11 @@ def test_mel_loss_gradient_is_finite_at_silence() -> None:
     assert loss.item() > 1.0
 
 
-def test_mel_loss_rejects_an_unknown_log_base() -> None:
+def test_spectral_losses_reject_unknown_options() -> None:
     with pytest.raises(ValueError, match="log_base"):
         MultiMelSpectrogramLoss(**MEL_PARAMS, log_base=3)
+    with pytest.raises(ValueError, match="window"):
+        MultiResolutionSTFTLoss(window="triangle_window")
 
 
 def test_stft_loss_matches_a_direct_computation() -> None:

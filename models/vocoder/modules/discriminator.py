@@ -122,6 +122,8 @@ class HiFiGANPeriodDiscriminator(nn.Module):
             channels: channels of the first conv, multiplied by 4 per layer up to
                 `max_downsample_channels`.
             downsample_scales: one conv per entry, striding the time axis by that factor.
+            bias: conv biases (the original ignores this flag here and always adds them; every
+                released config says true).
         """
         super().__init__()
         if len(kernel_sizes) != 2 or any(size % 2 == 0 for size in kernel_sizes):
