@@ -1,0 +1,66 @@
+"""Residual VQ: nearest codes, EMA updates, losses, straight-through gradients, code lookup."""
+
+from __future__ import annotations
+
+import torch
+
+from layers.vq import ResidualVQ, VectorQuantize
+
+
+def test_nearest_code_and_lookup_round_trip() -> None:
+    torch.manual_seed(0)
+    vq = ResidualVQ(num_quantizers=3, dim=4, codebook_size=8).eval()
+    first = vq.layers[0].codebook
+    x = first[[5, 2, 7]].unsqueeze(0)  # (1, 3, 4): exactly code vectors of codebook 0
+    codes = vq.encode(x)
+    assert codes.shape == (1, 3, 3)
+    assert codes[0, 0].tolist() == [5, 2, 7]
+    torch.testing.assert_close(vq.decode(codes[:, :1]), x)
+
+
+def test_residual_stages_reduce_error() -> None:
+    torch.manual_seed(0)
+    vq = ResidualVQ(num_quantizers=4, dim=2, codebook_size=64).eval()
+    for stage, layer in enumerate(vq.layers):  # with a zero code available, no stage can add error
+        layer.embed[:, 0] = 0
+        layer.embed[:, 1:] *= 0.5**stage
+    x = torch.randn(2, 50, 2)
+    codes = vq.encode(x)
+    errors = [torch.mean((vq.decode(codes[:, :k]) - x) ** 2).item() for k in range(1, 5)]
+    assert errors == sorted(errors, reverse=True)
+    assert errors[-1] < 0.2 * errors[0]
+
+
+def test_ema_update_moves_codes_toward_data_only_in_training() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantize(dim=2, codebook_size=4, decay=0.8)
+    data = torch.tensor([[3.0, 3.0]]).repeat(16, 1)
+    before = vq.embed.clone()
+    vq.eval()
+    vq(data)
+    torch.testing.assert_close(vq.embed, before)
+    vq.train()
+    index = vq.nearest(data)[0]
+    distance_before = torch.dist(vq.codebook[index], data[0])
+    for _ in range(20):
+        vq(data)
+    assert torch.dist(vq.codebook[index], data[0]) < 0.05 * distance_before
+    assert vq.cluster_size[index] > 15
+
+
+def test_losses_perplexity_and_straight_through() -> None:
+    torch.manual_seed(0)
+    vq = ResidualVQ(num_quantizers=2, dim=3, codebook_size=16).train()
+    x = torch.randn(2, 10, 3, requires_grad=True)
+    quantized, losses, perplexities = vq(x)
+    assert losses.shape == perplexities.shape == (2,)
+    assert torch.all(perplexities >= 1) and torch.all(perplexities <= 16)
+    # Commitment loss of codebook 0 is the MSE between the input and its (post-update) code.
+    quantized.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+
+
+def test_quantizer_dropout_uses_fewer_codebooks() -> None:
+    vq = ResidualVQ(num_quantizers=4, dim=3, codebook_size=8).train()
+    _, losses, _ = vq(torch.randn(1, 5, 3), n_quantizers=2)
+    assert losses.shape == (2,)
