@@ -1,0 +1,504 @@
+"""The `.adc` compressed-audio container: header, codes packed frame by frame, CRC32.
+
+The byte layout, field meanings and versioning rules are in `docs/bitstream.md`. This module is
+pure bytes and numpy: it never touches a model. Codes are `(channels, K, frames)` integer arrays,
+values in `[0, codebook_size)` (not offset by codebook).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import struct
+import tempfile
+import zlib
+from typing import Protocol
+
+import numpy as np
+
+from utils.errors import CodecError
+
+MAGIC = b"ADCB"
+FORMAT_VERSION = 1
+FLAG_ENTROPY_CODED = 0x01
+KNOWN_FLAGS = FLAG_ENTROPY_CODED
+HASH_BYTES = 8
+CRC_BYTES = 4
+MAX_MODEL_NAME_BYTES = 64
+MAX_HEADER_BYTES = 128
+MAX_CODE_BITS = 32
+
+# magic, version, flags, channels, sample_rate, hop, n_samples, codebook_size, payload_bytes,
+# n_codebooks, model_name_bytes, decoder_hash, entropy_hash; the model name follows.
+_FIXED_HEADER = struct.Struct(">4sBBHIIQIIBB8s8s")
+FIXED_HEADER_BYTES = _FIXED_HEADER.size
+_PAYLOAD_BYTES_OFFSET = 28
+_NAME_LENGTH_OFFSET = 33
+_NO_HASH = bytes(HASH_BYTES)
+
+assert FIXED_HEADER_BYTES == 50
+assert FIXED_HEADER_BYTES + MAX_MODEL_NAME_BYTES < MAX_HEADER_BYTES
+
+
+class BitstreamError(CodecError, ValueError):
+    """A malformed, corrupt, truncated or mismatched `.adc` file or entropy payload."""
+
+
+class EntropyCoder(Protocol):
+    """What the container needs from an entropy model (see `utils.entropy.EntropyModel`)."""
+
+    @property
+    def table_hash(self) -> bytes: ...
+
+    def encode(self, codes: np.ndarray) -> bytes: ...
+
+    def decode(self, data: bytes, channels: int, n_codebooks: int, frames: int) -> np.ndarray: ...
+
+
+def short_hash(data: bytes) -> bytes:
+    """First 8 bytes of SHA-256: the decoder and entropy-table fingerprints stored in headers."""
+    return hashlib.sha256(data).digest()[:HASH_BYTES]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamHeader:
+    """Everything a reader needs to unpack the payload and pick the right decoder.
+
+    `entropy_coded` and `entropy_hash` are filled in by `encode_adc` from the entropy model it is
+    given; the values passed in are ignored there.
+    """
+
+    sample_rate: int
+    hop: int
+    channels: int
+    n_samples: int
+    n_codebooks: int
+    codebook_size: int
+    model_name: str = ""
+    decoder_hash: bytes = _NO_HASH
+    entropy_coded: bool = False
+    entropy_hash: bytes = _NO_HASH
+    version: int = FORMAT_VERSION
+
+    @property
+    def bits_per_code(self) -> int:
+        """ceil(log2(codebook_size)), at least 1."""
+        return max(1, (self.codebook_size - 1).bit_length())
+
+    @property
+    def payload_bits_per_frame(self) -> int:
+        """Bits one frame of all channels takes in the raw (not entropy-coded) payload."""
+        return self.channels * self.n_codebooks * self.bits_per_code
+
+    @property
+    def n_frames(self) -> int:
+        """ceil(n_samples / hop): the encoder pads the last partial hop."""
+        return -(-self.n_samples // self.hop)
+
+    @property
+    def raw_payload_bytes(self) -> int:
+        return -(-self.n_frames * self.payload_bits_per_frame // 8)
+
+    @property
+    def bitrate(self) -> float:
+        """Raw payload bits per second."""
+        return self.payload_bits_per_frame * self.sample_rate / self.hop
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (self.channels, self.n_codebooks)
+
+    def validate(self) -> None:
+        """Raise BitstreamError naming the first field that is out of range."""
+        limits = (
+            ("sample_rate", self.sample_rate, 1, 2**32 - 1),
+            ("hop", self.hop, 1, 2**32 - 1),
+            ("channels", self.channels, 1, 2**16 - 1),
+            ("n_samples", self.n_samples, 0, 2**64 - 1),
+            ("n_codebooks", self.n_codebooks, 1, 255),
+            ("codebook_size", self.codebook_size, 2, 2**MAX_CODE_BITS - 1),
+        )
+        for name, value, low, high in limits:
+            if not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise BitstreamError(f"header field {name}={value!r} is out of range [{low}, {high}]")
+        if self.version != FORMAT_VERSION:
+            raise BitstreamError(f"cannot write format version {self.version}: this toolkit writes {FORMAT_VERSION}")
+        name_bytes = self.model_name.encode("utf-8")
+        if len(name_bytes) > MAX_MODEL_NAME_BYTES:
+            raise BitstreamError(
+                f"model name is {len(name_bytes)} bytes in UTF-8, at most {MAX_MODEL_NAME_BYTES} fit: shorten it"
+            )
+        for name in ("decoder_hash", "entropy_hash"):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != HASH_BYTES:
+                raise BitstreamError(f"header field {name} must be {HASH_BYTES} bytes (see short_hash), got {value!r}")
+
+    def check_decoder(self, decoder_hash: bytes) -> None:
+        """Raise unless `decoder_hash` (short_hash of the decoder state) is the one the file names."""
+        if self.decoder_hash != _NO_HASH and decoder_hash != self.decoder_hash:
+            raise BitstreamError(
+                f"this file was encoded for model {self.model_name!r} (decoder {self.decoder_hash.hex()}), "
+                f"the loaded decoder is {decoder_hash.hex()}: decode with model {self.model_name!r}"
+            )
+
+
+def _pack_header(header: StreamHeader, payload_bytes: int) -> bytes:
+    name_bytes = header.model_name.encode("utf-8")
+    flags = FLAG_ENTROPY_CODED if header.entropy_coded else 0
+    fixed = _FIXED_HEADER.pack(
+        MAGIC, header.version, flags, header.channels, header.sample_rate, header.hop, header.n_samples,
+        header.codebook_size, payload_bytes, header.n_codebooks, len(name_bytes),
+        header.decoder_hash, header.entropy_hash,
+    )
+    packed = fixed + name_bytes
+    assert len(packed) < MAX_HEADER_BYTES
+    return packed
+
+
+def _header_bytes_needed(prefix: bytes) -> int:
+    """Check what a header prefix already shows (magic, version, flags); return the header's length.
+
+    Returns FIXED_HEADER_BYTES while the model-name length byte has not arrived.
+    """
+    seen = prefix[: len(MAGIC)]
+    if seen != MAGIC[: len(seen)]:
+        raise BitstreamError("not an .adc file (bad magic): give a file written by this toolkit's encoder")
+    if len(prefix) > 4:
+        version = prefix[4]
+        if version > FORMAT_VERSION:
+            raise BitstreamError(
+                f"format version {version} is newer than this toolkit supports ({FORMAT_VERSION}); upgrade"
+            )
+        if version == 0:
+            raise BitstreamError("format version 0 is invalid: the file is corrupt")
+    if len(prefix) > 5 and prefix[5] & ~KNOWN_FLAGS:
+        raise BitstreamError(
+            f"unknown header flags 0x{prefix[5]:02x}: the file is corrupt or needs a newer toolkit; upgrade"
+        )
+    if len(prefix) <= _NAME_LENGTH_OFFSET:
+        return FIXED_HEADER_BYTES
+    name_length = prefix[_NAME_LENGTH_OFFSET]
+    if name_length > MAX_MODEL_NAME_BYTES:
+        raise BitstreamError(f"model name length {name_length} exceeds {MAX_MODEL_NAME_BYTES}: the file is corrupt")
+    return FIXED_HEADER_BYTES + name_length
+
+
+def _unpack_header(header_bytes: bytes) -> tuple[StreamHeader, int]:
+    """Parse a complete header; return it and the payload length in bytes."""
+    (_, version, flags, channels, sample_rate, hop, n_samples, codebook_size, payload_bytes, n_codebooks,
+     _, decoder_hash, entropy_hash) = _FIXED_HEADER.unpack_from(header_bytes)
+    try:
+        model_name = header_bytes[FIXED_HEADER_BYTES:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BitstreamError("model name is not valid UTF-8: the file is corrupt") from None
+    header = StreamHeader(
+        sample_rate=sample_rate, hop=hop, channels=channels, n_samples=n_samples, n_codebooks=n_codebooks,
+        codebook_size=codebook_size, model_name=model_name, decoder_hash=decoder_hash,
+        entropy_coded=bool(flags & FLAG_ENTROPY_CODED), entropy_hash=entropy_hash, version=version,
+    )
+    try:
+        header.validate()
+    except BitstreamError as error:
+        raise BitstreamError(f"{error}: the file is corrupt") from None
+    if not header.entropy_coded:
+        if entropy_hash != _NO_HASH:
+            raise BitstreamError("raw payload with an entropy-table hash: the file is corrupt")
+        if payload_bytes != header.raw_payload_bytes:
+            raise BitstreamError(
+                f"payload size {payload_bytes} does not match {header.n_frames} frames of "
+                f"{header.payload_bits_per_frame} bits ({header.raw_payload_bytes} bytes): the file is corrupt"
+            )
+    return header, payload_bytes
+
+
+def _check_codes(header: StreamHeader, codes: np.ndarray) -> np.ndarray:
+    codes = np.asarray(codes)
+    expected = (header.channels, header.n_codebooks, header.n_frames)
+    if codes.shape != expected:
+        raise BitstreamError(
+            f"codes have shape {codes.shape}, the header needs (channels, K, frames) = {expected}: "
+            f"frames must be ceil(n_samples / hop)"
+        )
+    if codes.size and not np.issubdtype(codes.dtype, np.integer):
+        raise BitstreamError(f"codes must be integers, got dtype {codes.dtype}")
+    if codes.size and (codes.min() < 0 or codes.max() >= header.codebook_size):
+        raise BitstreamError(
+            f"codes must lie in [0, {header.codebook_size}), got [{codes.min()}, {codes.max()}]: "
+            "pass raw per-codebook indices"
+        )
+    return codes.astype(np.int64, copy=False)
+
+
+def _bit_weights(bits: int) -> np.ndarray:
+    return np.left_shift(np.int64(1), np.arange(bits - 1, -1, -1, dtype=np.int64))
+
+
+def pack_codes(values: np.ndarray, bits: int) -> bytes:
+    """Pack a flat sequence of non-negative integers at `bits` bits each, MSB first, zero-padded."""
+    values = np.asarray(values, dtype=np.int64).reshape(-1)
+    bit_matrix = (values[:, None] & _bit_weights(bits)) != 0
+    return np.packbits(bit_matrix.reshape(-1)).tobytes()
+
+
+def unpack_codes(data: bytes | bytearray, count: int, bits: int, bit_offset: int = 0) -> np.ndarray:
+    """Inverse of `pack_codes`: `count` integers starting `bit_offset` bits into `data`."""
+    bit_array = np.unpackbits(np.frombuffer(bytes(data), dtype=np.uint8))
+    bit_array = bit_array[bit_offset : bit_offset + count * bits].astype(np.int64)
+    return bit_array.reshape(count, bits) @ _bit_weights(bits)
+
+
+def _split_frames(flat: np.ndarray, header: StreamHeader) -> np.ndarray:
+    """Flat frame-major codes to (frames, channels, K), checking they fit the codebook."""
+    if flat.size and flat.max() >= header.codebook_size:
+        raise BitstreamError(
+            f"code {flat.max()} is not below codebook size {header.codebook_size}: the file is corrupt"
+        )
+    return flat.reshape(-1, header.channels, header.n_codebooks)
+
+
+def _check_padding(last_byte: int, used_bits: int) -> None:
+    if used_bits % 8 and last_byte & (0xFF >> (used_bits % 8)):
+        raise BitstreamError("nonzero padding bits after the last frame: the file is corrupt")
+
+
+def _decode_raw_payload(header: StreamHeader, payload: bytes) -> np.ndarray:
+    frames = header.n_frames
+    count = frames * header.channels * header.n_codebooks
+    if payload:
+        _check_padding(payload[-1], frames * header.payload_bits_per_frame)
+    frame_codes = _split_frames(unpack_codes(payload, count, header.bits_per_code), header)
+    return np.ascontiguousarray(frame_codes.transpose(1, 2, 0))
+
+
+def _check_entropy_model(header: StreamHeader, entropy_model: EntropyCoder | None) -> EntropyCoder:
+    if entropy_model is None:
+        raise BitstreamError(
+            f"the file is entropy-coded (table {header.entropy_hash.hex()}): pass the entropy model it was written with"
+        )
+    if entropy_model.table_hash != header.entropy_hash:
+        raise BitstreamError(
+            f"entropy table mismatch: the file needs table {header.entropy_hash.hex()}, the given model is "
+            f"{entropy_model.table_hash.hex()}; load the table the file was written with"
+        )
+    return entropy_model
+
+
+def _check_crc(data: bytes) -> None:
+    stored = int.from_bytes(data[-CRC_BYTES:], "big")
+    if zlib.crc32(data[:-CRC_BYTES]) != stored:
+        raise BitstreamError("CRC mismatch: the file is corrupt; re-encode or re-transfer it")
+
+
+def encode_adc(header: StreamHeader, codes: np.ndarray, entropy_model: EntropyCoder | None = None) -> bytes:
+    """Serialize codes `(channels, K, frames)` to `.adc` bytes; range-code them if a model is given."""
+    header = dataclasses.replace(
+        header,
+        entropy_coded=entropy_model is not None,
+        entropy_hash=_NO_HASH if entropy_model is None else entropy_model.table_hash,
+    )
+    header.validate()
+    codes = _check_codes(header, codes)
+    if entropy_model is None:
+        payload = pack_codes(codes.transpose(2, 0, 1), header.bits_per_code)
+    else:
+        payload = entropy_model.encode(codes)
+    if len(payload) >= 2**32:
+        raise BitstreamError(f"payload of {len(payload)} bytes exceeds the 4 GiB limit: split the audio")
+    body = _pack_header(header, len(payload)) + payload
+    return body + zlib.crc32(body).to_bytes(CRC_BYTES, "big")
+
+
+def decode_adc(data: bytes, entropy_model: EntropyCoder | None = None) -> tuple[StreamHeader, np.ndarray]:
+    """Parse and verify `.adc` bytes; return the header and codes `(channels, K, frames)` (int64)."""
+    data = bytes(data)
+    header_bytes = _header_bytes_needed(data)
+    if len(data) < header_bytes + CRC_BYTES:
+        raise BitstreamError(
+            f"truncated file: expected at least {header_bytes + CRC_BYTES} bytes, got {len(data)}; "
+            "re-transfer the complete file"
+        )
+    payload_bytes = int.from_bytes(data[_PAYLOAD_BYTES_OFFSET : _PAYLOAD_BYTES_OFFSET + 4], "big")
+    expected = header_bytes + payload_bytes + CRC_BYTES
+    if len(data) < expected:
+        raise BitstreamError(
+            f"truncated file: expected {expected} bytes, got {len(data)}; re-transfer the complete file"
+        )
+    if len(data) > expected:
+        raise BitstreamError(
+            f"trailing data: expected {expected} bytes, got {len(data)}; the file is corrupt or has data appended"
+        )
+    _check_crc(data)
+    header, _ = _unpack_header(data[:header_bytes])
+    payload = data[header_bytes:-CRC_BYTES]
+    if header.entropy_coded:
+        model = _check_entropy_model(header, entropy_model)
+        codes = model.decode(payload, header.channels, header.n_codebooks, header.n_frames)
+    else:
+        codes = _decode_raw_payload(header, payload)
+    return header, codes
+
+
+def write_adc(
+    path: str | os.PathLike, header: StreamHeader, codes: np.ndarray, entropy_model: EntropyCoder | None = None
+) -> StreamHeader:
+    """Write an `.adc` file atomically (temp file beside `path`, then rename); return the header written."""
+    data = encode_adc(header, codes, entropy_model)
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise BitstreamError(f"output folder {folder} does not exist: create it first")
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".adc")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return decode_header(data)
+
+
+def read_adc(path: str | os.PathLike, entropy_model: EntropyCoder | None = None) -> tuple[StreamHeader, np.ndarray]:
+    """Read and verify an `.adc` file; return the header and codes `(channels, K, frames)` (int64)."""
+    if not os.path.isfile(path):
+        raise BitstreamError(f"input file {path} does not exist: check the path")
+    with open(path, "rb") as stream:
+        data = stream.read()
+    try:
+        return decode_adc(data, entropy_model)
+    except BitstreamError as error:
+        raise BitstreamError(f"{path}: {error}") from None
+
+
+def decode_header(data: bytes) -> StreamHeader:
+    """Parse only the header at the start of `data` (no CRC check): for inspecting a file quickly."""
+    data = bytes(data)
+    header_bytes = _header_bytes_needed(data)
+    if len(data) < header_bytes:
+        raise BitstreamError(f"truncated file: expected at least {header_bytes} bytes, got {len(data)}")
+    return _unpack_header(data[:header_bytes])[0]
+
+
+class AdcStreamReader:
+    """Incremental `.adc` parser: feed bytes in any pieces, get each frame's codes as soon as it is complete.
+
+    `feed(chunk)` returns a list of `(channels, K)` int64 arrays, in frame order. Raw payloads yield
+    frames before the CRC has arrived (the CRC is checked when it does, and `close()` raises if it
+    failed or the stream stopped early). Entropy-coded payloads are not frame-cuttable: their
+    frames all come out once the payload and CRC have arrived and the CRC matches.
+    """
+
+    def __init__(self, entropy_model: EntropyCoder | None = None) -> None:
+        self.entropy_model = entropy_model
+        self.header: StreamHeader | None = None
+        self.frames_read = 0
+        self._inbox = bytearray()
+        self._received = 0
+        self._crc = 0
+        self._header_bytes = 0
+        self._payload_bytes = 0
+        self._payload_seen = 0
+        self._pending = bytearray()
+        self._bit_offset = 0
+        self._crc_bytes = bytearray()
+        self._verified = False
+        self._closed = False
+
+    @property
+    def expected_bytes(self) -> int | None:
+        """Total file size once the header has been parsed, else None."""
+        if self.header is None:
+            return None
+        return self._header_bytes + self._payload_bytes + CRC_BYTES
+
+    def feed(self, chunk: bytes) -> list[np.ndarray]:
+        if self._closed:
+            raise BitstreamError("feed() after close(): start a new AdcStreamReader")
+        self._received += len(chunk)
+        self._inbox += chunk
+        frames: list[np.ndarray] = []
+        if self.header is None and not self._parse_header():
+            return frames
+        self._take_payload()
+        if self.header.entropy_coded:
+            self._take_crc()
+            if self._verified:
+                frames = self._decode_entropy_payload()
+        else:
+            frames = self._raw_frames_ready()
+            self._take_crc()
+        return frames
+
+    def close(self) -> StreamHeader:
+        """Finish the stream: raise if it is truncated or its CRC failed; return the header."""
+        self._closed = True
+        if self.header is None:
+            needed = _header_bytes_needed(bytes(self._inbox)) + CRC_BYTES
+            raise BitstreamError(f"truncated stream: expected at least {needed} bytes, got {self._received}")
+        if not self._verified:
+            raise BitstreamError(f"truncated stream: expected {self.expected_bytes} bytes, got {self._received}")
+        return self.header
+
+    def _parse_header(self) -> bool:
+        needed = _header_bytes_needed(bytes(self._inbox))
+        if len(self._inbox) < needed:
+            return False
+        header_bytes = bytes(self._inbox[:needed])
+        del self._inbox[:needed]
+        self.header, self._payload_bytes = _unpack_header(header_bytes)
+        if self.header.entropy_coded:
+            _check_entropy_model(self.header, self.entropy_model)
+        self._header_bytes = needed
+        self._crc = zlib.crc32(header_bytes)
+        return True
+
+    def _take_payload(self) -> None:
+        take = min(len(self._inbox), self._payload_bytes - self._payload_seen)
+        if take:
+            piece = bytes(self._inbox[:take])
+            del self._inbox[:take]
+            self._crc = zlib.crc32(piece, self._crc)
+            self._pending += piece
+            self._payload_seen += take
+
+    def _take_crc(self) -> None:
+        if self._payload_seen < self._payload_bytes:
+            return
+        take = min(len(self._inbox), CRC_BYTES - len(self._crc_bytes))
+        self._crc_bytes += self._inbox[:take]
+        del self._inbox[:take]
+        if self._inbox:
+            raise BitstreamError(
+                f"trailing data: expected {self.expected_bytes} bytes, got {self._received}; "
+                "the stream is corrupt or has data appended"
+            )
+        if len(self._crc_bytes) == CRC_BYTES and not self._verified:
+            if int.from_bytes(self._crc_bytes, "big") != self._crc:
+                raise BitstreamError("CRC mismatch: the stream is corrupt; re-encode or re-transfer it")
+            self._verified = True
+
+    def _raw_frames_ready(self) -> list[np.ndarray]:
+        header = self.header
+        bits_per_frame = header.payload_bits_per_frame
+        available = (len(self._pending) * 8 - self._bit_offset) // bits_per_frame
+        ready = min(header.n_frames - self.frames_read, available)
+        if ready <= 0:
+            return []
+        count = ready * header.channels * header.n_codebooks
+        used_bits = self._bit_offset + ready * bits_per_frame
+        flat = unpack_codes(self._pending[: -(-used_bits // 8)], count, header.bits_per_code, self._bit_offset)
+        frame_codes = _split_frames(flat, header)
+        self.frames_read += ready
+        del self._pending[: used_bits // 8]
+        self._bit_offset = used_bits % 8
+        if self.frames_read == header.n_frames and self._pending:
+            _check_padding(self._pending[0], self._bit_offset)
+        return list(frame_codes)
+
+    def _decode_entropy_payload(self) -> list[np.ndarray]:
+        header = self.header
+        codes = self.entropy_model.decode(bytes(self._pending), header.channels, header.n_codebooks, header.n_frames)
+        self._pending.clear()
+        self.frames_read = header.n_frames
+        return list(np.ascontiguousarray(codes.transpose(2, 0, 1)))
