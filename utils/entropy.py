@@ -98,16 +98,17 @@ class _RangeDecoder:
         self.range = step * frequencies[symbol]
         while self.range < _BOTTOM:
             self.range <<= 8
-            # Past the end the coder reads zeros; finish() then reports the overrun.
-            byte = self.data[self.position] if self.position < len(self.data) else 0
+            # A valid payload is consumed exactly, so needing a byte past the end means corruption.
+            if self.position == len(self.data):
+                raise BitstreamError("corrupt entropy payload: it ends before the last symbol; the file is corrupt")
+            self.code = (self.code << 8) | self.data[self.position]
             self.position += 1
-            self.code = (self.code << 8) | byte
         return symbol
 
     def finish(self) -> None:
         if self.position != len(self.data):
             raise BitstreamError(
-                f"corrupt entropy payload: the symbols used {self.position} bytes of {len(self.data)}; "
+                f"corrupt entropy payload: the symbols used only {self.position} bytes of {len(self.data)}; "
                 "the file is corrupt or the wrong table was used"
             )
 
