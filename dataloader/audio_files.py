@@ -1,0 +1,96 @@
+"""Finding and reading the audio files a dataset is made of."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac")
+
+
+def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """List the audio files under a folder, recursively, sorted by path.
+
+    Args:
+        root: folder to search; symbolic links to folders are followed.
+        extensions: file endings to keep, compared without regard to case.
+
+    Returns:
+        The matching files, sorted so that every process sees the same order.
+    """
+    endings = tuple(ext.lower() for ext in extensions)
+    found = []
+    for folder, _, names in os.walk(root, followlinks=True):
+        found.extend(Path(folder) / name for name in names if name.lower().endswith(endings))
+    return sorted(found)
+
+
+def read_file_list(list_file: str | os.PathLike) -> list[Path]:
+    """Read a text file naming one audio file per line (blank lines ignored), sorted by path."""
+    with open(list_file, encoding="utf-8") as handle:
+        return sorted(Path(line.strip()) for line in handle if line.strip())
+
+
+def collect_audio_files(source: str | os.PathLike, what: str = "audio files") -> list[Path]:
+    """Resolve a dataset source into its audio files.
+
+    Args:
+        source: a folder searched recursively for wav/flac files, or a text file listing audio files
+            (the form the original project's list-based configs use).
+        what: how the source is named in error messages, e.g. ``"data.subset.train"``.
+
+    Returns:
+        The sorted audio files.
+
+    Raises:
+        FileNotFoundError: the source does not exist.
+        ValueError: the source holds no audio file.
+    """
+    path = Path(source)
+    if path.is_dir():
+        files = find_audio_files(path)
+    elif path.is_file():
+        files = read_file_list(path)
+    else:
+        raise FileNotFoundError(f"{what}: {path} does not exist; check data.path and data.subset in the config")
+    if not files:
+        raise ValueError(
+            f"{what}: no {'/'.join(AUDIO_EXTENSIONS)} files found in {path}; "
+            "point data.path / data.subset in the config at a folder of audio files"
+        )
+    return files
+
+
+def check_sampling_rate(path: str | os.PathLike, sampling_rate: int, expected: int | None) -> None:
+    """Raise a ValueError naming the file and the fix when its rate differs from the expected one."""
+    if expected is not None and sampling_rate != expected:
+        raise ValueError(
+            f"{path} is sampled at {sampling_rate} Hz but the config's sampling_rate is {expected} Hz; "
+            f"resample the data to {expected} Hz or use a config made for {sampling_rate} Hz"
+        )
+
+
+def read_audio(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> np.ndarray:
+    """Read an audio file as float32 samples in [-1, 1].
+
+    Args:
+        path: wav or flac file.
+        expected_sampling_rate: when given, a file at another rate is an error.
+
+    Returns:
+        Samples of shape ``(T, C)``, float32.
+    """
+    audio, sampling_rate = sf.read(path, dtype="float32", always_2d=True)
+    check_sampling_rate(path, sampling_rate, expected_sampling_rate)
+    return audio
+
+
+def num_frames(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> int:
+    """Length of an audio file in samples, read from its header only (rate checked like :func:`read_audio`)."""
+    info = sf.info(str(path))
+    check_sampling_rate(path, info.samplerate, expected_sampling_rate)
+    return info.frames

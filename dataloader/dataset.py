@@ -1,0 +1,165 @@
+"""Datasets over folders of audio files: one folder, or paired noisy/clean folders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from dataloader.audio_files import collect_audio_files, num_frames, read_audio
+
+logger = logging.getLogger(__name__)
+
+
+def _take_subset(files: list[Path], subset_num: int) -> list[Path]:
+    """The first ``subset_num`` files, or all of them when ``subset_num`` is not positive."""
+    return files[:subset_num] if subset_num > 0 else files
+
+
+class AudioDataset(Dataset):
+    """The audio files of one folder (searched recursively) or one list file.
+
+    Items are float32 arrays of shape ``(T, C)``, or ``(name, audio)`` with ``return_name``, where
+    ``name`` is the file name without folder and extension (the utterance id the test stage writes).
+
+    Args:
+        source: folder of wav/flac files, or a text file listing audio files one per line.
+        sampling_rate: expected rate in Hz; a file at another rate raises a ValueError. None skips the check.
+        return_name: also return the file name.
+        subset_num: keep only the first ``subset_num`` files (sorted by path); -1 keeps all.
+        what: how the source is named in error messages, e.g. ``"data.subset.train"``.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        sampling_rate: int | None = None,
+        return_name: bool = False,
+        subset_num: int = -1,
+        what: str = "audio files",
+    ) -> None:
+        self.source = Path(source)
+        self.sampling_rate = sampling_rate
+        self.return_name = return_name
+        self.files = _take_subset(collect_audio_files(source, what), subset_num)
+
+    @property
+    def names(self) -> list[str]:
+        """File names without folder and extension, in item order."""
+        return [path.stem for path in self.files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> np.ndarray | tuple[str, np.ndarray]:
+        path = self.files[index]
+        audio = read_audio(path, self.sampling_rate)
+        return (path.stem, audio) if self.return_name else audio
+
+    def keep_longer_than(self, num_samples: int) -> int:
+        """Drop the files not longer than ``num_samples`` (read from file headers only).
+
+        Returns:
+            How many files were dropped.
+        """
+        kept = [path for path in self.files if num_frames(path, self.sampling_rate) > num_samples]
+        dropped = len(self.files) - len(kept)
+        self.files = kept
+        return dropped
+
+
+def _pair_keys(source: Path, files: list[Path]) -> list[str]:
+    """Keys that match a file with its partner: the path relative to the folder, without extension.
+
+    Files named by a list file have no common folder, so they are matched by file name alone.
+    """
+    if source.is_dir():
+        return [path.relative_to(source).with_suffix("").as_posix() for path in files]
+    return [path.stem for path in files]
+
+
+class PairedAudioDataset(Dataset):
+    """Noisy/clean pairs from two folders, matched by their path relative to each folder.
+
+    Items are ``(noisy, clean)`` float32 arrays of shape ``(T, C)``, or ``(name, noisy, clean)`` with
+    ``return_name``. The noisy file is the model input, the clean one its target.
+
+    Args:
+        noisy_source: folder (or list file) of noisy audio.
+        clean_source: folder (or list file) of clean audio with the same relative paths.
+        sampling_rate: expected rate in Hz for both; None skips the check.
+        return_name: also return the file name (without folder and extension).
+        subset_num: keep only the first ``subset_num`` pairs; -1 keeps all.
+        what: how the pair of sources is named in error messages.
+
+    Raises:
+        ValueError: a file in one folder has no partner in the other.
+    """
+
+    def __init__(
+        self,
+        noisy_source: str | os.PathLike,
+        clean_source: str | os.PathLike,
+        sampling_rate: int | None = None,
+        return_name: bool = False,
+        subset_num: int = -1,
+        what: str = "audio pairs",
+    ) -> None:
+        self.sampling_rate = sampling_rate
+        self.return_name = return_name
+        noisy_source, clean_source = Path(noisy_source), Path(clean_source)
+        noisy_files = collect_audio_files(noisy_source, f"{what} (noisy)")
+        clean_files = collect_audio_files(clean_source, f"{what} (clean)")
+        noisy_by_key = dict(zip(_pair_keys(noisy_source, noisy_files), noisy_files))
+        clean_by_key = dict(zip(_pair_keys(clean_source, clean_files), clean_files))
+        self._check_matched(noisy_by_key, clean_by_key, noisy_source, clean_source)
+        keys = _take_subset(sorted(noisy_by_key), subset_num)
+        self.pairs: list[tuple[Path, Path]] = [(noisy_by_key[key], clean_by_key[key]) for key in keys]
+
+    @staticmethod
+    def _check_matched(noisy: dict[str, Path], clean: dict[str, Path], noisy_source: Path, clean_source: Path) -> None:
+        for own, other, own_source, other_source in (
+            (noisy, clean, noisy_source, clean_source),
+            (clean, noisy, clean_source, noisy_source),
+        ):
+            missing = sorted(set(own) - set(other))
+            if missing:
+                raise ValueError(
+                    f"{own[missing[0]]} has no partner under {other_source} ({len(missing)} of {len(own)} files "
+                    f"in {own_source} unmatched); noisy and clean folders must hold the same relative paths"
+                )
+
+    @property
+    def names(self) -> list[str]:
+        """File names of the noisy files without folder and extension, in item order."""
+        return [noisy.stem for noisy, _ in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray] | tuple[str, np.ndarray, np.ndarray]:
+        noisy_path, clean_path = self.pairs[index]
+        noisy = read_audio(noisy_path, self.sampling_rate)
+        clean = read_audio(clean_path, self.sampling_rate)
+        return (noisy_path.stem, noisy, clean) if self.return_name else (noisy, clean)
+
+    def keep_longer_than(self, num_samples: int) -> int:
+        """Drop the pairs not longer than ``num_samples`` and the pairs whose two files differ in length.
+
+        Returns:
+            How many pairs were dropped.
+        """
+        kept = []
+        for noisy_path, clean_path in self.pairs:
+            noisy_length = num_frames(noisy_path, self.sampling_rate)
+            clean_length = num_frames(clean_path, self.sampling_rate)
+            if noisy_length != clean_length:
+                logger.warning("Skipping %s: %d noisy vs %d clean samples", noisy_path, noisy_length, clean_length)
+            elif noisy_length > num_samples:
+                kept.append((noisy_path, clean_path))
+        dropped = len(self.pairs) - len(kept)
+        self.pairs = kept
+        return dropped

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The whole codec pipeline, stage by stage (same stages and options as the original's submit_codec_*.sh):
+#   stage 0: train the autoencoder (metric losses, then adversarial)   -> ${exp}/${autoencoder}/
+#   stage 1: extract code statistics with its encoder                  -> stats/*.npy (named in the config)
+#   stage 2: train the vocoder on the frozen encoder's codes           -> ${exp}/${vocoder}/
+#   stage 3: test the symmetric codec (autoencoder encoder + decoder)  -> ${output_root}/${autoencoder}/
+#   stage 4: test the codec with the vocoder as decoder                -> ${output_root}/${vocoder}/
+#
+# Usage:
+#   bash submit_codec.sh --start 0 --stop 4                    # everything, VCTK 48 kHz recipe
+#   bash submit_codec.sh --start 3 --stop 3 --encoder_checkpoint 200000 --decoder_checkpoint 500000
+#   bash submit_codec.sh --start 0 --stop 0 --resume latest    # continue from the newest checkpoint
+#   bash submit_codec.sh --start 0 --stop 0 --ngpu 4           # DDP on 4 GPUs (torchrun)
+#   MASTER_ADDR=node0 bash submit_codec.sh --start 0 --stop 0 --ngpu 8 --nnodes 2   # on every node
+#   bash submit_codec.sh --help                                # all options with their defaults
+# Stage 3 tests the autoencoder's encoder at step encoder_checkpoint and its decoder at step
+# encoder_checkpoint + decoder_checkpoint; stage 4 tests the vocoder at step decoder_checkpoint.
+# Set PYTHON to choose the interpreter (default: python).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+autoencoder=autoencoder/symAD_vctk_48000_hop300
+statistic=statistic/symAD_vctk_48000_hop300_clean
+vocoder=vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean
+
+start=-1                # first stage to run
+stop=100                # last stage to run
+encoder_checkpoint=200000
+decoder_checkpoint=500000
+exp=exp                 # experiment root (codecTrain.py --exp_root)
+exp_root=""             # same as --exp
+output_root=output      # where the test stages write audio
+disable_cudnn=False
+statistic_subset=train
+test_subset=test
+subset_num=-1           # number of files for statistics and tests; -1 = all
+resume=""               # training stages: "", latest, a step number, or a checkpoint path
+seed=""                 # training seed; "" keeps codecTrain.py's default
+ngpu=1                  # processes (GPUs) per node; > 1 launches torchrun
+nnodes=1                # nodes; > 1 needs MASTER_ADDR (and MASTER_PORT) of the rendezvous host
+
+. ./parse_options.sh
+. ./submit_common.sh
+if [ -n "${exp_root}" ]; then
+    exp=${exp_root}
+fi
+
+if [ "${start}" -le 0 ] && [ "${stop}" -ge 0 ]; then
+    echo "Stage 0: autoencoder training (config/${autoencoder}.yaml)"
+    set_resume_args "${resume}" "${exp}/${autoencoder}"
+    run_train -c "config/${autoencoder}.yaml" --tag "${autoencoder}" --exp_root "${exp}" \
+        --disable_cudnn "${disable_cudnn}" "${resume_args[@]}"
+fi
+
+if [ "${start}" -le 1 ] && [ "${stop}" -ge 1 ]; then
+    echo "Stage 1: statistics extraction (config/${statistic}.yaml)"
+    run_python codecStatistic.py -c "config/${statistic}.yaml" --subset "${statistic_subset}" \
+        --subset_num "${subset_num}"
+fi
+
+if [ "${start}" -le 2 ] && [ "${stop}" -ge 2 ]; then
+    echo "Stage 2: vocoder training (config/${vocoder}.yaml)"
+    set_resume_args "${resume}" "${exp}/${vocoder}"
+    run_train -c "config/${vocoder}.yaml" --tag "${vocoder}" --exp_root "${exp}" \
+        --disable_cudnn "${disable_cudnn}" "${resume_args[@]}"
+fi
+
+if [ "${start}" -le 3 ] && [ "${stop}" -ge 3 ]; then
+    echo "Stage 3: testing the symmetric codec"
+    run_python codecTest.py --subset "${test_subset}" --subset_num "${subset_num}" \
+        --encoder "${exp}/${autoencoder}/checkpoint-${encoder_checkpoint}steps.pkl" \
+        --decoder "${exp}/${autoencoder}/checkpoint-$((encoder_checkpoint + decoder_checkpoint))steps.pkl" \
+        --output_dir "${output_root}/${autoencoder}"
+fi
+
+if [ "${start}" -le 4 ] && [ "${stop}" -ge 4 ]; then
+    echo "Stage 4: testing the codec with the vocoder"
+    run_python codecTest.py --subset "${test_subset}" --subset_num "${subset_num}" \
+        --encoder "${exp}/${autoencoder}/checkpoint-${encoder_checkpoint}steps.pkl" \
+        --decoder "${exp}/${vocoder}/checkpoint-${decoder_checkpoint}steps.pkl" \
+        --output_dir "${output_root}/${vocoder}"
+fi

@@ -1,0 +1,69 @@
+# Helpers shared by the submit_*.sh recipes; sourced by them, not a recipe itself.
+#
+# Reads the recipe variables ngpu, nnodes, seed and disable_cudnn, and the environment variables
+# PYTHON (interpreter, default: python), MASTER_ADDR / MASTER_PORT / RDZV_ID (multi-node rendezvous).
+
+# Print a command, then run it.
+run_command() {
+    echo "+ $*"
+    "$@"
+}
+
+# The newest checkpoint-<N>steps.pkl in a folder (by N), or nothing.
+latest_checkpoint() {
+    local folder=$1
+    [ -d "${folder}" ] || return 0
+    find "${folder}" -maxdepth 1 -name 'checkpoint-*steps.pkl' \
+        | sed -E 's/^(.*checkpoint-([0-9]+)steps\.pkl)$/\2 \1/' \
+        | sort -n | tail -n 1 | cut -d' ' -f2-
+}
+
+# Set the array resume_args to the --resume arguments of codecTrain.py for a resume request:
+# "" (train from scratch or from the config's `initial`), "latest" (the newest checkpoint in the
+# experiment folder, if any), a step number N (<folder>/checkpoint-Nsteps.pkl), or a checkpoint path.
+set_resume_args() {
+    local request=$1 folder=$2 checkpoint
+    resume_args=()
+    case "${request}" in
+        "") ;;
+        latest)
+            checkpoint=$(latest_checkpoint "${folder}")
+            if [ -n "${checkpoint}" ]; then
+                resume_args=(--resume "${checkpoint}")
+            else
+                echo "No checkpoint in ${folder} yet: training from the start"
+            fi
+            ;;
+        *[!0-9]*) resume_args=(--resume "${request}") ;;
+        *) resume_args=(--resume "${folder}/checkpoint-${request}steps.pkl") ;;
+    esac
+}
+
+# Run codecTrain.py with the given arguments (plus --seed when the recipe's seed is set): one process
+# for ngpu=1 and nnodes=1, else torchrun with ngpu processes on each of nnodes nodes.
+run_train() {
+    local python=${PYTHON:-python}
+    local -a args=("$@")
+    if [ -n "${seed}" ]; then
+        args+=(--seed "${seed}")
+    fi
+    if [ "${nnodes}" -gt 1 ]; then
+        if [ -z "${MASTER_ADDR:-}" ]; then
+            echo "--nnodes ${nnodes} needs MASTER_ADDR (and MASTER_PORT, default 29500) set to the rendezvous host" >&2
+            return 1
+        fi
+        run_command "${python}" -m torch.distributed.run --nnodes "${nnodes}" --nproc_per_node "${ngpu}" \
+            --rdzv_backend c10d --rdzv_endpoint "${MASTER_ADDR}:${MASTER_PORT:-29500}" \
+            --rdzv_id "${RDZV_ID:-audiodec}" codecTrain.py "${args[@]}"
+    elif [ "${ngpu}" -gt 1 ]; then
+        run_command "${python}" -m torch.distributed.run --standalone --nproc_per_node "${ngpu}" \
+            codecTrain.py "${args[@]}"
+    else
+        run_command "${python}" codecTrain.py "${args[@]}"
+    fi
+}
+
+# Run codecStatistic.py or codecTest.py (single process).
+run_python() {
+    run_command "${PYTHON:-python}" "$@"
+}

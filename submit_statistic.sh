@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Extract the code statistics (mean and scale of the quantized codes over a subset) that normalize
+# a vocoder's input. The config names the encoder checkpoint (analyzer) and the output .npy (stats).
+#
+# Usage:
+#   bash submit_statistic.sh
+#   bash submit_statistic.sh --tag_name statistic/symAD_libritts_24000_hop300_clean
+#   bash submit_statistic.sh --tag_name statistic/demo_48000_hop300 --subset_num 10
+# Recipes: statistic/symAD_vctk_48000_hop300_clean, symADuniv_vctk_48000_hop300_clean,
+# symAD_libritts_24000_hop300_clean, demo_48000_hop300.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+tag_name=statistic/symAD_vctk_48000_hop300_clean
+subset=train
+subset_num=-1           # number of files; -1 = all
+
+. ./parse_options.sh
+. ./submit_common.sh
+
+config_name="config/${tag_name}.yaml"
+echo "Configuration file=${config_name}"
+run_python codecStatistic.py -c "${config_name}" --subset "${subset}" --subset_num "${subset_num}"

@@ -1,0 +1,214 @@
+"""The shell recipes: parse_options.sh, and the exact commands each submit_*.sh stage runs.
+
+A stub interpreter (PYTHON) prints its arguments instead of training, so the command lines the
+recipes hand to codecTrain.py / codecStatistic.py / codecTest.py are checked without running them.
+"""
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted(ROOT.glob("submit_*.sh"))
+STAGE_SCRIPTS = [f"submit_{stage}.sh" for stage in ("codec", "autoencoder", "vocoder", "statistic", "denoise")]
+
+
+def bash(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=30
+    )
+
+
+# ---- parse_options.sh ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def option_script(tmp_path: Path) -> Path:
+    script = tmp_path / "recipe.sh"
+    script.write_text(
+        "set -euo pipefail\n"
+        "stage=0\n"
+        "tag_name=autoencoder/symAD_vctk_48000_hop300\n"
+        "subset_num=-1\n"
+        'empty=""\n'
+        f". {ROOT / 'parse_options.sh'}\n"
+        'echo "stage=${stage} tag_name=${tag_name} subset_num=${subset_num} empty=${empty} rest=$*"\n'
+    )
+    return script
+
+
+def test_defaults_stand_without_options(option_script: Path) -> None:
+    result = bash(str(option_script))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "stage=0 tag_name=autoencoder/symAD_vctk_48000_hop300 subset_num=-1 empty= rest="
+
+
+def test_options_override_in_both_forms(option_script: Path) -> None:
+    result = bash(str(option_script), "--stage", "12", "--tag_name=vocoder/x y", "--subset-num", "-5", "--empty", "")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "stage=12 tag_name=vocoder/x y subset_num=-5 empty= rest="
+
+
+def test_parsing_stops_at_the_first_positional_argument(option_script: Path) -> None:
+    result = bash(str(option_script), "--stage", "2", "data", "--stage", "3")
+    assert result.returncode == 0, result.stderr
+    assert "stage=2 " in result.stdout and result.stdout.strip().endswith("rest=data --stage 3")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus", "1"], "unknown option --bogus"),
+        (["--bogus=1"], "unknown option --bogus"),
+        (["--stage"], "option --stage needs a value"),
+        (["--x;rm", "1"], "unknown option"),
+    ],
+)
+def test_bad_options_fail_with_one_line(option_script: Path, args: list[str], message: str) -> None:
+    result = bash(str(option_script), *args)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_help_lists_the_variables_and_their_values(option_script: Path) -> None:
+    result = bash(str(option_script), "--stage", "5", "--help")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert "  --stage 5" in lines and "  --tag_name autoencoder/symAD_vctk_48000_hop300" in lines
+    assert '  --empty ""' in lines and "  --subset_num -1" in lines
+    assert not any(line.startswith("stage=") for line in lines)  # exits before the script goes on
+
+
+# ---- submit scripts ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", RECIPES, ids=lambda path: path.name)
+def test_recipe_is_valid_bash(script: Path) -> None:
+    assert bash("-n", str(script)).returncode == 0
+    if script.name != "submit_common.sh":
+        assert script.stat().st_mode & stat.S_IXUSR
+        assert "set -euo pipefail" in script.read_text()
+
+
+def test_every_stage_script_exists() -> None:
+    for name in STAGE_SCRIPTS + ["parse_options.sh"]:
+        assert (ROOT / name).is_file()
+
+
+@pytest.fixture
+def stub_python(tmp_path: Path) -> dict:
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\necho "RUN $*"\n')
+    stub.chmod(0o755)
+    return {"PYTHON": str(stub)}
+
+
+def commands(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return [line[len("RUN ") :] for line in result.stdout.splitlines() if line.startswith("RUN ")]
+
+
+def test_submit_codec_runs_the_five_stages(stub_python: dict) -> None:
+    result = bash("submit_codec.sh", "--start", "0", "--stop", "4", env=stub_python)
+    autoencoder, vocoder = "autoencoder/symAD_vctk_48000_hop300", "vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean"
+    assert commands(result) == [
+        f"codecTrain.py -c config/{autoencoder}.yaml --tag {autoencoder} --exp_root exp --disable_cudnn False",
+        "codecStatistic.py -c config/statistic/symAD_vctk_48000_hop300_clean.yaml --subset train --subset_num -1",
+        f"codecTrain.py -c config/{vocoder}.yaml --tag {vocoder} --exp_root exp --disable_cudnn False",
+        f"codecTest.py --subset test --subset_num -1 --encoder exp/{autoencoder}/checkpoint-200000steps.pkl "
+        f"--decoder exp/{autoencoder}/checkpoint-700000steps.pkl --output_dir output/{autoencoder}",
+        f"codecTest.py --subset test --subset_num -1 --encoder exp/{autoencoder}/checkpoint-200000steps.pkl "
+        f"--decoder exp/{vocoder}/checkpoint-500000steps.pkl --output_dir output/{vocoder}",
+    ]
+
+
+def test_submit_codec_stage_range_and_demo_wrapper(stub_python: dict) -> None:
+    result = bash("submit_codec_demo.sh", "--start", "3", "--stop", "4", "--subset_num", "2", env=stub_python)
+    encoder = "exp/autoencoder/demo_48000_hop300/checkpoint-10steps.pkl"
+    assert commands(result) == [
+        f"codecTest.py --subset test --subset_num 2 --encoder {encoder} "
+        "--decoder exp/autoencoder/demo_48000_hop300/checkpoint-20steps.pkl "
+        "--output_dir output/autoencoder/demo_48000_hop300",
+        f"codecTest.py --subset test --subset_num 2 --encoder {encoder} "
+        "--decoder exp/vocoder/demo_v1_48000_hop300/checkpoint-10steps.pkl "
+        "--output_dir output/vocoder/demo_v1_48000_hop300",
+    ]
+
+
+def test_resume_latest_picks_the_highest_step(stub_python: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "exp" / "autoencoder" / "demo_48000_hop300"
+    folder.mkdir(parents=True)
+    for step in (5, 20, 100):
+        (folder / f"checkpoint-{step}steps.pkl").touch()
+    args = ["--start", "0", "--stop", "0", "--exp_root", str(tmp_path / "exp"), "--seed", "7"]
+    result = bash("submit_codec_demo.sh", *args, "--resume", "latest", env=stub_python)
+    assert commands(result) == [
+        f"codecTrain.py -c config/autoencoder/demo_48000_hop300.yaml --tag autoencoder/demo_48000_hop300 "
+        f"--exp_root {tmp_path / 'exp'} --disable_cudnn False --resume {folder / 'checkpoint-100steps.pkl'} --seed 7"
+    ]
+    result = bash("submit_codec_demo.sh", *args, "--resume", "20", env=stub_python)
+    assert commands(result)[0].endswith(f"--resume {folder / 'checkpoint-20steps.pkl'} --seed 7")
+    result = bash("submit_codec.sh", *args, "--resume", "latest", env=stub_python)
+    assert "No checkpoint in" in result.stdout and "--resume" not in commands(result)[0]
+
+
+def test_multi_gpu_and_multi_node_launch_torchrun(stub_python: dict) -> None:
+    result = bash("submit_codec.sh", "--start", "0", "--stop", "0", "--ngpu", "4", env=stub_python)
+    assert commands(result)[0].startswith(
+        "-m torch.distributed.run --standalone --nproc_per_node 4 codecTrain.py -c config/autoencoder/"
+    )
+    env = {**stub_python, "MASTER_ADDR": "node0", "MASTER_PORT": "1234"}
+    result = bash("submit_vocoder.sh", "--stage", "0", "--ngpu", "8", "--nnodes", "2", env=env)
+    assert commands(result)[0].startswith(
+        "-m torch.distributed.run --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node0:1234 "
+        "--rdzv_id audiodec codecTrain.py -c config/vocoder/AudioDec_v0_symAD_vctk_48000_hop300_clean.yaml"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "MASTER_ADDR"}
+    result = subprocess.run(
+        ["bash", "submit_codec.sh", "--start", "0", "--stop", "0", "--nnodes", "2"],
+        cwd=ROOT,
+        env={**env, **stub_python},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0 and "needs MASTER_ADDR" in result.stderr
+
+
+def test_stage_scripts_commands(stub_python: dict) -> None:
+    tag = "autoencoder/symAD_vctk_48000_hop300"
+    result = bash("submit_autoencoder.sh", "--stage", "012", "--resumepoint", "300", env=stub_python)
+    assert commands(result) == [
+        f"codecTrain.py -c config/{tag}.yaml --tag {tag} --exp_root exp --disable_cudnn False",
+        f"codecTrain.py -c config/{tag}.yaml --tag {tag} --exp_root exp --disable_cudnn False "
+        f"--resume exp/{tag}/checkpoint-300steps.pkl",
+        f"codecTest.py --subset test --subset_num -1 --encoder exp/{tag}/checkpoint-200000steps.pkl "
+        f"--decoder exp/{tag}/checkpoint-700000steps.pkl --output_dir output/{tag}",
+    ]
+    vocoder = "vocoder/AudioDec_v0_symAD_vctk_48000_hop300_clean"
+    assert commands(bash("submit_vocoder.sh", "--stage", "2", env=stub_python)) == [
+        f"codecTest.py --subset test --subset_num -1 --encoder exp/{tag}/checkpoint-200000steps.pkl "
+        f"--decoder exp/{vocoder}/checkpoint-500000steps.pkl --output_dir output/{vocoder}"
+    ]
+    assert commands(bash("submit_statistic.sh", "--tag_name", "statistic/demo_48000_hop300", env=stub_python)) == [
+        "codecStatistic.py -c config/statistic/demo_48000_hop300.yaml --subset train --subset_num -1"
+    ]
+    denoise = "denoise/symAD_vctk_48000_hop300"
+    assert commands(bash("submit_denoise.sh", "--stage", "02", env=stub_python)) == [
+        f"codecTrain.py -c config/{denoise}.yaml --tag {denoise} --exp_root exp --disable_cudnn False",
+        f"codecTest.py --subset noisy_test --subset_num -1 --encoder exp/{denoise}/checkpoint-200000steps.pkl "
+        "--decoder exp/vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean/checkpoint-500000steps.pkl "
+        f"--output_dir output/{denoise}",
+    ]
+
+
+def test_recipe_configs_exist() -> None:
+    """Every config a recipe names by default is in config/."""
+    for script in RECIPES:
+        for word in script.read_text().replace("=", " ").split():
+            if word.startswith(("autoencoder/", "vocoder/", "statistic/", "denoise/")) and "{" not in word:
+                assert (ROOT / "config" / f"{word.rstrip(',')}.yaml").is_file(), (script.name, word)
