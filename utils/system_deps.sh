@@ -7,6 +7,7 @@ set -uo pipefail
 
 # One package per line; append what your part needs.
 PACKAGES=(
+    opus-tools
 )
 
 missing=()

@@ -1,0 +1,93 @@
+"""Objective evaluation of decoded audio against references, optionally side by side with Opus.
+
+    python bin/evaluate.py REF_DIR DEG_DIR [--opus] [--bitrate 12.8] [--csv out.csv] [--json out.json]
+                           [--plots DIR] [--no-visqol]
+
+Files are matched by relative path (extension may differ). Prints one table line per file and the
+mean; metrics: wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance, ViSQOL (speech) when installed.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+
+from utils.errors import CodecError  # noqa: E402
+from utils.metrics import evaluate_directories, format_table, mean_row, metric_names, visqol_available  # noqa: E402
+from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reference_dir", metavar="REF_DIR", help="folder of reference audio (searched recursively)")
+    parser.add_argument("degraded_dir", metavar="DEG_DIR", help="folder of decoded audio with the same relative names")
+    parser.add_argument("--opus", action="store_true", help="also encode+decode each reference with Opus and score it")
+    parser.add_argument("--bitrate", type=float, default=12.8, help="Opus bitrate in kbps (default 12.8)")
+    parser.add_argument("--csv", type=Path, help="write one row per file (and the mean) to this CSV file")
+    parser.add_argument("--json", type=Path, help="write per-file scores, the mean and the settings to this JSON file")
+    parser.add_argument("--plots", type=Path, help="folder for one log-mel spectrogram PNG per file")
+    parser.add_argument("--no-visqol", action="store_true", help="skip ViSQOL even when the visqol package imports")
+    return parser.parse_args(argv)
+
+
+def _json_safe(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with_visqol = visqol_available() and not args.no_visqol
+    baseline = None
+    if args.opus:
+        if not opus_available():
+            raise CodecError("--opus needs opusenc/opusdec: install the Debian package opus-tools")
+
+        def baseline(audio, sample_rate):
+            result = opus_roundtrip(audio, sample_rate, bitrate_kbps=args.bitrate)
+            return result.audio, result.bitrate_kbps
+
+    rows = evaluate_directories(
+        args.reference_dir, args.degraded_dir, baseline=baseline, with_visqol=with_visqol, plots_dir=args.plots
+    )
+    mean = mean_row(rows)
+    names = metric_names(with_visqol)
+    print(format_table([*rows, mean], names, baseline_name="opus" if args.opus else None))
+    if args.opus:
+        print(f"opus: requested {args.bitrate:g} kbps, measured mean {mean['opus_kbps']:.2f} kbps (Ogg file size)")
+    if not with_visqol:
+        print("visqol: " + ("skipped (--no-visqol)" if args.no_visqol else "unavailable (pip install visqol-python)"))
+
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows([*rows, mean])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "settings": {
+                "reference_dir": args.reference_dir,
+                "degraded_dir": args.degraded_dir,
+                "metrics": list(names),
+                "visqol": with_visqol,
+                "opus_bitrate_kbps": args.bitrate if args.opus else None,
+            },
+            "files": [{key: _json_safe(value) for key, value in row.items()} for row in rows],
+            "mean": {key: _json_safe(value) for key, value in mean.items()},
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except CodecError as error:
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

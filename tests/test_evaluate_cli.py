@@ -1,0 +1,88 @@
+"""bin/evaluate.py end to end on folders of synthetic wavs."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from utils.metrics import speech_like_signal
+from utils.opus_baseline import opus_available
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "bin" / "evaluate.py"
+SAMPLE_RATE = 16000
+
+
+def run_evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    reference_dir, degraded_dir = root / "ref", root / "deg"
+    for index, name in enumerate(["a.wav", "sub/b.wav"]):
+        speech = speech_like_signal(2.0, SAMPLE_RATE, seed=index)
+        noise = 0.01 * np.random.default_rng(index).standard_normal(len(speech))
+        for folder, audio in ((reference_dir, speech), (degraded_dir, speech + noise)):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(folder / name, audio, SAMPLE_RATE)
+    sf.write(reference_dir / "unmatched.wav", speech_like_signal(1.0, SAMPLE_RATE), SAMPLE_RATE)
+    return reference_dir, degraded_dir
+
+
+def test_table_csv_json_and_plots(folders, tmp_path):
+    reference_dir, degraded_dir = folders
+    csv_path, json_path, plots = tmp_path / "scores.csv", tmp_path / "scores.json", tmp_path / "plots"
+    options = ["--opus"] if opus_available() else []
+    completed = run_evaluate(
+        str(reference_dir),
+        str(degraded_dir),
+        "--csv",
+        str(csv_path),
+        "--json",
+        str(json_path),
+        "--plots",
+        str(plots),
+        "--no-visqol",
+        *options,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["file", "PESQ-WB", "STOI"]
+    assert any(line.startswith("a.wav ") for line in lines)
+    assert any(line.startswith("sub/b.wav ") for line in lines)
+    assert any(line.startswith("mean ") for line in lines)
+    assert "visqol: skipped" in completed.stdout
+
+    with open(csv_path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == ["a.wav", "sub/b.wav", "mean"]
+    assert 1.0 <= float(rows[-1]["pesq_wb"]) <= 4.7
+    report = json.loads(json_path.read_text())
+    assert len(report["files"]) == 2 and report["mean"]["file"] == "mean"
+    assert set(report["settings"]["metrics"]) == {"pesq_wb", "stoi", "estoi", "si_sdr", "log_mel_distance"}
+    assert (plots / "a.png").is_file() and (plots / "sub" / "b.png").is_file()
+    if options:
+        assert "opus_pesq_wb" in rows[0]
+        assert float(rows[-1]["opus_kbps"]) == pytest.approx(12.8, rel=0.3)
+
+
+def test_missing_directory_is_one_line_error(folders, tmp_path):
+    completed = run_evaluate(str(tmp_path / "missing"), str(folders[1]))
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert "not found" in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_no_matching_files_is_one_line_error(folders, tmp_path):
+    (tmp_path / "empty").mkdir()
+    completed = run_evaluate(str(folders[0]), str(tmp_path / "empty"))
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert "no matching audio files" in completed.stderr

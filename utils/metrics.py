@@ -1,0 +1,339 @@
+"""Objective speech-quality metrics for comparing a decoded signal with its reference.
+
+All functions take 1-D float arrays ``(T,)`` in [-1, 1]. Pairs of different lengths are cut to the
+common length (the codec and Opus paths are both delay-compensated, so no search for a lag is made).
+
+- wide-band PESQ (ITU-T P.862.2), computed at 16 kHz after resampling with soxr
+- STOI and extended STOI (pystoi)
+- ViSQOL speech mode, only when the optional ``visqol`` package imports
+- scale-invariant SDR
+- log-mel distance: L1 between natural-log mel magnitudes (librosa mel filters)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from utils.errors import CodecError
+
+PESQ_SAMPLE_RATE = 16000
+AUDIO_SUFFIXES = (".wav", ".flac")
+METRIC_NAMES = ("pesq_wb", "stoi", "estoi", "si_sdr", "log_mel_distance")
+VISQOL_NAME = "visqol"
+
+
+def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32 mono ``(T,)`` (channels averaged) and its sample rate."""
+    try:
+        audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise CodecError(f"cannot read audio file {path}: {error}") from error
+    return audio.mean(axis=1), int(sample_rate)
+
+
+def resample(audio: np.ndarray, sample_rate_in: int, sample_rate_out: int) -> np.ndarray:
+    """Resample ``(T,)`` with soxr (high quality); returns float32 ``(T * out / in,)``."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if sample_rate_in == sample_rate_out:
+        return audio
+    return soxr.resample(audio, sample_rate_in, sample_rate_out, quality="HQ").astype(np.float32)
+
+
+def cut_to_common_length(reference: np.ndarray, degraded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both signals truncated to the shorter length."""
+    length = min(len(reference), len(degraded))
+    return np.asarray(reference[:length]), np.asarray(degraded[:length])
+
+
+def speech_like_signal(duration: float, sample_rate: int, seed: int = 0) -> np.ndarray:
+    """A synthetic voiced-speech probe ``(T,)``, float32, peak about 0.5.
+
+    A harmonic series (glottal-like 1/k roll-off) with a slowly wandering pitch, shaped by three
+    formant-like resonances and a syllable-rate amplitude envelope with short pauses. PESQ and STOI
+    need input with speech statistics (voice activity, 2-8 Hz modulation); pure tones fail them.
+    """
+    rng = np.random.default_rng(seed)
+    n_samples = int(round(duration * sample_rate))
+    time = np.arange(n_samples) / sample_rate
+    base_pitch = rng.uniform(100.0, 200.0)
+    pitch = base_pitch * (1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * time + rng.uniform(0, 6)))
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    formants = rng.uniform([500.0, 1200.0, 2500.0], [800.0, 1800.0, 3200.0])
+    signal = np.zeros(n_samples)
+    for harmonic in range(1, 40):
+        frequency = harmonic * pitch
+        gain = sum(1.0 / (1.0 + ((frequency - f) / 150.0) ** 2) for f in formants) / harmonic
+        gain = np.where(frequency < sample_rate / 2 - 200, gain, 0.0)
+        signal += gain * np.sin(harmonic * phase + rng.uniform(0, 2 * np.pi))
+    syllable_rate = rng.uniform(3.0, 5.0)
+    envelope = np.clip(np.sin(2 * np.pi * syllable_rate * time + rng.uniform(0, 6)), 0.0, None) ** 1.5
+    envelope *= np.sin(2 * np.pi * 0.4 * time) > -0.8
+    signal *= envelope
+    signal += 1e-4 * rng.standard_normal(n_samples)
+    return (0.5 * signal / np.max(np.abs(signal))).astype(np.float32)
+
+
+def pesq_wb(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    """Wide-band PESQ MOS-LQO (about 1.0 to 4.64); NaN when PESQ finds no speech in the reference."""
+    from pesq import NoUtterancesError, pesq
+
+    reference, degraded = cut_to_common_length(reference, degraded)
+    reference_16k = resample(reference, sample_rate, PESQ_SAMPLE_RATE)
+    degraded_16k = resample(degraded, sample_rate, PESQ_SAMPLE_RATE)
+    try:
+        return float(pesq(PESQ_SAMPLE_RATE, reference_16k, degraded_16k, "wb"))
+    except NoUtterancesError:
+        return math.nan
+
+
+def stoi(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, extended: bool = False) -> float:
+    """STOI (or ESTOI when ``extended``) in [0, 1] (ESTOI may dip below 0)."""
+    from pystoi import stoi as pystoi_stoi
+
+    reference, degraded = cut_to_common_length(reference, degraded)
+    return float(pystoi_stoi(reference.astype(np.float64), degraded.astype(np.float64), sample_rate, extended=extended))
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (zero-mean signals, optimal scaling)."""
+    reference, estimate = cut_to_common_length(reference, estimate)
+    reference = reference.astype(np.float64) - np.mean(reference)
+    estimate = estimate.astype(np.float64) - np.mean(estimate)
+    scale = np.dot(estimate, reference) / (np.dot(reference, reference) + eps)
+    target = scale * reference
+    distortion = estimate - target
+    return float(10 * np.log10((np.dot(target, target) + eps) / (np.dot(distortion, distortion) + eps)))
+
+
+@lru_cache(maxsize=8)
+def _mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sample_rate / 2)
+
+
+def log_mel_spectrogram(
+    audio: np.ndarray,
+    sample_rate: int,
+    frame_ms: float = 40.0,
+    hop_ms: float = 10.0,
+    n_mels: int = 80,
+    floor: float = 1e-5,
+) -> np.ndarray:
+    """Natural-log mel magnitude ``(n_mels, frames)``; Hann window, centered frames (reflect pad)."""
+    n_fft = int(round(frame_ms * sample_rate / 1000))
+    hop_length = int(round(hop_ms * sample_rate / 1000))
+    audio = np.asarray(audio, dtype=np.float64)
+    padded = np.pad(audio, n_fft // 2, mode="reflect" if len(audio) > n_fft // 2 else "constant")
+    if len(padded) < n_fft:
+        padded = np.pad(padded, (0, n_fft - len(padded)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+    magnitude = np.abs(np.fft.rfft(frames * np.hanning(n_fft + 1)[:-1], axis=1)).T
+    mel = _mel_filters(sample_rate, n_fft, n_mels) @ magnitude
+    return np.log(np.maximum(mel, floor)).astype(np.float32)
+
+
+def log_mel_distance(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    """Mean absolute difference of the log-mel spectrograms (0 for identical signals)."""
+    reference, degraded = cut_to_common_length(reference, degraded)
+    difference = log_mel_spectrogram(reference, sample_rate) - log_mel_spectrogram(degraded, sample_rate)
+    return float(np.mean(np.abs(difference)))
+
+
+def visqol_available() -> bool:
+    """Whether the optional ``visqol`` package (PyPI ``visqol-python``) can be imported."""
+    return importlib.util.find_spec("visqol") is not None
+
+
+@lru_cache(maxsize=1)
+def _visqol_speech_api():
+    from visqol import VisqolApi
+
+    api = VisqolApi()
+    api.create(mode="speech", use_lattice_model=False)
+    return api
+
+
+def visqol_speech(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    """ViSQOL MOS-LQO in speech mode (signals resampled to 16 kHz). Needs :func:`visqol_available`."""
+    reference, degraded = cut_to_common_length(reference, degraded)
+    reference_16k = resample(reference, sample_rate, PESQ_SAMPLE_RATE).astype(np.float64)
+    degraded_16k = resample(degraded, sample_rate, PESQ_SAMPLE_RATE).astype(np.float64)
+    result = _visqol_speech_api().measure_from_arrays(reference_16k, degraded_16k, PESQ_SAMPLE_RATE)
+    return float(result.moslqo)
+
+
+def metric_names(with_visqol: bool) -> tuple[str, ...]:
+    """The keys :func:`evaluate_pair` returns, in table order."""
+    return METRIC_NAMES + ((VISQOL_NAME,) if with_visqol else ())
+
+
+def evaluate_pair(
+    reference: np.ndarray,
+    degraded: np.ndarray,
+    sample_rate: int,
+    degraded_sample_rate: int | None = None,
+    with_visqol: bool = False,
+) -> dict[str, float]:
+    """All metrics for one (reference, degraded) pair, keyed by :func:`metric_names`.
+
+    The degraded signal is resampled to the reference rate when ``degraded_sample_rate`` differs,
+    then both are cut to the common length.
+    """
+    if degraded_sample_rate is not None and degraded_sample_rate != sample_rate:
+        degraded = resample(degraded, degraded_sample_rate, sample_rate)
+    reference, degraded = cut_to_common_length(np.asarray(reference, np.float32), np.asarray(degraded, np.float32))
+    if len(reference) == 0:
+        raise CodecError("cannot evaluate an empty signal")
+    scores = {
+        "pesq_wb": pesq_wb(reference, degraded, sample_rate),
+        "stoi": stoi(reference, degraded, sample_rate),
+        "estoi": stoi(reference, degraded, sample_rate, extended=True),
+        "si_sdr": si_sdr(reference, degraded),
+        "log_mel_distance": log_mel_distance(reference, degraded, sample_rate),
+    }
+    if with_visqol:
+        scores[VISQOL_NAME] = visqol_speech(reference, degraded, sample_rate)
+    return scores
+
+
+def match_audio_files(reference_dir: str | Path, degraded_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pairs ``(relative name, reference path, degraded path)`` matched by relative path.
+
+    The extension may differ (``a/b.wav`` matches ``a/b.flac``). Raises :class:`CodecError` when a
+    folder is missing or nothing matches.
+    """
+    reference_dir, degraded_dir = Path(reference_dir), Path(degraded_dir)
+    for label, folder in (("reference", reference_dir), ("degraded", degraded_dir)):
+        if not folder.is_dir():
+            raise CodecError(f"{label} directory not found: {folder}")
+
+    def index(folder: Path) -> dict[str, Path]:
+        return {
+            str(path.relative_to(folder).with_suffix("")): path
+            for path in sorted(folder.rglob("*"))
+            if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+        }
+
+    references, degraded = index(reference_dir), index(degraded_dir)
+    names = sorted(references.keys() & degraded.keys())
+    if not names:
+        raise CodecError(
+            f"no matching audio files: {len(references)} in {reference_dir}, {len(degraded)} in {degraded_dir}, "
+            "none share a relative name"
+        )
+    return [(str(references[name].relative_to(reference_dir)), references[name], degraded[name]) for name in names]
+
+
+def save_spectrogram_figure(path: str | Path, spectrograms: dict[str, np.ndarray], hop_ms: float = 10.0) -> None:
+    """One PNG with the log-mel spectrograms ``(n_mels, frames)`` side by side, titled by key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    low = min(float(np.percentile(s, 1)) for s in spectrograms.values())
+    high = max(float(s.max()) for s in spectrograms.values())
+    figure, axes = plt.subplots(
+        1, len(spectrograms), figsize=(4.5 * len(spectrograms), 3.5), squeeze=False, layout="constrained"
+    )
+    for axis, (title, spectrogram) in zip(axes[0], spectrograms.items()):
+        duration = spectrogram.shape[1] * hop_ms / 1000
+        extent = (0, duration, 0, spectrogram.shape[0])
+        image = axis.imshow(spectrogram, origin="lower", aspect="auto", vmin=low, vmax=high, extent=extent)
+        axis.set_title(title)
+        axis.set_xlabel("time (s)")
+        axis.set_ylabel("mel bin")
+    figure.colorbar(image, ax=axes[0].tolist(), label="log magnitude")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+METRIC_LABELS = {
+    "pesq_wb": "PESQ-WB",
+    "stoi": "STOI",
+    "estoi": "ESTOI",
+    "si_sdr": "SI-SDR",
+    "log_mel_distance": "LogMel",
+    "visqol": "ViSQOL",
+}
+
+
+def evaluate_directories(
+    reference_dir: str | Path,
+    degraded_dir: str | Path,
+    baseline: Callable[[np.ndarray, int], tuple[np.ndarray, float]] | None = None,
+    baseline_name: str = "opus",
+    with_visqol: bool = False,
+    plots_dir: str | Path | None = None,
+) -> list[dict[str, float | str]]:
+    """Evaluate every degraded file against the reference of the same relative name.
+
+    ``baseline(reference, sample_rate) -> (decoded, kbps)`` (e.g. Opus) is run on each reference and
+    scored too, under keys prefixed ``"<baseline_name>_"`` plus ``"<baseline_name>_kbps"``. With
+    ``plots_dir``, one PNG of log-mel spectrograms per file is written there (same relative name).
+    Returns one row per file: ``file``, ``sample_rate``, ``seconds`` and the metrics.
+    """
+    from tqdm import tqdm
+
+    rows: list[dict[str, float | str]] = []
+    for name, reference_path, degraded_path in tqdm(match_audio_files(reference_dir, degraded_dir), disable=None):
+        reference, sample_rate = read_mono(reference_path)
+        degraded, degraded_rate = read_mono(degraded_path)
+        degraded = resample(degraded, degraded_rate, sample_rate)
+        row: dict[str, float | str] = {"file": name, "sample_rate": sample_rate}
+        row["seconds"] = len(reference) / sample_rate
+        row.update(evaluate_pair(reference, degraded, sample_rate, with_visqol=with_visqol))
+        spectrograms = {"reference": reference, "decoded": degraded}
+        if baseline is not None:
+            baseline_audio, kbps = baseline(reference, sample_rate)
+            scores = evaluate_pair(reference, baseline_audio, sample_rate, with_visqol=with_visqol)
+            row.update({f"{baseline_name}_{key}": value for key, value in scores.items()})
+            row[f"{baseline_name}_kbps"] = kbps
+            spectrograms[f"{baseline_name} ({kbps:.1f} kbps)"] = baseline_audio
+        if plots_dir is not None:
+            length = min(len(audio) for audio in spectrograms.values())
+            save_spectrogram_figure(
+                (Path(plots_dir) / name).with_suffix(".png"),
+                {title: log_mel_spectrogram(audio[:length], sample_rate) for title, audio in spectrograms.items()},
+            )
+        rows.append(row)
+    return rows
+
+
+def mean_row(rows: list[dict[str, float | str]]) -> dict[str, float | str]:
+    """Column means over ``rows`` (NaN entries ignored), with ``file`` set to ``"mean"``."""
+    keys = [key for key, value in rows[0].items() if key != "file" and not isinstance(value, str)]
+    means: dict[str, float | str] = {"file": "mean"}
+    for key in keys:
+        values = np.array([float(row[key]) for row in rows], dtype=np.float64)
+        means[key] = float(np.nanmean(values)) if np.any(np.isfinite(values)) else math.nan
+    return means
+
+
+def format_table(rows: list[dict[str, float | str]], names: tuple[str, ...], baseline_name: str | None = None) -> str:
+    """A fixed-width text table: one line per row, one column per metric (ours, then the baseline's)."""
+    systems = ["ours"] + ([baseline_name] if baseline_name else [])
+    width = max(len("file"), *(len(str(row["file"])) for row in rows)) + 2
+    cell = 8
+    header = "file".ljust(width) + "".join(METRIC_LABELS.get(name, name).ljust(cell * len(systems)) for name in names)
+    lines = [header.rstrip()]
+    if baseline_name:
+        lines.append((" " * width + "".join(system.ljust(cell) for _ in names for system in systems)).rstrip())
+    for row in rows:
+        cells = []
+        for name in names:
+            for system in systems:
+                value = float(row[name if system == "ours" else f"{system}_{name}"])
+                cells.append(f"{value:.3f}".ljust(cell) if math.isfinite(value) else "nan".ljust(cell))
+        lines.append((str(row["file"]).ljust(width) + "".join(cells)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Opus reference codec: encode and decode a signal with Debian's ``opus-tools`` command-line tools.
+
+``opusenc --bitrate 12.8 --framesize 20 --quiet in.wav out.opus`` then
+``opusdec --rate 48000 --quiet out.opus out.wav``, in a temporary folder. The input is written as
+16-bit PCM at its own rate (opusenc resamples to 48 kHz itself); the output is resampled back to the
+input rate and aligned sample for sample with the input.
+
+Alignment: opusdec already drops the encoder's pre-skip (312 samples at 48 kHz), but the decoded
+signal still comes out :data:`OPUSDEC_LEAD_SAMPLES` samples early. Measured by cross-correlation on
+speech-like harmonic signals (:func:`utils.metrics.speech_like_signal`, several seeds, input at 16, 24
+and 48 kHz, opus-tools 0.2 / libopus 1.3): the peak is at a lead of exactly 2 samples at 48 kHz every
+time (correlation 0.964 unshifted, 0.985 shifted). We delay the decoded 48 kHz signal by that amount;
+:func:`estimate_lag` then reads 0 (see tests/test_opus_baseline.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from utils.errors import CodecError
+from utils.metrics import read_mono, resample
+
+OPUS_SAMPLE_RATE = 48000
+OPUSDEC_LEAD_SAMPLES = 2
+DEFAULT_BITRATE_KBPS = 12.8
+DEFAULT_FRAMESIZE_MS = 20
+
+
+@dataclass
+class OpusResult:
+    """Decoded audio ``(T,)`` float32 at ``sample_rate`` (the input's rate and length) and the real
+    bitrate: Ogg Opus file bytes * 8 / input duration, headers included."""
+
+    audio: np.ndarray
+    sample_rate: int
+    bitrate_kbps: float
+    file_bytes: int
+
+
+def opus_available() -> bool:
+    """Whether ``opusenc`` and ``opusdec`` are on PATH (Debian package ``opus-tools``)."""
+    return shutil.which("opusenc") is not None and shutil.which("opusdec") is not None
+
+
+def _run(command: list[str]) -> None:
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        message = completed.stderr.strip().splitlines()[-1:] or ["no message"]
+        raise CodecError(f"{command[0]} failed (exit {completed.returncode}): {message[0]}")
+
+
+def opus_roundtrip(
+    audio: np.ndarray,
+    sample_rate: int,
+    bitrate_kbps: float = DEFAULT_BITRATE_KBPS,
+    framesize_ms: float = DEFAULT_FRAMESIZE_MS,
+) -> OpusResult:
+    """Encode ``audio`` ``(T,)`` with Opus and decode it again, aligned to the input.
+
+    Raises :class:`CodecError` when opus-tools is missing or a tool fails.
+    """
+    if not opus_available():
+        raise CodecError("opusenc/opusdec not found: install the Debian package opus-tools (bash utils/system_deps.sh)")
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1 or len(audio) == 0:
+        raise CodecError(f"opus_roundtrip expects a non-empty mono signal (T,), got shape {audio.shape}")
+    with tempfile.TemporaryDirectory(prefix="opus_baseline_") as folder:
+        input_path, encoded_path, decoded_path = (Path(folder) / name for name in ("in.wav", "out.opus", "out.wav"))
+        sf.write(input_path, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+        _run(
+            [
+                "opusenc",
+                "--bitrate",
+                f"{bitrate_kbps:g}",
+                "--framesize",
+                f"{framesize_ms:g}",
+                "--quiet",
+                str(input_path),
+                str(encoded_path),
+            ]
+        )
+        _run(["opusdec", "--rate", str(OPUS_SAMPLE_RATE), "--quiet", str(encoded_path), str(decoded_path)])
+        file_bytes = encoded_path.stat().st_size
+        decoded, decoded_rate = sf.read(decoded_path, dtype="float32", always_2d=True)
+    decoded = np.concatenate([np.zeros(OPUSDEC_LEAD_SAMPLES, np.float32), decoded.mean(axis=1)])
+    decoded = resample(decoded, decoded_rate, sample_rate)
+    decoded = np.pad(decoded, (0, max(0, len(audio) - len(decoded))))[: len(audio)]
+    bitrate_kbps = file_bytes * 8 / (len(audio) / sample_rate) / 1000
+    return OpusResult(audio=decoded, sample_rate=sample_rate, bitrate_kbps=bitrate_kbps, file_bytes=file_bytes)
+
+
+def opus_roundtrip_file(path: str | Path, bitrate_kbps: float = DEFAULT_BITRATE_KBPS) -> OpusResult:
+    """:func:`opus_roundtrip` on a (mono-mixed) audio file."""
+    audio, sample_rate = read_mono(path)
+    return opus_roundtrip(audio, sample_rate, bitrate_kbps)
+
+
+def estimate_lag(reference: np.ndarray, degraded: np.ndarray, max_lag: int = 1000) -> int:
+    """Samples by which ``degraded`` lags ``reference`` (negative: it leads), by cross-correlation
+    over lags in ``[-max_lag, max_lag]``."""
+    length = min(len(reference), len(degraded))
+    reference = np.asarray(reference[:length], np.float64)
+    degraded = np.asarray(degraded[:length], np.float64)
+    size = 1 << int(np.ceil(np.log2(2 * length)))
+    correlation = np.fft.irfft(np.fft.rfft(degraded, size) * np.conj(np.fft.rfft(reference, size)), size)
+    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
+    return int(lags[np.argmax(correlation[lags])])
