@@ -7,6 +7,8 @@ set -uo pipefail
 
 # One package per line; append what your part needs.
 PACKAGES=(
+    jackd2
+    libportaudio2
     opus-tools
 )
 

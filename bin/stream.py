@@ -1,0 +1,819 @@
+"""Live streaming through a codec: capture -> encoder thread -> decoder thread -> playback.
+
+Three ways to run it, all built from the same parts:
+
+- `Streamer`: transmitter and receiver in one process (the original's demo). A sound-card callback
+  (or a file clock) calls `process(block)`: the block goes into a bounded encoder queue, the
+  encoder thread turns it into codes, the decoder thread into audio, and the callback plays the
+  oldest decoded block. When a block comes out later than `max_latency` after it went in, every
+  block still in flight is dropped, so the delay cannot keep growing on a slow machine.
+- `Sender`: capture -> encoder thread -> UDP packets (`utils.packet`).
+- `Receiver`: UDP packets -> decoder -> playback or file, concealing lost packets.
+
+Blocks are numpy `(frame_size, channels)` float32, as sound cards deliver them; a mono model codes
+each channel as its own stream (`StreamingCodec.streams_from_audio`). Frames are numbered from 0;
+the receiver's audio is kept by frame number, so a file streamed through here lines up sample for
+sample with its input and equals `StreamingCodec.code` of it (Contract 2), apart from dropped frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import random
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils import packet
+from utils.audiodec import StreamingCodec
+from utils.errors import CodecError
+
+POLL_SECONDS = 0.05
+END_PACKET_COPIES = 3
+FADE_SECONDS = 0.04
+MAX_CONCEAL_SECONDS = 10.0
+DRAIN_SECONDS = 60.0
+
+
+# --------------------------------------------------------------------------- sound devices
+
+def import_sounddevice() -> Any:
+    """The sounddevice module, or a CodecError saying how to get PortAudio."""
+    try:
+        import sounddevice
+    except OSError as error:
+        raise CodecError(
+            f"cannot use audio devices ({error}): install PortAudio (apt-get install libportaudio2, "
+            "or bash utils/system_deps.sh)"
+        ) from None
+    return sounddevice
+
+
+def parse_device(text: str | None) -> int | str | None:
+    """'3' -> device index 3; a name (or part of one) stays a string; None = the system default."""
+    if text is None:
+        return None
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
+def list_devices() -> str:
+    sd = import_sounddevice()
+    return str(sd.query_devices())
+
+
+def check_device(kind: str, device: int | str | None, channels: int, sample_rate: int) -> None:
+    """Raise a CodecError unless `device` can capture (kind 'input') or play `channels` at `sample_rate`."""
+    sd = import_sounddevice()
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    shown = "the default device" if device is None else repr(device)
+    try:
+        check(device=device, channels=channels, samplerate=sample_rate, dtype="float32")
+    except (ValueError, sd.PortAudioError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CodecError(
+            f"{kind} device {shown} cannot be used ({reason}) for {channels} channel(s) at {sample_rate} Hz: "
+            "see --list-devices"
+        ) from None
+
+
+# --------------------------------------------------------------------------- statistics
+
+def _mean_std_ms(seconds: list[float]) -> str:
+    if not seconds:
+        return "n/a"
+    values = np.asarray(seconds) * 1000.0
+    return f"{values.mean():.2f} +- {values.std():.2f}"
+
+
+@dataclass
+class StreamStats:
+    """What a run measured; `report()` prints it like the original demo."""
+
+    frame_size: int
+    sample_rate: int
+    encoder_times: list[float] = field(default_factory=list)
+    decoder_times: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    frames: int = 0
+    frame_drops: int = 0
+    device_xruns: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def report(self) -> str:
+        frame_ms = 1000.0 * self.frame_size / self.sample_rate
+        drop_ratio = 100.0 * self.frame_drops / max(self.frames, 1)
+        lines = [
+            "#" * 80,
+            f"frame size:                        {self.frame_size} samples ({frame_ms:.2f} ms)",
+            f"encoder processing time (ms):      {_mean_std_ms(self.encoder_times)}",
+            f"decoder processing time (ms):      {_mean_std_ms(self.decoder_times)}",
+            f"system latency (ms):               {_mean_std_ms(self.latencies)}",
+            f"frame drops:                       {self.frame_drops} ({drop_ratio:.2f}%) of {self.frames} frames",
+        ]
+        if self.device_xruns:
+            lines.append(f"device over/underruns:             {self.device_xruns}")
+        lines += [f"{name + ':':35s}{value}" for name, value in self.counters.items()]
+        lines.append("#" * 80)
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- worker threads
+
+class _Worker(threading.Thread):
+    """Takes (index, payload, stamp) items from `source`, puts (index, step(...), stamp) in `sink`.
+
+    Items whose frame `is_dropped` are skipped. A failure is kept in `error` (the owner re-raises
+    it in the main thread) and stops the worker.
+    """
+
+    def __init__(self, name: str, source: queue.Queue, step: Callable[[int, Any, float], Any], sink: queue.Queue | None,
+                 times: list[float], stop: threading.Event, is_dropped: Callable[[int], bool]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.source, self.step, self.sink, self.times = source, step, sink, times
+        self.stop, self.is_dropped = stop, is_dropped
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    index, payload, stamp = self.source.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if self.is_dropped(index):
+                    continue
+                start = time.perf_counter()
+                result = self.step(index, payload, stamp)
+                self.times.append(time.perf_counter() - start)
+                if self.sink is not None:
+                    self._put((index, result, stamp))
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            self.error = error
+            self.stop.set()
+
+    def _put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.sink.put(item, timeout=POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+
+def _queue_frames(max_latency: float, frame_size: int, sample_rate: int) -> int:
+    """Queue bound: as many frames as fit in the latency bound, at least 2."""
+    if max_latency <= 0:
+        return 64
+    return max(2, math.ceil(max_latency * sample_rate / frame_size) + 1)
+
+
+class _Pipeline:
+    """Frame numbering, drop bookkeeping, input/output dumps and worker supervision."""
+
+    def __init__(self, frame_size: int, sample_rate: int, max_latency: float) -> None:
+        self.frame_size = frame_size
+        self.sample_rate = sample_rate
+        self.max_latency = max_latency
+        self.stats = StreamStats(frame_size, sample_rate)
+        self.stop_event = threading.Event()
+        self.workers: list[_Worker] = []
+        self.encoder_queue: queue.Queue = queue.Queue(_queue_frames(max_latency, frame_size, sample_rate))
+        self.input_dump: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._pending: dict[int, float] = {}
+        self._next_index = 0
+
+    def is_dropped(self, index: int) -> bool:
+        with self._lock:
+            return index not in self._pending
+
+    def drop(self, indices: list[int] | None = None) -> None:
+        """Give up frames still in flight (all of them when `indices` is None)."""
+        with self._lock:
+            for index in list(self._pending) if indices is None else indices:
+                if self._pending.pop(index, None) is not None:
+                    self.stats.frame_drops += 1
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _arrived(self, index: int) -> float | None:
+        """Mark frame `index` done; its push time, or None when it was dropped meanwhile."""
+        with self._lock:
+            return self._pending.pop(index, None)
+
+    def push(self, block: np.ndarray, wait: bool = False, stamp: float | None = None) -> int:
+        """Queue one captured block (frame_size, channels); returns its frame number.
+
+        Without `wait` a full queue drops the block (the machine is not keeping up).
+        """
+        index = self._next_index
+        self._next_index += 1
+        self.stats.frames += 1
+        self.input_dump.append(block)
+        now = time.perf_counter()
+        with self._lock:
+            self._pending[index] = now
+        try:
+            self.encoder_queue.put((index, block, time.time() if stamp is None else stamp),
+                                   block=wait, timeout=DRAIN_SECONDS if wait else None)
+        except queue.Full:
+            self.drop([index])
+        return index
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def check(self) -> None:
+        """Re-raise a worker's failure in the calling thread."""
+        for worker in self.workers:
+            if worker.error is not None:
+                error = worker.error
+                if isinstance(error, CodecError):
+                    raise error
+                raise CodecError(f"{worker.name} thread failed: {type(error).__name__}: {error}") from error
+
+    def close(self) -> None:
+        self.stop_event.set()
+        for worker in self.workers:
+            worker.join(timeout=5.0)
+
+    def input_audio(self) -> np.ndarray:
+        return np.concatenate(self.input_dump) if self.input_dump else np.zeros((0, 1), np.float32)
+
+
+def _encode_step(codec: StreamingCodec) -> Callable[[np.ndarray], torch.Tensor]:
+    """Block (frame_size, channels) -> codes (streams, K, frames) with the codec's transmitter."""
+
+    def encode(block: np.ndarray) -> torch.Tensor:
+        return codec.encode(codec.streams_from_audio(block))
+    return encode
+
+
+# --------------------------------------------------------------------------- one process
+
+class Streamer(_Pipeline):
+    """Transmitter and receiver in one process: `tx` encodes, `rx` decodes (they may be one codec)."""
+
+    def __init__(self, tx: StreamingCodec, rx: StreamingCodec, frame_size: int, channels: int,
+                 max_latency: float = 0.1) -> None:
+        super().__init__(frame_size, tx.sample_rate, max_latency)
+        check_frame_size(frame_size, tx.hop_length)
+        self.tx, self.rx = tx, rx
+        self.streams = 1 if tx.input_channels > 1 else channels
+        self.output_channels = self.streams * rx.output_channels
+        self.decoder_queue: queue.Queue = queue.Queue(self.encoder_queue.maxsize)
+        self.output_queue: queue.Queue = queue.Queue()
+        self.received: dict[int, np.ndarray] = {}
+        encode = _encode_step(tx)
+        self.workers = [
+            _Worker("encoder", self.encoder_queue, lambda _, block, __: encode(block), self.decoder_queue,
+                    self.stats.encoder_times, self.stop_event, self.is_dropped),
+            _Worker("decoder", self.decoder_queue, lambda _, codes, __: self._decode(codes), self.output_queue,
+                    self.stats.decoder_times, self.stop_event, self.is_dropped),
+        ]
+
+    def _decode(self, codes: torch.Tensor) -> np.ndarray:
+        return StreamingCodec.audio_from_streams(self.rx.decode(codes.to(self.rx.device))).astype(np.float32)
+
+    def start(self) -> None:
+        self.tx.reset(self.streams)
+        if self.rx is not self.tx:
+            self.rx.reset(self.streams)
+        super().start()
+
+    def pull(self, timeout: float = 0.0) -> np.ndarray | None:
+        """The next decoded block, or None. A block later than max_latency drops all frames in flight."""
+        while True:
+            try:
+                index, audio, _ = self.output_queue.get(timeout=timeout) if timeout else self.output_queue.get_nowait()
+            except queue.Empty:
+                return None
+            pushed = self._arrived(index)
+            if pushed is None:
+                continue
+            latency = time.perf_counter() - pushed
+            self.stats.latencies.append(latency)
+            self.received[index] = audio
+            if self.max_latency > 0 and latency > self.max_latency:
+                self.drop()
+            return audio
+
+    def process(self, block: np.ndarray | None) -> np.ndarray:
+        """One sound-card period: queue `block` (None = no more input), return what to play now."""
+        if block is not None:
+            self.push(block)
+        audio = self.pull()
+        return audio if audio is not None else np.zeros((self.frame_size, self.output_channels), np.float32)
+
+    def drain(self, timeout: float = DRAIN_SECONDS) -> None:
+        """Wait until every queued frame came out or was dropped."""
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            self.check()
+            if time.monotonic() > deadline:
+                raise CodecError(f"the codec threads did not finish within {timeout:.0f} s")
+            self.pull(timeout=POLL_SECONDS)
+
+    def output_audio(self, n_samples: int | None = None) -> np.ndarray:
+        """What the receiver produced, frame by frame in input order (dropped frames silent)."""
+        n_frames = self._next_index
+        audio = np.zeros((n_frames * self.frame_size, self.output_channels), np.float32)
+        for index, block in self.received.items():
+            audio[index * self.frame_size:(index + 1) * self.frame_size] = block
+        return audio if n_samples is None else audio[:n_samples]
+
+
+def check_frame_size(frame_size: int, hop_length: int) -> None:
+    if frame_size <= 0 or frame_size % hop_length:
+        raise CodecError(
+            f"--frame_size {frame_size} is not a positive multiple of the model's hop ({hop_length}): "
+            f"use e.g. {hop_length * max(1, round(max(frame_size, 1) / hop_length))}"
+        )
+
+
+def file_blocks(data: np.ndarray, frame_size: int) -> Iterator[np.ndarray]:
+    """(T, C) audio -> float32 blocks of frame_size samples; the last one zero-padded."""
+    for start in range(0, data.shape[0], frame_size):
+        block = np.zeros((frame_size, data.shape[1]), np.float32)
+        chunk = data[start:start + frame_size]
+        block[:chunk.shape[0]] = chunk
+        yield block
+
+
+class FrameClock:
+    """Sleeps until the next period of a real-time clock started at construction."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.start = time.perf_counter()
+        self.ticks = 0
+
+    def wait(self) -> None:
+        delay = self.start + self.ticks * self.period - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        self.ticks += 1
+
+
+def run_file(streamer: Streamer, data: np.ndarray, pace: bool) -> None:
+    """Stream a file's samples (T, C) through the codec; paced in real time or as fast as possible.
+
+    Unpaced, nothing is late, so nothing is dropped: the file waits for the codec instead.
+    """
+    streamer.start()
+    try:
+        if not pace:
+            streamer.max_latency = 0
+            for block in file_blocks(data, streamer.frame_size):
+                streamer.push(block, wait=True)
+                streamer.check()
+            streamer.drain()
+            return
+        clock = FrameClock(streamer.frame_size / streamer.sample_rate)
+        for block in file_blocks(data, streamer.frame_size):
+            clock.wait()
+            streamer.process(block)
+            streamer.check()
+        deadline = time.monotonic() + max(streamer.max_latency, 0) * 2 + (0 if streamer.max_latency > 0 else 60)
+        while streamer.pending and time.monotonic() < deadline + 1.0:
+            clock.wait()
+            streamer.process(None)
+            streamer.check()
+        streamer.drop()
+    finally:
+        streamer.close()
+
+
+def wait_for_stop(duration: float | None, check: Callable[[], None], finished: threading.Event | None = None) -> None:
+    """Block until `duration` seconds pass, Return is pressed, `finished` is set, or Ctrl-C."""
+    stop = finished or threading.Event()
+    if duration is None:
+        def read_return() -> None:
+            try:
+                line = sys.stdin.readline()
+            except (OSError, ValueError):
+                return
+            if line:
+                stop.set()
+        threading.Thread(target=read_return, daemon=True).start()
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while not stop.wait(POLL_SECONDS):
+            check()
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+    except KeyboardInterrupt:
+        logging.info("stopping")
+
+
+def run_devices(streamer: Streamer, input_device: int | str | None, output_device: int | str | None,
+                duration: float | None) -> None:
+    """Microphone -> codec -> speaker until Return, Ctrl-C or `duration` seconds."""
+    sd = import_sounddevice()
+
+    def callback(indata: np.ndarray, outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        if status:
+            streamer.stats.device_xruns += 1
+        outdata[:] = streamer.process(indata.copy())
+
+    streamer.start()
+    try:
+        with open_stream(sd.Stream, device=(input_device, output_device), samplerate=streamer.sample_rate,
+                   blocksize=streamer.frame_size, dtype="float32", latency="low",
+                   channels=(streamer.streams * streamer.tx.input_channels, streamer.output_channels),
+                   callback=callback):
+            logging.info("### streaming [press Return or Ctrl-C to quit] ###" if duration is None
+                         else f"### streaming for {duration:g} s ###")
+            wait_for_stop(duration, streamer.check)
+    finally:
+        streamer.close()
+
+
+def run_file_to_device(streamer: Streamer, data: np.ndarray, output_device: int | str | None) -> None:
+    """A file as the microphone, the codec's output on a speaker; the sound card keeps the time."""
+    sd = import_sounddevice()
+    blocks = file_blocks(data, streamer.frame_size)
+    finished = threading.Event()
+
+    def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        if status:
+            streamer.stats.device_xruns += 1
+        outdata[:] = streamer.process(next(blocks, None))
+        if streamer.stats.frames * streamer.frame_size >= data.shape[0] and not streamer.pending:
+            finished.set()
+
+    streamer.start()
+    try:
+        with open_stream(sd.OutputStream, device=output_device, samplerate=streamer.sample_rate,
+                   blocksize=streamer.frame_size, dtype="float32", latency="low",
+                   channels=streamer.output_channels, callback=callback):
+            wait_for_stop(data.shape[0] / streamer.sample_rate + DRAIN_SECONDS, streamer.check, finished)
+        streamer.drop()
+    finally:
+        streamer.close()
+
+
+def open_stream(stream_class: Any, **kwargs: Any) -> Any:
+    sd = import_sounddevice()
+    try:
+        return stream_class(**kwargs)
+    except (ValueError, sd.PortAudioError) as error:
+        raise CodecError(f"cannot open the audio stream ({error}): check the devices with --list-devices") from None
+
+
+# --------------------------------------------------------------------------- UDP
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (or ':PORT' / 'PORT' for 127.0.0.1) -> (host, port)."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise CodecError(f"{text!r} is not HOST:PORT with a port in 1..65535")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Sender(_Pipeline):
+    """Capture -> encoder thread -> one UDP packet per frame. `drop_rate` fakes network loss."""
+
+    def __init__(self, codec: StreamingCodec, frame_size: int, channels: int, address: tuple[str, int],
+                 max_latency: float = 0.1, drop_rate: float = 0.0, drop_seed: int | None = None) -> None:
+        super().__init__(frame_size, codec.sample_rate, max_latency)
+        check_frame_size(frame_size, codec.hop_length)
+        if frame_size // codec.hop_length > packet.MAX_FRAMES:
+            raise CodecError(f"--frame_size {frame_size} holds more than {packet.MAX_FRAMES} codec frames: "
+                             "use a smaller one")
+        self.codec = codec
+        self.streams = 1 if codec.input_channels > 1 else channels
+        self.frames_per_packet = frame_size // codec.hop_length
+        self.bits = packet.code_bits(codec.codebook_size)
+        self.session = random.getrandbits(32)
+        self.drop_rate = drop_rate
+        self.loss = random.Random(drop_seed)
+        try:
+            infos = socket.getaddrinfo(*address, type=socket.SOCK_DGRAM)
+        except socket.gaierror as error:
+            raise CodecError(f"cannot resolve {address[0]} ({error}): give --send HOST:PORT") from None
+        family, _, _, _, self.address = infos[0]
+        self.socket = socket.socket(family, socket.SOCK_DGRAM)
+        self.packets_sent = 0
+        self.packets_dropped = 0
+        self.encode = _encode_step(codec)
+        self.workers = [_Worker("encoder", self.encoder_queue, self._encode_and_send, None,
+                                self.stats.encoder_times, self.stop_event, self.is_dropped)]
+
+    def _encode_and_send(self, index: int, block: np.ndarray, stamp: float) -> None:
+        codes = self.encode(block).cpu().numpy()
+        self._send(packet.encode_codes(codes, self.bits, self.session, index, index * self.frames_per_packet,
+                                       int(stamp * 1e6)))
+        self._arrived(index)
+
+    def start(self) -> None:
+        self.codec.reset(self.streams)
+        super().start()
+
+    def _send(self, datagram: bytes) -> None:
+        if self.drop_rate > 0 and self.loss.random() < self.drop_rate:
+            self.packets_dropped += 1
+            return
+        try:
+            self.socket.sendto(datagram, self.address)
+        except OSError as error:
+            raise CodecError(f"cannot send to {self.address[0]}:{self.address[1]} ({error})") from None
+        self.packets_sent += 1
+
+    def drain(self, timeout: float = DRAIN_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            self.check()
+            if time.monotonic() > deadline:
+                raise CodecError(f"the encoder thread did not finish within {timeout:.0f} s")
+            time.sleep(POLL_SECONDS / 5)
+
+    def finish(self, n_samples: int) -> None:
+        """Send the END packet (a few copies, loss may take some) telling the receiver the length."""
+        end = packet.encode_end(self.session, self._next_index, self._next_index * self.frames_per_packet,
+                                n_samples)
+        for _ in range(END_PACKET_COPIES):
+            self._send(end)
+        self.stats.counters = {"packets sent": self.packets_sent, "packets dropped (--drop_rate)": self.packets_dropped}
+
+    def close(self) -> None:
+        super().close()
+        self.socket.close()
+
+
+def send_file(sender: Sender, data: np.ndarray, pace: bool) -> None:
+    sender.start()
+    try:
+        clock = FrameClock(sender.frame_size / sender.sample_rate)
+        for block in file_blocks(data, sender.frame_size):
+            if pace:
+                clock.wait()
+            sender.push(block, wait=not pace)
+            sender.check()
+        sender.drain()
+        sender.finish(data.shape[0])
+    finally:
+        sender.close()
+
+
+def send_device(sender: Sender, input_device: int | str | None, duration: float | None) -> None:
+    sd = import_sounddevice()
+
+    def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        if status:
+            sender.stats.device_xruns += 1
+        sender.push(indata.copy())
+
+    sender.start()
+    try:
+        with open_stream(sd.InputStream, device=input_device, samplerate=sender.sample_rate,
+                         blocksize=sender.frame_size, dtype="float32", latency="low",
+                         channels=sender.streams * sender.codec.input_channels, callback=callback):
+            logging.info("### sending [press Return or Ctrl-C to quit] ###")
+            wait_for_stop(duration, sender.check)
+        sender.drain(timeout=5.0)
+        sender.finish(sender.stats.frames * sender.frame_size)
+    finally:
+        sender.close()
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to host:port, or a CodecError when the port is taken or not ours."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        sock = socket.socket(infos[0][0], socket.SOCK_DGRAM)
+    except (socket.gaierror, OSError) as error:
+        raise CodecError(f"cannot use address {host}: {error}") from None
+    try:
+        sock.bind(infos[0][4])
+    except OSError as error:
+        sock.close()
+        raise CodecError(f"cannot listen on {host}:{port} ({error.strerror or error}): "
+                         "the port is in use or not allowed, pick another --receive port or --bind") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    except OSError:
+        pass
+    return sock
+
+
+class PlaybackBuffer:
+    """Samples waiting for the sound card; the card's callback takes what is there (silence if not)."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self.blocks: deque[np.ndarray] = deque()
+        self.offset = 0
+        self.lock = threading.Lock()
+        self.underruns = 0
+
+    def put(self, audio: np.ndarray) -> None:
+        with self.lock:
+            self.blocks.append(audio)
+
+    def callback(self, outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        filled = 0
+        with self.lock:
+            while filled < frames and self.blocks:
+                block = self.blocks[0]
+                take = min(frames - filled, block.shape[0] - self.offset)
+                outdata[filled:filled + take] = block[self.offset:self.offset + take]
+                filled += take
+                self.offset += take
+                if self.offset == block.shape[0]:
+                    self.blocks.popleft()
+                    self.offset = 0
+        if filled < frames:
+            self.underruns += 1
+            outdata[filled:] = 0
+
+
+class Receiver:
+    """UDP packets -> decoder -> audio, in frame order; lost packets concealed, bad ones counted.
+
+    A gap in the frame numbers is filled by decoding the last frame's codes again, faded out over
+    FADE_SECONDS (silence when nothing came yet); the next real frame fades back in.
+    """
+
+    def __init__(self, codec: StreamingCodec, sock: socket.socket, expect_frames: int | None = None,
+                 idle_timeout: float | None = None, play: Callable[[np.ndarray], None] | None = None) -> None:
+        self.codec = codec
+        self.socket = sock
+        self.expect_frames = expect_frames
+        self.idle_timeout = idle_timeout
+        self.play = play
+        self.bits = packet.code_bits(codec.codebook_size)
+        self.fade_samples = max(1, int(FADE_SECONDS * codec.sample_rate))
+        self.max_gap = int(MAX_CONCEAL_SECONDS * codec.frame_rate)
+        self.stats = StreamStats(0, codec.sample_rate)
+        self.counts = dict.fromkeys(
+            ("packets received", "packets lost (concealed)", "frames concealed", "packets late or duplicate",
+             "packets corrupt", "packets foreign"), 0)
+        self.chunks: list[np.ndarray] = []
+        self.session: int | None = None
+        self.streams = 0
+        self.next_frame = 0
+        self.next_seq = 0
+        self.last_codes: np.ndarray | None = None
+        self.gain = 1.0
+        self.n_samples: int | None = None
+        self.stopped = threading.Event()
+
+    @property
+    def output_channels(self) -> int:
+        return max(self.streams, 1) * self.codec.output_channels
+
+    def run(self) -> None:
+        """Receive until END, --expect_frames packets, --idle_timeout seconds of silence, or stop()."""
+        self.codec.reset(1)
+        last_packet = time.monotonic()
+        self.socket.settimeout(POLL_SECONDS * 2)
+        while not self.stopped.is_set():
+            try:
+                datagram = self.socket.recv(65536)
+            except TimeoutError:
+                if self.idle_timeout is not None and time.monotonic() - last_packet > self.idle_timeout:
+                    logging.info(f"no packet for {self.idle_timeout:g} s: stopping")
+                    return
+                continue
+            if self._handle(datagram):
+                last_packet = time.monotonic()
+            if self.n_samples is not None:
+                return
+            if self.expect_frames is not None and self.next_seq >= self.expect_frames:
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _handle(self, datagram: bytes) -> bool:
+        """Process one datagram; True when it was a packet of our stream."""
+        try:
+            received = packet.decode(datagram)
+        except packet.PacketError as error:
+            self.counts["packets foreign" if error.foreign else "packets corrupt"] += 1
+            return False
+        if self.session is None:
+            self.session = received.session
+        if received.session != self.session:
+            self.counts["packets foreign"] += 1
+            return False
+        if received.kind == packet.KIND_END:
+            if received.frame_index - self.next_frame > self.max_gap:
+                self.counts["packets corrupt"] += 1
+                return False
+            self._conceal_until(received.frame_index, received.seq)
+            self.n_samples = received.n_samples
+            return True
+        codes = received.codes
+        streams, n_codebooks = codes.shape[:2]
+        if received.code_bits != self.bits or n_codebooks > self.codec.n_codebooks or codes.max() >= \
+                self.codec.codebook_size or (self.streams and streams != self.streams):
+            self.counts["packets foreign"] += 1
+            return False
+        if received.frame_index < self.next_frame or received.seq < self.next_seq:
+            self.counts["packets late or duplicate"] += 1
+            return True
+        if received.frame_index - self.next_frame > self.max_gap:
+            self.counts["packets corrupt"] += 1
+            return False
+        if not self.streams:
+            self.streams = streams
+            if streams > 1:
+                self.codec.reset(streams)
+        self.counts["packets received"] += 1
+        self._conceal_until(received.frame_index, received.seq)
+        start = time.perf_counter()
+        audio = self._decode(codes)
+        self.stats.decoder_times.append(time.perf_counter() - start)
+        self.stats.latencies.append(time.time() - received.capture_us / 1e6)
+        if self.gain < 1.0:
+            ramp = np.minimum(1.0, self.gain + np.arange(1, audio.shape[0] + 1) / self.fade_samples)
+            audio = audio * ramp[:, None].astype(np.float32)
+            self.gain = float(ramp[-1])
+        self.last_codes = codes[..., -1:]
+        self.next_frame = received.frame_index + codes.shape[-1]
+        self.next_seq = received.seq + 1
+        self._emit(audio)
+        return True
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        decoded = self.codec.decode(torch.from_numpy(np.ascontiguousarray(codes)))
+        return StreamingCodec.audio_from_streams(decoded).astype(np.float32)
+
+    def _conceal_until(self, frame_index: int, seq: int) -> None:
+        gap = frame_index - self.next_frame
+        if gap <= 0:
+            return
+        self.counts["packets lost (concealed)"] += max(seq - self.next_seq, 1)
+        self.counts["frames concealed"] += gap
+        if self.last_codes is None:
+            audio = np.zeros((gap * self.codec.hop_length, self.output_channels), np.float32)
+        else:
+            audio = self._decode(np.repeat(self.last_codes, gap, axis=-1))
+        ramp = np.maximum(0.0, self.gain - np.arange(1, audio.shape[0] + 1) / self.fade_samples)
+        self.gain = float(ramp[-1])
+        self.next_frame = frame_index
+        self.next_seq = seq
+        self._emit(audio * ramp[:, None].astype(np.float32))
+
+    def _emit(self, audio: np.ndarray) -> None:
+        self.chunks.append(audio)
+        if self.play is not None:
+            self.play(audio)
+
+    def output_audio(self) -> np.ndarray:
+        audio = (np.concatenate(self.chunks) if self.chunks
+                 else np.zeros((0, self.output_channels), np.float32))
+        return audio if self.n_samples is None else audio[:self.n_samples]
+
+    def report(self) -> str:
+        self.stats.frame_size = self.codec.hop_length
+        self.stats.frames = self.next_frame
+        self.stats.frame_drops = self.counts["frames concealed"]
+        self.stats.counters = dict(self.counts)
+        return self.stats.report()
+
+
+def receive(receiver: Receiver, output_device: int | str | None, play: bool) -> None:
+    """Run `receiver` until it stops (or Ctrl-C), playing what it decodes when `play`."""
+    sd = import_sounddevice() if play else None
+    buffer: PlaybackBuffer | None = None
+    output = None
+
+    def play_audio(audio: np.ndarray) -> None:
+        nonlocal buffer, output
+        if buffer is None:
+            buffer = PlaybackBuffer(audio.shape[1])
+            output = open_stream(sd.OutputStream, device=output_device, samplerate=receiver.codec.sample_rate,
+                                 dtype="float32", latency="low", channels=audio.shape[1], callback=buffer.callback)
+            output.start()
+        buffer.put(audio)
+
+    if play:
+        receiver.play = play_audio
+    try:
+        receiver.run()
+    except KeyboardInterrupt:
+        logging.info("stopping")
+    finally:
+        receiver.socket.close()
+        if output is not None:
+            output.stop()
+            output.close()
+        if buffer is not None:
+            receiver.stats.device_xruns = buffer.underruns

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Stream live audio through a codec: microphone -> encoder -> decoder -> speaker (the original's demo).
+
+    python demoStream.py --model vctk_v1 --tx_cuda -1 --rx_cuda -1 --input_device 1 --output_device 4
+    python demoStream.py --model vctk_sym --input_file in.wav --no-pace -o out.wav   # headless
+    python demoStream.py --model vctk_sym --receive 5004 [-o out.wav]                # receiver process
+    python demoStream.py --model vctk_sym --send 127.0.0.1:5004 [--input_file in.wav] # sender process
+    python demoStream.py --list-devices
+
+Stops on Return, Ctrl-C, after --duration seconds, or at the end of --input_file, then prints the
+encoder and decoder time per frame, the latency from capture to decoded output, and frame drops.
+-i / -o dump the captured input and the decoded output as float wav, frame by frame in input order
+(a dropped frame is silence there). With --input_file (or --receive) the output goes to a speaker
+only when -o is not given or --output_device is.
+"""
+
+import argparse
+import logging
+import signal
+
+import numpy as np
+import torch
+
+from bin import stream
+from utils.audio import read_audio, write_audio
+from utils.cli import add_model_arguments, list_models, load_codec, pick_device, run_main
+from utils.errors import CodecError
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.set_defaults(model="libritts_sym")
+    parser.add_argument("-i", "--input", help="dump the captured input to this wav file")
+    parser.add_argument("-o", "--output", help="dump the decoded output to this wav file")
+    parser.add_argument("--tx_cuda", type=int, default=-1, help="GPU of the transmitter; -1 = CPU")
+    parser.add_argument("--rx_cuda", type=int, default=-1, help="GPU of the receiver; -1 = CPU")
+    parser.add_argument("--input_device", help="capture device index or name (default: the system's)")
+    parser.add_argument("--output_device", help="playback device index or name (default: the system's)")
+    parser.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
+    parser.add_argument("--frame_size", type=int, default=1200, help="samples per frame, a multiple of the hop")
+    parser.add_argument("--num_threads", type=int, default=4, help="CPU threads")
+    parser.add_argument("--max_latency", type=float, default=0.1,
+                        help="seconds a frame may take from capture to output before frames are dropped (0 = never)")
+    parser.add_argument("--duration", type=float, help="stop live streaming after this many seconds")
+    parser.add_argument("--input_file", help="stream this audio file instead of the microphone")
+    parser.add_argument("--no-pace", dest="pace", action="store_false",
+                        help="with --input_file: as fast as possible instead of in real time")
+    parser.add_argument("--send", metavar="HOST:PORT", help="be the transmitter: send codes over UDP")
+    parser.add_argument("--receive", metavar="PORT", type=int, help="be the receiver: decode codes from UDP")
+    parser.add_argument("--bind", default="127.0.0.1", help="address the receiver listens on")
+    parser.add_argument("--expect_frames", type=int, help="receiver: stop after this many frames (packets)")
+    parser.add_argument("--idle_timeout", type=float, help="receiver: stop after this many seconds without packets")
+    parser.add_argument("--drop_rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--drop_seed", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def _stop_on_sigterm() -> None:
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.num_threads < 1:
+        raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
+    if args.send and args.receive is not None:
+        raise CodecError("give --send or --receive, not both (run two processes)")
+    if args.receive is not None and not 0 < args.receive < 65536:
+        raise CodecError(f"--receive {args.receive}: give a port in 1..65535")
+    if not 0 <= args.drop_rate < 1:
+        raise CodecError(f"--drop_rate {args.drop_rate}: give a value in [0, 1)")
+    if args.receive is not None and args.input_file:
+        raise CodecError("--input_file is for the sender (or the one-process demo), not --receive")
+    if args.input_file is None and not args.pace:
+        raise CodecError("--no-pace needs --input_file (a microphone keeps its own time)")
+
+
+def _read_input_file(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
+    data, rate = read_audio(args.input_file)
+    if rate != sample_rate:
+        raise CodecError(f"{args.input_file} is at {rate} Hz but the model codes {sample_rate} Hz: convert it first")
+    return data.astype(np.float32)
+
+
+def _dump(path: str | None, audio: np.ndarray, rate: int) -> None:
+    if path:
+        write_audio(path, audio, rate, "FLOAT")
+        logging.info(f"wrote {path}")
+
+
+def run_receiver(args: argparse.Namespace) -> None:
+    codec = load_codec(args, pick_device(args.rx_cuda))
+    device = stream.parse_device(args.output_device)
+    play = args.output_device is not None or not args.output
+    if play:
+        stream.check_device("output", device, codec.output_channels, codec.sample_rate)
+    sock = stream.bind_udp(args.bind, args.receive)
+    receiver = stream.Receiver(codec, sock, args.expect_frames, args.idle_timeout)
+    logging.info(f"listening on {args.bind}:{args.receive}")
+    stream.receive(receiver, device, play)
+    _dump(args.output, receiver.output_audio(), codec.sample_rate)
+    print(receiver.report())
+
+
+def run_sender(args: argparse.Namespace) -> None:
+    codec = load_codec(args, pick_device(args.tx_cuda))
+    address = stream.parse_address(args.send)
+    if args.input_file:
+        data = _read_input_file(args, codec.sample_rate)
+        sender = stream.Sender(codec, args.frame_size, data.shape[1], address, args.max_latency,
+                               args.drop_rate, args.drop_seed)
+        logging.info(f"sending {args.input_file} to {address[0]}:{address[1]}")
+        stream.send_file(sender, data, args.pace)
+        _dump(args.input, sender.input_audio()[:data.shape[0]], codec.sample_rate)
+    else:
+        device = stream.parse_device(args.input_device)
+        stream.check_device("input", device, codec.input_channels, codec.sample_rate)
+        sender = stream.Sender(codec, args.frame_size, codec.input_channels, address, args.max_latency,
+                               args.drop_rate, args.drop_seed)
+        stream.send_device(sender, device, args.duration)
+        _dump(args.input, sender.input_audio(), codec.sample_rate)
+    print(sender.stats.report())
+
+
+def run_local(args: argparse.Namespace) -> None:
+    tx_device, rx_device = pick_device(args.tx_cuda), pick_device(args.rx_cuda)
+    tx = load_codec(args, tx_device)
+    rx = tx if rx_device == tx_device else load_codec(args, rx_device)
+    input_device = stream.parse_device(args.input_device)
+    output_device = stream.parse_device(args.output_device)
+    if args.input_file:
+        data = _read_input_file(args, tx.sample_rate)
+        streamer = stream.Streamer(tx, rx, args.frame_size, data.shape[1], args.max_latency)
+        if args.output_device is not None or not args.output:
+            stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
+            stream.run_file_to_device(streamer, data, output_device)
+        else:
+            stream.run_file(streamer, data, args.pace)
+        n_samples = data.shape[0]
+    else:
+        streamer = stream.Streamer(tx, rx, args.frame_size, tx.input_channels, args.max_latency)
+        stream.check_device("input", input_device, tx.input_channels, tx.sample_rate)
+        stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
+        stream.run_devices(streamer, input_device, output_device, args.duration)
+        n_samples = None
+    _dump(args.input, streamer.input_audio()[:n_samples], tx.sample_rate)
+    _dump(args.output, streamer.output_audio(n_samples), rx.sample_rate)
+    print(streamer.stats.report())
+
+
+def main() -> None:
+    args = parse_args()
+    if args.list_models:
+        list_models()
+        return
+    if args.list_devices:
+        print(stream.list_devices())
+        return
+    _check_args(args)
+    _stop_on_sigterm()
+    torch.set_num_threads(args.num_threads)
+    if args.receive is not None:
+        run_receiver(args)
+    elif args.send:
+        run_sender(args)
+    else:
+        run_local(args)
+
+
+if __name__ == "__main__":
+    run_main(main)

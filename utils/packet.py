@@ -1,0 +1,140 @@
+"""UDP packets of the live codec link: one packet per sender frame, codes bit-packed, CRC32.
+
+Layout (big-endian), 28-byte header, payload, 4-byte CRC32 of header + payload:
+
+    magic "AD" | version u8 | kind u8 | session u32 | seq u32 | frame_index u32 |
+    capture_us u64 | streams u8 | n_codebooks u8 | code_bits u8 | n_frames u8 | payload | crc32
+
+`kind` is CODES (payload: `streams * n_codebooks * n_frames` codes of `code_bits` bits, frame by
+frame, most significant bit first) or END (payload: u64 number of samples the sender read; the
+receiver cuts its output to it). `frame_index` counts codec frames (hops) from the start of the
+stream, so a receiver sees how many frames a lost packet held. `session` is drawn per sender run:
+a receiver follows one session and treats packets of another as foreign. `capture_us` is the
+sender's wall clock when the frame's audio was captured (for latency on one host).
+
+Pure bytes and numpy; codes are `(streams, n_codebooks, n_frames)` integers in `[0, 2**code_bits)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+
+import numpy as np
+
+MAGIC = b"AD"
+VERSION = 1
+KIND_CODES = 0
+KIND_END = 1
+
+_HEADER = struct.Struct(">2sBBIIIQBBBB")
+HEADER_BYTES = _HEADER.size
+CRC_BYTES = 4
+_END_PAYLOAD = struct.Struct(">Q")
+MAX_FRAMES = 255
+
+assert HEADER_BYTES == 28
+
+
+class PacketError(ValueError):
+    """A packet that is not ours (`foreign`) or is damaged (`corrupt`)."""
+
+    def __init__(self, reason: str, foreign: bool) -> None:
+        super().__init__(reason)
+        self.foreign = foreign
+
+
+@dataclasses.dataclass(frozen=True)
+class Packet:
+    """One parsed packet. `codes` is (streams, n_codebooks, n_frames) int64, or None for END."""
+
+    kind: int
+    session: int
+    seq: int
+    frame_index: int
+    capture_us: int
+    codes: np.ndarray | None = None
+    code_bits: int = 0
+    n_samples: int = 0
+
+    @property
+    def n_frames(self) -> int:
+        return 0 if self.codes is None else self.codes.shape[-1]
+
+
+def code_bits(codebook_size: int) -> int:
+    """Bits one code takes: ceil(log2(codebook_size)), at least 1."""
+    return max(1, (codebook_size - 1).bit_length())
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> bytes:
+    """(streams, K, frames) codes -> bytes, frame-major, `bits` bits per code, MSB first."""
+    values = np.ascontiguousarray(np.transpose(codes, (2, 0, 1))).reshape(-1).astype(np.uint64)
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)
+    bit_array = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bit_array.reshape(-1)).tobytes()
+
+
+def unpack_codes(data: bytes, bits: int, streams: int, n_codebooks: int, n_frames: int) -> np.ndarray:
+    """Inverse of pack_codes -> (streams, K, frames) int64."""
+    count = streams * n_codebooks * n_frames
+    bit_array = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits)
+    weights = np.left_shift(np.int64(1), np.arange(bits - 1, -1, -1, dtype=np.int64))
+    values = bit_array.reshape(count, bits).astype(np.int64) @ weights
+    return np.transpose(values.reshape(n_frames, streams, n_codebooks), (1, 2, 0))
+
+
+def payload_bytes(bits: int, streams: int, n_codebooks: int, n_frames: int) -> int:
+    return -(-streams * n_codebooks * n_frames * bits // 8)
+
+
+def _seal(header: bytes, payload: bytes) -> bytes:
+    body = header + payload
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def encode_codes(codes: np.ndarray, bits: int, session: int, seq: int, frame_index: int, capture_us: int) -> bytes:
+    """A CODES packet for (streams, K, frames) codes."""
+    streams, n_codebooks, n_frames = codes.shape
+    if not 1 <= n_frames <= MAX_FRAMES:
+        raise ValueError(f"a packet holds 1..{MAX_FRAMES} codec frames, got {n_frames}: use a smaller frame size")
+    if codes.min() < 0 or codes.max() >= 1 << bits:
+        raise ValueError(f"codes out of range for {bits} bits")
+    header = _HEADER.pack(MAGIC, VERSION, KIND_CODES, session, seq, frame_index, capture_us,
+                          streams, n_codebooks, bits, n_frames)
+    return _seal(header, pack_codes(codes, bits))
+
+
+def encode_end(session: int, seq: int, frame_index: int, n_samples: int) -> bytes:
+    """An END packet: the stream stopped after `frame_index` codec frames holding `n_samples` samples."""
+    header = _HEADER.pack(MAGIC, VERSION, KIND_END, session, seq, frame_index, 0, 0, 0, 0, 0)
+    return _seal(header, _END_PAYLOAD.pack(n_samples))
+
+
+def decode(data: bytes) -> Packet:
+    """Parse and check a datagram; raise PacketError (foreign or corrupt) when it is not a good packet."""
+    if len(data) < HEADER_BYTES + CRC_BYTES or data[:2] != MAGIC:
+        raise PacketError("not an AudioDec stream packet", foreign=True)
+    if data[2] != VERSION:
+        raise PacketError(f"packet version {data[2]}, this receiver reads {VERSION}", foreign=True)
+    body, (crc,) = data[:-CRC_BYTES], struct.unpack(">I", data[-CRC_BYTES:])
+    if zlib.crc32(body) != crc:
+        raise PacketError("CRC mismatch", foreign=False)
+    _, _, kind, session, seq, frame_index, capture_us, streams, n_codebooks, bits, n_frames = _HEADER.unpack(
+        body[:HEADER_BYTES]
+    )
+    payload = body[HEADER_BYTES:]
+    if kind == KIND_END:
+        if len(payload) != _END_PAYLOAD.size:
+            raise PacketError("END packet of the wrong size", foreign=False)
+        (n_samples,) = _END_PAYLOAD.unpack(payload)
+        return Packet(kind, session, seq, frame_index, capture_us, n_samples=n_samples)
+    if kind != KIND_CODES:
+        raise PacketError(f"unknown packet kind {kind}", foreign=True)
+    if min(streams, n_codebooks, bits, n_frames) == 0 or bits > 32:
+        raise PacketError("CODES packet with an empty or impossible shape", foreign=False)
+    if len(payload) != payload_bytes(bits, streams, n_codebooks, n_frames):
+        raise PacketError("CODES payload of the wrong size", foreign=False)
+    codes = unpack_codes(payload, bits, streams, n_codebooks, n_frames)
+    return Packet(kind, session, seq, frame_index, capture_us, codes=codes, code_bits=bits)
