@@ -14,10 +14,18 @@ import argparse
 import logging
 
 import numpy as np
-import torch
 
-from utils.audio import read_audio, resample, write_audio
-from utils.cli import add_model_arguments, list_models, load_codec, pick_device, run_main
+from utils.audio import write_audio
+from utils.cli import (
+    add_model_arguments,
+    add_runtime_arguments,
+    apply_runtime_arguments,
+    check_n_codebooks,
+    list_models,
+    load_codec,
+    read_input_for,
+    run_main,
+)
 from utils.errors import CodecError
 
 
@@ -26,8 +34,7 @@ def parse_args() -> argparse.Namespace:
     add_model_arguments(parser)
     parser.add_argument("-i", "--input", help="input audio file")
     parser.add_argument("-o", "--output", help="output wav file (PCM_16)")
-    parser.add_argument("--cuda", type=int, default=0, help="GPU index; -1 or no CUDA = CPU")
-    parser.add_argument("--num_threads", type=int, default=4, help="CPU threads")
+    add_runtime_arguments(parser)
     parser.add_argument("--n_codebooks", type=int, help="decode with the first K codebooks only (lower bitrate)")
     parser.add_argument("--resample", action="store_true", help="resample input at another rate instead of failing")
     parser.add_argument("--save_codes", help="also write the transmitted codes (.npy, offset per codebook)")
@@ -41,21 +48,10 @@ def main() -> None:
         return
     if not args.input or not args.output:
         raise CodecError("give -i INPUT and -o OUTPUT (or --list-models)")
-    if args.num_threads < 1:
-        raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
-    torch.set_num_threads(args.num_threads)
-    data, rate = read_audio(args.input)
-    codec = load_codec(args, pick_device(args.cuda))
-    if args.n_codebooks is not None and not 1 <= args.n_codebooks <= codec.n_codebooks:
-        raise CodecError(f"--n_codebooks {args.n_codebooks}: this model has 1..{codec.n_codebooks}")
-    if rate != codec.sample_rate:
-        if not args.resample:
-            raise CodecError(
-                f"{args.input} is at {rate} Hz but model '{codec.name}' codes {codec.sample_rate} Hz: "
-                "convert it, or pass --resample"
-            )
-        logging.info(f"resampling {rate} Hz -> {codec.sample_rate} Hz")
-        data = resample(data, rate, codec.sample_rate)
+    device = apply_runtime_arguments(args)
+    codec = load_codec(args, device)
+    check_n_codebooks(codec, args.n_codebooks)
+    data = read_input_for(codec, args.input, args.resample)
     streams = codec.streams_from_audio(data)
     logging.info(f"coding {data.shape[0] / codec.sample_rate:.2f} s, {streams.shape[0]} stream(s), "
                  f"{codec.bitrate(args.n_codebooks) / 1000:.1f} kbps")

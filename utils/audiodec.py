@@ -67,6 +67,7 @@ class StreamingCodec:
         self.codebook_size = encoder.codebook_size
         self._decode_latent = decoder.decode
         self.batch_size = 0
+        self.encoder_checkpoint: str | None = None
 
     @classmethod
     def from_checkpoints(
@@ -82,7 +83,9 @@ class StreamingCodec:
         if encoder.mode != "causal":
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
         decoder, _ = load_generator(decoder_checkpoint)
-        return cls(encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device)
+        codec = cls(encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device)
+        codec.encoder_checkpoint = encoder_checkpoint
+        return codec
 
     @classmethod
     def from_name(cls, name: str, root: str | None = None, device: str = "cpu") -> StreamingCodec:
@@ -101,8 +104,8 @@ class StreamingCodec:
         return (n_codebooks or self.n_codebooks) * bits * self.frame_rate
 
     def decoder_hash(self) -> bytes:
-        """8-byte fingerprint of the decoder weights (stored in compressed files)."""
-        return state_hash(self.decoder)
+        """8-byte fingerprint of what the receiver uses: codebooks and decoder (stored in .adc files)."""
+        return state_hash(self.encoder.quantizer, self.decoder)
 
     @torch.inference_mode()
     def reset(self, batch_size: int = 1) -> None:

@@ -102,12 +102,13 @@ def load_generator(checkpoint: str, inference: bool = True) -> tuple[nn.Module, 
     return model, config
 
 
-def state_hash(model: nn.Module) -> bytes:
-    """First 8 bytes of SHA-256 over a model's tensors (names and values): identifies weights."""
+def state_hash(*models: nn.Module) -> bytes:
+    """First 8 bytes of SHA-256 over the models' tensors (names and values): identifies weights."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for model in models:
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.digest()[:8]
 
 

@@ -7,8 +7,10 @@ import logging
 import sys
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
+from utils.audio import read_audio, resample
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.registry import MODELS
@@ -60,3 +62,36 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
     if args.encoder:
         return StreamingCodec.from_checkpoints(args.encoder, args.decoder, device=device)
     return StreamingCodec.from_name(args.model, root=args.root, device=device)
+
+
+def read_input_for(codec: StreamingCodec, path: str, allow_resample: bool) -> np.ndarray:
+    """Samples (T, C) of `path` at the codec's rate: a different rate is an error unless resampling."""
+    data, rate = read_audio(path)
+    if rate != codec.sample_rate:
+        if not allow_resample:
+            raise CodecError(
+                f"{path} is at {rate} Hz but model '{codec.name}' codes {codec.sample_rate} Hz: "
+                "convert it, or pass --resample"
+            )
+        logging.info(f"resampling {rate} Hz -> {codec.sample_rate} Hz")
+        data = resample(data, rate, codec.sample_rate)
+    return data
+
+
+def check_n_codebooks(codec: StreamingCodec, n_codebooks: int | None) -> None:
+    if n_codebooks is not None and not 1 <= n_codebooks <= codec.n_codebooks:
+        raise CodecError(f"--n_codebooks {n_codebooks}: this model has 1..{codec.n_codebooks}")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--cuda / --num_threads, as the original's demos."""
+    parser.add_argument("--cuda", type=int, default=0, help="GPU index; -1 or no CUDA = CPU")
+    parser.add_argument("--num_threads", type=int, default=4, help="CPU threads")
+
+
+def apply_runtime_arguments(args: argparse.Namespace) -> str:
+    """Set the thread count; return the device to run on."""
+    if args.num_threads < 1:
+        raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
+    torch.set_num_threads(args.num_threads)
+    return pick_device(args.cuda)

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Compress speech to `.adc` files and back (format: docs/bitstream.md).
+
+    python codec.py encode --model vctk_v1 -i in.wav -o out.adc [--n_codebooks K] [--entropy]
+    python codec.py decode -i out.adc -o out.wav [--model NAME]
+    python codec.py info out.adc
+    python codec.py fit-entropy --model vctk_v1 -i corpus/train [-o TABLE]
+
+The file names its model; `decode` loads it (or the one --model / --encoder --decoder give, which
+must be the same weights: the file stores a fingerprint). `--n_codebooks K` keeps the first K
+codebooks (K x 1.6 kbps for an 8 x 1024, hop-300, 48 kHz model). `--entropy` range-codes the codes
+with the model's frequency tables (built by fit-entropy, stored beside the encoder checkpoint).
+"""
+
+import argparse
+import logging
+import os
+
+from utils.audio import write_audio
+from utils.bitstream import decode_header, read_adc
+from utils.cli import (
+    add_model_arguments,
+    add_runtime_arguments,
+    apply_runtime_arguments,
+    check_n_codebooks,
+    list_models,
+    load_codec,
+    read_input_for,
+    run_main,
+)
+from utils.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
+from utils.entropy import EntropyModel
+from utils.errors import CodecError
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    encode = commands.add_parser("encode", help="audio -> .adc")
+    add_model_arguments(encode)
+    add_runtime_arguments(encode)
+    encode.add_argument("-i", "--input", required=True)
+    encode.add_argument("-o", "--output", required=True)
+    encode.add_argument("--n_codebooks", type=int, help="keep the first K codebooks (lower bitrate)")
+    encode.add_argument("--entropy", action="store_true", help="range-code the codes (lossless, smaller)")
+    encode.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
+    encode.add_argument("--resample", action="store_true", help="resample input at another rate")
+    decode = commands.add_parser("decode", help=".adc -> audio")
+    add_model_arguments(decode)
+    add_runtime_arguments(decode)
+    decode.set_defaults(model=None)
+    decode.add_argument("-i", "--input", required=True)
+    decode.add_argument("-o", "--output", required=True)
+    decode.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
+    info = commands.add_parser("info", help="describe an .adc file")
+    info.add_argument("file")
+    fit = commands.add_parser("fit-entropy", help="estimate a model's entropy tables from audio files")
+    add_model_arguments(fit)
+    add_runtime_arguments(fit)
+    fit.add_argument("-i", "--input", required=True, help="folder of training audio (searched recursively)")
+    fit.add_argument("-o", "--output", help="table file (default: beside the encoder checkpoint)")
+    fit.add_argument("--max_files", type=int, default=2000)
+    return parser.parse_args()
+
+
+def _table_path(codec, given: str | None) -> str | None:
+    return given or (entropy_table_path(codec.encoder_checkpoint) if codec.encoder_checkpoint else None)
+
+
+def run_encode(args: argparse.Namespace) -> None:
+    codec = load_codec(args, apply_runtime_arguments(args))
+    check_n_codebooks(codec, args.n_codebooks)
+    entropy = load_entropy_model(codec, _table_path(codec, args.entropy_table)) if args.entropy else None
+    data = read_input_for(codec, args.input, args.resample)
+    header = encode_to_file(codec, data, args.output, args.n_codebooks, entropy)
+    size = os.path.getsize(args.output)
+    seconds = header.n_samples / header.sample_rate
+    logging.info(f"wrote {args.output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps "
+                 f"(codes at {header.bitrate / 1000:.2f} kbps before entropy coding)")
+
+
+def run_decode(args: argparse.Namespace) -> None:
+    if not os.path.isfile(args.input):
+        raise CodecError(f"input file {args.input} does not exist: check the path")
+    with open(args.input, "rb") as handle:
+        header = decode_header(handle.read(256))
+    if not args.model and not args.encoder:
+        args.model = header.model_name
+    codec = load_codec(args, apply_runtime_arguments(args))
+    entropy = load_entropy_model(codec, _table_path(codec, args.entropy_table)) if header.entropy_coded else None
+    header, codes = read_adc(args.input, entropy)
+    samples = decode_codes(codec, header, codes)
+    write_audio(args.output, samples, header.sample_rate, "PCM_16")
+    logging.info(f"wrote {args.output}")
+
+
+def run_info(args: argparse.Namespace) -> None:
+    header, _ = read_adc(args.file) if not _is_entropy_coded(args.file) else (_header_of(args.file), None)
+    size = os.path.getsize(args.file)
+    seconds = header.n_samples / header.sample_rate
+    print(f"model         {header.model_name or '(unnamed)'} (decoder {header.decoder_hash.hex()})")
+    print(f"sample rate   {header.sample_rate} Hz, hop {header.hop}")
+    print(f"channels      {header.channels}")
+    print(f"duration      {seconds:.3f} s ({header.n_samples} samples, {header.n_frames} frames)")
+    print(f"codebooks     {header.n_codebooks} x {header.codebook_size} ({header.bits_per_code} bits per code)")
+    print(f"entropy coded {'yes' if header.entropy_coded else 'no'}")
+    print(f"bitrate       {header.bitrate / 1000:.2f} kbps (codes), {size * 8 / seconds / 1000:.2f} kbps (file)")
+
+
+def _header_of(path: str):
+    if not os.path.isfile(path):
+        raise CodecError(f"input file {path} does not exist: check the path")
+    with open(path, "rb") as handle:
+        return decode_header(handle.read(256))
+
+
+def _is_entropy_coded(path: str) -> bool:
+    return _header_of(path).entropy_coded
+
+
+def run_fit_entropy(args: argparse.Namespace) -> None:
+    import glob
+
+    codec = load_codec(args, apply_runtime_arguments(args))
+    files = sorted(glob.glob(os.path.join(args.input, "**", "*.wav"), recursive=True))[: args.max_files]
+    if not files:
+        raise CodecError(f"no .wav files under {args.input}: give a folder of training audio")
+    all_codes = []
+    for path in files:
+        streams = codec.streams_from_audio(read_input_for(codec, path, allow_resample=True))
+        codes, _ = codec.code(streams)
+        all_codes.extend(codes.cpu().numpy())
+    model = EntropyModel.fit(all_codes, codec.codebook_size)
+    output = args.output or _table_path(codec, None)
+    model.save(output)
+    frames = sum(c.shape[-1] for c in all_codes)
+    logging.info(f"entropy table from {len(files)} files ({frames} frames) -> {output}")
+
+
+def main() -> None:
+    args = parse_args()
+    if getattr(args, "list_models", False):
+        list_models()
+        return
+    {"encode": run_encode, "decode": run_decode, "info": run_info, "fit-entropy": run_fit_entropy}[args.command](args)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,188 @@
+"""codec.py: .adc round trips equal demoFile, exact sizes, variable bitrate, corruption errors, streaming decode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from models.autoencoder.AudioDec import Generator
+from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
+from utils.audiodec import StreamingCodec
+from utils.bitstream import read_adc
+from utils.codec_file import decode_codes, decode_stream, encode_to_file
+from utils.entropy import EntropyModel
+
+
+def codec_cli(python: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([python, os.path.join(REPO, "codec.py"), *args], cwd=OFFICIAL,
+                          capture_output=True, text=True, timeout=300)
+
+
+def demo_file(python: str, model: str, source: str, output: str) -> None:
+    result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--model", model, "--cuda", "-1",
+                             "-i", source, "-o", output], cwd=OFFICIAL, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    noise = np.sum((reference - estimate) ** 2)
+    return float("inf") if noise == 0 else 10 * np.log10(np.sum(reference**2) / max(noise, 1e-30))
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_round_trip_equals_demo_file(name: str, tmp_path, python: str) -> None:
+    source = official_path(MANIFEST[name]["input"])
+    packed, decoded, reference = tmp_path / "x.adc", tmp_path / "x.wav", tmp_path / "ref.wav"
+    assert codec_cli(python, "encode", "--model", name, "--cuda", "-1", "-i", source, "-o", str(packed)).returncode == 0
+    result = codec_cli(python, "decode", "--cuda", "-1", "-i", str(packed), "-o", str(decoded))
+    assert result.returncode == 0, result.stderr
+    demo_file(python, name, source, str(reference))
+    ours, ref = sf.read(decoded)[0], sf.read(reference)[0]
+    assert ours.shape == ref.shape and snr_db(ref, ours) >= 60
+    header, codes = read_adc(packed)
+    offsets = np.arange(codes.shape[1])[:, None] * header.codebook_size
+    np.testing.assert_array_equal(codes[0] + offsets, np.load(official_path("ref", f"{name}_codes.npy")))
+
+
+def test_multichannel_round_trip(tmp_path, python: str) -> None:
+    mono, rate = sf.read(official_path("input", "test_48k.wav"))
+    sf.write(tmp_path / "stereo.wav", np.stack([mono, mono[::-1] * 0.5], axis=1), rate, "PCM_16")
+    packed, decoded, reference = tmp_path / "s.adc", tmp_path / "s.wav", tmp_path / "ref.wav"
+    assert codec_cli(python, "encode", "--model", "vctk_v1", "--cuda", "-1", "-i", str(tmp_path / "stereo.wav"),
+                     "-o", str(packed)).returncode == 0
+    assert "channels      2" in codec_cli(python, "info", str(packed)).stdout
+    assert codec_cli(python, "decode", "--cuda", "-1", "-i", str(packed), "-o", str(decoded)).returncode == 0
+    demo_file(python, "vctk_v1", str(tmp_path / "stereo.wav"), str(reference))
+    ours, ref = sf.read(decoded)[0], sf.read(reference)[0]
+    assert ours.shape == ref.shape == (96000, 2) and snr_db(ref, ours) >= 60
+
+
+def full_size_codec() -> StreamingCodec:
+    torch.manual_seed(0)
+    model = Generator().eval()  # 8 x 1024 codes, hop 300: the released layout
+    return StreamingCodec(model, model, 48000, name="fullsize")
+
+
+def test_ten_seconds_at_12_8_kbps_is_16000_bytes(tmp_path) -> None:
+    codec = full_size_codec()
+    data = 0.1 * np.random.default_rng(0).standard_normal((480000, 1))
+    header = encode_to_file(codec, data, str(tmp_path / "ten.adc"))
+    size = os.path.getsize(tmp_path / "ten.adc")
+    header_bytes = size - 16000 - 4  # payload, then the CRC32
+    assert header.bitrate == 12800 and header.n_frames == 1600
+    assert 0 < header_bytes < 128
+    for k in (1, 4, 8):
+        header = encode_to_file(codec, data, str(tmp_path / f"k{k}.adc"), n_codebooks=k)
+        assert header.bitrate == 1600 * k
+        assert os.path.getsize(tmp_path / f"k{k}.adc") == header_bytes + 2000 * k + 4
+
+
+def test_fewer_codebooks_decode_like_demo_file(tmp_path, python: str) -> None:
+    source = official_path("input", "test_48k.wav")
+    packed, decoded, reference = tmp_path / "k3.adc", tmp_path / "k3.wav", tmp_path / "ref.wav"
+    assert codec_cli(python, "encode", "--model", "vctk_sym", "--n_codebooks", "3", "--cuda", "-1", "-i", source,
+                     "-o", str(packed)).returncode == 0
+    assert "codebooks     3 x 64" in codec_cli(python, "info", str(packed)).stdout
+    assert codec_cli(python, "decode", "--cuda", "-1", "-i", str(packed), "-o", str(decoded)).returncode == 0
+    result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--model", "vctk_sym", "--cuda", "-1",
+                             "--n_codebooks", "3", "-i", source, "-o", str(reference)], cwd=OFFICIAL,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0
+    assert snr_db(sf.read(reference)[0], sf.read(decoded)[0]) >= 60
+
+
+@pytest.fixture
+def packed_file(tmp_path, python: str) -> bytes:
+    path = tmp_path / "good.adc"
+    result = codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1",
+                       "-i", official_path("input", "test_48k.wav"), "-o", str(path))
+    assert result.returncode == 0, result.stderr
+    return path.read_bytes()
+
+
+def _assert_decode_fails(python: str, tmp_path, data: bytes, words: str, *extra: str) -> None:
+    bad, out = tmp_path / "bad.adc", tmp_path / "out.wav"
+    bad.write_bytes(data)
+    result = codec_cli(python, "decode", "--cuda", "-1", "-i", str(bad), "-o", str(out), *extra)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert words in lines[0]
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_truncated_file(packed_file: bytes, tmp_path, python: str) -> None:
+    for cut in (10, len(packed_file) // 2, len(packed_file) - 1):
+        _assert_decode_fails(python, tmp_path, packed_file[:cut], "truncated")
+
+
+def test_flipped_bytes(packed_file: bytes, tmp_path, python: str) -> None:
+    for position in (0, 5, 40, 60, len(packed_file) // 2, len(packed_file) - 1):
+        data = bytearray(packed_file)
+        data[position] ^= 0x10
+        _assert_decode_fails(python, tmp_path, bytes(data), "")
+
+
+def test_wrong_magic_and_future_version(packed_file: bytes, tmp_path, python: str) -> None:
+    _assert_decode_fails(python, tmp_path, b"RIFF" + packed_file[4:], "magic")
+    _assert_decode_fails(python, tmp_path, packed_file[:4] + bytes([9]) + packed_file[5:], "upgrade")
+
+
+def test_model_not_installed(packed_file: bytes, tmp_path, python: str) -> None:
+    _assert_decode_fails(python, tmp_path, packed_file, "not installed", "--root", str(tmp_path))
+
+
+def test_decode_as_bytes_arrive() -> None:
+    """A raw .adc stream decodes frame by frame as its bytes arrive, to the same audio."""
+    entry = MANIFEST["vctk_v1"]
+    codec = StreamingCodec.from_checkpoints(official_path(entry["encoder_checkpoint"]),
+                                            official_path(entry["decoder_checkpoint"]), name="vctk_v1")
+    data, _ = sf.read(official_path("input", "test_48k.wav"), always_2d=True)
+    data = data[:30000]  # not a multiple of the hop
+    from utils.bitstream import encode_adc, StreamHeader  # noqa: I001
+
+    streams = codec.streams_from_audio(data)
+    codes, whole = codec.code(streams)
+    header = StreamHeader(48000, 300, 1, 30000, 8, codec.codebook_size, "vctk_v1", codec.decoder_hash())
+    blob = encode_adc(header, codes.numpy())
+    pieces = [blob[i:i + 7] for i in range(0, len(blob), 7)]
+    chunks = list(decode_stream(codec, pieces, frames_per_step=5))
+    assert len(chunks) > 10
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == (30000, 1)
+    np.testing.assert_allclose(streamed[:, 0], whole[0, 0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(decode_codes(codec, header, codes.numpy())[:, 0], whole[0, 0].numpy(), atol=1e-5)
+
+
+def test_entropy_coding_round_trip(tmp_path, python: str) -> None:
+    """fit-entropy then --entropy: identical codes after decoding, fewer bytes than raw."""
+    train = tmp_path / "train"
+    train.mkdir()
+    rng = np.random.default_rng(0)
+    clean, _ = sf.read(official_path("input", "test_48k.wav"))
+    for index in range(3):
+        sf.write(train / f"{index}.wav", np.roll(clean, 4800 * index) + 0.01 * rng.standard_normal(clean.shape), 48000)
+    table = tmp_path / "table.entropy"
+    fit = codec_cli(python, "fit-entropy", "--model", "vctk_sym", "--cuda", "-1", "-i", str(train), "-o", str(table))
+    assert fit.returncode == 0, fit.stderr
+    source = official_path("input", "test_48k.wav")
+    raw, packed, decoded = tmp_path / "raw.adc", tmp_path / "ent.adc", tmp_path / "ent.wav"
+    encoded = codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "-i", source, "-o", str(raw))
+    assert encoded.returncode == 0
+    result = codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "--entropy", "--entropy_table",
+                       str(table), "-i", source, "-o", str(packed))
+    assert result.returncode == 0, result.stderr
+    assert os.path.getsize(packed) < os.path.getsize(raw)
+    assert "entropy coded yes" in codec_cli(python, "info", str(packed)).stdout
+    result = codec_cli(python, "decode", "--cuda", "-1", "--entropy_table", str(table), "-i", str(packed),
+                       "-o", str(decoded))
+    assert result.returncode == 0, result.stderr
+    model = EntropyModel.load(table)
+    np.testing.assert_array_equal(read_adc(packed, model)[1], read_adc(raw)[1])
+    # Without the table the decoder says how to get one.
+    _assert_decode_fails(python, tmp_path, packed.read_bytes(), "fit-entropy")

@@ -1,0 +1,109 @@
+"""Compressed files: audio -> `.adc` (codes in the container of utils.bitstream) -> audio.
+
+Decoding a file gives the same audio as coding it in memory with `StreamingCodec.code` (and so as
+demoFile.py): the receiver starts from the same warmed-up state and sees the same codes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from utils.audiodec import StreamingCodec
+from utils.bitstream import AdcStreamReader, StreamHeader, read_adc, write_adc
+from utils.entropy import EntropyModel
+from utils.errors import CodecError
+
+
+def entropy_table_path(encoder_checkpoint: str) -> str:
+    """Where a model's entropy table lives: beside its encoder checkpoint, same stem."""
+    return os.path.splitext(encoder_checkpoint)[0] + ".entropy"
+
+
+def load_entropy_model(codec: StreamingCodec, path: str | None) -> EntropyModel:
+    if not path or not os.path.isfile(path):
+        raise CodecError(
+            f"no entropy table for model '{codec.name}' ({path}): build one with `codec.py fit-entropy`"
+        )
+    model = EntropyModel.load(path)
+    if (model.n_codebooks, model.codebook_size) != (codec.n_codebooks, codec.codebook_size):
+        raise CodecError(f"entropy table {path} is for another codebook layout: rebuild it with fit-entropy")
+    return model
+
+
+def encode_to_file(
+    codec: StreamingCodec,
+    data: np.ndarray,
+    path: str,
+    n_codebooks: int | None = None,
+    entropy_model: EntropyModel | None = None,
+) -> StreamHeader:
+    """Code samples (T, C) at the codec's rate and write them to `path`; return the header."""
+    streams = codec.streams_from_audio(data)
+    codes, _ = codec.code(streams)
+    kept = n_codebooks or codec.n_codebooks
+    header = StreamHeader(
+        sample_rate=codec.sample_rate, hop=codec.hop_length, channels=streams.shape[0],
+        n_samples=data.shape[0], n_codebooks=kept, codebook_size=codec.codebook_size,
+        model_name=codec.name, decoder_hash=codec.decoder_hash(),
+    )
+    return write_adc(path, header, codes[:, :kept].cpu().numpy(), entropy_model)
+
+
+def _check_compatible(codec: StreamingCodec, header: StreamHeader) -> None:
+    header.check_decoder(codec.decoder_hash())
+    if (header.sample_rate, header.hop, header.codebook_size) != (
+        codec.sample_rate, codec.hop_length, codec.codebook_size
+    ) or header.n_codebooks > codec.n_codebooks:
+        raise CodecError(f"the file was coded by model '{header.model_name}', which this one does not match")
+
+
+def decode_codes(codec: StreamingCodec, header: StreamHeader, codes: np.ndarray) -> np.ndarray:
+    """Codes (channels, K, frames) of a file -> samples (n_samples, channels * C_out)."""
+    _check_compatible(codec, header)
+    codec.reset(header.channels)
+    y = codec.decode(torch.from_numpy(codes))
+    return codec.audio_from_streams(y[..., : header.n_samples])
+
+
+def decode_file(codec: StreamingCodec, path: str, entropy_model: EntropyModel | None = None) -> np.ndarray:
+    header, codes = read_adc(path, entropy_model)
+    return decode_codes(codec, header, codes)
+
+
+def decode_stream(
+    codec: StreamingCodec, pieces: Iterable[bytes], frames_per_step: int = 1
+) -> Iterator[np.ndarray]:
+    """Decode a raw `.adc` byte stream as it arrives: yields samples (n, channels * C_out) per step.
+
+    Audio comes out as soon as `frames_per_step` frames are complete; the tail beyond the file's
+    length is cut, and a truncated or corrupt stream raises at the end (after what was decoded).
+    """
+    reader = AdcStreamReader()
+    pending: list[np.ndarray] = []
+    emitted = 0
+    header = None
+    for piece in pieces:
+        frames = reader.feed(piece)
+        if header is None and reader.header is not None:
+            header = reader.header
+            _check_compatible(codec, header)
+            codec.reset(header.channels)
+        pending.extend(frames)
+        while len(pending) >= frames_per_step:
+            batch, pending = pending[:frames_per_step], pending[frames_per_step:]
+            samples = _decode_frames(codec, batch, header, emitted)
+            emitted += samples.shape[0]
+            yield samples
+    if pending:
+        yield _decode_frames(codec, pending, header, emitted)
+    reader.close()
+
+
+def _decode_frames(codec: StreamingCodec, frames: list[np.ndarray], header: StreamHeader, emitted: int) -> np.ndarray:
+    codes = torch.from_numpy(np.stack(frames, axis=-1))
+    samples = codec.audio_from_streams(codec.decode(codes))
+    return samples[: max(0, header.n_samples - emitted)]
