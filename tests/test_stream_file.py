@@ -1,0 +1,111 @@
+"""demoStream.py --input_file: streaming a file gives demoFile.py's audio; bad input fails cleanly."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tests.conftest import OFFICIAL, REPO, official_path
+from utils.audio import read_audio
+from utils.audiodec import StreamingCodec
+
+MODEL = ("--model", "vctk_sym", "--root", OFFICIAL, "--num_threads", "1")
+INPUT = official_path("input", "test_48k.wav")
+
+
+def run_stream(python: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([python, os.path.join(REPO, "demoStream.py"), *MODEL, *args],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert any(word in lines[0] for word in words), lines[0]
+
+
+def stat(stdout: str, name: str) -> str:
+    return next(line.split(":", 1)[1].strip() for line in stdout.splitlines() if line.startswith(name + ":"))
+
+
+@pytest.fixture(scope="module")
+def whole_file() -> np.ndarray:
+    """The library pass demoFile.py makes, before PCM_16: (T, 1) float32."""
+    torch.set_num_threads(1)
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    data, _ = read_audio(INPUT)
+    return codec.audio_from_streams(codec.code(codec.streams_from_audio(data))[1])
+
+
+@pytest.mark.parametrize("frame_size", [300, 1500])
+def test_unpaced_file_equals_demo_file(tmp_path, python: str, whole_file: np.ndarray, frame_size: int) -> None:
+    out = tmp_path / "stream.wav"
+    result = run_stream(python, "--input_file", INPUT, "--no-pace", "--frame_size", str(frame_size), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    streamed, rate = sf.read(out, always_2d=True, dtype="float32")
+    assert rate == 48000 and streamed.shape == whole_file.shape
+    assert np.abs(streamed - whole_file).max() < 1e-5
+    assert stat(result.stdout, "frame drops").startswith("0 ")
+
+    demo_out = tmp_path / "file.wav"
+    demo = subprocess.run([python, os.path.join(REPO, "demoFile.py"), *MODEL, "--cuda", "-1", "-i", INPUT,
+                           "-o", str(demo_out)], capture_output=True, text=True, timeout=120)
+    assert demo.returncode == 0, demo.stderr
+    pcm, _ = sf.read(demo_out, always_2d=True, dtype="float32")
+    assert np.abs(np.clip(streamed, -1, 1) - pcm).max() <= 1.01 / 32768
+
+
+def test_paced_file_reports_latency(tmp_path, python: str, whole_file: np.ndarray) -> None:
+    """In real time (2 s) on a possibly loaded machine: statistics printed, output aligned, most frames exact."""
+    out = tmp_path / "stream.wav"
+    result = run_stream(python, "--input_file", INPUT, "--frame_size", "1200", "--max_latency", "0.5",
+                        "-o", str(out), "-i", str(tmp_path / "in.wav"))
+    assert result.returncode == 0, result.stderr
+    for name in ("encoder processing time (ms)", "decoder processing time (ms)", "system latency (ms)"):
+        assert "+-" in stat(result.stdout, name)
+    drops = int(stat(result.stdout, "frame drops").split()[0])
+    streamed, _ = sf.read(out, always_2d=True, dtype="float32")
+    assert streamed.shape == whole_file.shape
+    blocks = list(zip(np.split(streamed, 80), np.split(whole_file, 80)))
+    silent = [not block.any() for block, _ in blocks]
+    exact = [np.abs(block - reference).max() < 1e-5 for block, reference in blocks]
+    assert drops <= 16 and sum(silent) == drops
+    first_drop = silent.index(True) if drops else len(blocks)
+    assert all(exact[:first_drop])
+    dumped, _ = sf.read(tmp_path / "in.wav", always_2d=True, dtype="float32")
+    assert np.array_equal(dumped, read_audio(INPUT)[0].astype(np.float32))
+
+
+def test_frame_size_not_a_multiple_of_the_hop(tmp_path, python: str) -> None:
+    result = run_stream(python, "--input_file", INPUT, "--no-pace", "--frame_size", "1000",
+                        "-o", str(tmp_path / "o.wav"))
+    assert_clean_failure(result, "--frame_size 1000")
+    assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.parametrize("option", ["--input_device", "--output_device"])
+def test_device_that_does_not_exist(python: str, option: str) -> None:
+    source = ("--input_file", INPUT) if option == "--output_device" else ()
+    result = run_stream(python, *source, option, "no such device 4711", "--duration", "1")
+    assert_clean_failure(result, "'no such device 4711'", "PortAudio")
+
+
+def test_device_index_that_does_not_exist(python: str) -> None:
+    result = run_stream(python, "--input_device", "97", "--output_device", "98", "--duration", "1")
+    assert_clean_failure(result, "device 97", "PortAudio")
+
+
+def test_receive_port_in_use(tmp_path, python: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = run_stream(python, "--receive", str(port), "-o", str(tmp_path / "o.wav"), "--idle_timeout", "1")
+    assert_clean_failure(result, f"127.0.0.1:{port}")

@@ -1,0 +1,134 @@
+"""demoStream.py --send / --receive over loopback: loss is concealed and counted, junk is ignored."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bin.stream import Receiver, bind_udp
+from tests.conftest import OFFICIAL, REPO, official_path
+from tests.test_stream_file import INPUT, MODEL, stat
+from utils import packet
+from utils.audiodec import StreamingCodec
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_receiver(python: str, port: int, output: str, *args: str) -> subprocess.Popen:
+    """Start a receiver and wait until it listens."""
+    receiver = subprocess.Popen([python, os.path.join(REPO, "demoStream.py"), *MODEL, "--receive", str(port),
+                                 "-o", output, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    for line in receiver.stderr:
+        if "listening on" in line:
+            return receiver
+        assert time.monotonic() < deadline, "receiver did not start"
+    raise AssertionError(f"receiver exited: {receiver.wait()} {receiver.stdout.read()}")
+
+
+def finish(process: subprocess.Popen, timeout: float = 60) -> tuple[str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    return out, err
+
+
+def test_loss_is_concealed_and_counted(tmp_path, python: str) -> None:
+    port = free_port()
+    output = str(tmp_path / "received.wav")
+    receiver = start_receiver(python, port, output, "--idle_timeout", "20")
+    try:
+        sender = subprocess.run([python, os.path.join(REPO, "demoStream.py"), *MODEL, "--send", f"127.0.0.1:{port}",
+                                 "--input_file", INPUT, "--frame_size", "600", "--drop_rate", "0.05",
+                                 "--drop_seed", "7"], capture_output=True, text=True, timeout=120)
+        assert sender.returncode == 0, sender.stderr
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        junk.sendto(b"hello, is this the codec?", ("127.0.0.1", port))
+        junk.close()
+    finally:
+        out, err = finish(receiver)
+    assert receiver.returncode == 0, err
+    assert "Traceback" not in err
+    injected = int(stat(sender.stdout, "packets dropped (--drop_rate)"))
+    lost = int(stat(out, "packets lost (concealed)"))
+    received = int(stat(out, "packets received"))
+    assert injected > 0
+    # The END packet goes three times: its copies may be the lost ones.
+    assert injected - 3 <= lost <= injected and received + lost == 160
+    audio, rate = sf.read(output, always_2d=True)
+    assert rate == 48000 and audio.shape == (96000, 1)
+    assert np.abs(audio).max() > 0.01
+
+
+def _codes_packet(codec: StreamingCodec, seq: int, frames: int = 2, session: int = 1) -> bytes:
+    codes = np.random.default_rng(seq).integers(0, codec.codebook_size, (1, codec.n_codebooks, frames))
+    return packet.encode_codes(codes, packet.code_bits(codec.codebook_size), session, seq, seq * frames, 0)
+
+
+def test_corrupt_and_foreign_packets_are_counted_and_ignored() -> None:
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    sock = bind_udp("127.0.0.1", 0)
+    receiver = Receiver(codec, sock, expect_frames=4, idle_timeout=10)
+    damaged = bytearray(_codes_packet(codec, 1))
+    damaged[30] ^= 0x10
+    wrong_bits = packet.encode_codes(np.zeros((1, 8, 2), np.int64), 3, 1, 2, 4, 0)
+    datagrams = [
+        _codes_packet(codec, 0),
+        b"\x00" * 40,                                  # foreign: no magic
+        b"AD",                                         # foreign: too short
+        bytes(damaged),                                # corrupt: CRC
+        _codes_packet(codec, 1)[:-9],                  # corrupt: truncated
+        _codes_packet(codec, 1, session=99),           # foreign: another sender
+        wrong_bits,                                    # foreign: another codec
+        _codes_packet(codec, 0),                       # duplicate
+        _codes_packet(codec, 2),                       # packet 1 lost
+        _codes_packet(codec, 3),
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for datagram in datagrams:
+            client.sendto(datagram, sock.getsockname())
+    receiver.run()
+    sock.close()
+    counts = receiver.counts
+    assert counts["packets received"] == 3
+    assert counts["packets lost (concealed)"] == 1 and counts["frames concealed"] == 2
+    assert counts["packets corrupt"] == 2
+    assert counts["packets foreign"] == 4
+    assert counts["packets late or duplicate"] == 1
+    assert receiver.output_audio().shape == (8 * codec.hop_length, 1)
+
+
+def test_packets_round_trip() -> None:
+    codes = np.random.default_rng(0).integers(0, 1024, (2, 8, 5))
+    parsed = packet.decode(packet.encode_codes(codes, 10, 5, 6, 7, 8))
+    assert np.array_equal(parsed.codes, codes)
+    assert (parsed.session, parsed.seq, parsed.frame_index, parsed.capture_us) == (5, 6, 7, 8)
+    end = packet.decode(packet.encode_end(5, 9, 45, 12345))
+    assert end.kind == packet.KIND_END and end.n_samples == 12345
+
+
+def test_sender_to_unresolvable_host_fails_cleanly(python: str) -> None:
+    result = subprocess.run([python, os.path.join(REPO, "demoStream.py"), *MODEL, "--send", "no.such.host.invalid:9",
+                             "--input_file", official_path("input", "test_48k.wav")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_bad_receive_port(python: str, port: str) -> None:
+    result = subprocess.run([python, os.path.join(REPO, "demoStream.py"), *MODEL, "--receive", port],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
