@@ -13,6 +13,7 @@
 #   bash submit_codec.sh --start 0 --stop 0 --ngpu 4           # DDP on 4 GPUs (torchrun)
 #   MASTER_ADDR=node0 bash submit_codec.sh --start 0 --stop 0 --ngpu 8 --nnodes 2   # on every node
 #   bash submit_codec.sh --help                                # all options with their defaults
+#   bash submit_codec.sh --start 0 --stop 4 --cmd slurm --partition gpu --gpus 1   # SLURM jobs, see utils/launcher.sh
 # Stage 3 tests the autoencoder's encoder at step encoder_checkpoint and its decoder at step
 # encoder_checkpoint + decoder_checkpoint; stage 4 tests the vocoder at step decoder_checkpoint.
 # Set PYTHON to choose the interpreter (default: python).
@@ -39,8 +40,10 @@ seed=""                 # training seed; "" keeps codecTrain.py's default
 ngpu=1                  # processes (GPUs) per node; > 1 launches torchrun
 nnodes=1                # nodes; > 1 needs MASTER_ADDR (and MASTER_PORT) of the rendezvous host
 
+. ./utils/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
 . ./parse_options.sh
 . ./submit_common.sh
+launcher_init
 if [ -n "${exp_root}" ]; then
     exp=${exp_root}
 fi
@@ -48,26 +51,26 @@ fi
 if [ "${start}" -le 0 ] && [ "${stop}" -ge 0 ]; then
     echo "Stage 0: autoencoder training (config/${autoencoder}.yaml)"
     set_resume_args "${resume}" "${exp}/${autoencoder}"
-    run_train -c "config/${autoencoder}.yaml" --tag "${autoencoder}" --exp_root "${exp}" \
+    run_stage 0 "${autoencoder}" run_train -c "config/${autoencoder}.yaml" --tag "${autoencoder}" --exp_root "${exp}" \
         --disable_cudnn "${disable_cudnn}" "${resume_args[@]}"
 fi
 
 if [ "${start}" -le 1 ] && [ "${stop}" -ge 1 ]; then
     echo "Stage 1: statistics extraction (config/${statistic}.yaml)"
-    run_python codecStatistic.py -c "config/${statistic}.yaml" --subset "${statistic_subset}" \
+    run_stage 1 "${statistic}" run_python codecStatistic.py -c "config/${statistic}.yaml" --subset "${statistic_subset}" \
         --subset_num "${subset_num}"
 fi
 
 if [ "${start}" -le 2 ] && [ "${stop}" -ge 2 ]; then
     echo "Stage 2: vocoder training (config/${vocoder}.yaml)"
     set_resume_args "${resume}" "${exp}/${vocoder}"
-    run_train -c "config/${vocoder}.yaml" --tag "${vocoder}" --exp_root "${exp}" \
+    run_stage 2 "${vocoder}" run_train -c "config/${vocoder}.yaml" --tag "${vocoder}" --exp_root "${exp}" \
         --disable_cudnn "${disable_cudnn}" "${resume_args[@]}"
 fi
 
 if [ "${start}" -le 3 ] && [ "${stop}" -ge 3 ]; then
     echo "Stage 3: testing the symmetric codec"
-    run_python codecTest.py --subset "${test_subset}" --subset_num "${subset_num}" \
+    run_stage 3 "${autoencoder}" run_python codecTest.py --subset "${test_subset}" --subset_num "${subset_num}" \
         --encoder "${exp}/${autoencoder}/checkpoint-${encoder_checkpoint}steps.pkl" \
         --decoder "${exp}/${autoencoder}/checkpoint-$((encoder_checkpoint + decoder_checkpoint))steps.pkl" \
         --output_dir "${output_root}/${autoencoder}"
@@ -75,7 +78,7 @@ fi
 
 if [ "${start}" -le 4 ] && [ "${stop}" -ge 4 ]; then
     echo "Stage 4: testing the codec with the vocoder"
-    run_python codecTest.py --subset "${test_subset}" --subset_num "${subset_num}" \
+    run_stage 4 "${vocoder}" run_python codecTest.py --subset "${test_subset}" --subset_num "${subset_num}" \
         --encoder "${exp}/${autoencoder}/checkpoint-${encoder_checkpoint}steps.pkl" \
         --decoder "${exp}/${vocoder}/checkpoint-${decoder_checkpoint}steps.pkl" \
         --output_dir "${output_root}/${vocoder}"

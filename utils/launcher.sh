@@ -1,0 +1,267 @@
+# Stage launcher for the submit_*.sh recipes, in the spirit of Kaldi's run.pl / slurm.pl: the same
+# recipe runs its stages here, one after the other, or submits each one to SLURM.
+#
+# A recipe sources this file BEFORE parse_options.sh (so that parse_options accepts the options below),
+# calls launcher_init after it, and wraps each stage's command in run_stage:
+#
+#     . ./utils/launcher.sh
+#     . ./parse_options.sh
+#     . ./submit_common.sh
+#     launcher_init
+#     run_stage 0 "${tag_name}" run_train -c "config/${tag_name}.yaml" ...
+#
+# Options (besides the recipe's own):
+#   --cmd local|slurm    local (default): run each stage's command here, as the recipes always did.
+#                        slurm: submit each stage with sbatch. A stage starts once the stage submitted
+#                        before it succeeded (--dependency=afterok), logs to
+#                        ${slurm_logdir}/<tag>-stage<k>-<jobid>.log, and runs its command in an srun
+#                        step (one task per node: with --ngpu N --nnodes M, torchrun on every node,
+#                        rendezvous at the first node of the allocation).
+#   --partition NAME --gpus N --cpus N --mem SIZE --time LIMIT
+#                        sbatch resources; "" takes the value from ${slurm_config}, whose empty values
+#                        leave the cluster's defaults. --gpus is per node; a training stage asks for
+#                        max(gpus, ngpu) when gpus > 0.
+#   --slurm_config FILE  key=value defaults for the options above (conf/slurm.conf)
+#   --slurm_logdir DIR   where job scripts and logs go (slurmlogs)
+#   --sbatch_args "..."  more sbatch options, verbatim, after ours (e.g. "--account=x --qos=y")
+#   --after JOBID        the first stage also waits for this job to succeed
+#   --requeue true       a training job that is told to stop (SIGUSR1, SIGTERM: preemption, the time
+#                        limit's warning signal) saves a checkpoint and requeues itself; it resumes there
+#   --dry-run            print the sbatch command lines (and write the job scripts), submit nothing
+# Under --cmd slurm a training command without --resume gets --resume auto (the newest checkpoint of
+# its experiment folder, if any), and a requeued job resumes with --resume auto whatever it was given:
+# re-running or requeueing a training stage continues where it stopped.
+
+cmd=local
+partition=""
+gpus=""
+cpus=""
+mem=""
+time=""
+slurm_config=conf/slurm.conf
+slurm_logdir=slurmlogs
+sbatch_args=""
+after=""
+requeue=false
+dry_run=false
+
+# parse_options.sh wants a value after every option: give the bare flags one.
+_launcher_args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run | --dry_run | --requeue)
+            _launcher_args+=("$1")
+            if [ $# -lt 2 ] || [[ $2 == --* ]]; then
+                _launcher_args+=(true)
+            fi
+            ;;
+        *) _launcher_args+=("$1") ;;
+    esac
+    shift
+done
+set -- "${_launcher_args[@]+"${_launcher_args[@]}"}"
+unset _launcher_args
+
+launcher_jobs=()          # the job ids submitted so far, in order
+_launcher_previous_job="" # the job the next stage waits for
+
+_launcher_error() {
+    echo "$0: $*" >&2
+    return 1
+}
+
+# Value of key in a key=value file (comments with #, blanks around = allowed), or nothing.
+_launcher_config_value() {
+    local file=$1 key=$2
+    [ -r "${file}" ] || return 0
+    sed -nE "s/^[[:space:]]*${key}[[:space:]]*=[[:space:]]*([^#]*[^#[:space:]])?[[:space:]]*(#.*)?$/\1/p" "${file}" | tail -n 1
+}
+
+# Check the options; under --cmd slurm, fill the resources from the config and check the cluster.
+# Prints one line and returns 1 on bad input, before any job is submitted.
+launcher_init() {
+    local key value
+    case "${cmd}" in
+        local) return 0 ;;
+        slurm) ;;
+        *) _launcher_error "--cmd must be local or slurm, not '${cmd}'"; return 1 ;;
+    esac
+    case "${dry_run}" in true | false) ;; *) _launcher_error "--dry-run takes true or false, not '${dry_run}'"; return 1 ;; esac
+    case "${requeue}" in true | false) ;; *) _launcher_error "--requeue takes true or false, not '${requeue}'"; return 1 ;; esac
+    if [ -n "${slurm_config}" ] && [ ! -r "${slurm_config}" ] && [ "${slurm_config}" != conf/slurm.conf ]; then
+        _launcher_error "--slurm_config ${slurm_config} is not a readable file"
+        return 1
+    fi
+    for key in partition gpus cpus mem time; do
+        if [ -z "${!key}" ]; then
+            value=$(_launcher_config_value "${slurm_config}" "${key}")
+            printf -v "${key}" '%s' "${value}"
+        fi
+    done
+    launcher_signal=$(_launcher_config_value "${slurm_config}" signal)
+    for key in gpus cpus; do
+        if [ -n "${!key}" ] && ! [[ ${!key} =~ ^[0-9]+$ ]]; then
+            _launcher_error "--${key} must be a whole number, not '${!key}'"
+            return 1
+        fi
+    done
+    if ! command -v sbatch >/dev/null 2>&1; then
+        [ "${dry_run}" = true ] && return 0
+        _launcher_error "--cmd slurm needs sbatch, which is not on PATH (install slurm-client, or use --cmd local)"
+        return 1
+    fi
+    if [ -n "${partition}" ] && command -v sinfo >/dev/null 2>&1; then
+        if [ -z "$(sinfo -h -p "${partition}" 2>/dev/null)" ]; then
+            _launcher_error "partition '${partition}' does not exist (sinfo -h -p ${partition} is empty); partitions: $(sinfo -h -o %P 2>/dev/null | tr -d '*' | tr '\n' ' ')"
+            return 1
+        fi
+    fi
+    trap _launcher_summary EXIT
+}
+
+_launcher_summary() {
+    [ ${#launcher_jobs[@]} -gt 0 ] || return 0
+    if [ "${dry_run}" = true ]; then
+        echo "Dry run: nothing submitted"
+    else
+        echo "Jobs: ${launcher_jobs[*]}   queue: squeue -u ${USER:-$(id -un)}   cancel: scancel ${launcher_jobs[*]}"
+    fi
+}
+
+# True when a command (its words) trains: run_train or codecTrain.py.
+_launcher_is_training() {
+    local word
+    for word in "$@"; do
+        case "${word}" in run_train | codecTrain.py | */codecTrain.py) return 0 ;; esac
+    done
+    return 1
+}
+
+# The recipe's own variables (what parse_options.sh lets users set), for the job script.
+_launcher_recipe_variables() {
+    local script=$0
+    [ -r "${script}" ] || script=$(basename "${script}")
+    grep -oE '^[A-Za-z_][A-Za-z0-9_]*=' "${script}" 2>/dev/null | tr -d '=' | awk '!seen[$0]++'
+}
+
+# Write the batch script of a stage: the recipe's variables and functions, then the stage command.
+# Run by sbatch, it starts the command in an srun step (one task per node); the step runs it.
+_launcher_write_job_script() {
+    local script=$1 stage=$2 name=$3
+    shift 3
+    local -a first=("$@") restarted=("$@")
+    local i variable
+    if _launcher_is_training "$@"; then
+        restarted=()
+        for ((i = 1; i <= $#; i++)); do
+            if [ "${!i}" = --resume ]; then
+                i=$((i + 1))
+            else
+                restarted+=("${!i}")
+            fi
+        done
+        restarted+=(--resume auto)
+        if [ ${#restarted[@]} -eq $(($# + 2)) ]; then
+            first=("${restarted[@]}")
+        fi
+    fi
+    {
+        echo "#!/usr/bin/env bash"
+        echo "# Stage ${stage} (${name}) of $(basename "$0"), written by utils/launcher.sh on $(date '+%F %T')."
+        echo "# sbatch runs it; it runs the stage's command in an srun step ('$(basename "${script}") --step')."
+        echo "set -euo pipefail"
+        printf 'cd %q\n' "${PWD}"
+        for variable in $(_launcher_recipe_variables) cmd requeue; do
+            declare -p "${variable}" 2>/dev/null || true
+        done
+        declare -f
+        printf 'launcher_stage_command() {\n    %s\n}\n' "$(printf '%q ' "${first[@]}")"
+        printf 'launcher_restarted_command() {\n    %s\n}\n' "$(printf '%q ' "${restarted[@]}")"
+        cat <<'EOF'
+if [ "${1:-}" = --step ]; then
+    # The trainer handles these (trainer/preemption.py); this shell must outlive its checkpoint.
+    trap '' USR1
+    trap ':' TERM
+    if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+        launcher_restarted_command
+    else
+        launcher_stage_command
+    fi
+    exit 0
+fi
+EOF
+        printf 'echo "launcher: stage %s (%s) job ${SLURM_JOB_ID} started on $(hostname) at $(date +%%s.%%N)"\n' \
+            "${stage}" "${name}"
+        cat <<'EOF'
+if [ "${nnodes:-1}" -gt 1 ]; then
+    MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)
+    MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+    RDZV_ID=${SLURM_JOB_ID}
+    export MASTER_ADDR MASTER_PORT RDZV_ID
+    echo "launcher: rendezvous ${MASTER_ADDR}:${MASTER_PORT} (id ${RDZV_ID}) for ${SLURM_NTASKS} tasks"
+fi
+if [ "${requeue}" = true ]; then
+    export AUDIODEC_REQUEUE=1
+fi
+EOF
+        printf 'srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=${SLURM_CPUS_PER_TASK}} bash %q --step\n' \
+            "${script}"
+        printf 'echo "launcher: stage %s (%s) job ${SLURM_JOB_ID} finished at $(date +%%s.%%N)"\n' "${stage}" "${name}"
+    } >"${script}"
+    chmod +x "${script}"
+}
+
+# run_stage <k> <name> <command...>: run stage k of the recipe (name: its tag, e.g.
+# autoencoder/symAD_vctk_48000_hop300). --cmd local runs the command now; --cmd slurm submits it.
+run_stage() {
+    local stage=$1 name=$2
+    shift 2
+    if [ "${cmd}" != slurm ]; then
+        "$@"
+        return
+    fi
+    local label=${name//\//_}
+    local logdir script log job line gpus_per_node=${gpus:-0}
+    mkdir -p "${slurm_logdir}"
+    logdir=$(cd "${slurm_logdir}" && pwd)
+    script="${logdir}/${label}-stage${stage}.sh"
+    log="${logdir}/${label}-stage${stage}-%j.log"
+    _launcher_write_job_script "${script}" "${stage}" "${name}" "$@"
+
+    local -a sbatch_command=(sbatch --parsable --job-name "${label}-stage${stage}" --output "${log}"
+        --nodes "${nnodes:-1}" --ntasks-per-node 1 --export ALL)
+    [ -n "${partition}" ] && sbatch_command+=(--partition "${partition}")
+    [ -n "${cpus}" ] && sbatch_command+=(--cpus-per-task "${cpus}")
+    [ -n "${mem}" ] && sbatch_command+=(--mem "${mem}")
+    [ -n "${time}" ] && sbatch_command+=(--time "${time}")
+    if _launcher_is_training "$@"; then
+        if [ "${gpus_per_node}" -gt 0 ] && [ "${ngpu:-1}" -gt "${gpus_per_node}" ]; then
+            gpus_per_node=${ngpu}
+        fi
+        [ -n "${launcher_signal:-}" ] && sbatch_command+=(--signal "${launcher_signal}")
+        [ "${requeue}" = true ] && sbatch_command+=(--requeue)
+    fi
+    [ "${gpus_per_node}" -gt 0 ] && sbatch_command+=(--gpus-per-node "${gpus_per_node}")
+    local dependency=${_launcher_previous_job:-${after}}
+    [ -n "${dependency}" ] && sbatch_command+=(--dependency "afterok:${dependency}")
+    if [ -n "${sbatch_args}" ]; then
+        local -a extra
+        read -r -a extra <<<"${sbatch_args}"
+        sbatch_command+=("${extra[@]}")
+    fi
+    sbatch_command+=("${script}")
+
+    if [ "${dry_run}" = true ]; then
+        job="STAGE${stage}_JOB"
+        echo "Stage ${stage} (${name}) would be submitted with:"
+        printf -v line '%q ' "${sbatch_command[@]}"
+        echo "  ${line% }"
+    else
+        job=$("${sbatch_command[@]}") || _launcher_error "sbatch failed for stage ${stage} (${name})" || return 1
+        job=${job%%;*}
+        echo "Stage ${stage} (${name}): submitted job ${job}${dependency:+ (after ${dependency})}"
+        echo "  follow: tail -f ${log//%j/${job}}"
+    fi
+    launcher_jobs+=("${job}")
+    _launcher_previous_job=${job}
+}
