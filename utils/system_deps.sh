@@ -10,6 +10,10 @@ PACKAGES=(
     jackd2
     libportaudio2
     opus-tools
+    munge
+    slurm-client
+    slurmctld
+    slurmd
 )
 
 missing=()
