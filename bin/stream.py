@@ -401,15 +401,16 @@ def run_file(streamer: Streamer, data: np.ndarray, pace: bool) -> None:
 def wait_for_stop(duration: float | None, check: Callable[[], None], finished: threading.Event | None = None) -> None:
     """Block until `duration` seconds pass, Return is pressed, `finished` is set, or Ctrl-C."""
     stop = finished or threading.Event()
-    if duration is None:
-        def read_return() -> None:
-            try:
-                line = sys.stdin.readline()
-            except (OSError, ValueError):
-                return
-            if line:
-                stop.set()
-        threading.Thread(target=read_return, daemon=True).start()
+
+    def read_return() -> None:
+        try:
+            line = sys.stdin.readline()
+        except (OSError, ValueError):
+            return
+        if line:
+            stop.set()
+
+    threading.Thread(target=read_return, daemon=True).start()
     deadline = None if duration is None else time.monotonic() + duration
     try:
         while not stop.wait(POLL_SECONDS):
