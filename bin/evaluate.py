@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
 
 from utils.errors import CodecError  # noqa: E402
@@ -41,6 +42,7 @@ def _json_safe(value):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     with_visqol = visqol_available() and not args.no_visqol
     baseline = None
     if args.opus:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def baseline(audio, sample_rate):
             result = opus_roundtrip(audio, sample_rate, bitrate_kbps=args.bitrate)
-            return result.audio, result.bitrate_kbps
+            return result.audio, {"kbps": result.bitrate_kbps, "payload_kbps": result.payload_kbps}
 
     rows = evaluate_directories(
         args.reference_dir, args.degraded_dir, baseline=baseline, with_visqol=with_visqol, plots_dir=args.plots
@@ -58,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     names = metric_names(with_visqol)
     print(format_table([*rows, mean], names, baseline_name="opus" if args.opus else None))
     if args.opus:
-        print(f"opus: requested {args.bitrate:g} kbps, measured mean {mean['opus_kbps']:.2f} kbps (Ogg file size)")
+        print(
+            f"opus: requested {args.bitrate:g} kbps; measured mean {mean['opus_kbps']:.2f} kbps (whole Ogg file), "
+            f"{mean['opus_payload_kbps']:.2f} kbps (audio packets only)"
+        )
     if not with_visqol:
         print("visqol: " + ("skipped (--no-visqol)" if args.no_visqol else "unavailable (pip install visqol-python)"))
 

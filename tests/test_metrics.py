@@ -89,3 +89,15 @@ def test_evaluate_pair_rejects_empty_signal():
 def test_visqol_speech_identical_beats_noisy(speech):
     noisy = speech + noise_at_snr(speech, 5.0)
     assert visqol_speech(speech, speech, SAMPLE_RATE) > visqol_speech(speech, noisy, SAMPLE_RATE) + 0.5
+
+
+def test_pesq_of_a_too_short_or_silent_pair_is_nan():
+    assert np.isnan(pesq_wb(np.zeros(SAMPLE_RATE, np.float32), np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE))
+    short = speech_like_signal(0.1, SAMPLE_RATE)
+    assert np.isnan(pesq_wb(short, short, SAMPLE_RATE))
+
+
+def test_stoi_of_a_too_short_clip_is_nan():
+    short = speech_like_signal(0.3, SAMPLE_RATE)
+    assert np.isnan(stoi(short, short, SAMPLE_RATE))
+    assert np.isnan(stoi(short, short, SAMPLE_RATE, extended=True))

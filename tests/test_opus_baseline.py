@@ -5,7 +5,7 @@ import pytest
 
 from utils.errors import CodecError
 from utils.metrics import speech_like_signal
-from utils.opus_baseline import estimate_lag, opus_available, opus_roundtrip
+from utils.opus_baseline import estimate_lag, ogg_packet_sizes, opus_available, opus_roundtrip
 
 needs_opus = pytest.mark.skipif(
     not opus_available(), reason="opusenc/opusdec not found: install Debian opus-tools (bash utils/system_deps.sh)"
@@ -27,6 +27,7 @@ def test_opus_roundtrip_bitrate_and_alignment(sample_rate):
     assert result.sample_rate == sample_rate
     assert result.audio.shape == signal.shape and result.audio.dtype == np.float32
     assert result.bitrate_kbps == pytest.approx(12.8, rel=0.2)
+    assert 0.5 * 12.8 < result.payload_kbps < result.bitrate_kbps
     assert np.corrcoef(signal, result.audio)[0, 1] > 0.8
     assert estimate_lag(signal, result.audio) == 0
 
@@ -43,3 +44,24 @@ def test_opus_roundtrip_follows_requested_bitrate():
 def test_opus_roundtrip_rejects_non_mono_input():
     with pytest.raises(CodecError):
         opus_roundtrip(np.zeros((100, 2), np.float32), 48000)
+
+
+@needs_opus
+def test_ogg_packets_are_two_headers_and_one_packet_per_20_ms_frame(tmp_path):
+    import subprocess
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "in.wav", speech_like_signal(1.0, 48000), 48000)
+    encoded = tmp_path / "out.opus"
+    subprocess.run(
+        ["opusenc", "--bitrate", "12.8", "--framesize", "20", "--quiet", tmp_path / "in.wav", encoded], check=True
+    )
+    sizes = ogg_packet_sizes(encoded.read_bytes())
+    assert 2 + 50 <= len(sizes) <= 2 + 52  # 50 frames of 20 ms, plus the encoder's lookahead
+    assert sizes[0] == 19  # OpusHead, mono, no channel mapping table
+
+
+def test_ogg_packet_sizes_rejects_other_data():
+    with pytest.raises(CodecError):
+        ogg_packet_sizes(b"RIFF" + bytes(100))

@@ -13,7 +13,9 @@ common length (the codec and Opus paths are both delay-compensated, so no search
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +25,8 @@ import soundfile as sf
 import soxr
 
 from utils.errors import CodecError
+
+logger = logging.getLogger(__name__)
 
 PESQ_SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -82,24 +86,38 @@ def speech_like_signal(duration: float, sample_rate: int, seed: int = 0) -> np.n
 
 
 def pesq_wb(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
-    """Wide-band PESQ MOS-LQO (about 1.0 to 4.64); NaN when PESQ finds no speech in the reference."""
-    from pesq import NoUtterancesError, pesq
+    """Wide-band PESQ MOS-LQO (about 1.0 to 4.64); NaN when PESQ cannot score the pair (no speech
+    found in the reference, a silent signal, or shorter than PESQ's minimum of about 0.25 s)."""
+    from pesq import PesqError, pesq
 
     reference, degraded = cut_to_common_length(reference, degraded)
     reference_16k = resample(reference, sample_rate, PESQ_SAMPLE_RATE)
     degraded_16k = resample(degraded, sample_rate, PESQ_SAMPLE_RATE)
+    if not (np.any(reference_16k) and np.any(degraded_16k)):
+        return math.nan
     try:
         return float(pesq(PESQ_SAMPLE_RATE, reference_16k, degraded_16k, "wb"))
-    except NoUtterancesError:
+    except PesqError as error:
+        logger.warning("PESQ undefined for this pair (%s): reported as NaN", type(error).__name__)
         return math.nan
 
 
 def stoi(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, extended: bool = False) -> float:
-    """STOI (or ESTOI when ``extended``) in [0, 1] (ESTOI may dip below 0)."""
+    """STOI (or ESTOI when ``extended``) in [0, 1] (ESTOI may dip below 0); NaN when the clip has
+    fewer than 30 active 25.6 ms frames (about 0.4 s of speech after silent-frame removal)."""
     from pystoi import stoi as pystoi_stoi
 
     reference, degraded = cut_to_common_length(reference, degraded)
-    return float(pystoi_stoi(reference.astype(np.float64), degraded.astype(np.float64), sample_rate, extended=extended))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        score = pystoi_stoi(reference.astype(np.float64), degraded.astype(np.float64), sample_rate, extended=extended)
+    # pystoi signals a too-short clip only by a warning and a placeholder score of 1e-5.
+    if any("Not enough STFT frames" in str(warning.message) for warning in caught):
+        logger.warning(
+            "%s undefined for this clip (too little active speech): reported as NaN", "ESTOI" if extended else "STOI"
+        )
+        return math.nan
+    return float(score)
 
 
 def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> float:
@@ -163,11 +181,17 @@ def _visqol_speech_api():
 
 
 def visqol_speech(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
-    """ViSQOL MOS-LQO in speech mode (signals resampled to 16 kHz). Needs :func:`visqol_available`."""
+    """ViSQOL MOS-LQO in speech mode (signals resampled to 16 kHz), NaN for clips too short to score.
+    Needs :func:`visqol_available`."""
     reference, degraded = cut_to_common_length(reference, degraded)
     reference_16k = resample(reference, sample_rate, PESQ_SAMPLE_RATE).astype(np.float64)
     degraded_16k = resample(degraded, sample_rate, PESQ_SAMPLE_RATE).astype(np.float64)
-    result = _visqol_speech_api().measure_from_arrays(reference_16k, degraded_16k, PESQ_SAMPLE_RATE)
+    try:
+        result = _visqol_speech_api().measure_from_arrays(reference_16k, degraded_16k, PESQ_SAMPLE_RATE)
+    except (IndexError, ValueError, RuntimeError) as error:
+        # The port fails inside its patch search on clips shorter than one analysis patch (~0.5-1 s).
+        logger.warning("ViSQOL undefined for this pair (%s: %s): reported as NaN", type(error).__name__, error)
+        return math.nan
     return float(result.moslqo)
 
 
@@ -271,16 +295,17 @@ METRIC_LABELS = {
 def evaluate_directories(
     reference_dir: str | Path,
     degraded_dir: str | Path,
-    baseline: Callable[[np.ndarray, int], tuple[np.ndarray, float]] | None = None,
+    baseline: Callable[[np.ndarray, int], tuple[np.ndarray, dict[str, float]]] | None = None,
     baseline_name: str = "opus",
     with_visqol: bool = False,
     plots_dir: str | Path | None = None,
 ) -> list[dict[str, float | str]]:
     """Evaluate every degraded file against the reference of the same relative name.
 
-    ``baseline(reference, sample_rate) -> (decoded, kbps)`` (e.g. Opus) is run on each reference and
-    scored too, under keys prefixed ``"<baseline_name>_"`` plus ``"<baseline_name>_kbps"``. With
-    ``plots_dir``, one PNG of log-mel spectrograms per file is written there (same relative name).
+    ``baseline(reference, sample_rate) -> (decoded, extra columns)`` (e.g. Opus, with its bitrates
+    ``{"kbps": ..., "payload_kbps": ...}``) is run on each reference and scored too; its scores and
+    extra columns go under keys prefixed ``"<baseline_name>_"``. With ``plots_dir``, one PNG of
+    log-mel spectrograms per file is written there (same relative name).
     Returns one row per file: ``file``, ``sample_rate``, ``seconds`` and the metrics.
     """
     from tqdm import tqdm
@@ -295,11 +320,11 @@ def evaluate_directories(
         row.update(evaluate_pair(reference, degraded, sample_rate, with_visqol=with_visqol))
         spectrograms = {"reference": reference, "decoded": degraded}
         if baseline is not None:
-            baseline_audio, kbps = baseline(reference, sample_rate)
+            baseline_audio, extra = baseline(reference, sample_rate)
             scores = evaluate_pair(reference, baseline_audio, sample_rate, with_visqol=with_visqol)
-            row.update({f"{baseline_name}_{key}": value for key, value in scores.items()})
-            row[f"{baseline_name}_kbps"] = kbps
-            spectrograms[f"{baseline_name} ({kbps:.1f} kbps)"] = baseline_audio
+            row.update({f"{baseline_name}_{key}": value for key, value in {**scores, **extra}.items()})
+            title = f"{baseline_name} ({extra['kbps']:.1f} kbps)" if "kbps" in extra else baseline_name
+            spectrograms[title] = baseline_audio
         if plots_dir is not None:
             length = min(len(audio) for audio in spectrograms.values())
             save_spectrogram_figure(

@@ -36,11 +36,14 @@ DEFAULT_FRAMESIZE_MS = 20
 @dataclass
 class OpusResult:
     """Decoded audio ``(T,)`` float32 at ``sample_rate`` (the input's rate and length) and the real
-    bitrate: Ogg Opus file bytes * 8 / input duration, headers included."""
+    bitrates over the input duration: ``bitrate_kbps`` from the whole Ogg Opus file (headers, tags
+    and page framing included; dominates on sub-second clips), ``payload_kbps`` from the audio
+    packets alone (comparable with a codec's bitstream rate)."""
 
     audio: np.ndarray
     sample_rate: int
     bitrate_kbps: float
+    payload_kbps: float
     file_bytes: int
 
 
@@ -87,13 +90,40 @@ def opus_roundtrip(
             ]
         )
         _run(["opusdec", "--rate", str(OPUS_SAMPLE_RATE), "--quiet", str(encoded_path), str(decoded_path)])
-        file_bytes = encoded_path.stat().st_size
+        encoded = encoded_path.read_bytes()
         decoded, decoded_rate = sf.read(decoded_path, dtype="float32", always_2d=True)
     decoded = np.concatenate([np.zeros(OPUSDEC_LEAD_SAMPLES, np.float32), decoded.mean(axis=1)])
     decoded = resample(decoded, decoded_rate, sample_rate)
     decoded = np.pad(decoded, (0, max(0, len(audio) - len(decoded))))[: len(audio)]
-    bitrate_kbps = file_bytes * 8 / (len(audio) / sample_rate) / 1000
-    return OpusResult(audio=decoded, sample_rate=sample_rate, bitrate_kbps=bitrate_kbps, file_bytes=file_bytes)
+    kilobits_per_byte_second = 8 / (len(audio) / sample_rate) / 1000
+    # The first two packets of an Ogg Opus stream are the OpusHead and OpusTags headers.
+    payload_bytes = sum(ogg_packet_sizes(encoded)[2:])
+    return OpusResult(
+        audio=decoded,
+        sample_rate=sample_rate,
+        bitrate_kbps=len(encoded) * kilobits_per_byte_second,
+        payload_kbps=payload_bytes * kilobits_per_byte_second,
+        file_bytes=len(encoded),
+    )
+
+
+def ogg_packet_sizes(data: bytes) -> list[int]:
+    """Byte sizes of the packets of a single-stream Ogg file, in order (RFC 3533 page lacing)."""
+    sizes: list[int] = []
+    packet = 0
+    position = 0
+    while position < len(data):
+        if data[position : position + 4] != b"OggS" or position + 27 > len(data):
+            raise CodecError(f"not an Ogg stream: no page header at byte {position}")
+        n_segments = data[position + 26]
+        lacing = data[position + 27 : position + 27 + n_segments]
+        for segment in lacing:
+            packet += segment
+            if segment < 255:
+                sizes.append(packet)
+                packet = 0
+        position += 27 + n_segments + sum(lacing)
+    return sizes
 
 
 def opus_roundtrip_file(path: str | Path, bitrate_kbps: float = DEFAULT_BITRATE_KBPS) -> OpusResult:
