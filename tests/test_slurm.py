@@ -171,10 +171,13 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
 # ---- recipes in a sandbox ------------------------------------------------------------------------
 
 
-def recipe_sandbox(folder: Path) -> Path:
-    """A folder that runs the recipes: links to the repository's code, its own config/ and outputs."""
+def recipe_sandbox(folder: Path, own: tuple[str, ...] = ()) -> Path:
+    """A folder that runs the recipes: links to the repository's code, its own config/ and outputs.
+
+    ``own`` names more entries to leave out (for a test to put its own there).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    own = {"config", "corpus", "corpus24k", "exp", "output", "stats", "slurmlogs", ".git", ".venv"}
+    own = {"config", "corpus", "corpus24k", "exp", "output", "stats", "slurmlogs", *own}
     for entry in ROOT.iterdir():
         if entry.name not in own and not entry.name.startswith("."):
             (folder / entry.name).symlink_to(entry)
@@ -302,3 +305,44 @@ def test_bad_input_fails_with_one_line_before_submitting(slurm: SlurmCluster, tm
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     assert "RUN " not in result.stdout and "submitted" not in result.stdout
     assert slurm.run("squeue", "-h").stdout == before
+
+
+RENDEZVOUS_PROBE = """
+import sys
+
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+total = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(total)
+print(f"PROBE rank={dist.get_rank()} world={dist.get_world_size()} sum={total.item():g} "
+      f"args={' '.join(sys.argv[1:])}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_two_srun_tasks_meet_at_the_first_node(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """--nnodes 2 runs one torchrun per task with the rendezvous from SLURM's environment.
+
+    The cluster has one node, so the two "nodes" are two tasks on it (extra sbatch options).
+    """
+    sandbox = recipe_sandbox(tmp_path / "recipe", own=("codecTrain.py",))
+    (sandbox / "codecTrain.py").write_text(RENDEZVOUS_PROBE)
+    env = {**slurm.env, "PYTHON": str(ROOT / ".venv" / "bin" / "python")}
+    env.pop("MASTER_ADDR", None)
+    result = bash("submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/demo_48000_hop300",
+                  "--nnodes", "2", "--cmd", "slurm", "--cpus", "1",
+                  "--sbatch_args", "--nodes=1 --ntasks-per-node=2", env=env, cwd=sandbox)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (job,) = submitted_jobs(result.stdout)
+    slurm.wait_for_jobs([job], timeout=120)
+    log = next((sandbox / "slurmlogs").glob(f"*-stage0-{job}.log")).read_text()
+    assert slurm.job_state(job) == "COMPLETED", log
+    probes = sorted(line for line in log.splitlines() if line.startswith("PROBE "))
+    assert [probe.split(" args=")[0] for probe in probes] == [
+        "PROBE rank=0 world=2 sum=3",
+        "PROBE rank=1 world=2 sum=3",
+    ], log
+    assert all(probe.endswith("--resume auto") for probe in probes), probes
+    assert f"launcher: rendezvous {slurm.node}:" in log and "for 2 tasks" in log
