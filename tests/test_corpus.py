@@ -2,6 +2,8 @@
 whole build over a fake unpacked-package tree."""
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -147,3 +149,24 @@ def test_build_corpus_on_fake_packages(tmp_path, monkeypatch):
     assert (out / "LICENSES" / "gcin-voice.copyright").is_file()
     assert (out / "test").exists() and not list(out.glob(".staging"))
     assert any(p.name == "ma_3.wav" for p in out.rglob("*.wav"))
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not found (Debian tools)")
+def test_fetch_packages_unpacks_a_cached_deb_without_downloading(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        "Package: demo-voice\nVersion: 1:2.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: t\n"
+    )
+    (tree / "usr/share/doc/demo-voice").mkdir(parents=True)
+    (tree / "usr/share/doc/demo-voice/copyright").write_text("free\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(
+        ["dpkg-deb", "--build", str(tree), str(cache / "demo-voice_1%3a2.0-1_all.deb")], check=True, capture_output=True
+    )
+    unpacked = corpus.fetch_packages(("demo-voice",), cache)
+    root, version = unpacked["demo-voice"]
+    assert version == "1:2.0-1"
+    assert (root / "usr/share/doc/demo-voice/copyright").read_text() == "free\n"
+    assert corpus.fetch_packages(("demo-voice",), cache) == unpacked

@@ -226,7 +226,6 @@ def fetch_packages(packages: tuple[str, ...], cache_dir: Path) -> dict[str, tupl
     download fails, ``apt-get update`` is run once and the download retried.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / ".gitignore").write_text("*\n")
     missing = [package for package in packages if not list(cache_dir.glob(f"{package}_*.deb"))]
     if missing:
         logger.info("downloading %s", " ".join(missing))
@@ -444,7 +443,6 @@ def build_corpus(out_dir: Path, out24k_dir: Path, cache_dir: Path, seed: int = 0
         licenses.mkdir(parents=True, exist_ok=True)
         for package, package_root in roots.items():
             shutil.copyfile(package_root / "usr/share/doc" / package / "copyright", licenses / f"{package}.copyright")
-    (out24k_dir / ".gitignore").write_text("*\n")
 
     clip_package = {clip.name: clip.package for clip in kept}
     aliases = ", ".join(f"{alias}={language}" for alias, language in LANGUAGE_ALIASES.items())
