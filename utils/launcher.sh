@@ -27,6 +27,7 @@
 #   --after JOBID        the first stage also waits for this job to succeed
 #   --requeue true       a training job that is told to stop (SIGUSR1, SIGTERM: preemption, the time
 #                        limit's warning signal) saves a checkpoint and requeues itself; it resumes there
+#                        (SLURM starts a requeued job after cred_expire, 120 s by default)
 #   --dry-run            print the sbatch command lines (and write the job scripts), submit nothing
 # Under --cmd slurm a training command without --resume gets --resume auto (the newest checkpoint of
 # its experiment folder, if any), and a requeued job resumes with --resume auto whatever it was given:
@@ -229,7 +230,7 @@ run_stage() {
     _launcher_write_job_script "${script}" "${stage}" "${name}" "$@"
 
     local -a sbatch_command=(sbatch --parsable --job-name "${label}-stage${stage}" --output "${log}"
-        --nodes "${nnodes:-1}" --ntasks-per-node 1 --export ALL)
+        --open-mode append --nodes "${nnodes:-1}" --ntasks-per-node 1 --export ALL)
     [ -n "${partition}" ] && sbatch_command+=(--partition "${partition}")
     [ -n "${cpus}" ] && sbatch_command+=(--cpus-per-task "${cpus}")
     [ -n "${mem}" ] && sbatch_command+=(--mem "${mem}")
