@@ -106,14 +106,19 @@ launcher_init() {
             return 1
         fi
     done
-    if ! command -v sbatch >/dev/null 2>&1; then
-        [ "${dry_run}" = true ] && return 0
+    if ! command -v sbatch >/dev/null 2>&1 && [ "${dry_run}" = false ]; then
         _launcher_error "--cmd slurm needs sbatch, which is not on PATH (install slurm-client, or use --cmd local)"
         return 1
     fi
     if [ -n "${partition}" ] && command -v sinfo >/dev/null 2>&1; then
-        if [ -z "$(sinfo -h -p "${partition}" 2>/dev/null)" ]; then
-            _launcher_error "partition '${partition}' does not exist (sinfo -h -p ${partition} is empty); partitions: $(sinfo -h -o %P 2>/dev/null | tr -d '*' | tr '\n' ' ')"
+        local found
+        if ! found=$(sinfo -h -p "${partition}" 2>&1); then
+            _launcher_error "cannot check partition '${partition}': sinfo failed: ${found//$'\n'/ }"
+            return 1
+        fi
+        if [ -z "${found}" ]; then
+            _launcher_error "partition '${partition}' does not exist (sinfo -h -p ${partition} is empty); partitions:" \
+                $(sinfo -h -o %P | tr -d '*')
             return 1
         fi
     fi
