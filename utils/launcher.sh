@@ -46,10 +46,16 @@ after=""
 requeue=false
 dry_run=false
 
-# parse_options.sh wants a value after every option: give the bare flags one.
+# parse_options.sh wants a value after every option: give the bare flags one. Its --help lists the
+# recipe's own options; the launcher's come first.
 _launcher_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
+        --help | -h)
+            _launcher_args+=("$1")
+            echo "Launcher options (utils/launcher.sh): --cmd ${cmd} --partition --gpus --cpus --mem --time" \
+                "--slurm_config ${slurm_config} --slurm_logdir ${slurm_logdir} --sbatch_args --after --requeue --dry-run"
+            ;;
         --dry-run | --dry_run | --requeue)
             _launcher_args+=("$1")
             if [ $# -lt 2 ] || [[ $2 == --* ]]; then
