@@ -8,6 +8,14 @@ consumes one chunk and returns the matching output chunk; `reset_state(batch_siz
 `batch_size` independent streams from the layer's `pad_buffer` (zeros in every released model).
 Feeding a signal through `step` in pieces gives exactly what one `step` over the whole signal
 gives, provided each piece is a multiple of the layer's stride.
+
+Speed: outside autograd on CPU, `step` runs each convolution through oneDNN with the weights
+reordered once into its blocked layout and cached (`PackedConv`). For the small chunks of
+streaming this is 2-10x faster than `F.conv1d`, which re-packs the weights on every call or, for
+small dilated inputs, falls back to a slow native kernel. Transposed convolutions (kernel
+2*stride) are rewritten as a two-tap convolution onto `stride` phases, then interleaved. The
+`compute_dtype` of a layer (float32, or bfloat16 via `set_precision`) is what its convolutions
+compute in; activations between layers stay float32.
 """
 
 from __future__ import annotations
@@ -17,6 +25,73 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class PackedConv:
+    """oneDNN-packed weights of one convolution, rebuilt whenever the source weights change.
+
+    The packed tensor is opaque (no storage), so copies and pickles of a model start without it.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> PackedConv:
+        return PackedConv()
+
+    def __reduce__(self) -> tuple:
+        return PackedConv, ()
+
+    @staticmethod
+    def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether the packed path applies: oneDNN present, CPU float32 input, no autograd."""
+        return (
+            _ONEDNN
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not (torch.is_grad_enabled() and weight.requires_grad)
+        )
+
+    def run(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: int,
+        dilation: int,
+        groups: int,
+        dtype: torch.dtype,
+        transform=None,
+        attr: str = "none",
+        scalars: tuple = (),
+    ) -> torch.Tensor:
+        """conv1d of x (B, C_in, L) with `weight` (C_out, C_in / groups, k), computed in `dtype`.
+
+        `transform(weight, bias) -> (weight, bias)` rewrites the source parameters before packing
+        (used by the transposed convolution); `attr`/`scalars` name a fused oneDNN post-op.
+        """
+        key = (
+            weight.data_ptr(), weight._version, dtype,
+            None if bias is None else (bias.data_ptr(), bias._version),
+        )
+        if key != self.key:
+            with torch.inference_mode(False), torch.no_grad():
+                w, b = transform(weight, bias) if transform is not None else (weight, bias)
+                w = w.detach().to(dtype).unsqueeze(2).contiguous()
+                self.weight = torch.ops.mkldnn._reorder_convolution_weight(
+                    w, [0, 0], [1, stride], [1, dilation], groups, [1, w.shape[1] * groups, 1, 64]
+                )
+                self.bias = None if b is None else b.detach().to(dtype).contiguous()
+            self.key = key
+        y = torch.ops.mkldnn._convolution_pointwise(
+            x.to(dtype).unsqueeze(2), self.weight, self.bias, [0, 0], [1, stride], [1, dilation], groups,
+            attr, list(scalars), "",
+        )
+        return y.squeeze(2).to(torch.float32)
 
 
 class StreamingState:
@@ -55,9 +130,13 @@ class Conv1d1x1(nn.Conv1d):
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+        self.compute_dtype = torch.float32
+        self._packed = PackedConv()
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """Streaming step: a pointwise conv has no memory."""
+        if PackedConv.usable(x, self.weight):
+            return self._packed.run(x, self.weight, self.bias, 1, 1, self.groups, self.compute_dtype)
         return self(x)
 
 
@@ -113,6 +192,8 @@ class CausalConv1d(StreamingState, NonCausalConv1d):
         self.pad_length = (kernel_size - 1) * dilation
         self.register_buffer("pad_buffer", torch.zeros(1, in_channels, self.pad_length))
         self._state = None
+        self.compute_dtype = torch.float32
+        self._packed = PackedConv()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Offline pass with zero history: (B, C_in, T) -> (B, C_out, T // stride)."""
@@ -120,7 +201,13 @@ class CausalConv1d(StreamingState, NonCausalConv1d):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """Streaming step on chunk (B, C_in, T), T a multiple of the stride."""
-        return self.conv(self._push(x))
+        x = self._push(x)
+        conv = self.conv
+        if PackedConv.usable(x, conv.weight):
+            return self._packed.run(
+                x, conv.weight, conv.bias, self.stride, self.dilation, conv.groups, self.compute_dtype
+            )
+        return conv(x)
 
 
 class NonCausalConvTranspose1d(nn.Module):
@@ -169,6 +256,8 @@ class CausalConvTranspose1d(StreamingState, NonCausalConvTranspose1d):
         self.pad_length = math.ceil(kernel_size / stride) - 1
         self.register_buffer("pad_buffer", torch.zeros(1, in_channels, self.pad_length))
         self._state = None
+        self.compute_dtype = torch.float32
+        self._packed = PackedConv()
 
     def _crop(self, y: torch.Tensor) -> torch.Tensor:
         return y[:, :, self.stride:-self.stride]
@@ -177,9 +266,35 @@ class CausalConvTranspose1d(StreamingState, NonCausalConvTranspose1d):
         """Offline pass: (B, C_in, T) -> (B, C_out, T * stride)."""
         return self._crop(self.deconv(F.pad(x, (self.pad_length, 0), mode="replicate")))
 
+    def _phase_weights(
+        self, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Transposed weight (C_in, C_out, 2s) -> two-tap conv weight (C_out * s, C_in, 2).
+
+        Output phase r of frame m is W[:, :, r] x[m] + W[:, :, r + s] x[m - 1]: tap 0 sees the
+        previous frame, tap 1 the current one; output channel c * s + r.
+        """
+        c_in, c_out, _ = weight.shape
+        s = self.stride
+        taps = weight.permute(1, 2, 0).reshape(c_out, 2, s, c_in).flip(1)
+        phase_weight = taps.permute(0, 2, 3, 1).reshape(c_out * s, c_in, 2)
+        return phase_weight, None if bias is None else bias.repeat_interleave(s)
+
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """Streaming step: (B, C_in, T) -> (B, C_out, T * stride)."""
-        return self._crop(self.deconv(self._push(x)))
+        x = self._push(x)
+        deconv = self.deconv
+        if (
+            PackedConv.usable(x, deconv.weight)
+            and deconv.kernel_size[0] == 2 * self.stride
+            and deconv.groups == 1
+        ):
+            batch, frames = x.shape[0], x.shape[-1] - 1
+            phases = self._packed.run(
+                x, deconv.weight, deconv.bias, 1, 1, 1, self.compute_dtype, transform=self._phase_weights
+            )
+            return phases.view(batch, -1, self.stride, frames).transpose(2, 3).reshape(batch, -1, frames * self.stride)
+        return self._crop(self.deconv(x))
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -226,6 +341,15 @@ def reset_streaming(model: nn.Module, batch_size: int = 1) -> None:
     for module in model.modules():
         if isinstance(module, StreamingState):
             module.reset_state(batch_size)
+
+
+def set_precision(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """Make every convolution of `model`'s streaming path compute in `dtype` (float32 or bfloat16)."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"unsupported compute dtype {dtype}: use torch.float32 or torch.bfloat16")
+    for module in model.modules():
+        if hasattr(module, "compute_dtype"):
+            module.compute_dtype = dtype
 
 
 def clear_streaming(model: nn.Module) -> None:

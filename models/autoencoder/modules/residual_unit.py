@@ -35,7 +35,7 @@ class ResidualUnit(nn.Module):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1.step(self.activation(x))
-        return x + self.conv2(self.activation(y))
+        return x + self.conv2.step(self.activation(y))
 
 
 def conv1d_for_mode(mode: str) -> type[nn.Module]:

@@ -126,4 +126,4 @@ class MultiGroupConv1d(HiFiGANResidualBlock):
         return self.conv_out(super().forward(x.repeat(1, self.groups, 1)))
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(super().step(x.repeat(1, self.groups, 1)))
+        return self.conv_out.step(super().step(x.repeat(1, self.groups, 1)))
