@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
 from trainer.preemption import PreemptionHandler
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLING_RATE = 48000
+needs_trainer = pytest.mark.skipif(
+    not (ROOT / "codecTrain.py").is_file() or not (ROOT / "trainer" / "base.py").is_file(),
+    reason="the trainer (codecTrain.py, trainer/base.py) is not in this checkout yet",
+)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
@@ -83,3 +98,176 @@ def test_no_requeue_unless_enabled_and_under_slurm(
     assert not PreemptionHandler().requeue()
     assert not PreemptionHandler(requeue=False).requeue()
     assert not fake_scontrol.exists()
+
+
+# ---- training runs (shared with test_slurm.py) ---------------------------------------------------
+
+
+def recipe_sandbox(folder: Path, own: tuple[str, ...] = ()) -> Path:
+    """A folder that runs the recipes: links to the repository's code, its own config/ and outputs.
+
+    ``own`` names more entries to leave out (for a test to put its own there).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    own = {"config", "corpus", "corpus24k", "exp", "output", "stats", "slurmlogs", *own}
+    for entry in ROOT.iterdir():
+        if entry.name not in own and not entry.name.startswith("."):
+            (folder / entry.name).symlink_to(entry)
+    (folder / "config").mkdir()
+    for kind in (ROOT / "config").iterdir():
+        if kind.is_dir():
+            (folder / "config" / kind.name).mkdir()
+    return folder
+
+
+def write_corpus(root: Path, train_samples: int = 12000, train_files: int = 2) -> Path:
+    """Synthetic wavs (tones with noise) in root/{train,dev,test}: ``train_files`` in train, one in the others.
+
+    Training files of exactly the crop length (with ``pad_short``) make the crops deterministic.
+    """
+    generator = np.random.default_rng(0)
+    for subset, count, samples in (("train", train_files, train_samples), ("dev", 1, 9600), ("test", 1, 9600)):
+        (root / subset).mkdir(parents=True, exist_ok=True)
+        time_axis = np.arange(samples) / SAMPLING_RATE
+        for index in range(count):
+            pitch = generator.uniform(100, 300)
+            wave = 0.3 * np.sin(2 * np.pi * pitch * time_axis) + 0.02 * generator.standard_normal(samples)
+            sf.write(root / subset / f"{subset}_{index}.wav", wave.astype(np.float32), SAMPLING_RATE)
+    return root
+
+
+def tiny_configs(corpus: Path, steps: int = 2) -> dict[str, dict]:
+    """The CPU demo recipes shrunk to widths of 2-16 channels, 4800-sample crops and ``steps`` steps a phase.
+
+    The autoencoder (tag ``autoencoder/tiny``) trains ``steps`` metric steps then ``steps`` adversarial
+    ones; the statistics and the vocoder (``statistic/tiny``, ``vocoder/tiny``) use its encoder at
+    ``steps``; the vocoder trains ``steps`` steps. Checkpoints every ``steps``; no validation.
+    """
+    analyzer = f"exp/autoencoder/tiny/checkpoint-{steps}steps.pkl"
+    schedule = {
+        "save_interval_steps": steps,
+        "eval_interval_steps": 10**6,  # validation would cost more than these runs: never
+        "log_interval_steps": 1,
+        "batch_length": 4800,
+        "pad_short": True,
+    }
+
+    def load(name: str) -> dict:
+        config = yaml.safe_load((ROOT / "config" / name).read_text())
+        config["data"]["path"] = str(corpus)
+        return config
+
+    autoencoder = load("autoencoder/demo_48000_hop300.yaml")
+    autoencoder["generator_params"].update(encode_channels=2, decode_channels=2, code_dim=8, codebook_size=16)
+    discriminator = autoencoder["discriminator_params"]
+    discriminator.update(scales=1, periods=[2, 3])
+    discriminator["scale_discriminator_params"].update(channels=4, max_downsample_channels=8, max_groups=1)
+    discriminator["period_discriminator_params"].update(channels=2, max_downsample_channels=8)
+    autoencoder["start_steps"]["discriminator"] = steps
+    autoencoder.update(train_max_steps=steps, adv_train_max_steps=2 * steps, adv_batch_length=4800, **schedule)
+
+    statistic = load("statistic/demo_48000_hop300.yaml")
+    statistic.update(analyzer=analyzer, stats="stats/tiny.npy")
+
+    vocoder = load("vocoder/demo_v1_48000_hop300.yaml")
+    vocoder["analyzer"] = analyzer
+    vocoder["generator_params"].update(in_channels=8, channels=16, stats="stats/tiny.npy")
+    vocoder["discriminator_params"] = discriminator
+    vocoder.update(discriminator_train_start_steps=1, train_max_steps=steps, **schedule)
+    return {"autoencoder/tiny": autoencoder, "statistic/tiny": statistic, "vocoder/tiny": vocoder}
+
+
+def write_configs(sandbox: Path, configs: dict[str, dict]) -> None:
+    """Write each config to ``<sandbox>/config/<tag>.yaml``."""
+    for tag, config in configs.items():
+        path = sandbox / "config" / f"{tag}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def training_env(**extra: str) -> dict[str, str]:
+    """The environment of a training process: this interpreter; one thread (the tiny convolutions
+    run tens of times slower with two threads on a loaded machine)."""
+    return {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def wait_for_text(path: Path, pattern: str, process: subprocess.Popen | None = None, timeout: float = 120) -> str:
+    """Wait until the file holds a match of ``pattern`` (a regex); returns the match."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        match = re.search(pattern, text)
+        if match:
+            return match.group(0)
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern!r} in {path}: {path.read_text() if path.exists() else '(missing)'}")
+
+
+def assert_same_training_state(path: Path, reference: Path) -> None:
+    """Two training checkpoints hold equal parameters, optimizer and scheduler states and step counts."""
+    state, expected = (torch.load(file, map_location="cpu", weights_only=True) for file in (path, reference))
+    assert state["steps"] == expected["steps"]
+    for part in ("model", "optimizer", "scheduler"):
+        flat, flat_expected = _flatten(state[part]), _flatten(expected[part])
+        assert flat.keys() == flat_expected.keys(), part
+        for key, value in flat.items():
+            if torch.is_tensor(value):
+                assert torch.equal(value, flat_expected[key]), f"{part}.{key} differs"
+            else:
+                assert value == flat_expected[key], f"{part}.{key} differs"
+
+
+def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
+    """Nested dicts and lists -> {"a.0.b": leaf}."""
+    if isinstance(tree, dict):
+        children = tree.items()
+    elif isinstance(tree, list | tuple):
+        children = enumerate(tree)
+    else:
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, object] = {}
+    for name, child in children:
+        flat.update(_flatten(child, f"{prefix}{name}."))
+    return flat
+
+
+# ---- a local training process stopped by SIGTERM --------------------------------------------------
+
+
+def train(sandbox: Path, tag: str, log: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "codecTrain.py", "-c", f"config/{tag}.yaml", "--tag", tag, *extra]
+    with open(log, "w") as output:
+        return subprocess.Popen(command, cwd=sandbox, env=training_env(), stdout=output, stderr=subprocess.STDOUT)
+
+
+@needs_trainer
+def test_sigterm_saves_the_step_reached_and_resuming_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    sandbox = recipe_sandbox(tmp_path / "recipe")
+    corpus = write_corpus(tmp_path / "corpus", train_files=3)  # longer than the crops: random crops
+    config = tiny_configs(corpus, steps=2)["autoencoder/tiny"]
+    config.update(adv_train_max_steps=1000, save_interval_steps=10**6)
+    write_configs(sandbox, {"autoencoder/long": config})
+
+    process = train(sandbox, "autoencoder/long", tmp_path / "stopped.log")
+    wait_for_text(tmp_path / "stopped.log", r"\(Steps: 4\)", process)  # in the adversarial phase
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, (tmp_path / "stopped.log").read_text()
+    log = (tmp_path / "stopped.log").read_text()
+    assert "Stop requested (SIGTERM)" in log
+    (checkpoint,) = (sandbox / "exp" / "autoencoder" / "long").glob("checkpoint-*steps.pkl")
+    stopped_at = int(re.search(r"checkpoint-(\d+)steps", checkpoint.name).group(1))
+    assert 4 <= stopped_at < 1000 and f"Saved checkpoint {checkpoint.relative_to(sandbox)}" in log
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["steps"] == stopped_at
+
+    # Resume to two steps further, and train the same from scratch in one go: the same state.
+    config.update(adv_train_max_steps=stopped_at + 2)
+    write_configs(sandbox, {"autoencoder/long": config, "autoencoder/reference": config})
+    resumed = train(sandbox, "autoencoder/long", tmp_path / "resumed.log", "--resume", "auto")
+    reference = train(sandbox, "autoencoder/reference", tmp_path / "reference.log")
+    assert resumed.wait(timeout=120) == 0, (tmp_path / "resumed.log").read_text()
+    assert reference.wait(timeout=120) == 0, (tmp_path / "reference.log").read_text()
+    assert f"at step {stopped_at}" in (tmp_path / "resumed.log").read_text()
+    final = f"checkpoint-{stopped_at + 2}steps.pkl"
+    assert_same_training_state(sandbox / "exp/autoencoder/long" / final, sandbox / "exp/autoencoder/reference" / final)

@@ -20,6 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from test_preemption import (
+    needs_trainer,
+    recipe_sandbox,
+    tiny_configs,
+    training_env,
+    wait_for_text,
+    write_configs,
+    write_corpus,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "scontrol", "squeue", "scancel")
@@ -56,7 +66,8 @@ class SlurmCluster:
             "SlurmctldPort": free_port(),
             "SlurmdPort": free_port(),
             "AuthType": "auth/munge",
-            "AuthInfo": f"socket={folder / 'munge' / 'munge.sock'}",
+            # A requeued job waits cred_expire (default 120 s) before it may start again.
+            "AuthInfo": f"socket={folder / 'munge' / 'munge.sock'},cred_expire=10",
             "StateSaveLocation": folder / "state",
             "SlurmdSpoolDir": folder / "spool",
             "SlurmctldPidFile": folder / "slurmctld.pid",
@@ -168,30 +179,13 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     cluster.stop()
 
 
-# ---- recipes in a sandbox ------------------------------------------------------------------------
-
-
-def recipe_sandbox(folder: Path, own: tuple[str, ...] = ()) -> Path:
-    """A folder that runs the recipes: links to the repository's code, its own config/ and outputs.
-
-    ``own`` names more entries to leave out (for a test to put its own there).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    own = {"config", "corpus", "corpus24k", "exp", "output", "stats", "slurmlogs", *own}
-    for entry in ROOT.iterdir():
-        if entry.name not in own and not entry.name.startswith("."):
-            (folder / entry.name).symlink_to(entry)
-    (folder / "config").mkdir()
-    for kind in (ROOT / "config").iterdir():
-        if kind.is_dir():
-            (folder / "config" / kind.name).mkdir()
-    return folder
+# ---- the launcher, with a stand-in interpreter --------------------------------------------------
 
 
 def stub_python(folder: Path) -> Path:
-    """An interpreter that prints what it was asked to run, with the time, instead of running it."""
+    """An interpreter that prints what it was asked to run instead of running it."""
     stub = folder / "stub-python"
-    stub.write_text('#!/usr/bin/env bash\necho "RUN $* at $(date +%s.%N)"\nsleep 0.5\n')
+    stub.write_text('#!/usr/bin/env bash\necho "RUN $*"\n')
     stub.chmod(0o755)
     return stub
 
@@ -211,27 +205,6 @@ def stage_times(log: Path) -> tuple[float, float]:
 
 def bash(*args: str, env: dict, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def test_stub_stages_run_in_order_with_logs(slurm: SlurmCluster, tmp_path: Path) -> None:
-    sandbox = recipe_sandbox(tmp_path / "recipe")
-    env = {**slurm.env, "PYTHON": str(stub_python(tmp_path))}
-    result = bash("submit_codec_demo.sh", "--start", "0", "--stop", "4", "--cmd", "slurm", "--cpus", "1",
-                  env=env, cwd=sandbox)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    jobs = submitted_jobs(result.stdout)
-    assert len(jobs) == 5 and f"squeue -u {os.environ.get('USER', 'root')}" in result.stdout
-    assert "tail -f " in result.stdout and "(after " in result.stdout
-    slurm.wait_for_jobs(jobs)
-    assert [slurm.job_state(job) for job in jobs] == ["COMPLETED"] * 5
-    logs = [next((sandbox / "slurmlogs").glob(f"*-stage{stage}-{job}.log")) for stage, job in enumerate(jobs)]
-    times = [stage_times(log) for log in logs]
-    for (_, end), (next_start, _) in zip(times, times[1:]):
-        assert end <= next_start
-    first = logs[0].read_text()
-    assert "RUN codecTrain.py -c config/autoencoder/demo_48000_hop300.yaml" in first
-    assert first.split("RUN ")[1].split(" at ")[0].endswith("--resume auto")
-    assert "RUN codecTest.py" in logs[4].read_text()
 
 
 def test_a_failed_stage_stops_the_chain(slurm: SlurmCluster, tmp_path: Path) -> None:
@@ -307,42 +280,127 @@ def test_bad_input_fails_with_one_line_before_submitting(slurm: SlurmCluster, tm
     assert slurm.run("squeue", "-h").stdout == before
 
 
-RENDEZVOUS_PROBE = """
-import sys
-
-import torch
-import torch.distributed as dist
-
-dist.init_process_group("gloo")
-total = torch.tensor([float(dist.get_rank() + 1)])
-dist.all_reduce(total)
-print(f"PROBE rank={dist.get_rank()} world={dist.get_world_size()} sum={total.item():g} "
-      f"args={' '.join(sys.argv[1:])}", flush=True)
-dist.destroy_process_group()
-"""
+# ---- real training ----------------------------------------------------------------------------
 
 
-def test_two_srun_tasks_meet_at_the_first_node(slurm: SlurmCluster, tmp_path: Path) -> None:
-    """--nnodes 2 runs one torchrun per task with the rendezvous from SLURM's environment.
+def output_files(sandbox: Path) -> set[str]:
+    """The files the recipe wrote (exp/, stats/, output/), TensorBoard event names reduced to their kind."""
+    found = set()
+    for folder in ("exp", "stats", "output"):
+        for path in (sandbox / folder).rglob("*"):
+            if path.is_file():
+                name = str(path.relative_to(sandbox))
+                found.add(re.sub(r"events\.out\.tfevents\..*$", "events.out.tfevents", name))
+    return found
 
-    The cluster has one node, so the two "nodes" are two tasks on it (extra sbatch options).
+
+@needs_trainer
+def test_demo_recipe_stages_0_to_4_under_slurm_write_what_a_local_run_writes(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    runs = {}
+    for mode in ("local", "slurm"):
+        sandbox = recipe_sandbox(tmp_path / mode)
+        write_configs(sandbox, tiny_configs(corpus, steps=2))
+        args = ["submit_codec.sh", "--start", "0", "--stop", "4", "--autoencoder", "autoencoder/tiny",
+                "--statistic", "statistic/tiny", "--vocoder", "vocoder/tiny",
+                "--encoder_checkpoint", "2", "--decoder_checkpoint", "2", "--cmd", mode, "--cpus", "1"]  # fmt: skip
+        process = subprocess.Popen(["bash", *args], cwd=sandbox, env=training_env(**slurm.env),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        runs[mode] = (sandbox, process)
+    local_output = runs["local"][1].communicate(timeout=240)[0]
+    slurm_output = runs["slurm"][1].communicate(timeout=30)[0]
+    assert runs["local"][1].returncode == 0, local_output
+    assert runs["slurm"][1].returncode == 0, slurm_output
+    jobs = submitted_jobs(slurm_output)
+    assert len(jobs) == 5 and slurm_output.count("(after ") == 4, slurm_output
+    assert f"squeue -u {os.environ.get('USER', 'root')}" in slurm_output and "tail -f " in slurm_output
+    slurm.wait_for_jobs(jobs, timeout=240)
+    sandbox = runs["slurm"][0]
+    logs = [next((sandbox / "slurmlogs").glob(f"*-stage{stage}-{job}.log")) for stage, job in enumerate(jobs)]
+    states = [slurm.job_state(job) for job in jobs]
+    assert states == ["COMPLETED"] * 5, "\n".join(log.read_text()[-2000:] for log in logs)
+    times = [stage_times(log) for log in logs]
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(times, times[1:])), times
+    assert "Finished training at step 4" in logs[0].read_text() and "--resume auto" in logs[0].read_text()
+    assert output_files(sandbox) == output_files(runs["local"][0]) != set()
+
+
+@needs_trainer
+def test_usr1_checkpoints_then_resubmitting_resumes_and_requeue_continues(slurm: SlurmCluster, tmp_path: Path) -> None:
+    sandbox = recipe_sandbox(tmp_path / "recipe")
+    config = tiny_configs(write_corpus(tmp_path / "corpus"), steps=2)["autoencoder/tiny"]
+    config.update(adv_train_max_steps=20, save_interval_steps=10**6)
+    write_configs(sandbox, {"autoencoder/long": config})
+    args = ["submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/long", "--cmd", "slurm", "--cpus", "1"]
+    folder = sandbox / "exp" / "autoencoder" / "long"
+
+    # Stopped by SIGUSR1: a checkpoint at the step reached, exit 0.
+    result = bash(*args, env=training_env(**slurm.env), cwd=sandbox)
+    (job,) = submitted_jobs(result.stdout)
+    log = sandbox / "slurmlogs" / f"autoencoder_long-stage0-{job}.log"
+    wait_for_text(log, r"\(Steps: 3\)")
+    slurm.run("scancel", "--signal=USR1", job)
+    slurm.wait_for_jobs([job])
+    assert slurm.job_state(job) == "COMPLETED", log.read_text()
+    assert "Stop requested (SIGUSR1)" in log.read_text()
+    (checkpoint,) = folder.glob("checkpoint-*steps.pkl")
+    stopped_at = int(re.search(r"(\d+)steps", checkpoint.name).group(1))
+    assert 3 <= stopped_at < 20
+
+    # The same command again resumes there; with --requeue, the next stop requeues the job, which
+    # resumes from its own checkpoint and finishes.
+    result = bash(*args, "--requeue", env=training_env(**slurm.env), cwd=sandbox)
+    (job,) = submitted_jobs(result.stdout)
+    log = sandbox / "slurmlogs" / f"autoencoder_long-stage0-{job}.log"
+    wait_for_text(log, rf"Resumed from exp/autoencoder/long/checkpoint-{stopped_at}steps.pkl at step {stopped_at}")
+    wait_for_text(log, rf"\(Steps: {stopped_at + 2}\)")
+    slurm.run("scancel", "--signal=USR1", job)
+    requeued = wait_for_text(log, r"Requeued SLURM job \d+")
+    assert requeued == f"Requeued SLURM job {job}"
+    slurm.wait_for_jobs([job], timeout=240)
+    text = log.read_text()
+    assert slurm.job_state(job) == "COMPLETED" and "Finished training at step 20" in text, text
+    second_stop = int(re.findall(r"Resumed from \S+checkpoint-(\d+)steps.pkl", text)[-1])
+    assert stopped_at + 2 <= second_stop < 20
+    assert torch.load(folder / "checkpoint-20steps.pkl", map_location="cpu", weights_only=True)["steps"] == 20
+
+
+@needs_trainer
+def test_two_srun_tasks_train_like_one_process_with_the_global_batch(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """--nnodes 2: one torchrun per task, rendezvous at the allocation's first node, gloo on CPUs.
+
+    The cluster has one node, so the two "nodes" are two tasks on it (extra sbatch options). Crops
+    are deterministic (training files of exactly the crop length), so the two ranks with one file
+    each see the batch of two files that one process sees.
     """
-    sandbox = recipe_sandbox(tmp_path / "recipe", own=("codecTrain.py",))
-    (sandbox / "codecTrain.py").write_text(RENDEZVOUS_PROBE)
-    env = {**slurm.env, "PYTHON": str(ROOT / ".venv" / "bin" / "python")}
+    sandbox = recipe_sandbox(tmp_path / "recipe")
+    config = tiny_configs(write_corpus(tmp_path / "corpus", train_samples=4800), steps=2)["autoencoder/tiny"]
+    config.update(adv_train_max_steps=None, batch_size=1)
+    single = {**config, "batch_size": 2}
+    write_configs(sandbox, {"autoencoder/ranks": config, "autoencoder/single": single})
+    env = training_env(**slurm.env)
     env.pop("MASTER_ADDR", None)
-    result = bash("submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/demo_48000_hop300",
-                  "--nnodes", "2", "--cmd", "slurm", "--cpus", "1",
-                  "--sbatch_args", "--nodes=1 --ntasks-per-node=2", env=env, cwd=sandbox)  # fmt: skip
+    result = bash("submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/ranks", "--nnodes", "2",
+                  "--cmd", "slurm", "--cpus", "1", "--sbatch_args", "--nodes=1 --ntasks-per-node=2",
+                  env=env, cwd=sandbox)  # fmt: skip
     assert result.returncode == 0, result.stderr
     (job,) = submitted_jobs(result.stdout)
-    slurm.wait_for_jobs([job], timeout=120)
+    local = bash("submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/single", env=env, cwd=sandbox,
+                 timeout=120)  # fmt: skip
+    assert local.returncode == 0, local.stdout + local.stderr
+    slurm.wait_for_jobs([job], timeout=180)
     log = next((sandbox / "slurmlogs").glob(f"*-stage0-{job}.log")).read_text()
     assert slurm.job_state(job) == "COMPLETED", log
-    probes = sorted(line for line in log.splitlines() if line.startswith("PROBE "))
-    assert [probe.split(" args=")[0] for probe in probes] == [
-        "PROBE rank=0 world=2 sum=3",
-        "PROBE rank=1 world=2 sum=3",
-    ], log
-    assert all(probe.endswith("--resume auto") for probe in probes), probes
     assert f"launcher: rendezvous {slurm.node}:" in log and "for 2 tasks" in log
+    assert "--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d" in log
+    assert log.count("DDP: rank") >= 1 and "Finished training at step 2" in log
+    ranks, alone = (
+        torch.load(sandbox / "exp" / "autoencoder" / name / "checkpoint-2steps.pkl", map_location="cpu")["model"]
+        for name in ("ranks", "single")
+    )
+    for part in ("generator", "discriminator"):
+        assert ranks[part].keys() == alone[part].keys()
+        for key, value in ranks[part].items():
+            torch.testing.assert_close(value, alone[part][key], rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
