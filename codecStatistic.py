@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Statistics of the analyzer's quantized latent (mean and scale per channel) for vocoder training.
+
+    python codecStatistic.py -c config/statistic/demo_48000_hop300.yaml --subset train
+
+Writes the config's ``stats`` file: float32 (2, code_dim), row 0 mean, row 1 scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from trainer.analysis import compute_code_statistics, save_statistics
+from trainer.builder import read_config
+from utils.cli import run_main
+from utils.errors import CodecError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", type=str, required=True, help="statistics recipe (YAML)")
+    parser.add_argument("--subset", type=str, default="train", help="data.subset entry to read")
+    parser.add_argument("--subset_num", type=int, default=-1, help="only the first N files (-1: all)")
+    args = parser.parse_args()
+    config = read_config(args.config)
+    if "stats" not in config:
+        raise CodecError(f"{args.config} has no 'stats' entry: name the .npy file to write")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    stats = compute_code_statistics(config, args.subset, args.subset_num, device=device)
+    save_statistics(stats, config["stats"])
+    logging.info("Wrote %s: mean and scale of %d channels", config["stats"], stats.shape[1])
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,420 @@
+"""The GAN training loop shared by the three flavours (autoencoder, vocoder, denoise).
+
+One step: the generator pass and its update (metric losses, the flavour's extra terms such as the VQ
+loss, and, once the discriminator is on, adversarial + feature-matching losses), then the
+discriminator update on real audio and on the generator's output re-computed without gradient.
+Intervals (in steps, as the original counts them): log losses, evaluate on the validation set (losses,
+audio and log-mel images of a few samples), save a checkpoint. A flavour says what the batch holds,
+how the generator produces audio, which parts are frozen, and when each network trains.
+
+Under DDP (see :mod:`trainer.distributed`) the generator's training pass and the discriminator's
+update go through their DDP wrappers; everything without gradient uses the bare modules, and only
+rank 0 writes logs, TensorBoard and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from losses import MelSpectrogram
+from trainer.data import TrainingData
+from trainer.distributed import DistributedContext, all_reduce_mean, all_reduce_sum, sync_ema_codebooks, wrap_ddp
+from trainer.preemption import PreemptionHandler
+from trainer.state import capture_rng_state, checkpoint_path, read_training_checkpoint, restore_rng_state
+from utils.checkpoint import atomic_torch_save, generator_state_dict, load_generator_state
+from utils.errors import CodecError
+
+logger = logging.getLogger(__name__)
+
+# Metric losses: criterion name -> the names its outputs are logged under. Each is weighted by
+# lambda_<name>_loss.
+METRIC_LOSSES: dict[str, tuple[str, ...]] = {
+    "mel": ("mel_loss",),
+    "stft": ("spectral_convergence_loss", "log_stft_magnitude_loss"),
+    "shape": ("shape_loss",),
+}
+
+NUM_EVAL_SAMPLES = 2  # validation samples written to TensorBoard as audio and log-mel images
+
+DiscriminatorOutputs = list[list[torch.Tensor]]
+
+
+class LossTracker:
+    """Running sums of named scalars, averaged over the number of times each was recorded."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, name: str, value: torch.Tensor | float) -> None:
+        self.sums[name] += float(value.item() if torch.is_tensor(value) else value)
+        self.counts[name] += 1
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.counts[name] for name, total in self.sums.items()}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+
+def _split_real_fake(outputs: DiscriminatorOutputs) -> tuple[DiscriminatorOutputs, DiscriminatorOutputs]:
+    """Outputs of one pass on cat([real, fake]) -> (outputs on real, outputs on fake)."""
+    halves = [[layer.chunk(2) for layer in layers] for layers in outputs]
+    real = [[pair[0] for pair in layers] for layers in halves]
+    fake = [[pair[1] for pair in layers] for layers in halves]
+    return real, fake
+
+
+class GANTrainer:
+    """Generator/discriminator training loop; flavours override the hooks marked below.
+
+    Args:
+        config: the recipe config (loss switches and weights, schedule, intervals).
+        generator: the generator being trained (bare module).
+        discriminator: its discriminator (bare module).
+        criteria: losses by name (``mel``, ``stft``, ``shape``, ``generator_adv``,
+            ``discriminator_adv``, ``feat_match``), those the config switches on.
+        optimizers: ``{"generator": ..., "discriminator": ...}``.
+        schedulers: the same keys.
+        data: the training/validation data stream.
+        context: this process's place in the job.
+        expdir: experiment folder (checkpoints, TensorBoard).
+        writer: TensorBoard writer (rank 0), else None.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        generator: nn.Module,
+        discriminator: nn.Module,
+        criteria: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        schedulers: Mapping[str, Any],
+        data: TrainingData,
+        context: DistributedContext,
+        expdir: str | Path,
+        writer: Any | None = None,
+    ) -> None:
+        self.config = config
+        self.generator = generator
+        self.discriminator = discriminator
+        self.criteria = dict(criteria)
+        self.optimizers = dict(optimizers)
+        self.schedulers = dict(schedulers)
+        self.data = data
+        self.context = context
+        self.device = context.device
+        self.expdir = Path(expdir)
+        self.writer = writer
+        self.steps = 0
+        self.train_losses = LossTracker()
+        self.eval_losses = LossTracker()
+        self.last_saved_steps: int | None = None
+        self.configure_parameters()
+        self.generator_ddp = wrap_ddp(self.generator, context)
+        self.discriminator_ddp = wrap_ddp(self.discriminator, context)
+        sync_ema_codebooks(self.generator, context)
+        self._eval_mel = self._build_eval_mel()
+
+    # ---- flavour hooks -----------------------------------------------------------------------
+    def configure_parameters(self) -> None:
+        """Freeze what the flavour never trains (before the DDP wrapping)."""
+
+    def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch -> (generator input, target audio (B, C, T)), on the device."""
+        audio = batch.to(self.device)
+        return audio, audio
+
+    def generator_active(self) -> bool:
+        """Whether the generator trains at the current step."""
+        return True
+
+    def discriminator_active(self) -> bool:
+        """Whether the discriminator (and the adversarial losses) are on at the current step."""
+        return False
+
+    def prepare_step(self) -> None:
+        """Set train/eval modes (and freeze parts) before a training step."""
+        self.generator.train()
+        self.discriminator.train()
+
+    def generate(self, inputs: torch.Tensor, losses: LossTracker, prefix: str, training: bool) -> tuple:
+        """Generator pass -> (audio (B, C, T), extra loss terms (scalar) or 0.0).
+
+        ``training``: the pass whose loss is back-propagated (through DDP when distributed).
+        """
+        raise NotImplementedError
+
+    # ---- losses -----------------------------------------------------------------------------
+    def metric_loss(self, predicted: torch.Tensor, target: torch.Tensor, losses: LossTracker, prefix: str):
+        """Weighted sum of the metric losses the config switches on."""
+        total = 0.0
+        for name, labels in METRIC_LOSSES.items():
+            if name not in self.criteria:
+                continue
+            values = self.criteria[name](predicted, target)
+            values = values if isinstance(values, tuple) else (values,)
+            for label, value in zip(labels, values):
+                value = value * self.config[f"lambda_{name}_loss"]
+                losses.add(f"{prefix}/{label}", value)
+                total = total + value
+        return total
+
+    def adversarial_loss(
+        self, outputs_fake: DiscriminatorOutputs, outputs_real: DiscriminatorOutputs | None, losses, prefix: str
+    ) -> torch.Tensor:
+        """lambda_adv * (generator adversarial loss + lambda_feat_match * feature matching)."""
+        loss = self.criteria["generator_adv"](outputs_fake)
+        if outputs_real is not None and "feat_match" in self.criteria:
+            feat_match = self.criteria["feat_match"](outputs_fake, outputs_real)
+            losses.add(f"{prefix}/feature_matching_loss", feat_match)
+            loss = loss + self.config["lambda_feat_match"] * feat_match
+        loss = loss * self.config["lambda_adv"]
+        losses.add(f"{prefix}/adversarial_loss", loss)
+        return loss
+
+    def discriminator_loss(
+        self, outputs_fake: DiscriminatorOutputs, outputs_real: DiscriminatorOutputs, losses, prefix: str
+    ) -> torch.Tensor:
+        real_loss, fake_loss = self.criteria["discriminator_adv"](outputs_fake, outputs_real)
+        loss = real_loss + fake_loss
+        losses.add(f"{prefix}/real_loss", real_loss)
+        losses.add(f"{prefix}/fake_loss", fake_loss)
+        losses.add(f"{prefix}/discriminator_loss", loss)
+        return loss
+
+    def record_vq(self, vq_loss: torch.Tensor, perplexity: torch.Tensor, losses: LossTracker, prefix: str):
+        """lambda_vq_loss * sum(vq_loss (n,)); logs it and the perplexity (n,) of each codebook."""
+        for index, value in enumerate(perplexity.tolist()):
+            losses.add(f"{prefix}/ppl_{index}", value)
+        loss = vq_loss.sum() * self.config["lambda_vq_loss"]
+        losses.add(f"{prefix}/vqloss", loss)
+        return loss
+
+    # ---- one step ---------------------------------------------------------------------------
+    def _update(self, name: str, loss: torch.Tensor, module: nn.Module) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad()
+        loss.backward()
+        max_norm = self.config.get(f"{name}_grad_norm", -1)
+        if max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+        optimizer.step()
+        self.schedulers[name].step()
+
+    def train_step(self, batch: Any) -> None:
+        """One generator update and (when on) one discriminator update."""
+        self.prepare_step()
+        inputs, target = self.unpack(batch)
+        losses, prefix = self.train_losses, "train"
+        discriminator_on = self.discriminator_active()
+        if self.generator_active():
+            predicted, extra = self.generate(inputs, losses, prefix, training=True)
+            loss = extra + self.metric_loss(predicted, target, losses, prefix)
+            if discriminator_on:
+                outputs_fake = self.discriminator(predicted)
+                outputs_real = None
+                if "feat_match" in self.criteria:
+                    with torch.no_grad():
+                        outputs_real = self.discriminator(target)
+                loss = loss + self.adversarial_loss(outputs_fake, outputs_real, losses, prefix)
+            losses.add(f"{prefix}/generator_loss", loss)
+            self._update("generator", loss, self.generator)
+        if discriminator_on:
+            # Re-computing the output after the generator update gives better quality (original).
+            with torch.no_grad():
+                predicted, _ = self.generate(inputs, LossTracker(), prefix, training=False)
+            # Real and generated audio in one pass: DDP allows one forward per backward.
+            outputs = self.discriminator_ddp(torch.cat([target, predicted.detach()]))
+            outputs_real, outputs_fake = _split_real_fake(outputs)
+            self._update("discriminator", self.discriminator_loss(outputs_fake, outputs_real, losses, prefix),
+                         self.discriminator)
+
+    @torch.no_grad()
+    def eval_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation losses of one batch; returns (target, generated audio)."""
+        inputs, target = self.unpack(batch)
+        losses, prefix = self.eval_losses, "eval"
+        predicted, extra = self.generate(inputs, losses, prefix, training=False)
+        loss = extra + self.metric_loss(predicted, target, losses, prefix)
+        if self.discriminator_active():
+            outputs_fake = self.discriminator(predicted)
+            outputs_real = self.discriminator(target)
+            loss = loss + self.adversarial_loss(outputs_fake, outputs_real, losses, prefix)
+            self.discriminator_loss(outputs_fake, outputs_real, losses, prefix)
+        losses.add(f"{prefix}/generator_loss", loss)
+        return target, predicted
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def phases(self) -> list[tuple[int, int]]:
+        """(last step, crop length) of each phase: metric losses, then the adversarial phase if configured."""
+        phases = [(int(self.config["train_max_steps"]), int(self.config["batch_length"]))]
+        if self.config.get("adv_train_max_steps"):
+            length = self.config.get("adv_batch_length") or self.config["batch_length"]
+            phases.append((int(self.config["adv_train_max_steps"]), int(length)))
+        return phases
+
+    def run(self) -> None:
+        """Train to the last step of the last phase, then save a checkpoint.
+
+        A stop signal (see :mod:`trainer.preemption`) saves a checkpoint at the step reached and returns.
+        """
+        preemption = PreemptionHandler().install()
+        try:
+            for max_steps, batch_length in self.phases():
+                if self.steps >= max_steps:
+                    continue
+                self.data.set_batch_length(batch_length)
+                if self._train_until(max_steps, preemption):
+                    preemption.requeue()
+                    return
+        finally:
+            preemption.uninstall()
+        self.save_checkpoint()
+        logger.info("Finished training at step %d.", self.steps)
+
+    def _train_until(self, max_steps: int, preemption: PreemptionHandler) -> bool:
+        """Train until ``max_steps``; True when stopped early by a signal (a checkpoint is then saved)."""
+        progress = tqdm(initial=self.steps, total=max_steps, desc="[train]", disable=not self.context.is_main)
+        try:
+            for batch in self.data.batches():
+                self.train_step(batch)
+                self.steps += 1
+                progress.update(1)
+                self._check_intervals()
+                if preemption.should_stop(self.device):
+                    self.save_checkpoint()
+                    return True
+                if self.steps >= max_steps:
+                    return False
+        finally:
+            progress.close()
+        return False
+
+    def _check_intervals(self) -> None:
+        if self.steps % self.config["log_interval_steps"] == 0:
+            self._write_train_log()
+        if self.steps % self.config["eval_interval_steps"] == 0:
+            self.evaluate()
+        if self.steps % self.config["save_interval_steps"] == 0:
+            self.save_checkpoint()
+
+    def _write_train_log(self) -> None:
+        means = all_reduce_mean(self.train_losses.means(), self.context)
+        self.train_losses.reset()
+        for name, optimizer in self.optimizers.items():
+            means[f"learning_rate/{name}"] = optimizer.param_groups[0]["lr"]
+        self._write_scalars(means)
+
+    def _write_scalars(self, values: Mapping[str, float]) -> None:
+        if not self.context.is_main:
+            return
+        for name, value in sorted(values.items()):
+            logger.info("(Steps: %d) %s = %.4f.", self.steps, name, value)
+            if self.writer is not None:
+                self.writer.add_scalar(name, value, self.steps)
+        if self.writer is not None:
+            self.writer.flush()
+
+    def evaluate(self) -> None:
+        """Average the validation losses (over all ranks) and write a few samples."""
+        self.generator.eval()
+        self.discriminator.eval()
+        self.eval_losses.reset()
+        batches = 0
+        for batch in tqdm(self.data.dev_loader, desc="[eval]", disable=not self.context.is_main, leave=False):
+            target, predicted = self.eval_step(batch)
+            if batches == 0:
+                self._write_samples(target, predicted)
+            batches += 1
+        names = sorted(self.eval_losses.sums)
+        sums = torch.tensor([self.eval_losses.sums[name] for name in names] + [batches], dtype=torch.float64,
+                            device=self.device)
+        all_reduce_sum(sums, self.context)
+        means = {name: total / max(sums[-1].item(), 1) for name, total in zip(names, sums[:-1].tolist())}
+        self._write_scalars(means)
+        self.eval_losses.reset()
+        self.generator.train()
+        self.discriminator.train()
+
+    def _build_eval_mel(self) -> MelSpectrogram | None:
+        params = self.config.get("mel_loss_params")
+        if not params:
+            return None
+        return MelSpectrogram(
+            fs=params.get("fs", self.config["sampling_rate"]), fft_size=params["fft_sizes"][0],
+            hop_size=params["hop_sizes"][0], win_length=params["win_lengths"][0], num_mels=params["num_mels"],
+            fmin=params.get("fmin"), fmax=params.get("fmax"), log_base=params.get("log_base"),
+        ).to(self.device)
+
+    def _write_samples(self, target: torch.Tensor, predicted: torch.Tensor) -> None:
+        """Audio and a log-mel image (target above generated) of the first validation samples."""
+        if self.writer is None:
+            return
+        rate = int(self.config["sampling_rate"])
+        for index in range(min(NUM_EVAL_SAMPLES, target.shape[0])):
+            tag = f"eval_samples/{index}"
+            self.writer.add_audio(f"{tag}/target", target[index, 0].clamp(-1, 1).cpu(), self.steps, rate)
+            self.writer.add_audio(f"{tag}/generated", predicted[index, 0].clamp(-1, 1).cpu(), self.steps, rate)
+            if self._eval_mel is not None:
+                mels = self._eval_mel(torch.stack([target[index, :1], predicted[index, :1]]))
+                image = torch.cat([mels[0], mels[1]], dim=0).flip(0)
+                image = (image - image.min()) / (image.max() - image.min()).clamp(min=1e-8)
+                self.writer.add_image(f"{tag}/log_mel_target_over_generated", image.unsqueeze(0).cpu(), self.steps)
+        self.writer.flush()
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint, in the original layout (plus ``rng`` and ``data``)."""
+        return {
+            "model": {
+                "generator": generator_state_dict(self.generator),
+                "discriminator": self.discriminator.state_dict(),
+            },
+            "optimizer": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
+            "scheduler": {name: scheduler.state_dict() for name, scheduler in self.schedulers.items()},
+            "steps": self.steps,
+            "epochs": self.data.epoch,
+            "rng": capture_rng_state(),
+            "data": self.data.state_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint-<steps>steps.pkl`` (rank 0, atomically; once per step)."""
+        if not self.context.is_main or self.last_saved_steps == self.steps:
+            return
+        path = checkpoint_path(self.expdir, self.steps)
+        atomic_torch_save(self.state_dict(), str(path))
+        self.last_saved_steps = self.steps
+        logger.info("Saved checkpoint %s", path)
+
+    def load_checkpoint(self, path: str | Path, params_only: bool = False) -> None:
+        """Load a checkpoint: everything to resume, or (``params_only``) only the models' parameters."""
+        state = read_training_checkpoint(path)
+        load_generator_state(self.generator, state["model"]["generator"])
+        if "discriminator" in state["model"]:
+            self.discriminator.load_state_dict(state["model"]["discriminator"])
+        elif not params_only:
+            raise CodecError(f"{path} has no discriminator: it cannot be resumed from")
+        if params_only:
+            logger.info("Initialized the parameters from %s", path)
+            return
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizer"][name])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["scheduler"][name])
+        self.steps = int(state["steps"])
+        self.data.load_state_dict(state.get("data", {"epoch": state.get("epochs", 0), "position": 0}))
+        if "rng" in state:
+            restore_rng_state(state["rng"])
+        self.last_saved_steps = self.steps
+        logger.info("Resumed from %s at step %d (epoch %d)", path, self.steps, self.data.epoch)

@@ -1,0 +1,202 @@
+"""Everything a training run is built from a recipe config: models, losses, optimizers, schedulers,
+data, the trainer of the config's ``train_mode``; and :func:`run_training`, what ``codecTrain.py`` calls."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from losses import LOSSES
+from models.vocoder.modules.discriminator import DISCRIMINATORS
+from trainer.autoencoder import AutoencoderTrainer
+from trainer.base import METRIC_LOSSES, GANTrainer
+from trainer.data import TrainingData
+from trainer.denoise import DenoiseTrainer
+from trainer.distributed import DistributedContext, init_distributed, shutdown_distributed
+from trainer.state import resolve_resume
+from trainer.vocoder import VocoderTrainer
+from utils.checkpoint import build_generator
+from utils.errors import CodecError
+
+logger = logging.getLogger(__name__)
+
+TRAINERS: dict[str, type[GANTrainer]] = {
+    "autoencoder": AutoencoderTrainer,
+    "vocoder": VocoderTrainer,
+    "denoise": DenoiseTrainer,
+}
+
+
+@dataclass
+class TrainOptions:
+    """The command line of ``codecTrain.py`` (the original's argument names)."""
+
+    config: str
+    tag: str
+    exp_root: str = "exp"
+    resume: str = ""
+    seed: int = 1337
+    disable_cudnn: str = "False"
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A recipe config (YAML mapping).
+
+    Raises:
+        CodecError: missing or not a YAML mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CodecError(f"config {path} not found: give a recipe under config/ (e.g. config/autoencoder/...)")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise CodecError(f"{path} is not valid YAML ({error.__class__.__name__})") from None
+    if not isinstance(config, dict):
+        raise CodecError(f"{path} is not a YAML mapping of recipe settings")
+    return config
+
+
+def _by_name(module: Any, name: str, what: str) -> type:
+    found = getattr(module, name, None)
+    if not isinstance(found, type):
+        raise CodecError(f"{what} '{name}' is not a class of {module.__name__}: fix the config")
+    return found
+
+
+def build_optimizer(config: Mapping[str, Any], role: str, parameters) -> torch.optim.Optimizer:
+    """``torch.optim.<{role}_optimizer_type>`` over ``parameters`` with ``{role}_optimizer_params``."""
+    optimizer_class = _by_name(torch.optim, config[f"{role}_optimizer_type"], f"{role}_optimizer_type")
+    return optimizer_class(parameters, **config.get(f"{role}_optimizer_params", {}))
+
+
+def build_scheduler(config: Mapping[str, Any], role: str, optimizer: torch.optim.Optimizer) -> Any:
+    """``torch.optim.lr_scheduler.<{role}_scheduler_type>`` (default StepLR) with ``{role}_scheduler_params``."""
+    name = config.get(f"{role}_scheduler_type", "StepLR")
+    scheduler_class = _by_name(torch.optim.lr_scheduler, name, f"{role}_scheduler_type")
+    return scheduler_class(optimizer=optimizer, **config.get(f"{role}_scheduler_params", {}))
+
+
+def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str, nn.Module]:
+    """The adversarial losses, and the metric / feature-matching losses the ``use_*_loss`` switches turn on."""
+    names = ["generator_adv", "discriminator_adv"]
+    names += [name for name in (*METRIC_LOSSES, "feat_match") if config.get(f"use_{name}_loss", False)]
+    return {name: LOSSES[name](**config.get(f"{name}_loss_params", {})).to(device) for name in names}
+
+
+def build_discriminator(config: Mapping[str, Any]) -> nn.Module:
+    """The discriminator of the config's ``model_type`` with ``discriminator_params``."""
+    model_type = config["model_type"]
+    if model_type not in DISCRIMINATORS:
+        raise CodecError(f"no discriminator for model_type '{model_type}': use one of {', '.join(DISCRIMINATORS)}")
+    try:
+        return DISCRIMINATORS[model_type](**config.get("discriminator_params", {}))
+    except (TypeError, ValueError) as error:
+        raise CodecError(f"cannot build the {model_type} discriminator from discriminator_params: {error}") from None
+
+
+def build_training_generator(config: Mapping[str, Any]) -> nn.Module:
+    """The generator to train; a vocoder reads its input statistics from the file the config names."""
+    try:
+        return build_generator(dict(config), inference=False)
+    except FileNotFoundError as error:
+        raise CodecError(str(error)) from None
+
+
+def build_trainer(
+    config: Mapping[str, Any], context: DistributedContext, expdir: str | Path, seed: int, writer: Any | None = None
+) -> GANTrainer:
+    """The trainer of the config's ``train_mode``, with its models, losses, optimizers and data."""
+    mode = config.get("train_mode", "autoencoder")
+    if mode not in TRAINERS:
+        raise CodecError(f"train_mode '{mode}' is not one of {', '.join(TRAINERS)}: fix the config")
+    if "model_type" not in config:
+        raise CodecError("the config has no model_type")
+    data = TrainingData(config, context, seed)
+    try:
+        data.set_batch_length(int(config["batch_length"]))
+    except (FileNotFoundError, ValueError) as error:
+        raise CodecError(str(error)) from None
+    generator = build_training_generator(config).to(context.device)
+    discriminator = build_discriminator(config).to(context.device)
+    optimizers = {
+        "generator": build_optimizer(config, "generator", generator.parameters()),
+        "discriminator": build_optimizer(config, "discriminator", discriminator.parameters()),
+    }
+    schedulers = {role: build_scheduler(config, role, optimizer) for role, optimizer in optimizers.items()}
+    return TRAINERS[mode](
+        config, generator, discriminator, build_criteria(config, context.device), optimizers, schedulers, data,
+        context, expdir, writer,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all ranks alike: DDP starts every rank from rank 0's weights anyway)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def experiment_config(config: Mapping[str, Any], options: TrainOptions, expdir: Path) -> dict[str, Any]:
+    """What goes into ``<expdir>/config.yml``: the recipe plus the command line and ``outdir``, as the original."""
+    full = dict(config)
+    full.update(vars(options))
+    full["outdir"] = str(expdir)
+    return full
+
+
+def run_training(options: TrainOptions) -> Path:
+    """Train as ``codecTrain.py`` does; returns the experiment folder ``<exp_root>/<tag>``.
+
+    Runs under ``torchrun`` as DDP (see :mod:`trainer.distributed`). ``--resume`` restores a full
+    training state (``auto``: the newest checkpoint of the experiment, if any); otherwise the config's
+    ``initial`` checkpoint, when given, provides the starting parameters.
+    """
+    config = read_config(options.config)
+    context = init_distributed()
+    try:
+        if not context.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
+        seed_everything(options.seed)
+        if context.device.type == "cuda" and options.disable_cudnn == "False":
+            torch.backends.cudnn.benchmark = True
+        expdir = Path(options.exp_root) / options.tag
+        config = experiment_config(config, options, expdir)
+        resume = resolve_resume(options.resume, expdir)
+        writer = None
+        if context.is_main:
+            expdir.mkdir(parents=True, exist_ok=True)
+            with open(expdir / "config.yml", "w") as handle:
+                yaml.safe_dump(config, handle, sort_keys=False)
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(expdir / "tensorboard"))
+        trainer = build_trainer(config, context, expdir, options.seed, writer)
+        initial = config.get("initial") or ""
+        if resume is not None:
+            trainer.load_checkpoint(resume)
+        elif options.resume == "auto":
+            logger.info("No checkpoint in %s yet: training from the start", expdir)
+        if resume is None and initial:
+            if not Path(initial).is_file():
+                raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
+            trainer.load_checkpoint(initial, params_only=True)
+        logger.info("Training %s (%s) from step %d in %s", config["model_type"], config.get("train_mode",
+                    "autoencoder"), trainer.steps, expdir)
+        trainer.run()
+        if writer is not None:
+            writer.close()
+        return expdir
+    finally:
+        shutdown_distributed()

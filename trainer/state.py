@@ -1,0 +1,107 @@
+"""Training checkpoints: file names, the newest one, resume requests, and the random-number state.
+
+A training checkpoint is the original's dict (``model``, ``optimizer``, ``scheduler``, ``steps``,
+``epochs``) plus two keys of ours that the original's loaders ignore: ``rng`` (the generators' states,
+so that a resumed run draws the same random crops) and ``data`` (how far into the epoch the data
+order had got).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.errors import CodecError
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)steps\.pkl$")
+
+
+def checkpoint_path(expdir: str | Path, steps: int) -> Path:
+    """``<expdir>/checkpoint-<steps>steps.pkl``."""
+    return Path(expdir) / f"checkpoint-{steps}steps.pkl"
+
+
+def latest_checkpoint(expdir: str | Path) -> Path | None:
+    """The checkpoint with the most steps in ``expdir``, or None."""
+    folder = Path(expdir)
+    if not folder.is_dir():
+        return None
+    found = [(int(match.group(1)), path) for path in folder.iterdir() if (match := CHECKPOINT_PATTERN.match(path.name))]
+    return max(found)[1] if found else None
+
+
+def resolve_resume(resume: str | None, expdir: str | Path) -> Path | None:
+    """The checkpoint a ``--resume`` value names: ``""`` none, ``auto`` the newest in ``expdir``, else a path.
+
+    Raises:
+        CodecError: the named file does not exist.
+    """
+    if not resume:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(expdir)
+    path = Path(resume)
+    if not path.is_file():
+        raise CodecError(f"--resume {resume}: no such checkpoint; give a checkpoint-<N>steps.pkl path or 'auto'")
+    return path
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a training checkpoint (tensors, numbers and plain containers only).
+
+    Raises:
+        CodecError: the file is not a readable AudioDec checkpoint.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        reason = error.__class__.__name__
+        raise CodecError(f"cannot read checkpoint {path} ({reason}): damaged or not a checkpoint") from None
+    if not isinstance(state, dict) or "generator" not in state.get("model", {}):
+        raise CodecError(f"{path} holds no model.generator: it is not an AudioDec checkpoint")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) generators, in loadable types."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": numpy_state["bit_generator"],
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`capture_rng_state` returned."""
+    random.setstate(_as_python_state(state["python"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": numpy_state["bit_generator"],
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state: Any) -> tuple:
+    """``random.getstate()`` comes back from a checkpoint with lists where tuples were."""
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

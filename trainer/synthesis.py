@@ -1,0 +1,167 @@
+"""The test stage: code every file of a subset with an encoder and a decoder checkpoint, offline, as the
+original's ``codecTest.py``; optionally score the outputs with the objective metrics."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dataloader import build_dataset
+from models.registry import AUTOENCODER_TYPES
+from trainer.analysis import quantized_latent
+from utils.checkpoint import load_generator
+from utils.errors import CodecError
+
+logger = logging.getLogger(__name__)
+
+
+def _steps_of(checkpoint: str) -> str:
+    return Path(checkpoint).name.split("steps")[0].split("-")[-1]
+
+
+def output_folder(
+    encoder_checkpoint: str, decoder_checkpoint: str, encoder_config: Mapping[str, Any], subset: str,
+    output_dir: str, specific_folder: bool = False,
+) -> Path:
+    """Where the outputs go: ``output_dir`` itself, or (the original's layout)
+    ``<output_dir>/<encoder folder>-<decoder folder>_<encoder steps>-<decoder steps>/<subset folder>``."""
+    if specific_folder:
+        return Path(output_dir)
+    encoder_name = Path(encoder_checkpoint).resolve().parent.name
+    decoder_name = Path(decoder_checkpoint).resolve().parent.name
+    run = f"{encoder_name}-{decoder_name}_{_steps_of(encoder_checkpoint)}-{_steps_of(decoder_checkpoint)}"
+    return Path(output_dir) / run / str(encoder_config["data"]["subset"][subset])
+
+
+class OfflineCodec:
+    """Encoder checkpoint + decoder checkpoint (AudioDec decoder or vocoder), whole-file passes."""
+
+    def __init__(self, encoder_checkpoint: str, decoder_checkpoint: str, device: str | torch.device = "cpu") -> None:
+        self.encoder, self.encoder_config = load_generator(encoder_checkpoint)
+        if self.encoder_config["model_type"] not in AUTOENCODER_TYPES:
+            model_type = self.encoder_config["model_type"]
+            raise CodecError(f"{encoder_checkpoint} is a {model_type} model, not an AudioDec encoder")
+        self.decoder, self.decoder_config = load_generator(decoder_checkpoint)
+        self.device = torch.device(device)
+        self.encoder.to(self.device)
+        self.decoder.to(self.device)
+        is_autoencoder = self.decoder_config["model_type"] in AUTOENCODER_TYPES
+        self.synthesize = self.decoder.decoder if is_autoencoder else self.decoder
+        self.hop_length = self.encoder.hop_length
+        self.sample_rate = int(self.decoder_config["sampling_rate"])
+
+    @torch.no_grad()
+    def code(self, audio: np.ndarray) -> np.ndarray:
+        """Samples (T, C) -> coded samples (T, C_out): zero-padded to a multiple of the hop, cut back to T.
+
+        A mono model codes each channel on its own (channels as the batch), as the original.
+        """
+        signal = torch.from_numpy(np.ascontiguousarray(audio.T)).float().to(self.device)
+        signal = signal.unsqueeze(0) if self.encoder.input_channels > 1 else signal.unsqueeze(1)
+        length = signal.shape[-1]
+        padded = F.pad(signal, (0, -length % self.hop_length))
+        output = self.synthesize(quantized_latent(self.encoder, padded))[..., :length]
+        return output.reshape(-1, length).T.cpu().numpy()
+
+
+def _reference_subset(config: Mapping[str, Any], subset: str) -> str:
+    """The clean counterpart of a noisy subset (``noisy_test`` -> ``clean_test``) when the config has one."""
+    if subset.startswith("noisy_") and f"clean_{subset[6:]}" in config["data"]["subset"]:
+        return f"clean_{subset[6:]}"
+    return subset
+
+
+def score_outputs(pairs: list[tuple[str, Path, Path]], sample_rate: int) -> list[dict[str, Any]]:
+    """Metrics of each (name, reference, output) pair (first channels), with ``utils.metrics.evaluate_pair``."""
+    from utils.metrics import evaluate_pair
+
+    rows = []
+    for name, reference_path, output_path in tqdm(pairs, desc="[metrics]"):
+        reference, reference_rate = sf.read(reference_path, dtype="float32", always_2d=True)
+        output, output_rate = sf.read(output_path, dtype="float32", always_2d=True)
+        scores = evaluate_pair(reference[:, 0], output[:, 0], reference_rate, degraded_sample_rate=output_rate)
+        rows.append({"file": name, **scores})
+    return rows
+
+
+def mean_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of each metric over the files (NaN entries, clips a metric cannot score, left out)."""
+    means = {}
+    for key in rows[0]:
+        if key == "file":
+            continue
+        values = np.array([float(row[key]) for row in rows])
+        finite = values[np.isfinite(values)]
+        means[key] = float(finite.mean()) if finite.size else math.nan
+    return means
+
+
+def write_scores(rows: list[dict[str, Any]], means: Mapping[str, float], path: Path) -> None:
+    """CSV: one row per file, then the mean."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        writer.writerow({"file": "mean", **means})
+
+
+def run_test(
+    encoder_checkpoint: str,
+    decoder_checkpoint: str,
+    output_dir: str,
+    subset: str = "clean_test",
+    subset_num: int = -1,
+    specific_folder: bool = False,
+    metrics: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[Path, dict[str, float] | None]:
+    """Code every file of the encoder config's ``data.subset.<subset>``; write ``<name>_output.wav`` (PCM 16).
+
+    Returns:
+        The output folder, and the mean metrics (``metrics``) else None; the per-file metrics go to
+        ``metrics.csv`` in the output folder.
+    """
+    codec = OfflineCodec(encoder_checkpoint, decoder_checkpoint, device)
+    config = codec.encoder_config
+    try:
+        dataset = build_dataset(config, subset, return_name=True, subset_num=subset_num)
+    except (FileNotFoundError, ValueError) as error:
+        raise CodecError(str(error)) from None
+    outdir = output_folder(encoder_checkpoint, decoder_checkpoint, config, subset, output_dir, specific_folder)
+    outdir.mkdir(parents=True, exist_ok=True)
+    logger.info("The number of utterances = %d; writing to %s", len(dataset), outdir)
+    written = []
+    total_rtf = 0.0
+    with tqdm(dataset, desc="[test]") as progress:
+        for name, audio in progress:
+            start = time.time()
+            output = codec.code(audio)
+            rtf = (time.time() - start) / (len(output) / codec.sample_rate)
+            total_rtf += rtf
+            progress.set_postfix({"RTF": rtf})
+            path = outdir / f"{name}_output.wav"
+            sf.write(path, output, codec.sample_rate, "PCM_16")
+            written.append((name, path))
+    logger.info("Finished generation of %d utterances (RTF = %.03f).", len(written), total_rtf / len(written))
+    if not metrics:
+        return outdir, None
+    references = build_dataset(config, _reference_subset(config, subset))
+    reference_by_name = {path.stem: path for path in references.files}
+    pairs = [(name, reference_by_name[name], path) for name, path in written if name in reference_by_name]
+    if not pairs:
+        raise CodecError(f"no reference files matched the outputs of data.subset.{subset}")
+    rows = score_outputs(pairs, codec.sample_rate)
+    means = mean_scores(rows)
+    write_scores(rows, means, outdir / "metrics.csv")
+    return outdir, means
