@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import StreamingState, reset_streaming
+from layers.conv import StreamingState, reset_streaming, set_precision
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from models.registry import AUTOENCODER_TYPES
 from utils.checkpoint import load_generator, state_hash
@@ -27,6 +27,7 @@ from utils.errors import CodecError
 from utils.registry import get_entry, resolve
 
 WARMUP_SAMPLES = 8192
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _expand_streams(model: nn.Module, batch_size: int) -> None:
@@ -50,7 +51,10 @@ class StreamingCodec:
         sample_rate: int,
         name: str = "custom",
         device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise CodecError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
         if encoder.hop_length != decoder.hop_length:
             raise CodecError(
                 f"encoder hop {encoder.hop_length} and decoder hop {decoder.hop_length} differ: pick a matching pair"
@@ -61,6 +65,11 @@ class StreamingCodec:
         self.encoder = encoder.to(self.device)
         self.decoder = decoder.to(self.device)
         self.hop_length = encoder.hop_length
+        # Reduced precision is for the receiver only: bf16 in the encoder would flip VQ codes,
+        # whereas the codes must not depend on how the far end decodes them. Activations, state
+        # and the VQ stay float32; only the decoder's convolutions run in bf16.
+        self.precision = precision
+        set_precision(self.decoder, PRECISIONS[precision])
         self.input_channels = encoder.input_channels
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
         self.n_codebooks = encoder.n_codebooks
@@ -71,7 +80,12 @@ class StreamingCodec:
 
     @classmethod
     def from_checkpoints(
-        cls, encoder_checkpoint: str, decoder_checkpoint: str, device: str = "cpu", name: str = "custom"
+        cls,
+        encoder_checkpoint: str,
+        decoder_checkpoint: str,
+        device: str = "cpu",
+        name: str = "custom",
+        precision: str = "fp32",
     ) -> StreamingCodec:
         """Load a codec from two checkpoints in the original format (config.yml beside each)."""
         encoder, encoder_config = load_generator(encoder_checkpoint)
@@ -83,16 +97,22 @@ class StreamingCodec:
         if encoder.mode != "causal":
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
         decoder, _ = load_generator(decoder_checkpoint)
-        codec = cls(encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device)
+        codec = cls(
+            encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device, precision=precision
+        )
         codec.encoder_checkpoint = encoder_checkpoint
         return codec
 
     @classmethod
-    def from_name(cls, name: str, root: str | None = None, device: str = "cpu") -> StreamingCodec:
+    def from_name(
+        cls, name: str, root: str | None = None, device: str = "cpu", precision: str = "fp32"
+    ) -> StreamingCodec:
         """Load a registered model (see utils.registry) from `root` (a folder holding exp/)."""
         entry = get_entry(name)
         encoder_checkpoint, decoder_checkpoint = resolve(entry, root)
-        return cls.from_checkpoints(encoder_checkpoint, decoder_checkpoint, device=device, name=name)
+        return cls.from_checkpoints(
+            encoder_checkpoint, decoder_checkpoint, device=device, name=name, precision=precision
+        )
 
     @property
     def frame_rate(self) -> float:

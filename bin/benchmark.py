@@ -1,0 +1,368 @@
+"""Speed of the streaming codec on CPU: per-chunk encode/decode times, RTF, GFLOP/s, GEMM efficiency.
+
+    python bin/benchmark.py --model vctk_v1 [--root DIR]                       # a registered model
+    python bin/benchmark.py --autoencoder config/autoencoder/symAD_vctk_48000_hop300.yaml \\
+        [--vocoder config/vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean.yaml]  # random weights
+    common: [--frame_size 300] [--threads 2] [--seconds 10] [--precision fp32|bf16] [--json out.json]
+
+Random weights are made to behave like trained ones: each convolution is rescaled so that its output
+keeps a unit-ish RMS on a speech-like signal (residual branches and outputs smaller), the codebooks
+are drawn from the encoder's own latents (a few k-means steps per residual stage), the vocoder
+statistics are the latents' mean and spread, and denormals are flushed. Without `--vocoder` the
+autoencoder's own (symmetric) decoder decodes.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch import nn  # noqa: E402
+
+from layers.weight_norm import fold_weight_norm  # noqa: E402
+from utils.audiodec import PRECISIONS, StreamingCodec  # noqa: E402
+from utils.checkpoint import build_generator  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+
+CONVS = (nn.Conv1d, nn.ConvTranspose1d)
+RESIDUAL_BRANCH_RMS = 0.5  # the last conv of a residual branch adds to the skip path
+OUTPUT_RMS = 0.1  # waveform-level convs (speech-like level before tanh)
+
+
+def speech_like(seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:
+    """Voiced-speech stand-in (1, 1, T): gliding-f0 harmonics with formant weights, syllable envelope, noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    f0 = 140 + 50 * np.sin(2 * np.pi * 0.7 * t) + 20 * np.sin(2 * np.pi * 3.1 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    signal = np.zeros_like(t)
+    for harmonic in range(1, 40):
+        frequency = harmonic * 140
+        weight = sum(np.exp(-(((frequency - formant) / 200) ** 2)) for formant in (600, 1200, 2600)) + 0.05
+        signal += weight / harmonic**0.5 * np.sin(harmonic * phase)
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2
+    signal = signal * envelope + 0.3 * rng.standard_normal(t.size) * (envelope > 0.5)
+    signal = 0.1 * signal / np.sqrt(np.mean(signal**2))
+    return torch.from_numpy(signal.astype(np.float32)).view(1, 1, -1)
+
+
+def _target_rms(name: str, is_last: bool) -> float:
+    if is_last:
+        return OUTPUT_RMS
+    if name.endswith("conv2") or ".convs2." in name or name.endswith("conv_out"):
+        return RESIDUAL_BRANCH_RMS
+    return 1.0
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, run: Callable[[], torch.Tensor]) -> None:
+    """Rescale every conv of `model` (in execution order, in one pass) to its target output RMS."""
+    names = {module: name for name, module in model.named_modules()}
+    convs = [m for m in model.modules() if isinstance(m, CONVS)]
+    handles = []
+
+    def rescale(module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        gain = _target_rms(names[module], module is convs[-1]) / output.pow(2).mean().sqrt().clamp_min(1e-8)
+        module.weight.mul_(gain)
+        if module.bias is not None:
+            module.bias.mul_(gain)
+        return output * gain
+
+    for module in convs:
+        handles.append(module.register_forward_hook(rescale))
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def conv_output_rms(model: nn.Module, run: Callable[[], torch.Tensor]) -> list[float]:
+    """RMS of every conv output of `model` during `run()` (trained-like activations check)."""
+    values: list[float] = []
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out: values.append(out.pow(2).mean().sqrt().item()))
+        for m in model.modules() if isinstance(m, CONVS)
+    ]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return values
+
+
+@torch.no_grad()
+def fit_codebooks(encoder: nn.Module, latents: torch.Tensor, iterations: int = 4, seed: int = 0) -> None:
+    """Codebooks from the encoder's latent distribution: a few k-means steps per residual stage.
+
+    latents: (N, code_dim). Each stage starts from random latent rows (jittered) and fits the
+    residual the previous stages leave.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    residual = latents.clone()
+    for layer in encoder.quantizer.codebook.layers:
+        size = layer.codebook_size
+        rows = torch.randint(0, residual.shape[0], (size,), generator=generator)
+        spread = residual.std(0, keepdim=True)
+        codebook = residual[rows] + 0.1 * spread * torch.randn(size, residual.shape[1], generator=generator)
+        for _ in range(iterations):
+            assign = torch.cdist(residual, codebook).argmin(1)
+            sums = torch.zeros_like(codebook).index_add_(0, assign, residual)
+            counts = torch.bincount(assign, minlength=size).unsqueeze(1)
+            codebook = torch.where(counts > 0, sums / counts.clamp_min(1), codebook)
+        layer.embed.copy_(codebook.t())
+        layer.embed_avg.copy_(codebook.t())
+        residual = residual - codebook[torch.cdist(residual, codebook).argmin(1)]
+
+
+def _build(config_path: str) -> tuple[nn.Module, dict]:
+    with open(config_path) as handle:
+        config = yaml.safe_load(handle)
+    model = build_generator(config, inference=True)
+    fold_weight_norm(model)
+    model.eval().requires_grad_(False)
+    return model, config
+
+
+@torch.no_grad()
+def random_codec(
+    autoencoder_config: str, vocoder_config: str | None = None, seed: int = 0, precision: str = "fp32"
+) -> tuple[StreamingCodec, dict[str, list[float]]]:
+    """A full-size codec with calibrated random weights; also the conv-output RMS per model."""
+    torch.manual_seed(seed)
+    autoencoder, config = _build(autoencoder_config)
+    sample_rate = int(config.get("sampling_rate", 48000))
+    x = speech_like(4.0, sample_rate, seed)
+    x = x[..., : x.shape[-1] // autoencoder.hop_length * autoencoder.hop_length]
+    calibrate(autoencoder.encoder, lambda: autoencoder.encoder(x))
+    calibrate(autoencoder.projector, lambda: autoencoder.projector(autoencoder.encoder(x)))
+    latents = autoencoder.projector(autoencoder.encoder(x))
+    fit_codebooks(autoencoder, latents.transpose(1, 2).reshape(-1, latents.shape[1]), seed=seed)
+    zq = autoencoder.lookup(autoencoder.quantize(latents))
+    calibrate(autoencoder.decoder, lambda: autoencoder.decoder(zq))
+    rms = {
+        "encoder": conv_output_rms(autoencoder.encoder, lambda: autoencoder.encoder(x)),
+        "decoder": conv_output_rms(autoencoder.decoder, lambda: autoencoder.decoder(zq)),
+    }
+    decoder = autoencoder
+    if vocoder_config:
+        decoder, _ = _build(vocoder_config)
+        if getattr(decoder, "norm", False):
+            decoder.mean.copy_(zq.mean(dim=(0, 2)))
+            decoder.scale.copy_(zq.std(dim=(0, 2)).clamp_min(1e-3))
+        calibrate(decoder, lambda: decoder(zq))
+        rms["vocoder"] = conv_output_rms(decoder, lambda: decoder(zq))
+    else:
+        decoder = _SymmetricDecoder(autoencoder)
+    codec = StreamingCodec(autoencoder, decoder, sample_rate, name="random", precision=precision)
+    return codec, rms
+
+
+class _SymmetricDecoder(nn.Module):
+    """The autoencoder's own decoder seen as a receiver (`decode(latent)`)."""
+
+    def __init__(self, autoencoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = autoencoder.decoder
+        self.hop_length = autoencoder.hop_length
+        self.output_channels = autoencoder.output_channels
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder.step(latent)
+
+
+def count_conv_flops(model: nn.Module, run: Callable[[], object]) -> float:
+    """FLOPs (2 per multiply-add) of every conv in `model` while `run()` executes its offline pass.
+
+    Conv1d: 2 * C_out * C_in / groups * k per output sample; ConvTranspose1d: 2 * C_in * C_out /
+    groups * k per input sample; batch included.
+    """
+    total = 0.0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        kernel = module.kernel_size[0]
+        if isinstance(module, nn.ConvTranspose1d):
+            samples = inputs[0].shape[0] * inputs[0].shape[-1]
+            macs = module.in_channels * module.out_channels // module.groups * kernel * samples
+        else:
+            samples = output.shape[0] * output.shape[-1]
+            macs = module.out_channels * module.in_channels // module.groups * kernel * samples
+        total += 2.0 * macs
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, CONVS)]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def codec_gflops(codec: StreamingCodec) -> tuple[float, float]:
+    """(encoder, decoder) GFLOP per second of audio, counted on one second of the offline pass."""
+    x = torch.zeros(1, codec.input_channels, codec.sample_rate)
+    encoder = codec.encoder
+    encode = count_conv_flops(encoder, lambda: encoder.projector(encoder.encoder(x)))
+    zq = torch.zeros(1, encoder.projector.project.conv.out_channels if hasattr(encoder.projector.project, "conv")
+                     else encoder.projector.project[0].conv.out_channels, codec.sample_rate // codec.hop_length)
+    receiver = codec.decoder.decoder if isinstance(codec.decoder, _SymmetricDecoder) else codec.decoder
+    decode = count_conv_flops(receiver, lambda: receiver(zq))
+    return encode / 1e9, decode / 1e9
+
+
+def gemm_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 20) -> float:
+    """Measured matmul rate (GFLOP/s) at the current thread count: median of `repeats`."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    times = []
+    for index in range(repeats + 3):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if index >= 3:
+            times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+
+
+def time_streaming(codec: StreamingCodec, x: torch.Tensor, frame_size: int, warmup_chunks: int = 10) -> dict:
+    """Per-chunk encode and decode times (s) of streaming `x` (1, C, T) in `frame_size` chunks."""
+    chunks = [x[..., i:i + frame_size] for i in range(0, x.shape[-1] - frame_size + 1, frame_size)]
+    codec.reset(1)
+    for chunk in chunks[:warmup_chunks]:
+        codec.decode(codec.encode(chunk))
+    codec.reset(1)
+    encode_times, decode_times = [], []
+    for chunk in chunks:
+        start = time.perf_counter()
+        codes = codec.encode(chunk)
+        middle = time.perf_counter()
+        codec.decode(codes)
+        encode_times.append(middle - start)
+        decode_times.append(time.perf_counter() - middle)
+    return {"encode": encode_times, "decode": decode_times}
+
+
+def time_whole_file(codec: StreamingCodec, x: torch.Tensor, repeats: int = 3) -> float:
+    """Median seconds of one whole-signal `code()` pass (reset + encode + decode)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        codec.code(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def benchmark(codec: StreamingCodec, frame_size: int, seconds: float, whole_file: bool = True) -> dict:
+    """All figures for `codec` on `seconds` of speech-like audio in `frame_size`-sample chunks."""
+    if frame_size % codec.hop_length:
+        raise ValueError(f"frame_size {frame_size} is not a multiple of the hop ({codec.hop_length})")
+    x = speech_like(seconds, codec.sample_rate, seed=1).repeat(1, codec.input_channels, 1)
+    x = x[..., : x.shape[-1] // frame_size * frame_size]
+    gemm = gemm_gflops()
+    encode_gflops, decode_gflops = codec_gflops(codec)
+    times = time_streaming(codec, x, frame_size)
+    chunk_seconds = frame_size / codec.sample_rate
+    enc_median, dec_median = statistics.median(times["encode"]), statistics.median(times["decode"])
+    result = {
+        "model": codec.name,
+        "precision": codec.precision,
+        "threads": torch.get_num_threads(),
+        "frame_size": frame_size,
+        "seconds": x.shape[-1] / codec.sample_rate,
+        "enc_median_ms": enc_median * 1e3,
+        "enc_p95_ms": _p95(times["encode"]) * 1e3,
+        "dec_median_ms": dec_median * 1e3,
+        "dec_p95_ms": _p95(times["decode"]) * 1e3,
+        "rtf_encode": enc_median / chunk_seconds,
+        "rtf_decode": dec_median / chunk_seconds,
+        "rtf_total": (enc_median + dec_median) / chunk_seconds,
+        "gflop_per_audio_second_encode": encode_gflops,
+        "gflop_per_audio_second_decode": decode_gflops,
+        "gemm_gflops": gemm,
+    }
+    result["machine_fraction_encode"] = encode_gflops / result["rtf_encode"] / gemm
+    result["machine_fraction_decode"] = decode_gflops / result["rtf_decode"] / gemm
+    if whole_file:
+        result["rtf_whole_file"] = time_whole_file(codec, x) / result["seconds"]
+    return result
+
+
+def format_report(result: dict) -> str:
+    lines = [
+        f"model {result['model']}  precision {result['precision']}  threads {result['threads']}  "
+        f"chunk {result['frame_size']}  audio {result['seconds']:.1f} s",
+        f"measured fp32 GEMM rate: {result['gemm_gflops']:.0f} GFLOP/s",
+    ]
+    for part, key in (("encode", "enc"), ("decode", "dec")):
+        lines.append(
+            f"{part}: median {result[f'{key}_median_ms']:.2f} ms  p95 {result[f'{key}_p95_ms']:.2f} ms  "
+            f"RTF {result[f'rtf_{part}']:.3f}  {result[f'gflop_per_audio_second_{part}']:.1f} GFLOP per audio "
+            f"second  {100 * result[f'machine_fraction_{part}']:.0f}% of the GEMM rate"
+        )
+    lines.append(f"streaming RTF total: {result['rtf_total']:.3f}")
+    if "rtf_whole_file" in result:
+        lines.append(f"whole-file RTF: {result['rtf_whole_file']:.3f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="registered model name (see demoFile.py --list-models)")
+    source.add_argument("--autoencoder", help="autoencoder config (YAML): full-size random weights")
+    parser.add_argument("--root", help="folder holding exp/ for --model (default: the current folder)")
+    parser.add_argument("--vocoder", help="vocoder config (YAML) used as decoder with --autoencoder")
+    parser.add_argument("--frame_size", type=int, default=300, help="samples per streaming chunk (hop multiple)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream (default 10)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="conv compute precision")
+    parser.add_argument("--no-whole-file", action="store_true", help="skip the whole-file timing")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.vocoder and not args.autoencoder:
+        parser.error("--vocoder goes with --autoencoder")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    if args.model:
+        codec = StreamingCodec.from_name(args.model, root=args.root, precision=args.precision)
+    else:
+        codec, rms = random_codec(args.autoencoder, args.vocoder, seed=args.seed, precision=args.precision)
+        for part, values in rms.items():
+            logging.info(
+                "%s conv output RMS: min %.3f  median %.3f  max %.3f (%d convs)",
+                part, min(values), statistics.median(values), max(values), len(values),
+            )
+    result = benchmark(codec, args.frame_size, args.seconds, whole_file=not args.no_whole_file)
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps({k: v for k, v in result.items() if not (
+            isinstance(v, float) and not math.isfinite(v))}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

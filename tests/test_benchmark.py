@@ -1,0 +1,85 @@
+"""bin/benchmark.py: runs end to end, counts FLOPs right; the bf16 path stays close to fp32."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from bin.benchmark import count_conv_flops, main, random_codec
+from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, reset_streaming
+from tests.conftest import REPO
+from utils.audiodec import StreamingCodec
+from utils.errors import CodecError
+
+AUTOENCODER = os.path.join(REPO, "config", "autoencoder", "demo_48000_hop300.yaml")
+VOCODER = os.path.join(REPO, "config", "vocoder", "demo_v1_48000_hop300.yaml")
+
+
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
+
+
+@pytest.mark.parametrize("vocoder", [None, VOCODER], ids=["symmetric", "vocoder"])
+def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--autoencoder", AUTOENCODER, "--seconds", "1", "--frame_size", "600", "--threads", "1",
+            "--json", str(out)]
+    if vocoder:
+        argv += ["--vocoder", vocoder]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    for key in ("rtf_encode", "rtf_decode", "rtf_total", "enc_median_ms", "dec_median_ms", "enc_p95_ms",
+                "dec_p95_ms", "rtf_whole_file", "gflop_per_audio_second_encode", "gemm_gflops"):
+        assert np.isfinite(result[key]) and result[key] > 0, key
+
+
+def test_flop_count_matches_hand_count() -> None:
+    conv = CausalConv1d(4, 8, kernel_size=3, dilation=2)
+    x = torch.zeros(2, 4, 100)
+    assert count_conv_flops(conv, lambda: conv(x)) == 2 * 8 * 4 * 3 * 100 * 2
+    grouped = CausalConv1d(6, 9, kernel_size=5, stride=3, groups=3)
+    assert count_conv_flops(grouped, lambda: grouped(torch.zeros(1, 6, 30))) == 2 * 9 * 2 * 5 * 10
+
+
+def test_random_weights_are_trained_like() -> None:
+    _, rms = random_codec(AUTOENCODER, VOCODER)
+    for part, values in rms.items():
+        assert min(values) > 0.05 and max(values) < 2.0, part
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [CausalConv1d(6, 5, kernel_size=7, dilation=3), CausalConv1d(6, 6, kernel_size=6, stride=3, groups=2),
+     CausalConvTranspose1d(6, 4, kernel_size=10, stride=5), Conv1d1x1(6, 3)],
+    ids=["dilated", "strided_grouped", "transposed", "pointwise"],
+)
+def test_packed_step_equals_reference_conv(layer: torch.nn.Module) -> None:
+    """The oneDNN step (inference) equals the plain autograd step to float rounding."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 60)
+    reset_streaming(layer, 2)
+    expected = layer.step(x)  # autograd on: the plain torch convolution
+    reset_streaming(layer, 2)
+    with torch.inference_mode():
+        fast = layer.step(x)
+    torch.testing.assert_close(fast, expected, rtol=0, atol=1e-5)
+
+
+def test_bf16_codec_is_close_to_fp32() -> None:
+    codec, _ = random_codec(AUTOENCODER, VOCODER)
+    x = torch.from_numpy(np.sin(np.arange(9600) * 0.05).astype(np.float32)).view(1, 1, -1) * 0.3
+    codes32, y32 = codec.code(x)
+    bf16 = StreamingCodec(codec.encoder, codec.decoder, codec.sample_rate, precision="bf16")
+    codes16, y16 = bf16.code(x)
+    torch.testing.assert_close(codes16, codes32, rtol=0, atol=0)  # the transmitter stays fp32
+    assert snr_db(y32, y16) > 20
+
+
+def test_unknown_precision_is_an_error() -> None:
+    codec, _ = random_codec(AUTOENCODER)
+    with pytest.raises(CodecError, match="precision"):
+        StreamingCodec(codec.encoder, codec.decoder, codec.sample_rate, precision="int4")
