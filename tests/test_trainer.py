@@ -1,0 +1,275 @@
+"""The training loop on tiny models and synthetic audio: both autoencoder stages, the efficient
+paradigm's freeze, checkpoint layout and loading, exact resume, vocoder and denoise flavours, and the
+code statistics."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from trainer.analysis import compute_code_statistics, load_analyzer, quantized_latent
+from trainer.builder import TrainOptions, run_training
+from trainer.state import latest_checkpoint, resolve_resume
+from utils.audiodec import StreamingCodec
+from utils.checkpoint import load_generator
+from utils.errors import CodecError
+
+SAMPLE_RATE = 8000
+HOP = 8
+
+TINY_AUTOENCODER: dict[str, Any] = {
+    "sampling_rate": SAMPLE_RATE,
+    "model_type": "symAudioDec",
+    "train_mode": "autoencoder",
+    "paradigm": "efficient",
+    "generator_params": {
+        "input_channels": 1, "output_channels": 1, "encode_channels": 4, "decode_channels": 4, "code_dim": 8,
+        "codebook_num": 2, "codebook_size": 16, "bias": True, "enc_ratios": [2, 4], "dec_ratios": [4, 2],
+        "enc_strides": [2, 4], "dec_strides": [4, 2], "mode": "causal", "codec": "audiodec",
+        "projector": "conv1d", "quantier": "residual_vq",
+    },
+    "discriminator_params": {
+        "scales": 1,
+        "scale_discriminator_params": {
+            "in_channels": 1, "out_channels": 1, "kernel_sizes": [5, 7, 3, 3], "channels": 4,
+            "max_downsample_channels": 8, "max_groups": 4, "bias": True, "downsample_scales": [2, 1],
+        },
+        "periods": [2, 3],
+        "period_discriminator_params": {
+            "in_channels": 1, "out_channels": 1, "kernel_sizes": [5, 3], "channels": 4,
+            "downsample_scales": [3, 1], "max_downsample_channels": 8, "bias": True,
+        },
+    },
+    "use_mel_loss": True,
+    "mel_loss_params": {
+        "fs": SAMPLE_RATE, "fft_sizes": [128], "hop_sizes": [32], "win_lengths": [128], "window": "hann_window",
+        "num_mels": 16, "fmin": 0, "fmax": 4000, "log_base": None,
+    },
+    "use_stft_loss": True,
+    "stft_loss_params": {"fft_sizes": [64], "hop_sizes": [16], "win_lengths": [64], "window": "hann_window"},
+    "use_shape_loss": True,
+    "shape_loss_params": {"winlen": [HOP]},
+    "generator_adv_loss_params": {"average_by_discriminators": False},
+    "discriminator_adv_loss_params": {"average_by_discriminators": False},
+    "use_feat_match_loss": True,
+    "feat_match_loss_params": {"average_by_discriminators": False, "average_by_layers": False,
+                               "include_final_outputs": False},
+    "lambda_adv": 1.0, "lambda_feat_match": 2.0, "lambda_vq_loss": 1.0,
+    "lambda_mel_loss": 45.0, "lambda_stft_loss": 45.0, "lambda_shape_loss": 45.0,
+    "batch_size": 2, "batch_length": 160, "adv_batch_length": 160, "pad_short": False,
+    "pin_memory": False, "num_workers": 0,
+    "generator_optimizer_type": "Adam",
+    "generator_optimizer_params": {"lr": 1.0e-3, "betas": [0.5, 0.9], "weight_decay": 0.0},
+    "generator_scheduler_type": "StepLR", "generator_scheduler_params": {"step_size": 2, "gamma": 0.5},
+    "generator_grad_norm": 10.0,
+    "discriminator_optimizer_type": "Adam",
+    "discriminator_optimizer_params": {"lr": 2.0e-3, "betas": [0.5, 0.9], "weight_decay": 0.0},
+    "discriminator_scheduler_type": "MultiStepLR",
+    "discriminator_scheduler_params": {"gamma": 0.5, "milestones": [1, 3]},
+    "discriminator_grad_norm": -1,
+    "start_steps": {"generator": 0, "discriminator": 2},
+    "train_max_steps": 2, "adv_train_max_steps": 4,
+    "save_interval_steps": 2, "eval_interval_steps": 2, "log_interval_steps": 1,
+}
+
+
+def write_wavs(folder: Path, count: int, length: int, seed: int, names: list[str] | None = None) -> list[Path]:
+    """``count`` noise-and-tone wavs of ``length`` samples at 8 kHz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        time = np.arange(length) / SAMPLE_RATE
+        tone = 0.3 * np.sin(2 * np.pi * generator.uniform(100, 1000) * time)
+        audio = (tone + 0.05 * generator.standard_normal(length)).astype(np.float32)
+        path = folder / f"{(names or [])[index] if names else f'utt{index}'}.wav"
+        sf.write(path, audio, SAMPLE_RATE, subtype="FLOAT")
+        paths.append(path)
+    return paths
+
+
+def tiny_recipe(root: Path, **overrides: Any) -> dict[str, Any]:
+    """The tiny autoencoder recipe over synthetic data under ``root/corpus`` (written once)."""
+    corpus = root / "corpus"
+    if not corpus.exists():
+        write_wavs(corpus / "train", 4, 800, seed=1)
+        write_wavs(corpus / "dev", 2, 400, seed=2)
+        write_wavs(corpus / "test", 2, 1003, seed=3)
+    config = copy.deepcopy(TINY_AUTOENCODER)
+    config["data"] = {"path": str(corpus), "subset": {"train": "train", "valid": "dev", "test": "test"}}
+    config.update(overrides)
+    return config
+
+
+def save_recipe(config: dict[str, Any], path: Path) -> str:
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def train(config: dict[str, Any], root: Path, tag: str, resume: str = "", seed: int = 7) -> Path:
+    recipe = save_recipe(config, root / f"{tag.replace('/', '_')}.yaml")
+    return run_training(TrainOptions(config=recipe, tag=tag, exp_root=str(root / "exp"), resume=resume, seed=seed))
+
+
+def generator_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]["generator"]
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """2 metric-loss steps then 2 adversarial steps; returns (root, experiment folder)."""
+    root = tmp_path_factory.mktemp("autoencoder")
+    return root, train(tiny_recipe(root), root, "autoencoder/tiny")
+
+
+def test_two_stages_write_original_checkpoints(autoencoder_run: tuple[Path, Path]) -> None:
+    root, expdir = autoencoder_run
+    assert sorted(path.name for path in expdir.glob("checkpoint-*")) == [
+        "checkpoint-2steps.pkl", "checkpoint-4steps.pkl"
+    ]
+    state = torch.load(expdir / "checkpoint-4steps.pkl", map_location="cpu", weights_only=True)
+    assert set(state["model"]) == {"generator", "discriminator"}
+    assert set(state["optimizer"]) == set(state["scheduler"]) == {"generator", "discriminator"}
+    assert state["steps"] == 4 and isinstance(state["epochs"], int)
+    assert "encoder.conv.conv.weight" in state["model"]["generator"]
+    assert "quantizer.codebook.layers.1.embed" in state["model"]["generator"]
+    for tensor in state["model"]["generator"].values():
+        assert torch.isfinite(tensor).all()
+    config = yaml.safe_load((expdir / "config.yml").read_text())
+    assert config["tag"] == "autoencoder/tiny" and config["seed"] == 7 and config["outdir"] == str(expdir)
+    model, _ = load_generator(str(expdir / "checkpoint-4steps.pkl"))
+    assert not model.training
+    encoder, decoder = str(expdir / "checkpoint-2steps.pkl"), str(expdir / "checkpoint-4steps.pkl")
+    codec = StreamingCodec.from_checkpoints(encoder, decoder)
+    codes, decoded = codec.code(torch.randn(1, 1, 123) * 0.1)
+    assert codes.shape == (1, 2, 16) and decoded.shape == (1, 1, 123) and torch.isfinite(decoded).all()
+
+
+def test_losses_are_finite_in_both_stages(autoencoder_run: tuple[Path, Path]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, expdir = autoencoder_run
+    events = EventAccumulator(str(expdir / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "audio": 0})
+    events.Reload()
+    tags = events.Tags()
+    for name in ("train/mel_loss", "train/spectral_convergence_loss", "train/shape_loss", "train/vqloss",
+                 "train/ppl_0", "train/ppl_1", "train/generator_loss", "train/adversarial_loss",
+                 "train/feature_matching_loss", "train/discriminator_loss", "learning_rate/generator",
+                 "eval/mel_loss", "eval/discriminator_loss"):
+        assert name in tags["scalars"], name
+        assert all(np.isfinite(event.value) for event in events.Scalars(name)), name
+    assert [event.step for event in events.Scalars("train/adversarial_loss")] == [3, 4]
+    assert any(tag.endswith("generated") for tag in tags["audio"])
+    assert any("log_mel" in tag for tag in tags["images"])
+
+
+def test_efficient_paradigm_freezes_the_analysis_path(autoencoder_run: tuple[Path, Path]) -> None:
+    _, expdir = autoencoder_run
+    at_start, at_end = generator_tensors(expdir / "checkpoint-2steps.pkl"), generator_tensors(
+        expdir / "checkpoint-4steps.pkl"
+    )
+    frozen = [key for key in at_start if key.startswith(("encoder.", "projector.", "quantizer."))]
+    assert any(key.startswith("quantizer.") for key in frozen)
+    for key in frozen:
+        assert torch.equal(at_start[key], at_end[key]), key
+    assert any(not torch.equal(at_start[key], at_end[key]) for key in at_start if key.startswith("decoder."))
+
+
+def test_resume_continues_identically(autoencoder_run: tuple[Path, Path]) -> None:
+    root, expdir = autoencoder_run
+    resumed = train(tiny_recipe(root), root, "autoencoder/resumed", resume=str(expdir / "checkpoint-2steps.pkl"))
+    straight = torch.load(expdir / "checkpoint-4steps.pkl", map_location="cpu", weights_only=True)
+    again = torch.load(resumed / "checkpoint-4steps.pkl", map_location="cpu", weights_only=True)
+    for part in ("generator", "discriminator"):
+        for key, tensor in straight["model"][part].items():
+            assert torch.equal(tensor, again["model"][part][key]), (part, key)
+    assert straight["scheduler"] == again["scheduler"]
+    assert straight["data"] == again["data"] and straight["epochs"] == again["epochs"]
+    exp_state = straight["optimizer"]["generator"]["state"]
+    for index, values in exp_state.items():
+        assert torch.equal(values["exp_avg"], again["optimizer"]["generator"]["state"][index]["exp_avg"])
+
+
+def test_resume_auto_and_bad_resume_paths(tmp_path: Path) -> None:
+    assert resolve_resume("auto", tmp_path) is None
+    for steps in (2, 10, 4):
+        (tmp_path / f"checkpoint-{steps}steps.pkl").touch()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-10steps.pkl"
+    assert resolve_resume("auto", tmp_path).name == "checkpoint-10steps.pkl"
+    assert resolve_resume("", tmp_path) is None
+    with pytest.raises(CodecError, match="no such checkpoint"):
+        resolve_resume(str(tmp_path / "missing.pkl"), tmp_path)
+
+
+def test_statistics_and_vocoder_training(autoencoder_run: tuple[Path, Path]) -> None:
+    root, expdir = autoencoder_run
+    analyzer_checkpoint = str(expdir / "checkpoint-2steps.pkl")
+    config = tiny_recipe(root)
+    stats_config = {"sampling_rate": SAMPLE_RATE, "data": config["data"], "analyzer": analyzer_checkpoint}
+    stats = compute_code_statistics(stats_config, "train")
+    assert stats.shape == (2, 8) and stats.dtype == np.float32
+    analyzer = load_analyzer(analyzer_checkpoint)
+    frames = []
+    for path in sorted((root / "corpus" / "train").glob("*.wav")):
+        audio, _ = sf.read(path, dtype="float32", always_2d=True)
+        latent = quantized_latent(analyzer, torch.from_numpy(audio.T.copy()).unsqueeze(0))
+        frames.append(latent[0].T.double().numpy())
+    frames = np.concatenate(frames)
+    np.testing.assert_allclose(stats[0], frames.mean(0), rtol=1e-5, atol=1e-6)
+    stats_path = root / "stats" / "tiny.npy"
+    stats_path.parent.mkdir(exist_ok=True)
+    np.save(stats_path, stats)
+
+    vocoder = tiny_recipe(
+        root, model_type="HiFiGAN", train_mode="vocoder", analyzer=analyzer_checkpoint,
+        generator_params={
+            "in_channels": 8, "out_channels": 1, "channels": 8, "kernel_size": 7, "upsample_scales": [4, 2],
+            "upsample_kernel_sizes": [8, 4], "resblock_kernel_sizes": [3], "resblock_dilations": [[1, 3]],
+            "groups": 2, "use_additional_convs": True, "use_weight_norm": True, "stats": str(stats_path),
+        },
+        generator_train_start_steps=0, discriminator_train_start_steps=1, train_max_steps=3,
+        save_interval_steps=3, eval_interval_steps=3,
+    )
+    for key in ("start_steps", "adv_train_max_steps", "adv_batch_length", "lambda_vq_loss"):
+        vocoder.pop(key)
+    vocoder_dir = train(vocoder, root, "vocoder/tiny")
+    state = torch.load(vocoder_dir / "checkpoint-3steps.pkl", map_location="cpu", weights_only=True)
+    np.testing.assert_allclose(state["model"]["generator"]["mean"].numpy(), stats[0])
+    assert "input_conv.conv.weight_g" in state["model"]["generator"]
+    codec = StreamingCodec.from_checkpoints(analyzer_checkpoint, str(vocoder_dir / "checkpoint-3steps.pkl"))
+    assert torch.isfinite(codec.code(torch.randn(1, 1, 160) * 0.1)[1]).all()
+
+    vocoder["generator_params"]["stats"] = str(root / "stats" / "missing.npy")
+    with pytest.raises(CodecError, match="statistics file"):
+        train(vocoder, root, "vocoder/no_stats")
+
+
+def test_denoise_trains_encoder_only(autoencoder_run: tuple[Path, Path]) -> None:
+    root, expdir = autoencoder_run
+    corpus = root / "corpus"
+    clean = sorted(path.stem for path in (corpus / "train").glob("*.wav"))
+    for split, count, length, seed in (("train", 4, 800, 1), ("dev", 2, 400, 2)):
+        names = clean if split == "train" else sorted(path.stem for path in (corpus / split).glob("*.wav"))
+        write_wavs(corpus / f"noisy_{split}", count, length, seed=seed + 10, names=names)
+    config = tiny_recipe(
+        root, train_mode="denoise", initial=str(expdir / "checkpoint-4steps.pkl"), train_max_steps=2,
+        save_interval_steps=2, eval_interval_steps=2, start_steps={"generator": 0, "discriminator": 2},
+    )
+    config.pop("adv_train_max_steps")
+    config["data"]["subset"] = {"clean_train": "train", "clean_valid": "dev", "noisy_train": "noisy_train",
+                                "noisy_valid": "noisy_dev"}
+    denoise_dir = train(config, root, "denoise/tiny")
+    before, after = generator_tensors(expdir / "checkpoint-4steps.pkl"), generator_tensors(
+        denoise_dir / "checkpoint-2steps.pkl"
+    )
+    for key in before:
+        if key.startswith(("decoder.", "quantizer.")):
+            assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["encoder.conv.conv.weight"], after["encoder.conv.conv.weight"])
