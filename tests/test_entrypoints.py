@@ -1,0 +1,95 @@
+"""codecTrain.py / codecStatistic.py / codecTest.py from the command line: outputs and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from tests.test_trainer import save_recipe, tiny_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 2-step autoencoder trained through codecTrain.py; returns (root, experiment folder)."""
+    root = tmp_path_factory.mktemp("cli")
+    config = tiny_recipe(root, train_max_steps=2, save_interval_steps=2, eval_interval_steps=2)
+    config.pop("adv_train_max_steps")
+    recipe = save_recipe(config, root / "autoencoder.yaml")
+    result = run_script("codecTrain.py", "-c", recipe, "--tag", "autoencoder/cli", "--seed", "3", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root, root / "exp" / "autoencoder" / "cli"
+
+
+def test_train_writes_config_and_checkpoint(trained: tuple[Path, Path]) -> None:
+    _, expdir = trained
+    assert (expdir / "checkpoint-2steps.pkl").is_file()
+    config = yaml.safe_load((expdir / "config.yml").read_text())
+    assert config["seed"] == 3 and config["exp_root"] == "exp" and config["disable_cudnn"] == "False"
+
+
+def test_statistic_writes_mean_and_scale(trained: tuple[Path, Path]) -> None:
+    root, expdir = trained
+    analyzer = str(expdir / "checkpoint-2steps.pkl")
+    config = {"sampling_rate": 8000, "data": tiny_recipe(root)["data"], "analyzer": analyzer,
+              "stats": str(root / "stats" / "cli.npy")}
+    result = run_script("codecStatistic.py", "-c", save_recipe(config, root / "statistic.yaml"), "--subset", "train",
+                        "--subset_num", "2", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = np.load(root / "stats" / "cli.npy")
+    assert stats.shape == (2, 8) and stats.dtype == np.float32 and (stats[1] > 0).all()
+
+
+def test_codec_test_writes_one_output_per_input(trained: tuple[Path, Path]) -> None:
+    root, expdir = trained
+    checkpoint = str(expdir / "checkpoint-2steps.pkl")
+    result = run_script("codecTest.py", "--subset", "test", "--encoder", checkpoint, "--decoder", checkpoint,
+                        "--output_dir", str(root / "output"), cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outdir = root / "output" / "cli-cli_2-2" / "test"
+    inputs = sorted((root / "corpus" / "test").glob("*.wav"))
+    for path in inputs:
+        output = outdir / f"{path.stem}_output.wav"
+        assert sf.info(output).frames == sf.info(path).frames
+        assert sf.info(output).subtype == "PCM_16"
+    assert len(list(outdir.glob("*.wav"))) == len(inputs)
+
+
+def test_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    root, expdir = trained
+    assert_one_line_error(run_script("codecTrain.py", "-c", "missing.yaml", "--tag", "x", cwd=tmp_path), "not found")
+    config = tiny_recipe(root)
+    config["data"]["path"] = str(tmp_path / "nowhere")
+    recipe = save_recipe(config, tmp_path / "nodata.yaml")
+    assert_one_line_error(run_script("codecTrain.py", "-c", recipe, "--tag", "x", cwd=tmp_path), "does not exist")
+    recipe = save_recipe(tiny_recipe(root), tmp_path / "ok.yaml")
+    assert_one_line_error(
+        run_script("codecTrain.py", "-c", recipe, "--tag", "x", "--resume", "nope.pkl", cwd=tmp_path),
+        "no such checkpoint",
+    )
+    checkpoint = str(expdir / "checkpoint-2steps.pkl")
+    assert_one_line_error(
+        run_script("codecTest.py", "--subset", "nosuch", "--encoder", checkpoint, "--decoder", checkpoint,
+                   "--output_dir", str(tmp_path), cwd=tmp_path),
+        "nosuch",
+    )
