@@ -69,6 +69,8 @@ MODELS: dict[str, ModelEntry] = {
         _official("vctk_activate_sym", 48000, (_AE, "symAAD_vctk_48000_hop300", 200000),
                   (_AE, "symAAD_vctk_48000_hop300", 700000),
                   "VCTK 48 kHz, symmetric AudioDec with activations and weight norm"),
+        _official("demo48k", 48000, (_AE, "demo48k", 9500), (_AE, "demo48k", 9500),
+                  "ours: 48 kHz symmetric, half width, 9500 CPU steps on the demo corpus (exp/README.md)"),
         _official("vctk_c16h320_sym", 48000, (_AE, "symAD_c16_vctk_48000_hop320", 500000),
                   (_AE, "symAD_c16_vctk_48000_hop320", 1000000),
                   "VCTK 48 kHz, 16 codebooks, hop 320, symmetric"),
