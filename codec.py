@@ -80,10 +80,7 @@ def run_encode(args: argparse.Namespace) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> None:
-    if not os.path.isfile(args.input):
-        raise CodecError(f"input file {args.input} does not exist: check the path")
-    with open(args.input, "rb") as handle:
-        header = decode_header(handle.read(256))
+    header = _header_of(args.input)
     if not args.model and not args.encoder:
         args.model = header.model_name
     codec = load_codec(args, apply_runtime_arguments(args))
@@ -95,7 +92,9 @@ def run_decode(args: argparse.Namespace) -> None:
 
 
 def run_info(args: argparse.Namespace) -> None:
-    header, _ = read_adc(args.file) if not _is_entropy_coded(args.file) else (_header_of(args.file), None)
+    header = _header_of(args.file)
+    if not header.entropy_coded:
+        read_adc(args.file)  # verifies the CRC and payload; entropy-coded files need their table for that
     size = os.path.getsize(args.file)
     seconds = header.n_samples / header.sample_rate
     print(f"model         {header.model_name or '(unnamed)'} (decoder {header.decoder_hash.hex()})")
@@ -112,10 +111,6 @@ def _header_of(path: str):
         raise CodecError(f"input file {path} does not exist: check the path")
     with open(path, "rb") as handle:
         return decode_header(handle.read(256))
-
-
-def _is_entropy_coded(path: str) -> bool:
-    return _header_of(path).entropy_coded
 
 
 def run_fit_entropy(args: argparse.Namespace) -> None:
