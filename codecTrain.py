@@ -4,6 +4,7 @@
     python codecTrain.py -c config/autoencoder/demo_48000_hop300.yaml --tag autoencoder/demo_48000_hop300
     torchrun --nproc_per_node 4 codecTrain.py -c ... --tag ...          # DDP, one process per GPU
     python codecTrain.py -c ... --tag ... --resume auto                 # continue from the newest checkpoint
+    python codecTrain.py -c ... --tag ... --initial exp/.../checkpoint-9500steps.pkl   # fine-tune from parameters
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ def main() -> int:
     parser.add_argument(
         "--resume", type=str, default="", nargs="?",
         help="checkpoint to resume from, or 'auto' for the newest one of the experiment (default: none)",
+    )
+    parser.add_argument(
+        "--initial", type=str, default="",
+        help="start from this checkpoint's parameters (fresh optimizers, step 0); overrides the config's 'initial'",
     )
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--disable_cudnn", choices=("True", "False"), default="False", help="no cuDNN benchmark")

@@ -247,7 +247,7 @@ def time_streaming(codec: StreamingCodec, x: torch.Tensor, frame_size: int, warm
     codec.reset(1)
     for chunk in chunks[:warmup_chunks]:
         codec.decode(codec.encode(chunk))
-    codec.reset(1)
+    codec.reset(1, frame_size=frame_size)
     encode_times, decode_times = [], []
     for chunk in chunks:
         start = time.perf_counter()

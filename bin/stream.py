@@ -290,9 +290,9 @@ class Streamer(_Pipeline):
         return StreamingCodec.audio_from_streams(self.rx.decode(codes.to(self.rx.device))).astype(np.float32)
 
     def start(self) -> None:
-        self.tx.reset(self.streams)
+        self.tx.reset(self.streams, frame_size=self.frame_size)
         if self.rx is not self.tx:
-            self.rx.reset(self.streams)
+            self.rx.reset(self.streams, frame_size=self.frame_size)
         super().start()
 
     def pull(self, timeout: float = 0.0) -> np.ndarray | None:
@@ -522,7 +522,7 @@ class Sender(_Pipeline):
         self._arrived(index)
 
     def start(self) -> None:
-        self.codec.reset(self.streams)
+        self.codec.reset(self.streams, frame_size=self.frames_per_packet * self.codec.hop_length)
         super().start()
 
     def _send(self, datagram: bytes) -> None:

@@ -9,10 +9,12 @@ consumes one chunk and returns the matching output chunk; `reset_state(batch_siz
 Feeding a signal through `step` in pieces gives exactly what one `step` over the whole signal
 gives, provided each piece is a multiple of the layer's stride.
 
-Speed: outside autograd on CPU, `step` runs each convolution through oneDNN with the weights
-reordered once into its blocked layout and cached (`PackedConv`). For the small chunks of
-streaming this is 2-10x faster than `F.conv1d`, which re-packs the weights on every call or, for
-small dilated inputs, falls back to a slow native kernel. Transposed convolutions (kernel
+Speed: outside autograd on CPU, `step` runs each convolution on cached weights through the fastest
+of three formulations for its input shape (`PackedConv`: oneDNN on prepacked weights, `F.conv1d`,
+or im2col + one matrix product), chosen by timing them on the first chunk of that shape. No one
+formulation wins everywhere: on one thread, a 64 -> 96 two-tap conv over 101 frames takes 578 us in
+oneDNN and 34 us in `F.conv1d`, while for 512 -> 512 k7 over 5 frames oneDNN is 10x faster.
+Transposed convolutions (kernel
 2*stride) are rewritten as a two-tap convolution onto `stride` phases, then interleaved. The
 `compute_dtype` of a layer (float32, or bfloat16 via `set_precision`) is what its convolutions
 compute in; activations between layers stay float32.
@@ -21,6 +23,7 @@ compute in; activations between layers stay float32.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -30,31 +33,112 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_c
 
 
 class PackedConv:
-    """oneDNN-packed weights of one convolution, rebuilt whenever the source weights change.
+    """The inference convolution of one layer: the fastest of three formulations, chosen per input shape.
 
-    The packed tensor is opaque (no storage), so copies and pickles of a model start without it.
+    Formulations of conv1d(x, weight) for x (B, C_in, L), weight (C_out, C_in / groups, k):
+    `onednn`, oneDNN with the weights reordered once into its blocked layout; `native`,
+    `F.conv1d` on cached weights (oneDNN re-packs per call, or PyTorch's own kernel for small
+    dilated inputs); `gemm`, im2col as a strided view and one matrix product per group. Which wins
+    depends on the shape and thread count (oneDNN's blocked kernels lose badly on some channel
+    counts at small lengths, e.g. 64 -> 96 at 100 frames), so the first call with a new input
+    shape and thread count times each formulation and keeps the fastest. All three compute the
+    same sums, differing only by float rounding order.
+
+    The cache is opaque (oneDNN tensors have no storage), so copies and pickles start without it.
     """
 
+    FORMULATIONS = ("onednn", "native", "gemm")
+    TUNE_REPEATS = 5
+    TUNE_MAX_LENGTH = 8192
+
     def __init__(self) -> None:
+        self.tune = True  # False: always oneDNN (deterministic; the transmitter's codes depend on it)
         self.key: tuple | None = None
-        self.weight: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None  # source weight after `transform`, in the compute dtype
         self.bias: torch.Tensor | None = None
+        self.packed: torch.Tensor | None = None  # oneDNN blocked layout, made on first use
+        self.matrix: torch.Tensor | None = None  # (groups, C_out / groups, C_in / groups * k), made on first use
+        self.choice: dict[tuple, str] = {}
 
     def __deepcopy__(self, memo: dict) -> PackedConv:
-        return PackedConv()
+        copy = PackedConv()
+        copy.tune = self.tune
+        return copy
 
     def __reduce__(self) -> tuple:
-        return PackedConv, ()
+        return _packed_conv, (self.tune,)
 
     @staticmethod
     def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether the packed path applies: oneDNN present, CPU float32 input, no autograd."""
+        """Whether the cached path applies: CPU float32 input, no autograd."""
         return (
-            _ONEDNN
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and x.dtype == torch.float32
             and not (torch.is_grad_enabled() and weight.requires_grad)
         )
+
+    def _refresh(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, transform) -> None:
+        key = (
+            weight.data_ptr(), weight._version, dtype,
+            None if bias is None else (bias.data_ptr(), bias._version),
+        )
+        if key == self.key:
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            w, b = transform(weight, bias) if transform is not None else (weight, bias)
+            self.weight = w.detach().to(dtype).contiguous()
+            self.bias = None if b is None else b.detach().to(dtype).contiguous()
+        self.packed = self.matrix = None
+        self.choice = {}
+        self.key = key
+
+    def _onednn(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
+        if self.packed is None:
+            with torch.inference_mode(False), torch.no_grad():
+                w = self.weight.unsqueeze(2)
+                self.packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    w, [0, 0], [1, stride], [1, dilation], groups, [1, w.shape[1] * groups, 1, 64]
+                )
+        y = torch.ops.mkldnn._convolution_pointwise(
+            x.unsqueeze(2), self.packed, self.bias, [0, 0], [1, stride], [1, dilation], groups, "none", [], "",
+        )
+        return y.squeeze(2)
+
+    def _native(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, stride, 0, dilation, groups)
+
+    def _gemm(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
+        c_out, c_in_group, kernel = self.weight.shape
+        if self.matrix is None:
+            self.matrix = self.weight.reshape(groups, c_out // groups, c_in_group * kernel).contiguous()
+        batch, _, length = x.shape
+        frames = (length - dilation * (kernel - 1) - 1) // stride + 1
+        x = x.contiguous()
+        sb, sc, sl = x.stride()
+        # columns[b, g, c * kernel + j, t] = x[b, g * c_in_group + c, t * stride + j * dilation]
+        columns = x.as_strided(
+            (batch, groups, c_in_group, kernel, frames), (sb, c_in_group * sc, sc, dilation * sl, stride * sl)
+        ).reshape(batch, groups, c_in_group * kernel, frames)
+        y = torch.matmul(self.matrix, columns).view(batch, c_out, frames)
+        return y if self.bias is None else y.add_(self.bias.unsqueeze(-1))
+
+    def _tune(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> str:
+        """The fastest formulation for x: candidates timed in turn (round robin, so that a slow
+        moment of the machine hits all of them), best of `TUNE_REPEATS` rounds each."""
+        names = [
+            name for name in self.FORMULATIONS
+            if name != "onednn" or (_ONEDNN and x.dtype in (torch.float32, torch.bfloat16))
+        ]
+        runs = {name: getattr(self, "_" + name) for name in names}
+        for run in runs.values():
+            run(x, stride, dilation, groups)  # first call: packing and allocation, not timed
+        best = dict.fromkeys(names, math.inf)
+        for _ in range(self.TUNE_REPEATS):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run(x, stride, dilation, groups)
+                best[name] = min(best[name], time.perf_counter() - start)
+        return min(names, key=best.__getitem__)
 
     def run(
         self,
@@ -66,32 +150,43 @@ class PackedConv:
         groups: int,
         dtype: torch.dtype,
         transform=None,
-        attr: str = "none",
-        scalars: tuple = (),
     ) -> torch.Tensor:
         """conv1d of x (B, C_in, L) with `weight` (C_out, C_in / groups, k), computed in `dtype`.
 
-        `transform(weight, bias) -> (weight, bias)` rewrites the source parameters before packing
-        (used by the transposed convolution); `attr`/`scalars` name a fused oneDNN post-op.
+        `transform(weight, bias) -> (weight, bias)` rewrites the source parameters before caching
+        (used by the transposed convolution).
         """
-        key = (
-            weight.data_ptr(), weight._version, dtype,
-            None if bias is None else (bias.data_ptr(), bias._version),
-        )
-        if key != self.key:
-            with torch.inference_mode(False), torch.no_grad():
-                w, b = transform(weight, bias) if transform is not None else (weight, bias)
-                w = w.detach().to(dtype).unsqueeze(2).contiguous()
-                self.weight = torch.ops.mkldnn._reorder_convolution_weight(
-                    w, [0, 0], [1, stride], [1, dilation], groups, [1, w.shape[1] * groups, 1, 64]
-                )
-                self.bias = None if b is None else b.detach().to(dtype).contiguous()
-            self.key = key
-        y = torch.ops.mkldnn._convolution_pointwise(
-            x.to(dtype).unsqueeze(2), self.weight, self.bias, [0, 0], [1, stride], [1, dilation], groups,
-            attr, list(scalars), "",
-        )
-        return y.squeeze(2).to(torch.float32)
+        self._refresh(weight, bias, dtype, transform)
+        x = x.to(dtype)
+        batch, channels, length = x.shape
+        # Streaming chunks are tuned at their exact length; long inputs (whole files) share one
+        # choice, tuned on their first TUNE_MAX_LENGTH samples (cost per sample is flat there).
+        key = (batch, channels, length if length <= self.TUNE_MAX_LENGTH else -1, torch.get_num_threads())
+        choice = self.choice.get(key)
+        if choice is None:
+            if not self.tune:
+                choice = "onednn" if _ONEDNN else "native"
+            else:
+                choice = self.choice[key] = self._tune(x[..., : self.TUNE_MAX_LENGTH], stride, dilation, groups)
+        return getattr(self, "_" + choice)(x, stride, dilation, groups).to(torch.float32)
+
+
+def _packed_conv(tune: bool = True) -> PackedConv:
+    """Unpickle a PackedConv: its setting survives, its caches start empty."""
+    conv = PackedConv()
+    conv.tune = tune
+    return conv
+
+
+def set_tuning(model: nn.Module, enabled: bool) -> None:
+    """Let `model`'s inference convolutions pick the fastest formulation per shape (True), or keep
+    them on oneDNN (False): results then do not depend on timing, which matters where they are
+    quantized (the encoder's codes must be the same on every run and for every chunk size)."""
+    for module in model.modules():
+        packed = getattr(module, "_packed", None)
+        if isinstance(packed, PackedConv):
+            packed.tune = enabled
+            packed.choice = {}
 
 
 class StreamingState:
@@ -118,10 +213,11 @@ class StreamingState:
                     "call reset_streaming(model, batch_size) first"
                 )
             self.reset_state(x.shape[0])
-        if self.pad_length == 0:
+        pad = self.pad_length
+        if pad == 0:
             return x
         x = torch.cat((self._state.to(x.dtype), x), dim=-1)
-        self._state = x[:, :, -self.pad_length:]
+        self._state = x[:, :, -pad:]
         return x
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from bin.benchmark import count_conv_flops, main, random_codec
-from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, reset_streaming
+import torch.nn.functional as F
+
+from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, PackedConv, reset_streaming
 from tests.conftest import REPO
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
@@ -67,6 +69,67 @@ def test_packed_step_equals_reference_conv(layer: torch.nn.Module) -> None:
     with torch.inference_mode():
         fast = layer.step(x)
     torch.testing.assert_close(fast, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("formulation", PackedConv.FORMULATIONS)
+@pytest.mark.parametrize(
+    "shape",
+    [(6, 5, 7, 1, 3, 1, 60), (6, 6, 6, 3, 1, 2, 60), (8, 12, 11, 1, 5, 4, 1), (4, 3, 1, 1, 1, 1, 9)],
+    ids=["dilated", "strided_grouped", "grouped_one_frame", "pointwise"],
+)
+def test_each_conv_formulation_equals_reference(formulation: str, shape: tuple) -> None:
+    """onednn, native and gemm (im2col) compute the same convolution; the tuner may pick any of them."""
+    c_in, c_out, kernel, stride, dilation, groups, frames = shape
+    torch.manual_seed(1)
+    weight, bias = torch.randn(c_out, c_in // groups, kernel), torch.randn(c_out)
+    length = (frames - 1) * stride + dilation * (kernel - 1) + 1
+    x = torch.randn(2, c_in, length)
+    expected = F.conv1d(x, weight, bias, stride, 0, dilation, groups)
+    conv = PackedConv()
+    conv.choice = {}
+    conv._refresh(weight, bias, torch.float32, None)
+    got = getattr(conv, "_" + formulation)(x, stride, dilation, groups)
+    assert got.shape == expected.shape == (2, c_out, frames)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_tuner_keeps_one_choice_per_shape_and_redoes_it_when_weights_change() -> None:
+    weight = torch.randn(4, 4, 3)
+    conv = PackedConv()
+    with torch.inference_mode():
+        for frames in (10, 10, 20):
+            conv.run(torch.randn(1, 4, frames + 2), weight, None, 1, 1, 1, torch.float32)
+    assert len(conv.choice) == 2 and set(conv.choice.values()) <= set(PackedConv.FORMULATIONS)
+    with torch.no_grad():
+        weight.mul_(2)  # new version: cached weights and choices are rebuilt
+    x = torch.randn(1, 4, 12)
+    with torch.inference_mode():
+        y = conv.run(x, weight, None, 1, 1, 1, torch.float32)
+    assert len(conv.choice) == 1
+    torch.testing.assert_close(y, F.conv1d(x, weight), rtol=0, atol=1e-5)
+
+
+def test_transmitter_does_not_tune_so_codes_do_not_depend_on_timing() -> None:
+    codec, _ = random_codec(AUTOENCODER)
+    x = torch.from_numpy(np.sin(np.arange(6000) * 0.03).astype(np.float32)).view(1, 1, -1) * 0.3
+    codec.code(x)
+    transmitter = [m._packed for m in (*codec.encoder.encoder.modules(), *codec.encoder.projector.modules())
+                   if hasattr(m, "_packed")]
+    receiver = [m._packed for m in codec.encoder.decoder.modules() if hasattr(m, "_packed")]
+    assert transmitter and not any(p.tune or p.choice for p in transmitter)
+    assert receiver and all(p.tune and p.choice for p in receiver)
+
+
+def test_reset_with_frame_size_tunes_without_changing_the_output() -> None:
+    codec, _ = random_codec(AUTOENCODER)
+    x = torch.from_numpy(np.sin(np.arange(3000) * 0.03).astype(np.float32)).view(1, 1, -1) * 0.3
+    codec.reset(1)
+    plain = [codec.decode(codec.encode(chunk)) for chunk in x.split(600, dim=-1)]
+    codec.reset(1, frame_size=600)
+    tuned = [codec.decode(codec.encode(chunk)) for chunk in x.split(600, dim=-1)]
+    torch.testing.assert_close(torch.cat(tuned, -1), torch.cat(plain, -1), rtol=0, atol=1e-5)
+    with pytest.raises(CodecError, match="multiple of the hop"):
+        codec.reset(1, frame_size=450)
 
 
 def test_bf16_codec_is_close_to_fp32() -> None:

@@ -46,6 +46,7 @@ class TrainOptions:
     resume: str = ""
     seed: int = 1337
     disable_cudnn: str = "False"
+    initial: str = ""  # overrides the config's ``initial`` (start from these parameters) when given
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -151,7 +152,8 @@ def seed_everything(seed: int) -> None:
 def experiment_config(config: Mapping[str, Any], options: TrainOptions, expdir: Path) -> dict[str, Any]:
     """What goes into ``<expdir>/config.yml``: the recipe plus the command line and ``outdir``, as the original."""
     full = dict(config)
-    full.update(vars(options))
+    given = vars(options)
+    full.update({key: value for key, value in given.items() if key != "initial" or value})
     full["outdir"] = str(expdir)
     return full
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import StreamingState, reset_streaming, set_precision
+from layers.conv import StreamingState, reset_streaming, set_precision, set_tuning
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from models.registry import AUTOENCODER_TYPES
 from utils.checkpoint import load_generator, state_hash
@@ -70,6 +70,10 @@ class StreamingCodec:
         # and the VQ stay float32; only the decoder's convolutions run in bf16.
         self.precision = precision
         set_precision(self.decoder, PRECISIONS[precision])
+        # The codes must not depend on timing: the transmitter's convolutions stay on one
+        # formulation; the receiver's pick the fastest per chunk size (float rounding only).
+        set_tuning(self.encoder.encoder, False)
+        set_tuning(self.encoder.projector, False)
         self.input_channels = encoder.input_channels
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
         self.n_codebooks = encoder.n_codebooks
@@ -128,8 +132,19 @@ class StreamingCodec:
         return state_hash(self.encoder.quantizer, self.decoder)
 
     @torch.inference_mode()
-    def reset(self, batch_size: int = 1) -> None:
-        """Start `batch_size` independent streams from the warmed-up state."""
+    def reset(self, batch_size: int = 1, frame_size: int | None = None) -> None:
+        """Start `batch_size` independent streams from the warmed-up state.
+
+        With `frame_size` (samples per chunk to come), one silent chunk of that size is coded first,
+        so that the convolutions pick their fastest formulation for it now rather than on the
+        first real chunk (see layers.conv.PackedConv); the streams then start afresh.
+        """
+        if frame_size:
+            if frame_size % self.hop_length:
+                raise CodecError(f"frame size {frame_size} is not a multiple of the hop ({self.hop_length})")
+            self.reset(batch_size)
+            silence = torch.zeros(batch_size, self.input_channels, frame_size, device=self.device)
+            self.decode(self.encode(silence))
         reset_streaming(self.encoder, 1)
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)

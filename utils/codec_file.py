@@ -45,12 +45,17 @@ def encode_to_file(
     streams = codec.streams_from_audio(data)
     codes, _ = codec.code(streams)
     kept = n_codebooks or codec.n_codebooks
-    header = StreamHeader(
-        sample_rate=codec.sample_rate, hop=codec.hop_length, channels=streams.shape[0],
-        n_samples=data.shape[0], n_codebooks=kept, codebook_size=codec.codebook_size,
+    header = stream_header(codec, streams.shape[0], data.shape[0], kept)
+    return write_adc(path, header, codes[:, :kept].cpu().numpy(), entropy_model)
+
+
+def stream_header(codec: StreamingCodec, channels: int, n_samples: int, n_codebooks: int) -> StreamHeader:
+    """The `.adc` header of `channels` streams of `n_samples` coded by `codec` with its first `n_codebooks`."""
+    return StreamHeader(
+        sample_rate=codec.sample_rate, hop=codec.hop_length, channels=channels,
+        n_samples=n_samples, n_codebooks=n_codebooks, codebook_size=codec.codebook_size,
         model_name=codec.name, decoder_hash=codec.decoder_hash(),
     )
-    return write_adc(path, header, codes[:, :kept].cpu().numpy(), entropy_model)
 
 
 def _check_compatible(codec: StreamingCodec, header: StreamHeader) -> None:

@@ -1,0 +1,200 @@
+"""A model's evaluation table on a test set: quality per number of codebooks, beside Opus, and the real bitrate.
+
+    python bin/model_report.py --model demo48k --test corpus/test --codebooks 8,4,2,1 \\
+        --opus 12.8,6.4 --entropy --out exp/autoencoder/demo48k/report
+
+Each test file is coded once (all codebooks, from the warmed-up state, as demoFile.py does) and
+decoded with the first K codebooks for every K asked; each decode is scored against the reference
+(wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance; see utils/metrics.py). `--opus` scores Opus
+at the given bitrates on the same files. `--entropy` range-codes each file's codes with the model's
+entropy table (`codec.py fit-entropy`), checks that they decode to the same codes, and reports the
+payload bitrate. Writes `report.json` (settings, per-file rows, means) and `report.md` (the table)
+to `--out`, and prints the table.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from utils.audio import read_audio  # noqa: E402
+from utils.bitstream import decode_adc, encode_adc  # noqa: E402
+from utils.cli import add_model_arguments, add_runtime_arguments, apply_runtime_arguments, load_codec, run_main  # noqa: E402
+from utils.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
+from utils.errors import CodecError  # noqa: E402
+from utils.metrics import AUDIO_SUFFIXES, METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
+from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
+
+
+def _numbers(text: str, kind: type, what: str) -> list:
+    try:
+        values = [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise CodecError(f"{what} '{text}': give a comma-separated list of numbers, e.g. 8,4,2,1") from None
+    if not values:
+        raise CodecError(f"{what} is empty: give at least one value")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    add_runtime_arguments(parser)
+    parser.add_argument("--test", required=True, help="folder of test audio at the model's rate (recursive)")
+    parser.add_argument("--codebooks", default="8", help="numbers of codebooks to decode with (default 8)")
+    parser.add_argument("--opus", default="", help="Opus bitrates in kbps to score beside, e.g. 12.8,6.4")
+    parser.add_argument("--entropy", action="store_true", help="measure the entropy-coded bitrate too")
+    parser.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
+    parser.add_argument("--max_files", type=int, default=0, help="score only the first N files (0 = all)")
+    parser.add_argument("--out", required=True, help="folder for report.json and report.md")
+    return parser.parse_args(argv)
+
+
+def test_files(folder: str, max_files: int) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise CodecError(f"test folder {folder} not found: build the corpus with python -m utils.prepare_demo_corpus")
+    files = sorted(path for path in root.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
+    if not files:
+        raise CodecError(f"no audio files under {folder}")
+    return files[:max_files] if max_files > 0 else files
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    values = np.array([row[key] for row in rows if key in row], dtype=np.float64)
+    return float(np.nanmean(values)) if values.size and np.any(np.isfinite(values)) else math.nan
+
+
+def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: list[float], entropy) -> dict:
+    """One row: metrics of every system on one file, its duration, and its entropy-coded size."""
+    data, rate = read_audio(str(path))
+    if rate != codec.sample_rate:
+        raise CodecError(f"{path} is at {rate} Hz, model '{codec.name}' codes {codec.sample_rate} Hz: resample it")
+    reference = data.mean(axis=1).astype(np.float32)
+    streams = codec.streams_from_audio(reference[:, None])
+    row: dict = {"file": str(path.relative_to(root)), "seconds": len(reference) / rate}
+    codes, _ = codec.code(streams)
+    for k in codebooks:
+        codec.reset(1)
+        decoded = codec.decode(codes[:, :k])[0, 0, : len(reference)].cpu().numpy()
+        row.update({f"K{k}_{name}": value for name, value in evaluate_pair(reference, decoded, rate).items()})
+    for kbps in opus_rates:
+        result = opus_roundtrip(reference, rate, bitrate_kbps=kbps)
+        scores = evaluate_pair(reference, result.audio, rate)
+        row.update({f"opus{kbps:g}_{name}": value for name, value in scores.items()})
+        row[f"opus{kbps:g}_payload_kbps"] = result.payload_kbps
+    if entropy is not None:
+        array = codes.cpu().numpy()
+        for k in codebooks:
+            header = stream_header(codec, 1, len(reference), k)
+            raw = encode_adc(header, array[:, :k])
+            packed = encode_adc(header, array[:, :k], entropy)
+            _, back = decode_adc(packed, entropy)
+            if not np.array_equal(back, array[:, :k]):
+                raise CodecError(f"{path}: entropy-coded codes did not decode to the same codes (K={k})")
+            row[f"K{k}_raw_payload_bits"] = 8 * header.raw_payload_bytes
+            row[f"K{k}_entropy_payload_bits"] = 8 * (len(packed) - (len(raw) - header.raw_payload_bytes))
+    return row
+
+
+def summarize(rows: list[dict], codec, codebooks: list[int], opus_rates: list[float], entropy: bool) -> list[dict]:
+    """One line per system: the mean of each metric, and the bitrate (raw and, if measured, entropy-coded)."""
+    seconds = sum(row["seconds"] for row in rows)
+    lines = []
+    for k in codebooks:
+        line = {"system": f"{codec.name} K={k}", "kbps": codec.bitrate(k) / 1000}
+        line.update({name: _mean(rows, f"K{k}_{name}") for name in METRIC_NAMES})
+        if entropy:
+            line["raw_payload_kbps"] = sum(row[f"K{k}_raw_payload_bits"] for row in rows) / seconds / 1000
+            line["entropy_kbps"] = sum(row[f"K{k}_entropy_payload_bits"] for row in rows) / seconds / 1000
+        lines.append(line)
+    for kbps in opus_rates:
+        line = {"system": f"Opus {kbps:g} kbps", "kbps": _mean(rows, f"opus{kbps:g}_payload_kbps")}
+        line.update({name: _mean(rows, f"opus{kbps:g}_{name}") for name in METRIC_NAMES})
+        lines.append(line)
+    return lines
+
+
+def markdown_table(lines: list[dict], entropy: bool) -> str:
+    columns = ["kbps"] + (["entropy_kbps"] if entropy else []) + list(METRIC_NAMES)
+    labels = {"kbps": "kbps", "entropy_kbps": "entropy-coded kbps", **METRIC_LABELS}
+    out = ["| system | " + " | ".join(labels[c] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for line in lines:
+        cells = [f"{line[c]:.3f}" if isinstance(line.get(c), float) and math.isfinite(line[c]) else "" for c in columns]
+        out.append(f"| {line['system']} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _finite(value):
+    """JSON-safe copy: NaN and infinities become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    codec = load_codec(args, apply_runtime_arguments(args))
+    codebooks = _numbers(args.codebooks, int, "--codebooks")
+    bad = [k for k in codebooks if not 1 <= k <= codec.n_codebooks]
+    if bad:
+        raise CodecError(f"--codebooks {bad}: model '{codec.name}' has 1..{codec.n_codebooks}")
+    opus_rates = _numbers(args.opus, float, "--opus") if args.opus else []
+    if opus_rates and not opus_available():
+        raise CodecError("--opus needs opusenc/opusdec: install the Debian package opus-tools")
+    entropy = None
+    if args.entropy:
+        table = args.entropy_table or (entropy_table_path(codec.encoder_checkpoint) if codec.encoder_checkpoint else None)
+        entropy = load_entropy_model(codec, table)
+    files = test_files(args.test, args.max_files)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    rows = []
+    with torch.inference_mode():
+        for index, path in enumerate(files, 1):
+            rows.append(score_file(codec, path, Path(args.test), codebooks, opus_rates, entropy))
+            if index % 50 == 0 or index == len(files):
+                logging.info(f"{index}/{len(files)} files scored ({time.time() - started:.0f} s)")
+    lines = summarize(rows, codec, codebooks, opus_rates, entropy is not None)
+    table = markdown_table(lines, entropy is not None)
+    seconds = sum(row["seconds"] for row in rows)
+    settings = {
+        "model": codec.name, "test": args.test, "files": len(rows), "seconds": seconds,
+        "codebooks": codebooks, "opus_kbps": opus_rates, "entropy": entropy is not None,
+        "command": " ".join(["python", "bin/model_report.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    report = {"settings": settings, "summary": lines, "files": rows}
+    _write_atomic(out / "report.json", json.dumps(_finite(report), indent=1))
+    _write_atomic(out / "report.md", f"{len(rows)} files, {seconds / 60:.1f} min of `{args.test}`\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
