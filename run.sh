@@ -1,19 +1,45 @@
 #!/usr/bin/env bash
-# The main job: code a bundled speech clip with the streaming codec (wav -> codes -> wav).
+# The main job: code a speech clip with the shipped demo48k codec into a compressed .adc file,
+# decode it, and score the result (beside Opus at the same bitrate when opus-tools is installed).
 # Creates .venv if missing and installs the pinned requirements first.
-#   ./run.sh                 # default model, output in output/
-#   MODEL=vctk_sym ./run.sh  # another registered model
+#   ./run.sh                                   # bundled clip (data/demo), model demo48k -> output/
+#   INPUT=my.wav ./run.sh                      # your own file (resampled to 48 kHz if needed)
+#   MODEL=vctk_sym ROOT=/path/to/AudioDec ./run.sh   # another registered model and its exp/ folder
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q -r requirements.txt
-mkdir -p output
-# Until a model trained on real speech ships in exp/, the demo runs an official-format model
-# bundled with the tests (random weights: the codec runs end to end, but it does not sound good).
-MODEL=${MODEL:-vctk_v1}
-ROOT=${ROOT:-tests/data/official}
-INPUT=${INPUT:-tests/data/official/input/test_48k.wav}
-.venv/bin/python demoFile.py --model "$MODEL" --root "$ROOT" -i "$INPUT" -o "output/${MODEL}.wav" --cuda -1 --num_threads 2
-echo "decoded audio: output/${MODEL}.wav"
+PY=.venv/bin/python
+MODEL=${MODEL:-demo48k}
+INPUT=${INPUT:-data/demo/alsa_speakers.wav}
+ROOT_ARGS=()
+if [ -n "${ROOT:-}" ]; then ROOT_ARGS=(--root "$ROOT"); fi
+RUNTIME=(--cuda -1 --num_threads 2)
+name=$(basename "${INPUT%.*}")
+out=output/$MODEL
+mkdir -p "$out" output/reference
+cp "$INPUT" "output/reference/$name.${INPUT##*.}"
+
+echo "== encode (raw codes: 1.6 kbps per codebook)"
+$PY codec.py encode --model "$MODEL" "${ROOT_ARGS[@]}" "${RUNTIME[@]}" --resample -i "$INPUT" -o "$out/$name.adc"
+decode_from=$out/$name.adc
+if $PY codec.py encode --model "$MODEL" "${ROOT_ARGS[@]}" "${RUNTIME[@]}" --resample --entropy \
+        -i "$INPUT" -o "$out/$name.entropy.adc" 2>/dev/null; then
+    echo "== encode --entropy (same codes, range-coded with the model's table)"
+    decode_from=$out/$name.entropy.adc
+else
+    echo "== (model $MODEL has no entropy table: skipping --entropy)"
+fi
+$PY codec.py info "$out/$name.adc"
+$PY codec.py info "$decode_from"
+
+echo "== decode $decode_from -> $out/$name.wav"
+$PY codec.py decode "${ROOT_ARGS[@]}" "${RUNTIME[@]}" -i "$decode_from" -o "$out/$name.wav"
+
+echo "== scores against the input"
+OPUS=()
+if command -v opusenc >/dev/null && command -v opusdec >/dev/null; then OPUS=(--opus); fi
+$PY bin/evaluate.py output/reference "$out" "${OPUS[@]}" --no-visqol --json "$out/scores.json"
+echo "decoded audio: $out/$name.wav"

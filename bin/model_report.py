@@ -29,8 +29,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from utils.audio import read_audio  # noqa: E402
+from utils.audiodec import PRECISIONS, StreamingCodec  # noqa: E402
 from utils.bitstream import decode_adc, encode_adc  # noqa: E402
-from utils.cli import add_model_arguments, add_runtime_arguments, apply_runtime_arguments, load_codec, run_main  # noqa: E402
+from utils.cli import (  # noqa: E402
+    add_model_arguments,
+    add_runtime_arguments,
+    apply_runtime_arguments,
+    load_codec,
+    run_main,
+)
 from utils.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
 from utils.metrics import AUDIO_SUFFIXES, METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
@@ -57,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entropy", action="store_true", help="measure the entropy-coded bitrate too")
     parser.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
     parser.add_argument("--max_files", type=int, default=0, help="score only the first N files (0 = all)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                        help="receiver precision (bf16: the decoder's convolutions in bfloat16)")
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
     return parser.parse_args(argv)
 
@@ -113,7 +122,8 @@ def summarize(rows: list[dict], codec, codebooks: list[int], opus_rates: list[fl
     seconds = sum(row["seconds"] for row in rows)
     lines = []
     for k in codebooks:
-        line = {"system": f"{codec.name} K={k}", "kbps": codec.bitrate(k) / 1000}
+        tag = "" if codec.precision == "fp32" else f" {codec.precision}"
+        line = {"system": f"{codec.name}{tag} K={k}", "kbps": codec.bitrate(k) / 1000}
         line.update({name: _mean(rows, f"K{k}_{name}") for name in METRIC_NAMES})
         if entropy:
             line["raw_payload_kbps"] = sum(row[f"K{k}_raw_payload_bits"] for row in rows) / seconds / 1000
@@ -160,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     codec = load_codec(args, apply_runtime_arguments(args))
+    if args.precision != "fp32":
+        checkpoint = codec.encoder_checkpoint
+        codec = StreamingCodec(codec.encoder, codec.decoder, codec.sample_rate, codec.name, codec.device,
+                               precision=args.precision)
+        codec.encoder_checkpoint = checkpoint
     codebooks = _numbers(args.codebooks, int, "--codebooks")
     bad = [k for k in codebooks if not 1 <= k <= codec.n_codebooks]
     if bad:
@@ -169,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         raise CodecError("--opus needs opusenc/opusdec: install the Debian package opus-tools")
     entropy = None
     if args.entropy:
-        table = args.entropy_table or (entropy_table_path(codec.encoder_checkpoint) if codec.encoder_checkpoint else None)
+        table = args.entropy_table
+        if not table and codec.encoder_checkpoint:
+            table = entropy_table_path(codec.encoder_checkpoint)
         entropy = load_entropy_model(codec, table)
     files = test_files(args.test, args.max_files)
     out = Path(args.out)
@@ -187,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "model": codec.name, "test": args.test, "files": len(rows), "seconds": seconds,
         "codebooks": codebooks, "opus_kbps": opus_rates, "entropy": entropy is not None,
+        "precision": args.precision,
         "command": " ".join(["python", "bin/model_report.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     report = {"settings": settings, "summary": lines, "files": rows}

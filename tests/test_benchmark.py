@@ -8,10 +8,9 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from bin.benchmark import count_conv_flops, main, random_codec
 import torch.nn.functional as F
 
+from bin.benchmark import count_conv_flops, main, random_codec
 from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, PackedConv, reset_streaming
 from tests.conftest import REPO
 from utils.audiodec import StreamingCodec

@@ -1,0 +1,88 @@
+"""bin/model_report.py: per-codebook table, entropy-coded bitrate with identical codes, JSON and markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bin.model_report import main
+from tests.conftest import OFFICIAL, official_path
+from utils.audiodec import StreamingCodec
+from utils.entropy import EntropyModel
+from utils.errors import CodecError
+from utils.registry import get_entry, resolve
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> SimpleNamespace:
+    """vctk_sym (bundled official-format weights) plus an entropy table fitted on one file's codes."""
+    encoder, decoder = resolve(get_entry("vctk_sym"), OFFICIAL)
+    codec = StreamingCodec.from_checkpoints(encoder, decoder)
+    audio, _ = sf.read(official_path("input", "test_48k.wav"), dtype="float32")
+    codes, _ = codec.code(codec.streams_from_audio(audio[:, None]))
+    table = tmp_path_factory.mktemp("table") / "model.entropy"
+    EntropyModel.fit([codes[0].numpy()], codec.codebook_size).save(table)
+    args = ["--encoder", encoder, "--decoder", decoder, "--entropy_table", str(table), "--cuda", "-1",
+            "--num_threads", "1"]
+    return SimpleNamespace(args=args, codec=codec)
+
+
+@pytest.fixture(scope="module")
+def test_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("test")
+    audio, rate = sf.read(official_path("input", "test_48k.wav"), dtype="float32")
+    sf.write(folder / "a.wav", audio[: rate], rate, "PCM_16")
+    (folder / "sub").mkdir()
+    sf.write(folder / "sub" / "b.wav", audio[rate: 2 * rate + 150], rate, "PCM_16")
+    return folder
+
+
+def test_report_lists_every_codebook_count_with_entropy_bitrate(model, test_dir, tmp_path) -> None:
+    out = tmp_path / "report"
+    codebooks = f"{model.codec.n_codebooks},2"
+    assert main([*model.args, "--test", str(test_dir), "--codebooks", codebooks, "--entropy", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["files"] == 2 and report["settings"]["codebooks"] == [model.codec.n_codebooks, 2]
+    assert [row["file"] for row in report["files"]] == ["a.wav", "sub/b.wav"]
+    summary = {line["system"]: line for line in report["summary"]}
+    codec = model.codec
+    k = codec.n_codebooks
+    full, two = summary[f"custom K={k}"], summary["custom K=2"]
+    assert full["kbps"] == pytest.approx(codec.bitrate() / 1000)
+    assert two["kbps"] == pytest.approx(codec.bitrate(2) / 1000)
+    seconds = report["settings"]["seconds"]
+    bits_per_frame = k * math.ceil(math.log2(codec.codebook_size))
+    frames = [math.ceil(row["seconds"] * codec.sample_rate / codec.hop_length) for row in report["files"]]
+    expected_raw = sum(math.ceil(f * bits_per_frame / 8) * 8 for f in frames) / seconds / 1000
+    assert full["raw_payload_kbps"] == pytest.approx(expected_raw)
+    # The table was fitted on these very codes: coding them costs less than the raw 10 bits each.
+    assert 0 < full["entropy_kbps"] < full["raw_payload_kbps"]
+    for line in (full, two):
+        assert 1.0 <= line["pesq_wb"] <= 4.7 and -1 <= line["stoi"] <= 1 and np.isfinite(line["log_mel_distance"])
+    table = (out / "report.md").read_text()
+    assert f"| custom K={k} | {codec.bitrate() / 1000:.3f} |" in table and "entropy-coded kbps" in table
+
+
+def test_bf16_receiver_is_labelled(model, test_dir, tmp_path) -> None:
+    out = tmp_path / "bf16"
+    assert main([*model.args, "--test", str(test_dir), "--max_files", "1", "--precision", "bf16",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["files"] == 1 and report["summary"][0]["system"] == "custom bf16 K=8"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--codebooks", "99"], "has 1.."), (["--codebooks", "x"], "comma-separated"),
+     (["--test", "/nonexistent"], "not found")],
+)
+def test_bad_arguments_are_one_line_errors(model, test_dir, tmp_path, extra, message) -> None:
+    argv = [*model.args, "--test", str(test_dir), "--out", str(tmp_path / "r"), *extra]
+    with pytest.raises(CodecError, match=message):
+        main(argv)
+    assert not (tmp_path / "r" / "report.json").exists()
