@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opus", default="", help="Opus bitrates in kbps to score beside, e.g. 12.8,6.4")
     parser.add_argument("--entropy", action="store_true", help="measure the entropy-coded bitrate too")
     parser.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
+    parser.add_argument("--every", type=int, default=1, help="score every N-th file only (a spread-out subset)")
     parser.add_argument("--max_files", type=int, default=0, help="score only the first N files (0 = all)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                         help="receiver precision (bf16: the decoder's convolutions in bfloat16)")
@@ -70,13 +71,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_files(folder: str, max_files: int) -> list[Path]:
+def test_files(folder: str, max_files: int, every: int = 1) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise CodecError(f"test folder {folder} not found: build the corpus with python -m utils.prepare_demo_corpus")
     files = sorted(path for path in root.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
     if not files:
         raise CodecError(f"no audio files under {folder}")
+    if every < 1:
+        raise CodecError(f"--every {every}: give 1 or more")
+    files = files[::every]
     return files[:max_files] if max_files > 0 else files
 
 
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if not table and codec.encoder_checkpoint:
             table = entropy_table_path(codec.encoder_checkpoint)
         entropy = load_entropy_model(codec, table)
-    files = test_files(args.test, args.max_files)
+    files = test_files(args.test, args.max_files, args.every)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()

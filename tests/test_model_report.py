@@ -86,3 +86,19 @@ def test_bad_arguments_are_one_line_errors(model, test_dir, tmp_path, extra, mes
     with pytest.raises(CodecError, match=message):
         main(argv)
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_learning_curve_has_one_row_per_checkpoint_in_step_order(test_dir, tmp_path) -> None:
+    from bin.learning_curve import main as curve_main
+
+    folder = official_path("exp", "autoencoder", "symAD_c16_vctk_48000_hop320")
+    late, early = f"{folder}/checkpoint-1000000steps.pkl", f"{folder}/checkpoint-500000steps.pkl"
+    out = tmp_path / "curve"
+    assert curve_main([late, early, "--test", str(test_dir), "--max_files", "1", "--offset", "10",
+                       "--num_threads", "1", "--out", str(out)]) == 0
+    rows = json.loads((out / "curve.json").read_text())
+    assert [row["steps"] for row in rows] == [500010, 1000010]
+    assert all(row["files"] == 1 and 1.0 <= row["pesq_wb"] <= 4.7 for row in rows)
+    assert "| 500010 |" in (out / "curve.md").read_text()
+    with pytest.raises(CodecError, match="checkpoint-<N>steps.pkl"):
+        curve_main([str(test_dir / "a.wav"), "--test", str(test_dir), "--out", str(out)])
