@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_files", type=int, default=0, help="score only the first N files (0 = all)")
     parser.add_argument("--offset", type=int, default=0, help="steps to add to each checkpoint's count")
     parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a checkpoint's earlier report (<out>/steps<N>/report.json) if it has one")
     parser.add_argument("--out", required=True, help="folder for curve.json and curve.md")
     return parser.parse_args(argv)
 
@@ -51,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     for checkpoint in checkpoints:
         steps = checkpoint_steps(checkpoint) + args.offset
         folder = out / f"steps{steps}"
-        model_report.main([
-            "--encoder", checkpoint, "--decoder", checkpoint, "--test", args.test, "--every", str(args.every),
-            "--max_files", str(args.max_files), "--cuda", "-1", "--num_threads", str(args.num_threads),
-            "--out", str(folder),
-        ])
+        if not (args.reuse and (folder / "report.json").is_file()):
+            model_report.main([
+                "--encoder", checkpoint, "--decoder", checkpoint, "--test", args.test, "--every", str(args.every),
+                "--max_files", str(args.max_files), "--cuda", "-1", "--num_threads", str(args.num_threads),
+                "--out", str(folder),
+            ])
         report = json.loads((folder / "report.json").read_text())
         summary = report["summary"][0]
         rows.append({"steps": steps, "checkpoint": checkpoint, "files": report["settings"]["files"],
