@@ -40,6 +40,7 @@ from utils.cli import (  # noqa: E402
 )
 from utils.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
+from utils.files import publish  # noqa: E402
 from utils.metrics import AUDIO_SUFFIXES, METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 
@@ -167,7 +168,7 @@ def _write_atomic(path: Path, text: str) -> None:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(handle, "w") as stream:
         stream.write(text)
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import soundfile as sf
 import soxr
 
 from utils.errors import CodecError
+from utils.files import publish
 
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
@@ -45,7 +46,7 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
     os.close(handle)
     try:
         sf.write(tmp, data, rate, subtype)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from utils.errors import CodecError
+from utils.files import publish
 
 MAGIC = b"ADCB"
 FORMAT_VERSION = 1
@@ -351,7 +352,7 @@ def write_adc(
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -20,6 +20,7 @@ from torch import nn
 from layers.weight_norm import fold_weight_norm, from_original_keys, has_weight_norm, to_original_keys
 from models.registry import generator_class
 from utils.errors import CodecError
+from utils.files import publish
 
 
 def config_path_for(checkpoint: str) -> str:
@@ -122,7 +123,7 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(buffer.getvalue())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -24,6 +24,7 @@ from itertools import cycle
 import numpy as np
 
 from utils.bitstream import BitstreamError, short_hash
+from utils.files import publish
 
 TABLE_MAGIC = b"ADCE"
 TABLE_VERSION = 1
@@ -236,7 +237,7 @@ class EntropyModel:
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(self.to_bytes())
-            os.replace(tmp, path)
+            publish(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
