@@ -21,6 +21,7 @@ import re  # noqa: E402
 from bin import model_report  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
+from utils.files import write_text_atomic  # noqa: E402
 from utils.metrics import METRIC_LABELS, METRIC_NAMES  # noqa: E402
 
 
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = ["" if row[name] is None else f"{row[name]:.3f}" for name in METRIC_NAMES]
         lines.append(f"| {row['steps']} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    (out / "curve.json").write_text(json.dumps(rows, indent=1))
-    (out / "curve.md").write_text(f"{rows[0]['files']} files of `{args.test}` (every {args.every}-th)\n\n{table}\n")
+    write_text_atomic(out / "curve.json", json.dumps(rows, indent=1))
+    title = f"{rows[0]['files']} files of `{args.test}` (every {args.every}-th)"
+    write_text_atomic(out / "curve.md", f"{title}\n\n{table}\n")
     print(table)
     return 0
 

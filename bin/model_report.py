@@ -21,8 +21,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -40,7 +38,7 @@ from utils.cli import (  # noqa: E402
 )
 from utils.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
-from utils.files import publish  # noqa: E402
+from utils.files import write_text_atomic  # noqa: E402
 from utils.metrics import AUDIO_SUFFIXES, METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 
@@ -164,13 +162,6 @@ def _finite(value):
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    publish(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -213,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "bin/model_report.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     report = {"settings": settings, "summary": lines, "files": rows}
-    _write_atomic(out / "report.json", json.dumps(_finite(report), indent=1))
-    _write_atomic(out / "report.md", f"{len(rows)} files, {seconds / 60:.1f} min of `{args.test}`\n\n{table}\n")
+    write_text_atomic(out / "report.json", json.dumps(_finite(report), indent=1))
+    write_text_atomic(out / "report.md", f"{len(rows)} files, {seconds / 60:.1f} min of `{args.test}`\n\n{table}\n")
     print(table)
     return 0
 

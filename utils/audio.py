@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from utils.errors import CodecError
-from utils.files import publish
+from utils.files import atomic_output
 
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
@@ -42,14 +41,8 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
     if not os.path.isdir(folder):
         raise CodecError(f"output folder {folder} does not exist: create it first")
     suffix = os.path.splitext(path)[1] or ".wav"
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    os.close(handle)
     try:
-        sf.write(tmp, data, rate, subtype)
-        publish(tmp, path)
-    except BaseException as error:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(error, (sf.LibsndfileError, ValueError, TypeError)):
-            raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
-        raise
+        with atomic_output(path, suffix) as tmp:
+            sf.write(tmp, data, rate, subtype)
+    except (sf.LibsndfileError, ValueError, TypeError) as error:
+        raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None

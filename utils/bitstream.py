@@ -11,14 +11,13 @@ import dataclasses
 import hashlib
 import os
 import struct
-import tempfile
 import zlib
 from typing import Protocol
 
 import numpy as np
 
 from utils.errors import CodecError
-from utils.files import publish
+from utils.files import write_bytes_atomic
 
 MAGIC = b"ADCB"
 FORMAT_VERSION = 1
@@ -348,15 +347,7 @@ def write_adc(
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(folder):
         raise BitstreamError(f"output folder {folder} does not exist: create it first")
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".adc")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data, suffix=".adc")
     return decode_header(data)
 
 

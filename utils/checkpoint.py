@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 from layers.weight_norm import fold_weight_norm, from_original_keys, has_weight_norm, to_original_keys
 from models.registry import generator_class
 from utils.errors import CodecError
-from utils.files import publish
+from utils.files import write_bytes_atomic
 
 
 def config_path_for(checkpoint: str) -> str:
@@ -119,12 +118,4 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     os.makedirs(folder, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pkl")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(buffer.getvalue())
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, buffer.getvalue(), suffix=".pkl")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Sequence
 from itertools import cycle
@@ -24,7 +23,7 @@ from itertools import cycle
 import numpy as np
 
 from utils.bitstream import BitstreamError, short_hash
-from utils.files import publish
+from utils.files import write_bytes_atomic
 
 TABLE_MAGIC = b"ADCE"
 TABLE_VERSION = 1
@@ -232,16 +231,7 @@ class EntropyModel:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the table atomically (temp file beside `path`, then rename)."""
-        folder = os.path.dirname(os.path.abspath(path)) or "."
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".adce")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(self.to_bytes())
-            publish(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_bytes_atomic(path, self.to_bytes(), suffix=".adce")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EntropyModel:

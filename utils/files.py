@@ -1,8 +1,11 @@
-"""Publishing a finished temp file under its final name."""
+"""Writing outputs atomically: a temp file beside the target, renamed into place once complete."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 
 
 def default_file_mode() -> int:
@@ -12,11 +15,34 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Rename a fully written temp file to `path`, with ordinary permissions.
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yield a temp file path in `path`'s folder; when the block ends without error, rename it to `path`.
 
-    `tempfile.mkstemp` creates files readable by their owner only; outputs (audio, .adc files,
-    checkpoints) are meant to be shared like any file the user writes, so the umask's mode is set first.
+    The target is never half-written: on any error the temp file is removed and `path` is untouched.
+    `tempfile.mkstemp` makes files readable by their owner only; outputs (audio, .adc files,
+    checkpoints) are meant to be shared like any file the user writes, so the umask's mode is set
+    before the rename.
     """
-    os.chmod(tmp, default_file_mode())
-    os.replace(tmp, path)
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    os.close(handle)
+    try:
+        yield tmp
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, suffix: str = "") -> None:
+    """Write `data` to `path` through :func:`atomic_output`."""
+    with atomic_output(path, suffix) as tmp, open(tmp, "wb") as stream:
+        stream.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through :func:`atomic_output`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
