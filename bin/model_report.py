@@ -26,9 +26,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dataloader.audio_files import find_audio_files  # noqa: E402
 from utils.audio import read_audio  # noqa: E402
 from utils.audiodec import PRECISIONS, StreamingCodec  # noqa: E402
-from utils.bitstream import decode_adc, encode_adc  # noqa: E402
 from utils.cli import (  # noqa: E402
     add_model_arguments,
     add_runtime_arguments,
@@ -39,7 +39,7 @@ from utils.cli import (  # noqa: E402
 from utils.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
-from utils.metrics import AUDIO_SUFFIXES, METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
+from utils.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def test_files(folder: str, max_files: int, every: int = 1) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise CodecError(f"test folder {folder} not found: build the corpus with python -m utils.prepare_demo_corpus")
-    files = sorted(path for path in root.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
+    files = find_audio_files(root)
     if not files:
         raise CodecError(f"no audio files under {folder}")
     if every < 1:
@@ -96,10 +96,13 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
     reference = data.mean(axis=1).astype(np.float32)
     streams = codec.streams_from_audio(reference[:, None])
     row: dict = {"file": str(path.relative_to(root)), "seconds": len(reference) / rate}
-    codes, _ = codec.code(streams)
+    codes, full = codec.code(streams)  # all codebooks: also the K = n_codebooks decode
     for k in codebooks:
-        codec.reset(1)
-        decoded = codec.decode(codes[:, :k])[0, 0, : len(reference)].cpu().numpy()
+        if k == codec.n_codebooks:
+            decoded = full[0, 0].cpu().numpy()
+        else:
+            codec.reset(1)
+            decoded = codec.decode(codes[:, :k])[0, 0, : len(reference)].cpu().numpy()
         row.update({f"K{k}_{name}": value for name, value in evaluate_pair(reference, decoded, rate).items()})
     for kbps in opus_rates:
         result = opus_roundtrip(reference, rate, bitrate_kbps=kbps)
@@ -109,14 +112,12 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
     if entropy is not None:
         array = codes.cpu().numpy()
         for k in codebooks:
-            header = stream_header(codec, 1, len(reference), k)
-            raw = encode_adc(header, array[:, :k])
-            packed = encode_adc(header, array[:, :k], entropy)
-            _, back = decode_adc(packed, entropy)
-            if not np.array_equal(back, array[:, :k]):
+            kept = array[:, :k]
+            payload = entropy.encode(kept)  # what `codec.py encode --entropy` stores as the payload
+            if not np.array_equal(entropy.decode(payload, *kept.shape), kept):
                 raise CodecError(f"{path}: entropy-coded codes did not decode to the same codes (K={k})")
-            row[f"K{k}_raw_payload_bits"] = 8 * header.raw_payload_bytes
-            row[f"K{k}_entropy_payload_bits"] = 8 * (len(packed) - (len(raw) - header.raw_payload_bytes))
+            row[f"K{k}_raw_payload_bits"] = 8 * stream_header(codec, 1, len(reference), k).raw_payload_bytes
+            row[f"K{k}_entropy_payload_bits"] = 8 * len(payload)
     return row
 
 
