@@ -125,10 +125,7 @@ class PackedConv:
     def _tune(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> str:
         """The fastest formulation for x: candidates timed in turn (round robin, so that a slow
         moment of the machine hits all of them), best of `TUNE_REPEATS` rounds each."""
-        names = [
-            name for name in self.FORMULATIONS
-            if name != "onednn" or (_ONEDNN and x.dtype in (torch.float32, torch.bfloat16))
-        ]
+        names = [name for name in self.FORMULATIONS if name != "onednn" or _ONEDNN]
         runs = {name: getattr(self, "_" + name) for name in names}
         for run in runs.values():
             run(x, stride, dilation, groups)  # first call: packing and allocation, not timed
