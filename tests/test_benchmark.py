@@ -34,8 +34,10 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
     assert main(argv) == 0
     result = json.loads(out.read_text())
     for key in ("rtf_encode", "rtf_decode", "rtf_total", "enc_median_ms", "dec_median_ms", "enc_p95_ms",
-                "dec_p95_ms", "rtf_whole_file", "gflop_per_audio_second_encode", "gemm_gflops"):
+                "dec_p95_ms", "rtf_whole_file", "rtf_whole_file_encode", "rtf_whole_file_decode",
+                "machine_fraction_whole_file_decode", "gflop_per_audio_second_encode", "gemm_gflops"):
         assert np.isfinite(result[key]) and result[key] > 0, key
+    assert result["rtf_whole_file"] == pytest.approx(result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"])
 
 
 def test_flop_count_matches_hand_count() -> None:

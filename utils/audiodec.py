@@ -27,6 +27,10 @@ from utils.errors import CodecError
 from utils.registry import get_entry, resolve
 
 WARMUP_SAMPLES = 8192
+# Inputs longer than this many frames run through the streaming path in blocks of it: the result is
+# the same (Contract 2), and activations of a 0.5 s block stay in cache where a whole file's do not
+# (v1 whole-file decode of 10 s: RTF 1.36 in one pass, 0.61 in 80-frame blocks; docs/performance.md).
+BLOCK_FRAMES = 80
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -163,19 +167,30 @@ class StreamingCodec:
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Transmitter: waveform chunk (B, C, T), T a multiple of the hop -> codes (B, K, T / hop)."""
+        """Transmitter: waveform chunk (B, C, T), T a multiple of the hop -> codes (B, K, T / hop).
+
+        A chunk longer than `BLOCK_FRAMES` frames is coded block by block (same codes, faster)."""
         if x.shape[-1] % self.hop_length:
             raise CodecError(f"chunk of {x.shape[-1]} samples is not a multiple of the hop ({self.hop_length})")
         self._check_batch(x.shape[0])
-        return self.encoder.quantize(self.encoder.encode(x.to(self.device, torch.float32)))
+        x = x.to(self.device, torch.float32)
+        block = BLOCK_FRAMES * self.hop_length
+        blocks = [x[..., start:start + block] for start in range(0, x.shape[-1], block)] or [x]
+        codes = [self.encoder.quantize(self.encoder.encode(chunk)) for chunk in blocks]
+        return codes[0] if len(codes) == 1 else torch.cat(codes, dim=-1)
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Receiver: codes (B, K', frames), K' <= K -> waveform chunk (B, C_out, frames * hop)."""
+        """Receiver: codes (B, K', frames), K' <= K -> waveform chunk (B, C_out, frames * hop).
+
+        More than `BLOCK_FRAMES` frames are decoded block by block (same waveform to float rounding)."""
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_codebooks:
             raise CodecError(f"codes must be (streams, 1..{self.n_codebooks}, frames), got {tuple(codes.shape)}")
         self._check_batch(codes.shape[0])
-        return self._decode_latent(self.encoder.lookup(codes.to(self.device)))
+        codes = codes.to(self.device)
+        blocks = [codes[..., start:start + BLOCK_FRAMES] for start in range(0, codes.shape[-1], BLOCK_FRAMES)]
+        y = [self._decode_latent(self.encoder.lookup(block)) for block in blocks or [codes]]
+        return y[0] if len(y) == 1 else torch.cat(y, dim=-1)
 
     def code(self, x: torch.Tensor, n_codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-signal pass from a fresh warmed-up state: x (B, C, T) -> (codes, y (B, C_out, T)).
