@@ -35,13 +35,21 @@ class VectorQuantize(nn.Module):
         """The code vectors, (codebook_size, dim)."""
         return self.embed.t()
 
+    def _embed_norm(self) -> torch.Tensor:
+        """|code|^2 per code (1, size); cached outside training while `embed` is unchanged (a streaming
+        chunk of a few frames would otherwise spend more on this than on the search)."""
+        if self.training or torch.is_grad_enabled():
+            return self.embed.pow(2).sum(0, keepdim=True)
+        cached = getattr(self, "_norm_cache", None)
+        if cached is None or cached[0] is not self.embed or cached[1] != self.embed._version:
+            with torch.inference_mode(False), torch.no_grad():
+                norm = self.embed.pow(2).sum(0, keepdim=True)
+            cached = self._norm_cache = (self.embed, self.embed._version, norm)
+        return cached[2]
+
     def nearest(self, flatten: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of `flatten` (N, dim) -> (N,)."""
-        dist = (
-            flatten.pow(2).sum(1, keepdim=True)
-            - 2 * flatten @ self.embed
-            + self.embed.pow(2).sum(0, keepdim=True)
-        )
+        dist = flatten.pow(2).sum(1, keepdim=True) - 2 * flatten @ self.embed + self._embed_norm()
         return (-dist).max(1).indices
 
     def _ema_update(self, flatten: torch.Tensor, onehot: torch.Tensor) -> None:
@@ -119,6 +127,16 @@ class ResidualVQ(nn.Module):
             codes.append(indices)
         return torch.stack(codes, dim=1)
 
+    def _table(self) -> torch.Tensor:
+        """All codebooks stacked, (num_quantizers * size, dim); cached while no `embed` changes."""
+        key = [(layer.embed, layer.embed._version) for layer in self.layers]
+        cached = getattr(self, "_table_cache", None)
+        if cached is None or any(a is not b or u != v for (a, u), (b, v) in zip(cached[0], key)):
+            with torch.inference_mode(False), torch.no_grad():
+                table = torch.cat([layer.codebook for layer in self.layers])
+            cached = self._table_cache = (key, table)
+        return cached[1]
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Latent from codes (B, K, T), K <= num_quantizers -> (B, T, dim).
 
@@ -127,7 +145,7 @@ class ResidualVQ(nn.Module):
         n_used = codes.shape[1]
         if n_used > self.num_quantizers:
             raise ValueError(f"{n_used} codebooks given but the model has {self.num_quantizers}")
-        table = torch.cat([layer.codebook for layer in self.layers[:n_used]])
+        table = self._table()[: n_used * self.codebook_size]
         offsets = torch.arange(n_used, device=codes.device).view(1, n_used, 1) * self.codebook_size
         rows = F.embedding((codes + offsets).transpose(0, 1), table)
         return rows.sum(dim=0)

@@ -64,3 +64,31 @@ def test_quantizer_dropout_uses_fewer_codebooks() -> None:
     vq = ResidualVQ(num_quantizers=4, dim=3, codebook_size=8).train()
     _, losses, _ = vq(torch.randn(1, 5, 3), n_quantizers=2)
     assert losses.shape == (2,)
+
+
+def test_inference_caches_follow_codebook_changes() -> None:
+    """The cached code norms and stacked table give what a fresh computation gives, and are
+    rebuilt when a codebook changes in place (training, load_state_dict)."""
+    torch.manual_seed(3)
+    rvq = ResidualVQ(num_quantizers=3, dim=4, codebook_size=16).eval()
+    x = torch.randn(2, 9, 4)
+    codes = torch.randint(0, 16, (2, 3, 9))
+
+    def fresh_decode(k: int) -> torch.Tensor:
+        return sum(layer.codebook[codes[:, i]] for i, layer in enumerate(rvq.layers[:k]))
+
+    with torch.inference_mode():
+        first = rvq.encode(x)
+        torch.testing.assert_close(rvq.decode(codes), fresh_decode(3), rtol=0, atol=1e-6)
+        torch.testing.assert_close(rvq.decode(codes[:, :2]), fresh_decode(2), rtol=0, atol=1e-6)
+        assert torch.equal(rvq.encode(x), first)
+    with torch.no_grad():
+        # move the first codebook far away: every code of stage 0 changes meaning
+        rvq.layers[0].embed.add_(10.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(rvq.decode(codes), fresh_decode(3), rtol=0, atol=1e-5)
+        flatten = x.reshape(-1, 4)
+        embed = rvq.layers[0].embed
+        expected = (-(flatten.pow(2).sum(1, keepdim=True) - 2 * flatten @ embed
+                      + embed.pow(2).sum(0, keepdim=True))).max(1).indices
+        assert torch.equal(rvq.layers[0].nearest(flatten), expected)
