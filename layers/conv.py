@@ -186,6 +186,29 @@ def set_tuning(model: nn.Module, enabled: bool) -> None:
             packed.choice = {}
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether (B, C, T) `x` is stored time-major, (B, T, C) in memory, as oneDNN convolutions return it."""
+    return x.shape[1] > 1 and x.stride(1) == 1
+
+
+def cat_time(state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """torch.cat((state, x), dim=-1) for (B, C, *) tensors, kept in x's layout.
+
+    oneDNN convolutions work time-major (channels last) and return their output so; a plain
+    `torch.cat` would store the result channel-major, and the next oneDNN convolution would then
+    transpose it back with one more copy (34 such copies per v1 vocoder chunk)."""
+    if is_channels_last(x):
+        return torch.cat((state.transpose(1, 2), x.transpose(1, 2)), dim=1).transpose(1, 2)
+    return torch.cat((state, x), dim=-1)
+
+
+def repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
+    """x.repeat(1, times, 1) for (B, C, T) `x`, kept in x's layout (see `cat_time`)."""
+    if is_channels_last(x):
+        return x.transpose(1, 2).repeat(1, 1, times).transpose(1, 2)
+    return x.repeat(1, times, 1)
+
+
 class StreamingState:
     """Mixin holding one layer's streaming buffer: the last `pad_length` inputs, (B, C, pad)."""
 
@@ -213,7 +236,7 @@ class StreamingState:
         pad = self.pad_length
         if pad == 0:
             return x
-        x = torch.cat((self._state.to(x.dtype), x), dim=-1)
+        x = cat_time(self._state.to(x.dtype), x)
         self._state = x[:, :, -pad:]
         return x
 
@@ -386,6 +409,9 @@ class CausalConvTranspose1d(StreamingState, NonCausalConvTranspose1d):
             phases = self._packed.run(
                 x, deconv.weight, deconv.bias, 1, 1, 1, self.compute_dtype, transform=self._phase_weights
             )
+            if is_channels_last(phases):  # interleave in the time-major layout the next conv reads
+                phases = phases.transpose(1, 2).reshape(batch, frames, -1, self.stride).transpose(2, 3)
+                return phases.reshape(batch, frames * self.stride, -1).transpose(1, 2)
             return phases.view(batch, -1, self.stride, frames).transpose(2, 3).reshape(batch, -1, frames * self.stride)
         return self._crop(self.deconv(x))
 

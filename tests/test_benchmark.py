@@ -11,7 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from bin.benchmark import count_conv_flops, main, random_codec
-from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, PackedConv, reset_streaming
+from layers.conv import (
+    CausalConv1d,
+    CausalConvTranspose1d,
+    Conv1d1x1,
+    PackedConv,
+    cat_time,
+    is_channels_last,
+    repeat_channels,
+    reset_streaming,
+    set_tuning,
+)
 from tests.conftest import REPO
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
@@ -70,6 +80,42 @@ def test_packed_step_equals_reference_conv(layer: torch.nn.Module) -> None:
     with torch.inference_mode():
         fast = layer.step(x)
     torch.testing.assert_close(fast, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("time_major", [False, True], ids=["channel_major", "time_major"])
+@pytest.mark.parametrize("tuned", [False, True], ids=["onednn", "tuned"])
+@pytest.mark.parametrize(
+    "layer",
+    [CausalConv1d(6, 6, kernel_size=7, dilation=3), CausalConvTranspose1d(6, 4, kernel_size=10, stride=5)],
+    ids=["dilated", "transposed"],
+)
+def test_streams_in_either_memory_layout(layer: torch.nn.Module, tuned: bool, time_major: bool) -> None:
+    """oneDNN returns time-major (channels-last) tensors and the streaming path keeps that layout
+    (state concatenation, transposed-conv interleave); chunks in either layout give the plain step's output."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 6, 60)
+    chunks = [x[..., i:i + 20] for i in (0, 20, 40)]
+    reset_streaming(layer, 2)
+    expected = torch.cat([layer.step(chunk) for chunk in chunks], dim=-1)  # autograd on: plain torch conv
+    if time_major:
+        chunks = [chunk.transpose(1, 2).contiguous().transpose(1, 2) for chunk in chunks]
+        assert all(is_channels_last(chunk) for chunk in chunks)
+    set_tuning(layer, tuned)
+    reset_streaming(layer, 2)
+    with torch.inference_mode():
+        outputs = [layer.step(chunk) for chunk in chunks]
+    torch.testing.assert_close(torch.cat(outputs, dim=-1), expected, rtol=0, atol=1e-5)
+    if not tuned:  # always oneDNN: its time-major output is passed on as such
+        assert all(is_channels_last(out) for out in outputs)
+
+
+def test_layout_keeping_helpers_match_torch() -> None:
+    state, x = torch.randn(2, 5, 3), torch.randn(2, 7, 5).transpose(1, 2)
+    for chunk in (x, x.contiguous()):
+        assert torch.equal(cat_time(state, chunk), torch.cat((state, chunk), dim=-1))
+        assert torch.equal(repeat_channels(chunk, 3), chunk.repeat(1, 3, 1))
+    assert is_channels_last(cat_time(state, x)) and is_channels_last(repeat_channels(x, 3))
+    assert not is_channels_last(cat_time(state, x.contiguous()))
 
 
 @pytest.mark.parametrize("formulation", PackedConv.FORMULATIONS)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from layers.activation import get_activation
-from layers.conv import CausalConv1d, Conv1d1x1
+from layers.conv import CausalConv1d, Conv1d1x1, repeat_channels
 
 
 class HiFiGANResidualBlock(nn.Module):
@@ -126,4 +126,4 @@ class MultiGroupConv1d(HiFiGANResidualBlock):
         return self.conv_out(super().forward(x.repeat(1, self.groups, 1)))
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out.step(super().step(x.repeat(1, self.groups, 1)))
+        return self.conv_out.step(super().step(repeat_channels(x, self.groups)))
