@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
 from layers.weight_norm import fold_weight_norm  # noqa: E402
-from utils.audiodec import PRECISIONS, StreamingCodec  # noqa: E402
+from utils.audiodec import BACKENDS, PRECISIONS, StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 
@@ -139,7 +139,8 @@ def _build(config_path: str) -> tuple[nn.Module, dict]:
 
 @torch.no_grad()
 def random_codec(
-    autoencoder_config: str, vocoder_config: str | None = None, seed: int = 0, precision: str = "fp32"
+    autoencoder_config: str, vocoder_config: str | None = None, seed: int = 0, precision: str = "fp32",
+    backend: str = "torch",
 ) -> tuple[StreamingCodec, dict[str, list[float]]]:
     """A full-size codec with calibrated random weights; also the conv-output RMS per model."""
     torch.manual_seed(seed)
@@ -167,7 +168,7 @@ def random_codec(
         rms["vocoder"] = conv_output_rms(decoder, lambda: decoder(zq))
     else:
         decoder = _SymmetricDecoder(autoencoder)
-    codec = StreamingCodec(autoencoder, decoder, sample_rate, name="random", precision=precision)
+    codec = StreamingCodec(autoencoder, decoder, sample_rate, name="random", precision=precision, backend=backend)
     return codec, rms
 
 
@@ -289,6 +290,7 @@ def benchmark(codec: StreamingCodec, frame_size: int, seconds: float, whole_file
     result = {
         "model": codec.name,
         "precision": codec.precision,
+        "backend": codec.backend,
         "threads": torch.get_num_threads(),
         "frame_size": frame_size,
         "seconds": x.shape[-1] / codec.sample_rate,
@@ -320,7 +322,8 @@ def benchmark(codec: StreamingCodec, frame_size: int, seconds: float, whole_file
 
 def format_report(result: dict) -> str:
     lines = [
-        f"model {result['model']}  precision {result['precision']}  threads {result['threads']}  "
+        f"model {result['model']}  precision {result['precision']}  backend {result.get('backend', 'torch')}  "
+        f"threads {result['threads']}  "
         f"chunk {result['frame_size']}  audio {result['seconds']:.1f} s",
         f"measured fp32 GEMM rate: {result['gemm_gflops']:.0f} GFLOP/s",
     ]
@@ -351,6 +354,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream (default 10)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="conv compute precision")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="receiver backend: torch (default) or onnxruntime (the transmitter is always torch)")
     parser.add_argument("--no-whole-file", action="store_true", help="skip the whole-file timing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
@@ -366,9 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     if args.model:
-        codec = StreamingCodec.from_name(args.model, root=args.root, precision=args.precision)
+        codec = StreamingCodec.from_name(args.model, root=args.root, precision=args.precision, backend=args.backend)
     else:
-        codec, rms = random_codec(args.autoencoder, args.vocoder, seed=args.seed, precision=args.precision)
+        codec, rms = random_codec(
+            args.autoencoder, args.vocoder, seed=args.seed, precision=args.precision, backend=args.backend
+        )
         for part, values in rms.items():
             logging.info(
                 "%s conv output RMS: min %.3f  median %.3f  max %.3f (%d convs)",

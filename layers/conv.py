@@ -70,9 +70,11 @@ class PackedConv:
 
     @staticmethod
     def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether the cached path applies: CPU float32 input, no autograd."""
+        """Whether the cached path applies: CPU float32 input, no autograd, not being traced (an
+        ONNX export records the plain convolution)."""
         return (
-            x.device.type == "cpu"
+            not torch.jit.is_tracing()
+            and x.device.type == "cpu"
             and x.dtype == torch.float32
             and not (torch.is_grad_enabled() and weight.requires_grad)
         )

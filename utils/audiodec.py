@@ -32,6 +32,7 @@ WARMUP_SAMPLES = 8192
 # (v1 whole-file decode of 10 s: RTF 1.36 in one pass, 0.61 in 80-frame blocks; docs/performance.md).
 BLOCK_FRAMES = 80
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BACKENDS = ("torch", "onnxruntime")
 
 
 def _expand_streams(model: nn.Module, batch_size: int) -> None:
@@ -56,9 +57,14 @@ class StreamingCodec:
         name: str = "custom",
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        backend: str = "torch",
     ) -> None:
         if precision not in PRECISIONS:
             raise CodecError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
+        if backend not in BACKENDS:
+            raise CodecError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+        if backend != "torch" and (precision != "fp32" or torch.device(device).type != "cpu"):
+            raise CodecError(f"the {backend} backend runs fp32 on the CPU: use --precision fp32 and the CPU")
         if encoder.hop_length != decoder.hop_length:
             raise CodecError(
                 f"encoder hop {encoder.hop_length} and decoder hop {decoder.hop_length} differ: pick a matching pair"
@@ -82,7 +88,14 @@ class StreamingCodec:
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
         self.n_codebooks = encoder.n_codebooks
         self.codebook_size = encoder.codebook_size
+        # The receiver's step: torch (eager, per-shape tuned convolutions) or the same step traced
+        # into ONNX Runtime (utils/onnx_receiver.py). The transmitter always runs in torch.
+        self.backend = backend
         self._decode_latent = decoder.decode
+        if backend == "onnxruntime":
+            from utils.onnx_receiver import OnnxReceiver
+
+            self._decode_latent = OnnxReceiver(self.decoder, decoder.decode)
         self.batch_size = 0
         self.encoder_checkpoint: str | None = None
 
@@ -94,6 +107,7 @@ class StreamingCodec:
         device: str = "cpu",
         name: str = "custom",
         precision: str = "fp32",
+        backend: str = "torch",
     ) -> StreamingCodec:
         """Load a codec from two checkpoints in the original format (config.yml beside each)."""
         encoder, encoder_config = load_generator(encoder_checkpoint)
@@ -106,20 +120,21 @@ class StreamingCodec:
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
         decoder, _ = load_generator(decoder_checkpoint)
         codec = cls(
-            encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device, precision=precision
+            encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device, precision=precision,
+            backend=backend,
         )
         codec.encoder_checkpoint = encoder_checkpoint
         return codec
 
     @classmethod
     def from_name(
-        cls, name: str, root: str | None = None, device: str = "cpu", precision: str = "fp32"
+        cls, name: str, root: str | None = None, device: str = "cpu", precision: str = "fp32", backend: str = "torch"
     ) -> StreamingCodec:
         """Load a registered model (see utils.registry) from `root` (a folder holding exp/)."""
         entry = get_entry(name)
         encoder_checkpoint, decoder_checkpoint = resolve(entry, root)
         return cls.from_checkpoints(
-            encoder_checkpoint, decoder_checkpoint, device=device, name=name, precision=precision
+            encoder_checkpoint, decoder_checkpoint, device=device, name=name, precision=precision, backend=backend
         )
 
     @property
@@ -152,7 +167,7 @@ class StreamingCodec:
         reset_streaming(self.encoder, 1)
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
-        self._decode_latent(self.encoder.lookup(self.encoder.quantize(self.encoder.encode(silence))))
+        self.decoder.decode(self.encoder.lookup(self.encoder.quantize(self.encoder.encode(silence))))
         _expand_streams(self.encoder, batch_size)
         _expand_streams(self.decoder, batch_size)
         self.batch_size = batch_size
