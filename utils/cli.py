@@ -48,6 +48,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder", help="decoder checkpoint (instead of --model)")
     parser.add_argument("--root", help="folder holding the models' exp/ (default: current folder, then the toolkit)")
     parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
+    parser.add_argument(
+        "--backend", choices=("torch", "onnxruntime"), default="torch",
+        help="receiver backend: torch, or onnxruntime (faster for the symmetric decoder; docs/performance.md)",
+    )
 
 
 def list_models() -> None:
@@ -59,9 +63,10 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
     """The codec that --model or --encoder/--decoder name."""
     if bool(args.encoder) != bool(args.decoder):
         raise CodecError("give both --encoder and --decoder, or neither (and --model)")
+    backend = getattr(args, "backend", "torch")
     if args.encoder:
-        return StreamingCodec.from_checkpoints(args.encoder, args.decoder, device=device)
-    return StreamingCodec.from_name(args.model, root=args.root, device=device)
+        return StreamingCodec.from_checkpoints(args.encoder, args.decoder, device=device, backend=backend)
+    return StreamingCodec.from_name(args.model, root=args.root, device=device, backend=backend)
 
 
 def read_input_for(codec: StreamingCodec, path: str, allow_resample: bool) -> np.ndarray:
