@@ -156,14 +156,16 @@ class StreamingCodec:
 
         With `frame_size` (samples per chunk to come), one silent chunk of that size is coded first,
         so that the convolutions pick their fastest formulation for it now rather than on the
-        first real chunk (see layers.conv.PackedConv); the streams then start afresh.
+        first real chunk (see layers.conv.PackedConv), and an ONNX Runtime receiver builds its
+        session for it (two chunks); the streams then start afresh.
         """
         if frame_size:
             if frame_size % self.hop_length:
                 raise CodecError(f"frame size {frame_size} is not a multiple of the hop ({self.hop_length})")
             self.reset(batch_size)
             silence = torch.zeros(batch_size, self.input_channels, frame_size, device=self.device)
-            self.decode(self.encode(silence))
+            for _ in range(2 if self.backend == "onnxruntime" else 1):  # ORT builds a shape's session on its 2nd call
+                self.decode(self.encode(silence))
         reset_streaming(self.encoder, 1)
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)

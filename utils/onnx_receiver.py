@@ -56,15 +56,21 @@ class OnnxReceiver:
     """Callable latent chunk (B, C, frames) -> waveform chunk, continuing `module`'s streams.
 
     `module`: the receiver (HiFi-GAN vocoder, or an AudioDec generator used as decoder), whose
-    `step(latent)` is the torch streaming step. One ONNX Runtime session per input shape, built
-    on first use (a few seconds) with the current torch thread count.
+    `step(latent)` is the torch streaming step. A shape gets its ONNX Runtime session (a trace and
+    a build, about a second, with the current torch thread count) when it comes a second time:
+    a stream's chunks repeat their shape, whereas the one-off lengths of whole files (every file
+    ends in a different remainder) would each cost a build for one call, so those run in torch.
+    At most `MAX_SESSIONS` sessions are kept (each holds its own copy of the weights).
     """
+
+    MAX_SESSIONS = 4
 
     def __init__(self, module: nn.Module, step: Callable) -> None:
         self.ort = _import_onnxruntime()
         self.module = module
         self.step = step
-        self.sessions: dict[tuple, tuple] = {}
+        self.sessions: dict[tuple, tuple] = {}  # insertion order = least recently used first
+        self.seen: set[tuple] = set()
 
     def _used_layers(self, latent: torch.Tensor) -> list[StreamingState]:
         """The streaming layers whose state one step reads and replaces (an AudioDec generator used
@@ -109,8 +115,13 @@ class OnnxReceiver:
     def __call__(self, latent: torch.Tensor) -> torch.Tensor:
         key = (tuple(latent.shape), torch.get_num_threads())
         if key not in self.sessions:
+            if key not in self.seen:
+                self.seen.add(key)
+                return self.step(latent)
+            if len(self.sessions) >= self.MAX_SESSIONS:
+                del self.sessions[next(iter(self.sessions))]
             self.sessions[key] = self._build(latent)
-        session, names, layers = self.sessions[key]
+        self.sessions[key] = session, names, layers = self.sessions.pop(key)
         for layer in layers:  # streams start in the torch layers, as the torch step would start them
             if layer._state is None:
                 layer.reset_state(latent.shape[0])
