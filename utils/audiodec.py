@@ -35,6 +35,13 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BACKENDS = ("torch", "onnxruntime")
 
 
+def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
+    """run() over consecutive blocks of `size` along x's last axis, outputs joined (one call when x fits)."""
+    if x.shape[-1] <= size:
+        return run(x)
+    return torch.cat([run(x[..., start:start + size]) for start in range(0, x.shape[-1], size)], dim=-1)
+
+
 def _expand_streams(model: nn.Module, batch_size: int) -> None:
     """Copy the (single) warmed-up stream state of every layer into `batch_size` streams."""
     for module in model.modules():
@@ -190,11 +197,10 @@ class StreamingCodec:
         if x.shape[-1] % self.hop_length:
             raise CodecError(f"chunk of {x.shape[-1]} samples is not a multiple of the hop ({self.hop_length})")
         self._check_batch(x.shape[0])
-        x = x.to(self.device, torch.float32)
-        block = BLOCK_FRAMES * self.hop_length
-        blocks = [x[..., start:start + block] for start in range(0, x.shape[-1], block)] or [x]
-        codes = [self.encoder.quantize(self.encoder.encode(chunk)) for chunk in blocks]
-        return codes[0] if len(codes) == 1 else torch.cat(codes, dim=-1)
+        return _in_blocks(
+            lambda block: self.encoder.quantize(self.encoder.encode(block)),
+            x.to(self.device, torch.float32), BLOCK_FRAMES * self.hop_length,
+        )
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -204,10 +210,9 @@ class StreamingCodec:
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_codebooks:
             raise CodecError(f"codes must be (streams, 1..{self.n_codebooks}, frames), got {tuple(codes.shape)}")
         self._check_batch(codes.shape[0])
-        codes = codes.to(self.device)
-        blocks = [codes[..., start:start + BLOCK_FRAMES] for start in range(0, codes.shape[-1], BLOCK_FRAMES)]
-        y = [self._decode_latent(self.encoder.lookup(block)) for block in blocks or [codes]]
-        return y[0] if len(y) == 1 else torch.cat(y, dim=-1)
+        return _in_blocks(
+            lambda block: self._decode_latent(self.encoder.lookup(block)), codes.to(self.device), BLOCK_FRAMES
+        )
 
     def code(self, x: torch.Tensor, n_codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-signal pass from a fresh warmed-up state: x (B, C, T) -> (codes, y (B, C_out, T)).

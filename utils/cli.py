@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from utils.audio import read_audio, resample
-from utils.audiodec import StreamingCodec
+from utils.audiodec import BACKENDS, StreamingCodec
 from utils.errors import CodecError
 from utils.registry import MODELS
 
@@ -49,7 +49,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="folder holding the models' exp/ (default: current folder, then the toolkit)")
     parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
     parser.add_argument(
-        "--backend", choices=("torch", "onnxruntime"), default="torch",
+        "--backend", choices=BACKENDS, default="torch",
         help="receiver backend: torch, or onnxruntime (faster for the symmetric decoder; docs/performance.md)",
     )
 

@@ -69,8 +69,10 @@ class OnnxReceiver:
         self.ort = _import_onnxruntime()
         self.module = module
         self.step = step
-        self.sessions: dict[tuple, tuple] = {}  # insertion order = least recently used first
+        self.sessions: dict[tuple, object] = {}  # insertion order = least recently used first
         self.seen: set[tuple] = set()
+        self.layers: list[StreamingState] = []  # found on the first build; their states are graph inputs
+        self.names: list[str] = []  # graph input names: the latent, then one state per layer
 
     def _used_layers(self, latent: torch.Tensor) -> list[StreamingState]:
         """The streaming layers whose state one step reads and replaces (an AudioDec generator used
@@ -83,13 +85,15 @@ class OnnxReceiver:
             layer._state = state
         return used
 
-    def _build(self, latent: torch.Tensor) -> tuple:
+    def _build(self, latent: torch.Tensor):
         with torch.inference_mode(False), torch.no_grad():
             example = torch.zeros(latent.shape)
-            layers = self._used_layers(example)
+            if not self.names:
+                self.layers = self._used_layers(example)
+                self.names = ["latent"] + [f"state{i}" for i in range(len(self.layers))]
+            layers, names = self.layers, self.names
             saved = [layer._state for layer in layers]
             states = [torch.zeros(state.shape) for state in saved]
-            names = ["latent"] + [f"state{i}" for i in range(len(layers))]
             graph = io.BytesIO()
             try:
                 with warnings.catch_warnings():
@@ -110,7 +114,7 @@ class OnnxReceiver:
         # (encode went from 5 ms to 12 ms per 300-sample chunk, p95 47 ms).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = self.ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
-        return session, names, layers
+        return session
 
     def __call__(self, latent: torch.Tensor) -> torch.Tensor:
         key = (tuple(latent.shape), torch.get_num_threads())
@@ -121,7 +125,8 @@ class OnnxReceiver:
             if len(self.sessions) >= self.MAX_SESSIONS:
                 del self.sessions[next(iter(self.sessions))]
             self.sessions[key] = self._build(latent)
-        self.sessions[key] = session, names, layers = self.sessions.pop(key)
+        self.sessions[key] = session = self.sessions.pop(key)
+        layers, names = self.layers, self.names
         for layer in layers:  # streams start in the torch layers, as the torch step would start them
             if layer._state is None:
                 layer.reset_state(latent.shape[0])
