@@ -70,10 +70,10 @@ class PackedConv:
 
     @staticmethod
     def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether the cached path applies: CPU float32 input, no autograd, not being traced (an
-        ONNX export records the plain convolution)."""
+        """Whether the cached path applies: CPU float32 input, no autograd, not in an ONNX export
+        (which records the plain convolution; a TorchScript trace records the cached path)."""
         return (
-            not torch.jit.is_tracing()
+            not torch.onnx.is_in_onnx_export()
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and not (torch.is_grad_enabled() and weight.requires_grad)
@@ -101,6 +101,8 @@ class PackedConv:
                 self.packed = torch.ops.mkldnn._reorder_convolution_weight(
                     w, [0, 0], [1, stride], [1, dilation], groups, [1, w.shape[1] * groups, 1, 64]
                 )
+        if torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] argument
+            return _scripted_onednn()(x, self.packed, self.bias, stride, dilation, groups)
         y = torch.ops.mkldnn._convolution_pointwise(
             x.unsqueeze(2), self.packed, self.bias, [0, 0], [1, stride], [1, dilation], groups, "none", [], "",
         )
@@ -157,7 +159,7 @@ class PackedConv:
         """
         self._refresh(weight, bias, dtype, transform)
         x = x.to(dtype)
-        batch, channels, length = x.shape
+        batch, channels, length = (int(size) for size in x.shape)  # ints also while tracing (utils/traced_step.py)
         # Streaming chunks are tuned at their exact length; long inputs (whole files) share one
         # choice, tuned on their first TUNE_MAX_LENGTH samples (cost per sample is flat there).
         key = (batch, channels, length if length <= self.TUNE_MAX_LENGTH else -1, torch.get_num_threads())
@@ -168,6 +170,27 @@ class PackedConv:
             else:
                 choice = self.choice[key] = self._tune(x[..., : self.TUNE_MAX_LENGTH], stride, dilation, groups)
         return getattr(self, "_" + choice)(x, stride, dilation, groups).to(torch.float32)
+
+
+def _onednn_conv(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: int, dilation: int, groups: int
+) -> torch.Tensor:
+    """PackedConv's oneDNN call in TorchScript-compilable form (for utils/traced_step.py)."""
+    scalars: list[int | float | complex | None] = []  # the schema's Scalar?[]
+    y = torch.ops.mkldnn._convolution_pointwise(
+        x.unsqueeze(2), packed, bias, [0, 0], [1, stride], [1, dilation], groups, "none", scalars, ""
+    )
+    return y.squeeze(2)
+
+
+_SCRIPTED: list = []
+
+
+def _scripted_onednn():
+    """`_onednn_conv` compiled by TorchScript, on first use (a trace records a call to it)."""
+    if not _SCRIPTED:
+        _SCRIPTED.append(torch.jit.script(_onednn_conv))
+    return _SCRIPTED[0]
 
 
 def _packed_conv(tune: bool = True) -> PackedConv:

@@ -25,6 +25,7 @@ from models.registry import AUTOENCODER_TYPES
 from utils.checkpoint import load_generator, state_hash
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
+from utils.traced_step import TracedStep
 
 WARMUP_SAMPLES = 8192
 # Inputs longer than this many frames run through the streaming path in blocks of it: the result is
@@ -32,7 +33,10 @@ WARMUP_SAMPLES = 8192
 # (v1 whole-file decode of 10 s: RTF 1.36 in one pass, 0.61 in 80-frame blocks; docs/performance.md).
 BLOCK_FRAMES = 80
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-BACKENDS = ("torch", "onnxruntime")
+# torch: each chunk shape's step traced into a TorchScript graph (utils/traced_step.py; same
+# output as eager, less Python per chunk); eager: op by op from Python; onnxruntime: the receiver
+# in ONNX Runtime (utils/onnx_receiver.py), the transmitter as in torch.
+BACKENDS = ("torch", "eager", "onnxruntime")
 
 
 def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
@@ -70,7 +74,7 @@ class StreamingCodec:
             raise CodecError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
             raise CodecError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
-        if backend != "torch" and (precision != "fp32" or torch.device(device).type != "cpu"):
+        if backend == "onnxruntime" and (precision != "fp32" or torch.device(device).type != "cpu"):
             raise CodecError(f"the {backend} backend runs fp32 on the CPU: use --precision fp32 and the CPU")
         if encoder.hop_length != decoder.hop_length:
             raise CodecError(
@@ -95,11 +99,16 @@ class StreamingCodec:
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
         self.n_codebooks = encoder.n_codebooks
         self.codebook_size = encoder.codebook_size
-        # The receiver's step: torch (eager, per-shape tuned convolutions) or the same step traced
-        # into ONNX Runtime (utils/onnx_receiver.py). The transmitter always runs in torch.
+        # The transmitter runs in torch, eager or as TorchScript graphs (the same operations, so
+        # the same codes); the receiver's step is eager, TorchScript, or ONNX Runtime.
         self.backend = backend
+        self._encode_chunk = self._transmit
         self._decode_latent = decoder.decode
-        if backend == "onnxruntime":
+        if backend != "eager":
+            self._encode_chunk = TracedStep(self.encoder, self._transmit)
+        if backend == "torch":
+            self._decode_latent = TracedStep(self.decoder, decoder.decode)
+        elif backend == "onnxruntime":
             from utils.onnx_receiver import OnnxReceiver
 
             self._decode_latent = OnnxReceiver(self.decoder, decoder.decode)
@@ -163,15 +172,15 @@ class StreamingCodec:
 
         With `frame_size` (samples per chunk to come), one silent chunk of that size is coded first,
         so that the convolutions pick their fastest formulation for it now rather than on the
-        first real chunk (see layers.conv.PackedConv), and an ONNX Runtime receiver builds its
-        session for it (two chunks); the streams then start afresh.
+        first real chunk (see layers.conv.PackedConv), and the TorchScript graphs or the ONNX
+        Runtime session for it are built (on a shape's second chunk); the streams then start afresh.
         """
         if frame_size:
             if frame_size % self.hop_length:
                 raise CodecError(f"frame size {frame_size} is not a multiple of the hop ({self.hop_length})")
             self.reset(batch_size)
             silence = torch.zeros(batch_size, self.input_channels, frame_size, device=self.device)
-            for _ in range(2 if self.backend == "onnxruntime" else 1):  # ORT builds a shape's session on its 2nd call
+            for _ in range(1 if self.backend == "eager" else 2):  # graphs and sessions come on a shape's 2nd call
                 self.decode(self.encode(silence))
         reset_streaming(self.encoder, 1)
         reset_streaming(self.decoder, 1)
@@ -197,10 +206,11 @@ class StreamingCodec:
         if x.shape[-1] % self.hop_length:
             raise CodecError(f"chunk of {x.shape[-1]} samples is not a multiple of the hop ({self.hop_length})")
         self._check_batch(x.shape[0])
-        return _in_blocks(
-            lambda block: self.encoder.quantize(self.encoder.encode(block)),
-            x.to(self.device, torch.float32), BLOCK_FRAMES * self.hop_length,
-        )
+        return _in_blocks(self._encode_chunk, x.to(self.device, torch.float32), BLOCK_FRAMES * self.hop_length)
+
+    def _transmit(self, x: torch.Tensor) -> torch.Tensor:
+        """The transmitter's eager step: waveform chunk -> codes."""
+        return self.encoder.quantize(self.encoder.encode(x))
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torch import nn
 
 from layers.conv import StreamingState
 from utils.errors import CodecError
+from utils.traced_step import check_states, used_state_layers
 
 
 def _import_onnxruntime():
@@ -74,22 +75,11 @@ class OnnxReceiver:
         self.layers: list[StreamingState] = []  # found on the first build; their states are graph inputs
         self.names: list[str] = []  # graph input names: the latent, then one state per layer
 
-    def _used_layers(self, latent: torch.Tensor) -> list[StreamingState]:
-        """The streaming layers whose state one step reads and replaces (an AudioDec generator used
-        as decoder also holds its encoder's layers, which the step never touches)."""
-        layers = [m for m in self.module.modules() if isinstance(m, StreamingState) and m.pad_length > 0]
-        saved = [layer._state for layer in layers]
-        self.step(latent)
-        used = [layer for layer, state in zip(layers, saved) if layer._state is not state]
-        for layer, state in zip(layers, saved):
-            layer._state = state
-        return used
-
     def _build(self, latent: torch.Tensor):
         with torch.inference_mode(False), torch.no_grad():
             example = torch.zeros(latent.shape)
             if not self.names:
-                self.layers = self._used_layers(example)
+                self.layers = used_state_layers(self.module, self.step, example)
                 self.names = ["latent"] + [f"state{i}" for i in range(len(self.layers))]
             layers, names = self.layers, self.names
             saved = [layer._state for layer in layers]
@@ -127,13 +117,7 @@ class OnnxReceiver:
             self.sessions[key] = self._build(latent)
         self.sessions[key] = session = self.sessions.pop(key)
         layers, names = self.layers, self.names
-        for layer in layers:  # streams start in the torch layers, as the torch step would start them
-            if layer._state is None:
-                layer.reset_state(latent.shape[0])
-            elif layer._state.shape[0] != latent.shape[0]:
-                raise CodecError(
-                    f"streaming batch changed from {layer._state.shape[0]} to {latent.shape[0]} streams: reset first"
-                )
+        check_states(layers, latent.shape[0])  # streams start in the torch layers, as the torch step starts them
         feed = {names[0]: np.ascontiguousarray(latent.detach().cpu().numpy(), dtype=np.float32)}
         for name, layer in zip(names[1:], layers):
             feed[name] = np.ascontiguousarray(layer._state.detach().cpu().numpy(), dtype=np.float32)

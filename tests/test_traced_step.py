@@ -1,0 +1,115 @@
+"""The TorchScript graphs of the streaming steps compute exactly what the eager steps compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from layers.conv import StreamingState
+from tests.conftest import MANIFEST, official_path
+from utils.audiodec import StreamingCodec
+from utils.errors import CodecError
+from utils.traced_step import TracedStep
+
+
+def load(name: str, backend: str = "torch") -> StreamingCodec:
+    entry = MANIFEST[name]
+    return StreamingCodec.from_checkpoints(
+        official_path(entry["encoder_checkpoint"]), official_path(entry["decoder_checkpoint"]), backend=backend
+    )
+
+
+def run_both(traced: TracedStep, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """traced(x) and the eager step(x), each from the same stream state; the traced state is kept."""
+    layers = [m for m in traced.module.modules() if isinstance(m, StreamingState) and m._state is not None]
+    saved = [layer._state.clone() for layer in layers]
+    graphs = len(traced.graphs)
+    y = traced(x)
+    new = [layer._state for layer in layers]
+    for layer, state in zip(layers, saved):
+        layer._state = state
+    expected = traced.step(x)
+    for layer, state, reference in zip(layers, new, [layer._state for layer in layers]):
+        assert torch.equal(state, reference), "a graph left a different stream state than the eager step"
+        layer._state = state
+    assert len(traced.graphs) >= graphs
+    return y, expected
+
+
+@pytest.mark.parametrize("name", ["vctk_sym", "vctk_v1"])
+def test_graphs_compute_the_eager_step_bit_for_bit(name: str) -> None:
+    """Two streams, chunk sizes changing mid-stream: the first chunk of a shape runs eagerly, later
+    ones run its graph; codes, waveform and every layer's new state equal the eager step's exactly."""
+    torch.manual_seed(8)
+    codec = load(name)
+    codec.reset(2)
+    x = 0.3 * torch.randn(2, 1, 300 * 30)
+    cuts = [0, 300, 600, 900, 2400, 3900, 5400, 5700, 6000, 9000]
+    for start, end in zip(cuts, cuts[1:]):
+        with torch.inference_mode():
+            codes, expected_codes = run_both(codec._encode_chunk, x[..., start:end])
+            assert torch.equal(codes, expected_codes)
+            latent = codec.encoder.lookup(codes)
+            y, expected = run_both(codec._decode_latent, latent)
+            assert torch.equal(y, expected)
+    # 300- and 1500-sample chunks came three times: both have graphs, for each side
+    for traced, frames in ((codec._encode_chunk, (300, 1500)), (codec._decode_latent, (1, 5))):
+        assert sorted(key[0][-1] for key in traced.graphs) == list(frames)
+
+
+def test_whole_file_equals_the_eager_backend() -> None:
+    """Blocks of 80 frames repeat a shape, so the whole-file path runs graphs; the codes equal the
+    eager backend's (whose receiver may round differently only through its own tuning)."""
+    torch.manual_seed(9)
+    x = 0.3 * torch.randn(1, 1, 300 * 170 + 5)
+    codes, y = load("vctk_sym").code(x)
+    eager_codes, eager_y = load("vctk_sym", "eager").code(x)
+    assert torch.equal(codes, eager_codes)
+    torch.testing.assert_close(y, eager_y, rtol=0, atol=1e-5)
+
+
+def test_changed_weights_get_a_new_graph() -> None:
+    """A graph holds the weights it was traced with: changing one in place, or replacing it, must not
+    leave a stale graph in use."""
+    torch.manual_seed(10)
+    codec = load("vctk_v1")
+    codec.reset(1)
+    receiver = codec._decode_latent
+    latent = codec.encoder.lookup(torch.randint(0, codec.codebook_size, (1, codec.n_codebooks, 2)))
+    with torch.inference_mode():
+        for _ in range(3):
+            run_both(receiver, latent)
+        assert len(receiver.graphs) == 1
+        conv = codec.decoder.output_conv.conv
+        with torch.no_grad():
+            conv.weight.mul_(2.0)
+        y, expected = run_both(receiver, latent)  # a new key: eager
+        y, expected = run_both(receiver, latent)  # traced again with the new weight
+        assert torch.equal(y, expected) and len(receiver.graphs) == 2
+    conv.weight = nn.Parameter(conv.weight.detach() * 0.5)
+    with torch.inference_mode():
+        for _ in range(2):
+            y, expected = run_both(receiver, latent)
+        assert torch.equal(y, expected) and len(receiver.graphs) == 3
+
+
+def test_graph_count_is_bounded_and_batches_are_checked() -> None:
+    codec = load("vctk_sym")
+    codec.reset(1)
+    receiver = codec._decode_latent
+    with torch.inference_mode():
+        for frames in range(1, receiver.MAX_GRAPHS + 3):
+            latent = codec.encoder.lookup(torch.zeros(1, codec.n_codebooks, frames, dtype=torch.long))
+            receiver(latent)
+            receiver(latent)
+            assert [key[0][-1] for key in receiver.graphs][-1] == frames
+        assert len(receiver.graphs) == receiver.MAX_GRAPHS
+        with pytest.raises((CodecError, RuntimeError), match="streaming batch changed from 1 to 2"):
+            receiver(torch.cat([latent, latent]))
+
+
+def test_the_eager_backend_builds_no_graphs() -> None:
+    codec = load("vctk_sym", "eager")
+    codec.reset(1, frame_size=600)
+    assert not isinstance(codec._encode_chunk, TracedStep) and not isinstance(codec._decode_latent, TracedStep)

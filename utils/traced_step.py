@@ -1,0 +1,167 @@
+"""Streaming steps run as TorchScript graphs, one per chunk shape.
+
+The eager step pays Python for every layer: attribute lookups, the per-shape formulation choice
+of `layers.conv.PackedConv`, state bookkeeping. For a 300-sample chunk that is most of the
+encoder's time. `TracedStep` records the step once per input shape with `torch.jit.trace` into a
+graph whose inputs are the chunk, the streaming state of every layer the step uses, and the
+oneDNN-packed weights (opaque tensors cannot be graph constants), and whose outputs are the
+result and the new states. The graph runs the very operations the eager step ran, in order and
+with the same kernels, so its output is bitwise the eager output: this is what lets the
+transmitter use it too (its codes must not depend on how it is run).
+
+The state stays in the torch layers (`_state`), so reset, batch expansion, backend switches and
+chunk-size changes behave as in eager mode. A shape is traced on its second call (a stream repeats
+its chunk shape; whole files end in one-off remainders that would each cost a trace for one call),
+and any in-place or replaced weight makes a new trace.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from layers.conv import PackedConv, StreamingState
+from utils.errors import CodecError
+
+# Bumped whenever any module gets a parameter or buffer (set or replaced), so that TracedStep
+# re-lists its module's tensors only then and otherwise checks just their versions.
+_REGISTRATIONS = [0]
+
+
+def _count_registration(*_) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+nn.modules.module.register_module_buffer_registration_hook(_count_registration)
+
+
+def used_state_layers(module: nn.Module, step: Callable, example: torch.Tensor) -> list[StreamingState]:
+    """The streaming layers of `module` whose state one `step(example)` reads and replaces (an
+    AudioDec generator holds both its encoder's and its decoder's layers; a step uses one side).
+    The states are put back afterwards."""
+    layers = [m for m in module.modules() if isinstance(m, StreamingState) and m.pad_length > 0]
+    saved = [layer._state for layer in layers]
+    try:
+        step(example)
+        return [layer for layer, state in zip(layers, saved) if layer._state is not state]
+    finally:
+        for layer, state in zip(layers, saved):
+            layer._state = state
+
+
+def check_states(layers: list[StreamingState], batch: int) -> None:
+    """Start the streams of layers that have none (as their eager step would), and refuse a batch
+    that differs from the streams' (as their eager step would)."""
+    for layer in layers:
+        if layer._state is None:
+            layer.reset_state(batch)
+        elif layer._state.shape[0] != batch:
+            raise CodecError(f"streaming batch changed from {layer._state.shape[0]} to {batch} streams: reset first")
+
+
+class StepGraph(nn.Module):
+    """step(x, *states, *packed) -> (y, *new states): the form a trace records."""
+
+    def __init__(self, step: Callable, layers: list[StreamingState], packs: list[PackedConv]) -> None:
+        super().__init__()
+        self.step = step
+        self.layers = layers
+        self.packs = packs
+
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        count = len(self.layers)
+        for layer, state in zip(self.layers, inputs[:count]):
+            layer._state = state
+        for pack, packed in zip(self.packs, inputs[count:]):
+            pack.packed = packed
+        return (self.step(x), *[layer._state for layer in self.layers])
+
+
+class TracedStep:
+    """Callable chunk -> `step(chunk)`, continuing `module`'s streams, run as a TorchScript graph.
+
+    Applies to CPU inputs outside autograd; anything else runs the eager step. At most
+    `MAX_GRAPHS` graphs are kept (they share the module's weights; each costs a trace of about
+    0.3 s for the encoder and 1.5 s for the v1 vocoder).
+    """
+
+    MAX_GRAPHS = 8
+    MAX_SEEN = 256
+
+    def __init__(self, module: nn.Module, step: Callable) -> None:
+        self.module = module
+        self.step = step
+        self.graphs: dict[tuple, tuple] = {}  # key -> (graph, packs, packed); insertion order = LRU first
+        self.seen: set[tuple] = set()
+        self.layers: list[StreamingState] | None = None  # found on the first trace
+        self.tensors: list[torch.Tensor] = []
+        self.versioned: list[torch.Tensor] = []
+        self.registrations = -1
+
+    def _weights_key(self) -> tuple:
+        """Storage and version of every parameter and buffer: a graph holds the weights it was
+        traced with (directly, or through PackedConv's caches), so any change needs a new graph.
+        (About 20 us for the 128 tensors of an AudioDec generator; listing them anew costs 300.)
+        Inference-mode tensors keep no version; their storage is all there is to compare."""
+        if self.registrations != _REGISTRATIONS[0]:
+            self.registrations = _REGISTRATIONS[0]
+            self.tensors = [*self.module.parameters(), *self.module.buffers()]
+            self.versioned = [t for t in self.tensors if not t.is_inference()]
+        return tuple(t.data_ptr() for t in self.tensors), tuple(t._version for t in self.versioned)
+
+    def _trace(self, x: torch.Tensor) -> tuple:
+        if self.layers is None:
+            self.layers = used_state_layers(self.module, self.step, x)
+        layers = self.layers
+        check_states(layers, x.shape[0])
+        # The eager call of this shape (the first) has made every cache the step reads: the chosen
+        # formulations and the packed weights, which become graph inputs.
+        packs = [
+            m._packed for m in self.module.modules()
+            if isinstance(getattr(m, "_packed", None), PackedConv) and m._packed.packed is not None
+        ]
+        packed = [pack.packed for pack in packs]
+        saved = [layer._state for layer in layers]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer notes about shape-specialised Python branches
+                graph = torch.jit.trace(
+                    StepGraph(self.step, layers, packs), (x, *saved, *packed), check_trace=False
+                )
+        finally:
+            for layer, state in zip(layers, saved):
+                layer._state = state
+            for pack, tensor in zip(packs, packed):
+                pack.packed = tensor
+        torch._C._jit_pass_inline(graph.graph)
+        return graph, packs, packed
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or torch.is_grad_enabled():
+            return self.step(x)
+        key = (tuple(x.shape), x.dtype, torch.get_num_threads(), self._weights_key())
+        entry = self.graphs.pop(key, None)
+        if entry is None:
+            if key not in self.seen:
+                if len(self.seen) >= self.MAX_SEEN:
+                    self.seen.clear()
+                self.seen.add(key)
+                return self.step(x)
+            if len(self.graphs) >= self.MAX_GRAPHS:
+                del self.graphs[next(iter(self.graphs))]
+            entry = self._trace(x)
+        self.graphs[key] = entry
+        graph, packs, packed = entry
+        layers = self.layers
+        check_states(layers, x.shape[0])
+        # The graph computes exactly the eager operations; without the executor's optimising
+        # passes nothing is fused or reordered, and no shape guards can fall back to slow paths.
+        with torch.jit.optimized_execution(False):
+            y, *states = graph(x, *[layer._state for layer in layers], *packed)
+        for layer, state in zip(layers, states):
+            layer._state = state
+        return y
