@@ -355,7 +355,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream (default 10)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="conv compute precision")
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="receiver backend: torch (default) or onnxruntime (the transmitter is always torch)")
+                        help="torch (default: TorchScript graphs per chunk size), eager, or onnxruntime "
+                        "(receiver only; the transmitter runs in torch)")
     parser.add_argument("--no-whole-file", action="store_true", help="skip the whole-file timing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")

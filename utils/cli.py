@@ -50,7 +50,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
     parser.add_argument(
         "--backend", choices=BACKENDS, default="torch",
-        help="receiver backend: torch, or onnxruntime (faster for the symmetric decoder; docs/performance.md)",
+        help="torch (default: each chunk size's steps as TorchScript graphs), eager (op by op), or onnxruntime "
+        "(the receiver in ONNX Runtime; faster for the symmetric decoder). docs/performance.md",
     )
 
 

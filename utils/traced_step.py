@@ -91,6 +91,7 @@ class TracedStep:
 
     MAX_GRAPHS = 8
     MAX_SEEN = 256
+    OPTIMIZE = False  # the graph executor's optimising passes (see __call__)
 
     def __init__(self, module: nn.Module, step: Callable) -> None:
         self.module = module
@@ -160,7 +161,7 @@ class TracedStep:
         check_states(layers, x.shape[0])
         # The graph computes exactly the eager operations; without the executor's optimising
         # passes nothing is fused or reordered, and no shape guards can fall back to slow paths.
-        with torch.jit.optimized_execution(False):
+        with torch.jit.optimized_execution(self.OPTIMIZE):
             y, *states = graph(x, *[layer._state for layer in layers], *packed)
         for layer, state in zip(layers, states):
             layer._state = state
