@@ -23,13 +23,35 @@ compute in; activations between layers stay float32.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class _Usage(threading.local):
+    log: list | None = None  # while recording: the layers and PackedConvs that ran, in order
+
+
+_USAGE = _Usage()
+
+
+@contextmanager
+def record_usage() -> Iterator[list]:
+    """Collect the streaming layers (`StreamingState`) and `PackedConv`s that run in this thread
+    meanwhile: what one streaming step uses, found without touching what other threads run (a
+    live codec encodes and decodes the same generator's two halves in two threads)."""
+    _USAGE.log = log = []
+    try:
+        yield log
+    finally:
+        _USAGE.log = None
 
 
 class PackedConv:
@@ -157,6 +179,8 @@ class PackedConv:
         `transform(weight, bias) -> (weight, bias)` rewrites the source parameters before caching
         (used by the transposed convolution).
         """
+        if _USAGE.log is not None:
+            _USAGE.log.append(self)
         self._refresh(weight, bias, dtype, transform)
         x = x.to(dtype)
         batch, channels, length = (int(size) for size in x.shape)  # ints also while tracing (utils/traced_step.py)
@@ -258,6 +282,8 @@ class StreamingState:
                     "call reset_streaming(model, batch_size) first"
                 )
             self.reset_state(x.shape[0])
+        if _USAGE.log is not None:
+            _USAGE.log.append(self)
         pad = self.pad_length
         if pad == 0:
             return x

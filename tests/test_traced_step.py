@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from layers.conv import StreamingState
+from layers.conv import PackedConv, StreamingState
 from tests.conftest import MANIFEST, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
-from utils.traced_step import TracedStep
+from utils.traced_step import TracedStep, used_parts
 
 
 def load(name: str, backend: str = "torch") -> StreamingCodec:
@@ -113,3 +113,29 @@ def test_the_eager_backend_builds_no_graphs() -> None:
     codec = load("vctk_sym", "eager")
     codec.reset(1, frame_size=600)
     assert not isinstance(codec._encode_chunk, TracedStep) and not isinstance(codec._decode_latent, TracedStep)
+
+
+def test_finding_a_steps_parts_leaves_other_threads_layers_alone() -> None:
+    """A live codec encodes and decodes one generator's two halves in two threads: finding the
+    decoder step's layers must put back only their states, not the encoder's, which the other thread
+    may have moved on meanwhile."""
+    codec = load("vctk_sym")
+    codec.reset(1)
+    encoder_layer = next(
+        m for m in codec.encoder.encoder.modules() if isinstance(m, StreamingState) and m.pad_length > 0
+    )
+    moved_on = encoder_layer._state + 1.0
+    latent = codec.encoder.lookup(torch.zeros(1, codec.n_codebooks, 2, dtype=torch.long))
+    decoder_layers = [m for m in codec.decoder.decoder.modules() if isinstance(m, StreamingState) and m.pad_length]
+    before = [layer._state for layer in decoder_layers]
+
+    def step(chunk: torch.Tensor) -> torch.Tensor:
+        encoder_layer._state = moved_on  # the encoder thread, meanwhile
+        return codec.decoder.decode(chunk)
+
+    with torch.inference_mode():
+        layers, packs = used_parts(codec.decoder, step, latent)
+    assert encoder_layer._state is moved_on
+    assert {id(m) for m in layers} == {id(m) for m in decoder_layers}
+    assert all(layer._state is state for layer, state in zip(decoder_layers, before))
+    assert packs and all(isinstance(pack, PackedConv) for pack in packs)

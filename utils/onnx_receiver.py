@@ -25,7 +25,7 @@ from torch import nn
 
 from layers.conv import StreamingState
 from utils.errors import CodecError
-from utils.traced_step import check_states, used_state_layers
+from utils.traced_step import check_states, used_parts
 
 
 def _import_onnxruntime():
@@ -79,7 +79,7 @@ class OnnxReceiver:
         with torch.inference_mode(False), torch.no_grad():
             example = torch.zeros(latent.shape)
             if not self.names:
-                self.layers = used_state_layers(self.module, self.step, example)
+                self.layers = used_parts(self.module, self.step, example)[0]
                 self.names = ["latent"] + [f"state{i}" for i in range(len(self.layers))]
             layers, names = self.layers, self.names
             saved = [layer._state for layer in layers]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from layers.conv import PackedConv, StreamingState
+from layers.conv import PackedConv, StreamingState, record_usage
 from utils.errors import CodecError
 
 # Bumped whenever any module gets a parameter or buffer (set or replaced), so that TracedStep
@@ -39,18 +39,22 @@ nn.modules.module.register_module_parameter_registration_hook(_count_registratio
 nn.modules.module.register_module_buffer_registration_hook(_count_registration)
 
 
-def used_state_layers(module: nn.Module, step: Callable, example: torch.Tensor) -> list[StreamingState]:
-    """The streaming layers of `module` whose state one `step(example)` reads and replaces (an
-    AudioDec generator holds both its encoder's and its decoder's layers; a step uses one side).
-    The states are put back afterwards."""
-    layers = [m for m in module.modules() if isinstance(m, StreamingState) and m.pad_length > 0]
-    saved = [layer._state for layer in layers]
-    try:
-        step(example)
-        return [layer for layer, state in zip(layers, saved) if layer._state is not state]
-    finally:
-        for layer, state in zip(layers, saved):
-            layer._state = state
+def used_parts(
+    module: nn.Module, step: Callable, example: torch.Tensor
+) -> tuple[list[StreamingState], list[PackedConv]]:
+    """The streaming layers whose state one `step(example)` reads and replaces, and the packed
+    convolutions it runs (an AudioDec generator holds both its encoder's and its decoder's layers;
+    a step uses one side). The step's states are put back afterwards; other threads' are not touched."""
+    saved = {id(m): m._state for m in module.modules() if isinstance(m, StreamingState)}
+    with record_usage() as log:
+        try:
+            step(example)
+        finally:
+            layers = list({id(m): m for m in log if isinstance(m, StreamingState) and m.pad_length > 0}.values())
+            for layer in layers:
+                layer._state = saved[id(layer)]
+    packs = list({id(m): m for m in log if isinstance(m, PackedConv)}.values())
+    return layers, packs
 
 
 def check_states(layers: list[StreamingState], batch: int) -> None:
@@ -99,6 +103,7 @@ class TracedStep:
         self.graphs: dict[tuple, tuple] = {}  # key -> (graph, packs, packed); insertion order = LRU first
         self.seen: set[tuple] = set()
         self.layers: list[StreamingState] | None = None  # found on the first trace
+        self.packs: list[PackedConv] = []
         self.tensors: list[torch.Tensor] = []
         self.versioned: list[torch.Tensor] = []
         self.registrations = -1
@@ -116,15 +121,12 @@ class TracedStep:
 
     def _trace(self, x: torch.Tensor) -> tuple:
         if self.layers is None:
-            self.layers = used_state_layers(self.module, self.step, x)
+            self.layers, self.packs = used_parts(self.module, self.step, x)
         layers = self.layers
         check_states(layers, x.shape[0])
         # The eager call of this shape (the first) has made every cache the step reads: the chosen
         # formulations and the packed weights, which become graph inputs.
-        packs = [
-            m._packed for m in self.module.modules()
-            if isinstance(getattr(m, "_packed", None), PackedConv) and m._packed.packed is not None
-        ]
+        packs = [pack for pack in self.packs if pack.packed is not None]
         packed = [pack.packed for pack in packs]
         saved = [layer._state for layer in layers]
         try:
