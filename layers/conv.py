@@ -71,6 +71,12 @@ class PackedConv:
 
     FORMULATIONS = ("onednn", "native", "gemm")
     TUNE_REPEATS = 5
+    # Another formulation replaces oneDNN only when it is this many times faster. The tuning times
+    # one layer hot, on its own; in the stream its weights are cold and its channel-major output
+    # costs the next oneDNN conv a reorder, so small hot wins are lost. A/B in one process
+    # (docs/performance.md): margin 2 against 1, per chunk, sym 300 6.27 vs 6.47 ms, v1 1500
+    # 27.0 vs 28.1, v1 300 12.0 vs 12.4, sym 1500 11.6 vs 11.7; whole-file v1 within 2 %.
+    ONEDNN_MARGIN = 2.0
     TUNE_MAX_LENGTH = 8192
 
     def __init__(self) -> None:
@@ -150,7 +156,8 @@ class PackedConv:
 
     def _tune(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> str:
         """The fastest formulation for x: candidates timed in turn (round robin, so that a slow
-        moment of the machine hits all of them), best of `TUNE_REPEATS` rounds each."""
+        moment of the machine hits all of them), best of `TUNE_REPEATS` rounds each; oneDNN unless
+        beaten by `ONEDNN_MARGIN`."""
         names = [name for name in self.FORMULATIONS if name != "onednn" or _ONEDNN]
         runs = {name: getattr(self, "_" + name) for name in names}
         for run in runs.values():
@@ -161,7 +168,10 @@ class PackedConv:
                 start = time.perf_counter()
                 run(x, stride, dilation, groups)
                 best[name] = min(best[name], time.perf_counter() - start)
-        return min(names, key=best.__getitem__)
+        choice = min(names, key=best.__getitem__)
+        if "onednn" in best and best["onednn"] < self.ONEDNN_MARGIN * best[choice]:
+            return "onednn"
+        return choice
 
     def run(
         self,
