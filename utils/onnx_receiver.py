@@ -8,8 +8,9 @@ The state stays in the torch layers (`_state`), so reset, batch expansion and th
 of `layers.conv` work unchanged, and a stream can switch between backends or chunk sizes.
 
 Measured (docs/performance.md): the symmetric AudioDec decoder runs about 2x faster per
-300-sample chunk than the eager path; the v1 HiFi-GAN vocoder runs slower (its grouped
-convolutions are faster in oneDNN), so this is a choice per model, not a default.
+300-sample chunk than the eager path, but no faster than the default TorchScript graphs
+(utils/traced_step.py); the v1 HiFi-GAN vocoder runs slower (its grouped convolutions are faster
+in oneDNN). So this is an option, not a default.
 The transmitter is never run this way: a different float rounding could flip a VQ code.
 """
 
