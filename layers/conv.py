@@ -9,12 +9,14 @@ consumes one chunk and returns the matching output chunk; `reset_state(batch_siz
 Feeding a signal through `step` in pieces gives exactly what one `step` over the whole signal
 gives, provided each piece is a multiple of the layer's stride.
 
-Speed: outside autograd on CPU, `step` runs each convolution on cached weights through the fastest
-of three formulations for its input shape (`PackedConv`: oneDNN on prepacked weights, `F.conv1d`,
-or im2col + one matrix product), chosen by timing them on the first chunk of that shape. No one
-formulation wins everywhere: on one thread, a 64 -> 96 two-tap conv over 101 frames takes 578 us in
-oneDNN and 34 us in `F.conv1d`, while for 512 -> 512 k7 over 5 frames oneDNN is 10x faster.
-Transposed convolutions (kernel
+Speed: outside autograd on CPU, `step` runs each convolution on cached weights through one of
+four formulations for its input shape (`PackedConv`: oneDNN on prepacked weights, `F.conv1d`,
+im2col + one matrix product, or for pointwise convs one matrix product over time-major rows),
+chosen by timing them on the first chunk of that shape; oneDNN stays unless another is 2x faster.
+No one formulation wins everywhere: on one thread, a 64 -> 96 two-tap conv over 101 frames takes
+578 us in oneDNN and 34 us in `F.conv1d`, while for 512 -> 512 k7 over 5 frames oneDNN is 10x
+faster. The transmitter does not tune: it always runs oneDNN, whose sums do not depend on the
+chunk length. Transposed convolutions (kernel
 2*stride) are rewritten as a two-tap convolution onto `stride` phases, then interleaved. The
 `compute_dtype` of a layer (float32, or bfloat16 via `set_precision`) is what its convolutions
 compute in; activations between layers stay float32.
@@ -55,16 +57,17 @@ def record_usage() -> Iterator[list]:
 
 
 class PackedConv:
-    """The inference convolution of one layer: the fastest of three formulations, chosen per input shape.
+    """The inference convolution of one layer: one of four formulations, chosen per input shape.
 
     Formulations of conv1d(x, weight) for x (B, C_in, L), weight (C_out, C_in / groups, k):
     `onednn`, oneDNN with the weights reordered once into its blocked layout; `native`,
     `F.conv1d` on cached weights (oneDNN re-packs per call, or PyTorch's own kernel for small
-    dilated inputs); `gemm`, im2col as a strided view and one matrix product per group. Which wins
-    depends on the shape and thread count (oneDNN's blocked kernels lose badly on some channel
-    counts at small lengths, e.g. 64 -> 96 at 100 frames), so the first call with a new input
-    shape and thread count times each formulation and keeps the fastest. All three compute the
-    same sums, differing only by float rounding order.
+    dilated inputs); `gemm`, im2col as a strided view and one matrix product per group; `rows`
+    (pointwise convs), one matrix product over the time-major rows. Which wins depends on the
+    shape and thread count (oneDNN's blocked kernels lose badly on some channel counts at small
+    lengths, e.g. 64 -> 96 at 100 frames), so the first call with a new input shape and thread
+    count times each formulation and keeps oneDNN unless another is `ONEDNN_MARGIN` times faster.
+    All compute the same sums, differing only by float rounding order.
 
     The cache is opaque (oneDNN tensors have no storage), so copies and pickles start without it.
     """
