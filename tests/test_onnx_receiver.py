@@ -33,7 +33,7 @@ def test_streams_like_the_torch_receiver(name: str) -> None:
             codes.append(codec.encode(x[..., start:end]))
             audio.append(codec.decode(codes[-1]))
         outputs[backend] = torch.cat(codes, dim=-1), torch.cat(audio, dim=-1)
-    sessions = codec._decode_latent.sessions  # the ORT codec: 1- and 5-frame chunks came again
+    sessions = codec._decode_latent.built  # the ORT codec: 1- and 5-frame chunks came again
     assert sorted(key[0][-1] for key in sessions) == [1, 5]
     assert torch.equal(outputs["onnxruntime"][0], outputs["torch"][0])
     torch.testing.assert_close(outputs["onnxruntime"][1], outputs["torch"][1], rtol=0, atol=1e-5)
@@ -49,21 +49,21 @@ def test_whole_file_and_reset_like_the_torch_receiver() -> None:
         codes, y = codec.code(x)
         assert torch.equal(codes, expected_codes)
         torch.testing.assert_close(y, expected, rtol=0, atol=1e-5)
-    assert sorted(key[0][-1] for key in codec._decode_latent.sessions) == [11, 80]
+    assert sorted(key[0][-1] for key in codec._decode_latent.built) == [11, 80]
 
 
 def test_sessions_are_built_for_repeated_shapes_and_bounded() -> None:
     codec = load("vctk_sym", "onnxruntime")
     receiver = codec._decode_latent
     codec.reset(1, frame_size=600)  # a live stream's chunk size: its session is ready before the first chunk
-    assert [key[0][::2] for key in receiver.sessions] == [(1, 2)]  # (streams, frames)
-    for frames in range(3, 3 + receiver.MAX_SESSIONS + 2):
+    assert [key[0][::2] for key in receiver.built] == [(1, 2)]  # (streams, frames)
+    for frames in range(3, 3 + receiver.MAX_BUILT + 2):
         codes = torch.zeros(1, codec.n_codebooks, frames, dtype=torch.long)
         codec.decode(codes)
-        assert (1, frames) not in [key[0][::2] for key in receiver.sessions]  # first time: torch
+        assert (1, frames) not in [key[0][::2] for key in receiver.built]  # first time: torch
         codec.decode(codes)
-        assert [key[0][::2] for key in receiver.sessions][-1] == (1, frames)
-    assert len(receiver.sessions) == receiver.MAX_SESSIONS
+        assert [key[0][::2] for key in receiver.built][-1] == (1, frames)
+    assert len(receiver.built) == receiver.MAX_BUILT
 
 
 def test_backend_errors() -> None:

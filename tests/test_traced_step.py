@@ -24,7 +24,7 @@ def run_both(traced: TracedStep, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """traced(x) and the eager step(x), each from the same stream state; the traced state is kept."""
     layers = [m for m in traced.module.modules() if isinstance(m, StreamingState) and m._state is not None]
     saved = [layer._state.clone() for layer in layers]
-    graphs = len(traced.graphs)
+    graphs = len(traced.built)
     y = traced(x)
     new = [layer._state for layer in layers]
     for layer, state in zip(layers, saved):
@@ -33,7 +33,7 @@ def run_both(traced: TracedStep, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     for layer, state, reference in zip(layers, new, [layer._state for layer in layers]):
         assert torch.equal(state, reference), "a graph left a different stream state than the eager step"
         layer._state = state
-    assert len(traced.graphs) >= graphs
+    assert len(traced.built) >= graphs
     return y, expected
 
 
@@ -55,7 +55,7 @@ def test_graphs_compute_the_eager_step_bit_for_bit(name: str) -> None:
             assert torch.equal(y, expected)
     # 300- and 1500-sample chunks came three times: both have graphs, for each side
     for traced, frames in ((codec._encode_chunk, (300, 1500)), (codec._decode_latent, (1, 5))):
-        assert sorted(key[0][-1] for key in traced.graphs) == list(frames)
+        assert sorted(key[0][-1] for key in traced.built) == list(frames)
 
 
 def test_whole_file_equals_the_eager_backend() -> None:
@@ -80,18 +80,18 @@ def test_changed_weights_get_a_new_graph() -> None:
     with torch.inference_mode():
         for _ in range(3):
             run_both(receiver, latent)
-        assert len(receiver.graphs) == 1
+        assert len(receiver.built) == 1
         conv = codec.decoder.output_conv.conv
         with torch.no_grad():
             conv.weight.mul_(2.0)
         y, expected = run_both(receiver, latent)  # a new key: eager
         y, expected = run_both(receiver, latent)  # traced again with the new weight
-        assert torch.equal(y, expected) and len(receiver.graphs) == 2
+        assert torch.equal(y, expected) and len(receiver.built) == 2
     conv.weight = nn.Parameter(conv.weight.detach() * 0.5)
     with torch.inference_mode():
         for _ in range(2):
             y, expected = run_both(receiver, latent)
-        assert torch.equal(y, expected) and len(receiver.graphs) == 3
+        assert torch.equal(y, expected) and len(receiver.built) == 3
 
 
 def test_graph_count_is_bounded_and_batches_are_checked() -> None:
@@ -99,12 +99,12 @@ def test_graph_count_is_bounded_and_batches_are_checked() -> None:
     codec.reset(1)
     receiver = codec._decode_latent
     with torch.inference_mode():
-        for frames in range(1, receiver.MAX_GRAPHS + 3):
+        for frames in range(1, receiver.MAX_BUILT + 3):
             latent = codec.encoder.lookup(torch.zeros(1, codec.n_codebooks, frames, dtype=torch.long))
             receiver(latent)
             receiver(latent)
-            assert [key[0][-1] for key in receiver.graphs][-1] == frames
-        assert len(receiver.graphs) == receiver.MAX_GRAPHS
+            assert [key[0][-1] for key in receiver.built][-1] == frames
+        assert len(receiver.built) == receiver.MAX_BUILT
         with pytest.raises((CodecError, RuntimeError), match="streaming batch changed from 1 to 2"):
             receiver(torch.cat([latent, latent]))
 

@@ -51,7 +51,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", choices=BACKENDS, default="torch",
         help="torch (default: each chunk size's steps as TorchScript graphs), eager (op by op), or onnxruntime "
-        "(the receiver in ONNX Runtime; faster for the symmetric decoder). docs/performance.md",
+        "(the receiver in ONNX Runtime). docs/performance.md",
     )
 
 

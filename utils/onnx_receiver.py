@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from layers.conv import StreamingState
 from utils.errors import CodecError
-from utils.traced_step import check_states, used_parts
+from utils.traced_step import PerShapeStep, StepGraph
 
 
 def _import_onnxruntime():
@@ -39,50 +38,26 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-class _TracedStep(nn.Module):
-    """step(latent, *states) -> (waveform, *new states), the form ONNX export traces."""
-
-    def __init__(self, module: nn.Module, step: Callable, layers: list[StreamingState]) -> None:
-        super().__init__()
-        self.module = module
-        self.step = step
-        self.layers = layers
-
-    def forward(self, latent: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        for layer, state in zip(self.layers, states):
-            layer._state = state
-        return (self.step(latent), *[layer._state for layer in self.layers])
-
-
-class OnnxReceiver:
+class OnnxReceiver(PerShapeStep):
     """Callable latent chunk (B, C, frames) -> waveform chunk, continuing `module`'s streams.
 
     `module`: the receiver (HiFi-GAN vocoder, or an AudioDec generator used as decoder), whose
     `step(latent)` is the torch streaming step. A shape gets its ONNX Runtime session (a trace and
-    a build, about a second, with the current torch thread count) when it comes a second time:
-    a stream's chunks repeat their shape, whereas the one-off lengths of whole files (every file
-    ends in a different remainder) would each cost a build for one call, so those run in torch.
-    At most `MAX_SESSIONS` sessions are kept (each holds its own copy of the weights).
+    a build, about a second, with the current torch thread count) when it comes a second time
+    (see `PerShapeStep`). At most `MAX_BUILT` sessions are kept (each holds its own copy of the weights).
     """
 
-    MAX_SESSIONS = 4
+    MAX_BUILT = 4
 
     def __init__(self, module: nn.Module, step: Callable) -> None:
+        super().__init__(module, step)
         self.ort = _import_onnxruntime()
-        self.module = module
-        self.step = step
-        self.sessions: dict[tuple, object] = {}  # insertion order = least recently used first
-        self.seen: set[tuple] = set()
-        self.layers: list[StreamingState] = []  # found on the first build; their states are graph inputs
-        self.names: list[str] = []  # graph input names: the latent, then one state per layer
 
-    def _build(self, latent: torch.Tensor):
+    def _build(self, latent: torch.Tensor) -> tuple:
+        layers = self.layers
+        names = ["latent"] + [f"state{i}" for i in range(len(layers))]
         with torch.inference_mode(False), torch.no_grad():
             example = torch.zeros(latent.shape)
-            if not self.names:
-                self.layers = used_parts(self.module, self.step, example)[0]
-                self.names = ["latent"] + [f"state{i}" for i in range(len(self.layers))]
-            layers, names = self.layers, self.names
             saved = [layer._state for layer in layers]
             states = [torch.zeros(state.shape) for state in saved]
             graph = io.BytesIO()
@@ -90,7 +65,7 @@ class OnnxReceiver:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # tracer notes about shape-specialised Python branches
                     torch.onnx.export(
-                        _TracedStep(self.module, self.step, layers), (example, *states), graph, dynamo=False,
+                        StepGraph(self.step, layers, []), (example, *states), graph, dynamo=False,
                         input_names=names, output_names=["waveform"] + [f"new_state{i}" for i in range(len(layers))],
                         opset_version=17,
                     )
@@ -105,20 +80,11 @@ class OnnxReceiver:
         # (encode went from 5 ms to 12 ms per 300-sample chunk, p95 47 ms).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = self.ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
-        return session
+        return session, names
 
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        key = (tuple(latent.shape), torch.get_num_threads())
-        if key not in self.sessions:
-            if key not in self.seen:
-                self.seen.add(key)
-                return self.step(latent)
-            if len(self.sessions) >= self.MAX_SESSIONS:
-                del self.sessions[next(iter(self.sessions))]
-            self.sessions[key] = self._build(latent)
-        self.sessions[key] = session = self.sessions.pop(key)
-        layers, names = self.layers, self.names
-        check_states(layers, latent.shape[0])  # streams start in the torch layers, as the torch step starts them
+    def _run(self, built: tuple, latent: torch.Tensor) -> torch.Tensor:
+        session, names = built
+        layers = self.layers
         feed = {names[0]: np.ascontiguousarray(latent.detach().cpu().numpy(), dtype=np.float32)}
         for name, layer in zip(names[1:], layers):
             feed[name] = np.ascontiguousarray(layer._state.detach().cpu().numpy(), dtype=np.float32)

@@ -18,6 +18,7 @@ and any in-place or replaced weight makes a new trace.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -85,45 +86,81 @@ class StepGraph(nn.Module):
         return (self.step(x), *[layer._state for layer in self.layers])
 
 
-class TracedStep:
-    """Callable chunk -> `step(chunk)`, continuing `module`'s streams, run as a TorchScript graph.
+class PerShapeStep(ABC):
+    """Callable chunk -> `step(chunk)`, continuing `module`'s streams, through a compiled form of
+    the step built per input shape (`_build`, run by `_run`); the base of `TracedStep` and of
+    `utils.onnx_receiver.OnnxReceiver`.
 
-    Applies to CPU inputs outside autograd; anything else runs the eager step. At most
-    `MAX_GRAPHS` graphs are kept (they share the module's weights; each costs a trace of about
-    0.3 s for the encoder and 1.5 s for the v1 vocoder).
+    A shape gets its compiled form when it comes a second time: a stream's chunks repeat their
+    shape, whereas the one-off lengths of whole files (every file ends in a different remainder)
+    would each cost a build for one call, so those run the eager step. At most `MAX_BUILT` forms
+    are kept, least recently used out first; changed or replaced weights make a new one. CPU
+    inputs outside autograd only: anything else runs the eager step.
     """
 
-    MAX_GRAPHS = 8
+    MAX_BUILT = 8
     MAX_SEEN = 256
-    OPTIMIZE = False  # the graph executor's optimising passes (see __call__)
 
     def __init__(self, module: nn.Module, step: Callable) -> None:
         self.module = module
         self.step = step
-        self.graphs: dict[tuple, tuple] = {}  # key -> (graph, packs, packed); insertion order = LRU first
+        self.built: dict[tuple, object] = {}  # key -> compiled form; insertion order = LRU first
         self.seen: set[tuple] = set()
-        self.layers: list[StreamingState] | None = None  # found on the first trace
+        self.layers: list[StreamingState] | None = None  # found on the first build; their states are inputs
         self.packs: list[PackedConv] = []
         self.tensors: list[torch.Tensor] = []
         self.versioned: list[torch.Tensor] = []
         self.registrations = -1
 
     def _weights_key(self) -> tuple:
-        """Storage and version of every parameter and buffer: a graph holds the weights it was
-        traced with (directly, or through PackedConv's caches), so any change needs a new graph.
-        (About 20 us for the 128 tensors of an AudioDec generator; listing them anew costs 300.)
-        Inference-mode tensors keep no version; their storage is all there is to compare."""
+        """Storage and version of every parameter and buffer: a compiled form holds the weights it
+        was built with, so any change needs a new one. (About 20 us for the 128 tensors of an
+        AudioDec generator; listing them anew costs 300.) Inference-mode tensors keep no version;
+        their storage is all there is to compare."""
         if self.registrations != _REGISTRATIONS[0]:
             self.registrations = _REGISTRATIONS[0]
             self.tensors = [*self.module.parameters(), *self.module.buffers()]
             self.versioned = [t for t in self.tensors if not t.is_inference()]
         return tuple(t.data_ptr() for t in self.tensors), tuple(t._version for t in self.versioned)
 
-    def _trace(self, x: torch.Tensor) -> tuple:
-        if self.layers is None:
-            self.layers, self.packs = used_parts(self.module, self.step, x)
+    @abstractmethod
+    def _build(self, x: torch.Tensor) -> object:
+        """The compiled form of the step for x's shape (the step's layers are known by then)."""
+
+    @abstractmethod
+    def _run(self, built: object, x: torch.Tensor) -> torch.Tensor:
+        """step(x) through `built`, leaving the new states in the layers."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or torch.is_grad_enabled():
+            return self.step(x)
+        key = (tuple(x.shape), x.dtype, torch.get_num_threads(), self._weights_key())
+        built = self.built.pop(key, None)
+        if built is None:
+            if key not in self.seen:
+                if len(self.seen) >= self.MAX_SEEN:
+                    self.seen.clear()
+                self.seen.add(key)
+                return self.step(x)
+            if len(self.built) >= self.MAX_BUILT:
+                del self.built[next(iter(self.built))]
+            if self.layers is None:
+                self.layers, self.packs = used_parts(self.module, self.step, x)
+        check_states(self.layers, x.shape[0])  # streams start in the torch layers, as the eager step starts them
+        if built is None:
+            built = self._build(x)
+        self.built[key] = built
+        return self._run(built, x)
+
+
+class TracedStep(PerShapeStep):
+    """`PerShapeStep` whose compiled form is a TorchScript graph (they share the module's weights;
+    a trace takes about 0.3 s for the encoder and 1.5 s for the v1 vocoder)."""
+
+    OPTIMIZE = False  # the graph executor's optimising passes (see _run)
+
+    def _build(self, x: torch.Tensor) -> tuple:
         layers = self.layers
-        check_states(layers, x.shape[0])
         # The eager call of this shape (the first) has made every cache the step reads: the chosen
         # formulations and the packed weights, which become graph inputs.
         packs = [pack for pack in self.packs if pack.packed is not None]
@@ -141,26 +178,11 @@ class TracedStep:
             for pack, tensor in zip(packs, packed):
                 pack.packed = tensor
         torch._C._jit_pass_inline(graph.graph)
-        return graph, packs, packed
+        return graph, packed
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or torch.is_grad_enabled():
-            return self.step(x)
-        key = (tuple(x.shape), x.dtype, torch.get_num_threads(), self._weights_key())
-        entry = self.graphs.pop(key, None)
-        if entry is None:
-            if key not in self.seen:
-                if len(self.seen) >= self.MAX_SEEN:
-                    self.seen.clear()
-                self.seen.add(key)
-                return self.step(x)
-            if len(self.graphs) >= self.MAX_GRAPHS:
-                del self.graphs[next(iter(self.graphs))]
-            entry = self._trace(x)
-        self.graphs[key] = entry
-        graph, packs, packed = entry
+    def _run(self, built: tuple, x: torch.Tensor) -> torch.Tensor:
+        graph, packed = built
         layers = self.layers
-        check_states(layers, x.shape[0])
         # The graph computes exactly the eager operations; without the executor's optimising
         # passes nothing is fused or reordered, and no shape guards can fall back to slow paths.
         with torch.jit.optimized_execution(self.OPTIMIZE):
