@@ -24,6 +24,7 @@ compute in; activations between layers stay float32.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -241,14 +242,10 @@ def _onednn_conv(
     return y.squeeze(2)
 
 
-_SCRIPTED: list = []
-
-
+@functools.cache
 def _scripted_onednn():
     """`_onednn_conv` compiled by TorchScript, on first use (a trace records a call to it)."""
-    if not _SCRIPTED:
-        _SCRIPTED.append(torch.jit.script(_onednn_conv))
-    return _SCRIPTED[0]
+    return torch.jit.script(_onednn_conv)
 
 
 def _packed_conv(tune: bool = True) -> PackedConv:
