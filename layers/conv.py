@@ -82,13 +82,16 @@ class PackedConv:
     # 27.0 vs 28.1, v1 300 12.0 vs 12.4, sym 1500 11.6 vs 11.7; whole-file v1 within 2 %.
     ONEDNN_MARGIN = 2.0
     TUNE_MAX_LENGTH = 8192
+    MAX_PACKINGS = 32  # input shapes whose weight layout is remembered (a few per chunk size in use)
 
     def __init__(self) -> None:
         self.tune = True  # False: always oneDNN (deterministic; the transmitter's codes depend on it)
         self.key: tuple | None = None
         self.weight: torch.Tensor | None = None  # source weight after `transform`, in the compute dtype
         self.bias: torch.Tensor | None = None
-        self.packed: torch.Tensor | None = None  # oneDNN blocked layout, made on first use
+        self.packed: torch.Tensor | None = None  # the oneDNN weights of the latest call (a graph input while tracing)
+        self.packings: dict[tuple, torch.Tensor] = {}  # (batch, length) -> weights in the layout oneDNN runs there
+        self.layouts: dict[bytes, torch.Tensor] = {}  # one copy of the weights per distinct layout
         self.matrix: torch.Tensor | None = None  # (groups, C_out / groups, C_in / groups * k), made on first use
         self.rows_matrix: torch.Tensor | None = None  # (C_in, C_out) of a pointwise conv, made on first use
         self.choice: dict[tuple, str] = {}
@@ -124,22 +127,42 @@ class PackedConv:
             self.weight = w.detach().to(dtype).contiguous()
             self.bias = None if b is None else b.detach().to(dtype).contiguous()
         self.packed = self.matrix = self.rows_matrix = None
+        self.packings, self.layouts = {}, {}
         self.choice = {}
         self.key = key
 
     def _onednn(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
-        if self.packed is None:
-            with torch.inference_mode(False), torch.no_grad():
-                w = self.weight.unsqueeze(2)
-                self.packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    w, [0, 0], [1, stride], [1, dilation], groups, [1, w.shape[1] * groups, 1, 64]
-                )
         if torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] argument
             return _scripted_onednn()(x, self.packed, self.bias, stride, dilation, groups)
+        batch, _, length = (int(size) for size in x.shape)
+        key = (batch, min(length, self.TUNE_MAX_LENGTH))
+        packed = self.packings.get(key)
+        if packed is None:
+            packed = self._pack(key, stride, dilation, groups)
+        self.packed = packed
         y = torch.ops.mkldnn._convolution_pointwise(
-            x.unsqueeze(2), self.packed, self.bias, [0, 0], [1, stride], [1, dilation], groups, "none", [], "",
+            x.unsqueeze(2), packed, self.bias, [0, 0], [1, stride], [1, dilation], groups, "none", [], "",
         )
         return y.squeeze(2)
+
+    def _pack(self, key: tuple, stride: int, dilation: int, groups: int) -> torch.Tensor:
+        """The weights in the blocked layout oneDNN's kernel for inputs of (batch, length) reads.
+        The layout depends on the input length (256 -> 256 pointwise: 32-channel blocks over 5
+        frames, 64 over 64 frames), and a convolution given another layout reorders its weights on
+        every call, a second oneDNN primitive that cost 20-35 us per call in a 300-sample chunk.
+        Lengths that share a layout share one copy of the weights."""
+        if len(self.packings) >= self.MAX_PACKINGS:
+            self.packings, self.layouts = {}, {}
+        with torch.inference_mode(False), torch.no_grad():
+            w = self.weight.unsqueeze(2)
+            batch, length = key
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                w, [0, 0], [1, stride], [1, dilation], groups, [batch, w.shape[1] * groups, 1, length]
+            )
+        layout = bytes(torch.ops.mkldnn._get_mkldnn_serialized_md(packed).tolist())
+        packed = self.layouts.setdefault(layout, packed)
+        self.packings[key] = packed
+        return packed
 
     def _native(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
         return F.conv1d(x, self.weight, self.bias, stride, 0, dilation, groups)

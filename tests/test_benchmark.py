@@ -161,6 +161,33 @@ def test_tuner_keeps_one_choice_per_shape_and_redoes_it_when_weights_change() ->
     torch.testing.assert_close(y, F.conv1d(x, weight), rtol=0, atol=1e-5)
 
 
+@pytest.mark.skipif(not PackedConv.applies("onednn", 1, 1, 1), reason="PyTorch built without oneDNN")
+def test_onednn_weights_are_packed_per_length_in_the_layout_run_there() -> None:
+    """256 -> 256 pointwise: oneDNN runs 32-channel weight blocks over 5 frames and 64 over 64
+    frames. Each length gets the layout its kernel reads (no reorder inside the call), lengths
+    that share a layout share one copy, and every layout gives the same sums."""
+    torch.manual_seed(2)
+    weight = torch.randn(256, 256, 1) * 0.05
+    conv = PackedConv()
+    conv.tune = False
+    outputs = {}
+    with torch.inference_mode():
+        x = torch.randn(1, 256, 64)
+        for frames in (5, 64, 4, 64):
+            outputs[frames] = conv.run(x[..., :frames], weight, None, 1, 1, 1, torch.float32)
+    assert set(conv.packings) == {(1, 5), (1, 64), (1, 4)}
+    assert conv.packings[(1, 5)] is conv.packings[(1, 4)]  # one layout, one copy
+    assert conv.packings[(1, 5)] is not conv.packings[(1, 64)]
+    assert len(conv.layouts) == 2
+    torch.testing.assert_close(outputs[5], outputs[64][..., :5], rtol=0, atol=0)
+    torch.testing.assert_close(outputs[64], F.conv1d(x, weight), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        weight.mul_(2)  # new weights: every layout is packed anew
+    with torch.inference_mode():
+        conv.run(x[..., :5], weight, None, 1, 1, 1, torch.float32)
+    assert set(conv.packings) == {(1, 5)} and len(conv.layouts) == 1
+
+
 def test_transmitter_does_not_tune_so_codes_do_not_depend_on_timing() -> None:
     codec, _ = random_codec(AUTOENCODER)
     x = torch.from_numpy(np.sin(np.arange(6000) * 0.03).astype(np.float32)).view(1, 1, -1) * 0.3

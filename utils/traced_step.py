@@ -161,9 +161,11 @@ class TracedStep(PerShapeStep):
     OPTIMIZE = False  # the graph executor's optimising passes (see _run)
 
     def _build(self, x: torch.Tensor) -> tuple:
+        # An eager run of this shape (states put back) leaves in every cache the step reads what
+        # this shape needs: the chosen formulations, and the packed weights in the layout oneDNN
+        # runs at this length, which become graph inputs.
+        used_parts(self.module, self.step, x)
         layers = self.layers
-        # The eager call of this shape (the first) has made every cache the step reads: the chosen
-        # formulations and the packed weights, which become graph inputs.
         packs = [pack for pack in self.packs if pack.packed is not None]
         packed = [pack.packed for pack in packs]
         saved = [layer._state for layer in layers]
