@@ -240,7 +240,8 @@ class PackedConv:
         if _USAGE.log is not None:
             _USAGE.log.append(self)
         self._refresh(weight, bias, dtype, transform)
-        x = x.to(dtype)
+        if x.dtype != dtype:  # (a no-op `to` would still be a node in every traced graph)
+            x = x.to(dtype)
         batch, channels, length = (int(size) for size in x.shape)  # ints also while tracing (utils/traced_step.py)
         # Streaming chunks are tuned at their exact length; long inputs (whole files) share one
         # choice, tuned on their first TUNE_MAX_LENGTH samples (cost per sample is flat there).
@@ -251,7 +252,8 @@ class PackedConv:
                 choice = "onednn" if _ONEDNN else "native"
             else:
                 choice = self.choice[key] = self._tune(x[..., : self.TUNE_MAX_LENGTH], stride, dilation, groups)
-        return getattr(self, "_" + choice)(x, stride, dilation, groups).to(torch.float32)
+        y = getattr(self, "_" + choice)(x, stride, dilation, groups)
+        return y if y.dtype == torch.float32 else y.float()
 
 
 def _onednn_conv(
@@ -341,8 +343,9 @@ class StreamingState:
         pad = self.pad_length
         if pad == 0:
             return x
-        x = cat_time(self._state.to(x.dtype), x)
-        self._state = x[:, :, -pad:]
+        state = self._state
+        x = cat_time(state if state.dtype == x.dtype else state.to(x.dtype), x)
+        self._state = x[..., -pad:]  # one slice in a trace (`x[:, :, -pad:]` records three)
         return x
 
 
