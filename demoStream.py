@@ -16,6 +16,7 @@ only when -o is not given or --output_device is.
 
 import argparse
 import logging
+import os
 import signal
 
 import numpy as np
@@ -39,7 +40,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output_device", help="playback device index or name (default: the system's)")
     parser.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
     parser.add_argument("--frame_size", type=int, default=1200, help="samples per frame, a multiple of the hop")
-    parser.add_argument("--num_threads", type=int, default=4, help="CPU threads")
+    parser.add_argument("--num_threads", type=int, help="CPU threads (default: 4, at most the cores available)")
+    parser.add_argument("--worker_threads", default="auto",
+                        help="threads of each of the encoder and decoder threads: a count, or 'auto' (half of "
+                             "--num_threads when the two sides cost about the same, else all of them)")
     parser.add_argument("--max_latency", type=float, default=0.1,
                         help="seconds a frame may take from capture to output before frames are dropped (0 = never)")
     parser.add_argument("--duration", type=float, help="stop live streaming after this many seconds")
@@ -63,8 +67,14 @@ def _stop_on_sigterm() -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.num_threads is None:
+        args.num_threads = min(4, len(os.sched_getaffinity(0)))
     if args.num_threads < 1:
         raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
+    if args.worker_threads != "auto":
+        if not args.worker_threads.isdigit() or int(args.worker_threads) < 1:
+            raise CodecError(f"--worker_threads {args.worker_threads}: give 'auto' or a count of 1 or more")
+        args.worker_threads = int(args.worker_threads)
     if args.send and args.receive is not None:
         raise CodecError("give --send or --receive, not both (run two processes)")
     if args.receive is not None and not 0 < args.receive < 65536:
@@ -132,7 +142,7 @@ def run_local(args: argparse.Namespace) -> None:
     output_device = stream.parse_device(args.output_device)
     if args.input_file:
         data = _read_input_file(args, tx.sample_rate)
-        streamer = stream.Streamer(tx, rx, args.frame_size, data.shape[1], args.max_latency)
+        streamer = stream.Streamer(tx, rx, args.frame_size, data.shape[1], args.max_latency, args.worker_threads)
         if args.output_device is not None or not args.output:
             stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
             stream.run_file_to_device(streamer, data, output_device)
@@ -140,7 +150,8 @@ def run_local(args: argparse.Namespace) -> None:
             stream.run_file(streamer, data, args.pace)
         n_samples = data.shape[0]
     else:
-        streamer = stream.Streamer(tx, rx, args.frame_size, tx.input_channels, args.max_latency)
+        streamer = stream.Streamer(tx, rx, args.frame_size, tx.input_channels, args.max_latency,
+                                   args.worker_threads)
         stream.check_device("input", input_device, tx.input_channels, tx.sample_rate)
         stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
         stream.run_devices(streamer, input_device, output_device, args.duration)

@@ -14,6 +14,7 @@ import torch
 from tests.conftest import OFFICIAL, REPO, official_path
 from utils.audio import read_audio
 from utils.audiodec import StreamingCodec
+from utils.errors import CodecError
 
 MODEL = ("--model", "vctk_sym", "--root", OFFICIAL, "--num_threads", "1")
 INPUT = official_path("input", "test_48k.wav")
@@ -109,3 +110,59 @@ def test_receive_port_in_use(tmp_path, python: str) -> None:
         port = taken.getsockname()[1]
         result = run_stream(python, "--receive", str(port), "-o", str(tmp_path / "o.wav"), "--idle_timeout", "1")
     assert_clean_failure(result, f"127.0.0.1:{port}")
+
+
+def _stream_in_process(codec: StreamingCodec, data: np.ndarray, worker_threads: int | str) -> tuple:
+    """run_file unpaced through a Streamer; (output, thread count each worker's steps saw)."""
+    from bin import stream
+
+    seen: dict[str, set[int]] = {"encoder": set(), "decoder": set()}
+    streamer = stream.Streamer(codec, codec, 1500, data.shape[1], max_latency=0, worker_threads=worker_threads)
+    for worker in streamer.workers:
+        step = worker.step
+
+        def counted(*args, _step=step, _name=worker.name):
+            seen[_name].add(torch.get_num_threads())
+            return _step(*args)
+        worker.step = counted
+    stream.run_file(streamer, data, pace=False)
+    return streamer.output_audio(data.shape[0]), seen, streamer
+
+
+@pytest.mark.parametrize("balance, expected", [(1e9, 1), (0.5, 2)], ids=["balanced", "one_side_dominates"])
+def test_workers_share_the_threads_when_both_sides_cost_alike(whole_file: np.ndarray, balance: float,
+                                                             expected: int, monkeypatch) -> None:
+    """'auto': two workers that each ran the caller's 2 threads would oversubscribe 2 cores, so each
+    gets 1 when encoder and decoder cost alike (within BALANCE), both keep 2 when one dominates.
+    The caller's own count is left as it was, and the audio is demoFile.py's either way."""
+    from bin import stream
+
+    monkeypatch.setattr(stream.Streamer, "BALANCE", balance)
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    data, _ = read_audio(INPUT)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out, seen, _ = _stream_in_process(codec, data, "auto")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == {"encoder": {expected}, "decoder": {expected}}
+    assert np.abs(out - whole_file).max() < 1e-5
+
+
+def test_explicit_worker_threads_and_bad_counts(whole_file: np.ndarray) -> None:
+    from bin import stream
+
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    data, _ = read_audio(INPUT)
+    out, seen, _ = _stream_in_process(codec, data, 1)
+    assert seen == {"encoder": {1}, "decoder": {1}}
+    assert np.abs(out - whole_file).max() < 1e-5
+    for bad in (0, "two", 1.5):
+        with pytest.raises(CodecError, match="worker_threads"):
+            stream.Streamer(codec, codec, 1500, 1, worker_threads=bad)
+
+
+def test_bad_worker_threads_option(python: str) -> None:
+    assert_clean_failure(run_stream(python, "--input_file", INPUT, "--worker_threads", "0"), "--worker_threads")
