@@ -12,6 +12,11 @@ codebooks (K x 1.6 kbps for an 8 x 1024, hop-300, 48 kHz model). `--entropy` ran
 with the model's frequency tables (built by fit-entropy, stored beside the encoder checkpoint).
 """
 
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
+    from utils.fast_malloc import use_fast_malloc
+
+    use_fast_malloc()
+
 import argparse
 import logging
 import os

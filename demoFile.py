@@ -10,6 +10,11 @@ soxr, and the output is written at the model's rate). A mono model codes every c
 file as its own stream.
 """
 
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
+    from utils.fast_malloc import use_fast_malloc
+
+    use_fast_malloc()
+
 import argparse
 import logging
 

@@ -14,6 +14,11 @@ encoder and decoder time per frame, the latency from capture to decoded output, 
 only when -o is not given or --output_device is.
 """
 
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
+    from utils.fast_malloc import use_fast_malloc
+
+    use_fast_malloc()
+
 import argparse
 import logging
 import os

@@ -17,6 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
+    from utils.fast_malloc import use_fast_malloc
+
+    use_fast_malloc()
+
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402

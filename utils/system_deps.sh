@@ -7,6 +7,7 @@ set -uo pipefail
 
 # One package per line; append what your part needs.
 PACKAGES=(
+    libtcmalloc-minimal4  # the inference CLIs run with it (utils/fast_malloc.py)
     jackd2
     libportaudio2
     opus-tools

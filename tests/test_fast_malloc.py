@@ -1,0 +1,85 @@
+"""utils/fast_malloc.py: the CLIs re-execute with tcmalloc/jemalloc preloaded, unless told not to;
+the codes they write do not change; a bad setting fails with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from utils.fast_malloc import MallocSettingError, fast_malloc_library
+
+LIBRARY = fast_malloc_library("auto")
+needs_library = pytest.mark.skipif(LIBRARY is None, reason="no tcmalloc/jemalloc installed (utils/system_deps.sh)")
+
+PROBE = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from utils.fast_malloc import use_fast_malloc
+if __name__ == "__main__":
+    use_fast_malloc()
+maps = open("/proc/self/maps").read()
+print(sorted({{line.split()[-1].rsplit("/", 1)[-1] for line in maps.splitlines() if "malloc" in line}}))
+print(sys.argv[1:])
+"""
+
+
+def run_probe(tmp_path, setting: str | None, *args: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE.format(repo=REPO))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC")}
+    if setting is not None:
+        env["AUDIODEC_MALLOC"] = setting
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_settings() -> None:
+    assert fast_malloc_library("system") is None
+    with pytest.raises(MallocSettingError, match="AUDIODEC_MALLOC=/no/such.so: no such file"):
+        fast_malloc_library("/no/such.so")
+    if LIBRARY is not None:
+        assert fast_malloc_library(LIBRARY) == LIBRARY
+
+
+@needs_library
+def test_program_reexecutes_with_the_library_and_keeps_its_arguments(tmp_path) -> None:
+    result = run_probe(tmp_path, None, "--flag", "two words")
+    assert result.returncode == 0, result.stderr
+    loaded, argv = result.stdout.strip().splitlines()
+    assert os.path.basename(LIBRARY) in loaded
+    assert argv == str(["--flag", "two words"])
+
+
+def test_system_setting_keeps_glibc(tmp_path) -> None:
+    result = run_probe(tmp_path, "system")
+    assert result.returncode == 0, result.stderr
+    assert "tcmalloc" not in result.stdout and "jemalloc" not in result.stdout
+
+
+def test_bad_setting_is_one_line_error(tmp_path) -> None:
+    result = subprocess.run([sys.executable, os.path.join(REPO, "codec.py"), "info", "x.adc"], capture_output=True,
+                            text=True, env=dict(os.environ, AUDIODEC_MALLOC="/no/such.so"), timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: AUDIODEC_MALLOC=/no/such.so"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@needs_library
+def test_codes_do_not_depend_on_the_allocator(tmp_path) -> None:
+    """codec.py encode under tcmalloc/jemalloc and under glibc: the same file, byte for byte."""
+    source = os.path.join(REPO, "data", "demo", "alsa_speakers.wav")
+    outputs = {}
+    for setting in ("auto", "system"):
+        out = tmp_path / f"{setting}.adc"
+        result = subprocess.run(
+            [sys.executable, os.path.join(REPO, "codec.py"), "encode", "--model", "demo48k", "--cuda", "-1",
+             "--num_threads", "2", "--resample", "-i", source, "-o", str(out)],
+            capture_output=True, text=True, env=dict(os.environ, AUDIODEC_MALLOC=setting), timeout=300, cwd=REPO,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs[setting] = out.read_bytes()
+    assert outputs["auto"] == outputs["system"]

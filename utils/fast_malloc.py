@@ -1,0 +1,88 @@
+"""Run the inference CLIs with tcmalloc (or jemalloc) in place of glibc's malloc.
+
+At small streaming chunks the codec is bound by the fixed cost of each operation rather than by
+arithmetic, and much of that cost is memory management: every PyTorch operation allocates its
+output, and every oneDNN convolution call allocates its descriptors and scratchpad and frees them
+again. A thread-caching allocator makes those cheap. On the 2-core VM, `bin/benchmark.py` at
+300-sample chunks (alternating processes, 10 s of audio each; docs/performance.md):
+
+    allocator      vctk_v1 RTF          vctk_sym RTF
+    glibc          see docs/performance.md
+    tcmalloc       ...
+
+The allocator has to be in place before the process's first allocation, so it cannot be loaded
+from Python. `use_fast_malloc()`, called first thing by a CLI run as a program, re-executes the
+same command line with the library in `LD_PRELOAD` when one is installed (`utils/system_deps.sh`
+installs libtcmalloc-minimal4) and the process does not have it yet. The numbers computed are the
+same: PyTorch aligns every tensor to 64 bytes whichever allocator provides the memory.
+
+`AUDIODEC_MALLOC=system` keeps glibc's allocator; `AUDIODEC_MALLOC=/path/to/lib.so` preloads
+that library instead of the first one found.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+LIBRARIES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libjemalloc.so.2")
+DIRECTORIES = (
+    "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib",
+)
+SETTING = "AUDIODEC_MALLOC"
+_DONE = "AUDIODEC_MALLOC_PRELOADED"  # set in the re-executed process: never re-execute twice
+
+
+class MallocSettingError(ValueError):
+    """AUDIODEC_MALLOC names something that is not a library file."""
+
+
+def fast_malloc_library(setting: str | None = None) -> str | None:
+    """The allocator library to preload: AUDIODEC_MALLOC's path, else the first installed one of
+    `LIBRARIES`; None for `system`, on systems without LD_PRELOAD, or when none is installed."""
+    setting = os.environ.get(SETTING, "auto") if setting is None else setting
+    if setting == "system" or not sys.platform.startswith("linux"):
+        return None
+    if setting != "auto":
+        if not os.path.isfile(setting):
+            raise MallocSettingError(
+                f"{SETTING}={setting}: no such file; give the path of a malloc library (e.g. "
+                f"libtcmalloc_minimal.so.4), 'auto' or 'system'"
+            )
+        return setting
+    for name in LIBRARIES:
+        for directory in DIRECTORIES:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def preloaded(library: str) -> bool:
+    """Whether this process has `library` mapped (preloaded by us, by the user, or linked in)."""
+    name = os.path.basename(library)
+    try:
+        with open("/proc/self/maps") as maps:
+            return any(line.rstrip().endswith(name) for line in maps)
+    except OSError:
+        return name in os.environ.get("LD_PRELOAD", "")
+
+
+def use_fast_malloc() -> None:
+    """Re-execute this program with the allocator preloaded, unless it has it, it was already
+    re-executed, or none is available. Call before importing anything heavy (torch): the
+    first process's imports are thrown away. A bad AUDIODEC_MALLOC ends the program with one line."""
+    if os.environ.get(_DONE):
+        return
+    try:
+        library = fast_malloc_library()
+    except MallocSettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if library is None or preloaded(library):
+        return
+    preload = " ".join(part for part in (library, os.environ.get("LD_PRELOAD", "")) if part)
+    env = dict(os.environ, LD_PRELOAD=preload, **{_DONE: library})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
