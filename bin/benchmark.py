@@ -39,6 +39,7 @@ from layers.weight_norm import fold_weight_norm  # noqa: E402
 from utils.audiodec import BACKENDS, PRECISIONS, StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
+from utils.fast_malloc import current_malloc  # noqa: E402
 
 CONVS = (nn.Conv1d, nn.ConvTranspose1d)
 RESIDUAL_BRANCH_RMS = 0.5  # the last conv of a residual branch adds to the skip path
@@ -297,6 +298,7 @@ def benchmark(codec: StreamingCodec, frame_size: int, seconds: float, whole_file
         "precision": codec.precision,
         "backend": codec.backend,
         "threads": torch.get_num_threads(),
+        "malloc": current_malloc(),
         "frame_size": frame_size,
         "seconds": x.shape[-1] / codec.sample_rate,
         "enc_median_ms": enc_median * 1e3,
@@ -328,7 +330,7 @@ def benchmark(codec: StreamingCodec, frame_size: int, seconds: float, whole_file
 def format_report(result: dict) -> str:
     lines = [
         f"model {result['model']}  precision {result['precision']}  backend {result.get('backend', 'torch')}  "
-        f"threads {result['threads']}  "
+        f"threads {result['threads']}  malloc {result.get('malloc', '?')}  "
         f"chunk {result['frame_size']}  audio {result['seconds']:.1f} s",
         f"measured fp32 GEMM rate: {result['gemm_gflops']:.0f} GFLOP/s",
     ]

@@ -3,12 +3,13 @@
 At small streaming chunks the codec is bound by the fixed cost of each operation rather than by
 arithmetic, and much of that cost is memory management: every PyTorch operation allocates its
 output, and every oneDNN convolution call allocates its descriptors and scratchpad and frees them
-again. A thread-caching allocator makes those cheap. On the 2-core VM, `bin/benchmark.py` at
-300-sample chunks (alternating processes, 10 s of audio each; docs/performance.md):
+again. A thread-caching allocator makes those cheap. On the 2-core VM, `bin/benchmark.py`, full
+size, 10 s of audio, RTF of two rounds with the allocators' processes alternating:
 
-    allocator      vctk_v1 RTF          vctk_sym RTF
-    glibc          see docs/performance.md
-    tcmalloc       ...
+    allocator   vctk_v1 300   vctk_sym 300   vctk_v1 1500   v1 whole file (decode)
+    glibc       1.90; 1.70    1.14; 0.97     0.81; 0.75     0.53; 0.50
+    tcmalloc    1.62; 1.60    0.72; 0.76     0.80; 0.79     0.49; 0.49
+    jemalloc    1.69; 1.56    0.67; 0.68     0.80; 0.75     0.49; 0.49 (JEMALLOC_CONF; 0.65-0.68 without)
 
 The allocator has to be in place before the process's first allocation, so it cannot be loaded
 from Python. `use_fast_malloc()`, called first thing by a CLI run as a program, re-executes the
@@ -26,6 +27,10 @@ import os
 import sys
 
 LIBRARIES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libjemalloc.so.2")
+# jemalloc's defaults hand large blocks back to the system at once, so the whole-file decoder's
+# big buffers page-fault on every call (v1 whole-file decode RTF 0.65-0.68 against 0.49-0.53 with
+# glibc); keeping them (as glibc and tcmalloc do) gives 0.49. Used unless MALLOC_CONF is set.
+JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 DIRECTORIES = (
     "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib",
 )
@@ -68,6 +73,16 @@ def preloaded(library: str) -> bool:
         return name in os.environ.get("LD_PRELOAD", "")
 
 
+def current_malloc() -> str:
+    """The allocator this process runs with: 'jemalloc', 'tcmalloc' or 'glibc' (for reports)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            mapped = maps.read()
+    except OSError:
+        mapped = os.environ.get("LD_PRELOAD", "")
+    return next((name for name in ("jemalloc", "tcmalloc") if f"lib{name}" in mapped), "glibc")
+
+
 def use_fast_malloc() -> None:
     """Re-execute this program with the allocator preloaded, unless it has it, it was already
     re-executed, or none is available. Call before importing anything heavy (torch): the
@@ -83,6 +98,8 @@ def use_fast_malloc() -> None:
         return
     preload = " ".join(part for part in (library, os.environ.get("LD_PRELOAD", "")) if part)
     env = dict(os.environ, LD_PRELOAD=preload, **{_DONE: library})
+    if "jemalloc" in os.path.basename(library):
+        env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
