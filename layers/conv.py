@@ -90,7 +90,7 @@ class PackedConv:
         self.weight: torch.Tensor | None = None  # source weight after `transform`, in the compute dtype
         self.bias: torch.Tensor | None = None
         self.packed: torch.Tensor | None = None  # the oneDNN weights of the latest call (a graph input while tracing)
-        self.packings: dict[tuple, torch.Tensor] = {}  # (batch, length) -> weights in the layout oneDNN runs there
+        self.packings: dict[tuple, torch.Tensor] = {}  # (batch, length, threads) -> weights in the layout run there
         self.layouts: dict[bytes, torch.Tensor] = {}  # one copy of the weights per distinct layout
         self.matrix: torch.Tensor | None = None  # (groups, C_out / groups, C_in / groups * k), made on first use
         self.rows_matrix: torch.Tensor | None = None  # (C_in, C_out) of a pointwise conv, made on first use
@@ -135,7 +135,7 @@ class PackedConv:
         if torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] argument
             return _scripted_onednn()(x, self.packed, self.bias, stride, dilation, groups)
         batch, _, length = (int(size) for size in x.shape)
-        key = (batch, min(length, self.TUNE_MAX_LENGTH))
+        key = (batch, min(length, self.TUNE_MAX_LENGTH), torch.get_num_threads())  # oneDNN blocks for all three
         packed = self.packings.get(key)
         if packed is None:
             packed = self._pack(key, stride, dilation, groups)
@@ -146,7 +146,8 @@ class PackedConv:
         return y.squeeze(2)
 
     def _pack(self, key: tuple, stride: int, dilation: int, groups: int) -> torch.Tensor:
-        """The weights in the blocked layout oneDNN's kernel for inputs of (batch, length) reads.
+        """The weights in the blocked layout oneDNN's kernel for inputs of (batch, length) reads,
+        on this many threads.
         The layout depends on the input length (256 -> 256 pointwise: 32-channel blocks over 5
         frames, 64 over 64 frames), and a convolution given another layout reorders its weights on
         every call, a second oneDNN primitive that cost 20-35 us per call in a 300-sample chunk.
@@ -155,7 +156,7 @@ class PackedConv:
             self.packings, self.layouts = {}, {}
         with torch.inference_mode(False), torch.no_grad():
             w = self.weight.unsqueeze(2)
-            batch, length = key
+            batch, length, _ = key  # packed under the current thread count, the key's third part
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 w, [0, 0], [1, stride], [1, dilation], groups, [batch, w.shape[1] * groups, 1, length]
             )

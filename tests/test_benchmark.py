@@ -175,9 +175,10 @@ def test_onednn_weights_are_packed_per_length_in_the_layout_run_there() -> None:
         x = torch.randn(1, 256, 64)
         for frames in (5, 64, 4, 64):
             outputs[frames] = conv.run(x[..., :frames], weight, None, 1, 1, 1, torch.float32)
-    assert set(conv.packings) == {(1, 5), (1, 64), (1, 4)}
-    assert conv.packings[(1, 5)] is conv.packings[(1, 4)]  # one layout, one copy
-    assert conv.packings[(1, 5)] is not conv.packings[(1, 64)]
+    threads = torch.get_num_threads()
+    assert set(conv.packings) == {(1, 5, threads), (1, 64, threads), (1, 4, threads)}
+    assert conv.packings[(1, 5, threads)] is conv.packings[(1, 4, threads)]  # one layout, one copy
+    assert conv.packings[(1, 5, threads)] is not conv.packings[(1, 64, threads)]
     assert len(conv.layouts) == 2
     torch.testing.assert_close(outputs[5], outputs[64][..., :5], rtol=0, atol=0)
     torch.testing.assert_close(outputs[64], F.conv1d(x, weight), rtol=0, atol=1e-5)
@@ -185,7 +186,7 @@ def test_onednn_weights_are_packed_per_length_in_the_layout_run_there() -> None:
         weight.mul_(2)  # new weights: every layout is packed anew
     with torch.inference_mode():
         conv.run(x[..., :5], weight, None, 1, 1, 1, torch.float32)
-    assert set(conv.packings) == {(1, 5)} and len(conv.layouts) == 1
+    assert set(conv.packings) == {(1, 5, threads)} and len(conv.layouts) == 1
 
 
 def test_transmitter_does_not_tune_so_codes_do_not_depend_on_timing() -> None:
