@@ -311,7 +311,6 @@ class Streamer(_Pipeline):
 
     def start(self) -> None:
         threads = torch.get_num_threads()
-        self._reset()
         share = self._worker_share(threads)
         # Start the streams afresh, tuned and traced for the workers' thread count (both are keyed
         # by it): here rather than on their first frames.
@@ -335,6 +334,7 @@ class Streamer(_Pipeline):
             return self.worker_threads
         if threads < 2 or self.tx.device.type != "cpu" or self.rx.device.type != "cpu":
             return threads
+        self._reset()  # tuned and traced for `threads`, so that the timings below are of the steady state
         silence = torch.zeros(self.streams, self.tx.input_channels, self.frame_size, device=self.tx.device)
         encode, decode = [], []
         for _ in range(3):
