@@ -24,15 +24,18 @@ if __name__ == "__main__":
 from utils.fast_malloc import current_malloc
 print(current_malloc())
 print(sys.argv[1:])
+print(os.environ.get("AUDIODEC_MALLOC_PRELOADED", "not re-executed"))
 """
 
 
-def run_probe(tmp_path, setting: str | None, *args: str) -> subprocess.CompletedProcess:
+def run_probe(tmp_path, setting: str | None, *args: str, preload: str = "") -> subprocess.CompletedProcess:
     script = tmp_path / "probe.py"
     script.write_text(PROBE.format(repo=REPO))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC") and k != "LD_PRELOAD"}
     if setting is not None:
         env["AUDIODEC_MALLOC"] = setting
+    if preload:
+        env["LD_PRELOAD"] = preload
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -49,9 +52,19 @@ def test_settings() -> None:
 def test_program_reexecutes_with_the_library_and_keeps_its_arguments(tmp_path) -> None:
     result = run_probe(tmp_path, None, "--flag", "two words")
     assert result.returncode == 0, result.stderr
-    loaded, argv = result.stdout.strip().splitlines()
+    loaded, argv, marker = result.stdout.strip().splitlines()
     assert loaded in os.path.basename(LIBRARY) and loaded != "glibc"
     assert argv == str(["--flag", "two words"])
+    assert marker == LIBRARY
+
+
+@needs_library
+def test_program_that_has_the_library_already_is_not_reexecuted(tmp_path) -> None:
+    """Preloaded by the user through its symlink name: the process maps the resolved file."""
+    result = run_probe(tmp_path, None, preload=LIBRARY)
+    assert result.returncode == 0, result.stderr
+    loaded, _, marker = result.stdout.strip().splitlines()
+    assert loaded != "glibc" and marker == "not re-executed"
 
 
 def test_system_setting_keeps_glibc(tmp_path) -> None:

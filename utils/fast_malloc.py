@@ -63,24 +63,27 @@ def fast_malloc_library(setting: str | None = None) -> str | None:
     return None
 
 
-def preloaded(library: str) -> bool:
-    """Whether this process has `library` mapped (preloaded by us, by the user, or linked in)."""
-    name = os.path.basename(library)
+def _mapped_libraries() -> set[str]:
+    """File names of what this process has mapped (LD_PRELOAD's names where /proc is missing)."""
     try:
         with open("/proc/self/maps") as maps:
-            return any(line.rstrip().endswith(name) for line in maps)
+            return {line.split()[-1].rsplit("/", 1)[-1] for line in maps if "/" in line}
     except OSError:
-        return name in os.environ.get("LD_PRELOAD", "")
+        return {os.path.basename(part) for part in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()}
+
+
+def preloaded(library: str) -> bool:
+    """Whether this process has `library` mapped (preloaded by us, by the user, or linked in; the
+    map names the file a symlink such as libtcmalloc_minimal.so.4 resolves to)."""
+    mapped = _mapped_libraries()
+    return os.path.basename(library) in mapped or os.path.basename(os.path.realpath(library)) in mapped
 
 
 def current_malloc() -> str:
     """The allocator this process runs with: 'jemalloc', 'tcmalloc' or 'glibc' (for reports)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            mapped = maps.read()
-    except OSError:
-        mapped = os.environ.get("LD_PRELOAD", "")
-    return next((name for name in ("jemalloc", "tcmalloc") if f"lib{name}" in mapped), "glibc")
+    mapped = _mapped_libraries()
+    return next((name for name in ("jemalloc", "tcmalloc") if any(f.startswith(f"lib{name}") for f in mapped)),
+                "glibc")
 
 
 def use_fast_malloc() -> None:
