@@ -131,19 +131,26 @@ class PackedConv:
         self.choice = {}
         self.key = key
 
-    def _onednn(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
-        if torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] argument
-            return _scripted_onednn()(x, self.packed, self.bias, stride, dilation, groups)
+    def _onednn(
+        self, x: torch.Tensor, stride: int, dilation: int, groups: int, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """oneDNN on weights packed for x's shape; with `residual`, `residual + conv(x)` in the same
+        call (oneDNN adds it to the finished output, so the sum is bitwise the separate add's)."""
+        if torch.jit.is_tracing():
+            # `self.packed` is a graph input here (utils/traced_step.py), and the tracer cannot
+            # record the op's empty Scalar?[] argument, so it records the scripted functions.
+            if residual is None:
+                return _scripted(_onednn_conv)(x, self.packed, self.bias, stride, dilation, groups)
+            return _scripted(_onednn_conv_add)(x, residual, self.packed, self.bias, stride, dilation, groups)
         batch, _, length = (int(size) for size in x.shape)
         key = (batch, min(length, self.TUNE_MAX_LENGTH), torch.get_num_threads())  # oneDNN blocks for all three
         packed = self.packings.get(key)
         if packed is None:
             packed = self._pack(key, stride, dilation, groups)
         self.packed = packed
-        y = torch.ops.mkldnn._convolution_pointwise(
-            x.unsqueeze(2), packed, self.bias, [0, 0], [1, stride], [1, dilation], groups, "none", [], "",
-        )
-        return y.squeeze(2)
+        if residual is None:
+            return _onednn_conv(x, packed, self.bias, stride, dilation, groups)
+        return _onednn_conv_add(x, residual, packed, self.bias, stride, dilation, groups)
 
     def _pack(self, key: tuple, stride: int, dilation: int, groups: int) -> torch.Tensor:
         """The weights in the blocked layout oneDNN's kernel for inputs of (batch, length) reads,
@@ -232,8 +239,11 @@ class PackedConv:
         groups: int,
         dtype: torch.dtype,
         transform=None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """conv1d of x (B, C_in, L) with `weight` (C_out, C_in / groups, k), computed in `dtype`.
+        """conv1d of x (B, C_in, L) with `weight` (C_out, C_in / groups, k), computed in `dtype`;
+        plus `residual` (the output's shape) when given, fused into the oneDNN call where it runs
+        (the residual units' skip connections: one operation and one output tensor fewer each).
 
         `transform(weight, bias) -> (weight, bias)` rewrites the source parameters before caching
         (used by the transposed convolution).
@@ -253,14 +263,17 @@ class PackedConv:
                 choice = "onednn" if _ONEDNN else "native"
             else:
                 choice = self.choice[key] = self._tune(x[..., : self.TUNE_MAX_LENGTH], stride, dilation, groups)
+        if residual is not None and choice == "onednn" and dtype == torch.float32:
+            return self._onednn(x, stride, dilation, groups, residual)
         y = getattr(self, "_" + choice)(x, stride, dilation, groups)
-        return y if y.dtype == torch.float32 else y.float()
+        y = y if y.dtype == torch.float32 else y.float()
+        return y if residual is None else residual + y
 
 
 def _onednn_conv(
     x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: int, dilation: int, groups: int
 ) -> torch.Tensor:
-    """PackedConv's oneDNN call in TorchScript-compilable form (for utils/traced_step.py)."""
+    """PackedConv's oneDNN call, in TorchScript-compilable form (utils/traced_step.py records it)."""
     scalars: list[int | float | complex | None] = []  # the schema's Scalar?[]
     y = torch.ops.mkldnn._convolution_pointwise(
         x.unsqueeze(2), packed, bias, [0, 0], [1, stride], [1, dilation], groups, "none", scalars, ""
@@ -268,10 +281,28 @@ def _onednn_conv(
     return y.squeeze(2)
 
 
+def _onednn_conv_add(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    packed: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int,
+    dilation: int,
+    groups: int,
+) -> torch.Tensor:
+    """residual + `_onednn_conv(x, ...)` as one oneDNN call (a binary post-op), TorchScript-compilable."""
+    scalars: list[int | float | complex | None] = []
+    y = torch.ops.mkldnn._convolution_pointwise(  # the `.binary` overload, picked by its arguments
+        x.unsqueeze(2), residual.unsqueeze(2), packed, bias, [0, 0], [1, stride], [1, dilation], groups,
+        "add", None, None, scalars, None,
+    )
+    return y.squeeze(2)
+
+
 @functools.cache
-def _scripted_onednn():
-    """`_onednn_conv` compiled by TorchScript, on first use (a trace records a call to it)."""
-    return torch.jit.script(_onednn_conv)
+def _scripted(function):
+    """`function` compiled by TorchScript, on first use (a trace records a call to it)."""
+    return torch.jit.script(function)
 
 
 def _packed_conv(tune: bool = True) -> PackedConv:
@@ -358,11 +389,13 @@ class Conv1d1x1(nn.Conv1d):
         self.compute_dtype = torch.float32
         self._packed = PackedConv()
 
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        """Streaming step: a pointwise conv has no memory."""
+    def step(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Streaming step: a pointwise conv has no memory. With `residual`: residual + conv(x)."""
         if PackedConv.usable(x, self.weight):
-            return self._packed.run(x, self.weight, self.bias, 1, 1, self.groups, self.compute_dtype)
-        return self(x)
+            return self._packed.run(
+                x, self.weight, self.bias, 1, 1, self.groups, self.compute_dtype, residual=residual
+            )
+        return self(x) if residual is None else residual + self(x)
 
 
 class NonCausalConv1d(nn.Module):
@@ -424,15 +457,17 @@ class CausalConv1d(StreamingState, NonCausalConv1d):
         """Offline pass with zero history: (B, C_in, T) -> (B, C_out, T // stride)."""
         return self.conv(F.pad(x, (self.pad_length, 0)))
 
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        """Streaming step on chunk (B, C_in, T), T a multiple of the stride."""
+    def step(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Streaming step on chunk (B, C_in, T), T a multiple of the stride. With `residual` (the
+        output's shape): residual + conv(x)."""
         x = self._push(x)
         conv = self.conv
         if PackedConv.usable(x, conv.weight):
             return self._packed.run(
-                x, conv.weight, conv.bias, self.stride, self.dilation, conv.groups, self.compute_dtype
+                x, conv.weight, conv.bias, self.stride, self.dilation, conv.groups, self.compute_dtype,
+                residual=residual,
             )
-        return conv(x)
+        return conv(x) if residual is None else residual + conv(x)
 
 
 class NonCausalConvTranspose1d(nn.Module):

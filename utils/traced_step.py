@@ -195,5 +195,7 @@ class TracedStep(PerShapeStep):
         with torch.jit.optimized_execution(self.OPTIMIZE):
             y, *states = graph(x, *[layer._state for layer in layers], *packed)
         for layer, state in zip(layers, states):
-            layer._state = state
+            # `_state` is a plain attribute (not a parameter, buffer or module), which is all that
+            # nn.Module.__setattr__ would find out, at ~1.2 us a layer (22 us per encoder chunk).
+            layer.__dict__["_state"] = state
         return y

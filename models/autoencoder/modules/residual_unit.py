@@ -35,7 +35,7 @@ class ResidualUnit(nn.Module):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1.step(self.activation(x))
-        return x + self.conv2.step(self.activation(y))
+        return self.conv2.step(self.activation(y), residual=x)  # x + conv2(...), the add fused
 
 
 def conv1d_for_mode(mode: str) -> type[nn.Module]:

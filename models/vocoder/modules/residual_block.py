@@ -54,10 +54,11 @@ class HiFiGANResidualBlock(nn.Module):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         for index, conv1 in enumerate(self.convs1):
-            xt = conv1.step(self.activation(x))
             if self.use_additional_convs:
-                xt = self.convs2[index].step(self.activation(xt))
-            x = xt + x
+                xt = conv1.step(self.activation(x))
+                x = self.convs2[index].step(self.activation(xt), residual=x)  # xt + x, the add fused
+            else:
+                x = conv1.step(self.activation(x), residual=x)
         return x
 
 
