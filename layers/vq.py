@@ -35,22 +35,29 @@ class VectorQuantize(nn.Module):
         """The code vectors, (codebook_size, dim)."""
         return self.embed.t()
 
-    def _embed_norm(self) -> torch.Tensor:
-        """|code|^2 per code (1, size); cached outside training while `embed` is unchanged (a streaming
-        chunk of a few frames would otherwise spend more on this than on the search)."""
+    def _search_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2 * embed, |code|^2 per code (1, size)); cached outside training while `embed` is
+        unchanged (a streaming chunk of a few frames would otherwise spend more on these than on
+        the search)."""
         if self.training or torch.is_grad_enabled():
-            return self.embed.pow(2).sum(0, keepdim=True)
-        cached = getattr(self, "_norm_cache", None)
+            return 2 * self.embed, self.embed.pow(2).sum(0, keepdim=True)
+        cached = getattr(self, "_search_cache", None)
         if cached is None or cached[0] is not self.embed or cached[1] != self.embed._version:
             with torch.inference_mode(False), torch.no_grad():
-                norm = self.embed.pow(2).sum(0, keepdim=True)
-            cached = self._norm_cache = (self.embed, self.embed._version, norm)
+                terms = (2 * self.embed, self.embed.pow(2).sum(0, keepdim=True))
+            cached = self._search_cache = (self.embed, self.embed._version, terms)
         return cached[2]
 
     def nearest(self, flatten: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code for each row of `flatten` (N, dim) -> (N,)."""
-        dist = flatten.pow(2).sum(1, keepdim=True) - 2 * flatten @ self.embed + self._embed_norm()
-        return (-dist).max(1).indices
+        """Index of the nearest code for each row of `flatten` (N, dim) -> (N,).
+
+        The original computes (-(|x|^2 - 2 x @ embed + |code|^2)).max(1). This is the same
+        arithmetic with two operations fewer per stage: doubling is exact in floating point, so
+        x @ (2 embed) has the bits of 2 x @ embed, and negation is exact, so the first minimum of
+        the distances is the first maximum of their negatives."""
+        embed2, norm = self._search_terms()
+        dist = flatten.pow(2).sum(1, keepdim=True) - flatten @ embed2 + norm
+        return dist.min(1).indices
 
     def _ema_update(self, flatten: torch.Tensor, onehot: torch.Tensor) -> None:
         self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)

@@ -92,3 +92,25 @@ def test_inference_caches_follow_codebook_changes() -> None:
         expected = (-(flatten.pow(2).sum(1, keepdim=True) - 2 * flatten @ embed
                       + embed.pow(2).sum(0, keepdim=True))).max(1).indices
         assert torch.equal(rvq.layers[0].nearest(flatten), expected)
+
+
+def test_nearest_keeps_the_original_arithmetic_bit_for_bit() -> None:
+    """`nearest` folds the doubling into a cached codebook and takes the minimum of the distances;
+    the indices must be the original formula's, ties included (the first of equal distances)."""
+    torch.manual_seed(3)
+    vq = VectorQuantize(dim=64, codebook_size=1024).eval()
+    with torch.no_grad():
+        vq.embed.copy_(torch.randn(64, 1024) * 0.5)
+        vq.embed[:, 7] = vq.embed[:, 3]  # exact ties: codes 3 and 7 are the same vector
+    flatten = torch.randn(4000, 64) * 0.5
+    flatten[:5] = vq.embed[:, 3] + 1e-3 * torch.randn(5, 64)  # nearest is the tied pair
+    embed = vq.embed
+    dist = flatten.pow(2).sum(1, keepdim=True) - 2 * flatten @ embed + embed.pow(2).sum(0, keepdim=True)
+    expected = (-dist).max(1).indices
+    with torch.inference_mode():
+        got = vq.nearest(flatten)
+        for rows in (1, 3, 80):  # streaming chunks and whole-file blocks give the search other row counts
+            assert torch.equal(vq.nearest(flatten[:rows]), expected[:rows])
+    assert torch.equal(got, expected)
+    assert torch.equal(expected[:5], torch.full((5,), 3))
+    assert torch.equal(vq.nearest(flatten), expected)  # the training-mode path (no cache)

@@ -17,6 +17,7 @@ and any in-place or replaced weight makes a new trace.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -26,6 +27,9 @@ from torch import nn
 
 from layers.conv import PackedConv, StreamingState, record_usage
 from utils.errors import CodecError
+
+_data_ptr = torch.Tensor.data_ptr
+_version = operator.attrgetter("_version")
 
 # Bumped whenever any module gets a parameter or buffer (set or replaced), so that TracedStep
 # re-lists its module's tensors only then and otherwise checks just their versions.
@@ -121,7 +125,7 @@ class PerShapeStep(ABC):
             self.registrations = _REGISTRATIONS[0]
             self.tensors = [*self.module.parameters(), *self.module.buffers()]
             self.versioned = [t for t in self.tensors if not t.is_inference()]
-        return tuple(t.data_ptr() for t in self.tensors), tuple(t._version for t in self.versioned)
+        return tuple(map(_data_ptr, self.tensors)), tuple(map(_version, self.versioned))
 
     @abstractmethod
     def _build(self, x: torch.Tensor) -> object:
