@@ -139,3 +139,28 @@ def test_finding_a_steps_parts_leaves_other_threads_layers_alone() -> None:
     assert {id(m) for m in layers} == {id(m) for m in decoder_layers}
     assert all(layer._state is state for layer, state in zip(decoder_layers, before))
     assert packs and all(isinstance(pack, PackedConv) for pack in packs)
+
+
+def test_a_shapes_first_graph_costs_one_eager_step_and_one_trace() -> None:
+    """The build that follows the eager run which found the step's parts does not run it again;
+    a later shape's build runs one eager step (to fill the caches for its length) and one trace."""
+    codec = load("vctk_sym")
+    codec.reset(1)
+    receiver = codec._decode_latent
+    calls = {"eager": 0, "traced": 0}
+    step = receiver.step
+
+    def counting(latent: torch.Tensor) -> torch.Tensor:
+        calls["traced" if torch.jit.is_tracing() else "eager"] += 1
+        return step(latent)
+
+    receiver.step = counting
+    with torch.inference_mode():
+        for frames, eager_on_build in ((2, 1), (3, 1)):
+            latent = codec.encoder.lookup(torch.zeros(1, codec.n_codebooks, frames, dtype=torch.long))
+            receiver(latent)  # first sight of the shape: the eager step
+            calls.update(eager=0, traced=0)
+            receiver(latent)  # second: the graph is built, then run
+            assert calls == {"eager": eager_on_build, "traced": 1}
+            receiver(latent)
+            assert calls == {"eager": eager_on_build, "traced": 1}  # the graph ran, no step

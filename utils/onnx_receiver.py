@@ -53,7 +53,7 @@ class OnnxReceiver(PerShapeStep):
         super().__init__(module, step)
         self.ort = _import_onnxruntime()
 
-    def _build(self, latent: torch.Tensor) -> tuple:
+    def _build(self, latent: torch.Tensor, warm: bool) -> tuple:  # (the export reads no cache: `warm` is not needed)
         layers = self.layers
         names = ["latent"] + [f"state{i}" for i in range(len(layers))]
         with torch.inference_mode(False), torch.no_grad():

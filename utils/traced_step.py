@@ -128,8 +128,9 @@ class PerShapeStep(ABC):
         return tuple(map(_data_ptr, self.tensors)), tuple(map(_version, self.versioned))
 
     @abstractmethod
-    def _build(self, x: torch.Tensor) -> object:
-        """The compiled form of the step for x's shape (the step's layers are known by then)."""
+    def _build(self, x: torch.Tensor, warm: bool) -> object:
+        """The compiled form of the step for x's shape (the step's layers are known by then);
+        `warm`: an eager step of this shape has just run, so the caches it reads are filled."""
 
     @abstractmethod
     def _run(self, built: object, x: torch.Tensor) -> torch.Tensor:
@@ -140,6 +141,7 @@ class PerShapeStep(ABC):
             return self.step(x)
         key = (tuple(x.shape), x.dtype, torch.get_num_threads(), self._weights_key())
         built = self.built.pop(key, None)
+        warm = False
         if built is None:
             if key not in self.seen:
                 if len(self.seen) >= self.MAX_SEEN:
@@ -150,9 +152,10 @@ class PerShapeStep(ABC):
                 del self.built[next(iter(self.built))]
             if self.layers is None:
                 self.layers, self.packs = used_parts(self.module, self.step, x)
+                warm = True
         check_states(self.layers, x.shape[0])  # streams start in the torch layers, as the eager step starts them
         if built is None:
-            built = self._build(x)
+            built = self._build(x, warm)
         self.built[key] = built
         return self._run(built, x)
 
@@ -164,11 +167,13 @@ class TracedStep(PerShapeStep):
 
     OPTIMIZE = False  # the graph executor's optimising passes (see _run)
 
-    def _build(self, x: torch.Tensor) -> tuple:
+    def _build(self, x: torch.Tensor, warm: bool) -> tuple:
         # An eager run of this shape (states put back) leaves in every cache the step reads what
         # this shape needs: the chosen formulations, and the packed weights in the layout oneDNN
-        # runs at this length, which become graph inputs.
-        used_parts(self.module, self.step, x)
+        # runs at this length, which become graph inputs. The first build follows the run that
+        # found the step's parts, which did just that.
+        if not warm:
+            used_parts(self.module, self.step, x)
         layers = self.layers
         packs = [pack for pack in self.packs if pack.packed is not None]
         packed = [pack.packed for pack in packs]
