@@ -48,6 +48,22 @@ class VectorQuantize(nn.Module):
             cached = self._search_cache = (self.embed, self.embed._version, terms)
         return cached[2]
 
+    def distances(self, flatten: torch.Tensor) -> torch.Tensor:
+        """|x - code|^2, expanded as the original computes it, for each row x of `flatten` (N, dim)
+        and each code -> (N, size).
+
+        Outside autograd every row's products with the codebook come from a one-row matrix
+        product, whatever N is: MKL rounds a row's sums differently in products of 1-3 rows than in
+        larger ones (up to 6e-6 here), and a streaming chunk searches its frames (one per 300
+        samples) where a whole file searches 80 at a time, so a code at a near-tie could otherwise
+        depend on how the signal was cut (Contract 2). Training keeps one product for the batch."""
+        embed2, norm = self._search_terms()
+        if self.training or torch.is_grad_enabled() or flatten.shape[0] == 1:
+            products = flatten @ embed2
+        else:
+            products = torch.cat([row @ embed2 for row in flatten.split(1)])
+        return flatten.pow(2).sum(1, keepdim=True) - products + norm
+
     def nearest(self, flatten: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of `flatten` (N, dim) -> (N,).
 
@@ -55,9 +71,7 @@ class VectorQuantize(nn.Module):
         arithmetic with two operations fewer per stage: doubling is exact in floating point, so
         x @ (2 embed) has the bits of 2 x @ embed, and negation is exact, so the first minimum of
         the distances is the first maximum of their negatives."""
-        embed2, norm = self._search_terms()
-        dist = flatten.pow(2).sum(1, keepdim=True) - flatten @ embed2 + norm
-        return dist.min(1).indices
+        return self.distances(flatten).min(1).indices
 
     def _ema_update(self, flatten: torch.Tensor, onehot: torch.Tensor) -> None:
         self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from layers.vq import ResidualVQ, VectorQuantize
@@ -114,3 +115,23 @@ def test_nearest_keeps_the_original_arithmetic_bit_for_bit() -> None:
     assert torch.equal(got, expected)
     assert torch.equal(expected[:5], torch.full((5,), 3))
     assert torch.equal(vq.nearest(flatten), expected)  # the training-mode path (no cache)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_rows_distances_do_not_depend_on_how_many_rows_are_searched(threads: int) -> None:
+    """Streaming searches one frame per 300-sample chunk, a whole file 80 per block: each row's
+    distances must be bitwise the same either way (a plain batched matrix product rounds rows of
+    small products differently, which could flip a code at a near-tie)."""
+    torch.manual_seed(5)
+    vq = VectorQuantize(dim=64, codebook_size=1024).eval()
+    flatten = torch.randn(83, 64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            whole = vq.distances(flatten)
+            for size in (1, 2, 3, 5, 16, 80):
+                parts = torch.cat([vq.distances(block) for block in flatten.split(size)])
+                assert torch.equal(parts, whole), f"rows searched {size} at a time differ"
+    finally:
+        torch.set_num_threads(previous)
