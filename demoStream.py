@@ -47,8 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--frame_size", type=int, default=1200, help="samples per frame, a multiple of the hop")
     parser.add_argument("--num_threads", type=int, help="CPU threads (default: 4, at most the cores available)")
     parser.add_argument("--worker_threads", default="auto",
-                        help="threads of each of the encoder and decoder threads: a count, or 'auto' (half of "
-                             "--num_threads when the two sides cost about the same, else all of them)")
+                        help="threads of each of the encoder and decoder threads: a count, or 'auto' (when the "
+                             "two sides cost about the same, they overlap with half of --num_threads each; else "
+                             "one thread encodes and decodes each frame with all of them)")
     parser.add_argument("--max_latency", type=float, default=0.1,
                         help="seconds a frame may take from capture to output before frames are dropped (0 = never)")
     parser.add_argument("--duration", type=float, help="stop live streaming after this many seconds")

@@ -37,6 +37,7 @@ import torch
 from utils import packet
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
+from utils.openmp import release_pool
 
 POLL_SECONDS = 0.05
 END_PACKET_COPIES = 3
@@ -135,12 +136,13 @@ class _Worker(threading.Thread):
     Items whose frame `is_dropped` are skipped. A failure is kept in `error` (the owner re-raises
     it in the main thread) and stops the worker. `threads`, when set, is the number of intra-op
     threads this worker's torch operations use (its own OpenMP team; other threads keep theirs).
+    `times` collects the duration of each step (None: the step records its own).
     """
 
     threads: int | None = None
 
     def __init__(self, name: str, source: queue.Queue, step: Callable[[int, Any, float], Any], sink: queue.Queue | None,
-                 times: list[float], stop: threading.Event, is_dropped: Callable[[int], bool]) -> None:
+                 times: list[float] | None, stop: threading.Event, is_dropped: Callable[[int], bool]) -> None:
         super().__init__(name=name, daemon=True)
         self.source, self.step, self.sink, self.times = source, step, sink, times
         self.stop, self.is_dropped = stop, is_dropped
@@ -159,7 +161,8 @@ class _Worker(threading.Thread):
                     continue
                 start = time.perf_counter()
                 result = self.step(index, payload, stamp)
-                self.times.append(time.perf_counter() - start)
+                if self.times is not None:
+                    self.times.append(time.perf_counter() - start)
                 if self.sink is not None:
                     self._put((index, result, stamp))
         except BaseException as error:  # noqa: BLE001 - handed to the main thread
@@ -239,6 +242,9 @@ class _Pipeline:
         return index
 
     def start(self) -> None:
+        # The coding moves to the worker threads: end this thread's idle OpenMP workers, which
+        # would otherwise make every parallel region of theirs wake its team through the kernel.
+        release_pool()
         for worker in self.workers:
             worker.start()
 
@@ -273,14 +279,25 @@ def _encode_step(codec: StreamingCodec) -> Callable[[np.ndarray], torch.Tensor]:
 class Streamer(_Pipeline):
     """Transmitter and receiver in one process: `tx` encodes, `rx` decodes (they may be one codec).
 
-    The encoder and decoder threads work on consecutive frames at once, so each needs its own
-    share of the cores: two OpenMP teams of the process's full thread count on the same cores
-    oversubscribe them. `worker_threads` is the intra-op thread count of each worker; "auto"
-    (default) halves the caller's count when the two sides cost about the same per frame (within
-    `BALANCE`, timed on silence at start) and otherwise leaves both the full count, because then
-    one side dominates and needs every core. On the 2-core VM, full-size symmetric codec, 300-sample
-    frames: 1 thread each codes 10 s of audio in 6.9-9.1 s against 10.8-11.4 s with 2 each (not
-    real time); for encoder + v1 vocoder at 1500, 1 each took 12.6 s against 9.8 s with 2 each.
+    Two ways to run: an encoder thread and a decoder thread working on consecutive frames at once,
+    or one coder thread that encodes and then decodes each frame. Overlapping pays when the two
+    sides cost about the same, but each thread then needs its own share of the cores: two OpenMP
+    teams of the process's full thread count on the same cores oversubscribe them.
+    `worker_threads` is the intra-op thread count of each of the two overlapping threads. "auto"
+    (default) times both sides on silence at start: when they cost about the same (within
+    `BALANCE`), the two threads overlap with half the caller's threads each; otherwise one side
+    dominates, overlapping gains little and the dominant side needs every core, so one coder thread
+    runs both with all of them. On the 2-core VM, full-size models with tcmalloc, 10 s of audio
+    pushed unpaced (wall time / 10 s):
+
+        model, frame     overlap, 1 thread each   overlap, 2 each   coder, 2 threads   auto picks
+        sym, 300         0.41-0.55                0.56-0.69         0.68-0.80          overlap, 1
+        sym, 1500        0.23                     0.26              0.29               overlap, 1
+        v1, 300                                   1.75              1.31               coder
+        v1, 1500         1.02-1.04                0.88-0.91         0.69               coder
+
+    (Before the main thread's OpenMP pool was released at start, see `_Pipeline.start`, the coder
+    thread ran at half speed: sym 300 1.23-1.52, v1 1500 1.01.)
     """
 
     BALANCE = 2.0
@@ -299,19 +316,32 @@ class Streamer(_Pipeline):
         self.output_queue: queue.Queue = queue.Queue()
         self.received: dict[int, np.ndarray] = {}
         encode = _encode_step(tx)
-        self.workers = [
+        self.overlapping = [
             _Worker("encoder", self.encoder_queue, lambda _, block, __: encode(block), self.decoder_queue,
                     self.stats.encoder_times, self.stop_event, self.is_dropped),
             _Worker("decoder", self.decoder_queue, lambda _, codes, __: self._decode(codes), self.output_queue,
                     self.stats.decoder_times, self.stop_event, self.is_dropped),
         ]
+        self.coder = _Worker("coder", self.encoder_queue, lambda _, block, __: self._code(encode, block),
+                             self.output_queue, None, self.stop_event, self.is_dropped)
+        self.workers = self.overlapping  # what runs; `start` may choose the coder instead
 
     def _decode(self, codes: torch.Tensor) -> np.ndarray:
         return StreamingCodec.audio_from_streams(self.rx.decode(codes.to(self.rx.device))).astype(np.float32)
 
+    def _code(self, encode: Callable[[np.ndarray], torch.Tensor], block: np.ndarray) -> np.ndarray:
+        """The coder thread's step: encode, then decode, one frame (both times recorded)."""
+        start = time.perf_counter()
+        codes = encode(block)
+        middle = time.perf_counter()
+        audio = self._decode(codes)
+        self.stats.encoder_times.append(middle - start)
+        self.stats.decoder_times.append(time.perf_counter() - middle)
+        return audio
+
     def start(self) -> None:
         threads = torch.get_num_threads()
-        share = self._worker_share(threads)
+        share, overlap = self._plan(threads)
         # Start the streams afresh, tuned and traced for the workers' thread count (both are keyed
         # by it): here rather than on their first frames.
         torch.set_num_threads(share)
@@ -319,6 +349,7 @@ class Streamer(_Pipeline):
             self._reset()
         finally:
             torch.set_num_threads(threads)
+        self.workers = self.overlapping if overlap else [self.coder]
         for worker in self.workers:
             worker.threads = share
         super().start()
@@ -328,12 +359,13 @@ class Streamer(_Pipeline):
         if self.rx is not self.tx:
             self.rx.reset(self.streams, frame_size=self.frame_size)
 
-    def _worker_share(self, threads: int) -> int:
-        """Intra-op threads per worker (see the class note); may code silence (streams to be reset)."""
+    def _plan(self, threads: int) -> tuple[int, bool]:
+        """(intra-op threads per worker, whether encoder and decoder threads overlap); see the
+        class note. May code silence (the streams are reset afterwards)."""
         if self.worker_threads != "auto":
-            return self.worker_threads
+            return self.worker_threads, True
         if threads < 2 or self.tx.device.type != "cpu" or self.rx.device.type != "cpu":
-            return threads
+            return threads, True
         self._reset()  # tuned and traced for `threads`, so that the timings below are of the steady state
         silence = torch.zeros(self.streams, self.tx.input_channels, self.frame_size, device=self.tx.device)
         encode, decode = [], []
@@ -345,7 +377,7 @@ class Streamer(_Pipeline):
             self.rx.decode(codes.to(self.rx.device))
             decode.append(time.perf_counter() - start)
         slow, fast = max(min(encode), min(decode)), min(min(encode), min(decode))
-        return threads // 2 if slow <= self.BALANCE * fast else threads
+        return (threads // 2, True) if slow <= self.BALANCE * fast else (threads, False)
 
     def pull(self, timeout: float = 0.0) -> np.ndarray | None:
         """The next decoded block, or None. A block later than max_latency drops all frames in flight."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -116,25 +117,29 @@ def _stream_in_process(codec: StreamingCodec, data: np.ndarray, worker_threads: 
     """run_file unpaced through a Streamer; (output, thread count each worker's steps saw)."""
     from bin import stream
 
-    seen: dict[str, set[int]] = {"encoder": set(), "decoder": set()}
+    seen: dict[str, set[int]] = {}
     streamer = stream.Streamer(codec, codec, 1500, data.shape[1], max_latency=0, worker_threads=worker_threads)
-    for worker in streamer.workers:
+    for worker in [*streamer.overlapping, streamer.coder]:  # `start` runs either the first two or the coder
         step = worker.step
 
         def counted(*args, _step=step, _name=worker.name):
-            seen[_name].add(torch.get_num_threads())
+            seen.setdefault(_name, set()).add(torch.get_num_threads())
             return _step(*args)
         worker.step = counted
     stream.run_file(streamer, data, pace=False)
     return streamer.output_audio(data.shape[0]), seen, streamer
 
 
-@pytest.mark.parametrize("balance, expected", [(1e9, 1), (0.5, 2)], ids=["balanced", "one_side_dominates"])
-def test_workers_share_the_threads_when_both_sides_cost_alike(whole_file: np.ndarray, balance: float,
-                                                             expected: int, monkeypatch) -> None:
-    """'auto': two workers that each ran the caller's 2 threads would oversubscribe 2 cores, so each
-    gets 1 when encoder and decoder cost alike (within BALANCE), both keep 2 when one dominates.
-    The caller's own count is left as it was, and the audio is demoFile.py's either way."""
+@pytest.mark.parametrize("balance, expected", [
+    (1e9, {"encoder": {1}, "decoder": {1}}),
+    (0.5, {"coder": {2}}),
+], ids=["balanced", "one_side_dominates"])
+def test_auto_overlaps_halves_or_codes_in_one_thread(whole_file: np.ndarray, balance: float,
+                                                    expected: dict, monkeypatch) -> None:
+    """'auto': two workers that each ran the caller's 2 threads would oversubscribe 2 cores, so when
+    encoder and decoder cost alike (within BALANCE) they overlap with 1 thread each, and when one
+    side dominates one coder thread encodes and decodes each frame with both. The caller's own
+    count is left as it was, the audio is demoFile.py's either way, and both sides' times are kept."""
     from bin import stream
 
     monkeypatch.setattr(stream.Streamer, "BALANCE", balance)
@@ -143,12 +148,15 @@ def test_workers_share_the_threads_when_both_sides_cost_alike(whole_file: np.nda
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        out, seen, _ = _stream_in_process(codec, data, "auto")
+        out, seen, streamer = _stream_in_process(codec, data, "auto")
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
-    assert seen == {"encoder": {expected}, "decoder": {expected}}
+    assert seen == expected
     assert np.abs(out - whole_file).max() < 1e-5
+    frames = math.ceil(data.shape[0] / 1500)
+    assert streamer.stats.frames == frames and streamer.stats.frame_drops == 0
+    assert len(streamer.stats.encoder_times) == len(streamer.stats.decoder_times) == frames
 
 
 def test_explicit_worker_threads_and_bad_counts(whole_file: np.ndarray) -> None:
@@ -156,7 +164,7 @@ def test_explicit_worker_threads_and_bad_counts(whole_file: np.ndarray) -> None:
 
     codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
     data, _ = read_audio(INPUT)
-    out, seen, _ = _stream_in_process(codec, data, 1)
+    out, seen, _ = _stream_in_process(codec, data, 1)  # an explicit count: the two threads overlap
     assert seen == {"encoder": {1}, "decoder": {1}}
     assert np.abs(out - whole_file).max() < 1e-5
     for bad in (0, "two", 1.5):
