@@ -145,6 +145,28 @@ def test_each_conv_formulation_equals_reference(formulation: str, shape: tuple) 
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("tuned", [False, True], ids=["onednn", "tuned"])
+@pytest.mark.parametrize(
+    "shape", [(32, 32, 1, 1, 1, 300), (64, 64, 7, 3, 1, 25), (12, 12, 3, 1, 3, 9)],
+    ids=["pointwise", "dilated", "grouped"],
+)
+def test_fused_residual_is_bitwise_the_separate_add(tuned: bool, shape: tuple) -> None:
+    """run(..., residual=r) is r + run(...) to the bit, whichever formulation runs and whichever
+    memory layout the skip arrives in (oneDNN adds it to its finished output as a post-op)."""
+    c_in, c_out, kernel, dilation, groups, frames = shape
+    torch.manual_seed(2)
+    weight, bias = torch.randn(c_out, c_in // groups, kernel), torch.randn(c_out)
+    x = torch.randn(1, frames + dilation * (kernel - 1), c_in).transpose(1, 2)  # time-major, as oneDNN leaves it
+    skip = torch.randn(1, c_out, frames)
+    conv = PackedConv()
+    conv.tune = tuned
+    with torch.inference_mode():
+        separate = conv.run(x, weight, bias, 1, dilation, groups, torch.float32)
+        for residual in (skip, skip.transpose(1, 2).contiguous().transpose(1, 2)):
+            fused = conv.run(x, weight, bias, 1, dilation, groups, torch.float32, residual=residual)
+            assert torch.equal(fused, residual + separate)
+
+
 def test_tuner_keeps_one_choice_per_shape_and_redoes_it_when_weights_change() -> None:
     weight = torch.randn(4, 4, 3)
     conv = PackedConv()
