@@ -52,13 +52,14 @@ class VectorQuantize(nn.Module):
         """|x - code|^2, expanded as the original computes it, for each row x of `flatten` (N, dim)
         and each code -> (N, size).
 
-        Outside autograd every row's products with the codebook come from a one-row matrix
-        product, whatever N is: MKL rounds a row's sums differently in products of 1-3 rows than in
-        larger ones (up to 6e-6 here), and a streaming chunk searches its frames (one per 300
-        samples) where a whole file searches 80 at a time, so a code at a near-tie could otherwise
-        depend on how the signal was cut (Contract 2). Training keeps one product for the batch."""
+        On the CPU outside autograd every row's products with the codebook come from a one-row
+        matrix product, whatever N is: MKL rounds a row's sums differently in products of 1-3 rows
+        than in larger ones (up to 6e-6 here), and a streaming chunk searches its frames (one per
+        300 samples) where a whole file searches 80 at a time, so a code at a near-tie could
+        otherwise depend on how the signal was cut (Contract 2). Training, and GPUs (where a
+        product per row would cost a kernel launch each), keep one product for the batch."""
         embed2, norm = self._search_terms()
-        if self.training or torch.is_grad_enabled() or flatten.shape[0] == 1:
+        if self.training or torch.is_grad_enabled() or flatten.shape[0] == 1 or flatten.device.type != "cpu":
             products = flatten @ embed2
         else:
             products = torch.cat([row @ embed2 for row in flatten.split(1)])
