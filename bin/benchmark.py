@@ -282,7 +282,32 @@ def time_whole_file(codec: StreamingCodec, x: torch.Tensor, repeats: int = 3) ->
     return statistics.median(encode_times), statistics.median(decode_times)
 
 
-def benchmark(codec: StreamingCodec, frame_size: int, seconds: float, whole_file: bool = True) -> dict:
+def time_live(codec: StreamingCodec, x: torch.Tensor, frame_size: int) -> dict:
+    """`demoStream.py`'s in-process pipeline (`bin.stream.Streamer`, worker_threads "auto") fed `x`
+    (1, C, T) in `frame_size` blocks as fast as it takes them, as `demoStream.py --input_file`
+    without `--pace` does: seconds from the first block pushed to the last one out (the start-up,
+    which tunes, traces and times the two sides, is not timed), and the layout "auto" chose."""
+    from bin import stream
+
+    data = StreamingCodec.audio_from_streams(x)
+    streamer = stream.Streamer(codec, codec, frame_size, data.shape[1], max_latency=0)
+    streamer.start()
+    try:
+        start = time.perf_counter()
+        for block in stream.file_blocks(data, frame_size):
+            streamer.push(block, wait=True)
+            streamer.check()
+        streamer.drain()
+        seconds = time.perf_counter() - start
+    finally:
+        streamer.close()
+    coder = streamer.workers == [streamer.coder]
+    return {"seconds": seconds, "layout": "coder" if coder else "overlap", "threads": streamer.workers[0].threads}
+
+
+def benchmark(
+    codec: StreamingCodec, frame_size: int, seconds: float, whole_file: bool = True, live: bool = False
+) -> dict:
     """All figures for `codec` on `seconds` of speech-like audio in `frame_size`-sample chunks."""
     if frame_size % codec.hop_length:
         raise ValueError(f"frame_size {frame_size} is not a multiple of the hop ({codec.hop_length})")
@@ -311,6 +336,10 @@ def benchmark(codec: StreamingCodec, frame_size: int, seconds: float, whole_file
         "gflop_per_audio_second_encode": encode_gflops,
         "gflop_per_audio_second_decode": decode_gflops,
     }
+    if live:
+        pipeline = time_live(codec, x, frame_size)
+        result["rtf_live"] = pipeline["seconds"] / result["seconds"]
+        result["live_layout"], result["live_threads"] = pipeline["layout"], pipeline["threads"]
     if whole_file:
         encode_seconds, decode_seconds = time_whole_file(codec, x)
         result["rtf_whole_file_encode"] = encode_seconds / result["seconds"]
@@ -341,6 +370,11 @@ def format_report(result: dict) -> str:
             f"second  {100 * result[f'machine_fraction_{part}']:.0f}% of the GEMM rate"
         )
     lines.append(f"streaming RTF total: {result['rtf_total']:.3f}")
+    if "rtf_live" in result:
+        threads = result["live_threads"]
+        layout = (f"one coder thread with {threads} intra-op threads" if result["live_layout"] == "coder" else
+                  f"encoder and decoder threads overlapping, {threads} intra-op thread(s) each")
+        lines.append(f"live pipeline RTF: {result['rtf_live']:.3f}  (demoStream.py's, unpaced: {layout})")
     if "rtf_whole_file" in result:
         lines.append(
             f"whole-file RTF: {result['rtf_whole_file']:.3f}  (encode {result['rtf_whole_file_encode']:.3f}, "
@@ -365,6 +399,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch (default: TorchScript graphs per chunk size), eager, or onnxruntime "
                         "(receiver only; the transmitter runs in torch)")
     parser.add_argument("--no-whole-file", action="store_true", help="skip the whole-file timing")
+    parser.add_argument("--live", action="store_true",
+                        help="also time demoStream.py's pipeline (encoder and decoder threads) on the same audio")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -389,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                 "%s conv output RMS: min %.3f  median %.3f  max %.3f (%d convs)",
                 part, min(values), statistics.median(values), max(values), len(values),
             )
-    result = benchmark(codec, args.frame_size, args.seconds, whole_file=not args.no_whole_file)
+    result = benchmark(codec, args.frame_size, args.seconds, whole_file=not args.no_whole_file, live=args.live)
     print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps({k: v for k, v in result.items() if not (

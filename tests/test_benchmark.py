@@ -48,6 +48,19 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
                 "machine_fraction_whole_file_decode", "gflop_per_audio_second_encode", "gemm_gflops"):
         assert np.isfinite(result[key]) and result[key] > 0, key
     assert result["rtf_whole_file"] == pytest.approx(result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"])
+    assert "rtf_live" not in result  # only with --live
+
+
+def test_benchmark_times_the_live_pipeline(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--autoencoder", AUTOENCODER, "--seconds", "1", "--frame_size", "600", "--threads", "2",
+            "--no-whole-file", "--live", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert np.isfinite(result["rtf_live"]) and result["rtf_live"] > 0
+    assert (result["live_layout"], result["live_threads"]) in (("overlap", 1), ("coder", 2))
+    assert "live pipeline RTF" in capsys.readouterr().out
+    assert torch.get_num_threads() == 2  # the workers' thread counts stay in the workers
 
 
 def test_flop_count_matches_hand_count() -> None:
