@@ -294,10 +294,7 @@ def time_live(codec: StreamingCodec, x: torch.Tensor, frame_size: int) -> dict:
     streamer.start()
     try:
         start = time.perf_counter()
-        for block in stream.file_blocks(data, frame_size):
-            streamer.push(block, wait=True)
-            streamer.check()
-        streamer.drain()
+        stream.push_unpaced(streamer, data)
         seconds = time.perf_counter() - start
     finally:
         streamer.close()

@@ -453,6 +453,15 @@ class FrameClock:
         self.ticks += 1
 
 
+def push_unpaced(streamer: Streamer, data: np.ndarray) -> None:
+    """Push a file's samples (T, C) through a started `streamer` as fast as it takes them, and
+    wait until the last frame is out."""
+    for block in file_blocks(data, streamer.frame_size):
+        streamer.push(block, wait=True)
+        streamer.check()
+    streamer.drain()
+
+
 def run_file(streamer: Streamer, data: np.ndarray, pace: bool) -> None:
     """Stream a file's samples (T, C) through the codec; paced in real time or as fast as possible.
 
@@ -462,10 +471,7 @@ def run_file(streamer: Streamer, data: np.ndarray, pace: bool) -> None:
     try:
         if not pace:
             streamer.max_latency = 0
-            for block in file_blocks(data, streamer.frame_size):
-                streamer.push(block, wait=True)
-                streamer.check()
-            streamer.drain()
+            push_unpaced(streamer, data)
             return
         clock = FrameClock(streamer.frame_size / streamer.sample_rate)
         for block in file_blocks(data, streamer.frame_size):

@@ -63,13 +63,22 @@ def fast_malloc_library(setting: str | None = None) -> str | None:
     return None
 
 
-def _mapped_libraries() -> set[str]:
-    """File names of what this process has mapped (LD_PRELOAD's names where /proc is missing)."""
+def mapped_files() -> set[str] | None:
+    """Paths of the files this process has mapped (its libraries among them); None where /proc is
+    missing."""
     try:
         with open("/proc/self/maps") as maps:
-            return {line.split()[-1].rsplit("/", 1)[-1] for line in maps if "/" in line}
+            return {line.split()[-1] for line in maps if "/" in line}
     except OSError:
-        return {os.path.basename(part) for part in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()}
+        return None
+
+
+def _mapped_libraries() -> set[str]:
+    """File names of what this process has mapped (LD_PRELOAD's names where /proc is missing)."""
+    paths = mapped_files()
+    if paths is None:
+        paths = set(os.environ.get("LD_PRELOAD", "").replace(":", " ").split())
+    return {os.path.basename(path) for path in paths}
 
 
 def preloaded(library: str) -> bool:

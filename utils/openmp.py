@@ -23,18 +23,15 @@ import ctypes
 import functools
 import os
 
+from utils.fast_malloc import mapped_files
+
 RUNTIMES = ("libgomp", "libiomp5", "libomp")  # file name prefixes of OpenMP runtimes
 OMP_PAUSE_HARD = 2  # omp_pause_resource_t: 1 soft (keep the threads), 2 hard (end them)
 
 
 def _mapped_runtime_paths() -> list[str]:
     """Paths of the OpenMP runtimes this process has mapped (empty where /proc is missing)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "/" in line}
-    except OSError:
-        return []
-    return sorted(path for path in paths if os.path.basename(path).startswith(RUNTIMES))
+    return sorted(path for path in mapped_files() or () if os.path.basename(path).startswith(RUNTIMES))
 
 
 @functools.cache
