@@ -35,8 +35,9 @@ BLOCK_FRAMES = 80
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # torch: each chunk shape's step traced into a TorchScript graph (utils/traced_step.py; same
 # output as eager, less Python per chunk); eager: op by op from Python; onnxruntime: the receiver
-# in ONNX Runtime (utils/onnx_receiver.py), the transmitter as in torch.
-BACKENDS = ("torch", "eager", "onnxruntime")
+# in ONNX Runtime (utils/onnx_receiver.py), the transmitter as in torch; native: the encoder and
+# the symmetric decoder in the native engine (utils/native_engine.py), what it cannot run as torch.
+BACKENDS = ("torch", "eager", "onnxruntime", "native")
 
 
 def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
@@ -106,8 +107,19 @@ class StreamingCodec:
         self._decode_latent = decoder.decode
         if backend != "eager":
             self._encode_chunk = TracedStep(self.encoder, self._transmit)
-        if backend == "torch":
+        if backend in ("torch", "native"):
             self._decode_latent = TracedStep(self.decoder, decoder.decode)
+        if backend == "native":
+            from utils import native_engine
+
+            self.native_sides = []
+            if native_engine.available():
+                if not native_engine.supports(self.encoder, "encoder"):
+                    self._encode_chunk = native_engine.NativeStep(self.encoder, self._transmit, "encoder")
+                    self.native_sides.append("encoder")
+                if not native_engine.supports(self.decoder, "decoder"):
+                    self._decode_latent = native_engine.NativeStep(self.decoder, decoder.decode, "decoder")
+                    self.native_sides.append("decoder")
         elif backend == "onnxruntime":
             from utils.onnx_receiver import OnnxReceiver
 

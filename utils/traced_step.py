@@ -104,6 +104,7 @@ class PerShapeStep(ABC):
 
     MAX_BUILT = 8
     MAX_SEEN = 256
+    BUILD_AT_ONCE = False  # True: build on a shape's first call (the build must be cheap)
 
     def __init__(self, module: nn.Module, step: Callable) -> None:
         self.module = module
@@ -143,7 +144,7 @@ class PerShapeStep(ABC):
         built = self.built.pop(key, None)
         warm = False
         if built is None:
-            if key not in self.seen:
+            if not self.BUILD_AT_ONCE and key not in self.seen:
                 if len(self.seen) >= self.MAX_SEEN:
                     self.seen.clear()
                 self.seen.add(key)

@@ -1,0 +1,239 @@
+/* The native streaming engine: one call runs a whole streaming step of an AudioDec encoder (with
+ * its projector and residual VQ) or of its symmetric decoder.
+ *
+ * Why: at 300-sample chunks a step is ~50 small convolutions, and through PyTorch each one costs
+ * ~15 us of preparation beside its arithmetic (utils/native_engine.py, docs/performance.md). Here
+ * the plan (buffers, packed weights, layer order) is made once per chunk shape in Python, and a
+ * step is one C call: one OpenMP team runs the operations in order, with a barrier between them.
+ *
+ * Layout: activations are time-major, (rows, channels), as oneDNN keeps them. A causal layer reads
+ * an "ext" buffer: its state (the last `pad` input rows of the previous step) followed by the new
+ * rows, which the layer before writes there directly, so there is no concatenation.
+ *
+ * Exactness (Contract 2): every output value is summed in one fixed order, tap by tap and input
+ * channel by input channel, whatever the number of rows, the row's position, the blocking or the
+ * thread count; the VQ searches each frame on its own. So the codes of a signal do not depend on
+ * how it is cut into chunks, by construction (tests/test_native_engine.py checks it bit for bit).
+ *
+ * Built by utils/native_engine.py with the machine's C compiler (-O3 -march=native -fopenmp);
+ * the vectors are GCC vector extensions, so the same source builds for AVX-512, AVX2 or SSE.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <omp.h>
+
+#define VL 16
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+
+static inline vf vload(const float *p) { return *(const vfu *)p; }
+static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
+static inline vf vset(float s) { return (vf){} + s; }
+
+enum { OP_CONV = 1, OP_VQ = 2, OP_COPY = 3 };
+
+/* One operation of a plan. Conv: out[t, c] = sum_k sum_i w[k, i, c] * x[t * stride + k * dilation, i]
+ * (+ bias[c]) (+ res[t, c]); written raw to `out` and/or through ELU to `out_act` (either may be
+ * NULL). VQ: the residual VQ of `t_out` frames of `cin` values, `k` codebooks of `cout` codes.
+ * Copy: `cin` floats from x to out. The field layout is mirrored by utils/native_engine.py. */
+typedef struct {
+    int32_t kind, cin, cout, cpad, k, dilation, stride, t_out;
+    float alpha;   /* ELU's alpha */
+    int32_t nv;    /* conv: 16-wide column vectors per block (1, 2 or 4) */
+    const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D) */
+    const float *w;     /* conv: (k, cin, cpad); VQ: 2 * embed, (K, D, N) */
+    const float *bias;  /* conv: (cpad,) or NULL; VQ: |code|^2, (K, N) */
+    const float *res;   /* conv: (t_out, cout) skip or NULL; VQ: code vectors, (K, N, D) */
+    float *out;         /* conv: (t_out, cout) or NULL; VQ: codes, int64 (K, frames); copy: dest */
+    float *out_act;     /* conv: ELU(out), (t_out, cout), or NULL */
+} Op;
+
+/* A streaming layer's state: `n` floats at `offset` of a stream's state vector; copied into the
+ * start of `ext` before the step, and from `ext + shift` (the last `pad` rows) after it. */
+typedef struct {
+    float *ext;
+    int64_t n, offset, shift;
+} Slot;
+
+/* ELU: x if x > 0 else alpha * expm1(x). expm1 of x <= 0 by x = n ln2 + r, |r| <= ln2 / 2:
+ * expm1(x) = 2^n expm1(r) + (2^n - 1), expm1(r) by its Taylor series to r^9 / 9! (error below
+ * 1e-10 relative); about 1 ulp, and exact for x = 0. */
+static inline vf elu(vf x, float alpha) {
+    vf z = x;
+    vi pos = x > 0.0f;
+    z = (vf)((vi)z & ~pos);                       /* min(x, 0) (lanes with x > 0 take 0) */
+    vi low = z < -87.0f;                          /* expm1 rounds to -1 below this */
+    z = (vf)(((vi)z & ~low) | ((vi)vset(-87.0f) & low));
+    const float magic = 12582912.0f;              /* 1.5 * 2^23: adding it rounds to an integer */
+    vf nf = (z * 1.44269504088896341f + magic) - magic;
+    vf r = z - nf * 0.693145751953125f;           /* ln 2 in two parts (Cody and Waite) */
+    r = r - nf * 1.42860682030941723212e-6f;
+    vf p = vset(1.0f / 362880.0f);
+    p = p * r + 1.0f / 40320.0f;
+    p = p * r + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r * r + r;                            /* expm1(r) */
+    vi n = __builtin_convertvector(nf, vi);
+    vf scale = (vf)((n + 127) << 23);             /* 2^n, n >= -126 */
+    vf e = scale * p + (scale - 1.0f);
+    vf neg = e * alpha;
+    return (vf)(((vi)x & pos) | ((vi)neg & ~pos));
+}
+
+static inline void epilogue(const Op *op, int row, int col, vf v) {
+    int64_t at = (int64_t)row * op->cout + col;
+    if (op->bias) v = v + vload(op->bias + col);
+    int full = col + VL <= op->cout;
+    if (op->res) {
+        if (full) {
+            v = vload(op->res + at) + v;
+        } else {
+            for (int j = 0; j < op->cout - col; j++) v[j] = op->res[at + j] + v[j];
+        }
+    }
+    if (full) {
+        if (op->out) vstore(op->out + at, v);
+        if (op->out_act) vstore(op->out_act + at, elu(v, op->alpha));
+    } else {
+        vf a = op->out_act ? elu(v, op->alpha) : v;
+        for (int j = 0; j < op->cout - col; j++) {
+            if (op->out) op->out[at + j] = v[j];
+            if (op->out_act) op->out_act[at + j] = a[j];
+        }
+    }
+}
+
+/* R rows from `row0` by NV vectors of columns from `col0`. Every row runs the same sequence of
+ * fused multiply-adds, so a row's result does not depend on R or on which rows share the block. */
+#define DEFINE_KERNEL(R, NV)                                                                        \
+    static void conv_##R##_##NV(const Op *op, int row0, int col0) {                                 \
+        vf acc[R][NV];                                                                              \
+        _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                        \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] = vset(0.0f);            \
+        const int cin = op->cin, cpad = op->cpad;                                                   \
+        const int64_t row_step = (int64_t)op->stride * cin;                                         \
+        for (int k = 0; k < op->k; k++) {                                                           \
+            const float *xk = op->x + ((int64_t)row0 * op->stride + (int64_t)k * op->dilation) * cin; \
+            const float *wk = op->w + (int64_t)k * cin * cpad + col0;                               \
+            for (int i = 0; i < cin; i++) {                                                         \
+                vf w[NV];                                                                           \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) w[v] = vload(wk + (int64_t)i * cpad + v * VL); \
+                _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) {                              \
+                    vf b = vset(xk[r * row_step + i]);                                              \
+                    _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] += w[v] * b;     \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (int r = 0; r < R; r++)                                                                 \
+            for (int v = 0; v < NV; v++) epilogue(op, row0 + r, col0 + v * VL, acc[r][v]);          \
+    }
+
+#define KERNELS_12(NV) \
+    DEFINE_KERNEL(1, NV) DEFINE_KERNEL(2, NV) DEFINE_KERNEL(3, NV) DEFINE_KERNEL(4, NV) \
+    DEFINE_KERNEL(5, NV) DEFINE_KERNEL(6, NV) DEFINE_KERNEL(7, NV) DEFINE_KERNEL(8, NV) \
+    DEFINE_KERNEL(9, NV) DEFINE_KERNEL(10, NV) DEFINE_KERNEL(11, NV) DEFINE_KERNEL(12, NV)
+KERNELS_12(1)
+KERNELS_12(2)
+DEFINE_KERNEL(1, 4) DEFINE_KERNEL(2, 4) DEFINE_KERNEL(3, 4) DEFINE_KERNEL(4, 4) DEFINE_KERNEL(5, 4) DEFINE_KERNEL(6, 4)
+
+typedef void (*kernel_fn)(const Op *, int, int);
+#define ROWS_MAX 12
+static const kernel_fn KERNELS[3][ROWS_MAX] = {
+    {conv_1_1, conv_2_1, conv_3_1, conv_4_1, conv_5_1, conv_6_1, conv_7_1, conv_8_1, conv_9_1, conv_10_1, conv_11_1, conv_12_1},
+    {conv_1_2, conv_2_2, conv_3_2, conv_4_2, conv_5_2, conv_6_2, conv_7_2, conv_8_2, conv_9_2, conv_10_2, conv_11_2, conv_12_2},
+    {conv_1_4, conv_2_4, conv_3_4, conv_4_4, conv_5_4, conv_6_4},
+};
+
+static void run_conv(const Op *op, int tid, int nthreads) {
+    const int slot = op->nv == 4 ? 2 : op->nv - 1;
+    const int rows = op->nv == 4 ? 6 : 12;
+    const int col_blocks = op->cpad / (op->nv * VL);
+    const int row_blocks = (op->t_out + rows - 1) / rows;
+    const int64_t items = (int64_t)row_blocks * col_blocks;
+    const int64_t first = items * tid / nthreads, last = items * (tid + 1) / nthreads;
+    for (int64_t item = first; item < last; item++) {
+        int rb = (int)(item / col_blocks), cb = (int)(item % col_blocks);
+        int row0 = rb * rows;
+        int n = op->t_out - row0 < rows ? op->t_out - row0 : rows;
+        KERNELS[slot][n - 1](op, row0, cb * op->nv * VL);
+    }
+}
+
+/* Residual VQ of one frame: for each codebook, the first code at the least
+ * |x|^2 - x . (2 code) + |code|^2 (the original's arithmetic, in a fixed order), then the residual
+ * minus the straight-through value x + (code - x), as the original subtracts it. */
+static void vq_frame(const Op *op, int t) {
+    const int dim = op->cin, size = op->cout, books = op->k, frames = op->t_out;
+    float x[dim];
+    memcpy(x, op->x + (int64_t)t * dim, sizeof(float) * dim);
+    int64_t *codes = (int64_t *)op->out;
+    for (int q = 0; q < books; q++) {
+        const float *embed2 = op->w + (int64_t)q * dim * size;
+        const float *norm = op->bias + (int64_t)q * size;
+        float xx = 0.0f;
+        for (int i = 0; i < dim; i++) xx += x[i] * x[i];
+        float best = __builtin_inff();
+        int64_t index = 0;
+        for (int j = 0; j < size; j += VL) {
+            vf acc = vset(0.0f);
+            for (int i = 0; i < dim; i++) acc += vload(embed2 + (int64_t)i * size + j) * x[i];
+            vf d = (vset(xx) - acc) + vload(norm + j);
+            for (int l = 0; l < VL; l++) {
+                if (d[l] < best) { best = d[l]; index = j + l; }
+            }
+        }
+        const float *code = op->res + ((int64_t)q * size + index) * dim;
+        for (int i = 0; i < dim; i++) {
+            float st = x[i] + (code[i] - x[i]);  /* as the original: not simplified to code */
+            x[i] = x[i] - st;
+        }
+        codes[(int64_t)q * frames + t] = index;
+    }
+}
+
+static void run_vq(const Op *op, int tid, int nthreads) {
+    for (int t = tid; t < op->t_out; t += nthreads) vq_frame(op, t);
+}
+
+/* One streaming step for `batch` streams, each its own state vector of `state_size` floats:
+ * states in, input copied to `in_dst`, operations in order, output copied out, states out. */
+void engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t state_size,
+                const float *x, float *in_dst, int64_t in_floats,
+                const void *out_src, void *y, int64_t out_bytes,
+                const float *state_in, float *state_out, int batch, int nthreads) {
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+        for (int b = 0; b < batch; b++) {
+            const float *s_in = state_in + (int64_t)b * state_size;
+            for (int s = tid; s < n_slots; s += team)
+                memcpy(slots[s].ext, s_in + slots[s].offset, sizeof(float) * slots[s].n);
+            if (tid == 0) memcpy(in_dst, x + (int64_t)b * in_floats, sizeof(float) * in_floats);
+#pragma omp barrier
+            for (int o = 0; o < n_ops; o++) {
+                const Op *op = ops + o;
+                if (op->kind == OP_CONV) {
+                    run_conv(op, tid, team);
+                } else if (op->kind == OP_VQ) {
+                    run_vq(op, tid, team);
+                } else if (op->kind == OP_COPY && tid == 0) {
+                    memcpy(op->out, op->x, sizeof(float) * op->cin);
+                }
+#pragma omp barrier
+            }
+            float *s_out = state_out + (int64_t)b * state_size;
+            for (int s = tid; s < n_slots; s += team)
+                memcpy(s_out + slots[s].offset, slots[s].ext + slots[s].shift, sizeof(float) * slots[s].n);
+            if (tid == 0) memcpy((char *)y + b * out_bytes, out_src, out_bytes);
+#pragma omp barrier
+        }
+    }
+}
+
+/* The layout of Op, for the Python side to check its mirror against. */
+int64_t engine_op_size(void) { return sizeof(Op); }
