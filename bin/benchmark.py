@@ -36,7 +36,7 @@ import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
 from layers.weight_norm import fold_weight_norm  # noqa: E402
-from utils.audiodec import BACKENDS, PRECISIONS, StreamingCodec  # noqa: E402
+from utils.audiodec import BACKENDS, DEFAULT_BACKEND, PRECISIONS, StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.fast_malloc import current_malloc  # noqa: E402
@@ -146,7 +146,7 @@ def _build(config_path: str) -> tuple[nn.Module, dict]:
 @torch.no_grad()
 def random_codec(
     autoencoder_config: str, vocoder_config: str | None = None, seed: int = 0, precision: str = "fp32",
-    backend: str = "torch",
+    backend: str = DEFAULT_BACKEND,
 ) -> tuple[StreamingCodec, dict[str, list[float]]]:
     """A full-size codec with calibrated random weights; also the conv-output RMS per model."""
     torch.manual_seed(seed)
@@ -392,8 +392,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream (default 10)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="conv compute precision")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="torch (default: TorchScript graphs per chunk size), eager, or onnxruntime "
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="native (default: encoder and symmetric decoder in the compiled engine, the rest "
+                        "as torch), torch (TorchScript graphs per chunk size), eager, or onnxruntime "
                         "(receiver only; the transmitter runs in torch)")
     parser.add_argument("--no-whole-file", action="store_true", help="skip the whole-file timing")
     parser.add_argument("--live", action="store_true",

@@ -31,21 +31,24 @@ static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 static inline vf vset(float s) { return (vf){} + s; }
 
-enum { OP_CONV = 1, OP_VQ = 2, OP_COPY = 3 };
+enum { OP_CONV = 1, OP_VQ = 2, OP_LOOKUP = 3 };
 
 /* One operation of a plan. Conv: out[t, c] = sum_k sum_i w[k, i, c] * x[t * stride + k * dilation, i]
  * (+ bias[c]) (+ res[t, c]); written raw to `out` and/or through ELU to `out_act` (either may be
- * NULL). VQ: the residual VQ of `t_out` frames of `cin` values, `k` codebooks of `cout` codes.
- * Copy: `cin` floats from x to out. The field layout is mirrored by utils/native_engine.py. */
+ * NULL). VQ: the residual VQ of `t_out` frames of `cin` values, `k` codebooks of `cout` codes,
+ * whose tables are padded to `cpad` codes (the padding's |code|^2 is +inf, so it is never chosen).
+ * Lookup: the latent of `t_out` frames from the codes of the first `k` codebooks. The field layout
+ * is mirrored by utils/native_engine.py. */
 typedef struct {
     int32_t kind, cin, cout, cpad, k, dilation, stride, t_out;
     float alpha;   /* ELU's alpha */
     int32_t nv;    /* conv: 16-wide column vectors per block (1, 2 or 4) */
-    const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D) */
+    const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
+                           lookup: codes, int64 (k, frames) */
     const float *w;     /* conv: (k, cin, cpad); VQ: 2 * embed, (K, D, N) */
     const float *bias;  /* conv: (cpad,) or NULL; VQ: |code|^2, (K, N) */
-    const float *res;   /* conv: (t_out, cout) skip or NULL; VQ: code vectors, (K, N, D) */
-    float *out;         /* conv: (t_out, cout) or NULL; VQ: codes, int64 (K, frames); copy: dest */
+    const float *res;   /* conv: (t_out, cout) skip or NULL; VQ and lookup: code vectors, (K, N, D) */
+    float *out;         /* conv: (t_out, cout) or NULL; VQ: codes, int64 (K, frames); lookup: (frames, D) */
     float *out_act;     /* conv: ELU(out), (t_out, cout), or NULL */
 } Op;
 
@@ -168,7 +171,7 @@ static void run_conv(const Op *op, int tid, int nthreads) {
  * |x|^2 - x . (2 code) + |code|^2 (the original's arithmetic, in a fixed order), then the residual
  * minus the straight-through value x + (code - x), as the original subtracts it. */
 static void vq_frame(const Op *op, int t) {
-    const int dim = op->cin, size = op->cout, books = op->k, frames = op->t_out;
+    const int dim = op->cin, size = op->cpad, books = op->k, frames = op->t_out;  /* size: padded to 16 */
     float x[dim];
     memcpy(x, op->x + (int64_t)t * dim, sizeof(float) * dim);
     int64_t *codes = (int64_t *)op->out;
@@ -200,20 +203,49 @@ static void run_vq(const Op *op, int tid, int nthreads) {
     for (int t = tid; t < op->t_out; t += nthreads) vq_frame(op, t);
 }
 
+/* The receiver's latent: for each frame, the code vectors of the first `k` codebooks summed in
+ * codebook order (as the original sums them), frame by frame. Returns 0, or 1 for a code outside
+ * [0, N) (its frame then gets zeros). */
+static int run_lookup(const Op *op, int tid, int nthreads) {
+    const int dim = op->cin, size = op->cout, rows = op->cpad, books = op->k, frames = op->t_out;
+    const int64_t *codes = (const int64_t *)op->x;
+    int bad = 0;
+    for (int t = tid; t < frames; t += nthreads) {
+        float *row = op->out + (int64_t)t * dim;
+        for (int q = 0; q < books; q++) {
+            int64_t code = codes[(int64_t)q * frames + t];
+            if (code < 0 || code >= size) {
+                bad = 1;
+                memset(row, 0, sizeof(float) * dim);
+                break;
+            }
+            const float *vector = op->res + ((int64_t)q * rows + code) * dim;
+            if (q == 0) {
+                memcpy(row, vector, sizeof(float) * dim);
+            } else {
+                for (int i = 0; i < dim; i++) row[i] += vector[i];
+            }
+        }
+    }
+    return bad;
+}
+
 /* One streaming step for `batch` streams, each its own state vector of `state_size` floats:
- * states in, input copied to `in_dst`, operations in order, output copied out, states out. */
-void engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t state_size,
-                const float *x, float *in_dst, int64_t in_floats,
-                const void *out_src, void *y, int64_t out_bytes,
-                const float *state_in, float *state_out, int batch, int nthreads) {
-#pragma omp parallel num_threads(nthreads)
+ * states in, input copied to `in_dst`, operations in order, output copied out, states out.
+ * Returns 0, or 1 when a lookup met a code out of range. */
+int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t state_size,
+               const void *x, void *in_dst, int64_t in_bytes,
+               const void *out_src, void *y, int64_t out_bytes,
+               const float *state_in, float *state_out, int batch, int nthreads) {
+    int bad = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : bad)
     {
         const int tid = omp_get_thread_num(), team = omp_get_num_threads();
         for (int b = 0; b < batch; b++) {
             const float *s_in = state_in + (int64_t)b * state_size;
             for (int s = tid; s < n_slots; s += team)
                 memcpy(slots[s].ext, s_in + slots[s].offset, sizeof(float) * slots[s].n);
-            if (tid == 0) memcpy(in_dst, x + (int64_t)b * in_floats, sizeof(float) * in_floats);
+            if (tid == 0) memcpy(in_dst, (const char *)x + b * in_bytes, in_bytes);
 #pragma omp barrier
             for (int o = 0; o < n_ops; o++) {
                 const Op *op = ops + o;
@@ -221,8 +253,8 @@ void engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_
                     run_conv(op, tid, team);
                 } else if (op->kind == OP_VQ) {
                     run_vq(op, tid, team);
-                } else if (op->kind == OP_COPY && tid == 0) {
-                    memcpy(op->out, op->x, sizeof(float) * op->cin);
+                } else if (op->kind == OP_LOOKUP) {
+                    bad |= run_lookup(op, tid, team);
                 }
 #pragma omp barrier
             }
@@ -233,6 +265,7 @@ void engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_
 #pragma omp barrier
         }
     }
+    return bad;
 }
 
 /* The layout of Op, for the Python side to check its mirror against. */

@@ -37,7 +37,8 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # output as eager, less Python per chunk); eager: op by op from Python; onnxruntime: the receiver
 # in ONNX Runtime (utils/onnx_receiver.py), the transmitter as in torch; native: the encoder and
 # the symmetric decoder in the native engine (utils/native_engine.py), what it cannot run as torch.
-BACKENDS = ("torch", "eager", "onnxruntime", "native")
+BACKENDS = ("native", "torch", "eager", "onnxruntime")
+DEFAULT_BACKEND = "native"
 
 
 def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
@@ -69,7 +70,7 @@ class StreamingCodec:
         name: str = "custom",
         device: str | torch.device = "cpu",
         precision: str = "fp32",
-        backend: str = "torch",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         if precision not in PRECISIONS:
             raise CodecError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
@@ -100,10 +101,13 @@ class StreamingCodec:
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
         self.n_codebooks = encoder.n_codebooks
         self.codebook_size = encoder.codebook_size
-        # The transmitter runs in torch, eager or as TorchScript graphs (the same operations, so
-        # the same codes); the receiver's step is eager, TorchScript, or ONNX Runtime.
+        # The transmitter runs eager or as TorchScript graphs (the same operations, so the same
+        # codes), or in the native engine (its own rounding, for every call); the receiver's step
+        # is eager, TorchScript, ONNX Runtime, or native (code lookup included).
         self.backend = backend
+        self.native_sides: list[str] = []  # the sides the native engine runs ("encoder", "decoder")
         self._encode_chunk = self._transmit
+        self._decode_codes = self._receive
         self._decode_latent = decoder.decode
         if backend != "eager":
             self._encode_chunk = TracedStep(self.encoder, self._transmit)
@@ -112,13 +116,13 @@ class StreamingCodec:
         if backend == "native":
             from utils import native_engine
 
-            self.native_sides = []
+            codebook = self.encoder.quantizer.codebook
             if native_engine.available():
                 if not native_engine.supports(self.encoder, "encoder"):
-                    self._encode_chunk = native_engine.NativeStep(self.encoder, self._transmit, "encoder")
+                    self._encode_chunk = native_engine.NativeStep(self.encoder, self._transmit, "encoder", codebook)
                     self.native_sides.append("encoder")
                 if not native_engine.supports(self.decoder, "decoder"):
-                    self._decode_latent = native_engine.NativeStep(self.decoder, decoder.decode, "decoder")
+                    self._decode_codes = native_engine.NativeStep(self.decoder, self._receive, "decoder", codebook)
                     self.native_sides.append("decoder")
         elif backend == "onnxruntime":
             from utils.onnx_receiver import OnnxReceiver
@@ -135,7 +139,7 @@ class StreamingCodec:
         device: str = "cpu",
         name: str = "custom",
         precision: str = "fp32",
-        backend: str = "torch",
+        backend: str = DEFAULT_BACKEND,
     ) -> StreamingCodec:
         """Load a codec from two checkpoints in the original format (config.yml beside each)."""
         encoder, encoder_config = load_generator(encoder_checkpoint)
@@ -156,7 +160,12 @@ class StreamingCodec:
 
     @classmethod
     def from_name(
-        cls, name: str, root: str | None = None, device: str = "cpu", precision: str = "fp32", backend: str = "torch"
+        cls,
+        name: str,
+        root: str | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        backend: str = DEFAULT_BACKEND,
     ) -> StreamingCodec:
         """Load a registered model (see utils.registry) from `root` (a folder holding exp/)."""
         entry = get_entry(name)
@@ -232,9 +241,11 @@ class StreamingCodec:
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_codebooks:
             raise CodecError(f"codes must be (streams, 1..{self.n_codebooks}, frames), got {tuple(codes.shape)}")
         self._check_batch(codes.shape[0])
-        return _in_blocks(
-            lambda block: self._decode_latent(self.encoder.lookup(block)), codes.to(self.device), BLOCK_FRAMES
-        )
+        return _in_blocks(self._decode_codes, codes.to(self.device), BLOCK_FRAMES)
+
+    def _receive(self, codes: torch.Tensor) -> torch.Tensor:
+        """The receiver's step outside the native engine: codes -> latent -> waveform chunk."""
+        return self._decode_latent(self.encoder.lookup(codes))
 
     def code(self, x: torch.Tensor, n_codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-signal pass from a fresh warmed-up state: x (B, C, T) -> (codes, y (B, C_out, T)).

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from utils.audio import read_audio, resample
-from utils.audiodec import BACKENDS, StreamingCodec
+from utils.audiodec import BACKENDS, DEFAULT_BACKEND, StreamingCodec
 from utils.errors import CodecError
 from utils.registry import MODELS
 
@@ -49,9 +49,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="folder holding the models' exp/ (default: current folder, then the toolkit)")
     parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="torch",
-        help="torch (default: each chunk size's steps as TorchScript graphs), eager (op by op), or onnxruntime "
-        "(the receiver in ONNX Runtime). docs/performance.md",
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+        help="native (default: the AudioDec encoder and symmetric decoder in the compiled engine, the rest as "
+        "torch), torch (each chunk size's steps as TorchScript graphs), eager (op by op), or onnxruntime (the "
+        "receiver in ONNX Runtime). docs/performance.md",
     )
 
 
@@ -64,7 +65,7 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
     """The codec that --model or --encoder/--decoder name."""
     if bool(args.encoder) != bool(args.decoder):
         raise CodecError("give both --encoder and --decoder, or neither (and --model)")
-    backend = getattr(args, "backend", "torch")
+    backend = getattr(args, "backend", DEFAULT_BACKEND)
     if args.encoder:
         return StreamingCodec.from_checkpoints(args.encoder, args.decoder, device=device, backend=backend)
     return StreamingCodec.from_name(args.model, root=args.root, device=device, backend=backend)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import operator
 import os
 import shutil
@@ -42,12 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, StreamingState
+from utils.errors import CodecError
 from utils.traced_step import PerShapeStep
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "engine.c"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 LANES = 16  # floats per vector in csrc/engine.c
-OP_CONV, OP_VQ = 1, 2
+OP_CONV, OP_VQ, OP_LOOKUP = 1, 2, 3
 
 
 class _Op(ctypes.Structure):
@@ -115,7 +117,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     library.engine_op_size.restype = ctypes.c_int64
     if library.engine_op_size() != ctypes.sizeof(_Op):
         return None, "csrc/engine.c's Op and utils/native_engine.py's _Op differ"
-    library.engine_run.restype = None
+    library.engine_run.restype = ctypes.c_int
     library.engine_run.argtypes = [
         ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
@@ -263,7 +265,7 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     channels, length = batch_shape
     encoder, plan = generator.encoder, _Plan()
     ext, plan.input_at = plan.ext(encoder.conv, length, channels)
-    plan.input_floats = length * channels
+    plan.input_bytes = 4 * length * channels
     rows = length
     pending = plan.conv(packs[id(encoder.conv)], ext.data_ptr(), rows)
     for block in encoder.conv_blocks:
@@ -281,7 +283,7 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     codes = plan.buffer(books, rows, torch.int64)
     tables = packs["vq"]
     plan.ops.append({
-        "kind": OP_VQ, "cin": project.out_channels, "cout": size, "k": books, "t_out": rows,
+        "kind": OP_VQ, "cin": project.out_channels, "cout": size, "cpad": tables[0].shape[2], "k": books, "t_out": rows,
         "x": latent.data_ptr(), "w": tables[0].data_ptr(), "bias": tables[1].data_ptr(),
         "res": tables[2].data_ptr(), "out": codes.data_ptr(),
     })
@@ -292,10 +294,17 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
 
 
 def _decoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int]) -> _Plan:
-    channels, rows = batch_shape
+    books, rows = batch_shape  # codes of the first `books` codebooks
     decoder, plan = generator.decoder, _Plan()
-    ext, plan.input_at = plan.ext(decoder.conv1, rows, channels)
-    plan.input_floats = rows * channels
+    codes = plan.buffer(books, rows, torch.int64)
+    plan.input_at, plan.input_bytes = codes.data_ptr(), 8 * books * rows
+    ext, latent = plan.ext(decoder.conv1, rows, decoder.conv1.in_channels)
+    vectors = packs["vq"][2]
+    plan.ops.append({
+        "kind": OP_LOOKUP, "cin": vectors.shape[2], "cout": packs["codebook_size"], "cpad": vectors.shape[1],
+        "k": books, "t_out": rows,
+        "x": codes.data_ptr(), "res": vectors.data_ptr(), "out": latent,
+    })
     pending = plan.conv(packs[id(decoder.conv1)], ext.data_ptr(), rows)
     for block in decoder.conv_blocks:
         upsample = block.conv
@@ -312,8 +321,9 @@ def _decoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     return plan
 
 
-def _pack(generator: nn.Module, side: str) -> dict:
-    """Every convolution of one side, packed (keyed by module id), and for the encoder the VQ tables."""
+def _pack(generator: nn.Module, side: str, codebook: nn.Module) -> dict:
+    """Every convolution of one side, packed (keyed by module id), and the tables of `codebook` (a
+    ResidualVQ): for the VQ search (2 * embed, |code|^2) and the code vectors."""
     network = generator.encoder if side == "encoder" else generator.decoder
     modules = list(network.modules()) + (list(generator.projector.modules()) if side == "encoder" else [])
     packs: dict = {}
@@ -322,14 +332,15 @@ def _pack(generator: nn.Module, side: str) -> dict:
             packs[id(module)] = _Packed.transposed(module)
         elif isinstance(module, (CausalConv1d, Conv1d1x1)):
             packs[id(module)] = _Packed.conv(module)
-    if side == "encoder":
-        layers = generator.quantizer.codebook.layers
-        with torch.inference_mode(False), torch.no_grad():
-            packs["vq"] = (
-                torch.stack([2 * layer.embed for layer in layers]).contiguous(),
-                torch.stack([layer.embed.pow(2).sum(0) for layer in layers]).contiguous(),
-                torch.stack([layer.embed.t() for layer in layers]).contiguous(),
-            )
+    layers = codebook.layers
+    pad = -codebook.codebook_size % LANES  # tables padded to whole vectors; a padded code is never nearest
+    with torch.inference_mode(False), torch.no_grad():
+        packs["codebook_size"] = codebook.codebook_size
+        packs["vq"] = (
+            torch.stack([F.pad(2 * layer.embed, (0, pad)) for layer in layers]).contiguous(),
+            torch.stack([F.pad(layer.embed.pow(2).sum(0), (0, pad), value=math.inf) for layer in layers]).contiguous(),
+            torch.stack([F.pad(layer.embed.t(), (0, 0, 0, pad)) for layer in layers]).contiguous(),
+        )
     return packs
 
 
@@ -337,16 +348,17 @@ _is = operator.is_
 
 
 class NativeStep(PerShapeStep):
-    """One side of an AudioDec generator's streaming step through the native engine: chunk ->
-    codes (side "encoder": encoder, projector and VQ) or latent -> waveform (side "decoder").
-    A plan is built on a shape's first call (a transmitter must not mix the engine's rounding with
-    another's); CPU float32 inputs outside autograd only, anything else runs `step`."""
+    """One side of an AudioDec codec's streaming step through the native engine: waveform chunk ->
+    codes (side "encoder": encoder, projector and VQ search) or codes -> waveform chunk (side
+    "decoder": code lookup and symmetric decoder), with `codebook` (the transmitter's ResidualVQ).
+    A plan is built on a shape's first call (the engine's rounding is its own, and a transmitter
+    must not mix it with another's); CPU inputs outside autograd only, anything else runs `step`."""
 
     BUILD_AT_ONCE = True
 
-    def __init__(self, generator: nn.Module, step: Callable, side: str) -> None:
-        super().__init__(generator, step)
-        self.side = side
+    def __init__(self, generator: nn.Module, step: Callable, side: str, codebook: nn.Module) -> None:
+        super().__init__(nn.ModuleList([generator, codebook]), step)  # (the weights key covers both)
+        self.generator, self.codebook, self.side = generator, codebook, side
         self.library = _library()[0]
         self.packs: dict | None = None
         self.packs_key: tuple | None = None
@@ -355,20 +367,19 @@ class NativeStep(PerShapeStep):
         self.last_views: list[torch.Tensor] = []
 
     def _streaming_layers(self) -> list[StreamingState]:
-        generator = self.module
-        shape = (generator.input_channels, 3000) if self.side == "encoder" else (generator.decoder.conv1.in_channels, 1)
+        shape = (self.generator.input_channels, 3000) if self.side == "encoder" else (1, 1)
         plan = self._plan_for(shape, pack=False)
         return [layer for layer, *_ in plan.layers]
 
     def _plan_for(self, shape: tuple[int, int], pack: bool = True) -> _Plan:
-        generator = self.module
+        generator = self.generator
         if pack:
             key = self._weights_key()
             if key != self.packs_key:
-                self.packs, self.packs_key = _pack(generator, self.side), key
+                self.packs, self.packs_key = _pack(generator, self.side, self.codebook), key
             packs = self.packs
         else:
-            packs = _pack(generator, self.side)
+            packs = _pack(generator, self.side, self.codebook)
         build = _encoder_plan if self.side == "encoder" else _decoder_plan
         return build(generator, packs, shape)
 
@@ -379,7 +390,10 @@ class NativeStep(PerShapeStep):
 
     def _run(self, plan: _Plan, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
-        x = x.transpose(1, 2).contiguous()  # time-major (a view, no copy, for mono or latents from lookup)
+        if self.side == "encoder":
+            x = x.transpose(1, 2).contiguous()  # time-major (no copy for mono)
+        else:
+            x = x.to(torch.int64).contiguous()
         size = plan.state_size
         layers = self.layers
         states = [layer.__dict__["_state"] for layer in layers]
@@ -391,12 +405,14 @@ class NativeStep(PerShapeStep):
         state_out = torch.empty(batch, size)
         dtype = torch.int64 if self.side == "encoder" else torch.float32
         y = torch.empty(batch, *plan.output_shape, dtype=dtype)
-        self.library.engine_run(
+        bad = self.library.engine_run(
             plan.op_array, len(plan.ops), plan.slot_array, len(plan.slots), size,
-            x.data_ptr(), plan.input_at, plan.input_floats,
+            x.data_ptr(), plan.input_at, plan.input_bytes,
             plan.output_at, y.data_ptr(), plan.output_bytes,
             state_in.data_ptr(), state_out.data_ptr(), batch, torch.get_num_threads(),
         )
+        if bad:  # (the streams keep their states: nothing below ran)
+            raise CodecError(f"codes must lie in [0, {self.codebook.codebook_size}): these are not this model's codes")
         views = [
             state_out.as_strided((batch, *shape), (size, *strides), offset) for shape, strides, offset in plan.views
         ]

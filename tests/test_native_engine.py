@@ -1,0 +1,210 @@
+"""The native engine (csrc/engine.c): Contract 2 by construction, the torch backend's results to float
+rounding, batches, state hand-over, weight changes, and the fall-backs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layers.conv import StreamingState
+from models.autoencoder.AudioDec import Generator
+from tests.conftest import MANIFEST, official_path
+from utils import native_engine
+from utils.audiodec import StreamingCodec
+from utils.errors import CodecError
+from utils.native_engine import NativeStep
+from utils.traced_step import TracedStep
+
+pytestmark = pytest.mark.skipif(
+    not native_engine.available(), reason=f"native engine unavailable: {native_engine.unavailable_reason()}"
+)
+
+
+def load(name: str, backend: str = "native", **kwargs) -> StreamingCodec:
+    entry = MANIFEST[name]
+    return StreamingCodec.from_checkpoints(
+        official_path(entry["encoder_checkpoint"]), official_path(entry["decoder_checkpoint"]), backend=backend,
+        **kwargs,
+    )
+
+
+def speech(batch: int = 1, samples: int = 300 * 64, seed: int = 3) -> torch.Tensor:
+    """Noise shaped by a slow envelope: loud and quiet stretches, like speech."""
+    generator = torch.Generator().manual_seed(seed)
+    envelope = torch.sin(torch.linspace(0, 12, samples)).abs() + 0.05
+    return 0.3 * envelope * torch.randn(batch, 1, samples, generator=generator)
+
+
+def stream(codec: StreamingCodec, x: torch.Tensor, cuts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and waveform of x fed in the pieces between `cuts`, from a fresh warmed-up state."""
+    codec.reset(x.shape[0])
+    codes = [codec.encode(x[..., start:end]) for start, end in zip(cuts, cuts[1:])]
+    codec.reset(x.shape[0])
+    waves = [codec.decode(piece) for piece in codes]
+    return torch.cat(codes, dim=-1), torch.cat(waves, dim=-1)
+
+
+def test_the_symmetric_codec_runs_both_sides_natively() -> None:
+    codec = load("vctk_sym")
+    assert codec.native_sides == ["encoder", "decoder"]
+    assert isinstance(codec._encode_chunk, NativeStep) and isinstance(codec._decode_codes, NativeStep)
+
+
+def test_codes_and_waveform_do_not_depend_on_the_cuts() -> None:
+    """Contract 2 by construction: whole signal, 300-sample chunks, and chunk sizes changing
+    mid-stream give the same codes and, here, the same waveform bit for bit (every value is summed
+    in one order whatever the chunk length)."""
+    codec = load("vctk_sym")
+    x = speech()
+    length = x.shape[-1]
+    whole_codes, whole_wave = stream(codec, x, [0, length])
+    for cuts in (list(range(0, length + 1, 300)), [0, 300, 1800, 2100, 6900, 7200, 12000, 12300, length]):
+        codes, wave = stream(codec, x, cuts)
+        assert torch.equal(codes, whole_codes)
+        assert torch.equal(wave, whole_wave)
+
+
+def test_results_equal_the_torch_backend_to_float_rounding() -> None:
+    """Same codes as the TorchScript backend (no VQ near-tie in this signal), waveform >= 100 dB."""
+    x = speech(samples=300 * 40)
+    cuts = list(range(0, x.shape[-1] + 1, 1500))
+    native_codes, native_wave = stream(load("vctk_sym"), x, cuts)
+    torch_codes, torch_wave = stream(load("vctk_sym", backend="torch"), x, cuts)
+    assert torch.equal(native_codes, torch_codes)
+    noise = (native_wave - torch_wave).pow(2).sum()
+    assert 10 * torch.log10(torch_wave.pow(2).sum() / noise) >= 100
+
+
+def test_a_batch_of_streams_equals_each_stream_alone() -> None:
+    codec = load("vctk_sym")
+    x = torch.cat([speech(seed=1), speech(seed=2)])
+    cuts = list(range(0, x.shape[-1] + 1, 600))
+    codes, wave = stream(codec, x, cuts)
+    for index in range(2):
+        alone_codes, alone_wave = stream(codec, x[index:index + 1], cuts)
+        assert torch.equal(codes[index:index + 1], alone_codes)
+        assert torch.equal(wave[index:index + 1], alone_wave)
+
+
+def test_states_are_handed_to_and_from_the_torch_layers() -> None:
+    """After native steps every layer holds its state as the torch backend would (same shape, to
+    float rounding); a state replaced from outside (here: the torch backend's) is read back in."""
+    x = speech(samples=300 * 12)
+    native, reference = load("vctk_sym"), load("vctk_sym", backend="torch")
+    for codec in (native, reference):
+        codec.reset(1)
+        for start in range(0, x.shape[-1], 300):
+            codec.decode(codec.encode(x[..., start:start + 300]))
+
+    def states(codec: StreamingCodec) -> list[torch.Tensor]:
+        return [
+            m._state for part in (codec.encoder, codec.decoder) for m in part.modules()
+            if isinstance(m, StreamingState) and m._state is not None
+        ]
+
+    for ours, theirs in zip(states(native), states(reference), strict=True):
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    # hand the torch backend's states to the native layers: the next chunk then codes alike
+    with torch.inference_mode():  # (the states are inference tensors)
+        for ours, theirs in zip(states(native), states(reference)):
+            ours.copy_(theirs)
+    chunk = speech(samples=300, seed=9)
+    native_codes, reference_codes = native.encode(chunk), reference.encode(chunk)
+    assert torch.equal(native_codes, reference_codes)
+    torch.testing.assert_close(native.decode(native_codes), reference.decode(reference_codes), rtol=0, atol=1e-5)
+
+
+def test_changed_weights_are_repacked() -> None:
+    """Doubling the last convolution's weights (no bias) doubles the output exactly."""
+    codec = load("vctk_sym")
+    codes = codec.encode(speech(samples=1500))
+    codec.reset(1)
+    before = codec.decode(codes)
+    with torch.no_grad():
+        codec.decoder.decoder.conv2.conv.weight.mul_(2)
+    codec.reset(1)
+    after = codec.decode(codes)
+    assert torch.equal(after, 2 * before)
+
+
+def tiny_codec(backend: str, codebook_size: int) -> StreamingCodec:
+    """A small random AudioDec whose sizes are not multiples of the engine's 16-float vectors."""
+    torch.manual_seed(5)
+    generator = Generator(
+        encode_channels=6, decode_channels=6, code_dim=10, codebook_num=3, codebook_size=codebook_size,
+        enc_ratios=(2, 3), dec_ratios=(3, 2), enc_strides=(2, 3), dec_strides=(3, 2),
+    ).eval()
+    return StreamingCodec(generator, generator, 48000, backend=backend)
+
+
+def test_sizes_off_the_vector_width() -> None:
+    """6, 12 and 18 channels, 10-dimensional codes and 20 codes per codebook: the native codes
+    equal the eager backend's, and no padded code is ever chosen."""
+    x = speech(samples=6 * 500)
+    cuts = list(range(0, x.shape[-1] + 1, 60))
+    native = tiny_codec("native", 20)
+    assert native.native_sides == ["encoder", "decoder"]
+    native_codes, native_wave = stream(native, x, cuts)
+    eager_codes, eager_wave = stream(tiny_codec("eager", 20), x, cuts)
+    assert torch.equal(native_codes, eager_codes) and int(native_codes.max()) < 20
+    torch.testing.assert_close(native_wave, eager_wave, rtol=0, atol=1e-5)
+
+
+def test_codes_out_of_range_are_refused() -> None:
+    codec = load("vctk_sym")
+    codes = codec.encode(speech(samples=1500)).clone()  # (an inference tensor otherwise)
+    size = codec.codebook_size
+    codes[0, 3, 2] = size
+    with pytest.raises(CodecError, match=rf"codes must lie in \[0, {size}\)"):
+        codec.decode(codes)
+    codes[0, 3, 2] = -1
+    with pytest.raises(CodecError, match="not this model's codes"):
+        codec.decode(codes)
+
+
+def test_what_the_engine_cannot_run_falls_back_to_torch() -> None:
+    v1 = load("vctk_v1")  # HiFi-GAN vocoder receiver
+    assert v1.native_sides == ["encoder"] and not isinstance(v1._decode_codes, NativeStep)
+    assert isinstance(v1._decode_latent, TracedStep)
+    activate = load("vctk_activate_sym")  # activations around the encoder and decoder
+    assert activate.native_sides == []
+    bf16 = load("vctk_sym", precision="bf16")
+    assert bf16.native_sides == ["encoder"]
+    assert "bf16" not in native_engine.supports(load("vctk_sym").decoder, "decoder")
+    assert native_engine.supports(bf16.decoder, "decoder") == "reduced precision does not run natively"
+
+
+def test_without_a_compiler_the_codec_runs_torch(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
+    native_engine._library.cache_clear()
+    try:
+        assert not native_engine.available()
+        assert "no-such-compiler" in native_engine.unavailable_reason()
+        codec = load("vctk_sym")
+        assert codec.native_sides == []
+        x = speech(samples=3000)
+        codes, wave = stream(codec, x, [0, 1500, 3000])
+        assert codes.shape == (1, 8, 10) and wave.shape == (1, 1, 3000)
+    finally:
+        monkeypatch.undo()
+        native_engine._library.cache_clear()
+    assert native_engine.available()
+
+
+def test_the_library_is_built_once_per_source(monkeypatch, tmp_path) -> None:
+    """A fresh cache folder gets one library; loading again reuses it."""
+    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path))
+    native_engine._library.cache_clear()
+    try:
+        assert native_engine.available()
+        built = list(tmp_path.glob("engine-*.so"))
+        assert len(built) == 1
+        stamp = built[0].stat().st_mtime_ns
+        native_engine._library.cache_clear()
+        assert native_engine.available()
+        assert list(tmp_path.glob("*")) == built and built[0].stat().st_mtime_ns == stamp
+    finally:
+        monkeypatch.undo()
+        native_engine._library.cache_clear()
