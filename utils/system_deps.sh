@@ -8,6 +8,7 @@ set -uo pipefail
 # One package per line; append what your part needs.
 PACKAGES=(
     libtcmalloc-minimal4  # the inference CLIs run with it (utils/fast_malloc.py)
+    gcc  # compiles the native streaming engine on first use (utils/native_engine.py)
     jackd2
     libportaudio2
     opus-tools
