@@ -45,7 +45,8 @@ typedef struct {
     int32_t nv;    /* conv: 16-wide column vectors per block (1, 2 or 4) */
     const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
                            lookup: codes, int64 (k, frames) */
-    const float *w;     /* conv: (k, cin, cpad); VQ: 2 * embed, (K, D, N) */
+    const float *w;     /* conv: (cpad / (16 nv), k, cin, 16 nv), each column block's weights in one
+                           stretch; VQ: 2 * embed, (K, N / 16, D, 16) */
     const float *bias;  /* conv: (cpad,) or NULL; VQ: |code|^2, (K, N) */
     const float *res;   /* conv: (t_out, cout) skip or NULL; VQ and lookup: code vectors, (K, N, D) */
     float *out;         /* conv: (t_out, cout) or NULL; VQ: codes, int64 (K, frames); lookup: (frames, D) */
@@ -118,14 +119,15 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
         vf acc[R][NV];                                                                              \
         _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                        \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] = vset(0.0f);            \
-        const int cin = op->cin, cpad = op->cpad;                                                   \
+        const int cin = op->cin, width = NV * VL;                                                   \
         const int64_t row_step = (int64_t)op->stride * cin;                                         \
+        const float *block = op->w + (int64_t)(col0 / width) * op->k * cin * width;                 \
         for (int k = 0; k < op->k; k++) {                                                           \
             const float *xk = op->x + ((int64_t)row0 * op->stride + (int64_t)k * op->dilation) * cin; \
-            const float *wk = op->w + (int64_t)k * cin * cpad + col0;                               \
+            const float *wk = block + (int64_t)k * cin * width;                                     \
             for (int i = 0; i < cin; i++) {                                                         \
                 vf w[NV];                                                                           \
-                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) w[v] = vload(wk + (int64_t)i * cpad + v * VL); \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) w[v] = vload(wk + (int64_t)i * width + v * VL); \
                 _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) {                              \
                     vf b = vset(xk[r * row_step + i]);                                              \
                     _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] += w[v] * b;     \
@@ -175,19 +177,29 @@ static void vq_frame(const Op *op, int t) {
     float x[dim];
     memcpy(x, op->x + (int64_t)t * dim, sizeof(float) * dim);
     int64_t *codes = (int64_t *)op->out;
+    vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     for (int q = 0; q < books; q++) {
-        const float *embed2 = op->w + (int64_t)q * dim * size;
+        const float *embed2 = op->w + (int64_t)q * dim * size;  /* (size / 16, dim, 16) */
         const float *norm = op->bias + (int64_t)q * size;
         float xx = 0.0f;
         for (int i = 0; i < dim; i++) xx += x[i] * x[i];
-        float best = __builtin_inff();
-        int64_t index = 0;
+        vf best = vset(__builtin_inff());
+        vi where = lane;
         for (int j = 0; j < size; j += VL) {
+            const float *block = embed2 + (int64_t)j * dim;
             vf acc = vset(0.0f);
-            for (int i = 0; i < dim; i++) acc += vload(embed2 + (int64_t)i * size + j) * x[i];
+            for (int i = 0; i < dim; i++) acc += vload(block + i * VL) * x[i];
             vf d = (vset(xx) - acc) + vload(norm + j);
-            for (int l = 0; l < VL; l++) {
-                if (d[l] < best) { best = d[l]; index = j + l; }
+            vi closer = d < best;  /* strict: a lane keeps its first minimum */
+            best = (vf)(((vi)d & closer) | ((vi)best & ~closer));
+            where = ((lane + j) & closer) | (where & ~closer);
+        }
+        float least = best[0];
+        int64_t index = where[0];
+        for (int l = 1; l < VL; l++) {  /* the least distance; among equal ones, the first code */
+            if (best[l] < least || (best[l] == least && where[l] < index)) {
+                least = best[l];
+                index = where[l];
             }
         }
         const float *code = op->res + ((int64_t)q * size + index) * dim;

@@ -171,16 +171,21 @@ def supports(generator: nn.Module, side: str) -> str:
 
 
 class _Packed:
-    """One convolution's weights for the kernels: (k, C_in, C_out padded to 16) and a padded bias."""
+    """One convolution's weights for the kernels and a padded bias. The output channels, padded to
+    16, are cut into blocks of `nv` 16-float vectors, and each block's weights are stored in one
+    stretch, (blocks, k, C_in, 16 nv): a kernel then streams them in order (most layers of a
+    300-sample chunk read each weight once, from memory)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1, stride: int = 1) -> None:
         c_out, c_in, kernel = weight.shape
         self.cin, self.cout, self.k, self.dilation, self.stride = c_in, c_out, kernel, dilation, stride
         self.cpad = -(-c_out // LANES) * LANES
-        with torch.inference_mode(False), torch.no_grad():
-            self.w = F.pad(weight.detach().float().permute(2, 1, 0), (0, self.cpad - c_out)).contiguous()
-            self.bias = None if bias is None else F.pad(bias.detach().float(), (0, self.cpad - c_out)).contiguous()
         self.nv = 4 if self.cpad % (4 * LANES) == 0 else 2 if self.cpad % (2 * LANES) == 0 else 1
+        width = self.nv * LANES
+        with torch.inference_mode(False), torch.no_grad():
+            w = F.pad(weight.detach().float().permute(2, 1, 0), (0, self.cpad - c_out))  # (k, C_in, cpad)
+            self.w = w.reshape(kernel, c_in, self.cpad // width, width).permute(2, 0, 1, 3).contiguous()
+            self.bias = None if bias is None else F.pad(bias.detach().float(), (0, self.cpad - c_out)).contiguous()
 
     @classmethod
     def conv(cls, layer: nn.Module) -> _Packed:
@@ -283,7 +288,7 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     codes = plan.buffer(books, rows, torch.int64)
     tables = packs["vq"]
     plan.ops.append({
-        "kind": OP_VQ, "cin": project.out_channels, "cout": size, "cpad": tables[0].shape[2], "k": books, "t_out": rows,
+        "kind": OP_VQ, "cin": project.out_channels, "cout": size, "cpad": tables[1].shape[1], "k": books, "t_out": rows,
         "x": latent.data_ptr(), "w": tables[0].data_ptr(), "bias": tables[1].data_ptr(),
         "res": tables[2].data_ptr(), "out": codes.data_ptr(),
     })
@@ -336,8 +341,11 @@ def _pack(generator: nn.Module, side: str, codebook: nn.Module) -> dict:
     pad = -codebook.codebook_size % LANES  # tables padded to whole vectors; a padded code is never nearest
     with torch.inference_mode(False), torch.no_grad():
         packs["codebook_size"] = codebook.codebook_size
-        packs["vq"] = (
-            torch.stack([F.pad(2 * layer.embed, (0, pad)) for layer in layers]).contiguous(),
+        size = codebook.codebook_size + pad
+        packs["vq"] = (  # the doubled codebooks in 16-code blocks, (K, size / 16, D, 16); |code|^2; the codes
+            torch.stack([
+                F.pad(2 * layer.embed, (0, pad)).reshape(-1, size // LANES, LANES).transpose(0, 1) for layer in layers
+            ]).contiguous(),
             torch.stack([F.pad(layer.embed.pow(2).sum(0), (0, pad), value=math.inf) for layer in layers]).contiguous(),
             torch.stack([F.pad(layer.embed.t(), (0, 0, 0, pad)) for layer in layers]).contiguous(),
         )
