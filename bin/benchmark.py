@@ -319,6 +319,7 @@ def benchmark(
         "model": codec.name,
         "precision": codec.precision,
         "backend": codec.backend,
+        "native_sides": list(codec.native_sides),  # what the native engine runs (backend "native")
         "threads": torch.get_num_threads(),
         "malloc": current_malloc(),
         "frame_size": frame_size,
@@ -355,7 +356,8 @@ def benchmark(
 
 def format_report(result: dict) -> str:
     lines = [
-        f"model {result['model']}  precision {result['precision']}  backend {result.get('backend', 'torch')}  "
+        f"model {result['model']}  precision {result['precision']}  backend {result.get('backend', 'torch')}"
+        + (f" ({'+'.join(result['native_sides'])} native)" if result.get("native_sides") else "") + "  "
         f"threads {result['threads']}  malloc {result.get('malloc', '?')}  "
         f"chunk {result['frame_size']}  audio {result['seconds']:.1f} s",
         f"measured fp32 GEMM rate: {result['gemm_gflops']:.0f} GFLOP/s",

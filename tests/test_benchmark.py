@@ -23,6 +23,7 @@ from layers.conv import (
     set_tuning,
 )
 from tests.conftest import REPO
+from utils import native_engine
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 
@@ -49,6 +50,9 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
         assert np.isfinite(result[key]) and result[key] > 0, key
     assert result["rtf_whole_file"] == pytest.approx(result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"])
     assert "rtf_live" not in result  # only with --live
+    assert result["backend"] == "native"  # the default
+    if native_engine.available():  # the encoder always runs natively; the symmetric decoder too
+        assert result["native_sides"] == (["encoder"] if vocoder else ["encoder", "decoder"])
 
 
 def test_benchmark_times_the_live_pipeline(tmp_path, capsys) -> None:
