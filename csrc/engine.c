@@ -32,25 +32,32 @@ static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 static inline vf vset(float s) { return (vf){} + s; }
 
 enum { OP_CONV = 1, OP_VQ = 2, OP_LOOKUP = 3 };
+enum { ACT_ELU = 0, ACT_LEAKY = 1 };    /* the activation written to `out_act` */
+enum { OUT_RAW = 0, OUT_TANH = 1 };     /* what is written to `out` */
 
-/* One operation of a plan. Conv: out[t, c] = sum_k sum_i w[k, i, c] * x[t * stride + k * dilation, i]
- * (+ bias[c]) (+ res[t, c]); written raw to `out` and/or through ELU to `out_act` (either may be
- * NULL). VQ: the residual VQ of `t_out` frames of `cin` values, `k` codebooks of `cout` codes,
- * whose tables are padded to `cpad` codes (the padding's |code|^2 is +inf, so it is never chosen).
- * Lookup: the latent of `t_out` frames from the codes of the first `k` codebooks. The field layout
- * is mirrored by utils/native_engine.py. */
+/* One operation of a plan. Conv: out[t, c] = sum_k sum_i w[k, i, c] * x[t * stride + k * dilation,
+ * g * cin + i] (+ bias[c]) (+ res[t, c]), g = c / group_cout (grouped convolutions: `cin` input
+ * channels per group, rows of `x_channels`); written to `out` (raw, or through tanh) and/or through
+ * the activation to `out_act` (either may be NULL), each `rep` times side by side in `seg`-column
+ * pieces when rep > 1 (the channel repeat before a grouped block). VQ: the residual VQ of `t_out`
+ * frames of `cin` values, `k` codebooks of `cout` codes, whose tables are padded to `cpad` codes
+ * (the padding's |code|^2 is +inf, so it is never chosen). Lookup: the latent of `t_out` frames
+ * from the codes of the first `k` codebooks, then (latent - bias) / w when bias is set (a
+ * vocoder's input normalization). The layout is mirrored by utils/native_engine.py. */
 typedef struct {
     int32_t kind, cin, cout, cpad, k, dilation, stride, t_out;
-    float alpha;   /* ELU's alpha */
-    int32_t nv;    /* conv: 16-wide column vectors per block (1, 2 or 4) */
+    float alpha;        /* ELU's alpha, or LeakyReLU's negative slope */
+    int32_t nv;         /* conv: 16-wide column vectors per block (1, 2 or 4) */
+    int32_t act, out_kind, x_channels, group_cout, rep, seg;
     const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
                            lookup: codes, int64 (k, frames) */
     const float *w;     /* conv: (cpad / (16 nv), k, cin, 16 nv), each column block's weights in one
-                           stretch; VQ: 2 * embed, (K, N / 16, D, 16) */
-    const float *bias;  /* conv: (cpad,) or NULL; VQ: |code|^2, (K, N) */
+                           stretch; VQ: 2 * embed, (K, N / 16, D, 16); lookup: scale or NULL */
+    const float *bias;  /* conv: (cpad,) or NULL; VQ: |code|^2, (K, N); lookup: mean or NULL */
     const float *res;   /* conv: (t_out, cout) skip or NULL; VQ and lookup: code vectors, (K, N, D) */
-    float *out;         /* conv: (t_out, cout) or NULL; VQ: codes, int64 (K, frames); lookup: (frames, D) */
-    float *out_act;     /* conv: ELU(out), (t_out, cout), or NULL */
+    float *out;         /* conv: (t_out, cout * rep) or NULL; VQ: codes, int64 (K, frames);
+                           lookup: (frames, D) */
+    float *out_act;     /* conv: activation of the raw output, (t_out, cout * rep), or NULL */
 } Op;
 
 /* A streaming layer's state: `n` floats at `offset` of a stream's state vector; copied into the
@@ -60,15 +67,13 @@ typedef struct {
     int64_t n, offset, shift;
 } Slot;
 
-/* ELU: x if x > 0 else alpha * expm1(x). expm1 of x <= 0 by x = n ln2 + r, |r| <= ln2 / 2:
- * expm1(x) = 2^n expm1(r) + (2^n - 1), expm1(r) by its Taylor series to r^9 / 9! (error below
- * 1e-10 relative); about 1 ulp, and exact for x = 0. */
-static inline vf elu(vf x, float alpha) {
-    vf z = x;
-    vi pos = x > 0.0f;
-    z = (vf)((vi)z & ~pos);                       /* min(x, 0) (lanes with x > 0 take 0) */
-    vi low = z < -87.0f;                          /* expm1 rounds to -1 below this */
-    z = (vf)(((vi)z & ~low) | ((vi)vset(-87.0f) & low));
+static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+
+/* expm1(z) for z in [-87, 88], about 1 ulp: z = n ln2 + r, |r| <= ln2 / 2, expm1(z) =
+ * 2^n expm1(r) + (2^n - 1), expm1(r) by its Taylor series to r^9 / 9! (error below 1e-10
+ * relative); exact for z = 0. Below -87 it rounds to -1. */
+static inline vf expm1v(vf z) {
+    z = vselect(z < -87.0f, vset(-87.0f), z);
     const float magic = 12582912.0f;              /* 1.5 * 2^23: adding it rounds to an integer */
     vf nf = (z * 1.44269504088896341f + magic) - magic;
     vf r = z - nf * 0.693145751953125f;           /* ln 2 in two parts (Cody and Waite) */
@@ -83,33 +88,63 @@ static inline vf elu(vf x, float alpha) {
     p = p * r + 0.5f;
     p = p * r * r + r;                            /* expm1(r) */
     vi n = __builtin_convertvector(nf, vi);
-    vf scale = (vf)((n + 127) << 23);             /* 2^n, n >= -126 */
-    vf e = scale * p + (scale - 1.0f);
-    vf neg = e * alpha;
-    return (vf)(((vi)x & pos) | ((vi)neg & ~pos));
+    vf scale = (vf)((n + 127) << 23);             /* 2^n, -126 <= n <= 127 */
+    return scale * p + (scale - 1.0f);
+}
+
+/* ELU: x if x > 0 else alpha * expm1(x). */
+static inline vf elu(vf x, float alpha) {
+    vi pos = x > 0.0f;
+    vf neg = expm1v(vselect(pos, vset(0.0f), x)) * alpha;
+    return vselect(pos, x, neg);
+}
+
+/* LeakyReLU as PyTorch computes it: x if x > 0 else x * slope. */
+static inline vf leaky(vf x, float slope) { return vselect(x > 0.0f, x, x * slope); }
+
+/* tanh(x) = e / (e + 2), e = expm1(2 |x|), with x's sign; |x| >= 9 gives +-1 (as rounding does). */
+static inline vf tanhv(vf x) {
+    vi negative = x < 0.0f;
+    vf a = vselect(negative, -x, x);
+    a = vselect(a > 9.0f, vset(9.0f), a);
+    vf e = expm1v(a + a);
+    vf t = e / (e + 2.0f);
+    return vselect(negative, -t, t);
+}
+
+static inline vf activate(const Op *op, vf v) {
+    return op->act == ACT_LEAKY ? leaky(v, op->alpha) : elu(v, op->alpha);
+}
+
+/* Store `v` (columns col.. of row `row`, `n` of them valid) into a (t_out, cout * rep) output. */
+static inline void put(const Op *op, float *base, int row, int col, vf v, int n) {
+    if (op->rep == 1) {
+        float *at = base + (int64_t)row * op->cout + col;
+        if (n == VL) {
+            vstore(at, v);
+        } else {
+            for (int j = 0; j < n; j++) at[j] = v[j];
+        }
+        return;
+    }
+    const int seg = op->seg;  /* a multiple of 16: a vector stays within one piece */
+    float *at = base + (int64_t)row * op->cout * op->rep + (int64_t)(col / seg) * seg * op->rep + col % seg;
+    for (int r = 0; r < op->rep; r++) vstore(at + (int64_t)r * seg, v);
 }
 
 static inline void epilogue(const Op *op, int row, int col, vf v) {
-    int64_t at = (int64_t)row * op->cout + col;
+    const int n = op->cout - col < VL ? op->cout - col : VL;
     if (op->bias) v = v + vload(op->bias + col);
-    int full = col + VL <= op->cout;
     if (op->res) {
-        if (full) {
-            v = vload(op->res + at) + v;
+        const float *res = op->res + (int64_t)row * op->cout + col;
+        if (n == VL) {
+            v = vload(res) + v;
         } else {
-            for (int j = 0; j < op->cout - col; j++) v[j] = op->res[at + j] + v[j];
+            for (int j = 0; j < n; j++) v[j] = res[j] + v[j];
         }
     }
-    if (full) {
-        if (op->out) vstore(op->out + at, v);
-        if (op->out_act) vstore(op->out_act + at, elu(v, op->alpha));
-    } else {
-        vf a = op->out_act ? elu(v, op->alpha) : v;
-        for (int j = 0; j < op->cout - col; j++) {
-            if (op->out) op->out[at + j] = v[j];
-            if (op->out_act) op->out_act[at + j] = a[j];
-        }
-    }
+    if (op->out) put(op, op->out, row, col, op->out_kind == OUT_TANH ? tanhv(v) : v, n);
+    if (op->out_act) put(op, op->out_act, row, col, activate(op, v), n);
 }
 
 /* R rows from `row0` by NV vectors of columns from `col0`. Every row runs the same sequence of
@@ -119,11 +154,12 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
         vf acc[R][NV];                                                                              \
         _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                        \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] = vset(0.0f);            \
-        const int cin = op->cin, width = NV * VL;                                                   \
-        const int64_t row_step = (int64_t)op->stride * cin;                                         \
+        const int cin = op->cin, width = NV * VL, channels = op->x_channels;                        \
+        const int64_t row_step = (int64_t)op->stride * channels;                                    \
         const float *block = op->w + (int64_t)(col0 / width) * op->k * cin * width;                 \
+        const float *xg = op->x + (int64_t)(col0 / op->group_cout) * cin;  /* this group's inputs */ \
         for (int k = 0; k < op->k; k++) {                                                           \
-            const float *xk = op->x + ((int64_t)row0 * op->stride + (int64_t)k * op->dilation) * cin; \
+            const float *xk = xg + ((int64_t)row0 * op->stride + (int64_t)k * op->dilation) * channels; \
             const float *wk = block + (int64_t)k * cin * width;                                     \
             for (int i = 0; i < cin; i++) {                                                         \
                 vf w[NV];                                                                           \
@@ -161,8 +197,10 @@ static void run_conv(const Op *op, int tid, int nthreads) {
     const int row_blocks = (op->t_out + rows - 1) / rows;
     const int64_t items = (int64_t)row_blocks * col_blocks;
     const int64_t first = items * tid / nthreads, last = items * (tid + 1) / nthreads;
+    /* Column block by column block, all rows of one before the next: a block's weights are read
+     * from memory once and stay in cache while its rows are computed. */
     for (int64_t item = first; item < last; item++) {
-        int rb = (int)(item / col_blocks), cb = (int)(item % col_blocks);
+        int cb = (int)(item / row_blocks), rb = (int)(item % row_blocks);
         int row0 = rb * rows;
         int n = op->t_out - row0 < rows ? op->t_out - row0 : rows;
         KERNELS[slot][n - 1](op, row0, cb * op->nv * VL);
@@ -237,6 +275,9 @@ static int run_lookup(const Op *op, int tid, int nthreads) {
             } else {
                 for (int i = 0; i < dim; i++) row[i] += vector[i];
             }
+        }
+        if (op->bias) {
+            for (int i = 0; i < dim; i++) row[i] = (row[i] - op->bias[i]) / op->w[i];
         }
     }
     return bad;

@@ -50,6 +50,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "engine.c"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 LANES = 16  # floats per vector in csrc/engine.c
 OP_CONV, OP_VQ, OP_LOOKUP = 1, 2, 3
+ACT_ELU, ACT_LEAKY = 0, 1  # activations written to an op's `out_act`
+OUT_RAW, OUT_TANH = 0, 1  # what an op writes to `out`
 
 
 class _Op(ctypes.Structure):
@@ -59,6 +61,8 @@ class _Op(ctypes.Structure):
         ("kind", ctypes.c_int32), ("cin", ctypes.c_int32), ("cout", ctypes.c_int32), ("cpad", ctypes.c_int32),
         ("k", ctypes.c_int32), ("dilation", ctypes.c_int32), ("stride", ctypes.c_int32),
         ("t_out", ctypes.c_int32), ("alpha", ctypes.c_float), ("nv", ctypes.c_int32),
+        ("act", ctypes.c_int32), ("out_kind", ctypes.c_int32), ("x_channels", ctypes.c_int32),
+        ("group_cout", ctypes.c_int32), ("rep", ctypes.c_int32), ("seg", ctypes.c_int32),
         ("x", ctypes.c_void_p), ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("res", ctypes.c_void_p),
         ("out", ctypes.c_void_p), ("out_act", ctypes.c_void_p),
     ]
@@ -136,13 +140,34 @@ def unavailable_reason() -> str:
     return _library()[1]
 
 
-def _elu_alpha(activation: nn.Module) -> float | None:
-    return float(activation.alpha) if type(activation) is nn.ELU else None
+def _vocoder_class() -> type:
+    from models.vocoder.HiFiGAN import Generator
+
+    return Generator
 
 
-def supports(generator: nn.Module, side: str) -> str:
-    """"" when the engine can run `side` of `generator`, else why not: "encoder", the transmitter of
-    an AudioDec generator; "decoder", the symmetric decoder of a module whose `decoder` is one."""
+def _activation_problem(module: nn.Module) -> str:
+    if type(module) is nn.ELU or type(module) is nn.LeakyReLU:
+        return ""
+    return f"{type(module).__name__} activations do not run natively (ELU and LeakyReLU do)"
+
+
+def _conv_problem(network: nn.Module) -> str:
+    """Why a convolution of `network` cannot run natively, or ""."""
+    for module in network.modules():
+        if isinstance(module, (CausalConv1d, Conv1d1x1, CausalConvTranspose1d)):
+            if getattr(module, "compute_dtype", torch.float32) != torch.float32:
+                return "reduced precision does not run natively"
+        if isinstance(module, nn.ConvTranspose1d) and module.groups != 1:
+            return "grouped transposed convolutions do not run natively"
+        if isinstance(module, nn.Conv1d) and module.groups != 1 and (module.out_channels // module.groups) % LANES:
+            return f"grouped convolutions run natively with multiples of {LANES} output channels per group"
+        if isinstance(module, CausalConvTranspose1d) and module.deconv.kernel_size[0] != 2 * module.stride:
+            return "transposed convolutions other than kernel 2 * stride do not run natively"
+    return ""
+
+
+def _audiodec_problem(generator: nn.Module, side: str) -> str:
     from models.autoencoder.AudioDec import Generator
     from models.autoencoder.modules.decoder import Decoder
     from models.autoencoder.modules.encoder import Encoder
@@ -155,19 +180,40 @@ def supports(generator: nn.Module, side: str) -> str:
         return f"the {type(network).__name__} {side} does not run natively (the plain audiodec codec does)"
     if side == "encoder" and type(generator.projector.project) is not CausalConv1d:
         return "the conv1d_bn projector does not run natively"
-    for module in network.modules():
-        if isinstance(module, nn.ELU) and module.alpha <= 0:
-            return "ELU with alpha <= 0 does not run natively"
-        if isinstance(module, nn.Module) and hasattr(module, "activation") and _elu_alpha(module.activation) is None:
-            return f"{type(module.activation).__name__} activations do not run natively (ELU does)"
-        if isinstance(module, (CausalConv1d, Conv1d1x1, CausalConvTranspose1d)):
-            if getattr(module, "compute_dtype", torch.float32) != torch.float32:
-                return "reduced precision does not run natively"
-        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and module.groups != 1:
-            return "grouped convolutions do not run natively"
-        if isinstance(module, CausalConvTranspose1d) and module.deconv.kernel_size[0] != 2 * module.stride:
-            return "transposed convolutions other than kernel 2 * stride do not run natively"
-    return ""
+    units = [unit for block in network.conv_blocks for unit in block.res_units]
+    for unit in units:
+        if _activation_problem(unit.activation):
+            return _activation_problem(unit.activation)
+        if repr(unit.activation) != repr(units[0].activation):
+            return "residual units with different activations do not run natively"
+    return _conv_problem(network)
+
+
+def _vocoder_problem(vocoder: nn.Module) -> str:
+    from models.vocoder.modules.residual_block import MultiGroupConv1d
+
+    for block in vocoder.blocks:
+        if type(block) is not MultiGroupConv1d:
+            return "only the grouped HiFi-GAN blocks (v1, v2, v3) run natively"
+        if not block.use_additional_convs:
+            return "HiFi-GAN blocks without their additional convolutions do not run natively"
+        if _activation_problem(block.activation):
+            return _activation_problem(block.activation)
+    for activation in (vocoder.activation_upsamples, vocoder.activation_output1):
+        if _activation_problem(activation):
+            return _activation_problem(activation)
+    if type(vocoder.activation_output2) is not nn.Tanh:
+        return "only a tanh output runs natively"
+    return _conv_problem(vocoder)
+
+
+def supports(module: nn.Module, side: str) -> str:
+    """"" when the engine can run `side` of `module`, else why not: "encoder", the transmitter of
+    an AudioDec generator; "decoder", a HiFi-GAN vocoder with grouped blocks, or the symmetric
+    decoder of a module whose `decoder` is an AudioDec decoder."""
+    if side == "decoder" and isinstance(module, _vocoder_class()):
+        return _vocoder_problem(module)
+    return _audiodec_problem(module, side)
 
 
 class _Packed:
@@ -176,11 +222,16 @@ class _Packed:
     stretch, (blocks, k, C_in, 16 nv): a kernel then streams them in order (most layers of a
     300-sample chunk read each weight once, from memory)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1, stride: int = 1) -> None:
-        c_out, c_in, kernel = weight.shape
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1, stride: int = 1, groups: int = 1
+    ) -> None:
+        c_out, c_in, kernel = weight.shape  # c_in: per group
         self.cin, self.cout, self.k, self.dilation, self.stride = c_in, c_out, kernel, dilation, stride
+        self.groups, self.group_cout = groups, c_out // groups
         self.cpad = -(-c_out // LANES) * LANES
-        self.nv = 4 if self.cpad % (4 * LANES) == 0 else 2 if self.cpad % (2 * LANES) == 0 else 1
+        # a column block lies within one group (supports() checks that groups are whole vectors)
+        span = self.cpad if groups == 1 else self.group_cout
+        self.nv = 4 if span % (4 * LANES) == 0 else 2 if span % (2 * LANES) == 0 else 1
         width = self.nv * LANES
         with torch.inference_mode(False), torch.no_grad():
             w = F.pad(weight.detach().float().permute(2, 1, 0), (0, self.cpad - c_out))  # (k, C_in, cpad)
@@ -190,7 +241,7 @@ class _Packed:
     @classmethod
     def conv(cls, layer: nn.Module) -> _Packed:
         conv = layer if isinstance(layer, nn.Conv1d) else layer.conv
-        return cls(conv.weight, conv.bias, conv.dilation[0], conv.stride[0])
+        return cls(conv.weight, conv.bias, conv.dilation[0], conv.stride[0], conv.groups)
 
     @classmethod
     def transposed(cls, layer: CausalConvTranspose1d) -> _Packed:
@@ -219,10 +270,10 @@ class _Plan:
         self.keep.append(tensor)
         return tensor
 
-    def ext(self, layer: StreamingState, rows: int, channels: int) -> tuple[torch.Tensor, int]:
+    def ext(self, layer: nn.Module, rows: int, channels: int) -> tuple[torch.Tensor, int]:
         """A layer's input buffer: its `pad` state rows, then `rows` new ones. Returns the buffer and
         the address where the new rows go."""
-        pad = layer.pad_length
+        pad = getattr(layer, "pad_length", 0)  # (pointwise convs keep no state)
         buffer = self.buffer(pad + rows, channels)
         if pad:
             self.slots.append((buffer.data_ptr(), pad * channels, self.state_size, rows * channels))
@@ -231,12 +282,15 @@ class _Plan:
         return buffer, buffer.data_ptr() + 4 * pad * channels
 
     def conv(self, packed: _Packed, source: int, rows_out: int, residual: int | None = None) -> dict:
-        """A convolution reading `source` (its ext buffer); its destinations are set by the caller."""
+        """A convolution reading `source` (its ext buffer); its destinations (`out`, `out_act` with
+        `act` and `alpha`, `rep` and `seg`) are set by the caller."""
         op = {
             "kind": OP_CONV, "cin": packed.cin, "cout": packed.cout, "cpad": packed.cpad, "k": packed.k,
             "dilation": packed.dilation, "stride": packed.stride, "t_out": rows_out, "nv": packed.nv,
+            "x_channels": packed.cin * packed.groups, "group_cout": packed.group_cout if packed.groups > 1 else 1 << 30,
             "x": source, "w": packed.w.data_ptr(), "bias": None if packed.bias is None else packed.bias.data_ptr(),
-            "res": residual, "out": None, "out_act": None, "alpha": 1.0,
+            "res": residual, "out": None, "out_act": None, "act": ACT_ELU, "alpha": 1.0, "out_kind": OUT_RAW,
+            "rep": 1, "seg": packed.cout,
         }
         self.ops.append(op)
         return op
@@ -249,21 +303,31 @@ class _Plan:
         ]
 
 
-def _residual_units(plan: _Plan, packs: dict, units, pending: dict, rows: int, channels: int) -> dict:
-    """Emit a block's residual units after `pending` (the conv whose output enters the first
-    unit); returns the last unit's second conv, whose destination the caller sets."""
+def _activation(module: nn.Module) -> tuple[int, float]:
+    """(kind, parameter) of an ELU or LeakyReLU module, as an op's `act` and `alpha`."""
+    if type(module) is nn.ELU:
+        return ACT_ELU, float(module.alpha)
+    return ACT_LEAKY, float(module.negative_slope)
+
+
+def _residual_units(
+    plan: _Plan, packs: dict, pairs: list, activation: nn.Module, pending: dict, rows: int, channels: int
+) -> dict:
+    """Emit residual units x + conv2(act(conv1(act(x)))), one per (conv1, conv2) of `pairs`, after
+    `pending` (the conv whose output enters the first unit); returns the last unit's conv2, whose
+    destination the caller sets."""
+    act, alpha = _activation(activation)
     skip = plan.buffer(rows, channels)  # the units' skip path, updated in place by each unit's add
-    hidden = plan.buffer(rows, channels)
-    for unit in units:
-        alpha = _elu_alpha(unit.activation)
-        ext, new_rows = plan.ext(unit.conv1, rows, channels)
+    for conv1, conv2 in pairs:
+        ext, new_rows = plan.ext(conv1, rows, channels)
         # The conv before the units, or the previous unit's second conv (whose x + conv2(...) is
         # written over its own skip input: each value is read and then written by one thread).
-        pending["out"], pending["out_act"], pending["alpha"] = skip.data_ptr(), new_rows, alpha
-        first = plan.conv(packs[id(unit.conv1)], ext.data_ptr(), rows)
-        first["out_act"], first["alpha"] = hidden.data_ptr(), alpha
-        pending = plan.conv(packs[id(unit.conv2)], hidden.data_ptr(), rows, residual=skip.data_ptr())
-    return pending
+        pending.update(out=skip.data_ptr(), out_act=new_rows, act=act, alpha=alpha)
+        first = plan.conv(packs[id(conv1)], ext.data_ptr(), rows)
+        ext, new_rows = plan.ext(conv2, rows, channels)
+        first.update(out_act=new_rows, act=act, alpha=alpha)
+        pending = plan.conv(packs[id(conv2)], ext.data_ptr(), rows, residual=skip.data_ptr())
+    return pending, skip
 
 
 def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int]) -> _Plan:
@@ -275,7 +339,8 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     pending = plan.conv(packs[id(encoder.conv)], ext.data_ptr(), rows)
     for block in encoder.conv_blocks:
         width = block.conv.in_channels
-        pending = _residual_units(plan, packs, block.res_units, pending, rows, width)
+        pairs = [(unit.conv1, unit.conv2) for unit in block.res_units]
+        pending, _ = _residual_units(plan, packs, pairs, block.res_units[0].activation, pending, rows, width)
         ext, pending["out"] = plan.ext(block.conv, rows, width)
         rows //= block.conv.stride
         pending = plan.conv(packs[id(block.conv)], ext.data_ptr(), rows)
@@ -301,22 +366,17 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
 def _decoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int]) -> _Plan:
     books, rows = batch_shape  # codes of the first `books` codebooks
     decoder, plan = generator.decoder, _Plan()
-    codes = plan.buffer(books, rows, torch.int64)
-    plan.input_at, plan.input_bytes = codes.data_ptr(), 8 * books * rows
     ext, latent = plan.ext(decoder.conv1, rows, decoder.conv1.in_channels)
-    vectors = packs["vq"][2]
-    plan.ops.append({
-        "kind": OP_LOOKUP, "cin": vectors.shape[2], "cout": packs["codebook_size"], "cpad": vectors.shape[1],
-        "k": books, "t_out": rows,
-        "x": codes.data_ptr(), "res": vectors.data_ptr(), "out": latent,
-    })
+    _lookup(plan, packs, books, rows, latent)
     pending = plan.conv(packs[id(decoder.conv1)], ext.data_ptr(), rows)
     for block in decoder.conv_blocks:
         upsample = block.conv
         ext, pending["out"] = plan.ext(upsample, rows, upsample.deconv.in_channels)
         pending = plan.conv(packs[id(upsample)], ext.data_ptr(), rows)  # `rows` frames of stride phases
         rows *= upsample.stride
-        pending = _residual_units(plan, packs, block.res_units, pending, rows, upsample.deconv.out_channels)
+        pairs = [(unit.conv1, unit.conv2) for unit in block.res_units]
+        activation = block.res_units[0].activation
+        pending, _ = _residual_units(plan, packs, pairs, activation, pending, rows, upsample.deconv.out_channels)
     ext, pending["out"] = plan.ext(decoder.conv2, rows, decoder.conv2.in_channels)
     output = plan.buffer(rows, decoder.conv2.out_channels)
     plan.conv(packs[id(decoder.conv2)], ext.data_ptr(), rows)["out"] = output.data_ptr()
@@ -326,17 +386,66 @@ def _decoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     return plan
 
 
+def _lookup(plan: _Plan, packs: dict, books: int, rows: int, latent: int, norm: tuple | None = None) -> None:
+    """The code lookup of the receiver's input: codes (copied in by the step) -> latent rows."""
+    codes = plan.buffer(books, rows, torch.int64)
+    plan.input_at, plan.input_bytes = codes.data_ptr(), 8 * books * rows
+    vectors = packs["vq"][2]
+    plan.ops.append({
+        "kind": OP_LOOKUP, "cin": vectors.shape[2], "cout": packs["codebook_size"], "cpad": vectors.shape[1],
+        "k": books, "t_out": rows, "x": codes.data_ptr(), "res": vectors.data_ptr(), "out": latent,
+        "w": None if norm is None else norm[1].data_ptr(), "bias": None if norm is None else norm[0].data_ptr(),
+    })
+
+
+def _vocoder_plan(vocoder: nn.Module, packs: dict, batch_shape: tuple[int, int]) -> _Plan:
+    """HiFi-GAN with grouped blocks: input conv; per stage activation, upsampling, the input repeated
+    `groups` times into a grouped residual block, and a 1 x 1 mix; activation, output conv, tanh."""
+    books, rows = batch_shape
+    plan = _Plan()
+    ext, latent = plan.ext(vocoder.input_conv, rows, vocoder.in_channels)
+    _lookup(plan, packs, books, rows, latent, packs.get("norm"))
+    pending = plan.conv(packs[id(vocoder.input_conv)], ext.data_ptr(), rows)
+    upsample_act, upsample_alpha = _activation(vocoder.activation_upsamples)
+    for upsample, block in zip(vocoder.upsamples, vocoder.blocks):
+        ext, pending["out_act"] = plan.ext(upsample, rows, upsample.deconv.in_channels)
+        pending.update(act=upsample_act, alpha=upsample_alpha)
+        pending = plan.conv(packs[id(upsample)], ext.data_ptr(), rows)  # `rows` frames of stride phases
+        rows *= upsample.stride
+        width = upsample.deconv.out_channels
+        pending.update(rep=block.groups, seg=width)  # the channel repeat, written as it is stored
+        pairs = list(zip(block.convs1, block.convs2))
+        pending, _ = _residual_units(plan, packs, pairs, block.activation, pending, rows, width * block.groups)
+        ext, pending["out"] = plan.ext(block.conv_out, rows, width * block.groups)
+        pending = plan.conv(packs[id(block.conv_out)], ext.data_ptr(), rows)
+    output_conv = vocoder.output_conv
+    ext, pending["out_act"] = plan.ext(output_conv, rows, output_conv.in_channels)
+    act, alpha = _activation(vocoder.activation_output1)
+    pending.update(act=act, alpha=alpha)
+    output = plan.buffer(rows, output_conv.out_channels)
+    plan.conv(packs[id(output_conv)], ext.data_ptr(), rows).update(out=output.data_ptr(), out_kind=OUT_TANH)
+    plan.output_at, plan.output_bytes = output.data_ptr(), output.numel() * 4
+    plan.output_shape = (rows, output_conv.out_channels)
+    plan.finish()
+    return plan
+
+
 def _pack(generator: nn.Module, side: str, codebook: nn.Module) -> dict:
     """Every convolution of one side, packed (keyed by module id), and the tables of `codebook` (a
     ResidualVQ): for the VQ search (2 * embed, |code|^2) and the code vectors."""
-    network = generator.encoder if side == "encoder" else generator.decoder
-    modules = list(network.modules()) + (list(generator.projector.modules()) if side == "encoder" else [])
+    if side == "encoder":
+        modules = [*generator.encoder.modules(), *generator.projector.modules()]
+    else:
+        modules = list((generator if isinstance(generator, _vocoder_class()) else generator.decoder).modules())
     packs: dict = {}
     for module in modules:
         if isinstance(module, CausalConvTranspose1d):
             packs[id(module)] = _Packed.transposed(module)
         elif isinstance(module, (CausalConv1d, Conv1d1x1)):
             packs[id(module)] = _Packed.conv(module)
+    if getattr(generator, "norm", False):  # a vocoder's input normalization
+        with torch.inference_mode(False), torch.no_grad():
+            packs["norm"] = tuple(t.detach().float().contiguous() for t in (generator.mean, generator.scale))
     layers = codebook.layers
     pad = -codebook.codebook_size % LANES  # tables padded to whole vectors; a padded code is never nearest
     with torch.inference_mode(False), torch.no_grad():
@@ -388,7 +497,10 @@ class NativeStep(PerShapeStep):
             packs = self.packs
         else:
             packs = _pack(generator, self.side, self.codebook)
-        build = _encoder_plan if self.side == "encoder" else _decoder_plan
+        if self.side == "encoder":
+            build = _encoder_plan
+        else:
+            build = _vocoder_plan if isinstance(generator, _vocoder_class()) else _decoder_plan
         return build(generator, packs, shape)
 
     def _build(self, x: torch.Tensor, warm: bool) -> _Plan:
