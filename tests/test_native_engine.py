@@ -182,6 +182,22 @@ def test_the_grouped_hifigan_vocoder() -> None:
     assert torch.equal(whole_codes, native_codes) and torch.equal(whole_wave, native_wave)
 
 
+def test_plans_beyond_the_memory_cap_are_dropped_oldest_first() -> None:
+    codec = load("vctk_sym")
+    codec.reset(1)
+    step = codec._encode_chunk
+    sizes = {}
+    for length in (300, 600, 900):
+        codec.encode(speech(samples=length))
+        key = next(key for key in step.built if key[0][-1] == length)
+        sizes[length] = step.built[key].nbytes
+    assert len(step.built) == 3
+    step.MAX_PLAN_BYTES = sum(sizes.values())  # (sizes grow with the length: room for 600 and 1200)
+    codec.encode(speech(samples=600))  # (used again: now the newest)
+    codec.encode(speech(samples=1200))
+    assert sorted(key[0][-1] for key in step.built) == [600, 1200]
+
+
 def test_codes_out_of_range_are_refused() -> None:
     codec = load("vctk_sym")
     codes = codec.encode(speech(samples=1500)).clone()  # (an inference tensor otherwise)

@@ -296,6 +296,7 @@ class _Plan:
         return op
 
     def finish(self) -> None:
+        self.nbytes = sum(tensor.numel() * tensor.element_size() for tensor in self.keep)
         self.op_array = (_Op * len(self.ops))(*[_Op(**op) for op in self.ops])
         self.slot_array = (_Slot * len(self.slots))(*[_Slot(*slot) for slot in self.slots])
         self.views = [
@@ -472,6 +473,7 @@ class NativeStep(PerShapeStep):
     must not mix it with another's); CPU inputs outside autograd only, anything else runs `step`."""
 
     BUILD_AT_ONCE = True
+    MAX_PLAN_BYTES = 256 << 20
 
     def __init__(self, generator: nn.Module, step: Callable, side: str, codebook: nn.Module) -> None:
         super().__init__(nn.ModuleList([generator, codebook]), step)  # (the weights key covers both)
@@ -504,8 +506,16 @@ class NativeStep(PerShapeStep):
         return build(generator, packs, shape)
 
     def _build(self, x: torch.Tensor, warm: bool) -> _Plan:
-        channels, length = x.shape[1], x.shape[2]
-        plan = self._plan_for((channels, length))
+        plan = self._plan_for((x.shape[1], x.shape[2]))
+        # A plan's buffers grow with its chunk: a streaming chunk's take a few MB, an 80-frame block
+        # of a whole file up to 165 MB (v1 vocoder). Older plans go first beyond MAX_PLAN_BYTES.
+        total = plan.nbytes
+        for key in list(self.built):
+            total += self.built[key].nbytes
+        for key in list(self.built):
+            if total <= self.MAX_PLAN_BYTES:
+                break
+            total -= self.built.pop(key).nbytes
         return plan
 
     def _run(self, plan: _Plan, x: torch.Tensor) -> torch.Tensor:
