@@ -197,10 +197,19 @@ static void run_conv(const Op *op, int tid, int nthreads) {
     const int row_blocks = (op->t_out + rows - 1) / rows;
     const int64_t items = (int64_t)row_blocks * col_blocks;
     const int64_t first = items * tid / nthreads, last = items * (tid + 1) / nthreads;
-    /* Column block by column block, all rows of one before the next: a block's weights are read
-     * from memory once and stay in cache while its rows are computed. */
+    /* When the weights outweigh the input (the few rows of a streaming chunk), column block by
+     * column block, all rows of one before the next: each weight is read from memory once and
+     * stays in cache while its rows are computed. Otherwise (long blocks of a whole file) row
+     * block by row block, all columns of one before the next: the input rows stay in cache. */
+    const int64_t weights = (int64_t)op->k * op->cin * op->cpad;
+    const int64_t inputs = ((int64_t)(op->t_out - 1) * op->stride + (int64_t)(op->k - 1) * op->dilation + 1) * op->x_channels;
+    const int by_column = weights >= inputs;
     for (int64_t item = first; item < last; item++) {
         int cb = (int)(item / row_blocks), rb = (int)(item % row_blocks);
+        if (!by_column) {
+            rb = (int)(item / col_blocks);
+            cb = (int)(item % col_blocks);
+        }
         int row0 = rb * rows;
         int n = op->t_out - row0 < rows ? op->t_out - row0 : rows;
         KERNELS[slot][n - 1](op, row0, cb * op->nv * VL);
