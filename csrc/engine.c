@@ -1,5 +1,6 @@
 /* The native streaming engine: one call runs a whole streaming step of an AudioDec encoder (with
- * its projector and residual VQ) or of its symmetric decoder.
+ * its projector and residual VQ) or of a receiver (code lookup, then the symmetric AudioDec decoder
+ * or a grouped HiFi-GAN vocoder).
  *
  * Why: at 300-sample chunks a step is ~50 small convolutions, and through PyTorch each one costs
  * ~15 us of preparation beside its arithmetic (utils/native_engine.py, docs/performance.md). Here

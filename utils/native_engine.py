@@ -1,5 +1,6 @@
-"""The native streaming engine: an AudioDec encoder + projector + residual VQ, or its symmetric
-decoder, run as one C call per streaming step (csrc/engine.c).
+"""The native streaming engine: an AudioDec encoder + projector + residual VQ, or a receiver (code
+lookup, then the symmetric AudioDec decoder or a grouped HiFi-GAN vocoder), run as one C call per
+streaming step (csrc/engine.c).
 
 Why: at 300-sample chunks a streaming step is about 50 small convolutions, and a PyTorch
 convolution call costs about 15 us of preparation whatever its size (a 1 x 1 conv of one value
@@ -8,7 +9,8 @@ takes 13.6 us), plus an ELU, views and concatenations per layer: most of a symme
 once per chunk shape (buffers, weights packed for the kernels, the operations in order), and a step
 is one call in which one OpenMP team runs the operations with a barrier between them. Each layer
 writes its output straight into the input buffer of the layer after it, behind that layer's state
-rows, so nothing is concatenated; ELU and the residual skips are applied as the results are stored.
+rows, so nothing is concatenated; activations (ELU, LeakyReLU, tanh), residual skips and channel
+repeats are applied as the results are stored.
 
 Exactness: every output value is summed in one fixed order whatever the chunk length, the row's
 place in the chunk, the blocking or the thread count, and the VQ searches each frame on its own, so
@@ -21,7 +23,8 @@ batches and backend switches behave as with the other backends.
 
 The library is compiled on first use with the machine's C compiler (`cc`, or `$CC`) into
 `$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the flags, the
-compiler and the CPU; without a compiler `available()` is False and the codec uses TorchScript.
+compiler and the CPU's flags (so a home folder shared by different cluster nodes holds one build per
+CPU type); without a compiler `available()` is False and the codec uses TorchScript.
 """
 
 from __future__ import annotations
