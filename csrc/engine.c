@@ -38,7 +38,8 @@ enum { OUT_RAW = 0, OUT_TANH = 1 };     /* what is written to `out` */
 
 /* One operation of a plan. Conv: out[t, c] = sum_k sum_i w[k, i, c] * x[t * stride + k * dilation,
  * g * cin + i] (+ bias[c]) (+ res[t, c]), g = c / group_cout (grouped convolutions: `cin` input
- * channels per group, rows of `x_channels`); written to `out` (raw, or through tanh) and/or through
+ * channels per group, rows of `x_channels`; each group's `group_cout` output columns padded to
+ * `group_pad`, a whole number of vectors); written to `out` (raw, or through tanh) and/or through
  * the activation to `out_act` (either may be NULL), each `rep` times side by side in `seg`-column
  * pieces when rep > 1 (the channel repeat before a grouped block). VQ: the residual VQ of `t_out`
  * frames of `cin` values, `k` codebooks of `cout` codes, whose tables are padded to `cpad` codes
@@ -49,12 +50,12 @@ typedef struct {
     int32_t kind, cin, cout, cpad, k, dilation, stride, t_out;
     float alpha;        /* ELU's alpha, or LeakyReLU's negative slope */
     int32_t nv;         /* conv: 16-wide column vectors per block (1, 2 or 4) */
-    int32_t act, out_kind, x_channels, group_cout, rep, seg;
+    int32_t act, out_kind, x_channels, group_cout, group_pad, rep, seg;
     const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
                            lookup: codes, int64 (k, frames) */
     const float *w;     /* conv: (cpad / (16 nv), k, cin, 16 nv), each column block's weights in one
                            stretch; VQ: 2 * embed, (K, N / 16, D, 16); lookup: scale or NULL */
-    const float *bias;  /* conv: (cpad,) or NULL; VQ: |code|^2, (K, N); lookup: mean or NULL */
+    const float *bias;  /* conv: (cpad,) (padded as the columns) or NULL; VQ: |code|^2, (K, N); lookup: mean or NULL */
     const float *res;   /* conv: (t_out, cout) skip or NULL; VQ and lookup: code vectors, (K, N, D) */
     float *out;         /* conv: (t_out, cout * rep) or NULL; VQ: codes, int64 (K, frames);
                            lookup: (frames, D) */
@@ -117,7 +118,7 @@ static inline vf activate(const Op *op, vf v) {
     return op->act == ACT_LEAKY ? leaky(v, op->alpha) : elu(v, op->alpha);
 }
 
-/* Store `v` (columns col.. of row `row`, `n` of them valid) into a (t_out, cout * rep) output. */
+/* Store `v` (real columns col.. of row `row`, `n` of them valid) into a (t_out, cout * rep) output. */
 static inline void put(const Op *op, float *base, int row, int col, vf v, int n) {
     if (op->rep == 1) {
         float *at = base + (int64_t)row * op->cout + col;
@@ -128,24 +129,38 @@ static inline void put(const Op *op, float *base, int row, int col, vf v, int n)
         }
         return;
     }
-    const int seg = op->seg;  /* a multiple of 16: a vector stays within one piece */
-    float *at = base + (int64_t)row * op->cout * op->rep + (int64_t)(col / seg) * seg * op->rep + col % seg;
-    for (int r = 0; r < op->rep; r++) vstore(at + (int64_t)r * seg, v);
+    const int seg = op->seg;
+    float *start = base + (int64_t)row * op->cout * op->rep;
+    if (seg % VL == 0 && n == VL) {  /* the vector lies within one piece */
+        float *at = start + (int64_t)(col / seg) * seg * op->rep + col % seg;
+        for (int r = 0; r < op->rep; r++) vstore(at + (int64_t)r * seg, v);
+        return;
+    }
+    for (int j = 0; j < n; j++) {
+        float *at = start + (int64_t)((col + j) / seg) * seg * op->rep + (col + j) % seg;
+        for (int r = 0; r < op->rep; r++) at[(int64_t)r * seg] = v[j];
+    }
 }
 
+/* The finished sums of one vector of (padded) columns from `col`: bias, skip, then the outputs.
+ * Padded columns (groups rounded up to whole vectors) are dropped here. */
 static inline void epilogue(const Op *op, int row, int col, vf v) {
-    const int n = op->cout - col < VL ? op->cout - col : VL;
+    const int group = col / op->group_pad, within = col % op->group_pad;
+    int n = op->group_cout - within;
+    if (n <= 0) return;
+    if (n > VL) n = VL;
+    const int real = group * op->group_cout + within;
     if (op->bias) v = v + vload(op->bias + col);
     if (op->res) {
-        const float *res = op->res + (int64_t)row * op->cout + col;
+        const float *res = op->res + (int64_t)row * op->cout + real;
         if (n == VL) {
             v = vload(res) + v;
         } else {
             for (int j = 0; j < n; j++) v[j] = res[j] + v[j];
         }
     }
-    if (op->out) put(op, op->out, row, col, op->out_kind == OUT_TANH ? tanhv(v) : v, n);
-    if (op->out_act) put(op, op->out_act, row, col, activate(op, v), n);
+    if (op->out) put(op, op->out, row, real, op->out_kind == OUT_TANH ? tanhv(v) : v, n);
+    if (op->out_act) put(op, op->out_act, row, real, activate(op, v), n);
 }
 
 /* R rows from `row0` by NV vectors of columns from `col0`. Every row runs the same sequence of
@@ -158,7 +173,7 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
         const int cin = op->cin, width = NV * VL, channels = op->x_channels;                        \
         const int64_t row_step = (int64_t)op->stride * channels;                                    \
         const float *block = op->w + (int64_t)(col0 / width) * op->k * cin * width;                 \
-        const float *xg = op->x + (int64_t)(col0 / op->group_cout) * cin;  /* this group's inputs */ \
+        const float *xg = op->x + (int64_t)(col0 / op->group_pad) * cin;  /* this group's inputs */  \
         for (int k = 0; k < op->k; k++) {                                                           \
             const float *xk = xg + ((int64_t)row0 * op->stride + (int64_t)k * op->dilation) * channels; \
             const float *wk = block + (int64_t)k * cin * width;                                     \

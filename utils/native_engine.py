@@ -65,7 +65,8 @@ class _Op(ctypes.Structure):
         ("k", ctypes.c_int32), ("dilation", ctypes.c_int32), ("stride", ctypes.c_int32),
         ("t_out", ctypes.c_int32), ("alpha", ctypes.c_float), ("nv", ctypes.c_int32),
         ("act", ctypes.c_int32), ("out_kind", ctypes.c_int32), ("x_channels", ctypes.c_int32),
-        ("group_cout", ctypes.c_int32), ("rep", ctypes.c_int32), ("seg", ctypes.c_int32),
+        ("group_cout", ctypes.c_int32), ("group_pad", ctypes.c_int32), ("rep", ctypes.c_int32),
+        ("seg", ctypes.c_int32),
         ("x", ctypes.c_void_p), ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("res", ctypes.c_void_p),
         ("out", ctypes.c_void_p), ("out_act", ctypes.c_void_p),
     ]
@@ -163,8 +164,6 @@ def _conv_problem(network: nn.Module) -> str:
                 return "reduced precision does not run natively"
         if isinstance(module, nn.ConvTranspose1d) and module.groups != 1:
             return "grouped transposed convolutions do not run natively"
-        if isinstance(module, nn.Conv1d) and module.groups != 1 and (module.out_channels // module.groups) % LANES:
-            return f"grouped convolutions run natively with multiples of {LANES} output channels per group"
         if isinstance(module, CausalConvTranspose1d) and module.deconv.kernel_size[0] != 2 * module.stride:
             return "transposed convolutions other than kernel 2 * stride do not run natively"
     return ""
@@ -231,15 +230,19 @@ class _Packed:
         c_out, c_in, kernel = weight.shape  # c_in: per group
         self.cin, self.cout, self.k, self.dilation, self.stride = c_in, c_out, kernel, dilation, stride
         self.groups, self.group_cout = groups, c_out // groups
-        self.cpad = -(-c_out // LANES) * LANES
-        # a column block lies within one group (supports() checks that groups are whole vectors)
-        span = self.cpad if groups == 1 else self.group_cout
-        self.nv = 4 if span % (4 * LANES) == 0 else 2 if span % (2 * LANES) == 0 else 1
-        width = self.nv * LANES
+        # Each group's output columns are padded to whole vectors (the padding's sums are dropped),
+        # so that a column block lies within one group; ungrouped, the one group is all columns.
+        self.group_pad = -(-self.group_cout // LANES) * LANES
+        self.cpad = groups * self.group_pad
+        self.nv = 4 if self.group_pad % (4 * LANES) == 0 else 2 if self.group_pad % (2 * LANES) == 0 else 1
+        width, pad = self.nv * LANES, self.group_pad - self.group_cout
         with torch.inference_mode(False), torch.no_grad():
-            w = F.pad(weight.detach().float().permute(2, 1, 0), (0, self.cpad - c_out))  # (k, C_in, cpad)
+            w = weight.detach().float().reshape(groups, self.group_cout, c_in, kernel)
+            w = F.pad(w.permute(3, 2, 0, 1), (0, pad)).reshape(kernel, c_in, self.cpad)  # (k, C_in, cpad)
             self.w = w.reshape(kernel, c_in, self.cpad // width, width).permute(2, 0, 1, 3).contiguous()
-            self.bias = None if bias is None else F.pad(bias.detach().float(), (0, self.cpad - c_out)).contiguous()
+            if bias is not None:
+                bias = F.pad(bias.detach().float().reshape(groups, self.group_cout), (0, pad)).reshape(-1)
+            self.bias = None if bias is None else bias.contiguous()
 
     @classmethod
     def conv(cls, layer: nn.Module) -> _Packed:
@@ -290,7 +293,7 @@ class _Plan:
         op = {
             "kind": OP_CONV, "cin": packed.cin, "cout": packed.cout, "cpad": packed.cpad, "k": packed.k,
             "dilation": packed.dilation, "stride": packed.stride, "t_out": rows_out, "nv": packed.nv,
-            "x_channels": packed.cin * packed.groups, "group_cout": packed.group_cout if packed.groups > 1 else 1 << 30,
+            "x_channels": packed.cin * packed.groups, "group_cout": packed.group_cout, "group_pad": packed.group_pad,
             "x": source, "w": packed.w.data_ptr(), "bias": None if packed.bias is None else packed.bias.data_ptr(),
             "res": residual, "out": None, "out_act": None, "act": ACT_ELU, "alpha": 1.0, "out_kind": OUT_RAW,
             "rep": 1, "seg": packed.cout,
