@@ -395,9 +395,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream (default 10)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="conv compute precision")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="native (default: encoder and symmetric decoder in the compiled engine, the rest "
-                        "as torch), torch (TorchScript graphs per chunk size), eager, or onnxruntime "
-                        "(receiver only; the transmitter runs in torch)")
+                        help="native (default: encoder, symmetric decoder and grouped HiFi-GAN vocoders in the "
+                        "compiled engine, the rest as torch), torch (TorchScript graphs per chunk size), eager, "
+                        "or onnxruntime (receiver only; the transmitter runs in torch)")
     parser.add_argument("--no-whole-file", action="store_true", help="skip the whole-file timing")
     parser.add_argument("--live", action="store_true",
                         help="also time demoStream.py's pipeline (encoder and decoder threads) on the same audio")

@@ -254,7 +254,7 @@ static void vq_frame(const Op *op, int t) {
             for (int i = 0; i < dim; i++) acc += vload(block + i * VL) * x[i];
             vf d = (vset(xx) - acc) + vload(norm + j);
             vi closer = d < best;  /* strict: a lane keeps its first minimum */
-            best = (vf)(((vi)d & closer) | ((vi)best & ~closer));
+            best = vselect(closer, d, best);
             where = ((lane + j) & closer) | (where & ~closer);
         }
         float least = best[0];

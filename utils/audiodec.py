@@ -35,8 +35,9 @@ BLOCK_FRAMES = 80
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # torch: each chunk shape's step traced into a TorchScript graph (utils/traced_step.py; same
 # output as eager, less Python per chunk); eager: op by op from Python; onnxruntime: the receiver
-# in ONNX Runtime (utils/onnx_receiver.py), the transmitter as in torch; native: the encoder and
-# the symmetric decoder in the native engine (utils/native_engine.py), what it cannot run as torch.
+# in ONNX Runtime (utils/onnx_receiver.py), the transmitter as in torch; native: the encoder, the
+# symmetric decoder and grouped HiFi-GAN vocoders in the native engine (utils/native_engine.py),
+# what it cannot run as torch.
 BACKENDS = ("native", "torch", "eager", "onnxruntime")
 DEFAULT_BACKEND = "native"
 

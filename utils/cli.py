@@ -50,9 +50,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
     parser.add_argument(
         "--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-        help="native (default: the AudioDec encoder and symmetric decoder in the compiled engine, the rest as "
-        "torch), torch (each chunk size's steps as TorchScript graphs), eager (op by op), or onnxruntime (the "
-        "receiver in ONNX Runtime). docs/performance.md",
+        help="native (default: the AudioDec encoder, symmetric decoder and grouped HiFi-GAN vocoders in the "
+        "compiled engine, the rest as torch), torch (each chunk size's steps as TorchScript graphs), eager (op "
+        "by op), or onnxruntime (the receiver in ONNX Runtime). docs/performance.md",
     )
 
 

@@ -301,7 +301,10 @@ class _Plan:
         self.ops.append(op)
         return op
 
-    def finish(self) -> None:
+    def finish(self, output: torch.Tensor) -> None:
+        """Freeze the plan; `output` is the buffer a stream's result is copied out of."""
+        self.output_at, self.output_bytes = output.data_ptr(), output.numel() * output.element_size()
+        self.output_shape = tuple(output.shape)
         self.nbytes = sum(tensor.numel() * tensor.element_size() for tensor in self.keep)
         self.op_array = (_Op * len(self.ops))(*[_Op(**op) for op in self.ops])
         self.slot_array = (_Slot * len(self.slots))(*[_Slot(*slot) for slot in self.slots])
@@ -334,7 +337,7 @@ def _residual_units(
         ext, new_rows = plan.ext(conv2, rows, channels)
         first.update(out_act=new_rows, act=act, alpha=alpha)
         pending = plan.conv(packs[id(conv2)], ext.data_ptr(), rows, residual=skip.data_ptr())
-    return pending, skip
+    return pending
 
 
 def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int]) -> _Plan:
@@ -347,7 +350,7 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     for block in encoder.conv_blocks:
         width = block.conv.in_channels
         pairs = [(unit.conv1, unit.conv2) for unit in block.res_units]
-        pending, _ = _residual_units(plan, packs, pairs, block.res_units[0].activation, pending, rows, width)
+        pending = _residual_units(plan, packs, pairs, block.res_units[0].activation, pending, rows, width)
         ext, pending["out"] = plan.ext(block.conv, rows, width)
         rows //= block.conv.stride
         pending = plan.conv(packs[id(block.conv)], ext.data_ptr(), rows)
@@ -364,9 +367,7 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
         "x": latent.data_ptr(), "w": tables[0].data_ptr(), "bias": tables[1].data_ptr(),
         "res": tables[2].data_ptr(), "out": codes.data_ptr(),
     })
-    plan.output_at, plan.output_bytes = codes.data_ptr(), books * rows * 8
-    plan.output_shape = (books, rows)
-    plan.finish()
+    plan.finish(codes)
     return plan
 
 
@@ -383,13 +384,11 @@ def _decoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
         rows *= upsample.stride
         pairs = [(unit.conv1, unit.conv2) for unit in block.res_units]
         activation = block.res_units[0].activation
-        pending, _ = _residual_units(plan, packs, pairs, activation, pending, rows, upsample.deconv.out_channels)
+        pending = _residual_units(plan, packs, pairs, activation, pending, rows, upsample.deconv.out_channels)
     ext, pending["out"] = plan.ext(decoder.conv2, rows, decoder.conv2.in_channels)
     output = plan.buffer(rows, decoder.conv2.out_channels)
     plan.conv(packs[id(decoder.conv2)], ext.data_ptr(), rows)["out"] = output.data_ptr()
-    plan.output_at, plan.output_bytes = output.data_ptr(), output.numel() * 4
-    plan.output_shape = (rows, decoder.conv2.out_channels)
-    plan.finish()
+    plan.finish(output)
     return plan
 
 
@@ -422,7 +421,7 @@ def _vocoder_plan(vocoder: nn.Module, packs: dict, batch_shape: tuple[int, int])
         width = upsample.deconv.out_channels
         pending.update(rep=block.groups, seg=width)  # the channel repeat, written as it is stored
         pairs = list(zip(block.convs1, block.convs2))
-        pending, _ = _residual_units(plan, packs, pairs, block.activation, pending, rows, width * block.groups)
+        pending = _residual_units(plan, packs, pairs, block.activation, pending, rows, width * block.groups)
         ext, pending["out"] = plan.ext(block.conv_out, rows, width * block.groups)
         pending = plan.conv(packs[id(block.conv_out)], ext.data_ptr(), rows)
     output_conv = vocoder.output_conv
@@ -431,9 +430,7 @@ def _vocoder_plan(vocoder: nn.Module, packs: dict, batch_shape: tuple[int, int])
     pending.update(act=act, alpha=alpha)
     output = plan.buffer(rows, output_conv.out_channels)
     plan.conv(packs[id(output_conv)], ext.data_ptr(), rows).update(out=output.data_ptr(), out_kind=OUT_TANH)
-    plan.output_at, plan.output_bytes = output.data_ptr(), output.numel() * 4
-    plan.output_shape = (rows, output_conv.out_channels)
-    plan.finish()
+    plan.finish(output)
     return plan
 
 
@@ -474,7 +471,8 @@ _is = operator.is_
 class NativeStep(PerShapeStep):
     """One side of an AudioDec codec's streaming step through the native engine: waveform chunk ->
     codes (side "encoder": encoder, projector and VQ search) or codes -> waveform chunk (side
-    "decoder": code lookup and symmetric decoder), with `codebook` (the transmitter's ResidualVQ).
+    "decoder": code lookup, then the symmetric decoder or a grouped HiFi-GAN vocoder), with
+    `codebook` (the transmitter's ResidualVQ).
     A plan is built on a shape's first call (the engine's rounding is its own, and a transmitter
     must not mix it with another's); CPU inputs outside autograd only, anything else runs `step`."""
 
@@ -492,24 +490,21 @@ class NativeStep(PerShapeStep):
         self.last_views: list[torch.Tensor] = []
 
     def _streaming_layers(self) -> list[StreamingState]:
-        shape = (self.generator.input_channels, 3000) if self.side == "encoder" else (1, 1)
-        plan = self._plan_for(shape, pack=False)
-        return [layer for layer, *_ in plan.layers]
+        """The streaming layers whose states a step reads and replaces, in the plans' order (any
+        shape gives it: here one hop, or one frame of codes)."""
+        shape = (self.generator.input_channels, self.generator.hop_length) if self.side == "encoder" else (1, 1)
+        return [layer for layer, *_ in self._plan_for(shape).layers]
 
-    def _plan_for(self, shape: tuple[int, int], pack: bool = True) -> _Plan:
-        generator = self.generator
-        if pack:
-            key = self._weights_key()
-            if key != self.packs_key:
-                self.packs, self.packs_key = _pack(generator, self.side, self.codebook), key
-            packs = self.packs
-        else:
-            packs = _pack(generator, self.side, self.codebook)
+    def _plan_for(self, shape: tuple[int, int]) -> _Plan:
+        """The plan for one stream's input `shape`, on weights packed once per weights key."""
+        key = self._weights_key()
+        if key != self.packs_key:
+            self.packs, self.packs_key = _pack(self.generator, self.side, self.codebook), key
         if self.side == "encoder":
             build = _encoder_plan
         else:
-            build = _vocoder_plan if isinstance(generator, _vocoder_class()) else _decoder_plan
-        return build(generator, packs, shape)
+            build = _vocoder_plan if isinstance(self.generator, _vocoder_class()) else _decoder_plan
+        return build(self.generator, self.packs, shape)
 
     def _build(self, x: torch.Tensor, warm: bool) -> _Plan:
         plan = self._plan_for((x.shape[1], x.shape[2]))
