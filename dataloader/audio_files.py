@@ -94,3 +94,35 @@ def num_frames(path: str | os.PathLike, expected_sampling_rate: int | None = Non
     info = sf.info(str(path))
     check_sampling_rate(path, info.samplerate, expected_sampling_rate)
     return info.frames
+
+
+class AudioFile:
+    """An audio file decoded on demand: ``len(file)`` is its length in samples (from the header), and
+    ``file[start:stop]`` decodes only those samples, as float32 ``(stop - start, C)``.
+
+    A training crop of 0.2 s from a file of several seconds then costs a seek and the crop's frames
+    instead of decoding the whole file; the samples are those :func:`read_audio` would give.
+
+    Args:
+        path: wav or flac file.
+        frames: its length, when already known (skips the header read).
+        expected_sampling_rate: when given (and ``frames`` is not), a file at another rate is an error.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, frames: int | None = None, expected_sampling_rate: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.frames = num_frames(path, expected_sampling_rate) if frames is None else int(frames)
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError(f"AudioFile takes a slice of samples, not {type(index).__name__}")
+        start, stop, step = index.indices(self.frames)
+        if step != 1:
+            raise ValueError("AudioFile reads contiguous samples only (step 1)")
+        audio, _ = sf.read(self.path, start=start, stop=max(start, stop), dtype="float32", always_2d=True)
+        return audio

@@ -54,7 +54,8 @@ class AudioCollater:
         """Stack random crops.
 
         Args:
-            batch: audio arrays of shape ``(T, C)``.
+            batch: audio of shape ``(T, C)``: arrays, or :class:`~dataloader.audio_files.AudioFile` (which
+                decodes only the crop).
 
         Returns:
             Crops of shape ``(B, C, batch_length)``, float32, where B counts the items kept.

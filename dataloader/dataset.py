@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from dataloader.audio_files import collect_audio_files, num_frames, read_audio
+from dataloader.audio_files import AudioFile, collect_audio_files, num_frames, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,8 @@ class AudioDataset(Dataset):
 
     Items are float32 arrays of shape ``(T, C)``, or ``(name, audio)`` with ``return_name``, where
     ``name`` is the file name without folder and extension (the utterance id the test stage writes).
+    With ``lazy`` an item is an :class:`AudioFile` instead, which decodes only the samples sliced
+    from it (what a random-crop collater needs).
 
     Args:
         source: folder of wav/flac files, or a text file listing audio files one per line.
@@ -31,6 +33,7 @@ class AudioDataset(Dataset):
         return_name: also return the file name.
         subset_num: keep only the first ``subset_num`` files (sorted by path); -1 keeps all.
         what: how the source is named in error messages, e.g. ``"data.subset.train"``.
+        lazy: items are :class:`AudioFile` (decoded when sliced) instead of arrays.
     """
 
     def __init__(
@@ -40,11 +43,14 @@ class AudioDataset(Dataset):
         return_name: bool = False,
         subset_num: int = -1,
         what: str = "audio files",
+        lazy: bool = False,
     ) -> None:
         self.source = Path(source)
         self.sampling_rate = sampling_rate
         self.return_name = return_name
+        self.lazy = lazy
         self.files = _take_subset(collect_audio_files(source, what), subset_num)
+        self.lengths: dict[Path, int] = {}  # samples per file, once a header was read
 
     @property
     def names(self) -> list[str]:
@@ -54,9 +60,12 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> np.ndarray | tuple[str, np.ndarray]:
+    def __getitem__(self, index: int) -> np.ndarray | AudioFile | tuple[str, np.ndarray | AudioFile]:
         path = self.files[index]
-        audio = read_audio(path, self.sampling_rate)
+        if self.lazy:
+            audio = AudioFile(path, self.lengths.get(path), self.sampling_rate)
+        else:
+            audio = read_audio(path, self.sampling_rate)
         return (path.stem, audio) if self.return_name else audio
 
     def keep_longer_than(self, num_samples: int) -> int:
@@ -65,7 +74,10 @@ class AudioDataset(Dataset):
         Returns:
             How many files were dropped.
         """
-        kept = [path for path in self.files if num_frames(path, self.sampling_rate) > num_samples]
+        for path in self.files:
+            if path not in self.lengths:
+                self.lengths[path] = num_frames(path, self.sampling_rate)
+        kept = [path for path in self.files if self.lengths[path] > num_samples]
         dropped = len(self.files) - len(kept)
         self.files = kept
         return dropped
@@ -85,7 +97,8 @@ class PairedAudioDataset(Dataset):
     """Noisy/clean pairs from two folders, matched by their path relative to each folder.
 
     Items are ``(noisy, clean)`` float32 arrays of shape ``(T, C)``, or ``(name, noisy, clean)`` with
-    ``return_name``. The noisy file is the model input, the clean one its target.
+    ``return_name``. The noisy file is the model input, the clean one its target. With ``lazy`` the
+    two are :class:`AudioFile` (decoded when sliced).
 
     Args:
         noisy_source: folder (or list file) of noisy audio.
@@ -94,6 +107,7 @@ class PairedAudioDataset(Dataset):
         return_name: also return the file name (without folder and extension).
         subset_num: keep only the first ``subset_num`` pairs; -1 keeps all.
         what: how the pair of sources is named in error messages.
+        lazy: items are :class:`AudioFile` pairs instead of arrays.
 
     Raises:
         ValueError: a file in one folder has no partner in the other.
@@ -107,9 +121,12 @@ class PairedAudioDataset(Dataset):
         return_name: bool = False,
         subset_num: int = -1,
         what: str = "audio pairs",
+        lazy: bool = False,
     ) -> None:
         self.sampling_rate = sampling_rate
         self.return_name = return_name
+        self.lazy = lazy
+        self.lengths: dict[Path, int] = {}  # samples per file, once a header was read
         noisy_source, clean_source = Path(noisy_source), Path(clean_source)
         noisy_files = collect_audio_files(noisy_source, f"{what} (noisy)")
         clean_files = collect_audio_files(clean_source, f"{what} (clean)")
@@ -140,10 +157,14 @@ class PairedAudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray] | tuple[str, np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple:
         noisy_path, clean_path = self.pairs[index]
-        noisy = read_audio(noisy_path, self.sampling_rate)
-        clean = read_audio(clean_path, self.sampling_rate)
+        if self.lazy:
+            noisy = AudioFile(noisy_path, self.lengths.get(noisy_path), self.sampling_rate)
+            clean = AudioFile(clean_path, self.lengths.get(clean_path), self.sampling_rate)
+        else:
+            noisy = read_audio(noisy_path, self.sampling_rate)
+            clean = read_audio(clean_path, self.sampling_rate)
         return (noisy_path.stem, noisy, clean) if self.return_name else (noisy, clean)
 
     def keep_longer_than(self, num_samples: int) -> int:
@@ -154,8 +175,8 @@ class PairedAudioDataset(Dataset):
         """
         kept = []
         for noisy_path, clean_path in self.pairs:
-            noisy_length = num_frames(noisy_path, self.sampling_rate)
-            clean_length = num_frames(clean_path, self.sampling_rate)
+            noisy_length = self.lengths[noisy_path] = num_frames(noisy_path, self.sampling_rate)
+            clean_length = self.lengths[clean_path] = num_frames(clean_path, self.sampling_rate)
             if noisy_length != clean_length:
                 logger.warning("Skipping %s: %d noisy vs %d clean samples", noisy_path, noisy_length, clean_length)
             elif noisy_length > num_samples:

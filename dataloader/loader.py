@@ -5,7 +5,7 @@ The config keys read here are those of the original recipes::
     sampling_rate: 48000
     data: {path: corpus, subset: {train: train, valid: dev, test: test}}
     train_mode: autoencoder        # or vocoder; denoise reads noisy_/clean_ subsets
-    batch_size: 16                 # per process
+    batch_size: 16                 # the global batch (trainer/data.py splits it across ranks)
     batch_length: 9600             # samples per random crop
     num_workers: 2
     pin_memory: true
@@ -49,7 +49,7 @@ def subset_path(config: Mapping[str, Any], subset: str) -> Path:
 
 
 def build_dataset(
-    config: Mapping[str, Any], subset: str, return_name: bool = False, subset_num: int = -1
+    config: Mapping[str, Any], subset: str, return_name: bool = False, subset_num: int = -1, lazy: bool = False
 ) -> AudioDataset:
     """The audio files of ``data.subset.<subset>``, checked against the config's ``sampling_rate``."""
     return AudioDataset(
@@ -58,11 +58,17 @@ def build_dataset(
         return_name=return_name,
         subset_num=subset_num,
         what=f"data.subset.{subset}",
+        lazy=lazy,
     )
 
 
 def build_paired_dataset(
-    config: Mapping[str, Any], noisy_subset: str, clean_subset: str, return_name: bool = False, subset_num: int = -1
+    config: Mapping[str, Any],
+    noisy_subset: str,
+    clean_subset: str,
+    return_name: bool = False,
+    subset_num: int = -1,
+    lazy: bool = False,
 ) -> PairedAudioDataset:
     """Noisy/clean pairs of ``data.subset.<noisy_subset>`` and ``data.subset.<clean_subset>``."""
     return PairedAudioDataset(
@@ -72,6 +78,7 @@ def build_paired_dataset(
         return_name=return_name,
         subset_num=subset_num,
         what=f"data.subset.{noisy_subset}/{clean_subset}",
+        lazy=lazy,
     )
 
 
@@ -86,7 +93,8 @@ def build_datasets(config: Mapping[str, Any], batch_length: int | None = None) -
     """The ``'train'`` and ``'dev'`` datasets of the config's train mode.
 
     Unless ``pad_short`` is set, files not longer than ``batch_length`` are dropped here, from their
-    headers, so that no batch comes out empty.
+    headers, so that no batch comes out empty. Items are :class:`~dataloader.audio_files.AudioFile`:
+    the collater decodes only the crop it cuts.
 
     Args:
         config: recipe config.
@@ -98,7 +106,10 @@ def build_datasets(config: Mapping[str, Any], batch_length: int | None = None) -
     batch_length = batch_length or config["batch_length"]
     datasets: dict[str, Dataset] = {}
     for split, keys in SUBSET_KEYS[_train_mode(config)].items():
-        dataset = build_dataset(config, *keys) if len(keys) == 1 else build_paired_dataset(config, *keys)
+        if len(keys) == 1:
+            dataset = build_dataset(config, *keys, lazy=True)
+        else:
+            dataset = build_paired_dataset(config, *keys, lazy=True)
         if not config.get("pad_short", False):
             total = len(dataset)
             dropped = dataset.keep_longer_than(batch_length)
