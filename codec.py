@@ -3,6 +3,8 @@
 
     python codec.py encode --model vctk_v1 -i in.wav -o out.adc [--n_codebooks K] [--entropy]
     python codec.py decode -i out.adc -o out.wav [--model NAME]
+    python codec.py encode --model vctk_v1 -i wavs/ -o adcs/      # a folder: recursive, tree kept
+    python codec.py decode -i adcs/ -o decoded/
     python codec.py info out.adc
     python codec.py fit-entropy --model vctk_v1 -i corpus/train [-o TABLE]
 
@@ -10,6 +12,10 @@ The file names its model; `decode` loads it (or the one --model / --encoder --de
 must be the same weights: the file stores a fingerprint). `--n_codebooks K` keeps the first K
 codebooks (K x 1.6 kbps for an 8 x 1024, hop-300, 48 kHz model). `--entropy` range-codes the codes
 with the model's frequency tables (built by fit-entropy, stored beside the encoder checkpoint).
+
+An output that exists is an error unless -f/--force. Given a folder, encode codes every audio file
+under it (by extension) and decode every .adc file, into the same tree under the output folder,
+loading each model once; a file that fails is reported and the rest go on (exit status 1 at the end).
 """
 
 if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
@@ -20,10 +26,16 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
 import argparse
 import logging
 import os
+from pathlib import Path
 
-from utils.audio import write_audio
+from tqdm import tqdm
+
+from utils.audio import AUDIO_EXTENSIONS, write_audio
+from utils.audiodec import StreamingCodec
+from utils.batch import plan, refuse_existing, run_batch
 from utils.bitstream import decode_header, read_adc
 from utils.cli import (
+    add_input_arguments,
     add_model_arguments,
     add_runtime_arguments,
     apply_runtime_arguments,
@@ -44,8 +56,9 @@ def parse_args() -> argparse.Namespace:
     encode = commands.add_parser("encode", help="audio -> .adc")
     add_model_arguments(encode)
     add_runtime_arguments(encode)
-    encode.add_argument("-i", "--input", required=True)
-    encode.add_argument("-o", "--output", required=True)
+    encode.add_argument("-i", "--input", required=True, help="audio file, or a folder of them")
+    encode.add_argument("-o", "--output", required=True, help=".adc file, or a folder (with a folder -i)")
+    add_input_arguments(encode)
     encode.add_argument("--n_codebooks", type=int, help="keep the first K codebooks (lower bitrate)")
     encode.add_argument("--entropy", action="store_true", help="range-code the codes (lossless, smaller)")
     encode.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
@@ -54,8 +67,9 @@ def parse_args() -> argparse.Namespace:
     add_model_arguments(decode)
     add_runtime_arguments(decode)
     decode.set_defaults(model=None)
-    decode.add_argument("-i", "--input", required=True)
-    decode.add_argument("-o", "--output", required=True)
+    decode.add_argument("-i", "--input", required=True, help=".adc file, or a folder of them")
+    decode.add_argument("-o", "--output", required=True, help="wav file, or a folder (with a folder -i)")
+    decode.add_argument("-f", "--force", action="store_true", help="replace output files that exist")
     decode.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
     info = commands.add_parser("info", help="describe an .adc file")
     info.add_argument("file")
@@ -73,26 +87,54 @@ def _table_path(codec, given: str | None) -> str | None:
 
 
 def run_encode(args: argparse.Namespace) -> None:
+    pairs = plan(args.input, args.output, AUDIO_EXTENSIONS, ".adc")
+    refuse_existing(pairs, args.force)
     codec = load_codec(args, apply_runtime_arguments(args))
     check_n_codebooks(codec, args.n_codebooks)
     entropy = load_entropy_model(codec, _table_path(codec, args.entropy_table)) if args.entropy else None
-    data = read_input_for(codec, args.input, args.resample)
-    header = encode_to_file(codec, data, args.output, args.n_codebooks, entropy)
+
+    def encode(source: Path, output: Path) -> float:
+        data = read_input_for(codec, str(source), args.resample, args.allow_truncated)
+        header = encode_to_file(codec, data, str(output), args.n_codebooks, entropy)
+        seconds = header.n_samples / header.sample_rate
+        size = os.path.getsize(output)
+        logging.debug(f"wrote {output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps")
+        return seconds
+
+    if os.path.isdir(args.input):
+        run_batch(pairs, encode, "encode")
+        return
+    seconds = encode(*pairs[0])
+    header = _header_of(args.output)
     size = os.path.getsize(args.output)
-    seconds = header.n_samples / header.sample_rate
     logging.info(f"wrote {args.output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps "
                  f"(codes at {header.bitrate / 1000:.2f} kbps before entropy coding)")
 
 
 def run_decode(args: argparse.Namespace) -> None:
-    header = _header_of(args.input)
-    if not args.model and not args.encoder:
-        args.model = header.model_name
-    codec = load_codec(args, apply_runtime_arguments(args))
-    entropy = load_entropy_model(codec, _table_path(codec, args.entropy_table)) if header.entropy_coded else None
-    header, codes = read_adc(args.input, entropy)
-    samples = decode_codes(codec, header, codes)
-    write_audio(args.output, samples, header.sample_rate, "PCM_16")
+    pairs = plan(args.input, args.output, (".adc",), ".wav")
+    refuse_existing(pairs, args.force)
+    device = apply_runtime_arguments(args)
+    codecs: dict[str, StreamingCodec] = {}  # each model loaded once, on the first file that names it
+    tables: dict[str, EntropyModel] = {}
+
+    def decode(source: Path, output: Path) -> float:
+        header = _header_of(str(source))
+        name = args.model or header.model_name
+        key = "--encoder" if args.encoder else name
+        if key not in codecs:
+            codecs[key] = load_codec(argparse.Namespace(**{**vars(args), "model": name}), device)
+        codec = codecs[key]
+        if header.entropy_coded and key not in tables:
+            tables[key] = load_entropy_model(codec, _table_path(codec, args.entropy_table))
+        header, codes = read_adc(str(source), tables.get(key) if header.entropy_coded else None)
+        write_audio(str(output), decode_codes(codec, header, codes), header.sample_rate, "PCM_16")
+        return header.n_samples / header.sample_rate
+
+    if os.path.isdir(args.input):
+        run_batch(pairs, decode, "decode")
+        return
+    decode(*pairs[0])
     logging.info(f"wrote {args.output}")
 
 
@@ -126,7 +168,7 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
     if not files:
         raise CodecError(f"no .wav files under {args.input}: give a folder of training audio")
     all_codes = []
-    for path in files:
+    for path in tqdm(files, desc="fit-entropy", unit="file"):
         streams = codec.streams_from_audio(read_input_for(codec, path, allow_resample=True))
         codes, _ = codec.code(streams)
         all_codes.extend(codes.cpu().numpy())
@@ -140,7 +182,7 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args()
     if getattr(args, "list_models", False):
-        list_models()
+        list_models(args.root)
         return
     {"encode": run_encode, "decode": run_decode, "info": run_info, "fit-entropy": run_fit_entropy}[args.command](args)
 

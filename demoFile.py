@@ -3,11 +3,15 @@
 
     python demoFile.py --model vctk_v1 -i in.wav -o out.wav [--cuda N] [--num_threads N]
     python demoFile.py --encoder ENC.pkl --decoder DEC.pkl -i in.wav -o out.wav
+    python demoFile.py --model vctk_v1 -i wavs/ -o coded/ [-f]     # a folder: recursive, tree kept
     python demoFile.py --list-models
 
 A file at another sample rate is an error unless --resample is given (then it is resampled with
 soxr, and the output is written at the model's rate). A mono model codes every channel of the
-file as its own stream.
+file as its own stream. A single output file that exists is replaced (as the original does; the
+log says so); in folder mode an existing output is an error unless -f/--force. Folder mode codes
+every audio file under -i (by extension) with the model loaded once, into the same tree under -o
+(as .wav); a file that fails is reported and the rest go on (exit status 1 at the end).
 """
 
 if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
@@ -17,11 +21,15 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
 
 import argparse
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
-from utils.audio import write_audio
+from utils.audio import AUDIO_EXTENSIONS, write_audio
+from utils.batch import plan, refuse_existing, run_batch
 from utils.cli import (
+    add_input_arguments,
     add_model_arguments,
     add_runtime_arguments,
     apply_runtime_arguments,
@@ -37,8 +45,9 @@ from utils.errors import CodecError
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
-    parser.add_argument("-i", "--input", help="input audio file")
-    parser.add_argument("-o", "--output", help="output wav file (PCM_16)")
+    parser.add_argument("-i", "--input", help="input audio file, or a folder of them")
+    parser.add_argument("-o", "--output", help="output wav file (PCM_16), or a folder (with a folder -i)")
+    add_input_arguments(parser)
     add_runtime_arguments(parser)
     parser.add_argument("--n_codebooks", type=int, help="decode with the first K codebooks only (lower bitrate)")
     parser.add_argument("--resample", action="store_true", help="resample input at another rate instead of failing")
@@ -49,23 +58,40 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.list_models:
-        list_models()
+        list_models(args.root)
         return
     if not args.input or not args.output:
         raise CodecError("give -i INPUT and -o OUTPUT (or --list-models)")
+    folder_mode = os.path.isdir(args.input)
+    if folder_mode and args.save_codes:
+        raise CodecError("--save_codes names one file: code one file at a time to save its codes")
+    pairs = plan(args.input, args.output, AUDIO_EXTENSIONS, ".wav")
+    if folder_mode:
+        refuse_existing(pairs, args.force)
     device = apply_runtime_arguments(args)
     codec = load_codec(args, device)
     check_n_codebooks(codec, args.n_codebooks)
-    data = read_input_for(codec, args.input, args.resample)
-    streams = codec.streams_from_audio(data)
-    logging.info(f"coding {data.shape[0] / codec.sample_rate:.2f} s, {streams.shape[0]} stream(s), "
-                 f"{codec.bitrate(args.n_codebooks) / 1000:.1f} kbps")
-    codes, y = codec.code(streams, n_codebooks=args.n_codebooks)
-    write_audio(args.output, codec.audio_from_streams(y), codec.sample_rate, "PCM_16")
-    if args.save_codes:
-        offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size
-        flat = codes.cpu().numpy() + offsets
-        np.save(args.save_codes, flat[0] if flat.shape[0] == 1 else flat)
+
+    def code_file(source: Path, output: Path) -> float:
+        data = read_input_for(codec, str(source), args.resample, args.allow_truncated)
+        streams = codec.streams_from_audio(data)
+        logging.debug(f"coding {source}: {data.shape[0] / codec.sample_rate:.2f} s, {streams.shape[0]} stream(s)")
+        codes, y = codec.code(streams, n_codebooks=args.n_codebooks)
+        replacing = output.exists()
+        write_audio(str(output), codec.audio_from_streams(y), codec.sample_rate, "PCM_16")
+        if replacing:
+            logging.info(f"replaced the existing {output}")
+        if args.save_codes:
+            offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size
+            flat = codes.cpu().numpy() + offsets
+            np.save(args.save_codes, flat[0] if flat.shape[0] == 1 else flat)
+        return data.shape[0] / codec.sample_rate
+
+    if folder_mode:
+        run_batch(pairs, code_file, "demoFile")
+        return
+    logging.info(f"coding {args.input} at {codec.bitrate(args.n_codebooks) / 1000:.1f} kbps")
+    code_file(*pairs[0])
     logging.info(f"wrote {args.output}")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import struct
 
 import numpy as np
 import soundfile as sf
@@ -11,9 +14,52 @@ import soxr
 from utils.errors import CodecError
 from utils.files import atomic_output
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 
-def read_audio(path: str) -> tuple[np.ndarray, int]:
-    """Read an audio file as float64 (T, C) in [-1, 1] and its sample rate."""
+logger = logging.getLogger(__name__)
+
+
+def wav_frames(path: str) -> tuple[int, int] | None:
+    """(frames the header declares, frames the file holds) of a RIFF WAV file; None for other files.
+
+    libsndfile reads a cut WAV without complaint (it counts what is there), so the data chunk's
+    declared size is compared with the bytes after it here. Sizes 0 and 0xFFFFFFFF mean "unknown"
+    (a recorder that never finished its header) and are not checked.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = 0
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                return None
+            chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk == b"fmt ":
+                body = handle.read(length)
+                if len(body) < 14:
+                    return None
+                block_align = struct.unpack("<H", body[12:14])[0]
+                handle.seek(length % 2, os.SEEK_CUR)
+            elif chunk == b"data":
+                if not block_align or length in (0, 0xFFFFFFFF):
+                    return None
+                available = size - handle.tell()
+                return length // block_align, min(length, available) // block_align
+            else:
+                handle.seek(length + length % 2, os.SEEK_CUR)
+                if handle.tell() > size:
+                    return None
+
+
+def read_audio(path: str, allow_truncated: bool = False) -> tuple[np.ndarray, int]:
+    """Read an audio file as float64 (T, C) in [-1, 1] and its sample rate.
+
+    Refused with a CodecError: a missing, empty or unreadable file; a WAV shorter than its header
+    says (unless `allow_truncated`: then what is there, with a warning); NaN or infinite samples.
+    """
     if not os.path.isfile(path):
         raise CodecError(f"input file {path} does not exist: check the path")
     if os.path.getsize(path) == 0:
@@ -25,6 +71,23 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
         raise CodecError(f"cannot read {path} as audio ({reason}): give a wav/flac/ogg file") from None
     if data.shape[0] == 0:
         raise CodecError(f"input file {path} holds no samples: give a file with audio in it")
+    frames = wav_frames(path)
+    if frames is not None and frames[1] < frames[0]:
+        declared, present = frames
+        if not allow_truncated:
+            raise CodecError(
+                f"{path} is truncated: header says {declared} frames, file has {present}; re-transfer it, "
+                "or pass --allow-truncated to code what is there"
+            )
+        logger.warning(f"{path} is truncated: coding the {present} of {declared} frames it holds")
+    finite = np.isfinite(data)
+    if not finite.all():
+        frame, channel = np.argwhere(~finite)[0]
+        value = data[frame, channel]
+        raise CodecError(
+            f"{path} has a non-finite sample ({value}) at {frame / rate:.6f} s (frame {frame}, channel {channel}): "
+            "repair or re-export the file"
+        )
     return data, rate
 
 
@@ -36,7 +99,10 @@ def resample(data: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> None:
-    """Write (T, C) audio to a temp file beside `path`, then rename: never a half-written file."""
+    """Write (T, C) audio to a temp file beside `path`, then rename: never a half-written file.
+
+    Integer formats cut samples beyond full scale; that is logged as a warning with the peak.
+    """
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(folder):
         raise CodecError(f"output folder {folder} does not exist: create it first")
@@ -46,3 +112,17 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
             sf.write(tmp, data, rate, subtype)
     except (sf.LibsndfileError, ValueError, TypeError) as error:
         raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
+    if subtype.startswith("PCM"):
+        warn_if_clipping(path, data)
+
+
+def warn_if_clipping(path: str, data: np.ndarray) -> None:
+    """Log a warning when samples of `data` (T, C) lie beyond full scale (they are cut when stored as integers)."""
+    peak = float(np.max(np.abs(data))) if data.size else 0.0
+    if peak <= 1.0:
+        return
+    clipped = int(np.count_nonzero(np.abs(data) > 1.0))
+    logger.warning(
+        f"{path}: the decoded audio clips: peak {peak:.3f} ({20 * math.log10(peak):+.1f} dBFS), {clipped} samples "
+        f"cut to full scale; code the input about {20 * math.log10(peak):.1f} dB quieter to keep them"
+    )

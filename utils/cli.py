@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ import torch
 from utils.audio import read_audio, resample
 from utils.audiodec import BACKENDS, DEFAULT_BACKEND, StreamingCodec
 from utils.errors import CodecError
-from utils.registry import MODELS
+from utils.registry import MODELS, installed_root
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -29,16 +30,24 @@ def run_main(main: Callable[[], int | None]) -> None:
         sys.exit(130)
 
 
-def pick_device(cuda: int) -> str:
-    """`--cuda N` -> 'cuda:N' when CUDA exists; negative or no CUDA -> 'cpu' (with a notice)."""
+def pick_device(cuda: int | None) -> str:
+    """The device `--cuda` names: None -> GPU 0 if there is one, else the CPU (quietly); -1 -> the CPU;
+    N -> GPU N, or the CPU with a notice when this machine has no CUDA."""
+    if cuda is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
     if cuda < 0:
         return "cpu"
     if not torch.cuda.is_available():
-        logging.info("CUDA is not available: running on the CPU")
+        logging.info(f"--cuda {cuda}: CUDA is not available, running on the CPU")
         return "cpu"
     if cuda >= torch.cuda.device_count():
         raise CodecError(f"--cuda {cuda}: this machine has {torch.cuda.device_count()} GPU(s); use 0..N-1 or -1")
     return f"cuda:{cuda}"
+
+
+def default_num_threads() -> int:
+    """The cores this process may run on, at most 4 (more rarely pays for one stream)."""
+    return min(4, len(os.sched_getaffinity(0)))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +65,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def list_models() -> None:
+def list_models(root: str | None = None) -> None:
+    """One line per registered model: name, rate, where it is installed (or how to get it), description."""
     for entry in MODELS.values():
-        print(f"{entry.name:20s} {entry.sample_rate:6d} Hz  {entry.description}")
+        folder = installed_root(entry, root)
+        if folder is not None:
+            where = f"installed in {folder}"
+        elif entry.released:
+            where = f"not installed: python -m utils.download {entry.name}"
+        else:
+            where = "not installed: restore exp/ from git"
+        print(f"{entry.name:20s} {entry.sample_rate:6d} Hz  {where}  ({entry.description})")
 
 
 def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
@@ -71,9 +88,11 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
     return StreamingCodec.from_name(args.model, root=args.root, device=device, backend=backend)
 
 
-def read_input_for(codec: StreamingCodec, path: str, allow_resample: bool) -> np.ndarray:
+def read_input_for(
+    codec: StreamingCodec, path: str, allow_resample: bool, allow_truncated: bool = False
+) -> np.ndarray:
     """Samples (T, C) of `path` at the codec's rate: a different rate is an error unless resampling."""
-    data, rate = read_audio(path)
+    data, rate = read_audio(path, allow_truncated)
     if rate != codec.sample_rate:
         if not allow_resample:
             raise CodecError(
@@ -92,13 +111,22 @@ def check_n_codebooks(codec: StreamingCodec, n_codebooks: int | None) -> None:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--cuda / --num_threads, as the original's demos."""
-    parser.add_argument("--cuda", type=int, default=0, help="GPU index; -1 or no CUDA = CPU")
-    parser.add_argument("--num_threads", type=int, default=4, help="CPU threads")
+    parser.add_argument("--cuda", type=int, help="GPU index; -1 = CPU (default: GPU 0 if there is one, else CPU)")
+    parser.add_argument("--num_threads", type=int, help="CPU threads (default: the cores available, at most 4)")
 
 
 def apply_runtime_arguments(args: argparse.Namespace) -> str:
     """Set the thread count; return the device to run on."""
+    if args.num_threads is None:
+        args.num_threads = default_num_threads()
     if args.num_threads < 1:
         raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
     torch.set_num_threads(args.num_threads)
     return pick_device(args.cuda)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """--allow-truncated / -f --force: what an input or output may be."""
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="code the part of a WAV file shorter than its header says instead of failing")
+    parser.add_argument("-f", "--force", action="store_true", help="replace output files that exist")

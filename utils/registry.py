@@ -24,6 +24,7 @@ class ModelEntry:
     encoder: str
     decoder: str
     description: str
+    released: bool = True  # in the original's release archive (utils/download.py fetches it)
 
 
 def _ckpt(kind: str, tag: str, steps: int) -> str:
@@ -69,8 +70,9 @@ MODELS: dict[str, ModelEntry] = {
         _official("vctk_activate_sym", 48000, (_AE, "symAAD_vctk_48000_hop300", 200000),
                   (_AE, "symAAD_vctk_48000_hop300", 700000),
                   "VCTK 48 kHz, symmetric AudioDec with activations and weight norm"),
-        _official("demo48k", 48000, (_AE, "demo48k", 14500), (_AE, "demo48k", 14500),
-                  "ours: 48 kHz symmetric, half width, 14500 CPU steps on the demo corpus (exp/README.md)"),
+        ModelEntry("demo48k", 48000, _ckpt(_AE, "demo48k", 14500), _ckpt(_AE, "demo48k", 14500),
+                   "ours: 48 kHz symmetric, half width, 14500 CPU steps on the demo corpus (exp/README.md)",
+                   released=False),
         _official("vctk_c16h320_sym", 48000, (_AE, "symAD_c16_vctk_48000_hop320", 500000),
                   (_AE, "symAD_c16_vctk_48000_hop320", 1000000),
                   "VCTK 48 kHz, 16 codebooks, hop 320, symmetric"),
@@ -85,15 +87,29 @@ def get_entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
+def search_roots(root: str | None = None) -> list[str]:
+    """The folders a model is looked up in: `root` alone when given, else the current folder, then the toolkit."""
+    return [root] if root else list(dict.fromkeys([os.getcwd(), TOOLKIT_ROOT]))
+
+
+def installed_root(entry: ModelEntry, root: str | None = None) -> str | None:
+    """The first search root holding both of `entry`'s checkpoints, or None."""
+    for folder in search_roots(root):
+        if all(os.path.isfile(os.path.join(folder, path)) for path in (entry.encoder, entry.decoder)):
+            return folder
+    return None
+
+
 def resolve(entry: ModelEntry, root: str | None = None) -> tuple[str, str]:
     """Absolute encoder and decoder checkpoint paths of `entry`."""
-    roots = [root] if root else [os.getcwd(), TOOLKIT_ROOT]
-    for folder in roots:
-        encoder, decoder = (os.path.join(folder, entry.encoder), os.path.join(folder, entry.decoder))
-        if os.path.isfile(encoder) and os.path.isfile(decoder):
-            return encoder, decoder
+    folder = installed_root(entry, root)
+    if folder is not None:
+        return os.path.join(folder, entry.encoder), os.path.join(folder, entry.decoder)
+    roots = search_roots(root)
     missing = entry.encoder if not os.path.isfile(os.path.join(roots[0], entry.encoder)) else entry.decoder
+    fetch = f"python -m utils.download {entry.name}" + (f" --root {root}" if root else "")
+    how = f"get it with `{fetch}`" if entry.released else "restore its exp/ folder from this toolkit's git"
     raise CodecError(
         f"model '{entry.name}' is not installed: {missing} not found under {' or '.join(roots)}; "
-        "download its exp/ folder there or pass --root"
+        f"{how}, or pass --root to where it is"
     )
