@@ -5,6 +5,9 @@
     torchrun --nproc_per_node 4 codecTrain.py -c ... --tag ...          # DDP, one process per GPU
     python codecTrain.py -c ... --tag ... --resume auto                 # continue from the newest checkpoint
     python codecTrain.py -c ... --tag ... --initial exp/.../checkpoint-9500steps.pkl   # fine-tune from parameters
+    torchrun --nproc_per_node 8 codecTrain.py -c ... --tag ... --ngpu 8 --precision bf16 --compile
+
+The config's batch_size is the global batch, shared by the processes (see docs/training.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,25 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--disable_cudnn", choices=("True", "False"), default="False", help="no cuDNN benchmark")
+    parser.add_argument(
+        "--ngpu", type=int, default=None,
+        help="GPUs per node this job asked for: fewer visible is an error; 0 trains on the CPU "
+        "(default: CUDA when present, else the CPU)",
+    )
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="autocast precision of the forward passes (default: the config's, else fp32)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the generator and the discriminator")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                        help="TF32 matmuls/convolutions on Ampere and newer GPUs (default: on)")
+    parser.add_argument("--batch_size_per_rank", type=int, default=None,
+                        help="samples per process and step: the global batch becomes processes x this "
+                        "(default: the config's batch_size is the global batch, shared by the processes)")
+    parser.add_argument("--micro_batch", type=int, default=None,
+                        help="at most this many samples per forward pass; the rest of a process's share is "
+                        "accumulated (for batches that do not fit in memory)")
+    parser.add_argument("--ddp_bf16_compress", action=argparse.BooleanOptionalAction, default=None,
+                        help="all-reduce the discriminator's gradients as bfloat16")
     args = parser.parse_args()
     run_training(TrainOptions(**{**vars(args), "resume": args.resume or ""}))
     return 0

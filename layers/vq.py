@@ -127,7 +127,12 @@ class ResidualVQ(nn.Module):
 
         Returns (quantized (B, T, dim), losses (n,), perplexities (n,)). The residual subtracts
         the straight-through value, so only the first codebook's path carries encoder gradient.
+        Under autocast (mixed-precision training) it runs in float32: nearest-code distances and EMA
+        statistics in bfloat16 would pick other codes and lose the small EMA increments.
         """
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.float(), n_quantizers)
         quantized_out = torch.zeros_like(x)
         residual = x
         losses, perplexities = [], []

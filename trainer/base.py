@@ -10,23 +10,39 @@ how the generator produces audio, which parts are frozen, and when each network 
 Under DDP (see :mod:`trainer.distributed`) the generator's training pass and the discriminator's
 update go through their DDP wrappers; everything without gradient uses the bare modules, and only
 rank 0 writes logs, TensorBoard and checkpoints.
+
+A step learns from the recipe's global batch (:mod:`trainer.data`): this rank's share arrives as one
+tensor, is cut into micro-batches when the plan says so, and each micro-batch's loss is weighted by
+its share of the global batch, so that the accumulated gradient is the global batch's mean gradient.
+
+Run options (recorded in ``config.yml``; all off in the original recipes, whose fp32 training is then
+the original's, step for step):
+- ``precision``: ``fp32`` (default), ``bf16`` or ``fp16``: the generator and discriminator forward
+  passes under autocast (fp16 with a gradient scaler per network); the residual VQ and every loss run
+  in float32 (their log/sqrt and the EMA statistics lose too much in 16 bits).
+- ``compile``: ``torch.compile`` the generator and the discriminator.
+- ``ddp_bf16_compress``: all-reduce the discriminator's gradients as bfloat16.
+The discriminator's parameters are frozen during the generator's pass (their gradients there would
+be thrown away), and the logged losses stay on the device until the log interval.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from losses import MelSpectrogram
-from trainer.data import TrainingData
-from trainer.distributed import DistributedContext, all_reduce_mean, all_reduce_sum, sync_ema_codebooks, wrap_ddp
+from trainer.data import StepBatch, TrainingData
+from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, wrap_ddp
 from trainer.preemption import PreemptionHandler
 from trainer.state import capture_rng_state, checkpoint_path, read_training_checkpoint, restore_rng_state
 from utils.checkpoint import atomic_torch_save, generator_state_dict, load_generator_state
@@ -44,22 +60,35 @@ METRIC_LOSSES: dict[str, tuple[str, ...]] = {
 
 NUM_EVAL_SAMPLES = 2  # validation samples written to TensorBoard as audio and log-mel images
 
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 DiscriminatorOutputs = list[list[torch.Tensor]]
 
 
 class LossTracker:
-    """Running sums of named scalars, averaged over the number of times each was recorded."""
+    """Running sums of named scalars, averaged over the number of times each was recorded.
+
+    Tensor values stay where they are (float64 sums on the device): adding one costs no host sync;
+    :meth:`totals` reads them all in one transfer.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.counts: dict[str, int] = defaultdict(int)
 
     def add(self, name: str, value: torch.Tensor | float) -> None:
-        self.sums[name] += float(value.item() if torch.is_tensor(value) else value)
+        value = value.detach().to(torch.float64) if torch.is_tensor(value) else float(value)
+        self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] += 1
 
+    def totals(self) -> dict[str, float]:
+        """The sums as numbers (one device-to-host transfer for all of them)."""
+        tensors = {name: value for name, value in self.sums.items() if torch.is_tensor(value)}
+        read = dict(zip(tensors, torch.stack(list(tensors.values())).tolist())) if tensors else {}
+        return {name: read.get(name, value) for name, value in self.sums.items()}
+
     def means(self) -> dict[str, float]:
-        return {name: total / self.counts[name] for name, total in self.sums.items()}
+        return {name: total / self.counts[name] for name, total in self.totals().items()}
 
     def reset(self) -> None:
         self.sums.clear()
@@ -72,6 +101,32 @@ def _split_real_fake(outputs: DiscriminatorOutputs) -> tuple[DiscriminatorOutput
     real = [[pair[0] for pair in layers] for layers in halves]
     fake = [[pair[1] for pair in layers] for layers in halves]
     return real, fake
+
+
+def _to_float(outputs: Any) -> Any:
+    """Tensors (nested in lists/tuples) as float32: losses are computed in full precision."""
+    if torch.is_tensor(outputs):
+        return outputs.float()
+    return [_to_float(item) for item in outputs]
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """The parameters of ``module`` that require grad stop requiring it inside the block, so that a
+    forward pass through it builds no graph for its weights (the input's gradient still flows)."""
+    trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+
+
+def _no_sync(module: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` when ``skip`` (a micro-batch before the last one of the step)."""
+    return module.no_sync() if skip and isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
 
 
 class GANTrainer:
@@ -119,11 +174,24 @@ class GANTrainer:
         self.train_losses = LossTracker()
         self.eval_losses = LossTracker()
         self.last_saved_steps: int | None = None
+        precision = str(config.get("precision") or "fp32")
+        if precision not in PRECISIONS:
+            raise CodecError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+        self.amp_dtype = PRECISIONS[precision]
+        self.scalers = {}
+        if precision == "fp16":
+            self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers}
+        if config.get("compile"):
+            self.generator.compile()
+            self.discriminator.compile()
         self.configure_parameters()
         self.generator_ddp = wrap_ddp(self.generator, context)
-        self.discriminator_ddp = wrap_ddp(self.discriminator, context)
-        sync_ema_codebooks(self.generator, context)
+        self.discriminator_ddp = wrap_ddp(self.discriminator, context, bool(config.get("ddp_bf16_compress")))
+        self.codebook_sync = CodebookSync(self.generator, context, accumulate=data.plan.accumulation > 1)
         self._eval_mel = self._build_eval_mel()
+        if precision != "fp32" or config.get("compile"):
+            logger.info("Precision %s%s", precision, ", generator and discriminator compiled" if config.get(
+                "compile") else "")
 
     # ---- flavour hooks -----------------------------------------------------------------------
     def configure_parameters(self) -> None:
@@ -131,7 +199,7 @@ class GANTrainer:
 
     def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch -> (generator input, target audio (B, C, T)), on the device."""
-        audio = batch.to(self.device)
+        audio = batch.to(self.device, non_blocking=True)
         return audio, audio
 
     def generator_active(self) -> bool:
@@ -194,61 +262,131 @@ class GANTrainer:
 
     def record_vq(self, vq_loss: torch.Tensor, perplexity: torch.Tensor, losses: LossTracker, prefix: str):
         """lambda_vq_loss * sum(vq_loss (n,)); logs it and the perplexity (n,) of each codebook."""
-        for index, value in enumerate(perplexity.tolist()):
+        for index, value in enumerate(perplexity.unbind(0)):
             losses.add(f"{prefix}/ppl_{index}", value)
         loss = vq_loss.sum() * self.config["lambda_vq_loss"]
         losses.add(f"{prefix}/vqloss", loss)
         return loss
 
     # ---- one step ---------------------------------------------------------------------------
-    def _update(self, name: str, loss: torch.Tensor, module: nn.Module) -> None:
-        optimizer = self.optimizers[name]
-        optimizer.zero_grad()
-        loss.backward()
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the run's precision around the networks' forward passes (none in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def full_precision(self, outputs: Any) -> Any:
+        """Network outputs as the losses take them: float32."""
+        return outputs if self.amp_dtype is None else _to_float(outputs)
+
+    def _backward(self, name: str, loss: torch.Tensor) -> None:
+        scaler = self.scalers.get(name)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def _step(self, name: str, module: nn.Module) -> None:
+        optimizer, scaler = self.optimizers[name], self.scalers.get(name)
         max_norm = self.config.get(f"{name}_grad_norm", -1)
         if max_norm > 0:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         self.schedulers[name].step()
 
-    def train_step(self, batch: Any) -> None:
-        """One generator update and (when on) one discriminator update."""
+    def micro_batches(
+        self, inputs: torch.Tensor, target: torch.Tensor, global_size: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """This rank's share -> (inputs, target, loss weight) per micro-batch.
+
+        The weight, size x ranks / global size, makes the sum of the weighted micro-batch gradients,
+        averaged over the ranks by DDP, the mean gradient of the global batch; it is 1 when one
+        micro-batch per rank holds an equal share.
+        """
+        micro = self.data.plan.micro_batch or inputs.shape[0]
+        if micro >= inputs.shape[0]:
+            parts = [(inputs, target)]
+        else:
+            parts = list(zip(inputs.split(micro), target.split(micro)))
+        world_size = self.context.world_size
+        return [(part_inputs, part_target, part_inputs.shape[0] * world_size / global_size)
+                for part_inputs, part_target in parts]
+
+    def generator_loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, discriminator_on: bool, losses: LossTracker, prefix: str
+    ) -> torch.Tensor:
+        """The generator's training loss on one micro-batch (metric, VQ and, when on, adversarial terms)."""
+        with self.autocast():
+            predicted, extra = self.generate(inputs, losses, prefix, training=True)
+        predicted = self.full_precision(predicted)
+        loss = extra + self.metric_loss(predicted, target, losses, prefix)
+        if discriminator_on:
+            # No gradient for the discriminator's weights here: the discriminator update clears them.
+            with frozen(self.discriminator), self.autocast():
+                outputs_fake = self.discriminator(predicted)
+            outputs_real = None
+            if "feat_match" in self.criteria:
+                with torch.no_grad(), self.autocast():
+                    outputs_real = self.discriminator(target)
+            outputs_fake, outputs_real = self.full_precision(outputs_fake), (
+                None if outputs_real is None else self.full_precision(outputs_real))
+            loss = loss + self.adversarial_loss(outputs_fake, outputs_real, losses, prefix)
+        losses.add(f"{prefix}/generator_loss", loss)
+        return loss
+
+    def train_step(self, batch: StepBatch | Any) -> None:
+        """One generator update and (when on) one discriminator update, on one step's batch.
+
+        ``batch``: a :class:`~trainer.data.StepBatch` (this rank's share and the global batch size), or
+        a plain batch, taken as the whole global batch.
+        """
         self.prepare_step()
-        inputs, target = self.unpack(batch)
+        data, global_size = batch if isinstance(batch, StepBatch) else (batch, None)
+        inputs, target = self.unpack(data)
+        parts = self.micro_batches(inputs, target, global_size or inputs.shape[0])
+        last = len(parts) - 1
         losses, prefix = self.train_losses, "train"
         discriminator_on = self.discriminator_active()
         if self.generator_active():
-            predicted, extra = self.generate(inputs, losses, prefix, training=True)
-            loss = extra + self.metric_loss(predicted, target, losses, prefix)
-            if discriminator_on:
-                outputs_fake = self.discriminator(predicted)
-                outputs_real = None
-                if "feat_match" in self.criteria:
-                    with torch.no_grad():
-                        outputs_real = self.discriminator(target)
-                loss = loss + self.adversarial_loss(outputs_fake, outputs_real, losses, prefix)
-            losses.add(f"{prefix}/generator_loss", loss)
-            self._update("generator", loss, self.generator)
+            self.optimizers["generator"].zero_grad()
+            for index, (part_inputs, part_target, weight) in enumerate(parts):
+                with _no_sync(self.generator_ddp, index < last):
+                    loss = self.generator_loss(part_inputs, part_target, discriminator_on, losses, prefix)
+                    self._backward("generator", loss if weight == 1 else loss * weight)
+            self.codebook_sync.flush()
+            self._step("generator", self.generator)
         if discriminator_on:
-            # Re-computing the output after the generator update gives better quality (original).
-            with torch.no_grad():
-                predicted, _ = self.generate(inputs, LossTracker(), prefix, training=False)
-            # Real and generated audio in one pass: DDP allows one forward per backward.
-            outputs = self.discriminator_ddp(torch.cat([target, predicted.detach()]))
-            outputs_real, outputs_fake = _split_real_fake(outputs)
-            self._update("discriminator", self.discriminator_loss(outputs_fake, outputs_real, losses, prefix),
-                         self.discriminator)
+            self.optimizers["discriminator"].zero_grad()
+            for index, (part_inputs, part_target, weight) in enumerate(parts):
+                # Re-computing the output after the generator update gives better quality (original).
+                with torch.no_grad(), self.autocast():
+                    predicted, _ = self.generate(part_inputs, LossTracker(), prefix, training=False)
+                with _no_sync(self.discriminator_ddp, index < last):
+                    # Real and generated audio in one pass: DDP allows one forward per backward.
+                    with self.autocast():
+                        outputs = self.discriminator_ddp(torch.cat([part_target, predicted.detach()]))
+                    outputs_real, outputs_fake = _split_real_fake(self.full_precision(outputs))
+                    loss = self.discriminator_loss(outputs_fake, outputs_real, losses, prefix)
+                    self._backward("discriminator", loss if weight == 1 else loss * weight)
+            self.codebook_sync.flush()
+            self._step("discriminator", self.discriminator)
 
     @torch.no_grad()
     def eval_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Validation losses of one batch; returns (target, generated audio)."""
         inputs, target = self.unpack(batch)
         losses, prefix = self.eval_losses, "eval"
-        predicted, extra = self.generate(inputs, losses, prefix, training=False)
+        with self.autocast():
+            predicted, extra = self.generate(inputs, losses, prefix, training=False)
+        predicted = self.full_precision(predicted)
         loss = extra + self.metric_loss(predicted, target, losses, prefix)
         if self.discriminator_active():
-            outputs_fake = self.discriminator(predicted)
-            outputs_real = self.discriminator(target)
+            with self.autocast():
+                outputs_fake, outputs_real = self.discriminator(predicted), self.discriminator(target)
+            outputs_fake, outputs_real = self.full_precision(outputs_fake), self.full_precision(outputs_real)
             loss = loss + self.adversarial_loss(outputs_fake, outputs_real, losses, prefix)
             self.discriminator_loss(outputs_fake, outputs_real, losses, prefix)
         losses.add(f"{prefix}/generator_loss", loss)
@@ -291,7 +429,7 @@ class GANTrainer:
                 self.steps += 1
                 progress.update(1)
                 self._check_intervals()
-                if preemption.should_stop(self.device):
+                if preemption.should_stop():
                     self.save_checkpoint()
                     return True
                 if self.steps >= max_steps:
@@ -336,9 +474,9 @@ class GANTrainer:
             if batches == 0:
                 self._write_samples(target, predicted)
             batches += 1
-        names = sorted(self.eval_losses.sums)
-        sums = torch.tensor([self.eval_losses.sums[name] for name in names] + [batches], dtype=torch.float64,
-                            device=self.device)
+        totals = self.eval_losses.totals()
+        names = sorted(totals)
+        sums = torch.tensor([totals[name] for name in names] + [batches], dtype=torch.float64, device=self.device)
         all_reduce_sum(sums, self.context)
         means = {name: total / max(sums[-1].item(), 1) for name, total in zip(names, sums[:-1].tolist())}
         self._write_scalars(means)
@@ -374,8 +512,8 @@ class GANTrainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The checkpoint, in the original layout (plus ``rng`` and ``data``)."""
-        return {
+        """The checkpoint, in the original layout (plus ``rng``, ``data`` and, in fp16, ``scaler``)."""
+        state = {
             "model": {
                 "generator": generator_state_dict(self.generator),
                 "discriminator": self.discriminator.state_dict(),
@@ -387,6 +525,9 @@ class GANTrainer:
             "rng": capture_rng_state(),
             "data": self.data.state_dict(),
         }
+        if self.scalers:
+            state["scaler"] = {name: scaler.state_dict() for name, scaler in self.scalers.items()}
+        return state
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint-<steps>steps.pkl`` (rank 0, atomically; once per step)."""
@@ -412,6 +553,9 @@ class GANTrainer:
             optimizer.load_state_dict(state["optimizer"][name])
         for name, scheduler in self.schedulers.items():
             scheduler.load_state_dict(state["scheduler"][name])
+        for name, scaler in self.scalers.items():
+            if name in state.get("scaler", {}):
+                scaler.load_state_dict(state["scaler"][name])
         self.steps = int(state["steps"])
         self.data.load_state_dict(state.get("data", {"epoch": state.get("epochs", 0), "position": 0}))
         if "rng" in state:

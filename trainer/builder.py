@@ -19,9 +19,9 @@ from losses import LOSSES
 from models.vocoder.modules.discriminator import DISCRIMINATORS
 from trainer.autoencoder import AutoencoderTrainer
 from trainer.base import METRIC_LOSSES, GANTrainer
-from trainer.data import TrainingData
+from trainer.data import BatchPlan, TrainingData, plan_batches
 from trainer.denoise import DenoiseTrainer
-from trainer.distributed import DistributedContext, init_distributed, shutdown_distributed
+from trainer.distributed import DistributedContext, configure_tf32, init_distributed, shutdown_distributed
 from trainer.state import resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator
@@ -38,7 +38,12 @@ TRAINERS: dict[str, type[GANTrainer]] = {
 
 @dataclass
 class TrainOptions:
-    """The command line of ``codecTrain.py`` (the original's argument names)."""
+    """The command line of ``codecTrain.py`` (the original's argument names, then ours).
+
+    The run options (``precision`` ... ``ddp_bf16_compress``) left at None take the config's key of
+    the same name, else the default: fp32, no compile, TF32 on Ampere+, the config's ``batch_size``
+    as the global batch, no micro-batches, uncompressed gradients.
+    """
 
     config: str
     tag: str
@@ -47,6 +52,18 @@ class TrainOptions:
     seed: int = 1337
     disable_cudnn: str = "False"
     initial: str = ""  # overrides the config's ``initial`` (start from these parameters) when given
+    ngpu: int | None = None  # GPUs per node asked for; 0: CPU; None: CUDA if present (see init_distributed)
+    precision: str | None = None  # fp32 | bf16 | fp16
+    compile: bool | None = None
+    tf32: bool | None = None
+    batch_size_per_rank: int | None = None
+    micro_batch: int | None = None
+    ddp_bf16_compress: bool | None = None
+
+
+RUN_OPTION_DEFAULTS: dict[str, Any] = {
+    "precision": "fp32", "compile": False, "tf32": True, "ddp_bf16_compress": False,
+}
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -114,15 +131,21 @@ def build_training_generator(config: Mapping[str, Any]) -> nn.Module:
 
 
 def build_trainer(
-    config: Mapping[str, Any], context: DistributedContext, expdir: str | Path, seed: int, writer: Any | None = None
+    config: Mapping[str, Any],
+    context: DistributedContext,
+    expdir: str | Path,
+    seed: int,
+    writer: Any | None = None,
+    plan: BatchPlan | None = None,
 ) -> GANTrainer:
-    """The trainer of the config's ``train_mode``, with its models, losses, optimizers and data."""
+    """The trainer of the config's ``train_mode``, with its models, losses, optimizers and data
+    (``plan``: how the global batch is shared; default: the config's ``batch_size`` on this job)."""
     mode = config.get("train_mode", "autoencoder")
     if mode not in TRAINERS:
         raise CodecError(f"train_mode '{mode}' is not one of {', '.join(TRAINERS)}: fix the config")
     if "model_type" not in config:
         raise CodecError("the config has no model_type")
-    data = TrainingData(config, context, seed)
+    data = TrainingData(config, context, seed, plan)
     try:
         data.set_batch_length(int(config["batch_length"]))
     except (FileNotFoundError, ValueError) as error:
@@ -149,11 +172,22 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def experiment_config(config: Mapping[str, Any], options: TrainOptions, expdir: Path) -> dict[str, Any]:
-    """What goes into ``<expdir>/config.yml``: the recipe plus the command line and ``outdir``, as the original."""
+def experiment_config(
+    config: Mapping[str, Any], options: TrainOptions, expdir: Path, plan: BatchPlan | None = None
+) -> dict[str, Any]:
+    """What goes into ``<expdir>/config.yml``: the recipe plus the command line and ``outdir``, as the
+    original, and what ran: the run options in effect and, with ``plan``, the global ``batch_size``
+    and the number of processes (``world_size``)."""
     full = dict(config)
     given = vars(options)
-    full.update({key: value for key, value in given.items() if key != "initial" or value})
+    full.update({key: value for key, value in given.items() if value is not None and (key != "initial" or value)})
+    for key, default in RUN_OPTION_DEFAULTS.items():
+        if full.get(key) is None:
+            full[key] = default
+    if plan is not None:
+        full.update(batch_size=plan.global_batch, world_size=plan.world_size)
+        if plan.micro_batch:
+            full["micro_batch"] = plan.micro_batch
     full["outdir"] = str(expdir)
     return full
 
@@ -166,7 +200,7 @@ def run_training(options: TrainOptions) -> Path:
     ``initial`` checkpoint, when given, provides the starting parameters.
     """
     config = read_config(options.config)
-    context = init_distributed()
+    context = init_distributed(options.ngpu)
     try:
         if not context.is_main:
             logging.getLogger().setLevel(logging.WARNING)
@@ -174,7 +208,9 @@ def run_training(options: TrainOptions) -> Path:
         if context.device.type == "cuda" and options.disable_cudnn == "False":
             torch.backends.cudnn.benchmark = True
         expdir = Path(options.exp_root) / options.tag
-        config = experiment_config(config, options, expdir)
+        plan = plan_batches(config, context.world_size, options.batch_size_per_rank, options.micro_batch)
+        config = experiment_config(config, options, expdir, plan)
+        configure_tf32(context.device, bool(config["tf32"]))
         resume = resolve_resume(options.resume, expdir)
         writer = None
         if context.is_main:
@@ -184,7 +220,7 @@ def run_training(options: TrainOptions) -> Path:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(expdir / "tensorboard"))
-        trainer = build_trainer(config, context, expdir, options.seed, writer)
+        trainer = build_trainer(config, context, expdir, options.seed, writer, plan)
         initial = config.get("initial") or ""
         if resume is not None:
             trainer.load_checkpoint(resume)

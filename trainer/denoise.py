@@ -19,7 +19,7 @@ class DenoiseTrainer(GANTrainer):
 
     def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         noisy, clean = batch
-        return noisy.to(self.device), clean.to(self.device)
+        return noisy.to(self.device, non_blocking=True), clean.to(self.device, non_blocking=True)
 
     def prepare_step(self) -> None:
         super().prepare_step()

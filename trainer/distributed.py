@@ -7,11 +7,15 @@ process. Backend: NCCL on GPUs, gloo on CPUs. Every rank reads its share of each
 EMA codebooks. The residual VQ updates its codebooks from the vectors it sees, in place, during the
 forward pass; under DDP each rank would update from its own share of the batch and the ranks'
 codebooks would drift apart (DDP's buffer broadcast would then silently keep rank 0's and drop the
-other ranks' data). :func:`sync_ema_codebooks` makes the update use the whole global batch instead:
-a hook keeps each codebook's statistics from before the forward pass, and after it all-reduces the
-per-rank increments of ``cluster_size`` and ``embed_avg`` and recomputes ``embed`` from the sums,
-which is exactly the update one process would make on the global batch. Buffers are therefore kept
-equal on all ranks explicitly, and the generator is wrapped with ``broadcast_buffers=False``.
+other ranks' data). :class:`CodebookSync` makes the update use the whole global batch instead:
+hooks keep each codebook's statistics from before the step, sum the increments of ``cluster_size``
+and ``embed_avg`` of every micro-batch, and at the end of the pass all-reduce the sums and recompute
+``embed`` from them, which is exactly the update one process would make on the global batch. Buffers
+are therefore kept equal on all ranks explicitly, and the generator is wrapped with
+``broadcast_buffers=False``.
+
+GPUs are used only when asked for (``--ngpu N``), and then they must be there: a job that asked for
+GPUs and sees fewer stops with one error line before training instead of training on the CPU.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 
 from layers.vq import VectorQuantize
+from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +57,65 @@ class DistributedContext:
         return self.rank == 0
 
 
-def init_distributed() -> DistributedContext:
+def _check_gpus(ngpu: int, local_world_size: int) -> None:
+    """Stop before training when the job asked for GPUs it cannot see."""
+    visible = torch.cuda.device_count()
+    if visible < ngpu:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise CodecError(
+            f"--ngpu {ngpu} asks for {ngpu} GPU(s) per node but this process sees {visible}"
+            f"{f' (CUDA_VISIBLE_DEVICES={shown})' if shown is not None else ''}: request them from the "
+            "scheduler (sbatch --gpus-per-node) and check the CUDA driver, or train on the CPU on purpose "
+            "with --ngpu 0"
+        )
+    if local_world_size > ngpu:
+        raise CodecError(
+            f"{local_world_size} training processes on this node but --ngpu {ngpu}: start one process per GPU "
+            f"(torchrun --nproc_per_node {ngpu})"
+        )
+
+
+def configure_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 matmuls and convolutions on a GPU of compute capability 8 (Ampere) or newer, unless disabled."""
+    if device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    use = enabled and major >= 8
+    torch.backends.cuda.matmul.allow_tf32 = use
+    torch.backends.cudnn.allow_tf32 = use
+    if major >= 8:
+        logger.info("TF32 matmuls and convolutions %s (compute capability %d.%d%s)", "on" if use else "off",
+                    major, minor, "; --tf32 false turns them off" if use else "")
+
+
+def init_distributed(ngpu: int | None = None) -> DistributedContext:
     """Join the process group ``torchrun`` describes in the environment, or run alone.
 
+    Args:
+        ngpu: GPUs per node the job asked for. 0: train on the CPU (the only way to choose it);
+            N > 0: each process takes the GPU of its local rank, and fewer than N visible GPUs is an
+            error; None: CUDA when present, else the CPU with a warning.
+
     Returns:
-        The context: rank, local rank, world size and the device this process trains on
-        (``cuda:<LOCAL_RANK>`` when CUDA exists, else the CPU).
+        The context: rank, local rank, world size and the device this process trains on.
+
+    Raises:
+        CodecError: the GPUs asked for are not there (raised before any process group is joined, so
+            every process stops with that one line).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available()
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if ngpu is None:
+        use_cuda = torch.cuda.is_available()
+        if not use_cuda:
+            logger.warning("No CUDA device: training on the CPU (--ngpu 0 chooses the CPU explicitly)")
+    elif ngpu > 0:
+        _check_gpus(ngpu, local_world_size)
+        use_cuda = True
+    else:
+        use_cuda = False
     if world_size <= 1:
-        return DistributedContext(device=torch.device("cuda" if use_cuda else "cpu"))
+        return DistributedContext(device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
@@ -81,16 +135,20 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def wrap_ddp(model: nn.Module, context: DistributedContext) -> nn.Module:
+def wrap_ddp(model: nn.Module, context: DistributedContext, compress_bf16: bool = False) -> nn.Module:
     """``model`` in DDP when distributed (only its parameters that require grad are reduced), else itself.
 
     Wrap again after freezing parameters: DDP expects a gradient for every parameter that required
-    one when it was built.
+    one when it was built. ``compress_bf16`` all-reduces the gradients as bfloat16 (half the bytes;
+    the mean is taken in bfloat16, so the ranks still apply the same update).
     """
     if not context.is_distributed or not any(p.requires_grad for p in model.parameters()):
         return model
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    wrapped = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    if compress_bf16:
+        wrapped.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    return wrapped
 
 
 def all_reduce_mean(values: Mapping[str, float], context: DistributedContext) -> dict[str, float]:
@@ -111,44 +169,78 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return tensor
 
 
-def _remember_statistics(module: VectorQuantize, _inputs: tuple) -> None:
-    if module.training:
-        module._statistics_before = (module.cluster_size.clone(), module.embed_avg.clone())
+class CodebookSync:
+    """EMA codebook updates of a step made from the whole global batch (see the module docstring).
 
+    Installed when the batch is spread over several ranks or several micro-batches (else the
+    codebooks update in their forward pass, as the original does): each training forward of a
+    :class:`~layers.vq.VectorQuantize` adds its increment of ``cluster_size`` and ``embed_avg`` to a
+    running sum and puts the statistics back, so that every micro-batch is quantized with the
+    codebook the step started with; :meth:`flush` then all-reduces the sums (one collective for all
+    codebooks) and applies the update one process would have made on the global batch.
 
-def _global_ema_update(module: VectorQuantize, _inputs: tuple, _output: tuple) -> None:
-    before = getattr(module, "_statistics_before", None)
-    if before is None:
-        return
-    module._statistics_before = None
-    cluster_size_before, embed_avg_before = before
-    with torch.no_grad():
-        # Each rank's increment is (1 - decay) * (its counts, its sums): summing the increments
-        # gives the update of the global batch.
-        size_increment = module.cluster_size - module.decay * cluster_size_before
-        avg_increment = module.embed_avg - module.decay * embed_avg_before
-        packed = torch.cat([size_increment.unsqueeze(0), avg_increment])
-        dist.all_reduce(packed)
-        module.cluster_size.copy_(module.decay * cluster_size_before + packed[0])
-        module.embed_avg.copy_(module.decay * embed_avg_before + packed[1:])
-        # Same Laplace smoothing as VectorQuantize._ema_update.
-        total = module.cluster_size.sum()
-        smoothed = (module.cluster_size + module.eps) / (total + module.codebook_size * module.eps) * total
-        module.embed.copy_(module.embed_avg / smoothed.unsqueeze(0))
-
-
-def sync_ema_codebooks(model: nn.Module, context: DistributedContext) -> list[RemovableHandle]:
-    """Make every EMA codebook of ``model`` update from the global batch (see the module docstring).
-
-    Returns:
-        The hook handles (none when not distributed).
+    Args:
+        model: the generator.
+        context: this process's place in the job.
+        accumulate: the steps are cut into micro-batches.
     """
-    if not context.is_distributed:
-        return []
-    handles = []
-    for module in model.modules():
-        if isinstance(module, VectorQuantize):
-            module._statistics_before = None
-            handles.append(module.register_forward_pre_hook(_remember_statistics))
-            handles.append(module.register_forward_hook(_global_ema_update))
-    return handles
+
+    def __init__(self, model: nn.Module, context: DistributedContext, accumulate: bool) -> None:
+        self.context = context
+        self.codebooks = [module for module in model.modules() if isinstance(module, VectorQuantize)]
+        self.pending: dict[VectorQuantize, list[torch.Tensor]] = {}
+        self.handles: list[RemovableHandle] = []
+        if self.codebooks and (context.is_distributed or accumulate):
+            for module in self.codebooks:
+                self.handles.append(module.register_forward_pre_hook(self._remember))
+                self.handles.append(module.register_forward_hook(self._accumulate))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.handles)
+
+    def _remember(self, module: VectorQuantize, _inputs: tuple) -> None:
+        if module.training and module not in self.pending:
+            state = (module.cluster_size, module.embed_avg, module.embed)
+            self.pending[module] = [tensor.clone() for tensor in state] + [torch.zeros_like(t) for t in state[:2]]
+
+    def _accumulate(self, module: VectorQuantize, _inputs: tuple, _output: tuple) -> None:
+        if not module.training or module not in self.pending:
+            return
+        size_before, avg_before, embed_before, size_sum, avg_sum = self.pending[module]
+        with torch.no_grad():
+            # This micro-batch's increment is (1 - decay) * (its counts, its sums).
+            size_sum += module.cluster_size - module.decay * size_before
+            avg_sum += module.embed_avg - module.decay * avg_before
+            module.cluster_size.copy_(size_before)
+            module.embed_avg.copy_(avg_before)
+            module.embed.copy_(embed_before)
+
+    def flush(self) -> None:
+        """Apply the step's codebook updates (every rank calls this after the same passes)."""
+        if not self.pending:
+            return
+        modules = [module for module in self.codebooks if module in self.pending]
+        with torch.no_grad():
+            packed = torch.cat([torch.cat([self.pending[m][3].unsqueeze(0), self.pending[m][4]]).flatten()
+                                for m in modules])
+            all_reduce_sum(packed, self.context)
+            offset = 0
+            for module in modules:
+                size_before, avg_before = self.pending[module][:2]
+                rows = (1 + module.dim) * module.codebook_size
+                summed = packed[offset : offset + rows].view(1 + module.dim, module.codebook_size)
+                offset += rows
+                module.cluster_size.copy_(module.decay * size_before + summed[0])
+                module.embed_avg.copy_(module.decay * avg_before + summed[1:])
+                # Same Laplace smoothing as VectorQuantize._ema_update.
+                total = module.cluster_size.sum()
+                smoothed = (module.cluster_size + module.eps) / (total + module.codebook_size * module.eps) * total
+                module.embed.copy_(module.embed_avg / smoothed.unsqueeze(0))
+        self.pending.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.pending.clear()

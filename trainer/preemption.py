@@ -49,6 +49,7 @@ class PreemptionHandler:
         self.requeue_after_stop = requeue
         self.received: signal.Signals | None = None
         self._previous_handlers: dict[signal.Signals, object] = {}
+        self._gloo_group: dist.ProcessGroup | None = None
 
     def install(self) -> PreemptionHandler:
         """Install the handlers (main thread only); returns self."""
@@ -77,16 +78,17 @@ class PreemptionHandler:
         """Whether this process received a stop signal."""
         return self.received is not None
 
-    def should_stop(self, device: torch.device | str = "cpu") -> bool:
+    def should_stop(self) -> bool:
         """Whether the loop should checkpoint and stop after this step.
 
         Under ``torch.distributed`` every rank must stop at the same step (or the others would wait
         forever in the next all-reduce), so the flags of all ranks are combined: a collective call,
-        made by every rank once per step. ``device`` is where the collective runs (cuda for NCCL).
+        made by every rank once per step. It runs on the CPU (the default group under gloo, a gloo
+        group of its own under NCCL), so reading its result never waits for the GPU.
         """
         if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            flag = torch.tensor([1.0 if self.requested else 0.0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._cpu_group())
             stop = bool(flag.item() > 0)
         else:
             stop = self.requested
@@ -94,6 +96,13 @@ class PreemptionHandler:
             name = self.received.name if self.received is not None else "another rank's signal"
             logger.info("Stop requested (%s): saving a checkpoint and exiting", name)
         return stop
+
+    def _cpu_group(self) -> dist.ProcessGroup | None:
+        if dist.get_backend() == dist.Backend.GLOO:
+            return None
+        if self._gloo_group is None:
+            self._gloo_group = dist.new_group(backend="gloo")
+        return self._gloo_group
 
     def requeue(self) -> bool:
         """Requeue this SLURM job if asked to and running under SLURM (rank 0 only); True if requeued."""
