@@ -7,22 +7,45 @@
 Writes <output_dir>/<encoder>-<decoder>_<steps>-<steps>/<subset folder>/<name>_output.wav
 (or straight into --output_dir with --specific_folder True). --metrics scores each output against its
 input (a denoiser's noisy_* subset: against the clean_* files) and writes metrics.csv there.
+Without --subset, the encoder config's `test` subset is coded (or `clean_test`, the original's name).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from trainer.synthesis import run_test
+from utils.checkpoint import load_config
 from utils.cli import run_main
+from utils.errors import CodecError
+
+DEFAULT_SUBSETS = ("test", "clean_test")
+
+
+def pick_subset(config: Mapping[str, Any], asked: str | None) -> str:
+    """The `data.subset` entry to code: `asked`, else the first of DEFAULT_SUBSETS the config has."""
+    subsets = (config.get("data") or {}).get("subset") or {}
+    names = ", ".join(sorted(subsets)) or "none"
+    if asked is not None:
+        if asked not in subsets:
+            raise CodecError(f"--subset {asked}: the encoder's config has no data.subset.{asked} (it has {names})")
+        return asked
+    for name in DEFAULT_SUBSETS:
+        if name in subsets:
+            return name
+    raise CodecError(f"the encoder's config has no test subset ({' or '.join(DEFAULT_SUBSETS)}): pass --subset "
+                     f"with one of {names}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset", type=str, default="clean_test", help="data.subset entry of the encoder's config")
+    parser.add_argument("--subset", type=str,
+                        help="data.subset entry of the encoder's config (default: test, else clean_test)")
     parser.add_argument("--subset_num", type=int, default=-1, help="only the first N files (-1: all)")
     parser.add_argument("--encoder", type=str, required=True, help="AudioDec checkpoint (config.yml beside it)")
     parser.add_argument("--decoder", type=str, required=True, help="AudioDec or vocoder checkpoint")
@@ -33,7 +56,8 @@ def main() -> int:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     outdir, means = run_test(
-        args.encoder, args.decoder, args.output_dir, args.subset, args.subset_num,
+        args.encoder, args.decoder, args.output_dir, pick_subset(load_config(args.encoder), args.subset),
+        args.subset_num,
         specific_folder=args.specific_folder == "True", metrics=args.metrics, device=device,
     )
     if means is not None:

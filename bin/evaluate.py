@@ -1,10 +1,13 @@
 """Objective evaluation of decoded audio against references, optionally side by side with Opus.
 
     python bin/evaluate.py REF_DIR DEG_DIR [--opus] [--bitrate 12.8] [--csv out.csv] [--json out.json]
-                           [--plots DIR] [--no-visqol]
+                           [--plot DIR] [--no-visqol]
+    python bin/evaluate.py ref.wav decoded.wav [--opus] [--plot DIR]
 
-Files are matched by relative path (extension may differ). Prints one table line per file and the
-mean; metrics: wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance, ViSQOL (speech) when installed.
+Two folders: files are matched by relative path (extension may differ); two files: scored as a pair.
+--plot writes one PNG per file of log-mel spectrograms side by side (frequency axis in Hz).
+Prints one table line per file and the mean; metrics: wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel
+distance, ViSQOL (speech) when installed.
 """
 
 import sys
@@ -25,13 +28,16 @@ from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reference_dir", metavar="REF_DIR", help="folder of reference audio (searched recursively)")
-    parser.add_argument("degraded_dir", metavar="DEG_DIR", help="folder of decoded audio with the same relative names")
+    parser.add_argument("reference_dir", metavar="REF",
+                        help="reference audio file, or a folder of them (searched recursively)")
+    parser.add_argument("degraded_dir", metavar="DEG",
+                        help="decoded audio file, or a folder of them with the same relative names")
     parser.add_argument("--opus", action="store_true", help="also encode+decode each reference with Opus and score it")
     parser.add_argument("--bitrate", type=float, default=12.8, help="Opus bitrate in kbps (default 12.8)")
     parser.add_argument("--csv", type=Path, help="write one row per file (and the mean) to this CSV file")
     parser.add_argument("--json", type=Path, help="write per-file scores, the mean and the settings to this JSON file")
-    parser.add_argument("--plots", type=Path, help="folder for one log-mel spectrogram PNG per file")
+    parser.add_argument("--plot", "--plots", dest="plots", type=Path,
+                        help="folder for one log-mel spectrogram PNG per file")
     parser.add_argument("--no-visqol", action="store_true", help="skip ViSQOL even when the visqol package imports")
     return parser.parse_args(argv)
 

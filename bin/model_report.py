@@ -8,8 +8,9 @@ decoded with the first K codebooks for every K asked; each decode is scored agai
 (wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance; see utils/metrics.py). `--opus` scores Opus
 at the given bitrates on the same files. `--entropy` range-codes each file's codes with the model's
 entropy table (`codec.py fit-entropy`), checks that they decode to the same codes, and reports the
-payload bitrate. Writes `report.json` (settings, per-file rows, means) and `report.md` (the table)
-to `--out`, and prints the table.
+payload bitrate. Writes `report.json` (settings, per-file rows, means), `report.md` (the table) and
+`rate_quality.png` (PESQ-WB and ESTOI against kbps, the codec's points beside Opus's) to `--out`,
+and prints the table.
 """
 
 import sys
@@ -21,10 +22,11 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import time  # noqa: E402
+import os  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from dataloader.audio_files import find_audio_files  # noqa: E402
 from utils.audio import read_audio  # noqa: E402
@@ -150,6 +152,39 @@ def markdown_table(lines: list[dict], entropy: bool) -> str:
     return "\n".join(out)
 
 
+def rate_quality_points(lines: list[dict]) -> dict[str, list[tuple[float, float, float]]]:
+    """(kbps, PESQ-WB, ESTOI) of each summary line, grouped into the codec's points and Opus's, by kbps."""
+    groups: dict[str, list[tuple[float, float, float]]] = {}
+    for line in lines:
+        family = "Opus" if line["system"].startswith("Opus") else line["system"].split(" K=")[0]
+        groups.setdefault(family, []).append((line["kbps"], line["pesq_wb"], line["estoi"]))
+    return {family: sorted(points) for family, points in groups.items()}
+
+
+def save_rate_quality_plot(path: Path, lines: list[dict]) -> None:
+    """PESQ-WB and ESTOI against bitrate, one line per system family (the codec's K values, Opus's rates)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
+    for family, points in rate_quality_points(lines).items():
+        kbps, pesq, estoi = zip(*points)
+        style = "s--" if family == "Opus" else "o-"
+        axes[0].plot(kbps, pesq, style, label=family)
+        axes[1].plot(kbps, estoi, style, label=family)
+    for axis, label in zip(axes, (METRIC_LABELS["pesq_wb"], METRIC_LABELS["estoi"])):
+        axis.set_xlabel("bitrate (kbps)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    buffer = path.with_name(f".tmp-{path.name}")
+    figure.savefig(buffer, dpi=100, format="png")
+    plt.close(figure)
+    os.replace(buffer, path)
+
+
 def _finite(value):
     """JSON-safe copy: NaN and infinities become null, numpy scalars plain numbers."""
     if isinstance(value, dict):
@@ -188,13 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     files = test_files(args.test, args.max_files, args.every)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     rows = []
     with torch.inference_mode():
-        for index, path in enumerate(files, 1):
+        for path in tqdm(files, desc="scoring", unit="file"):
             rows.append(score_file(codec, path, Path(args.test), codebooks, opus_rates, entropy))
-            if index % 50 == 0 or index == len(files):
-                logging.info(f"{index}/{len(files)} files scored ({time.time() - started:.0f} s)")
     lines = summarize(rows, codec, codebooks, opus_rates, entropy is not None)
     table = markdown_table(lines, entropy is not None)
     seconds = sum(row["seconds"] for row in rows)
@@ -207,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"settings": settings, "summary": lines, "files": rows}
     write_text_atomic(out / "report.json", json.dumps(_finite(report), indent=1))
     write_text_atomic(out / "report.md", f"{len(rows)} files, {seconds / 60:.1f} min of `{args.test}`\n\n{table}\n")
+    save_rate_quality_plot(out / "rate_quality.png", lines)
     print(table)
     return 0
 

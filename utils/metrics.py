@@ -229,16 +229,20 @@ def evaluate_pair(
     return scores
 
 
-def match_audio_files(reference_dir: str | Path, degraded_dir: str | Path) -> list[tuple[str, Path, Path]]:
-    """Pairs ``(relative name, reference path, degraded path)`` matched by relative path.
+def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pairs ``(relative name, reference path, degraded path)``: two files, or two folders matched by relative path.
 
-    The extension may differ (``a/b.wav`` matches ``a/b.flac``). Raises :class:`CodecError` when a
-    folder is missing or nothing matches.
+    In folders the extension may differ (``a/b.wav`` matches ``a/b.flac``). Raises :class:`CodecError`
+    when a path is missing, a file is paired with a folder, or nothing matches.
     """
-    reference_dir, degraded_dir = Path(reference_dir), Path(degraded_dir)
+    reference_dir, degraded_dir = Path(reference), Path(degraded)
+    if reference_dir.is_file() and degraded_dir.is_file():
+        return [(reference_dir.name, reference_dir, degraded_dir)]
     for label, folder in (("reference", reference_dir), ("degraded", degraded_dir)):
+        if not folder.exists():
+            raise CodecError(f"{label} {folder} not found: check the path")
         if not folder.is_dir():
-            raise CodecError(f"{label} directory not found: {folder}")
+            raise CodecError(f"{label} {folder} is a file and the other a folder: give two files or two folders")
 
     def index(folder: Path) -> dict[str, Path]:
         return {
@@ -257,8 +261,20 @@ def match_audio_files(reference_dir: str | Path, degraded_dir: str | Path) -> li
     return [(str(references[name].relative_to(reference_dir)), references[name], degraded[name]) for name in names]
 
 
-def save_spectrogram_figure(path: str | Path, spectrograms: dict[str, np.ndarray], hop_ms: float = 10.0) -> None:
-    """One PNG with the log-mel spectrograms ``(n_mels, frames)`` side by side, titled by key."""
+def mel_axis_ticks(sample_rate: int, n_mels: int) -> tuple[list[float], list[str]]:
+    """Positions on a mel-bin axis (bin i spans [i, i + 1)) of round frequencies, and their labels in Hz."""
+    import librosa
+
+    centers = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=0.0, fmax=sample_rate / 2)[1:-1]
+    round_hz = [hz for hz in (100, 250, 500, 1000, 2000, 4000, 8000, 16000, 24000) if centers[0] <= hz <= centers[-1]]
+    positions = [float(np.interp(hz, centers, np.arange(n_mels))) + 0.5 for hz in round_hz]
+    return positions, [str(hz) for hz in round_hz]
+
+
+def save_spectrogram_figure(
+    path: str | Path, spectrograms: dict[str, np.ndarray], sample_rate: int, hop_ms: float = 10.0
+) -> None:
+    """One PNG with the log-mel spectrograms ``(n_mels, frames)`` side by side, titled by key; frequency in Hz."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,7 +291,8 @@ def save_spectrogram_figure(path: str | Path, spectrograms: dict[str, np.ndarray
         image = axis.imshow(spectrogram, origin="lower", aspect="auto", vmin=low, vmax=high, extent=extent)
         axis.set_title(title)
         axis.set_xlabel("time (s)")
-        axis.set_ylabel("mel bin")
+        axis.set_yticks(*mel_axis_ticks(sample_rate, spectrogram.shape[0]))
+        axis.set_ylabel("frequency (Hz, mel scale)")
     figure.colorbar(image, ax=axes[0].tolist(), label="log magnitude")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
@@ -300,7 +317,7 @@ def evaluate_directories(
     with_visqol: bool = False,
     plots_dir: str | Path | None = None,
 ) -> list[dict[str, float | str]]:
-    """Evaluate every degraded file against the reference of the same relative name.
+    """Evaluate every degraded file against the reference of the same relative name (or one file against one).
 
     ``baseline(reference, sample_rate) -> (decoded, extra columns)`` (e.g. Opus, with its bitrates
     ``{"kbps": ..., "payload_kbps": ...}``) is run on each reference and scored too; its scores and
@@ -330,6 +347,7 @@ def evaluate_directories(
             save_spectrogram_figure(
                 (Path(plots_dir) / name).with_suffix(".png"),
                 {title: log_mel_spectrogram(audio[:length], sample_rate) for title, audio in spectrograms.items()},
+                sample_rate,
             )
         rows.append(row)
     return rows
