@@ -21,7 +21,6 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
 
 import argparse
 import logging
-import os
 import signal
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch
 
 from bin import stream
 from utils.audio import read_audio, write_audio
-from utils.cli import add_model_arguments, list_models, load_codec, pick_device, run_main
+from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
 from utils.errors import CodecError
 
 
@@ -74,7 +73,7 @@ def _stop_on_sigterm() -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.num_threads is None:
-        args.num_threads = min(4, len(os.sched_getaffinity(0)))
+        args.num_threads = default_num_threads()
     if args.num_threads < 1:
         raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
     if args.worker_threads != "auto":
@@ -170,7 +169,7 @@ def run_local(args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args()
     if args.list_models:
-        list_models()
+        list_models(args.root)
         return
     if args.list_devices:
         print(stream.list_devices())
