@@ -75,7 +75,10 @@ def main() -> None:
     def code_file(source: Path, output: Path) -> float:
         data = read_input_for(codec, str(source), args.resample, args.allow_truncated)
         streams = codec.streams_from_audio(data)
-        logging.debug(f"coding {source}: {data.shape[0] / codec.sample_rate:.2f} s, {streams.shape[0]} stream(s)")
+        (logging.debug if folder_mode else logging.info)(
+            f"coding {data.shape[0] / codec.sample_rate:.2f} s, {streams.shape[0]} stream(s), "
+            f"{codec.bitrate(args.n_codebooks) / 1000:.1f} kbps"
+        )
         codes, y = codec.code(streams, n_codebooks=args.n_codebooks)
         replacing = output.exists()
         write_audio(str(output), codec.audio_from_streams(y), codec.sample_rate, "PCM_16")
@@ -90,7 +93,6 @@ def main() -> None:
     if folder_mode:
         run_batch(pairs, code_file, "demoFile")
         return
-    logging.info(f"coding {args.input} at {codec.bitrate(args.n_codebooks) / 1000:.1f} kbps")
     code_file(*pairs[0])
     logging.info(f"wrote {args.output}")
 

@@ -1,0 +1,129 @@
+"""Outputs are never replaced by surprise, clipping is reported, and bad audio in is refused with nothing written."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import OFFICIAL, REPO, official_path
+from utils.audio import read_audio, wav_frames, write_audio
+from utils.errors import CodecError
+
+RATE = 48000
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=OFFICIAL,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_one_error(result: subprocess.CompletedProcess, words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], result.stderr
+
+
+@pytest.fixture
+def speech(tmp_path) -> str:
+    audio, _ = sf.read(official_path("input", "test_48k.wav"))
+    path = tmp_path / "in.wav"
+    sf.write(path, audio[: RATE // 2], RATE, "PCM_16")
+    return str(path)
+
+
+def test_codec_refuses_to_replace_without_force(tmp_path, speech: str) -> None:
+    packed, decoded = tmp_path / "x.adc", tmp_path / "x.wav"
+    packed.write_bytes(b"precious")
+    assert_one_error(run("codec.py", "encode", "--model", "vctk_sym", "-i", speech, "-o", str(packed)),
+                     "-f/--force")
+    assert packed.read_bytes() == b"precious"
+    result = run("codec.py", "encode", "--model", "vctk_sym", "-i", speech, "-o", str(packed), "--force")
+    assert result.returncode == 0, result.stderr
+    decoded.write_bytes(b"precious")
+    assert_one_error(run("codec.py", "decode", "-i", str(packed), "-o", str(decoded)), "-f/--force")
+    assert decoded.read_bytes() == b"precious"
+    assert run("codec.py", "decode", "-i", str(packed), "-o", str(decoded), "-f").returncode == 0
+    assert sf.info(decoded).frames == RATE // 2
+
+
+def test_demo_file_replaces_and_says_so(tmp_path, speech: str) -> None:
+    out = tmp_path / "out.wav"
+    first = run("demoFile.py", "--model", "vctk_sym", "-i", speech, "-o", str(out))
+    assert first.returncode == 0 and "replaced" not in first.stderr
+    out.write_bytes(b"old")
+    second = run("demoFile.py", "--model", "vctk_sym", "-i", speech, "-o", str(out))
+    assert second.returncode == 0 and f"replaced the existing {out}" in second.stderr
+    assert sf.info(out).frames == RATE // 2
+
+
+def test_clipping_is_warned_with_the_peak(tmp_path, caplog) -> None:
+    loud = np.sin(np.linspace(0, 200, RATE))[:, None] * 1.5
+    with caplog.at_level(logging.WARNING):
+        write_audio(str(tmp_path / "loud.wav"), loud, RATE)
+    assert "clips: peak 1.500 (+3.5 dBFS)" in caplog.text and "3.5 dB quieter" in caplog.text
+    assert np.abs(sf.read(tmp_path / "loud.wav")[0]).max() <= 1.0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        write_audio(str(tmp_path / "quiet.wav"), loud / 2, RATE)
+        write_audio(str(tmp_path / "float.wav"), loud, RATE, "FLOAT")  # float keeps the peak: nothing cut
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("script, bad", [("demoFile.py", np.nan), ("codec.py", -np.inf)])
+def test_non_finite_samples_are_refused(tmp_path, script: str, bad: float) -> None:
+    audio = 0.1 * np.random.default_rng(0).standard_normal((RATE // 2, 2)).astype(np.float32)
+    audio[6000, 1] = bad
+    source, out = tmp_path / "bad.wav", tmp_path / ("out.wav" if script == "demoFile.py" else "out.adc")
+    sf.write(source, audio, RATE, "FLOAT")
+    command = ["--model", "vctk_sym", "-i", str(source), "-o", str(out)]
+    result = run(script, *(["encode", *command] if script == "codec.py" else command))
+    assert_one_error(result, f"{source} has a non-finite sample")
+    assert f"({bad}) at 0.125000 s (frame 6000, channel 1)" in result.stderr
+    assert os.listdir(tmp_path) == ["bad.wav"]
+
+
+def truncated_copy(speech: str, path) -> tuple[int, int]:
+    data = open(speech, "rb").read()
+    path.write_bytes(data[: len(data) - 2 * 5000 - 1])  # 5000 frames and one odd byte short
+    return wav_frames(str(path))
+
+
+@pytest.mark.parametrize("script", ["demoFile.py", "codec.py"])
+def test_truncated_wav_is_refused_unless_allowed(tmp_path, speech: str, script: str) -> None:
+    source = tmp_path / "cut.wav"
+    declared, present = truncated_copy(speech, source)
+    assert (declared, present) == (RATE // 2, RATE // 2 - 5001)
+    out = tmp_path / ("out.wav" if script == "demoFile.py" else "out.adc")
+    command = ["--model", "vctk_sym", "-i", str(source), "-o", str(out)]
+    if script == "codec.py":
+        command = ["encode", *command]
+    assert_one_error(run(script, *command), f"{source} is truncated: header says {declared} frames, file has "
+                     f"{present}; re-transfer it, or pass --allow-truncated to code what is there")
+    assert sorted(os.listdir(tmp_path)) == ["cut.wav", "in.wav"]
+    result = run(script, *command, "--allow-truncated")
+    assert result.returncode == 0, result.stderr
+    assert "truncated" in result.stderr
+    if script == "demoFile.py":
+        assert sf.info(out).frames == present
+
+
+def test_reader_accepts_complete_and_unfinished_headers(tmp_path, speech: str) -> None:
+    assert wav_frames(speech) == (RATE // 2, RATE // 2)
+    assert read_audio(speech)[0].shape == (RATE // 2, 1)
+    unfinished = bytearray(open(speech, "rb").read())  # a recorder that never wrote the data size
+    position = unfinished.index(b"data") + 4
+    unfinished[position:position + 4] = b"\xff\xff\xff\xff"
+    (tmp_path / "live.wav").write_bytes(bytes(unfinished))
+    assert wav_frames(str(tmp_path / "live.wav")) is None
+    sf.write(tmp_path / "x.flac", np.zeros(100), RATE)
+    assert wav_frames(str(tmp_path / "x.flac")) is None
+    truncated_copy(speech, tmp_path / "cut.wav")
+    with pytest.raises(CodecError, match="truncated"):
+        read_audio(str(tmp_path / "cut.wav"))
+    assert read_audio(str(tmp_path / "cut.wav"), allow_truncated=True)[0].shape == (RATE // 2 - 5001, 1)
