@@ -16,21 +16,70 @@
  * thread count; the VQ searches each frame on its own. So the codes of a signal do not depend on
  * how it is cut into chunks, by construction (tests/test_native_engine.py checks it bit for bit).
  *
- * Built by utils/native_engine.py with the machine's C compiler (-O3 -march=native -fopenmp);
- * the vectors are GCC vector extensions, so the same source builds for AVX-512, AVX2 or SSE.
+ * Built by utils/native_engine.py with the machine's C compiler (-O3 -march=native -fopenmp, or
+ * the -march in $AUDIODEC_NATIVE_MARCH). The vectors are GCC vector extensions; their width and
+ * the kernels' register blocks follow the instruction set the compiler targets (below), so one
+ * source builds for AVX-512, AVX2+FMA, NEON or plain SSE2. A column's sum runs in the same order
+ * whatever the width, so targets with FMA give the same bits.
+ * csrc/selftest.c checks every kernel shape against a plain loop (tests/test_native_selftest.py).
  */
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
 
+/* VL: floats per vector. ROWS_NVn: rows of a register block n vectors wide (0: no such kernels).
+ * A block keeps R * NV accumulators, NV weight vectors and one broadcast input in registers: with
+ * 32 vector registers (AVX-512, NEON) up to 12 x 2 and 6 x 4; with 16 (AVX, SSE) 12 x 1 and 6 x 2. */
+#if defined(__AVX512F__)
 #define VL 16
+#define ROWS_NV1 12
+#define ROWS_NV2 12
+#define ROWS_NV4 6
+#define ISA "avx512"
+#elif defined(__AVX__)
+#define VL 8
+#define ROWS_NV1 12
+#define ROWS_NV2 6
+#define ROWS_NV4 0
+#define ISA "avx2"
+#elif defined(__aarch64__)
+#define VL 4
+#define ROWS_NV1 12
+#define ROWS_NV2 12
+#define ROWS_NV4 6
+#define ISA "neon"
+#else
+#define VL 4
+#define ROWS_NV1 12
+#define ROWS_NV2 6
+#define ROWS_NV4 0
+#define ISA "generic"
+#endif
+#if defined(__FMA__) || defined(__aarch64__)
+#define HAS_FMA 1
+#else
+#define HAS_FMA 0
+#endif
+
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
 
 static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
-static inline vf vset(float s) { return (vf){} + s; }
+/* A broadcast: lane 0 copied to every lane ((vf){} + s would first add 0.0f to s). */
+#if defined(__clang__)
+#if VL == 16
+#define BROADCAST_INDICES 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+#elif VL == 8
+#define BROADCAST_INDICES 0, 0, 0, 0, 0, 0, 0, 0
+#else
+#define BROADCAST_INDICES 0, 0, 0, 0
+#endif
+static inline vf vset(float s) { return __builtin_shufflevector((vf){s}, (vf){s}, BROADCAST_INDICES); }
+#else
+static inline vf vset(float s) { return __builtin_shuffle((vf){s}, (vi){}); }
+#endif
 
 enum { OP_CONV = 1, OP_VQ = 2, OP_LOOKUP = 3 };
 enum { ACT_ELU = 0, ACT_LEAKY = 1 };    /* the activation written to `out_act` */
@@ -49,12 +98,12 @@ enum { OUT_RAW = 0, OUT_TANH = 1 };     /* what is written to `out` */
 typedef struct {
     int32_t kind, cin, cout, cpad, k, dilation, stride, t_out;
     float alpha;        /* ELU's alpha, or LeakyReLU's negative slope */
-    int32_t nv;         /* conv: 16-wide column vectors per block (1, 2 or 4) */
+    int32_t nv;         /* conv: VL-wide column vectors per block (1, 2 or 4; see engine_rows) */
     int32_t act, out_kind, x_channels, group_cout, group_pad, rep, seg;
     const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
                            lookup: codes, int64 (k, frames) */
-    const float *w;     /* conv: (cpad / (16 nv), k, cin, 16 nv), each column block's weights in one
-                           stretch; VQ: 2 * embed, (K, N / 16, D, 16); lookup: scale or NULL */
+    const float *w;     /* conv: (cpad / (VL nv), k, cin, VL nv), each column block's weights in one
+                           stretch; VQ: 2 * embed, (K, N / VL, D, VL); lookup: scale or NULL */
     const float *bias;  /* conv: (cpad,) (padded as the columns) or NULL; VQ: |code|^2, (K, N); lookup: mean or NULL */
     const float *res;   /* conv: (t_out, cout) skip or NULL; VQ and lookup: code vectors, (K, N, D) */
     float *out;         /* conv: (t_out, cout * rep) or NULL; VQ: codes, int64 (K, frames);
@@ -190,25 +239,38 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
             for (int v = 0; v < NV; v++) epilogue(op, row0 + r, col0 + v * VL, acc[r][v]);          \
     }
 
-#define KERNELS_12(NV) \
+#define KERNELS_6(NV) \
     DEFINE_KERNEL(1, NV) DEFINE_KERNEL(2, NV) DEFINE_KERNEL(3, NV) DEFINE_KERNEL(4, NV) \
-    DEFINE_KERNEL(5, NV) DEFINE_KERNEL(6, NV) DEFINE_KERNEL(7, NV) DEFINE_KERNEL(8, NV) \
-    DEFINE_KERNEL(9, NV) DEFINE_KERNEL(10, NV) DEFINE_KERNEL(11, NV) DEFINE_KERNEL(12, NV)
-KERNELS_12(1)
-KERNELS_12(2)
-DEFINE_KERNEL(1, 4) DEFINE_KERNEL(2, 4) DEFINE_KERNEL(3, 4) DEFINE_KERNEL(4, 4) DEFINE_KERNEL(5, 4) DEFINE_KERNEL(6, 4)
+    DEFINE_KERNEL(5, NV) DEFINE_KERNEL(6, NV)
+#define KERNELS_12(NV) KERNELS_6(NV) \
+    DEFINE_KERNEL(7, NV) DEFINE_KERNEL(8, NV) DEFINE_KERNEL(9, NV) DEFINE_KERNEL(10, NV) \
+    DEFINE_KERNEL(11, NV) DEFINE_KERNEL(12, NV)
+#define TABLE_6(NV) conv_1_##NV, conv_2_##NV, conv_3_##NV, conv_4_##NV, conv_5_##NV, conv_6_##NV
+#define TABLE_12(NV) TABLE_6(NV), conv_7_##NV, conv_8_##NV, conv_9_##NV, conv_10_##NV, conv_11_##NV, conv_12_##NV
+#define ROWS_MAX 12
 
 typedef void (*kernel_fn)(const Op *, int, int);
-#define ROWS_MAX 12
-static const kernel_fn KERNELS[3][ROWS_MAX] = {
-    {conv_1_1, conv_2_1, conv_3_1, conv_4_1, conv_5_1, conv_6_1, conv_7_1, conv_8_1, conv_9_1, conv_10_1, conv_11_1, conv_12_1},
-    {conv_1_2, conv_2_2, conv_3_2, conv_4_2, conv_5_2, conv_6_2, conv_7_2, conv_8_2, conv_9_2, conv_10_2, conv_11_2, conv_12_2},
-    {conv_1_4, conv_2_4, conv_3_4, conv_4_4, conv_5_4, conv_6_4},
-};
+/* KERNELS[s][R - 1]: R rows by 2^s vectors; ROWS[s] of them (0: none). */
+static const int ROWS[3] = {ROWS_NV1, ROWS_NV2, ROWS_NV4};
+KERNELS_12(1)
+#if ROWS_NV2 == 12
+KERNELS_12(2)
+#define TABLE_NV2 TABLE_12(2)
+#else
+KERNELS_6(2)
+#define TABLE_NV2 TABLE_6(2)
+#endif
+#if ROWS_NV4
+KERNELS_6(4)
+#define TABLE_NV4 TABLE_6(4)
+#else
+#define TABLE_NV4 0
+#endif
+static const kernel_fn KERNELS[3][ROWS_MAX] = {{TABLE_12(1)}, {TABLE_NV2}, {TABLE_NV4}};
 
 static void run_conv(const Op *op, int tid, int nthreads) {
     const int slot = op->nv == 4 ? 2 : op->nv - 1;
-    const int rows = op->nv == 4 ? 6 : 12;
+    const int rows = ROWS[slot];
     const int col_blocks = op->cpad / (op->nv * VL);
     const int row_blocks = (op->t_out + rows - 1) / rows;
     const int64_t items = (int64_t)row_blocks * col_blocks;
@@ -232,28 +294,50 @@ static void run_conv(const Op *op, int tid, int nthreads) {
     }
 }
 
+#define VQ_BLOCKS 4
+
 /* Residual VQ of one frame: for each codebook, the first code at the least
  * |x|^2 - x . (2 code) + |code|^2 (the original's arithmetic, in a fixed order), then the residual
  * minus the straight-through value x + (code - x), as the original subtracts it. */
 static void vq_frame(const Op *op, int t) {
-    const int dim = op->cin, size = op->cpad, books = op->k, frames = op->t_out;  /* size: padded to 16 */
+    const int dim = op->cin, size = op->cpad, books = op->k, frames = op->t_out;  /* size: padded to VL */
     float x[dim];
     memcpy(x, op->x + (int64_t)t * dim, sizeof(float) * dim);
     int64_t *codes = (int64_t *)op->out;
-    vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    vi lane;
+    for (int l = 0; l < VL; l++) lane[l] = l;
     for (int q = 0; q < books; q++) {
-        const float *embed2 = op->w + (int64_t)q * dim * size;  /* (size / 16, dim, 16) */
+        const float *embed2 = op->w + (int64_t)q * dim * size;  /* (size / VL, dim, VL) */
         const float *norm = op->bias + (int64_t)q * size;
         float xx = 0.0f;
         for (int i = 0; i < dim; i++) xx += x[i] * x[i];
         vf best = vset(__builtin_inff());
         vi where = lane;
-        for (int j = 0; j < size; j += VL) {
+        int j = 0;
+        /* VQ_BLOCKS blocks of codes at a time: independent sums, so the FMAs overlap (each code's
+         * sum runs over i in order, as in the one-block loop after it). */
+        for (; j + VQ_BLOCKS * VL <= size; j += VQ_BLOCKS * VL) {
+            const float *block = embed2 + (int64_t)j * dim;
+            vf acc[VQ_BLOCKS];
+            for (int b = 0; b < VQ_BLOCKS; b++) acc[b] = vset(0.0f);
+            for (int i = 0; i < dim; i++) {
+                vf xi = vset(x[i]);
+                _Pragma("GCC unroll 4") for (int b = 0; b < VQ_BLOCKS; b++)
+                    acc[b] += vload(block + ((int64_t)b * dim + i) * VL) * xi;
+            }
+            for (int b = 0; b < VQ_BLOCKS; b++) {
+                vf d = (vset(xx) - acc[b]) + vload(norm + j + b * VL);
+                vi closer = d < best;  /* strict: a lane keeps its first minimum */
+                best = vselect(closer, d, best);
+                where = ((lane + j + b * VL) & closer) | (where & ~closer);
+            }
+        }
+        for (; j < size; j += VL) {
             const float *block = embed2 + (int64_t)j * dim;
             vf acc = vset(0.0f);
-            for (int i = 0; i < dim; i++) acc += vload(block + i * VL) * x[i];
+            for (int i = 0; i < dim; i++) acc += vload(block + i * VL) * vset(x[i]);
             vf d = (vset(xx) - acc) + vload(norm + j);
-            vi closer = d < best;  /* strict: a lane keeps its first minimum */
+            vi closer = d < best;
             best = vselect(closer, d, best);
             where = ((lane + j) & closer) | (where & ~closer);
         }
@@ -346,5 +430,12 @@ int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t
     return bad;
 }
 
-/* The layout of Op, for the Python side to check its mirror against. */
+/* What the Python side needs to know of this build: the layout of Op (to check its mirror against),
+ * floats per vector (weights and codebooks are padded to whole vectors), the rows of the register
+ * blocks per width (engine_rows(s): 2^s vectors; 0 where this build has no such kernels), and the
+ * instruction set the build targets. */
 int64_t engine_op_size(void) { return sizeof(Op); }
+int engine_lanes(void) { return VL; }
+int engine_rows(int s) { return s >= 0 && s < 3 ? ROWS[s] : 0; }
+int engine_fma(void) { return HAS_FMA; }
+const char *engine_isa(void) { return ISA; }

@@ -21,10 +21,12 @@ is its own, not oneDNN's, so a codec runs its transmitter either natively for ev
 States stay in the torch layers (`_state`, time-major views of one tensor per step), so reset,
 batches and backend switches behave as with the other backends.
 
-The library is compiled on first use with the machine's C compiler (`cc`, or `$CC`) into
+The library is compiled on first use with the machine's C compiler (`cc`, or `$CC`) for
+`-march=native` (or `$AUDIODEC_NATIVE_MARCH`, e.g. `x86-64-v3` to run as an AVX2 machine would) into
 `$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the flags, the
 compiler and the CPU's flags (so a home folder shared by different cluster nodes holds one build per
-CPU type); without a compiler `available()` is False and the codec uses TorchScript.
+CPU type). The build's vector width and register blocks follow its instruction set (`Build`).
+Without a compiler or OpenMP `available()` is False and the codec uses TorchScript.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ import hashlib
 import math
 import operator
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,8 +54,8 @@ from utils.errors import CodecError
 from utils.traced_step import PerShapeStep
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "engine.c"
-FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
-LANES = 16  # floats per vector in csrc/engine.c
+FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+MARCH_VARIABLE = "AUDIODEC_NATIVE_MARCH"
 OP_CONV, OP_VQ, OP_LOOKUP = 1, 2, 3
 ACT_ELU, ACT_LEAKY = 0, 1  # activations written to an op's `out_act`
 OUT_RAW, OUT_TANH = 0, 1  # what an op writes to `out`
@@ -90,10 +94,35 @@ def _cpu_flags() -> str:
         return ""
 
 
+@dataclass(frozen=True)
+class Build:
+    """The compiled engine and what its target gives the plans: `lanes` floats per vector (weights
+    and codebooks are padded to whole vectors), `widths` the column-block widths in vectors that it
+    has kernels for, `isa` the instruction set ("avx512", "avx2", "neon", "generic"), `fma`."""
+
+    library: ctypes.CDLL
+    lanes: int
+    widths: tuple[int, ...]
+    isa: str
+    fma: bool
+
+
+def march() -> str:
+    """The -march the engine is built for: $AUDIODEC_NATIVE_MARCH, or native."""
+    value = os.environ.get(MARCH_VARIABLE, "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+        raise CodecError(f"{MARCH_VARIABLE}={value!r} is not a -march value: use e.g. x86-64-v3, or unset it")
+    return value
+
+
 @functools.cache
-def _library() -> tuple[ctypes.CDLL | None, str]:
-    """(the engine, "") or (None, why not). Compiled once per source, compiler and CPU; the
+def _library() -> tuple[Build | None, str]:
+    """(the engine, "") or (None, why not). Compiled once per source, flags, compiler and CPU; the
     library is written to a temporary name and renamed, so concurrent builds are safe."""
+    try:
+        flags = (*FLAGS, f"-march={march()}")
+    except CodecError as error:
+        return None, str(error)
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None, "no C compiler found (install gcc, or set CC)"
@@ -102,7 +131,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     except (OSError, subprocess.CalledProcessError) as error:
         return None, f"C compiler {compiler} does not run: {error}"
     source = SOURCE.read_bytes()
-    digest = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), _cpu_flags().encode()]))
+    digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_flags().encode()]))
     target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
     if not target.exists():
         try:
@@ -111,17 +140,20 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
             os.close(fd)
             try:
                 result = subprocess.run(
-                    [compiler, *FLAGS, "-o", temporary, str(SOURCE)], capture_output=True, text=True
+                    [compiler, *flags, "-o", temporary, str(SOURCE)], capture_output=True, text=True
                 )
                 if result.returncode != 0:
-                    return None, f"compiling {SOURCE.name} failed: {result.stderr.strip().splitlines()[-1:]}"
+                    return None, _build_failure(compiler, flags, result.stderr)
                 os.replace(temporary, target)
             finally:
                 if os.path.exists(temporary):
                     os.unlink(temporary)
         except OSError as error:
             return None, f"cannot build the engine in {target.parent}: {error}"
-    library = ctypes.CDLL(str(target))
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as error:  # e.g. a build for a -march this CPU lacks
+        return None, f"the engine built for -march={march()} does not load here: {error}"
     library.engine_op_size.restype = ctypes.c_int64
     if library.engine_op_size() != ctypes.sizeof(_Op):
         return None, "csrc/engine.c's Op and utils/native_engine.py's _Op differ"
@@ -132,7 +164,24 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
     ]
-    return library, ""
+    library.engine_isa.restype = ctypes.c_char_p
+    widths = tuple(1 << s for s in range(3) if library.engine_rows(s) > 0)
+    return Build(library, library.engine_lanes(), widths, library.engine_isa().decode(), bool(library.engine_fma())), ""
+
+
+def _build_failure(compiler: str, flags: tuple[str, ...], stderr: str) -> str:
+    """One line on why compiling the engine failed, with the fix."""
+    lines = stderr.strip().splitlines()
+    if any("march" in line or "unknown architecture" in line for line in lines):
+        return f"{compiler} cannot build for -march={march()}: set {MARCH_VARIABLE} to a target it knows, or unset it"
+    if any("omp.h" in line or "fopenmp" in line for line in lines):
+        return f"{compiler} has no OpenMP (install gcc, or set CC to a compiler with -fopenmp)"
+    return f"compiling {SOURCE.name} with {compiler} failed: {lines[-1] if lines else 'no message'}"
+
+
+def build() -> Build | None:
+    """The engine of this machine, or None (see `unavailable_reason`)."""
+    return _library()[0]
 
 
 def available() -> bool:
@@ -219,23 +268,25 @@ def supports(module: nn.Module, side: str) -> str:
 
 
 class _Packed:
-    """One convolution's weights for the kernels and a padded bias. The output channels, padded to
-    16, are cut into blocks of `nv` 16-float vectors, and each block's weights are stored in one
-    stretch, (blocks, k, C_in, 16 nv): a kernel then streams them in order (most layers of a
-    300-sample chunk read each weight once, from memory)."""
+    """One convolution's weights for the kernels of `target` and a padded bias. The output channels,
+    padded to whole vectors of `target.lanes` floats, are cut into blocks of `nv` vectors, and each
+    block's weights are stored in one stretch, (blocks, k, C_in, lanes nv): a kernel then streams
+    them in order (most layers of a 300-sample chunk read each weight once, from memory)."""
 
     def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1, stride: int = 1, groups: int = 1
+        self, target: Build, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1, stride: int = 1,
+        groups: int = 1,
     ) -> None:
         c_out, c_in, kernel = weight.shape  # c_in: per group
         self.cin, self.cout, self.k, self.dilation, self.stride = c_in, c_out, kernel, dilation, stride
         self.groups, self.group_cout = groups, c_out // groups
         # Each group's output columns are padded to whole vectors (the padding's sums are dropped),
         # so that a column block lies within one group; ungrouped, the one group is all columns.
-        self.group_pad = -(-self.group_cout // LANES) * LANES
+        lanes = target.lanes
+        self.group_pad = -(-self.group_cout // lanes) * lanes
         self.cpad = groups * self.group_pad
-        self.nv = 4 if self.group_pad % (4 * LANES) == 0 else 2 if self.group_pad % (2 * LANES) == 0 else 1
-        width, pad = self.nv * LANES, self.group_pad - self.group_cout
+        self.nv = max(nv for nv in target.widths if self.group_pad % (nv * lanes) == 0)
+        width, pad = self.nv * lanes, self.group_pad - self.group_cout
         with torch.inference_mode(False), torch.no_grad():
             w = weight.detach().float().reshape(groups, self.group_cout, c_in, kernel)
             w = F.pad(w.permute(3, 2, 0, 1), (0, pad)).reshape(kernel, c_in, self.cpad)  # (k, C_in, cpad)
@@ -245,12 +296,12 @@ class _Packed:
             self.bias = None if bias is None else bias.contiguous()
 
     @classmethod
-    def conv(cls, layer: nn.Module) -> _Packed:
+    def conv(cls, target: Build, layer: nn.Module) -> _Packed:
         conv = layer if isinstance(layer, nn.Conv1d) else layer.conv
-        return cls(conv.weight, conv.bias, conv.dilation[0], conv.stride[0], conv.groups)
+        return cls(target, conv.weight, conv.bias, conv.dilation[0], conv.stride[0], conv.groups)
 
     @classmethod
-    def transposed(cls, layer: CausalConvTranspose1d) -> _Packed:
+    def transposed(cls, target: Build, layer: CausalConvTranspose1d) -> _Packed:
         """The two-tap conv onto `stride` phases, its outputs ordered phase-major (r * C_out + c), so
         that frame m's outputs are rows m * stride + r of the upsampled (time-major) signal."""
         deconv = layer.deconv
@@ -258,7 +309,7 @@ class _Packed:
         s, c_out = layer.stride, deconv.out_channels
         weight = phase_weight.reshape(c_out, s, *phase_weight.shape[1:]).transpose(0, 1).reshape(phase_weight.shape)
         bias = None if phase_bias is None else phase_bias.reshape(c_out, s).t().reshape(-1)
-        return cls(weight, bias)
+        return cls(target, weight, bias)
 
 
 class _Plan:
@@ -434,7 +485,7 @@ def _vocoder_plan(vocoder: nn.Module, packs: dict, batch_shape: tuple[int, int])
     return plan
 
 
-def _pack(generator: nn.Module, side: str, codebook: nn.Module) -> dict:
+def _pack(target: Build, generator: nn.Module, side: str, codebook: nn.Module) -> dict:
     """Every convolution of one side, packed (keyed by module id), and the tables of `codebook` (a
     ResidualVQ): for the VQ search (2 * embed, |code|^2) and the code vectors."""
     if side == "encoder":
@@ -444,20 +495,22 @@ def _pack(generator: nn.Module, side: str, codebook: nn.Module) -> dict:
     packs: dict = {}
     for module in modules:
         if isinstance(module, CausalConvTranspose1d):
-            packs[id(module)] = _Packed.transposed(module)
+            packs[id(module)] = _Packed.transposed(target, module)
         elif isinstance(module, (CausalConv1d, Conv1d1x1)):
-            packs[id(module)] = _Packed.conv(module)
+            packs[id(module)] = _Packed.conv(target, module)
     if getattr(generator, "norm", False):  # a vocoder's input normalization
         with torch.inference_mode(False), torch.no_grad():
             packs["norm"] = tuple(t.detach().float().contiguous() for t in (generator.mean, generator.scale))
     layers = codebook.layers
-    pad = -codebook.codebook_size % LANES  # tables padded to whole vectors; a padded code is never nearest
+    lanes = target.lanes
+    pad = -codebook.codebook_size % lanes  # tables padded to whole vectors; a padded code is never nearest
     with torch.inference_mode(False), torch.no_grad():
         packs["codebook_size"] = codebook.codebook_size
         size = codebook.codebook_size + pad
-        packs["vq"] = (  # the doubled codebooks in 16-code blocks, (K, size / 16, D, 16); |code|^2; the codes
+        # the doubled codebooks in blocks of `lanes` codes, (K, size / lanes, D, lanes); |code|^2; the codes
+        packs["vq"] = (
             torch.stack([
-                F.pad(2 * layer.embed, (0, pad)).reshape(-1, size // LANES, LANES).transpose(0, 1) for layer in layers
+                F.pad(2 * layer.embed, (0, pad)).reshape(-1, size // lanes, lanes).transpose(0, 1) for layer in layers
             ]).contiguous(),
             torch.stack([F.pad(layer.embed.pow(2).sum(0), (0, pad), value=math.inf) for layer in layers]).contiguous(),
             torch.stack([F.pad(layer.embed.t(), (0, 0, 0, pad)) for layer in layers]).contiguous(),
@@ -482,7 +535,8 @@ class NativeStep(PerShapeStep):
     def __init__(self, generator: nn.Module, step: Callable, side: str, codebook: nn.Module) -> None:
         super().__init__(nn.ModuleList([generator, codebook]), step)  # (the weights key covers both)
         self.generator, self.codebook, self.side = generator, codebook, side
-        self.library = _library()[0]
+        self.target = build()
+        self.library = self.target.library
         self.packs: dict | None = None
         self.packs_key: tuple | None = None
         self.layers = self._streaming_layers()
@@ -499,7 +553,7 @@ class NativeStep(PerShapeStep):
         """The plan for one stream's input `shape`, on weights packed once per weights key."""
         key = self._weights_key()
         if key != self.packs_key:
-            self.packs, self.packs_key = _pack(self.generator, self.side, self.codebook), key
+            self.packs, self.packs_key = _pack(self.target, self.generator, self.side, self.codebook), key
         if self.side == "encoder":
             build = _encoder_plan
         else:
