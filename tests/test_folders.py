@@ -1,0 +1,135 @@
+"""Folder mode of codec.py and demoFile.py (tree kept, model loaded once, bad files reported), evaluate.py on files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import OFFICIAL, REPO, official_path
+from utils.batch import plan
+from utils.errors import CodecError
+from utils.metrics import mel_axis_ticks
+
+RATE = 48000
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=OFFICIAL,
+                          capture_output=True, text=True, timeout=180)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("error:")]
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """in/a.wav, in/sub/deeper/b.flac (0.3 s each), in/notes.txt, in/sub/broken.wav (not audio)."""
+    audio, _ = sf.read(official_path("input", "test_48k.wav"))
+    root = tmp_path / "in"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    sf.write(root / "a.wav", audio[: 14400], RATE, "PCM_16")
+    sf.write(root / "sub" / "deeper" / "b.flac", audio[14400:28800], RATE)
+    (root / "notes.txt").write_text("not audio, not picked up")
+    (root / "sub" / "broken.wav").write_text("not audio but named like it")
+    return root
+
+
+def test_codec_folder_round_trip(tmp_path, corpus: Path) -> None:
+    packed, decoded = tmp_path / "adc", tmp_path / "wav"
+    result = run("codec.py", "encode", "--model", "vctk_sym", "-i", str(corpus), "-o", str(packed))
+    assert result.returncode == 1
+    assert error_lines(result) == [
+        error_lines(result)[0], "error: 1 of 3 files failed (listed above); the others were written"]
+    assert f"{corpus / 'sub' / 'broken.wav'}" in error_lines(result)[0]
+    assert "RTF" in result.stderr and "3/3" in result.stderr  # the progress bar
+    assert tree(packed) == ["a.adc", "sub/deeper/b.adc"]
+
+    again = run("codec.py", "encode", "--model", "vctk_sym", "-i", str(corpus), "-o", str(packed))
+    assert error_lines(again) == [f"error: {packed / 'a.adc'} and 1 more outputs exist already: "
+                                  "pass -f/--force to replace them"]
+
+    result = run("codec.py", "decode", "-i", str(packed), "-o", str(decoded))
+    assert result.returncode == 0, result.stderr
+    assert tree(decoded) == ["a.wav", "sub/deeper/b.wav"]
+    single = tmp_path / "single.wav"
+    assert run("codec.py", "decode", "-i", str(packed / "a.adc"), "-o", str(single)).returncode == 0
+    np.testing.assert_array_equal(sf.read(decoded / "a.wav")[0], sf.read(single)[0])
+    assert sf.info(decoded / "sub" / "deeper" / "b.wav").frames == 14400
+
+
+def test_demo_file_folder(tmp_path, corpus: Path) -> None:
+    (corpus / "sub" / "broken.wav").unlink()
+    out = tmp_path / "out"
+    result = run("demoFile.py", "--model", "vctk_sym", "-i", str(corpus), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert tree(out) == ["a.wav", "sub/deeper/b.wav"]
+    reference = tmp_path / "a.wav"
+    assert run("demoFile.py", "--model", "vctk_sym", "-i", str(corpus / "a.wav"), "-o", str(reference)).returncode == 0
+    np.testing.assert_array_equal(sf.read(out / "a.wav")[0], sf.read(reference)[0])
+    refused = run("demoFile.py", "--model", "vctk_sym", "-i", str(corpus), "-o", str(out))
+    assert refused.returncode == 1 and "-f/--force" in error_lines(refused)[0]
+    forced = run("demoFile.py", "--model", "vctk_sym", "-i", str(corpus), "-o", str(out), "-f")
+    assert forced.returncode == 0, forced.stderr
+
+
+def test_plan_keeps_the_tree_and_refuses_ambiguity(tmp_path, corpus: Path) -> None:
+    pairs = plan(str(corpus), str(tmp_path / "out"), (".wav", ".flac"), ".adc")
+    assert [(str(a.relative_to(corpus)), str(b.relative_to(tmp_path))) for a, b in pairs] == [
+        ("a.wav", "out/a.adc"), ("sub/broken.wav", "out/sub/broken.adc"), ("sub/deeper/b.flac", "out/sub/deeper/b.adc")]
+    sf.write(corpus / "a.flac", np.zeros(300), RATE)
+    with pytest.raises(CodecError, match="would both write"):
+        plan(str(corpus), str(tmp_path / "out"), (".wav", ".flac"), ".adc")
+    with pytest.raises(CodecError, match="is the input folder"):
+        plan(str(corpus), str(corpus), (".wav",), ".wav")
+    with pytest.raises(CodecError, match="is a folder but -o"):
+        plan(str(corpus), str(corpus / "a.wav"), (".wav",), ".adc")
+    with pytest.raises(CodecError, match="no .adc files"):
+        plan(str(corpus), str(tmp_path / "x"), (".adc",), ".wav")
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[Path, Path]:
+    from utils.metrics import speech_like_signal
+
+    speech = speech_like_signal(1.5, 16000, seed=3)
+    reference, degraded = tmp_path / "ref.wav", tmp_path / "deg.wav"
+    sf.write(reference, speech, 16000)
+    sf.write(degraded, speech + 0.01 * np.random.default_rng(0).standard_normal(len(speech)), 16000)
+    return reference, degraded
+
+
+def test_evaluate_two_files_with_a_plot(tmp_path, pair: tuple[Path, Path]) -> None:
+    reference, degraded = pair
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bin", "evaluate.py"), str(reference), str(degraded),
+                             "--plot", str(tmp_path / "plots"), "--no-visqol"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("ref.wav "))
+    assert 1.0 <= float(row.split()[1]) <= 4.7
+    assert (tmp_path / "plots" / "ref.png").stat().st_size > 1000
+    mixed = subprocess.run([sys.executable, os.path.join(REPO, "bin", "evaluate.py"), str(reference), str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)
+    assert mixed.returncode == 2 and "give two files or two folders" in mixed.stderr
+
+
+def test_spectrogram_axis_in_hz() -> None:
+    import librosa
+
+    positions, labels = mel_axis_ticks(48000, 80)
+    assert labels == ["100", "250", "500", "1000", "2000", "4000", "8000", "16000"]
+    assert positions == sorted(positions) and 0 < positions[0] and positions[-1] < 80
+    centers = librosa.mel_frequencies(n_mels=82, fmin=0.0, fmax=24000)[1:-1]
+    thousand = positions[labels.index("1000")] - 0.5  # bin centres sit at i + 0.5
+    assert centers[int(np.floor(thousand))] <= 1000 <= centers[int(np.ceil(thousand))]
+    assert mel_axis_ticks(16000, 80)[1][-1] == "4000"
