@@ -1,0 +1,122 @@
+"""Quiet, sensible defaults: device, thread count, progress bars, codecTest's subset, the report's rate-quality plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from tests.conftest import OFFICIAL, REPO, official_path
+from utils.cli import apply_runtime_arguments, default_num_threads
+from utils.errors import CodecError
+from utils.registry import get_entry, resolve
+
+RATE = 48000
+
+
+def run(script: str, *args: str, cwd: str = OFFICIAL) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture
+def short_wav(tmp_path) -> Path:
+    audio, _ = sf.read(official_path("input", "test_48k.wav"))
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    sf.write(folder / "a.wav", audio[:RATE // 2], RATE, "PCM_16")
+    return folder / "a.wav"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only default")
+def test_cpu_only_default_is_quiet_and_explicit_gpu_says_it_falls_back(tmp_path, short_wav: Path) -> None:
+    quiet = run("demoFile.py", "--model", "vctk_sym", "-i", str(short_wav), "-o", str(tmp_path / "a.wav"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "CUDA" not in quiet.stderr
+    told = run("demoFile.py", "--model", "vctk_sym", "--cuda", "0", "-i", str(short_wav), "-o", str(tmp_path / "b.wav"))
+    assert told.returncode == 0 and "--cuda 0: CUDA is not available, running on the CPU" in told.stderr
+
+
+def test_thread_default_follows_the_cores_this_process_may_use() -> None:
+    assert default_num_threads() == min(4, len(os.sched_getaffinity(0)))
+    pinned = subprocess.run(
+        [sys.executable, "-c", "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+         "from utils.cli import default_num_threads; print(default_num_threads())"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert pinned.stdout.strip() == "1", pinned.stderr
+    previous = torch.get_num_threads()
+    try:
+        args = argparse.Namespace(num_threads=None, cuda=-1)
+        assert apply_runtime_arguments(args) == "cpu"
+        assert args.num_threads == torch.get_num_threads() == default_num_threads()
+        with pytest.raises(CodecError, match="give 1 or more"):
+            apply_runtime_arguments(argparse.Namespace(num_threads=0, cuda=-1))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_fit_entropy_shows_progress(tmp_path, short_wav: Path) -> None:
+    table = tmp_path / "table.entropy"
+    result = run("codec.py", "fit-entropy", "--model", "vctk_sym", "-i", str(short_wav.parent), "-o", str(table))
+    assert result.returncode == 0, result.stderr
+    assert "fit-entropy: 100%" in result.stderr and "1/1" in result.stderr
+    assert table.is_file()
+
+
+def experiment_with_subsets(tmp_path: Path, subsets: dict[str, str]) -> str:
+    """A copy of the official-format vctk_sym experiment whose config names `subsets` under tmp_path/corpus."""
+    source = Path(OFFICIAL) / "exp" / "autoencoder" / "symAD_vctk_48000_hop300"
+    folder = tmp_path / "exp" / "sym"
+    shutil.copytree(source, folder)
+    config = yaml.safe_load((folder / "config.yml").read_text())
+    config["data"] = {"path": str(tmp_path / "corpus"), "subset": subsets}
+    (folder / "config.yml").write_text(yaml.safe_dump(config))
+    return str(folder / "checkpoint-200000steps.pkl")
+
+
+def test_codec_test_default_subset_is_one_the_config_has(tmp_path, short_wav: Path) -> None:
+    (tmp_path / "corpus" / "eval").mkdir(parents=True)
+    shutil.copy(short_wav, tmp_path / "corpus" / "eval" / "a.wav")
+    checkpoint = experiment_with_subsets(tmp_path, {"train": "eval", "test": "eval"})
+    result = run("codecTest.py", "--encoder", checkpoint, "--decoder", checkpoint, "--output_dir",
+                 str(tmp_path / "out"), "--specific_folder", "True", cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert sf.info(tmp_path / "out" / "a_output.wav").frames == RATE // 2
+
+    other = tmp_path / "other"
+    checkpoint = experiment_with_subsets(other, {"train": "eval", "dev": "eval"})
+    result = run("codecTest.py", "--encoder", checkpoint, "--decoder", checkpoint, "--output_dir",
+                 str(other / "out"), cwd=str(other))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: the encoder's config has no test subset (test or clean_test): "
+                                     "pass --subset with one of dev, train")
+    assert not (other / "out").exists()
+
+
+def test_model_report_writes_a_rate_quality_plot(tmp_path, short_wav: Path) -> None:
+    from bin.model_report import main, rate_quality_points
+    from utils.opus_baseline import opus_available
+
+    encoder, decoder = resolve(get_entry("vctk_sym"), OFFICIAL)
+    opus = ["--opus", "6,12"] if opus_available() else []
+    out = tmp_path / "report"
+    assert main(["--encoder", encoder, "--decoder", decoder, "--cuda", "-1", "--num_threads", "1",
+                 "--test", str(short_wav.parent), "--codebooks", "8,4,2", *opus, "--out", str(out)]) == 0
+    assert (out / "rate_quality.png").stat().st_size > 1000
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    points = rate_quality_points(summary)
+    # the tiny model: 64 codes (6 bits) per codebook at 160 frames/s, by rising bitrate
+    assert [kbps for kbps, _, _ in points["custom"]] == pytest.approx([k * 6 * 160 / 1000 for k in (2, 4, 8)])
+    assert all(1.0 <= pesq <= 4.7 and np.isfinite(estoi) for _, pesq, estoi in points["custom"])
+    if opus:
+        assert len(points["Opus"]) == 2
