@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,8 +15,8 @@ import pytest
 import soundfile as sf
 
 from bin.model_report import main
-from tests.conftest import OFFICIAL, official_path
-from utils.audiodec import StreamingCodec
+from tests.conftest import OFFICIAL, REPO, official_path
+from utils.audiodec import StreamingCodec, cpu_bf16_problem
 from utils.entropy import EntropyModel
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
@@ -68,6 +72,7 @@ def test_report_lists_every_codebook_count_with_entropy_bitrate(model, test_dir,
     assert f"| custom K={k} | {codec.bitrate() / 1000:.3f} |" in table and "entropy-coded kbps" in table
 
 
+@pytest.mark.skipif(bool(cpu_bf16_problem()), reason="this CPU has no bf16 convolutions")
 def test_bf16_receiver_is_labelled(model, test_dir, tmp_path) -> None:
     out = tmp_path / "bf16"
     assert main([*model.args, "--test", str(test_dir), "--max_files", "1", "--precision", "bf16",
@@ -102,3 +107,19 @@ def test_learning_curve_has_one_row_per_checkpoint_in_step_order(test_dir, tmp_p
     assert "| 500010 |" in (out / "curve.md").read_text()
     with pytest.raises(CodecError, match="checkpoint-<N>steps.pkl"):
         curve_main([str(test_dir / "a.wav"), "--test", str(test_dir), "--out", str(out)])
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="ONEDNN_MAX_CPU_ISA=AVX2 emulates an x86 CPU")
+def test_bf16_on_a_cpu_without_it_is_one_error_line(model, test_dir, tmp_path) -> None:
+    """As on an AVX2 machine (oneDNN held to AVX2): one `error:` line naming the fix, no traceback,
+    no report written."""
+    out = tmp_path / "bf16"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bin", "model_report.py"), *model.args, "--test", str(test_dir),
+         "--max_files", "1", "--precision", "bf16", "--out", str(out)],
+        capture_output=True, text=True, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, timeout=300,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "use --precision fp32" in lines[-1]
+    assert "Traceback" not in result.stderr and not (out / "report.json").exists()

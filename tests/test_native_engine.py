@@ -3,15 +3,17 @@ rounding, batches, state hand-over, weight changes, and the fall-backs."""
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
-from layers.conv import StreamingState
+from layers.conv import StreamingState, set_precision
 from models.autoencoder.AudioDec import Generator
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
 from tests.conftest import MANIFEST, official_path
 from utils import native_engine
-from utils.audiodec import StreamingCodec
+from utils.audiodec import StreamingCodec, cpu_bf16_problem
 from utils.errors import CodecError
 from utils.native_engine import NativeStep
 from utils.traced_step import TracedStep
@@ -219,10 +221,15 @@ def test_what_the_engine_cannot_run_falls_back_to_torch() -> None:
     assert "grouped HiFi-GAN blocks" in native_engine.supports(v0.decoder, "decoder")
     activate = load("vctk_activate_sym")  # activations around the encoder and decoder
     assert activate.native_sides == []
-    bf16 = load("vctk_sym", precision="bf16")
-    assert bf16.native_sides == ["encoder"]
-    assert "bf16" not in native_engine.supports(load("vctk_sym").decoder, "decoder")
-    assert native_engine.supports(bf16.decoder, "decoder") == "reduced precision does not run natively"
+    decoder = load("vctk_sym").decoder
+    assert native_engine.supports(decoder, "decoder") == ""
+    set_precision(decoder, torch.bfloat16)
+    assert native_engine.supports(decoder, "decoder") == "reduced precision does not run natively"
+
+
+@pytest.mark.skipif(bool(cpu_bf16_problem()), reason="this CPU has no bf16 convolutions")
+def test_a_bf16_receiver_runs_torch_beside_a_native_transmitter() -> None:
+    assert load("vctk_sym", precision="bf16").native_sides == ["encoder"]
 
 
 def test_without_a_compiler_the_codec_runs_torch(monkeypatch, tmp_path) -> None:
@@ -258,3 +265,47 @@ def test_the_library_is_built_once_per_source(monkeypatch, tmp_path) -> None:
     finally:
         monkeypatch.undo()
         native_engine._library.cache_clear()
+
+
+@pytest.fixture
+def engine_for(monkeypatch, tmp_path):
+    """Rebuild the engine for another -march (through AUDIODEC_NATIVE_MARCH) for one test."""
+
+    def rebuild(march: str) -> None:
+        monkeypatch.setenv("AUDIODEC_NATIVE_MARCH", march)
+        monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path))
+        native_engine._library.cache_clear()
+
+    yield rebuild
+    monkeypatch.undo()
+    native_engine._library.cache_clear()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86-64 target")
+def test_the_portable_sse2_build_runs_the_codec(engine_for) -> None:
+    """-march=x86-64 (4-float vectors, no FMA): Contract 2 bit for bit, and the torch backend's
+    codes and waveform to float rounding."""
+    engine_for("x86-64")
+    assert native_engine.build().isa == "generic" and native_engine.build().lanes == 4
+    x = speech(samples=300 * 20)
+    native = load("vctk_sym")
+    assert native.native_sides == ["encoder", "decoder"]
+    whole_codes, whole_wave = stream(native, x, [0, x.shape[-1]])
+    codes, wave = stream(native, x, list(range(0, x.shape[-1] + 1, 300)))
+    assert torch.equal(codes, whole_codes) and torch.equal(wave, whole_wave)
+    torch_codes, torch_wave = stream(load("vctk_sym", backend="torch"), x, [0, x.shape[-1]])
+    assert torch.equal(codes, torch_codes)
+    torch.testing.assert_close(wave, torch_wave, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("no-such-cpu", "cannot build for -march=no-such-cpu: set AUDIODEC_NATIVE_MARCH to a target it knows"),
+    ("x86-64; rm", "AUDIODEC_NATIVE_MARCH='x86-64; rm' is not a -march value"),
+])
+def test_a_bad_march_falls_back_to_torch_with_the_cause(engine_for, value: str, message: str) -> None:
+    engine_for(value)
+    assert not native_engine.available() and message in native_engine.unavailable_reason()
+    codec = load("vctk_sym")
+    assert codec.native_sides == []
+    codes, wave = stream(codec, speech(samples=3000), [0, 1500, 3000])
+    assert codes.shape == (1, 8, 10) and wave.shape == (1, 1, 3000)

@@ -12,6 +12,8 @@ outputs equal the original's from the first sample on.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import StreamingState, reset_streaming, set_precision, set_tuning
+from layers.conv import PackedConv, StreamingState, reset_streaming, set_precision, set_tuning
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from models.registry import AUTOENCODER_TYPES
 from utils.checkpoint import load_generator, state_hash
@@ -40,6 +42,27 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # what it cannot run as torch.
 BACKENDS = ("native", "torch", "eager", "onnxruntime")
 DEFAULT_BACKEND = "native"
+
+
+@functools.cache
+def cpu_bf16_problem() -> str:
+    """"" when this CPU runs the receiver's bf16 convolutions, else why not, as an error message.
+    Decided by running one small bf16 convolution the way the receiver does: oneDNN's bf16 path
+    exists only on some CPUs (AVX-512 BW/VL/DQ, AVX-NE-CONVERT), and elsewhere it raises."""
+    try:
+        with torch.inference_mode():
+            PackedConv().run(torch.zeros(1, 16, 8), torch.zeros(16, 16, 3), None, 1, 1, 1, torch.bfloat16)
+    except RuntimeError:
+        return (
+            f"--precision bf16 needs a CPU with bf16 convolutions (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); "
+            f"this one has {torch.backends.cpu.get_cpu_capability()}: use --precision fp32"
+        )
+    return ""
+
+
+@functools.cache
+def _notice_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
 
 
 def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
@@ -79,6 +102,8 @@ class StreamingCodec:
             raise CodecError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
         if backend == "onnxruntime" and (precision != "fp32" or torch.device(device).type != "cpu"):
             raise CodecError(f"the {backend} backend runs fp32 on the CPU: use --precision fp32 and the CPU")
+        if precision == "bf16" and torch.device(device).type == "cpu" and cpu_bf16_problem():
+            raise CodecError(cpu_bf16_problem())
         if encoder.hop_length != decoder.hop_length:
             raise CodecError(
                 f"encoder hop {encoder.hop_length} and decoder hop {decoder.hop_length} differ: pick a matching pair"
@@ -118,7 +143,9 @@ class StreamingCodec:
             from utils import native_engine
 
             codebook = self.encoder.quantizer.codebook
-            if native_engine.available():
+            if not native_engine.available():
+                _notice_once(f"native engine unavailable ({native_engine.unavailable_reason()}): running TorchScript")
+            else:
                 if not native_engine.supports(self.encoder, "encoder"):
                     self._encode_chunk = native_engine.NativeStep(self.encoder, self._transmit, "encoder", codebook)
                     self.native_sides.append("encoder")

@@ -9,6 +9,10 @@ set -uo pipefail
 PACKAGES=(
     libtcmalloc-minimal4  # the inference CLIs run with it (utils/fast_malloc.py)
     gcc  # compiles the native streaming engine on first use (utils/native_engine.py)
+    gcc-aarch64-linux-gnu  # the engine's kernel self-test for arm64 (tests/test_native_selftest.py)
+    libc6-dev-arm64-cross
+    libgomp1-arm64-cross
+    qemu-user  # runs that arm64 self-test here
     jackd2
     libportaudio2
     opus-tools

@@ -1,0 +1,274 @@
+/* Self-test of the native engine's kernels (csrc/engine.c) against plain loops, for whatever
+ * instruction set it is compiled for: every register-block shape (R rows x NV vectors) of the
+ * build, grouped and padded columns, strides, dilations, each epilogue (bias, skip, ELU, LeakyReLU,
+ * tanh, channel repeat), the rows' independence from the blocking (Contract 2), the VQ search with
+ * ties, and the code lookup. Prints one line per failure and a summary; exit status 0 when all pass.
+ *
+ *   cc -O3 -march=native -ffp-contract=fast -fopenmp -std=gnu11 csrc/selftest.c -lm && ./a.out
+ *
+ * tests/test_native_selftest.py builds and runs it natively, for x86-64-v3 and x86-64, and for
+ * arm64 under qemu-user when a cross compiler is installed (utils/system_deps.sh).
+ */
+#include "engine.c"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int failures, checks;
+
+static void fail(const char *what, int a, int b, double got, double want) {
+    if (failures++ < 20) fprintf(stderr, "FAIL %s [%d, %d]: got %.9g, want %.9g\n", what, a, b, got, want);
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static float uniform(void) { /* [-1, 1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) / 8388608.0 - 1.0);
+}
+
+static float *random_floats(int64_t n) {
+    float *p = malloc(sizeof(float) * (n > 0 ? n : 1));
+    for (int64_t i = 0; i < n; i++) p[i] = uniform();
+    return p;
+}
+
+typedef struct {
+    int cin, group_cout, groups, k, dilation, stride, t_out, nv, rep, seg;
+    int bias, res, act, out_kind, want_out, want_act;
+    float alpha;
+} Case;
+
+static double activation_ref(int act, float alpha, double v) {
+    if (act == ACT_LEAKY) return v > 0 ? v : v * alpha;
+    return v > 0 ? v : alpha * expm1(v);
+}
+
+/* Runs one convolution case through the engine on `threads` threads and compares it with a plain
+ * double loop; returns the engine's `out` (or NULL). */
+static float *run_case(const Case *c, const char *name, int threads) {
+    const int cout = c->group_cout * c->groups, width = c->nv * VL;
+    const int group_pad = (c->group_cout + VL - 1) / VL * VL;
+    const int cpad = group_pad * c->groups;
+    if (group_pad % width) return NULL; /* not a shape the Python side would pick */
+    const int x_channels = c->cin * c->groups;
+    const int64_t x_rows = (int64_t)(c->t_out - 1) * c->stride + (int64_t)(c->k - 1) * c->dilation + 1;
+    float *x = random_floats(x_rows * x_channels);
+    float *weight = random_floats((int64_t)cout * c->cin * c->k); /* (cout, cin, k), as torch */
+    float *bias = random_floats(cpad), *res = random_floats((int64_t)c->t_out * cout);
+    float *packed = calloc((size_t)cpad * c->k * c->cin, sizeof(float));
+    for (int col = 0; col < cpad; col++) {
+        int g = col / group_pad, within = col % group_pad;
+        if (within >= c->group_cout) {
+            bias[col] = 0.0f;
+            continue;
+        }
+        int co = g * c->group_cout + within;
+        for (int kk = 0; kk < c->k; kk++)
+            for (int i = 0; i < c->cin; i++)
+                packed[(((int64_t)(col / width) * c->k + kk) * c->cin + i) * width + col % width] =
+                    weight[((int64_t)co * c->cin + i) * c->k + kk];
+    }
+    const int64_t out_size = (int64_t)c->t_out * cout * c->rep;
+    float *out = c->want_out ? calloc(out_size, sizeof(float)) : NULL;
+    float *out_act = c->want_act ? calloc(out_size, sizeof(float)) : NULL;
+    Op op = {.kind = OP_CONV, .cin = c->cin, .cout = cout, .cpad = cpad, .k = c->k, .dilation = c->dilation,
+             .stride = c->stride, .t_out = c->t_out, .alpha = c->alpha, .nv = c->nv, .act = c->act,
+             .out_kind = c->out_kind, .x_channels = x_channels, .group_cout = c->group_cout,
+             .group_pad = group_pad, .rep = c->rep, .seg = c->seg, .x = x, .w = packed,
+             .bias = c->bias ? bias : NULL, .res = c->res ? res : NULL, .out = out, .out_act = out_act};
+    engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, threads);
+    for (int t = 0; t < c->t_out; t++) {
+        for (int co = 0; co < cout; co++) {
+            int g = co / c->group_cout;
+            double sum = 0.0, scale = 0.0;
+            for (int kk = 0; kk < c->k; kk++)
+                for (int i = 0; i < c->cin; i++) {
+                    double term = (double)weight[((int64_t)co * c->cin + i) * c->k + kk] *
+                                  x[((int64_t)t * c->stride + kk * c->dilation) * x_channels + g * c->cin + i];
+                    sum += term;
+                    scale += fabs(term);
+                }
+            int col = g * group_pad + co % c->group_cout;
+            if (c->bias) sum += bias[col], scale += fabs(bias[col]);
+            if (c->res) sum += res[(int64_t)t * cout + co], scale += fabs(res[(int64_t)t * cout + co]);
+            double tolerance = 1e-5 * (scale + 1.0);
+            int64_t piece = co / c->seg, at = (int64_t)t * cout * c->rep + piece * c->seg * c->rep + co % c->seg;
+            for (int r = 0; r < c->rep; r++) {
+                checks++;
+                if (out) {
+                    double want = c->out_kind == OUT_TANH ? tanh(sum) : sum;
+                    if (fabs(out[at + (int64_t)r * c->seg] - want) > tolerance) fail(name, t, co, out[at + r * c->seg], want);
+                }
+                if (out_act) {
+                    double want = activation_ref(c->act, c->alpha, sum);
+                    if (fabs(out_act[at + (int64_t)r * c->seg] - want) > tolerance)
+                        fail(name, t, co, out_act[at + r * c->seg], want);
+                }
+            }
+        }
+    }
+    free(x), free(weight), free(bias), free(res), free(packed), free(out_act);
+    return out;
+}
+
+/* Every block shape of the build: t_out = R rows runs kernel R x NV alone. */
+static void test_kernel_shapes(void) {
+    char name[64];
+    for (int s = 0; s < 3; s++) {
+        for (int rows = 1; rows <= ROWS[s]; rows++) {
+            Case c = {.cin = 5, .group_cout = 2 * (1 << s) * VL, .groups = 1, .k = 3, .dilation = 2, .stride = 1,
+                      .t_out = rows, .nv = 1 << s, .rep = 1, .bias = 1, .want_out = 1, .alpha = 1.0f};
+            c.seg = c.group_cout;
+            snprintf(name, sizeof name, "kernel %dx%d", rows, 1 << s);
+            free(run_case(&c, name, 1));
+        }
+    }
+}
+
+/* Row independence with identical inputs: one op over T rows against the same op started at each
+ * row with fewer rows (the engine picks other blocks and threads), bit for bit. */
+static void test_rows_do_not_depend_on_blocking(int nv, int threads) {
+    const int cin = 7, cout = 3 * nv * VL, k = 4, dilation = 3, total = 29;
+    const int x_rows = total + (k - 1) * dilation;
+    float *x = random_floats((int64_t)x_rows * cin), *w = random_floats((int64_t)cout * k * cin);
+    float *bias = random_floats(cout), *whole = calloc((size_t)total * cout, sizeof(float));
+    float *part = calloc((size_t)total * cout, sizeof(float));
+    Op op = {.kind = OP_CONV, .cin = cin, .cout = cout, .cpad = cout, .k = k, .dilation = dilation, .stride = 1,
+             .t_out = total, .alpha = 1.0f, .nv = nv, .x_channels = cin, .group_cout = cout, .group_pad = cout,
+             .rep = 1, .seg = cout, .x = x, .w = w, .bias = bias, .out = NULL, .out_act = whole};
+    engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, threads);
+    for (int start = 0; start < total; start += 5) {
+        Op piece = op;
+        piece.x = x + (int64_t)start * cin;
+        piece.t_out = total - start < 5 ? total - start : 5;
+        piece.out_act = part + (int64_t)start * cout;
+        engine_run(&piece, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
+    }
+    for (int i = 0; i < total * cout; i++) {
+        checks++;
+        if (memcmp(&whole[i], &part[i], sizeof(float))) fail("rows vs blocking", i / cout, i % cout, part[i], whole[i]);
+    }
+    free(x), free(w), free(bias), free(whole), free(part);
+}
+
+static void test_epilogues(void) {
+    /* groups of 3 channels padded to a vector, stride 2, each output kind, LeakyReLU and ELU, a channel
+     * repeat in pieces that do and do not fill whole vectors */
+    Case base = {.cin = 4, .group_cout = 3, .groups = 5, .k = 2, .dilation = 1, .stride = 2, .t_out = 17, .nv = 1,
+                 .rep = 1, .seg = 15, .bias = 1, .res = 1, .want_out = 1, .want_act = 1, .alpha = 1.0f};
+    free(run_case(&base, "grouped, padded, ELU", 2));
+    Case leaky = base;
+    leaky.act = ACT_LEAKY, leaky.alpha = 0.1f, leaky.res = 0;
+    free(run_case(&leaky, "LeakyReLU", 2));
+    Case output = base;
+    output.out_kind = OUT_TANH, output.want_act = 0, output.groups = 1, output.group_cout = 1, output.seg = 1;
+    free(run_case(&output, "tanh output", 1));
+    Case repeat = {.cin = 6, .group_cout = 2 * VL, .groups = 1, .k = 3, .dilation = 1, .stride = 1, .t_out = 9,
+                   .nv = 1, .rep = 3, .seg = VL, .bias = 1, .want_out = 1, .want_act = 1, .alpha = 0.2f,
+                   .act = ACT_LEAKY};
+    free(run_case(&repeat, "repeat, whole vectors", 2));
+    repeat.group_cout = VL + 3, repeat.seg = VL + 3;
+    free(run_case(&repeat, "repeat, part vectors", 2));
+}
+
+static void test_activations(void) {
+    for (int i = -2000; i <= 2000; i++) {
+        float v = i * 0.05f;
+        vf in = vset(v), e = elu(in, 1.0f), t = tanhv(in);
+        double want_e = v > 0 ? v : expm1((double)v), want_t = tanh((double)v);
+        checks += 2;
+        if (fabs(e[0] - want_e) > 2e-7 * (fabs(want_e) + 1e-30) + 1e-45) fail("elu", i, 0, e[0], want_e);
+        if (fabs(t[VL - 1] - want_t) > 3e-7 * fabs(want_t) + 1e-45) fail("tanh", i, 0, t[VL - 1], want_t);
+    }
+}
+
+/* The plain residual VQ: picks[q * frames + t], the first code at the least distance. */
+static void plain_vq(const float *codes, const float *x, int dim, int size, int books, int frames, int64_t *picks) {
+    for (int t = 0; t < frames; t++) {
+        double residual[64];
+        for (int i = 0; i < dim; i++) residual[i] = x[(int64_t)t * dim + i];
+        for (int q = 0; q < books; q++) {
+            int best = 0;
+            double least = INFINITY;
+            for (int j = 0; j < size; j++) {
+                double d = 0.0;
+                for (int i = 0; i < dim; i++) {
+                    double diff = residual[i] - codes[((int64_t)q * size + j) * dim + i];
+                    d += diff * diff;
+                }
+                if (d < least) least = d, best = j;
+            }
+            picks[(int64_t)q * frames + t] = best;
+            for (int i = 0; i < dim; i++) residual[i] -= codes[((int64_t)q * size + best) * dim + i];
+        }
+    }
+}
+
+/* Residual VQ of a few frames against the plain search. The code frame 0 picks in codebook 1 is
+ * copied one block later (same lane) and to the last code (another lane): exact ties, which the
+ * first code must win. */
+static void test_vq(int threads) {
+    const int dim = 12, size = 3 * VL + 5, books = 3, frames = 5, cpad = (size + VL - 1) / VL * VL;
+    float *codes = random_floats((int64_t)books * size * dim), *x = random_floats((int64_t)frames * dim);
+    int64_t *want = calloc((size_t)books * frames, sizeof(int64_t));
+    plain_vq(codes, x, dim, size, books, frames, want);
+    const int64_t pick = want[frames], copies[2] = {want[frames] + VL, size - 1};
+    for (int c = 0; c < 2; c++)
+        if (copies[c] < size && copies[c] != pick)
+            memcpy(codes + ((int64_t)size + copies[c]) * dim, codes + ((int64_t)size + pick) * dim, sizeof(float) * dim);
+    plain_vq(codes, x, dim, size, books, frames, want);
+    float *embed2 = calloc((size_t)books * cpad * dim, sizeof(float)), *norm = malloc(sizeof(float) * books * cpad);
+    float *vectors = calloc((size_t)books * cpad * dim, sizeof(float));
+    for (int q = 0; q < books; q++)
+        for (int j = 0; j < cpad; j++) {
+            float n = 0.0f;
+            for (int i = 0; i < dim; i++) {
+                float c = j < size ? codes[((int64_t)q * size + j) * dim + i] : 0.0f;
+                embed2[(int64_t)q * cpad * dim + ((int64_t)(j / VL) * dim + i) * VL + j % VL] = 2 * c;
+                vectors[((int64_t)q * cpad + j) * dim + i] = c;
+                n += c * c;
+            }
+            norm[q * cpad + j] = j < size ? n : __builtin_inff();
+        }
+    int64_t *got = calloc((size_t)books * frames, sizeof(int64_t));
+    Op op = {.kind = OP_VQ, .cin = dim, .cout = size, .cpad = cpad, .k = books, .t_out = frames, .x = x,
+             .w = embed2, .bias = norm, .res = vectors, .out = (float *)got};
+    engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, threads);
+    for (int i = 0; i < books * frames; i++) {
+        checks++;
+        if (got[i] != want[i]) fail("vq", i % frames, i / frames, (double)got[i], (double)want[i]);
+    }
+    /* lookup: the sum of the chosen vectors, normalized; an out-of-range code is reported */
+    float *latent = malloc(sizeof(float) * frames * dim), mean[12], scale[12];
+    for (int i = 0; i < dim; i++) mean[i] = uniform(), scale[i] = 1.5f + uniform();
+    Op lookup = {.kind = OP_LOOKUP, .cin = dim, .cout = size, .cpad = cpad, .k = books, .t_out = frames,
+                 .x = (const float *)got, .res = vectors, .out = latent, .w = scale, .bias = mean};
+    int bad = engine_run(&lookup, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, threads);
+    checks++;
+    if (bad) fail("lookup reported a bad code", 0, 0, bad, 0);
+    for (int t = 0; t < frames; t++)
+        for (int i = 0; i < dim; i++) {
+            double sum = 0.0;
+            for (int q = 0; q < books; q++) sum += vectors[((int64_t)q * cpad + got[(int64_t)q * frames + t]) * dim + i];
+            double want = (sum - mean[i]) / scale[i];
+            checks++;
+            if (fabs(latent[(int64_t)t * dim + i] - want) > 1e-5 * (fabs(want) + 1)) fail("lookup", t, i, latent[t * dim + i], want);
+        }
+    got[3] = size;
+    checks++;
+    if (!engine_run(&lookup, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, threads)) fail("lookup took an out-of-range code", 0, 0, 0, 1);
+    free(codes), free(x), free(want), free(embed2), free(norm), free(vectors), free(got), free(latent);
+}
+
+int main(void) {
+    test_kernel_shapes();
+    for (int s = 0; s < 3; s++)
+        if (ROWS[s]) test_rows_do_not_depend_on_blocking(1 << s, 2);
+    test_epilogues();
+    test_activations();
+    test_vq(1);
+    test_vq(2);
+    printf("%s (%d lanes, fma %d): %d checks, %d failures\n", ISA, VL, HAS_FMA, checks, failures);
+    return failures != 0;
+}

@@ -1,0 +1,78 @@
+"""csrc/selftest.c: every kernel shape of the native engine against plain loops, built for each
+instruction set this machine can run (natively, or arm64 under qemu-user)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from utils import native_engine
+
+SELFTEST = Path(REPO) / "csrc" / "selftest.c"
+FLAGS = [flag for flag in native_engine.FLAGS if flag not in ("-shared", "-fPIC")]
+X86 = platform.machine() == "x86_64"
+
+
+def cpu_has(*flags: str) -> bool:
+    words = native_engine._cpu_flags().split()
+    return all(flag in words for flag in flags)
+
+
+def build(tmp_path: Path, compiler: str, march: str) -> Path:
+    binary = tmp_path / f"selftest-{march}"
+    result = subprocess.run(
+        [compiler, *FLAGS, f"-march={march}", "-o", str(binary), str(SELFTEST), "-lm"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return binary
+
+
+def run(command: list[str]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 failures" in result.stdout
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def compiler() -> str:
+    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if found is None or not native_engine.available():
+        pytest.skip(f"native engine unavailable: {native_engine.unavailable_reason()}")
+    return found
+
+
+def test_native_build(compiler: str, tmp_path: Path) -> None:
+    """The build the engine uses here: its instruction set is the one the library reports."""
+    out = run([str(build(tmp_path, compiler, "native"))])
+    assert out.startswith(native_engine.build().isa + " ")
+
+
+@pytest.mark.skipif(not X86, reason="an x86-64 target")
+@pytest.mark.parametrize("march, isa, flags", [
+    ("x86-64-v3", "avx2 (8 lanes, fma 1)", ("avx2", "fma")),
+    ("x86-64", "generic (4 lanes, fma 0)", ()),
+    ("x86-64-v4", "avx512 (16 lanes, fma 1)", ("avx512f", "avx512bw", "avx512vl", "avx512dq")),
+])
+def test_x86_builds(compiler: str, tmp_path: Path, march: str, isa: str, flags: tuple[str, ...]) -> None:
+    binary = build(tmp_path, compiler, march)  # (every target compiles, whatever this CPU runs)
+    if not cpu_has(*flags):
+        pytest.skip(f"this CPU lacks {' '.join(flags)} to run the {march} build")
+    assert run([str(binary)]).startswith(isa)
+
+
+def test_arm64_build_under_qemu(tmp_path: Path) -> None:
+    cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if platform.machine() == "aarch64":
+        cross, qemu = cross or shutil.which("gcc"), None
+    if cross is None or (platform.machine() != "aarch64" and qemu is None):
+        pytest.skip("no arm64 cross compiler or qemu-aarch64 (utils/system_deps.sh installs them)")
+    binary = build(tmp_path, cross, "armv8-a")
+    command = [str(binary)] if qemu is None else [qemu, "-L", "/usr/aarch64-linux-gnu", str(binary)]
+    assert run(command).startswith("neon (4 lanes, fma 1)")
