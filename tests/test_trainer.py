@@ -273,3 +273,113 @@ def test_denoise_trains_encoder_only(autoencoder_run: tuple[Path, Path]) -> None
         if key.startswith(("decoder.", "quantizer.")):
             assert torch.equal(before[key], after[key]), key
     assert not torch.equal(before["encoder.conv.conv.weight"], after["encoder.conv.conv.weight"])
+
+
+# ---- the global batch, GPUs asked for, mixed precision ----------------------------------------------
+
+
+def exact_recipe(root: Path, **overrides: Any) -> dict[str, Any]:
+    """The tiny recipe on files exactly one crop long (no random crop draws), without the spectral
+    convergence loss (a ratio of norms over a whole batch, not a mean of per-sample terms)."""
+    if not (root / "exact").exists():
+        write_wavs(root / "exact" / "train", 6, 160, seed=5)
+        write_wavs(root / "exact" / "dev", 2, 160, seed=6)
+    config = tiny_recipe(root, pad_short=True, use_stft_loss=False, eval_interval_steps=100, **overrides)
+    config["data"]["path"] = str(root / "exact")
+    return config
+
+
+def test_micro_batches_accumulate_to_the_whole_batch(tmp_path: Path) -> None:
+    config = exact_recipe(tmp_path, batch_size=3)
+    recipe = save_recipe(config, tmp_path / "exact.yaml")
+    runs = {
+        micro: run_training(TrainOptions(config=recipe, tag=f"micro{micro}", exp_root=str(tmp_path / "exp"),
+                                         seed=7, micro_batch=micro))
+        for micro in (None, 1)
+    }  # fmt: skip
+    whole, accumulated = (torch.load(run / "checkpoint-4steps.pkl", map_location="cpu", weights_only=True)
+                          for run in runs.values())  # fmt: skip
+    for part in ("generator", "discriminator"):
+        for key, tensor in whole["model"][part].items():
+            torch.testing.assert_close(accumulated["model"][part][key], tensor, rtol=1e-4, atol=1e-5, msg=key)
+    saved = yaml.safe_load((runs[1] / "config.yml").read_text())
+    assert saved["batch_size"] == 3 and saved["micro_batch"] == 1 and saved["world_size"] == 1
+    assert saved["precision"] == "fp32" and saved["compile"] is False
+
+
+def test_a_gpu_request_without_gpus_stops_with_one_error_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    if torch.cuda.device_count() >= 1:
+        pytest.skip("this machine has a GPU: the request would be met")
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "tiny.yaml")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "codecTrain.py"), "-c", recipe, "--tag", "gpu", "--exp_root",
+         str(tmp_path / "exp"), "--ngpu", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --ngpu 1 asks for 1 GPU(s) per node but this process sees 0")
+    assert "--ngpu 0" in lines[0]
+    assert not list((tmp_path / "exp").rglob("checkpoint-*"))
+
+
+def test_the_vq_runs_in_fp32_under_autocast() -> None:
+    from layers.vq import ResidualVQ
+
+    torch.manual_seed(0)
+    quantizer = ResidualVQ(num_quantizers=2, dim=8, codebook_size=16).train()
+    twin = copy.deepcopy(quantizer)
+    latent = torch.randn(2, 5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        quantized, losses, perplexities = quantizer(latent)
+    expected = twin(latent)
+    assert quantized.dtype == losses.dtype == torch.float32
+    for value, reference in zip((quantized, losses, perplexities), expected):
+        assert torch.equal(value, reference)
+    for (name, buffer), reference in zip(quantizer.named_buffers(), twin.buffers()):
+        assert buffer.dtype == torch.float32 and torch.equal(buffer, reference), name
+
+
+def cpu_autocast_works(dtype: torch.dtype) -> str:
+    """Why this CPU cannot run a convolution under autocast to ``dtype`` ('' when it can)."""
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            output = torch.nn.Conv1d(1, 2, 3)(torch.randn(1, 1, 8))
+    except RuntimeError as error:
+        return f"{dtype} autocast fails here ({error}; CPU capability {torch.backends.cpu.get_cpu_capability()})"
+    return "" if output.dtype == dtype else f"autocast gave {output.dtype}, not {dtype}"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_mixed_precision_run_trains_both_stages(tmp_path: Path, precision: str) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    reason = cpu_autocast_works(dtype)
+    if reason:
+        pytest.skip(reason)
+    config = tiny_recipe(tmp_path, eval_interval_steps=4)
+    recipe = save_recipe(config, tmp_path / "tiny.yaml")
+    expdir = run_training(TrainOptions(config=recipe, tag=precision, exp_root=str(tmp_path / "exp"),
+                                       seed=7, precision=precision))  # fmt: skip
+    first, last = (torch.load(expdir / f"checkpoint-{steps}steps.pkl", map_location="cpu", weights_only=True)
+                   for steps in (2, 4))  # fmt: skip
+    for key, tensor in last["model"]["generator"].items():
+        assert tensor.dtype == torch.float32 and torch.isfinite(tensor).all(), key
+    key = "decoder.conv1.conv.weight"
+    trained = not torch.equal(first["model"]["generator"][key], last["model"]["generator"][key])
+    assert ("scaler" in last) == (precision == "fp16")
+    if precision == "fp16":
+        # The gradient scaler skips the steps whose scaled gradients overflow, halving its scale.
+        assert trained or last["scaler"]["generator"]["scale"] < 2.0**16
+    else:
+        assert trained
+    assert yaml.safe_load((expdir / "config.yml").read_text())["precision"] == precision
+    events = EventAccumulator(str(expdir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    for name in ("train/mel_loss", "train/discriminator_loss", "eval/mel_loss"):
+        assert all(np.isfinite(event.value) for event in events.Scalars(name)), name
