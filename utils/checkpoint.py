@@ -48,7 +48,9 @@ def load_config(checkpoint: str) -> dict[str, Any]:
 def read_checkpoint(checkpoint: str) -> dict[str, Any]:
     """`torch.load` a checkpoint safely (weights only), with a clear error for a bad file."""
     if not os.path.isfile(checkpoint):
-        raise CodecError(f"checkpoint {checkpoint} not found: check the path or download the model's exp/ folder")
+        raise CodecError(
+            f"checkpoint {checkpoint} not found: check the path (released models: python -m utils.download NAME)"
+        )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
