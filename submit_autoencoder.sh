@@ -28,7 +28,7 @@ disable_cudnn=False
 subset=test
 subset_num=-1
 seed=""                 # training seed; "" keeps codecTrain.py's default
-ngpu=1
+ngpu=1                  # GPUs per node, one training process each (torchrun when > 1); 0: train on CPUs
 nnodes=1
 
 . ./utils/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)

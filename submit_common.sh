@@ -1,7 +1,9 @@
 # Helpers shared by the submit_*.sh recipes; sourced by them, not a recipe itself.
 #
-# Reads the recipe variables ngpu, nnodes, seed and disable_cudnn, and the environment variables
-# PYTHON (interpreter, default: python), MASTER_ADDR / MASTER_PORT / RDZV_ID (multi-node rendezvous).
+# Reads the recipe variables ngpu, nnodes, seed and disable_cudnn, the training options of
+# utils/launcher.sh (precision, compile, batch_size_per_rank, micro_batch), and the environment
+# variables PYTHON (interpreter, default: python), MASTER_ADDR / MASTER_PORT / RDZV_ID (multi-node
+# rendezvous).
 
 # Print a command, then run it.
 run_command() {
@@ -39,24 +41,31 @@ set_resume_args() {
     esac
 }
 
-# Run codecTrain.py with the given arguments (plus --seed when the recipe's seed is set): one process
-# for ngpu=1 and nnodes=1, else torchrun with ngpu processes on each of nnodes nodes.
+# Run codecTrain.py with the given arguments, plus --seed when the recipe's seed is set, --ngpu (the
+# GPUs per node it must find; 0 trains on CPUs) and the training options given: one process for
+# ngpu <= 1 and nnodes=1, else torchrun with ngpu processes (one with ngpu=0) on each of nnodes nodes.
 run_train() {
     local python=${PYTHON:-python}
     local -a args=("$@")
+    local processes=$((ngpu > 0 ? ngpu : 1))
     if [ -n "${seed}" ]; then
         args+=(--seed "${seed}")
     fi
+    args+=(--ngpu "${ngpu}")
+    [ -n "${precision:-}" ] && args+=(--precision "${precision}")
+    [ "${compile:-false}" = true ] && args+=(--compile)
+    [ -n "${batch_size_per_rank:-}" ] && args+=(--batch_size_per_rank "${batch_size_per_rank}")
+    [ -n "${micro_batch:-}" ] && args+=(--micro_batch "${micro_batch}")
     if [ "${nnodes}" -gt 1 ]; then
         if [ -z "${MASTER_ADDR:-}" ]; then
             echo "--nnodes ${nnodes} needs MASTER_ADDR (and MASTER_PORT, default 29500) set to the rendezvous host" >&2
             return 1
         fi
-        run_command "${python}" -m torch.distributed.run --nnodes "${nnodes}" --nproc_per_node "${ngpu}" \
+        run_command "${python}" -m torch.distributed.run --nnodes "${nnodes}" --nproc_per_node "${processes}" \
             --rdzv_backend c10d --rdzv_endpoint "${MASTER_ADDR}:${MASTER_PORT:-29500}" \
             --rdzv_id "${RDZV_ID:-audiodec}" codecTrain.py "${args[@]}"
-    elif [ "${ngpu}" -gt 1 ]; then
-        run_command "${python}" -m torch.distributed.run --standalone --nproc_per_node "${ngpu}" \
+    elif [ "${processes}" -gt 1 ]; then
+        run_command "${python}" -m torch.distributed.run --standalone --nproc_per_node "${processes}" \
             codecTrain.py "${args[@]}"
     else
         run_command "${python}" codecTrain.py "${args[@]}"

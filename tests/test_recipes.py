@@ -116,9 +116,9 @@ def test_submit_codec_runs_the_five_stages(stub_python: dict) -> None:
     result = bash("submit_codec.sh", "--start", "0", "--stop", "4", env=stub_python)
     autoencoder, vocoder = "autoencoder/symAD_vctk_48000_hop300", "vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean"
     assert commands(result) == [
-        f"codecTrain.py -c config/{autoencoder}.yaml --tag {autoencoder} --exp_root exp --disable_cudnn False",
+        f"codecTrain.py -c config/{autoencoder}.yaml --tag {autoencoder} --exp_root exp --disable_cudnn False --ngpu 1",
         "codecStatistic.py -c config/statistic/symAD_vctk_48000_hop300_clean.yaml --subset train --subset_num -1",
-        f"codecTrain.py -c config/{vocoder}.yaml --tag {vocoder} --exp_root exp --disable_cudnn False",
+        f"codecTrain.py -c config/{vocoder}.yaml --tag {vocoder} --exp_root exp --disable_cudnn False --ngpu 1",
         f"codecTest.py --subset test --subset_num -1 --encoder exp/{autoencoder}/checkpoint-200000steps.pkl "
         f"--decoder exp/{autoencoder}/checkpoint-700000steps.pkl --output_dir output/{autoencoder}",
         f"codecTest.py --subset test --subset_num -1 --encoder exp/{autoencoder}/checkpoint-200000steps.pkl "
@@ -148,10 +148,11 @@ def test_resume_latest_picks_the_highest_step(stub_python: dict, tmp_path: Path)
     result = bash("submit_codec_demo.sh", *args, "--resume", "latest", env=stub_python)
     assert commands(result) == [
         f"codecTrain.py -c config/autoencoder/demo_48000_hop300.yaml --tag autoencoder/demo_48000_hop300 "
-        f"--exp_root {tmp_path / 'exp'} --disable_cudnn False --resume {folder / 'checkpoint-100steps.pkl'} --seed 7"
+        f"--exp_root {tmp_path / 'exp'} --disable_cudnn False --resume {folder / 'checkpoint-100steps.pkl'} --seed 7 "
+        "--ngpu 0"
     ]
     result = bash("submit_codec_demo.sh", *args, "--resume", "20", env=stub_python)
-    assert commands(result)[0].endswith(f"--resume {folder / 'checkpoint-20steps.pkl'} --seed 7")
+    assert commands(result)[0].endswith(f"--resume {folder / 'checkpoint-20steps.pkl'} --seed 7 --ngpu 0")
     result = bash("submit_codec.sh", *args, "--resume", "latest", env=stub_python)
     assert "No checkpoint in" in result.stdout and "--resume" not in commands(result)[0]
 
@@ -183,9 +184,9 @@ def test_stage_scripts_commands(stub_python: dict) -> None:
     tag = "autoencoder/symAD_vctk_48000_hop300"
     result = bash("submit_autoencoder.sh", "--stage", "012", "--resumepoint", "300", env=stub_python)
     assert commands(result) == [
-        f"codecTrain.py -c config/{tag}.yaml --tag {tag} --exp_root exp --disable_cudnn False",
+        f"codecTrain.py -c config/{tag}.yaml --tag {tag} --exp_root exp --disable_cudnn False --ngpu 1",
         f"codecTrain.py -c config/{tag}.yaml --tag {tag} --exp_root exp --disable_cudnn False "
-        f"--resume exp/{tag}/checkpoint-300steps.pkl",
+        f"--resume exp/{tag}/checkpoint-300steps.pkl --ngpu 1",
         f"codecTest.py --subset test --subset_num -1 --encoder exp/{tag}/checkpoint-200000steps.pkl "
         f"--decoder exp/{tag}/checkpoint-700000steps.pkl --output_dir output/{tag}",
     ]
@@ -199,7 +200,7 @@ def test_stage_scripts_commands(stub_python: dict) -> None:
     ]
     denoise = "denoise/symAD_vctk_48000_hop300"
     assert commands(bash("submit_denoise.sh", "--stage", "02", env=stub_python)) == [
-        f"codecTrain.py -c config/{denoise}.yaml --tag {denoise} --exp_root exp --disable_cudnn False",
+        f"codecTrain.py -c config/{denoise}.yaml --tag {denoise} --exp_root exp --disable_cudnn False --ngpu 1",
         f"codecTest.py --subset noisy_test --subset_num -1 --encoder exp/{denoise}/checkpoint-200000steps.pkl "
         "--decoder exp/vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean/checkpoint-500000steps.pkl "
         f"--output_dir output/{denoise}",

@@ -1,8 +1,9 @@
 """The SLURM launcher (utils/launcher.sh) against a real single-node SLURM started for the session.
 
-The fixture writes a slurm.conf for this host (its CPUs, one partition `debug`), a munge key, and runs
-munged, slurmctld and slurmd from a temporary folder on their own ports; the tests skip (saying why)
-only when the daemons cannot start. Recipes run in a sandbox: a folder that links the repository's
+The fixture writes a slurm.conf for this host (its CPUs, two `gpu` GRES that no device backs, one
+partition `debug`), a gres.conf (AutoDetect=off), a munge key, and runs munged, slurmctld and slurmd
+from a temporary folder on their own ports; the tests skip (saying why) only when the daemons cannot
+start. Recipes run in a sandbox: a folder that links the repository's
 code and holds its own tiny configs, corpus, exp/, output/ and slurmlogs/.
 """
 
@@ -32,6 +33,7 @@ from test_preemption import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+GPUS = 2  # generic resources `gpu` of the test node
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "scontrol", "squeue", "scancel")
 
 
@@ -87,9 +89,16 @@ class SlurmCluster:
             "MinJobAge": 600,
             "KillWait": 10,
             "JobRequeue": 1,
+            "GresTypes": "gpu",
         }
         lines = [f"{key}={value}" for key, value in config.items()]
-        lines.append(f"NodeName={self.node} CPUs={os.cpu_count()} State=UNKNOWN")
+        lines.append(f"NodeName={self.node} CPUs={os.cpu_count()} Gres=gpu:{GPUS} State=UNKNOWN")
+        # GPUs SLURM counts and allocates, with empty files for devices: the trainer sees no CUDA.
+        for index in range(GPUS):
+            (folder / f"gpu{index}").touch()
+        (folder / "gres.conf").write_text(
+            f"AutoDetect=off\nNodeName={self.node} Name=gpu File={folder}/gpu[0-{GPUS - 1}]\n"
+        )
         lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES")
         (folder / "slurm.conf").write_text("\n".join(lines) + "\n")
 
@@ -245,6 +254,26 @@ def test_dry_run_prints_sbatch_lines_and_submits_nothing(slurm: SlurmCluster, tm
     assert slurm.run("squeue", "-h").stdout == before
 
 
+@pytest.mark.parametrize(
+    ("request_kind", "expected"), [("gpus-per-node", "--gpus-per-node 8"), ("gres", "--gres gpu:8")]
+)
+def test_a_multi_node_training_job_asks_for_its_gpus_and_cpus(tmp_path: Path, request_kind: str, expected: str) -> None:
+    logdir = tmp_path / "logs"
+    result = bash("submit_autoencoder.sh", "--ngpu", "8", "--nnodes", "4", "--cmd", "slurm", "--dry-run",
+                  "--gpu_request", request_kind, "--slurm_logdir", str(logdir),
+                  env={**os.environ, "PYTHON": str(stub_python(tmp_path))}, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("sbatch ")]
+    # 8 processes per node, each with the recipe's 2 loader workers: 8 x (2 + 1) CPUs.
+    assert "--nodes 4 --ntasks-per-node 1" in line and expected in line and "--cpus-per-task 24" in line, line
+    script = (logdir / "autoencoder_symAD_vctk_48000_hop300-stage0.sh").read_text()
+    assert "declare -- ngpu=\"8\"" in script and "declare -- nnodes=\"4\"" in script
+    cpu = bash("submit_autoencoder.sh", "--ngpu", "0", "--cmd", "slurm", "--dry-run", "--slurm_logdir", str(logdir),
+               env={**os.environ, "PYTHON": str(stub_python(tmp_path))}, cwd=ROOT)  # fmt: skip
+    (line,) = [line.strip() for line in cpu.stdout.splitlines() if line.strip().startswith("sbatch ")]
+    assert "gpu" not in line.replace("autoencoder_symAD", "") and "--cpus-per-task 3" in line, line
+
+
 def hidden_sbatch_path(folder: Path) -> str:
     """A PATH with every command of the current PATH except the SLURM clients."""
     folder.mkdir()
@@ -304,7 +333,7 @@ def test_demo_recipe_stages_0_to_4_under_slurm_write_what_a_local_run_writes(
         sandbox = recipe_sandbox(tmp_path / mode)
         write_configs(sandbox, tiny_configs(corpus, steps=2))
         args = ["submit_codec.sh", "--start", "0", "--stop", "4", "--autoencoder", "autoencoder/tiny",
-                "--statistic", "statistic/tiny", "--vocoder", "vocoder/tiny",
+                "--statistic", "statistic/tiny", "--vocoder", "vocoder/tiny", "--ngpu", "0",
                 "--encoder_checkpoint", "2", "--decoder_checkpoint", "2", "--cmd", mode, "--cpus", "1"]  # fmt: skip
         process = subprocess.Popen(["bash", *args], cwd=sandbox, env=training_env(**slurm.env),
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -333,7 +362,8 @@ def test_usr1_checkpoints_then_resubmitting_resumes_and_requeue_continues(slurm:
     config = tiny_configs(write_corpus(tmp_path / "corpus"), steps=2)["autoencoder/tiny"]
     config.update(adv_train_max_steps=20, save_interval_steps=10**6)
     write_configs(sandbox, {"autoencoder/long": config})
-    args = ["submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/long", "--cmd", "slurm", "--cpus", "1"]
+    args = ["submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/long", "--cmd", "slurm", "--cpus", "1",
+            "--ngpu", "0"]
     folder = sandbox / "exp" / "autoencoder" / "long"
 
     # Stopped by SIGUSR1: a checkpoint at the step reached, exit 0.
@@ -373,22 +403,22 @@ def test_two_srun_tasks_train_like_one_process_with_the_global_batch(slurm: Slur
 
     The cluster has one node, so the two "nodes" are two tasks on it (extra sbatch options). Crops
     are deterministic (training files of exactly the crop length), so the two ranks with one file
-    each see the batch of two files that one process sees.
+    each see the batch of two files that one process sees: the same config, batch_size 2, trains
+    the same on two processes as on one.
     """
     sandbox = recipe_sandbox(tmp_path / "recipe")
     config = tiny_configs(write_corpus(tmp_path / "corpus", train_samples=4800), steps=2)["autoencoder/tiny"]
-    config.update(adv_train_max_steps=None, batch_size=1)
-    single = {**config, "batch_size": 2}
-    write_configs(sandbox, {"autoencoder/ranks": config, "autoencoder/single": single})
+    config.update(adv_train_max_steps=None, batch_size=2)
+    write_configs(sandbox, {"autoencoder/ranks": config, "autoencoder/single": config})
     env = training_env(**slurm.env)
     env.pop("MASTER_ADDR", None)
     result = bash("submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/ranks", "--nnodes", "2",
-                  "--cmd", "slurm", "--cpus", "1", "--sbatch_args", "--nodes=1 --ntasks-per-node=2",
+                  "--ngpu", "0", "--cmd", "slurm", "--cpus", "1", "--sbatch_args", "--nodes=1 --ntasks-per-node=2",
                   env=env, cwd=sandbox)  # fmt: skip
     assert result.returncode == 0, result.stderr
     (job,) = submitted_jobs(result.stdout)
-    local = bash("submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/single", env=env, cwd=sandbox,
-                 timeout=120)  # fmt: skip
+    local = bash("submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/single", "--ngpu", "0", env=env,
+                 cwd=sandbox, timeout=120)  # fmt: skip
     assert local.returncode == 0, local.stdout + local.stderr
     slurm.wait_for_jobs([job], timeout=180)
     log = next((sandbox / "slurmlogs").glob(f"*-stage0-{job}.log")).read_text()
@@ -396,6 +426,7 @@ def test_two_srun_tasks_train_like_one_process_with_the_global_batch(slurm: Slur
     assert f"launcher: rendezvous {slurm.node}:" in log and "for 2 tasks" in log
     assert "--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d" in log
     assert log.count("DDP: rank") >= 1 and "Finished training at step 2" in log
+    assert "global batch 2 = 2 ranks x 1" in log
     ranks, alone = (
         torch.load(sandbox / "exp" / "autoencoder" / name / "checkpoint-2steps.pkl", map_location="cpu")["model"]
         for name in ("ranks", "single")
@@ -404,3 +435,28 @@ def test_two_srun_tasks_train_like_one_process_with_the_global_batch(slurm: Slur
         assert ranks[part].keys() == alone[part].keys()
         for key, value in ranks[part].items():
             torch.testing.assert_close(value, alone[part][key], rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
+
+
+@needs_trainer
+def test_a_gpu_job_gets_its_gpus_and_stops_when_cuda_does_not_see_them(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The cluster's GPUs are counted, not real: SLURM allocates them, the trainer sees no CUDA device
+    and stops with its error line before training (no checkpoint) instead of training on the CPU."""
+    if torch.cuda.device_count() >= GPUS:
+        pytest.skip("this machine has real GPUs: the job would train")
+    sandbox = recipe_sandbox(tmp_path / "recipe")
+    config = tiny_configs(write_corpus(tmp_path / "corpus"), steps=2)["autoencoder/tiny"]
+    write_configs(sandbox, {"autoencoder/gpu": config})
+    result = bash("submit_autoencoder.sh", "--stage", "0", "--tag_name", "autoencoder/gpu", "--ngpu", str(GPUS),
+                  "--cmd", "slurm", "--cpus", "1", env=training_env(**slurm.env), cwd=sandbox)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (job,) = submitted_jobs(result.stdout)
+    slurm.wait_for_jobs([job], timeout=120)
+    shown = slurm.run("scontrol", "show", "-d", "job", job).stdout
+    assert f"TresPerNode=gres:gpu:{GPUS}" in shown and f"JOB_GRES=gpu:{GPUS}" in shown, shown
+    log = next((sandbox / "slurmlogs").glob(f"*-stage0-{job}.log")).read_text()
+    assert slurm.job_state(job) == "FAILED", log
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, log
+    assert errors[0].startswith(f"error: --ngpu {GPUS} asks for {GPUS} GPU(s) per node but this process sees 0")
+    assert "--ngpu 0" in errors[0] and "Training " not in log
+    assert not list((sandbox / "exp").rglob("checkpoint-*"))

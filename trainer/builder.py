@@ -4,6 +4,7 @@ data, the trainer of the config's ``train_mode``; and :func:`run_training`, what
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -200,7 +201,12 @@ def run_training(options: TrainOptions) -> Path:
     ``initial`` checkpoint, when given, provides the starting parameters.
     """
     config = read_config(options.config)
-    context = init_distributed(options.ngpu)
+    try:
+        context = init_distributed(options.ngpu)
+    except CodecError:
+        if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            raise SystemExit(1) from None  # the node's first process says why, once
+        raise
     try:
         if not context.is_main:
             logging.getLogger().setLevel(logging.WARNING)

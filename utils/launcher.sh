@@ -19,8 +19,14 @@
 #                        rendezvous at the first node of the allocation).
 #   --partition NAME --gpus N --cpus N --mem SIZE --time LIMIT
 #                        sbatch resources; "" takes the value from ${slurm_config}, whose empty values
-#                        leave the cluster's defaults. --gpus is per node; a training stage asks for
-#                        max(gpus, ngpu) when gpus > 0.
+#                        leave the cluster's defaults. A training stage asks for what it uses: the
+#                        recipe's --ngpu GPUs per node (none with --ngpu 0, the only way to train on
+#                        CPUs) and, unless --cpus is given, CPUs for every process and its loader
+#                        workers (ngpu x (num_workers of the stage's config + 1), or x cpus_per_process
+#                        of ${slurm_config}). --gpus (GPUs per node) and --cpus apply to the other stages.
+#   --gpu_request gpus-per-node|gres
+#                        how GPUs are asked for: --gpus-per-node N (default) or --gres gpu:N (clusters
+#                        that count GPUs as a generic resource)
 #   --slurm_config FILE  key=value defaults for the options above (conf/slurm.conf)
 #   --slurm_logdir DIR   where job scripts and logs go (slurmlogs)
 #   --sbatch_args "..."  more sbatch options, verbatim, after ours (e.g. "--account=x --qos=y")
@@ -29,6 +35,12 @@
 #                        limit's warning signal) saves a checkpoint and requeues itself; it resumes there
 #                        (SLURM starts a requeued job after cred_expire, 120 s by default)
 #   --dry-run            print the sbatch command lines (and write the job scripts), submit nothing
+# Training options, for run_train (submit_common.sh) of every recipe, local or under SLURM:
+#   --precision fp32|bf16|fp16   autocast precision (default: the config's, else fp32)
+#   --compile true               torch.compile the generator and the discriminator
+#   --batch_size_per_rank N      samples per process and step (default: the config's batch_size is the
+#                                global batch, shared by the processes)
+#   --micro_batch N              at most N samples per forward pass; the rest is accumulated
 # Under --cmd slurm a training command without --resume gets --resume auto (the newest checkpoint of
 # its experiment folder, if any), and a requeued job resumes with --resume auto whatever it was given:
 # re-running or requeueing a training stage continues where it stopped.
@@ -36,6 +48,7 @@
 cmd=local
 partition=""
 gpus=""
+gpu_request=""
 cpus=""
 mem=""
 time=""
@@ -45,6 +58,10 @@ sbatch_args=""
 after=""
 requeue=false
 dry_run=false
+precision=""
+compile=false
+batch_size_per_rank=""
+micro_batch=""
 
 # parse_options.sh wants a value after every option: give the bare flags one. Its --help lists the
 # recipe's own options; the launcher's come first.
@@ -53,8 +70,9 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --help | -h)
             _launcher_args+=("$1")
-            echo "Launcher options (utils/launcher.sh): --cmd ${cmd} --partition --gpus --cpus --mem --time" \
-                "--slurm_config ${slurm_config} --slurm_logdir ${slurm_logdir} --sbatch_args --after --requeue --dry-run"
+            echo "Launcher options (utils/launcher.sh): --cmd ${cmd} --partition --gpus --gpu_request --cpus --mem" \
+                "--time --slurm_config ${slurm_config} --slurm_logdir ${slurm_logdir} --sbatch_args --after --requeue" \
+                "--dry-run; training: --precision --compile ${compile} --batch_size_per_rank --micro_batch"
             ;;
         --dry-run | --dry_run | --requeue)
             _launcher_args+=("$1")
@@ -99,16 +117,24 @@ launcher_init() {
         _launcher_error "--slurm_config ${slurm_config} is not a readable file"
         return 1
     fi
-    for key in partition gpus cpus mem time; do
+    _launcher_cpus_given=${cpus}
+    for key in partition gpus gpu_request cpus mem time; do
         if [ -z "${!key}" ]; then
             value=$(_launcher_config_value "${slurm_config}" "${key}")
             printf -v "${key}" '%s' "${value}"
         fi
     done
     launcher_signal=$(_launcher_config_value "${slurm_config}" signal)
-    for key in gpus cpus; do
+    launcher_cpus_per_process=$(_launcher_config_value "${slurm_config}" cpus_per_process)
+    gpus=${gpus:-0}
+    gpu_request=${gpu_request:-gpus-per-node}
+    case "${gpu_request}" in
+        gpus-per-node | gres) ;;
+        *) _launcher_error "--gpu_request must be gpus-per-node or gres, not '${gpu_request}'"; return 1 ;;
+    esac
+    for key in gpus cpus launcher_cpus_per_process; do
         if [ -n "${!key}" ] && ! [[ ${!key} =~ ^[0-9]+$ ]]; then
-            _launcher_error "--${key} must be a whole number, not '${!key}'"
+            _launcher_error "--${key#launcher_} must be a whole number, not '${!key}'"
             return 1
         fi
     done
@@ -149,6 +175,29 @@ _launcher_is_training() {
     return 1
 }
 
+# The config file of a training command (the word after -c), or nothing.
+_launcher_stage_config() {
+    while [ $# -gt 0 ]; do
+        if [ "$1" = -c ] || [ "$1" = --config ]; then
+            echo "${2:-}"
+            return
+        fi
+        shift
+    done
+}
+
+# CPUs per task (= per node) of a training stage: one per process and per loader worker of each.
+_launcher_training_cpus() {
+    local config per_process workers processes=$((${ngpu:-1} > 0 ? ${ngpu:-1} : 1))
+    per_process=${launcher_cpus_per_process:-}
+    if [ -z "${per_process}" ]; then
+        config=$(_launcher_stage_config "$@")
+        workers=$(sed -nE 's/^num_workers:[[:space:]]*([0-9]+).*$/\1/p' "${config}" 2>/dev/null | tail -n 1)
+        per_process=$((${workers:-0} + 1))
+    fi
+    echo $((processes * per_process))
+}
+
 # The recipe's own variables (what parse_options.sh lets users set), for the job script.
 _launcher_recipe_variables() {
     local script=$0
@@ -183,7 +232,7 @@ _launcher_write_job_script() {
         echo "# sbatch runs it; it runs the stage's command in an srun step ('$(basename "${script}") --step')."
         echo "set -euo pipefail"
         printf 'cd %q\n' "${PWD}"
-        for variable in $(_launcher_recipe_variables) cmd requeue; do
+        for variable in $(_launcher_recipe_variables) cmd requeue precision compile batch_size_per_rank micro_batch; do
             declare -p "${variable}" 2>/dev/null || true
         done
         declare -f
@@ -233,7 +282,7 @@ run_stage() {
         return
     fi
     local label=${name//\//_}
-    local logdir script log job line gpus_per_node=${gpus:-0}
+    local logdir script log job line gpus_per_node=${gpus:-0} stage_cpus=${cpus}
     mkdir -p "${slurm_logdir}"
     logdir=$(cd "${slurm_logdir}" && pwd)
     script="${logdir}/${label}-stage${stage}.sh"
@@ -242,18 +291,25 @@ run_stage() {
 
     local -a sbatch_command=(sbatch --parsable --job-name "${label}-stage${stage}" --output "${log}"
         --open-mode append --nodes "${nnodes:-1}" --ntasks-per-node 1 --export ALL)
+    if _launcher_is_training "$@"; then
+        gpus_per_node=${ngpu:-1}
+        [ -n "${_launcher_cpus_given}" ] || stage_cpus=$(_launcher_training_cpus "$@")
+    fi
     [ -n "${partition}" ] && sbatch_command+=(--partition "${partition}")
-    [ -n "${cpus}" ] && sbatch_command+=(--cpus-per-task "${cpus}")
+    [ -n "${stage_cpus}" ] && sbatch_command+=(--cpus-per-task "${stage_cpus}")
     [ -n "${mem}" ] && sbatch_command+=(--mem "${mem}")
     [ -n "${time}" ] && sbatch_command+=(--time "${time}")
     if _launcher_is_training "$@"; then
-        if [ "${gpus_per_node}" -gt 0 ] && [ "${ngpu:-1}" -gt "${gpus_per_node}" ]; then
-            gpus_per_node=${ngpu}
-        fi
         [ -n "${launcher_signal:-}" ] && sbatch_command+=(--signal "${launcher_signal}")
         [ "${requeue}" = true ] && sbatch_command+=(--requeue)
     fi
-    [ "${gpus_per_node}" -gt 0 ] && sbatch_command+=(--gpus-per-node "${gpus_per_node}")
+    if [ "${gpus_per_node}" -gt 0 ]; then
+        if [ "${gpu_request}" = gres ]; then
+            sbatch_command+=(--gres "gpu:${gpus_per_node}")
+        else
+            sbatch_command+=(--gpus-per-node "${gpus_per_node}")
+        fi
+    fi
     local dependency=${_launcher_previous_job:-${after}}
     [ -n "${dependency}" ] && sbatch_command+=(--dependency "afterok:${dependency}")
     if [ -n "${sbatch_args}" ]; then
