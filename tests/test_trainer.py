@@ -383,3 +383,14 @@ def test_a_mixed_precision_run_trains_both_stages(tmp_path: Path, precision: str
     events.Reload()
     for name in ("train/mel_loss", "train/discriminator_loss", "eval/mel_loss"):
         assert all(np.isfinite(event.value) for event in events.Scalars(name)), name
+
+
+def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
+    from trainer.benchmark import cpu_name, time_phase
+
+    config = tiny_recipe(tmp_path)
+    for phase in ("stage1", "adversarial"):
+        timing = time_phase(config, phase, steps=1, warmup=1)
+        assert timing.phase == phase and timing.batch_size == 2 and timing.batch_length == 160
+        assert timing.seconds_per_step > 0 and timing.samples_per_second == pytest.approx(2 / timing.seconds_per_step)
+    assert cpu_name()

@@ -138,19 +138,22 @@ def build_trainer(
     seed: int,
     writer: Any | None = None,
     plan: BatchPlan | None = None,
+    data: TrainingData | None = None,
 ) -> GANTrainer:
     """The trainer of the config's ``train_mode``, with its models, losses, optimizers and data
-    (``plan``: how the global batch is shared; default: the config's ``batch_size`` on this job)."""
+    (``plan``: how the global batch is shared; default: the config's ``batch_size`` on this job;
+    ``data``: a data stream of the caller's, used as it is, e.g. without files for a benchmark)."""
     mode = config.get("train_mode", "autoencoder")
     if mode not in TRAINERS:
         raise CodecError(f"train_mode '{mode}' is not one of {', '.join(TRAINERS)}: fix the config")
     if "model_type" not in config:
         raise CodecError("the config has no model_type")
-    data = TrainingData(config, context, seed, plan)
-    try:
-        data.set_batch_length(int(config["batch_length"]))
-    except (FileNotFoundError, ValueError) as error:
-        raise CodecError(str(error)) from None
+    if data is None:
+        data = TrainingData(config, context, seed, plan)
+        try:
+            data.set_batch_length(int(config["batch_length"]))
+        except (FileNotFoundError, ValueError) as error:
+            raise CodecError(str(error)) from None
     generator = build_training_generator(config).to(context.device)
     discriminator = build_discriminator(config).to(context.device)
     optimizers = {
