@@ -26,7 +26,9 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import platform  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
@@ -36,9 +38,11 @@ import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
 from layers.weight_norm import fold_weight_norm  # noqa: E402
+from utils import native_engine  # noqa: E402
 from utils.audiodec import BACKENDS, DEFAULT_BACKEND, PRECISIONS, StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
+from utils.errors import CodecError  # noqa: E402
 from utils.fast_malloc import current_malloc  # noqa: E402
 
 CONVS = (nn.Conv1d, nn.ConvTranspose1d)
@@ -302,6 +306,38 @@ def time_live(codec: StreamingCodec, x: torch.Tensor, frame_size: int) -> dict:
     return {"seconds": seconds, "layout": "coder" if coder else "overlap", "threads": streamer.workers[0].threads}
 
 
+def cpu_label() -> str:
+    """The CPU's model name, torch's instruction set and the native engine's build, e.g.
+    "AMD EPYC (torch AVX2, engine avx2)"."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    build = native_engine.build()
+    engine = f"engine {build.isa}" if build else "no engine"
+    return f"{name} (torch {torch.backends.cpu.get_cpu_capability()}, {engine})"
+
+
+ORIGINAL_SECONDS = 3.0  # the original's medians settle within a few seconds; it runs up to 20x slower
+
+
+def time_original(original: Path, args: argparse.Namespace) -> dict:
+    """The original implementation's streaming step on the same machine (bin/time_original.py, in
+    its own process: both trees have models/ and layers/), on up to ORIGINAL_SECONDS of audio."""
+    command = [
+        sys.executable, str(Path(__file__).with_name("time_original.py")), "--original", str(original),
+        "--autoencoder", args.autoencoder, "--frame_size", str(args.frame_size), "--threads", str(args.threads),
+        "--seconds", str(min(args.seconds, ORIGINAL_SECONDS)), *(["--vocoder", args.vocoder] if args.vocoder else []),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["no message"]
+        raise CodecError(f"timing the original in {original} failed: {lines[-1]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def benchmark(
     codec: StreamingCodec, frame_size: int, seconds: float, whole_file: bool = True, live: bool = False
 ) -> dict:
@@ -321,6 +357,7 @@ def benchmark(
         "backend": codec.backend,
         "native_sides": list(codec.native_sides),  # what the native engine runs (backend "native")
         "threads": torch.get_num_threads(),
+        "cpu": cpu_label(),
         "malloc": current_malloc(),
         "frame_size": frame_size,
         "seconds": x.shape[-1] / codec.sample_rate,
@@ -360,7 +397,7 @@ def format_report(result: dict) -> str:
         + (f" ({'+'.join(result['native_sides'])} native)" if result.get("native_sides") else "") + "  "
         f"threads {result['threads']}  malloc {result.get('malloc', '?')}  "
         f"chunk {result['frame_size']}  audio {result['seconds']:.1f} s",
-        f"measured fp32 GEMM rate: {result['gemm_gflops']:.0f} GFLOP/s",
+        f"CPU: {result.get('cpu', '?')}  measured fp32 GEMM rate: {result['gemm_gflops']:.0f} GFLOP/s",
     ]
     for part, key in (("encode", "enc"), ("decode", "dec")):
         lines.append(
@@ -369,6 +406,13 @@ def format_report(result: dict) -> str:
             f"second  {100 * result[f'machine_fraction_{part}']:.0f}% of the GEMM rate"
         )
     lines.append(f"streaming RTF total: {result['rtf_total']:.3f}")
+    if "original" in result:
+        original = result["original"]
+        lines.append(
+            f"original implementation, same chunks and threads: encode {original['encode_ms']:.2f} ms  decode "
+            f"{original['decode_ms']:.2f} ms  streaming RTF {original['rtf']:.3f}  "
+            f"({original['rtf'] / result['rtf_total']:.1f}x ours)"
+        )
     if "rtf_live" in result:
         threads = result["live_threads"]
         layout = (f"one coder thread with {threads} intra-op threads" if result["live_layout"] == "coder" else
@@ -403,9 +447,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time demoStream.py's pipeline (encoder and decoder threads) on the same audio")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--original", type=Path,
+                        help="a checkout of facebookresearch/AudioDec: also time its streaming step on the same "
+                        "config (with --autoencoder), chunks and threads")
     args = parser.parse_args(argv)
     if args.vocoder and not args.autoencoder:
         parser.error("--vocoder goes with --autoencoder")
+    if args.original and not args.autoencoder:
+        parser.error("--original goes with --autoencoder")
     return args
 
 
@@ -426,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                 part, min(values), statistics.median(values), max(values), len(values),
             )
     result = benchmark(codec, args.frame_size, args.seconds, whole_file=not args.no_whole_file, live=args.live)
+    if args.original:
+        result["original"] = time_original(args.original, args)
     print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps({k: v for k, v in result.items() if not (

@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,18 @@ def test_arm64_build_under_qemu(tmp_path: Path) -> None:
     binary = build(tmp_path, cross, "armv8-a")
     command = [str(binary)] if qemu is None else [qemu, "-L", "/usr/aarch64-linux-gnu", str(binary)]
     assert run(command).startswith("neon (4 lanes, fma 1)")
+
+
+@pytest.mark.skipif(not (X86 and cpu_has("avx2", "fma")), reason="an x86-64 CPU with AVX2 and FMA")
+def test_the_avx2_emulation_holds_torch_and_the_engine_to_avx2(tmp_path: Path) -> None:
+    """utils/as_avx2.sh: what the CI's second pass runs under (the same on an AVX2 machine)."""
+    probe = (
+        "import torch; from utils import native_engine as n; from utils.audiodec import cpu_bf16_problem; "
+        "print(torch.backends.cpu.get_cpu_capability(), n.build().isa, n.build().lanes, bool(cpu_bf16_problem()))"
+    )
+    result = subprocess.run(
+        [os.path.join(REPO, "utils", "as_avx2.sh"), sys.executable, "-c", probe], capture_output=True, text=True,
+        cwd=REPO, env={**os.environ, "AUDIODEC_NATIVE_CACHE": str(tmp_path)}, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["AVX2", "avx2", "8", "True"]
