@@ -270,9 +270,11 @@ static const kernel_fn KERNELS[3][ROWS_MAX] = {{TABLE_12(1)}, {TABLE_NV2}, {TABL
 
 static void run_conv(const Op *op, int tid, int nthreads) {
     const int slot = op->nv == 4 ? 2 : op->nv - 1;
-    const int rows = ROWS[slot];
     const int col_blocks = op->cpad / (op->nv * VL);
-    const int row_blocks = (op->t_out + rows - 1) / rows;
+    const int row_blocks = (op->t_out + ROWS[slot] - 1) / ROWS[slot];
+    /* rows spread evenly over the blocks (25 rows: 5 x 5, not 4 x 6 + 1: a 1-row block reads its
+     * weights for few sums) */
+    const int rows = (op->t_out + row_blocks - 1) / row_blocks;
     const int64_t items = (int64_t)row_blocks * col_blocks;
     const int64_t first = items * tid / nthreads, last = items * (tid + 1) / nthreads;
     /* When the weights outweigh the input (the few rows of a streaming chunk), column block by
