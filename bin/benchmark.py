@@ -440,8 +440,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="conv compute precision")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="native (default: encoder, symmetric decoder and grouped HiFi-GAN vocoders in the "
-                        "compiled engine, the rest as torch), torch (TorchScript graphs per chunk size), eager, "
-                        "or onnxruntime (receiver only; the transmitter runs in torch)")
+                        "compiled engine, the rest as torch), torch (TorchScript graphs per chunk size), or eager")
     parser.add_argument("--no-whole-file", action="store_true", help="skip the whole-file timing")
     parser.add_argument("--live", action="store_true",
                         help="also time demoStream.py's pipeline (encoder and decoder threads) on the same audio")

@@ -106,11 +106,10 @@ class PackedConv:
 
     @staticmethod
     def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether the cached path applies: CPU float32 input, no autograd, not in an ONNX export
-        (which records the plain convolution; a TorchScript trace records the cached path)."""
+        """Whether the cached path applies: CPU float32 input, no autograd (a TorchScript trace
+        records the cached path)."""
         return (
-            not torch.onnx.is_in_onnx_export()
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and x.dtype == torch.float32
             and not (torch.is_grad_enabled() and weight.requires_grad)
         )

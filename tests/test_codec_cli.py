@@ -49,21 +49,6 @@ def test_round_trip_equals_demo_file(name: str, tmp_path, python: str) -> None:
     np.testing.assert_array_equal(codes[0] + offsets, np.load(official_path("ref", f"{name}_codes.npy")))
 
 
-def test_decode_with_the_onnxruntime_backend(tmp_path, python: str) -> None:
-    """`--backend onnxruntime` decodes a file like the reference implementation's output (>= 60 dB): of its
-    four 80-frame blocks the first runs in torch (a new shape), the other three in ONNX Runtime."""
-    source = official_path(MANIFEST["vctk_sym"]["input"])
-    packed, decoded, reference = tmp_path / "x.adc", tmp_path / "x.wav", tmp_path / "ref.wav"
-    assert codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "-i", source,
-                     "-o", str(packed)).returncode == 0
-    result = codec_cli(python, "decode", "--backend", "onnxruntime", "--cuda", "-1", "-i", str(packed),
-                       "-o", str(decoded))
-    assert result.returncode == 0, result.stderr
-    demo_file(python, "vctk_sym", source, str(reference))
-    ours, ref = sf.read(decoded)[0], sf.read(reference)[0]
-    assert ours.shape == ref.shape and snr_db(ref, ours) >= 60
-
-
 def test_multichannel_round_trip(tmp_path, python: str) -> None:
     mono, rate = sf.read(official_path("input", "test_48k.wav"))
     sf.write(tmp_path / "stereo.wav", np.stack([mono, mono[::-1] * 0.5], axis=1), rate, "PCM_16")

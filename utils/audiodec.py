@@ -35,12 +35,11 @@ WARMUP_SAMPLES = 8192
 # (v1 whole-file decode of 10 s: RTF 1.36 in one pass, 0.61 in 80-frame blocks; docs/performance.md).
 BLOCK_FRAMES = 80
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# torch: each chunk shape's step traced into a TorchScript graph (utils/traced_step.py; same
-# output as eager, less Python per chunk); eager: op by op from Python; onnxruntime: the receiver
-# in ONNX Runtime (utils/onnx_receiver.py), the transmitter as in torch; native: the encoder, the
-# symmetric decoder and grouped HiFi-GAN vocoders in the native engine (utils/native_engine.py),
-# what it cannot run as torch.
-BACKENDS = ("native", "torch", "eager", "onnxruntime")
+# native: the encoder, the symmetric decoder and grouped HiFi-GAN vocoders in the native engine
+# (utils/native_engine.py), what it cannot run as torch; torch: each chunk shape's step traced into
+# a TorchScript graph (utils/traced_step.py; same output as eager, less Python per chunk); eager:
+# op by op from Python. native is the fastest on every CPU measured (docs/performance.md).
+BACKENDS = ("native", "torch", "eager")
 DEFAULT_BACKEND = "native"
 
 
@@ -100,8 +99,6 @@ class StreamingCodec:
             raise CodecError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
             raise CodecError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
-        if backend == "onnxruntime" and (precision != "fp32" or torch.device(device).type != "cpu"):
-            raise CodecError(f"the {backend} backend runs fp32 on the CPU: use --precision fp32 and the CPU")
         if precision == "bf16" and torch.device(device).type == "cpu" and cpu_bf16_problem():
             raise CodecError(cpu_bf16_problem())
         if encoder.hop_length != decoder.hop_length:
@@ -129,7 +126,7 @@ class StreamingCodec:
         self.codebook_size = encoder.codebook_size
         # The transmitter runs eager or as TorchScript graphs (the same operations, so the same
         # codes), or in the native engine (its own rounding, for every call); the receiver's step
-        # is eager, TorchScript, ONNX Runtime, or native (code lookup included).
+        # is eager, TorchScript, or native (code lookup included).
         self.backend = backend
         self.native_sides: list[str] = []  # the sides the native engine runs ("encoder", "decoder")
         self._encode_chunk = self._transmit
@@ -152,10 +149,6 @@ class StreamingCodec:
                 if not native_engine.supports(self.decoder, "decoder"):
                     self._decode_codes = native_engine.NativeStep(self.decoder, self._receive, "decoder", codebook)
                     self.native_sides.append("decoder")
-        elif backend == "onnxruntime":
-            from utils.onnx_receiver import OnnxReceiver
-
-            self._decode_latent = OnnxReceiver(self.decoder, decoder.decode)
         self.batch_size = 0
         self.encoder_checkpoint: str | None = None
 
@@ -221,15 +214,15 @@ class StreamingCodec:
 
         With `frame_size` (samples per chunk to come), one silent chunk of that size is coded first,
         so that the convolutions pick their fastest formulation for it now rather than on the
-        first real chunk (see layers.conv.PackedConv), and the TorchScript graphs or the ONNX
-        Runtime session for it are built (on a shape's second chunk); the streams then start afresh.
+        first real chunk (see layers.conv.PackedConv), and the TorchScript graphs or native plans for
+        it are built (on a shape's second chunk); the streams then start afresh.
         """
         if frame_size:
             if frame_size % self.hop_length:
                 raise CodecError(f"frame size {frame_size} is not a multiple of the hop ({self.hop_length})")
             self.reset(batch_size)
             silence = torch.zeros(batch_size, self.input_channels, frame_size, device=self.device)
-            for _ in range(1 if self.backend == "eager" else 2):  # graphs and sessions come on a shape's 2nd call
+            for _ in range(1 if self.backend == "eager" else 2):  # graphs come on a shape's 2nd call
                 self.decode(self.encode(silence))
         reset_streaming(self.encoder, 1)
         reset_streaming(self.decoder, 1)

@@ -60,8 +60,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
         help="native (default: the AudioDec encoder, symmetric decoder and grouped HiFi-GAN vocoders in the "
-        "compiled engine, the rest as torch), torch (each chunk size's steps as TorchScript graphs), eager (op "
-        "by op), or onnxruntime (the receiver in ONNX Runtime). docs/performance.md",
+        "compiled engine, the rest as torch), torch (each chunk size's steps as TorchScript graphs), or eager "
+        "(op by op). docs/performance.md",
     )
 
 

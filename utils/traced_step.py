@@ -93,7 +93,7 @@ class StepGraph(nn.Module):
 class PerShapeStep(ABC):
     """Callable chunk -> `step(chunk)`, continuing `module`'s streams, through a compiled form of
     the step built per input shape (`_build`, run by `_run`); the base of `TracedStep` and of
-    `utils.onnx_receiver.OnnxReceiver`.
+    `utils.native_engine.NativeStep`.
 
     A shape gets its compiled form when it comes a second time: a stream's chunks repeat their
     shape, whereas the one-off lengths of whole files (every file ends in a different remainder)
