@@ -356,10 +356,6 @@ class StreamingState:
         """Start `batch_size` independent streams from the stored initial buffer."""
         self._state = self.pad_buffer.expand(batch_size, -1, -1).clone()
 
-    def clear_state(self) -> None:
-        """Leave streaming mode (the next `step` starts from the initial buffer)."""
-        self._state = None
-
     def _push(self, x: torch.Tensor) -> torch.Tensor:
         """Prepend the state to chunk `x` (B, C, T) and keep the new tail as the next state."""
         if self._state is None or self._state.shape[0] != x.shape[0]:
@@ -612,10 +608,3 @@ def set_precision(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
     for module in model.modules():
         if hasattr(module, "compute_dtype"):
             module.compute_dtype = dtype
-
-
-def clear_streaming(model: nn.Module) -> None:
-    """Drop the streaming state of every layer of `model`."""
-    for module in model.modules():
-        if isinstance(module, StreamingState):
-            module.clear_state()

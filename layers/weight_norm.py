@@ -64,17 +64,3 @@ def to_original_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
             key = key[: -len(_NEW_V)] + _OLD_V
         renamed[key] = value
     return renamed
-
-
-def fold_original_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Turn each `weight_g` / `weight_v` pair into the plain `weight` it stands for."""
-    folded = {}
-    for key, value in state_dict.items():
-        if key.endswith(_OLD_V):
-            continue
-        if key.endswith(_OLD_G):
-            stem = key[: -len(_OLD_G)]
-            folded[stem + ".weight"] = torch._weight_norm(state_dict[stem + _OLD_V], value, 0)
-        else:
-            folded[key] = value
-    return folded

@@ -218,13 +218,13 @@ def test_what_the_engine_cannot_run_falls_back_to_torch() -> None:
     v0 = load("vctk_v0")  # multi-receptive-field blocks
     assert v0.native_sides == ["encoder"] and not isinstance(v0._decode_codes, NativeStep)
     assert isinstance(v0._decode_latent, TracedStep)
-    assert "grouped HiFi-GAN blocks" in native_engine.supports(v0.decoder, "decoder")
+    assert "grouped HiFi-GAN blocks" in native_engine.why_not_native(v0.decoder, "decoder")
     activate = load("vctk_activate_sym")  # activations around the encoder and decoder
     assert activate.native_sides == []
     decoder = load("vctk_sym").decoder
-    assert native_engine.supports(decoder, "decoder") == ""
+    assert native_engine.why_not_native(decoder, "decoder") == ""
     set_precision(decoder, torch.bfloat16)
-    assert native_engine.supports(decoder, "decoder") == "reduced precision does not run natively"
+    assert native_engine.why_not_native(decoder, "decoder") == "reduced precision does not run natively"
 
 
 @pytest.mark.skipif(bool(cpu_bf16_problem()), reason="this CPU has no bf16 convolutions")

@@ -143,10 +143,10 @@ class StreamingCodec:
             if not native_engine.available():
                 _notice_once(f"native engine unavailable ({native_engine.unavailable_reason()}): running TorchScript")
             else:
-                if not native_engine.supports(self.encoder, "encoder"):
+                if not native_engine.why_not_native(self.encoder, "encoder"):
                     self._encode_chunk = native_engine.NativeStep(self.encoder, self._transmit, "encoder", codebook)
                     self.native_sides.append("encoder")
-                if not native_engine.supports(self.decoder, "decoder"):
+                if not native_engine.why_not_native(self.decoder, "decoder"):
                     self._decode_codes = native_engine.NativeStep(self.decoder, self._receive, "decoder", codebook)
                     self.native_sides.append("decoder")
         self.batch_size = 0

@@ -105,10 +105,6 @@ class StreamHeader:
         """Raw payload bits per second."""
         return self.payload_bits_per_frame * self.sample_rate / self.hop
 
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return (self.channels, self.n_codebooks)
-
     def validate(self) -> None:
         """Raise BitstreamError naming the first field that is out of range."""
         limits = (

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from utils.audiodec import StreamingCodec
-from utils.bitstream import AdcStreamReader, StreamHeader, read_adc, write_adc
+from utils.bitstream import AdcStreamReader, StreamHeader, write_adc
 from utils.entropy import EntropyModel
 from utils.errors import CodecError
 
@@ -72,11 +72,6 @@ def decode_codes(codec: StreamingCodec, header: StreamHeader, codes: np.ndarray)
     codec.reset(header.channels)
     y = codec.decode(torch.from_numpy(codes))
     return codec.audio_from_streams(y[..., : header.n_samples])
-
-
-def decode_file(codec: StreamingCodec, path: str, entropy_model: EntropyModel | None = None) -> np.ndarray:
-    header, codes = read_adc(path, entropy_model)
-    return decode_codes(codec, header, codes)
 
 
 def decode_stream(

@@ -258,10 +258,10 @@ def _vocoder_problem(vocoder: nn.Module) -> str:
     return _conv_problem(vocoder)
 
 
-def supports(module: nn.Module, side: str) -> str:
-    """"" when the engine can run `side` of `module`, else why not: "encoder", the transmitter of
-    an AudioDec generator; "decoder", a HiFi-GAN vocoder with grouped blocks, or the symmetric
-    decoder of a module whose `decoder` is an AudioDec decoder."""
+def why_not_native(module: nn.Module, side: str) -> str:
+    """Why the engine cannot run `side` of `module`, or "" when it can. Sides: "encoder", the
+    transmitter of an AudioDec generator; "decoder", a HiFi-GAN vocoder with grouped blocks, or the
+    symmetric decoder of a module whose `decoder` is an AudioDec decoder."""
     if side == "decoder" and isinstance(module, _vocoder_class()):
         return _vocoder_problem(module)
     return _audiodec_problem(module, side)

@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from utils.errors import CodecError
-from utils.metrics import read_mono, resample
+from utils.metrics import resample
 
 OPUS_SAMPLE_RATE = 48000
 OPUSDEC_LEAD_SAMPLES = 2
@@ -124,12 +124,6 @@ def ogg_packet_sizes(data: bytes) -> list[int]:
                 packet = 0
         position += 27 + n_segments + sum(lacing)
     return sizes
-
-
-def opus_roundtrip_file(path: str | Path, bitrate_kbps: float = DEFAULT_BITRATE_KBPS) -> OpusResult:
-    """:func:`opus_roundtrip` on a (mono-mixed) audio file."""
-    audio, sample_rate = read_mono(path)
-    return opus_roundtrip(audio, sample_rate, bitrate_kbps)
 
 
 def estimate_lag(reference: np.ndarray, degraded: np.ndarray, max_lag: int = 1000) -> int:
