@@ -4,20 +4,120 @@ Buffer names (`embed` (dim, size), `cluster_size` (size,), `embed_avg` (dim, siz
 original checkpoints. The arithmetic of the nearest-code search and of the straight-through
 value is kept exactly as the original computes it: the codes an official model transmits
 depend on it.
+
+Two options keep a codebook's codes in use (both off by default, and then the codebook trains exactly
+as the original's):
+- ``kmeans_init``: at its first training pass a codebook is set to the k-means centroids (a few Lloyd
+  iterations) of the vectors it receives, so codes start on the data instead of as standard-normal
+  draws far from a fresh encoder's small outputs.
+- ``threshold_ema_dead_code``: after each EMA update, a code whose EMA cluster size is below the
+  threshold and that no vector of the batch chose is re-seeded with a vector of the batch.
+Under ``torch.distributed`` both decide on statistics that are equal on every rank (the k-means sums
+and counts are all-reduced; dead codes are read from the all-reduced EMA sizes) and take their new
+vectors from rank 0, so the ranks' codebooks stay identical.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+USAGE_MIN_CLUSTER_SIZE = 0.01  # EMA cluster size from which a code counts as in use
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _sample_rows(vectors: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` rows of ``vectors`` (N, dim) drawn at random (without replacement when N allows),
+    rank 0's draw on every rank."""
+    rows = vectors.shape[0]
+    if rows >= count:
+        picks = torch.randperm(rows, device=vectors.device)[:count]
+    else:
+        picks = torch.randint(rows, (count,), device=vectors.device)
+    sample = vectors[picks].contiguous()
+    if _distributed():
+        dist.broadcast(sample, src=0)
+    return sample
+
+
+def _kmeans_plus_plus(vectors: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` rows of ``vectors`` (N, dim) chosen by k-means++ seeding (each next row drawn with
+    probability proportional to its squared distance from the rows chosen so far; uniformly once
+    every row is chosen), rank 0's choice on every rank."""
+    rows = vectors.shape[0]
+    picks = [torch.randint(rows, (1,), device=vectors.device)]
+    nearest = (vectors - vectors[picks[0]]).pow(2).sum(1)
+    for _ in range(count - 1):
+        if nearest.sum() > 0:
+            pick = torch.multinomial(nearest, 1)
+        else:
+            pick = torch.randint(rows, (1,), device=vectors.device)
+        picks.append(pick)
+        nearest = torch.minimum(nearest, (vectors - vectors[pick]).pow(2).sum(1))
+    seeds = vectors[torch.cat(picks)].contiguous()
+    if _distributed():
+        dist.broadcast(seeds, src=0)
+    return seeds
+
+
+def _cluster_statistics(vectors: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count (K,), sum (K, dim)) of the rows of ``vectors`` (N, dim) nearest to each of ``centroids``
+    (K, dim), summed over the ranks under ``torch.distributed``."""
+    distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ centroids.t()
+                 + centroids.pow(2).sum(1).unsqueeze(0))  # fmt: skip
+    nearest = distances.argmin(1)
+    statistics = vectors.new_zeros(centroids.shape[0], 1 + vectors.shape[1])
+    statistics[:, 0].index_add_(0, nearest, torch.ones_like(nearest, dtype=vectors.dtype))
+    statistics[:, 1:].index_add_(0, nearest, vectors)
+    if _distributed():
+        dist.all_reduce(statistics)
+    return statistics[:, 0], statistics[:, 1:]
+
+
+def kmeans(vectors: torch.Tensor, num_clusters: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means of the rows of ``vectors`` (N, dim).
+
+    Starts from ``num_clusters`` rows chosen by k-means++ (rank 0's choice); a cluster left empty keeps its
+    centroid. Under ``torch.distributed`` the per-cluster sums and counts are all-reduced, so every
+    rank computes the k-means of all ranks' vectors together.
+
+    Returns:
+        (centroids (num_clusters, dim), number of vectors nearest to each centroid (num_clusters,)).
+    """
+    centroids = _kmeans_plus_plus(vectors, num_clusters)
+    for _ in range(iterations):
+        counts, sums = _cluster_statistics(vectors, centroids)
+        centroids = torch.where(counts.unsqueeze(1) > 0, sums / counts.clamp(min=1).unsqueeze(1), centroids)
+    counts, _ = _cluster_statistics(vectors, centroids)
+    return centroids, counts
+
 
 class VectorQuantize(nn.Module):
-    """One EMA codebook of `codebook_size` vectors of size `dim`."""
+    """One EMA codebook of `codebook_size` vectors of size `dim`.
+
+    Args:
+        kmeans_init: set the codebook to the k-means centroids of its first training batch.
+        kmeans_iters: Lloyd iterations of that initialisation.
+        threshold_ema_dead_code: re-seed codes whose EMA cluster size falls below this (0: never).
+    """
 
     def __init__(
-        self, dim: int, codebook_size: int, decay: float = 0.8, commitment: float = 1.0, eps: float = 1e-5
+        self,
+        dim: int,
+        codebook_size: int,
+        decay: float = 0.8,
+        commitment: float = 1.0,
+        eps: float = 1e-5,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        threshold_ema_dead_code: float = 0.0,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -25,6 +125,13 @@ class VectorQuantize(nn.Module):
         self.decay = decay
         self.commitment = commitment
         self.eps = eps
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.threshold_ema_dead_code = threshold_ema_dead_code
+        # Set by trainer.distributed.CodebookSync, which then applies the EMA update and the expiry of
+        # a step itself, from the whole global batch.
+        self.deferred_expiry = False
+        self._initialised = False
         embed = torch.randn(dim, codebook_size)
         self.register_buffer("embed", embed)
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
@@ -81,11 +188,66 @@ class VectorQuantize(nn.Module):
         smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
         self.embed.copy_(self.embed_avg / smoothed.unsqueeze(0))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Quantize x (..., dim); returns (straight-through value, commitment loss, perplexity).
+    def smoothed_cluster_size(self) -> torch.Tensor:
+        """The Laplace-smoothed cluster sizes the EMA update divides `embed_avg` by, (size,)."""
+        total = self.cluster_size.sum()
+        return (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
 
-        In training mode the codebook follows the assigned vectors by EMA (Laplace-smoothed sizes).
+    def _awaiting_init(self) -> bool:
+        if not self.kmeans_init or self._initialised:
+            return False
+        # A codebook that has trained (or was loaded from one that has) has counted vectors.
+        self._initialised = bool(self.cluster_size.sum() > 0)
+        return not self._initialised
+
+    @torch.no_grad()
+    def initialise(self, x: torch.Tensor) -> None:
+        """With `kmeans_init`, in training mode, before the codebook's first update: set the codes to
+        the k-means centroids of x (..., dim), the cluster sizes to their counts, and `embed_avg` so
+        that the next EMA update continues from them."""
+        if not self.training or not self._awaiting_init():
+            return
+        centroids, counts = kmeans(x.detach().reshape(-1, self.dim).float(), self.codebook_size, self.kmeans_iters)
+        self.embed.copy_(centroids.t())
+        self.cluster_size.copy_(counts)
+        self.embed_avg.copy_(self.embed * self.smoothed_cluster_size().unsqueeze(0))
+        self._initialised = True
+
+    @torch.no_grad()
+    def expire_dead_codes(self, x: torch.Tensor, used: torch.Tensor) -> int:
+        """Re-seed the codes whose EMA cluster size is below `threshold_ema_dead_code` and that the
+        batch did not use (`used` (size,) bool) with vectors of x (..., dim) (rank 0's); their sizes
+        are set to the threshold. The other codes are left as they are. Returns the number re-seeded."""
+        if self.threshold_ema_dead_code <= 0 or not self.training:
+            return 0
+        dead = ((self.cluster_size < self.threshold_ema_dead_code) & ~used).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return 0
+        seeds = _sample_rows(x.detach().reshape(-1, self.dim).to(self.embed.dtype), dead.numel())
+        self.embed[:, dead] = seeds.t()
+        self.cluster_size[dead] = self.threshold_ema_dead_code
+        self.embed_avg[:, dead] = seeds.t() * self.smoothed_cluster_size()[dead].unsqueeze(0)
+        return dead.numel()
+
+    def usage(self, min_cluster_size: float = USAGE_MIN_CLUSTER_SIZE) -> tuple[int, float]:
+        """Codebook usage from the EMA cluster sizes: (codes whose size is at least `min_cluster_size`,
+        entropy in bits of the sizes taken as a distribution over the codes; 0 before any update)."""
+        sizes = self.cluster_size.detach().double()
+        total = sizes.sum()
+        if total <= 0:
+            return 0, 0.0
+        share = sizes[sizes > 0] / total
+        entropy = float(-(share * share.log()).sum()) / math.log(2)
+        return int((sizes >= min_cluster_size).sum()), entropy
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize x (..., dim); returns (straight-through value, commitment loss, batch perplexity).
+
+        In training mode the codebook follows the assigned vectors by EMA (Laplace-smoothed sizes),
+        after a k-means start and followed by dead-code expiry when those options are on. The
+        perplexity is that of the codes this batch chose, so it cannot exceed its number of vectors.
         """
+        self.initialise(x)
         flatten = x.reshape(-1, self.dim)
         indices = self.nearest(flatten)
         onehot = F.one_hot(indices, self.codebook_size).type(x.dtype)
@@ -93,6 +255,8 @@ class VectorQuantize(nn.Module):
         if self.training:
             with torch.no_grad():
                 self._ema_update(flatten.detach(), onehot)
+                if not self.deferred_expiry:
+                    self.expire_dead_codes(flatten, onehot.sum(0) > 0)
         loss = F.mse_loss(quantized.detach(), x) * self.commitment
         quantized = x + (quantized - x).detach()
         probs = onehot.mean(0)
@@ -107,7 +271,8 @@ class VectorQuantize(nn.Module):
 
 
 class ResidualVQ(nn.Module):
-    """`num_quantizers` codebooks, each quantizing what the previous ones left over."""
+    """`num_quantizers` codebooks, each quantizing what the previous ones left over; kwargs go to
+    each :class:`VectorQuantize` (decay, k-means initialisation, dead-code threshold)."""
 
     def __init__(self, *, num_quantizers: int, dim: int, codebook_size: int, **kwargs) -> None:
         super().__init__()
@@ -143,6 +308,11 @@ class ResidualVQ(nn.Module):
             losses.append(loss)
             perplexities.append(perplexity)
         return quantized_out, torch.stack(losses), torch.stack(perplexities)
+
+    def usage(self, min_cluster_size: float = USAGE_MIN_CLUSTER_SIZE) -> list[tuple[int, float]]:
+        """(codes in use, entropy in bits) of each codebook, from its EMA cluster sizes (see
+        :meth:`VectorQuantize.usage`)."""
+        return [layer.usage(min_cluster_size) for layer in self.layers]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes of x (B, T, dim) -> (B, num_quantizers, T), each in [0, codebook_size)."""

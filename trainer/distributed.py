@@ -12,7 +12,9 @@ hooks keep each codebook's statistics from before the step, sum the increments o
 and ``embed_avg`` of every micro-batch, and at the end of the pass all-reduce the sums and recompute
 ``embed`` from them, which is exactly the update one process would make on the global batch. Buffers
 are therefore kept equal on all ranks explicitly, and the generator is wrapped with
-``broadcast_buffers=False``.
+``broadcast_buffers=False``. The codebook options that keep codes alive run there too: the k-means
+initialisation before the first pass is quantized (its statistics all-reduced), the expiry of dead
+codes after the global update (decided on the all-reduced sizes, re-seeded from rank 0's vectors).
 
 GPUs are used only when asked for (``--ngpu N``), and then they must be there: a job that asked for
 GPUs and sees fewer stops with one error line before training instead of training on the CPU.
@@ -189,9 +191,11 @@ class CodebookSync:
         self.context = context
         self.codebooks = [module for module in model.modules() if isinstance(module, VectorQuantize)]
         self.pending: dict[VectorQuantize, list[torch.Tensor]] = {}
+        self.latest_inputs: dict[VectorQuantize, torch.Tensor] = {}
         self.handles: list[RemovableHandle] = []
         if self.codebooks and (context.is_distributed or accumulate):
             for module in self.codebooks:
+                module.deferred_expiry = True
                 self.handles.append(module.register_forward_pre_hook(self._remember))
                 self.handles.append(module.register_forward_hook(self._accumulate))
 
@@ -199,14 +203,16 @@ class CodebookSync:
     def active(self) -> bool:
         return bool(self.handles)
 
-    def _remember(self, module: VectorQuantize, _inputs: tuple) -> None:
+    def _remember(self, module: VectorQuantize, inputs: tuple) -> None:
+        module.initialise(inputs[0])  # before the state is kept: the step starts from the k-means codebook
         if module.training and module not in self.pending:
             state = (module.cluster_size, module.embed_avg, module.embed)
             self.pending[module] = [tensor.clone() for tensor in state] + [torch.zeros_like(t) for t in state[:2]]
 
-    def _accumulate(self, module: VectorQuantize, _inputs: tuple, _output: tuple) -> None:
+    def _accumulate(self, module: VectorQuantize, inputs: tuple, _output: tuple) -> None:
         if not module.training or module not in self.pending:
             return
+        self.latest_inputs[module] = inputs[0].detach()
         size_before, avg_before, embed_before, size_sum, avg_sum = self.pending[module]
         with torch.no_grad():
             # This micro-batch's increment is (1 - decay) * (its counts, its sums).
@@ -237,10 +243,15 @@ class CodebookSync:
                 total = module.cluster_size.sum()
                 smoothed = (module.cluster_size + module.eps) / (total + module.codebook_size * module.eps) * total
                 module.embed.copy_(module.embed_avg / smoothed.unsqueeze(0))
+                module.expire_dead_codes(self.latest_inputs[module], summed[0] > 0)
         self.pending.clear()
+        self.latest_inputs.clear()
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        for module in self.codebooks:
+            module.deferred_expiry = False
         self.handles.clear()
         self.pending.clear()
+        self.latest_inputs.clear()

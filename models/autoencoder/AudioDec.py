@@ -26,7 +26,11 @@ CODECS: dict[str, tuple[type[Encoder], type[Decoder]]] = {
 
 
 class Generator(nn.Module):
-    """The AudioDec autoencoder; kwargs are the config's `generator_params`."""
+    """The AudioDec autoencoder; kwargs are the config's `generator_params`.
+
+    `kmeans_init`, `kmeans_iters` and `threshold_ema_dead_code` are options of the codebooks that keep
+    their codes in use (off by default, as the original trains; see `layers.vq`).
+    """
 
     def __init__(
         self,
@@ -50,6 +54,9 @@ class Generator(nn.Module):
         nonlinear_activation_params: dict | None = None,
         use_weight_norm: bool = False,
         quantizer_dropout: bool = False,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        threshold_ema_dead_code: float = 0.0,
     ) -> None:
         super().__init__()
         if codec not in CODECS:
@@ -79,7 +86,8 @@ class Generator(nn.Module):
             bias=False, mode=mode, model=projector,
         )
         self.quantizer = Quantizer(
-            code_dim=code_dim, codebook_num=codebook_num, codebook_size=codebook_size, model=quantier
+            code_dim=code_dim, codebook_num=codebook_num, codebook_size=codebook_size, model=quantier,
+            kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, threshold_ema_dead_code=threshold_ema_dead_code,
         )
         if use_weight_norm:
             # The original also re-draws the weights from N(0, 0.01) here, but through the old

@@ -9,13 +9,26 @@ from layers.vq import ResidualVQ
 
 
 class Quantizer(nn.Module):
-    """Holds the residual VQ as `codebook` (the original's module name)."""
+    """Holds the residual VQ as `codebook` (the original's module name); `kmeans_init`, `kmeans_iters`
+    and `threshold_ema_dead_code` are the codebooks' options (see `layers.vq`)."""
 
-    def __init__(self, code_dim: int, codebook_num: int, codebook_size: int, model: str = "residual_vq") -> None:
+    def __init__(
+        self,
+        code_dim: int,
+        codebook_num: int,
+        codebook_size: int,
+        model: str = "residual_vq",
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        threshold_ema_dead_code: float = 0.0,
+    ) -> None:
         super().__init__()
         if model != "residual_vq":
             raise ValueError(f"unknown quantizer '{model}': only 'residual_vq' exists")
-        self.codebook = ResidualVQ(num_quantizers=codebook_num, dim=code_dim, codebook_size=codebook_size)
+        self.codebook = ResidualVQ(
+            num_quantizers=codebook_num, dim=code_dim, codebook_size=codebook_size, kmeans_init=kmeans_init,
+            kmeans_iters=kmeans_iters, threshold_ema_dead_code=threshold_ema_dead_code,
+        )
 
     def forward(
         self, z: torch.Tensor, n_quantizers: int | None = None
