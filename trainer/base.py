@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from layers.vq import ResidualVQ
 from losses import MelSpectrogram
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, wrap_ddp
@@ -56,6 +57,9 @@ METRIC_LOSSES: dict[str, tuple[str, ...]] = {
     "mel": ("mel_loss",),
     "stft": ("spectral_convergence_loss", "log_stft_magnitude_loss"),
     "shape": ("shape_loss",),
+    "complex_stft": ("complex_stft_loss",),
+    "phase": ("phase_loss",),
+    "time_l1": ("time_l1_loss",),
 }
 
 NUM_EVAL_SAMPLES = 2  # validation samples written to TensorBoard as audio and log-mel images
@@ -261,8 +265,13 @@ class GANTrainer:
         return loss
 
     def record_vq(self, vq_loss: torch.Tensor, perplexity: torch.Tensor, losses: LossTracker, prefix: str):
-        """lambda_vq_loss * sum(vq_loss (n,)); logs it and the perplexity (n,) of each codebook."""
+        """lambda_vq_loss * sum(vq_loss (n,)); logs it and the batch perplexity (n,) of each codebook.
+
+        The perplexity is of the codes one batch chose, at most the batch's number of vectors: it is
+        logged as ``batch_perplexity_<i>`` and, for the tools that read the original's name, ``ppl_<i>``.
+        """
         for index, value in enumerate(perplexity.unbind(0)):
+            losses.add(f"{prefix}/batch_perplexity_{index}", value)
             losses.add(f"{prefix}/ppl_{index}", value)
         loss = vq_loss.sum() * self.config["lambda_vq_loss"]
         losses.add(f"{prefix}/vqloss", loss)
@@ -446,8 +455,21 @@ class GANTrainer:
         if self.steps % self.config["save_interval_steps"] == 0:
             self.save_checkpoint()
 
+    def codebook_usage(self) -> dict[str, float]:
+        """Codes in use and entropy in bits of each of the generator's codebooks, from their EMA cluster
+        sizes (equal on every rank), by log name; empty for a generator without codebooks."""
+        codebooks = getattr(getattr(self.generator, "quantizer", None), "codebook", None)
+        if not isinstance(codebooks, ResidualVQ):
+            return {}
+        values = {}
+        for index, (in_use, entropy) in enumerate(codebooks.usage()):
+            values[f"train/codes_in_use_{index}"] = in_use
+            values[f"train/code_entropy_bits_{index}"] = entropy
+        return values
+
     def _write_train_log(self) -> None:
         means = all_reduce_mean(self.train_losses.means(), self.context)
+        means.update(self.codebook_usage())
         self.train_losses.reset()
         for name, optimizer in self.optimizers.items():
             means[f"learning_rate/{name}"] = optimizer.param_groups[0]["lr"]

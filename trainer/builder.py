@@ -109,6 +109,9 @@ def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str,
     """The adversarial losses, and the metric / feature-matching losses the ``use_*_loss`` switches turn on."""
     names = ["generator_adv", "discriminator_adv"]
     names += [name for name in (*METRIC_LOSSES, "feat_match") if config.get(f"use_{name}_loss", False)]
+    for name in names:
+        if name in METRIC_LOSSES and f"lambda_{name}_loss" not in config:
+            raise CodecError(f"use_{name}_loss is on but the config has no lambda_{name}_loss (its weight)")
     return {name: LOSSES[name](**config.get(f"{name}_loss_params", {})).to(device) for name in names}
 
 
