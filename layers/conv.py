@@ -9,17 +9,12 @@ consumes one chunk and returns the matching output chunk; `reset_state(batch_siz
 Feeding a signal through `step` in pieces gives exactly what one `step` over the whole signal
 gives, provided each piece is a multiple of the layer's stride.
 
-Speed: outside autograd on CPU, `step` runs each convolution on cached weights through one of
-four formulations for its input shape (`PackedConv`: oneDNN on prepacked weights, `F.conv1d`,
-im2col + one matrix product, or for pointwise convs one matrix product over time-major rows),
-chosen by timing them on the first chunk of that shape; oneDNN stays unless another is 2x faster.
-No one formulation wins everywhere: on one thread, a 64 -> 96 two-tap conv over 101 frames takes
-578 us in oneDNN and 34 us in `F.conv1d`, while for 512 -> 512 k7 over 5 frames oneDNN is 10x
-faster. The transmitter does not tune: it always runs oneDNN, whose sums do not depend on the
-chunk length. Transposed convolutions (kernel
-2*stride) are rewritten as a two-tap convolution onto `stride` phases, then interleaved. The
-`compute_dtype` of a layer (float32, or bfloat16 via `set_precision`) is what its convolutions
-compute in; activations between layers stay float32.
+Speed: outside autograd on CPU, `step` runs each convolution through oneDNN on weights prepacked
+for its input shape (`PackedConv`; `F.conv1d` where PyTorch has no oneDNN): one formulation, so
+results never depend on a timing. Transposed convolutions (kernel 2*stride) are rewritten as a
+two-tap convolution onto `stride` phases, then interleaved. The `compute_dtype` of a layer
+(float32, or bfloat16 via `set_precision`) is what its convolutions compute in; activations
+between layers stay float32.
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ from __future__ import annotations
 import functools
 import math
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -58,51 +52,31 @@ def record_usage() -> Iterator[list]:
 
 
 class PackedConv:
-    """The inference convolution of one layer: one of four formulations, chosen per input shape.
+    """The inference convolution of one layer: oneDNN with the weights reordered once into the
+    blocked layout its kernel reads for the input's shape, or `F.conv1d` on cached weights where
+    PyTorch has no oneDNN. The cache is opaque (oneDNN tensors have no storage), so copies and
+    pickles start without it.
 
-    Formulations of conv1d(x, weight) for x (B, C_in, L), weight (C_out, C_in / groups, k):
-    `onednn`, oneDNN with the weights reordered once into its blocked layout; `native`,
-    `F.conv1d` on cached weights (oneDNN re-packs per call, or PyTorch's own kernel for small
-    dilated inputs); `gemm`, im2col as a strided view and one matrix product per group; `rows`
-    (pointwise convs), one matrix product over the time-major rows. Which wins depends on the
-    shape and thread count (oneDNN's blocked kernels lose badly on some channel counts at small
-    lengths, e.g. 64 -> 96 at 100 frames), so the first call with a new input shape and thread
-    count times each formulation and keeps oneDNN unless another is `ONEDNN_MARGIN` times faster.
-    All compute the same sums, differing only by float rounding order.
-
-    The cache is opaque (oneDNN tensors have no storage), so copies and pickles start without it.
+    Formulations of conv1d(x, weight) for x (B, C_in, L), weight (C_out, C_in / groups, k).
     """
 
-    FORMULATIONS = ("onednn", "native", "gemm", "rows")
-    TUNE_REPEATS = 5
-    # Another formulation replaces oneDNN only when it is this many times faster. The tuning times
-    # one layer hot, on its own; in the stream its weights are cold and its channel-major output
-    # costs the next oneDNN conv a reorder, so small hot wins are lost. A/B in one process
-    # (docs/performance.md): margin 2 against 1, per chunk, sym 300 6.27 vs 6.47 ms, v1 1500
-    # 27.0 vs 28.1, v1 300 12.0 vs 12.4, sym 1500 11.6 vs 11.7; whole-file v1 within 2 %.
-    ONEDNN_MARGIN = 2.0
-    TUNE_MAX_LENGTH = 8192
+    FORMULATIONS = ("onednn", "native")
     MAX_PACKINGS = 32  # input shapes whose weight layout is remembered (a few per chunk size in use)
+    PACK_MAX_LENGTH = 8192  # longer inputs (whole files) share the layout packed for this length
 
     def __init__(self) -> None:
-        self.tune = True  # False: always oneDNN (deterministic; the transmitter's codes depend on it)
         self.key: tuple | None = None
         self.weight: torch.Tensor | None = None  # source weight after `transform`, in the compute dtype
         self.bias: torch.Tensor | None = None
         self.packed: torch.Tensor | None = None  # the oneDNN weights of the latest call (a graph input while tracing)
         self.packings: dict[tuple, torch.Tensor] = {}  # (batch, length, threads) -> weights in the layout run there
         self.layouts: dict[bytes, torch.Tensor] = {}  # one copy of the weights per distinct layout
-        self.matrix: torch.Tensor | None = None  # (groups, C_out / groups, C_in / groups * k), made on first use
-        self.rows_matrix: torch.Tensor | None = None  # (C_in, C_out) of a pointwise conv, made on first use
-        self.choice: dict[tuple, str] = {}
 
     def __deepcopy__(self, memo: dict) -> PackedConv:
-        copy = PackedConv()
-        copy.tune = self.tune
-        return copy
+        return PackedConv()
 
     def __reduce__(self) -> tuple:
-        return _packed_conv, (self.tune,)
+        return PackedConv, ()
 
     @staticmethod
     def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -125,9 +99,8 @@ class PackedConv:
             w, b = transform(weight, bias) if transform is not None else (weight, bias)
             self.weight = w.detach().to(dtype).contiguous()
             self.bias = None if b is None else b.detach().to(dtype).contiguous()
-        self.packed = self.matrix = self.rows_matrix = None
+        self.packed = None
         self.packings, self.layouts = {}, {}
-        self.choice = {}
         self.key = key
 
     def _onednn(
@@ -142,7 +115,7 @@ class PackedConv:
                 return _scripted(_onednn_conv)(x, self.packed, self.bias, stride, dilation, groups)
             return _scripted(_onednn_conv_add)(x, residual, self.packed, self.bias, stride, dilation, groups)
         batch, _, length = (int(size) for size in x.shape)
-        key = (batch, min(length, self.TUNE_MAX_LENGTH), torch.get_num_threads())  # oneDNN blocks for all three
+        key = (batch, min(length, self.PACK_MAX_LENGTH), torch.get_num_threads())  # oneDNN blocks for all three
         packed = self.packings.get(key)
         if packed is None:
             packed = self._pack(key, stride, dilation, groups)
@@ -156,8 +129,7 @@ class PackedConv:
         on this many threads.
         The layout depends on the input length (256 -> 256 pointwise: 32-channel blocks over 5
         frames, 64 over 64 frames), and a convolution given another layout reorders its weights on
-        every call, a second oneDNN primitive that cost 20-35 us per call in a 300-sample chunk.
-        Lengths that share a layout share one copy of the weights."""
+        every call (a second oneDNN primitive). Lengths that share a layout share one copy of the weights."""
         if len(self.packings) >= self.MAX_PACKINGS:
             self.packings, self.layouts = {}, {}
         with torch.inference_mode(False), torch.no_grad():
@@ -174,59 +146,10 @@ class PackedConv:
     def _native(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
         return F.conv1d(x, self.weight, self.bias, stride, 0, dilation, groups)
 
-    def _gemm(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
-        c_out, c_in_group, kernel = self.weight.shape
-        if self.matrix is None:
-            self.matrix = self.weight.reshape(groups, c_out // groups, c_in_group * kernel).contiguous()
-        batch, _, length = x.shape
-        frames = (length - dilation * (kernel - 1) - 1) // stride + 1
-        x = x.contiguous()
-        sb, sc, sl = x.stride()
-        # columns[b, g, c * kernel + j, t] = x[b, g * c_in_group + c, t * stride + j * dilation]
-        columns = x.as_strided(
-            (batch, groups, c_in_group, kernel, frames), (sb, c_in_group * sc, sc, dilation * sl, stride * sl)
-        ).reshape(batch, groups, c_in_group * kernel, frames)
-        y = torch.matmul(self.matrix, columns).view(batch, c_out, frames)
-        return y if self.bias is None else y.add_(self.bias.unsqueeze(-1))
-
-    def _rows(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
-        """Pointwise conv as one matrix product over time-major rows, (B, T, C_in) @ (C_in, C_out):
-        no copy of a time-major input and a time-major result, and about 1.5 us of fixed cost per
-        call where oneDNN's is about 24 us (8 -> 8 channels, 8 frames), which dominates the small
-        pointwise convs of a 300-sample chunk (128 -> 128 over 25 frames: 11 against 52 us)."""
-        if self.rows_matrix is None:
-            self.rows_matrix = self.weight[:, :, 0].t().contiguous()
-        y = torch.matmul(x.transpose(1, 2), self.rows_matrix)
-        if self.bias is not None:
-            y = y.add_(self.bias)
-        return y.transpose(1, 2)
-
     @staticmethod
-    def applies(name: str, kernel: int, stride: int, groups: int) -> bool:
-        """Whether formulation `name` can compute this convolution (`rows`: pointwise ones only)."""
-        if name == "onednn":
-            return _ONEDNN
-        return name != "rows" or (kernel == 1 and stride == 1 and groups == 1)
-
-    def _tune(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> str:
-        """The fastest formulation for x: candidates timed in turn (round robin, so that a slow
-        moment of the machine hits all of them), best of `TUNE_REPEATS` rounds each; oneDNN unless
-        beaten by `ONEDNN_MARGIN`."""
-        kernel = self.weight.shape[-1]
-        names = [name for name in self.FORMULATIONS if self.applies(name, kernel, stride, groups)]
-        runs = {name: getattr(self, "_" + name) for name in names}
-        for run in runs.values():
-            run(x, stride, dilation, groups)  # first call: packing and allocation, not timed
-        best = dict.fromkeys(names, math.inf)
-        for _ in range(self.TUNE_REPEATS):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run(x, stride, dilation, groups)
-                best[name] = min(best[name], time.perf_counter() - start)
-        choice = min(names, key=best.__getitem__)
-        if "onednn" in best and best["onednn"] < self.ONEDNN_MARGIN * best[choice]:
-            return "onednn"
-        return choice
+    def applies(name: str) -> bool:
+        """Whether formulation `name` is available here."""
+        return name != "onednn" or _ONEDNN
 
     def run(
         self,
@@ -252,19 +175,9 @@ class PackedConv:
         self._refresh(weight, bias, dtype, transform)
         if x.dtype != dtype:  # (a no-op `to` would still be a node in every traced graph)
             x = x.to(dtype)
-        batch, channels, length = (int(size) for size in x.shape)  # ints also while tracing (utils/traced_step.py)
-        # Streaming chunks are tuned at their exact length; long inputs (whole files) share one
-        # choice, tuned on their first TUNE_MAX_LENGTH samples (cost per sample is flat there).
-        key = (batch, channels, length if length <= self.TUNE_MAX_LENGTH else -1, torch.get_num_threads())
-        choice = self.choice.get(key)
-        if choice is None:
-            if not self.tune:
-                choice = "onednn" if _ONEDNN else "native"
-            else:
-                choice = self.choice[key] = self._tune(x[..., : self.TUNE_MAX_LENGTH], stride, dilation, groups)
-        if residual is not None and choice == "onednn" and dtype == torch.float32:
+        if residual is not None and _ONEDNN and dtype == torch.float32:
             return self._onednn(x, stride, dilation, groups, residual)
-        y = getattr(self, "_" + choice)(x, stride, dilation, groups)
+        y = self._onednn(x, stride, dilation, groups) if _ONEDNN else self._native(x, stride, dilation, groups)
         y = y if y.dtype == torch.float32 else y.float()
         return y if residual is None else residual + y
 
@@ -302,24 +215,6 @@ def _onednn_conv_add(
 def _scripted(function):
     """`function` compiled by TorchScript, on first use (a trace records a call to it)."""
     return torch.jit.script(function)
-
-
-def _packed_conv(tune: bool = True) -> PackedConv:
-    """Unpickle a PackedConv: its setting survives, its caches start empty."""
-    conv = PackedConv()
-    conv.tune = tune
-    return conv
-
-
-def set_tuning(model: nn.Module, enabled: bool) -> None:
-    """Let `model`'s inference convolutions pick the fastest formulation per shape (True), or keep
-    them on oneDNN (False): results then do not depend on timing, which matters where they are
-    quantized (the encoder's codes must be the same on every run and for every chunk size)."""
-    for module in model.modules():
-        packed = getattr(module, "_packed", None)
-        if isinstance(packed, PackedConv):
-            packed.tune = enabled
-            packed.choice = {}
 
 
 def is_channels_last(x: torch.Tensor) -> bool:

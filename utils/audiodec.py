@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import PackedConv, StreamingState, reset_streaming, set_precision, set_tuning
+from layers.conv import PackedConv, StreamingState, reset_streaming, set_precision
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from models.registry import AUTOENCODER_TYPES
 from utils.checkpoint import load_generator, state_hash
@@ -116,10 +116,6 @@ class StreamingCodec:
         # and the VQ stay float32; only the decoder's convolutions run in bf16.
         self.precision = precision
         set_precision(self.decoder, PRECISIONS[precision])
-        # The codes must not depend on timing: the transmitter's convolutions stay on one
-        # formulation; the receiver's pick the fastest per chunk size (float rounding only).
-        set_tuning(self.encoder.encoder, False)
-        set_tuning(self.encoder.projector, False)
         self.input_channels = encoder.input_channels
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
         self.n_codebooks = encoder.n_codebooks
@@ -213,9 +209,9 @@ class StreamingCodec:
         """Start `batch_size` independent streams from the warmed-up state.
 
         With `frame_size` (samples per chunk to come), one silent chunk of that size is coded first,
-        so that the convolutions pick their fastest formulation for it now rather than on the
-        first real chunk (see layers.conv.PackedConv), and the TorchScript graphs or native plans for
-        it are built (on a shape's second chunk); the streams then start afresh.
+        so that the weights are packed and the TorchScript graphs or native plans for it are built
+        now (on a shape's second chunk) rather than during the first real chunks; the streams then
+        start afresh.
         """
         if frame_size:
             if frame_size % self.hop_length:
