@@ -26,7 +26,7 @@ import signal
 import numpy as np
 import torch
 
-from bin import stream
+from utils import live as stream
 from utils.audio import read_audio, write_audio
 from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
 from utils.errors import CodecError

@@ -287,11 +287,11 @@ def time_whole_file(codec: StreamingCodec, x: torch.Tensor, repeats: int = 3) ->
 
 
 def time_live(codec: StreamingCodec, x: torch.Tensor, frame_size: int) -> dict:
-    """`demoStream.py`'s in-process pipeline (`bin.stream.Streamer`, worker_threads "auto") fed `x`
+    """`demoStream.py`'s in-process pipeline (`utils.live.Streamer`, worker_threads "auto") fed `x`
     (1, C, T) in `frame_size` blocks as fast as it takes them, as `demoStream.py --input_file`
     without `--pace` does: seconds from the first block pushed to the last one out (the start-up,
     which tunes, traces and times the two sides, is not timed), and the layout "auto" chose."""
-    from bin import stream
+    from utils import live as stream
 
     data = StreamingCodec.audio_from_streams(x)
     streamer = stream.Streamer(codec, codec, frame_size, data.shape[1], max_latency=0)

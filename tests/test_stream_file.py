@@ -115,7 +115,7 @@ def test_receive_port_in_use(tmp_path, python: str) -> None:
 
 def _stream_in_process(codec: StreamingCodec, data: np.ndarray, worker_threads: int | str) -> tuple:
     """run_file unpaced through a Streamer; (output, thread count each worker's steps saw)."""
-    from bin import stream
+    from utils import live as stream
 
     seen: dict[str, set[int]] = {}
     streamer = stream.Streamer(codec, codec, 1500, data.shape[1], max_latency=0, worker_threads=worker_threads)
@@ -140,7 +140,7 @@ def test_auto_overlaps_halves_or_codes_in_one_thread(whole_file: np.ndarray, bal
     encoder and decoder cost alike (within BALANCE) they overlap with 1 thread each, and when one
     side dominates one coder thread encodes and decodes each frame with both. The caller's own
     count is left as it was, the audio is demoFile.py's either way, and both sides' times are kept."""
-    from bin import stream
+    from utils import live as stream
 
     monkeypatch.setattr(stream.Streamer, "BALANCE", balance)
     codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
@@ -160,7 +160,7 @@ def test_auto_overlaps_halves_or_codes_in_one_thread(whole_file: np.ndarray, bal
 
 
 def test_explicit_worker_threads_and_bad_counts(whole_file: np.ndarray) -> None:
-    from bin import stream
+    from utils import live as stream
 
     codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
     data, _ = read_audio(INPUT)

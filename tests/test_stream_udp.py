@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bin.stream import Receiver, bind_udp
 from tests.conftest import OFFICIAL, REPO, official_path
 from tests.test_stream_file import INPUT, MODEL, stat
 from utils import packet
 from utils.audiodec import StreamingCodec
+from utils.live import Receiver, bind_udp
 
 
 def free_port() -> int:

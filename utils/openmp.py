@@ -5,7 +5,7 @@ thread that runs a parallel operation gets a pool of OpenMP worker threads of it
 runtime counts the threads of all pools together: once there are more than CPUs, every idle worker
 stops spinning after about a hundred iterations (libgomp's "throttled" wait) and sleeps in the
 kernel, so each parallel region first has to wake its team through a system call. That is what
-happens in the live pipeline (`bin/stream.py`): the main thread loads, tunes and times the codec
+happens in the live pipeline (`utils/live/`): the main thread loads, tunes and times the codec
 with all threads, which leaves it a pool, and then worker threads do the coding with pools of
 their own. On the 2-core VM the same streaming loop of the full-size symmetric codec at 300-sample
 chunks took 3.6 / 4.0 ms per chunk (encode / decode) in a worker thread against 1.9 / 1.9 ms in

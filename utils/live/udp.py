@@ -1,0 +1,380 @@
+"""Live streaming over UDP: `Sender` (capture -> encoder thread -> packets, utils/packet.py) and
+`Receiver` (packets -> decoder -> playback or file, concealing lost packets)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils import packet
+from utils.audiodec import StreamingCodec
+from utils.errors import CodecError
+from utils.live.devices import import_sounddevice, open_stream
+from utils.live.pipeline import (
+    DRAIN_SECONDS,
+    POLL_SECONDS,
+    FrameClock,
+    Pipeline,
+    StreamStats,
+    Worker,
+    check_frame_size,
+    encode_step,
+    file_blocks,
+    wait_for_stop,
+)
+
+END_PACKET_COPIES = 3
+FADE_SECONDS = 0.04
+MAX_CONCEAL_SECONDS = 10.0
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (or ':PORT' / 'PORT' for 127.0.0.1) -> (host, port)."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise CodecError(f"{text!r} is not HOST:PORT with a port in 1..65535")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Sender(Pipeline):
+    """Capture -> encoder thread -> one UDP packet per frame. `drop_rate` fakes network loss."""
+
+    def __init__(self, codec: StreamingCodec, frame_size: int, channels: int, address: tuple[str, int],
+                 max_latency: float = 0.1, drop_rate: float = 0.0, drop_seed: int | None = None) -> None:
+        super().__init__(frame_size, codec.sample_rate, max_latency)
+        check_frame_size(frame_size, codec.hop_length)
+        if frame_size // codec.hop_length > packet.MAX_FRAMES:
+            raise CodecError(f"--frame_size {frame_size} holds more than {packet.MAX_FRAMES} codec frames: "
+                             "use a smaller one")
+        self.codec = codec
+        self.streams = 1 if codec.input_channels > 1 else channels
+        self.frames_per_packet = frame_size // codec.hop_length
+        self.bits = packet.code_bits(codec.codebook_size)
+        self.session = random.getrandbits(32)
+        self.drop_rate = drop_rate
+        self.loss = random.Random(drop_seed)
+        try:
+            infos = socket.getaddrinfo(*address, type=socket.SOCK_DGRAM)
+        except socket.gaierror as error:
+            raise CodecError(f"cannot resolve {address[0]} ({error}): give --send HOST:PORT") from None
+        family, _, _, _, self.address = infos[0]
+        self.socket = socket.socket(family, socket.SOCK_DGRAM)
+        self.packets_sent = 0
+        self.packets_dropped = 0
+        self.encode = encode_step(codec)
+        self.workers = [Worker("encoder", self.encoder_queue, self._encode_and_send, None,
+                                self.stats.encoder_times, self.stop_event, self.is_dropped)]
+
+    def _encode_and_send(self, index: int, block: np.ndarray, stamp: float) -> None:
+        codes = self.encode(block).cpu().numpy()
+        self._send(packet.encode_codes(codes, self.bits, self.session, index, index * self.frames_per_packet,
+                                       int(stamp * 1e6)))
+        self._arrived(index)
+
+    def start(self) -> None:
+        self.codec.reset(self.streams, frame_size=self.frames_per_packet * self.codec.hop_length)
+        super().start()
+
+    def _send(self, datagram: bytes) -> None:
+        if self.drop_rate > 0 and self.loss.random() < self.drop_rate:
+            self.packets_dropped += 1
+            return
+        try:
+            self.socket.sendto(datagram, self.address)
+        except OSError as error:
+            raise CodecError(f"cannot send to {self.address[0]}:{self.address[1]} ({error})") from None
+        self.packets_sent += 1
+
+    def drain(self, timeout: float = DRAIN_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            self.check()
+            if time.monotonic() > deadline:
+                raise CodecError(f"the encoder thread did not finish within {timeout:.0f} s")
+            time.sleep(POLL_SECONDS / 5)
+
+    def finish(self, n_samples: int) -> None:
+        """Send the END packet (a few copies, loss may take some) telling the receiver the length."""
+        end = packet.encode_end(self.session, self._next_index, self._next_index * self.frames_per_packet,
+                                n_samples)
+        for _ in range(END_PACKET_COPIES):
+            self._send(end)
+        self.stats.counters = {"packets sent": self.packets_sent, "packets dropped (--drop_rate)": self.packets_dropped}
+
+    def close(self) -> None:
+        super().close()
+        self.socket.close()
+
+
+def send_file(sender: Sender, data: np.ndarray, pace: bool) -> None:
+    sender.start()
+    try:
+        clock = FrameClock(sender.frame_size / sender.sample_rate)
+        for block in file_blocks(data, sender.frame_size):
+            if pace:
+                clock.wait()
+            sender.push(block, wait=not pace)
+            sender.check()
+        sender.drain()
+        sender.finish(data.shape[0])
+    finally:
+        sender.close()
+
+
+def send_device(sender: Sender, input_device: int | str | None, duration: float | None) -> None:
+    sd = import_sounddevice()
+
+    def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        if status:
+            sender.stats.device_xruns += 1
+        sender.push(indata.copy())
+
+    sender.start()
+    try:
+        with open_stream(sd.InputStream, device=input_device, samplerate=sender.sample_rate,
+                         blocksize=sender.frame_size, dtype="float32", latency="low",
+                         channels=sender.streams * sender.codec.input_channels, callback=callback):
+            logging.info("### sending [press Return or Ctrl-C to quit] ###")
+            wait_for_stop(duration, sender.check)
+        sender.drain(timeout=5.0)
+        sender.finish(sender.stats.frames * sender.frame_size)
+    finally:
+        sender.close()
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to host:port, or a CodecError when the port is taken or not ours."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        sock = socket.socket(infos[0][0], socket.SOCK_DGRAM)
+    except (socket.gaierror, OSError) as error:
+        raise CodecError(f"cannot use address {host}: {error}") from None
+    try:
+        sock.bind(infos[0][4])
+    except OSError as error:
+        sock.close()
+        raise CodecError(f"cannot listen on {host}:{port} ({error.strerror or error}): "
+                         "the port is in use or not allowed, pick another --receive port or --bind") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    except OSError:
+        pass
+    return sock
+
+
+class PlaybackBuffer:
+    """Samples waiting for the sound card; the card's callback takes what is there (silence if not)."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self.blocks: deque[np.ndarray] = deque()
+        self.offset = 0
+        self.lock = threading.Lock()
+        self.underruns = 0
+
+    def put(self, audio: np.ndarray) -> None:
+        with self.lock:
+            self.blocks.append(audio)
+
+    def callback(self, outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        filled = 0
+        with self.lock:
+            while filled < frames and self.blocks:
+                block = self.blocks[0]
+                take = min(frames - filled, block.shape[0] - self.offset)
+                outdata[filled:filled + take] = block[self.offset:self.offset + take]
+                filled += take
+                self.offset += take
+                if self.offset == block.shape[0]:
+                    self.blocks.popleft()
+                    self.offset = 0
+        if filled < frames:
+            self.underruns += 1
+            outdata[filled:] = 0
+
+
+class Receiver:
+    """UDP packets -> decoder -> audio, in frame order; lost packets concealed, bad ones counted.
+
+    A gap in the frame numbers is filled by decoding the last frame's codes again, faded out over
+    FADE_SECONDS (silence when nothing came yet); the next real frame fades back in.
+    """
+
+    def __init__(self, codec: StreamingCodec, sock: socket.socket, expect_frames: int | None = None,
+                 idle_timeout: float | None = None, play: Callable[[np.ndarray], None] | None = None) -> None:
+        self.codec = codec
+        self.socket = sock
+        self.expect_frames = expect_frames
+        self.idle_timeout = idle_timeout
+        self.play = play
+        self.bits = packet.code_bits(codec.codebook_size)
+        self.fade_samples = max(1, int(FADE_SECONDS * codec.sample_rate))
+        self.max_gap = int(MAX_CONCEAL_SECONDS * codec.frame_rate)
+        self.stats = StreamStats(0, codec.sample_rate)
+        self.counts = dict.fromkeys(
+            ("packets received", "packets lost (concealed)", "frames concealed", "packets late or duplicate",
+             "packets corrupt", "packets foreign"), 0)
+        self.chunks: list[np.ndarray] = []
+        self.session: int | None = None
+        self.streams = 0
+        self.next_frame = 0
+        self.next_seq = 0
+        self.last_codes: np.ndarray | None = None
+        self.gain = 1.0
+        self.n_samples: int | None = None
+        self.stopped = threading.Event()
+
+    @property
+    def output_channels(self) -> int:
+        return max(self.streams, 1) * self.codec.output_channels
+
+    def run(self) -> None:
+        """Receive until END, --expect_frames packets, --idle_timeout seconds of silence, or stop()."""
+        self.codec.reset(1)
+        last_packet = time.monotonic()
+        self.socket.settimeout(POLL_SECONDS * 2)
+        while not self.stopped.is_set():
+            try:
+                datagram = self.socket.recv(65536)
+            except TimeoutError:
+                if self.idle_timeout is not None and time.monotonic() - last_packet > self.idle_timeout:
+                    logging.info(f"no packet for {self.idle_timeout:g} s: stopping")
+                    return
+                continue
+            if self._handle(datagram):
+                last_packet = time.monotonic()
+            if self.n_samples is not None:
+                return
+            if self.expect_frames is not None and self.next_seq >= self.expect_frames:
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _handle(self, datagram: bytes) -> bool:
+        """Process one datagram; True when it was a packet of our stream."""
+        try:
+            received = packet.decode(datagram)
+        except packet.PacketError as error:
+            self.counts["packets foreign" if error.foreign else "packets corrupt"] += 1
+            return False
+        if self.session is None:
+            self.session = received.session
+        if received.session != self.session:
+            self.counts["packets foreign"] += 1
+            return False
+        if received.kind == packet.KIND_END:
+            if received.frame_index - self.next_frame > self.max_gap:
+                self.counts["packets corrupt"] += 1
+                return False
+            self._conceal_until(received.frame_index, received.seq)
+            self.n_samples = received.n_samples
+            return True
+        codes = received.codes
+        streams, n_codebooks = codes.shape[:2]
+        if received.code_bits != self.bits or n_codebooks > self.codec.n_codebooks or codes.max() >= \
+                self.codec.codebook_size or (self.streams and streams != self.streams):
+            self.counts["packets foreign"] += 1
+            return False
+        if received.frame_index < self.next_frame or received.seq < self.next_seq:
+            self.counts["packets late or duplicate"] += 1
+            return True
+        if received.frame_index - self.next_frame > self.max_gap:
+            self.counts["packets corrupt"] += 1
+            return False
+        if not self.streams:
+            self.streams = streams
+            if streams > 1:
+                self.codec.reset(streams)
+        self.counts["packets received"] += 1
+        self._conceal_until(received.frame_index, received.seq)
+        start = time.perf_counter()
+        audio = self._decode(codes)
+        self.stats.decoder_times.append(time.perf_counter() - start)
+        self.stats.latencies.append(time.time() - received.capture_us / 1e6)
+        if self.gain < 1.0:
+            ramp = np.minimum(1.0, self.gain + np.arange(1, audio.shape[0] + 1) / self.fade_samples)
+            audio = audio * ramp[:, None].astype(np.float32)
+            self.gain = float(ramp[-1])
+        self.last_codes = codes[..., -1:]
+        self.next_frame = received.frame_index + codes.shape[-1]
+        self.next_seq = received.seq + 1
+        self._emit(audio)
+        return True
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        decoded = self.codec.decode(torch.from_numpy(np.ascontiguousarray(codes)))
+        return StreamingCodec.audio_from_streams(decoded).astype(np.float32)
+
+    def _conceal_until(self, frame_index: int, seq: int) -> None:
+        gap = frame_index - self.next_frame
+        if gap <= 0:
+            return
+        self.counts["packets lost (concealed)"] += max(seq - self.next_seq, 1)
+        self.counts["frames concealed"] += gap
+        if self.last_codes is None:
+            audio = np.zeros((gap * self.codec.hop_length, self.output_channels), np.float32)
+        else:
+            audio = self._decode(np.repeat(self.last_codes, gap, axis=-1))
+        ramp = np.maximum(0.0, self.gain - np.arange(1, audio.shape[0] + 1) / self.fade_samples)
+        self.gain = float(ramp[-1])
+        self.next_frame = frame_index
+        self.next_seq = seq
+        self._emit(audio * ramp[:, None].astype(np.float32))
+
+    def _emit(self, audio: np.ndarray) -> None:
+        self.chunks.append(audio)
+        if self.play is not None:
+            self.play(audio)
+
+    def output_audio(self) -> np.ndarray:
+        audio = (np.concatenate(self.chunks) if self.chunks
+                 else np.zeros((0, self.output_channels), np.float32))
+        return audio if self.n_samples is None else audio[:self.n_samples]
+
+    def report(self) -> str:
+        self.stats.frame_size = self.codec.hop_length
+        self.stats.frames = self.next_frame
+        self.stats.frame_drops = self.counts["frames concealed"]
+        self.stats.counters = dict(self.counts)
+        return self.stats.report()
+
+
+def receive(receiver: Receiver, output_device: int | str | None, play: bool) -> None:
+    """Run `receiver` until it stops (or Ctrl-C), playing what it decodes when `play`."""
+    sd = import_sounddevice() if play else None
+    buffer: PlaybackBuffer | None = None
+    output = None
+
+    def play_audio(audio: np.ndarray) -> None:
+        nonlocal buffer, output
+        if buffer is None:
+            buffer = PlaybackBuffer(audio.shape[1])
+            output = open_stream(sd.OutputStream, device=output_device, samplerate=receiver.codec.sample_rate,
+                                 dtype="float32", latency="low", channels=audio.shape[1], callback=buffer.callback)
+            output.start()
+        buffer.put(audio)
+
+    if play:
+        receiver.play = play_audio
+    try:
+        receiver.run()
+    except KeyboardInterrupt:
+        logging.info("stopping")
+    finally:
+        receiver.socket.close()
+        if output is not None:
+            output.stop()
+            output.close()
+        if buffer is not None:
+            receiver.stats.device_xruns = buffer.underruns
+
