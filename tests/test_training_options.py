@@ -1,0 +1,65 @@
+"""Training with the options of issue 21: codebooks kept in use and waveform-aware losses switched on
+in a tiny recipe (their values logged beside the batch perplexity), and the light adversarial config
+training one adversarial step."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.test_trainer import tiny_recipe, train
+from trainer.builder import build_trainer, read_config
+from trainer.data import StepBatch, TrainingData
+from trainer.distributed import DistributedContext
+
+REPO = Path(__file__).resolve().parent.parent
+GEOMETRY = {"fft_sizes": [64], "hop_sizes": [16], "win_lengths": [64]}
+
+
+def test_codebook_options_and_waveform_losses_train_and_log(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_recipe(
+        tmp_path, use_complex_stft_loss=True, lambda_complex_stft_loss=1.0, complex_stft_loss_params=GEOMETRY,
+        use_phase_loss=True, lambda_phase_loss=0.1, phase_loss_params=GEOMETRY,
+        use_time_l1_loss=True, lambda_time_l1_loss=10.0,
+    )  # fmt: skip
+    config["generator_params"].update(kmeans_init=True, kmeans_iters=5, threshold_ema_dead_code=0.5)
+    expdir = train(config, tmp_path, "options")
+    state = torch.load(expdir / "checkpoint-4steps.pkl", map_location="cpu", weights_only=True)
+    for key, tensor in state["model"]["generator"].items():
+        assert torch.isfinite(tensor).all(), key
+    events = EventAccumulator(str(expdir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for name in ("train/complex_stft_loss", "train/phase_loss", "train/time_l1_loss", "eval/time_l1_loss",
+                 "train/batch_perplexity_0", "train/ppl_0", "train/codes_in_use_0", "train/code_entropy_bits_1"):
+        assert name in scalars, name
+        assert all(np.isfinite(event.value) for event in events.Scalars(name)), name
+    # 2 crops of 160 samples = 40 vectors per step: at most 16 codes, at least one in use.
+    assert all(1 <= event.value <= 16 for event in events.Scalars("train/codes_in_use_0"))
+    assert all(0 <= event.value <= 4 for event in events.Scalars("train/code_entropy_bits_0"))
+
+
+def test_the_light_adversarial_config_trains_a_step() -> None:
+    config = read_config(REPO / "config" / "autoencoder" / "demo_48000_hop300_lightdisc.yaml")
+    config.update(batch_length=1200, adv_batch_length=1200)
+    context = DistributedContext()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as expdir:
+        trainer = build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+        trainer.steps = config["start_steps"]["discriminator"]
+        assert trainer.discriminator_active()
+        before = {name: tensor.clone() for name, tensor in trainer.discriminator.state_dict().items()}
+        audio = 0.1 * torch.randn(2, 1, 1200, generator=torch.Generator().manual_seed(0))
+        trainer.train_step(StepBatch(audio, 2))
+    losses = trainer.train_losses.means()
+    for name in ("train/discriminator_loss", "train/adversarial_loss", "train/feature_matching_loss"):
+        assert np.isfinite(losses[name]), name
+    after = trainer.discriminator.state_dict()
+    assert any(not torch.equal(after[name], tensor) for name, tensor in before.items())
+    parameters = sum(parameter.numel() for parameter in trainer.discriminator.parameters())
+    assert 4e6 < parameters < 8e6  # the recipes' discriminators hold 70.7 M
