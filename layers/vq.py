@@ -255,7 +255,7 @@ class VectorQuantize(nn.Module):
         if self.training:
             with torch.no_grad():
                 self._ema_update(flatten.detach(), onehot)
-                if not self.deferred_expiry:
+                if self.threshold_ema_dead_code > 0 and not self.deferred_expiry:
                     self.expire_dead_codes(flatten, onehot.sum(0) > 0)
         loss = F.mse_loss(quantized.detach(), x) * self.commitment
         quantized = x + (quantized - x).detach()
