@@ -211,6 +211,19 @@ class Pipeline:
                     raise error
                 raise CodecError(f"{worker.name} thread failed: {type(error).__name__}: {error}") from error
 
+    def drain(self, timeout: float = DRAIN_SECONDS) -> None:
+        """Wait until every queued frame came out or was dropped."""
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            self.check()
+            if time.monotonic() > deadline:
+                raise CodecError(f"the codec threads did not finish within {timeout:.0f} s")
+            self._wait_for_output()
+
+    def _wait_for_output(self) -> None:
+        """Let the worker threads move on for a moment (while draining)."""
+        time.sleep(POLL_SECONDS / 5)
+
     def close(self) -> None:
         self.stop_event.set()
         for worker in self.workers:
@@ -357,14 +370,8 @@ class Streamer(Pipeline):
         audio = self.pull()
         return audio if audio is not None else np.zeros((self.frame_size, self.output_channels), np.float32)
 
-    def drain(self, timeout: float = DRAIN_SECONDS) -> None:
-        """Wait until every queued frame came out or was dropped."""
-        deadline = time.monotonic() + timeout
-        while self.pending:
-            self.check()
-            if time.monotonic() > deadline:
-                raise CodecError(f"the codec threads did not finish within {timeout:.0f} s")
-            self.pull(timeout=POLL_SECONDS)
+    def _wait_for_output(self) -> None:
+        self.pull(timeout=POLL_SECONDS)  # (collects what the decoder finished)
 
     def output_audio(self, n_samples: int | None = None) -> np.ndarray:
         """What the receiver produced, frame by frame in input order (dropped frames silent)."""

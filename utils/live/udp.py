@@ -20,7 +20,6 @@ from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.live.devices import import_sounddevice, open_stream
 from utils.live.pipeline import (
-    DRAIN_SECONDS,
     POLL_SECONDS,
     FrameClock,
     Pipeline,
@@ -93,14 +92,6 @@ class Sender(Pipeline):
         except OSError as error:
             raise CodecError(f"cannot send to {self.address[0]}:{self.address[1]} ({error})") from None
         self.packets_sent += 1
-
-    def drain(self, timeout: float = DRAIN_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while self.pending:
-            self.check()
-            if time.monotonic() > deadline:
-                raise CodecError(f"the encoder thread did not finish within {timeout:.0f} s")
-            time.sleep(POLL_SECONDS / 5)
 
     def finish(self, n_samples: int) -> None:
         """Send the END packet (a few copies, loss may take some) telling the receiver the length."""
