@@ -15,11 +15,12 @@ from losses.spectrogram import flatten_channels, make_window
 
 
 def complex_spectrogram(
-    signal: torch.Tensor, fft_size: int, hop_size: int, win_length: int, window: torch.Tensor
+    signal: torch.Tensor, fft_size: int, hop_size: int, win_length: int, window: torch.Tensor, center: bool = True
 ) -> torch.Tensor:
-    """Centered complex STFT of a waveform (B, T) -> (B, fft_size // 2 + 1, T // hop_size + 1)."""
+    """Complex STFT of a waveform (B, T) -> (B, fft_size // 2 + 1, frames); centered (reflect-padded,
+    T // hop_size + 1 frames) unless `center` is False."""
     return torch.stft(
-        signal, fft_size, hop_size, win_length, window.to(signal.dtype), center=True, pad_mode="reflect",
+        signal, fft_size, hop_size, win_length, window.to(signal.dtype), center=center, pad_mode="reflect",
         return_complex=True,
     )
 
@@ -41,9 +42,17 @@ class _MultiResolution(nn.Module):
     """STFT geometries shared by the multi-resolution losses below."""
 
     def __init__(
-        self, fft_sizes: Sequence[int], hop_sizes: Sequence[int], win_lengths: Sequence[int], window: str
+        self,
+        fft_sizes: Sequence[int] = (1024, 2048, 512),
+        hop_sizes: Sequence[int] = (120, 240, 50),
+        win_lengths: Sequence[int] = (600, 1200, 240),
+        window: str = "hann_window",
+        center: bool = True,
     ) -> None:
+        """`center`: reflect-padded frames centered on their hop (the original's released c16 config
+        names it in its `complex_stft_loss_params`)."""
         super().__init__()
+        self.center = center
         if not len(fft_sizes) == len(hop_sizes) == len(win_lengths):
             raise ValueError("fft_sizes, hop_sizes and win_lengths must have the same length")
         self.resolutions = list(zip(fft_sizes, hop_sizes, win_lengths))
@@ -55,23 +64,14 @@ class _MultiResolution(nn.Module):
         predicted, target = flatten_channels(predicted), flatten_channels(target)
         for index, (fft_size, hop_size, win_length) in enumerate(self.resolutions):
             window = getattr(self, f"window_{index}")
-            yield (complex_spectrogram(predicted, fft_size, hop_size, win_length, window),
-                   complex_spectrogram(target, fft_size, hop_size, win_length, window))  # fmt: skip
+            yield (complex_spectrogram(predicted, fft_size, hop_size, win_length, window, self.center),
+                   complex_spectrogram(target, fft_size, hop_size, win_length, window, self.center))  # fmt: skip
 
 
 class MultiResolutionComplexSTFTLoss(_MultiResolution):
     """Mean |Re Y - Re X| + mean |Im Y - Im X| of the complex STFTs, averaged over resolutions
     (config ``complex_stft_loss_params``). Magnitude and phase together: a delay or a phase error costs
     as much as a magnitude error of the same size."""
-
-    def __init__(
-        self,
-        fft_sizes: Sequence[int] = (1024, 2048, 512),
-        hop_sizes: Sequence[int] = (120, 240, 50),
-        win_lengths: Sequence[int] = (600, 1200, 240),
-        window: str = "hann_window",
-    ) -> None:
-        super().__init__(fft_sizes, hop_sizes, win_lengths, window)
 
     def forward(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Waveforms (B, T) or (B, C, T) -> scalar loss."""
@@ -99,9 +99,10 @@ class MultiResolutionPhaseLoss(_MultiResolution):
         hop_sizes: Sequence[int] = (120, 240, 50),
         win_lengths: Sequence[int] = (600, 1200, 240),
         window: str = "hann_window",
+        center: bool = True,
         min_relative_power: float = 1e-4,
     ) -> None:
-        super().__init__(fft_sizes, hop_sizes, win_lengths, window)
+        super().__init__(fft_sizes, hop_sizes, win_lengths, window, center)
         self.min_relative_power = min_relative_power
 
     @staticmethod

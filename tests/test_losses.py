@@ -237,11 +237,13 @@ def test_registry_builds_every_loss_from_official_configs(config_path: str) -> N
     signal = _speech_like(2, 9600)
     for name, loss_class in LOSSES.items():
         criterion = loss_class(**config.get(f"{name}_loss_params", {}))
-        if name in ("mel", "stft", "shape"):
+        if name in ("mel", "stft", "shape", "complex_stft", "phase", "time_l1"):
             value = criterion(signal, signal)
             values = value if isinstance(value, tuple) else (value,)
             assert all(v.item() == 0.0 for v in values)
-    assert set(LOSSES) == {"mel", "stft", "shape", "generator_adv", "discriminator_adv", "feat_match"}
+    assert set(LOSSES) == {
+        "mel", "stft", "shape", "generator_adv", "discriminator_adv", "feat_match", "complex_stft", "phase", "time_l1",
+    }
 
 
 def test_mel_loss_accepts_the_single_resolution_spelling_of_older_configs() -> None:
