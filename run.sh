@@ -16,7 +16,7 @@ MODEL=${MODEL:-demo48k}
 INPUT=${INPUT:-data/demo/alsa_speakers.wav}
 ROOT_ARGS=()
 if [ -n "${ROOT:-}" ]; then ROOT_ARGS=(--root "$ROOT"); fi
-RUNTIME=(--cuda -1 --num_threads 2)
+RUNTIME=(--cuda -1 --num_threads 2 -f)  # -f: output/ is this script's own, rewritten on every run
 name=$(basename "${INPUT%.*}")
 out=output/$MODEL
 mkdir -p "$out" output/reference
