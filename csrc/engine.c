@@ -298,6 +298,14 @@ static void run_conv(const Op *op, int tid, int nthreads) {
 
 #define VQ_BLOCKS 4
 
+/* Per lane, the least distance so far and its code: `d` of codes `codes` replaces it only when
+ * strictly smaller, so a lane keeps its first minimum. */
+static inline void keep_nearer(vf *best, vi *where, vf d, vi codes) {
+    vi closer = d < *best;
+    *best = vselect(closer, d, *best);
+    *where = (codes & closer) | (*where & ~closer);
+}
+
 /* Residual VQ of one frame: for each codebook, the first code at the least
  * |x|^2 - x . (2 code) + |code|^2 (the original's arithmetic, in a fixed order), then the residual
  * minus the straight-through value x + (code - x), as the original subtracts it. */
@@ -329,9 +337,7 @@ static void vq_frame(const Op *op, int t) {
             }
             for (int b = 0; b < VQ_BLOCKS; b++) {
                 vf d = (vset(xx) - acc[b]) + vload(norm + j + b * VL);
-                vi closer = d < best;  /* strict: a lane keeps its first minimum */
-                best = vselect(closer, d, best);
-                where = ((lane + j + b * VL) & closer) | (where & ~closer);
+                keep_nearer(&best, &where, d, lane + j + b * VL);
             }
         }
         for (; j < size; j += VL) {
@@ -339,9 +345,7 @@ static void vq_frame(const Op *op, int t) {
             vf acc = vset(0.0f);
             for (int i = 0; i < dim; i++) acc += vload(block + i * VL) * vset(x[i]);
             vf d = (vset(xx) - acc) + vload(norm + j);
-            vi closer = d < best;
-            best = vselect(closer, d, best);
-            where = ((lane + j) & closer) | (where & ~closer);
+            keep_nearer(&best, &where, d, lane + j);
         }
         float least = best[0];
         int64_t index = where[0];
