@@ -52,6 +52,11 @@ def main() -> int:
                         "accumulated (for batches that do not fit in memory)")
     parser.add_argument("--ddp_bf16_compress", action=argparse.BooleanOptionalAction, default=None,
                         help="all-reduce the discriminator's gradients as bfloat16")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per process (default: torch's choice, one per core)")
+    parser.add_argument("--cpu_budget_minutes", type=float, default=None,
+                        help="stop after this many minutes of the process's CPU time in training steps "
+                        "(a checkpoint and a learning-curve point are written); for runs compared at equal CPU")
     args = parser.parse_args()
     run_training(TrainOptions(**{**vars(args), "resume": args.resume or ""}))
     return 0

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -42,6 +44,7 @@ from tqdm import tqdm
 
 from layers.vq import ResidualVQ
 from losses import MelSpectrogram
+from trainer.curve import LearningCurve
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, wrap_ddp
 from trainer.preemption import PreemptionHandler
@@ -193,6 +196,10 @@ class GANTrainer:
         self.discriminator_ddp = wrap_ddp(self.discriminator, context, bool(config.get("ddp_bf16_compress")))
         self.codebook_sync = CodebookSync(self.generator, context, accumulate=data.plan.accumulation > 1)
         self._eval_mel = self._build_eval_mel()
+        self.train_seconds = {"cpu": 0.0, "wall": 0.0}  # in training steps (evaluation and saving excluded)
+        budget = config.get("cpu_budget_minutes")
+        self.cpu_budget_seconds = float(budget) * 60 if budget else math.inf
+        self.curve = self._build_curve()
         if precision != "fp32" or config.get("compile"):
             logger.info("Precision %s%s", precision, ", generator and discriminator compiled" if config.get(
                 "compile") else "")
@@ -424,18 +431,27 @@ class GANTrainer:
                 if self._train_until(max_steps, preemption):
                     preemption.requeue()
                     return
+                if self.budget_spent():
+                    logger.info("The CPU budget (%.1f min of training) is spent at step %d.",
+                                self.cpu_budget_seconds / 60, self.steps)
+                    break
         finally:
             preemption.uninstall()
         self.save_checkpoint()
-        logger.info("Finished training at step %d.", self.steps)
+        self.score_curve()
+        logger.info("Finished training at step %d (%.1f CPU min, %.1f wall min in training steps).", self.steps,
+                    self.train_seconds["cpu"] / 60, self.train_seconds["wall"] / 60)
 
     def _train_until(self, max_steps: int, preemption: PreemptionHandler) -> bool:
         """Train until ``max_steps``; True when stopped early by a signal (a checkpoint is then saved)."""
         progress = tqdm(initial=self.steps, total=max_steps, desc="[train]", disable=not self.context.is_main)
         try:
+            cpu, wall = time.process_time(), time.monotonic()
             for batch in self.data.batches():
                 self.train_step(batch)
                 self.steps += 1
+                self.train_seconds["cpu"] += time.process_time() - cpu
+                self.train_seconds["wall"] += time.monotonic() - wall
                 progress.update(1)
                 self._check_intervals()
                 if preemption.should_stop():
@@ -443,9 +459,21 @@ class GANTrainer:
                     return True
                 if self.steps >= max_steps:
                     return False
+                if self.budget_spent():
+                    return False
+                cpu, wall = time.process_time(), time.monotonic()
         finally:
             progress.close()
         return False
+
+    def budget_spent(self) -> bool:
+        """Whether the run's ``cpu_budget_minutes`` of training CPU time are spent (rank 0 decides)."""
+        if math.isinf(self.cpu_budget_seconds):
+            return False
+        spent = torch.tensor([float(self.train_seconds["cpu"] >= self.cpu_budget_seconds)], device=self.device)
+        if self.context.world_size > 1:
+            torch.distributed.broadcast(spent, 0)
+        return bool(spent.item())
 
     def _check_intervals(self) -> None:
         if self.steps % self.config["log_interval_steps"] == 0:
@@ -454,6 +482,40 @@ class GANTrainer:
             self.evaluate()
         if self.steps % self.config["save_interval_steps"] == 0:
             self.save_checkpoint()
+        if self.curve is not None and self.curve.due(self.steps):
+            self.score_curve()
+
+    # ---- learning curve (trainer.curve) -------------------------------------------------------
+    def _build_curve(self) -> LearningCurve | None:
+        params = self.config.get("learning_curve")
+        if not params or not self.context.is_main:
+            return None
+        generator_params = self.config.get("generator_params") or {}
+        hop = self.config.get("hop_size") or math.prod(generator_params.get("enc_strides") or [1])
+        return LearningCurve(params, (self.config.get("data") or {}).get("path", "."),
+                             int(self.config["sampling_rate"]), int(hop), self.expdir)
+
+    @torch.no_grad()
+    def reconstruct(self, audio: torch.Tensor) -> torch.Tensor:
+        """The generator's output for audio (B, 1, T), in eval mode (what the learning curve scores)."""
+        inputs, _ = self.unpack(audio)
+        with self.autocast():
+            predicted, _ = self.generate(inputs, LossTracker(), "curve", training=False)
+        return self.full_precision(predicted)
+
+    def score_curve(self) -> None:
+        """Add a learning-curve point at this step (rank 0, when the config asks for a curve)."""
+        if self.curve is None or self.curve.scored(self.steps):
+            return
+        self.generator.eval()
+        self.discriminator.eval()
+        point = self.curve.score(self.reconstruct, self.generator, self.codebook_usage(), self.steps,
+                                 self.train_seconds["cpu"], self.train_seconds["wall"])
+        self.curve.write(self.expdir.name)
+        self._write_scalars({f"curve/{name}": value for name, value in point.items()
+                             if name not in ("steps",) and math.isfinite(value)})
+        self.generator.train()
+        self.discriminator.train()
 
     def codebook_usage(self) -> dict[str, float]:
         """Codes in use and entropy in bits of each of the generator's codebooks, from their EMA cluster
@@ -546,6 +608,7 @@ class GANTrainer:
             "epochs": self.data.epoch,
             "rng": capture_rng_state(),
             "data": self.data.state_dict(),
+            "train_seconds": dict(self.train_seconds),
         }
         if self.scalers:
             state["scaler"] = {name: scaler.state_dict() for name, scaler in self.scalers.items()}
@@ -580,6 +643,7 @@ class GANTrainer:
                 scaler.load_state_dict(state["scaler"][name])
         self.steps = int(state["steps"])
         self.data.load_state_dict(state.get("data", {"epoch": state.get("epochs", 0), "position": 0}))
+        self.train_seconds.update(state.get("train_seconds", {}))
         if "rng" in state:
             restore_rng_state(state["rng"])
         self.last_saved_steps = self.steps

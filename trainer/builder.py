@@ -60,6 +60,8 @@ class TrainOptions:
     batch_size_per_rank: int | None = None
     micro_batch: int | None = None
     ddp_bf16_compress: bool | None = None
+    threads: int | None = None  # torch's intra-op threads per process (default: torch's choice)
+    cpu_budget_minutes: float | None = None  # stop (checkpoint, curve point) after this much training CPU time
 
 
 RUN_OPTION_DEFAULTS: dict[str, Any] = {
@@ -217,6 +219,8 @@ def run_training(options: TrainOptions) -> Path:
         if not context.is_main:
             logging.getLogger().setLevel(logging.WARNING)
         seed_everything(options.seed)
+        if options.threads:
+            torch.set_num_threads(options.threads)
         if context.device.type == "cuda" and options.disable_cudnn == "False":
             torch.backends.cudnn.benchmark = True
         expdir = Path(options.exp_root) / options.tag
