@@ -88,7 +88,8 @@ class LearningCurve:
     def _read(self, path: Path) -> np.ndarray:
         audio, rate = read_mono(path)
         if rate != self.sample_rate:
-            raise CodecError(f"{path} is {rate} Hz, the recipe {self.sample_rate} Hz: score a subset at the recipe's rate")
+            raise CodecError(f"{path} is {rate} Hz, the recipe {self.sample_rate} Hz: "
+                             "give learning_curve.subset a folder at the recipe's rate")
         return audio
 
     def _earlier_rows(self) -> list[dict[str, float]]:
