@@ -427,16 +427,16 @@ class GANTrainer:
             for max_steps, batch_length in self.phases():
                 if self.steps >= max_steps:
                     continue
+                if self.budget_spent():
+                    break
                 self.data.set_batch_length(batch_length)
                 if self._train_until(max_steps, preemption):
                     preemption.requeue()
                     return
-                if self.budget_spent():
-                    logger.info("The CPU budget (%.1f min of training) is spent at step %d.",
-                                self.cpu_budget_seconds / 60, self.steps)
-                    break
         finally:
             preemption.uninstall()
+        if self.budget_spent():
+            logger.info("The CPU budget (%.1f min of training) is spent.", self.cpu_budget_seconds / 60)
         self.save_checkpoint()
         self.score_curve()
         logger.info("Finished training at step %d (%.1f CPU min, %.1f wall min in training steps).", self.steps,

@@ -97,7 +97,8 @@ class LearningCurve:
         if not path.is_file():
             return []
         try:
-            return list(json.loads(path.read_text())["points"])
+            rows = json.loads(path.read_text())["points"]
+            return [{name: math.nan if value is None else value for name, value in row.items()} for row in rows]
         except (ValueError, KeyError, TypeError):
             logger.warning("%s is unreadable: the learning curve starts again", path)
             return []
@@ -139,7 +140,9 @@ class LearningCurve:
     def write(self, title: str) -> None:
         """``curve.json`` and ``curve.png`` in the experiment folder."""
         self.expdir.mkdir(parents=True, exist_ok=True)
-        document = {"files": [str(path) for path in self.files], "points": self.rows}
+        points = [{name: None if isinstance(value, float) and not math.isfinite(value) else value
+                   for name, value in row.items()} for row in self.rows]  # JSON has no NaN
+        document = {"files": [str(path) for path in self.files], "points": points}
         write_text_atomic(self.expdir / "curve.json", json.dumps(document, indent=1) + "\n")
         plot_curves({title: self.rows}, self.expdir / "curve.png")
 

@@ -1,0 +1,87 @@
+"""Learning curves while training (trainer/curve.py) and the training CPU budget: points at the
+interval and at the end, their metrics, curve.json / curve.png / TensorBoard, a budget that stops the
+run with a checkpoint, and CPU seconds carried across a resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.test_trainer import SAMPLE_RATE, tiny_recipe, train, write_wavs
+from trainer.curve import curve_files, plot_curves
+from utils.errors import CodecError
+from utils.metrics import METRIC_NAMES
+
+
+def curve_recipe(root: Path, **overrides):
+    config = tiny_recipe(root, learning_curve={"interval_steps": 2, "subset": "curve", "files": 2}, **overrides)
+    write_wavs(root / "corpus" / "curve", 3, SAMPLE_RATE, seed=4)  # 1 s each: PESQ and STOI are defined
+    return config
+
+
+def test_curve_points_at_each_interval_with_metrics_usage_and_cpu_time(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    expdir = train(curve_recipe(tmp_path), tmp_path, "curve")
+    document = json.loads((expdir / "curve.json").read_text())
+    assert [Path(path).name for path in document["files"]] == ["utt0.wav", "utt2.wav"]
+    points = document["points"]
+    assert [point["steps"] for point in points] == [2, 4]
+    assert 0 < points[0]["train_cpu_seconds"] <= points[1]["train_cpu_seconds"]
+    for point in points:
+        for name in METRIC_NAMES:
+            assert point[name] is not None and math.isfinite(point[name]), name
+        assert 1.0 <= point["pesq_wb"] <= 4.7 and 0 <= point["stoi"] <= 1
+        assert 1 <= point["dev_codes_used_0"] <= 16 and 1 <= point["dev_codes_used_1"] <= 16
+        assert 0 <= point["codes_in_use_0"] <= 16 and point["code_entropy_bits_0"] >= 0
+    assert (expdir / "curve.png").stat().st_size > 1000
+    events = EventAccumulator(str(expdir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [event.step for event in events.Scalars("curve/pesq_wb")] == [2, 4]
+
+
+def test_cpu_budget_stops_with_a_checkpoint_and_resume_keeps_counting(tmp_path: Path) -> None:
+    config = curve_recipe(tmp_path)
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from trainer.builder import TrainOptions, run_training
+
+    options = dict(config=str(path), tag="budget", exp_root=str(tmp_path / "exp"))
+    expdir = run_training(TrainOptions(**options, cpu_budget_minutes=1e-9))
+    assert [checkpoint.name for checkpoint in expdir.glob("checkpoint-*")] == ["checkpoint-1steps.pkl"]
+    assert yaml.safe_load((expdir / "config.yml").read_text())["cpu_budget_minutes"] == 1e-9
+    first = torch.load(expdir / "checkpoint-1steps.pkl", map_location="cpu", weights_only=True)["train_seconds"]
+    assert first["cpu"] > 0 and first["wall"] > 0
+    assert [point["steps"] for point in json.loads((expdir / "curve.json").read_text())["points"]] == [1]
+    # Resumed with the budget already spent: nothing more is trained.
+    run_training(TrainOptions(**options, resume="auto", cpu_budget_minutes=1e-9))
+    assert sorted(checkpoint.name for checkpoint in expdir.glob("checkpoint-*")) == ["checkpoint-1steps.pkl"]
+    # Resumed without a budget: trains to the end, and the CPU seconds go on from the first run's.
+    run_training(TrainOptions(**options, resume="auto"))
+    last = torch.load(expdir / "checkpoint-4steps.pkl", map_location="cpu", weights_only=True)["train_seconds"]
+    assert last["cpu"] > first["cpu"]
+    points = json.loads((expdir / "curve.json").read_text())["points"]
+    assert [point["steps"] for point in points] == [1, 2, 4]
+    assert points[0]["train_cpu_seconds"] == pytest.approx(first["cpu"], abs=0.1)
+
+
+def test_curve_files_are_a_fixed_even_spread(tmp_path: Path) -> None:
+    write_wavs(tmp_path / "dev", 9, 100, seed=0)
+    names = [path.name for path in curve_files(tmp_path / "dev", 3)]
+    assert names == ["utt0.wav", "utt4.wav", "utt8.wav"]
+    assert len(curve_files(tmp_path / "dev", 0)) == 9
+    with pytest.raises(CodecError, match="is not a folder"):
+        curve_files(tmp_path / "missing", 3)
+
+
+def test_plot_curves_draws_runs_side_by_side(tmp_path: Path) -> None:
+    rows = [{"steps": step, "train_cpu_seconds": 60.0 * step, "pesq_wb": 1 + 0.1 * step, "stoi": np.nan}
+            for step in range(1, 4)]
+    plot_curves({"a": rows, "b": rows[:2]}, tmp_path / "runs.png", x="train_cpu_seconds")
+    assert (tmp_path / "runs.png").read_bytes()[:4] == b"\x89PNG"
