@@ -85,3 +85,24 @@ def test_plot_curves_draws_runs_side_by_side(tmp_path: Path) -> None:
             for step in range(1, 4)]
     plot_curves({"a": rows, "b": rows[:2]}, tmp_path / "runs.png", x="train_cpu_seconds")
     assert (tmp_path / "runs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_runs_tables_and_plots_runs_from_their_curves(tmp_path: Path) -> None:
+    from bin.compare_runs import main as compare_main
+
+    for name, pesq in (("a", 1.1), ("b", 1.4)):
+        folder = tmp_path / name
+        folder.mkdir()
+        points = [{"steps": 100 * step, "train_cpu_seconds": 60.0 * step, "wall_seconds": 90.0 * step,
+                   "pesq_wb": pesq + 0.01 * step, "stoi": 0.6, "estoi": None, "si_sdr": -3.0,
+                   "log_mel_distance": 1.0, "dev_codes_used_0": 300, "codes_in_use_0": 500} for step in (1, 2)]
+        (folder / "curve.json").write_text(json.dumps({"files": ["x.wav"] * 4, "points": points}))
+        (folder / "config.yml").write_text(yaml.safe_dump({"threads": 1}))
+    assert compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "| a | 200 | 2.0 | 3.0 | 1 | 1.120 | 0.600 | - | -3.00 | 1.000 | 300 | 500 |" in table
+    assert "| b | 200 | 2.0 | 3.0 | 1 | 1.420 |" in table
+    assert (tmp_path / "out" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert [run["name"] for run in json.loads((tmp_path / "out" / "compare.json").read_text())] == ["a", "b"]
+    with pytest.raises(CodecError, match="curve.json not found"):
+        compare_main([str(tmp_path / "out"), "--out", str(tmp_path / "x")])
