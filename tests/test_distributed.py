@@ -73,3 +73,19 @@ def test_uneven_shares_and_accumulation_equal_one_process(tmp_path: Path) -> Non
     double, log = train(tmp_path, "ddp", 3, 2, "--micro_batch", "1")
     assert "global batch 3 = 2 ranks x 1-2 (2 micro-batches of <= 1 accumulated per step)" in log
     assert_same_models(double, single)
+
+
+@pytest.mark.slow
+def test_bf16_compressed_discriminator_gradients_train_close_to_one_process(tmp_path: Path) -> None:
+    write_wavs(tmp_path / "exact" / "train", 8, 160, seed=5)
+    write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)
+    single, _ = train(tmp_path, "single", 4, 1)
+    compressed, _ = train(tmp_path, "bf16", 4, 2, "--ddp_bf16_compress")
+    assert yaml.safe_load((tmp_path / "exp" / "bf16" / "config.yml").read_text())["ddp_bf16_compress"] is True
+    state, expected = (torch.load(file, map_location="cpu", weights_only=True) for file in (compressed, single))
+    differences = []
+    for key, tensor in expected["model"]["discriminator"].items():
+        # One adversarial step at lr 2e-3: bf16 gradients can move Adam's update by at most about lr.
+        torch.testing.assert_close(state["model"]["discriminator"][key], tensor, rtol=0, atol=5e-3, msg=key)
+        differences.append((state["model"]["discriminator"][key] - tensor).abs().max().item())
+    assert max(differences) > 0  # the gradients went through bfloat16
