@@ -181,6 +181,9 @@ class VectorQuantize(nn.Module):
         the distances is the first maximum of their negatives."""
         return self.distances(flatten).min(1).indices
 
+    # Eager even inside torch.compile: Inductor (torch 2.13, CPU) computes buf.mul_(d).add_(x @ y, alpha=a)
+    # wrongly, and the statistics must keep the original's eager arithmetic anyway.
+    @torch.compiler.disable
     def _ema_update(self, flatten: torch.Tensor, onehot: torch.Tensor) -> None:
         self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(flatten.t() @ onehot, alpha=1 - self.decay)
@@ -200,6 +203,7 @@ class VectorQuantize(nn.Module):
         self._initialised = bool(self.cluster_size.sum() > 0)
         return not self._initialised
 
+    @torch.compiler.disable  # data-dependent; eager as the EMA update
     @torch.no_grad()
     def initialise(self, x: torch.Tensor) -> None:
         """With `kmeans_init`, in training mode, before the codebook's first update: set the codes to
@@ -213,6 +217,7 @@ class VectorQuantize(nn.Module):
         self.embed_avg.copy_(self.embed * self.smoothed_cluster_size().unsqueeze(0))
         self._initialised = True
 
+    @torch.compiler.disable  # data-dependent; eager as the EMA update
     @torch.no_grad()
     def expire_dead_codes(self, x: torch.Tensor, used: torch.Tensor) -> int:
         """Re-seed the codes whose EMA cluster size is below `threshold_ema_dead_code` and that the
