@@ -90,8 +90,10 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.nanmean(values)) if values.size and np.any(np.isfinite(values)) else math.nan
 
 
-def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: list[float], entropy) -> dict:
-    """One row: metrics of every system on one file, its duration, and its entropy-coded size."""
+def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: list[float], entropy,
+               used: list[set[int]] | None = None) -> dict:
+    """One row: metrics of every system on one file, its duration, and its entropy-coded size. ``used``
+    (one set per codebook) gathers the codes the file's encoding chose."""
     data, rate = read_audio(str(path))
     if rate != codec.sample_rate:
         raise CodecError(f"{path} is at {rate} Hz, model '{codec.name}' codes {codec.sample_rate} Hz: resample it")
@@ -99,6 +101,9 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
     streams = codec.streams_from_audio(reference[:, None])
     row: dict = {"file": str(path.relative_to(root)), "seconds": len(reference) / rate}
     codes, full = codec.code(streams)  # all codebooks: also the K = n_codebooks decode
+    if used is not None:
+        for index, row_codes in enumerate(codes[0].cpu().numpy()):
+            used[index].update(row_codes.tolist())
     for k in codebooks:
         if k == codec.n_codebooks:
             decoded = full[0, 0].cpu().numpy()
@@ -224,21 +229,24 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    used: list[set[int]] = [set() for _ in range(codec.n_codebooks)]
     with torch.inference_mode():
         for path in tqdm(files, desc="scoring", unit="file"):
-            rows.append(score_file(codec, path, Path(args.test), codebooks, opus_rates, entropy))
+            rows.append(score_file(codec, path, Path(args.test), codebooks, opus_rates, entropy, used))
     lines = summarize(rows, codec, codebooks, opus_rates, entropy is not None)
     table = markdown_table(lines, entropy is not None)
     seconds = sum(row["seconds"] for row in rows)
     settings = {
         "model": codec.name, "test": args.test, "files": len(rows), "seconds": seconds,
         "codebooks": codebooks, "opus_kbps": opus_rates, "entropy": entropy is not None,
-        "precision": args.precision,
+        "precision": args.precision, "codes_used": [len(codes) for codes in used],
         "command": " ".join(["python", "bin/model_report.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     report = {"settings": settings, "summary": lines, "files": rows}
     write_text_atomic(out / "report.json", json.dumps(_finite(report), indent=1))
-    write_text_atomic(out / "report.md", f"{len(rows)} files, {seconds / 60:.1f} min of `{args.test}`\n\n{table}\n")
+    usage = ", ".join(str(len(codes)) for codes in used)
+    write_text_atomic(out / "report.md", f"{len(rows)} files, {seconds / 60:.1f} min of `{args.test}`\n\n{table}\n\n"
+                      f"Codes used on these files, per codebook (of {codec.codebook_size}): {usage}\n")
     save_rate_quality_plot(out / "rate_quality.png", lines)
     print(table)
     return 0

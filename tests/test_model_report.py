@@ -70,6 +70,14 @@ def test_report_lists_every_codebook_count_with_entropy_bitrate(model, test_dir,
         assert 1.0 <= line["pesq_wb"] <= 4.7 and -1 <= line["stoi"] <= 1 and np.isfinite(line["log_mel_distance"])
     table = (out / "report.md").read_text()
     assert f"| custom K={k} | {codec.bitrate() / 1000:.3f} |" in table and "entropy-coded kbps" in table
+    used = [set() for _ in range(k)]
+    for name in ("a.wav", "sub/b.wav"):
+        audio, _ = sf.read(test_dir / name, dtype="float32", always_2d=True)
+        codes, _ = codec.code(codec.streams_from_audio(audio.mean(axis=1)[:, None]))
+        for index, row in enumerate(codes[0].numpy()):
+            used[index].update(row.tolist())
+    assert report["settings"]["codes_used"] == [len(codes) for codes in used]
+    assert f"per codebook (of {codec.codebook_size}): {', '.join(str(len(codes)) for codes in used)}" in table
 
 
 @pytest.mark.skipif(bool(cpu_bf16_problem()), reason="this CPU has no bf16 convolutions")
