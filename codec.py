@@ -33,7 +33,9 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, write_audio
 from utils.audiodec import StreamingCodec
 from utils.batch import plan, refuse_existing, run_batch
-from utils.bitstream import decode_header, read_adc
+from utils.bitstream.adc import decode_header, read_adc
+from utils.bitstream.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
+from utils.bitstream.entropy import EntropyModel
 from utils.cli import (
     add_input_arguments,
     add_model_arguments,
@@ -45,8 +47,6 @@ from utils.cli import (
     read_input_for,
     run_main,
 )
-from utils.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
-from utils.entropy import EntropyModel
 from utils.errors import CodecError
 
 

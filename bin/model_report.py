@@ -31,6 +31,7 @@ from tqdm import tqdm  # noqa: E402
 from dataloader.audio_files import find_audio_files  # noqa: E402
 from utils.audio import read_audio  # noqa: E402
 from utils.audiodec import PRECISIONS, StreamingCodec  # noqa: E402
+from utils.bitstream.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.cli import (  # noqa: E402
     add_model_arguments,
     add_runtime_arguments,
@@ -38,7 +39,6 @@ from utils.cli import (  # noqa: E402
     load_codec,
     run_main,
 )
-from utils.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
 from utils.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
