@@ -5,7 +5,7 @@
 
 Each test file is coded once (all codebooks, from the warmed-up state, as demoFile.py does) and
 decoded with the first K codebooks for every K asked; each decode is scored against the reference
-(wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance; see utils/metrics.py). `--opus` scores Opus
+(wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance; see utils/eval/metrics.py). `--opus` scores Opus
 at the given bitrates on the same files. `--entropy` range-codes each file's codes with the model's
 entropy table (`codec.py fit-entropy`), checks that they decode to the same codes, and reports the
 payload bitrate. Writes `report.json` (settings, per-file rows, means), `report.md` (the table) and
@@ -40,9 +40,9 @@ from utils.cli import (  # noqa: E402
     run_main,
 )
 from utils.errors import CodecError  # noqa: E402
+from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
+from utils.eval.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
-from utils.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
-from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 
 
 def _numbers(text: str, kind: type, what: str) -> list:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from utils import prepare_demo_corpus as corpus
-from utils.metrics import speech_like_signal
+from utils.eval.probe import speech_like_signal
 
 
 def power_db(audio: np.ndarray) -> float:

@@ -83,8 +83,8 @@ def _reference_subset(config: Mapping[str, Any], subset: str) -> str:
 
 
 def score_outputs(pairs: list[tuple[str, Path, Path]], sample_rate: int) -> list[dict[str, Any]]:
-    """Metrics of each (name, reference, output) pair (first channels), with ``utils.metrics.evaluate_pair``."""
-    from utils.metrics import evaluate_pair
+    """Metrics of each (name, reference, output) pair (first channels), with ``utils.eval.metrics.evaluate_pair``."""
+    from utils.eval.metrics import evaluate_pair
 
     rows = []
     for name, reference_path, output_path in tqdm(pairs, desc="[metrics]"):

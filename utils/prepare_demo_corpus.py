@@ -44,8 +44,8 @@ from urllib.parse import unquote
 import numpy as np
 import soundfile as sf
 
+from utils.audio import resample
 from utils.errors import CodecError
-from utils.metrics import resample
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def load_clip(path: Path, skipped: Counter) -> np.ndarray | None:
     except (sf.LibsndfileError, RuntimeError):
         skipped["unreadable"] += 1
         return None
-    return resample(to_mono(audio), sample_rate, SAMPLE_RATE)
+    return resample(to_mono(audio), sample_rate, SAMPLE_RATE, np.float32)
 
 
 def write_pcm16(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -332,7 +332,8 @@ def prepare_speech(clips: list[Clip], staging: Path) -> tuple[dict[str, float], 
             continue
         audio = peak_normalize(audio)
         write_pcm16(staging / "48k" / clip.name, audio, SAMPLE_RATE)
-        write_pcm16(staging / "24k" / clip.name, resample(audio, SAMPLE_RATE, COPY_SAMPLE_RATE), COPY_SAMPLE_RATE)
+        audio_24k = resample(audio, SAMPLE_RATE, COPY_SAMPLE_RATE, np.float32)
+        write_pcm16(staging / "24k" / clip.name, audio_24k, COPY_SAMPLE_RATE)
         seconds[clip.name] = len(audio) / SAMPLE_RATE
         kept.append(clip)
     return seconds, {package: dict(counts) for package, counts in skipped.items()}, kept
@@ -408,7 +409,7 @@ def build_corpus(out_dir: Path, out24k_dir: Path, cache_dir: Path, seed: int = 0
         audio = load_clip(clip.path, noise_skipped[clip.package])
         if audio is not None:
             audio = trim_silence(audio, SAMPLE_RATE)
-            audio_24k = resample(audio, SAMPLE_RATE, COPY_SAMPLE_RATE)
+            audio_24k = resample(audio, SAMPLE_RATE, COPY_SAMPLE_RATE, np.float32)
             noise_audio[clip.name] = {SAMPLE_RATE: audio, COPY_SAMPLE_RATE: audio_24k}
     noise_groups = split_groups(
         {name: len(audio[SAMPLE_RATE]) / SAMPLE_RATE for name, audio in noise_audio.items()},
