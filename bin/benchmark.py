@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
-    from utils.fast_malloc import use_fast_malloc
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/runtime/cpu_process.py)
+    from utils.runtime.cpu_process import use_fast_malloc
 
     use_fast_malloc()
 
@@ -37,13 +37,14 @@ import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
 from layers.weight_norm import fold_weight_norm  # noqa: E402
-from utils import native_engine  # noqa: E402
-from utils.audiodec import BACKENDS, DEFAULT_BACKEND, PRECISIONS, StreamingCodec  # noqa: E402
+from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
-from utils.fast_malloc import current_malloc  # noqa: E402
+from utils.runtime import native_build  # noqa: E402
+from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
+from utils.runtime.cpu_process import current_malloc  # noqa: E402
 
 CONVS = (nn.Conv1d, nn.ConvTranspose1d)
 RESIDUAL_BRANCH_RMS = 0.5  # the last conv of a residual branch adds to the skip path
@@ -303,7 +304,7 @@ def cpu_label() -> str:
             name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
     except OSError:
         pass
-    build = native_engine.build()
+    build = native_build.build()
     engine = f"engine {build.isa}" if build else "no engine"
     return f"{name} (torch {torch.backends.cpu.get_cpu_capability()}, {engine})"
 

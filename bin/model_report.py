@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dataloader.audio_files import find_audio_files  # noqa: E402
 from utils.audio import read_audio  # noqa: E402
-from utils.audiodec import PRECISIONS, StreamingCodec  # noqa: E402
+from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.bitstream.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.cli import (  # noqa: E402
     add_model_arguments,
@@ -43,6 +43,7 @@ from utils.errors import CodecError  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.eval.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
+from utils.runtime.backends import PRECISIONS  # noqa: E402
 
 
 def _numbers(text: str, kind: type, what: str) -> list:

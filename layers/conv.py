@@ -109,7 +109,7 @@ class PackedConv:
         """oneDNN on weights packed for x's shape; with `residual`, `residual + conv(x)` in the same
         call (oneDNN adds it to the finished output, so the sum is bitwise the separate add's)."""
         if torch.jit.is_tracing():
-            # `self.packed` is a graph input here (utils/traced_step.py), and the tracer cannot
+            # `self.packed` is a graph input here (utils/runtime/torchscript.py), and the tracer cannot
             # record the op's empty Scalar?[] argument, so it records the scripted functions.
             if residual is None:
                 return _scripted(_onednn_conv)(x, self.packed, self.bias, stride, dilation, groups)
@@ -185,7 +185,7 @@ class PackedConv:
 def _onednn_conv(
     x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: int, dilation: int, groups: int
 ) -> torch.Tensor:
-    """PackedConv's oneDNN call, in TorchScript-compilable form (utils/traced_step.py records it)."""
+    """PackedConv's oneDNN call, in TorchScript-compilable form (utils/runtime/torchscript.py records it)."""
     scalars: list[int | float | complex | None] = []  # the schema's Scalar?[]
     y = torch.ops.mkldnn._convolution_pointwise(
         x.unsqueeze(2), packed, bias, [0, 0], [1, stride], [1, dilation], groups, "none", scalars, ""

@@ -22,9 +22,10 @@ from layers.conv import (
     reset_streaming,
 )
 from tests.conftest import REPO
-from utils import native_engine
-from utils.audiodec import StreamingCodec, cpu_bf16_problem
+from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
+from utils.runtime import native_build
+from utils.runtime.backends import cpu_bf16_problem
 
 AUTOENCODER = os.path.join(REPO, "config", "autoencoder", "demo_48000_hop300.yaml")
 VOCODER = os.path.join(REPO, "config", "vocoder", "demo_v1_48000_hop300.yaml")
@@ -50,7 +51,7 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
     assert result["rtf_whole_file"] == pytest.approx(result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"])
     assert "rtf_live" not in result  # only with --live
     assert result["backend"] == "native"  # the default
-    if native_engine.available():  # the encoder, and the symmetric decoder or the grouped HiFi-GAN
+    if native_build.available():  # the encoder, and the symmetric decoder or the grouped HiFi-GAN
         assert result["native_sides"] == ["encoder", "decoder"]
 
 

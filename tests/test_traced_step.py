@@ -10,7 +10,8 @@ from layers.conv import PackedConv, StreamingState
 from tests.conftest import MANIFEST, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
-from utils.traced_step import TracedStep, used_parts
+from utils.runtime.per_shape import used_parts
+from utils.runtime.torchscript import TracedStep
 
 
 def load(name: str, backend: str = "torch") -> StreamingCodec:

@@ -35,7 +35,7 @@ import torch
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.live.devices import import_sounddevice, open_stream
-from utils.openmp import release_pool
+from utils.runtime.cpu_process import release_pool
 
 POLL_SECONDS = 0.05
 DRAIN_SECONDS = 60.0

@@ -1,24 +1,13 @@
-"""Streaming steps run as TorchScript graphs, one per chunk shape.
+"""The frame every compiled streaming step shares: one compiled form per chunk shape.
 
-The eager step pays Python for every layer: attribute lookups, the per-shape formulation choice
-of `layers.conv.PackedConv`, state bookkeeping. For a 300-sample chunk that is most of the
-encoder's time. `TracedStep` records the step once per input shape with `torch.jit.trace` into a
-graph whose inputs are the chunk, the streaming state of every layer the step uses, and the
-oneDNN-packed weights (opaque tensors cannot be graph constants), and whose outputs are the
-result and the new states. The graph runs the very operations the eager step ran, in order and
-with the same kernels, so its output is bitwise the eager output: this is what lets the
-transmitter use it too (its codes must not depend on how it is run).
-
-The state stays in the torch layers (`_state`), so reset, batch expansion, backend switches and
-chunk-size changes behave as in eager mode. A shape is traced on its second call (a stream repeats
-its chunk shape; whole files end in one-off remainders that would each cost a trace for one call),
-and any in-place or replaced weight makes a new trace.
+A `PerShapeStep` continues a module's streams through a compiled form of its eager step, built per
+input shape and kept while the weights stay the same: `torchscript.TracedStep` (a TorchScript
+graph) and `native.NativeStep` (a native-engine plan) fill in how to build and run one.
 """
 
 from __future__ import annotations
 
 import operator
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -31,7 +20,7 @@ from utils.errors import CodecError
 _data_ptr = torch.Tensor.data_ptr
 _version = operator.attrgetter("_version")
 
-# Bumped whenever any module gets a parameter or buffer (set or replaced), so that TracedStep
+# Bumped whenever any module gets a parameter or buffer (set or replaced), so that a PerShapeStep
 # re-lists its module's tensors only then and otherwise checks just their versions.
 _REGISTRATIONS = [0]
 
@@ -72,28 +61,10 @@ def check_states(layers: list[StreamingState], batch: int) -> None:
             raise CodecError(f"streaming batch changed from {layer._state.shape[0]} to {batch} streams: reset first")
 
 
-class StepGraph(nn.Module):
-    """step(x, *states, *packed) -> (y, *new states): the form a trace records."""
-
-    def __init__(self, step: Callable, layers: list[StreamingState], packs: list[PackedConv]) -> None:
-        super().__init__()
-        self.step = step
-        self.layers = layers
-        self.packs = packs
-
-    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        count = len(self.layers)
-        for layer, state in zip(self.layers, inputs[:count]):
-            layer._state = state
-        for pack, packed in zip(self.packs, inputs[count:]):
-            pack.packed = packed
-        return (self.step(x), *[layer._state for layer in self.layers])
-
-
 class PerShapeStep(ABC):
     """Callable chunk -> `step(chunk)`, continuing `module`'s streams, through a compiled form of
-    the step built per input shape (`_build`, run by `_run`); the base of `TracedStep` and of
-    `utils.native_engine.NativeStep`.
+    the step built per input shape (`_build`, run by `_run`); the base of
+    `utils.runtime.torchscript.TracedStep` and `utils.runtime.native.NativeStep`.
 
     A shape gets its compiled form when it comes a second time: a stream's chunks repeat their
     shape, whereas the one-off lengths of whole files (every file ends in a different remainder)
@@ -119,9 +90,9 @@ class PerShapeStep(ABC):
 
     def _weights_key(self) -> tuple:
         """Storage and version of every parameter and buffer: a compiled form holds the weights it
-        was built with, so any change needs a new one. (About 20 us for the 128 tensors of an
-        AudioDec generator; listing them anew costs 300.) Inference-mode tensors keep no version;
-        their storage is all there is to compare."""
+        was built with, so any change needs a new one. The tensors are listed anew only when some
+        module registered one (listing costs far more than comparing). Inference-mode tensors keep
+        no version; their storage is all there is to compare."""
         if self.registrations != _REGISTRATIONS[0]:
             self.registrations = _REGISTRATIONS[0]
             self.tensors = [*self.module.parameters(), *self.module.buffers()]
@@ -159,53 +130,3 @@ class PerShapeStep(ABC):
             built = self._build(x, warm)
         self.built[key] = built
         return self._run(built, x)
-
-
-class TracedStep(PerShapeStep):
-    """`PerShapeStep` whose compiled form is a TorchScript graph (they share the module's weights;
-    a trace takes 0.06-0.13 s for the encoder and 0.07-0.10 s for the v1 vocoder at 300 and
-    1500 samples)."""
-
-    OPTIMIZE = False  # the graph executor's optimising passes (see _run)
-
-    def _build(self, x: torch.Tensor, warm: bool) -> tuple:
-        # An eager run of this shape (states put back) leaves in every cache the step reads what
-        # this shape needs: the chosen formulations, and the packed weights in the layout oneDNN
-        # runs at this length, which become graph inputs. The first build follows the run that
-        # found the step's parts, which did just that.
-        if not warm:
-            used_parts(self.module, self.step, x)
-        layers = self.layers
-        packs = [pack for pack in self.packs if pack.packed is not None]
-        packed = [pack.packed for pack in packs]
-        saved = [layer._state for layer in layers]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracer notes about shape-specialised Python branches
-                graph = torch.jit.trace(
-                    StepGraph(self.step, layers, packs), (x, *saved, *packed), check_trace=False
-                )
-        finally:
-            for layer, state in zip(layers, saved):
-                layer._state = state
-            for pack, tensor in zip(packs, packed):
-                pack.packed = tensor
-        # Inline the scripted oneDNN calls, then fold the argument lists that are constants and
-        # drop what nothing uses: a third fewer nodes for the interpreter, the same operations.
-        torch._C._jit_pass_inline(graph.graph)
-        torch._C._jit_pass_constant_propagation(graph.graph)
-        torch._C._jit_pass_dce(graph.graph)
-        return graph, packed
-
-    def _run(self, built: tuple, x: torch.Tensor) -> torch.Tensor:
-        graph, packed = built
-        layers = self.layers
-        # The graph computes exactly the eager operations; without the executor's optimising
-        # passes nothing is fused or reordered, and no shape guards can fall back to slow paths.
-        with torch.jit.optimized_execution(self.OPTIMIZE):
-            y, *states = graph(x, *[layer._state for layer in layers], *packed)
-        for layer, state in zip(layers, states):
-            # `_state` is a plain attribute (not a parameter, buffer or module), which is all that
-            # nn.Module.__setattr__ would find out, at ~1.2 us a layer (22 us per encoder chunk).
-            layer.__dict__["_state"] = state
-        return y
