@@ -15,9 +15,9 @@ tag_name=statistic/symAD_vctk_48000_hop300_clean
 subset=train
 subset_num=-1           # number of files; -1 = all
 
-. ./utils/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
+. ./utils/recipe/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
 . ./parse_options.sh
-. ./submit_common.sh
+. ./utils/recipe/common.sh
 launcher_init
 
 config_name="config/${tag_name}.yaml"
