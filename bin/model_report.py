@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def test_files(folder: str, max_files: int, every: int = 1) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
-        raise CodecError(f"test folder {folder} not found: build the corpus with python -m utils.prepare_demo_corpus")
+        raise CodecError(f"test folder {folder} not found: build the corpus with python bin/prepare_demo_corpus.py")
     files = find_audio_files(root)
     if not files:
         raise CodecError(f"no audio files under {folder}")

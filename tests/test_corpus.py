@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from utils import prepare_demo_corpus as corpus
+from bin import prepare_demo_corpus as corpus
 from utils.eval.probe import speech_like_signal
 
 

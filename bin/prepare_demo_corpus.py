@@ -1,6 +1,6 @@
 """Build a small demo speech corpus (and a paired noisy/clean set) from Debian-packaged recordings.
 
-    python -m utils.prepare_demo_corpus [--out corpus] [--out24k corpus24k] [--cache .cache/debs] [--seed 0]
+    python bin/prepare_demo_corpus.py [--out corpus] [--out24k corpus24k] [--cache .cache/debs] [--seed 0]
 
 Speech: spoken words in about 20 languages (``ktuberling-data``), spoken letters and syllables
 (``klettres-data``), Mandarin syllables (``gcin-voice``) and the ALSA channel announcements
@@ -26,26 +26,29 @@ functions on arrays and names, so tests run them on synthetic audio without the 
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import shutil
-import subprocess
 import sys
-import time
-import unicodedata
-import zlib
-from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
 
-import numpy as np
-import soundfile as sf
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.audio import resample
-from utils.errors import CodecError
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import unicodedata  # noqa: E402
+import zlib  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from collections.abc import Iterator, Mapping  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from urllib.parse import unquote  # noqa: E402
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from utils.audio import resample  # noqa: E402
+from utils.errors import CodecError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
