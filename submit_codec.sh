@@ -40,13 +40,7 @@ seed=""                 # training seed; "" keeps codecTrain.py's default
 ngpu=1                  # GPUs per node, one training process each (torchrun when > 1); 0: train on CPUs
 nnodes=1                # nodes; > 1 needs MASTER_ADDR (and MASTER_PORT) of the rendezvous host
 
-. ./utils/recipe/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
-. ./parse_options.sh
-. ./utils/recipe/common.sh
-launcher_init
-if [ -n "${exp_root}" ]; then
-    exp=${exp_root}
-fi
+. ./utils/recipe/setup.sh   # options (utils/recipe/launcher.sh, parse_options.sh), helpers
 
 if [ "${start}" -le 0 ] && [ "${stop}" -ge 0 ]; then
     echo "Stage 0: autoencoder training (config/${autoencoder}.yaml)"

@@ -21,9 +21,8 @@ from torch import nn
 
 from layers.conv import StreamingState, reset_streaming, set_precision
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
-from models.registry import AUTOENCODER_TYPES
 from utils.bitstream.bits import bits_per_code
-from utils.checkpoint import load_generator, state_hash
+from utils.checkpoint import load_autoencoder, load_generator, state_hash
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, cpu_bf16_problem, streaming_steps
@@ -108,12 +107,7 @@ class StreamingCodec:
         backend: str = DEFAULT_BACKEND,
     ) -> StreamingCodec:
         """Load a codec from two checkpoints in the original format (config.yml beside each)."""
-        encoder, encoder_config = load_generator(encoder_checkpoint)
-        if encoder_config["model_type"] not in AUTOENCODER_TYPES:
-            raise CodecError(
-                f"{encoder_checkpoint} is a {encoder_config['model_type']} model, not an AudioDec encoder: "
-                "pass an autoencoder checkpoint as the encoder"
-            )
+        encoder, encoder_config = load_autoencoder(encoder_checkpoint)
         if encoder.mode != "causal":
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
         decoder, _ = load_generator(decoder_checkpoint)

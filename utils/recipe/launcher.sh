@@ -2,12 +2,10 @@
 # recipe runs its stages here, one after the other, or submits each one to SLURM.
 #
 # A recipe sources this file BEFORE parse_options.sh (so that parse_options accepts the options below),
-# calls launcher_init after it, and wraps each stage's command in run_stage:
+# calls launcher_init after it (utils/recipe/setup.sh does both), and wraps each stage's command in
+# run_stage:
 #
-#     . ./utils/recipe/launcher.sh
-#     . ./parse_options.sh
-#     . ./utils/recipe/common.sh
-#     launcher_init
+#     . ./utils/recipe/setup.sh
 #     run_stage 0 "${tag_name}" run_train -c "config/${tag_name}.yaml" ...
 #
 # Options (besides the recipe's own):

@@ -10,13 +10,7 @@
 # train_tag (what the training stages train; config/${train_tag}.yaml), test_encoder and
 # test_decoder (experiment folders under ${exp}), and may set train_message and test_message.
 
-. ./utils/recipe/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
-. ./parse_options.sh
-. ./utils/recipe/common.sh
-launcher_init
-if [ -n "${exp_root}" ]; then
-    exp=${exp_root}
-fi
+. ./utils/recipe/setup.sh   # options (utils/recipe/launcher.sh, parse_options.sh), helpers
 recipe_roles
 config_name="config/${train_tag}.yaml"
 echo "Configuration file=${config_name}"
