@@ -11,16 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from bin.benchmark import count_conv_flops, main, random_codec
-from layers.conv import (
-    CausalConv1d,
-    CausalConvTranspose1d,
-    Conv1d1x1,
-    PackedConv,
-    cat_time,
-    is_channels_last,
-    repeat_channels,
-    reset_streaming,
-)
+from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, PackedConv
+from layers.layout import cat_time, is_channels_last, repeat_channels
+from layers.streaming import reset_streaming
 from tests.conftest import REPO
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError

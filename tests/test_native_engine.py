@@ -8,7 +8,8 @@ import platform
 import pytest
 import torch
 
-from layers.conv import StreamingState, set_precision
+from layers.conv import set_precision
+from layers.streaming import StreamingState
 from models.autoencoder.AudioDec import Generator
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
 from tests.conftest import MANIFEST, official_path

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from layers.conv import PackedConv, StreamingState
+from layers.conv import PackedConv
+from layers.streaming import StreamingState
 from tests.conftest import MANIFEST, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError

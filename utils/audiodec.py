@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import StreamingState, reset_streaming, set_precision
+from layers.conv import set_precision
+from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import load_autoencoder, load_generator, state_hash
@@ -38,13 +39,6 @@ def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] <= size:
         return run(x)
     return torch.cat([run(x[..., start:start + size]) for start in range(0, x.shape[-1], size)], dim=-1)
-
-
-def _expand_streams(model: nn.Module, batch_size: int) -> None:
-    """Copy the (single) warmed-up stream state of every layer into `batch_size` streams."""
-    for module in model.modules():
-        if isinstance(module, StreamingState) and module._state is not None:
-            module._state = module._state.repeat(batch_size, 1, 1)
 
 
 class StreamingCodec:
@@ -166,8 +160,8 @@ class StreamingCodec:
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
         self.decoder.decode(self.encoder.lookup(self.encoder.quantize(self.encoder.encode(silence))))
-        _expand_streams(self.encoder, batch_size)
-        _expand_streams(self.decoder, batch_size)
+        expand_streams(self.encoder, batch_size)
+        expand_streams(self.decoder, batch_size)
         self.batch_size = batch_size
 
     def _check_batch(self, batch: int) -> None:

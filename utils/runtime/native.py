@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, StreamingState
+from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1
+from layers.streaming import StreamingState, get_state, set_state
 from utils.errors import CodecError
 from utils.runtime.native_build import Build, Op, Slot, build
 from utils.runtime.per_shape import PerShapeStep
@@ -433,7 +434,7 @@ class NativeStep(PerShapeStep):
             x = x.to(torch.int64).contiguous()
         size = plan.state_size
         layers = self.layers
-        states = [layer.__dict__["_state"] for layer in layers]
+        states = [get_state(layer) for layer in layers]
         state_in = self.last_state
         if state_in is None or state_in.shape[0] != batch or not all(map(_is, states, self.last_views)):
             state_in = torch.empty(batch, size)
@@ -454,6 +455,6 @@ class NativeStep(PerShapeStep):
             state_out.as_strided((batch, *shape), (size, *strides), offset) for shape, strides, offset in plan.views
         ]
         for layer, view in zip(layers, views):
-            layer.__dict__["_state"] = view
+            set_state(layer, view)
         self.last_state, self.last_views = state_out, views
         return y if self.side == "encoder" else y.transpose(1, 2)

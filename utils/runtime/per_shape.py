@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from layers.conv import PackedConv, StreamingState, record_usage
+from layers.conv import PackedConv
+from layers.streaming import StreamingState, get_state, record_usage, set_state, streaming_layers
 from utils.errors import CodecError
 
 _data_ptr = torch.Tensor.data_ptr
@@ -39,14 +40,14 @@ def used_parts(
     """The streaming layers whose state one `step(example)` reads and replaces, and the packed
     convolutions it runs (an AudioDec generator holds both its encoder's and its decoder's layers;
     a step uses one side). The step's states are put back afterwards; other threads' are not touched."""
-    saved = {id(m): m._state for m in module.modules() if isinstance(m, StreamingState)}
+    saved = {id(layer): get_state(layer) for layer in streaming_layers(module).values()}
     with record_usage() as log:
         try:
             step(example)
         finally:
             layers = list({id(m): m for m in log if isinstance(m, StreamingState) and m.pad_length > 0}.values())
             for layer in layers:
-                layer._state = saved[id(layer)]
+                set_state(layer, saved[id(layer)])
     packs = list({id(m): m for m in log if isinstance(m, PackedConv)}.values())
     return layers, packs
 
@@ -55,10 +56,11 @@ def check_states(layers: list[StreamingState], batch: int) -> None:
     """Start the streams of layers that have none (as their eager step would), and refuse a batch
     that differs from the streams' (as their eager step would)."""
     for layer in layers:
-        if layer._state is None:
+        state = get_state(layer)
+        if state is None:
             layer.reset_state(batch)
-        elif layer._state.shape[0] != batch:
-            raise CodecError(f"streaming batch changed from {layer._state.shape[0]} to {batch} streams: reset first")
+        elif state.shape[0] != batch:
+            raise CodecError(f"streaming batch changed from {state.shape[0]} to {batch} streams: reset first")
 
 
 class PerShapeStep(ABC):

@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from layers.conv import PackedConv, StreamingState
+from layers.conv import PackedConv
+from layers.streaming import StreamingState, get_state, set_state
 from utils.runtime.per_shape import PerShapeStep, used_parts
 
 
@@ -37,10 +38,10 @@ class StepGraph(nn.Module):
     def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         count = len(self.layers)
         for layer, state in zip(self.layers, inputs[:count]):
-            layer._state = state
+            set_state(layer, state)
         for pack, packed in zip(self.packs, inputs[count:]):
             pack.packed = packed
-        return (self.step(x), *[layer._state for layer in self.layers])
+        return (self.step(x), *[get_state(layer) for layer in self.layers])
 
 
 class TracedStep(PerShapeStep):
@@ -58,7 +59,7 @@ class TracedStep(PerShapeStep):
         layers = self.layers
         packs = [pack for pack in self.packs if pack.packed is not None]
         packed = [pack.packed for pack in packs]
-        saved = [layer._state for layer in layers]
+        saved = [get_state(layer) for layer in layers]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer notes about shape-specialised Python branches
@@ -67,7 +68,7 @@ class TracedStep(PerShapeStep):
                 )
         finally:
             for layer, state in zip(layers, saved):
-                layer._state = state
+                set_state(layer, state)
             for pack, tensor in zip(packs, packed):
                 pack.packed = tensor
         # Inline the scripted oneDNN calls, then fold the argument lists that are constants and
@@ -83,9 +84,7 @@ class TracedStep(PerShapeStep):
         # The graph computes exactly the eager operations; without the executor's optimising
         # passes nothing is fused or reordered, and no shape guards can fall back to slow paths.
         with torch.jit.optimized_execution(self.OPTIMIZE):
-            y, *states = graph(x, *[layer._state for layer in layers], *packed)
+            y, *states = graph(x, *[get_state(layer) for layer in layers], *packed)
         for layer, state in zip(layers, states):
-            # `_state` is a plain attribute (not a parameter, buffer or module): skip the search
-            # nn.Module.__setattr__ would make to find that out, for every layer of every chunk.
-            layer.__dict__["_state"] = state
+            set_state(layer, state)
         return y
