@@ -22,7 +22,7 @@ States stay in the torch layers (time-major views of one tensor per step), so re
 backend switches behave as with the other backends.
 
 To change a model block, change its `forward`, its `step` and its plan here together
-(docs/architecture.md); tests/test_native_engine.py compares the three for every block type.
+(docs/architecture.md); tests/test_blocks.py compares the three for every block type.
 """
 
 from __future__ import annotations
