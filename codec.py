@@ -18,8 +18,8 @@ under it (by extension) and decode every .adc file, into the same tree under the
 loading each model once; a file that fails is reported and the rest go on (exit status 1 at the end).
 """
 
-if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
-    from utils.fast_malloc import use_fast_malloc
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/runtime/cpu_process.py)
+    from utils.runtime.cpu_process import use_fast_malloc
 
     use_fast_malloc()
 
@@ -33,7 +33,9 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, write_audio
 from utils.audiodec import StreamingCodec
 from utils.batch import plan, refuse_existing, run_batch
-from utils.bitstream import decode_header, read_adc
+from utils.bitstream.adc import decode_header, read_adc
+from utils.bitstream.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
+from utils.bitstream.entropy import EntropyModel
 from utils.cli import (
     add_input_arguments,
     add_model_arguments,
@@ -45,8 +47,6 @@ from utils.cli import (
     read_input_for,
     run_main,
 )
-from utils.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
-from utils.entropy import EntropyModel
 from utils.errors import CodecError
 
 

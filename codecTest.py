@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--output_dir", type=str, required=True)
     parser.add_argument("--specific_folder", choices=("True", "False"), default="False",
                         help="write into --output_dir itself")
-    parser.add_argument("--metrics", action="store_true", help="score the outputs (utils.metrics)")
+    parser.add_argument("--metrics", action="store_true", help="score the outputs (utils.eval.metrics)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     outdir, means = run_test(

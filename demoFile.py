@@ -14,8 +14,8 @@ every audio file under -i (by extension) with the model loaded once, into the sa
 (as .wav); a file that fails is reported and the rest go on (exit status 1 at the end).
 """
 
-if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
-    from utils.fast_malloc import use_fast_malloc
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/runtime/cpu_process.py)
+    from utils.runtime.cpu_process import use_fast_malloc
 
     use_fast_malloc()
 

@@ -14,8 +14,8 @@ encoder and decoder time per frame, the latency from capture to decoded output, 
 only when -o is not given or --output_device is.
 """
 
-if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
-    from utils.fast_malloc import use_fast_malloc
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/runtime/cpu_process.py)
+    from utils.runtime.cpu_process import use_fast_malloc
 
     use_fast_malloc()
 

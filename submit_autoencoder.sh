@@ -31,32 +31,8 @@ seed=""                 # training seed; "" keeps codecTrain.py's default
 ngpu=1                  # GPUs per node, one training process each (torchrun when > 1); 0: train on CPUs
 nnodes=1
 
-. ./utils/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
-. ./parse_options.sh
-. ./submit_common.sh
-launcher_init
-if [ -n "${exp_root}" ]; then
-    exp=${exp_root}
-fi
-config_name="config/${tag_name}.yaml"
-echo "Configuration file=${config_name}"
-
-if [[ ${stage} == *0* ]]; then
-    echo "Training from scratch"
-    run_stage 0 "${tag_name}" run_train -c "${config_name}" --tag "${tag_name}" --exp_root "${exp}" --disable_cudnn "${disable_cudnn}"
-fi
-
-if [[ ${stage} == *1* ]]; then
-    set_resume_args "${resumepoint}" "${exp}/${tag_name}"
-    echo "Resuming: ${resume_args[*]}"
-    run_stage 1 "${tag_name}" run_train -c "${config_name}" --tag "${tag_name}" --exp_root "${exp}" --disable_cudnn "${disable_cudnn}" \
-        "${resume_args[@]}"
-fi
-
-if [[ ${stage} == *2* ]]; then
-    echo "Testing"
-    run_stage 2 "${tag_name}" run_python codecTest.py --subset "${subset}" --subset_num "${subset_num}" \
-        --encoder "${exp}/${tag_name}/checkpoint-${encoder_checkpoint}steps.pkl" \
-        --decoder "${exp}/${tag_name}/checkpoint-${decoder_checkpoint}steps.pkl" \
-        --output_dir "${output_root}/${tag_name}"
-fi
+# What the stages (utils/recipe/train_stages.sh) train and test, once the options are parsed.
+recipe_roles() {
+    train_tag=${tag_name} test_encoder=${tag_name} test_decoder=${tag_name}
+}
+. ./utils/recipe/train_stages.sh

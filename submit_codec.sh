@@ -13,7 +13,7 @@
 #   bash submit_codec.sh --start 0 --stop 0 --ngpu 4           # DDP on 4 GPUs (torchrun)
 #   MASTER_ADDR=node0 bash submit_codec.sh --start 0 --stop 0 --ngpu 8 --nnodes 2   # on every node
 #   bash submit_codec.sh --help                                # all options with their defaults
-#   bash submit_codec.sh --start 0 --stop 4 --cmd slurm --partition gpu --ngpu 8 --precision bf16   # SLURM, utils/launcher.sh
+#   bash submit_codec.sh --start 0 --stop 4 --cmd slurm --partition gpu --ngpu 8 --precision bf16   # SLURM, utils/recipe/launcher.sh
 # Stage 3 tests the autoencoder's encoder at step encoder_checkpoint and its decoder at step
 # encoder_checkpoint + decoder_checkpoint; stage 4 tests the vocoder at step decoder_checkpoint.
 # Set PYTHON to choose the interpreter (default: python).
@@ -40,13 +40,7 @@ seed=""                 # training seed; "" keeps codecTrain.py's default
 ngpu=1                  # GPUs per node, one training process each (torchrun when > 1); 0: train on CPUs
 nnodes=1                # nodes; > 1 needs MASTER_ADDR (and MASTER_PORT) of the rendezvous host
 
-. ./utils/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
-. ./parse_options.sh
-. ./submit_common.sh
-launcher_init
-if [ -n "${exp_root}" ]; then
-    exp=${exp_root}
-fi
+. ./utils/recipe/setup.sh   # options (utils/recipe/launcher.sh, parse_options.sh), helpers
 
 if [ "${start}" -le 0 ] && [ "${stop}" -ge 0 ]; then
     echo "Stage 0: autoencoder training (config/${autoencoder}.yaml)"

@@ -28,32 +28,9 @@ seed=""                 # training seed; "" keeps codecTrain.py's default
 ngpu=1                  # GPUs per node, one training process each (torchrun when > 1); 0: train on CPUs
 nnodes=1
 
-. ./utils/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
-. ./parse_options.sh
-. ./submit_common.sh
-launcher_init
-if [ -n "${exp_root}" ]; then
-    exp=${exp_root}
-fi
-config_name="config/${encoder}.yaml"
-echo "Configuration file=${config_name}"
-
-if [[ ${stage} == *0* ]]; then
-    echo "Denoising training"
-    run_stage 0 "${encoder}" run_train -c "${config_name}" --tag "${encoder}" --exp_root "${exp}" --disable_cudnn "${disable_cudnn}"
-fi
-
-if [[ ${stage} == *1* ]]; then
-    set_resume_args "${resumepoint}" "${exp}/${encoder}"
-    echo "Resuming: ${resume_args[*]}"
-    run_stage 1 "${encoder}" run_train -c "${config_name}" --tag "${encoder}" --exp_root "${exp}" --disable_cudnn "${disable_cudnn}" \
-        "${resume_args[@]}"
-fi
-
-if [[ ${stage} == *2* ]]; then
-    echo "Denoising testing"
-    run_stage 2 "${encoder}" run_python codecTest.py --subset "${subset}" --subset_num "${subset_num}" \
-        --encoder "${exp}/${encoder}/checkpoint-${encoder_checkpoint}steps.pkl" \
-        --decoder "${exp}/${decoder}/checkpoint-${decoder_checkpoint}steps.pkl" \
-        --output_dir "${output_root}/${encoder}"
-fi
+# What the stages (utils/recipe/train_stages.sh) train and test, once the options are parsed.
+recipe_roles() {
+    train_tag=${encoder} test_encoder=${encoder} test_decoder=${decoder}
+    train_message="Denoising training" test_message="Denoising testing"
+}
+. ./utils/recipe/train_stages.sh

@@ -15,10 +15,7 @@ tag_name=statistic/symAD_vctk_48000_hop300_clean
 subset=train
 subset_num=-1           # number of files; -1 = all
 
-. ./utils/launcher.sh   # --cmd local|slurm, SLURM resources, --dry-run (see the file)
-. ./parse_options.sh
-. ./submit_common.sh
-launcher_init
+. ./utils/recipe/setup.sh   # options (utils/recipe/launcher.sh, parse_options.sh), helpers
 
 config_name="config/${tag_name}.yaml"
 echo "Configuration file=${config_name}"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/fast_malloc.py)
-    from utils.fast_malloc import use_fast_malloc
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/runtime/cpu_process.py)
+    from utils.runtime.cpu_process import use_fast_malloc
 
     use_fast_malloc()
 
@@ -32,18 +32,19 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
 from layers.weight_norm import fold_weight_norm  # noqa: E402
-from utils import native_engine  # noqa: E402
-from utils.audiodec import BACKENDS, DEFAULT_BACKEND, PRECISIONS, StreamingCodec  # noqa: E402
+from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
-from utils.fast_malloc import current_malloc  # noqa: E402
+from utils.eval.probe import speech_like_signal  # noqa: E402
+from utils.runtime import native_build  # noqa: E402
+from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
+from utils.runtime.cpu_process import current_malloc  # noqa: E402
 
 CONVS = (nn.Conv1d, nn.ConvTranspose1d)
 RESIDUAL_BRANCH_RMS = 0.5  # the last conv of a residual branch adds to the skip path
@@ -51,20 +52,8 @@ OUTPUT_RMS = 0.1  # waveform-level convs (speech-like level before tanh)
 
 
 def speech_like(seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:
-    """Voiced-speech stand-in (1, 1, T): gliding-f0 harmonics with formant weights, syllable envelope, noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    f0 = 140 + 50 * np.sin(2 * np.pi * 0.7 * t) + 20 * np.sin(2 * np.pi * 3.1 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-    signal = np.zeros_like(t)
-    for harmonic in range(1, 40):
-        frequency = harmonic * 140
-        weight = sum(np.exp(-(((frequency - formant) / 200) ** 2)) for formant in (600, 1200, 2600)) + 0.05
-        signal += weight / harmonic**0.5 * np.sin(harmonic * phase)
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2
-    signal = signal * envelope + 0.3 * rng.standard_normal(t.size) * (envelope > 0.5)
-    signal = 0.1 * signal / np.sqrt(np.mean(signal**2))
-    return torch.from_numpy(signal.astype(np.float32)).view(1, 1, -1)
+    """The speech-like probe signal (utils/eval/probe.py) as a model input (1, 1, T)."""
+    return torch.from_numpy(speech_like_signal(seconds, sample_rate, seed)).view(1, 1, -1)
 
 
 def _target_rms(name: str, is_last: bool) -> float:
@@ -315,7 +304,7 @@ def cpu_label() -> str:
             name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
     except OSError:
         pass
-    build = native_engine.build()
+    build = native_build.build()
     engine = f"engine {build.isa}" if build else "no engine"
     return f"{name} (torch {torch.backends.cpu.get_cpu_capability()}, {engine})"
 

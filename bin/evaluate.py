@@ -22,8 +22,14 @@ import logging  # noqa: E402
 import math  # noqa: E402
 
 from utils.errors import CodecError  # noqa: E402
-from utils.metrics import evaluate_directories, format_table, mean_row, metric_names, visqol_available  # noqa: E402
-from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
+from utils.eval.metrics import (  # noqa: E402
+    evaluate_directories,
+    format_table,
+    mean_row,
+    metric_names,
+    visqol_available,
+)
+from utils.eval.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

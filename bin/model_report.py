@@ -5,7 +5,7 @@
 
 Each test file is coded once (all codebooks, from the warmed-up state, as demoFile.py does) and
 decoded with the first K codebooks for every K asked; each decode is scored against the reference
-(wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance; see utils/metrics.py). `--opus` scores Opus
+(wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance; see utils/eval/metrics.py). `--opus` scores Opus
 at the given bitrates on the same files. `--entropy` range-codes each file's codes with the model's
 entropy table (`codec.py fit-entropy`), checks that they decode to the same codes, and reports the
 payload bitrate. Writes `report.json` (settings, per-file rows, means), `report.md` (the table) and
@@ -30,7 +30,8 @@ from tqdm import tqdm  # noqa: E402
 
 from dataloader.audio_files import find_audio_files  # noqa: E402
 from utils.audio import read_audio  # noqa: E402
-from utils.audiodec import PRECISIONS, StreamingCodec  # noqa: E402
+from utils.audiodec import StreamingCodec  # noqa: E402
+from utils.bitstream.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.cli import (  # noqa: E402
     add_model_arguments,
     add_runtime_arguments,
@@ -38,11 +39,11 @@ from utils.cli import (  # noqa: E402
     load_codec,
     run_main,
 )
-from utils.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
+from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
+from utils.eval.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
-from utils.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
-from utils.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
+from utils.runtime.backends import PRECISIONS  # noqa: E402
 
 
 def _numbers(text: str, kind: type, what: str) -> list:
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def test_files(folder: str, max_files: int, every: int = 1) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
-        raise CodecError(f"test folder {folder} not found: build the corpus with python -m utils.prepare_demo_corpus")
+        raise CodecError(f"test folder {folder} not found: build the corpus with python bin/prepare_demo_corpus.py")
     files = find_audio_files(root)
     if not files:
         raise CodecError(f"no audio files under {folder}")

@@ -2,8 +2,8 @@
  * its projector and residual VQ) or of a receiver (code lookup, then the symmetric AudioDec decoder
  * or a grouped HiFi-GAN vocoder).
  *
- * Why: at 300-sample chunks a step is ~50 small convolutions, and through PyTorch each one costs
- * ~15 us of preparation beside its arithmetic (utils/native_engine.py, docs/performance.md). Here
+ * Why: at 300-sample chunks a step is ~50 small convolutions, and through PyTorch each one costs a
+ * fixed preparation beside its arithmetic (utils/runtime/native.py, docs/performance.md). Here
  * the plan (buffers, packed weights, layer order) is made once per chunk shape in Python, and a
  * step is one C call: one OpenMP team runs the operations in order, with a barrier between them.
  *
@@ -16,7 +16,7 @@
  * thread count; the VQ searches each frame on its own. So the codes of a signal do not depend on
  * how it is cut into chunks, by construction (tests/test_native_engine.py checks it bit for bit).
  *
- * Built by utils/native_engine.py with the machine's C compiler (-O3 -march=native -fopenmp, or
+ * Built by utils/runtime/native_build.py with the machine's C compiler (-O3 -march=native -fopenmp, or
  * the -march in $AUDIODEC_NATIVE_MARCH). The vectors are GCC vector extensions; their width and
  * the kernels' register blocks follow the instruction set the compiler targets (below), so one
  * source builds for AVX-512, AVX2+FMA, NEON or plain SSE2. A column's sum runs in the same order
@@ -94,7 +94,7 @@ enum { OUT_RAW = 0, OUT_TANH = 1 };     /* what is written to `out` */
  * frames of `cin` values, `k` codebooks of `cout` codes, whose tables are padded to `cpad` codes
  * (the padding's |code|^2 is +inf, so it is never chosen). Lookup: the latent of `t_out` frames
  * from the codes of the first `k` codebooks, then (latent - bias) / w when bias is set (a
- * vocoder's input normalization). The layout is mirrored by utils/native_engine.py. */
+ * vocoder's input normalization). The layout is mirrored by utils/runtime/native_build.py. */
 typedef struct {
     int32_t kind, cin, cout, cpad, k, dilation, stride, t_out;
     float alpha;        /* ELU's alpha, or LeakyReLU's negative slope */

@@ -1,4 +1,5 @@
-"""Finding and reading the audio files a dataset is made of."""
+"""Finding and reading the audio files a dataset is made of (read as the codec reads them,
+`utils.audio.read_audio`, with the config's sampling rate enforced)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from utils import audio as audio_io
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac")
 
@@ -82,9 +85,10 @@ def read_audio(path: str | os.PathLike, expected_sampling_rate: int | None = Non
         expected_sampling_rate: when given, a file at another rate is an error.
 
     Returns:
-        Samples of shape ``(T, C)``, float32.
+        Samples of shape ``(T, C)``, float32 (a WAV shorter than its header is read as far as it
+        goes, with a warning).
     """
-    audio, sampling_rate = sf.read(path, dtype="float32", always_2d=True)
+    audio, sampling_rate = audio_io.read_audio(path, allow_truncated=True, dtype="float32")
     check_sampling_rate(path, sampling_rate, expected_sampling_rate)
     return audio
 

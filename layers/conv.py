@@ -3,9 +3,8 @@
 Module and buffer names follow the original AudioDec checkpoints (`conv`, `deconv`, `pad_buffer`)
 so that its state dicts load unchanged.
 
-Streaming: every causal layer owns its state (the last inputs it needs to see again). `step(x)`
-consumes one chunk and returns the matching output chunk; `reset_state(batch_size)` starts
-`batch_size` independent streams from the layer's `pad_buffer` (zeros in every released model).
+Streaming: every causal layer owns its state (`layers.streaming.StreamingState`: the last inputs
+it needs to see again). `step(x)` consumes one chunk and returns the matching output chunk.
 Feeding a signal through `step` in pieces gives exactly what one `step` over the whole signal
 gives, provided each piece is a multiple of the layer's stride.
 
@@ -21,34 +20,15 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layers.layout import is_channels_last
+from layers.streaming import StreamingState, note_usage
+
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
-class _Usage(threading.local):
-    log: list | None = None  # while recording: the layers and PackedConvs that ran, in order
-
-
-_USAGE = _Usage()
-
-
-@contextmanager
-def record_usage() -> Iterator[list]:
-    """Collect the streaming layers (`StreamingState`) and `PackedConv`s that run in this thread
-    meanwhile: what one streaming step uses, found without touching what other threads run (a
-    live codec encodes and decodes the same generator's two halves in two threads)."""
-    _USAGE.log = log = []
-    try:
-        yield log
-    finally:
-        _USAGE.log = None
 
 
 class PackedConv:
@@ -109,7 +89,7 @@ class PackedConv:
         """oneDNN on weights packed for x's shape; with `residual`, `residual + conv(x)` in the same
         call (oneDNN adds it to the finished output, so the sum is bitwise the separate add's)."""
         if torch.jit.is_tracing():
-            # `self.packed` is a graph input here (utils/traced_step.py), and the tracer cannot
+            # `self.packed` is a graph input here (utils/runtime/torchscript.py), and the tracer cannot
             # record the op's empty Scalar?[] argument, so it records the scripted functions.
             if residual is None:
                 return _scripted(_onednn_conv)(x, self.packed, self.bias, stride, dilation, groups)
@@ -127,9 +107,10 @@ class PackedConv:
     def _pack(self, key: tuple, stride: int, dilation: int, groups: int) -> torch.Tensor:
         """The weights in the blocked layout oneDNN's kernel for inputs of (batch, length) reads,
         on this many threads.
-        The layout depends on the input length (256 -> 256 pointwise: 32-channel blocks over 5
-        frames, 64 over 64 frames), and a convolution given another layout reorders its weights on
-        every call (a second oneDNN primitive). Lengths that share a layout share one copy of the weights."""
+        The layout depends on the input length (a pointwise conv's channels are blocked one way
+        over a few frames, another over many), and a convolution given another layout reorders its
+        weights on every call (a second oneDNN primitive). Lengths that share a layout share one
+        copy of the weights."""
         if len(self.packings) >= self.MAX_PACKINGS:
             self.packings, self.layouts = {}, {}
         with torch.inference_mode(False), torch.no_grad():
@@ -170,8 +151,7 @@ class PackedConv:
         `transform(weight, bias) -> (weight, bias)` rewrites the source parameters before caching
         (used by the transposed convolution).
         """
-        if _USAGE.log is not None:
-            _USAGE.log.append(self)
+        note_usage(self)
         self._refresh(weight, bias, dtype, transform)
         if x.dtype != dtype:  # (a no-op `to` would still be a node in every traced graph)
             x = x.to(dtype)
@@ -185,7 +165,7 @@ class PackedConv:
 def _onednn_conv(
     x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: int, dilation: int, groups: int
 ) -> torch.Tensor:
-    """PackedConv's oneDNN call, in TorchScript-compilable form (utils/traced_step.py records it)."""
+    """PackedConv's oneDNN call, in TorchScript-compilable form (utils/runtime/torchscript.py records it)."""
     scalars: list[int | float | complex | None] = []  # the schema's Scalar?[]
     y = torch.ops.mkldnn._convolution_pointwise(
         x.unsqueeze(2), packed, bias, [0, 0], [1, stride], [1, dilation], groups, "none", scalars, ""
@@ -215,60 +195,6 @@ def _onednn_conv_add(
 def _scripted(function):
     """`function` compiled by TorchScript, on first use (a trace records a call to it)."""
     return torch.jit.script(function)
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """Whether (B, C, T) `x` is stored time-major, (B, T, C) in memory, as oneDNN convolutions return it."""
-    return x.shape[1] > 1 and x.stride(1) == 1
-
-
-def cat_time(state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """torch.cat((state, x), dim=-1) for (B, C, *) tensors, kept in x's layout.
-
-    oneDNN convolutions work time-major (channels last) and return their output so; a plain
-    `torch.cat` would store the result channel-major, and the next oneDNN convolution would then
-    transpose it back with one more copy (34 such copies per v1 vocoder chunk)."""
-    if is_channels_last(x):
-        return torch.cat((state.transpose(1, 2), x.transpose(1, 2)), dim=1).transpose(1, 2)
-    return torch.cat((state, x), dim=-1)
-
-
-def repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
-    """x.repeat(1, times, 1) for (B, C, T) `x`, kept in x's layout (see `cat_time`)."""
-    if is_channels_last(x):
-        return x.transpose(1, 2).repeat(1, 1, times).transpose(1, 2)
-    return x.repeat(1, times, 1)
-
-
-class StreamingState:
-    """Mixin holding one layer's streaming buffer: the last `pad_length` inputs, (B, C, pad)."""
-
-    pad_buffer: torch.Tensor
-    pad_length: int
-    _state: torch.Tensor | None
-
-    def reset_state(self, batch_size: int = 1) -> None:
-        """Start `batch_size` independent streams from the stored initial buffer."""
-        self._state = self.pad_buffer.expand(batch_size, -1, -1).clone()
-
-    def _push(self, x: torch.Tensor) -> torch.Tensor:
-        """Prepend the state to chunk `x` (B, C, T) and keep the new tail as the next state."""
-        if self._state is None or self._state.shape[0] != x.shape[0]:
-            if self._state is not None:
-                raise RuntimeError(
-                    f"streaming batch changed from {self._state.shape[0]} to {x.shape[0]} streams; "
-                    "call reset_streaming(model, batch_size) first"
-                )
-            self.reset_state(x.shape[0])
-        if _USAGE.log is not None:
-            _USAGE.log.append(self)
-        pad = self.pad_length
-        if pad == 0:
-            return x
-        state = self._state
-        x = cat_time(state if state.dtype == x.dtype else state.to(x.dtype), x)
-        self._state = x[..., -pad:]  # one slice in a trace (`x[:, :, -pad:]` records three)
-        return x
 
 
 class Conv1d1x1(nn.Conv1d):
@@ -487,13 +413,6 @@ class Conv2d1x1(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
-
-
-def reset_streaming(model: nn.Module, batch_size: int = 1) -> None:
-    """Start `batch_size` fresh independent streams in every streaming layer of `model`."""
-    for module in model.modules():
-        if isinstance(module, StreamingState):
-            module.reset_state(batch_size)
 
 
 def set_precision(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:

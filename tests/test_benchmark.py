@@ -11,20 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from bin.benchmark import count_conv_flops, main, random_codec
-from layers.conv import (
-    CausalConv1d,
-    CausalConvTranspose1d,
-    Conv1d1x1,
-    PackedConv,
-    cat_time,
-    is_channels_last,
-    repeat_channels,
-    reset_streaming,
-)
+from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, PackedConv
+from layers.layout import cat_time, is_channels_last, repeat_channels
+from layers.streaming import reset_streaming
 from tests.conftest import REPO
-from utils import native_engine
-from utils.audiodec import StreamingCodec, cpu_bf16_problem
+from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
+from utils.runtime import native_build
+from utils.runtime.backends import cpu_bf16_problem
 
 AUTOENCODER = os.path.join(REPO, "config", "autoencoder", "demo_48000_hop300.yaml")
 VOCODER = os.path.join(REPO, "config", "vocoder", "demo_v1_48000_hop300.yaml")
@@ -50,7 +44,7 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
     assert result["rtf_whole_file"] == pytest.approx(result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"])
     assert "rtf_live" not in result  # only with --live
     assert result["backend"] == "native"  # the default
-    if native_engine.available():  # the encoder, and the symmetric decoder or the grouped HiFi-GAN
+    if native_build.available():  # the encoder, and the symmetric decoder or the grouped HiFi-GAN
         assert result["native_sides"] == ["encoder", "decoder"]
 
 

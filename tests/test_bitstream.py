@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from utils.bitstream import (
+from utils.bitstream.adc import (
     CRC_BYTES,
     FIXED_HEADER_BYTES,
     MAX_HEADER_BYTES,
@@ -21,7 +21,7 @@ from utils.bitstream import (
     short_hash,
     write_adc,
 )
-from utils.entropy import EntropyModel
+from utils.bitstream.entropy import EntropyModel
 
 
 def make_stream(channels=1, n_codebooks=8, codebook_size=1024, n_samples=4500, hop=300, seed=0, name="vctk_v1"):

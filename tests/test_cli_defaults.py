@@ -105,7 +105,7 @@ def test_codec_test_default_subset_is_one_the_config_has(tmp_path, short_wav: Pa
 
 def test_model_report_writes_a_rate_quality_plot(tmp_path, short_wav: Path) -> None:
     from bin.model_report import main, rate_quality_points
-    from utils.opus_baseline import opus_available
+    from utils.eval.opus_baseline import opus_available
 
     encoder, decoder = resolve(get_entry("vctk_sym"), OFFICIAL)
     opus = ["--opus", "6,12"] if opus_available() else []

@@ -13,9 +13,9 @@ import torch
 from models.autoencoder.AudioDec import Generator
 from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from utils.audiodec import StreamingCodec
-from utils.bitstream import read_adc
-from utils.codec_file import decode_codes, decode_stream, encode_to_file
-from utils.entropy import EntropyModel
+from utils.bitstream.adc import read_adc
+from utils.bitstream.codec_file import decode_codes, decode_stream, encode_to_file
+from utils.bitstream.entropy import EntropyModel
 
 
 def codec_cli(python: str, *args: str) -> subprocess.CompletedProcess:
@@ -144,7 +144,7 @@ def test_decode_as_bytes_arrive() -> None:
                                             official_path(entry["decoder_checkpoint"]), name="vctk_v1")
     data, _ = sf.read(official_path("input", "test_48k.wav"), always_2d=True)
     data = data[:30000]  # not a multiple of the hop
-    from utils.bitstream import encode_adc, StreamHeader  # noqa: I001
+    from utils.bitstream.adc import encode_adc, StreamHeader  # noqa: I001
 
     streams = codec.streams_from_audio(data)
     codes, whole = codec.code(streams)

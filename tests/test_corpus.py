@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from utils import prepare_demo_corpus as corpus
-from utils.metrics import speech_like_signal
+from bin import prepare_demo_corpus as corpus
+from utils.eval.probe import speech_like_signal
 
 
 def power_db(audio: np.ndarray) -> float:

@@ -11,9 +11,9 @@ import torch
 
 from tests.conftest import REPO
 from utils.audiodec import StreamingCodec
-from utils.bitstream import decode_adc, encode_adc
-from utils.codec_file import entropy_table_path, load_entropy_model, stream_header
-from utils.metrics import log_mel_distance
+from utils.bitstream.adc import decode_adc, encode_adc
+from utils.bitstream.codec_file import entropy_table_path, load_entropy_model, stream_header
+from utils.eval.metrics import log_mel_distance
 
 CLIP = os.path.join(REPO, "data", "demo", "alsa_speakers.wav")
 

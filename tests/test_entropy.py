@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from utils.bitstream import BitstreamError
-from utils.entropy import EntropyModel, quantize_frequencies
+from utils.bitstream.adc import BitstreamError
+from utils.bitstream.entropy import EntropyModel, quantize_frequencies
 
 
 def skewed_codes(shape, codebook_size, seed, p=0.05):
@@ -17,7 +17,7 @@ def skewed_codes(shape, codebook_size, seed, p=0.05):
 def slow_decode(data: bytes, frequencies: np.ndarray, precision_bits: int, table_order: list[int]) -> list[int]:
     """An independent decoder: the whole payload as one big integer, nested intervals searched linearly.
 
-    It shares no code with utils.entropy and does no byte-wise carry handling: if the fast encoder
+    It shares no code with utils.bitstream.entropy and does no byte-wise carry handling: if the fast encoder
     propagated a carry wrongly, the number would fall outside the interval it should lie in.
     """
     number = int.from_bytes(data, "big")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from utils.metrics import speech_like_signal
-from utils.opus_baseline import opus_available
+from utils.eval.opus_baseline import opus_available
+from utils.eval.probe import speech_like_signal
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bin" / "evaluate.py"

@@ -1,4 +1,4 @@
-"""utils/fast_malloc.py: the CLIs re-execute with tcmalloc/jemalloc preloaded, unless told not to;
+"""utils/runtime/cpu_process.py: the CLIs re-execute with tcmalloc/jemalloc preloaded, unless told not to;
 the codes they write do not change; a bad setting fails with one line."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from utils.fast_malloc import MallocSettingError, current_malloc, fast_malloc_library
+from utils.runtime.cpu_process import MallocSettingError, current_malloc, fast_malloc_library
 
 LIBRARY = fast_malloc_library("auto")
 needs_library = pytest.mark.skipif(LIBRARY is None, reason="no tcmalloc/jemalloc installed (utils/system_deps.sh)")
@@ -18,10 +18,10 @@ needs_library = pytest.mark.skipif(LIBRARY is None, reason="no tcmalloc/jemalloc
 PROBE = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from utils.fast_malloc import use_fast_malloc
+from utils.runtime.cpu_process import use_fast_malloc
 if __name__ == "__main__":
     use_fast_malloc()
-from utils.fast_malloc import current_malloc
+from utils.runtime.cpu_process import current_malloc
 print(current_malloc())
 print(sys.argv[1:])
 print(os.environ.get("AUDIODEC_MALLOC_PRELOADED", "not re-executed"))

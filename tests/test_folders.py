@@ -14,7 +14,7 @@ import soundfile as sf
 from tests.conftest import OFFICIAL, REPO, official_path
 from utils.batch import plan
 from utils.errors import CodecError
-from utils.metrics import mel_axis_ticks
+from utils.eval.metrics import mel_axis_ticks
 
 RATE = 48000
 
@@ -100,7 +100,7 @@ def test_plan_keeps_the_tree_and_refuses_ambiguity(tmp_path, corpus: Path) -> No
 
 @pytest.fixture
 def pair(tmp_path) -> tuple[Path, Path]:
-    from utils.metrics import speech_like_signal
+    from utils.eval.probe import speech_like_signal
 
     speech = speech_like_signal(1.5, 16000, seed=3)
     reference, degraded = tmp_path / "ref.wav", tmp_path / "deg.wav"

@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 
 from utils.errors import CodecError
-from utils.metrics import (
+from utils.eval.metrics import (
     evaluate_pair,
     log_mel_distance,
     metric_names,
     pesq_wb,
     si_sdr,
-    speech_like_signal,
     stoi,
     visqol_available,
     visqol_speech,
 )
+from utils.eval.probe import speech_like_signal
 
 SAMPLE_RATE = 16000
 
@@ -74,7 +74,7 @@ def test_evaluate_pair_cuts_to_common_length_and_resamples(speech):
     assert scores["si_sdr"] > 100.0 and scores["log_mel_distance"] == 0.0
 
     speech_48k = speech_like_signal(2.0, 48000, seed=4)
-    from utils.metrics import resample
+    from utils.audio import resample
 
     scores = evaluate_pair(speech_48k, resample(speech_48k, 48000, 24000), 48000, degraded_sample_rate=24000)
     assert scores["stoi"] > 0.99

@@ -16,10 +16,11 @@ import soundfile as sf
 
 from bin.model_report import main
 from tests.conftest import OFFICIAL, REPO, official_path
-from utils.audiodec import StreamingCodec, cpu_bf16_problem
-from utils.entropy import EntropyModel
+from utils.audiodec import StreamingCodec
+from utils.bitstream.entropy import EntropyModel
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
+from utils.runtime.backends import cpu_bf16_problem
 
 
 @pytest.fixture(scope="module")

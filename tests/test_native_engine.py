@@ -8,18 +8,20 @@ import platform
 import pytest
 import torch
 
-from layers.conv import StreamingState, set_precision
+from layers.conv import set_precision
+from layers.streaming import StreamingState
 from models.autoencoder.AudioDec import Generator
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
 from tests.conftest import MANIFEST, official_path
-from utils import native_engine
-from utils.audiodec import StreamingCodec, cpu_bf16_problem
+from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
-from utils.native_engine import NativeStep
-from utils.traced_step import TracedStep
+from utils.runtime import native, native_build
+from utils.runtime.backends import cpu_bf16_problem
+from utils.runtime.native import NativeStep
+from utils.runtime.torchscript import TracedStep
 
 pytestmark = pytest.mark.skipif(
-    not native_engine.available(), reason=f"native engine unavailable: {native_engine.unavailable_reason()}"
+    not native_build.available(), reason=f"native engine unavailable: {native_build.unavailable_reason()}"
 )
 
 
@@ -218,13 +220,13 @@ def test_what_the_engine_cannot_run_falls_back_to_torch() -> None:
     v0 = load("vctk_v0")  # multi-receptive-field blocks
     assert v0.native_sides == ["encoder"] and not isinstance(v0._decode_codes, NativeStep)
     assert isinstance(v0._decode_latent, TracedStep)
-    assert "grouped HiFi-GAN blocks" in native_engine.why_not_native(v0.decoder, "decoder")
+    assert "grouped HiFi-GAN blocks" in native.why_not_native(v0.decoder, "decoder")
     activate = load("vctk_activate_sym")  # activations around the encoder and decoder
     assert activate.native_sides == []
     decoder = load("vctk_sym").decoder
-    assert native_engine.why_not_native(decoder, "decoder") == ""
+    assert native.why_not_native(decoder, "decoder") == ""
     set_precision(decoder, torch.bfloat16)
-    assert native_engine.why_not_native(decoder, "decoder") == "reduced precision does not run natively"
+    assert native.why_not_native(decoder, "decoder") == "reduced precision does not run natively"
 
 
 @pytest.mark.skipif(bool(cpu_bf16_problem()), reason="this CPU has no bf16 convolutions")
@@ -235,10 +237,10 @@ def test_a_bf16_receiver_runs_torch_beside_a_native_transmitter() -> None:
 def test_without_a_compiler_the_codec_runs_torch(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
-    native_engine._library.cache_clear()
+    native_build._library.cache_clear()
     try:
-        assert not native_engine.available()
-        assert "no-such-compiler" in native_engine.unavailable_reason()
+        assert not native_build.available()
+        assert "no-such-compiler" in native_build.unavailable_reason()
         codec = load("vctk_sym")
         assert codec.native_sides == []
         x = speech(samples=3000)
@@ -246,25 +248,25 @@ def test_without_a_compiler_the_codec_runs_torch(monkeypatch, tmp_path) -> None:
         assert codes.shape == (1, 8, 10) and wave.shape == (1, 1, 3000)
     finally:
         monkeypatch.undo()
-        native_engine._library.cache_clear()
-    assert native_engine.available()
+        native_build._library.cache_clear()
+    assert native_build.available()
 
 
 def test_the_library_is_built_once_per_source(monkeypatch, tmp_path) -> None:
     """A fresh cache folder gets one library; loading again reuses it."""
     monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path))
-    native_engine._library.cache_clear()
+    native_build._library.cache_clear()
     try:
-        assert native_engine.available()
+        assert native_build.available()
         built = list(tmp_path.glob("engine-*.so"))
         assert len(built) == 1
         stamp = built[0].stat().st_mtime_ns
-        native_engine._library.cache_clear()
-        assert native_engine.available()
+        native_build._library.cache_clear()
+        assert native_build.available()
         assert list(tmp_path.glob("*")) == built and built[0].stat().st_mtime_ns == stamp
     finally:
         monkeypatch.undo()
-        native_engine._library.cache_clear()
+        native_build._library.cache_clear()
 
 
 @pytest.fixture
@@ -274,11 +276,11 @@ def engine_for(monkeypatch, tmp_path):
     def rebuild(march: str) -> None:
         monkeypatch.setenv("AUDIODEC_NATIVE_MARCH", march)
         monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path))
-        native_engine._library.cache_clear()
+        native_build._library.cache_clear()
 
     yield rebuild
     monkeypatch.undo()
-    native_engine._library.cache_clear()
+    native_build._library.cache_clear()
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86-64 target")
@@ -286,7 +288,7 @@ def test_the_portable_sse2_build_runs_the_codec(engine_for) -> None:
     """-march=x86-64 (4-float vectors, no FMA): Contract 2 bit for bit, and the torch backend's
     codes and waveform to float rounding."""
     engine_for("x86-64")
-    assert native_engine.build().isa == "generic" and native_engine.build().lanes == 4
+    assert native_build.build().isa == "generic" and native_build.build().lanes == 4
     x = speech(samples=300 * 20)
     native = load("vctk_sym")
     assert native.native_sides == ["encoder", "decoder"]
@@ -304,7 +306,7 @@ def test_the_portable_sse2_build_runs_the_codec(engine_for) -> None:
 ])
 def test_a_bad_march_falls_back_to_torch_with_the_cause(engine_for, value: str, message: str) -> None:
     engine_for(value)
-    assert not native_engine.available() and message in native_engine.unavailable_reason()
+    assert not native_build.available() and message in native_build.unavailable_reason()
     codec = load("vctk_sym")
     assert codec.native_sides == []
     codes, wave = stream(codec, speech(samples=3000), [0, 1500, 3000])

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from utils import native_engine
+from utils.runtime import native_build
 
 SELFTEST = Path(REPO) / "csrc" / "selftest.c"
-FLAGS = [flag for flag in native_engine.FLAGS if flag not in ("-shared", "-fPIC")]
+FLAGS = [flag for flag in native_build.FLAGS if flag not in ("-shared", "-fPIC")]
 X86 = platform.machine() == "x86_64"
 
 
 def cpu_has(*flags: str) -> bool:
-    words = native_engine._cpu_flags().split()
+    words = native_build._cpu_flags().split()
     return all(flag in words for flag in flags)
 
 
@@ -44,15 +44,15 @@ def run(command: list[str]) -> str:
 @pytest.fixture(scope="module")
 def compiler() -> str:
     found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if found is None or not native_engine.available():
-        pytest.skip(f"native engine unavailable: {native_engine.unavailable_reason()}")
+    if found is None or not native_build.available():
+        pytest.skip(f"native engine unavailable: {native_build.unavailable_reason()}")
     return found
 
 
 def test_native_build(compiler: str, tmp_path: Path) -> None:
     """The build the engine uses here: its instruction set is the one the library reports."""
     out = run([str(build(tmp_path, compiler, "native"))])
-    assert out.startswith(native_engine.build().isa + " ")
+    assert out.startswith(native_build.build().isa + " ")
 
 
 @pytest.mark.skipif(not X86, reason="an x86-64 target")
@@ -83,7 +83,8 @@ def test_arm64_build_under_qemu(tmp_path: Path) -> None:
 def test_the_avx2_emulation_holds_torch_and_the_engine_to_avx2(tmp_path: Path) -> None:
     """utils/as_avx2.sh: what the CI's second pass runs under (the same on an AVX2 machine)."""
     probe = (
-        "import torch; from utils import native_engine as n; from utils.audiodec import cpu_bf16_problem; "
+        "import torch; from utils.runtime import native_build as n; "
+        "from utils.runtime.backends import cpu_bf16_problem; "
         "print(torch.backends.cpu.get_cpu_capability(), n.build().isa, n.build().lanes, bool(cpu_bf16_problem()))"
     )
     result = subprocess.run(

@@ -1,4 +1,4 @@
-"""utils.openmp: ending the calling thread's OpenMP workers before worker threads take the work."""
+"""utils.runtime.cpu_process: ending the calling thread's OpenMP workers before worker threads take the work."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from utils.openmp import release_pool
+from utils.runtime.cpu_process import release_pool
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads through /proc")
 

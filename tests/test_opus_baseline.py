@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from utils.errors import CodecError
-from utils.metrics import speech_like_signal
-from utils.opus_baseline import estimate_lag, ogg_packet_sizes, opus_available, opus_roundtrip
+from utils.eval.opus_baseline import estimate_lag, ogg_packet_sizes, opus_available, opus_roundtrip
+from utils.eval.probe import speech_like_signal
 
 needs_opus = pytest.mark.skipif(
     not opus_available(), reason="opusenc/opusdec not found: install Debian opus-tools (bash utils/system_deps.sh)"

@@ -89,9 +89,13 @@ def test_help_lists_the_variables_and_their_values(option_script: Path) -> None:
 @pytest.mark.parametrize("script", RECIPES, ids=lambda path: path.name)
 def test_recipe_is_valid_bash(script: Path) -> None:
     assert bash("-n", str(script)).returncode == 0
-    if script.name != "submit_common.sh":
-        assert script.stat().st_mode & stat.S_IXUSR
-        assert "set -euo pipefail" in script.read_text()
+    assert script.stat().st_mode & stat.S_IXUSR
+    assert "set -euo pipefail" in script.read_text()
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "utils" / "recipe").glob("*.sh")), ids=lambda path: path.name)
+def test_sourced_recipe_parts_are_valid_bash(script: Path) -> None:
+    assert bash("-n", str(script)).returncode == 0
 
 
 def test_every_stage_script_exists() -> None:

@@ -1,4 +1,4 @@
-"""The SLURM launcher (utils/launcher.sh) against a real single-node SLURM started for the session.
+"""The SLURM launcher (utils/recipe/launcher.sh) against a real single-node SLURM started for the session.
 
 The fixture writes a slurm.conf for this host (its CPUs, two `gpu` GRES that no device backs, one
 partition `debug`), a gres.conf (AutoDetect=off), a munge key, and runs munged, slurmctld and slurmd

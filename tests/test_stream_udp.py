@@ -13,8 +13,9 @@ import soundfile as sf
 
 from tests.conftest import OFFICIAL, REPO, official_path
 from tests.test_stream_file import INPUT, MODEL, stat
-from utils import packet
 from utils.audiodec import StreamingCodec
+from utils.bitstream import packet
+from utils.bitstream.bits import bits_per_code
 from utils.live import Receiver, bind_udp
 
 
@@ -74,7 +75,7 @@ def test_loss_is_concealed_and_counted(tmp_path, python: str) -> None:
 
 def _codes_packet(codec: StreamingCodec, seq: int, frames: int = 2, session: int = 1) -> bytes:
     codes = np.random.default_rng(seq).integers(0, codec.codebook_size, (1, codec.n_codebooks, frames))
-    return packet.encode_codes(codes, packet.code_bits(codec.codebook_size), session, seq, seq * frames, 0)
+    return packet.encode_codes(codes, bits_per_code(codec.codebook_size), session, seq, seq * frames, 0)
 
 
 def test_corrupt_and_foreign_packets_are_counted_and_ignored() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layers.conv import CausalConv1d, CausalConvTranspose1d, reset_streaming
+from layers.conv import CausalConv1d, CausalConvTranspose1d
+from layers.streaming import StreamingState, export_states, import_states, reset_streaming
 from models.autoencoder.AudioDec import Generator
 from models.autoencoder.modules.residual_unit import ResidualUnit
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
@@ -74,6 +75,25 @@ def test_batch_change_without_reset_is_an_error() -> None:
     reset_streaming(layer, 2)
     with pytest.raises(RuntimeError, match="reset_streaming"):
         layer.step(torch.zeros(3, 1, 10))
+
+
+def test_states_exported_by_module_path_continue_the_streams() -> None:
+    """export_states / import_states: streams saved after a chunk and put back after other audio
+    continue exactly as if nothing had run meanwhile."""
+    torch.manual_seed(0)
+    encoder = Generator(encode_channels=4, decode_channels=4, code_dim=8, codebook_size=16).eval().encoder
+    x = torch.randn(2, 1, 300 * 4)
+    with torch.no_grad():
+        reset_streaming(encoder, 2)
+        encoder.step(x[..., :600])
+        saved = export_states(encoder)
+        expected = encoder.step(x[..., 600:])
+        encoder.step(torch.randn(2, 1, 900))
+        import_states(encoder, saved)
+        assert torch.equal(encoder.step(x[..., 600:]), expected)
+    assert list(saved) == [path for path, m in encoder.named_modules() if isinstance(m, StreamingState)]
+    with pytest.raises(KeyError, match="no streaming layer"):
+        import_states(encoder, {"no.such.layer": None})
 
 
 @pytest.mark.parametrize("chunk", [1, 5])

@@ -6,11 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from layers.conv import PackedConv, StreamingState
+from layers.conv import PackedConv
+from layers.streaming import StreamingState
 from tests.conftest import MANIFEST, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
-from utils.traced_step import TracedStep, used_parts
+from utils.runtime.per_shape import used_parts
+from utils.runtime.torchscript import TracedStep
 
 
 def load(name: str, backend: str = "torch") -> StreamingCodec:

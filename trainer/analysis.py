@@ -14,8 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dataloader import build_dataset
-from models.registry import AUTOENCODER_TYPES
-from utils.checkpoint import load_generator
+from utils.checkpoint import load_autoencoder
 from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
@@ -31,9 +30,7 @@ def load_analyzer(checkpoint: str) -> nn.Module:
         raise CodecError(
             f"analyzer checkpoint '{checkpoint}' not found: train the autoencoder first or fix 'analyzer' in the config"
         )
-    analyzer, config = load_generator(checkpoint, inference=True)
-    if config["model_type"] not in AUTOENCODER_TYPES:
-        raise CodecError(f"analyzer {checkpoint} is a {config['model_type']} model, not an AudioDec autoencoder")
+    analyzer, _ = load_autoencoder(checkpoint, role="analyzer")
     logger.info("Loaded the analyzer from %s", checkpoint)
     return analyzer
 

@@ -9,7 +9,7 @@ Config (absent from the original recipes, so off there)::
 
 Each point codes and decodes every file of the subset with the generator in eval mode (its full
 forward pass, all codebooks) and records the means of PESQ-WB, STOI, ESTOI, SI-SDR and log-mel
-distance (:mod:`utils.metrics`), the codes of the first codebook used on the subset, and the codes in
+distance (:mod:`utils.eval.metrics`), the codes of the first codebook used on the subset, and the codes in
 use / entropy per codebook from the EMA cluster sizes. Beside the step it records the training
 CPU seconds (the process's CPU time in training steps, scoring excluded) and wall seconds. Rank 0
 writes ``<expdir>/curve.json`` (one row per point; a resumed run keeps the earlier rows),
@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.audio import read_mono
 from utils.errors import CodecError
+from utils.eval.metrics import AUDIO_SUFFIXES, METRIC_NAMES, evaluate_pair
 from utils.files import write_text_atomic
-from utils.metrics import AUDIO_SUFFIXES, METRIC_NAMES, evaluate_pair, read_mono
 
 logger = logging.getLogger(__name__)
 

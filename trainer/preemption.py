@@ -1,6 +1,6 @@
 """Stop training cleanly when the job is told to stop (preemption, the time limit's warning signal).
 
-SLURM sends SIGTERM before it preempts or cancels a job, and the launcher (``utils/launcher.sh``) asks
+SLURM sends SIGTERM before it preempts or cancels a job, and the launcher (``utils/recipe/launcher.sh``) asks
 for SIGUSR1 shortly before the time limit; ``scancel --signal=USR1 <job>`` sends it by hand. A
 :class:`PreemptionHandler` turns those signals into a flag that the training loop reads once per
 step: the loop then saves a checkpoint at the step it reached and returns, so the process exits 0 and

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dataloader import build_dataset
 from models.registry import AUTOENCODER_TYPES
 from trainer.analysis import quantized_latent
-from utils.checkpoint import load_generator
+from utils.checkpoint import load_autoencoder, load_generator
 from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
@@ -45,13 +45,16 @@ def output_folder(
 
 
 class OfflineCodec:
-    """Encoder checkpoint + decoder checkpoint (AudioDec decoder or vocoder), whole-file passes."""
+    """Encoder checkpoint + decoder checkpoint (AudioDec decoder or vocoder), whole-file passes.
+
+    The original's test stage runs the models' offline `forward` (any mode, causal or not), not
+    the warmed-up streaming step of `utils.audiodec.StreamingCodec`; their outputs differ (the
+    offline transposed convolutions pad by repeating the first frame), so the test stage keeps
+    its own pass to give the original's outputs.
+    """
 
     def __init__(self, encoder_checkpoint: str, decoder_checkpoint: str, device: str | torch.device = "cpu") -> None:
-        self.encoder, self.encoder_config = load_generator(encoder_checkpoint)
-        if self.encoder_config["model_type"] not in AUTOENCODER_TYPES:
-            model_type = self.encoder_config["model_type"]
-            raise CodecError(f"{encoder_checkpoint} is a {model_type} model, not an AudioDec encoder")
+        self.encoder, self.encoder_config = load_autoencoder(encoder_checkpoint)
         self.decoder, self.decoder_config = load_generator(decoder_checkpoint)
         self.device = torch.device(device)
         self.encoder.to(self.device)
@@ -83,8 +86,8 @@ def _reference_subset(config: Mapping[str, Any], subset: str) -> str:
 
 
 def score_outputs(pairs: list[tuple[str, Path, Path]], sample_rate: int) -> list[dict[str, Any]]:
-    """Metrics of each (name, reference, output) pair (first channels), with ``utils.metrics.evaluate_pair``."""
-    from utils.metrics import evaluate_pair
+    """Metrics of each (name, reference, output) pair (first channels), with ``utils.eval.metrics.evaluate_pair``."""
+    from utils.eval.metrics import evaluate_pair
 
     rows = []
     for name, reference_path, output_path in tqdm(pairs, desc="[metrics]"):

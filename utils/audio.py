@@ -1,4 +1,5 @@
-"""Audio file input and output with clear errors and atomic writes."""
+"""Audio file input and output with clear errors and atomic writes, and resampling: the one
+reader and resampler of the codec CLIs, the evaluation and the datasets."""
 
 from __future__ import annotations
 
@@ -54,8 +55,10 @@ def wav_frames(path: str) -> tuple[int, int] | None:
                     return None
 
 
-def read_audio(path: str, allow_truncated: bool = False) -> tuple[np.ndarray, int]:
-    """Read an audio file as float64 (T, C) in [-1, 1] and its sample rate.
+def read_audio(
+    path: str | os.PathLike, allow_truncated: bool = False, dtype: str = "float64"
+) -> tuple[np.ndarray, int]:
+    """Read an audio file as (T, C) samples of `dtype` in [-1, 1] and its sample rate.
 
     Refused with a CodecError: a missing, empty or unreadable file; a WAV shorter than its header
     says (unless `allow_truncated`: then what is there, with a warning); NaN or infinite samples.
@@ -65,7 +68,7 @@ def read_audio(path: str, allow_truncated: bool = False) -> tuple[np.ndarray, in
     if os.path.getsize(path) == 0:
         raise CodecError(f"input file {path} is empty: give a wav/flac/ogg file with audio in it")
     try:
-        data, rate = sf.read(path, always_2d=True)
+        data, rate = sf.read(path, dtype=dtype, always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         reason = str(error).splitlines()[0]
         raise CodecError(f"cannot read {path} as audio ({reason}): give a wav/flac/ogg file") from None
@@ -91,8 +94,17 @@ def read_audio(path: str, allow_truncated: bool = False) -> tuple[np.ndarray, in
     return data, rate
 
 
-def resample(data: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Resample (T, C) audio with soxr (high quality)."""
+def read_mono(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32 mono (T,) (channels averaged) and its sample rate."""
+    data, rate = read_audio(path, dtype="float32")
+    return data.mean(axis=1), rate
+
+
+def resample(data: np.ndarray, rate_in: int, rate_out: int, dtype: type | None = None) -> np.ndarray:
+    """Resample (T,) or (T, C) audio with soxr (high quality), computed in `dtype` (default: the
+    input's; soxr returns the dtype it is given)."""
+    if dtype is not None:
+        data = np.asarray(data, dtype=dtype)
     if rate_in == rate_out:
         return data
     return soxr.resample(data, rate_in, rate_out, quality="HQ")

@@ -8,60 +8,30 @@ codes and the same waveform (Contract 2).
 Like the original, the streams start from a warmed-up state: the encoder first encodes
 `WARMUP_SAMPLES` zeros and the decoder decodes the resulting codes; matching this is what makes
 outputs equal the original's from the first sample on.
+
+How the steps run (native engine, TorchScript, eager) is chosen in `utils.runtime.backends`.
 """
 
 from __future__ import annotations
-
-import functools
-import logging
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import PackedConv, StreamingState, reset_streaming, set_precision
+from layers.conv import set_precision
+from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
-from models.registry import AUTOENCODER_TYPES
-from utils.checkpoint import load_generator, state_hash
+from utils.bitstream.bits import bits_per_code
+from utils.checkpoint import load_autoencoder, load_generator, state_hash
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
-from utils.traced_step import TracedStep
+from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, cpu_bf16_problem, streaming_steps
 
 WARMUP_SAMPLES = 8192
-# Inputs longer than this many frames run through the streaming path in blocks of it: the result is
-# the same (Contract 2), and activations of a 0.5 s block stay in cache where a whole file's do not
-# (v1 whole-file decode of 10 s: RTF 1.36 in one pass, 0.61 in 80-frame blocks; docs/performance.md).
+# Longer inputs run through the streaming path in blocks of this many frames: the same result
+# (Contract 2), faster, as a block's activations stay in cache (docs/performance.md).
 BLOCK_FRAMES = 80
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# native: the encoder, the symmetric decoder and grouped HiFi-GAN vocoders in the native engine
-# (utils/native_engine.py), what it cannot run as torch; torch: each chunk shape's step traced into
-# a TorchScript graph (utils/traced_step.py; same output as eager, less Python per chunk); eager:
-# op by op from Python. native is the fastest on every CPU measured (docs/performance.md).
-BACKENDS = ("native", "torch", "eager")
-DEFAULT_BACKEND = "native"
-
-
-@functools.cache
-def cpu_bf16_problem() -> str:
-    """"" when this CPU runs the receiver's bf16 convolutions, else why not, as an error message.
-    Decided by running one small bf16 convolution the way the receiver does: oneDNN's bf16 path
-    exists only on some CPUs (AVX-512 BW/VL/DQ, AVX-NE-CONVERT), and elsewhere it raises."""
-    try:
-        with torch.inference_mode():
-            PackedConv().run(torch.zeros(1, 16, 8), torch.zeros(16, 16, 3), None, 1, 1, 1, torch.bfloat16)
-    except RuntimeError:
-        return (
-            f"--precision bf16 needs a CPU with bf16 convolutions (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); "
-            f"this one has {torch.backends.cpu.get_cpu_capability()}: use --precision fp32"
-        )
-    return ""
-
-
-@functools.cache
-def _notice_once(message: str) -> None:
-    logging.getLogger(__name__).warning(message)
 
 
 def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
@@ -69,13 +39,6 @@ def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] <= size:
         return run(x)
     return torch.cat([run(x[..., start:start + size]) for start in range(0, x.shape[-1], size)], dim=-1)
-
-
-def _expand_streams(model: nn.Module, batch_size: int) -> None:
-    """Copy the (single) warmed-up stream state of every layer into `batch_size` streams."""
-    for module in model.modules():
-        if isinstance(module, StreamingState) and module._state is not None:
-            module._state = module._state.repeat(batch_size, 1, 1)
 
 
 class StreamingCodec:
@@ -120,31 +83,10 @@ class StreamingCodec:
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
         self.n_codebooks = encoder.n_codebooks
         self.codebook_size = encoder.codebook_size
-        # The transmitter runs eager or as TorchScript graphs (the same operations, so the same
-        # codes), or in the native engine (its own rounding, for every call); the receiver's step
-        # is eager, TorchScript, or native (code lookup included).
         self.backend = backend
-        self.native_sides: list[str] = []  # the sides the native engine runs ("encoder", "decoder")
-        self._encode_chunk = self._transmit
-        self._decode_codes = self._receive
-        self._decode_latent = decoder.decode
-        if backend != "eager":
-            self._encode_chunk = TracedStep(self.encoder, self._transmit)
-        if backend in ("torch", "native"):
-            self._decode_latent = TracedStep(self.decoder, decoder.decode)
-        if backend == "native":
-            from utils import native_engine
-
-            codebook = self.encoder.quantizer.codebook
-            if not native_engine.available():
-                _notice_once(f"native engine unavailable ({native_engine.unavailable_reason()}): running TorchScript")
-            else:
-                if not native_engine.why_not_native(self.encoder, "encoder"):
-                    self._encode_chunk = native_engine.NativeStep(self.encoder, self._transmit, "encoder", codebook)
-                    self.native_sides.append("encoder")
-                if not native_engine.why_not_native(self.decoder, "decoder"):
-                    self._decode_codes = native_engine.NativeStep(self.decoder, self._receive, "decoder", codebook)
-                    self.native_sides.append("decoder")
+        steps = streaming_steps(backend, self.encoder, self.decoder, self._transmit, self._receive)
+        self._encode_chunk, self._decode_codes, self._decode_latent = steps.encode, steps.decode, steps.decode_latent
+        self.native_sides = steps.native_sides  # the sides the native engine runs ("encoder", "decoder")
         self.batch_size = 0
         self.encoder_checkpoint: str | None = None
 
@@ -159,12 +101,7 @@ class StreamingCodec:
         backend: str = DEFAULT_BACKEND,
     ) -> StreamingCodec:
         """Load a codec from two checkpoints in the original format (config.yml beside each)."""
-        encoder, encoder_config = load_generator(encoder_checkpoint)
-        if encoder_config["model_type"] not in AUTOENCODER_TYPES:
-            raise CodecError(
-                f"{encoder_checkpoint} is a {encoder_config['model_type']} model, not an AudioDec encoder: "
-                "pass an autoencoder checkpoint as the encoder"
-            )
+        encoder, encoder_config = load_autoencoder(encoder_checkpoint)
         if encoder.mode != "causal":
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
         decoder, _ = load_generator(decoder_checkpoint)
@@ -197,8 +134,7 @@ class StreamingCodec:
 
     def bitrate(self, n_codebooks: int | None = None) -> float:
         """Bits per second of the raw codes with the first `n_codebooks` codebooks."""
-        bits = math.ceil(math.log2(self.codebook_size))
-        return (n_codebooks or self.n_codebooks) * bits * self.frame_rate
+        return (n_codebooks or self.n_codebooks) * bits_per_code(self.codebook_size) * self.frame_rate
 
     def decoder_hash(self) -> bytes:
         """8-byte fingerprint of what the receiver uses: codebooks and decoder (stored in .adc files)."""
@@ -224,8 +160,8 @@ class StreamingCodec:
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
         self.decoder.decode(self.encoder.lookup(self.encoder.quantize(self.encoder.encode(silence))))
-        _expand_streams(self.encoder, batch_size)
-        _expand_streams(self.decoder, batch_size)
+        expand_streams(self.encoder, batch_size)
+        expand_streams(self.decoder, batch_size)
         self.batch_size = batch_size
 
     def _check_batch(self, batch: int) -> None:

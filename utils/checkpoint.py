@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from layers.weight_norm import fold_weight_norm, from_original_keys, has_weight_norm, to_original_keys
-from models.registry import generator_class
+from models.registry import AUTOENCODER_TYPES, generator_class
 from utils.errors import CodecError
 from utils.files import write_bytes_atomic
 
@@ -101,6 +101,20 @@ def load_generator(checkpoint: str, inference: bool = True) -> tuple[nn.Module, 
         fold_weight_norm(model)
         model.eval()
         model.requires_grad_(False)
+    return model, config
+
+
+def load_autoencoder(
+    checkpoint: str, role: str = "encoder", inference: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """`load_generator` for a checkpoint that must hold an AudioDec autoencoder (what encodes: a
+    codec's encoder, a vocoder's analyzer); `role` names it in the error otherwise."""
+    model, config = load_generator(checkpoint, inference=inference)
+    if config["model_type"] not in AUTOENCODER_TYPES:
+        raise CodecError(
+            f"{role} {checkpoint} is a {config['model_type']} model, not an AudioDec autoencoder: "
+            f"give an autoencoder checkpoint as the {role}"
+        )
     return model, config
 
 

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from utils.audio import read_audio, resample
-from utils.audiodec import BACKENDS, DEFAULT_BACKEND, StreamingCodec
+from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.registry import MODELS, installed_root
+from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND
 
 
 def run_main(main: Callable[[], int | None]) -> None:

@@ -7,8 +7,8 @@ set -uo pipefail
 
 # One package per line; append what your part needs.
 PACKAGES=(
-    libtcmalloc-minimal4  # the inference CLIs run with it (utils/fast_malloc.py)
-    gcc  # compiles the native streaming engine on first use (utils/native_engine.py)
+    libtcmalloc-minimal4  # the inference CLIs run with it (utils/runtime/cpu_process.py)
+    gcc  # compiles the native streaming engine on first use (utils/runtime/native_build.py)
     gcc-aarch64-linux-gnu  # the engine's kernel self-test for arm64 (tests/test_native_selftest.py)
     libc6-dev-arm64-cross
     libgomp1-arm64-cross

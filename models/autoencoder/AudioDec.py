@@ -124,7 +124,7 @@ class Generator(nn.Module):
         zq, vq_loss, perplexity = self.quantizer(z, n_quantizers)
         return self.decoder(zq), zq, z, vq_loss, perplexity
 
-    # Streaming inference (state lives in the causal layers; see layers.conv.reset_streaming).
+    # Streaming inference (state lives in the causal layers; see layers.streaming).
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Waveform chunk (B, C, T) -> latent chunk (B, code_dim, T / hop)."""
         return self.projector.step(self.encoder.step(self._to_mono_batch(x)))

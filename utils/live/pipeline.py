@@ -8,7 +8,7 @@ Three ways to run it, all built from the same parts:
   encoder thread turns it into codes, the decoder thread into audio, and the callback plays the
   oldest decoded block. When a block comes out later than `max_latency` after it went in, every
   block still in flight is dropped, so the delay cannot keep growing on a slow machine.
-- `Sender`: capture -> encoder thread -> UDP packets (`utils.packet`).
+- `Sender`: capture -> encoder thread -> UDP packets (`utils.bitstream.packet`).
 - `Receiver`: UDP packets -> decoder -> playback or file, concealing lost packets.
 
 Blocks are numpy `(frame_size, channels)` float32, as sound cards deliver them; a mono model codes
@@ -35,7 +35,7 @@ import torch
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.live.devices import import_sounddevice, open_stream
-from utils.openmp import release_pool
+from utils.runtime.cpu_process import release_pool
 
 POLL_SECONDS = 0.05
 DRAIN_SECONDS = 60.0

@@ -1,5 +1,6 @@
-"""Live streaming over UDP: `Sender` (capture -> encoder thread -> packets, utils/packet.py) and
-`Receiver` (packets -> decoder -> playback or file, concealing lost packets)."""
+"""Live streaming over UDP: `Sender` (capture -> encoder thread -> packets of
+utils/bitstream/packet.py) and `Receiver` (packets -> decoder -> playback or file, concealing lost
+packets)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils import packet
 from utils.audiodec import StreamingCodec
+from utils.bitstream import packet
+from utils.bitstream.bits import bits_per_code
 from utils.errors import CodecError
 from utils.live.devices import import_sounddevice, open_stream
 from utils.live.pipeline import (
@@ -57,7 +59,7 @@ class Sender(Pipeline):
         self.codec = codec
         self.streams = 1 if codec.input_channels > 1 else channels
         self.frames_per_packet = frame_size // codec.hop_length
-        self.bits = packet.code_bits(codec.codebook_size)
+        self.bits = bits_per_code(codec.codebook_size)
         self.session = random.getrandbits(32)
         self.drop_rate = drop_rate
         self.loss = random.Random(drop_seed)
@@ -207,7 +209,7 @@ class Receiver:
         self.expect_frames = expect_frames
         self.idle_timeout = idle_timeout
         self.play = play
-        self.bits = packet.code_bits(codec.codebook_size)
+        self.bits = bits_per_code(codec.codebook_size)
         self.fade_samples = max(1, int(FADE_SECONDS * codec.sample_rate))
         self.max_gap = int(MAX_CONCEAL_SECONDS * codec.frame_rate)
         self.stats = StreamStats(0, codec.sample_rate)

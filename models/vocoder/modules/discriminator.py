@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from layers.activation import get_activation
 from layers.conv import NonCausalConv1d, NonCausalConv2d
+from layers.weight_norm import keep_original_names
 
 LayerOutputs = list[torch.Tensor]
 
@@ -38,48 +40,13 @@ _SLOPE_0_1: Mapping[str, Any] = MappingProxyType({"negative_slope": 0.1})
 _SLOPE_0_2: Mapping[str, Any] = MappingProxyType({"negative_slope": 0.2})
 _OFFICIAL_POOLING: Mapping[str, Any] = MappingProxyType({"kernel_size": 4, "stride": 2, "padding": 2})
 
-_NEW_TO_OLD_WEIGHT_NORM = {
-    ".parametrizations.weight.original0": ".weight_g",
-    ".parametrizations.weight.original1": ".weight_v",
-}
-
-
-def _activation(name: str, params: Mapping[str, Any]) -> nn.Module:
-    """`torch.nn.<name>(**params)`, e.g. ("LeakyReLU", {"negative_slope": 0.1})."""
-    activation = getattr(nn, name, None)
-    if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
-        raise ValueError(f"unknown activation {name!r}: expected a torch.nn module name")
-    return activation(**params)
-
-
-def _rename_under_prefix(state_dict: dict[str, Any], prefix: str, renames: Mapping[str, str]) -> None:
-    """Rename, in place and keeping order, keys under `prefix` whose suffix is in `renames`."""
-    items = list(state_dict.items())
-    state_dict.clear()
-    for key, value in items:
-        if key.startswith(prefix):
-            for suffix, replacement in renames.items():
-                if key.endswith(suffix):
-                    key = key[: -len(suffix)] + replacement
-                    break
-        state_dict[key] = value
-
-
-def _save_original_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    _rename_under_prefix(state_dict, prefix, _NEW_TO_OLD_WEIGHT_NORM)
-
-
-def _load_original_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    _rename_under_prefix(state_dict, prefix, {old: new for new, old in _NEW_TO_OLD_WEIGHT_NORM.items()})
-
 
 def _apply_weight_norm(module: nn.Module) -> None:
     """Weight-normalize (dim 0) every conv of `module`, with original key names in its state dict."""
     for submodule in list(module.modules()):
         if isinstance(submodule, (nn.Conv1d, nn.Conv2d)):
             parametrizations.weight_norm(submodule)
-    module.register_state_dict_post_hook(_save_original_names)
-    module.register_load_state_dict_pre_hook(_load_original_names)
+    keep_original_names(module)
 
 
 def _apply_spectral_norm(module: nn.Module) -> None:
@@ -138,7 +105,7 @@ class HiFiGANPeriodDiscriminator(nn.Module):
                         in_chs, out_chs, (kernel_sizes[0], 1), stride=(scale, 1),
                         padding=((kernel_sizes[0] - 1) // 2, 0), bias=bias,
                     ),
-                    _activation(nonlinear_activation, nonlinear_activation_params),
+                    get_activation(nonlinear_activation, nonlinear_activation_params),
                 )
             )
             in_chs = out_chs
@@ -222,7 +189,7 @@ class HiFiGANScaleDiscriminator(nn.Module):
             [
                 nn.Sequential(
                     NonCausalConv1d(in_channels, channels, first, padding=(first - 1) // 2, bias=bias),
-                    _activation(nonlinear_activation, nonlinear_activation_params),
+                    get_activation(nonlinear_activation, nonlinear_activation_params),
                 )
             ]
         )
@@ -234,7 +201,7 @@ class HiFiGANScaleDiscriminator(nn.Module):
                         in_chs, out_chs, downsample, stride=scale, padding=(downsample - 1) // 2,
                         groups=groups, bias=bias,
                     ),
-                    _activation(nonlinear_activation, nonlinear_activation_params),
+                    get_activation(nonlinear_activation, nonlinear_activation_params),
                 )
             )
             in_chs = out_chs
@@ -244,7 +211,7 @@ class HiFiGANScaleDiscriminator(nn.Module):
         self.layers.append(
             nn.Sequential(
                 NonCausalConv1d(in_chs, out_chs, last, padding=(last - 1) // 2, bias=bias),
-                _activation(nonlinear_activation, nonlinear_activation_params),
+                get_activation(nonlinear_activation, nonlinear_activation_params),
             )
         )
         self.layers.append(NonCausalConv1d(out_chs, out_channels, output, padding=(output - 1) // 2, bias=bias))
@@ -343,7 +310,7 @@ class UnivNetSpectralDiscriminator(nn.Module):
             self.layers.append(
                 nn.Sequential(
                     NonCausalConv2d(in_chs, channels, tuple(kernel), stride=tuple(stride), bias=bias),
-                    _activation(nonlinear_activation, nonlinear_activation_params),
+                    get_activation(nonlinear_activation, nonlinear_activation_params),
                 )
             )
             in_chs = channels

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from layers.activation import get_activation
-from layers.conv import CausalConv1d, Conv1d1x1, repeat_channels
+from layers.conv import CausalConv1d, Conv1d1x1
+from layers.layout import repeat_channels
 
 
 class HiFiGANResidualBlock(nn.Module):

@@ -6,7 +6,7 @@ Layout (big-endian), 28-byte header, payload, 4-byte CRC32 of header + payload:
     capture_us u64 | streams u8 | n_codebooks u8 | code_bits u8 | n_frames u8 | payload | crc32
 
 `kind` is CODES (payload: `streams * n_codebooks * n_frames` codes of `code_bits` bits, frame by
-frame, most significant bit first) or END (payload: u64 number of samples the sender read; the
+frame, packed as `utils.bitstream.bits` packs them) or END (payload: u64 number of samples the sender read; the
 receiver cuts its output to it). `frame_index` counts codec frames (hops) from the start of the
 stream, so a receiver sees how many frames a lost packet held. `session` is drawn per sender run:
 a receiver follows one session and treats packets of another as foreign. `capture_us` is the
@@ -22,6 +22,8 @@ import struct
 import zlib
 
 import numpy as np
+
+from utils.bitstream.bits import MAX_CODE_BITS, pack_codes, packed_bytes, unpack_codes
 
 MAGIC = b"AD"
 VERSION = 1
@@ -63,32 +65,6 @@ class Packet:
         return 0 if self.codes is None else self.codes.shape[-1]
 
 
-def code_bits(codebook_size: int) -> int:
-    """Bits one code takes: ceil(log2(codebook_size)), at least 1."""
-    return max(1, (codebook_size - 1).bit_length())
-
-
-def pack_codes(codes: np.ndarray, bits: int) -> bytes:
-    """(streams, K, frames) codes -> bytes, frame-major, `bits` bits per code, MSB first."""
-    values = np.ascontiguousarray(np.transpose(codes, (2, 0, 1))).reshape(-1).astype(np.uint64)
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)
-    bit_array = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bit_array.reshape(-1)).tobytes()
-
-
-def unpack_codes(data: bytes, bits: int, streams: int, n_codebooks: int, n_frames: int) -> np.ndarray:
-    """Inverse of pack_codes -> (streams, K, frames) int64."""
-    count = streams * n_codebooks * n_frames
-    bit_array = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits)
-    weights = np.left_shift(np.int64(1), np.arange(bits - 1, -1, -1, dtype=np.int64))
-    values = bit_array.reshape(count, bits).astype(np.int64) @ weights
-    return np.transpose(values.reshape(n_frames, streams, n_codebooks), (1, 2, 0))
-
-
-def payload_bytes(bits: int, streams: int, n_codebooks: int, n_frames: int) -> int:
-    return -(-streams * n_codebooks * n_frames * bits // 8)
-
-
 def _seal(header: bytes, payload: bytes) -> bytes:
     body = header + payload
     return body + struct.pack(">I", zlib.crc32(body))
@@ -103,7 +79,7 @@ def encode_codes(codes: np.ndarray, bits: int, session: int, seq: int, frame_ind
         raise ValueError(f"codes out of range for {bits} bits")
     header = _HEADER.pack(MAGIC, VERSION, KIND_CODES, session, seq, frame_index, capture_us,
                           streams, n_codebooks, bits, n_frames)
-    return _seal(header, pack_codes(codes, bits))
+    return _seal(header, pack_codes(np.transpose(codes, (2, 0, 1)), bits))
 
 
 def encode_end(session: int, seq: int, frame_index: int, n_samples: int) -> bytes:
@@ -132,9 +108,10 @@ def decode(data: bytes) -> Packet:
         return Packet(kind, session, seq, frame_index, capture_us, n_samples=n_samples)
     if kind != KIND_CODES:
         raise PacketError(f"unknown packet kind {kind}", foreign=True)
-    if min(streams, n_codebooks, bits, n_frames) == 0 or bits > 32:
+    if min(streams, n_codebooks, bits, n_frames) == 0 or bits > MAX_CODE_BITS:
         raise PacketError("CODES packet with an empty or impossible shape", foreign=False)
-    if len(payload) != payload_bytes(bits, streams, n_codebooks, n_frames):
+    count = streams * n_codebooks * n_frames
+    if len(payload) != packed_bytes(count, bits):
         raise PacketError("CODES payload of the wrong size", foreign=False)
-    codes = unpack_codes(payload, bits, streams, n_codebooks, n_frames)
+    codes = np.transpose(unpack_codes(payload, count, bits).reshape(n_frames, streams, n_codebooks), (1, 2, 0))
     return Packet(kind, session, seq, frame_index, capture_us, codes=codes, code_bits=bits)

@@ -7,7 +7,7 @@ input rate and aligned sample for sample with the input.
 
 Alignment: opusdec already drops the encoder's pre-skip (312 samples at 48 kHz), but the decoded
 signal still comes out :data:`OPUSDEC_LEAD_SAMPLES` samples early. Measured by cross-correlation on
-speech-like harmonic signals (:func:`utils.metrics.speech_like_signal`, several seeds, input at 16, 24
+speech-like harmonic signals (:func:`utils.eval.probe.speech_like_signal`, several seeds, input at 16, 24
 and 48 kHz, opus-tools 0.2 / libopus 1.3): the peak is at a lead of exactly 2 samples at 48 kHz every
 time (correlation 0.964 unshifted, 0.985 shifted). We delay the decoded 48 kHz signal by that amount;
 :func:`estimate_lag` then reads 0 (see tests/test_opus_baseline.py).
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from utils.audio import resample
 from utils.errors import CodecError
-from utils.metrics import resample
 
 OPUS_SAMPLE_RATE = 48000
 OPUSDEC_LEAD_SAMPLES = 2
@@ -93,7 +93,7 @@ def opus_roundtrip(
         encoded = encoded_path.read_bytes()
         decoded, decoded_rate = sf.read(decoded_path, dtype="float32", always_2d=True)
     decoded = np.concatenate([np.zeros(OPUSDEC_LEAD_SAMPLES, np.float32), decoded.mean(axis=1)])
-    decoded = resample(decoded, decoded_rate, sample_rate)
+    decoded = resample(decoded, decoded_rate, sample_rate, np.float32)
     decoded = np.pad(decoded, (0, max(0, len(audio) - len(decoded))))[: len(audio)]
     kilobits_per_byte_second = 8 / (len(audio) / sample_rate) / 1000
     # The first two packets of an Ogg Opus stream are the OpusHead and OpusTags headers.

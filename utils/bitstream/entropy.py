@@ -22,7 +22,7 @@ from itertools import cycle
 
 import numpy as np
 
-from utils.bitstream import BitstreamError, short_hash
+from utils.bitstream.adc import BitstreamError, short_hash
 from utils.files import write_bytes_atomic
 
 TABLE_MAGIC = b"ADCE"

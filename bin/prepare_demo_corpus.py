@@ -1,6 +1,6 @@
 """Build a small demo speech corpus (and a paired noisy/clean set) from Debian-packaged recordings.
 
-    python -m utils.prepare_demo_corpus [--out corpus] [--out24k corpus24k] [--cache .cache/debs] [--seed 0]
+    python bin/prepare_demo_corpus.py [--out corpus] [--out24k corpus24k] [--cache .cache/debs] [--seed 0]
 
 Speech: spoken words in about 20 languages (``ktuberling-data``), spoken letters and syllables
 (``klettres-data``), Mandarin syllables (``gcin-voice``) and the ALSA channel announcements
@@ -26,26 +26,29 @@ functions on arrays and names, so tests run them on synthetic audio without the 
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import shutil
-import subprocess
 import sys
-import time
-import unicodedata
-import zlib
-from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
 
-import numpy as np
-import soundfile as sf
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.errors import CodecError
-from utils.metrics import resample
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import unicodedata  # noqa: E402
+import zlib  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from collections.abc import Iterator, Mapping  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from urllib.parse import unquote  # noqa: E402
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from utils.audio import resample  # noqa: E402
+from utils.errors import CodecError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +309,7 @@ def load_clip(path: Path, skipped: Counter) -> np.ndarray | None:
     except (sf.LibsndfileError, RuntimeError):
         skipped["unreadable"] += 1
         return None
-    return resample(to_mono(audio), sample_rate, SAMPLE_RATE)
+    return resample(to_mono(audio), sample_rate, SAMPLE_RATE, np.float32)
 
 
 def write_pcm16(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -332,7 +335,8 @@ def prepare_speech(clips: list[Clip], staging: Path) -> tuple[dict[str, float], 
             continue
         audio = peak_normalize(audio)
         write_pcm16(staging / "48k" / clip.name, audio, SAMPLE_RATE)
-        write_pcm16(staging / "24k" / clip.name, resample(audio, SAMPLE_RATE, COPY_SAMPLE_RATE), COPY_SAMPLE_RATE)
+        audio_24k = resample(audio, SAMPLE_RATE, COPY_SAMPLE_RATE, np.float32)
+        write_pcm16(staging / "24k" / clip.name, audio_24k, COPY_SAMPLE_RATE)
         seconds[clip.name] = len(audio) / SAMPLE_RATE
         kept.append(clip)
     return seconds, {package: dict(counts) for package, counts in skipped.items()}, kept
@@ -408,7 +412,7 @@ def build_corpus(out_dir: Path, out24k_dir: Path, cache_dir: Path, seed: int = 0
         audio = load_clip(clip.path, noise_skipped[clip.package])
         if audio is not None:
             audio = trim_silence(audio, SAMPLE_RATE)
-            audio_24k = resample(audio, SAMPLE_RATE, COPY_SAMPLE_RATE)
+            audio_24k = resample(audio, SAMPLE_RATE, COPY_SAMPLE_RATE, np.float32)
             noise_audio[clip.name] = {SAMPLE_RATE: audio, COPY_SAMPLE_RATE: audio_24k}
     noise_groups = split_groups(
         {name: len(audio[SAMPLE_RATE]) / SAMPLE_RATE for name, audio in noise_audio.items()},

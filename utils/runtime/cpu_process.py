@@ -1,41 +1,47 @@
-"""Run the inference CLIs with tcmalloc (or jemalloc) in place of glibc's malloc.
+"""How the inference process uses the CPU: a thread-caching allocator, and OpenMP worker pools.
+Why each pays: docs/performance.md, "What the runtime does around the steps".
 
-At small streaming chunks the codec is bound by the fixed cost of each operation rather than by
-arithmetic, and much of that cost is memory management: every PyTorch operation allocates its
-output, and every oneDNN convolution call allocates its descriptors and scratchpad and frees them
-again. A thread-caching allocator makes those cheap. On the 2-core VM, `bin/benchmark.py`, full
-size, 10 s of audio, RTF of two rounds with the allocators' processes alternating:
+Allocator. At small streaming chunks the codec is bound by the fixed cost of each operation rather
+than by arithmetic, and much of that cost is memory management: every PyTorch operation allocates
+its output, every oneDNN call its descriptors and scratchpad. A thread-caching allocator
+(tcmalloc, or jemalloc) makes those cheap. It has to be in place before the process's first
+allocation, so it cannot be loaded from Python: `use_fast_malloc()`, called first thing by a CLI
+run as a program, re-executes the same command line with the library in `LD_PRELOAD` when one is
+installed (`utils/system_deps.sh` installs libtcmalloc-minimal4) and the process does not have it
+yet. The numbers computed are the same: PyTorch aligns every tensor to 64 bytes whichever allocator
+provides the memory. `AUDIODEC_MALLOC=system` keeps glibc's allocator;
+`AUDIODEC_MALLOC=/path/to/lib.so` preloads that library instead of the first one found.
 
-    allocator   vctk_v1 300   vctk_sym 300   vctk_v1 1500   v1 whole file (decode)
-    glibc       1.90; 1.70    1.14; 0.97     0.81; 0.75     0.53; 0.50
-    tcmalloc    1.62; 1.60    0.72; 0.76     0.80; 0.79     0.49; 0.49
-    jemalloc    1.69; 1.56    0.67; 0.68     0.80; 0.75     0.49; 0.49 (JEMALLOC_CONF; 0.65-0.68 without)
-
-The allocator has to be in place before the process's first allocation, so it cannot be loaded
-from Python. `use_fast_malloc()`, called first thing by a CLI run as a program, re-executes the
-same command line with the library in `LD_PRELOAD` when one is installed (`utils/system_deps.sh`
-installs libtcmalloc-minimal4) and the process does not have it yet. The numbers computed are the
-same: PyTorch aligns every tensor to 64 bytes whichever allocator provides the memory.
-
-`AUDIODEC_MALLOC=system` keeps glibc's allocator; `AUDIODEC_MALLOC=/path/to/lib.so` preloads
-that library instead of the first one found.
+OpenMP pools. PyTorch runs its intra-op parallel work on OpenMP (libgomp in the Linux wheels).
+Every Python thread that runs a parallel operation gets a pool of worker threads of its own, and
+the runtime counts the threads of all pools together: once there are more than CPUs, every idle
+worker soon stops spinning and sleeps in the kernel, so each parallel region first has to wake its
+team through a system call. That is what happens in the live pipeline (`utils/live/`): the main
+thread loads and times the codec with all threads, which leaves it a pool, and then worker threads
+do the coding with pools of their own. `release_pool()` ends the calling thread's pool first
+(OpenMP 5.0's `omp_pause_resource_all(omp_pause_hard)`, which libgomp, Intel's and LLVM's runtimes
+implement); the runtime starts a new pool the next time that thread runs a parallel region, so
+nothing is lost but the threads' start-up.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import sys
 
 LIBRARIES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libjemalloc.so.2")
-# jemalloc's defaults hand large blocks back to the system at once, so the whole-file decoder's
-# big buffers page-fault on every call (v1 whole-file decode RTF 0.65-0.68 against 0.49-0.53 with
-# glibc); keeping them (as glibc and tcmalloc do) gives 0.49. Used unless MALLOC_CONF is set.
+# jemalloc's defaults hand large blocks back to the system at once, so the whole-file decoder's big
+# buffers would page-fault on every call; keep them, as glibc and tcmalloc do (unless MALLOC_CONF is set).
 JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 DIRECTORIES = (
     "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib",
 )
 SETTING = "AUDIODEC_MALLOC"
 _DONE = "AUDIODEC_MALLOC_PRELOADED"  # set in the re-executed process: never re-execute twice
+RUNTIMES = ("libgomp", "libiomp5", "libomp")  # file name prefixes of OpenMP runtimes
+OMP_PAUSE_HARD = 2  # omp_pause_resource_t: 1 soft (keep the threads), 2 hard (end them)
 
 
 class MallocSettingError(ValueError):
@@ -115,3 +121,35 @@ def use_fast_malloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def _mapped_runtime_paths() -> list[str]:
+    """Paths of the OpenMP runtimes this process has mapped (empty where /proc is missing)."""
+    return sorted(path for path in mapped_files() or () if os.path.basename(path).startswith(RUNTIMES))
+
+
+@functools.cache
+def _pause_functions() -> tuple:
+    """`omp_pause_resource_all` of each mapped OpenMP runtime that has it (OpenMP 5.0 or newer)."""
+    functions = []
+    for path in _mapped_runtime_paths():
+        try:
+            library = ctypes.CDLL(path)  # already loaded: the same copy torch uses
+            pause = library.omp_pause_resource_all
+        except (OSError, AttributeError):
+            continue
+        pause.argtypes = [ctypes.c_int]
+        pause.restype = ctypes.c_int
+        functions.append(pause)
+    return tuple(functions)
+
+
+def release_pool() -> bool:
+    """End the OpenMP worker threads of the calling thread's pool (see the module docstring). Call it
+    outside any parallel region, in the thread that is about to leave the work to others. Returns
+    whether an OpenMP runtime took the request; where there is none (or it predates OpenMP 5.0)
+    there is nothing to release and nothing happens."""
+    released = False
+    for pause in _pause_functions():
+        released = pause(OMP_PAUSE_HARD) == 0 or released
+    return released

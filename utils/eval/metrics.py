@@ -21,9 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 
+from utils.audio import read_mono, resample
 from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
@@ -34,55 +33,10 @@ METRIC_NAMES = ("pesq_wb", "stoi", "estoi", "si_sdr", "log_mel_distance")
 VISQOL_NAME = "visqol"
 
 
-def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read an audio file as float32 mono ``(T,)`` (channels averaged) and its sample rate."""
-    try:
-        audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise CodecError(f"cannot read audio file {path}: {error}") from error
-    return audio.mean(axis=1), int(sample_rate)
-
-
-def resample(audio: np.ndarray, sample_rate_in: int, sample_rate_out: int) -> np.ndarray:
-    """Resample ``(T,)`` with soxr (high quality); returns float32 ``(T * out / in,)``."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if sample_rate_in == sample_rate_out:
-        return audio
-    return soxr.resample(audio, sample_rate_in, sample_rate_out, quality="HQ").astype(np.float32)
-
-
 def cut_to_common_length(reference: np.ndarray, degraded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both signals truncated to the shorter length."""
     length = min(len(reference), len(degraded))
     return np.asarray(reference[:length]), np.asarray(degraded[:length])
-
-
-def speech_like_signal(duration: float, sample_rate: int, seed: int = 0) -> np.ndarray:
-    """A synthetic voiced-speech probe ``(T,)``, float32, peak about 0.5.
-
-    A harmonic series (glottal-like 1/k roll-off) with a slowly wandering pitch, shaped by three
-    formant-like resonances and a syllable-rate amplitude envelope with short pauses. PESQ and STOI
-    need input with speech statistics (voice activity, 2-8 Hz modulation); pure tones fail them.
-    """
-    rng = np.random.default_rng(seed)
-    n_samples = int(round(duration * sample_rate))
-    time = np.arange(n_samples) / sample_rate
-    base_pitch = rng.uniform(100.0, 200.0)
-    pitch = base_pitch * (1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * time + rng.uniform(0, 6)))
-    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
-    formants = rng.uniform([500.0, 1200.0, 2500.0], [800.0, 1800.0, 3200.0])
-    signal = np.zeros(n_samples)
-    for harmonic in range(1, 40):
-        frequency = harmonic * pitch
-        gain = sum(1.0 / (1.0 + ((frequency - f) / 150.0) ** 2) for f in formants) / harmonic
-        gain = np.where(frequency < sample_rate / 2 - 200, gain, 0.0)
-        signal += gain * np.sin(harmonic * phase + rng.uniform(0, 2 * np.pi))
-    syllable_rate = rng.uniform(3.0, 5.0)
-    envelope = np.clip(np.sin(2 * np.pi * syllable_rate * time + rng.uniform(0, 6)), 0.0, None) ** 1.5
-    envelope *= np.sin(2 * np.pi * 0.4 * time) > -0.8
-    signal *= envelope
-    signal += 1e-4 * rng.standard_normal(n_samples)
-    return (0.5 * signal / np.max(np.abs(signal))).astype(np.float32)
 
 
 def pesq_wb(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
@@ -91,8 +45,8 @@ def pesq_wb(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> fl
     from pesq import PesqError, pesq
 
     reference, degraded = cut_to_common_length(reference, degraded)
-    reference_16k = resample(reference, sample_rate, PESQ_SAMPLE_RATE)
-    degraded_16k = resample(degraded, sample_rate, PESQ_SAMPLE_RATE)
+    reference_16k = resample(reference, sample_rate, PESQ_SAMPLE_RATE, np.float32)
+    degraded_16k = resample(degraded, sample_rate, PESQ_SAMPLE_RATE, np.float32)
     if not (np.any(reference_16k) and np.any(degraded_16k)):
         return math.nan
     try:
@@ -184,8 +138,8 @@ def visqol_speech(reference: np.ndarray, degraded: np.ndarray, sample_rate: int)
     """ViSQOL MOS-LQO in speech mode (signals resampled to 16 kHz), NaN for clips too short to score.
     Needs :func:`visqol_available`."""
     reference, degraded = cut_to_common_length(reference, degraded)
-    reference_16k = resample(reference, sample_rate, PESQ_SAMPLE_RATE).astype(np.float64)
-    degraded_16k = resample(degraded, sample_rate, PESQ_SAMPLE_RATE).astype(np.float64)
+    reference_16k = resample(reference, sample_rate, PESQ_SAMPLE_RATE, np.float32).astype(np.float64)
+    degraded_16k = resample(degraded, sample_rate, PESQ_SAMPLE_RATE, np.float32).astype(np.float64)
     try:
         result = _visqol_speech_api().measure_from_arrays(reference_16k, degraded_16k, PESQ_SAMPLE_RATE)
     except (IndexError, ValueError, RuntimeError) as error:
@@ -213,7 +167,7 @@ def evaluate_pair(
     then both are cut to the common length.
     """
     if degraded_sample_rate is not None and degraded_sample_rate != sample_rate:
-        degraded = resample(degraded, degraded_sample_rate, sample_rate)
+        degraded = resample(degraded, degraded_sample_rate, sample_rate, np.float32)
     reference, degraded = cut_to_common_length(np.asarray(reference, np.float32), np.asarray(degraded, np.float32))
     if len(reference) == 0:
         raise CodecError("cannot evaluate an empty signal")
@@ -331,7 +285,7 @@ def evaluate_directories(
     for name, reference_path, degraded_path in tqdm(match_audio_files(reference_dir, degraded_dir), disable=None):
         reference, sample_rate = read_mono(reference_path)
         degraded, degraded_rate = read_mono(degraded_path)
-        degraded = resample(degraded, degraded_rate, sample_rate)
+        degraded = resample(degraded, degraded_rate, sample_rate, np.float32)
         row: dict[str, float | str] = {"file": name, "sample_rate": sample_rate}
         row["seconds"] = len(reference) / sample_rate
         row.update(evaluate_pair(reference, degraded, sample_rate, with_visqol=with_visqol))

@@ -1,8 +1,8 @@
 """The `.adc` compressed-audio container: header, codes packed frame by frame, CRC32.
 
 The byte layout, field meanings and versioning rules are in `docs/bitstream.md`. This module is
-pure bytes and numpy: it never touches a model. Codes are `(channels, K, frames)` integer arrays,
-values in `[0, codebook_size)` (not offset by codebook).
+pure bytes and numpy: it never touches a model; `utils.bitstream.bits` packs the codes. Codes are
+`(channels, K, frames)` integer arrays, values in `[0, codebook_size)` (not offset by codebook).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from utils.bitstream.bits import MAX_CODE_BITS, bits_per_code, pack_codes, packed_bytes, unpack_codes
 from utils.errors import CodecError
 from utils.files import write_bytes_atomic
 
@@ -27,7 +28,6 @@ HASH_BYTES = 8
 CRC_BYTES = 4
 MAX_MODEL_NAME_BYTES = 64
 MAX_HEADER_BYTES = 128
-MAX_CODE_BITS = 32
 
 # magic, version, flags, channels, sample_rate, hop, n_samples, codebook_size, payload_bytes,
 # n_codebooks, model_name_bytes, decoder_hash, entropy_hash; the model name follows.
@@ -46,7 +46,7 @@ class BitstreamError(CodecError, ValueError):
 
 
 class EntropyCoder(Protocol):
-    """What the container needs from an entropy model (see `utils.entropy.EntropyModel`)."""
+    """What the container needs from an entropy model (see `utils.bitstream.entropy.EntropyModel`)."""
 
     @property
     def table_hash(self) -> bytes: ...
@@ -84,7 +84,7 @@ class StreamHeader:
     @property
     def bits_per_code(self) -> int:
         """ceil(log2(codebook_size)), at least 1."""
-        return max(1, (self.codebook_size - 1).bit_length())
+        return bits_per_code(self.codebook_size)
 
     @property
     def payload_bits_per_frame(self) -> int:
@@ -98,7 +98,7 @@ class StreamHeader:
 
     @property
     def raw_payload_bytes(self) -> int:
-        return -(-self.n_frames * self.payload_bits_per_frame // 8)
+        return packed_bytes(self.n_frames * self.channels * self.n_codebooks, self.bits_per_code)
 
     @property
     def bitrate(self) -> float:
@@ -224,24 +224,6 @@ def _check_codes(header: StreamHeader, codes: np.ndarray) -> np.ndarray:
             "pass raw per-codebook indices"
         )
     return codes.astype(np.int64, copy=False)
-
-
-def _bit_weights(bits: int) -> np.ndarray:
-    return np.left_shift(np.int64(1), np.arange(bits - 1, -1, -1, dtype=np.int64))
-
-
-def pack_codes(values: np.ndarray, bits: int) -> bytes:
-    """Pack a flat sequence of non-negative integers at `bits` bits each, MSB first, zero-padded."""
-    values = np.asarray(values, dtype=np.int64).reshape(-1)
-    bit_matrix = (values[:, None] & _bit_weights(bits)) != 0
-    return np.packbits(bit_matrix.reshape(-1)).tobytes()
-
-
-def unpack_codes(data: bytes | bytearray, count: int, bits: int, bit_offset: int = 0) -> np.ndarray:
-    """Inverse of `pack_codes`: `count` integers starting `bit_offset` bits into `data`."""
-    bit_array = np.unpackbits(np.frombuffer(bytes(data), dtype=np.uint8))
-    bit_array = bit_array[bit_offset : bit_offset + count * bits].astype(np.int64)
-    return bit_array.reshape(count, bits) @ _bit_weights(bits)
 
 
 def _split_frames(flat: np.ndarray, header: StreamHeader) -> np.ndarray:

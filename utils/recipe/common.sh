@@ -1,7 +1,7 @@
 # Helpers shared by the submit_*.sh recipes; sourced by them, not a recipe itself.
 #
 # Reads the recipe variables ngpu, nnodes, seed and disable_cudnn, the training options of
-# utils/launcher.sh (precision, compile, batch_size_per_rank, micro_batch), and the environment
+# utils/recipe/launcher.sh (precision, compile, batch_size_per_rank, micro_batch), and the environment
 # variables PYTHON (interpreter, default: python), MASTER_ADDR / MASTER_PORT / RDZV_ID (multi-node
 # rendezvous).
 

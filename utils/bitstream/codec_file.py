@@ -1,4 +1,4 @@
-"""Compressed files: audio -> `.adc` (codes in the container of utils.bitstream) -> audio.
+"""Compressed files: audio -> `.adc` (codes in the container of `utils.bitstream.adc`) -> audio.
 
 Decoding a file gives the same audio as coding it in memory with `StreamingCodec.code` (and so as
 demoFile.py): the receiver starts from the same warmed-up state and sees the same codes.
@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from utils.audiodec import StreamingCodec
-from utils.bitstream import AdcStreamReader, StreamHeader, write_adc
-from utils.entropy import EntropyModel
+from utils.bitstream.adc import AdcStreamReader, StreamHeader, write_adc
+from utils.bitstream.entropy import EntropyModel
 from utils.errors import CodecError
+
+if TYPE_CHECKING:  # the codec is only passed in: the byte formats import no model
+    from utils.audiodec import StreamingCodec
 
 
 def entropy_table_path(encoder_checkpoint: str) -> str:

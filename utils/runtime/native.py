@@ -1,196 +1,49 @@
 """The native streaming engine: an AudioDec encoder + projector + residual VQ, or a receiver (code
 lookup, then the symmetric AudioDec decoder or a grouped HiFi-GAN vocoder), run as one C call per
-streaming step (csrc/engine.c).
+streaming step (csrc/engine.c, built by `native_build.py`).
 
-Why: at 300-sample chunks a streaming step is about 50 small convolutions, and a PyTorch
-convolution call costs about 15 us of preparation whatever its size (a 1 x 1 conv of one value
-takes 13.6 us), plus an ELU, views and concatenations per layer: most of a symmetric codec's
-3.4-4.4 ms per 300-sample chunk pair was not arithmetic (docs/performance.md). Here a plan is made
-once per chunk shape (buffers, weights packed for the kernels, the operations in order), and a step
-is one call in which one OpenMP team runs the operations with a barrier between them. Each layer
-writes its output straight into the input buffer of the layer after it, behind that layer's state
-rows, so nothing is concatenated; activations (ELU, LeakyReLU, tanh), residual skips and channel
-repeats are applied as the results are stored.
+Why: at 300-sample chunks a streaming step is about 50 small convolutions, and each PyTorch
+convolution call has a fixed cost of preparation whatever its size, plus an ELU, views and
+concatenations per layer: most of a step's time was not arithmetic (docs/performance.md). Here a
+plan is made once per chunk shape (buffers, weights packed for the kernels, the operations in
+order), and a step is one call in which one OpenMP team runs the operations with a barrier between
+them. Each layer writes its output straight into the input buffer of the layer after it, behind that
+layer's state rows, so nothing is concatenated; activations (ELU, LeakyReLU, tanh), residual skips
+and channel repeats are applied as the results are stored.
 
 Exactness: every output value is summed in one fixed order whatever the chunk length, the row's
 place in the chunk, the blocking or the thread count, and the VQ searches each frame on its own, so
-the codes do not depend on how a signal is cut (Contract 2) by construction. The engine's rounding
-is its own, not oneDNN's, so a codec runs its transmitter either natively for every call or never
-(`NativeStep` builds a plan on a shape's first call, where the graphs wait for the second).
+the codes do not depend on how a signal is cut (docs/contracts.md, Contract 2) by construction. The
+engine's rounding is its own, not oneDNN's, so a codec runs its transmitter either natively for
+every call or never (`NativeStep` builds a plan on a shape's first call, where the graphs wait for
+the second).
 
-States stay in the torch layers (`_state`, time-major views of one tensor per step), so reset,
-batches and backend switches behave as with the other backends.
+States stay in the torch layers (time-major views of one tensor per step), so reset, batches and
+backend switches behave as with the other backends.
 
-The library is compiled on first use with the machine's C compiler (`cc`, or `$CC`) for
-`-march=native` (or `$AUDIODEC_NATIVE_MARCH`, e.g. `x86-64-v3` to run as an AVX2 machine would) into
-`$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the flags, the
-compiler and the CPU's flags (so a home folder shared by different cluster nodes holds one build per
-CPU type). The build's vector width and register blocks follow its instruction set (`Build`).
-Without a compiler or OpenMP `available()` is False and the codec uses TorchScript.
+To change a model block, change its `forward`, its `step` and its plan here together
+(docs/architecture.md); tests/test_blocks.py compares the three for every block type.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import math
 import operator
-import os
-import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, StreamingState
+from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1
+from layers.streaming import StreamingState, get_state, set_state
 from utils.errors import CodecError
-from utils.traced_step import PerShapeStep
+from utils.runtime.native_build import Build, Op, Slot, build
+from utils.runtime.per_shape import PerShapeStep
 
-SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "engine.c"
-FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
-MARCH_VARIABLE = "AUDIODEC_NATIVE_MARCH"
 OP_CONV, OP_VQ, OP_LOOKUP = 1, 2, 3
 ACT_ELU, ACT_LEAKY = 0, 1  # activations written to an op's `out_act`
 OUT_RAW, OUT_TANH = 0, 1  # what an op writes to `out`
-
-
-class _Op(ctypes.Structure):
-    """Mirror of `Op` in csrc/engine.c."""
-
-    _fields_ = [
-        ("kind", ctypes.c_int32), ("cin", ctypes.c_int32), ("cout", ctypes.c_int32), ("cpad", ctypes.c_int32),
-        ("k", ctypes.c_int32), ("dilation", ctypes.c_int32), ("stride", ctypes.c_int32),
-        ("t_out", ctypes.c_int32), ("alpha", ctypes.c_float), ("nv", ctypes.c_int32),
-        ("act", ctypes.c_int32), ("out_kind", ctypes.c_int32), ("x_channels", ctypes.c_int32),
-        ("group_cout", ctypes.c_int32), ("group_pad", ctypes.c_int32), ("rep", ctypes.c_int32),
-        ("seg", ctypes.c_int32),
-        ("x", ctypes.c_void_p), ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("res", ctypes.c_void_p),
-        ("out", ctypes.c_void_p), ("out_act", ctypes.c_void_p),
-    ]
-
-
-class _Slot(ctypes.Structure):
-    """Mirror of `Slot` in csrc/engine.c."""
-
-    _fields_ = [("ext", ctypes.c_void_p), ("n", ctypes.c_int64), ("offset", ctypes.c_int64), ("shift", ctypes.c_int64)]
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("AUDIODEC_NATIVE_CACHE") or Path.home() / ".cache" / "audiodec" / "native")
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
-@dataclass(frozen=True)
-class Build:
-    """The compiled engine and what its target gives the plans: `lanes` floats per vector (weights
-    and codebooks are padded to whole vectors), `widths` the column-block widths in vectors that it
-    has kernels for, `isa` the instruction set ("avx512", "avx2", "neon", "generic"), `fma`."""
-
-    library: ctypes.CDLL
-    lanes: int
-    widths: tuple[int, ...]
-    isa: str
-    fma: bool
-
-
-def march() -> str:
-    """The -march the engine is built for: $AUDIODEC_NATIVE_MARCH, or native."""
-    value = os.environ.get(MARCH_VARIABLE, "").strip() or "native"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
-        raise CodecError(f"{MARCH_VARIABLE}={value!r} is not a -march value: use e.g. x86-64-v3, or unset it")
-    return value
-
-
-@functools.cache
-def _library() -> tuple[Build | None, str]:
-    """(the engine, "") or (None, why not). Compiled once per source, flags, compiler and CPU; the
-    library is written to a temporary name and renamed, so concurrent builds are safe."""
-    try:
-        flags = (*FLAGS, f"-march={march()}")
-    except CodecError as error:
-        return None, str(error)
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None, "no C compiler found (install gcc, or set CC)"
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        return None, f"C compiler {compiler} does not run: {error}"
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_flags().encode()]))
-    target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
-    if not target.exists():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            try:
-                result = subprocess.run(
-                    [compiler, *flags, "-o", temporary, str(SOURCE)], capture_output=True, text=True
-                )
-                if result.returncode != 0:
-                    return None, _build_failure(compiler, flags, result.stderr)
-                os.replace(temporary, target)
-            finally:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-        except OSError as error:
-            return None, f"cannot build the engine in {target.parent}: {error}"
-    try:
-        library = ctypes.CDLL(str(target))
-    except OSError as error:  # e.g. a build for a -march this CPU lacks
-        return None, f"the engine built for -march={march()} does not load here: {error}"
-    library.engine_op_size.restype = ctypes.c_int64
-    if library.engine_op_size() != ctypes.sizeof(_Op):
-        return None, "csrc/engine.c's Op and utils/native_engine.py's _Op differ"
-    library.engine_run.restype = ctypes.c_int
-    library.engine_run.argtypes = [
-        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-    ]
-    library.engine_isa.restype = ctypes.c_char_p
-    widths = tuple(1 << s for s in range(3) if library.engine_rows(s) > 0)
-    return Build(library, library.engine_lanes(), widths, library.engine_isa().decode(), bool(library.engine_fma())), ""
-
-
-def _build_failure(compiler: str, flags: tuple[str, ...], stderr: str) -> str:
-    """One line on why compiling the engine failed, with the fix."""
-    lines = stderr.strip().splitlines()
-    if any("march" in line or "unknown architecture" in line for line in lines):
-        return f"{compiler} cannot build for -march={march()}: set {MARCH_VARIABLE} to a target it knows, or unset it"
-    if any("omp.h" in line or "fopenmp" in line for line in lines):
-        return f"{compiler} has no OpenMP (install gcc, or set CC to a compiler with -fopenmp)"
-    return f"compiling {SOURCE.name} with {compiler} failed: {lines[-1] if lines else 'no message'}"
-
-
-def build() -> Build | None:
-    """The engine of this machine, or None (see `unavailable_reason`)."""
-    return _library()[0]
-
-
-def available() -> bool:
-    """Whether the engine could be built and loaded on this machine."""
-    return _library()[0] is not None
-
-
-def unavailable_reason() -> str:
-    return _library()[1]
 
 
 def _vocoder_class() -> type:
@@ -357,8 +210,8 @@ class _Plan:
         self.output_at, self.output_bytes = output.data_ptr(), output.numel() * output.element_size()
         self.output_shape = tuple(output.shape)
         self.nbytes = sum(tensor.numel() * tensor.element_size() for tensor in self.keep)
-        self.op_array = (_Op * len(self.ops))(*[_Op(**op) for op in self.ops])
-        self.slot_array = (_Slot * len(self.slots))(*[_Slot(*slot) for slot in self.slots])
+        self.op_array = (Op * len(self.ops))(*[Op(**op) for op in self.ops])
+        self.slot_array = (Slot * len(self.slots))(*[Slot(*slot) for slot in self.slots])
         self.views = [
             ((channels, pad), (1, channels), offset) for _, offset, channels, pad in self.layers
         ]
@@ -555,15 +408,15 @@ class NativeStep(PerShapeStep):
         if key != self.packs_key:
             self.packs, self.packs_key = _pack(self.target, self.generator, self.side, self.codebook), key
         if self.side == "encoder":
-            build = _encoder_plan
+            make_plan = _encoder_plan
         else:
-            build = _vocoder_plan if isinstance(self.generator, _vocoder_class()) else _decoder_plan
-        return build(self.generator, self.packs, shape)
+            make_plan = _vocoder_plan if isinstance(self.generator, _vocoder_class()) else _decoder_plan
+        return make_plan(self.generator, self.packs, shape)
 
     def _build(self, x: torch.Tensor, warm: bool) -> _Plan:
         plan = self._plan_for((x.shape[1], x.shape[2]))
-        # A plan's buffers grow with its chunk: a streaming chunk's take a few MB, an 80-frame block
-        # of a whole file up to 165 MB (v1 vocoder). Older plans go first beyond MAX_PLAN_BYTES.
+        # A plan's buffers grow with its chunk: a streaming chunk's are small, an 80-frame block of a
+        # whole file's large (a vocoder's most). Older plans go first beyond MAX_PLAN_BYTES.
         total = plan.nbytes
         for key in list(self.built):
             total += self.built[key].nbytes
@@ -581,7 +434,7 @@ class NativeStep(PerShapeStep):
             x = x.to(torch.int64).contiguous()
         size = plan.state_size
         layers = self.layers
-        states = [layer.__dict__["_state"] for layer in layers]
+        states = [get_state(layer) for layer in layers]
         state_in = self.last_state
         if state_in is None or state_in.shape[0] != batch or not all(map(_is, states, self.last_views)):
             state_in = torch.empty(batch, size)
@@ -602,6 +455,6 @@ class NativeStep(PerShapeStep):
             state_out.as_strided((batch, *shape), (size, *strides), offset) for shape, strides, offset in plan.views
         ]
         for layer, view in zip(layers, views):
-            layer.__dict__["_state"] = view
+            set_state(layer, view)
         self.last_state, self.last_views = state_out, views
         return y if self.side == "encoder" else y.transpose(1, 2)

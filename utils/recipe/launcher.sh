@@ -2,12 +2,10 @@
 # recipe runs its stages here, one after the other, or submits each one to SLURM.
 #
 # A recipe sources this file BEFORE parse_options.sh (so that parse_options accepts the options below),
-# calls launcher_init after it, and wraps each stage's command in run_stage:
+# calls launcher_init after it (utils/recipe/setup.sh does both), and wraps each stage's command in
+# run_stage:
 #
-#     . ./utils/launcher.sh
-#     . ./parse_options.sh
-#     . ./submit_common.sh
-#     launcher_init
+#     . ./utils/recipe/setup.sh
 #     run_stage 0 "${tag_name}" run_train -c "config/${tag_name}.yaml" ...
 #
 # Options (besides the recipe's own):
@@ -35,7 +33,7 @@
 #                        limit's warning signal) saves a checkpoint and requeues itself; it resumes there
 #                        (SLURM starts a requeued job after cred_expire, 120 s by default)
 #   --dry-run            print the sbatch command lines (and write the job scripts), submit nothing
-# Training options, for run_train (submit_common.sh) of every recipe, local or under SLURM:
+# Training options, for run_train (utils/recipe/common.sh) of every recipe, local or under SLURM:
 #   --precision fp32|bf16|fp16   autocast precision (default: the config's, else fp32)
 #   --compile true               torch.compile the generator and the discriminator
 #   --batch_size_per_rank N      samples per process and step (default: the config's batch_size is the
@@ -70,7 +68,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --help | -h)
             _launcher_args+=("$1")
-            echo "Launcher options (utils/launcher.sh): --cmd ${cmd} --partition --gpus --gpu_request --cpus --mem" \
+            echo "Launcher options (utils/recipe/launcher.sh): --cmd ${cmd} --partition --gpus --gpu_request --cpus --mem" \
                 "--time --slurm_config ${slurm_config} --slurm_logdir ${slurm_logdir} --sbatch_args --after --requeue" \
                 "--dry-run; training: --precision --compile ${compile} --batch_size_per_rank --micro_batch"
             ;;
@@ -228,7 +226,7 @@ _launcher_write_job_script() {
     fi
     {
         echo "#!/usr/bin/env bash"
-        echo "# Stage ${stage} (${name}) of $(basename "$0"), written by utils/launcher.sh on $(date '+%F %T')."
+        echo "# Stage ${stage} (${name}) of $(basename "$0"), written by utils/recipe/launcher.sh on $(date '+%F %T')."
         echo "# sbatch runs it; it runs the stage's command in an srun step ('$(basename "${script}") --step')."
         echo "set -euo pipefail"
         printf 'cd %q\n' "${PWD}"

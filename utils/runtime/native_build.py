@@ -1,0 +1,161 @@
+"""The native engine's library: compiled on first use, cached, loaded, and described (`Build`).
+
+`csrc/engine.c` is compiled with the machine's C compiler (`cc`, or `$CC`) for `-march=native` (or
+`$AUDIODEC_NATIVE_MARCH`, e.g. `x86-64-v3` to run as an AVX2 machine would) into
+`$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the flags, the
+compiler and the CPU's flags (so a home folder shared by different cluster nodes holds one build per
+CPU type). The build's vector width and register blocks follow its instruction set (`Build`).
+Without a compiler or OpenMP `available()` is False, `unavailable_reason()` says why, and the codec
+runs TorchScript (utils/runtime/backends.py). The plans that run on it are in `native.py`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.errors import CodecError
+
+SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "engine.c"
+FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+MARCH_VARIABLE = "AUDIODEC_NATIVE_MARCH"
+
+
+class Op(ctypes.Structure):
+    """Mirror of `Op` in csrc/engine.c."""
+
+    _fields_ = [
+        ("kind", ctypes.c_int32), ("cin", ctypes.c_int32), ("cout", ctypes.c_int32), ("cpad", ctypes.c_int32),
+        ("k", ctypes.c_int32), ("dilation", ctypes.c_int32), ("stride", ctypes.c_int32),
+        ("t_out", ctypes.c_int32), ("alpha", ctypes.c_float), ("nv", ctypes.c_int32),
+        ("act", ctypes.c_int32), ("out_kind", ctypes.c_int32), ("x_channels", ctypes.c_int32),
+        ("group_cout", ctypes.c_int32), ("group_pad", ctypes.c_int32), ("rep", ctypes.c_int32),
+        ("seg", ctypes.c_int32),
+        ("x", ctypes.c_void_p), ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("res", ctypes.c_void_p),
+        ("out", ctypes.c_void_p), ("out_act", ctypes.c_void_p),
+    ]
+
+
+class Slot(ctypes.Structure):
+    """Mirror of `Slot` in csrc/engine.c."""
+
+    _fields_ = [("ext", ctypes.c_void_p), ("n", ctypes.c_int64), ("offset", ctypes.c_int64), ("shift", ctypes.c_int64)]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("AUDIODEC_NATIVE_CACHE") or Path.home() / ".cache" / "audiodec" / "native")
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Build:
+    """The compiled engine and what its target gives the plans: `lanes` floats per vector (weights
+    and codebooks are padded to whole vectors), `widths` the column-block widths in vectors that it
+    has kernels for, `isa` the instruction set ("avx512", "avx2", "neon", "generic"), `fma`."""
+
+    library: ctypes.CDLL
+    lanes: int
+    widths: tuple[int, ...]
+    isa: str
+    fma: bool
+
+
+def march() -> str:
+    """The -march the engine is built for: $AUDIODEC_NATIVE_MARCH, or native."""
+    value = os.environ.get(MARCH_VARIABLE, "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+        raise CodecError(f"{MARCH_VARIABLE}={value!r} is not a -march value: use e.g. x86-64-v3, or unset it")
+    return value
+
+
+@functools.cache
+def _library() -> tuple[Build | None, str]:
+    """(the engine, "") or (None, why not). Compiled once per source, flags, compiler and CPU; the
+    library is written to a temporary name and renamed, so concurrent builds are safe."""
+    try:
+        flags = (*FLAGS, f"-march={march()}")
+    except CodecError as error:
+        return None, str(error)
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "no C compiler found (install gcc, or set CC)"
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        return None, f"C compiler {compiler} does not run: {error}"
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_flags().encode()]))
+    target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            try:
+                result = subprocess.run(
+                    [compiler, *flags, "-o", temporary, str(SOURCE)], capture_output=True, text=True
+                )
+                if result.returncode != 0:
+                    return None, _build_failure(compiler, flags, result.stderr)
+                os.replace(temporary, target)
+            finally:
+                if os.path.exists(temporary):
+                    os.unlink(temporary)
+        except OSError as error:
+            return None, f"cannot build the engine in {target.parent}: {error}"
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as error:  # e.g. a build for a -march this CPU lacks
+        return None, f"the engine built for -march={march()} does not load here: {error}"
+    library.engine_op_size.restype = ctypes.c_int64
+    if library.engine_op_size() != ctypes.sizeof(Op):
+        return None, "csrc/engine.c's Op and utils/runtime/native_build.py's Op differ"
+    library.engine_run.restype = ctypes.c_int
+    library.engine_run.argtypes = [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+    ]
+    library.engine_isa.restype = ctypes.c_char_p
+    widths = tuple(1 << s for s in range(3) if library.engine_rows(s) > 0)
+    return Build(library, library.engine_lanes(), widths, library.engine_isa().decode(), bool(library.engine_fma())), ""
+
+
+def _build_failure(compiler: str, flags: tuple[str, ...], stderr: str) -> str:
+    """One line on why compiling the engine failed, with the fix."""
+    lines = stderr.strip().splitlines()
+    if any("march" in line or "unknown architecture" in line for line in lines):
+        return f"{compiler} cannot build for -march={march()}: set {MARCH_VARIABLE} to a target it knows, or unset it"
+    if any("omp.h" in line or "fopenmp" in line for line in lines):
+        return f"{compiler} has no OpenMP (install gcc, or set CC to a compiler with -fopenmp)"
+    return f"compiling {SOURCE.name} with {compiler} failed: {lines[-1] if lines else 'no message'}"
+
+
+def build() -> Build | None:
+    """The engine of this machine, or None (see `unavailable_reason`)."""
+    return _library()[0]
+
+
+def available() -> bool:
+    """Whether the engine could be built and loaded on this machine."""
+    return _library()[0] is not None
+
+
+def unavailable_reason() -> str:
+    return _library()[1]
