@@ -16,7 +16,7 @@ import yaml
 from tests.test_trainer import SAMPLE_RATE, tiny_recipe, train, write_wavs
 from trainer.curve import curve_files, plot_curves
 from utils.errors import CodecError
-from utils.metrics import METRIC_NAMES
+from utils.eval.metrics import METRIC_NAMES
 
 
 def curve_recipe(root: Path, **overrides):
