@@ -19,7 +19,7 @@ import math  # noqa: E402
 
 import yaml  # noqa: E402
 
-from trainer.curve import plot_curves  # noqa: E402
+from trainer.curve import plot_curves, points_from_json, points_to_json  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
@@ -47,13 +47,13 @@ def read_run(folder: Path) -> dict:
     curve = folder / "curve.json"
     if not curve.is_file():
         raise CodecError(f"{curve} not found: train with a learning_curve section in the config")
-    points = [{key: math.nan if value is None else value for key, value in point.items()}
-              for point in json.loads(curve.read_text())["points"]]
+    document = json.loads(curve.read_text())
+    points = points_from_json(document["points"])
     if not points:
         raise CodecError(f"{curve} has no points yet")
     config_path = folder / "config.yml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    return {"name": folder.name, "points": points, "files": len(json.loads(curve.read_text())["files"]),
+    return {"name": folder.name, "points": points, "files": len(document["files"]),
             "threads": config.get("threads"), "cpu_budget_minutes": config.get("cpu_budget_minutes")}
 
 
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     subsets = sorted({run["files"] for run in runs})
     title = f"Last learning-curve point of each run ({'/'.join(map(str, subsets))} dev files)"
     write_text_atomic(out / "compare.md", f"{title}\n\n{table}\n")
-    document = [{**run, "points": [{key: None if isinstance(value, float) and not math.isfinite(value) else value
-                                    for key, value in point.items()} for point in run["points"]]} for run in runs]
+    document = [{**run, "points": points_to_json(run["points"])} for run in runs]
     write_text_atomic(out / "compare.json", json.dumps(document, indent=1) + "\n")
     plot_curves({run["name"]: run["points"] for run in runs}, out / "compare.png", x="train_cpu_seconds")
     print(table)

@@ -45,6 +45,17 @@ PLOTTED = {
 }
 
 
+def points_to_json(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Curve points with NaN as None (JSON has no NaN)."""
+    return [{name: None if isinstance(value, float) and not math.isfinite(value) else value
+             for name, value in row.items()} for row in rows]
+
+
+def points_from_json(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Curve points read back: None as NaN."""
+    return [{name: math.nan if value is None else value for name, value in row.items()} for row in rows]
+
+
 def curve_files(folder: str | Path, count: int) -> list[Path]:
     """``count`` files evenly spaced in the sorted audio files under ``folder`` (all if fewer)."""
     folder = Path(folder)
@@ -98,8 +109,7 @@ class LearningCurve:
         if not path.is_file():
             return []
         try:
-            rows = json.loads(path.read_text())["points"]
-            return [{name: math.nan if value is None else value for name, value in row.items()} for row in rows]
+            return points_from_json(json.loads(path.read_text())["points"])
         except (ValueError, KeyError, TypeError):
             logger.warning("%s is unreadable: the learning curve starts again", path)
             return []
@@ -141,9 +151,7 @@ class LearningCurve:
     def write(self, title: str) -> None:
         """``curve.json`` and ``curve.png`` in the experiment folder."""
         self.expdir.mkdir(parents=True, exist_ok=True)
-        points = [{name: None if isinstance(value, float) and not math.isfinite(value) else value
-                   for name, value in row.items()} for row in self.rows]  # JSON has no NaN
-        document = {"files": [str(path) for path in self.files], "points": points}
+        document = {"files": [str(path) for path in self.files], "points": points_to_json(self.rows)}
         write_text_atomic(self.expdir / "curve.json", json.dumps(document, indent=1) + "\n")
         plot_curves({title: self.rows}, self.expdir / "curve.png")
 
