@@ -26,6 +26,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* VL: floats per vector. ROWS_NVn: rows of a register block n vectors wide (0: no such kernels).
  * A block keeps R * NV accumulators, NV weight vectors and one broadcast input in registers: with
@@ -65,7 +68,22 @@ typedef float vf __attribute__((vector_size(VL * 4)));
 typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
 
+typedef uint16_t vh __attribute__((vector_size(VL * 2), aligned(2)));
+
 static inline vf vload(const float *p) { return *(const vfu *)p; }
+/* VL bfloat16 values widened to floats (a bfloat16 is a float's upper 16 bits): exact. On x86 one
+ * zero-extending load (GCC splits the generic conversion into halves). */
+#if VL == 16 && defined(__AVX512F__)
+static inline vf vload_bf16(const uint16_t *p) {
+    return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+}
+#elif VL == 8 && defined(__AVX2__)
+static inline vf vload_bf16(const uint16_t *p) {
+    return (vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+}
+#else
+static inline vf vload_bf16(const uint16_t *p) { return (vf)(__builtin_convertvector(*(const vh *)p, vi) << 16); }
+#endif
 static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 /* A broadcast: lane 0 copied to every lane ((vf){} + s would first add 0.0f to s). */
 #if defined(__clang__)
@@ -84,6 +102,7 @@ static inline vf vset(float s) { return __builtin_shuffle((vf){s}, (vi){}); }
 enum { OP_CONV = 1, OP_VQ = 2, OP_LOOKUP = 3 };
 enum { ACT_ELU = 0, ACT_LEAKY = 1 };    /* the activation written to `out_act` */
 enum { OUT_RAW = 0, OUT_TANH = 1 };     /* what is written to `out` */
+enum { W_F32 = 0, W_BF16 = 1 };         /* a conv's weight storage */
 
 /* One operation of a plan. Conv: out[t, c] = sum_k sum_i w[k, i, c] * x[t * stride + k * dilation,
  * g * cin + i] (+ bias[c]) (+ res[t, c]), g = c / group_cout (grouped convolutions: `cin` input
@@ -100,10 +119,11 @@ typedef struct {
     float alpha;        /* ELU's alpha, or LeakyReLU's negative slope */
     int32_t nv;         /* conv: VL-wide column vectors per block (1, 2 or 4; see engine_rows) */
     int32_t act, out_kind, x_channels, group_cout, group_pad, rep, seg;
+    int32_t wtype;      /* conv: W_F32, or W_BF16 (`w` holds bfloat16 weights; sums stay float) */
     const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
                            lookup: codes, int64 (k, frames) */
     const float *w;     /* conv: (cpad / (VL nv), k, cin, VL nv), each column block's weights in one
-                           stretch; VQ: 2 * embed, (K, N / VL, D, VL); lookup: scale or NULL */
+                           stretch (bfloat16 when wtype is W_BF16); VQ: 2 * embed, (K, N / VL, D, VL); lookup: scale or NULL */
     const float *bias;  /* conv: (cpad,) (padded as the columns) or NULL; VQ: |code|^2, (K, N); lookup: mean or NULL */
     const float *res;   /* conv: (t_out, cout) skip or NULL; VQ and lookup: code vectors, (K, N, D) */
     float *out;         /* conv: (t_out, cout * rep) or NULL; VQ: codes, int64 (K, frames);
@@ -214,21 +234,21 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
 
 /* R rows from `row0` by NV vectors of columns from `col0`. Every row runs the same sequence of
  * fused multiply-adds, so a row's result does not depend on R or on which rows share the block. */
-#define DEFINE_KERNEL(R, NV)                                                                        \
-    static void conv_##R##_##NV(const Op *op, int row0, int col0) {                                 \
+#define DEFINE_KERNEL(R, NV, NAME, WT, LOADW)                                                        \
+    static void NAME##_##R##_##NV(const Op *op, int row0, int col0) {                               \
         vf acc[R][NV];                                                                              \
         _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                        \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] = vset(0.0f);            \
         const int cin = op->cin, width = NV * VL, channels = op->x_channels;                        \
         const int64_t row_step = (int64_t)op->stride * channels;                                    \
-        const float *block = op->w + (int64_t)(col0 / width) * op->k * cin * width;                 \
+        const WT *block = (const WT *)op->w + (int64_t)(col0 / width) * op->k * cin * width;        \
         const float *xg = op->x + (int64_t)(col0 / op->group_pad) * cin;  /* this group's inputs */  \
         for (int k = 0; k < op->k; k++) {                                                           \
             const float *xk = xg + ((int64_t)row0 * op->stride + (int64_t)k * op->dilation) * channels; \
-            const float *wk = block + (int64_t)k * cin * width;                                     \
+            const WT *wk = block + (int64_t)k * cin * width;                                        \
             for (int i = 0; i < cin; i++) {                                                         \
                 vf w[NV];                                                                           \
-                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) w[v] = vload(wk + (int64_t)i * width + v * VL); \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) w[v] = LOADW(wk + (int64_t)i * width + v * VL); \
                 _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) {                              \
                     vf b = vset(xk[r * row_step + i]);                                              \
                     _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] += w[v] * b;     \
@@ -239,34 +259,39 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
             for (int v = 0; v < NV; v++) epilogue(op, row0 + r, col0 + v * VL, acc[r][v]);          \
     }
 
+/* Each shape twice: `conv` on float weights, `convh` on bfloat16 ones (the same sums, in the same
+ * order, of the weights widened back to floats). */
+#define KERNEL_PAIR(R, NV) \
+    DEFINE_KERNEL(R, NV, conv, float, vload) DEFINE_KERNEL(R, NV, convh, uint16_t, vload_bf16)
 #define KERNELS_6(NV) \
-    DEFINE_KERNEL(1, NV) DEFINE_KERNEL(2, NV) DEFINE_KERNEL(3, NV) DEFINE_KERNEL(4, NV) \
-    DEFINE_KERNEL(5, NV) DEFINE_KERNEL(6, NV)
+    KERNEL_PAIR(1, NV) KERNEL_PAIR(2, NV) KERNEL_PAIR(3, NV) KERNEL_PAIR(4, NV) KERNEL_PAIR(5, NV) KERNEL_PAIR(6, NV)
 #define KERNELS_12(NV) KERNELS_6(NV) \
-    DEFINE_KERNEL(7, NV) DEFINE_KERNEL(8, NV) DEFINE_KERNEL(9, NV) DEFINE_KERNEL(10, NV) \
-    DEFINE_KERNEL(11, NV) DEFINE_KERNEL(12, NV)
-#define TABLE_6(NV) conv_1_##NV, conv_2_##NV, conv_3_##NV, conv_4_##NV, conv_5_##NV, conv_6_##NV
-#define TABLE_12(NV) TABLE_6(NV), conv_7_##NV, conv_8_##NV, conv_9_##NV, conv_10_##NV, conv_11_##NV, conv_12_##NV
+    KERNEL_PAIR(7, NV) KERNEL_PAIR(8, NV) KERNEL_PAIR(9, NV) KERNEL_PAIR(10, NV) KERNEL_PAIR(11, NV) KERNEL_PAIR(12, NV)
+#define TABLE_6(N, NV) N##_1_##NV, N##_2_##NV, N##_3_##NV, N##_4_##NV, N##_5_##NV, N##_6_##NV
+#define TABLE_12(N, NV) TABLE_6(N, NV), N##_7_##NV, N##_8_##NV, N##_9_##NV, N##_10_##NV, N##_11_##NV, N##_12_##NV
 #define ROWS_MAX 12
 
 typedef void (*kernel_fn)(const Op *, int, int);
-/* KERNELS[s][R - 1]: R rows by 2^s vectors; ROWS[s] of them (0: none). */
+/* KERNELS[wtype][s][R - 1]: R rows by 2^s vectors; ROWS[s] of them (0: none). */
 static const int ROWS[3] = {ROWS_NV1, ROWS_NV2, ROWS_NV4};
 KERNELS_12(1)
 #if ROWS_NV2 == 12
 KERNELS_12(2)
-#define TABLE_NV2 TABLE_12(2)
+#define TABLE_NV2(N) TABLE_12(N, 2)
 #else
 KERNELS_6(2)
-#define TABLE_NV2 TABLE_6(2)
+#define TABLE_NV2(N) TABLE_6(N, 2)
 #endif
 #if ROWS_NV4
 KERNELS_6(4)
-#define TABLE_NV4 TABLE_6(4)
+#define TABLE_NV4(N) TABLE_6(N, 4)
 #else
-#define TABLE_NV4 0
+#define TABLE_NV4(N) 0
 #endif
-static const kernel_fn KERNELS[3][ROWS_MAX] = {{TABLE_12(1)}, {TABLE_NV2}, {TABLE_NV4}};
+static const kernel_fn KERNELS[2][3][ROWS_MAX] = {
+    {{TABLE_12(conv, 1)}, {TABLE_NV2(conv)}, {TABLE_NV4(conv)}},
+    {{TABLE_12(convh, 1)}, {TABLE_NV2(convh)}, {TABLE_NV4(convh)}},
+};
 
 static void run_conv(const Op *op, int tid, int nthreads) {
     const int slot = op->nv == 4 ? 2 : op->nv - 1;
@@ -281,7 +306,7 @@ static void run_conv(const Op *op, int tid, int nthreads) {
      * column block, all rows of one before the next: each weight is read from memory once and
      * stays in cache while its rows are computed. Otherwise (long blocks of a whole file) row
      * block by row block, all columns of one before the next: the input rows stay in cache. */
-    const int64_t weights = (int64_t)op->k * op->cin * op->cpad;
+    const int64_t weights = (int64_t)op->k * op->cin * op->cpad / (op->wtype == W_BF16 ? 2 : 1);
     const int64_t inputs = ((int64_t)(op->t_out - 1) * op->stride + (int64_t)(op->k - 1) * op->dilation + 1) * op->x_channels;
     const int by_column = weights >= inputs;
     for (int64_t item = first; item < last; item++) {
@@ -292,7 +317,7 @@ static void run_conv(const Op *op, int tid, int nthreads) {
         }
         int row0 = rb * rows;
         int n = op->t_out - row0 < rows ? op->t_out - row0 : rows;
-        KERNELS[slot][n - 1](op, row0, cb * op->nv * VL);
+        KERNELS[op->wtype == W_BF16][slot][n - 1](op, row0, cb * op->nv * VL);
     }
 }
 

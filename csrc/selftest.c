@@ -1,10 +1,11 @@
 /* Self-test of the native engine's kernels (csrc/engine.c) against plain loops, for whatever
  * instruction set it is compiled for: every register-block shape (R rows x NV vectors) of the
  * build, grouped and padded columns, strides, dilations, each epilogue (bias, skip, ELU, LeakyReLU,
- * tanh, channel repeat), the rows' independence from the blocking (Contract 2), the VQ search with
- * ties, and the code lookup. Prints one line per failure and a summary; exit status 0 when all pass.
+ * tanh, channel repeat), bfloat16 weights, the rows' independence from the blocking (Contract 2),
+ * the VQ search with ties, and the code lookup. Prints one line per failure and a summary; exit status 0 when all pass.
  *
- *   cc -O3 -march=native -ffp-contract=fast -fopenmp -std=gnu11 csrc/selftest.c -lm && ./a.out
+ *   gcc -O3 -march=native --param=avoid-fma-max-bits=0 -ffp-contract=fast -fopenmp -std=gnu11 \
+ *       csrc/selftest.c -lm && ./a.out
  *
  * tests/test_native_selftest.py builds and runs it natively, for x86-64-v3 and x86-64, and for
  * arm64 under qemu-user when a cross compiler is installed (utils/system_deps.sh).
@@ -138,16 +139,19 @@ static void test_rows_do_not_depend_on_blocking(int nv, int threads) {
              .t_out = total, .alpha = 1.0f, .nv = nv, .x_channels = cin, .group_cout = cout, .group_pad = cout,
              .rep = 1, .seg = cout, .x = x, .w = w, .bias = bias, .out = NULL, .out_act = whole};
     engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, threads);
-    for (int start = 0; start < total; start += 5) {
-        Op piece = op;
-        piece.x = x + (int64_t)start * cin;
-        piece.t_out = total - start < 5 ? total - start : 5;
-        piece.out_act = part + (int64_t)start * cout;
-        engine_run(&piece, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
-    }
-    for (int i = 0; i < total * cout; i++) {
-        checks++;
-        if (memcmp(&whole[i], &part[i], sizeof(float))) fail("rows vs blocking", i / cout, i % cout, part[i], whole[i]);
+    for (int size = 1; size <= 5; size += 4) { /* pieces of 1 row (its own kernel) and of 5 */
+        memset(part, 0, sizeof(float) * total * cout);
+        for (int start = 0; start < total; start += size) {
+            Op piece = op;
+            piece.x = x + (int64_t)start * cin;
+            piece.t_out = total - start < size ? total - start : size;
+            piece.out_act = part + (int64_t)start * cout;
+            engine_run(&piece, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
+        }
+        for (int i = 0; i < total * cout; i++) {
+            checks++;
+            if (memcmp(&whole[i], &part[i], sizeof(float))) fail("rows vs blocking", i / cout, i % cout, part[i], whole[i]);
+        }
     }
     free(x), free(w), free(bias), free(whole), free(part);
 }
@@ -261,11 +265,50 @@ static void test_vq(int threads) {
     free(codes), free(x), free(want), free(embed2), free(norm), free(vectors), free(got), free(latent);
 }
 
+static uint16_t to_bf16(float f) { /* round to nearest even, as torch does (no NaN here) */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* bfloat16 weights, every block shape: bit for bit the float kernels on the same weights widened. */
+static void test_bf16_weights(void) {
+    char name[64];
+    for (int s = 0; s < 3; s++) {
+        for (int rows = 1; rows <= ROWS[s]; rows++) {
+            const int cin = 5, cout = 2 * (1 << s) * VL, k = 3, dilation = 2;
+            const int64_t n_w = (int64_t)cout * k * cin, x_rows = rows + (k - 1) * dilation;
+            float *x = random_floats(x_rows * cin), *w = random_floats(n_w), *bias = random_floats(cout);
+            uint16_t *wh = malloc(sizeof(uint16_t) * n_w);
+            for (int64_t i = 0; i < n_w; i++) {
+                wh[i] = to_bf16(w[i]);
+                uint32_t bits = (uint32_t)wh[i] << 16;
+                memcpy(&w[i], &bits, 4);
+            }
+            float *want = calloc((size_t)rows * cout, sizeof(float)), *got = calloc((size_t)rows * cout, sizeof(float));
+            Op op = {.kind = OP_CONV, .cin = cin, .cout = cout, .cpad = cout, .k = k, .dilation = dilation,
+                     .stride = 1, .t_out = rows, .alpha = 1.0f, .nv = 1 << s, .x_channels = cin,
+                     .group_cout = cout, .group_pad = cout, .rep = 1, .seg = cout, .x = x, .w = w, .bias = bias,
+                     .out = want, .wtype = W_F32};
+            engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
+            op.w = (const float *)wh, op.wtype = W_BF16, op.out = got;
+            engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 2);
+            snprintf(name, sizeof name, "bf16 kernel %dx%d", rows, 1 << s);
+            for (int i = 0; i < rows * cout; i++) {
+                checks++;
+                if (memcmp(&want[i], &got[i], sizeof(float))) fail(name, i / cout, i % cout, got[i], want[i]);
+            }
+            free(x), free(w), free(bias), free(wh), free(want), free(got);
+        }
+    }
+}
+
 int main(void) {
     test_kernel_shapes();
     for (int s = 0; s < 3; s++)
         if (ROWS[s]) test_rows_do_not_depend_on_blocking(1 << s, 2);
     test_epilogues();
+    test_bf16_weights();
     test_activations();
     test_vq(1);
     test_vq(2);

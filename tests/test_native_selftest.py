@@ -26,9 +26,12 @@ def cpu_has(*flags: str) -> bool:
 
 
 def build(tmp_path: Path, compiler: str, march: str) -> Path:
+    """The self-test built as the engine is (its flags, the compiler's own included)."""
     binary = tmp_path / f"selftest-{march}"
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    flags = [*FLAGS, *native_build.compiler_flags(version)]
     result = subprocess.run(
-        [compiler, *FLAGS, f"-march={march}", "-o", str(binary), str(SELFTEST), "-lm"], capture_output=True, text=True
+        [compiler, *flags, f"-march={march}", "-o", str(binary), str(SELFTEST), "-lm"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     return binary

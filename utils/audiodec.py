@@ -26,7 +26,7 @@ from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import load_autoencoder, load_generator, state_hash
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
-from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, cpu_bf16_problem, streaming_steps
+from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, bf16_receiver_problem, streaming_steps
 
 WARMUP_SAMPLES = 8192
 # Longer inputs run through the streaming path in blocks of this many frames: the same result
@@ -62,8 +62,6 @@ class StreamingCodec:
             raise CodecError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
             raise CodecError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
-        if precision == "bf16" and torch.device(device).type == "cpu" and cpu_bf16_problem():
-            raise CodecError(cpu_bf16_problem())
         if encoder.hop_length != decoder.hop_length:
             raise CodecError(
                 f"encoder hop {encoder.hop_length} and decoder hop {decoder.hop_length} differ: pick a matching pair"
@@ -76,7 +74,8 @@ class StreamingCodec:
         self.hop_length = encoder.hop_length
         # Reduced precision is for the receiver only: bf16 in the encoder would flip VQ codes,
         # whereas the codes must not depend on how the far end decodes them. Activations, state
-        # and the VQ stay float32; only the decoder's convolutions run in bf16.
+        # and the VQ stay float32; only the decoder's convolutions run in bf16: natively, bf16
+        # weights with float32 sums (any CPU); through oneDNN, bf16 convolutions (some CPUs).
         self.precision = precision
         set_precision(self.decoder, PRECISIONS[precision])
         self.input_channels = encoder.input_channels
@@ -87,6 +86,10 @@ class StreamingCodec:
         steps = streaming_steps(backend, self.encoder, self.decoder, self._transmit, self._receive)
         self._encode_chunk, self._decode_codes, self._decode_latent = steps.encode, steps.decode, steps.decode_latent
         self.native_sides = steps.native_sides  # the sides the native engine runs ("encoder", "decoder")
+        if precision == "bf16" and self.device.type == "cpu":
+            problem = bf16_receiver_problem(backend, self.decoder, self.native_sides)
+            if problem:
+                raise CodecError(problem)
         self.batch_size = 0
         self.encoder_checkpoint: str | None = None
 
@@ -159,7 +162,11 @@ class StreamingCodec:
         reset_streaming(self.encoder, 1)
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
-        self.decoder.decode(self.encoder.lookup(self.encoder.quantize(self.encoder.encode(silence))))
+        codes = self.encoder.quantize(self.encoder.encode(silence))
+        if "decoder" in self.native_sides:  # the receiver's own arithmetic (a bf16 one runs only there)
+            self._decode_codes(codes)
+        else:
+            self.decoder.decode(self.encoder.lookup(codes))
         expand_streams(self.encoder, batch_size)
         expand_streams(self.decoder, batch_size)
         self.batch_size = batch_size

@@ -10,9 +10,11 @@ A `StreamingCodec` has three steps: the transmitter's (waveform chunk -> codes),
 | `eager` | op by op from Python | op by op from Python |
 
 `native` falls back per side, for a reason `native.why_not_native` gives (the engine does not build
-here, a block type or activation it lacks, a bf16 receiver), with one notice when the engine does
-not build. All three give the same codes as each other but for the engine's own rounding, which a
-transmitter therefore uses for every call or never; none is chosen by a timing, so the codes never
+here, a block type or activation it lacks), with one notice when the engine does not build. A bf16
+receiver (`--precision bf16`) runs natively with bf16 weights and float32 sums on any CPU; through
+TorchScript it needs oneDNN's bf16 convolutions, which only some CPUs have (`bf16_receiver_problem`).
+All three give the same codes as each other but for the engine's own rounding, which a transmitter
+therefore uses for every call or never; none is chosen by a timing, so the codes never
 depend on the load of the moment. Which is fastest where: docs/performance.md.
 """
 
@@ -72,18 +74,34 @@ def streaming_steps(
 
 @functools.cache
 def cpu_bf16_problem() -> str:
-    """"" when this CPU runs the receiver's bf16 convolutions, else why not, as an error message.
-    Decided by running one small bf16 convolution the way the receiver does: oneDNN's bf16 path
-    exists only on some CPUs (AVX-512 BW/VL/DQ, AVX-NE-CONVERT), and elsewhere it raises."""
+    """"" when oneDNN runs bf16 convolutions on this CPU (what a bf16 receiver needs outside the
+    native engine), else why not. Decided by running one small bf16 convolution the way the
+    receiver does: oneDNN's bf16 path exists only on some CPUs (AVX-512 BW/VL/DQ, AVX-NE-CONVERT),
+    and elsewhere it raises."""
     try:
         with torch.inference_mode():
             PackedConv().run(torch.zeros(1, 16, 8), torch.zeros(16, 16, 3), None, 1, 1, 1, torch.bfloat16)
     except RuntimeError:
         return (
-            f"--precision bf16 needs a CPU with bf16 convolutions (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); "
-            f"this one has {torch.backends.cpu.get_cpu_capability()}: use --precision fp32"
+            f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 convolutions in oneDNN "
+            f"(they need AVX-512 BW/VL/DQ or AVX-NE-CONVERT)"
         )
     return ""
+
+
+def bf16_receiver_problem(backend: str, decoder: nn.Module, native_sides: list[str]) -> str:
+    """"" when a bf16 receiver runs here, else a one-line error naming the fix. The native engine
+    runs one on any CPU (bf16 weights, float32 sums); otherwise it needs oneDNN's bf16 path."""
+    if "decoder" in native_sides or not cpu_bf16_problem():
+        return ""
+    if backend != "native":
+        fix = "use --backend native or --precision fp32"
+        return f"--precision bf16 with --backend {backend}: {cpu_bf16_problem()}: {fix}"
+    why = native_build.unavailable_reason() or native.why_not_native(decoder, "decoder")
+    return (
+        f"--precision bf16: the native engine does not run this receiver ({why}) and {cpu_bf16_problem()}: "
+        "use --precision fp32"
+    )
 
 
 @functools.cache

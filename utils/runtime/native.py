@@ -44,6 +44,10 @@ from utils.runtime.per_shape import PerShapeStep
 OP_CONV, OP_VQ, OP_LOOKUP = 1, 2, 3
 ACT_ELU, ACT_LEAKY = 0, 1  # activations written to an op's `out_act`
 OUT_RAW, OUT_TANH = 0, 1  # what an op writes to `out`
+# A conv's weight storage by its layer's compute dtype: a bfloat16 layer's weights are stored in
+# bfloat16 (half the bytes to read per step) and widened to float32 in the kernels, which sum and
+# write float32 as for float32 weights.
+WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 def _vocoder_class() -> type:
@@ -62,8 +66,8 @@ def _conv_problem(network: nn.Module) -> str:
     """Why a convolution of `network` cannot run natively, or ""."""
     for module in network.modules():
         if isinstance(module, (CausalConv1d, Conv1d1x1, CausalConvTranspose1d)):
-            if getattr(module, "compute_dtype", torch.float32) != torch.float32:
-                return "reduced precision does not run natively"
+            if getattr(module, "compute_dtype", torch.float32) not in WEIGHT_TYPES:
+                return f"{module.compute_dtype} convolutions do not run natively (float32 and bfloat16 do)"
         if isinstance(module, nn.ConvTranspose1d) and module.groups != 1:
             return "grouped transposed convolutions do not run natively"
         if isinstance(module, CausalConvTranspose1d) and module.deconv.kernel_size[0] != 2 * module.stride:
@@ -124,11 +128,13 @@ class _Packed:
     """One convolution's weights for the kernels of `target` and a padded bias. The output channels,
     padded to whole vectors of `target.lanes` floats, are cut into blocks of `nv` vectors, and each
     block's weights are stored in one stretch, (blocks, k, C_in, lanes nv): a kernel then streams
-    them in order (most layers of a 300-sample chunk read each weight once, from memory)."""
+    them in order (most layers of a 300-sample chunk read each weight once, from memory). Weights are
+    float32, or bfloat16 bits (rounded to nearest even) when `dtype` is torch.bfloat16; the bias
+    stays float32."""
 
     def __init__(
         self, target: Build, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1, stride: int = 1,
-        groups: int = 1,
+        groups: int = 1, dtype: torch.dtype = torch.float32,
     ) -> None:
         c_out, c_in, kernel = weight.shape  # c_in: per group
         self.cin, self.cout, self.k, self.dilation, self.stride = c_in, c_out, kernel, dilation, stride
@@ -144,6 +150,9 @@ class _Packed:
             w = weight.detach().float().reshape(groups, self.group_cout, c_in, kernel)
             w = F.pad(w.permute(3, 2, 0, 1), (0, pad)).reshape(kernel, c_in, self.cpad)  # (k, C_in, cpad)
             self.w = w.reshape(kernel, c_in, self.cpad // width, width).permute(2, 0, 1, 3).contiguous()
+            self.wtype = WEIGHT_TYPES[dtype]
+            if dtype == torch.bfloat16:
+                self.w = self.w.to(torch.bfloat16).view(torch.int16)
             if bias is not None:
                 bias = F.pad(bias.detach().float().reshape(groups, self.group_cout), (0, pad)).reshape(-1)
             self.bias = None if bias is None else bias.contiguous()
@@ -151,7 +160,8 @@ class _Packed:
     @classmethod
     def conv(cls, target: Build, layer: nn.Module) -> _Packed:
         conv = layer if isinstance(layer, nn.Conv1d) else layer.conv
-        return cls(target, conv.weight, conv.bias, conv.dilation[0], conv.stride[0], conv.groups)
+        dtype = getattr(layer, "compute_dtype", torch.float32)
+        return cls(target, conv.weight, conv.bias, conv.dilation[0], conv.stride[0], conv.groups, dtype)
 
     @classmethod
     def transposed(cls, target: Build, layer: CausalConvTranspose1d) -> _Packed:
@@ -162,7 +172,7 @@ class _Packed:
         s, c_out = layer.stride, deconv.out_channels
         weight = phase_weight.reshape(c_out, s, *phase_weight.shape[1:]).transpose(0, 1).reshape(phase_weight.shape)
         bias = None if phase_bias is None else phase_bias.reshape(c_out, s).t().reshape(-1)
-        return cls(target, weight, bias)
+        return cls(target, weight, bias, dtype=layer.compute_dtype)
 
 
 class _Plan:
@@ -200,7 +210,7 @@ class _Plan:
             "x_channels": packed.cin * packed.groups, "group_cout": packed.group_cout, "group_pad": packed.group_pad,
             "x": source, "w": packed.w.data_ptr(), "bias": None if packed.bias is None else packed.bias.data_ptr(),
             "res": residual, "out": None, "out_act": None, "act": ACT_ELU, "alpha": 1.0, "out_kind": OUT_RAW,
-            "rep": 1, "seg": packed.cout,
+            "rep": 1, "seg": packed.cout, "wtype": packed.wtype,
         }
         self.ops.append(op)
         return op

@@ -26,6 +26,9 @@ from utils.errors import CodecError
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "engine.c"
 FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+# GCC's Zen tunings leave a lone accumulator's multiply-adds unfused (avoid-fma-max-bits), so the
+# 1-row kernels would round unlike the others and a chunk's cut would change the sums.
+GCC_FLAGS = ("--param=avoid-fma-max-bits=0",)
 MARCH_VARIABLE = "AUDIODEC_NATIVE_MARCH"
 
 
@@ -38,7 +41,7 @@ class Op(ctypes.Structure):
         ("t_out", ctypes.c_int32), ("alpha", ctypes.c_float), ("nv", ctypes.c_int32),
         ("act", ctypes.c_int32), ("out_kind", ctypes.c_int32), ("x_channels", ctypes.c_int32),
         ("group_cout", ctypes.c_int32), ("group_pad", ctypes.c_int32), ("rep", ctypes.c_int32),
-        ("seg", ctypes.c_int32),
+        ("seg", ctypes.c_int32), ("wtype", ctypes.c_int32),
         ("x", ctypes.c_void_p), ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("res", ctypes.c_void_p),
         ("out", ctypes.c_void_p), ("out_act", ctypes.c_void_p),
     ]
@@ -98,6 +101,7 @@ def _library() -> tuple[Build | None, str]:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as error:
         return None, f"C compiler {compiler} does not run: {error}"
+    flags = (*flags, *compiler_flags(version))
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_flags().encode()]))
     target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
@@ -135,6 +139,11 @@ def _library() -> tuple[Build | None, str]:
     library.engine_isa.restype = ctypes.c_char_p
     widths = tuple(1 << s for s in range(3) if library.engine_rows(s) > 0)
     return Build(library, library.engine_lanes(), widths, library.engine_isa().decode(), bool(library.engine_fma())), ""
+
+
+def compiler_flags(version: str) -> tuple[str, ...]:
+    """The flags a compiler needs beside FLAGS, from what its `--version` printed."""
+    return GCC_FLAGS if "Free Software Foundation" in version else ()
 
 
 def _build_failure(compiler: str, flags: tuple[str, ...], stderr: str) -> str:
