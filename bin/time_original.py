@@ -1,15 +1,23 @@
-"""Time the original AudioDec implementation's streaming step on this machine, for comparison.
+"""Time the original AudioDec implementation on this machine, for comparison: its streaming step,
+or its trainer's training step.
 
     python bin/time_original.py --original DIR --autoencoder config/autoencoder/X.yaml \\
         [--vocoder config/vocoder/Y.yaml] [--frame_size 300] [--threads 2] [--seconds 10]
+    python bin/time_original.py --original DIR --train_phase stage1|adversarial \\
+        --autoencoder DIR/config/autoencoder/X.yaml [--batch_size 16] [--batch_length 9600] [--steps 3] \\
+        [--warmup 1] [--threads 2]
 
-DIR is a checkout of facebookresearch/AudioDec. Its streaming generators (`StreamGenerator`) are
-built from the config's `generator_params` with random weights (weight norm removed, denormals
-flushed, as for ours in bin/benchmark.py) and fed chunk by chunk as its streamer does: encode =
-`encode` + `quantize`, decode = `lookup` + `decode`. Prints one JSON line with the median times.
+DIR is a checkout of facebookresearch/AudioDec. Streaming: its streaming generators
+(`StreamGenerator`) are built from the config's `generator_params` with random weights (weight norm
+removed, denormals flushed, as for ours in bin/benchmark.py) and fed chunk by chunk as its streamer
+does: encode = `encode` + `quantize`, decode = `lookup` + `decode`. Training (`--train_phase`): its
+autoencoder trainer's `_train_step`, with its models, losses and optimizers built as its
+codecTrain.py builds them from the config, on random audio of the recipe's batch shape (as
+bin/train_benchmark.py times ours); the adversarial phase starts at the config's discriminator
+step. Prints one JSON line with the median (streaming) or mean (training) times.
 
 Only the original's code is imported (both trees have `models/` and `layers/`), so bin/benchmark.py
-runs this as a subprocess for `--original`.
+and bin/train_benchmark.py run this as a subprocess for `--original`.
 """
 
 from __future__ import annotations
@@ -71,6 +79,79 @@ def _generators(original: Path, autoencoder: Path, vocoder: Path | None, folder:
     return encoder, decoder
 
 
+def _time_training(args: argparse.Namespace) -> dict:
+    """Seconds per step of the original trainer's `_train_step` (CPU, fp32), after `warmup` steps."""
+    import torch
+    import yaml
+
+    sys.path.insert(0, str(args.original))
+    _without_torchaudio()
+    if "tensorboardX" not in sys.modules:  # its trainer logs through tensorboardX; nothing is logged here
+        import types
+
+        class _NoWriter:
+            def __init__(self, *args, **kwargs) -> None:
+                pass
+
+            def add_scalar(self, *args, **kwargs) -> None:
+                pass
+
+        sys.modules["tensorboardX"] = types.SimpleNamespace(SummaryWriter=_NoWriter)
+    from tqdm import tqdm
+
+    import losses
+    from models.autoencoder.AudioDec import Generator
+    from models.vocoder.HiFiGAN import Discriminator
+    from trainer.autoencoder import Trainer
+
+    config = yaml.safe_load(args.autoencoder.read_text())
+    kind = (config.get("model_type", "symAudioDec"), config.get("train_mode", "autoencoder"))
+    if kind != ("symAudioDec", "autoencoder"):
+        raise SystemExit(f"error: {args.autoencoder}: only symAudioDec autoencoder recipes are timed here")
+    if args.batch_size:
+        config["batch_size"] = args.batch_size
+    if args.batch_length:
+        config.update(batch_length=args.batch_length, adv_batch_length=args.batch_length)
+    torch.manual_seed(0)
+    model = {"generator": Generator(**config["generator_params"]),
+             "discriminator": Discriminator(**config["discriminator_params"])}
+    optimizer, scheduler = {}, {}
+    for name in model:
+        optimizer[name] = getattr(torch.optim, config[f"{name}_optimizer_type"])(
+            model[name].parameters(), **config[f"{name}_optimizer_params"])
+        scheduler[name] = getattr(torch.optim.lr_scheduler, config.get(f"{name}_scheduler_type", "StepLR"))(
+            optimizer=optimizer[name], **config[f"{name}_scheduler_params"])
+    criterion = {"gen_adv": losses.GeneratorAdversarialLoss(**config["generator_adv_loss_params"]),
+                 "dis_adv": losses.DiscriminatorAdversarialLoss(**config["discriminator_adv_loss_params"])}
+    for key, use, loss in (("feat_match", "use_feat_match_loss", losses.FeatureMatchLoss),
+                           ("mel", "use_mel_loss", losses.MultiMelSpectrogramLoss),
+                           ("stft", "use_stft_loss", losses.MultiResolutionSTFTLoss),
+                           ("shape", "use_shape_loss", losses.MultiWindowShapeLoss)):
+        if config.get(use, False):
+            criterion[key] = loss(**config.get(f"{key}_loss_params", {}))
+    with tempfile.TemporaryDirectory() as folder:
+        config["outdir"] = folder
+        trainer = Trainer(steps=0, epochs=0, data_loader={}, model=model, criterion=criterion,
+                          optimizer=optimizer, scheduler=scheduler, config=config, device=torch.device("cpu"))
+        trainer.tqdm = tqdm(disable=True)
+        length = int(config["batch_length"])
+        if args.train_phase == "adversarial":
+            trainer.steps = trainer.discriminator_start
+            length = int(config.get("adv_batch_length") or length)
+        batch = 0.1 * torch.randn(int(config["batch_size"]), 1, length, generator=torch.Generator().manual_seed(0))
+        start = trainer.steps
+        for _ in range(args.warmup):
+            trainer._train_step(batch)
+        begin = time.perf_counter()
+        for _ in range(args.steps):
+            trainer._train_step(batch)
+        seconds = (time.perf_counter() - begin) / args.steps
+    assert trainer.steps == start + args.warmup + args.steps
+    return {"phase": args.train_phase, "batch_size": int(config["batch_size"]), "batch_length": length,
+            "steps": args.steps, "seconds_per_step": seconds, "samples_per_second": config["batch_size"] / seconds,
+            "threads": args.threads}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--original", type=Path, required=True, help="checkout of facebookresearch/AudioDec")
@@ -79,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame_size", type=int, default=300, help="samples per chunk (hop multiple)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream")
+    parser.add_argument("--train_phase", choices=("stage1", "adversarial"),
+                        help="time the original trainer's step of this phase instead of streaming")
+    parser.add_argument("--batch_size", type=int, help="training: override the config's batch_size")
+    parser.add_argument("--batch_length", type=int, help="training: override batch_length and adv_batch_length")
+    parser.add_argument("--steps", type=int, default=3, help="training: timed steps")
+    parser.add_argument("--warmup", type=int, default=1, help="training: untimed steps first")
     args = parser.parse_args(argv)
     if not (args.original / "models" / "autoencoder" / "AudioDec.py").is_file():
         print(f"error: {args.original} is not a checkout of facebookresearch/AudioDec "
@@ -87,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.train_phase:
+        print(json.dumps(_time_training(args)))
+        return 0
     with tempfile.TemporaryDirectory() as folder:
         encoder, decoder = _generators(args.original, args.autoencoder, args.vocoder, folder)
     sample_rate = 48000 if "48000" in args.autoencoder.name else 24000

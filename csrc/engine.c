@@ -32,30 +32,36 @@
 
 /* VL: floats per vector. ROWS_NVn: rows of a register block n vectors wide (0: no such kernels).
  * A block keeps R * NV accumulators, NV weight vectors and one broadcast input in registers: with
- * 32 vector registers (AVX-512, NEON) up to 12 x 2 and 6 x 4; with 16 (AVX, SSE) 12 x 1 and 6 x 2. */
+ * 32 vector registers (AVX-512, NEON) up to 12 x 2 and 6 x 4; with 16 (AVX, SSE) 12 x 1 and 6 x 2.
+ * ROW_VECTORS: column vectors of the one-row kernels (a layer of one output row: independent
+ * sums in flight, where a 12 x 1 block's single row would wait on each multiply-add). */
 #if defined(__AVX512F__)
 #define VL 16
 #define ROWS_NV1 12
 #define ROWS_NV2 12
 #define ROWS_NV4 6
+#define ROW_VECTORS 8
 #define ISA "avx512"
 #elif defined(__AVX__)
 #define VL 8
 #define ROWS_NV1 12
 #define ROWS_NV2 6
 #define ROWS_NV4 0
+#define ROW_VECTORS 4
 #define ISA "avx2"
 #elif defined(__aarch64__)
 #define VL 4
 #define ROWS_NV1 12
 #define ROWS_NV2 12
 #define ROWS_NV4 6
+#define ROW_VECTORS 8
 #define ISA "neon"
 #else
 #define VL 4
 #define ROWS_NV1 12
 #define ROWS_NV2 6
 #define ROWS_NV4 0
+#define ROW_VECTORS 4
 #define ISA "generic"
 #endif
 #if defined(__FMA__) || defined(__aarch64__)
@@ -293,7 +299,60 @@ static const kernel_fn KERNELS[2][3][ROWS_MAX] = {
     {{TABLE_12(convh, 1)}, {TABLE_NV2(convh)}, {TABLE_NV4(convh)}},
 };
 
+/* One row by N column vectors from `col0` (all in one group), the vectors' weights wherever the
+ * layout's column blocks put them; each column summed in the block kernels' order. */
+#define DEFINE_ROW_KERNEL(N, NAME, WT, LOADW)                                                       \
+    static void NAME##_row_##N(const Op *op, int row, int col0) {                                   \
+        const int cin = op->cin, width = op->nv * VL, channels = op->x_channels;                    \
+        const WT *wv[N];                                                                            \
+        vf acc[N];                                                                                  \
+        _Pragma("GCC unroll 8") for (int v = 0; v < N; v++) {                                       \
+            const int c = col0 / VL + v;                                                            \
+            wv[v] = (const WT *)op->w + (int64_t)(c / op->nv) * op->k * cin * width + (c % op->nv) * VL; \
+            acc[v] = vset(0.0f);                                                                    \
+        }                                                                                           \
+        const float *xg = op->x + (int64_t)(col0 / op->group_pad) * cin + (int64_t)row * op->stride * channels; \
+        for (int k = 0; k < op->k; k++) {                                                           \
+            const float *xk = xg + (int64_t)k * op->dilation * channels;                            \
+            const int64_t wk = (int64_t)k * cin * width;                                            \
+            for (int i = 0; i < cin; i++) {                                                         \
+                vf b = vset(xk[i]);                                                                 \
+                _Pragma("GCC unroll 8") for (int v = 0; v < N; v++)                                 \
+                    acc[v] += LOADW(wv[v] + wk + (int64_t)i * width) * b;                           \
+            }                                                                                       \
+        }                                                                                           \
+        for (int v = 0; v < N; v++) epilogue(op, row, col0 + v * VL, acc[v]);                       \
+    }
+#define ROW_KERNEL_PAIR(N) \
+    DEFINE_ROW_KERNEL(N, conv, float, vload) DEFINE_ROW_KERNEL(N, convh, uint16_t, vload_bf16)
+ROW_KERNEL_PAIR(1) ROW_KERNEL_PAIR(2) ROW_KERNEL_PAIR(3) ROW_KERNEL_PAIR(4)
+#if ROW_VECTORS == 8
+ROW_KERNEL_PAIR(5) ROW_KERNEL_PAIR(6) ROW_KERNEL_PAIR(7) ROW_KERNEL_PAIR(8)
+#define ROW_TABLE(N) N##_row_1, N##_row_2, N##_row_3, N##_row_4, N##_row_5, N##_row_6, N##_row_7, N##_row_8
+#else
+#define ROW_TABLE(N) N##_row_1, N##_row_2, N##_row_3, N##_row_4
+#endif
+/* ROW_KERNELS[wtype][N - 1] */
+static const kernel_fn ROW_KERNELS[2][ROW_VECTORS] = {{ROW_TABLE(conv)}, {ROW_TABLE(convh)}};
+
+/* A layer of one output row: each group's column vectors ROW_VECTORS at a time. */
+static void run_conv_row(const Op *op, int tid, int nthreads) {
+    const int group_vectors = op->group_pad / VL, groups = op->cpad / op->group_pad;
+    const int per_group = (group_vectors + ROW_VECTORS - 1) / ROW_VECTORS;
+    const int64_t items = (int64_t)groups * per_group;
+    const int64_t first = items * tid / nthreads, last = items * (tid + 1) / nthreads;
+    for (int64_t item = first; item < last; item++) {
+        const int group = (int)(item / per_group), v0 = (int)(item % per_group) * ROW_VECTORS;
+        const int n = group_vectors - v0 < ROW_VECTORS ? group_vectors - v0 : ROW_VECTORS;
+        ROW_KERNELS[op->wtype == W_BF16][n - 1](op, 0, group * op->group_pad + v0 * VL);
+    }
+}
+
 static void run_conv(const Op *op, int tid, int nthreads) {
+    if (op->t_out == 1) {
+        run_conv_row(op, tid, nthreads);
+        return;
+    }
     const int slot = op->nv == 4 ? 2 : op->nv - 1;
     const int col_blocks = op->cpad / (op->nv * VL);
     const int row_blocks = (op->t_out + ROWS[slot] - 1) / ROWS[slot];

@@ -174,6 +174,18 @@ static void test_epilogues(void) {
     free(run_case(&repeat, "repeat, whole vectors", 2));
     repeat.group_cout = VL + 3, repeat.seg = VL + 3;
     free(run_case(&repeat, "repeat, part vectors", 2));
+    /* one output row (the row kernels): grouped and padded; 7 vectors per group (a full and a part
+     * batch of vectors); vectors of 2-vector column blocks */
+    Case one_row = base;
+    one_row.t_out = 1;
+    free(run_case(&one_row, "one row, grouped", 2));
+    Case wide = {.cin = 6, .group_cout = 7 * VL - 3, .groups = 2, .k = 3, .dilation = 2, .stride = 1, .t_out = 1,
+                 .nv = 1, .rep = 1, .seg = 2 * (7 * VL - 3), .bias = 1, .res = 1, .want_out = 1, .want_act = 1,
+                 .alpha = 1.0f};
+    free(run_case(&wide, "one row, 7 vectors per group", 2));
+    Case blocks = wide;
+    blocks.group_cout = 6 * VL, blocks.groups = 1, blocks.nv = 2, blocks.seg = 6 * VL;
+    free(run_case(&blocks, "one row, 2-vector blocks", 1));
 }
 
 static void test_activations(void) {

@@ -5,6 +5,9 @@ code statistics."""
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import soundfile as sf
 import torch
 import yaml
 
+from tests.conftest import REPO
 from trainer.analysis import compute_code_statistics, load_analyzer, quantized_latent
 from trainer.builder import TrainOptions, run_training
 from trainer.state import latest_checkpoint, resolve_resume
@@ -394,3 +398,27 @@ def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
         assert timing.phase == phase and timing.batch_size == 2 and timing.batch_length == 160
         assert timing.seconds_per_step > 0 and timing.samples_per_second == pytest.approx(2 / timing.seconds_per_step)
     assert cpu_name()
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("code", "has no config/autoencoder/symAD_vctk_48000_hop300.yaml: give --original a checkout"),
+    ("recipe", "is not a checkout of facebookresearch/AudioDec"),
+])
+def test_the_training_benchmark_beside_the_original_names_a_bad_checkout(tmp_path: Path, layout, message) -> None:
+    """`--original` with a folder that is not the original's checkout: one `error:` line, no traceback."""
+    original = tmp_path / "AudioDec"
+    if layout == "code":  # its code, but not the recipe
+        (original / "models" / "autoencoder").mkdir(parents=True)
+        (original / "models" / "autoencoder" / "AudioDec.py").write_text("")
+    else:  # its recipe, but none of its code
+        recipe = Path(REPO, "config", "autoencoder", "symAD_vctk_48000_hop300.yaml")
+        (original / "config" / "autoencoder").mkdir(parents=True)
+        (original / "config" / "autoencoder" / recipe.name).write_text(recipe.read_text())
+    result = subprocess.run(
+        [sys.executable, str(Path(REPO, "bin", "train_benchmark.py")), "--phases", "stage1", "--precisions", "fp32",
+         "--steps", "1", "--warmup", "0", "--batch_size", "1", "--batch_length", "600", "--threads", "1",
+         "--original", str(original)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert re.search(message, result.stderr.strip().splitlines()[-1])
