@@ -23,6 +23,7 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
     use_fast_malloc()
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -369,6 +370,8 @@ def benchmark(
         result["rtf_whole_file_encode"] = encode_seconds / result["seconds"]
         result["rtf_whole_file_decode"] = decode_seconds / result["seconds"]
         result["rtf_whole_file"] = result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"]
+    if codec.precision != "fp32":
+        result["snr_vs_fp32_db"] = precision_snr(codec, x)
     # The machine's rate: the better of a measurement before and one after the timings (a shared VM
     # drifts by up to 15 %; one slow moment at the start would inflate every fraction).
     gemm = result["gemm_gflops"] = max(gemm_before, gemm_gflops())
@@ -378,6 +381,18 @@ def benchmark(
         result["machine_fraction_whole_file_encode"] = encode_gflops / result["rtf_whole_file_encode"] / gemm
         result["machine_fraction_whole_file_decode"] = decode_gflops / result["rtf_whole_file_decode"] / gemm
     return result
+
+
+def precision_snr(codec: StreamingCodec, x: torch.Tensor) -> float:
+    """SNR in dB of `codec`'s reduced-precision receiver against the same receiver in fp32 (a copy),
+    decoding the same codes of `x`: what the precision costs, beside what it saves."""
+    reference = StreamingCodec(
+        codec.encoder, copy.deepcopy(codec.decoder), codec.sample_rate, precision="fp32", backend=codec.backend
+    )
+    codes, y = codec.code(x)
+    reference.reset(x.shape[0])
+    y32 = reference.decode(codes)[..., : y.shape[-1]]
+    return float(10 * torch.log10(y32.pow(2).sum() / (y - y32).pow(2).sum().clamp_min(1e-30)))
 
 
 def format_report(result: dict) -> str:
@@ -395,6 +410,8 @@ def format_report(result: dict) -> str:
             f"second  {100 * result[f'machine_fraction_{part}']:.0f}% of the GEMM rate"
         )
     lines.append(f"streaming RTF total: {result['rtf_total']:.3f}")
+    if "snr_vs_fp32_db" in result:
+        lines.append(f"{result['precision']} receiver against fp32, same codes: SNR {result['snr_vs_fp32_db']:.1f} dB")
     if "original" in result:
         original = result["original"]
         lines.append(

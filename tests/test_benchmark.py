@@ -48,6 +48,22 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
         assert result["native_sides"] == ["encoder", "decoder"]
 
 
+@pytest.mark.skipif(
+    bool(cpu_bf16_problem()) and not native_build.available(), reason="no native engine, no bf16 convolutions"
+)
+def test_benchmark_reports_what_bf16_costs(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--autoencoder", AUTOENCODER, "--seconds", "1", "--frame_size", "600", "--threads", "1",
+            "--no-whole-file", "--precision", "bf16", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["precision"] == "bf16" and 20 < result["snr_vs_fp32_db"] < 120
+    assert "bf16 receiver against fp32, same codes: SNR" in capsys.readouterr().out
+    fp32 = tmp_path / "fp32.json"
+    assert main([*argv[:-4], "--json", str(fp32)]) == 0
+    assert "snr_vs_fp32_db" not in json.loads(fp32.read_text())
+
+
 def test_benchmark_times_the_live_pipeline(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     argv = ["--autoencoder", AUTOENCODER, "--seconds", "1", "--frame_size", "600", "--threads", "2",
