@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=1, help="score every N-th file only (a spread-out subset)")
     parser.add_argument("--max_files", type=int, default=0, help="score only the first N files (0 = all)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                        help="receiver precision (bf16: the decoder's convolutions in bfloat16)")
+                        help="receiver precision (bf16: the decoder's weights in bfloat16, native engine)")
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
     return parser.parse_args(argv)
 

@@ -11,9 +11,8 @@ gives, provided each piece is a multiple of the layer's stride.
 Speed: outside autograd on CPU, `step` runs each convolution through oneDNN on weights prepacked
 for its input shape (`PackedConv`; `F.conv1d` where PyTorch has no oneDNN): one formulation, so
 results never depend on a timing. Transposed convolutions (kernel 2*stride) are rewritten as a
-two-tap convolution onto `stride` phases, then interleaved. The `compute_dtype` of a layer
-(float32, or bfloat16 via `set_precision`) is what its convolutions compute in; activations
-between layers stay float32.
+two-tap convolution onto `stride` phases, then interleaved. (A bf16 receiver runs in the native
+engine: utils/runtime/native.py.)
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ class PackedConv:
 
     def __init__(self) -> None:
         self.key: tuple | None = None
-        self.weight: torch.Tensor | None = None  # source weight after `transform`, in the compute dtype
+        self.weight: torch.Tensor | None = None  # source weight after `transform`
         self.bias: torch.Tensor | None = None
         self.packed: torch.Tensor | None = None  # the oneDNN weights of the latest call (a graph input while tracing)
         self.packings: dict[tuple, torch.Tensor] = {}  # (batch, length, threads) -> weights in the layout run there
@@ -68,17 +67,17 @@ class PackedConv:
             and not (torch.is_grad_enabled() and weight.requires_grad)
         )
 
-    def _refresh(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, transform) -> None:
+    def _refresh(self, weight: torch.Tensor, bias: torch.Tensor | None, transform) -> None:
         key = (
-            weight.data_ptr(), weight._version, dtype,
+            weight.data_ptr(), weight._version,
             None if bias is None else (bias.data_ptr(), bias._version),
         )
         if key == self.key:
             return
         with torch.inference_mode(False), torch.no_grad():
             w, b = transform(weight, bias) if transform is not None else (weight, bias)
-            self.weight = w.detach().to(dtype).contiguous()
-            self.bias = None if b is None else b.detach().to(dtype).contiguous()
+            self.weight = w.detach().contiguous()
+            self.bias = None if b is None else b.detach().contiguous()
         self.packed = None
         self.packings, self.layouts = {}, {}
         self.key = key
@@ -140,25 +139,21 @@ class PackedConv:
         stride: int,
         dilation: int,
         groups: int,
-        dtype: torch.dtype,
         transform=None,
         residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """conv1d of x (B, C_in, L) with `weight` (C_out, C_in / groups, k), computed in `dtype`;
-        plus `residual` (the output's shape) when given, fused into the oneDNN call where it runs
-        (the residual units' skip connections: one operation and one output tensor fewer each).
+        """conv1d of x (B, C_in, L) with `weight` (C_out, C_in / groups, k); plus `residual` (the
+        output's shape) when given, fused into the oneDNN call where it runs (the residual units'
+        skip connections: one operation and one output tensor fewer each).
 
         `transform(weight, bias) -> (weight, bias)` rewrites the source parameters before caching
         (used by the transposed convolution).
         """
         note_usage(self)
-        self._refresh(weight, bias, dtype, transform)
-        if x.dtype != dtype:  # (a no-op `to` would still be a node in every traced graph)
-            x = x.to(dtype)
-        if residual is not None and _ONEDNN and dtype == torch.float32:
+        self._refresh(weight, bias, transform)
+        if _ONEDNN:
             return self._onednn(x, stride, dilation, groups, residual)
-        y = self._onednn(x, stride, dilation, groups) if _ONEDNN else self._native(x, stride, dilation, groups)
-        y = y if y.dtype == torch.float32 else y.float()
+        y = self._native(x, stride, dilation, groups)
         return y if residual is None else residual + y
 
 
@@ -202,14 +197,13 @@ class Conv1d1x1(nn.Conv1d):
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
-        self.compute_dtype = torch.float32
         self._packed = PackedConv()
 
     def step(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Streaming step: a pointwise conv has no memory. With `residual`: residual + conv(x)."""
         if PackedConv.usable(x, self.weight):
             return self._packed.run(
-                x, self.weight, self.bias, 1, 1, self.groups, self.compute_dtype, residual=residual
+                x, self.weight, self.bias, 1, 1, self.groups, residual=residual
             )
         return self(x) if residual is None else residual + self(x)
 
@@ -266,7 +260,6 @@ class CausalConv1d(StreamingState, NonCausalConv1d):
         self.pad_length = (kernel_size - 1) * dilation
         self.register_buffer("pad_buffer", torch.zeros(1, in_channels, self.pad_length))
         self._state = None
-        self.compute_dtype = torch.float32
         self._packed = PackedConv()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -280,8 +273,7 @@ class CausalConv1d(StreamingState, NonCausalConv1d):
         conv = self.conv
         if PackedConv.usable(x, conv.weight):
             return self._packed.run(
-                x, conv.weight, conv.bias, self.stride, self.dilation, conv.groups, self.compute_dtype,
-                residual=residual,
+                x, conv.weight, conv.bias, self.stride, self.dilation, conv.groups, residual=residual,
             )
         return conv(x) if residual is None else residual + conv(x)
 
@@ -332,7 +324,6 @@ class CausalConvTranspose1d(StreamingState, NonCausalConvTranspose1d):
         self.pad_length = math.ceil(kernel_size / stride) - 1
         self.register_buffer("pad_buffer", torch.zeros(1, in_channels, self.pad_length))
         self._state = None
-        self.compute_dtype = torch.float32
         self._packed = PackedConv()
 
     def _crop(self, y: torch.Tensor) -> torch.Tensor:
@@ -367,7 +358,7 @@ class CausalConvTranspose1d(StreamingState, NonCausalConvTranspose1d):
         ):
             batch, frames = x.shape[0], x.shape[-1] - 1
             phases = self._packed.run(
-                x, deconv.weight, deconv.bias, 1, 1, 1, self.compute_dtype, transform=self._phase_weights
+                x, deconv.weight, deconv.bias, 1, 1, 1, transform=self._phase_weights
             )
             if is_channels_last(phases):  # interleave in the time-major layout the next conv reads
                 phases = phases.transpose(1, 2).reshape(batch, frames, -1, self.stride).transpose(2, 3)
@@ -413,12 +404,3 @@ class Conv2d1x1(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
-
-
-def set_precision(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
-    """Make every convolution of `model`'s streaming path compute in `dtype` (float32 or bfloat16)."""
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"unsupported compute dtype {dtype}: use torch.float32 or torch.bfloat16")
-    for module in model.modules():
-        if hasattr(module, "compute_dtype"):
-            module.compute_dtype = dtype

@@ -18,7 +18,6 @@ from tests.conftest import REPO
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.runtime import native_build
-from utils.runtime.backends import cpu_bf16_problem
 
 AUTOENCODER = os.path.join(REPO, "config", "autoencoder", "demo_48000_hop300.yaml")
 VOCODER = os.path.join(REPO, "config", "vocoder", "demo_v1_48000_hop300.yaml")
@@ -48,9 +47,7 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
         assert result["native_sides"] == ["encoder", "decoder"]
 
 
-@pytest.mark.skipif(
-    bool(cpu_bf16_problem()) and not native_build.available(), reason="no native engine, no bf16 convolutions"
-)
+@pytest.mark.skipif(not native_build.available(), reason="a bf16 receiver runs in the native engine")
 def test_benchmark_reports_what_bf16_costs(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     argv = ["--autoencoder", AUTOENCODER, "--seconds", "1", "--frame_size", "600", "--threads", "1",
@@ -160,7 +157,7 @@ def test_each_conv_formulation_equals_reference(formulation: str, shape: tuple) 
     x = torch.randn(2, c_in, length)
     expected = F.conv1d(x, weight, bias, stride, 0, dilation, groups)
     conv = PackedConv()
-    conv._refresh(weight, bias, torch.float32, None)
+    conv._refresh(weight, bias, None)
     for layout in (x, x.transpose(1, 2).contiguous().transpose(1, 2)):  # channel-major, time-major
         got = getattr(conv, "_" + formulation)(layout, stride, dilation, groups)
         assert got.shape == expected.shape == (2, c_out, frames)
@@ -181,9 +178,9 @@ def test_fused_residual_is_bitwise_the_separate_add(shape: tuple) -> None:
     skip = torch.randn(1, c_out, frames)
     conv = PackedConv()
     with torch.inference_mode():
-        separate = conv.run(x, weight, bias, 1, dilation, groups, torch.float32)
+        separate = conv.run(x, weight, bias, 1, dilation, groups)
         for residual in (skip, skip.transpose(1, 2).contiguous().transpose(1, 2)):
-            fused = conv.run(x, weight, bias, 1, dilation, groups, torch.float32, residual=residual)
+            fused = conv.run(x, weight, bias, 1, dilation, groups, residual=residual)
             assert torch.equal(fused, residual + separate)
 
 
@@ -200,7 +197,7 @@ def test_onednn_weights_are_packed_per_length_in_the_layout_run_there() -> None:
     with torch.inference_mode():
         x = torch.randn(1, 256, 64)
         for frames in (5, 64, 4, 64):
-            outputs[frames] = conv.run(x[..., :frames], weight, None, 1, 1, 1, torch.float32)
+            outputs[frames] = conv.run(x[..., :frames], weight, None, 1, 1, 1)
             torch.testing.assert_close(outputs[frames], F.conv1d(x[..., :frames], weight), rtol=0, atol=1e-5)
     threads = torch.get_num_threads()
     keys = [(1, 5, threads), (1, 64, threads), (1, 4, threads)]
@@ -213,7 +210,7 @@ def test_onednn_weights_are_packed_per_length_in_the_layout_run_there() -> None:
     with torch.no_grad():
         weight.mul_(2)  # new weights: every layout is packed anew
     with torch.inference_mode():
-        conv.run(x[..., :5], weight, None, 1, 1, 1, torch.float32)
+        conv.run(x[..., :5], weight, None, 1, 1, 1)
     assert set(conv.packings) == {(1, 5, threads)} and len(conv.layouts) == 1
 
 
@@ -238,9 +235,7 @@ def test_reset_with_frame_size_prepares_without_changing_the_output() -> None:
         codec.reset(1, frame_size=450)
 
 
-@pytest.mark.skipif(
-    bool(cpu_bf16_problem()) and not native_build.available(), reason="no native engine, no bf16 convolutions"
-)
+@pytest.mark.skipif(not native_build.available(), reason="a bf16 receiver runs in the native engine")
 def test_bf16_codec_is_close_to_fp32() -> None:
     codec, _ = random_codec(AUTOENCODER, VOCODER)
     x = torch.from_numpy(np.sin(np.arange(9600) * 0.05).astype(np.float32)).view(1, 1, -1) * 0.3
@@ -251,10 +246,9 @@ def test_bf16_codec_is_close_to_fp32() -> None:
     assert snr_db(y32, y16) > 20
 
 
-@pytest.mark.skipif(not cpu_bf16_problem(), reason="this CPU has bf16 convolutions")
-def test_bf16_without_cpu_support_is_an_error_that_names_the_fix() -> None:
+def test_bf16_outside_the_engine_is_an_error_that_names_the_fix() -> None:
     codec, _ = random_codec(AUTOENCODER)
-    with pytest.raises(CodecError, match=r"no bf16 convolutions .* use --backend native or --precision fp32"):
+    with pytest.raises(CodecError, match=r"bf16 runs in the native engine.*not selected.*use --precision fp32"):
         StreamingCodec(codec.encoder, codec.decoder, codec.sample_rate, precision="bf16", backend="torch")
 
 

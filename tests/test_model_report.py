@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -21,7 +20,6 @@ from utils.bitstream.entropy import EntropyModel
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
 from utils.runtime import native_build
-from utils.runtime.backends import cpu_bf16_problem
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +80,7 @@ def test_report_lists_every_codebook_count_with_entropy_bitrate(model, test_dir,
     assert f"per codebook (of {codec.codebook_size}): {', '.join(str(len(codes)) for codes in used)}" in table
 
 
-@pytest.mark.skipif(
-    bool(cpu_bf16_problem()) and not native_build.available(), reason="no native engine, no bf16 convolutions"
-)
+@pytest.mark.skipif(not native_build.available(), reason="a bf16 receiver runs in the native engine")
 def test_bf16_receiver_is_labelled(model, test_dir, tmp_path) -> None:
     out = tmp_path / "bf16"
     assert main([*model.args, "--test", str(test_dir), "--max_files", "1", "--precision", "bf16",
@@ -121,18 +117,17 @@ def test_learning_curve_has_one_row_per_checkpoint_in_step_order(test_dir, tmp_p
         curve_main([str(test_dir / "a.wav"), "--test", str(test_dir), "--out", str(out)])
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="ONEDNN_MAX_CPU_ISA=AVX2 emulates an x86 CPU")
-def test_bf16_on_a_cpu_without_it_is_one_error_line(model, test_dir, tmp_path) -> None:
-    """As on an AVX2 machine (oneDNN held to AVX2) without a C compiler (so no native engine, which
-    runs bf16 anywhere): one `error:` line naming the fix, no traceback, no report written."""
+def test_bf16_without_the_engine_is_one_error_line(model, test_dir, tmp_path) -> None:
+    """Without a C compiler (so no native engine, where a bf16 receiver runs): one `error:` line
+    naming the cause and the fix, no traceback, no report written."""
     out = tmp_path / "bf16"
     no_engine = {"CC": str(tmp_path / "no-such-compiler"), "AUDIODEC_NATIVE_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "bin", "model_report.py"), *model.args, "--test", str(test_dir),
          "--max_files", "1", "--precision", "bf16", "--out", str(out)],
-        capture_output=True, text=True, env={**os.environ, **no_engine, "ONEDNN_MAX_CPU_ISA": "AVX2"}, timeout=300,
+        capture_output=True, text=True, env={**os.environ, **no_engine}, timeout=300,
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error:") and "use --precision fp32" in lines[-1]
+    assert lines[-1].startswith("error:") and "no-such-compiler" in lines[-1] and "use --precision fp32" in lines[-1]
     assert "Traceback" not in result.stderr and not (out / "report.json").exists()

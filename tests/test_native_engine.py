@@ -8,7 +8,6 @@ import platform
 import pytest
 import torch
 
-from layers.conv import set_precision
 from layers.streaming import StreamingState
 from models.autoencoder.AudioDec import Generator
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
@@ -16,7 +15,6 @@ from tests.conftest import MANIFEST, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.runtime import native, native_build
-from utils.runtime.backends import cpu_bf16_problem
 from utils.runtime.native import NativeStep
 from utils.runtime.torchscript import TracedStep
 
@@ -225,10 +223,6 @@ def test_what_the_engine_cannot_run_falls_back_to_torch() -> None:
     assert activate.native_sides == []
     decoder = load("vctk_sym").decoder
     assert native.why_not_native(decoder, "decoder") == ""
-    set_precision(decoder, torch.bfloat16)
-    assert native.why_not_native(decoder, "decoder") == ""
-    decoder.decoder.conv1.compute_dtype = torch.float16
-    assert "torch.float16 convolutions do not run natively" in native.why_not_native(decoder, "decoder")
 
 
 def round_weights_to_bf16(module: torch.nn.Module) -> None:
@@ -256,12 +250,16 @@ def test_a_bf16_receiver_runs_natively_on_any_cpu(name: str) -> None:
     assert 10 * torch.log10(fp32_wave.pow(2).sum() / (wave - fp32_wave).pow(2).sum()) > 25
 
 
-@pytest.mark.skipif(not cpu_bf16_problem(), reason="this CPU has bf16 convolutions in oneDNN")
 def test_a_bf16_receiver_outside_the_engine_names_the_fix() -> None:
-    with pytest.raises(CodecError, match=r"--backend torch: this CPU .* no bf16 convolutions .* use --backend native"):
+    with pytest.raises(CodecError, match=r"does not run this receiver \(--backend native is not selected\)"):
         load("vctk_sym", backend="torch", precision="bf16")
     with pytest.raises(CodecError, match=r"does not run this receiver \(only the grouped HiFi-GAN.* --precision fp32"):
         load("vctk_v0", precision="bf16")
+    with pytest.raises(CodecError, match=r"is for a CPU receiver .* use --precision fp32 on meta"):
+        load("vctk_sym", precision="bf16", device="meta")
+    with pytest.raises(ValueError, match="the engine stores"):
+        NativeStep(load("vctk_sym").decoder, lambda x: x, "decoder", load("vctk_sym").encoder.quantizer.codebook,
+                   torch.float16)
 
 
 def test_without_a_compiler_the_codec_runs_torch(monkeypatch, tmp_path) -> None:

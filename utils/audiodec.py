@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.conv import set_precision
 from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import load_autoencoder, load_generator, state_hash
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
-from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, bf16_receiver_problem, streaming_steps
+from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, precision_problem, streaming_steps
 
 WARMUP_SAMPLES = 8192
 # Longer inputs run through the streaming path in blocks of this many frames: the same result
@@ -73,23 +72,20 @@ class StreamingCodec:
         self.decoder = decoder.to(self.device)
         self.hop_length = encoder.hop_length
         # Reduced precision is for the receiver only: bf16 in the encoder would flip VQ codes,
-        # whereas the codes must not depend on how the far end decodes them. Activations, state
-        # and the VQ stay float32; only the decoder's convolutions run in bf16: natively, bf16
-        # weights with float32 sums (any CPU); through oneDNN, bf16 convolutions (some CPUs).
+        # whereas the codes must not depend on how the far end decodes them. The native engine
+        # keeps the decoder's convolution weights in bf16; activations, sums and states stay float32.
         self.precision = precision
-        set_precision(self.decoder, PRECISIONS[precision])
         self.input_channels = encoder.input_channels
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
         self.n_codebooks = encoder.n_codebooks
         self.codebook_size = encoder.codebook_size
         self.backend = backend
-        steps = streaming_steps(backend, self.encoder, self.decoder, self._transmit, self._receive)
+        steps = streaming_steps(backend, self.encoder, self.decoder, self._transmit, self._receive, precision)
         self._encode_chunk, self._decode_codes, self._decode_latent = steps.encode, steps.decode, steps.decode_latent
         self.native_sides = steps.native_sides  # the sides the native engine runs ("encoder", "decoder")
-        if precision == "bf16" and self.device.type == "cpu":
-            problem = bf16_receiver_problem(backend, self.decoder, self.native_sides)
-            if problem:
-                raise CodecError(problem)
+        problem = precision_problem(precision, self.device, self.decoder, self.native_sides)
+        if problem:
+            raise CodecError(problem)
         self.batch_size = 0
         self.encoder_checkpoint: str | None = None
 

@@ -11,11 +11,10 @@ A `StreamingCodec` has three steps: the transmitter's (waveform chunk -> codes),
 
 `native` falls back per side, for a reason `native.why_not_native` gives (the engine does not build
 here, a block type or activation it lacks), with one notice when the engine does not build. A bf16
-receiver (`--precision bf16`) runs natively with bf16 weights and float32 sums on any CPU; through
-TorchScript it needs oneDNN's bf16 convolutions, which only some CPUs have (`bf16_receiver_problem`).
-All three give the same codes as each other but for the engine's own rounding, which a transmitter
-therefore uses for every call or never; none is chosen by a timing, so the codes never
-depend on the load of the moment. Which is fastest where: docs/performance.md.
+receiver (`--precision bf16`: bf16 weights, float32 sums, on any CPU) runs only in the engine
+(`precision_problem` says why not elsewhere). All three give the same codes as each other but for
+the engine's own rounding, which a transmitter therefore uses for every call or never; none is
+chosen by a timing, so the codes never depend on the load of the moment. Which is fastest where: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from layers.conv import PackedConv
 from utils.runtime import native, native_build
 from utils.runtime.torchscript import TracedStep
 
@@ -50,11 +48,13 @@ class Steps:
 
 
 def streaming_steps(
-    backend: str, encoder: nn.Module, decoder: nn.Module, transmit: Callable, receive: Callable
+    backend: str, encoder: nn.Module, decoder: nn.Module, transmit: Callable, receive: Callable,
+    precision: str = "fp32",
 ) -> Steps:
     """The steps of `backend` (see the module table) for an AudioDec `encoder` and a `decoder`
     (whose `decode(latent)` is its eager step); `transmit` and `receive` are the codec's eager
-    transmitter and receiver steps, what every compiled step falls back to."""
+    transmitter and receiver steps, what every compiled step falls back to; `precision`: the
+    native receiver's weight storage (PRECISIONS)."""
     if backend == "eager":
         return Steps(transmit, receive, decoder.decode)
     steps = Steps(TracedStep(encoder, transmit), receive, TracedStep(decoder, decoder.decode))
@@ -67,41 +67,24 @@ def streaming_steps(
             steps.encode = native.NativeStep(encoder, transmit, "encoder", codebook)
             steps.native_sides.append("encoder")
         if not native.why_not_native(decoder, "decoder"):
-            steps.decode = native.NativeStep(decoder, receive, "decoder", codebook)
+            steps.decode = native.NativeStep(decoder, receive, "decoder", codebook, PRECISIONS[precision])
             steps.native_sides.append("decoder")
     return steps
 
 
-@functools.cache
-def cpu_bf16_problem() -> str:
-    """"" when oneDNN runs bf16 convolutions on this CPU (what a bf16 receiver needs outside the
-    native engine), else why not. Decided by running one small bf16 convolution the way the
-    receiver does: oneDNN's bf16 path exists only on some CPUs (AVX-512 BW/VL/DQ, AVX-NE-CONVERT),
-    and elsewhere it raises."""
-    try:
-        with torch.inference_mode():
-            PackedConv().run(torch.zeros(1, 16, 8), torch.zeros(16, 16, 3), None, 1, 1, 1, torch.bfloat16)
-    except RuntimeError:
-        return (
-            f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 convolutions in oneDNN "
-            f"(they need AVX-512 BW/VL/DQ or AVX-NE-CONVERT)"
-        )
-    return ""
-
-
-def bf16_receiver_problem(backend: str, decoder: nn.Module, native_sides: list[str]) -> str:
-    """"" when a bf16 receiver runs here, else a one-line error naming the fix. The native engine
-    runs one on any CPU (bf16 weights, float32 sums); otherwise it needs oneDNN's bf16 path."""
-    if "decoder" in native_sides or not cpu_bf16_problem():
+def precision_problem(precision: str, device: torch.device, decoder: nn.Module, native_sides: list[str]) -> str:
+    """"" when the receiver runs in `precision` here, else a one-line error naming the fix: a bf16
+    receiver runs only in the native engine (CPU)."""
+    if precision == "fp32":
         return ""
-    if backend != "native":
-        fix = "use --backend native or --precision fp32"
-        return f"--precision bf16 with --backend {backend}: {cpu_bf16_problem()}: {fix}"
-    why = native_build.unavailable_reason() or native.why_not_native(decoder, "decoder")
-    return (
-        f"--precision bf16: the native engine does not run this receiver ({why}) and {cpu_bf16_problem()}: "
-        "use --precision fp32"
-    )
+    if device.type != "cpu":
+        return f"--precision {precision} is for a CPU receiver (in the native engine): use --precision fp32 on {device}"
+    if "decoder" not in native_sides:
+        why = native_build.unavailable_reason() or native.why_not_native(decoder, "decoder")
+        why = why or "--backend native is not selected"
+        return f"--precision {precision} runs in the native engine, which does not run this receiver ({why}): " \
+            "use --precision fp32"
+    return ""
 
 
 @functools.cache

@@ -44,9 +44,8 @@ from utils.runtime.per_shape import PerShapeStep
 OP_CONV, OP_VQ, OP_LOOKUP = 1, 2, 3
 ACT_ELU, ACT_LEAKY = 0, 1  # activations written to an op's `out_act`
 OUT_RAW, OUT_TANH = 0, 1  # what an op writes to `out`
-# A conv's weight storage by its layer's compute dtype: a bfloat16 layer's weights are stored in
-# bfloat16 (half the bytes to read per step) and widened to float32 in the kernels, which sum and
-# write float32 as for float32 weights.
+# A receiver's weight storage (`NativeStep(weights=...)`): bfloat16 weights are half the bytes to
+# read per step, widened to float32 in the kernels, which sum and write float32 as for float32 ones.
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
@@ -65,9 +64,6 @@ def _activation_problem(module: nn.Module) -> str:
 def _conv_problem(network: nn.Module) -> str:
     """Why a convolution of `network` cannot run natively, or ""."""
     for module in network.modules():
-        if isinstance(module, (CausalConv1d, Conv1d1x1, CausalConvTranspose1d)):
-            if getattr(module, "compute_dtype", torch.float32) not in WEIGHT_TYPES:
-                return f"{module.compute_dtype} convolutions do not run natively (float32 and bfloat16 do)"
         if isinstance(module, nn.ConvTranspose1d) and module.groups != 1:
             return "grouped transposed convolutions do not run natively"
         if isinstance(module, CausalConvTranspose1d) and module.deconv.kernel_size[0] != 2 * module.stride:
@@ -158,13 +154,12 @@ class _Packed:
             self.bias = None if bias is None else bias.contiguous()
 
     @classmethod
-    def conv(cls, target: Build, layer: nn.Module) -> _Packed:
+    def conv(cls, target: Build, layer: nn.Module, dtype: torch.dtype = torch.float32) -> _Packed:
         conv = layer if isinstance(layer, nn.Conv1d) else layer.conv
-        dtype = getattr(layer, "compute_dtype", torch.float32)
         return cls(target, conv.weight, conv.bias, conv.dilation[0], conv.stride[0], conv.groups, dtype)
 
     @classmethod
-    def transposed(cls, target: Build, layer: CausalConvTranspose1d) -> _Packed:
+    def transposed(cls, target: Build, layer: CausalConvTranspose1d, dtype: torch.dtype = torch.float32) -> _Packed:
         """The two-tap conv onto `stride` phases, its outputs ordered phase-major (r * C_out + c), so
         that frame m's outputs are rows m * stride + r of the upsampled (time-major) signal."""
         deconv = layer.deconv
@@ -172,7 +167,7 @@ class _Packed:
         s, c_out = layer.stride, deconv.out_channels
         weight = phase_weight.reshape(c_out, s, *phase_weight.shape[1:]).transpose(0, 1).reshape(phase_weight.shape)
         bias = None if phase_bias is None else phase_bias.reshape(c_out, s).t().reshape(-1)
-        return cls(target, weight, bias, dtype=layer.compute_dtype)
+        return cls(target, weight, bias, dtype=dtype)
 
 
 class _Plan:
@@ -348,9 +343,10 @@ def _vocoder_plan(vocoder: nn.Module, packs: dict, batch_shape: tuple[int, int])
     return plan
 
 
-def _pack(target: Build, generator: nn.Module, side: str, codebook: nn.Module) -> dict:
-    """Every convolution of one side, packed (keyed by module id), and the tables of `codebook` (a
-    ResidualVQ): for the VQ search (2 * embed, |code|^2) and the code vectors."""
+def _pack(target: Build, generator: nn.Module, side: str, codebook: nn.Module, weights: torch.dtype) -> dict:
+    """Every convolution of one side, packed (keyed by module id) with `weights` storage, and the
+    tables of `codebook` (a ResidualVQ, float32): for the VQ search (2 * embed, |code|^2) and the
+    code vectors."""
     if side == "encoder":
         modules = [*generator.encoder.modules(), *generator.projector.modules()]
     else:
@@ -358,9 +354,9 @@ def _pack(target: Build, generator: nn.Module, side: str, codebook: nn.Module) -
     packs: dict = {}
     for module in modules:
         if isinstance(module, CausalConvTranspose1d):
-            packs[id(module)] = _Packed.transposed(target, module)
+            packs[id(module)] = _Packed.transposed(target, module, weights)
         elif isinstance(module, (CausalConv1d, Conv1d1x1)):
-            packs[id(module)] = _Packed.conv(target, module)
+            packs[id(module)] = _Packed.conv(target, module, weights)
     if getattr(generator, "norm", False):  # a vocoder's input normalization
         with torch.inference_mode(False), torch.no_grad():
             packs["norm"] = tuple(t.detach().float().contiguous() for t in (generator.mean, generator.scale))
@@ -388,16 +384,23 @@ class NativeStep(PerShapeStep):
     """One side of an AudioDec codec's streaming step through the native engine: waveform chunk ->
     codes (side "encoder": encoder, projector and VQ search) or codes -> waveform chunk (side
     "decoder": code lookup, then the symmetric decoder or a grouped HiFi-GAN vocoder), with
-    `codebook` (the transmitter's ResidualVQ).
+    `codebook` (the transmitter's ResidualVQ), its convolution weights stored as `weights`
+    (torch.float32, or torch.bfloat16 for a receiver: see WEIGHT_TYPES).
     A plan is built on a shape's first call (the engine's rounding is its own, and a transmitter
-    must not mix it with another's); CPU inputs outside autograd only, anything else runs `step`."""
+    must not mix it with another's); CPU inputs outside autograd only, anything else runs `step`
+    (in float32)."""
 
     BUILD_AT_ONCE = True
     MAX_PLAN_BYTES = 256 << 20
 
-    def __init__(self, generator: nn.Module, step: Callable, side: str, codebook: nn.Module) -> None:
+    def __init__(
+        self, generator: nn.Module, step: Callable, side: str, codebook: nn.Module,
+        weights: torch.dtype = torch.float32,
+    ) -> None:
+        if weights not in WEIGHT_TYPES:
+            raise ValueError(f"weights {weights}: the engine stores {', '.join(map(str, WEIGHT_TYPES))}")
         super().__init__(nn.ModuleList([generator, codebook]), step)  # (the weights key covers both)
-        self.generator, self.codebook, self.side = generator, codebook, side
+        self.generator, self.codebook, self.side, self.weights = generator, codebook, side, weights
         self.target = build()
         self.library = self.target.library
         self.packs: dict | None = None
@@ -416,7 +419,8 @@ class NativeStep(PerShapeStep):
         """The plan for one stream's input `shape`, on weights packed once per weights key."""
         key = self._weights_key()
         if key != self.packs_key:
-            self.packs, self.packs_key = _pack(self.target, self.generator, self.side, self.codebook), key
+            packs = _pack(self.target, self.generator, self.side, self.codebook, self.weights)
+            self.packs, self.packs_key = packs, key
         if self.side == "encoder":
             make_plan = _encoder_plan
         else:
