@@ -82,8 +82,10 @@ def precision_problem(precision: str, device: torch.device, decoder: nn.Module, 
     if "decoder" not in native_sides:
         why = native_build.unavailable_reason() or native.why_not_native(decoder, "decoder")
         why = why or "--backend native is not selected"
-        return f"--precision {precision} runs in the native engine, which does not run this receiver ({why}): " \
+        return (
+            f"--precision {precision} runs in the native engine, which does not run this receiver ({why}): "
             "use --precision fp32"
+        )
     return ""
 
 
