@@ -129,7 +129,8 @@ typedef struct {
     const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
                            lookup: codes, int64 (k, frames) */
     const float *w;     /* conv: (cpad / (VL nv), k, cin, VL nv), each column block's weights in one
-                           stretch (bfloat16 when wtype is W_BF16); VQ: 2 * embed, (K, N / VL, D, VL); lookup: scale or NULL */
+                           stretch (bfloat16 when wtype is W_BF16); VQ: 2 * embed, (K, N / VL, D, VL);
+                           lookup: scale or NULL */
     const float *bias;  /* conv: (cpad,) (padded as the columns) or NULL; VQ: |code|^2, (K, N); lookup: mean or NULL */
     const float *res;   /* conv: (t_out, cout) skip or NULL; VQ and lookup: code vectors, (K, N, D) */
     float *out;         /* conv: (t_out, cout * rep) or NULL; VQ: codes, int64 (K, frames);
