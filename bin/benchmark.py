@@ -29,7 +29,6 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
@@ -37,11 +36,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bin.time_original import run_in_own_process  # noqa: E402
 from layers.weight_norm import fold_weight_norm  # noqa: E402
 from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import CodecError  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
@@ -316,16 +315,11 @@ ORIGINAL_SECONDS = 3.0  # the original's medians settle within a few seconds; it
 def time_original(original: Path, args: argparse.Namespace) -> dict:
     """The original implementation's streaming step on the same machine (bin/time_original.py, in
     its own process: both trees have models/ and layers/), on up to ORIGINAL_SECONDS of audio."""
-    command = [
-        sys.executable, str(Path(__file__).with_name("time_original.py")), "--original", str(original),
+    arguments = [
         "--autoencoder", args.autoencoder, "--frame_size", str(args.frame_size), "--threads", str(args.threads),
         "--seconds", str(min(args.seconds, ORIGINAL_SECONDS)), *(["--vocoder", args.vocoder] if args.vocoder else []),
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or ["no message"]
-        raise CodecError(f"timing the original in {original} failed: {lines[-1]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_in_own_process(original, arguments, "the original")
 
 
 def benchmark(

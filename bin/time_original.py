@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,6 +151,19 @@ def _time_training(args: argparse.Namespace) -> dict:
     return {"phase": args.train_phase, "batch_size": int(config["batch_size"]), "batch_length": length,
             "steps": args.steps, "seconds_per_step": seconds, "samples_per_second": config["batch_size"] / seconds,
             "threads": args.threads}
+
+
+def run_in_own_process(original: Path, arguments: list[str], what: str) -> dict:
+    """This script run on `original` with `arguments` in a process of its own (both trees have
+    `models/` and `layers/`): its JSON line, or a CodecError with its last line of errors."""
+    from utils.errors import CodecError
+
+    command = [sys.executable, str(Path(__file__)), "--original", str(original), *arguments]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["no message"]
+        raise CodecError(f"timing {what} in {original} failed: {lines[-1]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from bin.time_original import run_in_own_process  # noqa: E402
 from trainer.benchmark import PHASES, cpu_name, time_phase  # noqa: E402
 from trainer.builder import read_config  # noqa: E402
 from utils.cli import run_main  # noqa: E402
@@ -60,18 +60,13 @@ def original_config(original: Path, config: str) -> Path:
 def time_original(original: Path, config: Path, phase: str, args: argparse.Namespace) -> dict:
     """The original trainer's step of `phase` (bin/time_original.py, in its own process: both trees
     have models/ and layers/)."""
-    command = [
-        sys.executable, str(Path(__file__).with_name("time_original.py")), "--original", str(original),
+    arguments = [
         "--autoencoder", str(config), "--train_phase", phase, "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--threads", str(torch.get_num_threads()),
         *(["--batch_size", str(args.batch_size)] if args.batch_size else []),
         *(["--batch_length", str(args.batch_length)] if args.batch_length else []),
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or ["no message"]
-        raise CodecError(f"timing the original trainer in {original} failed: {lines[-1]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_in_own_process(original, arguments, "the original trainer")
 
 
 def main() -> int:
