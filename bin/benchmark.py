@@ -437,7 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frame_size", type=int, default=300, help="samples per streaming chunk (hop multiple)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream (default 10)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="conv compute precision")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                        help="the receiver's weights in the engine (bf16, int8: fewer bytes per step)")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="native (default: encoder, symmetric decoder and grouped HiFi-GAN vocoders in the "
                         "compiled engine, the rest as torch), torch (TorchScript graphs per chunk size), or eager")

@@ -30,7 +30,6 @@ from tqdm import tqdm  # noqa: E402
 
 from dataloader.audio_files import find_audio_files  # noqa: E402
 from utils.audio import read_audio  # noqa: E402
-from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.bitstream.codec_file import entropy_table_path, load_entropy_model, stream_header  # noqa: E402
 from utils.cli import (  # noqa: E402
     add_model_arguments,
@@ -43,7 +42,6 @@ from utils.errors import CodecError  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.eval.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
-from utils.runtime.backends import PRECISIONS  # noqa: E402
 
 
 def _numbers(text: str, kind: type, what: str) -> list:
@@ -67,8 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
     parser.add_argument("--every", type=int, default=1, help="score every N-th file only (a spread-out subset)")
     parser.add_argument("--max_files", type=int, default=0, help="score only the first N files (0 = all)")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                        help="receiver precision (bf16: the decoder's weights in bfloat16, native engine)")
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
     return parser.parse_args(argv)
 
@@ -208,11 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     codec = load_codec(args, apply_runtime_arguments(args))
-    if args.precision != "fp32":
-        checkpoint = codec.encoder_checkpoint
-        codec = StreamingCodec(codec.encoder, codec.decoder, codec.sample_rate, codec.name, codec.device,
-                               precision=args.precision)
-        codec.encoder_checkpoint = checkpoint
     codebooks = _numbers(args.codebooks, int, "--codebooks")
     bad = [k for k in codebooks if not 1 <= k <= codec.n_codebooks]
     if bad:

@@ -75,6 +75,7 @@ typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
 
 typedef uint16_t vh __attribute__((vector_size(VL * 2), aligned(2)));
+typedef int8_t vc __attribute__((vector_size(VL), aligned(1)));
 
 static inline vf vload(const float *p) { return *(const vfu *)p; }
 /* VL bfloat16 values widened to floats (a bfloat16 is a float's upper 16 bits): exact. On x86 one
@@ -89,6 +90,18 @@ static inline vf vload_bf16(const uint16_t *p) {
 }
 #else
 static inline vf vload_bf16(const uint16_t *p) { return (vf)(__builtin_convertvector(*(const vh *)p, vi) << 16); }
+#endif
+/* VL int8 values as floats (exact). On x86 one sign-extending load and a conversion. */
+#if VL == 16 && defined(__AVX512F__)
+static inline vf vload_i8(const int8_t *p) {
+    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+#elif VL == 8 && defined(__AVX2__)
+static inline vf vload_i8(const int8_t *p) {
+    return (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+#else
+static inline vf vload_i8(const int8_t *p) { return __builtin_convertvector(*(const vc *)p, vf); }
 #endif
 static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
 /* A broadcast: lane 0 copied to every lane ((vf){} + s would first add 0.0f to s). */
@@ -108,7 +121,8 @@ static inline vf vset(float s) { return __builtin_shuffle((vf){s}, (vi){}); }
 enum { OP_CONV = 1, OP_VQ = 2, OP_LOOKUP = 3 };
 enum { ACT_ELU = 0, ACT_LEAKY = 1 };    /* the activation written to `out_act` */
 enum { OUT_RAW = 0, OUT_TANH = 1 };     /* what is written to `out` */
-enum { W_F32 = 0, W_BF16 = 1 };         /* a conv's weight storage */
+enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };  /* a conv's weight storage */
+#define WTYPES 3
 
 /* One operation of a plan. Conv: out[t, c] = sum_k sum_i w[k, i, c] * x[t * stride + k * dilation,
  * g * cin + i] (+ bias[c]) (+ res[t, c]), g = c / group_cout (grouped convolutions: `cin` input
@@ -125,17 +139,19 @@ typedef struct {
     float alpha;        /* ELU's alpha, or LeakyReLU's negative slope */
     int32_t nv;         /* conv: VL-wide column vectors per block (1, 2 or 4; see engine_rows) */
     int32_t act, out_kind, x_channels, group_cout, group_pad, rep, seg;
-    int32_t wtype;      /* conv: W_F32, or W_BF16 (`w` holds bfloat16 weights; sums stay float) */
+    int32_t wtype;      /* conv: W_F32; W_BF16 (`w` holds bfloat16 weights; sums stay float); W_I8 (`w`
+                           holds int8 weights, each column's sum is multiplied by its `wscale`) */
     const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
                            lookup: codes, int64 (k, frames) */
     const float *w;     /* conv: (cpad / (VL nv), k, cin, VL nv), each column block's weights in one
-                           stretch (bfloat16 when wtype is W_BF16); VQ: 2 * embed, (K, N / VL, D, VL);
+                           stretch (bfloat16 or int8 by wtype); VQ: 2 * embed, (K, N / VL, D, VL);
                            lookup: scale or NULL */
     const float *bias;  /* conv: (cpad,) (padded as the columns) or NULL; VQ: |code|^2, (K, N); lookup: mean or NULL */
     const float *res;   /* conv: (t_out, cout) skip or NULL; VQ and lookup: code vectors, (K, N, D) */
     float *out;         /* conv: (t_out, cout * rep) or NULL; VQ: codes, int64 (K, frames);
                            lookup: (frames, D) */
     float *out_act;     /* conv: activation of the raw output, (t_out, cout * rep), or NULL */
+    const float *wscale;  /* conv with W_I8 weights: (cpad,) scale of each column's weights; else NULL */
 } Op;
 
 /* A streaming layer's state: `n` floats at `offset` of a stream's state vector; copied into the
@@ -226,6 +242,7 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
     if (n <= 0) return;
     if (n > VL) n = VL;
     const int real = group * op->group_cout + within;
+    if (op->wscale) v = v * vload(op->wscale + col);
     if (op->bias) v = v + vload(op->bias + col);
     if (op->res) {
         const float *res = op->res + (int64_t)row * op->cout + real;
@@ -266,10 +283,11 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
             for (int v = 0; v < NV; v++) epilogue(op, row0 + r, col0 + v * VL, acc[r][v]);          \
     }
 
-/* Each shape twice: `conv` on float weights, `convh` on bfloat16 ones (the same sums, in the same
- * order, of the weights widened back to floats). */
+/* Each shape three times: `conv` on float weights, `convh` on bfloat16 ones and `convq` on int8
+ * ones (the same sums, in the same order, of the weights converted to floats). */
 #define KERNEL_PAIR(R, NV) \
-    DEFINE_KERNEL(R, NV, conv, float, vload) DEFINE_KERNEL(R, NV, convh, uint16_t, vload_bf16)
+    DEFINE_KERNEL(R, NV, conv, float, vload) DEFINE_KERNEL(R, NV, convh, uint16_t, vload_bf16) \
+    DEFINE_KERNEL(R, NV, convq, int8_t, vload_i8)
 #define KERNELS_6(NV) \
     KERNEL_PAIR(1, NV) KERNEL_PAIR(2, NV) KERNEL_PAIR(3, NV) KERNEL_PAIR(4, NV) KERNEL_PAIR(5, NV) KERNEL_PAIR(6, NV)
 #define KERNELS_12(NV) KERNELS_6(NV) \
@@ -295,9 +313,10 @@ KERNELS_6(4)
 #else
 #define TABLE_NV4(N) 0
 #endif
-static const kernel_fn KERNELS[2][3][ROWS_MAX] = {
+static const kernel_fn KERNELS[WTYPES][3][ROWS_MAX] = {
     {{TABLE_12(conv, 1)}, {TABLE_NV2(conv)}, {TABLE_NV4(conv)}},
     {{TABLE_12(convh, 1)}, {TABLE_NV2(convh)}, {TABLE_NV4(convh)}},
+    {{TABLE_12(convq, 1)}, {TABLE_NV2(convq)}, {TABLE_NV4(convq)}},
 };
 
 /* One row by N column vectors from `col0` (all in one group), the vectors' weights wherever the
@@ -325,7 +344,8 @@ static const kernel_fn KERNELS[2][3][ROWS_MAX] = {
         for (int v = 0; v < N; v++) epilogue(op, row, col0 + v * VL, acc[v]);                       \
     }
 #define ROW_KERNEL_PAIR(N) \
-    DEFINE_ROW_KERNEL(N, conv, float, vload) DEFINE_ROW_KERNEL(N, convh, uint16_t, vload_bf16)
+    DEFINE_ROW_KERNEL(N, conv, float, vload) DEFINE_ROW_KERNEL(N, convh, uint16_t, vload_bf16) \
+    DEFINE_ROW_KERNEL(N, convq, int8_t, vload_i8)
 ROW_KERNEL_PAIR(1) ROW_KERNEL_PAIR(2) ROW_KERNEL_PAIR(3) ROW_KERNEL_PAIR(4)
 #if ROW_VECTORS == 8
 ROW_KERNEL_PAIR(5) ROW_KERNEL_PAIR(6) ROW_KERNEL_PAIR(7) ROW_KERNEL_PAIR(8)
@@ -334,7 +354,7 @@ ROW_KERNEL_PAIR(5) ROW_KERNEL_PAIR(6) ROW_KERNEL_PAIR(7) ROW_KERNEL_PAIR(8)
 #define ROW_TABLE(N) N##_row_1, N##_row_2, N##_row_3, N##_row_4
 #endif
 /* ROW_KERNELS[wtype][N - 1] */
-static const kernel_fn ROW_KERNELS[2][ROW_VECTORS] = {{ROW_TABLE(conv)}, {ROW_TABLE(convh)}};
+static const kernel_fn ROW_KERNELS[WTYPES][ROW_VECTORS] = {{ROW_TABLE(conv)}, {ROW_TABLE(convh)}, {ROW_TABLE(convq)}};
 
 /* A layer of one output row: each group's column vectors ROW_VECTORS at a time. */
 static void run_conv_row(const Op *op, int tid, int nthreads) {
@@ -345,7 +365,7 @@ static void run_conv_row(const Op *op, int tid, int nthreads) {
     for (int64_t item = first; item < last; item++) {
         const int group = (int)(item / per_group), v0 = (int)(item % per_group) * ROW_VECTORS;
         const int n = group_vectors - v0 < ROW_VECTORS ? group_vectors - v0 : ROW_VECTORS;
-        ROW_KERNELS[op->wtype == W_BF16][n - 1](op, 0, group * op->group_pad + v0 * VL);
+        ROW_KERNELS[op->wtype][n - 1](op, 0, group * op->group_pad + v0 * VL);
     }
 }
 
@@ -366,7 +386,7 @@ static void run_conv(const Op *op, int tid, int nthreads) {
      * column block, all rows of one before the next: each weight is read from memory once and
      * stays in cache while its rows are computed. Otherwise (long blocks of a whole file) row
      * block by row block, all columns of one before the next: the input rows stay in cache. */
-    const int64_t weights = (int64_t)op->k * op->cin * op->cpad / (op->wtype == W_BF16 ? 2 : 1);
+    const int64_t weights = (int64_t)op->k * op->cin * op->cpad / (op->wtype == W_BF16 ? 2 : op->wtype == W_I8 ? 4 : 1);
     const int64_t inputs = ((int64_t)(op->t_out - 1) * op->stride + (int64_t)(op->k - 1) * op->dilation + 1) * op->x_channels;
     const int by_column = weights >= inputs;
     for (int64_t item = first; item < last; item++) {
@@ -377,7 +397,7 @@ static void run_conv(const Op *op, int tid, int nthreads) {
         }
         int row0 = rb * rows;
         int n = op->t_out - row0 < rows ? op->t_out - row0 : rows;
-        KERNELS[op->wtype == W_BF16][slot][n - 1](op, row0, cb * op->nv * VL);
+        KERNELS[op->wtype][slot][n - 1](op, row0, cb * op->nv * VL);
     }
 }
 

@@ -1,7 +1,7 @@
 /* Self-test of the native engine's kernels (csrc/engine.c) against plain loops, for whatever
  * instruction set it is compiled for: every register-block shape (R rows x NV vectors) of the
  * build, grouped and padded columns, strides, dilations, each epilogue (bias, skip, ELU, LeakyReLU,
- * tanh, channel repeat), bfloat16 weights, the rows' independence from the blocking (Contract 2),
+ * tanh, channel repeat), bfloat16 and int8 weights, the rows' independence from the blocking (Contract 2),
  * the VQ search with ties, and the code lookup. Prints one line per failure and a summary; exit status 0 when all pass.
  *
  *   gcc -O3 -march=native --param=avoid-fma-max-bits=0 -ffp-contract=fast -fopenmp -std=gnu11 \
@@ -315,12 +315,47 @@ static void test_bf16_weights(void) {
     }
 }
 
+/* int8 weights with a scale per column, every block shape: bit for bit the float kernels on the
+ * same weights as floats, each sum then multiplied by its column's scale. */
+static void test_int8_weights(void) {
+    char name[64];
+    for (int s = 0; s < 3; s++) {
+        for (int rows = 1; rows <= ROWS[s]; rows++) {
+            const int cin = 5, cout = 2 * (1 << s) * VL, k = 3, dilation = 2;
+            const int64_t n_w = (int64_t)cout * k * cin, x_rows = rows + (k - 1) * dilation;
+            float *x = random_floats(x_rows * cin), *w = malloc(sizeof(float) * n_w), *scale = malloc(sizeof(float) * cout);
+            int8_t *wq = malloc((size_t)n_w);
+            for (int64_t i = 0; i < n_w; i++) {
+                wq[i] = (int8_t)(127.0f * uniform());
+                w[i] = wq[i];
+            }
+            for (int c = 0; c < cout; c++) scale[c] = 0.01f * (1.5f + uniform());
+            float *want = calloc((size_t)rows * cout, sizeof(float)), *got = calloc((size_t)rows * cout, sizeof(float));
+            Op op = {.kind = OP_CONV, .cin = cin, .cout = cout, .cpad = cout, .k = k, .dilation = dilation,
+                     .stride = 1, .t_out = rows, .alpha = 1.0f, .nv = 1 << s, .x_channels = cin,
+                     .group_cout = cout, .group_pad = cout, .rep = 1, .seg = cout, .x = x, .w = w,
+                     .out = want, .wtype = W_F32};
+            engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
+            for (int i = 0; i < rows * cout; i++) want[i] = want[i] * scale[i % cout];
+            op.w = (const float *)wq, op.wtype = W_I8, op.wscale = scale, op.out = got;
+            engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 2);
+            snprintf(name, sizeof name, "int8 kernel %dx%d", rows, 1 << s);
+            for (int i = 0; i < rows * cout; i++) {
+                checks++;
+                if (memcmp(&want[i], &got[i], sizeof(float))) fail(name, i / cout, i % cout, got[i], want[i]);
+            }
+            free(x), free(w), free(scale), free(wq), free(want), free(got);
+        }
+    }
+}
+
 int main(void) {
     test_kernel_shapes();
     for (int s = 0; s < 3; s++)
         if (ROWS[s]) test_rows_do_not_depend_on_blocking(1 << s, 2);
     test_epilogues();
     test_bf16_weights();
+    test_int8_weights();
     test_activations();
     test_vq(1);
     test_vq(2);

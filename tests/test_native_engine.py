@@ -250,6 +250,33 @@ def test_a_bf16_receiver_runs_natively_on_any_cpu(name: str) -> None:
     assert 10 * torch.log10(fp32_wave.pow(2).sum() / (wave - fp32_wave).pow(2).sum()) > 25
 
 
+@pytest.mark.parametrize("name", ["vctk_sym", "vctk_v1"])
+def test_an_int8_receiver_runs_natively_on_any_cpu(name: str) -> None:
+    """int8 weights with a scale per output channel, float32 sums: the same waveform whatever the
+    cuts, bit for bit; the transmitter's codes unchanged; close to the fp32 receiver."""
+    int8 = load(name, precision="int8")
+    assert int8.native_sides == ["encoder", "decoder"] and int8.precision == "int8"
+    x = speech(samples=300 * 24)
+    codes, wave = stream(int8, x, list(range(0, x.shape[-1] + 1, 300)))
+    whole_codes, whole_wave = stream(load(name, precision="int8"), x, [0, x.shape[-1]])
+    assert torch.equal(codes, whole_codes) and torch.equal(wave, whole_wave)
+    fp32_codes, fp32_wave = stream(load(name), x, [0, x.shape[-1]])
+    assert torch.equal(codes, fp32_codes)
+    snr = 10 * torch.log10(fp32_wave.pow(2).sum() / (wave - fp32_wave).pow(2).sum())
+    assert 25 < snr < 120  # (not the fp32 waveform itself: the weights did change)
+
+
+def test_int8_weights_keep_each_column_within_half_a_step() -> None:
+    w = torch.randn(2, 3, 5, 8)  # packed (blocks, k, C_in, width)
+    w[1, :, :, 6] = 0.0  # a column of zeros (as padding is)
+    q, scale = native._int8_columns(w)
+    assert q.dtype == torch.int8 and q.shape == w.shape and scale.shape == (16,)
+    dequantized = q.float() * scale.reshape(2, 1, 1, 8)
+    assert torch.all((dequantized - w).abs() <= scale.reshape(2, 1, 1, 8) / 2 + 1e-7)
+    assert torch.equal(q.abs().amax(dim=(1, 2)).flatten()[[0, 5, 13]], torch.tensor([127, 127, 127], dtype=torch.int8))
+    assert scale[14] == 1.0 and torch.all(q[1, :, :, 6] == 0)
+
+
 def test_a_bf16_receiver_outside_the_engine_names_the_fix() -> None:
     with pytest.raises(CodecError, match=r"does not run this receiver \(--backend native is not selected\)"):
         load("vctk_sym", backend="torch", precision="bf16")
@@ -257,6 +284,8 @@ def test_a_bf16_receiver_outside_the_engine_names_the_fix() -> None:
         load("vctk_v0", precision="bf16")
     with pytest.raises(CodecError, match=r"is for a CPU receiver .* use --precision fp32 on meta"):
         load("vctk_sym", precision="bf16", device="meta")
+    with pytest.raises(CodecError, match=r"--precision int8 runs in the native engine, which does not run this"):
+        load("vctk_sym", backend="eager", precision="int8")
     with pytest.raises(ValueError, match="the engine stores"):
         NativeStep(load("vctk_sym").decoder, lambda x: x, "decoder", load("vctk_sym").encoder.quantizer.codebook,
                    torch.float16)

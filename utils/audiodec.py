@@ -71,9 +71,10 @@ class StreamingCodec:
         self.encoder = encoder.to(self.device)
         self.decoder = decoder.to(self.device)
         self.hop_length = encoder.hop_length
-        # Reduced precision is for the receiver only: bf16 in the encoder would flip VQ codes,
+        # Reduced precision is for the receiver only: it in the encoder would flip VQ codes,
         # whereas the codes must not depend on how the far end decodes them. The native engine
-        # keeps the decoder's convolution weights in bf16; activations, sums and states stay float32.
+        # keeps the decoder's convolution weights in bf16 or int8; activations, sums and states
+        # stay float32.
         self.precision = precision
         self.input_channels = encoder.input_channels
         self.output_channels = getattr(decoder, "output_channels", getattr(decoder, "out_channels", 1))
@@ -159,7 +160,7 @@ class StreamingCodec:
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
         codes = self.encoder.quantize(self.encoder.encode(silence))
-        if "decoder" in self.native_sides:  # the receiver's own arithmetic (a bf16 one runs only there)
+        if "decoder" in self.native_sides:  # the receiver's own arithmetic (a bf16 or int8 one runs only there)
             self._decode_codes(codes)
         else:
             self.decoder.decode(self.encoder.lookup(codes))

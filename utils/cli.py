@@ -15,7 +15,7 @@ from utils.audio import read_audio, resample
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.registry import MODELS, installed_root
-from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND
+from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -64,6 +64,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "compiled engine, the rest as torch), torch (each chunk size's steps as TorchScript graphs), or eager "
         "(op by op). docs/performance.md",
     )
+    parser.add_argument(
+        "--precision", choices=tuple(PRECISIONS), default="fp32",
+        help="the receiver's convolution weights in the native engine: fp32 (default), bf16 (half the bytes), or "
+        "int8 (a quarter, with a scale per output channel); sums stay float32 and the codes do not change. "
+        "docs/performance.md",
+    )
 
 
 def list_models(root: str | None = None) -> None:
@@ -83,10 +89,12 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
     """The codec that --model or --encoder/--decoder name."""
     if bool(args.encoder) != bool(args.decoder):
         raise CodecError("give both --encoder and --decoder, or neither (and --model)")
-    backend = getattr(args, "backend", DEFAULT_BACKEND)
+    backend, precision = getattr(args, "backend", DEFAULT_BACKEND), getattr(args, "precision", "fp32")
     if args.encoder:
-        return StreamingCodec.from_checkpoints(args.encoder, args.decoder, device=device, backend=backend)
-    return StreamingCodec.from_name(args.model, root=args.root, device=device, backend=backend)
+        return StreamingCodec.from_checkpoints(
+            args.encoder, args.decoder, device=device, precision=precision, backend=backend
+        )
+    return StreamingCodec.from_name(args.model, root=args.root, device=device, precision=precision, backend=backend)
 
 
 def read_input_for(

@@ -11,8 +11,9 @@ A `StreamingCodec` has three steps: the transmitter's (waveform chunk -> codes),
 
 `native` falls back per side, for a reason `native.why_not_native` gives (the engine does not build
 here, a block type or activation it lacks), with one notice when the engine does not build. A bf16
-receiver (`--precision bf16`: bf16 weights, float32 sums, on any CPU) runs only in the engine
-(`precision_problem` says why not elsewhere). All three give the same codes as each other but for
+or int8 receiver (`--precision bf16|int8`: bf16 weights, or int8 ones with a scale per output
+channel; float32 sums, on any CPU) runs only in the engine (`precision_problem` says why not
+elsewhere). All three give the same codes as each other but for
 the engine's own rounding, which a transmitter therefore uses for every call or never; none is
 chosen by a timing, so the codes never depend on the load of the moment. Which is fastest where: docs/performance.md.
 """
@@ -32,7 +33,7 @@ from utils.runtime.torchscript import TracedStep
 
 BACKENDS = ("native", "torch", "eager")
 DEFAULT_BACKEND = "native"
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 @dataclass
@@ -73,8 +74,8 @@ def streaming_steps(
 
 
 def precision_problem(precision: str, device: torch.device, decoder: nn.Module, native_sides: list[str]) -> str:
-    """"" when the receiver runs in `precision` here, else a one-line error naming the fix: a bf16
-    receiver runs only in the native engine (CPU)."""
+    """"" when the receiver runs in `precision` here, else a one-line error naming the fix: a bf16 or
+    int8 receiver runs only in the native engine (CPU)."""
     if precision == "fp32":
         return ""
     if device.type != "cpu":

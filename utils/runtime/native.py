@@ -45,8 +45,9 @@ OP_CONV, OP_VQ, OP_LOOKUP = 1, 2, 3
 ACT_ELU, ACT_LEAKY = 0, 1  # activations written to an op's `out_act`
 OUT_RAW, OUT_TANH = 0, 1  # what an op writes to `out`
 # A receiver's weight storage (`NativeStep(weights=...)`): bfloat16 weights are half the bytes to
-# read per step, widened to float32 in the kernels, which sum and write float32 as for float32 ones.
-WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1}
+# read per step, int8 ones (with a float32 scale per output channel) a quarter; the kernels convert
+# them to float32 as they load them, and sum and write float32 as for float32 weights.
+WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
 def _vocoder_class() -> type:
@@ -120,13 +121,25 @@ def why_not_native(module: nn.Module, side: str) -> str:
     return _audiodec_problem(module, side)
 
 
+def _int8_columns(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed float weights (blocks, k, C_in, width) -> (int8 weights of the same layout, a float32
+    scale per column, (blocks * width,)): each column's weights divided by its largest |weight| / 127
+    and rounded to nearest (an all-zero column, padding included, gets scale 1 and zeros)."""
+    blocks, _, _, width = w.shape
+    peak = w.abs().amax(dim=(1, 2))  # (blocks, width)
+    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    q = torch.round(w / scale[:, None, None, :]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.reshape(blocks * width).contiguous()
+
+
 class _Packed:
     """One convolution's weights for the kernels of `target` and a padded bias. The output channels,
     padded to whole vectors of `target.lanes` floats, are cut into blocks of `nv` vectors, and each
     block's weights are stored in one stretch, (blocks, k, C_in, lanes nv): a kernel then streams
     them in order (most layers of a 300-sample chunk read each weight once, from memory). Weights are
-    float32, or bfloat16 bits (rounded to nearest even) when `dtype` is torch.bfloat16; the bias
-    stays float32."""
+    float32; bfloat16 bits (rounded to nearest even) when `dtype` is torch.bfloat16; or, when `dtype`
+    is torch.int8, int8 with a float32 scale per output channel (`wscale`, its largest |weight| / 127;
+    the engine multiplies each column's sum by it). The bias stays float32."""
 
     def __init__(
         self, target: Build, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1, stride: int = 1,
@@ -147,8 +160,11 @@ class _Packed:
             w = F.pad(w.permute(3, 2, 0, 1), (0, pad)).reshape(kernel, c_in, self.cpad)  # (k, C_in, cpad)
             self.w = w.reshape(kernel, c_in, self.cpad // width, width).permute(2, 0, 1, 3).contiguous()
             self.wtype = WEIGHT_TYPES[dtype]
+            self.wscale = None
             if dtype == torch.bfloat16:
                 self.w = self.w.to(torch.bfloat16).view(torch.int16)
+            elif dtype == torch.int8:
+                self.w, self.wscale = _int8_columns(self.w)
             if bias is not None:
                 bias = F.pad(bias.detach().float().reshape(groups, self.group_cout), (0, pad)).reshape(-1)
             self.bias = None if bias is None else bias.contiguous()
@@ -206,6 +222,7 @@ class _Plan:
             "x": source, "w": packed.w.data_ptr(), "bias": None if packed.bias is None else packed.bias.data_ptr(),
             "res": residual, "out": None, "out_act": None, "act": ACT_ELU, "alpha": 1.0, "out_kind": OUT_RAW,
             "rep": 1, "seg": packed.cout, "wtype": packed.wtype,
+            "wscale": None if packed.wscale is None else packed.wscale.data_ptr(),
         }
         self.ops.append(op)
         return op

@@ -43,7 +43,7 @@ class Op(ctypes.Structure):
         ("group_cout", ctypes.c_int32), ("group_pad", ctypes.c_int32), ("rep", ctypes.c_int32),
         ("seg", ctypes.c_int32), ("wtype", ctypes.c_int32),
         ("x", ctypes.c_void_p), ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("res", ctypes.c_void_p),
-        ("out", ctypes.c_void_p), ("out_act", ctypes.c_void_p),
+        ("out", ctypes.c_void_p), ("out_act", ctypes.c_void_p), ("wscale", ctypes.c_void_p),
     ]
 
 
