@@ -189,21 +189,24 @@ def test_entropy_coding_round_trip(tmp_path, python: str) -> None:
 
 
 def test_a_reduced_precision_receiver_from_the_command_line(tmp_path, python: str) -> None:
-    """`--precision int8|bf16` decodes the same codes close to fp32; a receiver the engine does not run
+    """`--precision int8` decodes the same codes close to fp32; a receiver the engine does not run
     stops with one error line and writes nothing."""
     source = official_path("input", "test_48k.wav")
-    packed = tmp_path / "v1.adc"
-    assert codec_cli(python, "encode", "--model", "vctk_v1", "--cuda", "-1", "-i", source,
+    packed = tmp_path / "sym.adc"
+    assert codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "-i", source,
                      "-o", str(packed)).returncode == 0
     decoded = {}
-    for precision in ("fp32", "bf16", "int8"):
+    for precision in ("fp32", "int8"):
         out = tmp_path / f"{precision}.wav"
         result = codec_cli(python, "decode", "--cuda", "-1", "--precision", precision, "-i", str(packed),
                            "-o", str(out))
         assert result.returncode == 0, result.stderr
         decoded[precision] = sf.read(out)[0]
-    assert 30 < snr_db(decoded["fp32"], decoded["bf16"]) < 150 and 20 < snr_db(decoded["fp32"], decoded["int8"]) < 60
-    v0 = tmp_path / "v0.adc"
-    result = codec_cli(python, "encode", "--model", "vctk_v0", "--cuda", "-1", "-i", source, "-o", str(v0))
-    assert result.returncode == 0
-    _assert_decode_fails(python, tmp_path, v0.read_bytes(), "use --precision fp32", "--precision", "int8")
+    assert 25 < snr_db(decoded["fp32"], decoded["int8"]) < 60
+    out = tmp_path / "v0.wav"
+    result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--model", "vctk_v0", "--cuda", "-1",
+                             "--precision", "int8", "-i", source, "-o", str(out)], cwd=OFFICIAL,
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: ") and "use --precision fp32" in lines[0] and not out.exists()
