@@ -283,68 +283,46 @@ static uint16_t to_bf16(float f) { /* round to nearest even, as torch does (no N
     return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
-/* bfloat16 weights, every block shape: bit for bit the float kernels on the same weights widened. */
-static void test_bf16_weights(void) {
+/* Weights stored as bfloat16, or as int8 with a scale per column (`wtype`), every block shape: bit for
+ * bit the float kernels on the same weights as floats, each sum then multiplied by its column's
+ * scale for int8. */
+static void test_stored_weights(int wtype) {
     char name[64];
     for (int s = 0; s < 3; s++) {
         for (int rows = 1; rows <= ROWS[s]; rows++) {
             const int cin = 5, cout = 2 * (1 << s) * VL, k = 3, dilation = 2;
             const int64_t n_w = (int64_t)cout * k * cin, x_rows = rows + (k - 1) * dilation;
-            float *x = random_floats(x_rows * cin), *w = random_floats(n_w), *bias = random_floats(cout);
+            float *x = random_floats(x_rows * cin), *w = random_floats(n_w), *scale = random_floats(cout);
             uint16_t *wh = malloc(sizeof(uint16_t) * n_w);
-            for (int64_t i = 0; i < n_w; i++) {
-                wh[i] = to_bf16(w[i]);
-                uint32_t bits = (uint32_t)wh[i] << 16;
-                memcpy(&w[i], &bits, 4);
-            }
-            float *want = calloc((size_t)rows * cout, sizeof(float)), *got = calloc((size_t)rows * cout, sizeof(float));
-            Op op = {.kind = OP_CONV, .cin = cin, .cout = cout, .cpad = cout, .k = k, .dilation = dilation,
-                     .stride = 1, .t_out = rows, .alpha = 1.0f, .nv = 1 << s, .x_channels = cin,
-                     .group_cout = cout, .group_pad = cout, .rep = 1, .seg = cout, .x = x, .w = w, .bias = bias,
-                     .out = want, .wtype = W_F32};
-            engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
-            op.w = (const float *)wh, op.wtype = W_BF16, op.out = got;
-            engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 2);
-            snprintf(name, sizeof name, "bf16 kernel %dx%d", rows, 1 << s);
-            for (int i = 0; i < rows * cout; i++) {
-                checks++;
-                if (memcmp(&want[i], &got[i], sizeof(float))) fail(name, i / cout, i % cout, got[i], want[i]);
-            }
-            free(x), free(w), free(bias), free(wh), free(want), free(got);
-        }
-    }
-}
-
-/* int8 weights with a scale per column, every block shape: bit for bit the float kernels on the
- * same weights as floats, each sum then multiplied by its column's scale. */
-static void test_int8_weights(void) {
-    char name[64];
-    for (int s = 0; s < 3; s++) {
-        for (int rows = 1; rows <= ROWS[s]; rows++) {
-            const int cin = 5, cout = 2 * (1 << s) * VL, k = 3, dilation = 2;
-            const int64_t n_w = (int64_t)cout * k * cin, x_rows = rows + (k - 1) * dilation;
-            float *x = random_floats(x_rows * cin), *w = malloc(sizeof(float) * n_w), *scale = malloc(sizeof(float) * cout);
             int8_t *wq = malloc((size_t)n_w);
             for (int64_t i = 0; i < n_w; i++) {
-                wq[i] = (int8_t)(127.0f * uniform());
-                w[i] = wq[i];
+                if (wtype == W_BF16) {
+                    wh[i] = to_bf16(w[i]);
+                    uint32_t bits = (uint32_t)wh[i] << 16;
+                    memcpy(&w[i], &bits, 4);
+                } else {
+                    wq[i] = (int8_t)(127.0f * w[i]);
+                    w[i] = wq[i];
+                }
             }
-            for (int c = 0; c < cout; c++) scale[c] = 0.01f * (1.5f + uniform());
+            for (int c = 0; c < cout; c++) scale[c] = 0.01f * (2.5f + scale[c]);
             float *want = calloc((size_t)rows * cout, sizeof(float)), *got = calloc((size_t)rows * cout, sizeof(float));
             Op op = {.kind = OP_CONV, .cin = cin, .cout = cout, .cpad = cout, .k = k, .dilation = dilation,
                      .stride = 1, .t_out = rows, .alpha = 1.0f, .nv = 1 << s, .x_channels = cin,
                      .group_cout = cout, .group_pad = cout, .rep = 1, .seg = cout, .x = x, .w = w,
                      .out = want, .wtype = W_F32};
             engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
-            for (int i = 0; i < rows * cout; i++) want[i] = want[i] * scale[i % cout];
-            op.w = (const float *)wq, op.wtype = W_I8, op.wscale = scale, op.out = got;
+            if (wtype == W_I8)
+                for (int i = 0; i < rows * cout; i++) want[i] = want[i] * scale[i % cout];
+            op.w = wtype == W_BF16 ? (const float *)wh : (const float *)wq, op.wtype = wtype, op.out = got;
+            op.wscale = wtype == W_I8 ? scale : NULL;
             engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 2);
-            snprintf(name, sizeof name, "int8 kernel %dx%d", rows, 1 << s);
+            snprintf(name, sizeof name, "%s kernel %dx%d", wtype == W_BF16 ? "bf16" : "int8", rows, 1 << s);
             for (int i = 0; i < rows * cout; i++) {
                 checks++;
                 if (memcmp(&want[i], &got[i], sizeof(float))) fail(name, i / cout, i % cout, got[i], want[i]);
             }
-            free(x), free(w), free(scale), free(wq), free(want), free(got);
+            free(x), free(w), free(scale), free(wh), free(wq), free(want), free(got);
         }
     }
 }
@@ -354,8 +332,8 @@ int main(void) {
     for (int s = 0; s < 3; s++)
         if (ROWS[s]) test_rows_do_not_depend_on_blocking(1 << s, 2);
     test_epilogues();
-    test_bf16_weights();
-    test_int8_weights();
+    test_stored_weights(W_BF16);
+    test_stored_weights(W_I8);
     test_activations();
     test_vq(1);
     test_vq(2);
