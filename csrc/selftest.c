@@ -284,8 +284,8 @@ static uint16_t to_bf16(float f) { /* round to nearest even, as torch does (no N
 }
 
 /* Weights stored as bfloat16, or as int8 with a scale per column (`wtype`), every block shape: bit for
- * bit the float kernels on the same weights as floats, each sum then multiplied by its column's
- * scale for int8. */
+ * bit the float kernels on the same weights as floats (bf16 with a bias; int8 without one, each sum
+ * then multiplied by its column's scale, so that the reference is one exact product). */
 static void test_stored_weights(int wtype) {
     char name[64];
     for (int s = 0; s < 3; s++) {
@@ -293,6 +293,7 @@ static void test_stored_weights(int wtype) {
             const int cin = 5, cout = 2 * (1 << s) * VL, k = 3, dilation = 2;
             const int64_t n_w = (int64_t)cout * k * cin, x_rows = rows + (k - 1) * dilation;
             float *x = random_floats(x_rows * cin), *w = random_floats(n_w), *scale = random_floats(cout);
+            float *bias = random_floats(cout);
             uint16_t *wh = malloc(sizeof(uint16_t) * n_w);
             int8_t *wq = malloc((size_t)n_w);
             for (int64_t i = 0; i < n_w; i++) {
@@ -310,7 +311,7 @@ static void test_stored_weights(int wtype) {
             Op op = {.kind = OP_CONV, .cin = cin, .cout = cout, .cpad = cout, .k = k, .dilation = dilation,
                      .stride = 1, .t_out = rows, .alpha = 1.0f, .nv = 1 << s, .x_channels = cin,
                      .group_cout = cout, .group_pad = cout, .rep = 1, .seg = cout, .x = x, .w = w,
-                     .out = want, .wtype = W_F32};
+                     .bias = wtype == W_BF16 ? bias : NULL, .out = want, .wtype = W_F32};
             engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
             if (wtype == W_I8)
                 for (int i = 0; i < rows * cout; i++) want[i] = want[i] * scale[i % cout];
@@ -322,7 +323,7 @@ static void test_stored_weights(int wtype) {
                 checks++;
                 if (memcmp(&want[i], &got[i], sizeof(float))) fail(name, i / cout, i % cout, got[i], want[i]);
             }
-            free(x), free(w), free(scale), free(wh), free(wq), free(want), free(got);
+            free(x), free(w), free(scale), free(bias), free(wh), free(wq), free(want), free(got);
         }
     }
 }
