@@ -215,6 +215,7 @@ def run_training(options: TrainOptions) -> Path:
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:
             raise SystemExit(1) from None  # the node's first process says why, once
         raise
+    finished = False
     try:
         if not context.is_main:
             logging.getLogger().setLevel(logging.WARNING)
@@ -251,6 +252,7 @@ def run_training(options: TrainOptions) -> Path:
         trainer.run()
         if writer is not None:
             writer.close()
+        finished = True
         return expdir
     finally:
-        shutdown_distributed()
+        shutdown_distributed(finished)

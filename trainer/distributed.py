@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -130,9 +131,19 @@ def init_distributed(ngpu: int | None = None) -> DistributedContext:
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group, if one was joined."""
+def shutdown_distributed(finished: bool = False) -> None:
+    """Leave the process group, if one was joined.
+
+    ``finished``: every rank got to the end of training. The ranks then wait for each other first (a
+    barrier), and pause without the GIL: gloo's worker threads free a collective's tensors after the
+    caller has its result, and freeing one that Python no longer holds takes the GIL. The process
+    group's destructor (run when DDP's reducer is freed, GIL held) joins those threads, so one still
+    waiting for the GIL would hang the process forever after its last step.
+    """
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
+            time.sleep(0.05)
         dist.destroy_process_group()
 
 
