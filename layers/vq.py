@@ -181,9 +181,8 @@ class VectorQuantize(nn.Module):
         the distances is the first maximum of their negatives."""
         return self.distances(flatten).min(1).indices
 
-    # Eager even inside torch.compile: Inductor (torch 2.13, CPU) computes buf.mul_(d).add_(x @ y, alpha=a)
-    # wrongly, and the statistics must keep the original's eager arithmetic anyway.
-    @torch.compiler.disable
+    # Eager even inside torch.compile (keep_statistics_eager): Inductor (torch 2.13, CPU) computes
+    # buf.mul_(d).add_(x @ y, alpha=a) wrongly, and the statistics must keep the original's eager arithmetic.
     def _ema_update(self, flatten: torch.Tensor, onehot: torch.Tensor) -> None:
         self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(flatten.t() @ onehot, alpha=1 - self.decay)
@@ -203,8 +202,7 @@ class VectorQuantize(nn.Module):
         self._initialised = bool(self.cluster_size.sum() > 0)
         return not self._initialised
 
-    @torch.compiler.disable  # data-dependent; eager as the EMA update
-    @torch.no_grad()
+    @torch.no_grad()  # data-dependent; eager inside torch.compile as the EMA update
     def initialise(self, x: torch.Tensor) -> None:
         """With `kmeans_init`, in training mode, before the codebook's first update: set the codes to
         the k-means centroids of x (..., dim), the cluster sizes to their counts, and `embed_avg` so
@@ -217,8 +215,7 @@ class VectorQuantize(nn.Module):
         self.embed_avg.copy_(self.embed * self.smoothed_cluster_size().unsqueeze(0))
         self._initialised = True
 
-    @torch.compiler.disable  # data-dependent; eager as the EMA update
-    @torch.no_grad()
+    @torch.no_grad()  # data-dependent; eager inside torch.compile as the EMA update
     def expire_dead_codes(self, x: torch.Tensor, used: torch.Tensor) -> int:
         """Re-seed the codes whose EMA cluster size is below `threshold_ema_dead_code` and that the
         batch did not use (`used` (size,) bool) with vectors of x (..., dim) (rank 0's); their sizes
@@ -273,6 +270,23 @@ class VectorQuantize(nn.Module):
         indices = self.nearest(x.reshape(-1, self.dim)).view(*x.shape[:-1])
         quantized = F.embedding(indices, self.codebook)
         return x + (quantized - x), indices
+
+
+_EAGER_METHODS = ("_ema_update", "initialise", "expire_dead_codes")
+
+
+def keep_statistics_eager() -> None:
+    """Make the codebook statistics' updates run eagerly inside ``torch.compile`` (call before compiling).
+
+    Applied here, once, rather than as decorators: ``torch.compiler.disable`` imports ``torch._dynamo``,
+    about two seconds that every command coding audio would otherwise pay at start-up.
+    """
+    for name in _EAGER_METHODS:
+        method = getattr(VectorQuantize, name)
+        if not getattr(method, "_kept_eager", False):
+            method = torch.compiler.disable(method)
+            method._kept_eager = True
+            setattr(VectorQuantize, name, method)
 
 
 class ResidualVQ(nn.Module):

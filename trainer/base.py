@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from layers.vq import ResidualVQ
+from layers.vq import ResidualVQ, keep_statistics_eager
 from losses import MelSpectrogram
 from trainer.curve import LearningCurve
 from trainer.data import StepBatch, TrainingData
@@ -189,6 +189,7 @@ class GANTrainer:
         if precision == "fp16":
             self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers}
         if config.get("compile"):
+            keep_statistics_eager()
             self.generator.compile()
             self.discriminator.compile()
         self.configure_parameters()
