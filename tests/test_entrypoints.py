@@ -93,3 +93,13 @@ def test_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None
                    "--output_dir", str(tmp_path), cwd=tmp_path),
         "nosuch",
     )
+
+
+def test_commands_do_not_import_the_compiler_stack() -> None:
+    # torch._dynamo takes seconds to import: only compiled training needs it (layers.vq.keep_statistics_eager).
+    modules = ["codec", "demoFile", "demoStream", "codecTrain", "codecTest", "codecStatistic", "trainer.builder"]
+    probe = (f"import sys; [__import__(m) for m in {modules!r}]; "
+             "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
