@@ -355,6 +355,8 @@ ROW_KERNEL_PAIR(5) ROW_KERNEL_PAIR(6) ROW_KERNEL_PAIR(7) ROW_KERNEL_PAIR(8)
 #endif
 /* ROW_KERNELS[wtype][N - 1] */
 static const kernel_fn ROW_KERNELS[WTYPES][ROW_VECTORS] = {{ROW_TABLE(conv)}, {ROW_TABLE(convh)}, {ROW_TABLE(convq)}};
+/* WEIGHTS_PER_FLOAT[wtype]: how many weights of that type the bytes of one float hold */
+static const int WEIGHTS_PER_FLOAT[WTYPES] = {1, 2, 4};
 
 /* A layer of one output row: each group's column vectors ROW_VECTORS at a time. */
 static void run_conv_row(const Op *op, int tid, int nthreads) {
@@ -386,7 +388,7 @@ static void run_conv(const Op *op, int tid, int nthreads) {
      * column block, all rows of one before the next: each weight is read from memory once and
      * stays in cache while its rows are computed. Otherwise (long blocks of a whole file) row
      * block by row block, all columns of one before the next: the input rows stay in cache. */
-    const int64_t weights = (int64_t)op->k * op->cin * op->cpad / (op->wtype == W_BF16 ? 2 : op->wtype == W_I8 ? 4 : 1);
+    const int64_t weights = (int64_t)op->k * op->cin * op->cpad / WEIGHTS_PER_FLOAT[op->wtype];
     const int64_t inputs = ((int64_t)(op->t_out - 1) * op->stride + (int64_t)(op->k - 1) * op->dilation + 1) * op->x_channels;
     const int by_column = weights >= inputs;
     for (int64_t item = first; item < last; item++) {
