@@ -84,7 +84,7 @@ def test_arm64_build_under_qemu(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (X86 and cpu_has("avx2", "fma")), reason="an x86-64 CPU with AVX2 and FMA")
 def test_the_avx2_emulation_holds_torch_and_the_engine_to_avx2(tmp_path: Path) -> None:
-    """utils/as_avx2.sh: what the CI's second pass runs under (the same on an AVX2 machine)."""
+    """utils/as_avx2.sh: what the CI runs its second pass under on an AVX-512 CPU."""
     probe = (  # (oneDNN held to AVX2 has no bf16 convolutions: reordering weights for one raises)
         "import torch; from utils.runtime import native_build as n\n"
         "try:\n"
