@@ -8,9 +8,10 @@ decoded with the first K codebooks for every K asked; each decode is scored agai
 (wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance; see utils/eval/metrics.py). `--opus` scores Opus
 at the given bitrates on the same files. `--entropy` range-codes each file's codes with the model's
 entropy table (`codec.py fit-entropy`), checks that they decode to the same codes, and reports the
-payload bitrate. Writes `report.json` (settings, per-file rows, means), `report.md` (the table) and
-`rate_quality.png` (PESQ-WB and ESTOI against kbps, the codec's points beside Opus's) to `--out`,
-and prints the table.
+payload bitrate. `--unquantized` adds the model with its quantizer left out (the encoder's latent
+straight into the decoder): its quality at unlimited bitrate, the ceiling the codebooks approach.
+Writes `report.json` (settings, per-file rows, means), `report.md` (the table) and `rate_quality.png`
+(PESQ-WB and ESTOI against kbps, the codec's points beside Opus's) to `--out`, and prints the table.
 """
 
 import sys
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opus", default="", help="Opus bitrates in kbps to score beside, e.g. 12.8,6.4")
     parser.add_argument("--entropy", action="store_true", help="measure the entropy-coded bitrate too")
     parser.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
+    parser.add_argument("--unquantized", action="store_true",
+                        help="also score the model without its quantizer (the latent straight into the decoder)")
     parser.add_argument("--every", type=int, default=1, help="score every N-th file only (a spread-out subset)")
     parser.add_argument("--max_files", type=int, default=0, help="score only the first N files (0 = all)")
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")
@@ -88,7 +91,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: list[float], entropy,
-               used: list[set[int]] | None = None) -> dict:
+               used: list[set[int]] | None = None, unquantized: bool = False) -> dict:
     """One row: metrics of every system on one file, its duration, and its entropy-coded size. ``used``
     (one set per codebook) gathers the codes the file's encoding chose."""
     data, rate = read_audio(str(path))
@@ -108,6 +111,9 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
             codec.reset(1)
             decoded = codec.decode(codes[:, :k])[0, 0, : len(reference)].cpu().numpy()
         row.update({f"K{k}_{name}": value for name, value in evaluate_pair(reference, decoded, rate).items()})
+    if unquantized:
+        decoded = codec.code_unquantized(streams)[0, 0].cpu().numpy()
+        row.update({f"unquantized_{name}": value for name, value in evaluate_pair(reference, decoded, rate).items()})
     for kbps in opus_rates:
         result = opus_roundtrip(reference, rate, bitrate_kbps=kbps)
         scores = evaluate_pair(reference, result.audio, rate)
@@ -125,10 +131,16 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
     return row
 
 
-def summarize(rows: list[dict], codec, codebooks: list[int], opus_rates: list[float], entropy: bool) -> list[dict]:
-    """One line per system: the mean of each metric, and the bitrate (raw and, if measured, entropy-coded)."""
+def summarize(rows: list[dict], codec, codebooks: list[int], opus_rates: list[float], entropy: bool,
+              unquantized: bool = False) -> list[dict]:
+    """One line per system: the mean of each metric, and the bitrate (raw and, if measured, entropy-coded;
+    none for the unquantized model)."""
     seconds = sum(row["seconds"] for row in rows)
     lines = []
+    if unquantized:
+        line = {"system": f"{codec.name} unquantized", "kbps": math.nan}
+        line.update({name: _mean(rows, f"unquantized_{name}") for name in METRIC_NAMES})
+        lines.append(line)
     for k in codebooks:
         tag = "" if codec.precision == "fp32" else f" {codec.precision}"
         line = {"system": f"{codec.name}{tag} K={k}", "kbps": codec.bitrate(k) / 1000}
@@ -158,6 +170,8 @@ def rate_quality_points(lines: list[dict]) -> dict[str, list[tuple[float, float,
     """(kbps, PESQ-WB, ESTOI) of each summary line, grouped into the codec's points and Opus's, by kbps."""
     groups: dict[str, list[tuple[float, float, float]]] = {}
     for line in lines:
+        if not math.isfinite(line["kbps"]):  # the unquantized model has no bitrate
+            continue
         family = "Opus" if line["system"].startswith("Opus") else line["system"].split(" K=")[0]
         groups.setdefault(family, []).append((line["kbps"], line["pesq_wb"], line["estoi"]))
     return {family: sorted(points) for family, points in groups.items()}
@@ -224,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     used: list[set[int]] = [set() for _ in range(codec.n_codebooks)]
     with torch.inference_mode():
         for path in tqdm(files, desc="scoring", unit="file"):
-            rows.append(score_file(codec, path, Path(args.test), codebooks, opus_rates, entropy, used))
-    lines = summarize(rows, codec, codebooks, opus_rates, entropy is not None)
+            rows.append(score_file(codec, path, Path(args.test), codebooks, opus_rates, entropy, used,
+                                   args.unquantized))
+    lines = summarize(rows, codec, codebooks, opus_rates, entropy is not None, args.unquantized)
     table = markdown_table(lines, entropy is not None)
     seconds = sum(row["seconds"] for row in rows)
     settings = {
         "model": codec.name, "test": args.test, "files": len(rows), "seconds": seconds,
         "codebooks": codebooks, "opus_kbps": opus_rates, "entropy": entropy is not None,
+        "unquantized": args.unquantized,
         "precision": args.precision, "codes_used": [len(codes) for codes in used],
         "command": " ".join(["python", "bin/model_report.py", *(argv if argv is not None else sys.argv[1:])]),
     }

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from bin.model_report import main
 from tests.conftest import OFFICIAL, REPO, official_path
@@ -78,6 +79,31 @@ def test_report_lists_every_codebook_count_with_entropy_bitrate(model, test_dir,
             used[index].update(row.tolist())
     assert report["settings"]["codes_used"] == [len(codes) for codes in used]
     assert f"per codebook (of {codec.codebook_size}): {', '.join(str(len(codes)) for codes in used)}" in table
+
+
+def test_unquantized_output_is_what_more_codebooks_approach(model, test_dir, tmp_path) -> None:
+    codec = model.codec
+    audio, _ = sf.read(official_path("input", "test_48k.wav"), dtype="float32")
+    x = codec.streams_from_audio(audio[:, None])
+    codes, coded = codec.code(x)
+    ceiling = codec.code_unquantized(x)
+    assert ceiling.shape == coded.shape and torch.isfinite(ceiling).all()
+
+    def snr(k: int) -> float:
+        error = (ceiling - codec.code(x, k)[1]).pow(2).sum()
+        return float(10 * torch.log10(ceiling.pow(2).sum() / error))
+
+    # Each more codebook brings the coded output nearer the unquantized one (vctk_sym: 2.8, 4.1, 12.1 dB).
+    assert snr(1) < snr(2) < snr(codec.n_codebooks)
+    assert torch.equal(codec.code(x)[0], codes)  # the coding steps are untouched by the unquantized pass
+
+    out = tmp_path / "unquantized"
+    assert main([*model.args, "--test", str(test_dir), "--codebooks", "1", "--unquantized", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["unquantized"] is True
+    line = next(line for line in report["summary"] if line["system"] == "custom unquantized")
+    assert line["kbps"] is None and 1.0 <= line["pesq_wb"] <= 4.7 and np.isfinite(line["log_mel_distance"])
+    assert "| custom unquantized |  |" in (out / "report.md").read_text()
 
 
 @pytest.mark.skipif(not native_build.available(), reason="a bf16 receiver runs in the native engine")

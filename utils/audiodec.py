@@ -216,6 +216,23 @@ class StreamingCodec:
         y = self.decode(codes[:, :n_codebooks] if n_codebooks else codes)
         return codes, y[..., :length]
 
+    @torch.inference_mode()
+    def code_unquantized(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole-signal pass with the quantizer left out: x (B, C, T) -> y (B, C_out, T), the encoder's
+        latent straight into the decoder (eager steps, from a state warmed up the same way). The
+        codec's output at unlimited bitrate: its distance to `code`'s is what the codebooks cost.
+        """
+        length = x.shape[-1]
+        reset_streaming(self.encoder, 1)
+        reset_streaming(self.decoder, 1)
+        silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
+        self.decoder.decode(self.encoder.encode(silence))
+        expand_streams(self.encoder, x.shape[0])
+        expand_streams(self.decoder, x.shape[0])
+        self.batch_size = 0  # the coding steps start again from their own warmed-up state
+        padded = F.pad(x.to(self.device, torch.float32), (0, -length % self.hop_length))
+        return self.decoder.decode(self.encoder.encode(padded))[..., :length]
+
     def streams_from_audio(self, data: np.ndarray) -> torch.Tensor:
         """File samples (T, C) -> model input (B, input_channels, T).
 
