@@ -213,7 +213,9 @@ def run_training(options: TrainOptions) -> Path:
         context = init_distributed(options.ngpu)
     except CodecError:
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:
-            raise SystemExit(1) from None  # the node's first process says why, once
+            # The node's first process says why, once, and fails the job; a failing exit here would let
+            # torchrun stop that process before it has said it.
+            raise SystemExit(0) from None
         raise
     finished = False
     try:
