@@ -156,17 +156,22 @@ class StreamingCodec:
             silence = torch.zeros(batch_size, self.input_channels, frame_size, device=self.device)
             for _ in range(1 if self.backend == "eager" else 2):  # graphs come on a shape's 2nd call
                 self.decode(self.encode(silence))
+        self._warm_up(batch_size, quantized=True)
+        self.batch_size = batch_size
+
+    def _warm_up(self, batch_size: int, quantized: bool) -> None:
+        """Restart every stream from the state a silent warm-up leaves, then copy it to `batch_size` streams."""
         reset_streaming(self.encoder, 1)
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
-        codes = self.encoder.quantize(self.encoder.encode(silence))
-        if "decoder" in self.native_sides:  # the receiver's own arithmetic (a bf16 or int8 one runs only there)
-            self._decode_codes(codes)
+        if not quantized:
+            self.decoder.decode(self.encoder.encode(silence))
+        elif "decoder" in self.native_sides:  # the receiver's own arithmetic (a bf16 or int8 one runs only there)
+            self._decode_codes(self.encoder.quantize(self.encoder.encode(silence)))
         else:
-            self.decoder.decode(self.encoder.lookup(codes))
+            self.decoder.decode(self.encoder.lookup(self.encoder.quantize(self.encoder.encode(silence))))
         expand_streams(self.encoder, batch_size)
         expand_streams(self.decoder, batch_size)
-        self.batch_size = batch_size
 
     def _check_batch(self, batch: int) -> None:
         if self.batch_size == 0:
@@ -223,12 +228,7 @@ class StreamingCodec:
         codec's output at unlimited bitrate: its distance to `code`'s is what the codebooks cost.
         """
         length = x.shape[-1]
-        reset_streaming(self.encoder, 1)
-        reset_streaming(self.decoder, 1)
-        silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
-        self.decoder.decode(self.encoder.encode(silence))
-        expand_streams(self.encoder, x.shape[0])
-        expand_streams(self.decoder, x.shape[0])
+        self._warm_up(x.shape[0], quantized=False)
         self.batch_size = 0  # the coding steps start again from their own warmed-up state
         padded = F.pad(x.to(self.device, torch.float32), (0, -length % self.hop_length))
         return self.decoder.decode(self.encoder.encode(padded))[..., :length]
