@@ -7,11 +7,17 @@ batch shape (the trainer's own step; see trainer/benchmark.py).
     python bin/train_benchmark.py --precisions fp32 --compile both --threads 2 --json out.json
     python bin/train_benchmark.py --device cuda --steps 50 --precisions fp32,bf16 --compile both
     python bin/train_benchmark.py --precisions fp32 --compile both --original /path/to/AudioDec
+    python bin/train_benchmark.py --phases stage1 --precisions fp32 --rounds 5 --original /path/to/AudioDec
 
 `--original DIR` (a checkout of facebookresearch/AudioDec) times the original trainer's step of each
 phase after ours, in the same run on the same CPU (fp32, eager: all it has), from its own copy of
 the config (DIR/config/<same path under config/>), and gives each of our rows as a ratio of its
 steps/s (bin/time_original.py).
+
+`--rounds N` repeats the whole comparison N times in turn (ours, then the original's, per phase) and
+reports medians: on a machine whose speed drifts by tens of percent within an hour (a shared VM), a
+ratio is only meaningful between runs taken minutes apart, so the ratio reported is the median of
+each round's own ratio. Each round builds (and compiles) the trainers anew.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 from pathlib import Path
 
@@ -69,6 +76,55 @@ def time_original(original: Path, config: Path, phase: str, args: argparse.Names
     return run_in_own_process(original, arguments, "the original trainer")
 
 
+def _time_ours(config: dict, phase: str, precision: str, compiled: bool, args: argparse.Namespace) -> dict:
+    """One of our settings timed, its row printed."""
+    timing = time_phase(config, phase, precision, compiled, args.device, args.steps, args.warmup)
+    peak = f"{timing.peak_memory_mib:.0f}" if timing.peak_memory_mib is not None else "-"
+    print(f"{phase:<12} {precision:<9} {'yes' if compiled else 'no':<7} "
+          f"{timing.batch_size:>3}x{timing.batch_length:<5} {timing.seconds_per_step:>8.3f} "
+          f"{timing.samples_per_second:>9.2f} {timing.warmup_seconds:>9.1f} {peak:>8}", flush=True)  # fmt: skip
+    return timing.as_dict()
+
+
+def _time_theirs(original: Path, config: Path, phase: str, args: argparse.Namespace, ours: list[dict]) -> dict:
+    """The original's step of `phase` timed, its row printed, and each of `ours` given its ratio."""
+    timing = time_original(original, config, phase, args)
+    print(f"{phase:<12} {'original':<9} {'no':<7} {timing['batch_size']:>3}x{timing['batch_length']:<5} "
+          f"{timing['seconds_per_step']:>8.3f} {timing['samples_per_second']:>9.2f}", flush=True)
+    for row in ours:
+        row["vs_original"] = timing["seconds_per_step"] / row["seconds_per_step"]
+        print(f"{'':<12} ours {row['precision']}{' compiled' if row['compile'] else ''}: "
+              f"{row['vs_original']:.2f}x the original's steps/s", flush=True)
+    return timing
+
+
+def _summary(rounds: list[tuple[list[dict], dict | None]]) -> tuple[list[dict], dict | None]:
+    """Rounds of one phase -> one row per setting (and the original's): median seconds per step, each
+    round's figures kept, and the median of the rounds' own ratios to the original; printed."""
+    def merged(rows: list[dict]) -> dict:
+        seconds = [row["seconds_per_step"] for row in rows]
+        median = statistics.median(seconds)
+        return {**rows[0], "seconds_per_step": median, "samples_per_second": rows[0]["batch_size"] / median,
+                "rounds_seconds_per_step": seconds}  # fmt: skip
+
+    ours = [merged([round_rows[index] for round_rows, _ in rounds]) for index in range(len(rounds[0][0]))]
+    original = merged([theirs for _, theirs in rounds]) if rounds[0][1] is not None else None
+    print(f"median of {len(rounds)} rounds:")
+    for index, row in enumerate(ours):
+        label = f"{row['precision']}{' compiled' if row['compile'] else ''}"
+        line = f"  ours {label}: {row['seconds_per_step']:.3f} s/step"
+        if original is not None:
+            ratios = [round_rows[index]["vs_original"] for round_rows, _ in rounds]
+            row["rounds_vs_original"] = ratios
+            row["vs_original"] = statistics.median(ratios)
+            line += (f", {row['vs_original']:.2f}x the original's steps/s (rounds: "
+                     f"{', '.join(f'{ratio:.2f}' for ratio in ratios)})")
+        print(line, flush=True)
+    if original is not None:
+        print(f"  original: {original['seconds_per_step']:.3f} s/step", flush=True)
+    return ours, original
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", default="config/autoencoder/symAD_vctk_48000_hop300.yaml")
@@ -83,12 +139,16 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--original", type=Path, help="checkout of facebookresearch/AudioDec: time its trainer too")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat ours and the original's in turn this many times; report medians")
     args = parser.parse_args()
     phases = _choices(args.phases, PHASES, "--phases")
     precisions = _choices(args.precisions, ("fp32", "bf16", "fp16"), "--precisions")
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.rounds < 1:
+        raise CodecError(f"--rounds {args.rounds}: give 1 or more")
     config = read_config(args.config)
     if args.original and args.device != "cpu":
         raise CodecError("--original times the original trainer on CPU: use --device cpu")
@@ -107,26 +167,18 @@ def main() -> int:
           f"{'warm-up s':>9} {'peak MiB':>8}")  # fmt: skip
     results, originals = [], []
     for phase in phases:
-        ours = []
-        for precision in precisions:
-            for compiled in compiles:
-                timing = time_phase(config, phase, precision, compiled, args.device, args.steps, args.warmup)
-                ours.append(timing.as_dict())
-                peak = f"{timing.peak_memory_mib:.0f}" if timing.peak_memory_mib is not None else "-"
-                line = (f"{phase:<12} {precision:<9} {'yes' if compiled else 'no':<7} "
-                        f"{timing.batch_size:>3}x{timing.batch_length:<5} {timing.seconds_per_step:>8.3f} "
-                        f"{timing.samples_per_second:>9.2f} {timing.warmup_seconds:>9.1f} {peak:>8}")  # fmt: skip
-                print(line, flush=True)
-        if theirs is not None:
-            original = time_original(args.original, theirs, phase, args)
-            originals.append(original)
-            print(f"{phase:<12} {'original':<9} {'no':<7} {original['batch_size']:>3}x{original['batch_length']:<5} "
-                  f"{original['seconds_per_step']:>8.3f} {original['samples_per_second']:>9.2f}", flush=True)
-            for row in ours:
-                row["vs_original"] = original["seconds_per_step"] / row["seconds_per_step"]
-                print(f"{'':<12} ours {row['precision']}{' compiled' if row['compile'] else ''}: "
-                      f"{row['vs_original']:.2f}x the original's steps/s", flush=True)
+        rounds: list[tuple[list[dict], dict | None]] = []
+        for round_index in range(args.rounds):
+            if args.rounds > 1:
+                print(f"{phase}: round {round_index + 1} of {args.rounds}", flush=True)
+            ours = [_time_ours(config, phase, precision, compiled, args)
+                    for precision in precisions for compiled in compiles]  # fmt: skip
+            original = _time_theirs(args.original, theirs, phase, args, ours) if theirs is not None else None
+            rounds.append((ours, original))
+        ours, original = _summary(rounds) if args.rounds > 1 else rounds[0]
         results += ours
+        if original is not None:
+            originals.append(original)
     if args.json:
         report = {"config": args.config, "machine": machine, "torch": torch.__version__, "device": args.device,
                   "results": results, "original": originals}  # fmt: skip

@@ -5,6 +5,7 @@ code statistics."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -331,6 +332,24 @@ def test_a_gpu_request_without_gpus_stops_with_one_error_line(tmp_path: Path) ->
     assert not list((tmp_path / "exp").rglob("checkpoint-*"))
 
 
+def test_crops_shorter_than_a_loss_fft_stop_with_one_error_line_and_no_experiment_folder(tmp_path: Path) -> None:
+    """A centred STFT cannot mirror-pad a crop shorter than half its FFT: the config is refused before
+    training, in one line that names the setting, and the experiment folder it would have made is gone."""
+    params = {**TINY_AUTOENCODER["mel_loss_params"], "fft_sizes": [512], "win_lengths": [512]}
+    recipe = save_recipe(tiny_recipe(tmp_path, mel_loss_params=params, adv_batch_length=320), tmp_path / "short.yaml")
+    result = subprocess.run(
+        [sys.executable, str(Path(REPO, "codecTrain.py")), "-c", recipe, "--tag", "short", "--exp_root",
+         str(tmp_path / "exp"), "--ngpu", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: batch_length 160 is too short for the mel loss's FFT of 512 samples: crops must be longer than 256; "
+        "lengthen batch_length or shorten mel_loss_params' fft_sizes"
+    )
+    assert not (tmp_path / "exp" / "short").exists()
+
+
 def test_the_vq_runs_in_fp32_under_autocast() -> None:
     from layers.vq import ResidualVQ
 
@@ -398,6 +417,42 @@ def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
         assert timing.phase == phase and timing.batch_size == 2 and timing.batch_length == 160
         assert timing.seconds_per_step > 0 and timing.samples_per_second == pytest.approx(2 / timing.seconds_per_step)
     assert cpu_name()
+
+
+def test_benchmark_rounds_report_medians_and_the_median_of_each_rounds_ratio(capsys) -> None:
+    """`--rounds`: per setting the median seconds per step and, against the original, the median of the
+    ratios taken within each round (not a ratio of medians taken at different times)."""
+    from bin.train_benchmark import _summary
+
+    def row(seconds: float, ratio: float | None = None) -> dict:
+        extra = {} if ratio is None else {"vs_original": ratio}
+        return {"phase": "stage1", "precision": "fp32", "compile": False, "batch_size": 16, "seconds_per_step": seconds,
+                **extra}  # fmt: skip
+
+    # The machine slows down over the rounds; ours is 1.25x, 1.0x and 1.5x the original within each round.
+    rounds = [([row(4.0, 5.0 / 4.0)], row(5.0)), ([row(8.0, 8.0 / 8.0)], row(8.0)), ([row(2.0, 3.0 / 2.0)], row(3.0))]
+    (ours,), original = _summary(rounds)
+    assert ours["seconds_per_step"] == 4.0 and ours["rounds_seconds_per_step"] == [4.0, 8.0, 2.0]
+    assert ours["samples_per_second"] == pytest.approx(4.0)
+    assert ours["rounds_vs_original"] == [1.25, 1.0, 1.5] and ours["vs_original"] == 1.25
+    assert original["seconds_per_step"] == 5.0 and original["rounds_seconds_per_step"] == [5.0, 8.0, 3.0]
+    assert "1.25x the original's steps/s (rounds: 1.25, 1.00, 1.50)" in capsys.readouterr().out
+    (alone,), nothing = _summary([([row(3.0)], None), ([row(1.0)], None)])
+    assert nothing is None and alone["seconds_per_step"] == 2.0 and "vs_original" not in alone
+
+
+def test_benchmark_rounds_from_the_command_line(tmp_path: Path) -> None:
+    config = save_recipe(tiny_recipe(tmp_path), tmp_path / "tiny.yaml")
+    command = [sys.executable, str(Path(REPO, "bin", "train_benchmark.py")), "-c", config, "--phases", "stage1",
+               "--precisions", "fp32", "--steps", "1", "--warmup", "0", "--threads", "1"]  # fmt: skip
+    result = subprocess.run([*command, "--rounds", "2", "--json", str(tmp_path / "out.json")], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert len(row["rounds_seconds_per_step"]) == 2
+    assert row["seconds_per_step"] == pytest.approx(sum(row["rounds_seconds_per_step"]) / 2)
+    bad = subprocess.run([*command, "--rounds", "0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: --rounds 0: give 1 or more"
 
 
 @pytest.mark.parametrize("layout, message", [

@@ -3,9 +3,11 @@ data, the trainer of the config's ``train_mode``; and :func:`run_training`, what
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +116,26 @@ def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str,
     for name in names:
         if name in METRIC_LOSSES and f"lambda_{name}_loss" not in config:
             raise CodecError(f"use_{name}_loss is on but the config has no lambda_{name}_loss (its weight)")
+        if name in METRIC_LOSSES:
+            _check_crops_fit(config, name)
     return {name: LOSSES[name](**config.get(f"{name}_loss_params", {})).to(device) for name in names}
+
+
+def _check_crops_fit(config: Mapping[str, Any], name: str) -> None:
+    """A centred STFT pads each side by half its FFT, mirroring the signal: a crop must be longer."""
+    params = config.get(f"{name}_loss_params", {})
+    if "fft_sizes" in params or "fft_size" in params:
+        sizes = params.get("fft_sizes") or [params["fft_size"]]
+    else:
+        default = inspect.signature(LOSSES[name]).parameters.get("fft_sizes")
+        sizes = default.default if default is not None and default.default is not inspect.Parameter.empty else ()
+    for key in ("batch_length", "adv_batch_length"):
+        length = config.get(key)
+        if sizes and length and int(length) <= max(sizes) // 2:
+            raise CodecError(
+                f"{key} {length} is too short for the {name} loss's FFT of {max(sizes)} samples: crops must be "
+                f"longer than {max(sizes) // 2}; lengthen {key} or shorten {name}_loss_params' fft_sizes"
+            )
 
 
 def build_discriminator(config: Mapping[str, Any]) -> nn.Module:
@@ -232,23 +253,31 @@ def run_training(options: TrainOptions) -> Path:
         configure_tf32(context.device, bool(config["tf32"]))
         resume = resolve_resume(options.resume, expdir)
         writer = None
-        if context.is_main:
-            expdir.mkdir(parents=True, exist_ok=True)
-            with open(expdir / "config.yml", "w") as handle:
-                yaml.safe_dump(config, handle, sort_keys=False)
-            from torch.utils.tensorboard import SummaryWriter
+        fresh = context.is_main and not expdir.exists()
+        try:
+            if context.is_main:
+                expdir.mkdir(parents=True, exist_ok=True)
+                with open(expdir / "config.yml", "w") as handle:
+                    yaml.safe_dump(config, handle, sort_keys=False)
+                from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(expdir / "tensorboard"))
-        trainer = build_trainer(config, context, expdir, options.seed, writer, plan)
-        initial = config.get("initial") or ""
-        if resume is not None:
-            trainer.load_checkpoint(resume)
-        elif options.resume == "auto":
-            logger.info("No checkpoint in %s yet: training from the start", expdir)
-        if resume is None and initial:
-            if not Path(initial).is_file():
-                raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
-            trainer.load_checkpoint(initial, params_only=True)
+                writer = SummaryWriter(str(expdir / "tensorboard"))
+            trainer = build_trainer(config, context, expdir, options.seed, writer, plan)
+            initial = config.get("initial") or ""
+            if resume is not None:
+                trainer.load_checkpoint(resume)
+            elif options.resume == "auto":
+                logger.info("No checkpoint in %s yet: training from the start", expdir)
+            if resume is None and initial:
+                if not Path(initial).is_file():
+                    raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
+                trainer.load_checkpoint(initial, params_only=True)
+        except CodecError:
+            if fresh:  # a run that cannot start leaves no experiment folder behind
+                if writer is not None:
+                    writer.close()
+                shutil.rmtree(expdir, ignore_errors=True)
+            raise
         logger.info("Training %s (%s) from step %d in %s", config["model_type"], config.get("train_mode",
                     "autoencoder"), trainer.steps, expdir)
         trainer.run()
