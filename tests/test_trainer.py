@@ -332,6 +332,25 @@ def test_a_gpu_request_without_gpus_stops_with_one_error_line(tmp_path: Path) ->
     assert not list((tmp_path / "exp").rglob("checkpoint-*"))
 
 
+def test_a_later_process_of_a_node_without_its_gpus_leaves_the_error_to_the_first(tmp_path: Path) -> None:
+    """Under torchrun every process finds the GPUs missing; only the node's first says so and fails the
+    job. The others exit quietly with status 0: a failing exit would make torchrun stop the first
+    process, possibly before it has printed its line."""
+    import os
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs: the request would be met")
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "tiny.yaml")
+    env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    result = subprocess.run(
+        [sys.executable, str(Path(REPO, "codecTrain.py")), "-c", recipe, "--tag", "gpu", "--exp_root",
+         str(tmp_path / "exp"), "--ngpu", "2"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0 and "error:" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "exp").exists()
+
+
 def test_crops_shorter_than_a_loss_fft_stop_with_one_error_line_and_no_experiment_folder(tmp_path: Path) -> None:
     """A centred STFT cannot mirror-pad a crop shorter than half its FFT: the config is refused before
     training, in one line that names the setting, and the experiment folder it would have made is gone."""
