@@ -164,12 +164,13 @@ class StreamingCodec:
         reset_streaming(self.encoder, 1)
         reset_streaming(self.decoder, 1)
         silence = torch.zeros(1, self.input_channels, WARMUP_SAMPLES, device=self.device)
+        latent = self.encoder.encode(silence)
         if not quantized:
-            self.decoder.decode(self.encoder.encode(silence))
+            self.decoder.decode(latent)
         elif "decoder" in self.native_sides:  # the receiver's own arithmetic (a bf16 or int8 one runs only there)
-            self._decode_codes(self.encoder.quantize(self.encoder.encode(silence)))
+            self._decode_codes(self.encoder.quantize(latent))
         else:
-            self.decoder.decode(self.encoder.lookup(self.encoder.quantize(self.encoder.encode(silence))))
+            self.decoder.decode(self.encoder.lookup(self.encoder.quantize(latent)))
         expand_streams(self.encoder, batch_size)
         expand_streams(self.decoder, batch_size)
 
