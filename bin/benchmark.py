@@ -381,11 +381,11 @@ def precision_snr(codec: StreamingCodec, x: torch.Tensor) -> float:
     """SNR in dB of `codec`'s reduced-precision receiver against the same receiver in fp32 (a copy),
     decoding the same codes of `x`: what the precision costs, beside what it saves."""
     reference = StreamingCodec(
-        codec.encoder, copy.deepcopy(codec.decoder), codec.sample_rate, precision="fp32", backend=codec.backend
+        codec.encoder, copy.deepcopy(codec.decoder), codec.sample_rate, precision="fp32", backend=codec.backend,
+        output_delay=codec.output_delay,
     )
     codes, y = codec.code(x)
-    reference.reset(x.shape[0])
-    y32 = reference.decode(codes)[..., : y.shape[-1]]
+    y32 = reference.decode_signal(codes, y.shape[-1])
     return float(10 * torch.log10(y32.pow(2).sum() / (y - y32).pow(2).sum().clamp_min(1e-30)))
 
 

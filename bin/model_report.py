@@ -108,8 +108,7 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
         if k == codec.n_codebooks:
             decoded = full[0, 0].cpu().numpy()
         else:
-            codec.reset(1)
-            decoded = codec.decode(codes[:, :k])[0, 0, : len(reference)].cpu().numpy()
+            decoded = codec.decode_signal(codes[:, :k], len(reference))[0, 0].cpu().numpy()
         row.update({f"K{k}_{name}": value for name, value in evaluate_pair(reference, decoded, rate).items()})
     if unquantized:
         decoded = codec.code_unquantized(streams)[0, 0].cpu().numpy()
@@ -126,7 +125,8 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
             payload = entropy.encode(kept)  # what `codec.py encode --entropy` stores as the payload
             if not np.array_equal(entropy.decode(payload, *kept.shape), kept):
                 raise CodecError(f"{path}: entropy-coded codes did not decode to the same codes (K={k})")
-            row[f"K{k}_raw_payload_bits"] = 8 * stream_header(codec, 1, len(reference), k).raw_payload_bytes
+            header = stream_header(codec, 1, codec.coded_length(len(reference)), k)
+            row[f"K{k}_raw_payload_bits"] = 8 * header.raw_payload_bytes
             row[f"K{k}_entropy_payload_bits"] = 8 * len(payload)
     return row
 

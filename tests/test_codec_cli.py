@@ -210,3 +210,39 @@ def test_a_reduced_precision_receiver_from_the_command_line(tmp_path, python: st
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("error: ") and "use --precision fp32" in lines[0] and not out.exists()
+
+
+@pytest.mark.parametrize("delay", [137, 450])
+def test_a_model_with_an_output_delay_gives_files_aligned_with_their_input(tmp_path, delay: int) -> None:
+    """A model trained with ``output_delay: D`` lags its input by D samples: whole-file coding codes D more
+    samples and takes them off the front, in memory, through an .adc file and as the file's bytes arrive."""
+    import shutil
+
+    import yaml
+
+    entry = MANIFEST["vctk_sym"]
+    decoder_checkpoint = tmp_path / "decoder.pkl"
+    shutil.copy(official_path(entry["decoder_checkpoint"]), decoder_checkpoint)
+    config = yaml.safe_load(open(os.path.join(os.path.dirname(official_path(entry["decoder_checkpoint"])),
+                                              "config.yml")))  # fmt: skip
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({**config, "output_delay": delay}))
+    delayed = StreamingCodec.from_checkpoints(official_path(entry["encoder_checkpoint"]), str(decoder_checkpoint))
+    assert delayed.output_delay == delay
+    plain = StreamingCodec(delayed.encoder, delayed.decoder, delayed.sample_rate)
+    data, _ = sf.read(official_path("input", "test_48k.wav"), always_2d=True, dtype="float32")
+    data = data[:12345]
+    codes, y = delayed.code(delayed.streams_from_audio(data))
+    assert codes.shape[-1] == -(-(12345 + delay) // 300) and y.shape[-1] == 12345
+    _, lagging = plain.code(plain.streams_from_audio(np.pad(data, ((0, delay), (0, 0)))))
+    np.testing.assert_array_equal(y.numpy(), lagging[..., delay:].numpy())
+
+    header = encode_to_file(delayed, data, str(tmp_path / "x.adc"))
+    assert header.n_samples == 12345 + delay
+    _, stored = read_adc(str(tmp_path / "x.adc"))
+    np.testing.assert_allclose(decode_codes(delayed, header, stored)[:, 0], y[0, 0].numpy(), atol=1e-5)
+    blob = (tmp_path / "x.adc").read_bytes()
+    for frames_per_step in (1, 4):
+        pieces = [blob[i:i + 11] for i in range(0, len(blob), 11)]
+        streamed = np.concatenate(list(decode_stream(delayed, pieces, frames_per_step=frames_per_step)))
+        assert streamed.shape == (12345, 1)
+        np.testing.assert_allclose(streamed[:, 0], y[0, 0].numpy(), atol=1e-5)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from tests.test_trainer import SAMPLE_RATE, tiny_recipe, train, write_wavs
-from trainer.curve import curve_files, plot_curves
+from trainer.curve import LearningCurve, curve_files, plot_curves
 from utils.errors import CodecError
 from utils.eval.metrics import METRIC_NAMES
 
@@ -78,6 +78,23 @@ def test_curve_files_are_a_fixed_even_spread(tmp_path: Path) -> None:
     assert len(curve_files(tmp_path / "dev", 0)) == 9
     with pytest.raises(CodecError, match="is not a folder"):
         curve_files(tmp_path / "missing", 3)
+
+
+def test_a_delayed_output_is_scored_from_its_delay_on(tmp_path: Path) -> None:
+    """A generator whose output lags its input by ``output_delay`` samples is scored as a copy."""
+    write_wavs(tmp_path / "dev", 2, SAMPLE_RATE, seed=0)
+    delay = 40
+
+    def delayed_copy(audio: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(audio, (delay, 0))[..., : audio.shape[-1]]
+
+    scores = {}
+    for name, curve_delay in (("aligned", delay), ("unaligned", 0)):
+        curve = LearningCurve({"subset": str(tmp_path / "dev"), "files": 2}, tmp_path, SAMPLE_RATE, 8,
+                              tmp_path / name, curve_delay)  # fmt: skip
+        scores[name] = curve.score(delayed_copy, torch.nn.Linear(1, 1), {}, 0, 0.0, 0.0)
+    assert scores["aligned"]["si_sdr"] > 60 and scores["aligned"]["stoi"] > 0.999
+    assert scores["unaligned"]["si_sdr"] < 10
 
 
 def test_plot_curves_draws_runs_side_by_side(tmp_path: Path) -> None:

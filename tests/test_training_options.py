@@ -1,6 +1,6 @@
 """Training options: codebooks kept in use and waveform-aware losses switched on in a tiny recipe (their
 values logged beside the batch perplexity), the light adversarial config training one adversarial
-step, and compiled training steps equal to eager ones."""
+step, an output delay shifting what the losses compare, and compiled training steps equal to eager ones."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 import yaml
 
 from tests.test_trainer import tiny_recipe, train
+from trainer.base import LossTracker
 from trainer.builder import build_trainer, read_config
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import DistributedContext
+from utils.errors import CodecError
 
 REPO = Path(__file__).resolve().parent.parent
 GEOMETRY = {"fft_sizes": [64], "hop_sizes": [16], "win_lengths": [64]}
@@ -65,6 +67,49 @@ def test_the_light_adversarial_config_trains_a_step() -> None:
     assert any(not torch.equal(after[name], tensor) for name, tensor in before.items())
     parameters = sum(parameter.numel() for parameter in trainer.discriminator.parameters())
     assert 4e6 < parameters < 8e6  # the recipes' discriminators hold 70.7 M
+
+
+def _delayed_copy_losses(tmp_path: Path, delay: int, model_delay: int) -> dict[str, float]:
+    """Each loss of one generator pass, with ``output_delay: delay``, of a generator whose output is
+    its input delayed by ``model_delay`` samples."""
+    config = tiny_recipe(tmp_path, use_time_l1_loss=True, lambda_time_l1_loss=1.0, use_complex_stft_loss=True,
+                         lambda_complex_stft_loss=1.0, complex_stft_loss_params=GEOMETRY, output_delay=delay,
+                         start_steps={"generator": 0, "discriminator": 0})  # fmt: skip
+    context = DistributedContext()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as expdir:
+        trainer = build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+
+    def delayed_copy(inputs, losses, prefix, training):
+        shifted = torch.nn.functional.pad(inputs, (model_delay, 0))[..., : inputs.shape[-1]]
+        return shifted + 0.0 * sum(p.sum() for p in trainer.generator.parameters()), 0.0
+
+    trainer.generate = delayed_copy
+    losses = LossTracker()
+    audio = 0.1 * torch.randn(2, 1, 160, generator=torch.Generator().manual_seed(1))
+    trainer.generator_loss(audio, audio, True, losses, "train")
+    return losses.means()
+
+
+def test_an_output_delay_makes_the_losses_compare_the_output_with_the_delayed_input(tmp_path: Path) -> None:
+    aligned = _delayed_copy_losses(tmp_path, delay=24, model_delay=24)
+    for name in ("mel_loss", "log_stft_magnitude_loss", "complex_stft_loss", "time_l1_loss", "feature_matching_loss"):
+        assert aligned[f"train/{name}"] == pytest.approx(0.0, abs=1e-6), name
+    unaligned = _delayed_copy_losses(tmp_path, delay=0, model_delay=24)
+    assert unaligned["train/time_l1_loss"] > 0.01 and unaligned["train/complex_stft_loss"] > 0.01
+
+
+@pytest.mark.parametrize("delay, message", [
+    (160, "output_delay 160 leaves nothing of the batch_length 160 crops to compare: make it shorter than the crops"),
+    (-3, "output_delay -3 is not a whole number of samples >= 0: fix the config"),
+    (100, "batch_length 160 less the output_delay of 100 is too short for the mel loss's FFT of 128 samples"),
+])  # fmt: skip
+def test_a_bad_output_delay_is_one_error(tmp_path: Path, delay: int, message: str) -> None:
+    config = tiny_recipe(tmp_path, output_delay=delay)
+    context = DistributedContext()
+    with tempfile.TemporaryDirectory() as expdir, pytest.raises(CodecError) as caught:
+        build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+    assert str(caught.value).startswith(message)
 
 
 @pytest.mark.slow

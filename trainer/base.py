@@ -22,6 +22,9 @@ the original's, step for step):
   in float32 (their log/sqrt and the EMA statistics lose too much in 16 bits).
 - ``compile``: ``torch.compile`` the generator and the discriminator.
 - ``ddp_bf16_compress``: all-reduce the discriminator's gradients as bfloat16.
+- ``output_delay``: D samples by which the generator's output may lag its input. Every loss that
+  compares output with target (metric losses, feature matching, the discriminator's real/fake pair)
+  sees output[D:] against target[:-D], so a causal model can use D samples of lookahead.
 The discriminator's parameters are frozen during the generator's pass (their gradients there would
 be thrown away), and the logged losses stay on the device until the log interval.
 """
@@ -49,7 +52,7 @@ from trainer.data import StepBatch, TrainingData
 from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, wrap_ddp
 from trainer.preemption import PreemptionHandler
 from trainer.state import capture_rng_state, checkpoint_path, read_training_checkpoint, restore_rng_state
-from utils.checkpoint import atomic_torch_save, generator_state_dict, load_generator_state
+from utils.checkpoint import atomic_torch_save, generator_state_dict, load_generator_state, output_delay
 from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
@@ -185,6 +188,7 @@ class GANTrainer:
         if precision not in PRECISIONS:
             raise CodecError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
         self.amp_dtype = PRECISIONS[precision]
+        self.output_delay = output_delay(config)
         self.scalers = {}
         if precision == "fp16":
             self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers}
@@ -235,6 +239,13 @@ class GANTrainer:
         raise NotImplementedError
 
     # ---- losses -----------------------------------------------------------------------------
+    def align(self, predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, target) as the losses compare them: output[D:] against target[:-D] (``output_delay``)."""
+        delay = self.output_delay
+        if not delay:
+            return predicted, target
+        return predicted[..., delay:], target[..., : target.shape[-1] - delay]
+
     def metric_loss(self, predicted: torch.Tensor, target: torch.Tensor, losses: LossTracker, prefix: str):
         """Weighted sum of the metric losses the config switches on."""
         total = 0.0
@@ -338,7 +349,7 @@ class GANTrainer:
         """The generator's training loss on one micro-batch (metric, VQ and, when on, adversarial terms)."""
         with self.autocast():
             predicted, extra = self.generate(inputs, losses, prefix, training=True)
-        predicted = self.full_precision(predicted)
+        predicted, target = self.align(self.full_precision(predicted), target)
         loss = extra + self.metric_loss(predicted, target, losses, prefix)
         if discriminator_on:
             # No gradient for the discriminator's weights here: the discriminator update clears them.
@@ -381,6 +392,7 @@ class GANTrainer:
                 # Re-computing the output after the generator update gives better quality (original).
                 with torch.no_grad(), self.autocast():
                     predicted, _ = self.generate(part_inputs, LossTracker(), prefix, training=False)
+                predicted, part_target = self.align(predicted, part_target)
                 with _no_sync(self.discriminator_ddp, index < last):
                     # Real and generated audio in one pass: DDP allows one forward per backward.
                     with self.autocast():
@@ -398,7 +410,7 @@ class GANTrainer:
         losses, prefix = self.eval_losses, "eval"
         with self.autocast():
             predicted, extra = self.generate(inputs, losses, prefix, training=False)
-        predicted = self.full_precision(predicted)
+        predicted, target = self.align(self.full_precision(predicted), target)
         loss = extra + self.metric_loss(predicted, target, losses, prefix)
         if self.discriminator_active():
             with self.autocast():
@@ -494,7 +506,7 @@ class GANTrainer:
         generator_params = self.config.get("generator_params") or {}
         hop = self.config.get("hop_size") or math.prod(generator_params.get("enc_strides") or [1])
         return LearningCurve(params, (self.config.get("data") or {}).get("path", "."),
-                             int(self.config["sampling_rate"]), int(hop), self.expdir)
+                             int(self.config["sampling_rate"]), int(hop), self.expdir, self.output_delay)
 
     @torch.no_grad()
     def reconstruct(self, audio: torch.Tensor) -> torch.Tensor:

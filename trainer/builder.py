@@ -27,7 +27,7 @@ from trainer.denoise import DenoiseTrainer
 from trainer.distributed import DistributedContext, configure_tf32, init_distributed, shutdown_distributed
 from trainer.state import resolve_resume
 from trainer.vocoder import VocoderTrainer
-from utils.checkpoint import build_generator
+from utils.checkpoint import build_generator, output_delay
 from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,11 @@ def build_scheduler(config: Mapping[str, Any], role: str, optimizer: torch.optim
 
 def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str, nn.Module]:
     """The adversarial losses, and the metric / feature-matching losses the ``use_*_loss`` switches turn on."""
+    delay = output_delay(config)
+    for key in ("batch_length", "adv_batch_length"):
+        if config.get(key) and delay >= int(config[key]):
+            raise CodecError(f"output_delay {delay} leaves nothing of the {key} {config[key]} crops to compare: "
+                             "make it shorter than the crops")
     names = ["generator_adv", "discriminator_adv"]
     names += [name for name in (*METRIC_LOSSES, "feat_match") if config.get(f"use_{name}_loss", False)]
     for name in names:
@@ -125,16 +130,19 @@ def _check_crops_fit(config: Mapping[str, Any], name: str) -> None:
     """A centred STFT pads each side by half its FFT, mirroring the signal: a crop must be longer."""
     params = config.get(f"{name}_loss_params", {})
     if "fft_sizes" in params or "fft_size" in params:
-        sizes = params.get("fft_sizes") or [params["fft_size"]]
+        sizes = params.get("fft_sizes") or ([params["fft_size"]] if "fft_size" in params else [])
     else:
         default = inspect.signature(LOSSES[name]).parameters.get("fft_sizes")
         sizes = default.default if default is not None and default.default is not inspect.Parameter.empty else ()
+    delay = output_delay(config)  # the losses see crops shortened by the output delay
     for key in ("batch_length", "adv_batch_length"):
         length = config.get(key)
-        if sizes and length and int(length) <= max(sizes) // 2:
+        if sizes and length and int(length) - delay <= max(sizes) // 2:
+            shortened = f" less the output_delay of {delay}" if delay else ""
             raise CodecError(
-                f"{key} {length} is too short for the {name} loss's FFT of {max(sizes)} samples: crops must be "
-                f"longer than {max(sizes) // 2}; lengthen {key} or shorten {name}_loss_params' fft_sizes"
+                f"{key} {length}{shortened} is too short for the {name} loss's FFT of {max(sizes)} samples: crops "
+                f"must be longer than {max(sizes) // 2 + delay}; lengthen {key} or shorten {name}_loss_params' "
+                "fft_sizes"
             )
 
 

@@ -8,7 +8,8 @@ Config (absent from the original recipes, so off there)::
         files: 48             # a fixed subset: that many files evenly spaced in the sorted list
 
 Each point codes and decodes every file of the subset with the generator in eval mode (its full
-forward pass, all codebooks) and records the means of PESQ-WB, STOI, ESTOI, SI-SDR and log-mel
+forward pass, all codebooks; an ``output_delay`` of D samples is taken off the front of its output, the
+input padded with D zeros) and records the means of PESQ-WB, STOI, ESTOI, SI-SDR and log-mel
 distance (:mod:`utils.eval.metrics`), the codes of the first codebook used on the subset, and the codes in
 use / entropy per codebook from the EMA cluster sizes. Beside the step it records the training
 CPU seconds (the process's CPU time in training steps, scoring excluded) and wall seconds. Rank 0
@@ -84,7 +85,7 @@ class LearningCurve:
     """Scores a fixed dev subset (see the module docstring); call :meth:`due` after each step."""
 
     def __init__(self, params: Mapping[str, Any], data_root: str | Path, sample_rate: int, hop: int,
-                 expdir: str | Path) -> None:
+                 expdir: str | Path, delay: int = 0) -> None:
         self.interval = int(params.get("interval_steps", 500))
         if self.interval <= 0:
             raise CodecError("learning_curve.interval_steps must be a positive number of steps")
@@ -93,6 +94,7 @@ class LearningCurve:
         self.files = curve_files(folder, int(params.get("files", 48)))
         self.sample_rate = sample_rate
         self.hop = max(int(hop), 1)
+        self.delay = delay  # the generator's output_delay: its output is scored from that sample on
         self.expdir = Path(expdir)
         self.audio = [self._read(path) for path in self.files]
         self.rows: list[dict[str, float]] = self._earlier_rows()
@@ -128,9 +130,9 @@ class LearningCurve:
         scores: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
         used: dict[int, set[int]] = {}
         for audio in self.audio:
-            padded = np.pad(audio, (0, -len(audio) % self.hop))
+            padded = np.pad(audio, (0, self.delay + -(len(audio) + self.delay) % self.hop))
             signal = torch.from_numpy(padded).to(device).view(1, 1, -1)
-            decoded = reconstruct(signal).float().cpu().numpy().reshape(-1)[: len(audio)]
+            decoded = reconstruct(signal).float().cpu().numpy().reshape(-1)[self.delay : self.delay + len(audio)]
             for name, value in evaluate_pair(audio, decoded, self.sample_rate).items():
                 scores[name].append(value)
             codes = _codes(generator, signal)

@@ -22,7 +22,7 @@ from torch import nn
 from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from utils.bitstream.bits import bits_per_code
-from utils.checkpoint import load_autoencoder, load_generator, state_hash
+from utils.checkpoint import load_autoencoder, load_generator, output_delay, state_hash
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, precision_problem, streaming_steps
@@ -56,6 +56,7 @@ class StreamingCodec:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         backend: str = DEFAULT_BACKEND,
+        output_delay: int = 0,
     ) -> None:
         if precision not in PRECISIONS:
             raise CodecError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
@@ -71,6 +72,9 @@ class StreamingCodec:
         self.encoder = encoder.to(self.device)
         self.decoder = decoder.to(self.device)
         self.hop_length = encoder.hop_length
+        # Samples by which the output lags the input beyond the streaming path's own alignment (the
+        # config's output_delay, which the model was trained with): whole-signal passes take it off.
+        self.output_delay = output_delay
         # Reduced precision is for the receiver only: it in the encoder would flip VQ codes,
         # whereas the codes must not depend on how the far end decodes them. The native engine
         # keeps the decoder's convolution weights in bf16 or int8; activations, sums and states
@@ -104,10 +108,10 @@ class StreamingCodec:
         encoder, encoder_config = load_autoencoder(encoder_checkpoint)
         if encoder.mode != "causal":
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
-        decoder, _ = load_generator(decoder_checkpoint)
+        decoder, decoder_config = load_generator(decoder_checkpoint)
         codec = cls(
             encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device, precision=precision,
-            backend=backend,
+            backend=backend, output_delay=output_delay(decoder_config),
         )
         codec.encoder_checkpoint = encoder_checkpoint
         return codec
@@ -210,17 +214,30 @@ class StreamingCodec:
         """The receiver's step outside the native engine: codes -> latent -> waveform chunk."""
         return self._decode_latent(self.encoder.lookup(codes))
 
+    def coded_length(self, length: int) -> int:
+        """Samples a whole-signal pass codes for an input of `length`: the input and `output_delay` zeros
+        (the model's output lags by that much), before the padding to a multiple of the hop."""
+        return length + self.output_delay
+
     def code(self, x: torch.Tensor, n_codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-signal pass from a fresh warmed-up state: x (B, C, T) -> (codes, y (B, C_out, T)).
 
-        The signal is zero-padded to a multiple of the hop and the output cut back to T samples.
+        The signal is zero-padded by `output_delay` samples and to a multiple of the hop; the output,
+        from its `output_delay`-th sample on, is cut back to T samples: y[t] is the coded x[t].
         """
         length = x.shape[-1]
         self.reset(x.shape[0])
-        padded = F.pad(x, (0, -length % self.hop_length))
+        coded = self.coded_length(length)
+        padded = F.pad(x, (0, coded - length + -coded % self.hop_length))
         codes = self.encode(padded)
-        y = self.decode(codes[:, :n_codebooks] if n_codebooks else codes)
-        return codes, y[..., :length]
+        return codes, self.decode_signal(codes[:, :n_codebooks] if n_codebooks else codes, length, reset=False)
+
+    def decode_signal(self, codes: torch.Tensor, length: int, reset: bool = True) -> torch.Tensor:
+        """Codes of a whole signal of `length` samples (as `code` gives them) -> y (B, C_out, length),
+        decoded from a fresh warmed-up state (unless `reset` is False) and aligned with the input."""
+        if reset:
+            self.reset(codes.shape[0])
+        return self.decode(codes)[..., self.output_delay : self.output_delay + length]
 
     @torch.inference_mode()
     def code_unquantized(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,8 +248,9 @@ class StreamingCodec:
         length = x.shape[-1]
         self._warm_up(x.shape[0], quantized=False)
         self.batch_size = 0  # the coding steps start again from their own warmed-up state
-        padded = F.pad(x.to(self.device, torch.float32), (0, -length % self.hop_length))
-        return self.decoder.decode(self.encoder.encode(padded))[..., :length]
+        coded = self.coded_length(length)
+        padded = F.pad(x.to(self.device, torch.float32), (0, coded - length + -coded % self.hop_length))
+        return self.decoder.decode(self.encoder.encode(padded))[..., self.output_delay : self.output_delay + length]
 
     def streams_from_audio(self, data: np.ndarray) -> torch.Tensor:
         """File samples (T, C) -> model input (B, input_channels, T).

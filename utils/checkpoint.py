@@ -45,6 +45,14 @@ def load_config(checkpoint: str) -> dict[str, Any]:
     return config
 
 
+def output_delay(config: dict[str, Any]) -> int:
+    """The config's ``output_delay``: samples by which the model's output lags its input (0 if unset)."""
+    value = config.get("output_delay") or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CodecError(f"output_delay {value!r} is not a whole number of samples >= 0: fix the config")
+    return value
+
+
 def read_checkpoint(checkpoint: str) -> dict[str, Any]:
     """`torch.load` a checkpoint safely (weights only), with a clear error for a bad file."""
     if not os.path.isfile(checkpoint):

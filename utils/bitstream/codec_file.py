@@ -48,12 +48,16 @@ def encode_to_file(
     streams = codec.streams_from_audio(data)
     codes, _ = codec.code(streams)
     kept = n_codebooks or codec.n_codebooks
-    header = stream_header(codec, streams.shape[0], data.shape[0], kept)
+    header = stream_header(codec, streams.shape[0], codec.coded_length(data.shape[0]), kept)
     return write_adc(path, header, codes[:, :kept].cpu().numpy(), entropy_model)
 
 
 def stream_header(codec: StreamingCodec, channels: int, n_samples: int, n_codebooks: int) -> StreamHeader:
-    """The `.adc` header of `channels` streams of `n_samples` coded by `codec` with its first `n_codebooks`."""
+    """The `.adc` header of `channels` streams of `n_samples` coded by `codec` with its first `n_codebooks`.
+
+    `n_samples` counts what was coded: a model with an output delay of D samples codes the input and D
+    zeros (`StreamingCodec.coded_length`), and its decoder gives back the input's length from sample D on.
+    """
     return StreamHeader(
         sample_rate=codec.sample_rate, hop=codec.hop_length, channels=channels,
         n_samples=n_samples, n_codebooks=n_codebooks, codebook_size=codec.codebook_size,
@@ -70,11 +74,10 @@ def _check_compatible(codec: StreamingCodec, header: StreamHeader) -> None:
 
 
 def decode_codes(codec: StreamingCodec, header: StreamHeader, codes: np.ndarray) -> np.ndarray:
-    """Codes (channels, K, frames) of a file -> samples (n_samples, channels * C_out)."""
+    """Codes (channels, K, frames) of a file -> samples (n_samples - output delay, channels * C_out)."""
     _check_compatible(codec, header)
-    codec.reset(header.channels)
-    y = codec.decode(torch.from_numpy(codes))
-    return codec.audio_from_streams(y[..., : header.n_samples])
+    length = max(0, header.n_samples - codec.output_delay)
+    return codec.audio_from_streams(codec.decode_signal(torch.from_numpy(codes), length))
 
 
 def decode_stream(
@@ -82,8 +85,9 @@ def decode_stream(
 ) -> Iterator[np.ndarray]:
     """Decode a raw `.adc` byte stream as it arrives: yields samples (n, channels * C_out) per step.
 
-    Audio comes out as soon as `frames_per_step` frames are complete; the tail beyond the file's
-    length is cut, and a truncated or corrupt stream raises at the end (after what was decoded).
+    Audio comes out as soon as `frames_per_step` frames are complete; the model's output delay is taken
+    off the front and the tail beyond the file's length is cut, and a truncated or corrupt stream raises
+    at the end (after what was decoded).
     """
     reader = AdcStreamReader()
     pending: list[np.ndarray] = []
@@ -98,15 +102,16 @@ def decode_stream(
         pending.extend(frames)
         while len(pending) >= frames_per_step:
             batch, pending = pending[:frames_per_step], pending[frames_per_step:]
-            samples = _decode_frames(codec, batch, header, emitted)
-            emitted += samples.shape[0]
-            yield samples
+            yield _decode_frames(codec, batch, header, emitted)
+            emitted += frames_per_step * codec.hop_length
     if pending:
         yield _decode_frames(codec, pending, header, emitted)
     reader.close()
 
 
 def _decode_frames(codec: StreamingCodec, frames: list[np.ndarray], header: StreamHeader, emitted: int) -> np.ndarray:
+    """The decoder's samples from its `emitted`-th on, less those before its output delay or past the file."""
     codes = torch.from_numpy(np.stack(frames, axis=-1))
     samples = codec.audio_from_streams(codec.decode(codes))
-    return samples[: max(0, header.n_samples - emitted)]
+    start = min(max(0, codec.output_delay - emitted), samples.shape[0])
+    return samples[start : max(start, header.n_samples - emitted)]
