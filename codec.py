@@ -95,8 +95,8 @@ def run_encode(args: argparse.Namespace) -> None:
 
     def encode(source: Path, output: Path) -> float:
         data = read_input_for(codec, str(source), args.resample, args.allow_truncated)
-        header = encode_to_file(codec, data, str(output), args.n_codebooks, entropy)
-        seconds = header.n_samples / header.sample_rate
+        encode_to_file(codec, data, str(output), args.n_codebooks, entropy)
+        seconds = data.shape[0] / codec.sample_rate
         size = os.path.getsize(output)
         logging.debug(f"wrote {output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps")
         return seconds
@@ -128,8 +128,9 @@ def run_decode(args: argparse.Namespace) -> None:
         if header.entropy_coded and key not in tables:
             tables[key] = load_entropy_model(codec, _table_path(codec, args.entropy_table))
         header, codes = read_adc(str(source), tables.get(key) if header.entropy_coded else None)
-        write_audio(str(output), decode_codes(codec, header, codes), header.sample_rate, "PCM_16")
-        return header.n_samples / header.sample_rate
+        samples = decode_codes(codec, header, codes)
+        write_audio(str(output), samples, header.sample_rate, "PCM_16")
+        return samples.shape[0] / header.sample_rate
 
     if os.path.isdir(args.input):
         run_batch(pairs, decode, "decode")
