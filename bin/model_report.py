@@ -125,8 +125,7 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
             payload = entropy.encode(kept)  # what `codec.py encode --entropy` stores as the payload
             if not np.array_equal(entropy.decode(payload, *kept.shape), kept):
                 raise CodecError(f"{path}: entropy-coded codes did not decode to the same codes (K={k})")
-            header = stream_header(codec, 1, codec.coded_length(len(reference)), k)
-            row[f"K{k}_raw_payload_bits"] = 8 * header.raw_payload_bytes
+            row[f"K{k}_raw_payload_bits"] = 8 * stream_header(codec, 1, len(reference), k).raw_payload_bytes
             row[f"K{k}_entropy_payload_bits"] = 8 * len(payload)
     return row
 

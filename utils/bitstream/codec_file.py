@@ -48,19 +48,20 @@ def encode_to_file(
     streams = codec.streams_from_audio(data)
     codes, _ = codec.code(streams)
     kept = n_codebooks or codec.n_codebooks
-    header = stream_header(codec, streams.shape[0], codec.coded_length(data.shape[0]), kept)
+    header = stream_header(codec, streams.shape[0], data.shape[0], kept)
     return write_adc(path, header, codes[:, :kept].cpu().numpy(), entropy_model)
 
 
 def stream_header(codec: StreamingCodec, channels: int, n_samples: int, n_codebooks: int) -> StreamHeader:
-    """The `.adc` header of `channels` streams of `n_samples` coded by `codec` with its first `n_codebooks`.
+    """The `.adc` header of `channels` streams of `n_samples` coded by `codec` with its first `n_codebooks`
+    (the codes `StreamingCodec.code` gives).
 
-    `n_samples` counts what was coded: a model with an output delay of D samples codes the input and D
+    The header counts what was coded: a model with an output delay of D samples codes the input and D
     zeros (`StreamingCodec.coded_length`), and its decoder gives back the input's length from sample D on.
     """
     return StreamHeader(
         sample_rate=codec.sample_rate, hop=codec.hop_length, channels=channels,
-        n_samples=n_samples, n_codebooks=n_codebooks, codebook_size=codec.codebook_size,
+        n_samples=codec.coded_length(n_samples), n_codebooks=n_codebooks, codebook_size=codec.codebook_size,
         model_name=codec.name, decoder_hash=codec.decoder_hash(),
     )
 
