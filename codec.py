@@ -171,7 +171,7 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
     all_codes = []
     for path in tqdm(files, desc="fit-entropy", unit="file"):
         streams = codec.streams_from_audio(read_input_for(codec, path, allow_resample=True))
-        codes, _ = codec.code(streams)
+        codes = codec.encode_signal(streams)
         all_codes.extend(codes.cpu().numpy())
     model = EntropyModel.fit(all_codes, codec.codebook_size)
     output = args.output or _table_path(codec, None)

@@ -225,12 +225,16 @@ class StreamingCodec:
         The signal is zero-padded by `output_delay` samples and to a multiple of the hop; the output,
         from its `output_delay`-th sample on, is cut back to T samples: y[t] is the coded x[t].
         """
+        codes = self.encode_signal(x)
+        return codes, self.decode_signal(codes[:, :n_codebooks] if n_codebooks else codes, x.shape[-1], reset=False)
+
+    def encode_signal(self, x: torch.Tensor) -> torch.Tensor:
+        """The codes of `code` without the decoding: x (B, C, T) -> codes (B, K, frames), from a fresh
+        warmed-up state (the transmitter of a whole file)."""
         length = x.shape[-1]
         self.reset(x.shape[0])
         coded = self.coded_length(length)
-        padded = F.pad(x, (0, coded - length + -coded % self.hop_length))
-        codes = self.encode(padded)
-        return codes, self.decode_signal(codes[:, :n_codebooks] if n_codebooks else codes, length, reset=False)
+        return self.encode(F.pad(x, (0, coded - length + -coded % self.hop_length)))
 
     def decode_signal(self, codes: torch.Tensor, length: int, reset: bool = True) -> torch.Tensor:
         """Codes of a whole signal of `length` samples (as `code` gives them) -> y (B, C_out, length),

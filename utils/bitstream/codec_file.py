@@ -46,7 +46,7 @@ def encode_to_file(
 ) -> StreamHeader:
     """Code samples (T, C) at the codec's rate and write them to `path`; return the header."""
     streams = codec.streams_from_audio(data)
-    codes, _ = codec.code(streams)
+    codes = codec.encode_signal(streams)
     kept = n_codebooks or codec.n_codebooks
     header = stream_header(codec, streams.shape[0], data.shape[0], kept)
     return write_adc(path, header, codes[:, :kept].cpu().numpy(), entropy_model)
