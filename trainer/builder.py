@@ -122,19 +122,19 @@ def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str,
         if name in METRIC_LOSSES and f"lambda_{name}_loss" not in config:
             raise CodecError(f"use_{name}_loss is on but the config has no lambda_{name}_loss (its weight)")
         if name in METRIC_LOSSES:
-            _check_crops_fit(config, name)
+            _check_crops_fit(config, name, delay)
     return {name: LOSSES[name](**config.get(f"{name}_loss_params", {})).to(device) for name in names}
 
 
-def _check_crops_fit(config: Mapping[str, Any], name: str) -> None:
-    """A centred STFT pads each side by half its FFT, mirroring the signal: a crop must be longer."""
+def _check_crops_fit(config: Mapping[str, Any], name: str, delay: int) -> None:
+    """A centred STFT pads each side by half its FFT, mirroring the signal: a crop, less the output
+    ``delay`` the losses take off it, must be longer."""
     params = config.get(f"{name}_loss_params", {})
     if "fft_sizes" in params or "fft_size" in params:
         sizes = params.get("fft_sizes") or ([params["fft_size"]] if "fft_size" in params else [])
     else:
         default = inspect.signature(LOSSES[name]).parameters.get("fft_sizes")
         sizes = default.default if default is not None and default.default is not inspect.Parameter.empty else ()
-    delay = output_delay(config)  # the losses see crops shortened by the output delay
     for key in ("batch_length", "adv_batch_length"):
         length = config.get(key)
         if sizes and length and int(length) - delay <= max(sizes) // 2:

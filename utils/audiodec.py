@@ -231,17 +231,24 @@ class StreamingCodec:
     def encode_signal(self, x: torch.Tensor) -> torch.Tensor:
         """The codes of `code` without the decoding: x (B, C, T) -> codes (B, K, frames), from a fresh
         warmed-up state (the transmitter of a whole file)."""
-        length = x.shape[-1]
         self.reset(x.shape[0])
-        coded = self.coded_length(length)
-        return self.encode(F.pad(x, (0, coded - length + -coded % self.hop_length)))
+        return self.encode(self._pad_whole_signal(x))
+
+    def _pad_whole_signal(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, T) zero-padded by `output_delay` samples and then to a multiple of the hop."""
+        coded = self.coded_length(x.shape[-1])
+        return F.pad(x, (0, coded - x.shape[-1] + -coded % self.hop_length))
+
+    def _aligned(self, y: torch.Tensor, length: int) -> torch.Tensor:
+        """A whole-signal output from its `output_delay`-th sample on, `length` samples long."""
+        return y[..., self.output_delay : self.output_delay + length]
 
     def decode_signal(self, codes: torch.Tensor, length: int, reset: bool = True) -> torch.Tensor:
         """Codes of a whole signal of `length` samples (as `code` gives them) -> y (B, C_out, length),
         decoded from a fresh warmed-up state (unless `reset` is False) and aligned with the input."""
         if reset:
             self.reset(codes.shape[0])
-        return self.decode(codes)[..., self.output_delay : self.output_delay + length]
+        return self._aligned(self.decode(codes), length)
 
     @torch.inference_mode()
     def code_unquantized(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,12 +256,10 @@ class StreamingCodec:
         latent straight into the decoder (eager steps, from a state warmed up the same way). The
         codec's output at unlimited bitrate: its distance to `code`'s is what the codebooks cost.
         """
-        length = x.shape[-1]
         self._warm_up(x.shape[0], quantized=False)
         self.batch_size = 0  # the coding steps start again from their own warmed-up state
-        coded = self.coded_length(length)
-        padded = F.pad(x.to(self.device, torch.float32), (0, coded - length + -coded % self.hop_length))
-        return self.decoder.decode(self.encoder.encode(padded))[..., self.output_delay : self.output_delay + length]
+        padded = self._pad_whole_signal(x.to(self.device, torch.float32))
+        return self._aligned(self.decoder.decode(self.encoder.encode(padded)), x.shape[-1])
 
     def streams_from_audio(self, data: np.ndarray) -> torch.Tensor:
         """File samples (T, C) -> model input (B, input_channels, T).
