@@ -36,6 +36,7 @@ from utils.batch import plan, refuse_existing, run_batch
 from utils.bitstream.adc import decode_header, read_adc
 from utils.bitstream.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
 from utils.bitstream.entropy import EntropyModel
+from utils.checkpoint import load_config, output_delay
 from utils.cli import (
     add_input_arguments,
     add_model_arguments,
@@ -48,6 +49,7 @@ from utils.cli import (
     run_main,
 )
 from utils.errors import CodecError
+from utils.registry import MODELS, installed_root
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,6 +75,12 @@ def parse_args() -> argparse.Namespace:
     decode.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
     info = commands.add_parser("info", help="describe an .adc file")
     info.add_argument("file")
+    info.add_argument(
+        "--decoder",
+        help="decoder checkpoint, for a file whose model is not registered: the "
+        "audio's length leaves out its output delay (default: the header's model, if installed)",
+    )
+    info.add_argument("--root", help="folder holding the models' exp/ (default: current folder, then the toolkit)")
     fit = commands.add_parser("fit-entropy", help="estimate a model's entropy tables from audio files")
     add_model_arguments(fit)
     add_runtime_arguments(fit)
@@ -144,14 +152,42 @@ def run_info(args: argparse.Namespace) -> None:
     if not header.entropy_coded:
         read_adc(args.file)  # verifies the CRC and payload; entropy-coded files need their table for that
     size = os.path.getsize(args.file)
-    seconds = header.n_samples / header.sample_rate
+    delay = _output_delay_of(header.model_name, args.decoder, args.root)
+    samples = header.n_samples - (delay or 0)
+    seconds = samples / header.sample_rate
+    if delay is None:
+        length = (
+            f"{header.n_samples} samples coded, {header.n_frames} frames; with its decoder, if it declares an "
+            "output delay, the audio is that much shorter: --decoder CHECKPOINT"
+        )
+    elif delay:
+        length = (
+            f"{samples} samples; {header.n_samples} coded with the model's output delay of {delay}, "
+            f"{header.n_frames} frames"
+        )
+    else:
+        length = f"{samples} samples, {header.n_frames} frames"
     print(f"model         {header.model_name or '(unnamed)'} (decoder {header.decoder_hash.hex()})")
     print(f"sample rate   {header.sample_rate} Hz, hop {header.hop}")
     print(f"channels      {header.channels}")
-    print(f"duration      {seconds:.3f} s ({header.n_samples} samples, {header.n_frames} frames)")
+    print(f"duration      {seconds:.3f} s ({length})")
     print(f"codebooks     {header.n_codebooks} x {header.codebook_size} ({header.bits_per_code} bits per code)")
     print(f"entropy coded {'yes' if header.entropy_coded else 'no'}")
     print(f"bitrate       {header.bitrate / 1000:.2f} kbps (codes), {size * 8 / seconds / 1000:.2f} kbps (file)")
+
+
+def _output_delay_of(model_name: str, decoder: str | None, root: str | None) -> int | None:
+    """The output delay the decoding model declares (samples its `n_samples` counts beyond the audio),
+    read from its config.yml without loading weights; None when the model is not at hand."""
+    if decoder is None:
+        if model_name not in MODELS:
+            return None
+        entry = MODELS[model_name]
+        folder = installed_root(entry, root)
+        if folder is None:
+            return None
+        decoder = os.path.join(folder, entry.decoder)
+    return output_delay(load_config(decoder))
 
 
 def _header_of(path: str):

@@ -86,6 +86,11 @@ def _time_ours(config: dict, phase: str, precision: str, compiled: bool, args: a
     return timing.as_dict()
 
 
+def _label(row: dict) -> str:
+    """A setting as the summary lines name it: its precision, and 'compiled' where it was."""
+    return f"{row['precision']}{' compiled' if row['compile'] else ''}"
+
+
 def _time_theirs(original: Path, config: Path, phase: str, args: argparse.Namespace, ours: list[dict]) -> dict:
     """The original's step of `phase` timed, its row printed, and each of `ours` given its ratio."""
     timing = time_original(original, config, phase, args)
@@ -93,8 +98,7 @@ def _time_theirs(original: Path, config: Path, phase: str, args: argparse.Namesp
           f"{timing['seconds_per_step']:>8.3f} {timing['samples_per_second']:>9.2f}", flush=True)
     for row in ours:
         row["vs_original"] = timing["seconds_per_step"] / row["seconds_per_step"]
-        print(f"{'':<12} ours {row['precision']}{' compiled' if row['compile'] else ''}: "
-              f"{row['vs_original']:.2f}x the original's steps/s", flush=True)
+        print(f"{'':<12} ours {_label(row)}: {row['vs_original']:.2f}x the original's steps/s", flush=True)
     return timing
 
 
@@ -111,8 +115,7 @@ def _summary(rounds: list[tuple[list[dict], dict | None]]) -> tuple[list[dict], 
     original = merged([theirs for _, theirs in rounds]) if rounds[0][1] is not None else None
     print(f"median of {len(rounds)} rounds:")
     for index, row in enumerate(ours):
-        label = f"{row['precision']}{' compiled' if row['compile'] else ''}"
-        line = f"  ours {label}: {row['seconds_per_step']:.3f} s/step"
+        line = f"  ours {_label(row)}: {row['seconds_per_step']:.3f} s/step"
         if original is not None:
             ratios = [round_rows[index]["vs_original"] for round_rows, _ in rounds]
             row["rounds_vs_original"] = ratios

@@ -213,7 +213,7 @@ def test_a_reduced_precision_receiver_from_the_command_line(tmp_path, python: st
 
 
 @pytest.mark.parametrize("delay", [137, 450])
-def test_a_model_with_an_output_delay_gives_files_aligned_with_their_input(tmp_path, delay: int) -> None:
+def test_a_model_with_an_output_delay_gives_files_aligned_with_their_input(python, tmp_path, delay: int) -> None:
     """A model trained with ``output_delay: D`` lags its input by D samples: whole-file coding codes D more
     samples and takes them off the front, in memory, through an .adc file and as the file's bytes arrive."""
     import shutil
@@ -246,3 +246,9 @@ def test_a_model_with_an_output_delay_gives_files_aligned_with_their_input(tmp_p
         streamed = np.concatenate(list(decode_stream(delayed, pieces, frames_per_step=frames_per_step)))
         assert streamed.shape == (12345, 1)
         np.testing.assert_allclose(streamed[:, 0], y[0, 0].numpy(), atol=1e-5)
+
+    # `info` gives the audio's length when it finds the decoder's config, and says what it counts when not
+    described = codec_cli(python, "info", str(tmp_path / "x.adc"), "--decoder", str(decoder_checkpoint)).stdout
+    assert f"(12345 samples; {12345 + delay} coded with the model's output delay of {delay}," in described
+    unknown = codec_cli(python, "info", str(tmp_path / "x.adc")).stdout
+    assert f"({12345 + delay} samples coded," in unknown and "--decoder CHECKPOINT" in unknown
