@@ -12,10 +12,15 @@ The config's batch_size is the global batch, shared by the processes (see docs/t
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/runtime/cpu_process.py)
+    from utils.runtime.cpu_process import use_fast_malloc
 
-from trainer.builder import TrainOptions, run_training
-from utils.cli import run_main
+    use_fast_malloc()
+
+import argparse  # noqa: E402
+
+from trainer.builder import TrainOptions, run_training  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 
 
 def main() -> int:

@@ -153,13 +153,14 @@ def _time_training(args: argparse.Namespace) -> dict:
             "threads": args.threads}
 
 
-def run_in_own_process(original: Path, arguments: list[str], what: str) -> dict:
+def run_in_own_process(original: Path, arguments: list[str], what: str, env: dict[str, str] | None = None) -> dict:
     """This script run on `original` with `arguments` in a process of its own (both trees have
-    `models/` and `layers/`): its JSON line, or a CodecError with its last line of errors."""
+    `models/` and `layers/`), in `env` (default: this process's): its JSON line, or a CodecError with
+    its last line of errors."""
     from utils.errors import CodecError
 
     command = [sys.executable, str(Path(__file__)), "--original", str(original), *arguments]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["no message"]
         raise CodecError(f"timing {what} in {original} failed: {lines[-1]}")

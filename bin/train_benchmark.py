@@ -31,6 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+if __name__ == "__main__":  # before anything allocates: the allocator codecTrain.py trains with
+    from utils.runtime.cpu_process import use_fast_malloc
+
+    use_fast_malloc()
+
 import torch  # noqa: E402
 
 from bin.time_original import run_in_own_process  # noqa: E402
@@ -38,6 +43,7 @@ from trainer.benchmark import PHASES, cpu_name, time_phase  # noqa: E402
 from trainer.builder import read_config  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
+from utils.runtime.cpu_process import current_malloc, environment_without_fast_malloc  # noqa: E402
 
 
 def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -73,7 +79,10 @@ def time_original(original: Path, config: Path, phase: str, args: argparse.Names
         *(["--batch_size", str(args.batch_size)] if args.batch_size else []),
         *(["--batch_length", str(args.batch_length)] if args.batch_length else []),
     ]
-    return run_in_own_process(original, arguments, "the original trainer")
+    if args.original_malloc == "system":
+        return {**run_in_own_process(original, arguments, "the original trainer", environment_without_fast_malloc()),
+                "malloc": "system"}  # fmt: skip
+    return {**run_in_own_process(original, arguments, "the original trainer"), "malloc": current_malloc()}
 
 
 def _time_ours(config: dict, phase: str, precision: str, compiled: bool, args: argparse.Namespace) -> dict:
@@ -95,7 +104,8 @@ def _time_theirs(original: Path, config: Path, phase: str, args: argparse.Namesp
     """The original's step of `phase` timed, its row printed, and each of `ours` given its ratio."""
     timing = time_original(original, config, phase, args)
     print(f"{phase:<12} {'original':<9} {'no':<7} {timing['batch_size']:>3}x{timing['batch_length']:<5} "
-          f"{timing['seconds_per_step']:>8.3f} {timing['samples_per_second']:>9.2f}", flush=True)
+          f"{timing['seconds_per_step']:>8.3f} {timing['samples_per_second']:>9.2f}   malloc {timing['malloc']}",
+          flush=True)  # fmt: skip
     for row in ours:
         row["vs_original"] = timing["seconds_per_step"] / row["seconds_per_step"]
         print(f"{'':<12} ours {_label(row)}: {row['vs_original']:.2f}x the original's steps/s", flush=True)
@@ -142,6 +152,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--original", type=Path, help="checkout of facebookresearch/AudioDec: time its trainer too")
+    parser.add_argument("--original_malloc", choices=("system", "ours"), default="system",
+                        help="the original's allocator: the system's, as it runs by itself (default), or the "
+                        "one ours preloads (tcmalloc/jemalloc; AUDIODEC_MALLOC)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat ours and the original's in turn this many times; report medians")
     args = parser.parse_args()
@@ -163,7 +176,8 @@ def main() -> int:
     if args.device.startswith("cuda"):
         machine = torch.cuda.get_device_name(torch.device(args.device))
     else:
-        machine = f"{cpu_name()}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+        machine = (f"{cpu_name()}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "
+                   f"malloc {current_malloc()}")  # fmt: skip
     logging.getLogger("trainer").setLevel(logging.WARNING)
     print(f"{args.config} on {machine} (torch {torch.__version__})")
     print(f"{'phase':<12} {'precision':<9} {'compile':<7} {'batch':>9} {'s/step':>8} {'samples/s':>9} "

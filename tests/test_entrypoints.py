@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import yaml
 
 from tests.test_trainer import save_recipe, tiny_recipe
+from utils.runtime.cpu_process import fast_malloc_library
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
     )
 
 
@@ -36,8 +40,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     config = tiny_recipe(root, train_max_steps=2, save_interval_steps=2, eval_interval_steps=2)
     config.pop("adv_train_max_steps")
     recipe = save_recipe(config, root / "autoencoder.yaml")
-    result = run_script("codecTrain.py", "-c", recipe, "--tag", "autoencoder/cli", "--seed", "3", cwd=root)
+    result = run_script("codecTrain.py", "-c", recipe, "--tag", "autoencoder/cli", "--seed", "3", cwd=root,
+                        env={k: v for k, v in os.environ.items() if k != "AUDIODEC_MALLOC"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    (root / "train.log").write_text(result.stderr)
     return root, root / "exp" / "autoencoder" / "cli"
 
 
@@ -46,6 +52,26 @@ def test_train_writes_config_and_checkpoint(trained: tuple[Path, Path]) -> None:
     assert (expdir / "checkpoint-2steps.pkl").is_file()
     config = yaml.safe_load((expdir / "config.yml").read_text())
     assert config["seed"] == 3 and config["exp_root"] == "exp" and config["disable_cudnn"] == "False"
+
+
+@pytest.mark.skipif(fast_malloc_library("auto") is None, reason="no tcmalloc/jemalloc installed (utils/system_deps.sh)")
+def test_training_runs_with_the_fast_allocator_and_learns_the_same_weights_as_with_glibcs(
+    trained: tuple[Path, Path],
+) -> None:
+    """codecTrain.py preloads tcmalloc/jemalloc as the coding CLIs do (a faster CPU step); the arithmetic is the
+    same, so the same seed gives the same weights, bit for bit, as under AUDIODEC_MALLOC=system."""
+    root, expdir = trained
+    assert re.search(r"malloc (tcmalloc|jemalloc)", (root / "train.log").read_text())
+    result = run_script("codecTrain.py", "-c", str(root / "autoencoder.yaml"), "--tag", "autoencoder/cli_glibc",
+                        "--seed", "3", cwd=root, env=dict(os.environ, AUDIODEC_MALLOC="system"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "malloc glibc" in result.stderr
+    fast = torch.load(expdir / "checkpoint-2steps.pkl", map_location="cpu", weights_only=True)["model"]["generator"]
+    system = torch.load(root / "exp" / "autoencoder" / "cli_glibc" / "checkpoint-2steps.pkl", map_location="cpu",
+                        weights_only=True)["model"]["generator"]  # fmt: skip
+    assert fast.keys() == system.keys()
+    for name, tensor in fast.items():
+        assert torch.equal(tensor, system[name]), name
 
 
 def test_statistic_writes_mean_and_scale(trained: tuple[Path, Path]) -> None:

@@ -97,3 +97,18 @@ def test_codes_do_not_depend_on_the_allocator(tmp_path) -> None:
         assert result.returncode == 0, result.stderr
         outputs[setting] = out.read_bytes()
     assert outputs["auto"] == outputs["system"]
+
+
+def test_a_child_can_be_given_the_systems_allocator(monkeypatch) -> None:
+    """What bin/train_benchmark.py gives the original trainer: our preload gone, a user's own kept."""
+    from utils.runtime.cpu_process import environment_without_fast_malloc
+
+    monkeypatch.setenv("AUDIODEC_MALLOC_PRELOADED", "/lib/libtcmalloc_minimal.so.4")
+    monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc_minimal.so.4 /opt/users_own.so")
+    env = environment_without_fast_malloc()
+    assert env["LD_PRELOAD"] == "/opt/users_own.so" and env["AUDIODEC_MALLOC"] == "system"
+    assert "AUDIODEC_MALLOC_PRELOADED" not in env
+    monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc_minimal.so.4")
+    assert "LD_PRELOAD" not in environment_without_fast_malloc()
+    monkeypatch.delenv("AUDIODEC_MALLOC_PRELOADED")
+    assert environment_without_fast_malloc()["LD_PRELOAD"] == "/lib/libtcmalloc_minimal.so.4"  # the user's own

@@ -29,6 +29,7 @@ from trainer.state import resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, output_delay
 from utils.errors import CodecError
+from utils.runtime.cpu_process import current_malloc
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +289,8 @@ def run_training(options: TrainOptions) -> Path:
             raise
         logger.info("Training %s (%s) from step %d in %s", config["model_type"], config.get("train_mode",
                     "autoencoder"), trainer.steps, expdir)
+        if context.device.type == "cpu":
+            logger.info("On the CPU: %d threads per process, malloc %s", torch.get_num_threads(), current_malloc())
         trainer.run()
         if writer is not None:
             writer.close()

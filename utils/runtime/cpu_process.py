@@ -123,6 +123,22 @@ def use_fast_malloc() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
+def environment_without_fast_malloc() -> dict[str, str]:
+    """This process's environment less the allocator `use_fast_malloc()` preloaded (a user's own
+    LD_PRELOAD entries stay), with AUDIODEC_MALLOC=system: for a child program that should run with
+    the allocator it gets by default, such as the original implementation timed beside ours."""
+    env = dict(os.environ)
+    library = env.pop(_DONE, None)
+    if library:
+        kept = [part for part in env.get("LD_PRELOAD", "").replace(":", " ").split() if part != library]
+        if kept:
+            env["LD_PRELOAD"] = " ".join(kept)
+        else:
+            env.pop("LD_PRELOAD", None)
+    env[SETTING] = "system"
+    return env
+
+
 def _mapped_runtime_paths() -> list[str]:
     """Paths of the OpenMP runtimes this process has mapped (empty where /proc is missing)."""
     return sorted(path for path in mapped_files() or () if os.path.basename(path).startswith(RUNTIMES))
