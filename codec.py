@@ -187,6 +187,8 @@ def _output_delay_of(model_name: str, decoder: str | None, root: str | None) -> 
         if folder is None:
             return None
         decoder = os.path.join(folder, entry.decoder)
+    elif not os.path.isfile(decoder):
+        raise CodecError(f"decoder checkpoint {decoder} not found: check --decoder")
     return output_delay(load_config(decoder))
 
 

@@ -252,3 +252,6 @@ def test_a_model_with_an_output_delay_gives_files_aligned_with_their_input(pytho
     assert f"(12345 samples; {12345 + delay} coded with the model's output delay of {delay}," in described
     unknown = codec_cli(python, "info", str(tmp_path / "x.adc")).stdout
     assert f"({12345 + delay} samples coded," in unknown and "--decoder CHECKPOINT" in unknown
+    missing = codec_cli(python, "info", str(tmp_path / "x.adc"), "--decoder", str(tmp_path / "none.pkl"))
+    assert missing.returncode != 0 and missing.stderr.strip() == f"error: decoder checkpoint {tmp_path / 'none.pkl'} " \
+        "not found: check --decoder"
