@@ -290,7 +290,9 @@ def run_training(options: TrainOptions) -> Path:
         logger.info("Training %s (%s) from step %d in %s", config["model_type"], config.get("train_mode",
                     "autoencoder"), trainer.steps, expdir)
         if context.device.type == "cpu":
-            logger.info("On the CPU: %d threads per process, malloc %s", torch.get_num_threads(), current_malloc())
+            threads = torch.get_num_threads()
+            logger.info("On the CPU: %d thread%s per process, malloc %s", threads, "" if threads == 1 else "s",
+                        current_malloc())
         trainer.run()
         if writer is not None:
             writer.close()
