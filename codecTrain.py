@@ -47,6 +47,9 @@ def main() -> int:
                         help="autocast precision of the forward passes (default: the config's, else fp32)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the generator and the discriminator")
+    parser.add_argument("--fast_conv", action=argparse.BooleanOptionalAction, default=None,
+                        help="CPU training: dilated and 1x1 convolutions through faster kernels (the same "
+                        "sums in another order: not bit-identical to the original trainer)")
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                         help="TF32 matmuls/convolutions on Ampere and newer GPUs (default: on)")
     parser.add_argument("--batch_size_per_rank", type=int, default=None,

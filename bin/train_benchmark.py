@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Training speed of a recipe: seconds per step and samples/s of stage 1 (metric losses) and of the
-adversarial stage, per precision and with or without torch.compile, on random audio of the recipe's
+adversarial stage, per precision, with or without torch.compile and --fast_conv, on random audio of the recipe's
 batch shape (the trainer's own step; see trainer/benchmark.py).
 
     python bin/train_benchmark.py --steps 3                       # symAD_vctk_48000_hop300, fp32 and bf16
@@ -8,6 +8,7 @@ batch shape (the trainer's own step; see trainer/benchmark.py).
     python bin/train_benchmark.py --device cuda --steps 50 --precisions fp32,bf16 --compile both
     python bin/train_benchmark.py --precisions fp32 --compile both --original /path/to/AudioDec
     python bin/train_benchmark.py --phases stage1 --precisions fp32 --rounds 5 --original /path/to/AudioDec
+    python bin/train_benchmark.py --phases stage1 --precisions fp32 --fast_conv both --original /path/to/AudioDec
 
 `--original DIR` (a checkout of facebookresearch/AudioDec) times the original trainer's step of each
 phase after ours, in the same run on the same CPU (fp32, eager: all it has), from its own copy of
@@ -80,30 +81,33 @@ def time_original(original: Path, config: Path, phase: str, args: argparse.Names
         *(["--batch_length", str(args.batch_length)] if args.batch_length else []),
     ]
     if args.original_malloc == "system":
-        return {**run_in_own_process(original, arguments, "the original trainer", environment_without_fast_malloc()),
-                "malloc": "system"}  # fmt: skip
-    return {**run_in_own_process(original, arguments, "the original trainer"), "malloc": current_malloc()}
+        environment, malloc = environment_without_fast_malloc(), "system"
+    else:
+        environment, malloc = None, current_malloc()
+    return {**run_in_own_process(original, arguments, "the original trainer", environment), "malloc": malloc}
 
 
-def _time_ours(config: dict, phase: str, precision: str, compiled: bool, args: argparse.Namespace) -> dict:
+def _time_ours(
+    config: dict, phase: str, precision: str, compiled: bool, fast_conv: bool, args: argparse.Namespace
+) -> dict:
     """One of our settings timed, its row printed."""
-    timing = time_phase(config, phase, precision, compiled, args.device, args.steps, args.warmup)
+    timing = time_phase(config, phase, precision, compiled, args.device, args.steps, args.warmup, fast_conv=fast_conv)
     peak = f"{timing.peak_memory_mib:.0f}" if timing.peak_memory_mib is not None else "-"
-    print(f"{phase:<12} {precision:<9} {'yes' if compiled else 'no':<7} "
+    print(f"{phase:<12} {precision:<9} {'yes' if compiled else 'no':<7} {'yes' if fast_conv else 'no':<9} "
           f"{timing.batch_size:>3}x{timing.batch_length:<5} {timing.seconds_per_step:>8.3f} "
           f"{timing.samples_per_second:>9.2f} {timing.warmup_seconds:>9.1f} {peak:>8}", flush=True)  # fmt: skip
     return timing.as_dict()
 
 
 def _label(row: dict) -> str:
-    """A setting as the summary lines name it: its precision, and 'compiled' where it was."""
-    return f"{row['precision']}{' compiled' if row['compile'] else ''}"
+    """A setting as the summary lines name it: its precision, then 'fast_conv' and 'compiled' where set."""
+    return f"{row['precision']}{' fast_conv' if row.get('fast_conv') else ''}{' compiled' if row['compile'] else ''}"
 
 
 def _time_theirs(original: Path, config: Path, phase: str, args: argparse.Namespace, ours: list[dict]) -> dict:
     """The original's step of `phase` timed, its row printed, and each of `ours` given its ratio."""
     timing = time_original(original, config, phase, args)
-    print(f"{phase:<12} {'original':<9} {'no':<7} {timing['batch_size']:>3}x{timing['batch_length']:<5} "
+    print(f"{phase:<12} {'original':<9} {'no':<7} {'no':<9} {timing['batch_size']:>3}x{timing['batch_length']:<5} "
           f"{timing['seconds_per_step']:>8.3f} {timing['samples_per_second']:>9.2f}   malloc {timing['malloc']}",
           flush=True)  # fmt: skip
     for row in ours:
@@ -146,6 +150,8 @@ def main() -> int:
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated: {', '.join(PHASES)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off")
+    parser.add_argument("--fast_conv", choices=("off", "on", "both"), default="off",
+                        help="codecTrain.py's --fast_conv (CPU): faster dilated and 1x1 convolutions")
     parser.add_argument("--batch_size", type=int, help="override the recipe's batch_size")
     parser.add_argument("--batch_length", type=int, help="override the recipe's batch_length and adv_batch_length")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -160,7 +166,8 @@ def main() -> int:
     args = parser.parse_args()
     phases = _choices(args.phases, PHASES, "--phases")
     precisions = _choices(args.precisions, ("fp32", "bf16", "fp16"), "--precisions")
-    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    switches = {"off": [False], "on": [True], "both": [False, True]}
+    compiles, fast_convs = switches[args.compile], switches[args.fast_conv]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rounds < 1:
@@ -180,7 +187,7 @@ def main() -> int:
                    f"malloc {current_malloc()}")  # fmt: skip
     logging.getLogger("trainer").setLevel(logging.WARNING)
     print(f"{args.config} on {machine} (torch {torch.__version__})")
-    print(f"{'phase':<12} {'precision':<9} {'compile':<7} {'batch':>9} {'s/step':>8} {'samples/s':>9} "
+    print(f"{'phase':<12} {'precision':<9} {'compile':<7} {'fast_conv':<9} {'batch':>9} {'s/step':>8} {'samples/s':>9} "
           f"{'warm-up s':>9} {'peak MiB':>8}")  # fmt: skip
     results, originals = [], []
     for phase in phases:
@@ -188,8 +195,8 @@ def main() -> int:
         for round_index in range(args.rounds):
             if args.rounds > 1:
                 print(f"{phase}: round {round_index + 1} of {args.rounds}", flush=True)
-            ours = [_time_ours(config, phase, precision, compiled, args)
-                    for precision in precisions for compiled in compiles]  # fmt: skip
+            ours = [_time_ours(config, phase, precision, compiled, fast_conv, args)
+                    for precision in precisions for compiled in compiles for fast_conv in fast_convs]  # fmt: skip
             original = _time_theirs(args.original, theirs, phase, args, ours) if theirs is not None else None
             rounds.append((ours, original))
         ours, original = _summary(rounds) if args.rounds > 1 else rounds[0]

@@ -161,6 +161,14 @@ def test_resume_latest_picks_the_highest_step(stub_python: dict, tmp_path: Path)
     assert "No checkpoint in" in result.stdout and "--resume" not in commands(result)[0]
 
 
+def test_training_options_reach_the_trainer(stub_python: dict) -> None:
+    result = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", "--precision", "bf16", "--compile", "true",
+                  "--fast_conv", "true", "--micro_batch", "4", env=stub_python)  # fmt: skip
+    assert commands(result)[0].endswith("--ngpu 0 --precision bf16 --compile --fast_conv --micro_batch 4")
+    result = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", env=stub_python)
+    assert commands(result)[0].endswith("--ngpu 0")
+
+
 def test_multi_gpu_and_multi_node_launch_torchrun(stub_python: dict) -> None:
     result = bash("submit_codec.sh", "--start", "0", "--stop", "0", "--ngpu", "4", env=stub_python)
     assert commands(result)[0].startswith(

@@ -21,6 +21,8 @@ the original's, step for step):
   passes under autocast (fp16 with a gradient scaler per network); the residual VQ and every loss run
   in float32 (their log/sqrt and the EMA statistics lose too much in 16 bits).
 - ``compile``: ``torch.compile`` the generator and the discriminator.
+- ``fast_conv``: on the CPU, dilated and pointwise convolutions through faster kernels
+  (:mod:`trainer.fast_conv`; the gradients' last bits differ from the original's).
 - ``ddp_bf16_compress``: all-reduce the discriminator's gradients as bfloat16.
 - ``output_delay``: D samples by which the generator's output may lag its input. Every loss that
   compares output with target (metric losses, feature matching, the discriminator's real/fake pair)
@@ -50,6 +52,7 @@ from losses import MelSpectrogram
 from trainer.curve import LearningCurve
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, wrap_ddp
+from trainer.fast_conv import use_fast_convolutions
 from trainer.preemption import PreemptionHandler
 from trainer.state import capture_rng_state, checkpoint_path, read_training_checkpoint, restore_rng_state
 from utils.checkpoint import atomic_torch_save, generator_state_dict, load_generator_state, output_delay
@@ -192,6 +195,8 @@ class GANTrainer:
         self.scalers = {}
         if precision == "fp16":
             self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers}
+        if config.get("fast_conv"):
+            self._use_fast_convolutions()
         if config.get("compile"):
             keep_statistics_eager()
             self.generator.compile()
@@ -208,6 +213,16 @@ class GANTrainer:
         if precision != "fp32" or config.get("compile"):
             logger.info("Precision %s%s", precision, ", generator and discriminator compiled" if config.get(
                 "compile") else "")
+
+    def _use_fast_convolutions(self) -> None:
+        if self.device.type != "cpu":
+            logger.warning("fast_conv is for training on the CPU: the %s keeps its own convolutions", self.device)
+            return
+        counts = [use_fast_convolutions(model) for model in (self.generator, self.discriminator)]
+        logger.info(
+            "fast_conv: %d dilated convolutions with phase gradients, %d pointwise ones as batched products",
+            sum(c["phase_gradient"] for c in counts), sum(c["pointwise"] for c in counts),
+        )
 
     # ---- flavour hooks -----------------------------------------------------------------------
     def configure_parameters(self) -> None:

@@ -33,6 +33,7 @@ class PhaseTiming:
     phase: str
     precision: str
     compile: bool
+    fast_conv: bool
     batch_size: int
     batch_length: int
     steps: int
@@ -77,11 +78,12 @@ def time_phase(
     steps: int = 3,
     warmup: int = 1,
     seed: int = 0,
+    fast_conv: bool = False,
 ) -> PhaseTiming:
     """Time ``steps`` training steps of ``phase`` (``stage1`` or ``adversarial``) after ``warmup`` ones."""
     if phase not in PHASES:
         raise ValueError(f"phase '{phase}' is not one of {', '.join(PHASES)}")
-    run_config = {**config, "precision": precision, "compile": compile}
+    run_config = {**config, "precision": precision, "compile": compile, "fast_conv": fast_conv}
     context = DistributedContext(device=torch.device(device))
     torch.manual_seed(seed)
     data = TrainingData(run_config, context, seed)
@@ -108,7 +110,8 @@ def time_phase(
         seconds = (time.perf_counter() - warmed) / steps
     peak = torch.cuda.max_memory_allocated(context.device) / 2**20 if context.device.type == "cuda" else None
     return PhaseTiming(
-        phase=phase, precision=precision, compile=compile, batch_size=batch_size, batch_length=length, steps=steps,
+        phase=phase, precision=precision, compile=compile, fast_conv=fast_conv, batch_size=batch_size,
+        batch_length=length, steps=steps,
         seconds_per_step=seconds, samples_per_second=batch_size / seconds, warmup_seconds=warmed - start,
         peak_memory_mib=peak,
     )  # fmt: skip

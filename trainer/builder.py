@@ -45,8 +45,8 @@ class TrainOptions:
     """The command line of ``codecTrain.py`` (the original's argument names, then ours).
 
     The run options (``precision`` ... ``ddp_bf16_compress``) left at None take the config's key of
-    the same name, else the default: fp32, no compile, TF32 on Ampere+, the config's ``batch_size``
-    as the global batch, no micro-batches, uncompressed gradients.
+    the same name, else the default: fp32, no compile, nn.Conv1d's own convolutions, TF32 on Ampere+,
+    the config's ``batch_size`` as the global batch, no micro-batches, uncompressed gradients.
     """
 
     config: str
@@ -59,6 +59,7 @@ class TrainOptions:
     ngpu: int | None = None  # GPUs per node asked for; 0: CPU; None: CUDA if present (see init_distributed)
     precision: str | None = None  # fp32 | bf16 | fp16
     compile: bool | None = None
+    fast_conv: bool | None = None
     tf32: bool | None = None
     batch_size_per_rank: int | None = None
     micro_batch: int | None = None
@@ -68,7 +69,7 @@ class TrainOptions:
 
 
 RUN_OPTION_DEFAULTS: dict[str, Any] = {
-    "precision": "fp32", "compile": False, "tf32": True, "ddp_bf16_compress": False,
+    "precision": "fp32", "compile": False, "fast_conv": False, "tf32": True, "ddp_bf16_compress": False,
 }
 
 

@@ -1,7 +1,7 @@
 # Helpers shared by the submit_*.sh recipes; sourced by them, not a recipe itself.
 #
 # Reads the recipe variables ngpu, nnodes, seed and disable_cudnn, the training options of
-# utils/recipe/launcher.sh (precision, compile, batch_size_per_rank, micro_batch), and the environment
+# utils/recipe/launcher.sh (precision, compile, fast_conv, batch_size_per_rank, micro_batch), and the environment
 # variables PYTHON (interpreter, default: python), MASTER_ADDR / MASTER_PORT / RDZV_ID (multi-node
 # rendezvous).
 
@@ -54,6 +54,7 @@ run_train() {
     args+=(--ngpu "${ngpu}")
     [ -n "${precision:-}" ] && args+=(--precision "${precision}")
     [ "${compile:-false}" = true ] && args+=(--compile)
+    [ "${fast_conv:-false}" = true ] && args+=(--fast_conv)
     [ -n "${batch_size_per_rank:-}" ] && args+=(--batch_size_per_rank "${batch_size_per_rank}")
     [ -n "${micro_batch:-}" ] && args+=(--micro_batch "${micro_batch}")
     if [ "${nnodes}" -gt 1 ]; then

@@ -36,6 +36,8 @@
 # Training options, for run_train (utils/recipe/common.sh) of every recipe, local or under SLURM:
 #   --precision fp32|bf16|fp16   autocast precision (default: the config's, else fp32)
 #   --compile true               torch.compile the generator and the discriminator
+#   --fast_conv true             CPU training: faster dilated and 1x1 convolutions (not bit-identical to
+#                                the original trainer; docs/training.md)
 #   --batch_size_per_rank N      samples per process and step (default: the config's batch_size is the
 #                                global batch, shared by the processes)
 #   --micro_batch N              at most N samples per forward pass; the rest is accumulated
@@ -58,6 +60,7 @@ requeue=false
 dry_run=false
 precision=""
 compile=false
+fast_conv=false
 batch_size_per_rank=""
 micro_batch=""
 
@@ -70,7 +73,7 @@ while [ $# -gt 0 ]; do
             _launcher_args+=("$1")
             echo "Launcher options (utils/recipe/launcher.sh): --cmd ${cmd} --partition --gpus --gpu_request --cpus --mem" \
                 "--time --slurm_config ${slurm_config} --slurm_logdir ${slurm_logdir} --sbatch_args --after --requeue" \
-                "--dry-run; training: --precision --compile ${compile} --batch_size_per_rank --micro_batch"
+                "--dry-run; training: --precision --compile ${compile} --fast_conv ${fast_conv} --batch_size_per_rank --micro_batch"
             ;;
         --dry-run | --dry_run | --requeue)
             _launcher_args+=("$1")
@@ -230,7 +233,7 @@ _launcher_write_job_script() {
         echo "# sbatch runs it; it runs the stage's command in an srun step ('$(basename "${script}") --step')."
         echo "set -euo pipefail"
         printf 'cd %q\n' "${PWD}"
-        for variable in $(_launcher_recipe_variables) cmd requeue precision compile batch_size_per_rank micro_batch; do
+        for variable in $(_launcher_recipe_variables) cmd requeue precision compile fast_conv batch_size_per_rank micro_batch; do
             declare -p "${variable}" 2>/dev/null || true
         done
         declare -f
