@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -472,6 +473,29 @@ def test_benchmark_rounds_from_the_command_line(tmp_path: Path) -> None:
     assert row["seconds_per_step"] == pytest.approx(sum(row["rounds_seconds_per_step"]) / 2)
     bad = subprocess.run([*command, "--rounds", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --rounds 0: give 1 or more"
+
+
+def test_the_gpu_training_check_writes_a_json_per_phase_and_setting(tmp_path: Path) -> None:
+    """utils/gpu_training_check.sh (the GPU figures' script), tried on the CPU with a tiny recipe."""
+    config = save_recipe(tiny_recipe(tmp_path), tmp_path / "tiny.yaml")
+    script = str(Path(REPO, "utils", "gpu_training_check.sh"))
+    env = {"PATH": os.environ["PATH"], "PYTHON": sys.executable, "CONFIG": config, "OUT": str(tmp_path / "out"),
+           "STAGE1_STEPS": "2", "ADVERSARIAL_STEPS": "1", "WARMUP": "0"}  # fmt: skip
+    result = subprocess.run(["bash", script], env={**env, "DEVICE": "cpu", "SETTINGS": "fp32"}, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for phase, steps in (("stage1", 2), ("adversarial", 1)):
+        (row,) = json.loads((tmp_path / "out" / f"{phase}_fp32.json").read_text())["results"]
+        assert (row["phase"], row["precision"], row["compile"], row["steps"]) == (phase, "fp32", False, steps)
+    assert (tmp_path / "out" / "summary.txt").read_text().count("== ") == 2
+    bad = subprocess.run(["bash", script], env={**env, "DEVICE": "cpu", "SETTINGS": "fp32 fp32+jit",
+                                                 "OUT": str(tmp_path / "bad")}, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "setting 'fp32+jit' is not PRECISION or PRECISION+compile" in bad.stderr
+    assert not (tmp_path / "bad").exists()  # nothing ran, nothing written
+    if not torch.cuda.is_available():
+        none = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+        assert none.returncode == 2 and "sees no CUDA device" in none.stderr
 
 
 @pytest.mark.parametrize("layout, message", [

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/training.md in one run of a few minutes: steps/s and peak memory of the full
+# symAD_vctk_48000_hop300 recipe, 200 stage-1 steps and 50 adversarial steps per setting (fp32,
+# bf16, bf16 + torch.compile), from bin/train_benchmark.py (the trainer's own step on random audio).
+#
+#   bash utils/gpu_training_check.sh                 # writes gpu_check/*.json and gpu_check/summary.txt
+#   OUT=/some/dir bash utils/gpu_training_check.sh   # writes there instead
+#
+# Variables (defaults in brackets): DEVICE [cuda], CONFIG [the full recipe], STAGE1_STEPS [200],
+# ADVERSARIAL_STEPS [50], WARMUP [3], SETTINGS ["fp32 bf16 bf16+compile"], PYTHON [python3].
+#
+# On a machine whose Python has torch but not this project's audio packages, carry them as wheels
+# (Python 3.12, manylinux), downloaded where pip can reach the index:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl librosa==0.11.0 soundfile==0.14.0 soxr==1.1.0 audioread pooch decorator platformdirs
+# and there: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#            && PYTHONPATH=/tmp/site bash utils/gpu_training_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+device=${DEVICE:-cuda}
+config=${CONFIG:-config/autoencoder/symAD_vctk_48000_hop300.yaml}
+stage1_steps=${STAGE1_STEPS:-200}
+adversarial_steps=${ADVERSARIAL_STEPS:-50}
+warmup=${WARMUP:-3}
+settings=${SETTINGS:-fp32 bf16 bf16+compile}
+python=${PYTHON:-python3}
+out=${OUT:-gpu_check}
+
+# Every setting is checked before the first one runs: a typo must not cost the minutes of the others.
+for setting in ${settings}; do
+    case "${setting}" in
+        fp32 | bf16 | fp16 | fp32+compile | bf16+compile | fp16+compile) ;;
+        *) echo "gpu_training_check: setting '${setting}' is not PRECISION or PRECISION+compile" >&2; exit 2 ;;
+    esac
+done
+
+if [ "${device}" != cpu ] && ! "${python}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_training_check: ${python} sees no CUDA device: run it on a GPU machine (or DEVICE=cpu to try it)" >&2
+    exit 2
+fi
+mkdir -p "${out}"
+{
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    "${python}" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+} | tee "${out}/machine.txt"
+
+for setting in ${settings}; do
+    precision=${setting%%+*}
+    compile=off
+    [ "${setting}" != "${precision}" ] && compile=on
+    for phase in stage1 adversarial; do
+        steps=${stage1_steps}
+        [ "${phase}" = adversarial ] && steps=${adversarial_steps}
+        echo "== ${phase}, ${setting}, ${steps} steps after ${warmup}" | tee -a "${out}/summary.txt"
+        PYTHONUNBUFFERED=1 "${python}" bin/train_benchmark.py -c "${config}" --device "${device}" --phases "${phase}" \
+            --precisions "${precision}" --compile "${compile}" --steps "${steps}" --warmup "${warmup}" \
+            --json "${out}/${phase}_${setting/+/_}.json" | tee -a "${out}/summary.txt"
+    done
+done
