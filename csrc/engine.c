@@ -413,66 +413,128 @@ static inline void keep_nearer(vf *best, vi *where, vf d, vi codes) {
     *where = (codes & closer) | (*where & ~closer);
 }
 
-/* Residual VQ of one frame: for each codebook, the first code at the least
- * |x|^2 - x . (2 code) + |code|^2 (the original's arithmetic, in a fixed order), then the residual
- * minus the straight-through value x + (code - x), as the original subtracts it. */
-static void vq_frame(const Op *op, int t) {
-    const int dim = op->cin, size = op->cpad, books = op->k, frames = op->t_out;  /* size: padded to VL */
-    float x[dim];
-    memcpy(x, op->x + (int64_t)t * dim, sizeof(float) * dim);
-    int64_t *codes = (int64_t *)op->out;
+/* The nearest code of codebook `q` to `x` among codes [from, to) (whole vectors): its distance
+ * |x|^2 - x . (2 code) + |code|^2 (the original's arithmetic, in a fixed order) and its index, the
+ * first of equal ones. A code's distance is summed the same way whatever the range. */
+static void nearest_code(const Op *op, int q, const float *x, float xx, int from, int to,
+                         float *least_out, int64_t *index_out) {
+    const int dim = op->cin, size = op->cpad;  /* size: padded to VL */
+    const float *embed2 = op->w + (int64_t)q * dim * size;  /* (size / VL, dim, VL) */
+    const float *norm = op->bias + (int64_t)q * size;
     vi lane;
     for (int l = 0; l < VL; l++) lane[l] = l;
-    for (int q = 0; q < books; q++) {
-        const float *embed2 = op->w + (int64_t)q * dim * size;  /* (size / VL, dim, VL) */
-        const float *norm = op->bias + (int64_t)q * size;
-        float xx = 0.0f;
-        for (int i = 0; i < dim; i++) xx += x[i] * x[i];
-        vf best = vset(__builtin_inff());
-        vi where = lane;
-        int j = 0;
-        /* VQ_BLOCKS blocks of codes at a time: independent sums, so the FMAs overlap (each code's
-         * sum runs over i in order, as in the one-block loop after it). */
-        for (; j + VQ_BLOCKS * VL <= size; j += VQ_BLOCKS * VL) {
-            const float *block = embed2 + (int64_t)j * dim;
-            vf acc[VQ_BLOCKS];
-            for (int b = 0; b < VQ_BLOCKS; b++) acc[b] = vset(0.0f);
-            for (int i = 0; i < dim; i++) {
-                vf xi = vset(x[i]);
-                _Pragma("GCC unroll 4") for (int b = 0; b < VQ_BLOCKS; b++)
-                    acc[b] += vload(block + ((int64_t)b * dim + i) * VL) * xi;
-            }
-            for (int b = 0; b < VQ_BLOCKS; b++) {
-                vf d = (vset(xx) - acc[b]) + vload(norm + j + b * VL);
-                keep_nearer(&best, &where, d, lane + j + b * VL);
-            }
-        }
-        for (; j < size; j += VL) {
-            const float *block = embed2 + (int64_t)j * dim;
-            vf acc = vset(0.0f);
-            for (int i = 0; i < dim; i++) acc += vload(block + i * VL) * vset(x[i]);
-            vf d = (vset(xx) - acc) + vload(norm + j);
-            keep_nearer(&best, &where, d, lane + j);
-        }
-        float least = best[0];
-        int64_t index = where[0];
-        for (int l = 1; l < VL; l++) {  /* the least distance; among equal ones, the first code */
-            if (best[l] < least || (best[l] == least && where[l] < index)) {
-                least = best[l];
-                index = where[l];
-            }
-        }
-        const float *code = op->res + ((int64_t)q * size + index) * dim;
+    vf best = vset(__builtin_inff());
+    vi where = lane + from;
+    int j = from;
+    /* VQ_BLOCKS blocks of codes at a time: independent sums, so the FMAs overlap (each code's
+     * sum runs over i in order, as in the one-block loop after it). */
+    for (; j + VQ_BLOCKS * VL <= to; j += VQ_BLOCKS * VL) {
+        const float *block = embed2 + (int64_t)j * dim;
+        vf acc[VQ_BLOCKS];
+        for (int b = 0; b < VQ_BLOCKS; b++) acc[b] = vset(0.0f);
         for (int i = 0; i < dim; i++) {
-            float st = x[i] + (code[i] - x[i]);  /* as the original: not simplified to code */
-            x[i] = x[i] - st;
+            vf xi = vset(x[i]);
+            _Pragma("GCC unroll 4") for (int b = 0; b < VQ_BLOCKS; b++)
+                acc[b] += vload(block + ((int64_t)b * dim + i) * VL) * xi;
         }
-        codes[(int64_t)q * frames + t] = index;
+        for (int b = 0; b < VQ_BLOCKS; b++) {
+            vf d = (vset(xx) - acc[b]) + vload(norm + j + b * VL);
+            keep_nearer(&best, &where, d, lane + j + b * VL);
+        }
+    }
+    for (; j < to; j += VL) {
+        const float *block = embed2 + (int64_t)j * dim;
+        vf acc = vset(0.0f);
+        for (int i = 0; i < dim; i++) acc += vload(block + i * VL) * vset(x[i]);
+        vf d = (vset(xx) - acc) + vload(norm + j);
+        keep_nearer(&best, &where, d, lane + j);
+    }
+    float least = best[0];
+    int64_t index = where[0];
+    for (int l = 1; l < VL; l++) {  /* the least distance; among equal ones, the first code */
+        if (best[l] < least || (best[l] == least && where[l] < index)) {
+            least = best[l];
+            index = where[l];
+        }
+    }
+    *least_out = least;
+    *index_out = index;
+}
+
+static float squared_norm(const float *x, int dim) {
+    float xx = 0.0f;
+    for (int i = 0; i < dim; i++) xx += x[i] * x[i];
+    return xx;
+}
+
+/* The residual after codebook `q`'s code `index`: x minus the straight-through value
+ * x + (code - x), as the original subtracts it; the code is stored for frame `t`. */
+static void take_code(const Op *op, int q, int t, float *x, int64_t index) {
+    const int dim = op->cin;
+    const float *code = op->res + ((int64_t)q * op->cpad + index) * dim;
+    for (int i = 0; i < dim; i++) {
+        float st = x[i] + (code[i] - x[i]);  /* as the original: not simplified to code */
+        x[i] = x[i] - st;
+    }
+    ((int64_t *)op->out)[(int64_t)q * op->t_out + t] = index;
+}
+
+/* Residual VQ of one frame: for each codebook, the nearest code, then the residual. */
+static void vq_frame(const Op *op, int t) {
+    const int dim = op->cin;
+    float x[dim];
+    memcpy(x, op->x + (int64_t)t * dim, sizeof(float) * dim);
+    for (int q = 0; q < op->k; q++) {
+        float least;
+        int64_t index;
+        nearest_code(op, q, x, squared_norm(x, dim), 0, op->cpad, &least, &index);
+        take_code(op, q, t, x, index);
     }
 }
 
-static void run_vq(const Op *op, int tid, int nthreads) {
-    for (int t = tid; t < op->t_out; t += nthreads) vq_frame(op, t);
+/* Floats of `shared` that run_vq needs with `nthreads` threads: none when every thread has frames
+ * of its own; else the residuals, (frames, dim), and each thread's nearest code, (threads, frames)
+ * distances and as many int64 indices. */
+static int64_t vq_shared_floats(const Op *op, int nthreads) {
+    if (op->t_out >= nthreads) return 0;
+    return (int64_t)op->t_out * op->cin + 3 * (int64_t)nthreads * op->t_out;
+}
+
+static void run_vq(const Op *op, int tid, int nthreads, float *shared) {
+    if (op->t_out >= nthreads) {
+        for (int t = tid; t < op->t_out; t += nthreads) vq_frame(op, t);
+        return;
+    }
+    /* Fewer frames than threads (a streaming chunk's single frame): the threads share each
+     * codebook's codes, in ascending ranges, and thread 0 takes the least of their nearest codes
+     * (ties to the lower range: the first code, as one thread would find it). */
+    const int dim = op->cin, frames = op->t_out, vectors = op->cpad / VL;
+    int64_t *index = (int64_t *)shared;                          /* (nthreads, frames) */
+    float *least = shared + 2 * (int64_t)nthreads * frames;     /* (nthreads, frames) */
+    float *residual = least + (int64_t)nthreads * frames;       /* (frames, dim) */
+    const int from = (int)((int64_t)vectors * tid / nthreads) * VL;
+    const int to = (int)((int64_t)vectors * (tid + 1) / nthreads) * VL;
+    if (tid == 0) memcpy(residual, op->x, sizeof(float) * frames * dim);
+#pragma omp barrier
+    for (int q = 0; q < op->k; q++) {
+        for (int t = 0; t < frames; t++) {
+            const float *x = residual + (int64_t)t * dim;
+            const int64_t at = (int64_t)tid * frames + t;
+            least[at] = __builtin_inff();
+            index[at] = from;
+            if (from < to) nearest_code(op, q, x, squared_norm(x, dim), from, to, least + at, index + at);
+        }
+#pragma omp barrier
+        if (tid == 0) {
+            for (int t = 0; t < frames; t++) {
+                int best = 0;
+                for (int s = 1; s < nthreads; s++)
+                    if (least[(int64_t)s * frames + t] < least[(int64_t)best * frames + t]) best = s;
+                take_code(op, q, t, residual + (int64_t)t * dim, index[(int64_t)best * frames + t]);
+            }
+        }
+#pragma omp barrier
+    }
 }
 
 /* The receiver's latent: for each frame, the code vectors of the first `k` codebooks summed in
@@ -513,6 +575,12 @@ int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t
                const void *out_src, void *y, int64_t out_bytes,
                const float *state_in, float *state_out, int batch, int nthreads) {
     int bad = 0;
+    int64_t shared_floats = 1;  /* run_vq's scratch, on this thread's stack, shared by the team */
+    for (int o = 0; o < n_ops; o++) {
+        if (ops[o].kind == OP_VQ && vq_shared_floats(ops + o, nthreads) > shared_floats)
+            shared_floats = vq_shared_floats(ops + o, nthreads);
+    }
+    float shared[shared_floats] __attribute__((aligned(64)));
 #pragma omp parallel num_threads(nthreads) reduction(| : bad)
     {
         const int tid = omp_get_thread_num(), team = omp_get_num_threads();
@@ -527,7 +595,7 @@ int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t
                 if (op->kind == OP_CONV) {
                     run_conv(op, tid, team);
                 } else if (op->kind == OP_VQ) {
-                    run_vq(op, tid, team);
+                    run_vq(op, tid, team, shared);
                 } else if (op->kind == OP_LOOKUP) {
                     bad |= run_lookup(op, tid, team);
                 }

@@ -101,9 +101,12 @@ def streaming_layers(model: nn.Module) -> dict[str, StreamingState]:
 
 
 def export_states(model: nn.Module) -> dict[str, torch.Tensor | None]:
-    """Every streaming layer's state by module path (the tensors themselves: a layer's step
-    replaces its state rather than writing into it, so they stay as they are)."""
-    return {path: get_state(layer) for path, layer in streaming_layers(model).items()}
+    """A copy of every streaming layer's state by module path (copies: the native engine writes a
+    step's states into the vector it read two steps before, utils/runtime/native.py)."""
+    return {
+        path: None if state is None else state.clone()
+        for path, state in ((path, get_state(layer)) for path, layer in streaming_layers(model).items())
+    }
 
 
 def import_states(model: nn.Module, states: Mapping[str, torch.Tensor | None]) -> None:

@@ -8,7 +8,7 @@ import platform
 import pytest
 import torch
 
-from layers.streaming import StreamingState
+from layers.streaming import StreamingState, export_states, import_states
 from models.autoencoder.AudioDec import Generator
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
 from tests.conftest import MANIFEST, official_path
@@ -368,3 +368,37 @@ def test_a_bad_march_falls_back_to_torch_with_the_cause(engine_for, value: str, 
     assert codec.native_sides == []
     codes, wave = stream(codec, speech(samples=3000), [0, 1500, 3000])
     assert codes.shape == (1, 8, 10) and wave.shape == (1, 1, 3000)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_frame_searched_by_several_threads_gets_the_codes_of_one(threads: int) -> None:
+    """A chunk of one frame splits each codebook's search across the threads (uneven ranges with
+    3); the codes equal those of whole-signal frames, each searched by one thread."""
+    codec = load("vctk_sym")
+    x = speech(samples=300 * 24)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole, _ = stream(codec, x, [0, x.shape[-1]])
+        chunked, _ = stream(codec, x, list(range(0, x.shape[-1] + 1, 300)))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(chunked, whole)
+
+
+def test_exported_states_outlive_later_steps() -> None:
+    """The engine writes each step's states into the vector of the step before last: an export is a
+    copy, so streams saved after a chunk continue alike after other audio ran."""
+    codec = load("vctk_sym")
+    x, other = speech(samples=300 * 8), speech(samples=300 * 4, seed=5)
+
+    def encode(signal: torch.Tensor) -> torch.Tensor:
+        return torch.cat([codec.encode(signal[..., i:i + 300]) for i in range(0, signal.shape[-1], 300)], -1)
+
+    codec.reset(1)
+    encode(x[..., :1200])
+    saved = export_states(codec.encoder)
+    expected = encode(x[..., 1200:])
+    encode(other)
+    import_states(codec.encoder, saved)
+    assert torch.equal(encode(x[..., 1200:]), expected)

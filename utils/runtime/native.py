@@ -18,8 +18,9 @@ engine's rounding is its own, not oneDNN's, so a codec runs its transmitter eith
 every call or never (`NativeStep` builds a plan on a shape's first call, where the graphs wait for
 the second).
 
-States stay in the torch layers (time-major views of one tensor per step), so reset, batches and
-backend switches behave as with the other backends.
+States stay in the torch layers (time-major views of one of two state vectors per plan, which
+successive steps read and write in turn), so reset, batches and backend switches behave as with the
+other backends.
 
 To change a model block, change its `forward`, its `step` and its plan here together
 (docs/architecture.md); tests/test_blocks.py compares the three for every block type.
@@ -195,6 +196,7 @@ class _Plan:
         self.keep: list[torch.Tensor] = []
         self.layers: list[tuple[StreamingState, int, int, int]] = []  # (layer, offset, channels, pad)
         self.state_size = 0
+        self.state_pairs: dict[int, list] = {}  # batch -> NativeStep._state_pair
 
     def buffer(self, rows: int, channels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         tensor = torch.empty(rows, channels, dtype=dtype)
@@ -423,8 +425,6 @@ class NativeStep(PerShapeStep):
         self.packs: dict | None = None
         self.packs_key: tuple | None = None
         self.layers = self._streaming_layers()
-        self.last_state: torch.Tensor | None = None
-        self.last_views: list[torch.Tensor] = []
 
     def _streaming_layers(self) -> list[StreamingState]:
         """The streaming layers whose states a step reads and replaces, in the plans' order (any
@@ -457,35 +457,51 @@ class NativeStep(PerShapeStep):
             total -= self.built.pop(key).nbytes
         return plan
 
+    @staticmethod
+    def _state_pair(plan: _Plan, batch: int) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Two state vectors of `batch` streams for `plan`, each with its layers' views, made once:
+        a step reads one and writes the other, so successive steps take them in turn and a step
+        makes no views (a state is therefore valid until the second step after it: export_states
+        copies)."""
+        pair = plan.state_pairs.get(batch)
+        if pair is None:
+            size = plan.state_size
+            pair = []
+            for _ in range(2):
+                vector = torch.empty(batch, size)
+                views = [vector.as_strided((batch, *shape), (size, *strides), at) for shape, strides, at in plan.views]
+                pair.append((vector, views))
+            plan.state_pairs[batch] = pair
+        return pair
+
     def _run(self, plan: _Plan, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         if self.side == "encoder":
             x = x.transpose(1, 2).contiguous()  # time-major (no copy for mono)
         else:
             x = x.to(torch.int64).contiguous()
-        size = plan.state_size
         layers = self.layers
         states = [get_state(layer) for layer in layers]
-        state_in = self.last_state
-        if state_in is None or state_in.shape[0] != batch or not all(map(_is, states, self.last_views)):
-            state_in = torch.empty(batch, size)
+        (first, first_views), (second, second_views) = self._state_pair(plan, batch)
+        # The layers hold views of the vector the last step wrote: read it, write the other.
+        if all(map(_is, states, first_views)):
+            state_in, state_out, views = first, second, second_views
+        elif all(map(_is, states, second_views)):
+            state_in, state_out, views = second, first, first_views
+        else:  # states set from elsewhere (a reset, another plan, the torch layers)
+            state_in, state_out, views = first, second, second_views
             for (_, offset, channels, pad), state in zip(plan.layers, states):
                 state_in[:, offset:offset + pad * channels].view(batch, pad, channels).copy_(state.transpose(1, 2))
-        state_out = torch.empty(batch, size)
         dtype = torch.int64 if self.side == "encoder" else torch.float32
         y = torch.empty(batch, *plan.output_shape, dtype=dtype)
         bad = self.library.engine_run(
-            plan.op_array, len(plan.ops), plan.slot_array, len(plan.slots), size,
+            plan.op_array, len(plan.ops), plan.slot_array, len(plan.slots), plan.state_size,
             x.data_ptr(), plan.input_at, plan.input_bytes,
             plan.output_at, y.data_ptr(), plan.output_bytes,
             state_in.data_ptr(), state_out.data_ptr(), batch, torch.get_num_threads(),
         )
         if bad:  # (the streams keep their states: nothing below ran)
             raise CodecError(f"codes must lie in [0, {self.codebook.codebook_size}): these are not this model's codes")
-        views = [
-            state_out.as_strided((batch, *shape), (size, *strides), offset) for shape, strides, offset in plan.views
-        ]
         for layer, view in zip(layers, views):
             set_state(layer, view)
-        self.last_state, self.last_views = state_out, views
         return y if self.side == "encoder" else y.transpose(1, 2)
