@@ -37,7 +37,8 @@ def test_curve_points_at_each_interval_with_metrics_usage_and_cpu_time(tmp_path:
     for point in points:
         for name in METRIC_NAMES:
             assert point[name] is not None and math.isfinite(point[name]), name
-        assert 1.0 <= point["pesq_wb"] <= 4.7 and 0 <= point["stoi"] <= 1
+        # (STOI is a mean correlation: an untrained model's can fall just below 0)
+        assert 1.0 <= point["pesq_wb"] <= 4.7 and -1 <= point["stoi"] <= 1
         assert 1 <= point["dev_codes_used_0"] <= 16 and 1 <= point["dev_codes_used_1"] <= 16
         assert 0 <= point["codes_in_use_0"] <= 16 and point["code_entropy_bits_0"] >= 0
     assert (expdir / "curve.png").stat().st_size > 1000

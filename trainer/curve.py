@@ -139,8 +139,8 @@ class LearningCurve:
             if codes is not None:
                 for index, row in enumerate(codes.cpu().numpy()):
                     used.setdefault(index, set()).update(int(code) for code in row)
-        point: dict[str, float] = {"steps": steps, "train_cpu_seconds": round(cpu_seconds, 1),
-                                   "wall_seconds": round(wall_seconds, 1)}
+        point: dict[str, float] = {"steps": steps, "train_cpu_seconds": round(cpu_seconds, 3),
+                                   "wall_seconds": round(wall_seconds, 3)}
         for name, values in scores.items():
             finite = [value for value in values if math.isfinite(value)]
             point[name] = float(np.mean(finite)) if finite else math.nan
