@@ -256,6 +256,13 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
     if (op->out_act) put(op, op->out_act, row, real, activate(op, v), n);
 }
 
+/* Where a chunk has few rows, a step streams its weights from memory once (a 256-channel vocoder
+ * layer: 8.6 MB for 5 rows), and the hardware prefetchers alone keep too few lines in flight for
+ * that: each weight load also asks for the line PREFETCH_BYTES further on, into L2 (not NTA: a
+ * layer's other row blocks read the lines again). */
+#define PREFETCH_BYTES 16384
+#define prefetch_ahead(p) __builtin_prefetch((const char *)(p) + PREFETCH_BYTES, 0, 2)
+
 /* R rows from `row0` by NV vectors of columns from `col0`. Every row runs the same sequence of
  * fused multiply-adds, so a row's result does not depend on R or on which rows share the block. */
 #define DEFINE_KERNEL(R, NV, NAME, WT, LOADW)                                                        \
@@ -272,7 +279,10 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
             const WT *wk = block + (int64_t)k * cin * width;                                        \
             for (int i = 0; i < cin; i++) {                                                         \
                 vf w[NV];                                                                           \
-                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) w[v] = LOADW(wk + (int64_t)i * width + v * VL); \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                              \
+                    w[v] = LOADW(wk + (int64_t)i * width + v * VL);                                 \
+                    prefetch_ahead(wk + (int64_t)i * width + v * VL);                               \
+                }                                                                                   \
                 _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) {                              \
                     vf b = vset(xk[r * row_step + i]);                                              \
                     _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[r][v] += w[v] * b;     \
@@ -337,8 +347,10 @@ static const kernel_fn KERNELS[WTYPES][3][ROWS_MAX] = {
             const int64_t wk = (int64_t)k * cin * width;                                            \
             for (int i = 0; i < cin; i++) {                                                         \
                 vf b = vset(xk[i]);                                                                 \
-                _Pragma("GCC unroll 8") for (int v = 0; v < N; v++)                                 \
+                _Pragma("GCC unroll 8") for (int v = 0; v < N; v++) {                               \
+                    prefetch_ahead(wv[v] + wk + (int64_t)i * width);                                \
                     acc[v] += LOADW(wv[v] + wk + (int64_t)i * width) * b;                           \
+                }                                                                                   \
             }                                                                                       \
         }                                                                                           \
         for (int v = 0; v < N; v++) epilogue(op, row, col0 + v * VL, acc[v]);                       \
