@@ -103,10 +103,8 @@ def streaming_layers(model: nn.Module) -> dict[str, StreamingState]:
 def export_states(model: nn.Module) -> dict[str, torch.Tensor | None]:
     """A copy of every streaming layer's state by module path (copies: the native engine writes a
     step's states into the vector it read two steps before, utils/runtime/native.py)."""
-    return {
-        path: None if state is None else state.clone()
-        for path, state in ((path, get_state(layer)) for path, layer in streaming_layers(model).items())
-    }
+    states = {path: get_state(layer) for path, layer in streaming_layers(model).items()}
+    return {path: None if state is None else state.clone() for path, state in states.items()}
 
 
 def import_states(model: nn.Module, states: Mapping[str, torch.Tensor | None]) -> None:
