@@ -10,4 +10,7 @@ if [ "$(uname -m)" != x86_64 ] || ! grep -qw avx2 /proc/cpuinfo; then
 fi
 export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
 export AUDIODEC_NATIVE_MARCH=x86-64-v3
+# torch.compile's kernel cache is not keyed by these caps: kernels compiled here and natively must
+# not meet (a native run reusing this one's corrupted the heap), so this run keeps its own.
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-${TMPDIR:-/tmp}/torchinductor_$(id -un)_as_avx2}"
 exec "$@"
