@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bin.time_original import run_in_own_process  # noqa: E402
+from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment, run_in_own_process  # noqa: E402
 from layers.weight_norm import fold_weight_norm  # noqa: E402
 from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
@@ -319,7 +319,8 @@ def time_original(original: Path, args: argparse.Namespace) -> dict:
         "--autoencoder", args.autoencoder, "--frame_size", str(args.frame_size), "--threads", str(args.threads),
         "--seconds", str(min(args.seconds, ORIGINAL_SECONDS)), *(["--vocoder", args.vocoder] if args.vocoder else []),
     ]
-    return run_in_own_process(original, arguments, "the original")
+    environment, malloc = original_environment(args.original_malloc)
+    return {**run_in_own_process(original, arguments, "the original", environment), "malloc": malloc}
 
 
 def benchmark(
@@ -411,7 +412,7 @@ def format_report(result: dict) -> str:
         lines.append(
             f"original implementation, same chunks and threads: encode {original['encode_ms']:.2f} ms  decode "
             f"{original['decode_ms']:.2f} ms  streaming RTF {original['rtf']:.3f}  "
-            f"({original['rtf'] / result['rtf_total']:.1f}x ours)"
+            f"({original['rtf'] / result['rtf_total']:.1f}x ours)  malloc {original['malloc']}"
         )
     if "rtf_live" in result:
         threads = result["live_threads"]
@@ -450,6 +451,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--original", type=Path,
                         help="a checkout of facebookresearch/AudioDec: also time its streaming step on the same "
                         "config (with --autoencoder), chunks and threads")
+    parser.add_argument("--original_malloc", choices=MALLOC_CHOICES, default="system", help=MALLOC_HELP)
     args = parser.parse_args(argv)
     if args.vocoder and not args.autoencoder:
         parser.error("--vocoder goes with --autoencoder")

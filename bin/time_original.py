@@ -153,6 +153,21 @@ def _time_training(args: argparse.Namespace) -> dict:
             "threads": args.threads}
 
 
+MALLOC_CHOICES = ("system", "ours")
+MALLOC_HELP = ("the original's allocator: the system's, as it runs by itself (default), or the one ours preloads "
+               "(tcmalloc/jemalloc; AUDIODEC_MALLOC)")
+
+
+def original_environment(choice: str) -> tuple[dict[str, str] | None, str]:
+    """The environment to run the original in for `choice` (one of MALLOC_CHOICES), and the name of
+    the allocator it gets there."""
+    from utils.runtime.cpu_process import current_malloc, environment_without_fast_malloc
+
+    if choice == "system":
+        return environment_without_fast_malloc(), "system"
+    return None, current_malloc()
+
+
 def run_in_own_process(original: Path, arguments: list[str], what: str, env: dict[str, str] | None = None) -> dict:
     """This script run on `original` with `arguments` in a process of its own (both trees have
     `models/` and `layers/`), in `env` (default: this process's): its JSON line, or a CodecError with

@@ -39,12 +39,12 @@ if __name__ == "__main__":  # before anything allocates: the allocator codecTrai
 
 import torch  # noqa: E402
 
-from bin.time_original import run_in_own_process  # noqa: E402
+from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment, run_in_own_process  # noqa: E402
 from trainer.benchmark import PHASES, cpu_name, time_phase  # noqa: E402
 from trainer.builder import read_config  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
-from utils.runtime.cpu_process import current_malloc, environment_without_fast_malloc  # noqa: E402
+from utils.runtime.cpu_process import current_malloc  # noqa: E402
 
 
 def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -80,10 +80,7 @@ def time_original(original: Path, config: Path, phase: str, args: argparse.Names
         *(["--batch_size", str(args.batch_size)] if args.batch_size else []),
         *(["--batch_length", str(args.batch_length)] if args.batch_length else []),
     ]
-    if args.original_malloc == "system":
-        environment, malloc = environment_without_fast_malloc(), "system"
-    else:
-        environment, malloc = None, current_malloc()
+    environment, malloc = original_environment(args.original_malloc)
     return {**run_in_own_process(original, arguments, "the original trainer", environment), "malloc": malloc}
 
 
@@ -158,9 +155,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--original", type=Path, help="checkout of facebookresearch/AudioDec: time its trainer too")
-    parser.add_argument("--original_malloc", choices=("system", "ours"), default="system",
-                        help="the original's allocator: the system's, as it runs by itself (default), or the "
-                        "one ours preloads (tcmalloc/jemalloc; AUDIODEC_MALLOC)")
+    parser.add_argument("--original_malloc", choices=MALLOC_CHOICES, default="system", help=MALLOC_HELP)
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat ours and the original's in turn this many times; report medians")
     args = parser.parse_args()
