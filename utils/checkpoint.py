@@ -136,6 +136,30 @@ def state_hash(*models: nn.Module) -> bytes:
     return digest.digest()[:8]
 
 
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CODEBOOK_STATISTICS = ("cluster_size", "embed_avg")  # an EMA codebook's buffers beside its `embed`
+
+
+def compact_generator_state(
+    state_dict: dict[str, torch.Tensor], dtype: torch.dtype, reset_codebook_statistics: bool
+) -> dict[str, torch.Tensor]:
+    """A generator state dict (original key names) for distribution: every floating tensor stored as
+    `dtype`, which `load_state_dict` casts back to the model's float32 on loading, in the original's
+    code as in ours. With `reset_codebook_statistics`, each EMA codebook's statistics are stored in
+    the one state that costs no bytes of their own: every count 1 (`cluster_size`) and every sum the
+    code itself (`embed_avg` shares `embed`'s storage), a consistent state, since embed = embed_avg /
+    smoothed count; inference reads only `embed`, and training re-estimates the statistics within
+    tens of steps (EMA decay 0.8 forgets a step in about 20)."""
+    compact = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()}
+    if reset_codebook_statistics:
+        prefixes = [name[: -len("embed")] for name in compact if name.endswith(".embed")]
+        for prefix in prefixes:
+            if all(f"{prefix}{buffer}" in compact for buffer in CODEBOOK_STATISTICS):
+                compact[f"{prefix}cluster_size"] = torch.ones_like(compact[f"{prefix}cluster_size"])
+                compact[f"{prefix}embed_avg"] = compact[f"{prefix}embed"]
+    return compact
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     """`torch.save` to a temp file in the target folder, then rename: never a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -1,0 +1,100 @@
+"""Write a checkpoint's generator alone, compactly, for distribution (a model file in a repository or
+an archive), in the original format.
+
+    python bin/export_generator.py exp/autoencoder/RUN/checkpoint-NNNsteps.pkl \\
+        exp/autoencoder/MODEL/checkpoint-NNNsteps.pkl [--dtype bf16|fp16|fp32] [--reset_codebook_statistics]
+
+Keeps ``model.generator`` (the original key names), ``steps`` and ``epochs``; drops the
+discriminators and the optimizer and scheduler states. ``--dtype`` stores the floating tensors in
+half the bytes (``bf16``, ``fp16``); both the original's code and ours cast them back to float32 when
+they load them. ``--reset_codebook_statistics`` also stores each EMA codebook's statistics in their
+reset state, which takes no bytes of its own (utils/checkpoint.py: ``compact_generator_state``).
+
+The source's ``config.yml`` is copied beside the output when the output's folder has none; a
+different one there is an error. For an autoencoder the script codes a speech-like probe with the
+source and with the output and prints how far apart they are (codes that differ, output SNR).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import filecmp  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import torch  # noqa: E402
+
+from models.registry import AUTOENCODER_TYPES  # noqa: E402
+from utils.audiodec import StreamingCodec  # noqa: E402
+from utils.checkpoint import (  # noqa: E402
+    STORAGE_DTYPES,
+    atomic_torch_save,
+    compact_generator_state,
+    config_path_for,
+    load_config,
+    read_checkpoint,
+)
+from utils.cli import run_main  # noqa: E402
+from utils.errors import CodecError  # noqa: E402
+from utils.eval.probe import speech_like_signal  # noqa: E402
+from utils.files import write_bytes_atomic  # noqa: E402
+
+PROBE_SECONDS = 2.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="source checkpoint (config.yml beside it)")
+    parser.add_argument("output", help="the generator-only checkpoint to write (.pkl)")
+    parser.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default="fp32",
+                        help="storage type of the floating tensors (default: fp32, as trained)")
+    parser.add_argument("--reset_codebook_statistics", action="store_true",
+                        help="store the EMA codebook statistics in their reset state (no bytes of their own)")
+    return parser.parse_args(argv)
+
+
+def probe_difference(source: str, exported: str, sample_rate: int) -> tuple[float, float]:
+    """Both autoencoders on the same speech-like probe: (fraction of codes that differ, SNR in dB of
+    the exported model's output against the source's)."""
+    probe = torch.from_numpy(speech_like_signal(PROBE_SECONDS, sample_rate)).view(1, 1, -1)
+    codes_a, y_a = StreamingCodec.from_checkpoints(source, source).code(probe)
+    codes_b, y_b = StreamingCodec.from_checkpoints(exported, exported).code(probe)
+    differ = (codes_a != codes_b).double().mean().item()
+    noise = (y_a - y_b).double().pow(2).sum().item()
+    snr = float("inf") if noise == 0 else 10 * torch.log10(y_a.double().pow(2).sum() / noise).item()
+    return differ, snr
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.checkpoint)
+    state = read_checkpoint(args.checkpoint)
+    source_config, target_config = config_path_for(args.checkpoint), config_path_for(args.output)
+    if os.path.exists(target_config) and not filecmp.cmp(source_config, target_config, shallow=False):
+        raise CodecError(f"{target_config} differs from {source_config}: remove it, or export to another folder")
+    generator = compact_generator_state(
+        state["model"]["generator"], STORAGE_DTYPES[args.dtype], args.reset_codebook_statistics
+    )
+    exported = {"model": {"generator": generator}, "steps": state.get("steps"), "epochs": state.get("epochs")}
+    if config["model_type"] in AUTOENCODER_TYPES:
+        with tempfile.TemporaryDirectory() as folder:  # checked before anything is written where asked
+            trial = os.path.join(folder, os.path.basename(args.output))
+            atomic_torch_save(exported, trial)
+            shutil.copyfile(source_config, config_path_for(trial))
+            differ, snr = probe_difference(args.checkpoint, trial, int(config["sampling_rate"]))
+        print(f"on a {PROBE_SECONDS:g} s speech-like probe: {100 * differ:.2f}% of the codes differ, "
+              f"output SNR {snr:.1f} dB against the source")
+    atomic_torch_save(exported, args.output)
+    if not os.path.exists(target_config):
+        write_bytes_atomic(target_config, Path(source_config).read_bytes())
+    print(f"wrote {args.output}: {os.path.getsize(args.output) / 1e6:.2f} MB "
+          f"({os.path.getsize(args.checkpoint) / 1e6:.2f} MB before)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
