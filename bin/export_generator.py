@@ -10,9 +10,11 @@ half the bytes (``bf16``, ``fp16``); both the original's code and ours cast them
 they load them. ``--reset_codebook_statistics`` also stores each EMA codebook's statistics in their
 reset state, which takes no bytes of its own (utils/checkpoint.py: ``compact_generator_state``).
 
-The source's ``config.yml`` is copied beside the output when the output's folder has none; a
-different one there is an error. For an autoencoder the script codes a speech-like probe with the
-source and with the output and prints how far apart they are (codes that differ, output SNR).
+The source's ``config.yml`` is copied beside the output when the output's folder has none; one
+there is kept when it describes the same model (``INFERENCE_KEYS``: its training settings may
+differ, as for a model folder whose config is a recipe with comments), and is an error otherwise.
+For an autoencoder the script codes a speech-like probe with the source and with the output and
+prints how far apart they are (codes that differ, output SNR).
 """
 
 import sys
@@ -21,12 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
-import filecmp  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from models.registry import AUTOENCODER_TYPES  # noqa: E402
 from utils.audiodec import StreamingCodec  # noqa: E402
@@ -44,6 +46,7 @@ from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.files import write_bytes_atomic  # noqa: E402
 
 PROBE_SECONDS = 2.0
+INFERENCE_KEYS = ("model_type", "sampling_rate", "generator_params", "output_delay")  # what loading reads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.checkpoint)
     state = read_checkpoint(args.checkpoint)
     source_config, target_config = config_path_for(args.checkpoint), config_path_for(args.output)
-    if os.path.exists(target_config) and not filecmp.cmp(source_config, target_config, shallow=False):
-        raise CodecError(f"{target_config} differs from {source_config}: remove it, or export to another folder")
+    if os.path.exists(target_config):
+        target = yaml.safe_load(Path(target_config).read_text()) or {}
+        changed = [key for key in INFERENCE_KEYS if target.get(key) != config.get(key)]
+        if changed:
+            raise CodecError(f"{target_config} describes another model than {source_config} ({', '.join(changed)} "
+                             "differ): remove it, or export to another folder")
     generator = compact_generator_state(
         state["model"]["generator"], STORAGE_DTYPES[args.dtype], args.reset_codebook_statistics
     )

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from bin.export_generator import main
 from tests.conftest import OFFICIAL, REPO
@@ -74,13 +75,27 @@ def test_reset_codebook_statistics_are_a_consistent_ema_state() -> None:
         assert layer.usage()[0] == layer.codebook_size
 
 
-def test_a_different_config_in_the_output_folder_is_refused_and_nothing_is_written(tmp_path) -> None:
+def test_a_config_of_another_model_in_the_output_folder_is_refused_and_nothing_is_written(tmp_path) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "config.yml").write_text("model_type: something_else\n")
-    with pytest.raises(CodecError, match="differs from"):
+    config = yaml.safe_load(open(os.path.join(os.path.dirname(SOURCE), "config.yml")))
+    config["generator_params"]["codebook_num"] += 1
+    (folder / "config.yml").write_text(yaml.safe_dump(config))
+    with pytest.raises(CodecError, match="generator_params differ"):
         main([SOURCE, str(folder / "checkpoint-1steps.pkl")])
     assert sorted(os.listdir(folder)) == ["config.yml"]
+
+
+def test_a_config_of_the_same_model_in_the_output_folder_is_kept(tmp_path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = yaml.safe_load(open(os.path.join(os.path.dirname(SOURCE), "config.yml")))
+    config["generator_optimizer_params"] = {"lr": 1.0e-5}  # training settings may differ
+    text = "# the recipe, with its comments\n" + yaml.safe_dump(config)
+    (folder / "config.yml").write_text(text)
+    output = export(tmp_path)
+    assert (folder / "config.yml").read_text() == text
+    assert state_hash(load_generator(output)[0]) == state_hash(load_generator(SOURCE)[0])
 
 
 def test_cli_error_is_one_line(tmp_path) -> None:
