@@ -70,9 +70,9 @@ MODELS: dict[str, ModelEntry] = {
         _official("vctk_activate_sym", 48000, (_AE, "symAAD_vctk_48000_hop300", 200000),
                   (_AE, "symAAD_vctk_48000_hop300", 700000),
                   "VCTK 48 kHz, symmetric AudioDec with activations and weight norm"),
-        ModelEntry("demo48k", 48000, _ckpt(_AE, "demo48k", 18547), _ckpt(_AE, "demo48k", 18547),
+        ModelEntry("demo48k", 48000, _ckpt(_AE, "demo48k", 27547), _ckpt(_AE, "demo48k", 27547),
                    "ours: 48 kHz symmetric, half width, trained on 2 CPU cores on the demo corpus: 14500 "
-                   "metric-loss steps, 4047 with light discriminators, the last 1250 with waveform losses at "
+                   "metric-loss steps, 13047 with light discriminators, the last 10250 with waveform losses at "
                    "its output delay (exp/README.md)", released=False),
         ModelEntry("demo48k_stage1", 48000, _ckpt(_AE, "demo48k_stage1", 14500),
                    _ckpt(_AE, "demo48k_stage1", 14500),
