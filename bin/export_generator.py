@@ -42,6 +42,7 @@ from utils.checkpoint import (  # noqa: E402
 )
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
+from utils.eval.metrics import snr_db  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.files import write_bytes_atomic  # noqa: E402
 
@@ -66,10 +67,7 @@ def probe_difference(source: str, exported: str, sample_rate: int) -> tuple[floa
     probe = torch.from_numpy(speech_like_signal(PROBE_SECONDS, sample_rate)).view(1, 1, -1)
     codes_a, y_a = StreamingCodec.from_checkpoints(source, source).code(probe)
     codes_b, y_b = StreamingCodec.from_checkpoints(exported, exported).code(probe)
-    differ = (codes_a != codes_b).double().mean().item()
-    noise = (y_a - y_b).double().pow(2).sum().item()
-    snr = float("inf") if noise == 0 else 10 * torch.log10(y_a.double().pow(2).sum() / noise).item()
-    return differ, snr
+    return (codes_a != codes_b).double().mean().item(), snr_db(y_a.numpy(), y_b.numpy())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from utils.audiodec import StreamingCodec
 from utils.bitstream.adc import read_adc
 from utils.bitstream.codec_file import decode_codes, decode_stream, encode_to_file
 from utils.bitstream.entropy import EntropyModel
+from utils.eval.metrics import snr_db
 
 
 def codec_cli(python: str, *args: str) -> subprocess.CompletedProcess:
@@ -27,11 +28,6 @@ def demo_file(python: str, model: str, source: str, output: str) -> None:
     result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--model", model, "--cuda", "-1",
                              "-i", source, "-o", output], cwd=OFFICIAL, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-
-
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    noise = np.sum((reference - estimate) ** 2)
-    return float("inf") if noise == 0 else 10 * np.log10(np.sum(reference**2) / max(noise, 1e-30))
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))

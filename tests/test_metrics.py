@@ -10,6 +10,7 @@ from utils.eval.metrics import (
     metric_names,
     pesq_wb,
     si_sdr,
+    snr_db,
     stoi,
     visqol_available,
     visqol_speech,
@@ -55,10 +56,19 @@ def test_si_sdr_ignores_scale(speech):
     assert si_sdr(speech, 0.37 * speech) > 100.0
 
 
-@pytest.mark.parametrize("snr_db", [-5.0, 0.0, 10.0, 25.0])
-def test_si_sdr_matches_known_snr(speech, snr_db):
-    noisy = speech + noise_at_snr(speech, snr_db)
-    assert si_sdr(speech, noisy) == pytest.approx(snr_db, abs=0.1)
+@pytest.mark.parametrize("level", [-5.0, 0.0, 10.0, 25.0])
+def test_si_sdr_matches_known_snr(speech, level):
+    noisy = speech + noise_at_snr(speech, level)
+    assert si_sdr(speech, noisy) == pytest.approx(level, abs=0.1)
+
+
+def test_snr_db_of_known_noise_identical_signals_and_any_rank(speech):
+    noise = np.random.default_rng(1).standard_normal(speech.shape)
+    noise *= np.sqrt(np.sum(speech.astype(np.float64) ** 2) / np.sum(noise**2)) / 10  # exactly 20 dB below
+    assert snr_db(speech, speech + noise) == pytest.approx(20.0, abs=1e-9)
+    assert snr_db(speech, speech) == float("inf")
+    stereo = np.stack([speech, speech], axis=1)
+    assert snr_db(stereo, stereo + np.stack([noise, noise], axis=1)) == pytest.approx(20.0, abs=1e-9)
 
 
 def test_log_mel_distance_zero_for_identical_and_grows_with_noise(speech):

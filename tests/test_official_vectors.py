@@ -12,11 +12,7 @@ import torch
 
 from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from utils.audiodec import StreamingCodec
-
-
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    noise = np.sum((reference - estimate) ** 2)
-    return float("inf") if noise == 0 else 10 * np.log10(np.sum(reference**2) / noise)
+from utils.eval.metrics import snr_db
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))

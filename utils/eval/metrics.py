@@ -74,6 +74,14 @@ def stoi(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, extended
     return float(score)
 
 
+def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Signal-to-noise ratio in dB of `estimate` against `reference` (same shape, any rank): how
+    closely two codings of the same signal agree; infinite where they are identical."""
+    reference = np.asarray(reference, np.float64)
+    noise = np.sum((reference - np.asarray(estimate, np.float64)) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference**2) / noise))
+
+
 def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> float:
     """Scale-invariant signal-to-distortion ratio in dB (zero-mean signals, optimal scaling)."""
     reference, estimate = cut_to_common_length(reference, estimate)
