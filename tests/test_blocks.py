@@ -6,7 +6,8 @@ The cases cover the transmitter (the encoder's input conv, EncoderBlock: Residua
 strided conv, the Projector, the residual VQ), the symmetric receiver (the decoder's input conv,
 DecoderBlock: CausalConvTranspose1d and ResidualUnit x 3, the output conv) and the vocoder receiver
 (HiFi-GAN's input normalization and conv, upsampling transposed convs, grouped blocks, tanh
-output), each with ELU and with LeakyReLU activations.
+output), each with ELU and with LeakyReLU activations; the AudioDec ones also as the activate codec
+(an activation after the encoder, before each decoder block and its output conv, and a tanh output).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from utils.runtime import native_build
 from utils.runtime.native import NativeStep, why_not_native
 
 ACTIVATIONS = {"ELU": {"alpha": 1.0}, "LeakyReLU": {"negative_slope": 0.2}}
+CODECS = ["audiodec", "activate_audiodec"]
 FRAMES = 80
 # The offline transposed convolutions take the first frame as history where a stream starts from
 # zeros; the difference has died out this many frames in (the receptive field of what follows).
@@ -32,12 +34,12 @@ needs_engine = pytest.mark.skipif(
 )
 
 
-def autoencoder(activation: str) -> Generator:
+def autoencoder(activation: str, codec: str = "audiodec") -> Generator:
     """A small AudioDec (hop 6; channel counts off the engine's vector width)."""
     torch.manual_seed(5)
     return Generator(
         encode_channels=6, decode_channels=6, code_dim=10, codebook_num=3, codebook_size=20,
-        enc_ratios=(2, 3), dec_ratios=(3, 2), enc_strides=(2, 3), dec_strides=(3, 2),
+        enc_ratios=(2, 3), dec_ratios=(3, 2), enc_strides=(2, 3), dec_strides=(3, 2), codec=codec,
         nonlinear_activation=activation, nonlinear_activation_params=ACTIVATIONS[activation],
     ).eval()
 
@@ -67,11 +69,12 @@ def random_codes(size: int = 20, books: int = 3) -> torch.Tensor:
     return torch.randint(0, size, (BATCH, books, FRAMES), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @torch.no_grad()
-def test_transmitter_blocks(activation: str) -> None:
+def test_transmitter_blocks(activation: str, codec: str) -> None:
     """Encoder, projector and VQ: the same latent offline and streamed, the same codes all three ways."""
-    generator = autoencoder(activation)
+    generator = autoencoder(activation, codec)
     x = 0.3 * torch.randn(BATCH, 1, FRAMES * generator.hop_length, generator=torch.Generator().manual_seed(2))
     latent_forward = generator.projector(generator.encoder(x))
     latent_step = streamed(generator, generator.encode, x)
@@ -88,14 +91,15 @@ def test_transmitter_blocks(activation: str) -> None:
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("receiver", ["decoder", "vocoder"])
+@pytest.mark.parametrize("receiver", ["decoder", "activate_decoder", "vocoder"])
 @torch.no_grad()
 def test_receiver_blocks(receiver: str, activation: str) -> None:
-    """Code lookup, then the symmetric decoder or a grouped vocoder: streamed equals offline once the
-    first frame's history has died out, and the native plan equals the streamed step throughout."""
-    generator = autoencoder(activation)
-    model = generator if receiver == "decoder" else vocoder(activation)
-    offline = generator.decoder if receiver == "decoder" else model
+    """Code lookup, then the symmetric decoder (of either codec) or a grouped vocoder: streamed equals
+    offline once the first frame's history has died out, and the native plan equals the streamed
+    step throughout."""
+    generator = autoencoder(activation, "activate_audiodec" if receiver == "activate_decoder" else "audiodec")
+    model = vocoder(activation) if receiver == "vocoder" else generator
+    offline = model if receiver == "vocoder" else generator.decoder
     codes = random_codes()
     latent = generator.lookup(codes)
     wave_step = streamed(model, model.decode, latent)
@@ -113,6 +117,7 @@ def test_receiver_blocks(receiver: str, activation: str) -> None:
 def test_every_block_case_runs_natively() -> None:
     """The cases above reach the native plans (the engine is built here), none falls back."""
     for activation in ACTIVATIONS:
-        generator = autoencoder(activation)
-        assert why_not_native(generator, "encoder") == why_not_native(generator, "decoder") == ""
+        for codec in CODECS:
+            generator = autoencoder(activation, codec)
+            assert why_not_native(generator, "encoder") == why_not_native(generator, "decoder") == ""
         assert why_not_native(vocoder(activation), "decoder") == ""

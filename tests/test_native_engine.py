@@ -47,7 +47,9 @@ def stream(codec: StreamingCodec, x: torch.Tensor, cuts: list[int]) -> tuple[tor
     return torch.cat(codes, dim=-1), torch.cat(waves, dim=-1)
 
 
-@pytest.mark.parametrize("name", ["vctk_sym", "vctk_v1", "vctk_v2", "vctk_univ", "libritts_v1", "vctk_c16h320_sym"])
+@pytest.mark.parametrize(
+    "name", ["vctk_sym", "vctk_v1", "vctk_v2", "vctk_univ", "libritts_v1", "vctk_c16h320_sym", "vctk_activate_sym"]
+)
 def test_the_released_codecs_run_both_sides_natively(name: str) -> None:
     """(The shipped small v1 vocoders have groups of 8 channels: padded to whole vectors.)"""
     codec = load(name)
@@ -55,11 +57,12 @@ def test_the_released_codecs_run_both_sides_natively(name: str) -> None:
     assert isinstance(codec._encode_chunk, NativeStep) and isinstance(codec._decode_codes, NativeStep)
 
 
-def test_codes_and_waveform_do_not_depend_on_the_cuts() -> None:
+@pytest.mark.parametrize("name", ["vctk_sym", "vctk_activate_sym"])
+def test_codes_and_waveform_do_not_depend_on_the_cuts(name: str) -> None:
     """Contract 2 by construction: whole signal, 300-sample chunks, and chunk sizes changing
     mid-stream give the same codes and, here, the same waveform bit for bit (every value is summed
     in one order whatever the chunk length)."""
-    codec = load("vctk_sym")
+    codec = load(name)
     x = speech()
     length = x.shape[-1]
     whole_codes, whole_wave = stream(codec, x, [0, length])
@@ -69,12 +72,13 @@ def test_codes_and_waveform_do_not_depend_on_the_cuts() -> None:
         assert torch.equal(wave, whole_wave)
 
 
-def test_results_equal_the_torch_backend_to_float_rounding() -> None:
+@pytest.mark.parametrize("name", ["vctk_sym", "vctk_activate_sym"])  # (the latter: activations around both sides)
+def test_results_equal_the_torch_backend_to_float_rounding(name: str) -> None:
     """Same codes as the TorchScript backend (no VQ near-tie in this signal), waveform >= 100 dB."""
     x = speech(samples=300 * 40)
     cuts = list(range(0, x.shape[-1] + 1, 1500))
-    native_codes, native_wave = stream(load("vctk_sym"), x, cuts)
-    torch_codes, torch_wave = stream(load("vctk_sym", backend="torch"), x, cuts)
+    native_codes, native_wave = stream(load(name), x, cuts)
+    torch_codes, torch_wave = stream(load(name, backend="torch"), x, cuts)
     assert torch.equal(native_codes, torch_codes)
     noise = (native_wave - torch_wave).pow(2).sum()
     assert 10 * torch.log10(torch_wave.pow(2).sum() / noise) >= 100
@@ -219,8 +223,11 @@ def test_what_the_engine_cannot_run_falls_back_to_torch() -> None:
     assert v0.native_sides == ["encoder"] and not isinstance(v0._decode_codes, NativeStep)
     assert isinstance(v0._decode_latent, TracedStep)
     assert "grouped HiFi-GAN blocks" in native.why_not_native(v0.decoder, "decoder")
-    activate = load("vctk_activate_sym")  # activations around the encoder and decoder
-    assert activate.native_sides == []
+    activate = load("vctk_activate_sym").decoder  # runs natively, but not with another output or activation
+    activate.decoder.activation_output = torch.nn.Identity()
+    assert native.why_not_native(activate, "decoder") == "only a tanh output runs natively"
+    activate.decoder.conv_blocks[-1] = torch.nn.GELU()
+    assert "GELU activations do not run natively" in native.why_not_native(activate, "decoder")
     decoder = load("vctk_sym").decoder
     assert native.why_not_native(decoder, "decoder") == ""
 

@@ -1,6 +1,6 @@
 """The native streaming engine: an AudioDec encoder + projector + residual VQ, or a receiver (code
-lookup, then the symmetric AudioDec decoder or a grouped HiFi-GAN vocoder), run as one C call per
-streaming step (csrc/engine.c, built by `native_build.py`).
+lookup, then the symmetric AudioDec decoder or a grouped HiFi-GAN vocoder), of the plain or the
+activate codec, run as one C call per streaming step (csrc/engine.c, built by `native_build.py`).
 
 Why: at 300-sample chunks a streaming step is about 50 small convolutions, and each PyTorch
 convolution call has a fixed cost of preparation whatever its size, plus an ELU, views and
@@ -75,24 +75,43 @@ def _conv_problem(network: nn.Module) -> str:
 
 def _audiodec_problem(generator: nn.Module, side: str) -> str:
     from models.autoencoder.AudioDec import Generator
-    from models.autoencoder.modules.decoder import Decoder
-    from models.autoencoder.modules.encoder import Encoder
+    from models.autoencoder.modules.decoder import ActivateDecoder, Decoder
+    from models.autoencoder.modules.encoder import ActivateEncoder, Encoder
 
     if side == "encoder" and not isinstance(generator, Generator):
         return "only AudioDec encoders run natively"
     network = getattr(generator, side, None)
-    expected = Encoder if side == "encoder" else Decoder
-    if type(network) is not expected:
-        return f"the {type(network).__name__} {side} does not run natively (the plain audiodec codec does)"
+    expected = (Encoder, ActivateEncoder) if side == "encoder" else (Decoder, ActivateDecoder)
+    if type(network) not in expected:
+        return f"the {type(network).__name__} {side} does not run natively (the audiodec codecs do)"
     if side == "encoder" and type(generator.projector.project) is not CausalConv1d:
         return "the conv1d_bn projector does not run natively"
-    units = [unit for block in network.conv_blocks for unit in block.res_units]
+    blocks, around = _audiodec_blocks(network)
+    units = [unit for _, block in blocks for unit in block.res_units]
     for unit in units:
         if _activation_problem(unit.activation):
             return _activation_problem(unit.activation)
         if repr(unit.activation) != repr(units[0].activation):
             return "residual units with different activations do not run natively"
+    for activation in [around, *(before for before, _ in blocks)]:
+        if activation is not None and _activation_problem(activation):
+            return _activation_problem(activation)
+    if side == "decoder" and type(getattr(network, "activation_output", nn.Tanh())) is not nn.Tanh:
+        return "only a tanh output runs natively"
     return _conv_problem(network)
+
+
+def _audiodec_blocks(network: nn.Module) -> tuple[list[tuple[nn.Module | None, nn.Module]], nn.Module | None]:
+    """An AudioDec encoder's or decoder's blocks as (the activation before the block or None, the
+    block), and the activate codec's activation after its encoder or before its decoder's output
+    convolution (None for the plain codec)."""
+    from models.autoencoder.modules.decoder import ActivateDecoder
+    from models.autoencoder.modules.encoder import ActivateEncoder
+
+    if isinstance(network, ActivateDecoder):  # Sequential(activation, block) ..., then an activation
+        return [(block[0], block[1]) for block in network.conv_blocks[:-1]], network.conv_blocks[-1]
+    blocks = [(None, block) for block in network.conv_blocks]
+    return blocks, network.activation if isinstance(network, ActivateEncoder) else None
 
 
 def _vocoder_problem(vocoder: nn.Module) -> str:
@@ -248,6 +267,15 @@ def _activation(module: nn.Module) -> tuple[int, float]:
     return ACT_LEAKY, float(module.negative_slope)
 
 
+def _store(op: dict, rows: int, activation: nn.Module | None) -> None:
+    """Send `op`'s result to the address `rows` as it is, or through `activation` when one is given."""
+    if activation is None:
+        op["out"] = rows
+    else:
+        act, alpha = _activation(activation)
+        op.update(out_act=rows, act=act, alpha=alpha)
+
+
 def _residual_units(
     plan: _Plan, packs: dict, pairs: list, activation: nn.Module, pending: dict, rows: int, channels: int
 ) -> dict:
@@ -275,7 +303,8 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     plan.input_bytes = 4 * length * channels
     rows = length
     pending = plan.conv(packs[id(encoder.conv)], ext.data_ptr(), rows)
-    for block in encoder.conv_blocks:
+    blocks, after = _audiodec_blocks(encoder)
+    for _, block in blocks:
         width = block.conv.in_channels
         pairs = [(unit.conv1, unit.conv2) for unit in block.res_units]
         pending = _residual_units(plan, packs, pairs, block.res_units[0].activation, pending, rows, width)
@@ -283,7 +312,8 @@ def _encoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
         rows //= block.conv.stride
         pending = plan.conv(packs[id(block.conv)], ext.data_ptr(), rows)
     project = generator.projector.project
-    ext, pending["out"] = plan.ext(project, rows, project.in_channels)
+    ext, new_rows = plan.ext(project, rows, project.in_channels)
+    _store(pending, new_rows, after)
     latent = plan.buffer(rows, project.out_channels)
     plan.conv(packs[id(project)], ext.data_ptr(), rows)["out"] = latent.data_ptr()
     vq = generator.quantizer.codebook
@@ -305,17 +335,22 @@ def _decoder_plan(generator: nn.Module, packs: dict, batch_shape: tuple[int, int
     ext, latent = plan.ext(decoder.conv1, rows, decoder.conv1.in_channels)
     _lookup(plan, packs, books, rows, latent)
     pending = plan.conv(packs[id(decoder.conv1)], ext.data_ptr(), rows)
-    for block in decoder.conv_blocks:
+    blocks, before_output = _audiodec_blocks(decoder)
+    for before, block in blocks:
         upsample = block.conv
-        ext, pending["out"] = plan.ext(upsample, rows, upsample.deconv.in_channels)
+        ext, new_rows = plan.ext(upsample, rows, upsample.deconv.in_channels)
+        _store(pending, new_rows, before)
         pending = plan.conv(packs[id(upsample)], ext.data_ptr(), rows)  # `rows` frames of stride phases
         rows *= upsample.stride
         pairs = [(unit.conv1, unit.conv2) for unit in block.res_units]
         activation = block.res_units[0].activation
         pending = _residual_units(plan, packs, pairs, activation, pending, rows, upsample.deconv.out_channels)
-    ext, pending["out"] = plan.ext(decoder.conv2, rows, decoder.conv2.in_channels)
+    ext, new_rows = plan.ext(decoder.conv2, rows, decoder.conv2.in_channels)
+    _store(pending, new_rows, before_output)
     output = plan.buffer(rows, decoder.conv2.out_channels)
-    plan.conv(packs[id(decoder.conv2)], ext.data_ptr(), rows)["out"] = output.data_ptr()
+    last = plan.conv(packs[id(decoder.conv2)], ext.data_ptr(), rows)
+    tanh = hasattr(decoder, "activation_output")  # the activate codec's (a tanh: _audiodec_problem)
+    last.update(out=output.data_ptr(), out_kind=OUT_TANH if tanh else OUT_RAW)
     plan.finish(output)
     return plan
 
