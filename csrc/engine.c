@@ -129,7 +129,10 @@ enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };  /* a conv's weight storage */
  * channels per group, rows of `x_channels`; each group's `group_cout` output columns padded to
  * `group_pad`, a whole number of vectors); written to `out` (raw, or through tanh) and/or through
  * the activation to `out_act` (either may be NULL), each `rep` times side by side in `seg`-column
- * pieces when rep > 1 (the channel repeat before a grouped block). VQ: the residual VQ of `t_out`
+ * pieces when rep > 1 (the channel repeat before a grouped block). Rows of `res`, `out` and
+ * `out_act` lie `res_stride`, `out_stride` and `act_stride` floats apart, or, where that is 0, as
+ * wide as their row (cout, or cout * rep): a stride wider than the row reads or writes a column
+ * band of a wider buffer (one branch of a multi-receptive-field block). VQ: the residual VQ of `t_out`
  * frames of `cin` values, `k` codebooks of `cout` codes, whose tables are padded to `cpad` codes
  * (the padding's |code|^2 is +inf, so it is never chosen). Lookup: the latent of `t_out` frames
  * from the codes of the first `k` codebooks, then (latent - bias) / w when bias is set (a
@@ -141,6 +144,7 @@ typedef struct {
     int32_t act, out_kind, x_channels, group_cout, group_pad, rep, seg;
     int32_t wtype;      /* conv: W_F32; W_BF16 (`w` holds bfloat16 weights; sums stay float); W_I8 (`w`
                            holds int8 weights, each column's sum is multiplied by its `wscale`) */
+    int32_t res_stride, out_stride, act_stride, unused;  /* conv: row strides, 0 = the row's width */
     const float *x;     /* conv: ext buffer (state rows, then the new rows); VQ: latents (frames, D);
                            lookup: codes, int64 (k, frames) */
     const float *w;     /* conv: (cpad / (VL nv), k, cin, VL nv), each column block's weights in one
@@ -210,10 +214,12 @@ static inline vf activate(const Op *op, vf v) {
     return op->act == ACT_LEAKY ? leaky(v, op->alpha) : elu(v, op->alpha);
 }
 
-/* Store `v` (real columns col.. of row `row`, `n` of them valid) into a (t_out, cout * rep) output. */
-static inline void put(const Op *op, float *base, int row, int col, vf v, int n) {
+/* Store `v` (real columns col.. of row `row`, `n` of them valid) into a (t_out, cout * rep) output
+ * whose rows lie `stride` floats apart (0: cout * rep). */
+static inline void put(const Op *op, float *base, int stride, int row, int col, vf v, int n) {
+    const int64_t row_floats = stride ? stride : (int64_t)op->cout * op->rep;
     if (op->rep == 1) {
-        float *at = base + (int64_t)row * op->cout + col;
+        float *at = base + (int64_t)row * row_floats + col;
         if (n == VL) {
             vstore(at, v);
         } else {
@@ -222,7 +228,7 @@ static inline void put(const Op *op, float *base, int row, int col, vf v, int n)
         return;
     }
     const int seg = op->seg;
-    float *start = base + (int64_t)row * op->cout * op->rep;
+    float *start = base + (int64_t)row * row_floats;
     if (seg % VL == 0 && n == VL) {  /* the vector lies within one piece */
         float *at = start + (int64_t)(col / seg) * seg * op->rep + col % seg;
         for (int r = 0; r < op->rep; r++) vstore(at + (int64_t)r * seg, v);
@@ -245,15 +251,15 @@ static inline void epilogue(const Op *op, int row, int col, vf v) {
     if (op->wscale) v = v * vload(op->wscale + col);
     if (op->bias) v = v + vload(op->bias + col);
     if (op->res) {
-        const float *res = op->res + (int64_t)row * op->cout + real;
+        const float *res = op->res + (int64_t)row * (op->res_stride ? op->res_stride : op->cout) + real;
         if (n == VL) {
             v = vload(res) + v;
         } else {
             for (int j = 0; j < n; j++) v[j] = res[j] + v[j];
         }
     }
-    if (op->out) put(op, op->out, row, real, op->out_kind == OUT_TANH ? tanhv(v) : v, n);
-    if (op->out_act) put(op, op->out_act, row, real, activate(op, v), n);
+    if (op->out) put(op, op->out, op->out_stride, row, real, op->out_kind == OUT_TANH ? tanhv(v) : v, n);
+    if (op->out_act) put(op, op->out_act, op->act_stride, row, real, activate(op, v), n);
 }
 
 /* Where a chunk has few rows, a step streams its weights from memory once (a 256-channel vocoder

@@ -5,9 +5,10 @@ tests fail when they disagree.
 The cases cover the transmitter (the encoder's input conv, EncoderBlock: ResidualUnit x 3 and a
 strided conv, the Projector, the residual VQ), the symmetric receiver (the decoder's input conv,
 DecoderBlock: CausalConvTranspose1d and ResidualUnit x 3, the output conv) and the vocoder receiver
-(HiFi-GAN's input normalization and conv, upsampling transposed convs, grouped blocks, tanh
-output), each with ELU and with LeakyReLU activations; the AudioDec ones also as the activate codec
-(an activation after the encoder, before each decoder block and its output conv, and a tanh output).
+(HiFi-GAN's input normalization and conv, upsampling transposed convs, grouped blocks or v0's
+multi-receptive-field blocks, tanh output), each with ELU and with LeakyReLU activations; the
+AudioDec ones also as the activate codec (an activation after the encoder, before each decoder
+block and its output conv, and a tanh output).
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ def autoencoder(activation: str, codec: str = "audiodec") -> Generator:
     ).eval()
 
 
-def vocoder(activation: str) -> HiFiGAN:
-    """A small grouped HiFi-GAN (v1's structure) with input normalization, hop 6."""
+def vocoder(activation: str, blocks: str = "grouped") -> HiFiGAN:
+    """A small HiFi-GAN with input normalization, hop 6: grouped (v1's structure), or with
+    multi-receptive-field blocks (v0's; here branches of other kernels, dilations and unit counts)."""
     torch.manual_seed(6)
+    if blocks == "grouped":
+        structure = {"resblock_kernel_sizes": (5,), "resblock_dilations": ((1, 3, 5),), "groups": 3}
+    else:
+        structure = {"resblock_kernel_sizes": (3, 5, 7), "resblock_dilations": ((1, 3), (1, 2, 4), (2,))}
     model = HiFiGAN(
-        in_channels=10, channels=64, upsample_scales=(2, 3), upsample_kernel_sizes=(4, 6),
-        resblock_kernel_sizes=(5,), resblock_dilations=((1, 3, 5),), groups=3, use_weight_norm=False,
-        nonlinear_activation=activation, nonlinear_activation_params=ACTIVATIONS[activation],
+        in_channels=10, channels=64, upsample_scales=(2, 3), upsample_kernel_sizes=(4, 6), **structure,
+        use_weight_norm=False, nonlinear_activation=activation, nonlinear_activation_params=ACTIVATIONS[activation],
         stats="unused", load_stats=False,
     ).eval()
     with torch.no_grad():
@@ -91,15 +96,17 @@ def test_transmitter_blocks(activation: str, codec: str) -> None:
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("receiver", ["decoder", "activate_decoder", "vocoder"])
+@pytest.mark.parametrize("receiver", ["decoder", "activate_decoder", "vocoder", "mrf_vocoder"])
 @torch.no_grad()
 def test_receiver_blocks(receiver: str, activation: str) -> None:
-    """Code lookup, then the symmetric decoder (of either codec) or a grouped vocoder: streamed equals
+    """Code lookup, then the symmetric decoder (of either codec) or a vocoder: streamed equals
     offline once the first frame's history has died out, and the native plan equals the streamed
     step throughout."""
     generator = autoencoder(activation, "activate_audiodec" if receiver == "activate_decoder" else "audiodec")
-    model = vocoder(activation) if receiver == "vocoder" else generator
-    offline = model if receiver == "vocoder" else generator.decoder
+    if receiver.endswith("vocoder"):
+        model = offline = vocoder(activation, "grouped" if receiver == "vocoder" else "mrf")
+    else:
+        model, offline = generator, generator.decoder
     codes = random_codes()
     latent = generator.lookup(codes)
     wave_step = streamed(model, model.decode, latent)
@@ -120,4 +127,5 @@ def test_every_block_case_runs_natively() -> None:
         for codec in CODECS:
             generator = autoencoder(activation, codec)
             assert why_not_native(generator, "encoder") == why_not_native(generator, "decoder") == ""
-        assert why_not_native(vocoder(activation), "decoder") == ""
+        for blocks in ("grouped", "mrf"):
+            assert why_not_native(vocoder(activation, blocks), "decoder") == ""

@@ -48,7 +48,8 @@ def stream(codec: StreamingCodec, x: torch.Tensor, cuts: list[int]) -> tuple[tor
 
 
 @pytest.mark.parametrize(
-    "name", ["vctk_sym", "vctk_v1", "vctk_v2", "vctk_univ", "libritts_v1", "vctk_c16h320_sym", "vctk_activate_sym"]
+    "name",
+    ["vctk_sym", "vctk_v0", "vctk_v1", "vctk_v2", "vctk_univ", "libritts_v1", "vctk_c16h320_sym", "vctk_activate_sym"],
 )
 def test_the_released_codecs_run_both_sides_natively(name: str) -> None:
     """(The shipped small v1 vocoders have groups of 8 channels: padded to whole vectors.)"""
@@ -57,7 +58,7 @@ def test_the_released_codecs_run_both_sides_natively(name: str) -> None:
     assert isinstance(codec._encode_chunk, NativeStep) and isinstance(codec._decode_codes, NativeStep)
 
 
-@pytest.mark.parametrize("name", ["vctk_sym", "vctk_activate_sym"])
+@pytest.mark.parametrize("name", ["vctk_sym", "vctk_activate_sym", "vctk_v0"])
 def test_codes_and_waveform_do_not_depend_on_the_cuts(name: str) -> None:
     """Contract 2 by construction: whole signal, 300-sample chunks, and chunk sizes changing
     mid-stream give the same codes and, here, the same waveform bit for bit (every value is summed
@@ -72,7 +73,8 @@ def test_codes_and_waveform_do_not_depend_on_the_cuts(name: str) -> None:
         assert torch.equal(wave, whole_wave)
 
 
-@pytest.mark.parametrize("name", ["vctk_sym", "vctk_activate_sym"])  # (the latter: activations around both sides)
+# (vctk_activate_sym: activations around both sides; vctk_v0: multi-receptive-field blocks)
+@pytest.mark.parametrize("name", ["vctk_sym", "vctk_activate_sym", "vctk_v0"])
 def test_results_equal_the_torch_backend_to_float_rounding(name: str) -> None:
     """Same codes as the TorchScript backend (no VQ near-tie in this signal), waveform >= 100 dB."""
     x = speech(samples=300 * 40)
@@ -95,11 +97,12 @@ def test_a_batch_of_streams_equals_each_stream_alone() -> None:
         assert torch.equal(wave[index:index + 1], alone_wave)
 
 
-def test_states_are_handed_to_and_from_the_torch_layers() -> None:
+@pytest.mark.parametrize("name", ["vctk_sym", "vctk_v0"])  # (v0's branches share one input buffer)
+def test_states_are_handed_to_and_from_the_torch_layers(name: str) -> None:
     """After native steps every layer holds its state as the torch backend would (same shape, to
     float rounding); a state replaced from outside (here: the torch backend's) is read back in."""
     x = speech(samples=300 * 12)
-    native, reference = load("vctk_sym"), load("vctk_sym", backend="torch")
+    native, reference = load(name), load(name, backend="torch")
     for codec in (native, reference):
         codec.reset(1)
         for start in range(0, x.shape[-1], 300):
@@ -218,11 +221,21 @@ def test_codes_out_of_range_are_refused() -> None:
         codec.decode(codes)
 
 
+def unsupported_receiver(**kwargs) -> StreamingCodec:
+    """vctk_v0 with a GELU in one branch of its first block: a receiver the engine does not run."""
+    v0 = load("vctk_v0", backend="torch")
+    v0.decoder.blocks[0].blocks[1].activation = torch.nn.GELU()
+    return StreamingCodec(v0.encoder, v0.decoder, v0.sample_rate, **kwargs)
+
+
 def test_what_the_engine_cannot_run_falls_back_to_torch() -> None:
-    v0 = load("vctk_v0")  # multi-receptive-field blocks
-    assert v0.native_sides == ["encoder"] and not isinstance(v0._decode_codes, NativeStep)
-    assert isinstance(v0._decode_latent, TracedStep)
-    assert "grouped HiFi-GAN blocks" in native.why_not_native(v0.decoder, "decoder")
+    codec = unsupported_receiver()
+    assert codec.native_sides == ["encoder"] and not isinstance(codec._decode_codes, NativeStep)
+    assert isinstance(codec._decode_latent, TracedStep)
+    assert "branches with different activations" in native.why_not_native(codec.decoder, "decoder")
+    for branch in codec.decoder.blocks[0].blocks:
+        branch.activation = torch.nn.GELU()
+    assert "GELU activations do not run natively" in native.why_not_native(codec.decoder, "decoder")
     activate = load("vctk_activate_sym").decoder  # runs natively, but not with another output or activation
     activate.decoder.activation_output = torch.nn.Identity()
     assert native.why_not_native(activate, "decoder") == "only a tanh output runs natively"
@@ -287,8 +300,8 @@ def test_int8_weights_keep_each_column_within_half_a_step() -> None:
 def test_a_bf16_receiver_outside_the_engine_names_the_fix() -> None:
     with pytest.raises(CodecError, match=r"does not run this receiver \(--backend native is not selected\)"):
         load("vctk_sym", backend="torch", precision="bf16")
-    with pytest.raises(CodecError, match=r"does not run this receiver \(only the grouped HiFi-GAN.* --precision fp32"):
-        load("vctk_v0", precision="bf16")
+    with pytest.raises(CodecError, match=r"does not run this receiver \(multi-receptive-field branches .* fp32"):
+        unsupported_receiver(precision="bf16")
     with pytest.raises(CodecError, match=r"is for a CPU receiver .* use --precision fp32 on meta"):
         load("vctk_sym", precision="bf16", device="meta")
     with pytest.raises(CodecError, match=r"--precision int8 runs in the native engine, which does not run this"):

@@ -115,15 +115,24 @@ def _audiodec_blocks(network: nn.Module) -> tuple[list[tuple[nn.Module | None, n
 
 
 def _vocoder_problem(vocoder: nn.Module) -> str:
-    from models.vocoder.modules.residual_block import MultiGroupConv1d
+    from models.vocoder.modules.residual_block import MultiGroupConv1d, MultiReceptiveField
 
     for block in vocoder.blocks:
-        if type(block) is not MultiGroupConv1d:
-            return "only the grouped HiFi-GAN blocks (v1, v2, v3) run natively"
-        if not block.use_additional_convs:
-            return "HiFi-GAN blocks without their additional convolutions do not run natively"
-        if _activation_problem(block.activation):
-            return _activation_problem(block.activation)
+        if type(block) is MultiReceptiveField:
+            branches = list(block.blocks)
+            if any(conv.conv.groups != 1 for branch in branches for conv in branch.convs1):
+                return "multi-receptive-field blocks of grouped convolutions do not run natively"
+            if any(repr(branch.activation) != repr(branches[0].activation) for branch in branches):
+                return "multi-receptive-field branches with different activations do not run natively"
+        elif type(block) is not MultiGroupConv1d:
+            return "only the HiFi-GAN blocks of v0 (multi-receptive-field) and v1, v2, v3 (grouped) run natively"
+        else:
+            branches = [block]
+        for branch in branches:
+            if not branch.use_additional_convs:
+                return "HiFi-GAN blocks without their additional convolutions do not run natively"
+            if _activation_problem(branch.activation):
+                return _activation_problem(branch.activation)
     for activation in (vocoder.activation_upsamples, vocoder.activation_output1):
         if _activation_problem(activation):
             return _activation_problem(activation)
@@ -213,7 +222,9 @@ class _Plan:
         self.ops: list[dict] = []
         self.slots: list[tuple] = []
         self.keep: list[torch.Tensor] = []
-        self.layers: list[tuple[StreamingState, int, int, int]] = []  # (layer, offset, channels, pad)
+        # (layer, offset, shape, strides): a layer's state, (channels, pad), as a view of a stream's
+        # state vector (time-major: strides (1, row width))
+        self.layers: list[tuple[StreamingState, int, tuple[int, int], tuple[int, int]]] = []
         self.state_size = 0
         self.state_pairs: dict[int, list] = {}  # batch -> NativeStep._state_pair
 
@@ -229,9 +240,28 @@ class _Plan:
         buffer = self.buffer(pad + rows, channels)
         if pad:
             self.slots.append((buffer.data_ptr(), pad * channels, self.state_size, rows * channels))
-            self.layers.append((layer, self.state_size, channels, pad))
+            self.layers.append((layer, self.state_size, (channels, pad), (1, channels)))
             self.state_size += pad * channels
         return buffer, buffer.data_ptr() + 4 * pad * channels
+
+    def shared_ext(self, layers: list[nn.Module], rows: int, channels: int) -> tuple[list[int], int]:
+        """One input buffer for several layers that read the same rows, side by side in `channels`
+        columns each (the branches of a multi-receptive-field block): the most state rows any of
+        them keeps, then `rows` new ones. Returns each layer's first row (its own state rows, in its
+        column band; rows len(layers) * channels floats apart) and the address of the new rows."""
+        pads = [getattr(layer, "pad_length", 0) for layer in layers]
+        most, width = max(pads), len(layers) * channels
+        buffer = self.buffer(most + rows, width)
+        at = buffer.data_ptr()
+        if most:
+            self.slots.append((at, most * width, self.state_size, rows * width))
+            for index, (layer, pad) in enumerate(zip(layers, pads)):
+                if pad:
+                    offset = self.state_size + (most - pad) * width + index * channels
+                    self.layers.append((layer, offset, (channels, pad), (1, width)))
+            self.state_size += most * width
+        starts = [at + 4 * ((most - pad) * width + index * channels) for index, pad in enumerate(pads)]
+        return starts, at + 4 * most * width
 
     def conv(self, packed: _Packed, source: int, rows_out: int, residual: int | None = None) -> dict:
         """A convolution reading `source` (its ext buffer); its destinations (`out`, `out_act` with
@@ -255,9 +285,7 @@ class _Plan:
         self.nbytes = sum(tensor.numel() * tensor.element_size() for tensor in self.keep)
         self.op_array = (Op * len(self.ops))(*[Op(**op) for op in self.ops])
         self.slot_array = (Slot * len(self.slots))(*[Slot(*slot) for slot in self.slots])
-        self.views = [
-            ((channels, pad), (1, channels), offset) for _, offset, channels, pad in self.layers
-        ]
+        self.views = [(shape, strides, offset) for _, offset, shape, strides in self.layers]
 
 
 def _activation(module: nn.Module) -> tuple[int, float]:
@@ -367,9 +395,41 @@ def _lookup(plan: _Plan, packs: dict, books: int, rows: int, latent: int, norm: 
     })
 
 
+def _multi_receptive_field(plan: _Plan, packs: dict, block: nn.Module, pending: dict, rows: int, width: int) -> dict:
+    """v0's block after `pending` (the upsampling): its output repeated once per branch, raw into
+    one skip buffer and activated into the branches' shared first input; each branch's residual
+    units on its own column band of the skip buffer; then the branches' mean, a 1 x 1 convolution
+    whose destination the caller sets."""
+    branches = block.blocks
+    full = len(branches) * width
+    skip = plan.buffer(rows, full)
+    starts, new_rows = plan.shared_ext([branch.convs1[0] for branch in branches], rows, width)
+    act, alpha = _activation(branches[0].activation)
+    pending.update(out=skip.data_ptr(), out_act=new_rows, act=act, alpha=alpha, rep=len(branches), seg=width)
+    for index, (branch, source) in enumerate(zip(branches, starts)):
+        band = skip.data_ptr() + 4 * index * width
+        units = list(zip(branch.convs1, branch.convs2))
+        for unit, (conv1, conv2) in enumerate(units):
+            first = plan.conv(packs[id(conv1)], source, rows)
+            if unit == 0:
+                first["x_channels"] = full  # (the shared input's rows)
+            ext, conv2_rows = plan.ext(conv2, rows, width)
+            first.update(out_act=conv2_rows, act=act, alpha=alpha)
+            second = plan.conv(packs[id(conv2)], ext.data_ptr(), rows, residual=band)
+            second.update(res_stride=full, out=band, out_stride=full)  # x + conv2(...), in place
+            if unit + 1 < len(units):
+                ext, second["out_act"] = plan.ext(branch.convs1[unit + 1], rows, width)
+                second.update(act=act, alpha=alpha)
+                source = ext.data_ptr()
+    return plan.conv(packs[id(block)], skip.data_ptr(), rows)
+
+
 def _vocoder_plan(vocoder: nn.Module, packs: dict, batch_shape: tuple[int, int]) -> _Plan:
-    """HiFi-GAN with grouped blocks: input conv; per stage activation, upsampling, the input repeated
-    `groups` times into a grouped residual block, and a 1 x 1 mix; activation, output conv, tanh."""
+    """HiFi-GAN: input conv; per stage activation, upsampling, then either the input repeated
+    `groups` times into a grouped residual block and a 1 x 1 mix (v1, v2, v3), or v0's
+    multi-receptive-field block; activation, output conv, tanh."""
+    from models.vocoder.modules.residual_block import MultiReceptiveField
+
     books, rows = batch_shape
     plan = _Plan()
     ext, latent = plan.ext(vocoder.input_conv, rows, vocoder.in_channels)
@@ -382,6 +442,9 @@ def _vocoder_plan(vocoder: nn.Module, packs: dict, batch_shape: tuple[int, int])
         pending = plan.conv(packs[id(upsample)], ext.data_ptr(), rows)  # `rows` frames of stride phases
         rows *= upsample.stride
         width = upsample.deconv.out_channels
+        if isinstance(block, MultiReceptiveField):
+            pending = _multi_receptive_field(plan, packs, block, pending, rows, width)
+            continue
         pending.update(rep=block.groups, seg=width)  # the channel repeat, written as it is stored
         pairs = list(zip(block.convs1, block.convs2))
         pending = _residual_units(plan, packs, pairs, block.activation, pending, rows, width * block.groups)
@@ -405,12 +468,18 @@ def _pack(target: Build, generator: nn.Module, side: str, codebook: nn.Module, w
         modules = [*generator.encoder.modules(), *generator.projector.modules()]
     else:
         modules = list((generator if isinstance(generator, _vocoder_class()) else generator.decoder).modules())
+    from models.vocoder.modules.residual_block import MultiReceptiveField
+
     packs: dict = {}
     for module in modules:
         if isinstance(module, CausalConvTranspose1d):
             packs[id(module)] = _Packed.transposed(target, module, weights)
         elif isinstance(module, (CausalConv1d, Conv1d1x1)):
             packs[id(module)] = _Packed.conv(target, module, weights)
+        elif isinstance(module, MultiReceptiveField):  # the branches' mean as a 1 x 1 conv, in float32
+            branches, width = len(module.blocks), module.blocks[0].convs1[0].in_channels
+            mean = torch.cat([torch.eye(width) / branches] * branches, dim=1).unsqueeze(-1)
+            packs[id(module)] = _Packed(target, mean, None)
     if getattr(generator, "norm", False):  # a vocoder's input normalization
         with torch.inference_mode(False), torch.no_grad():
             packs["norm"] = tuple(t.detach().float().contiguous() for t in (generator.mean, generator.scale))
@@ -525,8 +594,9 @@ class NativeStep(PerShapeStep):
             state_in, state_out, views = second, first, first_views
         else:  # states set from elsewhere (a reset, another plan, the torch layers)
             state_in, state_out, views = first, second, second_views
-            for (_, offset, channels, pad), state in zip(plan.layers, states):
-                state_in[:, offset:offset + pad * channels].view(batch, pad, channels).copy_(state.transpose(1, 2))
+            size = plan.state_size
+            for (_, offset, shape, strides), state in zip(plan.layers, states):
+                state_in.as_strided((batch, *shape), (size, *strides), offset).copy_(state)
         dtype = torch.int64 if self.side == "encoder" else torch.float32
         y = torch.empty(batch, *plan.output_shape, dtype=dtype)
         bad = self.library.engine_run(

@@ -41,7 +41,8 @@ class Op(ctypes.Structure):
         ("t_out", ctypes.c_int32), ("alpha", ctypes.c_float), ("nv", ctypes.c_int32),
         ("act", ctypes.c_int32), ("out_kind", ctypes.c_int32), ("x_channels", ctypes.c_int32),
         ("group_cout", ctypes.c_int32), ("group_pad", ctypes.c_int32), ("rep", ctypes.c_int32),
-        ("seg", ctypes.c_int32), ("wtype", ctypes.c_int32),
+        ("seg", ctypes.c_int32), ("wtype", ctypes.c_int32), ("res_stride", ctypes.c_int32),
+        ("out_stride", ctypes.c_int32), ("act_stride", ctypes.c_int32), ("unused", ctypes.c_int32),
         ("x", ctypes.c_void_p), ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("res", ctypes.c_void_p),
         ("out", ctypes.c_void_p), ("out_act", ctypes.c_void_p), ("wscale", ctypes.c_void_p),
     ]
