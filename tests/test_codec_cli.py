@@ -185,8 +185,8 @@ def test_entropy_coding_round_trip(tmp_path, python: str) -> None:
 
 
 def test_a_reduced_precision_receiver_from_the_command_line(tmp_path, python: str) -> None:
-    """`--precision int8` decodes the same codes close to fp32; a receiver the engine does not run
-    stops with one error line and writes nothing."""
+    """`--precision int8` decodes the same codes close to fp32; a receiver that does not run in the
+    engine (here: `--backend torch`) stops with one error line and writes nothing."""
     source = official_path("input", "test_48k.wav")
     packed = tmp_path / "sym.adc"
     assert codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "-i", source,
@@ -199,10 +199,10 @@ def test_a_reduced_precision_receiver_from_the_command_line(tmp_path, python: st
         assert result.returncode == 0, result.stderr
         decoded[precision] = sf.read(out)[0]
     assert 25 < snr_db(decoded["fp32"], decoded["int8"]) < 60
-    out = tmp_path / "v0.wav"
-    result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--model", "vctk_v0", "--cuda", "-1",
-                             "--precision", "int8", "-i", source, "-o", str(out)], cwd=OFFICIAL,
-                            capture_output=True, text=True, timeout=300)
+    out = tmp_path / "torch.wav"
+    result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--model", "vctk_sym", "--cuda", "-1",
+                             "--backend", "torch", "--precision", "int8", "-i", source, "-o", str(out)],
+                            cwd=OFFICIAL, capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("error: ") and "use --precision fp32" in lines[0] and not out.exists()
