@@ -441,8 +441,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                         help="the receiver's weights in the engine (bf16, int8: fewer bytes per step)")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="native (default: encoder, symmetric decoder and grouped HiFi-GAN vocoders in the "
-                        "compiled engine, the rest as torch), torch (TorchScript graphs per chunk size), or eager")
+                        help="native (default: every released model's encoder and decoder in the compiled "
+                        "engine, anything else as torch), torch (TorchScript graphs per chunk size), or eager")
     parser.add_argument("--no-whole-file", action="store_true", help="skip the whole-file timing")
     parser.add_argument("--live", action="store_true",
                         help="also time demoStream.py's pipeline (encoder and decoder threads) on the same audio")

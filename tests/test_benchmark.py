@@ -43,7 +43,7 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
     assert result["rtf_whole_file"] == pytest.approx(result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"])
     assert "rtf_live" not in result  # only with --live
     assert result["backend"] == "native"  # the default
-    if native_build.available():  # the encoder, and the symmetric decoder or the grouped HiFi-GAN
+    if native_build.available():  # the encoder, and the symmetric decoder or the HiFi-GAN
         assert result["native_sides"] == ["encoder", "decoder"]
 
 

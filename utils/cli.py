@@ -60,8 +60,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
     parser.add_argument(
         "--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-        help="native (default: the AudioDec encoder, symmetric decoder and grouped HiFi-GAN vocoders in the "
-        "compiled engine, the rest as torch), torch (each chunk size's steps as TorchScript graphs), or eager "
+        help="native (default: every released model's encoder and decoder in the compiled engine, anything "
+        "else as torch), torch (each chunk size's steps as TorchScript graphs), or eager "
         "(op by op). docs/performance.md",
     )
     parser.add_argument(

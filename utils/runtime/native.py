@@ -1,6 +1,7 @@
 """The native streaming engine: an AudioDec encoder + projector + residual VQ, or a receiver (code
-lookup, then the symmetric AudioDec decoder or a grouped HiFi-GAN vocoder), of the plain or the
-activate codec, run as one C call per streaming step (csrc/engine.c, built by `native_build.py`).
+lookup, then the symmetric AudioDec decoder or a HiFi-GAN vocoder: v0's multi-receptive-field
+blocks or the grouped ones of v1, v2, v3), of the plain or the activate codec, run as one C call
+per streaming step (csrc/engine.c, built by `native_build.py`).
 
 Why: at 300-sample chunks a streaming step is about 50 small convolutions, and each PyTorch
 convolution call has a fixed cost of preparation whatever its size, plus an ELU, views and
@@ -506,7 +507,7 @@ _is = operator.is_
 class NativeStep(PerShapeStep):
     """One side of an AudioDec codec's streaming step through the native engine: waveform chunk ->
     codes (side "encoder": encoder, projector and VQ search) or codes -> waveform chunk (side
-    "decoder": code lookup, then the symmetric decoder or a grouped HiFi-GAN vocoder), with
+    "decoder": code lookup, then the symmetric decoder or a HiFi-GAN vocoder), with
     `codebook` (the transmitter's ResidualVQ), its convolution weights stored as `weights`
     (torch.float32, or torch.bfloat16 for a receiver: see WEIGHT_TYPES).
     A plan is built on a shape's first call (the engine's rounding is its own, and a transmitter
