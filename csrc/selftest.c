@@ -1,7 +1,7 @@
 /* Self-test of the native engine's kernels (csrc/engine.c) against plain loops, for whatever
  * instruction set it is compiled for: every register-block shape (R rows x NV vectors) of the
  * build, grouped and padded columns, strides, dilations, each epilogue (bias, skip, ELU, LeakyReLU,
- * tanh, channel repeat), bfloat16 and int8 weights, the rows' independence from the blocking (Contract 2),
+ * tanh, channel repeat, row strides wider than the row), bfloat16 and int8 weights, the rows' independence from the blocking (Contract 2),
  * the VQ search with ties, and the code lookup. Prints one line per failure and a summary; exit status 0 when all pass.
  *
  *   gcc -O3 -march=native --param=avoid-fma-max-bits=0 -ffp-contract=fast -fopenmp -std=gnu11 \
@@ -154,6 +154,43 @@ static void test_rows_do_not_depend_on_blocking(int nv, int threads) {
         }
     }
     free(x), free(w), free(bias), free(whole), free(part);
+}
+
+/* Row strides (a branch of a multi-receptive-field block): the op reading its skip from, and writing
+ * its outputs into, a column band of buffers `bands` times wider gives the bits of the same op on
+ * buffers of its own width, and leaves the other columns alone; many rows and one row. */
+static void test_row_strides(int t_out) {
+    const int cin = 5, cout = 2 * VL + 3, cpad = 3 * VL, k = 3, dilation = 2, bands = 3, band = 1;
+    const int wide = bands * cout, x_rows = t_out + (k - 1) * dilation;
+    float *x = random_floats((int64_t)x_rows * cin), *w = random_floats((int64_t)cpad * k * cin);
+    float *bias = random_floats(cpad), *res = random_floats((int64_t)t_out * wide);
+    float *own_res = malloc(sizeof(float) * t_out * cout), *own_out = calloc((size_t)t_out * cout, sizeof(float));
+    float *own_act = calloc((size_t)t_out * cout, sizeof(float));
+    float *out = random_floats((int64_t)t_out * wide), *act = random_floats((int64_t)t_out * wide);
+    float *out_before = malloc(sizeof(float) * t_out * wide), *act_before = malloc(sizeof(float) * t_out * wide);
+    memcpy(out_before, out, sizeof(float) * t_out * wide), memcpy(act_before, act, sizeof(float) * t_out * wide);
+    for (int t = 0; t < t_out; t++) memcpy(own_res + t * cout, res + t * wide + band * cout, sizeof(float) * cout);
+    Op op = {.kind = OP_CONV, .cin = cin, .cout = cout, .cpad = cpad, .k = k, .dilation = dilation, .stride = 1,
+             .t_out = t_out, .alpha = 0.1f, .nv = 1, .act = ACT_LEAKY, .x_channels = cin, .group_cout = cout,
+             .group_pad = cpad, .rep = 1, .seg = cout, .x = x, .w = w, .bias = bias, .res = own_res,
+             .out = own_out, .out_act = own_act};
+    engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 2);
+    op.res = res + band * cout, op.out = out + band * cout, op.out_act = act + band * cout;
+    op.res_stride = op.out_stride = op.act_stride = wide;
+    engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 2);
+    for (int t = 0; t < t_out; t++) {
+        for (int c = 0; c < wide; c++) {
+            const int64_t i = (int64_t)t * wide + c;
+            const int inside = c / cout == band;
+            const float want_out = inside ? own_out[t * cout + c % cout] : out_before[i];
+            const float want_act = inside ? own_act[t * cout + c % cout] : act_before[i];
+            checks += 2;
+            if (memcmp(&out[i], &want_out, sizeof(float))) fail("row strides, out", t, c, out[i], want_out);
+            if (memcmp(&act[i], &want_act, sizeof(float))) fail("row strides, out_act", t, c, act[i], want_act);
+        }
+    }
+    free(x), free(w), free(bias), free(res), free(own_res), free(own_out), free(own_act);
+    free(out), free(act), free(out_before), free(act_before);
 }
 
 static void test_epilogues(void) {
@@ -333,6 +370,8 @@ int main(void) {
     for (int s = 0; s < 3; s++)
         if (ROWS[s]) test_rows_do_not_depend_on_blocking(1 << s, 2);
     test_epilogues();
+    test_row_strides(13);
+    test_row_strides(1);
     test_stored_weights(W_BF16);
     test_stored_weights(W_I8);
     test_activations();
