@@ -306,22 +306,33 @@ def _store(op: dict, rows: int, activation: nn.Module | None) -> None:
 
 
 def _residual_units(
-    plan: _Plan, packs: dict, pairs: list, activation: nn.Module, pending: dict, rows: int, channels: int
+    plan: _Plan, packs: dict, pairs: list, activation: nn.Module, pending: dict, rows: int, channels: int,
+    band: tuple[int, int, int] | None = None,
 ) -> dict:
     """Emit residual units x + conv2(act(conv1(act(x)))), one per (conv1, conv2) of `pairs`, after
     `pending` (the conv whose output enters the first unit); returns the last unit's conv2, whose
-    destination the caller sets."""
+    destination the caller sets. The skip path is a buffer of its own, or, with `band` = (skip,
+    first input, row width), one branch of a multi-receptive-field block: a column band of a wider
+    skip buffer and a first input in a shared buffer, both already written by `pending`."""
     act, alpha = _activation(activation)
-    skip = plan.buffer(rows, channels)  # the units' skip path, updated in place by each unit's add
-    for conv1, conv2 in pairs:
-        ext, new_rows = plan.ext(conv1, rows, channels)
-        # The conv before the units, or the previous unit's second conv (whose x + conv2(...) is
-        # written over its own skip input: each value is read and then written by one thread).
-        pending.update(out=skip.data_ptr(), out_act=new_rows, act=act, alpha=alpha)
-        first = plan.conv(packs[id(conv1)], ext.data_ptr(), rows)
+    if band is None:
+        skip, stride = plan.buffer(rows, channels).data_ptr(), 0  # updated in place by each unit's add
+    else:
+        skip, source, stride = band
+    for index, (conv1, conv2) in enumerate(pairs):
+        if index or band is None:
+            ext, new_rows = plan.ext(conv1, rows, channels)
+            # The conv before the units, or the previous unit's second conv (whose x + conv2(...) is
+            # written over its own skip input: each value is read and then written by one thread).
+            pending.update(out=skip, out_stride=stride, out_act=new_rows, act=act, alpha=alpha)
+            first = plan.conv(packs[id(conv1)], ext.data_ptr(), rows)
+        else:
+            first = plan.conv(packs[id(conv1)], source, rows)
+            first["x_channels"] = stride  # (the shared input's rows)
         ext, new_rows = plan.ext(conv2, rows, channels)
         first.update(out_act=new_rows, act=act, alpha=alpha)
-        pending = plan.conv(packs[id(conv2)], ext.data_ptr(), rows, residual=skip.data_ptr())
+        pending = plan.conv(packs[id(conv2)], ext.data_ptr(), rows, residual=skip)
+        pending["res_stride"] = stride
     return pending
 
 
@@ -409,19 +420,9 @@ def _multi_receptive_field(plan: _Plan, packs: dict, block: nn.Module, pending: 
     pending.update(out=skip.data_ptr(), out_act=new_rows, act=act, alpha=alpha, rep=len(branches), seg=width)
     for index, (branch, source) in enumerate(zip(branches, starts)):
         band = skip.data_ptr() + 4 * index * width
-        units = list(zip(branch.convs1, branch.convs2))
-        for unit, (conv1, conv2) in enumerate(units):
-            first = plan.conv(packs[id(conv1)], source, rows)
-            if unit == 0:
-                first["x_channels"] = full  # (the shared input's rows)
-            ext, conv2_rows = plan.ext(conv2, rows, width)
-            first.update(out_act=conv2_rows, act=act, alpha=alpha)
-            second = plan.conv(packs[id(conv2)], ext.data_ptr(), rows, residual=band)
-            second.update(res_stride=full, out=band, out_stride=full)  # x + conv2(...), in place
-            if unit + 1 < len(units):
-                ext, second["out_act"] = plan.ext(branch.convs1[unit + 1], rows, width)
-                second.update(act=act, alpha=alpha)
-                source = ext.data_ptr()
+        pairs = list(zip(branch.convs1, branch.convs2))
+        last = _residual_units(plan, packs, pairs, branch.activation, pending, rows, width, (band, source, full))
+        last.update(out=band, out_stride=full)  # x + conv2(...), in place
     return plan.conv(packs[id(block)], skip.data_ptr(), rows)
 
 
