@@ -334,8 +334,11 @@ class GANTrainer:
                 scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
         if scaler is not None:
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
+            if scaler.get_scale() < scale:  # overflowing gradients: no update, so the schedule waits too
+                return
         else:
             optimizer.step()
         self.schedulers[name].step()
