@@ -19,8 +19,16 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
 
 import argparse  # noqa: E402
 
+from trainer.base import COMPILE_SETTINGS  # noqa: E402
 from trainer.builder import TrainOptions, run_training  # noqa: E402
 from utils.cli import run_main  # noqa: E402
+
+
+def _compile_setting(text: str) -> str | bool:
+    """``--compile``'s value: generator or all (a bare ``--compile`` is ``true``)."""
+    if text not in COMPILE_SETTINGS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(COMPILE_SETTINGS)}")
+    return text
 
 
 def main() -> int:
@@ -45,8 +53,11 @@ def main() -> int:
     )
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                         help="autocast precision of the forward passes (default: the config's, else fp32)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the generator and the discriminator")
+    parser.add_argument("--compile", nargs="?", const=True, default=None, type=_compile_setting,
+                        metavar="generator|all",
+                        help="torch.compile the generator and, on a GPU, the discriminator; 'all': both on any "
+                        "device, 'generator': the generator only (default: the config's, else none)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="compile nothing")
     parser.add_argument("--fast_conv", action=argparse.BooleanOptionalAction, default=None,
                         help="CPU training: dilated and 1x1 convolutions through faster kernels (the same "
                         "sums in another order: not bit-identical to the original trainer)")

@@ -7,6 +7,7 @@ batch shape (the trainer's own step; see trainer/benchmark.py).
     python bin/train_benchmark.py --precisions fp32 --compile both --threads 2 --json out.json
     python bin/train_benchmark.py --device cuda --steps 50 --precisions fp32,bf16 --compile both
     python bin/train_benchmark.py --precisions fp32 --compile both --original /path/to/AudioDec
+    python bin/train_benchmark.py --phases adversarial --precisions fp32 --compile off,on,all
     python bin/train_benchmark.py --phases stage1 --precisions fp32 --rounds 5 --original /path/to/AudioDec
     python bin/train_benchmark.py --phases stage1 --precisions fp32 --fast_conv both --original /path/to/AudioDec
 
@@ -51,7 +52,7 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     values = [value.strip() for value in text.split(",") if value.strip()]
     unknown = [value for value in values if value not in allowed]
     if unknown or not values:
-        raise argparse.ArgumentTypeError(f"{what}: {text!r}; use a comma-separated list of {', '.join(allowed)}")
+        raise CodecError(f"{what} {text!r}: give a comma-separated list of {', '.join(allowed)}")
     return values
 
 
@@ -85,20 +86,26 @@ def time_original(original: Path, config: Path, phase: str, args: argparse.Names
 
 
 def _time_ours(
-    config: dict, phase: str, precision: str, compiled: bool, fast_conv: bool, args: argparse.Namespace
+    config: dict, phase: str, precision: str, compiled: bool | str, fast_conv: bool, args: argparse.Namespace
 ) -> dict:
     """One of our settings timed, its row printed."""
     timing = time_phase(config, phase, precision, compiled, args.device, args.steps, args.warmup, fast_conv=fast_conv)
     peak = f"{timing.peak_memory_mib:.0f}" if timing.peak_memory_mib is not None else "-"
-    print(f"{phase:<12} {precision:<9} {'yes' if compiled else 'no':<7} {'yes' if fast_conv else 'no':<9} "
+    print(f"{phase:<12} {precision:<9} {_compiled_column(timing.compiled):<7} {'yes' if fast_conv else 'no':<9} "
           f"{timing.batch_size:>3}x{timing.batch_length:<5} {timing.seconds_per_step:>8.3f} "
           f"{timing.samples_per_second:>9.2f} {timing.warmup_seconds:>9.1f} {peak:>8}", flush=True)  # fmt: skip
     return timing.as_dict()
 
 
+def _compiled_column(compiled: str) -> str:
+    """What a setting compiled, in the table's column: no, G (the generator) or G+D (both)."""
+    return {"": "no", "generator": "G"}.get(compiled, "G+D")
+
+
 def _label(row: dict) -> str:
-    """A setting as the summary lines name it: its precision, then 'fast_conv' and 'compiled' where set."""
-    return f"{row['precision']}{' fast_conv' if row.get('fast_conv') else ''}{' compiled' if row['compile'] else ''}"
+    """A setting as the summary lines name it: its precision, then 'fast_conv' and what it compiled."""
+    compiled = {"": "", "generator": " generator compiled"}.get(row["compiled"], " compiled")
+    return f"{row['precision']}{' fast_conv' if row.get('fast_conv') else ''}{compiled}"
 
 
 def _time_theirs(original: Path, config: Path, phase: str, args: argparse.Namespace, ours: list[dict]) -> dict:
@@ -146,7 +153,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation happens there)")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated: {', '.join(PHASES)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
-    parser.add_argument("--compile", choices=("off", "on", "both"), default="off")
+    parser.add_argument("--compile", default="off",
+                        help="comma-separated: off, on (codecTrain.py's --compile: the discriminators stay eager "
+                        "on the CPU), generator, all (both networks on any device); both = off,on")
     parser.add_argument("--fast_conv", choices=("off", "on", "both"), default="off",
                         help="codecTrain.py's --fast_conv (CPU): faster dilated and 1x1 convolutions")
     parser.add_argument("--batch_size", type=int, help="override the recipe's batch_size")
@@ -162,7 +171,10 @@ def main() -> int:
     phases = _choices(args.phases, PHASES, "--phases")
     precisions = _choices(args.precisions, ("fp32", "bf16", "fp16"), "--precisions")
     switches = {"off": [False], "on": [True], "both": [False, True]}
-    compiles, fast_convs = switches[args.compile], switches[args.fast_conv]
+    compile_values = {"off": False, "on": True, "generator": "generator", "all": "all"}
+    compile_text = "off,on" if args.compile == "both" else args.compile
+    compiles = [compile_values[value] for value in _choices(compile_text, tuple(compile_values), "--compile")]
+    fast_convs = switches[args.fast_conv]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rounds < 1:

@@ -165,8 +165,14 @@ def test_training_options_reach_the_trainer(stub_python: dict) -> None:
     result = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", "--precision", "bf16", "--compile", "true",
                   "--fast_conv", "true", "--micro_batch", "4", env=stub_python)  # fmt: skip
     assert commands(result)[0].endswith("--ngpu 0 --precision bf16 --compile --fast_conv --micro_batch 4")
+    result = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", "--compile", "all", env=stub_python)
+    assert commands(result)[0].endswith("--ngpu 0 --compile all")
     result = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", env=stub_python)
     assert commands(result)[0].endswith("--ngpu 0")
+    bad = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", "--compile", "yes", env=stub_python)
+    assert bad.returncode != 0 and "RUN " not in bad.stdout
+    assert bad.stderr.strip().splitlines() == ["submit_autoencoder.sh: --compile takes true, false, generator or all, "
+                                               "not 'yes'"]  # fmt: skip
 
 
 def test_multi_gpu_and_multi_node_launch_torchrun(stub_python: dict) -> None:

@@ -450,8 +450,8 @@ def test_benchmark_rounds_report_medians_and_the_median_of_each_rounds_ratio(cap
 
     def row(seconds: float, ratio: float | None = None) -> dict:
         extra = {} if ratio is None else {"vs_original": ratio}
-        return {"phase": "stage1", "precision": "fp32", "compile": False, "batch_size": 16, "seconds_per_step": seconds,
-                **extra}  # fmt: skip
+        return {"phase": "stage1", "precision": "fp32", "compile": False, "compiled": "", "batch_size": 16,
+                "seconds_per_step": seconds, **extra}  # fmt: skip
 
     # The machine slows down over the rounds; ours is 1.25x, 1.0x and 1.5x the original within each round.
     rounds = [([row(4.0, 5.0 / 4.0)], row(5.0)), ([row(8.0, 8.0 / 8.0)], row(8.0)), ([row(2.0, 3.0 / 2.0)], row(3.0))]
@@ -477,6 +477,9 @@ def test_benchmark_rounds_from_the_command_line(tmp_path: Path) -> None:
     assert row["seconds_per_step"] == pytest.approx(sum(row["rounds_seconds_per_step"]) / 2)
     bad = subprocess.run([*command, "--rounds", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --rounds 0: give 1 or more"
+    bad = subprocess.run([*command, "--compile", "on,sometimes"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "error: --compile 'on,sometimes': give a comma-separated list of off, on, generator, all"
 
 
 def test_the_gpu_training_check_writes_a_json_per_phase_and_setting(tmp_path: Path) -> None:

@@ -125,3 +125,46 @@ def test_compiled_training_steps_match_eager_ones(tmp_path: Path) -> None:
     assert set(state["model"]["generator"]) == set(expected["model"]["generator"])
     for key, tensor in expected["model"]["generator"].items():
         torch.testing.assert_close(state["model"]["generator"][key], tensor, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("setting, device, networks", [
+    (True, "cpu", ("generator",)),
+    (True, "cuda", ("generator", "discriminator")),
+    ("all", "cpu", ("generator", "discriminator")),
+    ("generator", "cuda", ("generator",)),
+    (False, "cuda", ()),
+    (None, "cpu", ()),
+])  # fmt: skip
+def test_compile_leaves_the_discriminators_eager_on_the_cpu_unless_told(
+    tmp_path: Path, setting: bool | str | None, device: str, networks: tuple[str, ...]
+) -> None:
+    from trainer.base import compiled_networks
+
+    assert compiled_networks(setting, torch.device(device)) == networks
+    if device == "cpu":  # the trainer compiles those networks and leaves the others as they are
+        config = tiny_recipe(tmp_path, compile=setting)
+        context = DistributedContext()
+        with tempfile.TemporaryDirectory() as expdir:
+            trainer = build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+        assert trainer.compiled == networks
+        for name in ("generator", "discriminator"):
+            assert (getattr(trainer, name)._compiled_call_impl is not None) == (name in networks), name
+
+
+def test_a_bad_compile_setting_is_one_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tiny_recipe(tmp_path, compile="discriminator")
+    context = DistributedContext()
+    with tempfile.TemporaryDirectory() as expdir, pytest.raises(CodecError) as caught:
+        build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+    assert str(caught.value) == "compile: 'discriminator' is not one of true, false, generator, all"
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    command = [sys.executable, str(REPO / "codecTrain.py"), "-c", str(recipe), "--tag", "bad",
+               "--exp_root", str(tmp_path / "exp"), "--compile", "everything"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and not (tmp_path / "exp").exists()
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "argument --compile: 'everything' is not one of generator, all")

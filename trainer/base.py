@@ -20,7 +20,8 @@ the original's, step for step):
 - ``precision``: ``fp32`` (default), ``bf16`` or ``fp16``: the generator and discriminator forward
   passes under autocast (fp16 with a gradient scaler per network); the residual VQ and every loss run
   in float32 (their log/sqrt and the EMA statistics lose too much in 16 bits).
-- ``compile``: ``torch.compile`` the generator and the discriminator.
+- ``compile``: ``torch.compile`` the generator and, except on the CPU, the discriminator (``true``);
+  ``all`` or ``generator`` compile those on any device (:func:`compiled_networks`).
 - ``fast_conv``: on the CPU, dilated and pointwise convolutions through faster kernels
   (:mod:`trainer.fast_conv`; the gradients' last bits differ from the original's).
 - ``ddp_bf16_compress``: all-reduce the discriminator's gradients as bfloat16.
@@ -74,6 +75,25 @@ METRIC_LOSSES: dict[str, tuple[str, ...]] = {
 NUM_EVAL_SAMPLES = 2  # validation samples written to TensorBoard as audio and log-mel images
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# The ``compile`` run option: what each value compiles (``true`` depends on the device).
+COMPILE_SETTINGS: dict[str, tuple[str, ...]] = {"generator": ("generator",), "all": ("generator", "discriminator")}
+
+
+def compiled_networks(setting: Any, device: torch.device) -> tuple[str, ...]:
+    """The networks that the run option ``compile`` compiles: none (false), the generator, or both.
+
+    ``true`` leaves the discriminators eager on the CPU: there Inductor runs their convolutions
+    channels-last with layout copies between them, and compiled they trained slower than eager
+    (docs/training.md). ``all`` compiles them on the CPU too, ``generator`` on no device.
+    """
+    if setting is None or setting is False:
+        return ()
+    if setting is True:
+        return COMPILE_SETTINGS["generator" if device.type == "cpu" else "all"]
+    if isinstance(setting, str) and setting in COMPILE_SETTINGS:
+        return COMPILE_SETTINGS[setting]
+    raise CodecError(f"compile: {setting!r} is not one of true, false, {', '.join(COMPILE_SETTINGS)}")
 
 DiscriminatorOutputs = list[list[torch.Tensor]]
 
@@ -197,10 +217,11 @@ class GANTrainer:
             self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers}
         if config.get("fast_conv"):
             self._use_fast_convolutions()
-        if config.get("compile"):
+        self.compiled = compiled_networks(config.get("compile"), self.device)
+        if self.compiled:
             keep_statistics_eager()
-            self.generator.compile()
-            self.discriminator.compile()
+        for name in self.compiled:
+            getattr(self, name).compile()
         self.configure_parameters()
         self.generator_ddp = wrap_ddp(self.generator, context)
         self.discriminator_ddp = wrap_ddp(self.discriminator, context, bool(config.get("ddp_bf16_compress")))
@@ -210,9 +231,11 @@ class GANTrainer:
         budget = config.get("cpu_budget_minutes")
         self.cpu_budget_seconds = float(budget) * 60 if budget else math.inf
         self.curve = self._build_curve()
-        if precision != "fp32" or config.get("compile"):
-            logger.info("Precision %s%s", precision, ", generator and discriminator compiled" if config.get(
-                "compile") else "")
+        if precision != "fp32" or self.compiled:
+            compiled = f", compiled: {' and '.join(self.compiled)}" if self.compiled else ""
+            eager = " (the discriminator stays eager on the CPU: 'compile: all' compiles it too)" if (
+                config.get("compile") is True and "discriminator" not in self.compiled) else ""
+            logger.info("Precision %s%s%s", precision, compiled, eager)
 
     def _use_fast_convolutions(self) -> None:
         if self.device.type != "cpu":

@@ -32,7 +32,8 @@ class PhaseTiming:
 
     phase: str
     precision: str
-    compile: bool
+    compile: bool | str  # the run option (trainer.base.compiled_networks)
+    compiled: str  # what it compiled: "generator", "generator+discriminator" or ""
     fast_conv: bool
     batch_size: int
     batch_length: int
@@ -73,7 +74,7 @@ def time_phase(
     config: Mapping[str, Any],
     phase: str,
     precision: str = "fp32",
-    compile: bool = False,
+    compile: bool | str = False,
     device: str = "cpu",
     steps: int = 3,
     warmup: int = 1,
@@ -110,8 +111,8 @@ def time_phase(
         seconds = (time.perf_counter() - warmed) / steps
     peak = torch.cuda.max_memory_allocated(context.device) / 2**20 if context.device.type == "cuda" else None
     return PhaseTiming(
-        phase=phase, precision=precision, compile=compile, fast_conv=fast_conv, batch_size=batch_size,
-        batch_length=length, steps=steps,
+        phase=phase, precision=precision, compile=compile, compiled="+".join(trainer.compiled), fast_conv=fast_conv,
+        batch_size=batch_size, batch_length=length, steps=steps,
         seconds_per_step=seconds, samples_per_second=batch_size / seconds, warmup_seconds=warmed - start,
         peak_memory_mib=peak,
     )  # fmt: skip

@@ -58,7 +58,7 @@ class TrainOptions:
     initial: str = ""  # overrides the config's ``initial`` (start from these parameters) when given
     ngpu: int | None = None  # GPUs per node asked for; 0: CPU; None: CUDA if present (see init_distributed)
     precision: str | None = None  # fp32 | bf16 | fp16
-    compile: bool | None = None
+    compile: bool | str | None = None  # true, false, 'generator' or 'all' (trainer.base.compiled_networks)
     fast_conv: bool | None = None
     tf32: bool | None = None
     batch_size_per_rank: int | None = None

@@ -53,7 +53,10 @@ run_train() {
     fi
     args+=(--ngpu "${ngpu}")
     [ -n "${precision:-}" ] && args+=(--precision "${precision}")
-    [ "${compile:-false}" = true ] && args+=(--compile)
+    case "${compile:-false}" in
+        true) args+=(--compile) ;;
+        generator | all) args+=(--compile "${compile}") ;;
+    esac
     [ "${fast_conv:-false}" = true ] && args+=(--fast_conv)
     [ -n "${batch_size_per_rank:-}" ] && args+=(--batch_size_per_rank "${batch_size_per_rank}")
     [ -n "${micro_batch:-}" ] && args+=(--micro_batch "${micro_batch}")

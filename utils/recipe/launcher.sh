@@ -35,7 +35,8 @@
 #   --dry-run            print the sbatch command lines (and write the job scripts), submit nothing
 # Training options, for run_train (utils/recipe/common.sh) of every recipe, local or under SLURM:
 #   --precision fp32|bf16|fp16   autocast precision (default: the config's, else fp32)
-#   --compile true               torch.compile the generator and the discriminator
+#   --compile true               torch.compile the generator and, on GPUs, the discriminator (all: both
+#                                on any device; generator: the generator only)
 #   --fast_conv true             CPU training: faster dilated and 1x1 convolutions (not bit-identical to
 #                                the original trainer; docs/training.md)
 #   --batch_size_per_rank N      samples per process and step (default: the config's batch_size is the
@@ -107,6 +108,11 @@ _launcher_config_value() {
 # Prints one line and returns 1 on bad input, before any job is submitted.
 launcher_init() {
     local key value
+    case "${compile}" in
+        true | false | generator | all) ;;
+        *) _launcher_error "--compile takes true, false, generator or all, not '${compile}'"; return 1 ;;
+    esac
+    case "${fast_conv}" in true | false) ;; *) _launcher_error "--fast_conv takes true or false, not '${fast_conv}'"; return 1 ;; esac
     case "${cmd}" in
         local) return 0 ;;
         slurm) ;;
