@@ -443,6 +443,27 @@ def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
     assert cpu_name()
 
 
+@pytest.mark.slow
+def test_each_compiled_benchmark_setting_compiles_its_own_graphs(tmp_path: Path, monkeypatch) -> None:
+    """Graphs of an earlier setting (or round) must not use up Dynamo's recompilation limit, past which
+    the function would run eagerly and the 'compiled' figures would time eager code."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from trainer.benchmark import time_phase
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    config = tiny_recipe(tmp_path)
+    compiled = []
+    for _ in range(2):
+        before = counters["stats"]["unique_graphs"]
+        timing = time_phase(config, "stage1", "fp32", "generator", steps=1, warmup=1)
+        compiled.append(counters["stats"]["unique_graphs"] - before)
+        assert timing.compiled == "generator"
+    assert compiled[0] > 0 and compiled[1] == compiled[0]
+    torch._dynamo.reset()
+
+
 def test_benchmark_rounds_report_medians_and_the_median_of_each_rounds_ratio(capsys) -> None:
     """`--rounds`: per setting the median seconds per step and, against the original, the median of the
     ratios taken within each round (not a ratio of medians taken at different times)."""
@@ -478,8 +499,8 @@ def test_benchmark_rounds_from_the_command_line(tmp_path: Path) -> None:
     bad = subprocess.run([*command, "--rounds", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --rounds 0: give 1 or more"
     bad = subprocess.run([*command, "--compile", "on,sometimes"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1
-    assert bad.stderr.strip() == "error: --compile 'on,sometimes': give a comma-separated list of off, on, generator, all"
+    assert bad.returncode == 1 and bad.stderr.strip() == (
+        "error: --compile 'on,sometimes': give a comma-separated list of off, on, generator, all")
 
 
 def test_the_gpu_training_check_writes_a_json_per_phase_and_setting(tmp_path: Path) -> None:

@@ -83,8 +83,7 @@ COMPILE_SETTINGS: dict[str, tuple[str, ...]] = {"generator": ("generator",), "al
 def compiled_networks(setting: Any, device: torch.device) -> tuple[str, ...]:
     """The networks that the run option ``compile`` compiles: none (false), the generator, or both.
 
-    ``true`` leaves the discriminators eager on the CPU: there Inductor runs their convolutions
-    channels-last with layout copies between them, and compiled they trained slower than eager
+    ``true`` leaves the discriminators eager on the CPU, where compiled they trained slower than eager
     (docs/training.md). ``all`` compiles them on the CPU too, ``generator`` on no device.
     """
     if setting is None or setting is False:
