@@ -86,11 +86,11 @@ def time_phase(
         raise ValueError(f"phase '{phase}' is not one of {', '.join(PHASES)}")
     run_config = {**config, "precision": precision, "compile": compile, "fast_conv": fast_conv}
     if compile:
-        import torch._dynamo
+        from torch import _dynamo
 
         # Each setting compiles anew: graphs kept from an earlier one count against Dynamo's limit of
         # recompilations per function, past which it runs that function eagerly.
-        torch._dynamo.reset()
+        _dynamo.reset()
     context = DistributedContext(device=torch.device(device))
     torch.manual_seed(seed)
     data = TrainingData(run_config, context, seed)
