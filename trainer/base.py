@@ -94,6 +94,7 @@ def compiled_networks(setting: Any, device: torch.device) -> tuple[str, ...]:
         return COMPILE_SETTINGS[setting]
     raise CodecError(f"compile: {setting!r} is not one of true, false, {', '.join(COMPILE_SETTINGS)}")
 
+
 DiscriminatorOutputs = list[list[torch.Tensor]]
 
 
