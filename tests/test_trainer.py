@@ -444,7 +444,7 @@ def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_each_compiled_benchmark_setting_compiles_its_own_graphs(tmp_path: Path, monkeypatch) -> None:
+def test_each_compiled_benchmark_setting_compiles_its_own_graphs(tmp_path: Path) -> None:
     """Graphs of an earlier setting (or round) must not use up Dynamo's recompilation limit, past which
     the function would run eagerly and the 'compiled' figures would time eager code."""
     import torch._dynamo
@@ -452,16 +452,17 @@ def test_each_compiled_benchmark_setting_compiles_its_own_graphs(tmp_path: Path,
 
     from trainer.benchmark import time_phase
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     config = tiny_recipe(tmp_path)
-    compiled = []
-    for _ in range(2):
-        before = counters["stats"]["unique_graphs"]
-        timing = time_phase(config, "stage1", "fp32", "generator", steps=1, warmup=1)
-        compiled.append(counters["stats"]["unique_graphs"] - before)
-        assert timing.compiled == "generator"
-    assert compiled[0] > 0 and compiled[1] == compiled[0]
+    compiled, limit = [], torch._dynamo.config.recompile_limit
+    with torch._dynamo.config.patch(recompile_limit=1):  # the config's own patch: it restores the value
+        for _ in range(2):
+            before = counters["stats"]["unique_graphs"]
+            timing = time_phase(config, "stage1", "fp32", "generator", steps=1, warmup=1)
+            compiled.append(counters["stats"]["unique_graphs"] - before)
+            assert timing.compiled == "generator"
     torch._dynamo.reset()
+    assert compiled[0] > 0 and compiled[1] == compiled[0]
+    assert torch._dynamo.config.recompile_limit == limit
 
 
 def test_benchmark_rounds_report_medians_and_the_median_of_each_rounds_ratio(capsys) -> None:
