@@ -4,6 +4,8 @@ step, an output delay shifting what the losses compare, and compiled training st
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -12,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from tests.test_trainer import tiny_recipe, train
-from trainer.base import LossTracker
+from tests.test_trainer import save_recipe, tiny_recipe, train
+from trainer.base import GANTrainer, LossTracker, compiled_networks
 from trainer.builder import build_trainer, read_config
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import DistributedContext
@@ -21,6 +23,13 @@ from utils.errors import CodecError
 
 REPO = Path(__file__).resolve().parent.parent
 GEOMETRY = {"fft_sizes": [64], "hop_sizes": [16], "win_lengths": [64]}
+
+
+def built_trainer(config: dict) -> GANTrainer:
+    """The trainer of ``config`` for one CPU process, built in a folder removed afterwards."""
+    context = DistributedContext()
+    with tempfile.TemporaryDirectory() as expdir:
+        return build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
 
 
 def test_codebook_options_and_waveform_losses_train_and_log(tmp_path: Path) -> None:
@@ -51,15 +60,13 @@ def test_codebook_options_and_waveform_losses_train_and_log(tmp_path: Path) -> N
 def test_the_light_adversarial_config_trains_a_step() -> None:
     config = read_config(REPO / "config" / "autoencoder" / "demo_48000_hop300_lightdisc.yaml")
     config.update(batch_length=1200, adv_batch_length=1200)
-    context = DistributedContext()
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as expdir:
-        trainer = build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
-        trainer.steps = config["start_steps"]["discriminator"]
-        assert trainer.discriminator_active()
-        before = {name: tensor.clone() for name, tensor in trainer.discriminator.state_dict().items()}
-        audio = 0.1 * torch.randn(2, 1, 1200, generator=torch.Generator().manual_seed(0))
-        trainer.train_step(StepBatch(audio, 2))
+    trainer = built_trainer(config)
+    trainer.steps = config["start_steps"]["discriminator"]
+    assert trainer.discriminator_active()
+    before = {name: tensor.clone() for name, tensor in trainer.discriminator.state_dict().items()}
+    audio = 0.1 * torch.randn(2, 1, 1200, generator=torch.Generator().manual_seed(0))
+    trainer.train_step(StepBatch(audio, 2))
     losses = trainer.train_losses.means()
     for name in ("train/discriminator_loss", "train/adversarial_loss", "train/feature_matching_loss"):
         assert np.isfinite(losses[name]), name
@@ -75,10 +82,8 @@ def _delayed_copy_losses(tmp_path: Path, delay: int, model_delay: int) -> dict[s
     config = tiny_recipe(tmp_path, use_time_l1_loss=True, lambda_time_l1_loss=1.0, use_complex_stft_loss=True,
                          lambda_complex_stft_loss=1.0, complex_stft_loss_params=GEOMETRY, output_delay=delay,
                          start_steps={"generator": 0, "discriminator": 0})  # fmt: skip
-    context = DistributedContext()
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as expdir:
-        trainer = build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+    trainer = built_trainer(config)
 
     def delayed_copy(inputs, losses, prefix, training):
         shifted = torch.nn.functional.pad(inputs, (model_delay, 0))[..., : inputs.shape[-1]]
@@ -105,10 +110,8 @@ def test_an_output_delay_makes_the_losses_compare_the_output_with_the_delayed_in
     (100, "batch_length 160 less the output_delay of 100 is too short for the mel loss's FFT of 128 samples"),
 ])  # fmt: skip
 def test_a_bad_output_delay_is_one_error(tmp_path: Path, delay: int, message: str) -> None:
-    config = tiny_recipe(tmp_path, output_delay=delay)
-    context = DistributedContext()
-    with tempfile.TemporaryDirectory() as expdir, pytest.raises(CodecError) as caught:
-        build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+    with pytest.raises(CodecError) as caught:
+        built_trainer(tiny_recipe(tmp_path, output_delay=delay))
     assert str(caught.value).startswith(message)
 
 
@@ -138,31 +141,20 @@ def test_compiled_training_steps_match_eager_ones(tmp_path: Path) -> None:
 def test_compile_leaves_the_discriminators_eager_on_the_cpu_unless_told(
     tmp_path: Path, setting: bool | str | None, device: str, networks: tuple[str, ...]
 ) -> None:
-    from trainer.base import compiled_networks
-
     assert compiled_networks(setting, torch.device(device)) == networks
     if device == "cpu":  # the trainer compiles those networks and leaves the others as they are
-        config = tiny_recipe(tmp_path, compile=setting)
-        context = DistributedContext()
-        with tempfile.TemporaryDirectory() as expdir:
-            trainer = build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+        trainer = built_trainer(tiny_recipe(tmp_path, compile=setting))
         assert trainer.compiled == networks
         for name in ("generator", "discriminator"):
             assert (getattr(trainer, name)._compiled_call_impl is not None) == (name in networks), name
 
 
 def test_a_bad_compile_setting_is_one_error(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    config = tiny_recipe(tmp_path, compile="discriminator")
-    context = DistributedContext()
-    with tempfile.TemporaryDirectory() as expdir, pytest.raises(CodecError) as caught:
-        build_trainer(config, context, expdir, 0, data=TrainingData(config, context, 0))
+    with pytest.raises(CodecError) as caught:
+        built_trainer(tiny_recipe(tmp_path, compile="discriminator"))
     assert str(caught.value) == "compile: 'discriminator' is not one of true, false, generator, all"
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
-    command = [sys.executable, str(REPO / "codecTrain.py"), "-c", str(recipe), "--tag", "bad",
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "tiny.yaml")
+    command = [sys.executable, str(REPO / "codecTrain.py"), "-c", recipe, "--tag", "bad",
                "--exp_root", str(tmp_path / "exp"), "--compile", "everything"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and not (tmp_path / "exp").exists()
