@@ -173,6 +173,11 @@ def test_training_options_reach_the_trainer(stub_python: dict) -> None:
     assert bad.returncode != 0 and "RUN " not in bad.stdout
     assert bad.stderr.strip().splitlines() == ["submit_autoencoder.sh: --compile takes true, false, generator or all, "
                                                "not 'yes'"]  # fmt: skip
+    for option in ("--fast_conv", "--dry-run", "--requeue"):  # the last two are checked for SLURM runs
+        bad = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", "--cmd", "slurm", option, "yes",
+                   env=stub_python)  # fmt: skip
+        assert bad.returncode != 0 and "RUN " not in bad.stdout
+        assert bad.stderr.strip().splitlines() == [f"submit_autoencoder.sh: {option} takes true or false, not 'yes'"]
 
 
 def test_multi_gpu_and_multi_node_launch_torchrun(stub_python: dict) -> None:

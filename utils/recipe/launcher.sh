@@ -97,6 +97,12 @@ _launcher_error() {
     return 1
 }
 
+# Returns 0 when value ($2) is true or false; else prints that option ($1) takes those and returns 1.
+_launcher_boolean() {
+    case "$2" in true | false) return 0 ;; esac
+    _launcher_error "$1 takes true or false, not '$2'"
+}
+
 # Value of key in a key=value file (comments with #, blanks around = allowed), or nothing.
 _launcher_config_value() {
     local file=$1 key=$2
@@ -112,14 +118,14 @@ launcher_init() {
         true | false | generator | all) ;;
         *) _launcher_error "--compile takes true, false, generator or all, not '${compile}'"; return 1 ;;
     esac
-    case "${fast_conv}" in true | false) ;; *) _launcher_error "--fast_conv takes true or false, not '${fast_conv}'"; return 1 ;; esac
+    _launcher_boolean --fast_conv "${fast_conv}" || return 1
     case "${cmd}" in
         local) return 0 ;;
         slurm) ;;
         *) _launcher_error "--cmd must be local or slurm, not '${cmd}'"; return 1 ;;
     esac
-    case "${dry_run}" in true | false) ;; *) _launcher_error "--dry-run takes true or false, not '${dry_run}'"; return 1 ;; esac
-    case "${requeue}" in true | false) ;; *) _launcher_error "--requeue takes true or false, not '${requeue}'"; return 1 ;; esac
+    _launcher_boolean --dry-run "${dry_run}" || return 1
+    _launcher_boolean --requeue "${requeue}" || return 1
     if [ -n "${slurm_config}" ] && [ ! -r "${slurm_config}" ] && [ "${slurm_config}" != conf/slurm.conf ]; then
         _launcher_error "--slurm_config ${slurm_config} is not a readable file"
         return 1
