@@ -1,9 +1,11 @@
-"""trainer/fast_conv.py: the rerouted convolutions compute nn.Conv1d's values and gradients, only plain
-Conv1d layers are rerouted, and a training run with ``fast_conv`` learns the default run's weights to
-rounding."""
+"""trainer/fast_conv.py: the rerouted convolutions compute nn.Conv1d's values and gradients in both
+forms (blocked and time-major), only plain layers are rerouted, time-major layers hand each other
+time-major activations, and a training run with ``fast_conv`` learns the default run's weights to
+rounding in either form."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from pathlib import Path
@@ -13,9 +15,13 @@ import torch
 import yaml
 from torch import nn
 
-from layers.conv import CausalConv1d, Conv1d1x1
+import trainer.base
+from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, NonCausalConv1d
+from layers.layout import is_channels_last
 from layers.weight_norm import apply_weight_norm
-from tests.test_trainer import tiny_recipe, train
+from models.autoencoder.AudioDec import Generator as AudioDec
+from models.vocoder.HiFiGAN import Generator as HiFiGAN
+from tests.test_trainer import TINY_AUTOENCODER, tiny_recipe, train
 from trainer.fast_conv import use_fast_convolutions
 
 
@@ -67,22 +73,112 @@ def test_only_plain_conv1d_layers_are_rerouted() -> None:
         "transposed": nn.ConvTranspose1d(16, 16, 4, stride=2),
     })  # fmt: skip
     before = {name: type(module).forward for name, module in model.items()}
+    time_major = copy.deepcopy(model)
     assert use_fast_convolutions(model) == {"phase_gradient": 1, "pointwise": 1}
     rerouted = {name for name, module in model.named_modules() if "forward" in vars(module)}
     assert rerouted == {"dilated.conv", "pointwise"}
     assert all(type(module).forward is before[name] for name, module in model.items())
 
+    time_major["hooked"] = nn.Conv1d(16, 16, 3)
+    time_major["hooked"].register_forward_hook(lambda module, inputs, output: output + 1.0)
+    assert use_fast_convolutions(time_major, time_major=True) == {"time_major": 7}
+    rerouted = {name for name, module in time_major.named_modules() if "forward" in vars(module)}
+    assert rerouted == {"dilated", "dilated.conv", "pointwise", "wide_dilated", "undilated", "strided", "grouped",
+                        "transposed"}  # fmt: skip
 
+
+@pytest.mark.parametrize("make", [
+    lambda: CausalConv1d(8, 10, 7, dilation=3),
+    lambda: CausalConv1d(8, 10, 6, stride=3),                      # a downsampling layer
+    lambda: NonCausalConv1d(8, 10, 5, dilation=2, groups=2),       # padded inside the nn.Conv1d
+    lambda: Conv1d1x1(8, 10),
+    lambda: CausalConvTranspose1d(8, 10, 8, 4),                    # replicate padding, cropped output
+    lambda: nn.ConvTranspose1d(8, 10, 4, stride=2, padding=1, output_padding=1),
+], ids=["dilated", "strided", "noncausal_grouped", "pointwise", "causal_transposed", "transposed"])  # fmt: skip
+def test_a_time_major_layer_computes_the_stock_layers_values_and_gradients(make) -> None:
+    torch.manual_seed(0)
+    reference = make().double()
+    apply_weight_norm(reference)
+    fast = make().double()
+    apply_weight_norm(fast)
+    fast.load_state_dict(reference.state_dict())
+    assert use_fast_convolutions(fast, time_major=True) == {"time_major": 1}
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+
+    x = torch.randn(3, 8, 60, dtype=torch.float64, requires_grad=True)
+    expected = reference(x)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    expected_x_grad, x.grad = x.grad, None
+    output = fast(x)
+    output.backward(grad)
+    torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x.grad, expected_x_grad, rtol=0, atol=1e-12)
+    for (name, parameter), expected_parameter in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(parameter.grad, expected_parameter.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_time_major_layers_hand_each_other_time_major_activations() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        CausalConv1d(1, 16, 7), nn.ELU(), CausalConv1d(16, 16, 7, dilation=3), nn.ELU(), Conv1d1x1(16, 32),
+        CausalConv1d(32, 8, 4, stride=2), CausalConvTranspose1d(8, 4, 4, 2),
+    )  # fmt: skip
+    use_fast_convolutions(model, time_major=True)
+    x = torch.randn(2, 1, 64)
+    for layer in model:
+        x = layer(x)
+        assert is_channels_last(x) and x.stride(2) == x.shape[1], f"{type(layer).__name__}: {x.stride()}"
+
+
+@pytest.mark.parametrize("model, frames", [
+    ("autoencoder", (2, 1, 160)),
+    ("vocoder", (2, 8, 20)),
+])  # fmt: skip
+def test_time_major_generators_compute_the_stock_generators_output_and_gradients(
+    model: str, frames: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    if model == "autoencoder":
+        reference = AudioDec(**TINY_AUTOENCODER["generator_params"])
+    else:
+        reference = HiFiGAN(
+            in_channels=8, channels=8, kernel_size=7, upsample_scales=[4, 2], upsample_kernel_sizes=[8, 4],
+            resblock_kernel_sizes=[3], resblock_dilations=[[1, 3]], groups=2, use_additional_convs=True,
+        )  # fmt: skip
+    reference = reference.double().eval()  # eval: the codebooks stay as they are
+    fast = copy.deepcopy(reference)
+    assert use_fast_convolutions(fast, time_major=True)["time_major"] > 0
+    x = torch.randn(frames, dtype=torch.float64)
+    outputs = []
+    for network in (reference, fast):
+        output = network(x)
+        output = output[0] if isinstance(output, tuple) else output
+        output.square().sum().backward()
+        outputs.append(output)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-12)
+    for (name, parameter), expected in zip(fast.named_parameters(), reference.parameters()):
+        if expected.grad is not None:
+            torch.testing.assert_close(parameter.grad, expected.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("time_major, compile", [(False, False), (True, False), (True, True)],
+                         ids=["blocked", "time_major", "time_major_compiled"])  # fmt: skip
 def test_training_with_fast_conv_learns_the_default_runs_weights_to_rounding(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, time_major: bool, compile: bool
 ) -> None:
     schedule = dict(train_max_steps=2, adv_train_max_steps=None, start_steps={"generator": 0, "discriminator": 100})
     default = train(tiny_recipe(tmp_path, **schedule), tmp_path, "default")
+    monkeypatch.setattr(trainer.base, "time_major_suits", lambda: time_major)
     with caplog.at_level(logging.INFO, logger="trainer.base"):
-        fast = train(tiny_recipe(tmp_path, fast_conv=True, **schedule), tmp_path, "fast")
-    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("fast_conv:")]
-    rerouted = [int(count) for count in re.findall(r"(\d+) (?:dilated|pointwise)", line)]
-    assert len(rerouted) == 2 and min(rerouted) > 0, line
+        fast = train(tiny_recipe(tmp_path, fast_conv=True, compile=compile, **schedule), tmp_path, "fast")
+    lines = "\n".join(record.getMessage() for record in caplog.records if record.getMessage().startswith("fast_conv:"))
+    if time_major:
+        (generator,) = re.findall(r"(\d+) generator convolutions time-major", lines)
+        assert int(generator) > 0, lines
+    else:
+        rerouted = [int(count) for count in re.findall(r"(\d+) (?:dilated|pointwise)", lines)]
+        assert len(rerouted) == 2 and min(rerouted) > 0 and "time-major" not in lines, lines
     assert yaml.safe_load((fast / "config.yml").read_text())["fast_conv"] is True
     assert yaml.safe_load((default / "config.yml").read_text())["fast_conv"] is False
     expected, state = (torch.load(folder / "checkpoint-2steps.pkl", map_location="cpu", weights_only=True)

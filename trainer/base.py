@@ -22,8 +22,8 @@ the original's, step for step):
   in float32 (their log/sqrt and the EMA statistics lose too much in 16 bits).
 - ``compile``: ``torch.compile`` the generator and, except on the CPU, the discriminator (``true``);
   ``all`` or ``generator`` compile those on any device (:func:`compiled_networks`).
-- ``fast_conv``: on the CPU, dilated and pointwise convolutions through faster kernels
-  (:mod:`trainer.fast_conv`; the gradients' last bits differ from the original's).
+- ``fast_conv``: on the CPU, convolutions through faster kernels, the generator's time-major on
+  AVX-512 CPUs (:mod:`trainer.fast_conv`; the gradients' last bits differ from the original's).
 - ``ddp_bf16_compress``: all-reduce the discriminator's gradients as bfloat16.
 - ``output_delay``: D samples by which the generator's output may lag its input. Every loss that
   compares output with target (metric losses, feature matching, the discriminator's real/fake pair)
@@ -53,7 +53,7 @@ from losses import MelSpectrogram
 from trainer.curve import LearningCurve
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, wrap_ddp
-from trainer.fast_conv import use_fast_convolutions
+from trainer.fast_conv import time_major_suits, use_fast_convolutions
 from trainer.preemption import PreemptionHandler
 from trainer.state import capture_rng_state, checkpoint_path, read_training_checkpoint, restore_rng_state
 from utils.checkpoint import atomic_torch_save, generator_state_dict, load_generator_state, output_delay
@@ -241,7 +241,12 @@ class GANTrainer:
         if self.device.type != "cpu":
             logger.warning("fast_conv is for training on the CPU: the %s keeps its own convolutions", self.device)
             return
-        counts = [use_fast_convolutions(model) for model in (self.generator, self.discriminator)]
+        if time_major_suits():
+            generator = use_fast_convolutions(self.generator, time_major=True)
+            logger.info("fast_conv: %d generator convolutions time-major (AVX-512)", generator["time_major"])
+            counts = [use_fast_convolutions(self.discriminator)]
+        else:
+            counts = [use_fast_convolutions(model) for model in (self.generator, self.discriminator)]
         logger.info(
             "fast_conv: %d dilated convolutions with phase gradients, %d pointwise ones as batched products",
             sum(c["phase_gradient"] for c in counts), sum(c["pointwise"] for c in counts),

@@ -1,11 +1,19 @@
 """Faster training convolutions on the CPU (the ``fast_conv`` option): the same sums as ``nn.Conv1d``,
-handed to the kernels that compute them fastest.
+handed to the kernels that compute them fastest. Two forms, chosen by the CPU (:func:`time_major_suits`):
+
+Blocked (AVX2 and other CPUs), where oneDNN works on channel blocks of ``(B, C, T)`` tensors:
 
 - A dilated convolution's gradients are those of an undilated convolution over the input's
   ``dilation`` interleaved phases: on AVX2 CPUs oneDNN has a direct (JIT) kernel for the undilated
   backward pass, while the dilated one goes through im2col and a matrix product.
 - A pointwise (1x1) convolution is a batched matrix product (``baddbmm``), which reads its
   ``(B, C, T)`` activations once instead of through the convolution's blocked-layout reorders.
+
+Time-major (AVX-512 CPUs), for the generator: every convolution runs as a 2-D one over a
+``(B, C, 1, T)`` view with its weight stored channels last, so oneDNN reads and returns time-major
+activations (``(B, T, C)`` in memory) with no reorder around each layer; padding keeps that layout
+and 1x1 convolutions are matrix products over ``(B * T, C)``. With AVX2 only, oneDNN's time-major
+weight gradients are the slow path, hence the blocked form there.
 
 The forward values are those of ``nn.Conv1d``; the gradients are the same sums in another order, so
 they differ from the original trainer's in the last bits. The option is therefore off unless a run
@@ -14,11 +22,15 @@ asks for it, and the original recipes train as the original's trainer does.
 
 from __future__ import annotations
 
+import os
 import types
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from layers.conv import CausalConv1d, CausalConvTranspose1d
+from layers.layout import cat_time
 
 # im2col pays for itself once a layer's inner dimension (in_channels x kernel_size) is this large.
 PHASE_GRADIENT_MAX_INNER = 512
@@ -83,16 +95,92 @@ def _pointwise_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return torch.baddbmm(self.bias.view(1, -1, 1), weight, x)
 
 
+def time_major_suits() -> bool:
+    """Whether this CPU trains faster time-major: ATen and oneDNN both run AVX-512 kernels here."""
+    onednn_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not onednn_isa.startswith(("ALL", "DEFAULT", "AVX512", "AVX10")):
+        return False
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, K) -> (C_out, C_in, 1, K) stored channels last: oneDNN then computes time-major
+    and returns a time-major output, whatever the input's layout."""
+    weight = weight.unsqueeze(2)
+    rows, kernel = weight.shape[1], weight.shape[3]
+    # Strides set by hand: with one input channel both layouts fit, and .contiguous() would keep the
+    # channel-major strides, which PyTorch then reads as channel-major.
+    stored = torch.empty_strided(weight.shape, (rows * kernel, 1, rows * kernel, rows), dtype=weight.dtype,
+                                 device=weight.device)  # fmt: skip
+    return stored.copy_(weight)
+
+
+def _time_major_conv_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    if self.kernel_size == (1,) and self.stride == (1,) and self.padding == (0,) and self.groups == 1:
+        return F.linear(x.transpose(1, 2), self.weight[..., 0], self.bias).transpose(1, 2)
+    y = F.conv2d(
+        x.unsqueeze(2), _channels_last_weight(self.weight), self.bias,
+        (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]), self.groups,
+    )  # fmt: skip
+    return y.squeeze(2)
+
+
+def _time_major_deconv_forward(
+    self: nn.ConvTranspose1d, x: torch.Tensor, output_size: list[int] | None = None
+) -> torch.Tensor:
+    if output_size is not None:
+        return nn.ConvTranspose1d.forward(self, x, output_size)
+    y = F.conv_transpose2d(
+        x.unsqueeze(2), _channels_last_weight(self.weight), self.bias, (1, self.stride[0]),
+        (0, self.padding[0]), (0, self.output_padding[0]), self.groups, (1, self.dilation[0]),
+    )  # fmt: skip
+    return y.squeeze(2)
+
+
+def _time_major_causal_forward(self: CausalConv1d, x: torch.Tensor) -> torch.Tensor:
+    # Padded as a (B, C, 1, T) view, which keeps x's layout: a 3-D F.pad returns channel-major output.
+    return self.conv(F.pad(x.unsqueeze(2), (self.pad_length, 0, 0, 0)).squeeze(2))
+
+
+def _time_major_causal_deconv_forward(self: CausalConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    # The replicated first frame joined in x's layout (torch.compile mis-strides a 4-D replicate pad).
+    return self._crop(self.deconv(cat_time(x[..., :1].expand(-1, -1, self.pad_length), x)))
+
+
+def _stock(module: nn.Module, cls: type) -> bool:
+    """``module`` is a ``cls`` that computes with ``cls.forward`` and has no forward hooks."""
+    return (isinstance(module, cls) and type(module).forward is cls.forward
+            and not module._forward_hooks and not module._forward_pre_hooks)  # fmt: skip
+
+
+def _use_time_major(model: nn.Module) -> dict[str, int]:
+    counts = {"time_major": 0}
+    for module in model.modules():
+        if _stock(module, CausalConv1d):
+            module.forward = types.MethodType(_time_major_causal_forward, module)
+        elif _stock(module, CausalConvTranspose1d):
+            module.forward = types.MethodType(_time_major_causal_deconv_forward, module)
+        elif _stock(module, nn.Conv1d) and module.padding_mode == "zeros" and isinstance(module.padding, tuple):
+            module.forward = types.MethodType(_time_major_conv_forward, module)
+            counts["time_major"] += 1
+        elif _stock(module, nn.ConvTranspose1d) and module.padding_mode == "zeros":
+            module.forward = types.MethodType(_time_major_deconv_forward, module)
+            counts["time_major"] += 1
+    return counts
+
+
 def _plain(conv: nn.Conv1d) -> bool:
     return conv.stride == (1,) and conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(
         conv.padding, tuple
     )
 
 
-def use_fast_convolutions(model: nn.Module) -> dict[str, int]:
-    """Route the eligible ``nn.Conv1d`` of ``model`` to the faster formulations (in place; parameters
-    and state-dict names unchanged). Returns how many layers took each: ``{"phase_gradient": n,
-    "pointwise": m}``."""
+def use_fast_convolutions(model: nn.Module, time_major: bool = False) -> dict[str, int]:
+    """Route the eligible convolutions of ``model`` to the faster formulations (in place; parameters
+    and state-dict names unchanged). Returns how many layers took each: ``{"time_major": n}`` with
+    ``time_major``, else ``{"phase_gradient": n, "pointwise": m}``."""
+    if time_major:
+        return _use_time_major(model)
     counts = {"phase_gradient": 0, "pointwise": 0}
     for module in model.modules():
         if not isinstance(module, nn.Conv1d) or type(module).forward is not nn.Conv1d.forward or not _plain(module):
