@@ -59,8 +59,8 @@ def main() -> int:
                         "device, 'generator': the generator only (default: the config's, else none)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="compile nothing")
     parser.add_argument("--fast_conv", action=argparse.BooleanOptionalAction, default=None,
-                        help="CPU training: dilated and 1x1 convolutions through faster kernels (the same "
-                        "sums in another order: not bit-identical to the original trainer)")
+                        help="CPU training: convolutions through faster kernels, the generator's time-major on "
+                        "AVX-512 CPUs (the same sums in another order: not bit-identical to the original trainer)")
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                         help="TF32 matmuls/convolutions on Ampere and newer GPUs (default: on)")
     parser.add_argument("--batch_size_per_rank", type=int, default=None,

@@ -157,7 +157,7 @@ def main() -> int:
                         help="comma-separated: off, on (codecTrain.py's --compile: the discriminators stay eager "
                         "on the CPU), generator, all (both networks on any device); both = off,on")
     parser.add_argument("--fast_conv", choices=("off", "on", "both"), default="off",
-                        help="codecTrain.py's --fast_conv (CPU): faster dilated and 1x1 convolutions")
+                        help="codecTrain.py's --fast_conv (CPU): faster convolutions (time-major generator on AVX-512)")
     parser.add_argument("--batch_size", type=int, help="override the recipe's batch_size")
     parser.add_argument("--batch_length", type=int, help="override the recipe's batch_length and adv_batch_length")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")

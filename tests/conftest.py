@@ -10,7 +10,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL = os.path.join(REPO, "tests", "data", "official")
-MANIFEST = json.load(open(os.path.join(OFFICIAL, "manifest.json")))["models"]
+with open(os.path.join(OFFICIAL, "manifest.json")) as manifest:
+    MANIFEST = json.load(manifest)["models"]
 
 
 def official_path(*parts: str) -> str:
