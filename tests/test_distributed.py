@@ -66,6 +66,17 @@ def test_two_processes_equal_one_with_the_same_batch_size(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+def test_two_processes_with_fast_conv_train_as_one_process_does(tmp_path: Path) -> None:
+    # The form fast_conv takes depends on the CPU (time-major or blocked); DDP must see plain gradients either way.
+    write_wavs(tmp_path / "exact" / "train", 8, 160, seed=5)
+    write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)
+    single, _ = train(tmp_path, "single", 4, 1)
+    fast, log = train(tmp_path, "fast", 4, 2, "--fast_conv")
+    assert "fast_conv: " in log and yaml.safe_load((tmp_path / "exp" / "fast" / "config.yml").read_text())["fast_conv"]
+    assert_same_models(fast, single)
+
+
+@pytest.mark.slow
 def test_uneven_shares_and_accumulation_equal_one_process(tmp_path: Path) -> None:
     write_wavs(tmp_path / "exact" / "train", 6, 160, seed=5)
     write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)

@@ -241,16 +241,16 @@ class GANTrainer:
         if self.device.type != "cpu":
             logger.warning("fast_conv is for training on the CPU: the %s keeps its own convolutions", self.device)
             return
+        blocked = "%d dilated convolutions with phase gradients, %d pointwise ones as batched products"
         if time_major_suits():
-            generator = use_fast_convolutions(self.generator, time_major=True)
-            logger.info("fast_conv: %d generator convolutions time-major (AVX-512)", generator["time_major"])
-            counts = [use_fast_convolutions(self.discriminator)]
-        else:
-            counts = [use_fast_convolutions(model) for model in (self.generator, self.discriminator)]
-        logger.info(
-            "fast_conv: %d dilated convolutions with phase gradients, %d pointwise ones as batched products",
-            sum(c["phase_gradient"] for c in counts), sum(c["pointwise"] for c in counts),
-        )
+            generator = use_fast_convolutions(self.generator, time_major=True)["time_major"]
+            discriminator = use_fast_convolutions(self.discriminator)
+            logger.info("fast_conv: %d generator convolutions time-major (AVX-512); discriminator: " + blocked,
+                        generator, discriminator["phase_gradient"], discriminator["pointwise"])  # fmt: skip
+            return
+        counts = [use_fast_convolutions(model) for model in (self.generator, self.discriminator)]
+        dilated, pointwise = (sum(c[kind] for c in counts) for kind in ("phase_gradient", "pointwise"))
+        logger.info("fast_conv: " + blocked, dilated, pointwise)
 
     # ---- flavour hooks -----------------------------------------------------------------------
     def configure_parameters(self) -> None:
