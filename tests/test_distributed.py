@@ -54,7 +54,7 @@ def assert_same_models(path: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_with_the_same_batch_size(tmp_path: Path) -> None:
+def test_two_processes_equal_one_with_the_same_batch_size_also_with_fast_conv(tmp_path: Path) -> None:
     write_wavs(tmp_path / "exact" / "train", 8, 160, seed=5)
     write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)
     single, _ = train(tmp_path, "single", 4, 1)
@@ -63,14 +63,7 @@ def test_two_processes_equal_one_with_the_same_batch_size(tmp_path: Path) -> Non
     config = yaml.safe_load((tmp_path / "exp" / "ddp" / "config.yml").read_text())
     assert config["batch_size"] == 4 and config["world_size"] == 2
     assert_same_models(double, single)
-
-
-@pytest.mark.slow
-def test_two_processes_with_fast_conv_train_as_one_process_does(tmp_path: Path) -> None:
-    # The form fast_conv takes depends on the CPU (time-major or blocked); DDP must see plain gradients either way.
-    write_wavs(tmp_path / "exact" / "train", 8, 160, seed=5)
-    write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)
-    single, _ = train(tmp_path, "single", 4, 1)
+    # fast_conv's form depends on the CPU (time-major or blocked): DDP must train as one process either way.
     fast, log = train(tmp_path, "fast", 4, 2, "--fast_conv")
     assert "fast_conv: " in log and yaml.safe_load((tmp_path / "exp" / "fast" / "config.yml").read_text())["fast_conv"]
     assert_same_models(fast, single)

@@ -25,6 +25,21 @@ from tests.test_trainer import TINY_AUTOENCODER, tiny_recipe, train
 from trainer.fast_conv import use_fast_convolutions
 
 
+def assert_computes_as(fast: nn.Module, reference: nn.Module, x: torch.Tensor) -> None:
+    """``fast(x)`` equals ``reference(x)`` in value, input gradient and parameter gradients (float64)."""
+    x.requires_grad_()
+    expected = reference(x)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    expected_x_grad, x.grad = x.grad, None
+    output = fast(x)
+    output.backward(grad)
+    torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x.grad, expected_x_grad, rtol=0, atol=1e-12)
+    for (name, parameter), expected_parameter in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(parameter.grad, expected_parameter.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("channels, frames, kernel, dilation, padding, bias, taken", [
     (8, 101, 7, 3, 0, True, "phase_gradient"),    # a length that is not a multiple of the dilation
     (8, 100, 7, 9, 0, False, "phase_gradient"),
@@ -44,17 +59,7 @@ def test_a_rerouted_convolution_computes_conv1d_values_and_gradients(
     assert use_fast_convolutions(fast) == {"phase_gradient": 0, "pointwise": 0, taken: 1}
     assert fast.state_dict().keys() == reference.state_dict().keys()
 
-    x = torch.randn(3, channels, frames, dtype=torch.float64, requires_grad=True)
-    expected = reference(x)
-    grad = torch.randn_like(expected)
-    expected.backward(grad)
-    expected_x_grad, x.grad = x.grad, None
-    output = fast(x)
-    output.backward(grad)
-    torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
-    torch.testing.assert_close(x.grad, expected_x_grad, rtol=0, atol=1e-12)
-    for (name, parameter), expected_parameter in zip(fast.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(parameter.grad, expected_parameter.grad, rtol=1e-12, atol=1e-12, msg=name)
+    assert_computes_as(fast, reference, torch.randn(3, channels, frames, dtype=torch.float64))
 
 
 def test_only_plain_conv1d_layers_are_rerouted() -> None:
@@ -105,17 +110,7 @@ def test_a_time_major_layer_computes_the_stock_layers_values_and_gradients(make)
     assert use_fast_convolutions(fast, time_major=True) == {"time_major": 1}
     assert fast.state_dict().keys() == reference.state_dict().keys()
 
-    x = torch.randn(3, 8, 60, dtype=torch.float64, requires_grad=True)
-    expected = reference(x)
-    grad = torch.randn_like(expected)
-    expected.backward(grad)
-    expected_x_grad, x.grad = x.grad, None
-    output = fast(x)
-    output.backward(grad)
-    torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
-    torch.testing.assert_close(x.grad, expected_x_grad, rtol=0, atol=1e-12)
-    for (name, parameter), expected_parameter in zip(fast.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(parameter.grad, expected_parameter.grad, rtol=1e-12, atol=1e-12, msg=name)
+    assert_computes_as(fast, reference, torch.randn(3, 8, 60, dtype=torch.float64))
 
 
 def test_time_major_layers_hand_each_other_time_major_activations() -> None:
