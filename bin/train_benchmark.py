@@ -91,7 +91,8 @@ def _time_ours(
     """One of our settings timed, its row printed."""
     timing = time_phase(config, phase, precision, compiled, args.device, args.steps, args.warmup, fast_conv=fast_conv)
     peak = f"{timing.peak_memory_mib:.0f}" if timing.peak_memory_mib is not None else "-"
-    print(f"{phase:<12} {precision:<9} {_compiled_column(timing.compiled):<7} {'yes' if fast_conv else 'no':<9} "
+    form = {"": "no", "time_major": "time-major"}.get(timing.fast_conv_form, timing.fast_conv_form)
+    print(f"{phase:<12} {precision:<9} {_compiled_column(timing.compiled):<7} {form:<10} "
           f"{timing.batch_size:>3}x{timing.batch_length:<5} {timing.seconds_per_step:>8.3f} "
           f"{timing.samples_per_second:>9.2f} {timing.warmup_seconds:>9.1f} {peak:>8}", flush=True)  # fmt: skip
     return timing.as_dict()
@@ -111,7 +112,7 @@ def _label(row: dict) -> str:
 def _time_theirs(original: Path, config: Path, phase: str, args: argparse.Namespace, ours: list[dict]) -> dict:
     """The original's step of `phase` timed, its row printed, and each of `ours` given its ratio."""
     timing = time_original(original, config, phase, args)
-    print(f"{phase:<12} {'original':<9} {'no':<7} {'no':<9} {timing['batch_size']:>3}x{timing['batch_length']:<5} "
+    print(f"{phase:<12} {'original':<9} {'no':<7} {'no':<10} {timing['batch_size']:>3}x{timing['batch_length']:<5} "
           f"{timing['seconds_per_step']:>8.3f} {timing['samples_per_second']:>9.2f}   malloc {timing['malloc']}",
           flush=True)  # fmt: skip
     for row in ours:
@@ -194,8 +195,8 @@ def main() -> int:
                    f"malloc {current_malloc()}")  # fmt: skip
     logging.getLogger("trainer").setLevel(logging.WARNING)
     print(f"{args.config} on {machine} (torch {torch.__version__})")
-    print(f"{'phase':<12} {'precision':<9} {'compile':<7} {'fast_conv':<9} {'batch':>9} {'s/step':>8} {'samples/s':>9} "
-          f"{'warm-up s':>9} {'peak MiB':>8}")  # fmt: skip
+    print(f"{'phase':<12} {'precision':<9} {'compile':<7} {'fast_conv':<10} {'batch':>9} {'s/step':>8} "
+          f"{'samples/s':>9} {'warm-up s':>9} {'peak MiB':>8}")  # fmt: skip
     results, originals = [], []
     for phase in phases:
         rounds: list[tuple[list[dict], dict | None]] = []

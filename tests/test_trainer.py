@@ -434,13 +434,17 @@ def test_a_mixed_precision_run_trains_both_stages(tmp_path: Path, precision: str
 
 def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
     from trainer.benchmark import cpu_name, time_phase
+    from trainer.fast_conv import time_major_suits
 
     config = tiny_recipe(tmp_path)
     for phase in ("stage1", "adversarial"):
         timing = time_phase(config, phase, steps=1, warmup=1)
         assert timing.phase == phase and timing.batch_size == 2 and timing.batch_length == 160
         assert timing.seconds_per_step > 0 and timing.samples_per_second == pytest.approx(2 / timing.seconds_per_step)
+        assert timing.fast_conv_form == ""
     assert cpu_name()
+    timing = time_phase(config, "stage1", steps=1, warmup=1, fast_conv=True)
+    assert timing.fast_conv and timing.fast_conv_form == ("time_major" if time_major_suits() else "blocked")
 
 
 @pytest.mark.slow

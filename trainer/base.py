@@ -215,6 +215,7 @@ class GANTrainer:
         self.scalers = {}
         if precision == "fp16":
             self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers}
+        self.fast_conv_form = ""  # what fast_conv runs: "time_major", "blocked", or nothing
         if config.get("fast_conv"):
             self._use_fast_convolutions()
         self.compiled = compiled_networks(config.get("compile"), self.device)
@@ -243,11 +244,13 @@ class GANTrainer:
             return
         blocked = "%d dilated convolutions with phase gradients, %d pointwise ones as batched products"
         if time_major_suits():
+            self.fast_conv_form = "time_major"
             generator = use_fast_convolutions(self.generator, time_major=True)["time_major"]
             discriminator = use_fast_convolutions(self.discriminator)
             logger.info("fast_conv: %d generator convolutions time-major (AVX-512); discriminator: " + blocked,
                         generator, discriminator["phase_gradient"], discriminator["pointwise"])  # fmt: skip
             return
+        self.fast_conv_form = "blocked"
         counts = [use_fast_convolutions(model) for model in (self.generator, self.discriminator)]
         dilated, pointwise = (sum(c[kind] for c in counts) for kind in ("phase_gradient", "pointwise"))
         logger.info("fast_conv: " + blocked, dilated, pointwise)

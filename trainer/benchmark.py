@@ -35,6 +35,7 @@ class PhaseTiming:
     compile: bool | str  # the run option (trainer.base.compiled_networks)
     compiled: str  # what it compiled: "generator", "generator+discriminator" or ""
     fast_conv: bool
+    fast_conv_form: str  # what it ran: "time_major", "blocked" (trainer.fast_conv), or "" (off, or on a GPU)
     batch_size: int
     batch_length: int
     steps: int
@@ -118,6 +119,7 @@ def time_phase(
     peak = torch.cuda.max_memory_allocated(context.device) / 2**20 if context.device.type == "cuda" else None
     return PhaseTiming(
         phase=phase, precision=precision, compile=compile, compiled="+".join(trainer.compiled), fast_conv=fast_conv,
+        fast_conv_form=trainer.fast_conv_form,
         batch_size=batch_size, batch_length=length, steps=steps,
         seconds_per_step=seconds, samples_per_second=batch_size / seconds, warmup_seconds=warmed - start,
         peak_memory_mib=peak,
