@@ -16,6 +16,9 @@ phase after ours, in the same run on the same CPU (fp32, eager: all it has), fro
 the config (DIR/config/<same path under config/>), and gives each of our rows as a ratio of its
 steps/s (bin/time_original.py).
 
+The fast_conv column names the form that ran: time-major (the generator, on AVX-512 CPUs) or blocked
+(trainer/fast_conv.py); "no" where it was off or does not apply (a GPU).
+
 `--rounds N` repeats the whole comparison N times in turn (ours, then the original's, per phase) and
 reports medians: on a machine whose speed drifts by tens of percent within an hour (a shared VM), a
 ratio is only meaningful between runs taken minutes apart, so the ratio reported is the median of
