@@ -115,9 +115,11 @@ def _channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
     return stored.copy_(weight)
 
 
+def _time_major_pointwise_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.transpose(1, 2), self.weight[..., 0], self.bias).transpose(1, 2)
+
+
 def _time_major_conv_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    if self.kernel_size == (1,) and self.stride == (1,) and self.padding == (0,) and self.groups == 1:
-        return F.linear(x.transpose(1, 2), self.weight[..., 0], self.bias).transpose(1, 2)
     y = F.conv2d(
         x.unsqueeze(2), _channels_last_weight(self.weight), self.bias,
         (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]), self.groups,
@@ -161,7 +163,8 @@ def _use_time_major(model: nn.Module) -> dict[str, int]:
         elif _stock(module, CausalConvTranspose1d):
             module.forward = types.MethodType(_time_major_causal_deconv_forward, module)
         elif _stock(module, nn.Conv1d) and module.padding_mode == "zeros" and isinstance(module.padding, tuple):
-            module.forward = types.MethodType(_time_major_conv_forward, module)
+            forward = _time_major_pointwise_forward if _pointwise(module) else _time_major_conv_forward
+            module.forward = types.MethodType(forward, module)
             counts["time_major"] += 1
         elif _stock(module, nn.ConvTranspose1d) and module.padding_mode == "zeros":
             module.forward = types.MethodType(_time_major_deconv_forward, module)
@@ -175,6 +178,11 @@ def _plain(conv: nn.Conv1d) -> bool:
     )
 
 
+def _pointwise(conv: nn.Conv1d) -> bool:
+    """A plain 1x1 convolution without padding: one matrix product per frame."""
+    return _plain(conv) and conv.kernel_size == (1,) and conv.dilation == (1,) and conv.padding == (0,)
+
+
 def use_fast_convolutions(model: nn.Module, time_major: bool = False) -> dict[str, int]:
     """Route the eligible convolutions of ``model`` to the faster formulations (in place; parameters
     and state-dict names unchanged). Returns how many layers took each: ``{"time_major": n}`` with
@@ -185,7 +193,7 @@ def use_fast_convolutions(model: nn.Module, time_major: bool = False) -> dict[st
     for module in model.modules():
         if not isinstance(module, nn.Conv1d) or type(module).forward is not nn.Conv1d.forward or not _plain(module):
             continue
-        if module.kernel_size == (1,) and module.dilation == (1,) and module.padding == (0,):
+        if _pointwise(module):
             module.forward = types.MethodType(_pointwise_forward, module)
             counts["pointwise"] += 1
         elif module.dilation[0] > 1 and module.in_channels * module.kernel_size[0] <= PHASE_GRADIENT_MAX_INNER:
