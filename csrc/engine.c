@@ -167,10 +167,10 @@ typedef struct {
 
 static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
-/* expm1(z) for z in [-87, 88], about 1 ulp: z = n ln2 + r, |r| <= ln2 / 2, expm1(z) =
- * 2^n expm1(r) + (2^n - 1), expm1(r) by its Taylor series to r^9 / 9! (error below 1e-10
- * relative); exact for z = 0. Below -87 it rounds to -1. */
-static inline vf expm1v(vf z) {
+/* z = n ln2 + r, |r| <= ln2 / 2, for z in [-87, 88] (below -87 taken as -87): returns expm1(r), by
+ * its Taylor series to r^9 / 9! (error below 1e-10 relative), and sets *scale = 2^n. Then
+ * exp(z) = 2^n expm1(r) + 2^n and expm1(z) = 2^n expm1(r) + (2^n - 1), each about 1 ulp. */
+static inline vf exp_reduced(vf z, vf *scale) {
     z = vselect(z < -87.0f, vset(-87.0f), z);
     const float magic = 12582912.0f;              /* 1.5 * 2^23: adding it rounds to an integer */
     vf nf = (z * 1.44269504088896341f + magic) - magic;
@@ -184,10 +184,23 @@ static inline vf expm1v(vf z) {
     p = p * r + 1.0f / 24.0f;
     p = p * r + 1.0f / 6.0f;
     p = p * r + 0.5f;
-    p = p * r * r + r;                            /* expm1(r) */
     vi n = __builtin_convertvector(nf, vi);
-    vf scale = (vf)((n + 127) << 23);             /* 2^n, -126 <= n <= 127 */
+    *scale = (vf)((n + 127) << 23);               /* 2^n, -126 <= n <= 127 */
+    return p * r * r + r;                         /* expm1(r) */
+}
+
+/* expm1(z), exact for z = 0; below -87 it rounds to -1. */
+static inline vf expm1v(vf z) {
+    vf scale;
+    vf p = exp_reduced(z, &scale);
     return scale * p + (scale - 1.0f);
+}
+
+/* exp(z); below -87, where float32 has only subnormals left, 0. */
+static inline vf expv(vf z) {
+    vf scale;
+    vf p = exp_reduced(z, &scale);
+    return vselect(z < -87.0f, vset(0.0f), scale * p + scale);
 }
 
 /* ELU: x if x > 0 else alpha * expm1(x). */
@@ -627,6 +640,128 @@ int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t
         }
     }
     return bad;
+}
+
+/* Training's ELU (trainer/fast_activation.py), where ATen's expm1 costs several times its exp.
+ * Arrays are `rows` rows of `n` values, float32 or (bf16 != 0) bfloat16, computed in float32 and
+ * rounded to nearest even as ATen rounds; each array's rows lie `*_stride` values apart. */
+#define ELU_CHUNK 4096        /* values per piece of work: a thread's share is whole pieces */
+#define ELU_SERIAL (1 << 16)  /* below this many values one thread is quicker than waking the team */
+
+/* bfloat16 of each float, rounded to nearest even as ATen rounds (a NaN becomes the quiet NaN). */
+typedef uint32_t vu __attribute__((vector_size(VL * 4)));
+static inline vh to_bf16v(vf v) {
+    vu bits = (vu)v;
+    vu rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    vu nan = (vu){} + 0x7fc0u;
+    return __builtin_convertvector((vu)vselect(v == v, (vf)rounded, (vf)nan), vh);
+}
+
+static inline vf load_values(const void *p, int bf16) {
+    return bf16 ? vload_bf16((const uint16_t *)p) : vload((const float *)p);
+}
+
+static inline void store_values(void *p, vf v, int bf16) {
+    if (bf16) {
+        *(vh *)p = to_bf16v(v);
+    } else {
+        vstore((float *)p, v);
+    }
+}
+
+/* The last `n` < VL values of a row through a full vector: staged in `buffer`, so a tail is
+ * computed by the same vector code as the rest of the row. */
+static inline void stage_in(float *buffer, const void *p, int64_t n, int bf16) {
+    for (int64_t i = 0; i < VL; i++) {
+        if (i >= n) {
+            buffer[i] = 0.0f;
+        } else if (bf16) {
+            uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
+            memcpy(buffer + i, &bits, 4);
+        } else {
+            buffer[i] = ((const float *)p)[i];
+        }
+    }
+}
+
+static inline void stage_out(void *p, const float *buffer, int64_t n, int bf16) {
+    if (bf16) {
+        vh h = to_bf16v(vload(buffer));
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)p)[i] = h[i];
+    } else {
+        memcpy(p, buffer, sizeof(float) * n);
+    }
+}
+
+static inline void elu_piece(const char *x, char *out, int64_t n, float alpha, int bf16) {
+    const int size = bf16 ? 2 : 4;
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) store_values(out + j * size, elu(load_values(x + j * size, bf16), alpha), bf16);
+    if (j < n) {
+        float buffer[VL] __attribute__((aligned(64)));
+        stage_in(buffer, x + j * size, n - j, bf16);
+        vstore(buffer, elu(vload(buffer), alpha));
+        stage_out(out + j * size, buffer, n - j, bf16);
+    }
+}
+
+/* ELU's derivative times the incoming gradient, from the input as ATen takes it: g where x > 0,
+ * else g * alpha * exp(x). */
+static inline vf elu_grad(vf g, vf x, float alpha) {
+    vi pos = x > 0.0f;
+    return vselect(pos, g, g * (expv(vselect(pos, vset(0.0f), x)) * alpha));
+}
+
+static inline void elu_grad_piece(const char *g, const char *x, char *gin, int64_t n, float alpha, int bf16) {
+    const int size = bf16 ? 2 : 4;
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL)
+        store_values(gin + j * size, elu_grad(load_values(g + j * size, bf16), load_values(x + j * size, bf16), alpha),
+                     bf16);
+    if (j < n) {
+        float gb[VL] __attribute__((aligned(64))), xb[VL] __attribute__((aligned(64)));
+        stage_in(gb, g + j * size, n - j, bf16);
+        stage_in(xb, x + j * size, n - j, bf16);
+        vstore(gb, elu_grad(vload(gb), vload(xb), alpha));
+        stage_out(gin + j * size, gb, n - j, bf16);
+    }
+}
+
+/* out = elu(x), with `lead` zeros written before each output row (the causal padding of the
+ * convolution that reads it). */
+void engine_elu(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
+                int64_t n, float alpha, int bf16, int nthreads) {
+    const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
+    for (int64_t p = 0; p < rows * pieces; p++) {
+        const int64_t r = p / pieces, j = (p % pieces) * ELU_CHUNK, m = n - j < ELU_CHUNK ? n - j : ELU_CHUNK;
+        char *row = (char *)out + r * out_stride * size;
+        if (j == 0 && lead) memset(row, 0, size * lead);
+        const char *in = (const char *)x + (r * x_stride + j) * size;
+        if (bf16) {
+            elu_piece(in, row + (lead + j) * size, m, alpha, 1);
+        } else {
+            elu_piece(in, row + (lead + j) * size, m, alpha, 0);
+        }
+    }
+}
+
+/* grad_in = ELU's backward pass of grad at x. */
+void engine_elu_backward(const void *grad, int64_t grad_stride, const void *x, int64_t x_stride, void *grad_in,
+                         int64_t grad_in_stride, int64_t rows, int64_t n, float alpha, int bf16, int nthreads) {
+    const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
+    for (int64_t p = 0; p < rows * pieces; p++) {
+        const int64_t r = p / pieces, j = (p % pieces) * ELU_CHUNK, m = n - j < ELU_CHUNK ? n - j : ELU_CHUNK;
+        const char *g = (const char *)grad + (r * grad_stride + j) * size;
+        const char *in = (const char *)x + (r * x_stride + j) * size;
+        char *gi = (char *)grad_in + (r * grad_in_stride + j) * size;
+        if (bf16) {
+            elu_grad_piece(g, in, gi, m, alpha, 1);
+        } else {
+            elu_grad_piece(g, in, gi, m, alpha, 0);
+        }
+    }
 }
 
 /* What the Python side needs to know of this build: the layout of Op (to check its mirror against),

@@ -2,6 +2,7 @@
  * instruction set it is compiled for: every register-block shape (R rows x NV vectors) of the
  * build, grouped and padded columns, strides, dilations, each epilogue (bias, skip, ELU, LeakyReLU,
  * tanh, channel repeat, row strides wider than the row), bfloat16 and int8 weights, the rows' independence from the blocking (Contract 2),
+ * training's ELU and its backward pass (float32 and bfloat16),
  * the VQ search with ties, and the code lookup. Prints one line per failure and a summary; exit status 0 when all pass.
  *
  *   gcc -O3 -march=native --param=avoid-fma-max-bits=0 -ffp-contract=fast -fopenmp -std=gnu11 \
@@ -228,10 +229,11 @@ static void test_epilogues(void) {
 static void test_activations(void) {
     for (int i = -2000; i <= 2000; i++) {
         float v = i * 0.05f;
-        vf in = vset(v), e = elu(in, 1.0f), t = tanhv(in);
-        double want_e = v > 0 ? v : expm1((double)v), want_t = tanh((double)v);
-        checks += 2;
+        vf in = vset(v), e = elu(in, 1.0f), t = tanhv(in), x = expv(in);
+        double want_e = v > 0 ? v : expm1((double)v), want_t = tanh((double)v), want_x = exp((double)v);
+        checks += 3;
         if (fabs(e[0] - want_e) > 2e-7 * (fabs(want_e) + 1e-30) + 1e-45) fail("elu", i, 0, e[0], want_e);
+        if (v <= 88 && (v < -87 ? x[0] != 0 : fabs(x[0] - want_x) > 2e-7 * want_x)) fail("exp", i, 0, x[0], want_x);
         if (fabs(t[VL - 1] - want_t) > 3e-7 * fabs(want_t) + 1e-45) fail("tanh", i, 0, t[VL - 1], want_t);
     }
 }
@@ -365,6 +367,74 @@ static void test_stored_weights(int wtype) {
     }
 }
 
+static float from_bf16(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* got within `ulps` units in the last place of want in float32 (the ELU rounds twice: expm1, times
+ * alpha; its gradient three times), or in bfloat16 (bf16) want's rounding or a neighbour of it, where
+ * the float32 result and want lie on either side of a rounding boundary. Zeros exact. */
+static int close_to(double got, double want, int bf16, double ulps) {
+    if (want == 0) return got == 0;
+    if (bf16) return abs((int)to_bf16((float)got) - (int)to_bf16((float)want)) <= 1;
+    return fabs(got - want) <= ulps * fabs(want) / 8388608;
+}
+
+/* Training's ELU and its backward pass (engine_elu, engine_elu_backward) against double loops:
+ * rows of several pieces of work with a tail, row strides wider than a row, the causal zeros before
+ * each output row, the kink at 0, inputs far below -87, float32 and bfloat16 arrays. */
+static void test_training_elu(int bf16, int threads) {
+    const int64_t rows = 3, n = 2 * ELU_CHUNK + VL + 3, lead = 5, stride = n + 7, out_stride = lead + n + 2;
+    const int size = bf16 ? 2 : 4;
+    const float alpha = 0.7f;
+    char *x = malloc(size * rows * stride), *g = malloc(size * rows * stride);
+    char *out = malloc(size * rows * out_stride), *gin = malloc(size * rows * stride);
+    double *xs = malloc(sizeof(double) * rows * stride), *gs = malloc(sizeof(double) * rows * stride);
+    for (int64_t i = 0; i < rows * stride; i++) {
+        float v = 8 * uniform(), w = uniform();
+        if (i % 1000 == 1) v = 0.0f;
+        if (i % 1000 == 2) v = -100.0f;
+        if (bf16) {
+            ((uint16_t *)x)[i] = to_bf16(v), ((uint16_t *)g)[i] = to_bf16(w);
+            xs[i] = from_bf16(((uint16_t *)x)[i]), gs[i] = from_bf16(((uint16_t *)g)[i]);
+        } else {
+            ((float *)x)[i] = v, ((float *)g)[i] = w, xs[i] = v, gs[i] = w;
+        }
+    }
+    memset(out, 0xff, size * rows * out_stride);
+    engine_elu(x, stride, out, out_stride, lead, rows, n, alpha, bf16, threads);
+    engine_elu_backward(g, stride, x, stride, gin, stride, rows, n, alpha, bf16, threads);
+    const char *name = bf16 ? "training elu, bf16" : "training elu";
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t j = 0; j < lead + n; j++) {
+            const int64_t at = r * out_stride + j;
+            double got = bf16 ? from_bf16(((uint16_t *)out)[at]) : ((float *)out)[at];
+            double v = j < lead ? 0.0 : xs[r * stride + j - lead];
+            double want = j < lead ? 0.0 : v > 0 ? v : alpha * expm1(v);
+            checks++;
+            if (!close_to(got, want, bf16, 2) && !(v < -87 && fabs(got + alpha) < 1e-7)) fail(name, r, j, got, want);
+        }
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t at = r * stride + j;
+            double got = bf16 ? from_bf16(((uint16_t *)gin)[at]) : ((float *)gin)[at];
+            double want = xs[at] > 0 ? gs[at] : gs[at] * alpha * exp(xs[at]);
+            checks++;
+            if (!close_to(got, want, bf16, 3) && !(xs[at] < -87 && got == 0)) fail(name, r, j, got, want);
+        }
+    }
+    float nan = NAN, tie;
+    uint32_t tie_bits = 0x3f818000u; /* halfway between bfloat16 0x3f81 and 0x3f82: rounds to the even 0x3f82 */
+    memcpy(&tie, &tie_bits, 4);
+    vh h = to_bf16v(vset(nan)), t = to_bf16v(vset(tie));
+    checks += 2;
+    if (h[0] != 0x7fc0) fail("bf16 of NaN", 0, 0, h[0], 0x7fc0);
+    if (t[VL - 1] != 0x3f82) fail("bf16 of a tie", 0, 0, t[VL - 1], 0x3f82);
+    free(x), free(g), free(out), free(gin), free(xs), free(gs);
+}
+
 int main(void) {
     test_kernel_shapes();
     for (int s = 0; s < 3; s++)
@@ -375,6 +445,8 @@ int main(void) {
     test_stored_weights(W_BF16);
     test_stored_weights(W_I8);
     test_activations();
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (int threads = 1; threads <= 2; threads++) test_training_elu(bf16, threads);
     test_vq(1);
     test_vq(2);
     printf("%s (%d lanes, fma %d): %d checks, %d failures\n", ISA, VL, HAS_FMA, checks, failures);

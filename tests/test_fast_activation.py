@@ -1,0 +1,162 @@
+"""trainer/fast_activation.py: the native engine's ELU (and the padding it writes) against ATen's, in
+both activation layouts, and the generator it is routed into against the stock one."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+import trainer.base
+from models.autoencoder.AudioDec import Generator as AudioDec
+from models.autoencoder.modules.residual_unit import ResidualUnit
+from tests.test_trainer import TINY_AUTOENCODER, tiny_recipe, train
+from trainer import fast_activation
+from trainer.fast_activation import native_elu, use_native_elu
+from utils.runtime import native_build
+
+pytestmark = pytest.mark.skipif(
+    not native_build.available(), reason="no native engine: " + native_build.unavailable_reason()
+)
+
+
+def time_major(x: torch.Tensor) -> torch.Tensor:
+    """x stored (B, T, C) in memory, as a time-major convolution returns it."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def reference_elu(x: torch.Tensor, alpha: float, lead: int) -> torch.Tensor:
+    return F.pad(F.elu(x, alpha), (lead, 0))
+
+
+@pytest.mark.parametrize("layout", ["channel_major", "time_major"])
+@pytest.mark.parametrize("shape, alpha, lead", [
+    ((2, 3, 37), 1.0, 0),     # rows shorter than a vector, a tail in each
+    ((2, 3, 37), 1.0, 6),
+    ((3, 5, 5000), 0.5, 18),  # rows of more than one piece of work, and more than one thread's share
+    ((1, 1, 1), 1.0, 2),
+])  # fmt: skip
+def test_native_elu_computes_atens_values_and_gradients(layout: str, shape: tuple[int, ...], alpha: float, lead: int):
+    torch.manual_seed(0)
+    x = 4 * torch.randn(shape)
+    x[0, 0, 0] = 0.0  # the kink: ELU's derivative there is alpha, as ATen takes it
+    if layout == "time_major":
+        x = time_major(x)
+    x.requires_grad_()
+    y = native_elu(x, alpha, lead)
+    assert y.shape == (shape[0], shape[1], lead + shape[2])
+    assert (y.transpose(1, 2).is_contiguous() if layout == "time_major" and shape[1] > 1 else y.is_contiguous())
+    exact = x.detach().double().requires_grad_()
+    expected = reference_elu(exact, alpha, lead)
+    torch.testing.assert_close(y.double(), expected, rtol=2.5e-7, atol=1e-30)  # about 1 ulp, zeros exact
+    assert torch.all(y[..., :lead] == 0)
+
+    grad = torch.randn(y.shape, dtype=torch.float64)
+    y.backward(grad.float())
+    expected.backward(grad)
+    assert x.grad.stride() == x.stride()
+    torch.testing.assert_close(x.grad.double(), exact.grad, rtol=4e-7, atol=1e-37)  # 3 roundings
+    assert x.grad[0, 0, 0] == pytest.approx(alpha * grad[0, 0, lead].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["channel_major", "time_major"])
+def test_bfloat16_activations_round_as_atens(layout: str) -> None:
+    torch.manual_seed(0)
+    x = (4 * torch.randn(4, 8, 3001)).bfloat16()
+    if layout == "time_major":
+        x = time_major(x)
+    x.requires_grad_()
+    y = native_elu(x, 1.0, 6)
+    exact = x.detach().float().requires_grad_()
+    expected = reference_elu(exact, 1.0, 6)
+    assert y.dtype == torch.bfloat16
+    assert y.transpose(1, 2).is_contiguous() if layout == "time_major" else y.is_contiguous()
+    # The float32 result rounded to nearest even, or its neighbour where the two straddle a boundary.
+    ulps = (y.view(torch.int16).int() - expected.bfloat16().view(torch.int16).int()).abs()
+    assert ulps.max() <= 1 and (ulps == 0).float().mean() > 0.99
+    grad = torch.randn(y.shape).bfloat16()
+    y.backward(grad)
+    expected.backward(grad.float())
+    ulps = (x.grad.view(torch.int16).int() - exact.grad.bfloat16().view(torch.int16).int()).abs()
+    assert ulps.max() <= 1 and (ulps == 0).float().mean() > 0.99
+
+
+def test_a_gradient_in_the_other_layout_is_taken_as_it_comes() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 50, requires_grad=True)
+    y = native_elu(x, 1.0, 3)
+    grad = time_major(torch.randn(y.shape))
+    y.backward(grad)
+    exact = x.detach().requires_grad_()
+    reference_elu(exact, 1.0, 3).backward(grad)
+    torch.testing.assert_close(x.grad, exact.grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["float16", "strided", "float64"])
+def test_tensors_the_engine_cannot_take_go_through_aten(case: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 40)
+    x = {"float16": x.half(), "strided": x[..., ::2], "float64": x.double()}[case]
+    y = native_elu(x, 1.0, 4)
+    assert y.dtype == x.dtype
+    torch.testing.assert_close(y, reference_elu(x, 1.0, 4), rtol=0, atol=0)
+
+
+def test_the_engine_unavailable_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = AudioDec(**TINY_AUTOENCODER["generator_params"])
+    monkeypatch.setattr(fast_activation.native_build, "available", lambda: False)
+    assert use_native_elu(model) == {"residual_units": 0, "elu": 0}
+    assert all("forward" not in vars(module) for module in model.modules())
+
+
+def test_only_stock_elus_are_routed() -> None:
+    hooked = ResidualUnit(4, 4, dilation=3)
+    hooked.conv1.register_forward_hook(lambda *args: None)
+    model = nn.Sequential(ResidualUnit(4, 4, dilation=3), hooked, nn.ELU(), nn.ELU(inplace=True), nn.ELU(alpha=-1.0),
+                          ResidualUnit(4, 4, mode="noncausal"))  # fmt: skip
+    assert use_native_elu(model) == {"residual_units": 1, "elu": 3}  # hooked's and the non-causal unit's ELU
+    routed = [name for name, module in model.named_modules() if "forward" in vars(module)]
+    assert routed == ["0", "1.activation", "2", "5.activation"]
+
+
+def test_a_generator_with_native_elus_computes_the_stock_ones_output_and_gradients() -> None:
+    torch.manual_seed(0)
+    reference = AudioDec(**TINY_AUTOENCODER["generator_params"]).eval()  # eval: the codebooks stay as they are
+    fast = copy.deepcopy(reference)
+    units = sum(isinstance(module, ResidualUnit) for module in fast.modules())
+    assert use_native_elu(fast) == {"residual_units": units, "elu": 0} and units > 0
+    x = torch.randn(2, 1, 300)
+    expected, output = (model(x.clone().requires_grad_())[0] for model in (reference, fast))
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    output.backward(grad)
+    for (name, parameter), expected_parameter in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(parameter.grad, expected_parameter.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_training_with_fast_conv_logs_the_native_elus(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    schedule = dict(train_max_steps=1, adv_train_max_steps=None, start_steps={"generator": 0, "discriminator": 100})
+    with caplog.at_level(logging.INFO, logger="trainer.base"):
+        folder = train(tiny_recipe(tmp_path, fast_conv=True, **schedule), tmp_path, "fast")
+    lines = "\n".join(record.getMessage() for record in caplog.records)
+    generator = AudioDec(**TINY_AUTOENCODER["generator_params"])
+    units = sum(isinstance(module, ResidualUnit) for module in generator.modules())
+    assert re.search(rf"the ELUs of {units} residual units .* on the native engine", lines), lines
+    assert yaml.safe_load((folder / "config.yml").read_text())["fast_conv"] is True
+
+
+def test_without_the_engine_fast_conv_says_why_the_elus_stay(tmp_path, caplog, monkeypatch) -> None:
+    monkeypatch.setattr(trainer.base.native_build, "available", lambda: False)
+    monkeypatch.setattr(trainer.base.native_build, "unavailable_reason", lambda: "no C compiler found")
+    schedule = dict(train_max_steps=1, adv_train_max_steps=None, start_steps={"generator": 0, "discriminator": 100})
+    with caplog.at_level(logging.INFO, logger="trainer.base"):
+        train(tiny_recipe(tmp_path, fast_conv=True, **schedule), tmp_path, "fast")
+    assert "fast_conv: ELUs through ATen (no C compiler found)" in caplog.text

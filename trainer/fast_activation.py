@@ -1,0 +1,135 @@
+"""The generator's ELUs on the native engine (part of the ``fast_conv`` option).
+
+ATen computes ELU through ``expm1``, which on x86 CPUs costs several times an ``exp`` over the same
+tensor, so the residual units' 48 ELUs (forward and backward) take about a tenth of an AVX2 stage-1
+step. The native engine (csrc/engine.c, built on first use) has a vectorized ``expm1`` accurate to
+about 1 ulp; here it computes the ELU in one pass, and its backward pass from the saved input as
+ATen does (``grad * alpha * exp(x)`` where ``x <= 0``), in float32 or, under bf16 autocast, from and
+to bfloat16. In a residual unit the ELU also writes the causal padding of the dilated convolution
+that reads it, which saves that convolution's padding copy.
+
+Values and gradients equal ATen's to about 1 ulp (float32) or to the rounding of one bfloat16 ulp.
+Tensors this cannot take (other dtypes; not on the CPU; neither channel-major nor time-major;
+inside ``torch.compile``, which fuses the ELU itself) go through ``F.elu`` as before.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layers.conv import CausalConv1d
+from models.autoencoder.modules.residual_unit import ResidualUnit
+from utils.runtime import native_build
+
+
+def _rows(x: torch.Tensor) -> tuple[int, int] | None:
+    """(rows, floats per row) of a (B, C, T) tensor read as contiguous rows along time: B * C rows
+    of T channel-major, B rows of T * C time-major; None for any other layout."""
+    batch, channels, frames = x.shape
+    if x.is_contiguous():
+        return batch * channels, frames
+    if x.transpose(1, 2).is_contiguous():
+        return batch, frames * channels
+    return None
+
+
+def _like(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """An empty (B, C, frames) tensor in x's layout."""
+    batch, channels, _ = x.shape
+    if x.is_contiguous():
+        return x.new_empty(batch, channels, frames)
+    return x.new_empty(batch, frames, channels).transpose(1, 2)
+
+
+def _in_layout(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """x stored as ``like`` is (channel-major or time-major)."""
+    if like.is_contiguous():
+        return x.contiguous()
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+class _NativeELU(torch.autograd.Function):
+    """ELU of a float32 or bfloat16 (B, C, T) tensor with ``lead`` zero frames before it, in x's layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float, lead: int) -> torch.Tensor:
+        rows, n = _rows(x)
+        frames = x.shape[2]
+        out = _like(x, lead + frames)
+        per_frame = n // frames  # 1 channel-major, C time-major
+        native_build.build().library.engine_elu(
+            x.data_ptr(), n, out.data_ptr(), (lead + frames) * per_frame, lead * per_frame, rows, n, alpha,
+            x.dtype == torch.bfloat16, torch.get_num_threads(),
+        )  # fmt: skip
+        ctx.save_for_backward(x)
+        ctx.alpha, ctx.lead = alpha, lead
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        grad = _in_layout(grad.to(x.dtype), x)
+        rows, n = _rows(x)
+        per_frame = n // x.shape[2]
+        grad_in = _like(x, x.shape[2])
+        native_build.build().library.engine_elu_backward(
+            grad.data_ptr() + ctx.lead * per_frame * grad.element_size(), grad.shape[2] * per_frame,
+            x.data_ptr(), n, grad_in.data_ptr(), n, rows, n, ctx.alpha, x.dtype == torch.bfloat16,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return grad_in, None, None
+
+
+def native_elu(x: torch.Tensor, alpha: float = 1.0, lead: int = 0) -> torch.Tensor:
+    """``F.pad(F.elu(x, alpha), (lead, 0))`` in x's layout, on the native engine where it can."""
+    if (x.dtype in (torch.float32, torch.bfloat16) and x.device.type == "cpu" and x.dim() == 3 and x.shape[2] > 0
+            and not torch.compiler.is_compiling() and _rows(x) is not None):  # fmt: skip
+        return _NativeELU.apply(x, alpha, lead)
+    y = F.elu(x, alpha)
+    # Padded as a (B, C, 1, T) view, which keeps y's layout: a 3-D F.pad returns channel-major output.
+    return F.pad(y.unsqueeze(2), (lead, 0, 0, 0)).squeeze(2) if lead else y
+
+
+def _elu_forward(self: nn.ELU, x: torch.Tensor) -> torch.Tensor:
+    return native_elu(x, self.alpha)
+
+
+def _residual_unit_forward(self: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
+    alpha = self.activation.alpha
+    y = self.conv1.conv(native_elu(x, alpha, self.conv1.pad_length))
+    return x + self.conv2(native_elu(y, alpha))
+
+
+def _stock_elu(module: nn.Module) -> bool:
+    return (type(module) is nn.ELU and module.alpha > 0 and not module.inplace
+            and not module._forward_hooks and not module._forward_pre_hooks)  # fmt: skip
+
+
+def _stock_unit(module: nn.Module) -> bool:
+    return (type(module) is ResidualUnit and _stock_elu(module.activation) and type(module.conv1) is CausalConv1d
+            and not module._forward_hooks and not module._forward_pre_hooks
+            and not module.conv1._forward_hooks and not module.conv1._forward_pre_hooks)  # fmt: skip
+
+
+def use_native_elu(model: nn.Module) -> dict[str, int]:
+    """Route ``model``'s ELUs (alpha > 0, not in place, no hooks) to the native engine, in place.
+    Returns how many residual units now pad through their ELU and how many other ELU modules compute
+    natively; none where the engine is unavailable (:func:`utils.runtime.native_build.unavailable_reason`)."""
+    counts = {"residual_units": 0, "elu": 0}
+    if not native_build.available():
+        return counts
+    fused = set()
+    for module in model.modules():
+        if _stock_unit(module):
+            module.forward = types.MethodType(_residual_unit_forward, module)
+            fused.add(id(module.activation))
+            counts["residual_units"] += 1
+    for module in model.modules():
+        if _stock_elu(module) and id(module) not in fused:
+            module.forward = types.MethodType(_elu_forward, module)
+            counts["elu"] += 1
+    return counts
