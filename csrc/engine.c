@@ -167,10 +167,10 @@ typedef struct {
 
 static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
-/* z = n ln2 + r, |r| <= ln2 / 2, for z in [-87, 88] (below -87 taken as -87): returns expm1(r), by
- * its Taylor series to r^9 / 9! (error below 1e-10 relative), and sets *scale = 2^n. Then
- * exp(z) = 2^n expm1(r) + 2^n and expm1(z) = 2^n expm1(r) + (2^n - 1), each about 1 ulp. */
-static inline vf exp_reduced(vf z, vf *scale) {
+/* expm1(z) for z in [-87, 88], about 1 ulp: z = n ln2 + r, |r| <= ln2 / 2, expm1(z) =
+ * 2^n expm1(r) + (2^n - 1), expm1(r) by its Taylor series to r^9 / 9! (error below 1e-10
+ * relative); exact for z = 0. Below -87 it rounds to -1. */
+static inline vf expm1v(vf z) {
     z = vselect(z < -87.0f, vset(-87.0f), z);
     const float magic = 12582912.0f;              /* 1.5 * 2^23: adding it rounds to an integer */
     vf nf = (z * 1.44269504088896341f + magic) - magic;
@@ -184,23 +184,10 @@ static inline vf exp_reduced(vf z, vf *scale) {
     p = p * r + 1.0f / 24.0f;
     p = p * r + 1.0f / 6.0f;
     p = p * r + 0.5f;
+    p = p * r * r + r;                            /* expm1(r) */
     vi n = __builtin_convertvector(nf, vi);
-    *scale = (vf)((n + 127) << 23);               /* 2^n, -126 <= n <= 127 */
-    return p * r * r + r;                         /* expm1(r) */
-}
-
-/* expm1(z), exact for z = 0; below -87 it rounds to -1. */
-static inline vf expm1v(vf z) {
-    vf scale;
-    vf p = exp_reduced(z, &scale);
+    vf scale = (vf)((n + 127) << 23);             /* 2^n, -126 <= n <= 127 */
     return scale * p + (scale - 1.0f);
-}
-
-/* exp(z); below -87, where float32 has only subnormals left, 0. */
-static inline vf expv(vf z) {
-    vf scale;
-    vf p = exp_reduced(z, &scale);
-    return vselect(z < -87.0f, vset(0.0f), scale * p + scale);
 }
 
 /* ELU: x if x > 0 else alpha * expm1(x). */
@@ -705,24 +692,22 @@ static inline void elu_piece(const char *x, char *out, int64_t n, float alpha, i
     }
 }
 
-/* ELU's derivative times the incoming gradient, from the input as ATen takes it: g where x > 0,
- * else g * alpha * exp(x). */
-static inline vf elu_grad(vf g, vf x, float alpha) {
-    vi pos = x > 0.0f;
-    return vselect(pos, g, g * (expv(vselect(pos, vset(0.0f), x)) * alpha));
-}
+/* ELU's derivative times the incoming gradient, from the ELU's output as ATen takes it for an
+ * in-place ELU: g where out > 0, else g * (out + alpha) (alpha > 0). The output is kept anyway by
+ * the convolution that reads it, so a training step keeps one activation fewer alive per ELU. */
+static inline vf elu_grad(vf g, vf out, float alpha) { return vselect(out > 0.0f, g, g * (out + alpha)); }
 
-static inline void elu_grad_piece(const char *g, const char *x, char *gin, int64_t n, float alpha, int bf16) {
+static inline void elu_grad_piece(const char *g, const char *out, char *gin, int64_t n, float alpha, int bf16) {
     const int size = bf16 ? 2 : 4;
     int64_t j = 0;
     for (; j + VL <= n; j += VL)
-        store_values(gin + j * size, elu_grad(load_values(g + j * size, bf16), load_values(x + j * size, bf16), alpha),
+        store_values(gin + j * size, elu_grad(load_values(g + j * size, bf16), load_values(out + j * size, bf16), alpha),
                      bf16);
     if (j < n) {
-        float gb[VL] __attribute__((aligned(64))), xb[VL] __attribute__((aligned(64)));
+        float gb[VL] __attribute__((aligned(64))), ob[VL] __attribute__((aligned(64)));
         stage_in(gb, g + j * size, n - j, bf16);
-        stage_in(xb, x + j * size, n - j, bf16);
-        vstore(gb, elu_grad(vload(gb), vload(xb), alpha));
+        stage_in(ob, out + j * size, n - j, bf16);
+        vstore(gb, elu_grad(vload(gb), vload(ob), alpha));
         stage_out(gin + j * size, gb, n - j, bf16);
     }
 }
@@ -746,20 +731,20 @@ void engine_elu(const void *x, int64_t x_stride, void *out, int64_t out_stride, 
     }
 }
 
-/* grad_in = ELU's backward pass of grad at x. */
-void engine_elu_backward(const void *grad, int64_t grad_stride, const void *x, int64_t x_stride, void *grad_in,
+/* grad_in = ELU's backward pass of grad, from the ELU's output `out`. */
+void engine_elu_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride, void *grad_in,
                          int64_t grad_in_stride, int64_t rows, int64_t n, float alpha, int bf16, int nthreads) {
     const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
     for (int64_t p = 0; p < rows * pieces; p++) {
         const int64_t r = p / pieces, j = (p % pieces) * ELU_CHUNK, m = n - j < ELU_CHUNK ? n - j : ELU_CHUNK;
         const char *g = (const char *)grad + (r * grad_stride + j) * size;
-        const char *in = (const char *)x + (r * x_stride + j) * size;
+        const char *o = (const char *)out + (r * out_stride + j) * size;
         char *gi = (char *)grad_in + (r * grad_in_stride + j) * size;
         if (bf16) {
-            elu_grad_piece(g, in, gi, m, alpha, 1);
+            elu_grad_piece(g, o, gi, m, alpha, 1);
         } else {
-            elu_grad_piece(g, in, gi, m, alpha, 0);
+            elu_grad_piece(g, o, gi, m, alpha, 0);
         }
     }
 }

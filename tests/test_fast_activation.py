@@ -42,6 +42,7 @@ def reference_elu(x: torch.Tensor, alpha: float, lead: int) -> torch.Tensor:
     ((2, 3, 37), 1.0, 6),
     ((3, 5, 5000), 0.5, 18),  # rows of more than one piece of work, and more than one thread's share
     ((1, 1, 1), 1.0, 2),
+    ((2, 4, 1), 1.0, 3),      # one frame: both layouts at once
 ])  # fmt: skip
 def test_native_elu_computes_atens_values_and_gradients(layout: str, shape: tuple[int, ...], alpha: float, lead: int):
     torch.manual_seed(0)
@@ -52,7 +53,8 @@ def test_native_elu_computes_atens_values_and_gradients(layout: str, shape: tupl
     x.requires_grad_()
     y = native_elu(x, alpha, lead)
     assert y.shape == (shape[0], shape[1], lead + shape[2])
-    assert (y.transpose(1, 2).is_contiguous() if layout == "time_major" and shape[1] > 1 else y.is_contiguous())
+    assert (y.transpose(1, 2).is_contiguous() if layout == "time_major" and shape[1] > 1 and shape[2] > 1
+            else y.is_contiguous())  # fmt: skip
     exact = x.detach().double().requires_grad_()
     expected = reference_elu(exact, alpha, lead)
     torch.testing.assert_close(y.double(), expected, rtol=2.5e-7, atol=1e-30)  # about 1 ulp, zeros exact
@@ -62,7 +64,8 @@ def test_native_elu_computes_atens_values_and_gradients(layout: str, shape: tupl
     y.backward(grad.float())
     expected.backward(grad)
     assert x.grad.stride() == x.stride()
-    torch.testing.assert_close(x.grad.double(), exact.grad, rtol=4e-7, atol=1e-37)  # 3 roundings
+    # From the output: out + alpha loses what out rounded away, about an ulp of alpha times the gradient.
+    torch.testing.assert_close(x.grad.double(), exact.grad, rtol=3e-7, atol=1.2e-7 * alpha * grad.abs().max().item())
     assert x.grad[0, 0, 0] == pytest.approx(alpha * grad[0, 0, lead].item(), rel=1e-6)
 
 
@@ -84,8 +87,8 @@ def test_bfloat16_activations_round_as_atens(layout: str) -> None:
     grad = torch.randn(y.shape).bfloat16()
     y.backward(grad)
     expected.backward(grad.float())
-    ulps = (x.grad.view(torch.int16).int() - exact.grad.bfloat16().view(torch.int16).int()).abs()
-    assert ulps.max() <= 1 and (ulps == 0).float().mean() > 0.99
+    # From the bfloat16 output: about one bfloat16 ulp of alpha times the gradient, at most.
+    torch.testing.assert_close(x.grad.float(), exact.grad, rtol=2**-8, atol=2**-8 * grad.abs().max().item())
 
 
 def test_a_gradient_in_the_other_layout_is_taken_as_it_comes() -> None:
