@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import types
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from models.autoencoder.modules.residual_unit import ResidualUnit
 from tests.test_trainer import TINY_AUTOENCODER, tiny_recipe, train
 from trainer import fast_activation
 from trainer.fast_activation import native_elu, use_native_elu
+from trainer.fast_conv import use_fast_convolutions
 from utils.runtime import native_build
 
 pytestmark = pytest.mark.skipif(
@@ -36,6 +38,7 @@ def reference_elu(x: torch.Tensor, alpha: float, lead: int) -> torch.Tensor:
     return F.pad(F.elu(x, alpha), (lead, 0))
 
 
+@pytest.mark.parametrize("cropped", [False, True], ids=["dense", "cropped"])
 @pytest.mark.parametrize("layout", ["channel_major", "time_major"])
 @pytest.mark.parametrize("shape, alpha, lead", [
     ((2, 3, 37), 1.0, 0),     # rows shorter than a vector, a tail in each
@@ -44,17 +47,23 @@ def reference_elu(x: torch.Tensor, alpha: float, lead: int) -> torch.Tensor:
     ((1, 1, 1), 1.0, 2),
     ((2, 4, 1), 1.0, 3),      # one frame: both layouts at once
 ])  # fmt: skip
-def test_native_elu_computes_atens_values_and_gradients(layout: str, shape: tuple[int, ...], alpha: float, lead: int):
+def test_native_elu_computes_atens_values_and_gradients(
+    layout: str, cropped: bool, shape: tuple[int, ...], alpha: float, lead: int
+) -> None:
     torch.manual_seed(0)
-    x = 4 * torch.randn(shape)
+    batch, channels, frames = shape
+    x = 4 * torch.randn(batch, channels, frames + 3 * cropped)
     x[0, 0, 0] = 0.0  # the kink: ELU's derivative there is alpha, as ATen takes it
     if layout == "time_major":
         x = time_major(x)
-    x.requires_grad_()
+    x = x[..., :frames].requires_grad_()  # cropped: a transposed convolution's output is such a view
     y = native_elu(x, alpha, lead)
-    assert y.shape == (shape[0], shape[1], lead + shape[2])
-    assert (y.transpose(1, 2).is_contiguous() if layout == "time_major" and shape[1] > 1 and shape[2] > 1
-            else y.is_contiguous())  # fmt: skip
+    assert type(y.grad_fn).__name__ == "_NativeELUBackward"
+    assert y.shape == (batch, channels, lead + frames)
+    if channels > 1 and frames > 1:
+        assert y.transpose(1, 2).is_contiguous() if layout == "time_major" else y.is_contiguous()
+    else:  # the two layouts of x coincide
+        assert y.transpose(1, 2).is_contiguous() or y.is_contiguous()
     exact = x.detach().double().requires_grad_()
     expected = reference_elu(exact, alpha, lead)
     torch.testing.assert_close(y.double(), expected, rtol=2.5e-7, atol=1e-30)  # about 1 ulp, zeros exact
@@ -63,7 +72,8 @@ def test_native_elu_computes_atens_values_and_gradients(layout: str, shape: tupl
     grad = torch.randn(y.shape, dtype=torch.float64)
     y.backward(grad.float())
     expected.backward(grad)
-    assert x.grad.stride() == x.stride()
+    if not cropped:  # a cropped leaf's gradient is stored contiguous whatever the layout it came in
+        assert x.grad.stride() == x.stride()
     # From the output: out + alpha loses what out rounded away, about an ulp of alpha times the gradient.
     torch.testing.assert_close(x.grad.double(), exact.grad, rtol=3e-7, atol=1.2e-7 * alpha * grad.abs().max().item())
     assert x.grad[0, 0, 0] == pytest.approx(alpha * grad[0, 0, lead].item(), rel=1e-6)
@@ -129,14 +139,26 @@ def test_only_stock_elus_are_routed() -> None:
     assert routed == ["0", "1.activation", "2", "5.activation"]
 
 
-def test_a_generator_with_native_elus_computes_the_stock_ones_output_and_gradients() -> None:
+@pytest.mark.parametrize("convolutions", ["stock", "blocked", "time_major"])
+def test_a_generator_with_native_elus_computes_the_stock_ones_output_and_gradients(
+    monkeypatch: pytest.MonkeyPatch, convolutions: str
+) -> None:
     torch.manual_seed(0)
     reference = AudioDec(**TINY_AUTOENCODER["generator_params"]).eval()  # eval: the codebooks stay as they are
     fast = copy.deepcopy(reference)
+    if convolutions != "stock":
+        use_fast_convolutions(fast, time_major=convolutions == "time_major")
     units = sum(isinstance(module, ResidualUnit) for module in fast.modules())
     assert use_native_elu(fast) == {"residual_units": units, "elu": 0} and units > 0
     x = torch.randn(2, 1, 300)
-    expected, output = (model(x.clone().requires_grad_())[0] for model in (reference, fast))
+    expected = reference(x.clone().requires_grad_())[0]
+
+    def refused(*args, **kwargs):
+        raise AssertionError("an ELU of the generator went through ATen")
+
+    # Every ELU runs natively, the decoder's on its transposed convolutions' cropped outputs too.
+    monkeypatch.setattr(fast_activation, "F", types.SimpleNamespace(elu=refused, pad=refused))
+    output = fast(x.clone().requires_grad_())[0]
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
     grad = torch.randn_like(expected)
     expected.backward(grad)

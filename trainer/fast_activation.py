@@ -13,13 +13,14 @@ dilated convolution that reads it, which saves that convolution's padding copy.
 Values equal ATen's to about 1 ulp (float32) or one bfloat16 ulp. Gradients too, except where
 ``out + alpha`` cancels: far below zero, where the derivative ``alpha * exp(x)`` is small, their
 error is about one ulp of ``alpha`` times the incoming gradient (as for ATen's in-place ELU).
-Tensors this cannot take (other dtypes; not on the CPU; neither channel-major nor time-major;
-inside ``torch.compile``, which fuses the ELU itself) go through ``F.elu`` as before.
+Tensors this cannot take (other dtypes; not on the CPU; values not in runs along time, channel-major
+or time-major; inside ``torch.compile``, which fuses the ELU itself) go through ``F.elu`` as before.
 """
 
 from __future__ import annotations
 
 import types
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,57 +31,72 @@ from models.autoencoder.modules.residual_unit import ResidualUnit
 from utils.runtime import native_build
 
 
-def _rows(x: torch.Tensor) -> tuple[int, int] | None:
-    """(rows, floats per row) of a (B, C, T) tensor read as contiguous rows along time: B * C rows
-    of T channel-major, B rows of T * C time-major; None for any other layout."""
+class _Rows(NamedTuple):
+    """A (B, C, T) tensor read as ``rows`` runs of ``n`` contiguous values along time, ``stride``
+    values apart: B * C rows of T channel-major, B rows of T * C time-major (``time_major``)."""
+
+    time_major: bool
+    rows: int
+    n: int
+    stride: int
+
+
+def _rows(x: torch.Tensor) -> _Rows | None:
+    """How x's values lie, or None when neither way fits. The rows may lie further apart than their
+    length: a transposed convolution's cropped output is such a view."""
     batch, channels, frames = x.shape
-    if x.is_contiguous():
-        return batch * channels, frames
-    if x.transpose(1, 2).is_contiguous():
-        return batch, frames * channels
+    batch_stride, channel_stride, frame_stride = x.stride()
+    if frames == 1 or frame_stride == 1:
+        if channels == 1:
+            return _Rows(False, batch, frames, batch_stride)
+        if batch == 1 or batch_stride == channels * channel_stride:
+            return _Rows(False, batch * channels, frames, channel_stride)
+    if (channel_stride == 1 or channels == 1) and (frames == 1 or frame_stride == channels):
+        return _Rows(True, batch, frames * channels, batch_stride)
     return None
 
 
-def _like(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """An empty (B, C, frames) tensor in x's layout."""
+def _like(x: torch.Tensor, frames: int, time_major: bool) -> torch.Tensor:
+    """An empty dense (B, C, frames) tensor like x, time-major or channel-major."""
     batch, channels, _ = x.shape
-    if x.is_contiguous():
-        return x.new_empty(batch, channels, frames)
-    return x.new_empty(batch, frames, channels).transpose(1, 2)
+    if time_major:
+        return x.new_empty(batch, frames, channels).transpose(1, 2)
+    return x.new_empty(batch, channels, frames)
 
 
-def _in_layout(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """x stored as ``like`` is (channel-major or time-major)."""
-    if like.is_contiguous():
-        return x.contiguous()
-    return x.transpose(1, 2).contiguous().transpose(1, 2)
+def _dense(x: torch.Tensor, time_major: bool) -> torch.Tensor:
+    """x stored densely, time-major or channel-major."""
+    if time_major:
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    return x.contiguous()
 
 
 class _NativeELU(torch.autograd.Function):
-    """ELU of a float32 or bfloat16 (B, C, T) tensor with ``lead`` zero frames before it, in x's layout."""
+    """ELU of a float32 or bfloat16 (B, C, T) tensor with ``lead`` zero frames before it, in x's layout
+    (stored densely)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: float, lead: int) -> torch.Tensor:
-        rows, n = _rows(x)
+        layout = _rows(x)
         frames = x.shape[2]
-        out = _like(x, lead + frames)
-        per_frame = n // frames  # 1 channel-major, C time-major
+        per_frame = layout.n // frames  # 1 channel-major, C time-major
+        out = _like(x, lead + frames, layout.time_major)
         native_build.build().library.engine_elu(
-            x.data_ptr(), n, out.data_ptr(), (lead + frames) * per_frame, lead * per_frame, rows, n, alpha,
-            x.dtype == torch.bfloat16, torch.get_num_threads(),
+            x.data_ptr(), layout.stride, out.data_ptr(), (lead + frames) * per_frame, lead * per_frame, layout.rows,
+            layout.n, alpha, x.dtype == torch.bfloat16, torch.get_num_threads(),
         )  # fmt: skip
         ctx.save_for_backward(out)
-        ctx.alpha, ctx.lead = alpha, lead
+        ctx.alpha, ctx.lead, ctx.time_major = alpha, lead, layout.time_major
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (out,) = ctx.saved_tensors
-        grad = _in_layout(grad.to(out.dtype), out)
-        rows, stride = _rows(out)
-        per_frame = stride // out.shape[2]
-        frames = out.shape[2] - ctx.lead
-        grad_in, n = _like(out, frames), frames * per_frame
+        grad = _dense(grad.to(out.dtype), ctx.time_major)
+        channels, padded = out.shape[1], out.shape[2]
+        per_frame, frames = channels if ctx.time_major else 1, padded - ctx.lead
+        rows = out.shape[0] * (1 if ctx.time_major else channels)
+        grad_in, n, stride = _like(out, frames, ctx.time_major), frames * per_frame, padded * per_frame
         skip = ctx.lead * per_frame * out.element_size()  # the padding's gradient is dropped
         native_build.build().library.engine_elu_backward(
             grad.data_ptr() + skip, stride, out.data_ptr() + skip, stride, grad_in.data_ptr(), n, rows, n, ctx.alpha,
