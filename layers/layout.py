@@ -8,6 +8,7 @@ transpose it back with one more copy, for every layer of every chunk.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -27,3 +28,9 @@ def repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
     if is_channels_last(x):
         return x.transpose(1, 2).repeat(1, 1, times).transpose(1, 2)
     return x.repeat(1, times, 1)
+
+
+def pad_time(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """F.pad(x, (frames, 0)) for (B, C, T) `x`: zero frames before it, kept in x's layout. Padded as a
+    (B, C, 1, T) view, since a 3-D F.pad returns channel-major output whatever x's layout."""
+    return F.pad(x.unsqueeze(2), (frames, 0, 0, 0)).squeeze(2)

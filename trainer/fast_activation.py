@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.conv import CausalConv1d
+from layers.layout import pad_time
 from models.autoencoder.modules.residual_unit import ResidualUnit
+from trainer.fast_conv import hookless
 from utils.runtime import native_build
 
 
@@ -111,8 +113,7 @@ def native_elu(x: torch.Tensor, alpha: float = 1.0, lead: int = 0) -> torch.Tens
             and not torch.compiler.is_compiling() and _rows(x) is not None):  # fmt: skip
         return _NativeELU.apply(x, alpha, lead)
     y = F.elu(x, alpha)
-    # Padded as a (B, C, 1, T) view, which keeps y's layout: a 3-D F.pad returns channel-major output.
-    return F.pad(y.unsqueeze(2), (lead, 0, 0, 0)).squeeze(2) if lead else y
+    return pad_time(y, lead) if lead else y
 
 
 def _elu_forward(self: nn.ELU, x: torch.Tensor) -> torch.Tensor:
@@ -126,14 +127,12 @@ def _residual_unit_forward(self: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
 
 
 def _stock_elu(module: nn.Module) -> bool:
-    return (type(module) is nn.ELU and module.alpha > 0 and not module.inplace
-            and not module._forward_hooks and not module._forward_pre_hooks)  # fmt: skip
+    return type(module) is nn.ELU and module.alpha > 0 and not module.inplace and hookless(module)
 
 
 def _stock_unit(module: nn.Module) -> bool:
-    return (type(module) is ResidualUnit and _stock_elu(module.activation) and type(module.conv1) is CausalConv1d
-            and not module._forward_hooks and not module._forward_pre_hooks
-            and not module.conv1._forward_hooks and not module.conv1._forward_pre_hooks)  # fmt: skip
+    return (type(module) is ResidualUnit and hookless(module) and _stock_elu(module.activation)
+            and type(module.conv1) is CausalConv1d and hookless(module.conv1))  # fmt: skip
 
 
 def use_native_elu(model: nn.Module) -> dict[str, int]:

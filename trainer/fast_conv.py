@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.conv import CausalConv1d, CausalConvTranspose1d
-from layers.layout import cat_time
+from layers.layout import cat_time, pad_time
 
 # im2col pays for itself once a layer's inner dimension (in_channels x kernel_size) is this large.
 PHASE_GRADIENT_MAX_INNER = 512
@@ -140,8 +140,7 @@ def _time_major_deconv_forward(
 
 
 def _time_major_causal_forward(self: CausalConv1d, x: torch.Tensor) -> torch.Tensor:
-    # Padded as a (B, C, 1, T) view, which keeps x's layout: a 3-D F.pad returns channel-major output.
-    return self.conv(F.pad(x.unsqueeze(2), (self.pad_length, 0, 0, 0)).squeeze(2))
+    return self.conv(pad_time(x, self.pad_length))
 
 
 def _time_major_causal_deconv_forward(self: CausalConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
@@ -149,10 +148,14 @@ def _time_major_causal_deconv_forward(self: CausalConvTranspose1d, x: torch.Tens
     return self._crop(self.deconv(cat_time(x[..., :1].expand(-1, -1, self.pad_length), x)))
 
 
+def hookless(module: nn.Module) -> bool:
+    """``module`` has no forward hooks: rerouting its forward would skip them."""
+    return not module._forward_hooks and not module._forward_pre_hooks
+
+
 def _stock(module: nn.Module, cls: type) -> bool:
     """``module`` is a ``cls`` that computes with ``cls.forward`` and has no forward hooks."""
-    return (isinstance(module, cls) and type(module).forward is cls.forward
-            and not module._forward_hooks and not module._forward_pre_hooks)  # fmt: skip
+    return isinstance(module, cls) and type(module).forward is cls.forward and hookless(module)
 
 
 def _use_time_major(model: nn.Module) -> dict[str, int]:
