@@ -4,17 +4,22 @@ or its trainer's training step.
     python bin/time_original.py --original DIR --autoencoder config/autoencoder/X.yaml \\
         [--vocoder config/vocoder/Y.yaml] [--frame_size 300] [--threads 2] [--seconds 10]
     python bin/time_original.py --original DIR --train_phase stage1|adversarial \\
-        --autoencoder DIR/config/autoencoder/X.yaml [--batch_size 16] [--batch_length 9600] [--steps 3] \\
+        --config DIR/config/autoencoder/X.yaml [--batch_size 16] [--batch_length 9600] [--steps 3] \\
         [--warmup 1] [--threads 2]
+    python bin/time_original.py --original DIR --train_phase adversarial --config DIR/config/vocoder/Y.yaml \\
+        --analyzer_config DIR/config/autoencoder/X.yaml --stats STATS.npy [...]
 
 DIR is a checkout of facebookresearch/AudioDec. Streaming: its streaming generators
 (`StreamGenerator`) are built from the config's `generator_params` with random weights (weight norm
 removed, denormals flushed, as for ours in bin/benchmark.py) and fed chunk by chunk as its streamer
-does: encode = `encode` + `quantize`, decode = `lookup` + `decode`. Training (`--train_phase`): its
-autoencoder trainer's `_train_step`, with its models, losses and optimizers built as its
-codecTrain.py builds them from the config, on random audio of the recipe's batch shape (as
-bin/train_benchmark.py times ours); the adversarial phase starts at the config's discriminator
-step. Prints one JSON line with the median (streaming) or mean (training) times.
+does: encode = `encode` + `quantize`, decode = `lookup` + `decode`. Training (`--train_phase`): the
+`_train_step` of its trainer of the recipe's `train_mode`, with its models, losses and optimizers
+built as its codecTrain.py builds them from the config, on random audio of the recipe's batch shape
+(as bin/train_benchmark.py times ours): (noisy, clean) pairs for its denoising trainer, and for its
+vocoder trainer an analyzer of random weights built from --analyzer_config and the statistics of
+--stats. The adversarial phase starts at the config's discriminator step (a vocoder's phases at the
+steps above its generator's and discriminator's start steps). Prints one JSON line with the median
+(streaming) or mean (training) times.
 
 Only the original's code is imported (both trees have `models/` and `layers/`), so bin/benchmark.py
 and bin/train_benchmark.py run this as a subprocess for `--original`.
@@ -23,6 +28,7 @@ and bin/train_benchmark.py run this as a subprocess for `--original`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import subprocess
@@ -103,25 +109,37 @@ def _time_training(args: argparse.Namespace) -> dict:
     import losses
     from models.autoencoder.AudioDec import Generator
     from models.vocoder.HiFiGAN import Discriminator
-    from trainer.autoencoder import Trainer
+    from models.vocoder.HiFiGAN import Generator as Vocoder
 
-    config = yaml.safe_load(args.autoencoder.read_text())
-    kind = (config.get("model_type", "symAudioDec"), config.get("train_mode", "autoencoder"))
-    if kind != ("symAudioDec", "autoencoder"):
-        raise SystemExit(f"error: {args.autoencoder}: only symAudioDec autoencoder recipes are timed here")
+    config = yaml.safe_load(args.config.read_text())
+    mode = config.get("train_mode", "autoencoder")
+    kind = (config.get("model_type", "symAudioDec"), mode)
+    if kind not in (("symAudioDec", "autoencoder"), ("symAudioDec", "denoise"), ("HiFiGAN", "vocoder")):
+        raise SystemExit(f"error: {args.config}: only symAudioDec autoencoder and denoise recipes and HiFiGAN "
+                         "vocoder recipes are timed here")
+    trainer_module = importlib.import_module(f"trainer.{mode}")
     if args.batch_size:
         config["batch_size"] = args.batch_size
     if args.batch_length:
         config.update(batch_length=args.batch_length, adv_batch_length=args.batch_length)
     torch.manual_seed(0)
-    model = {"generator": Generator(**config["generator_params"]),
-             "discriminator": Discriminator(**config["discriminator_params"])}
+    if mode == "vocoder":
+        if args.analyzer_config is None or args.stats is None:
+            raise SystemExit("error: a vocoder recipe is timed with --analyzer_config and --stats")
+        analyzer_params = yaml.safe_load(args.analyzer_config.read_text())["generator_params"]
+        model = {"generator": Vocoder(**{**config["generator_params"], "stats": str(args.stats)}),
+                 "discriminator": Discriminator(**config["discriminator_params"])}
+    else:
+        model = {"generator": Generator(**config["generator_params"]),
+                 "discriminator": Discriminator(**config["discriminator_params"])}
     optimizer, scheduler = {}, {}
     for name in model:
         optimizer[name] = getattr(torch.optim, config[f"{name}_optimizer_type"])(
             model[name].parameters(), **config[f"{name}_optimizer_params"])
         scheduler[name] = getattr(torch.optim.lr_scheduler, config.get(f"{name}_scheduler_type", "StepLR"))(
             optimizer=optimizer[name], **config[f"{name}_scheduler_params"])
+    if mode == "vocoder":  # as its codecTrain.py adds it, after the optimizers: frozen, never optimized
+        model["analyzer"] = Generator(**analyzer_params)
     criterion = {"gen_adv": losses.GeneratorAdversarialLoss(**config["generator_adv_loss_params"]),
                  "dis_adv": losses.DiscriminatorAdversarialLoss(**config["discriminator_adv_loss_params"])}
     for key, use, loss in (("feat_match", "use_feat_match_loss", losses.FeatureMatchLoss),
@@ -132,14 +150,21 @@ def _time_training(args: argparse.Namespace) -> dict:
             criterion[key] = loss(**config.get(f"{key}_loss_params", {}))
     with tempfile.TemporaryDirectory() as folder:
         config["outdir"] = folder
-        trainer = Trainer(steps=0, epochs=0, data_loader={}, model=model, criterion=criterion,
-                          optimizer=optimizer, scheduler=scheduler, config=config, device=torch.device("cpu"))
+        trainer = trainer_module.Trainer(steps=0, epochs=0, data_loader={}, model=model, criterion=criterion,
+                                         optimizer=optimizer, scheduler=scheduler, config=config,
+                                         device=torch.device("cpu"))
         trainer.tqdm = tqdm(disable=True)
         length = int(config["batch_length"])
-        if args.train_phase == "adversarial":
+        if mode == "vocoder":  # its generator and discriminator train at steps above their start steps
+            starts = (trainer.generator_start, trainer.discriminator_start)
+            trainer.steps = max(starts) + 1 if args.train_phase == "adversarial" else starts[0] + 1
+        elif args.train_phase == "adversarial":
             trainer.steps = trainer.discriminator_start
+        if args.train_phase == "adversarial":
             length = int(config.get("adv_batch_length") or length)
         batch = 0.1 * torch.randn(int(config["batch_size"]), 1, length, generator=torch.Generator().manual_seed(0))
+        if mode == "denoise":  # (noisy, clean)
+            batch = (batch + 0.03 * torch.randn(batch.shape, generator=torch.Generator().manual_seed(1)), batch)
         start = trainer.steps
         for _ in range(args.warmup):
             trainer._train_step(batch)
@@ -185,13 +210,16 @@ def run_in_own_process(original: Path, arguments: list[str], what: str, env: dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--original", type=Path, required=True, help="checkout of facebookresearch/AudioDec")
-    parser.add_argument("--autoencoder", type=Path, required=True, help="autoencoder config (YAML)")
+    parser.add_argument("--autoencoder", type=Path, help="streaming: the autoencoder config (YAML)")
     parser.add_argument("--vocoder", type=Path, help="vocoder config (YAML); default: the symmetric decoder")
     parser.add_argument("--frame_size", type=int, default=300, help="samples per chunk (hop multiple)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream")
     parser.add_argument("--train_phase", choices=("stage1", "adversarial"),
                         help="time the original trainer's step of this phase instead of streaming")
+    parser.add_argument("--config", type=Path, help="training: the recipe (autoencoder, denoise or vocoder)")
+    parser.add_argument("--analyzer_config", type=Path, help="training a vocoder: its analyzer's config")
+    parser.add_argument("--stats", type=Path, help="training a vocoder: its statistics file")
     parser.add_argument("--batch_size", type=int, help="training: override the config's batch_size")
     parser.add_argument("--batch_length", type=int, help="training: override batch_length and adv_batch_length")
     parser.add_argument("--steps", type=int, default=3, help="training: timed steps")
@@ -204,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if (args.config if args.train_phase else args.autoencoder) is None:
+        print("error: give --config with --train_phase, else --autoencoder", file=sys.stderr)
+        return 1
     if args.train_phase:
         print(json.dumps(_time_training(args)))
         return 0

@@ -32,6 +32,7 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +45,7 @@ if __name__ == "__main__":  # before anything allocates: the allocator codecTrai
 import torch  # noqa: E402
 
 from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment, run_in_own_process  # noqa: E402
-from trainer.benchmark import PHASES, cpu_name, time_phase  # noqa: E402
+from trainer.benchmark import PHASES, config_phases, cpu_name, stand_ins, time_phase  # noqa: E402
 from trainer.builder import read_config  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
@@ -75,11 +76,12 @@ def original_config(original: Path, config: str) -> Path:
     return copy
 
 
-def time_original(original: Path, config: Path, phase: str, args: argparse.Namespace) -> dict:
+def time_original(original: Path, config: Path, phase: str, args: argparse.Namespace,
+                  vocoder_inputs: list[str] = ()) -> dict:  # fmt: skip
     """The original trainer's step of `phase` (bin/time_original.py, in its own process: both trees
-    have models/ and layers/)."""
+    have models/ and layers/); a vocoder's `--analyzer_config` and `--stats` in `vocoder_inputs`."""
     arguments = [
-        "--autoencoder", str(config), "--train_phase", phase, "--steps", str(args.steps),
+        "--config", str(config), "--train_phase", phase, *vocoder_inputs, "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--threads", str(torch.get_num_threads()),
         *(["--batch_size", str(args.batch_size)] if args.batch_size else []),
         *(["--batch_length", str(args.batch_length)] if args.batch_length else []),
@@ -112,9 +114,11 @@ def _label(row: dict) -> str:
     return f"{row['precision']}{' fast_conv' if row.get('fast_conv') else ''}{compiled}"
 
 
-def _time_theirs(original: Path, config: Path, phase: str, args: argparse.Namespace, ours: list[dict]) -> dict:
+def _time_theirs(
+    original: Path, config: Path, phase: str, args: argparse.Namespace, ours: list[dict], vocoder_inputs: list[str]
+) -> dict:
     """The original's step of `phase` timed, its row printed, and each of `ours` given its ratio."""
-    timing = time_original(original, config, phase, args)
+    timing = time_original(original, config, phase, args, vocoder_inputs)
     print(f"{phase:<12} {'original':<9} {'no':<7} {'no':<10} {timing['batch_size']:>3}x{timing['batch_length']:<5} "
           f"{timing['seconds_per_step']:>8.3f} {timing['samples_per_second']:>9.2f}   malloc {timing['malloc']}",
           flush=True)  # fmt: skip
@@ -155,7 +159,7 @@ def main() -> int:
     parser.add_argument("-c", "--config", default="config/autoencoder/symAD_vctk_48000_hop300.yaml")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation happens there)")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated: {', '.join(PHASES)}")
+    parser.add_argument("--phases", help=f"comma-separated: {', '.join(PHASES)} (default: those the config trains)")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
     parser.add_argument("--compile", default="off",
                         help="comma-separated: off, on (codecTrain.py's --compile: the discriminators stay eager "
@@ -172,7 +176,6 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat ours and the original's in turn this many times; report medians")
     args = parser.parse_args()
-    phases = _choices(args.phases, PHASES, "--phases")
     precisions = _choices(args.precisions, ("fp32", "bf16", "fp16"), "--precisions")
     switches = {"off": [False], "on": [True], "both": [False, True]}
     compile_values = {"off": False, "on": True, "generator": "generator", "all": "all"}
@@ -183,10 +186,24 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if args.rounds < 1:
         raise CodecError(f"--rounds {args.rounds}: give 1 or more")
-    config = read_config(args.config)
+    with tempfile.TemporaryDirectory() as folder:
+        return _run(args, folder, precisions, compiles, fast_convs)
+
+
+def _run(args: argparse.Namespace, folder: str, precisions: list[str], compiles: list, fast_convs: list[bool]) -> int:
+    """The timings of main(), with a vocoder's stand-in inputs (trainer.benchmark.stand_ins) in `folder`."""
+    config, analyzer_config = stand_ins(read_config(args.config), args.config, folder)
+    phases = _choices(args.phases or ",".join(config_phases(config)), config_phases(config), "--phases")
     if args.original and args.device != "cpu":
         raise CodecError("--original times the original trainer on CPU: use --device cpu")
     theirs = original_config(args.original, args.config) if args.original else None
+    vocoder_inputs = []
+    if theirs is not None and analyzer_config is not None:
+        # The analyzer's generator_params: a saved experiment's own, else the original's copy of its recipe.
+        recipe = analyzer_config
+        if recipe.name != "config.yml":
+            recipe = original_config(args.original, recipe)
+        vocoder_inputs = ["--analyzer_config", str(recipe), "--stats", config["generator_params"]["stats"]]
     if args.batch_size:
         config["batch_size"] = args.batch_size
     if args.batch_length:
@@ -208,7 +225,7 @@ def main() -> int:
                 print(f"{phase}: round {round_index + 1} of {args.rounds}", flush=True)
             ours = [_time_ours(config, phase, precision, compiled, fast_conv, args)
                     for precision in precisions for compiled in compiles for fast_conv in fast_convs]  # fmt: skip
-            original = _time_theirs(args.original, theirs, phase, args, ours) if theirs is not None else None
+            original = _time_theirs(args.original, theirs, phase, args, ours, vocoder_inputs) if theirs else None
             rounds.append((ours, original))
         ours, original = _summary(rounds) if args.rounds > 1 else rounds[0]
         results += ours

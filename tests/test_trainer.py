@@ -115,6 +115,24 @@ def tiny_recipe(root: Path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def tiny_vocoder_recipe(root: Path, analyzer: str, stats: str) -> dict[str, Any]:
+    """A tiny HiFi-GAN vocoder recipe on the codes of ``analyzer`` (a tiny autoencoder checkpoint): the
+    generator trains from step 1, the discriminator from step 2."""
+    vocoder = tiny_recipe(
+        root, model_type="HiFiGAN", train_mode="vocoder", analyzer=analyzer,
+        generator_params={
+            "in_channels": 8, "out_channels": 1, "channels": 8, "kernel_size": 7, "upsample_scales": [4, 2],
+            "upsample_kernel_sizes": [8, 4], "resblock_kernel_sizes": [3], "resblock_dilations": [[1, 3]],
+            "groups": 2, "use_additional_convs": True, "use_weight_norm": True, "stats": stats,
+        },
+        generator_train_start_steps=0, discriminator_train_start_steps=1, train_max_steps=3,
+        save_interval_steps=3, eval_interval_steps=3,
+    )  # fmt: skip
+    for key in ("start_steps", "adv_train_max_steps", "adv_batch_length", "lambda_vq_loss"):
+        vocoder.pop(key)
+    return vocoder
+
+
 def save_recipe(config: dict[str, Any], path: Path) -> str:
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -234,18 +252,7 @@ def test_statistics_and_vocoder_training(autoencoder_run: tuple[Path, Path]) -> 
     stats_path.parent.mkdir(exist_ok=True)
     np.save(stats_path, stats)
 
-    vocoder = tiny_recipe(
-        root, model_type="HiFiGAN", train_mode="vocoder", analyzer=analyzer_checkpoint,
-        generator_params={
-            "in_channels": 8, "out_channels": 1, "channels": 8, "kernel_size": 7, "upsample_scales": [4, 2],
-            "upsample_kernel_sizes": [8, 4], "resblock_kernel_sizes": [3], "resblock_dilations": [[1, 3]],
-            "groups": 2, "use_additional_convs": True, "use_weight_norm": True, "stats": str(stats_path),
-        },
-        generator_train_start_steps=0, discriminator_train_start_steps=1, train_max_steps=3,
-        save_interval_steps=3, eval_interval_steps=3,
-    )
-    for key in ("start_steps", "adv_train_max_steps", "adv_batch_length", "lambda_vq_loss"):
-        vocoder.pop(key)
+    vocoder = tiny_vocoder_recipe(root, analyzer_checkpoint, str(stats_path))
     vocoder_dir = train(vocoder, root, "vocoder/tiny")
     state = torch.load(vocoder_dir / "checkpoint-3steps.pkl", map_location="cpu", weights_only=True)
     np.testing.assert_allclose(state["model"]["generator"]["mean"].numpy(), stats[0])
@@ -445,6 +452,85 @@ def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
     assert cpu_name()
     timing = time_phase(config, "stage1", steps=1, warmup=1, fast_conv=True)
     assert timing.fast_conv and timing.fast_conv_form == ("time_major" if time_major_suits() else "blocked")
+
+
+def test_the_training_benchmark_times_vocoder_recipes_with_stand_ins_for_what_is_not_trained_yet(
+    tmp_path: Path,
+) -> None:
+    """A vocoder recipe before its analyzer exists: an analyzer of its autoencoder recipe's structure
+    (the recipe named by the analyzer's experiment folder) and unit statistics stand in."""
+    from trainer.benchmark import config_phases, stand_ins, time_phase
+
+    configs = tmp_path / "config"
+    (configs / "autoencoder").mkdir(parents=True)
+    (configs / "vocoder").mkdir()
+    recipe = save_recipe(tiny_recipe(tmp_path), configs / "autoencoder" / "tiny.yaml")
+    missing = tmp_path / "exp" / "autoencoder" / "tiny" / "checkpoint-9steps.pkl"
+    vocoder = tiny_vocoder_recipe(tmp_path, str(missing), str(tmp_path / "stats" / "tiny.npy"))
+    path = save_recipe(vocoder, configs / "vocoder" / "tiny.yaml")
+    assert config_phases(vocoder) == ("stage1", "adversarial")
+    ready, analyzer_config = stand_ins(vocoder, path, tmp_path / "stand_ins")
+    assert analyzer_config == Path(recipe).resolve() and vocoder["analyzer"] == str(missing)
+    codebook = load_analyzer(ready["analyzer"]).quantizer.codebook  # of the recipe's structure
+    assert (codebook.num_quantizers, codebook.codebook_size) == (2, 16)
+    stats = np.load(ready["generator_params"]["stats"])
+    assert stats.shape == (2, 8) and (stats[0] == 0).all() and (stats[1] == 1).all()
+    for phase in ("stage1", "adversarial"):
+        timing = time_phase(ready, phase, steps=1, warmup=1)
+        assert timing.phase == phase and timing.batch_size == 2 and timing.seconds_per_step > 0
+
+    # An analyzer and statistics that exist are used as they are.
+    again, _ = stand_ins(ready, path, tmp_path / "elsewhere")
+    assert again["analyzer"] == ready["analyzer"] and again["generator_params"] == ready["generator_params"]
+    # The released vocoders train their discriminator from the first step: no stage 1 to time.
+    released = {**ready, "generator_train_start_steps": 1, "discriminator_train_start_steps": 0}
+    assert config_phases(released) == ("adversarial",)
+    with pytest.raises(CodecError, match="no stage1 phase: time adversarial"):
+        time_phase(released, "stage1", steps=1, warmup=0)
+    lost = {**vocoder, "analyzer": str(tmp_path / "exp" / "autoencoder" / "other" / "checkpoint.pkl")}
+    with pytest.raises(CodecError, match="analyzer .* has no config.yml beside it and no recipe"):
+        stand_ins(lost, path, tmp_path / "lost")
+    result = subprocess.run(
+        [sys.executable, str(Path(REPO, "bin", "train_benchmark.py")), "-c", save_recipe(lost, configs / "v.yaml")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stderr.strip().startswith("error: the vocoder's analyzer")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("mode, starts, phase, active", [
+    ("autoencoder", (0, 2), "stage1", (True, False)),
+    ("autoencoder", (0, 2), "adversarial", (True, True)),
+    ("vocoder", (0, 1), "stage1", (True, False)),
+    ("vocoder", (0, 1), "adversarial", (True, True)),
+    ("vocoder", (1, 0), "adversarial", (True, True)),
+])  # fmt: skip
+def test_a_timed_phase_starts_where_its_trainer_trains_what_the_phase_names(mode, starts, phase, active) -> None:
+    """The benchmark's first step of a phase is one where the trainer's own rules train the generator
+    (and the discriminator in the adversarial phase), and the step before it is not."""
+    from trainer.autoencoder import AutoencoderTrainer
+    from trainer.benchmark import _phase_start
+    from trainer.vocoder import VocoderTrainer
+
+    trainer = (AutoencoderTrainer if mode == "autoencoder" else VocoderTrainer).__new__(
+        AutoencoderTrainer if mode == "autoencoder" else VocoderTrainer
+    )
+    trainer.generator_start, trainer.discriminator_start = starts
+    trainer.steps = _phase_start(trainer, phase)
+    assert (trainer.generator_active(), trainer.discriminator_active()) == active
+    trainer.steps -= 1
+    assert (trainer.generator_active(), trainer.discriminator_active()) != active
+
+
+def test_the_training_benchmark_times_a_denoising_recipe(tmp_path: Path) -> None:
+    from trainer.benchmark import config_phases, time_phase
+
+    denoise = tiny_recipe(tmp_path, train_mode="denoise")
+    assert config_phases(denoise) == ("stage1",)
+    timing = time_phase(denoise, "stage1", steps=1, warmup=1)
+    assert timing.phase == "stage1" and timing.seconds_per_step > 0
+    with pytest.raises(CodecError, match="denoise recipe .* has no adversarial phase: time stage1"):
+        time_phase(denoise, "adversarial", steps=1, warmup=0)
 
 
 @pytest.mark.slow
