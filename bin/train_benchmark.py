@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Training speed of a recipe: seconds per step and samples/s of stage 1 (metric losses) and of the
 adversarial stage, per precision, with or without torch.compile and --fast_conv, on random audio of the recipe's
-batch shape (the trainer's own step; see trainer/benchmark.py).
+batch shape (the trainer's own step; see trainer/benchmark.py). Any recipe: autoencoder (both phases),
+denoise (stage 1), vocoder (the phases its start steps give: the released ones train adversarially
+from the first step; a missing analyzer checkpoint or statistics file gets a stand-in of the same shape).
 
     python bin/train_benchmark.py --steps 3                       # symAD_vctk_48000_hop300, fp32 and bf16
     python bin/train_benchmark.py --precisions fp32 --compile both --threads 2 --json out.json
@@ -10,6 +12,7 @@ batch shape (the trainer's own step; see trainer/benchmark.py).
     python bin/train_benchmark.py --phases adversarial --precisions fp32 --compile off,on,all
     python bin/train_benchmark.py --phases stage1 --precisions fp32 --rounds 5 --original /path/to/AudioDec
     python bin/train_benchmark.py --phases stage1 --precisions fp32 --fast_conv both --original /path/to/AudioDec
+    python bin/train_benchmark.py -c config/vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean.yaml --original DIR
 
 `--original DIR` (a checkout of facebookresearch/AudioDec) times the original trainer's step of each
 phase after ours, in the same run on the same CPU (fp32, eager: all it has), from its own copy of
@@ -28,6 +31,7 @@ each round's own ratio. Each round builds (and compiles) the trainers anew.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import statistics
@@ -49,7 +53,7 @@ from trainer.benchmark import PHASES, config_phases, cpu_name, stand_ins, time_p
 from trainer.builder import read_config  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
-from utils.runtime.cpu_process import current_malloc  # noqa: E402
+from utils.runtime.cpu_process import current_malloc, release_free_memory  # noqa: E402
 
 
 def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -95,6 +99,10 @@ def _time_ours(
 ) -> dict:
     """One of our settings timed, its row printed."""
     timing = time_phase(config, phase, precision, compiled, args.device, args.steps, args.warmup, fast_conv=fast_conv)
+    # Our allocator keeps the setting's peak (GBs at a denoising recipe's 2 s crops) unless told to
+    # give it back, and the original's process would then run beside it: two peaks, out of memory.
+    gc.collect()
+    release_free_memory()
     peak = f"{timing.peak_memory_mib:.0f}" if timing.peak_memory_mib is not None else "-"
     form = {"": "no", "time_major": "time-major"}.get(timing.fast_conv_form, timing.fast_conv_form)
     print(f"{phase:<12} {precision:<9} {_compiled_column(timing.compiled):<7} {form:<10} "

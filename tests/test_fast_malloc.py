@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from utils.runtime.cpu_process import MallocSettingError, current_malloc, fast_malloc_library
+from utils.runtime.cpu_process import JEMALLOC_CONF, MallocSettingError, current_malloc, fast_malloc_library
 
 LIBRARY = fast_malloc_library("auto")
 needs_library = pytest.mark.skipif(LIBRARY is None, reason="no tcmalloc/jemalloc installed (utils/system_deps.sh)")
@@ -112,3 +112,44 @@ def test_a_child_can_be_given_the_systems_allocator(monkeypatch) -> None:
     assert "LD_PRELOAD" not in environment_without_fast_malloc()
     monkeypatch.delenv("AUDIODEC_MALLOC_PRELOADED")
     assert environment_without_fast_malloc()["LD_PRELOAD"] == "/lib/libtcmalloc_minimal.so.4"  # the user's own
+
+
+RELEASE_PROBE = """
+import sys
+sys.path.insert(0, {repo!r})
+import torch
+from utils.runtime.cpu_process import current_malloc, release_free_memory
+
+def resident_mib():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+blocks = [torch.ones(256, 1024) for _ in range(1024)]  # 1 GiB in blocks of 1 MiB
+del blocks
+held = resident_mib()
+print(current_malloc(), release_free_memory(), round(held), round(resident_mib()))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("library", ["system", *[path for path in (
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+) if os.path.exists(path)]])  # fmt: skip
+def test_freed_memory_goes_back_to_the_system_from_each_allocator(tmp_path, library: str) -> None:
+    """release_free_memory(): what a benchmark calls before the original runs beside it, so that the two
+    processes' peaks do not add up. tcmalloc and jemalloc (with our settings) keep a freed GiB."""
+    script = tmp_path / "release.py"
+    script.write_text(RELEASE_PROBE.format(repo=REPO))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC") and k != "LD_PRELOAD"}
+    if library != "system":
+        env["LD_PRELOAD"] = library
+    if "jemalloc" in library:
+        env["MALLOC_CONF"] = JEMALLOC_CONF
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    allocator, released, held, after = result.stdout.split()
+    assert allocator == released == {"system": "glibc"}.get(library, allocator)
+    if library != "system":
+        assert allocator in library and float(held) > float(after) + 700
+    assert float(after) < float(held) or float(after) < 700

@@ -169,3 +169,26 @@ def release_pool() -> bool:
     for pause in _pause_functions():
         released = pause(OMP_PAUSE_HARD) == 0 or released
     return released
+
+
+def release_free_memory() -> str | None:
+    """Hand the memory this process has freed back to the system, from whichever allocator it runs
+    with: tcmalloc and jemalloc keep freed blocks for reuse (glibc some), so after a large
+    computation the process would otherwise hold its peak while another one runs. Returns the
+    allocator that released ('tcmalloc', 'jemalloc', 'glibc'), None where none could."""
+    process = ctypes.CDLL(None)  # the preloaded allocator's symbols are the process's own
+    allocator = current_malloc()
+    try:
+        if allocator == "tcmalloc":
+            process.MallocExtension_ReleaseFreeMemory()
+        elif allocator == "jemalloc":
+            mallctl = process.mallctl
+            mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            mallctl.restype = ctypes.c_int
+            if mallctl(b"arena.4096.purge", None, None, None, 0) != 0:  # 4096: MALLCTL_ARENAS_ALL
+                return None
+        else:
+            process.malloc_trim(ctypes.c_size_t(0))
+    except AttributeError:  # no such function here (e.g. not glibc)
+        return None
+    return allocator
