@@ -21,6 +21,7 @@ from layers.layout import is_channels_last
 from layers.weight_norm import apply_weight_norm
 from models.autoencoder.AudioDec import Generator as AudioDec
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
+from models.vocoder.modules.discriminator import HiFiGANDiscriminator
 from tests.test_trainer import TINY_AUTOENCODER, tiny_recipe, train
 from trainer.fast_conv import use_fast_convolutions
 
@@ -150,6 +151,50 @@ def test_time_major_generators_compute_the_stock_generators_output_and_gradients
     fast = copy.deepcopy(reference)
     assert use_fast_convolutions(fast, time_major=True)["time_major"] > 0
     assert_computes_as(fast, reference, torch.randn(frames, dtype=torch.float64))
+
+
+def test_time_major_discriminators_compute_the_stock_discriminators_values_and_gradients() -> None:
+    """Under bf16 the discriminators run time-major too: the scale discriminators' grouped 1-D layers and
+    the period discriminators' (k, 1) 2-D layers (weight-normalized), channels last."""
+    torch.manual_seed(0)
+    reference = HiFiGANDiscriminator(**TINY_AUTOENCODER["discriminator_params"]).double()
+    fast = copy.deepcopy(reference)
+    convolutions = sum(isinstance(module, (nn.Conv1d, nn.Conv2d)) for module in reference.modules())
+    assert use_fast_convolutions(fast, time_major=True) == {"time_major": convolutions}
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(2, 1, 300, dtype=torch.float64, requires_grad=True)
+
+    def flat(outputs: list) -> list[torch.Tensor]:
+        return [tensor for layers in outputs for tensor in layers]
+
+    expected = flat(reference(x))
+    weights = [torch.randn_like(tensor) for tensor in expected]
+    sum((tensor * weight).sum() for tensor, weight in zip(expected, weights)).backward()
+    expected_x_grad, x.grad = x.grad, None
+    outputs = flat(fast(x))
+    assert any(tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+               and not tensor.is_contiguous() for tensor in outputs)  # fmt: skip
+    sum((tensor * weight).sum() for tensor, weight in zip(outputs, weights)).backward()
+    for output, tensor in zip(outputs, expected):
+        torch.testing.assert_close(output, tensor, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x.grad, expected_x_grad, rtol=0, atol=1e-12)
+    for (name, parameter), expected_parameter in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(parameter.grad, expected_parameter.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_bf16_training_with_time_major_fast_conv_routes_the_discriminators_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schedule = dict(train_max_steps=1, adv_train_max_steps=None, start_steps={"generator": 0, "discriminator": 0})
+    monkeypatch.setattr(trainer.base, "time_major_suits", lambda: True)
+    with caplog.at_level(logging.INFO, logger="trainer.base"):
+        fast = train(tiny_recipe(tmp_path, fast_conv=True, precision="bf16", **schedule), tmp_path, "fast_bf16")
+    lines = "\n".join(record.getMessage() for record in caplog.records if record.getMessage().startswith("fast_conv:"))
+    discriminator = HiFiGANDiscriminator(**TINY_AUTOENCODER["discriminator_params"])
+    convolutions = sum(isinstance(module, (nn.Conv1d, nn.Conv2d)) for module in discriminator.modules())
+    assert re.search(rf"\d+ generator and {convolutions} discriminator convolutions time-major", lines), lines
+    state = torch.load(fast / "checkpoint-1steps.pkl", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(tensor).all() for tensor in state["model"]["discriminator"].values())
 
 
 @pytest.mark.parametrize("time_major, compile", [(False, False), (True, False), (True, True)],

@@ -13,7 +13,8 @@ Time-major (AVX-512 CPUs), for the generator: every convolution runs as a 2-D on
 ``(B, C, 1, T)`` view with its weight stored channels last, so oneDNN reads and returns time-major
 activations (``(B, T, C)`` in memory) with no reorder around each layer; padding keeps that layout
 and 1x1 convolutions are matrix products over ``(B * T, C)``. With AVX2 only, oneDNN's time-major
-weight gradients are the slow path, hence the blocked form there.
+weight gradients are the slow path, hence the blocked form there. In bf16 the discriminators run
+time-major too (their 2-D convolutions channels last), which pays there only (trainer.base).
 
 The forward values are those of ``nn.Conv1d``; the gradients are the same sums in another order, so
 they differ from the original trainer's in the last bits. The option is therefore off unless a run
@@ -115,6 +116,20 @@ def _channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
     return stored.copy_(weight)
 
 
+def _channels_last_weight_2d(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, H, W) stored channels last (strides by hand, as in :func:`_channels_last_weight`)."""
+    rows, height, width = weight.shape[1:]
+    stored = torch.empty_strided(weight.shape, (rows * height * width, 1, width * rows, rows), dtype=weight.dtype,
+                                 device=weight.device)  # fmt: skip
+    return stored.copy_(weight)
+
+
+def _time_major_conv2d_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    # A period discriminator's (B, C, T / period, period) maps, computed and returned channels last.
+    return F.conv2d(x, _channels_last_weight_2d(self.weight), self.bias, self.stride, self.padding, self.dilation,
+                    self.groups)  # fmt: skip
+
+
 def _time_major_pointwise_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.transpose(1, 2), self.weight[..., 0], self.bias).transpose(1, 2)
 
@@ -171,6 +186,9 @@ def _use_time_major(model: nn.Module) -> dict[str, int]:
             counts["time_major"] += 1
         elif _stock(module, nn.ConvTranspose1d) and module.padding_mode == "zeros":
             module.forward = types.MethodType(_time_major_deconv_forward, module)
+            counts["time_major"] += 1
+        elif _stock(module, nn.Conv2d) and module.padding_mode == "zeros" and isinstance(module.padding, tuple):
+            module.forward = types.MethodType(_time_major_conv2d_forward, module)
             counts["time_major"] += 1
     return counts
 
