@@ -23,7 +23,8 @@ the original's, step for step):
 - ``compile``: ``torch.compile`` the generator and, except on the CPU, the discriminator (``true``);
   ``all`` or ``generator`` compile those on any device (:func:`compiled_networks`).
 - ``fast_conv``: on the CPU, convolutions through faster kernels, the generator's time-major on
-  AVX-512 CPUs (:mod:`trainer.fast_conv`), and the generator's ELUs on the native engine
+  AVX-512 CPUs (the discriminators' too in bf16; :mod:`trainer.fast_conv`), and the generator's ELUs
+  on the native engine
   (:mod:`trainer.fast_activation`); the gradients' last bits differ from the original's.
 - ``ddp_bf16_compress``: all-reduce the discriminator's gradients as bfloat16.
 - ``output_delay``: D samples by which the generator's output may lag its input. Every loss that
