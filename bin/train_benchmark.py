@@ -81,7 +81,7 @@ def original_config(original: Path, config: str) -> Path:
 
 
 def time_original(original: Path, config: Path, phase: str, args: argparse.Namespace,
-                  vocoder_inputs: list[str] = ()) -> dict:  # fmt: skip
+                  vocoder_inputs: tuple[str, ...] | list[str] = ()) -> dict:  # fmt: skip
     """The original trainer's step of `phase` (bin/time_original.py, in its own process: both trees
     have models/ and layers/); a vocoder's `--analyzer_config` and `--stats` in `vocoder_inputs`."""
     arguments = [

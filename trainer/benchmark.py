@@ -142,8 +142,9 @@ def stand_ins(
             analyzer_config = yaml.safe_load(handle)
         (folder / "analyzer").mkdir(parents=True, exist_ok=True)
         (folder / "analyzer" / "config.yml").write_text(yaml.safe_dump(analyzer_config))
-        torch.manual_seed(0)
-        weights = generator_state_dict(build_generator(analyzer_config, inference=False))
+        with torch.random.fork_rng():  # the caller's random stream stays as it was
+            torch.manual_seed(0)
+            weights = generator_state_dict(build_generator(analyzer_config, inference=False))
         config["analyzer"] = str(folder / "analyzer" / "checkpoint.pkl")
         torch.save({"model": {"generator": weights}}, config["analyzer"])
     stats = str(config["generator_params"].get("stats") or "")
