@@ -60,8 +60,9 @@ def main() -> int:
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="compile nothing")
     parser.add_argument("--fast_conv", action=argparse.BooleanOptionalAction, default=None,
                         help="CPU training: convolutions through faster kernels, the generator's time-major on "
-                        "AVX-512 CPUs (the discriminators' too in bf16), and the generator's ELUs on the native "
-                        "engine (the same sums in another order: not bit-identical to the original trainer)")
+                        "AVX-512 CPUs (the discriminators' too in bf16), and the generator's ELUs and LeakyReLUs on "
+                        "the native engine (the same sums in another order: not bit-identical to the original "
+                        "trainer)")
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                         help="TF32 matmuls/convolutions on Ampere and newer GPUs (default: on)")
     parser.add_argument("--batch_size_per_rank", type=int, default=None,

@@ -629,7 +629,8 @@ int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t
     return bad;
 }
 
-/* Training's ELU (trainer/fast_activation.py), where ATen's expm1 costs several times its exp.
+/* Training's ELU and LeakyReLU (trainer/fast_activation.py): ATen's ELU goes through expm1, which
+ * costs several times its exp, and each writes the causal padding of the convolution that reads it.
  * Arrays are `rows` rows of `n` values, float32 or (bf16 != 0) bfloat16, computed in float32 and
  * rounded to nearest even as ATen rounds; each array's rows lie `*_stride` values apart. */
 #define ELU_CHUNK 4096        /* values per piece of work: a thread's share is whole pieces */
@@ -680,42 +681,50 @@ static inline void stage_out(void *p, const float *buffer, int64_t n, int bf16) 
     }
 }
 
-static inline void elu_piece(const char *x, char *out, int64_t n, float alpha, int bf16) {
+/* The training activations (ACT_ELU with alpha > 0 or ACT_LEAKY with slope > 0, of `param`). */
+static inline vf activation(vf x, float param, int kind) { return kind == ACT_ELU ? elu(x, param) : leaky(x, param); }
+
+static inline void activation_piece(const char *x, char *out, int64_t n, float param, int kind, int bf16) {
     const int size = bf16 ? 2 : 4;
     int64_t j = 0;
-    for (; j + VL <= n; j += VL) store_values(out + j * size, elu(load_values(x + j * size, bf16), alpha), bf16);
+    for (; j + VL <= n; j += VL)
+        store_values(out + j * size, activation(load_values(x + j * size, bf16), param, kind), bf16);
     if (j < n) {
         float buffer[VL] __attribute__((aligned(64)));
         stage_in(buffer, x + j * size, n - j, bf16);
-        vstore(buffer, elu(vload(buffer), alpha));
+        vstore(buffer, activation(vload(buffer), param, kind));
         stage_out(out + j * size, buffer, n - j, bf16);
     }
 }
 
-/* ELU's derivative times the incoming gradient, from the ELU's output as ATen takes it for an
- * in-place ELU: g where out > 0, else g * (out + alpha) (alpha > 0). The output is kept anyway by
- * the convolution that reads it, so a training step keeps one activation fewer alive per ELU. */
-static inline vf elu_grad(vf g, vf out, float alpha) { return vselect(out > 0.0f, g, g * (out + alpha)); }
+/* The activation's derivative times the incoming gradient, from its output (the output is kept anyway
+ * by the convolution that reads it, so a training step keeps one activation fewer alive per call).
+ * ELU as ATen takes it for an in-place ELU: g where out > 0, else g * (out + alpha). LeakyReLU: g where
+ * out > 0, else g * slope, which is ATen's from the input (out > 0 exactly where x > 0). */
+static inline vf activation_grad(vf g, vf out, float param, int kind) {
+    return vselect(out > 0.0f, g, kind == ACT_ELU ? g * (out + param) : g * param);
+}
 
-static inline void elu_grad_piece(const char *g, const char *out, char *gin, int64_t n, float alpha, int bf16) {
+static inline void grad_piece(const char *g, const char *out, char *gin, int64_t n, float param, int kind, int bf16) {
     const int size = bf16 ? 2 : 4;
     int64_t j = 0;
     for (; j + VL <= n; j += VL)
-        store_values(gin + j * size, elu_grad(load_values(g + j * size, bf16), load_values(out + j * size, bf16), alpha),
+        store_values(gin + j * size,
+                     activation_grad(load_values(g + j * size, bf16), load_values(out + j * size, bf16), param, kind),
                      bf16);
     if (j < n) {
         float gb[VL] __attribute__((aligned(64))), ob[VL] __attribute__((aligned(64)));
         stage_in(gb, g + j * size, n - j, bf16);
         stage_in(ob, out + j * size, n - j, bf16);
-        vstore(gb, elu_grad(vload(gb), vload(ob), alpha));
+        vstore(gb, activation_grad(vload(gb), vload(ob), param, kind));
         stage_out(gin + j * size, gb, n - j, bf16);
     }
 }
 
-/* out = elu(x), with `lead` zeros written before each output row (the causal padding of the
- * convolution that reads it). */
-void engine_elu(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
-                int64_t n, float alpha, int bf16, int nthreads) {
+/* out = activation(x), with `lead` zeros written before each output row (the causal padding of the
+ * convolution that reads it). Each (kind, bf16) pair is its own loop, so the vector code is specialized. */
+static void activation_rows(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead,
+                            int64_t rows, int64_t n, float param, int kind, int bf16, int nthreads) {
     const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
     for (int64_t p = 0; p < rows * pieces; p++) {
@@ -723,17 +732,19 @@ void engine_elu(const void *x, int64_t x_stride, void *out, int64_t out_stride, 
         char *row = (char *)out + r * out_stride * size;
         if (j == 0 && lead) memset(row, 0, size * lead);
         const char *in = (const char *)x + (r * x_stride + j) * size;
-        if (bf16) {
-            elu_piece(in, row + (lead + j) * size, m, alpha, 1);
+        char *to = row + (lead + j) * size;
+        if (kind == ACT_ELU) {
+            if (bf16) activation_piece(in, to, m, param, ACT_ELU, 1); else activation_piece(in, to, m, param, ACT_ELU, 0);
         } else {
-            elu_piece(in, row + (lead + j) * size, m, alpha, 0);
+            if (bf16) activation_piece(in, to, m, param, ACT_LEAKY, 1); else activation_piece(in, to, m, param, ACT_LEAKY, 0);
         }
     }
 }
 
-/* grad_in = ELU's backward pass of grad, from the ELU's output `out`. */
-void engine_elu_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride, void *grad_in,
-                         int64_t grad_in_stride, int64_t rows, int64_t n, float alpha, int bf16, int nthreads) {
+/* grad_in = the activation's backward pass of grad, from its output `out`. */
+static void activation_grad_rows(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride,
+                                 void *grad_in, int64_t grad_in_stride, int64_t rows, int64_t n, float param, int kind,
+                                 int bf16, int nthreads) {
     const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
     for (int64_t p = 0; p < rows * pieces; p++) {
@@ -741,12 +752,34 @@ void engine_elu_backward(const void *grad, int64_t grad_stride, const void *out,
         const char *g = (const char *)grad + (r * grad_stride + j) * size;
         const char *o = (const char *)out + (r * out_stride + j) * size;
         char *gi = (char *)grad_in + (r * grad_in_stride + j) * size;
-        if (bf16) {
-            elu_grad_piece(g, o, gi, m, alpha, 1);
+        if (kind == ACT_ELU) {
+            if (bf16) grad_piece(g, o, gi, m, param, ACT_ELU, 1); else grad_piece(g, o, gi, m, param, ACT_ELU, 0);
         } else {
-            elu_grad_piece(g, o, gi, m, alpha, 0);
+            if (bf16) grad_piece(g, o, gi, m, param, ACT_LEAKY, 1); else grad_piece(g, o, gi, m, param, ACT_LEAKY, 0);
         }
     }
+}
+
+void engine_elu(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
+                int64_t n, float alpha, int bf16, int nthreads) {
+    activation_rows(x, x_stride, out, out_stride, lead, rows, n, alpha, ACT_ELU, bf16, nthreads);
+}
+
+void engine_elu_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride, void *grad_in,
+                         int64_t grad_in_stride, int64_t rows, int64_t n, float alpha, int bf16, int nthreads) {
+    activation_grad_rows(grad, grad_stride, out, out_stride, grad_in, grad_in_stride, rows, n, alpha, ACT_ELU, bf16,
+                         nthreads);
+}
+
+void engine_leaky(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
+                  int64_t n, float slope, int bf16, int nthreads) {
+    activation_rows(x, x_stride, out, out_stride, lead, rows, n, slope, ACT_LEAKY, bf16, nthreads);
+}
+
+void engine_leaky_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride, void *grad_in,
+                           int64_t grad_in_stride, int64_t rows, int64_t n, float slope, int bf16, int nthreads) {
+    activation_grad_rows(grad, grad_stride, out, out_stride, grad_in, grad_in_stride, rows, n, slope, ACT_LEAKY, bf16,
+                         nthreads);
 }
 
 /* What the Python side needs to know of this build: the layout of Op (to check its mirror against),

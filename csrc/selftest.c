@@ -436,6 +436,48 @@ static void test_training_elu(int bf16, int threads) {
     free(x), free(g), free(out), free(gin), free(xs), free(gs);
 }
 
+/* Training's LeakyReLU: ATen's values and gradients exactly (x > 0 ? x : x * slope, and the gradient's
+ * branch taken from the output), the float32 product rounded to bfloat16 as ATen rounds it. */
+static void test_training_leaky(int bf16, int threads) {
+    const int64_t rows = 2, n = ELU_CHUNK + VL + 5, lead = 3, stride = n + 4, out_stride = lead + n + 1;
+    const int size = bf16 ? 2 : 4;
+    const float slope = 0.1f;
+    char *x = malloc(size * rows * stride), *g = malloc(size * rows * stride);
+    char *out = malloc(size * rows * out_stride), *gin = malloc(size * rows * stride);
+    for (int64_t i = 0; i < rows * stride; i++) {
+        float v = 8 * uniform() * (i % 7 == 3 ? 0.0f : 1.0f), w = uniform();
+        if (bf16) {
+            ((uint16_t *)x)[i] = to_bf16(v), ((uint16_t *)g)[i] = to_bf16(w);
+        } else {
+            ((float *)x)[i] = v, ((float *)g)[i] = w;
+        }
+    }
+    memset(out, 0xff, size * rows * out_stride);
+    engine_leaky(x, stride, out, out_stride, lead, rows, n, slope, bf16, threads);
+    engine_leaky_backward(g, stride, out + size * lead, out_stride, gin, stride, rows, n, slope, bf16, threads);
+    const char *name = bf16 ? "training leaky relu, bf16" : "training leaky relu";
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t j = 0; j < lead + n; j++) {
+            const int64_t at = r * out_stride + j, in = r * stride + j - lead;
+            float v = j < lead ? 0.0f : bf16 ? (float)from_bf16(((uint16_t *)x)[in]) : ((float *)x)[in];
+            float want = j < lead ? 0.0f : v > 0 ? v : v * slope;
+            double got = bf16 ? from_bf16(((uint16_t *)out)[at]) : ((float *)out)[at];
+            checks++;
+            if (got != (bf16 ? from_bf16(to_bf16(want)) : want)) fail(name, r, j, got, want);
+        }
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t at = r * stride + j;
+            float v = bf16 ? (float)from_bf16(((uint16_t *)x)[at]) : ((float *)x)[at];
+            float w = bf16 ? (float)from_bf16(((uint16_t *)g)[at]) : ((float *)g)[at];
+            float want = v > 0 ? w : w * slope;
+            double got = bf16 ? from_bf16(((uint16_t *)gin)[at]) : ((float *)gin)[at];
+            checks++;
+            if (got != (bf16 ? from_bf16(to_bf16(want)) : want)) fail(name, r, j, got, want);
+        }
+    }
+    free(x), free(g), free(out), free(gin);
+}
+
 int main(void) {
     test_kernel_shapes();
     for (int s = 0; s < 3; s++)
@@ -447,7 +489,7 @@ int main(void) {
     test_stored_weights(W_I8);
     test_activations();
     for (int bf16 = 0; bf16 < 2; bf16++)
-        for (int threads = 1; threads <= 2; threads++) test_training_elu(bf16, threads);
+        for (int threads = 1; threads <= 2; threads++) test_training_elu(bf16, threads), test_training_leaky(bf16, threads);
     test_vq(1);
     test_vq(2);
     printf("%s (%d lanes, fma %d): %d checks, %d failures\n", ISA, VL, HAS_FMA, checks, failures);

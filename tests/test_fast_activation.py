@@ -1,5 +1,6 @@
-"""trainer/fast_activation.py: the native engine's ELU (and the padding it writes) against ATen's, in
-both activation layouts, and the generator it is routed into against the stock one."""
+"""trainer/fast_activation.py: the native engine's ELU and LeakyReLU (and the padding they write)
+against ATen's, in both activation layouts, and the generators they are routed into against the stock
+ones."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from torch import nn
 import trainer.base
 from models.autoencoder.AudioDec import Generator as AudioDec
 from models.autoencoder.modules.residual_unit import ResidualUnit
+from models.vocoder.HiFiGAN import Generator as HiFiGAN
+from models.vocoder.modules.residual_block import HiFiGANResidualBlock, MultiGroupConv1d
 from tests.test_trainer import TINY_AUTOENCODER, tiny_recipe, train
 from trainer import fast_activation
-from trainer.fast_activation import native_elu, use_native_elu
+from trainer.fast_activation import native_elu, native_leaky_relu, use_native_activations
 from trainer.fast_conv import use_fast_convolutions
 from utils.runtime import native_build
 
@@ -58,7 +61,7 @@ def test_native_elu_computes_atens_values_and_gradients(
         x = time_major(x)
     x = x[..., :frames].requires_grad_()  # cropped: a transposed convolution's output is such a view
     y = native_elu(x, alpha, lead)
-    assert type(y.grad_fn).__name__ == "_NativeELUBackward"
+    assert type(y.grad_fn).__name__ == "_NativeActivationBackward"
     assert y.shape == (batch, channels, lead + frames)
     if channels > 1 and frames > 1:
         assert y.transpose(1, 2).is_contiguous() if layout == "time_major" else y.is_contiguous()
@@ -125,7 +128,7 @@ def test_tensors_the_engine_cannot_take_go_through_aten(case: str) -> None:
 def test_the_engine_unavailable_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
     model = AudioDec(**TINY_AUTOENCODER["generator_params"])
     monkeypatch.setattr(fast_activation.native_build, "available", lambda: False)
-    assert use_native_elu(model) == {"residual_units": 0, "elu": 0}
+    assert not any(use_native_activations(model).values())
     assert all("forward" not in vars(module) for module in model.modules())
 
 
@@ -134,7 +137,8 @@ def test_only_stock_elus_are_routed() -> None:
     hooked.conv1.register_forward_hook(lambda *args: None)
     model = nn.Sequential(ResidualUnit(4, 4, dilation=3), hooked, nn.ELU(), nn.ELU(inplace=True), nn.ELU(alpha=-1.0),
                           ResidualUnit(4, 4, mode="noncausal"))  # fmt: skip
-    assert use_native_elu(model) == {"residual_units": 1, "elu": 3}  # hooked's and the non-causal unit's ELU
+    # hooked's and the non-causal unit's ELU are routed alone
+    assert use_native_activations(model) == {"residual_units": 1, "residual_blocks": 0, "elu": 3, "leaky_relu": 0}
     routed = [name for name, module in model.named_modules() if "forward" in vars(module)]
     assert routed == ["0", "1.activation", "2", "5.activation"]
 
@@ -149,7 +153,8 @@ def test_a_generator_with_native_elus_computes_the_stock_ones_output_and_gradien
     if convolutions != "stock":
         use_fast_convolutions(fast, time_major=convolutions == "time_major")
     units = sum(isinstance(module, ResidualUnit) for module in fast.modules())
-    assert use_native_elu(fast) == {"residual_units": units, "elu": 0} and units > 0
+    assert use_native_activations(fast) == {"residual_units": units, "residual_blocks": 0, "elu": 0, "leaky_relu": 0}
+    assert units > 0
     x = torch.randn(2, 1, 300)
     expected = reference(x.clone().requires_grad_())[0]
 
@@ -175,7 +180,8 @@ def test_training_with_fast_conv_logs_the_native_elus(tmp_path: Path, caplog: py
     lines = "\n".join(record.getMessage() for record in caplog.records)
     generator = AudioDec(**TINY_AUTOENCODER["generator_params"])
     units = sum(isinstance(module, ResidualUnit) for module in generator.modules())
-    assert re.search(rf"the ELUs of {units} residual units .* on the native engine", lines), lines
+    assert re.search(rf"the activations of {units} residual units and 0 residual blocks .* on the native engine",
+                     lines), lines  # fmt: skip
     assert yaml.safe_load((folder / "config.yml").read_text())["fast_conv"] is True
 
 
@@ -185,4 +191,87 @@ def test_without_the_engine_fast_conv_says_why_the_elus_stay(tmp_path, caplog, m
     schedule = dict(train_max_steps=1, adv_train_max_steps=None, start_steps={"generator": 0, "discriminator": 100})
     with caplog.at_level(logging.INFO, logger="trainer.base"):
         train(tiny_recipe(tmp_path, fast_conv=True, **schedule), tmp_path, "fast")
-    assert "fast_conv: ELUs through ATen (no C compiler found)" in caplog.text
+    assert "fast_conv: activations through ATen (no C compiler found)" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["channel_major", "time_major", "cropped"])
+@pytest.mark.parametrize("shape, lead", [((2, 3, 37), 0), ((3, 5, 5000), 10), ((2, 4, 1), 3)])
+def test_native_leaky_relu_is_atens_bit_for_bit(
+    layout: str, dtype: torch.dtype, shape: tuple[int, ...], lead: int
+) -> None:
+    """Values and gradients equal F.leaky_relu's (then padded) exactly, in float32 and bfloat16: the
+    backward pass from the output picks the same branch (out > 0 exactly where x > 0)."""
+    torch.manual_seed(0)
+    batch, channels, frames = shape
+    x = (4 * torch.randn(batch, channels, frames + 3)).to(dtype)
+    x[0, 0, 0], x[-1, -1, 1 % frames] = 0.0, -0.0
+    if layout == "time_major":
+        x = time_major(x)
+    x = x[..., :frames] if layout == "cropped" else x[..., 3:]
+    x = x.detach().requires_grad_()
+    y = native_leaky_relu(x, 0.1, lead)
+    assert type(y.grad_fn).__name__ == "_NativeActivationBackward" and y.dtype == dtype
+    reference = x.detach().clone().requires_grad_()
+    expected = F.pad(F.leaky_relu(reference, 0.1), (lead, 0))
+    assert torch.equal(y, expected) and torch.equal(torch.signbit(y), torch.signbit(expected))
+    grad = torch.randn(expected.shape).to(dtype)
+    y.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(x.grad, reference.grad)
+
+
+def test_only_stock_hifigan_blocks_pad_through_their_leaky_relu() -> None:
+    hooked = HiFiGANResidualBlock(kernel_size=3, channels=4, dilations=(1, 3))
+    hooked.convs2[1].register_forward_hook(lambda *args: None)
+    model = nn.Sequential(
+        HiFiGANResidualBlock(kernel_size=3, channels=4, dilations=(1, 3)),
+        MultiGroupConv1d(channels=4, resblock_kernel_sizes=(3,), resblock_dilations=((1, 3),), groups=2),
+        hooked,
+        HiFiGANResidualBlock(kernel_size=3, channels=4, dilations=(1,), use_additional_convs=False,
+                             nonlinear_activation="ELU", nonlinear_activation_params={}),
+        nn.LeakyReLU(0.2), nn.LeakyReLU(inplace=True), nn.LeakyReLU(0.0),
+    )  # fmt: skip
+    counts = use_native_activations(model)
+    assert counts == {"residual_units": 0, "residual_blocks": 2, "elu": 1, "leaky_relu": 2}, counts
+    routed = [name for name, module in model.named_modules() if "forward" in vars(module)]
+    assert routed == ["0", "1", "2.activation", "3.activation", "4"]
+
+
+@pytest.mark.parametrize("groups", [1, 2], ids=["multi_receptive_field", "grouped"])
+@pytest.mark.parametrize("convolutions", ["stock", "time_major"])
+def test_a_vocoder_with_native_leaky_relus_computes_the_stock_ones_output_and_gradients(
+    monkeypatch: pytest.MonkeyPatch, groups: int, convolutions: str
+) -> None:
+    torch.manual_seed(0)
+    reference = HiFiGAN(
+        in_channels=8, channels=8, kernel_size=7, upsample_scales=[4, 2], upsample_kernel_sizes=[8, 4],
+        resblock_kernel_sizes=[3, 5] if groups == 1 else [3], resblock_dilations=[[1, 3]] * (2 if groups == 1 else 1),
+        groups=groups, use_additional_convs=True,
+    )  # fmt: skip
+    fast = copy.deepcopy(reference)
+    if convolutions == "time_major":
+        use_fast_convolutions(fast, time_major=True)
+    blocks = sum(type(module) in (HiFiGANResidualBlock, MultiGroupConv1d) for module in fast.modules())
+    assert use_native_activations(fast) == {"residual_units": 0, "residual_blocks": blocks, "elu": 0,
+                                            "leaky_relu": 2}  # fmt: skip  (before the upsamplings, the output)
+    x = torch.randn(2, 8, 20)
+    expected = reference(x)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a LeakyReLU of the vocoder went through ATen")
+
+    monkeypatch.setattr(fast_activation, "F", types.SimpleNamespace(leaky_relu=refused))
+    monkeypatch.setattr(fast_activation, "pad_time", refused)
+    output = fast(x)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    output.backward(grad)
+    if convolutions == "stock":  # the same convolutions on the same inputs: bit for bit
+        assert torch.equal(output, expected)
+        for (name, parameter), expected_parameter in zip(fast.named_parameters(), reference.parameters()):
+            assert torch.equal(parameter.grad, expected_parameter.grad), name
+    else:
+        torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+        for (name, parameter), expected_parameter in zip(fast.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(parameter.grad, expected_parameter.grad, rtol=1e-4, atol=1e-5, msg=name)

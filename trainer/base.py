@@ -24,7 +24,7 @@ the original's, step for step):
   ``all`` or ``generator`` compile those on any device (:func:`compiled_networks`).
 - ``fast_conv``: on the CPU, convolutions through faster kernels, the generator's time-major on
   AVX-512 CPUs (the discriminators' too in bf16; :mod:`trainer.fast_conv`), and the generator's ELUs
-  on the native engine
+  and LeakyReLUs on the native engine
   (:mod:`trainer.fast_activation`); the gradients' last bits differ from the original's.
 - ``ddp_bf16_compress``: all-reduce the discriminator's gradients as bfloat16.
 - ``output_delay``: D samples by which the generator's output may lag its input. Every loss that
@@ -55,7 +55,7 @@ from losses import MelSpectrogram
 from trainer.curve import LearningCurve
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, wrap_ddp
-from trainer.fast_activation import use_native_elu
+from trainer.fast_activation import use_native_activations
 from trainer.fast_conv import time_major_suits, use_fast_convolutions
 from trainer.preemption import PreemptionHandler
 from trainer.state import capture_rng_state, checkpoint_path, read_training_checkpoint, restore_rng_state
@@ -265,12 +265,13 @@ class GANTrainer:
             counts = [use_fast_convolutions(model) for model in (self.generator, self.discriminator)]
             dilated, pointwise = (sum(c[kind] for c in counts) for kind in ("phase_gradient", "pointwise"))
             logger.info("fast_conv: " + blocked, dilated, pointwise)
-        elus = use_native_elu(self.generator)
-        if elus["residual_units"] or elus["elu"]:
-            logger.info("fast_conv: the ELUs of %d residual units (with their convolution's padding) and %d other "
-                        "ELUs on the native engine", elus["residual_units"], elus["elu"])  # fmt: skip
+        routed = use_native_activations(self.generator)
+        if any(routed.values()):
+            logger.info("fast_conv: the activations of %d residual units and %d residual blocks (with their "
+                        "convolutions' padding), %d other ELUs and %d other LeakyReLUs on the native engine",
+                        *routed.values())  # fmt: skip
         elif not native_build.available():
-            logger.info("fast_conv: ELUs through ATen (%s)", native_build.unavailable_reason())
+            logger.info("fast_conv: activations through ATen (%s)", native_build.unavailable_reason())
 
     # ---- flavour hooks -----------------------------------------------------------------------
     def configure_parameters(self) -> None:

@@ -38,8 +38,9 @@
 #   --compile true               torch.compile the generator and, on GPUs, the discriminator (all: both
 #                                on any device; generator: the generator only)
 #   --fast_conv true             CPU training: faster convolutions, time-major on AVX-512 CPUs (the
-#                                discriminators' too in bf16), and the generator's ELUs on the native
-#                                engine (not bit-identical to the original trainer; docs/training.md)
+#                                discriminators' too in bf16), and the generator's ELUs and LeakyReLUs
+#                                on the native engine (not bit-identical to the original trainer;
+#                                docs/training.md)
 #   --batch_size_per_rank N      samples per process and step (default: the config's batch_size is the
 #                                global batch, shared by the processes)
 #   --micro_batch N              at most N samples per forward pass; the rest is accumulated
