@@ -721,10 +721,11 @@ static inline void grad_piece(const char *g, const char *out, char *gin, int64_t
     }
 }
 
-/* out = activation(x), with `lead` zeros written before each output row (the causal padding of the
- * convolution that reads it). Each (kind, bf16) pair is its own loop, so the vector code is specialized. */
-static void activation_rows(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead,
-                            int64_t rows, int64_t n, float param, int kind, int bf16, int nthreads) {
+/* out = activation `kind` of x, with `lead` zeros written before each output row (the causal padding
+ * of the convolution that reads it). Each (kind, bf16) pair is its own loop, so the vector code is
+ * specialized. */
+void engine_activation(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
+                       int64_t n, float param, int kind, int bf16, int nthreads) {
     const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
     for (int64_t p = 0; p < rows * pieces; p++) {
@@ -741,10 +742,10 @@ static void activation_rows(const void *x, int64_t x_stride, void *out, int64_t 
     }
 }
 
-/* grad_in = the activation's backward pass of grad, from its output `out`. */
-static void activation_grad_rows(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride,
-                                 void *grad_in, int64_t grad_in_stride, int64_t rows, int64_t n, float param, int kind,
-                                 int bf16, int nthreads) {
+/* grad_in = the backward pass of activation `kind` for grad, from its output `out`. */
+void engine_activation_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride,
+                                void *grad_in, int64_t grad_in_stride, int64_t rows, int64_t n, float param, int kind,
+                                int bf16, int nthreads) {
     const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
     for (int64_t p = 0; p < rows * pieces; p++) {
@@ -758,28 +759,6 @@ static void activation_grad_rows(const void *grad, int64_t grad_stride, const vo
             if (bf16) grad_piece(g, o, gi, m, param, ACT_LEAKY, 1); else grad_piece(g, o, gi, m, param, ACT_LEAKY, 0);
         }
     }
-}
-
-void engine_elu(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
-                int64_t n, float alpha, int bf16, int nthreads) {
-    activation_rows(x, x_stride, out, out_stride, lead, rows, n, alpha, ACT_ELU, bf16, nthreads);
-}
-
-void engine_elu_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride, void *grad_in,
-                         int64_t grad_in_stride, int64_t rows, int64_t n, float alpha, int bf16, int nthreads) {
-    activation_grad_rows(grad, grad_stride, out, out_stride, grad_in, grad_in_stride, rows, n, alpha, ACT_ELU, bf16,
-                         nthreads);
-}
-
-void engine_leaky(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
-                  int64_t n, float slope, int bf16, int nthreads) {
-    activation_rows(x, x_stride, out, out_stride, lead, rows, n, slope, ACT_LEAKY, bf16, nthreads);
-}
-
-void engine_leaky_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride, void *grad_in,
-                           int64_t grad_in_stride, int64_t rows, int64_t n, float slope, int bf16, int nthreads) {
-    activation_grad_rows(grad, grad_stride, out, out_stride, grad_in, grad_in_stride, rows, n, slope, ACT_LEAKY, bf16,
-                         nthreads);
 }
 
 /* What the Python side needs to know of this build: the layout of Op (to check its mirror against),

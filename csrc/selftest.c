@@ -382,7 +382,32 @@ static int close_to(double got, double want, int bf16, double ulps) {
     return fabs(got - want) <= ulps * fabs(want) / 8388608;
 }
 
-/* Training's ELU and its backward pass (engine_elu, engine_elu_backward) against double loops:
+/* A training array's value i, float32 or bfloat16 (as stored, so a bfloat16 store rounds). */
+static void store_value(char *p, int64_t i, float v, int bf16) {
+    if (bf16) {
+        ((uint16_t *)p)[i] = to_bf16(v);
+    } else {
+        ((float *)p)[i] = v;
+    }
+}
+
+static float load_value(const char *p, int64_t i, int bf16) {
+    return bf16 ? (float)from_bf16(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+/* One activation forward (out: `lead` zeros, then the values; filled with garbage first) and backward
+ * from that output, over `rows` rows of `n` values `stride` apart (`out_stride` for out). */
+static void run_training_activation(int kind, float param, const char *x, const char *g, char *out, char *gin,
+                                    int64_t rows, int64_t n, int64_t lead, int64_t stride, int64_t out_stride,
+                                    int bf16, int threads) {
+    const int size = bf16 ? 2 : 4;
+    memset(out, 0xff, size * rows * out_stride);
+    engine_activation(x, stride, out, out_stride, lead, rows, n, param, kind, bf16, threads);
+    engine_activation_backward(g, stride, out + size * lead, out_stride, gin, stride, rows, n, param, kind, bf16,
+                               threads);
+}
+
+/* Training's ELU and its backward pass (engine_activation(_backward) with ACT_ELU) against double loops:
  * rows of several pieces of work with a tail, row strides wider than a row, the causal zeros before
  * each output row, the kink at 0, inputs far below -87, float32 and bfloat16 arrays; bfloat16
  * rounding to nearest even. */
@@ -397,16 +422,10 @@ static void test_training_elu(int bf16, int threads) {
         float v = 8 * uniform(), w = uniform();
         if (i % 1000 == 1) v = 0.0f;
         if (i % 1000 == 2) v = -100.0f;
-        if (bf16) {
-            ((uint16_t *)x)[i] = to_bf16(v), ((uint16_t *)g)[i] = to_bf16(w);
-            xs[i] = from_bf16(((uint16_t *)x)[i]), gs[i] = from_bf16(((uint16_t *)g)[i]);
-        } else {
-            ((float *)x)[i] = v, ((float *)g)[i] = w, xs[i] = v, gs[i] = w;
-        }
+        store_value(x, i, v, bf16), store_value(g, i, w, bf16);
+        xs[i] = load_value(x, i, bf16), gs[i] = load_value(g, i, bf16);
     }
-    memset(out, 0xff, size * rows * out_stride);
-    engine_elu(x, stride, out, out_stride, lead, rows, n, alpha, bf16, threads);
-    engine_elu_backward(g, stride, out + size * lead, out_stride, gin, stride, rows, n, alpha, bf16, threads);
+    run_training_activation(ACT_ELU, alpha, x, g, out, gin, rows, n, lead, stride, out_stride, bf16, threads);
     const char *name = bf16 ? "training elu, bf16" : "training elu";
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t j = 0; j < lead + n; j++) {
@@ -445,32 +464,22 @@ static void test_training_leaky(int bf16, int threads) {
     char *x = malloc(size * rows * stride), *g = malloc(size * rows * stride);
     char *out = malloc(size * rows * out_stride), *gin = malloc(size * rows * stride);
     for (int64_t i = 0; i < rows * stride; i++) {
-        float v = 8 * uniform() * (i % 7 == 3 ? 0.0f : 1.0f), w = uniform();
-        if (bf16) {
-            ((uint16_t *)x)[i] = to_bf16(v), ((uint16_t *)g)[i] = to_bf16(w);
-        } else {
-            ((float *)x)[i] = v, ((float *)g)[i] = w;
-        }
+        store_value(x, i, 8 * uniform() * (i % 7 == 3 ? 0.0f : 1.0f), bf16), store_value(g, i, uniform(), bf16);
     }
-    memset(out, 0xff, size * rows * out_stride);
-    engine_leaky(x, stride, out, out_stride, lead, rows, n, slope, bf16, threads);
-    engine_leaky_backward(g, stride, out + size * lead, out_stride, gin, stride, rows, n, slope, bf16, threads);
+    run_training_activation(ACT_LEAKY, slope, x, g, out, gin, rows, n, lead, stride, out_stride, bf16, threads);
     const char *name = bf16 ? "training leaky relu, bf16" : "training leaky relu";
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t j = 0; j < lead + n; j++) {
             const int64_t at = r * out_stride + j, in = r * stride + j - lead;
-            float v = j < lead ? 0.0f : bf16 ? (float)from_bf16(((uint16_t *)x)[in]) : ((float *)x)[in];
-            float want = j < lead ? 0.0f : v > 0 ? v : v * slope;
-            double got = bf16 ? from_bf16(((uint16_t *)out)[at]) : ((float *)out)[at];
+            float v = j < lead ? 0.0f : load_value(x, in, bf16), want = v > 0 ? v : v * slope;
+            double got = load_value(out, at, bf16);
             checks++;
             if (got != (bf16 ? from_bf16(to_bf16(want)) : want)) fail(name, r, j, got, want);
         }
         for (int64_t j = 0; j < n; j++) {
             const int64_t at = r * stride + j;
-            float v = bf16 ? (float)from_bf16(((uint16_t *)x)[at]) : ((float *)x)[at];
-            float w = bf16 ? (float)from_bf16(((uint16_t *)g)[at]) : ((float *)g)[at];
-            float want = v > 0 ? w : w * slope;
-            double got = bf16 ? from_bf16(((uint16_t *)gin)[at]) : ((float *)gin)[at];
+            float w = load_value(g, at, bf16), want = load_value(x, at, bf16) > 0 ? w : w * slope;
+            double got = load_value(gin, at, bf16);
             checks++;
             if (got != (bf16 ? from_bf16(to_bf16(want)) : want)) fail(name, r, j, got, want);
         }

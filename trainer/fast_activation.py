@@ -34,6 +34,9 @@ from models.autoencoder.modules.residual_unit import ResidualUnit
 from models.vocoder.modules.residual_block import HiFiGANResidualBlock, MultiGroupConv1d
 from trainer.fast_conv import hookless
 from utils.runtime import native_build
+from utils.runtime.native import ACT_ELU, ACT_LEAKY
+
+KINDS = {"elu": ACT_ELU, "leaky": ACT_LEAKY}  # csrc/engine.c's activation kinds
 
 
 class _Rows(NamedTuple):
@@ -86,9 +89,9 @@ class _NativeActivation(torch.autograd.Function):
         frames = x.shape[2]
         per_frame = layout.n // frames  # 1 channel-major, C time-major
         out = _like(x, lead + frames, layout.time_major)
-        getattr(native_build.build().library, f"engine_{kind}")(
+        native_build.build().library.engine_activation(
             x.data_ptr(), layout.stride, out.data_ptr(), (lead + frames) * per_frame, lead * per_frame, layout.rows,
-            layout.n, param, x.dtype == torch.bfloat16, torch.get_num_threads(),
+            layout.n, param, KINDS[kind], x.dtype == torch.bfloat16, torch.get_num_threads(),
         )  # fmt: skip
         ctx.save_for_backward(out)
         ctx.kind, ctx.param, ctx.lead, ctx.time_major = kind, param, lead, layout.time_major
@@ -103,9 +106,9 @@ class _NativeActivation(torch.autograd.Function):
         rows = out.shape[0] * (1 if ctx.time_major else channels)
         grad_in, n, stride = _like(out, frames, ctx.time_major), frames * per_frame, padded * per_frame
         skip = ctx.lead * per_frame * out.element_size()  # the padding's gradient is dropped
-        getattr(native_build.build().library, f"engine_{ctx.kind}_backward")(
+        native_build.build().library.engine_activation_backward(
             grad.data_ptr() + skip, stride, out.data_ptr() + skip, stride, grad_in.data_ptr(), n, rows, n, ctx.param,
-            out.dtype == torch.bfloat16, torch.get_num_threads(),
+            KINDS[ctx.kind], out.dtype == torch.bfloat16, torch.get_num_threads(),
         )  # fmt: skip
         return grad_in, None, None, None
 

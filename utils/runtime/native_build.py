@@ -139,11 +139,9 @@ def _library() -> tuple[Build | None, str]:
     ]
     library.engine_isa.restype = ctypes.c_char_p
     i64, ptr, f32, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-    for name in ("engine_elu", "engine_leaky"):  # training activations: forward, and backward from the output
-        forward, backward = getattr(library, name), getattr(library, f"{name}_backward")
-        forward.restype = backward.restype = None
-        forward.argtypes = [ptr, i64, ptr, i64, i64, i64, i64, f32, i32, i32]
-        backward.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, i64, f32, i32, i32]
+    library.engine_activation.restype = library.engine_activation_backward.restype = None
+    library.engine_activation.argtypes = [ptr, i64, ptr, i64, i64, i64, i64, f32, i32, i32, i32]
+    library.engine_activation_backward.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, i64, f32, i32, i32, i32]
     widths = tuple(1 << s for s in range(3) if library.engine_rows(s) > 0)
     return Build(library, library.engine_lanes(), widths, library.engine_isa().decode(), bool(library.engine_fma())), ""
 
