@@ -127,11 +127,10 @@ def _time_training(args: argparse.Namespace) -> dict:
         if args.analyzer_config is None or args.stats is None:
             raise SystemExit("error: a vocoder recipe is timed with --analyzer_config and --stats")
         analyzer_params = yaml.safe_load(args.analyzer_config.read_text())["generator_params"]
-        model = {"generator": Vocoder(**{**config["generator_params"], "stats": str(args.stats)}),
-                 "discriminator": Discriminator(**config["discriminator_params"])}
+        generator = Vocoder(**{**config["generator_params"], "stats": str(args.stats)})
     else:
-        model = {"generator": Generator(**config["generator_params"]),
-                 "discriminator": Discriminator(**config["discriminator_params"])}
+        generator = Generator(**config["generator_params"])
+    model = {"generator": generator, "discriminator": Discriminator(**config["discriminator_params"])}
     optimizer, scheduler = {}, {}
     for name in model:
         optimizer[name] = getattr(torch.optim, config[f"{name}_optimizer_type"])(

@@ -633,8 +633,8 @@ int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t
  * costs several times its exp, and each writes the causal padding of the convolution that reads it.
  * Arrays are `rows` rows of `n` values, float32 or (bf16 != 0) bfloat16, computed in float32 and
  * rounded to nearest even as ATen rounds; each array's rows lie `*_stride` values apart. */
-#define ELU_CHUNK 4096        /* values per piece of work: a thread's share is whole pieces */
-#define ELU_SERIAL (1 << 16)  /* below this many values one thread is quicker than waking the team */
+#define ACTIVATION_CHUNK 4096        /* values per piece of work: a thread's share is whole pieces */
+#define ACTIVATION_SERIAL (1 << 16)  /* below this many values one thread is quicker than waking the team */
 
 /* bfloat16 of each float, rounded to nearest even as ATen rounds (a NaN becomes the quiet NaN). */
 typedef uint32_t vu __attribute__((vector_size(VL * 4)));
@@ -726,10 +726,10 @@ static inline void grad_piece(const char *g, const char *out, char *gin, int64_t
  * specialized. */
 void engine_activation(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
                        int64_t n, float param, int kind, int bf16, int nthreads) {
-    const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
+    const int64_t pieces = (n + ACTIVATION_CHUNK - 1) / ACTIVATION_CHUNK, size = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ACTIVATION_SERIAL)
     for (int64_t p = 0; p < rows * pieces; p++) {
-        const int64_t r = p / pieces, j = (p % pieces) * ELU_CHUNK, m = n - j < ELU_CHUNK ? n - j : ELU_CHUNK;
+        const int64_t r = p / pieces, j = (p % pieces) * ACTIVATION_CHUNK, m = n - j < ACTIVATION_CHUNK ? n - j : ACTIVATION_CHUNK;
         char *row = (char *)out + r * out_stride * size;
         if (j == 0 && lead) memset(row, 0, size * lead);
         const char *in = (const char *)x + (r * x_stride + j) * size;
@@ -746,10 +746,10 @@ void engine_activation(const void *x, int64_t x_stride, void *out, int64_t out_s
 void engine_activation_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride,
                                 void *grad_in, int64_t grad_in_stride, int64_t rows, int64_t n, float param, int kind,
                                 int bf16, int nthreads) {
-    const int64_t pieces = (n + ELU_CHUNK - 1) / ELU_CHUNK, size = bf16 ? 2 : 4;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ELU_SERIAL)
+    const int64_t pieces = (n + ACTIVATION_CHUNK - 1) / ACTIVATION_CHUNK, size = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ACTIVATION_SERIAL)
     for (int64_t p = 0; p < rows * pieces; p++) {
-        const int64_t r = p / pieces, j = (p % pieces) * ELU_CHUNK, m = n - j < ELU_CHUNK ? n - j : ELU_CHUNK;
+        const int64_t r = p / pieces, j = (p % pieces) * ACTIVATION_CHUNK, m = n - j < ACTIVATION_CHUNK ? n - j : ACTIVATION_CHUNK;
         const char *g = (const char *)grad + (r * grad_stride + j) * size;
         const char *o = (const char *)out + (r * out_stride + j) * size;
         char *gi = (char *)grad_in + (r * grad_in_stride + j) * size;

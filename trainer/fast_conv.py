@@ -105,28 +105,24 @@ def time_major_suits() -> bool:
 
 
 def _channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, K) -> (C_out, C_in, 1, K) stored channels last: oneDNN then computes time-major
-    and returns a time-major output, whatever the input's layout."""
-    weight = weight.unsqueeze(2)
-    rows, kernel = weight.shape[1], weight.shape[3]
+    """(C_out, C_in, H, W) stored channels last: oneDNN then computes channels last and returns a
+    channels-last output, whatever the input's layout."""
+    rows, height, width = weight.shape[1:]
     # Strides set by hand: with one input channel both layouts fit, and .contiguous() would keep the
     # channel-major strides, which PyTorch then reads as channel-major.
-    stored = torch.empty_strided(weight.shape, (rows * kernel, 1, rows * kernel, rows), dtype=weight.dtype,
-                                 device=weight.device)  # fmt: skip
-    return stored.copy_(weight)
-
-
-def _channels_last_weight_2d(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, H, W) stored channels last (strides by hand, as in :func:`_channels_last_weight`)."""
-    rows, height, width = weight.shape[1:]
     stored = torch.empty_strided(weight.shape, (rows * height * width, 1, width * rows, rows), dtype=weight.dtype,
                                  device=weight.device)  # fmt: skip
     return stored.copy_(weight)
 
 
+def _time_major_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, K) -> (C_out, C_in, 1, K) stored channels last: a time-major 1-D convolution's."""
+    return _channels_last_weight(weight.unsqueeze(2))
+
+
 def _time_major_conv2d_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     # A period discriminator's (B, C, T / period, period) maps, computed and returned channels last.
-    return F.conv2d(x, _channels_last_weight_2d(self.weight), self.bias, self.stride, self.padding, self.dilation,
+    return F.conv2d(x, _channels_last_weight(self.weight), self.bias, self.stride, self.padding, self.dilation,
                     self.groups)  # fmt: skip
 
 
@@ -136,7 +132,7 @@ def _time_major_pointwise_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Ten
 
 def _time_major_conv_forward(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     y = F.conv2d(
-        x.unsqueeze(2), _channels_last_weight(self.weight), self.bias,
+        x.unsqueeze(2), _time_major_weight(self.weight), self.bias,
         (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]), self.groups,
     )  # fmt: skip
     return y.squeeze(2)
@@ -148,7 +144,7 @@ def _time_major_deconv_forward(
     if output_size is not None:
         return nn.ConvTranspose1d.forward(self, x, output_size)
     y = F.conv_transpose2d(
-        x.unsqueeze(2), _channels_last_weight(self.weight), self.bias, (1, self.stride[0]),
+        x.unsqueeze(2), _time_major_weight(self.weight), self.bias, (1, self.stride[0]),
         (0, self.padding[0]), (0, self.output_padding[0]), self.groups, (1, self.dilation[0]),
     )  # fmt: skip
     return y.squeeze(2)
