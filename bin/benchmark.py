@@ -305,7 +305,7 @@ def cpu_label() -> str:
     except OSError:
         pass
     build = native_build.build()
-    engine = f"engine {build.isa}" if build else "no engine"
+    engine = (f"engine {build.isa}" + ("" if build.threaded else ", one thread")) if build else "no engine"
     return f"{name} (torch {torch.backends.cpu.get_cpu_capability()}, {engine})"
 
 

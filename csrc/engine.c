@@ -17,7 +17,8 @@
  * how it is cut into chunks, by construction (tests/test_native_engine.py checks it bit for bit).
  *
  * Built by utils/runtime/native_build.py with the machine's C compiler (-O3 -march=native -fopenmp, or
- * the -march in $AUDIODEC_NATIVE_MARCH). The vectors are GCC vector extensions; their width and
+ * the -march in $AUDIODEC_NATIVE_MARCH; without -fopenmp where the compiler has no OpenMP, e.g.
+ * Apple's clang: then one thread runs each step, with the same sums). The vectors are GCC vector extensions; their width and
  * the kernels' register blocks follow the instruction set the compiler targets (below), so one
  * source builds for AVX-512, AVX2+FMA, NEON or plain SSE2. A column's sum runs in the same order
  * whatever the width, so targets with FMA give the same bits.
@@ -25,7 +26,13 @@
  */
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
 #include <omp.h>
+#else
+/* No OpenMP: the pragmas are ignored and a team is the calling thread alone. */
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
+#endif
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -763,10 +770,15 @@ void engine_activation_backward(const void *grad, int64_t grad_stride, const voi
 
 /* What the Python side needs to know of this build: the layout of Op (to check its mirror against),
  * floats per vector (weights and codebooks are padded to whole vectors), the rows of the register
- * blocks per width (engine_rows(s): 2^s vectors; 0 where this build has no such kernels), and the
- * instruction set the build targets. */
+ * blocks per width (engine_rows(s): 2^s vectors; 0 where this build has no such kernels), the
+ * instruction set the build targets, and whether it runs threads (OpenMP). */
 int64_t engine_op_size(void) { return sizeof(Op); }
 int engine_lanes(void) { return VL; }
 int engine_rows(int s) { return s >= 0 && s < 3 ? ROWS[s] : 0; }
 int engine_fma(void) { return HAS_FMA; }
 const char *engine_isa(void) { return ISA; }
+#ifdef _OPENMP
+int engine_threaded(void) { return 1; }
+#else
+int engine_threaded(void) { return 0; }
+#endif

@@ -1,10 +1,14 @@
-"""Shared fixtures: paths to the official compatibility vectors copied into tests/data."""
+"""Shared fixtures: paths to the official compatibility vectors copied into tests/data, and a C
+compiler without OpenMP."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +25,35 @@ def official_path(*parts: str) -> str:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def openmp_less_compiler(monkeypatch, tmp_path) -> Iterator[Callable[[], Path]]:
+    """A function that has the native engine rebuilt, for the rest of one test, by a compiler that
+    refuses -fopenmp as Apple's clang does (this machine's compiler otherwise), and returns the file
+    its command lines are appended to."""
+    from utils.runtime import native_build
+
+    real = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if real is None:
+        pytest.skip("no C compiler")
+    calls, wrapper = tmp_path / "calls.txt", tmp_path / "clang-without-openmp"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{calls}"\n'
+        'for arg in "$@"; do\n'
+        '    if [ "$arg" = -fopenmp ]; then echo "clang: error: unsupported option -fopenmp" >&2; exit 1; fi\n'
+        "done\n"
+        f'exec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+
+    def use() -> Path:
+        monkeypatch.setenv("CC", str(wrapper))
+        monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
+        native_build._library.cache_clear()
+        return calls
+
+    yield use
+    monkeypatch.undo()
+    native_build._library.cache_clear()

@@ -346,6 +346,36 @@ def test_the_library_is_built_once_per_source(monkeypatch, tmp_path) -> None:
         native_build._library.cache_clear()
 
 
+def test_a_compiler_without_openmp_builds_a_one_thread_engine(openmp_less_compiler, caplog) -> None:
+    """A compiler that refuses -fopenmp (Apple's clang) still builds the engine, without it, once:
+    the codec runs natively on one thread, says so once, and gives the threaded engine's codes and
+    waveform bit for bit."""
+    x = speech(samples=300 * 16)
+    cuts = list(range(0, x.shape[-1] + 1, 300))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if not native_build.build().threaded:
+            pytest.skip(f"no threaded engine to compare with: {native_build.serial_notice()}")
+        codes, wave = stream(load("vctk_sym"), x, cuts)
+        calls = openmp_less_compiler()
+        assert not native_build.build().threaded
+        compiles = [line for line in calls.read_text().splitlines() if "engine.c" in line]
+        assert len(compiles) == 2 and "-fopenmp" in compiles[0] and "-fopenmp" not in compiles[1]
+        assert "without OpenMP" in native_build.serial_notice() and "set CC" in native_build.serial_notice()
+        with caplog.at_level("DEBUG"):
+            serial = load("vctk_sym")
+        assert serial.native_sides == ["encoder", "decoder"]
+        assert any("each step runs on one thread" in record.message for record in caplog.records)
+        serial_codes, serial_wave = stream(serial, x, cuts)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(serial_codes, codes) and torch.equal(serial_wave, wave)
+    native_build._library.cache_clear()
+    assert not native_build.build().threaded  # from the cache: not compiled again
+    assert sum("engine.c" in line for line in calls.read_text().splitlines()) == 2
+
+
 @pytest.fixture
 def engine_for(monkeypatch, tmp_path):
     """Rebuild the engine for another -march (through AUDIODEC_NATIVE_MARCH) for one test."""

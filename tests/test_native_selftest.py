@@ -25,11 +25,13 @@ def cpu_has(*flags: str) -> bool:
     return all(flag in words for flag in flags)
 
 
-def build(tmp_path: Path, compiler: str, march: str) -> Path:
-    """The self-test built as the engine is (its flags, the compiler's own included)."""
-    binary = tmp_path / f"selftest-{march}"
+def build(tmp_path: Path, compiler: str, march: str, openmp: bool | None = None) -> Path:
+    """The self-test built as the engine is (its flags, the compiler's own included; without
+    -fopenmp where the engine was built so, or when `openmp` is False)."""
+    openmp = native_build.build().threaded if openmp is None else openmp
+    binary = tmp_path / f"selftest-{march}{'' if openmp else '-serial'}"
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    flags = [*FLAGS, *native_build.compiler_flags(version)]
+    flags = [flag for flag in (*FLAGS, *native_build.compiler_flags(version)) if openmp or flag != native_build.OPENMP]
     result = subprocess.run(
         [compiler, *flags, f"-march={march}", "-o", str(binary), str(SELFTEST), "-lm"], capture_output=True, text=True
     )
@@ -56,6 +58,13 @@ def test_native_build(compiler: str, tmp_path: Path) -> None:
     """The build the engine uses here (-march=native, or $AUDIODEC_NATIVE_MARCH): its instruction set
     is the one the library reports."""
     out = run([str(build(tmp_path, compiler, native_build.march()))])
+    assert out.startswith(native_build.build().isa + " ")
+
+
+def test_the_build_without_openmp(compiler: str, tmp_path: Path) -> None:
+    """Built without -fopenmp (a compiler without OpenMP): every kernel and the team code still
+    pass, the team being the calling thread."""
+    out = run([str(build(tmp_path, compiler, native_build.march(), openmp=False))])
     assert out.startswith(native_build.build().isa + " ")
 
 

@@ -5,8 +5,10 @@
 `$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the flags, the
 compiler and the CPU's flags (so a home folder shared by different cluster nodes holds one build per
 CPU type). The build's vector width and register blocks follow its instruction set (`Build`).
-Without a compiler or OpenMP `available()` is False, `unavailable_reason()` says why, and the codec
-runs TorchScript (utils/runtime/backends.py). The plans that run on it are in `native.py`.
+A compiler without OpenMP (Apple's clang, a gcc without libgomp) builds it without `-fopenmp`: each
+step then runs on one thread (`Build.threaded`, `serial_notice()`), with the same sums. Without a
+compiler `available()` is False, `unavailable_reason()` says why, and the codec runs TorchScript
+(utils/runtime/backends.py). The plans that run on it are in `native.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 from utils.errors import CodecError
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "engine.c"
-FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+OPENMP = "-fopenmp"
+FLAGS = ("-O3", "-ffp-contract=fast", OPENMP, "-fPIC", "-shared", "-std=gnu11")
 # GCC's Zen tunings leave a lone accumulator's multiply-adds unfused (avoid-fma-max-bits), so the
 # 1-row kernels would round unlike the others and a chunk's cut would change the sums.
 GCC_FLAGS = ("--param=avoid-fma-max-bits=0",)
@@ -70,13 +73,16 @@ def _cpu_flags() -> str:
 class Build:
     """The compiled engine and what its target gives the plans: `lanes` floats per vector (weights
     and codebooks are padded to whole vectors), `widths` the column-block widths in vectors that it
-    has kernels for, `isa` the instruction set ("avx512", "avx2", "neon", "generic"), `fma`."""
+    has kernels for, `isa` the instruction set ("avx512", "avx2", "neon", "generic"), `fma`;
+    `threaded` False where the compiler had no OpenMP (one thread per step), `compiler` its builder."""
 
     library: ctypes.CDLL
     lanes: int
     widths: tuple[int, ...]
     isa: str
     fma: bool
+    threaded: bool
+    compiler: str
 
 
 def march() -> str:
@@ -104,6 +110,8 @@ def _library() -> tuple[Build | None, str]:
         return None, f"C compiler {compiler} does not run: {error}"
     flags = (*flags, *compiler_flags(version))
     source = SOURCE.read_bytes()
+    # Keyed by the flags asked for: a build without OpenMP is cached under them too, so that a
+    # compiler without it is not tried again on every start.
     digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_flags().encode()]))
     target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
     if not target.exists():
@@ -112,11 +120,11 @@ def _library() -> tuple[Build | None, str]:
             fd, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                result = subprocess.run(
-                    [compiler, *flags, "-o", temporary, str(SOURCE)], capture_output=True, text=True
-                )
-                if result.returncode != 0:
-                    return None, _build_failure(compiler, flags, result.stderr)
+                error = _compile(compiler, flags, temporary)
+                if error and _lacks_openmp(error):
+                    error = _compile(compiler, tuple(flag for flag in flags if flag != OPENMP), temporary)
+                if error:
+                    return None, _build_failure(compiler, flags, error)
                 os.replace(temporary, target)
             finally:
                 if os.path.exists(temporary):
@@ -143,7 +151,19 @@ def _library() -> tuple[Build | None, str]:
     library.engine_activation.argtypes = [ptr, i64, ptr, i64, i64, i64, i64, f32, i32, i32, i32]
     library.engine_activation_backward.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, i64, f32, i32, i32, i32]
     widths = tuple(1 << s for s in range(3) if library.engine_rows(s) > 0)
-    return Build(library, library.engine_lanes(), widths, library.engine_isa().decode(), bool(library.engine_fma())), ""
+    isa, fma, threaded = library.engine_isa().decode(), bool(library.engine_fma()), bool(library.engine_threaded())
+    return Build(library, library.engine_lanes(), widths, isa, fma, threaded, compiler), ""
+
+
+def _compile(compiler: str, flags: tuple[str, ...], output: str) -> str:
+    """Compiles the engine into `output`: "" or the compiler's messages."""
+    result = subprocess.run([compiler, *flags, "-o", output, str(SOURCE)], capture_output=True, text=True)
+    return "" if result.returncode == 0 else result.stderr or f"{compiler} exited with {result.returncode}"
+
+
+def _lacks_openmp(stderr: str) -> bool:
+    """Whether a failed build failed for want of OpenMP (its option, header or runtime library)."""
+    return any(sign in stderr for sign in ("fopenmp", "omp.h", "-lgomp", "-lomp"))
 
 
 def compiler_flags(version: str) -> tuple[str, ...]:
@@ -156,8 +176,6 @@ def _build_failure(compiler: str, flags: tuple[str, ...], stderr: str) -> str:
     lines = stderr.strip().splitlines()
     if any("march" in line or "unknown architecture" in line for line in lines):
         return f"{compiler} cannot build for -march={march()}: set {MARCH_VARIABLE} to a target it knows, or unset it"
-    if any("omp.h" in line or "fopenmp" in line for line in lines):
-        return f"{compiler} has no OpenMP (install gcc, or set CC to a compiler with -fopenmp)"
     return f"compiling {SOURCE.name} with {compiler} failed: {lines[-1] if lines else 'no message'}"
 
 
@@ -173,3 +191,12 @@ def available() -> bool:
 
 def unavailable_reason() -> str:
     return _library()[1]
+
+
+def serial_notice() -> str:
+    """One line when the engine runs each step on one thread for want of OpenMP, else ""."""
+    engine = build()
+    if engine is None or engine.threaded:
+        return ""
+    return (f"native engine built without OpenMP ({engine.compiler} has none): each step runs on one thread; "
+            "set CC to a compiler with -fopenmp (e.g. gcc) for threads")
