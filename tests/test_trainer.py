@@ -607,6 +607,16 @@ def test_the_gpu_training_check_writes_a_json_per_phase_and_setting(tmp_path: Pa
         (row,) = json.loads((tmp_path / "out" / f"{phase}_fp32.json").read_text())["results"]
         assert (row["phase"], row["precision"], row["compile"], row["steps"]) == (phase, "fp32", False, steps)
     assert (tmp_path / "out" / "summary.txt").read_text().count("== ") == 2
+    # A setting that fails or runs out of time is marked, and the others still run.
+    for variables, reason in (({"CONFIG": str(tmp_path / "missing.yaml")}, "exit status 1"),
+                              ({"RUN_TIMEOUT": "1"}, "more than 1 s")):  # fmt: skip
+        out = tmp_path / reason.replace(" ", "_")
+        failing_env = {**env, "DEVICE": "cpu", "SETTINGS": "fp32 bf16", "OUT": str(out), **variables}
+        failing = subprocess.run(["bash", script], env=failing_env, capture_output=True, text=True, timeout=300)
+        summary = (out / "summary.txt").read_text()
+        assert failing.returncode == 1 and summary.count(f"FAILED ({reason})") == 4, summary
+        assert sorted(path.name for path in out.glob("*.log")) == [
+            "adversarial_bf16.log", "adversarial_fp32.log", "stage1_bf16.log", "stage1_fp32.log"]
     bad = subprocess.run(["bash", script], env={**env, "DEVICE": "cpu", "SETTINGS": "fp32 fp32+jit",
                                                  "OUT": str(tmp_path / "bad")}, capture_output=True, text=True,
                          timeout=60)  # fmt: skip

@@ -31,7 +31,7 @@ from trainer.autoencoder import AutoencoderTrainer
 from trainer.base import GANTrainer
 from trainer.builder import build_trainer
 from trainer.data import StepBatch, TrainingData
-from trainer.distributed import DistributedContext
+from trainer.distributed import DistributedContext, configure_tf32
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, config_path_for, generator_state_dict
 from utils.errors import CodecError
@@ -56,6 +56,7 @@ class PhaseTiming:
     samples_per_second: float
     warmup_seconds: float  # the untimed first steps, compilation included
     peak_memory_mib: float | None  # on a GPU
+    tf32: bool | None = None  # on a GPU: TF32 matmuls and convolutions (compute capability 8 and newer)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +188,9 @@ def time_phase(
         # recompilations per function, past which it runs that function eagerly.
         _dynamo.reset()
     context = DistributedContext(device=torch.device(device))
+    if context.device.type == "cuda":  # as codecTrain.py trains there: cuDNN's autotuner, TF32 where the GPU has it
+        torch.backends.cudnn.benchmark = True
+        configure_tf32(context.device, bool(config.get("tf32", True)))
     torch.manual_seed(seed)
     data = TrainingData(run_config, context, seed)
     with tempfile.TemporaryDirectory() as expdir:
@@ -211,11 +215,12 @@ def time_phase(
             trainer.train_step(batch)
         _synchronize(context.device)
         seconds = (time.perf_counter() - warmed) / steps
-    peak = torch.cuda.max_memory_allocated(context.device) / 2**20 if context.device.type == "cuda" else None
+    cuda = context.device.type == "cuda"
+    peak = torch.cuda.max_memory_allocated(context.device) / 2**20 if cuda else None
     return PhaseTiming(
         phase=phase, precision=precision, compile=compile, compiled="+".join(trainer.compiled), fast_conv=fast_conv,
         fast_conv_form=trainer.fast_conv_form,
         batch_size=batch_size, batch_length=length, steps=steps,
         seconds_per_step=seconds, samples_per_second=batch_size / seconds, warmup_seconds=warmed - start,
-        peak_memory_mib=peak,
+        peak_memory_mib=peak, tf32=torch.backends.cuda.matmul.allow_tf32 if cuda else None,
     )  # fmt: skip

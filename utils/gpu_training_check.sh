@@ -7,13 +7,16 @@
 #   OUT=/some/dir bash utils/gpu_training_check.sh   # writes there instead
 #
 # Variables (defaults in brackets): DEVICE [cuda], CONFIG [the full recipe], STAGE1_STEPS [200],
-# ADVERSARIAL_STEPS [50], WARMUP [3], SETTINGS ["fp32 bf16 bf16+compile"], PYTHON [python3].
+# ADVERSARIAL_STEPS [50], WARMUP [3], SETTINGS ["fp32 bf16 bf16+compile"], PYTHON [python3],
+# RUN_TIMEOUT [270: seconds one phase of one setting may take, compilation included].
+# A setting that fails or runs out of time is marked FAILED in the summary (its messages in
+# OUT/PHASE_SETTING.log) and the others still run; the exit status is then 1.
 #
 # On a machine whose Python has torch but not this project's audio packages, carry them as wheels
 # (Python 3.12, manylinux), downloaded where pip can reach the index:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl librosa==0.11.0 soundfile==0.14.0 soxr==1.1.0 audioread pooch decorator platformdirs
+#       -d .whl librosa==0.11.0 soundfile==0.14.0 soxr==1.1.0 cffi audioread pooch decorator platformdirs
 # and there: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #            && PYTHONPATH=/tmp/site bash utils/gpu_training_check.sh
 set -euo pipefail
@@ -26,6 +29,7 @@ adversarial_steps=${ADVERSARIAL_STEPS:-50}
 warmup=${WARMUP:-3}
 settings=${SETTINGS:-fp32 bf16 bf16+compile}
 python=${PYTHON:-python3}
+run_timeout=${RUN_TIMEOUT:-270}
 out=${OUT:-gpu_check}
 
 # Every setting is checked before the first one runs: a typo must not cost the minutes of the others.
@@ -40,12 +44,19 @@ if [ "${device}" != cpu ] && ! "${python}" -c "import torch, sys; sys.exit(0 if 
     echo "gpu_training_check: ${python} sees no CUDA device: run it on a GPU machine (or DEVICE=cpu to try it)" >&2
     exit 2
 fi
+# Everything the benchmark imports, before any timing: a missing package costs seconds, not a run.
+if ! missing=$("${python}" -c "import trainer.benchmark" 2>&1); then
+    echo "gpu_training_check: ${python} cannot import the trainer: ${missing##*$'\n'} (carry the packages as above)" >&2
+    exit 2
+fi
 mkdir -p "${out}"
+: > "${out}/summary.txt"
 {
-    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
     "${python}" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 } | tee "${out}/machine.txt"
 
+failed=0
 for setting in ${settings}; do
     precision=${setting%%+*}
     compile=off
@@ -53,9 +64,20 @@ for setting in ${settings}; do
     for phase in stage1 adversarial; do
         steps=${stage1_steps}
         [ "${phase}" = adversarial ] && steps=${adversarial_steps}
+        name=${phase}_${setting/+/_}
         echo "== ${phase}, ${setting}, ${steps} steps after ${warmup}" | tee -a "${out}/summary.txt"
-        PYTHONUNBUFFERED=1 "${python}" bin/train_benchmark.py -c "${config}" --device "${device}" --phases "${phase}" \
-            --precisions "${precision}" --compile "${compile}" --steps "${steps}" --warmup "${warmup}" \
-            --json "${out}/${phase}_${setting/+/_}.json" | tee -a "${out}/summary.txt"
+        if PYTHONUNBUFFERED=1 timeout "${run_timeout}" "${python}" bin/train_benchmark.py -c "${config}" \
+            --device "${device}" --phases "${phase}" --precisions "${precision}" --compile "${compile}" \
+            --steps "${steps}" --warmup "${warmup}" --json "${out}/${name}.json" > "${out}/${name}.log" 2>&1; then
+            tee -a "${out}/summary.txt" < "${out}/${name}.log"
+        else
+            status=$?
+            reason="exit status ${status}"
+            [ "${status}" = 124 ] && reason="more than ${run_timeout} s"
+            echo "FAILED (${reason}): ${out}/${name}.log ends with:" | tee -a "${out}/summary.txt"
+            tail -n 5 "${out}/${name}.log" | tee -a "${out}/summary.txt"
+            failed=1
+        fi
     done
 done
+exit "${failed}"
