@@ -11,6 +11,8 @@
 # RUN_TIMEOUT [270: seconds one phase of one setting may take, compilation included].
 # A setting that fails or runs out of time is marked FAILED in the summary (its messages in
 # OUT/PHASE_SETTING.log) and the others still run; the exit status is then 1.
+# Where one command may run 10 minutes, split it: SETTINGS="fp32 bf16" first (eager, a few
+# minutes), then SETTINGS=bf16+compile (compilation takes minutes per phase), each into its own OUT.
 #
 # On a machine whose Python has torch but not this project's audio packages, carry them as wheels
 # (Python 3.12, manylinux), downloaded where pip can reach the index:
