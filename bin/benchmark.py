@@ -305,7 +305,9 @@ def cpu_label() -> str:
     except OSError:
         pass
     build = native_build.build()
-    engine = (f"engine {build.isa}" + ("" if build.threaded else ", one thread")) if build else "no engine"
+    engine = "no engine"
+    if build:
+        engine = f"engine {build.isa}" + ("" if build.threads == "openmp" else f", {build.threads}")
     return f"{name} (torch {torch.backends.cpu.get_cpu_capability()}, {engine})"
 
 

@@ -17,24 +17,211 @@
  * how it is cut into chunks, by construction (tests/test_native_engine.py checks it bit for bit).
  *
  * Built by utils/runtime/native_build.py with the machine's C compiler (-O3 -march=native -fopenmp, or
- * the -march in $AUDIODEC_NATIVE_MARCH; without -fopenmp where the compiler has no OpenMP, e.g.
- * Apple's clang: then one thread runs each step, with the same sums). The vectors are GCC vector extensions; their width and
- * the kernels' register blocks follow the instruction set the compiler targets (below), so one
- * source builds for AVX-512, AVX2+FMA, NEON or plain SSE2. A column's sum runs in the same order
- * whatever the width, so targets with FMA give the same bits.
+ * the -march in $AUDIODEC_NATIVE_MARCH; with -pthread instead where the compiler has no OpenMP, e.g.
+ * Apple's clang: then a team of POSIX threads of its own runs each step, with the same sums). The
+ * vectors are GCC vector extensions; their width and the kernels' register blocks follow the
+ * instruction set the compiler targets (below), so one source builds for AVX-512, AVX2+FMA, NEON or
+ * plain SSE2. A column's sum runs in the same order whatever the width, so targets with FMA give the
+ * same bits.
  * csrc/selftest.c checks every kernel shape against a plain loop (tests/test_native_selftest.py).
  */
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#else
-/* No OpenMP: the pragmas are ignored and a team is the calling thread alone. */
-static int omp_get_thread_num(void) { return 0; }
-static int omp_get_num_threads(void) { return 1; }
-#endif
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+
+/* Teams. team_run(n, body, ctx) runs body(ctx, tid, size) on n threads (the caller is tid 0) and
+ * returns when all are done; team_barrier() inside body waits for the whole team. With OpenMP that
+ * is a parallel region; without it (Apple's clang) each calling thread keeps a team of POSIX
+ * threads of its own, which spin briefly between runs and then sleep. A team of one runs body
+ * directly. Which threads compute which rows never changes a sum (Contract 2). */
+typedef void (*TeamBody)(void *ctx, int tid, int size);
+
+#ifdef _OPENMP
+#include <omp.h>
+#define TEAM_THREADS "openmp"
+
+static void team_barrier(void) {
+#pragma omp barrier
+}
+
+static void team_run(int nthreads, TeamBody body, void *ctx) {
+    if (nthreads <= 1) {
+        body(ctx, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(nthreads)
+    body(ctx, omp_get_thread_num(), omp_get_num_threads());
+}
+#else
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#define TEAM_THREADS "pthreads"
+#define TEAM_SPINS 20000 /* polls of a waiting thread before it yields (barrier) or sleeps (between runs) */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+typedef struct Team Team;
+typedef struct {
+    Team *team;
+    int tid;
+} Seat;
+
+struct Team {
+    int size; /* threads, the caller's included */
+    pthread_t *threads;
+    Seat *seats;
+    TeamBody body;
+    void *ctx;
+    unsigned run;     /* bumped to start a run (or to stop) */
+    int busy;         /* workers still in the current run */
+    unsigned passage; /* bumped when the last thread reaches a barrier */
+    int arrived;
+    int stop;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+};
+
+static _Thread_local Team *led;    /* the team this thread calls team_run with */
+static _Thread_local Team *inside; /* the team whose run this thread is in, for team_barrier */
+static pthread_key_t team_key;     /* ends a thread's team when the thread ends */
+static pthread_once_t team_once = PTHREAD_ONCE_INIT;
+
+static void *team_worker(void *arg) {
+    Seat *seat = arg;
+    Team *t = seat->team;
+    inside = t;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned run;
+        for (int spin = 0; (run = __atomic_load_n(&t->run, __ATOMIC_ACQUIRE)) == seen; spin++) {
+            if (spin < TEAM_SPINS) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&t->lock);
+            while (__atomic_load_n(&t->run, __ATOMIC_ACQUIRE) == seen) pthread_cond_wait(&t->wake, &t->lock);
+            pthread_mutex_unlock(&t->lock);
+        }
+        seen = run;
+        if (__atomic_load_n(&t->stop, __ATOMIC_ACQUIRE)) return NULL;
+        t->body(t->ctx, seat->tid, t->size);
+        __atomic_fetch_sub(&t->busy, 1, __ATOMIC_ACQ_REL);
+    }
+}
+
+/* Starts the team's workers on the body and ctx set beside it (or, with stop set, ends them). */
+static void team_start(Team *t) {
+    pthread_mutex_lock(&t->lock);
+    __atomic_fetch_add(&t->run, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&t->wake);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* Ends the workers of `t` (the first `started` of them) and frees it. */
+static void team_free(Team *t, int started) {
+    __atomic_store_n(&t->stop, 1, __ATOMIC_RELEASE);
+    team_start(t);
+    for (int i = 0; i < started; i++) pthread_join(t->threads[i], NULL);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->wake);
+    free(t->threads);
+    free(t->seats);
+    free(t);
+}
+
+static void team_end_with_thread(void *t) { team_free(t, ((Team *)t)->size - 1); }
+
+/* In a child process only the forking thread lives on: its team's workers are gone. */
+static void team_forget_after_fork(void) {
+    led = inside = NULL;
+    pthread_setspecific(team_key, NULL);
+}
+
+static void team_init(void) {
+    pthread_key_create(&team_key, team_end_with_thread);
+    pthread_atfork(NULL, NULL, team_forget_after_fork);
+}
+
+/* The calling thread's team of `size`, made (or remade) on first use; NULL if threads cannot start. */
+static Team *team_of(int size) {
+    pthread_once(&team_once, team_init);
+    if (led && led->size == size) return led;
+    if (led) {
+        team_free(led, led->size - 1);
+        led = NULL;
+        pthread_setspecific(team_key, NULL);
+    }
+    Team *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->size = size;
+    t->threads = calloc(size - 1, sizeof *t->threads);
+    t->seats = calloc(size - 1, sizeof *t->seats);
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->wake, NULL);
+    int started = 0;
+    if (t->threads && t->seats) {
+        for (; started < size - 1; started++) {
+            t->seats[started] = (Seat){t, started + 1};
+            if (pthread_create(t->threads + started, NULL, team_worker, t->seats + started) != 0) break;
+        }
+    }
+    if (started < size - 1) {
+        team_free(t, started);
+        return NULL;
+    }
+    led = t;
+    pthread_setspecific(team_key, t);
+    return t;
+}
+
+static void team_barrier(void) {
+    Team *t = inside;
+    if (!t) return;
+    const unsigned passage = __atomic_load_n(&t->passage, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&t->arrived, 1, __ATOMIC_ACQ_REL) == t->size) {
+        __atomic_store_n(&t->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&t->passage, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int spin = 0; __atomic_load_n(&t->passage, __ATOMIC_ACQUIRE) == passage; spin++) {
+        if (spin < TEAM_SPINS) {
+            cpu_relax();
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+static void team_run(int nthreads, TeamBody body, void *ctx) {
+    Team *t = nthreads > 1 ? team_of(nthreads) : NULL;
+    if (!t) {
+        body(ctx, 0, 1);
+        return;
+    }
+    t->body = body;
+    t->ctx = ctx;
+    __atomic_store_n(&t->busy, t->size - 1, __ATOMIC_RELAXED);
+    team_start(t);
+    inside = t;
+    body(ctx, 0, t->size);
+    for (int spin = 0; __atomic_load_n(&t->busy, __ATOMIC_ACQUIRE) > 0; spin++) {
+        if (spin < TEAM_SPINS) {
+            cpu_relax();
+        } else {
+            sched_yield();
+        }
+    }
+    inside = NULL;
+}
 #endif
 
 /* VL: floats per vector. ROWS_NVn: rows of a register block n vectors wide (0: no such kernels).
@@ -540,7 +727,7 @@ static void run_vq(const Op *op, int tid, int nthreads, float *shared) {
     const int from = (int)((int64_t)vectors * tid / nthreads) * VL;
     const int to = (int)((int64_t)vectors * (tid + 1) / nthreads) * VL;
     if (tid == 0) memcpy(residual, op->x, sizeof(float) * frames * dim);
-#pragma omp barrier
+    team_barrier();
     for (int q = 0; q < op->k; q++) {
         for (int t = 0; t < frames; t++) {
             const float *x = residual + (int64_t)t * dim;
@@ -549,7 +736,7 @@ static void run_vq(const Op *op, int tid, int nthreads, float *shared) {
             index[at] = from;
             if (from < to) nearest_code(op, q, x, squared_norm(x, dim), from, to, least + at, index + at);
         }
-#pragma omp barrier
+        team_barrier();
         if (tid == 0) {
             for (int t = 0; t < frames; t++) {
                 int best = 0;
@@ -558,7 +745,7 @@ static void run_vq(const Op *op, int tid, int nthreads, float *shared) {
                 take_code(op, q, t, residual + (int64_t)t * dim, index[(int64_t)best * frames + t]);
             }
         }
-#pragma omp barrier
+        team_barrier();
     }
 }
 
@@ -595,45 +782,67 @@ static int run_lookup(const Op *op, int tid, int nthreads) {
 /* One streaming step for `batch` streams, each its own state vector of `state_size` floats:
  * states in, input copied to `in_dst`, operations in order, output copied out, states out.
  * Returns 0, or 1 when a lookup met a code out of range. */
+typedef struct {
+    const Op *ops;
+    int n_ops;
+    const Slot *slots;
+    int n_slots;
+    int64_t state_size;
+    const void *x;
+    void *in_dst;
+    int64_t in_bytes;
+    const void *out_src;
+    void *y;
+    int64_t out_bytes;
+    const float *state_in;
+    float *state_out;
+    int batch;
+    float *shared;
+    int bad;
+} Step;
+
+static void run_step(void *context, int tid, int team) {
+    const Step *step = context;
+    const Slot *slots = step->slots;
+    for (int b = 0; b < step->batch; b++) {
+        const float *s_in = step->state_in + (int64_t)b * step->state_size;
+        for (int s = tid; s < step->n_slots; s += team)
+            memcpy(slots[s].ext, s_in + slots[s].offset, sizeof(float) * slots[s].n);
+        if (tid == 0) memcpy(step->in_dst, (const char *)step->x + b * step->in_bytes, step->in_bytes);
+        team_barrier();
+        for (int o = 0; o < step->n_ops; o++) {
+            const Op *op = step->ops + o;
+            if (op->kind == OP_CONV) {
+                run_conv(op, tid, team);
+            } else if (op->kind == OP_VQ) {
+                run_vq(op, tid, team, step->shared);
+            } else if (op->kind == OP_LOOKUP && run_lookup(op, tid, team)) {
+                __atomic_store_n(&((Step *)context)->bad, 1, __ATOMIC_RELAXED);
+            }
+            team_barrier();
+        }
+        float *s_out = step->state_out + (int64_t)b * step->state_size;
+        for (int s = tid; s < step->n_slots; s += team)
+            memcpy(s_out + slots[s].offset, slots[s].ext + slots[s].shift, sizeof(float) * slots[s].n);
+        if (tid == 0) memcpy((char *)step->y + b * step->out_bytes, step->out_src, step->out_bytes);
+        team_barrier();
+    }
+}
+
 int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t state_size,
                const void *x, void *in_dst, int64_t in_bytes,
                const void *out_src, void *y, int64_t out_bytes,
                const float *state_in, float *state_out, int batch, int nthreads) {
-    int bad = 0;
     int64_t shared_floats = 1;  /* run_vq's scratch, on this thread's stack, shared by the team */
     for (int o = 0; o < n_ops; o++) {
         if (ops[o].kind == OP_VQ && vq_shared_floats(ops + o, nthreads) > shared_floats)
             shared_floats = vq_shared_floats(ops + o, nthreads);
     }
     float shared[shared_floats] __attribute__((aligned(64)));
-#pragma omp parallel num_threads(nthreads) reduction(| : bad)
-    {
-        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-        for (int b = 0; b < batch; b++) {
-            const float *s_in = state_in + (int64_t)b * state_size;
-            for (int s = tid; s < n_slots; s += team)
-                memcpy(slots[s].ext, s_in + slots[s].offset, sizeof(float) * slots[s].n);
-            if (tid == 0) memcpy(in_dst, (const char *)x + b * in_bytes, in_bytes);
-#pragma omp barrier
-            for (int o = 0; o < n_ops; o++) {
-                const Op *op = ops + o;
-                if (op->kind == OP_CONV) {
-                    run_conv(op, tid, team);
-                } else if (op->kind == OP_VQ) {
-                    run_vq(op, tid, team, shared);
-                } else if (op->kind == OP_LOOKUP) {
-                    bad |= run_lookup(op, tid, team);
-                }
-#pragma omp barrier
-            }
-            float *s_out = state_out + (int64_t)b * state_size;
-            for (int s = tid; s < n_slots; s += team)
-                memcpy(s_out + slots[s].offset, slots[s].ext + slots[s].shift, sizeof(float) * slots[s].n);
-            if (tid == 0) memcpy((char *)y + b * out_bytes, out_src, out_bytes);
-#pragma omp barrier
-        }
-    }
-    return bad;
+    Step step = {ops, n_ops, slots, n_slots, state_size, x, in_dst, in_bytes, out_src, y, out_bytes,
+                 state_in, state_out, batch, shared, 0};
+    team_run(nthreads, run_step, &step);
+    return step.bad;
 }
 
 /* Training's ELU and LeakyReLU (trainer/fast_activation.py): ATen's ELU goes through expm1, which
@@ -731,54 +940,73 @@ static inline void grad_piece(const char *g, const char *out, char *gin, int64_t
 /* out = activation `kind` of x, with `lead` zeros written before each output row (the causal padding
  * of the convolution that reads it). Each (kind, bf16) pair is its own loop, so the vector code is
  * specialized. */
+typedef struct {
+    const char *x; /* forward: the input; backward: the incoming gradient */
+    const char *out;
+    char *to;      /* forward: the output; backward: the gradient of the input */
+    int64_t x_stride, out_stride, to_stride, lead, rows, n;
+    float param;
+    int kind, bf16, backward;
+} Activation;
+
+/* `m` values of row `r` from column `j`, forward or backward. */
+static void activation_values(const Activation *a, int64_t r, int64_t j, int64_t m) {
+    const int64_t size = a->bf16 ? 2 : 4;
+    const float param = a->param;
+    if (a->backward) {
+        const char *g = a->x + (r * a->x_stride + j) * size;
+        const char *o = a->out + (r * a->out_stride + j) * size;
+        char *gi = a->to + (r * a->to_stride + j) * size;
+        if (a->kind == ACT_ELU) {
+            if (a->bf16) grad_piece(g, o, gi, m, param, ACT_ELU, 1); else grad_piece(g, o, gi, m, param, ACT_ELU, 0);
+        } else {
+            if (a->bf16) grad_piece(g, o, gi, m, param, ACT_LEAKY, 1); else grad_piece(g, o, gi, m, param, ACT_LEAKY, 0);
+        }
+        return;
+    }
+    char *row = a->to + r * a->to_stride * size;
+    if (j == 0 && a->lead) memset(row, 0, size * a->lead);
+    const char *in = a->x + (r * a->x_stride + j) * size;
+    char *to = row + (a->lead + j) * size;
+    if (a->kind == ACT_ELU) {
+        if (a->bf16) activation_piece(in, to, m, param, ACT_ELU, 1); else activation_piece(in, to, m, param, ACT_ELU, 0);
+    } else {
+        if (a->bf16) activation_piece(in, to, m, param, ACT_LEAKY, 1); else activation_piece(in, to, m, param, ACT_LEAKY, 0);
+    }
+}
+
+/* A thread's share of the rows' pieces of ACTIVATION_CHUNK values. */
+static void run_activation(void *context, int tid, int team) {
+    const Activation *a = context;
+    const int64_t pieces = (a->n + ACTIVATION_CHUNK - 1) / ACTIVATION_CHUNK;
+    const int64_t first = a->rows * pieces * tid / team, last = a->rows * pieces * (tid + 1) / team;
+    for (int64_t p = first; p < last; p++) {
+        const int64_t r = p / pieces, j = (p % pieces) * ACTIVATION_CHUNK;
+        activation_values(a, r, j, a->n - j < ACTIVATION_CHUNK ? a->n - j : ACTIVATION_CHUNK);
+    }
+}
+
 void engine_activation(const void *x, int64_t x_stride, void *out, int64_t out_stride, int64_t lead, int64_t rows,
                        int64_t n, float param, int kind, int bf16, int nthreads) {
-    const int64_t pieces = (n + ACTIVATION_CHUNK - 1) / ACTIVATION_CHUNK, size = bf16 ? 2 : 4;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ACTIVATION_SERIAL)
-    for (int64_t p = 0; p < rows * pieces; p++) {
-        const int64_t r = p / pieces, j = (p % pieces) * ACTIVATION_CHUNK, m = n - j < ACTIVATION_CHUNK ? n - j : ACTIVATION_CHUNK;
-        char *row = (char *)out + r * out_stride * size;
-        if (j == 0 && lead) memset(row, 0, size * lead);
-        const char *in = (const char *)x + (r * x_stride + j) * size;
-        char *to = row + (lead + j) * size;
-        if (kind == ACT_ELU) {
-            if (bf16) activation_piece(in, to, m, param, ACT_ELU, 1); else activation_piece(in, to, m, param, ACT_ELU, 0);
-        } else {
-            if (bf16) activation_piece(in, to, m, param, ACT_LEAKY, 1); else activation_piece(in, to, m, param, ACT_LEAKY, 0);
-        }
-    }
+    Activation a = {x, NULL, out, x_stride, 0, out_stride, lead, rows, n, param, kind, bf16, 0};
+    team_run(rows * n >= ACTIVATION_SERIAL ? nthreads : 1, run_activation, &a);
 }
 
 /* grad_in = the backward pass of activation `kind` for grad, from its output `out`. */
 void engine_activation_backward(const void *grad, int64_t grad_stride, const void *out, int64_t out_stride,
                                 void *grad_in, int64_t grad_in_stride, int64_t rows, int64_t n, float param, int kind,
                                 int bf16, int nthreads) {
-    const int64_t pieces = (n + ACTIVATION_CHUNK - 1) / ACTIVATION_CHUNK, size = bf16 ? 2 : 4;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * n >= ACTIVATION_SERIAL)
-    for (int64_t p = 0; p < rows * pieces; p++) {
-        const int64_t r = p / pieces, j = (p % pieces) * ACTIVATION_CHUNK, m = n - j < ACTIVATION_CHUNK ? n - j : ACTIVATION_CHUNK;
-        const char *g = (const char *)grad + (r * grad_stride + j) * size;
-        const char *o = (const char *)out + (r * out_stride + j) * size;
-        char *gi = (char *)grad_in + (r * grad_in_stride + j) * size;
-        if (kind == ACT_ELU) {
-            if (bf16) grad_piece(g, o, gi, m, param, ACT_ELU, 1); else grad_piece(g, o, gi, m, param, ACT_ELU, 0);
-        } else {
-            if (bf16) grad_piece(g, o, gi, m, param, ACT_LEAKY, 1); else grad_piece(g, o, gi, m, param, ACT_LEAKY, 0);
-        }
-    }
+    Activation a = {grad, out, grad_in, grad_stride, out_stride, grad_in_stride, 0, rows, n, param, kind, bf16, 1};
+    team_run(rows * n >= ACTIVATION_SERIAL ? nthreads : 1, run_activation, &a);
 }
 
 /* What the Python side needs to know of this build: the layout of Op (to check its mirror against),
  * floats per vector (weights and codebooks are padded to whole vectors), the rows of the register
  * blocks per width (engine_rows(s): 2^s vectors; 0 where this build has no such kernels), the
- * instruction set the build targets, and whether it runs threads (OpenMP). */
+ * instruction set the build targets, and what runs its teams ("openmp" or "pthreads"). */
 int64_t engine_op_size(void) { return sizeof(Op); }
 int engine_lanes(void) { return VL; }
 int engine_rows(int s) { return s >= 0 && s < 3 ? ROWS[s] : 0; }
 int engine_fma(void) { return HAS_FMA; }
 const char *engine_isa(void) { return ISA; }
-#ifdef _OPENMP
-int engine_threaded(void) { return 1; }
-#else
-int engine_threaded(void) { return 0; }
-#endif
+const char *engine_threads(void) { return TEAM_THREADS; }

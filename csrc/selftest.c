@@ -412,7 +412,8 @@ static void run_training_activation(int kind, float param, const char *x, const 
  * each output row, the kink at 0, inputs far below -87, float32 and bfloat16 arrays; bfloat16
  * rounding to nearest even. */
 static void test_training_elu(int bf16, int threads) {
-    const int64_t rows = 3, n = 2 * ACTIVATION_CHUNK + VL + 3, lead = 5, stride = n + 7, out_stride = lead + n + 2;
+    /* 9 rows: more than ACTIVATION_SERIAL values, so that the team computes them */
+    const int64_t rows = 9, n = 2 * ACTIVATION_CHUNK + VL + 3, lead = 5, stride = n + 7, out_stride = lead + n + 2;
     const int size = bf16 ? 2 : 4;
     const float alpha = 0.7f;
     char *x = malloc(size * rows * stride), *g = malloc(size * rows * stride);
@@ -458,7 +459,7 @@ static void test_training_elu(int bf16, int threads) {
 /* Training's LeakyReLU: ATen's values and gradients exactly (x > 0 ? x : x * slope, and the gradient's
  * branch taken from the output), the float32 product rounded to bfloat16 as ATen rounds it. */
 static void test_training_leaky(int bf16, int threads) {
-    const int64_t rows = 2, n = ACTIVATION_CHUNK + VL + 5, lead = 3, stride = n + 4, out_stride = lead + n + 1;
+    const int64_t rows = 17, n = ACTIVATION_CHUNK + VL + 5, lead = 3, stride = n + 4, out_stride = lead + n + 1;
     const int size = bf16 ? 2 : 4;
     const float slope = 0.1f;
     char *x = malloc(size * rows * stride), *g = malloc(size * rows * stride);
@@ -498,9 +499,8 @@ int main(void) {
     test_stored_weights(W_I8);
     test_activations();
     for (int bf16 = 0; bf16 < 2; bf16++)
-        for (int threads = 1; threads <= 2; threads++) test_training_elu(bf16, threads), test_training_leaky(bf16, threads);
-    test_vq(1);
-    test_vq(2);
+        for (int threads = 1; threads <= 3; threads++) test_training_elu(bf16, threads), test_training_leaky(bf16, threads);
+    for (int threads = 1; threads <= 3; threads++) test_vq(threads);
     printf("%s (%d lanes, fma %d): %d checks, %d failures\n", ISA, VL, HAS_FMA, checks, failures);
     return failures != 0;
 }

@@ -32,17 +32,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread_where_the_engine_has_no_openmp():
-    """An engine built without OpenMP takes the activations only of one-thread training: the routing
-    tests run so there."""
-    before = torch.get_num_threads()
-    if native_build.serial_notice():
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def time_major(x: torch.Tensor) -> torch.Tensor:
     """x stored (B, T, C) in memory, as a time-major convolution returns it."""
     return x.transpose(1, 2).contiguous().transpose(1, 2)
@@ -205,25 +194,35 @@ def test_without_the_engine_fast_conv_says_why_the_elus_stay(tmp_path, caplog, m
     assert "fast_conv: activations through ATen (no C compiler found)" in caplog.text
 
 
-def test_an_engine_without_openmp_takes_the_activations_of_one_thread_training_only(
-    openmp_less_compiler, tmp_path, caplog
-) -> None:
-    """Built without OpenMP the engine runs on one thread: it takes the activations when torch trains on
-    one thread, and leaves them to ATen's threaded ones otherwise, saying why."""
-    openmp_less_compiler()
+def test_activations_on_posix_threads_equal_the_openmp_builds(openmp_less_compiler) -> None:
+    """Built without OpenMP (Apple's clang) the engine's own POSIX threads compute each activation and
+    its gradient: bit for bit what the OpenMP build computes, on tensors large enough for a team."""
+    if native_build.build().threads != "openmp":
+        pytest.skip("no OpenMP build here to compare with")
+    torch.manual_seed(0)
+    inputs = [time_major(4 * torch.randn(3, 32, 1001)).to(dtype) for dtype in (torch.float32, torch.bfloat16)]
+
+    def run() -> list[torch.Tensor]:
+        results = []
+        for x in inputs:
+            for function in (native_elu, native_leaky_relu):
+                x = x.detach().requires_grad_()
+                y = function(x, 0.3, 5)
+                y.backward(torch.ones_like(y))
+                results += [y.detach(), x.grad]
+        return results
+
     before = torch.get_num_threads()
+    torch.set_num_threads(3)
     try:
-        torch.set_num_threads(1)
-        model = AudioDec(**TINY_AUTOENCODER["generator_params"])
-        assert use_native_activations(model)["residual_units"] > 0
-        torch.set_num_threads(2)
-        assert not any(use_native_activations(AudioDec(**TINY_AUTOENCODER["generator_params"])).values())
-        schedule = dict(train_max_steps=1, adv_train_max_steps=None, start_steps={"generator": 0, "discriminator": 100})
-        with caplog.at_level(logging.INFO, logger="trainer.base"):
-            train(tiny_recipe(tmp_path, fast_conv=True, **schedule), tmp_path, "fast")
+        expected = run()
+        openmp_less_compiler()
+        assert native_build.build().threads == "pthreads"
+        got = run()
     finally:
         torch.set_num_threads(before)
-    assert "fast_conv: activations through ATen (native engine built without OpenMP" in caplog.text
+    for tensor, reference in zip(got, expected, strict=True):
+        assert torch.equal(tensor, reference)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

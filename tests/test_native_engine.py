@@ -3,8 +3,12 @@ rounding, batches, state hand-over, weight changes, and the fall-backs."""
 
 from __future__ import annotations
 
+import os
 import platform
+import signal
+import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -346,34 +350,81 @@ def test_the_library_is_built_once_per_source(monkeypatch, tmp_path) -> None:
         native_build._library.cache_clear()
 
 
-def test_a_compiler_without_openmp_builds_a_one_thread_engine(openmp_less_compiler, caplog) -> None:
-    """A compiler that refuses -fopenmp (Apple's clang) still builds the engine, without it, once:
-    the codec runs natively on one thread, says so once, and gives the threaded engine's codes and
-    waveform bit for bit."""
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_compiler_without_openmp_builds_the_engine_on_posix_threads(openmp_less_compiler, threads: int) -> None:
+    """A compiler that refuses -fopenmp (Apple's clang) builds the engine with -pthread instead, once:
+    its own teams of POSIX threads give the OpenMP build's codes and waveform bit for bit, whole
+    chunks and one-frame chunks (whose VQ search is split across the threads) alike."""
     x = speech(samples=300 * 16)
-    cuts = list(range(0, x.shape[-1] + 1, 300))
+    cuts = [0, 300, 600, 2400, 2700, 4800]  # one-frame chunks and longer ones
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if native_build.build().threads != "openmp":
+            pytest.skip("no OpenMP build here to compare with")
+        codes, wave = stream(load("vctk_sym"), x, cuts)
+        calls = openmp_less_compiler()
+        assert native_build.build().threads == "pthreads"
+        compiles = [line.split() for line in calls.read_text().splitlines() if "engine.c" in line]
+        assert len(compiles) == 2 and "-fopenmp" in compiles[0]
+        assert "-pthread" in compiles[1] and "-fopenmp" not in compiles[1]
+        posix = load("vctk_sym")
+        assert posix.native_sides == ["encoder", "decoder"]
+        posix_codes, posix_wave = stream(posix, x, cuts)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(posix_codes, codes) and torch.equal(posix_wave, wave)
+    native_build._library.cache_clear()
+    assert native_build.build().threads == "pthreads"  # from the cache: not compiled again
+    assert sum("engine.c" in line for line in calls.read_text().splitlines()) == 2
+
+
+def test_posix_thread_teams_serve_concurrent_streams_and_a_forked_child(openmp_less_compiler) -> None:
+    """Each calling thread leads a team of its own: two streams coded at once in two threads give what
+    each gives alone. A child forked after a team ran starts a team of its own (its parent's workers
+    are gone)."""
+    openmp_less_compiler()
+    inputs = [speech(samples=300 * 12, seed=seed) for seed in (1, 2)]
+    cuts = list(range(0, 300 * 12 + 1, 600))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        if not native_build.build().threaded:
-            pytest.skip(f"no threaded engine to compare with: {native_build.serial_notice()}")
-        codes, wave = stream(load("vctk_sym"), x, cuts)
-        calls = openmp_less_compiler()
-        assert not native_build.build().threaded
-        compiles = [line for line in calls.read_text().splitlines() if "engine.c" in line]
-        assert len(compiles) == 2 and "-fopenmp" in compiles[0] and "-fopenmp" not in compiles[1]
-        assert "without OpenMP" in native_build.serial_notice() and "set CC" in native_build.serial_notice()
-        with caplog.at_level("DEBUG"):
-            serial = load("vctk_sym")
-        assert serial.native_sides == ["encoder", "decoder"]
-        assert any("each step runs on one thread" in record.message for record in caplog.records)
-        serial_codes, serial_wave = stream(serial, x, cuts)
+        codecs = [load("vctk_sym"), load("vctk_sym")]
+        alone = [stream(codec, x, cuts) for codec, x in zip(codecs, inputs)]
+        together: list = [None, None]
+
+        def code(i: int) -> None:
+            together[i] = stream(codecs[i], inputs[i], cuts)
+
+        workers = [threading.Thread(target=code, args=(i,)) for i in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert not any(worker.is_alive() for worker in workers)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(serial_codes, codes) and torch.equal(serial_wave, wave)
-    native_build._library.cache_clear()
-    assert not native_build.build().threaded  # from the cache: not compiled again
-    assert sum("engine.c" in line for line in calls.read_text().splitlines()) == 2
+    for (codes, wave), (expected_codes, expected_wave) in zip(together, alone):
+        assert torch.equal(codes, expected_codes) and torch.equal(wave, expected_wave)
+
+    # torch's own thread pools do not survive a fork: the child calls the engine alone, on numpy arrays.
+    x = np.random.default_rng(0).standard_normal((4, 20000), dtype=np.float32)
+
+    def leaky_relu_on_two_threads() -> np.ndarray:
+        out = np.empty_like(x)
+        native_build.build().library.engine_activation(
+            x.ctypes.data, x.shape[1], out.ctypes.data, out.shape[1], 0, x.shape[0], x.shape[1], 0.25,
+            native.ACT_LEAKY, 0, 2)  # fmt: skip
+        return out
+
+    expected = np.where(x > 0, x, x * np.float32(0.25))
+    assert np.array_equal(leaky_relu_on_two_threads(), expected)  # this thread's team now exists
+    pid = os.fork()
+    if pid == 0:  # exit 0 when it computes as the parent did; the alarm kills it if it hangs
+        signal.alarm(30)
+        os._exit(0 if np.array_equal(leaky_relu_on_two_threads(), expected) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.fixture

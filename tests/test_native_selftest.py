@@ -26,12 +26,13 @@ def cpu_has(*flags: str) -> bool:
 
 
 def build(tmp_path: Path, compiler: str, march: str, openmp: bool | None = None) -> Path:
-    """The self-test built as the engine is (its flags, the compiler's own included; without
+    """The self-test built as the engine is (its flags, the compiler's own included; -pthread for
     -fopenmp where the engine was built so, or when `openmp` is False)."""
-    openmp = native_build.build().threaded if openmp is None else openmp
-    binary = tmp_path / f"selftest-{march}{'' if openmp else '-serial'}"
+    openmp = native_build.build().threads == "openmp" if openmp is None else openmp
+    binary = tmp_path / f"selftest-{march}{'' if openmp else '-pthreads'}"
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    flags = [flag for flag in (*FLAGS, *native_build.compiler_flags(version)) if openmp or flag != native_build.OPENMP]
+    flags = [flag if openmp or flag != native_build.OPENMP else native_build.PTHREADS
+             for flag in (*FLAGS, *native_build.compiler_flags(version))]  # fmt: skip
     result = subprocess.run(
         [compiler, *flags, f"-march={march}", "-o", str(binary), str(SELFTEST), "-lm"], capture_output=True, text=True
     )
@@ -61,9 +62,9 @@ def test_native_build(compiler: str, tmp_path: Path) -> None:
     assert out.startswith(native_build.build().isa + " ")
 
 
-def test_the_build_without_openmp(compiler: str, tmp_path: Path) -> None:
-    """Built without -fopenmp (a compiler without OpenMP): every kernel and the team code still
-    pass, the team being the calling thread."""
+def test_the_build_on_posix_threads(compiler: str, tmp_path: Path) -> None:
+    """Built with -pthread instead of -fopenmp (a compiler without OpenMP): every kernel passes on
+    the engine's own teams of 1 to 3 threads."""
     out = run([str(build(tmp_path, compiler, native_build.march(), openmp=False))])
     assert out.startswith(native_build.build().isa + " ")
 

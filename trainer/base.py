@@ -270,9 +270,8 @@ class GANTrainer:
             logger.info("fast_conv: the activations of %d residual units and %d residual blocks (with their "
                         "convolutions' padding), %d other ELUs and %d other LeakyReLUs on the native engine",
                         *routed.values())  # fmt: skip
-        elif not native_build.available() or native_build.serial_notice():
-            logger.info("fast_conv: activations through ATen (%s)",
-                        native_build.unavailable_reason() or native_build.serial_notice())
+        elif not native_build.available():
+            logger.info("fast_conv: activations through ATen (%s)", native_build.unavailable_reason())
 
     # ---- flavour hooks -----------------------------------------------------------------------
     def configure_parameters(self) -> None:

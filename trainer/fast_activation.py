@@ -195,10 +195,9 @@ def use_native_activations(model: nn.Module) -> dict[str, int]:
     """Route ``model``'s ELUs (alpha > 0) and LeakyReLUs (slope > 0), not in place and without hooks, to
     the native engine, in place. Returns how many AudioDec residual units and HiFi-GAN residual blocks
     now pad through their activation, and how many other ELU and LeakyReLU modules compute natively;
-    none where the engine is unavailable (:func:`utils.runtime.native_build.unavailable_reason`), or
-    built without OpenMP while torch runs more than one thread (ATen's activations are threaded)."""
+    none where the engine is unavailable (:func:`utils.runtime.native_build.unavailable_reason`)."""
     counts = {"residual_units": 0, "residual_blocks": 0, "elu": 0, "leaky_relu": 0}
-    if not native_build.available() or (native_build.serial_notice() and torch.get_num_threads() > 1):
+    if not native_build.available():
         return counts
     fused = set()
     for module in model.modules():

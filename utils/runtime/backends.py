@@ -10,8 +10,7 @@ A `StreamingCodec` has three steps: the transmitter's (waveform chunk -> codes),
 | `eager` | op by op from Python | op by op from Python |
 
 `native` falls back per side, for a reason `native.why_not_native` gives (the engine does not build
-here, a block type or activation it lacks), with one notice when the engine does not build (and a
-debug line when it builds without OpenMP: one thread per step, still faster than TorchScript). A bf16
+here, a block type or activation it lacks), with one notice when the engine does not build. A bf16
 or int8 receiver (`--precision bf16|int8`: bf16 weights, or int8 ones with a scale per output
 channel; float32 sums, on any CPU) runs only in the engine (`precision_problem` says why not
 elsewhere). All three give the same codes as each other but for
@@ -64,8 +63,6 @@ def streaming_steps(
         if not native_build.available():
             _notice_once(f"native engine unavailable ({native_build.unavailable_reason()}): running TorchScript")
             return steps
-        if native_build.serial_notice() and torch.get_num_threads() > 1:  # still faster than TorchScript
-            _notice_once(native_build.serial_notice(), logging.DEBUG)
         codebook = encoder.quantizer.codebook
         if not native.why_not_native(encoder, "encoder"):
             steps.encode = native.NativeStep(encoder, transmit, "encoder", codebook)
@@ -94,5 +91,5 @@ def precision_problem(precision: str, device: torch.device, decoder: nn.Module, 
 
 
 @functools.cache
-def _notice_once(message: str, level: int = logging.WARNING) -> None:
-    logging.getLogger(__name__).log(level, message)
+def _notice_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)

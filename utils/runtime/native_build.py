@@ -5,9 +5,9 @@
 `$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the flags, the
 compiler and the CPU's flags (so a home folder shared by different cluster nodes holds one build per
 CPU type). The build's vector width and register blocks follow its instruction set (`Build`).
-A compiler without OpenMP (Apple's clang, a gcc without libgomp) builds it without `-fopenmp`: each
-step then runs on one thread (`Build.threaded`, `serial_notice()`), with the same sums. Without a
-compiler `available()` is False, `unavailable_reason()` says why, and the codec runs TorchScript
+A compiler without OpenMP (Apple's clang, a gcc without libgomp) builds it with `-pthread` instead:
+its teams are then POSIX threads of its own (`Build.threads`), with the same sums. Without a compiler
+`available()` is False, `unavailable_reason()` says why, and the codec runs TorchScript
 (utils/runtime/backends.py). The plans that run on it are in `native.py`.
 """
 
@@ -28,6 +28,7 @@ from utils.errors import CodecError
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "engine.c"
 OPENMP = "-fopenmp"
+PTHREADS = "-pthread"  # instead of OPENMP where the compiler has none
 FLAGS = ("-O3", "-ffp-contract=fast", OPENMP, "-fPIC", "-shared", "-std=gnu11")
 # GCC's Zen tunings leave a lone accumulator's multiply-adds unfused (avoid-fma-max-bits), so the
 # 1-row kernels would round unlike the others and a chunk's cut would change the sums.
@@ -74,15 +75,14 @@ class Build:
     """The compiled engine and what its target gives the plans: `lanes` floats per vector (weights
     and codebooks are padded to whole vectors), `widths` the column-block widths in vectors that it
     has kernels for, `isa` the instruction set ("avx512", "avx2", "neon", "generic"), `fma`;
-    `threaded` False where the compiler had no OpenMP (one thread per step), `compiler` its builder."""
+    `threads` what runs its teams ("openmp", or "pthreads" where the compiler had no OpenMP)."""
 
     library: ctypes.CDLL
     lanes: int
     widths: tuple[int, ...]
     isa: str
     fma: bool
-    threaded: bool
-    compiler: str
+    threads: str
 
 
 def march() -> str:
@@ -110,8 +110,8 @@ def _library() -> tuple[Build | None, str]:
         return None, f"C compiler {compiler} does not run: {error}"
     flags = (*flags, *compiler_flags(version))
     source = SOURCE.read_bytes()
-    # Keyed by the flags asked for: a build without OpenMP is cached under them too, so that a
-    # compiler without it is not tried again on every start.
+    # Keyed by the flags asked for: a build with -pthread instead is cached under them too, so that
+    # a compiler without OpenMP is not tried again on every start.
     digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_flags().encode()]))
     target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
     if not target.exists():
@@ -122,7 +122,7 @@ def _library() -> tuple[Build | None, str]:
             try:
                 error = _compile(compiler, flags, temporary)
                 if error and _lacks_openmp(error):
-                    error = _compile(compiler, tuple(flag for flag in flags if flag != OPENMP), temporary)
+                    error = _compile(compiler, tuple(PTHREADS if flag == OPENMP else flag for flag in flags), temporary)
                 if error:
                     return None, _build_failure(compiler, flags, error)
                 os.replace(temporary, target)
@@ -151,8 +151,9 @@ def _library() -> tuple[Build | None, str]:
     library.engine_activation.argtypes = [ptr, i64, ptr, i64, i64, i64, i64, f32, i32, i32, i32]
     library.engine_activation_backward.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, i64, f32, i32, i32, i32]
     widths = tuple(1 << s for s in range(3) if library.engine_rows(s) > 0)
-    isa, fma, threaded = library.engine_isa().decode(), bool(library.engine_fma()), bool(library.engine_threaded())
-    return Build(library, library.engine_lanes(), widths, isa, fma, threaded, compiler), ""
+    library.engine_threads.restype = ctypes.c_char_p
+    isa, fma, threads = library.engine_isa().decode(), bool(library.engine_fma()), library.engine_threads().decode()
+    return Build(library, library.engine_lanes(), widths, isa, fma, threads), ""
 
 
 def _compile(compiler: str, flags: tuple[str, ...], output: str) -> str:
@@ -192,11 +193,3 @@ def available() -> bool:
 def unavailable_reason() -> str:
     return _library()[1]
 
-
-def serial_notice() -> str:
-    """One line when the engine runs each step on one thread for want of OpenMP, else ""."""
-    engine = build()
-    if engine is None or engine.threaded:
-        return ""
-    return (f"native engine built without OpenMP ({engine.compiler} has none): each step runs on one thread; "
-            "set CC to a compiler with -fopenmp (e.g. gcc) for threads")
