@@ -8,6 +8,8 @@
  *   gcc -O3 -march=native --param=avoid-fma-max-bits=0 -ffp-contract=fast -fopenmp -std=gnu11 \
  *       csrc/selftest.c -lm && ./a.out
  *
+ * (-pthread instead of -fopenmp: the engine's own teams, as a compiler without OpenMP builds it.)
+ *
  * tests/test_native_selftest.py builds and runs it natively, for x86-64-v3 and x86-64, and for
  * arm64 under qemu-user when a cross compiler is installed (utils/system_deps.sh).
  */

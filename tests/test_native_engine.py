@@ -427,6 +427,40 @@ def test_posix_thread_teams_serve_concurrent_streams_and_a_forked_child(openmp_l
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+NEOVERSE_N1 = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+
+"""
+
+
+def test_nodes_of_another_cpu_type_get_builds_of_their_own(monkeypatch, tmp_path) -> None:
+    """The cache key holds what a -march=native build may use (x86 flags; arm64 features and part),
+    so nodes of two CPU types sharing a home folder build one library each."""
+    neoverse_v1 = NEOVERSE_N1.replace("asimddp", "asimddp sve").replace("0xd0c", "0xd40")
+    two_cores = NEOVERSE_N1 + NEOVERSE_N1.replace("processor\t: 0", "processor\t: 1")
+    assert native_build.cpu_identity(two_cores) == native_build.cpu_identity(NEOVERSE_N1)
+    assert native_build.cpu_identity(neoverse_v1) != native_build.cpu_identity(NEOVERSE_N1)
+    assert "CPU part\t: 0xd0c" in native_build.cpu_identity(NEOVERSE_N1)
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2\n"
+    assert native_build.cpu_identity(x86) == "flags\t\t: fpu sse2 avx2"
+    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path))
+    try:
+        for cpuinfo in (NEOVERSE_N1, neoverse_v1, NEOVERSE_N1):  # (this machine's compiler builds either)
+            monkeypatch.setattr(native_build, "_cpu_flags", lambda text=cpuinfo: native_build.cpu_identity(text))
+            native_build._library.cache_clear()
+            assert native_build.available()
+    finally:
+        monkeypatch.undo()
+        native_build._library.cache_clear()
+    assert len(list(tmp_path.glob("engine-*.so"))) == 2
+
+
 @pytest.fixture
 def engine_for(monkeypatch, tmp_path):
     """Rebuild the engine for another -march (through AUDIODEC_NATIVE_MARCH) for one test."""

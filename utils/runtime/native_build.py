@@ -3,8 +3,9 @@
 `csrc/engine.c` is compiled with the machine's C compiler (`cc`, or `$CC`) for `-march=native` (or
 `$AUDIODEC_NATIVE_MARCH`, e.g. `x86-64-v3` to run as an AVX2 machine would) into
 `$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the flags, the
-compiler and the CPU's flags (so a home folder shared by different cluster nodes holds one build per
-CPU type). The build's vector width and register blocks follow its instruction set (`Build`).
+compiler and the CPU's instruction set (`cpu_identity`: so a home folder shared by cluster nodes of
+different CPU types holds one build per type). The build's vector width and register blocks follow
+its instruction set (`Build`).
 A compiler without OpenMP (Apple's clang, a gcc without libgomp) builds it with `-pthread` instead:
 its teams are then POSIX threads of its own (`Build.threads`), with the same sums. Without a compiler
 `available()` is False, `unavailable_reason()` says why, and the codec runs TorchScript
@@ -17,6 +18,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -63,11 +65,23 @@ def _cache_dir() -> Path:
 
 
 def _cpu_flags() -> str:
+    """This CPU's part of the build's cache key (see `cpu_identity`); without /proc/cpuinfo (macOS),
+    what `platform` knows of it."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            return next((line for line in cpuinfo if line.startswith("flags")), "")
+            return cpu_identity(cpuinfo.read())
     except OSError:
-        return ""
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def cpu_identity(cpuinfo: str) -> str:
+    """The lines of /proc/cpuinfo that tell what a -march=native build may use: `flags` (x86),
+    `Features`, `CPU implementer` and `CPU part` (arm64), each distinct line once. Nodes of
+    another CPU type sharing a home folder then get builds of their own instead of one that
+    stops with an illegal instruction."""
+    wanted = ("flags", "Features", "CPU implementer", "CPU part")
+    lines = {line.strip() for line in cpuinfo.splitlines() if line.split(":", 1)[0].strip() in wanted}
+    return "\n".join(sorted(lines))
 
 
 @dataclass(frozen=True)
