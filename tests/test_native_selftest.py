@@ -82,13 +82,16 @@ def test_x86_builds(compiler: str, tmp_path: Path, march: str, isa: str, flags: 
     assert run([str(binary)]).startswith(isa)
 
 
-def test_arm64_build_under_qemu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "pthreads"])
+def test_arm64_build_under_qemu(tmp_path: Path, openmp: bool) -> None:
+    """The NEON kernels, on OpenMP or on the engine's own POSIX threads (as Apple's clang builds it
+    for Apple silicon)."""
     cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
     if platform.machine() == "aarch64":
         cross, qemu = cross or shutil.which("gcc"), None
     if cross is None or (platform.machine() != "aarch64" and qemu is None):
         pytest.skip("no arm64 cross compiler or qemu-aarch64 (utils/system_deps.sh installs them)")
-    binary = build(tmp_path, cross, "armv8-a")
+    binary = build(tmp_path, cross, "armv8-a", openmp)
     command = [str(binary)] if qemu is None else [qemu, "-L", "/usr/aarch64-linux-gnu", str(binary)]
     assert run(command).startswith("neon (4 lanes, fma 1)")
 
