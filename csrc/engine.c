@@ -183,6 +183,15 @@ static Team *team_of(int size) {
     return t;
 }
 
+/* The pause between two polls of a thread that waits for the others: a spin hint, then the core. */
+static inline void poll_pause(unsigned spin) {
+    if (spin < TEAM_SPINS) {
+        cpu_relax();
+    } else {
+        sched_yield();
+    }
+}
+
 static void team_barrier(void) {
     Team *t = inside;
     if (!t) return;
@@ -192,13 +201,7 @@ static void team_barrier(void) {
         __atomic_fetch_add(&t->passage, 1, __ATOMIC_RELEASE);
         return;
     }
-    for (int spin = 0; __atomic_load_n(&t->passage, __ATOMIC_ACQUIRE) == passage; spin++) {
-        if (spin < TEAM_SPINS) {
-            cpu_relax();
-        } else {
-            sched_yield();
-        }
-    }
+    for (unsigned spin = 0; __atomic_load_n(&t->passage, __ATOMIC_ACQUIRE) == passage; spin++) poll_pause(spin);
 }
 
 static void team_run(int nthreads, TeamBody body, void *ctx) {
@@ -213,13 +216,7 @@ static void team_run(int nthreads, TeamBody body, void *ctx) {
     team_start(t);
     inside = t;
     body(ctx, 0, t->size);
-    for (int spin = 0; __atomic_load_n(&t->busy, __ATOMIC_ACQUIRE) > 0; spin++) {
-        if (spin < TEAM_SPINS) {
-            cpu_relax();
-        } else {
-            sched_yield();
-        }
-    }
+    for (unsigned spin = 0; __atomic_load_n(&t->busy, __ATOMIC_ACQUIRE) > 0; spin++) poll_pause(spin);
     inside = NULL;
 }
 #endif
