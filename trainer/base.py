@@ -217,8 +217,11 @@ class GANTrainer:
         self.amp_dtype = PRECISIONS[precision]
         self.output_delay = output_delay(config)
         self.scalers = {}
+        self.updates = dict.fromkeys(self.optimizers, 0)  # optimizer steps taken, not skipped by a scaler
         if precision == "fp16":
             self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers}
+            for name, optimizer in self.optimizers.items():
+                optimizer.register_step_post_hook(self._counter(name))
         self.fast_conv_form = ""  # what fast_conv runs: "time_major", "blocked", or nothing
         if config.get("fast_conv"):
             self._use_fast_convolutions()
@@ -383,14 +386,23 @@ class GANTrainer:
                 scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
         if scaler is not None:
-            scale = scaler.get_scale()
+            updates = self.updates[name]
             scaler.step(optimizer)
             scaler.update()
-            if scaler.get_scale() < scale:  # overflowing gradients: no update, so the schedule waits too
+            if self.updates[name] == updates:  # overflowing gradients: no update, so the schedule waits too
                 return
         else:
             optimizer.step()
         self.schedulers[name].step()
+
+    def _counter(self, name: str):
+        """An optimizer step hook counting ``name``'s updates: a skipped step is seen without reading
+        the scale back from the device."""
+
+        def count(optimizer, args, kwargs) -> None:
+            self.updates[name] += 1
+
+        return count
 
     def micro_batches(
         self, inputs: torch.Tensor, target: torch.Tensor, global_size: int
@@ -550,10 +562,12 @@ class GANTrainer:
         """Whether the run's ``cpu_budget_minutes`` of training CPU time are spent (rank 0 decides)."""
         if math.isinf(self.cpu_budget_seconds):
             return False
-        spent = torch.tensor([float(self.train_seconds["cpu"] >= self.cpu_budget_seconds)], device=self.device)
-        if self.context.world_size > 1:
-            torch.distributed.broadcast(spent, 0)
-        return bool(spent.item())
+        spent = self.train_seconds["cpu"] >= self.cpu_budget_seconds
+        if self.context.world_size == 1:
+            return spent  # nothing to agree on, and no tensor (on a GPU, reading one back waits for the step)
+        decision = torch.tensor([float(spent)], device=self.device)
+        torch.distributed.broadcast(decision, 0)
+        return bool(decision.item())
 
     def _check_intervals(self) -> None:
         if self.steps % self.config["log_interval_steps"] == 0:

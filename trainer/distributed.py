@@ -126,7 +126,10 @@ def init_distributed(ngpu: int | None = None) -> DistributedContext:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:  # bound to its GPU, so that NCCL's barriers need not guess the device
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     logger.info("DDP: rank %d of %d (local rank %d) on %s", rank, world_size, local_rank, device)
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
