@@ -22,6 +22,27 @@ def official_path(*parts: str) -> str:
     return os.path.join(OFFICIAL, *parts)
 
 
+@pytest.fixture(autouse=True)
+def torch_process_settings() -> Iterator[None]:
+    """Every test starts with the suite's torch thread count and denormals kept: a command's main()
+    run in-process (bin/benchmark.py sets threads and flushes denormals to zero, as the original's
+    timing does) would otherwise change the arithmetic of the tests after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_flush_denormal(False)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread's float arithmetic flushes subnormal numbers to zero."""
+    import torch
+
+    return torch.tensor([1e-39]).mul(1.0).item() == 0.0
+
+
 @pytest.fixture
 def python() -> str:
     return sys.executable

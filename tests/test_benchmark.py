@@ -14,13 +14,14 @@ from bin.benchmark import count_conv_flops, main, random_codec
 from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, PackedConv
 from layers.layout import cat_time, is_channels_last, repeat_channels
 from layers.streaming import reset_streaming
-from tests.conftest import REPO
+from tests.conftest import REPO, denormals_flushed
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.runtime import native_build
 
 AUTOENCODER = os.path.join(REPO, "config", "autoencoder", "demo_48000_hop300.yaml")
 VOCODER = os.path.join(REPO, "config", "vocoder", "demo_v1_48000_hop300.yaml")
+THREADS = torch.get_num_threads()  # what the suite runs with
 
 
 def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
@@ -35,6 +36,8 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
     if vocoder:
         argv += ["--vocoder", vocoder]
     assert main(argv) == 0
+    # Timed as the original times: denormals flushed, the threads asked for (undone after the test).
+    assert denormals_flushed() and torch.get_num_threads() == 1
     result = json.loads(out.read_text())
     for key in ("rtf_encode", "rtf_decode", "rtf_total", "enc_median_ms", "dec_median_ms", "enc_p95_ms",
                 "dec_p95_ms", "rtf_whole_file", "rtf_whole_file_encode", "rtf_whole_file_decode",
@@ -46,6 +49,12 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
     if native_build.available():  # the encoder, and the symmetric decoder or the HiFi-GAN
         assert result["native_sides"] == ["encoder", "decoder"]
 
+
+
+def test_the_test_after_a_benchmark_starts_with_the_suite_s_settings() -> None:
+    """tests/conftest.py's torch_process_settings undid the benchmark's settings of the tests above."""
+    assert not denormals_flushed()
+    assert torch.get_num_threads() == THREADS
 
 @pytest.mark.skipif(not native_build.available(), reason="a bf16 receiver runs in the native engine")
 def test_benchmark_reports_what_bf16_costs(tmp_path, capsys) -> None:
