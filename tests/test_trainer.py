@@ -543,8 +543,10 @@ def test_each_compiled_benchmark_setting_compiles_its_own_graphs(tmp_path: Path)
     from trainer.benchmark import time_phase
 
     config = tiny_recipe(tmp_path)
-    compiled, limit = [], torch._dynamo.config.recompile_limit
-    with torch._dynamo.config.patch(recompile_limit=1):  # the config's own patch: it restores the value
+    # The limit's name before torch 2.6: cache_size_limit.
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    compiled, limit = [], getattr(torch._dynamo.config, name)
+    with torch._dynamo.config.patch(**{name: 1}):  # the config's own patch: it restores the value
         for _ in range(2):
             before = counters["stats"]["unique_graphs"]
             timing = time_phase(config, "stage1", "fp32", "generator", steps=1, warmup=1)
@@ -552,7 +554,7 @@ def test_each_compiled_benchmark_setting_compiles_its_own_graphs(tmp_path: Path)
             assert timing.compiled == "generator"
     torch._dynamo.reset()
     assert compiled[0] > 0 and compiled[1] == compiled[0]
-    assert torch._dynamo.config.recompile_limit == limit
+    assert getattr(torch._dynamo.config, name) == limit
 
 
 def test_benchmark_rounds_report_medians_and_the_median_of_each_rounds_ratio(capsys) -> None:

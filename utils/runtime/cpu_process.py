@@ -160,11 +160,17 @@ def _pause_functions() -> tuple:
     return tuple(functions)
 
 
+def can_release_pool() -> bool:
+    """Whether an OpenMP runtime mapped in this process can end a thread's pool (OpenMP 5.0 or newer)."""
+    return bool(_pause_functions())
+
+
 def release_pool() -> bool:
     """End the OpenMP worker threads of the calling thread's pool (see the module docstring). Call it
     outside any parallel region, in the thread that is about to leave the work to others. Returns
-    whether an OpenMP runtime took the request; where there is none (or it predates OpenMP 5.0)
-    there is nothing to release and nothing happens."""
+    whether an OpenMP runtime took the request: False where there is none, or where it predates
+    OpenMP 5.0 (the libgomp bundled with torch 2.5, for one: see :func:`can_release_pool`), and the
+    pool then stays."""
     released = False
     for pause in _pause_functions():
         released = pause(OMP_PAUSE_HARD) == 0 or released
