@@ -1,10 +1,12 @@
-"""Quiet, sensible defaults: device, thread count, progress bars, codecTest's subset, the report's rate-quality plot."""
+"""Quiet, sensible defaults: device, thread count, progress bars, codecTest's subset, the report's rate-quality
+plot; a torch too old is one line."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import torch
 import yaml
 
 from tests.conftest import OFFICIAL, REPO, official_path
-from utils.cli import apply_runtime_arguments, default_num_threads
+from utils.cli import apply_runtime_arguments, check_torch_version, default_num_threads
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
 
@@ -120,3 +122,31 @@ def test_model_report_writes_a_rate_quality_plot(tmp_path, short_wav: Path) -> N
     assert all(1.0 <= pesq <= 4.7 and np.isfinite(estoi) for _, pesq, estoi in points["custom"])
     if opus:
         assert len(points["Opus"]) == 2
+
+
+@pytest.mark.parametrize("version", ["2.5.0", "2.5.1+cu124", "2.13.0+cpu", "2.14.1+cu130", "3.0.0"])
+def test_supported_torch_versions_pass(version: str) -> None:
+    check_torch_version(version)
+
+
+@pytest.mark.parametrize("version", ["2.4.1+cu121", "2.3.0", "1.13.1"])
+def test_an_older_torch_is_refused_with_the_fix(version: str) -> None:
+    expected = rf"torch {re.escape(version)} is older than 2.5.*pip install -r requirements.txt"
+    with pytest.raises(CodecError, match=expected):
+        check_torch_version(version)
+
+
+def test_a_cli_under_an_older_torch_says_so_in_one_line(tmp_path) -> None:
+    """What demoFile.py prints under torch 2.4 (whose models would fail deep inside their constructors)."""
+    program = ("import runpy, sys, torch\n"
+               "torch.__version__ = torch.torch_version.TorchVersion('2.4.1+cu121')\n"
+               f"sys.argv = ['demoFile.py', '--list-models']\n"
+               f"runpy.run_path({os.path.join(REPO, 'demoFile.py')!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=180, env={**os.environ, "AUDIODEC_MALLOC": "system", "PYTHONPATH": REPO})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: torch 2.4.1+cu121 is older than 2.5, the oldest this toolkit runs on: pip install -r requirements.txt "
+        "(torch 2.13.0), or a torch 2.5 or newer built for your CUDA"
+    ]
+    assert "Traceback" not in result.stderr and result.stdout == ""

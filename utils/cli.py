@@ -17,11 +17,24 @@ from utils.errors import CodecError
 from utils.registry import MODELS, installed_root
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS
 
+OLDEST_TORCH = "2.5"  # the oldest release the whole test suite passes on (docs/training.md)
+
+
+def check_torch_version(version: str | None = None) -> None:
+    """Raise CodecError where the installed torch (or ``version``) is older than :data:`OLDEST_TORCH`:
+    an older one fails inside the models (e.g. torch 2.4 lacks nn.Module.register_state_dict_post_hook)."""
+    installed = torch.torch_version.TorchVersion(version or torch.__version__)
+    if installed < OLDEST_TORCH:
+        raise CodecError(f"torch {installed} is older than {OLDEST_TORCH}, the oldest this toolkit runs on: "
+                         f"pip install -r requirements.txt (torch 2.13.0), or a torch {OLDEST_TORCH} or newer "
+                         "built for your CUDA")
+
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a CLI body: a CodecError (or Ctrl-C) becomes one line on stderr and a non-zero exit."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        check_torch_version()
         sys.exit(main() or 0)
     except CodecError as error:
         print(f"error: {error}", file=sys.stderr)
