@@ -428,7 +428,8 @@ def test_two_srun_tasks_train_like_one_process_with_the_global_batch(slurm: Slur
     assert log.count("DDP: rank") >= 1 and "Finished training at step 2" in log
     assert "global batch 2 = 2 ranks x 1" in log
     ranks, alone = (
-        torch.load(sandbox / "exp" / "autoencoder" / name / "checkpoint-2steps.pkl", map_location="cpu")["model"]
+        torch.load(sandbox / "exp" / "autoencoder" / name / "checkpoint-2steps.pkl", map_location="cpu",
+                   weights_only=True)["model"]
         for name in ("ranks", "single")
     )
     for part in ("generator", "discriminator"):
