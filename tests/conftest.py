@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
+SUITE_THREADS = torch.get_num_threads()  # what every test starts with
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL = os.path.join(REPO, "tests", "data", "official")
 with open(os.path.join(OFFICIAL, "manifest.json")) as manifest:
@@ -24,22 +26,18 @@ def official_path(*parts: str) -> str:
 
 @pytest.fixture(autouse=True)
 def torch_process_settings() -> Iterator[None]:
-    """Every test starts with the suite's torch thread count and denormals kept: a command's main()
+    """After every test, the suite's torch thread count and denormals kept again: a command's main()
     run in-process (bin/benchmark.py sets threads and flushes denormals to zero, as the original's
-    timing does) would otherwise change the arithmetic of the tests after it."""
-    import torch
-
-    threads = torch.get_num_threads()
+    timing does), or a fixture that sets threads for its own computation, would otherwise change the
+    arithmetic of the tests after it."""
     yield
     torch.set_flush_denormal(False)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    if torch.get_num_threads() != SUITE_THREADS:
+        torch.set_num_threads(SUITE_THREADS)
 
 
 def denormals_flushed() -> bool:
     """Whether this thread's float arithmetic flushes subnormal numbers to zero."""
-    import torch
-
     return torch.tensor([1e-39]).mul(1.0).item() == 0.0
 
 

@@ -14,14 +14,13 @@ from bin.benchmark import count_conv_flops, main, random_codec
 from layers.conv import CausalConv1d, CausalConvTranspose1d, Conv1d1x1, PackedConv
 from layers.layout import cat_time, is_channels_last, repeat_channels
 from layers.streaming import reset_streaming
-from tests.conftest import REPO, denormals_flushed
+from tests.conftest import REPO, SUITE_THREADS, denormals_flushed
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.runtime import native_build
 
 AUTOENCODER = os.path.join(REPO, "config", "autoencoder", "demo_48000_hop300.yaml")
 VOCODER = os.path.join(REPO, "config", "vocoder", "demo_v1_48000_hop300.yaml")
-THREADS = torch.get_num_threads()  # what the suite runs with
 
 
 def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
@@ -54,7 +53,7 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
 def test_the_test_after_a_benchmark_starts_with_the_suite_s_settings() -> None:
     """tests/conftest.py's torch_process_settings undid the benchmark's settings of the tests above."""
     assert not denormals_flushed()
-    assert torch.get_num_threads() == THREADS
+    assert torch.get_num_threads() == SUITE_THREADS
 
 @pytest.mark.skipif(not native_build.available(), reason="a bf16 receiver runs in the native engine")
 def test_benchmark_reports_what_bf16_costs(tmp_path, capsys) -> None:

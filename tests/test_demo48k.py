@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from tests.conftest import REPO
 from utils.audiodec import StreamingCodec
@@ -20,7 +19,6 @@ CLIP = os.path.join(REPO, "data", "demo", "alsa_speakers.wav")
 
 @pytest.fixture(scope="module")
 def codec() -> StreamingCodec:
-    torch.set_num_threads(1)
     return StreamingCodec.from_name("demo48k", root=REPO)
 
 

@@ -40,11 +40,15 @@ def stat(stdout: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def whole_file() -> np.ndarray:
-    """The library pass demoFile.py makes, before PCM_16: (T, 1) float32."""
+    """The library pass demoFile.py makes, before PCM_16: (T, 1) float32 (on one thread)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
-    data, _ = read_audio(INPUT)
-    return codec.audio_from_streams(codec.code(codec.streams_from_audio(data))[1])
+    try:
+        codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+        data, _ = read_audio(INPUT)
+        return codec.audio_from_streams(codec.code(codec.streams_from_audio(data))[1])
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("frame_size", [300, 1500])
