@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from layers.vq import ResidualVQ, VectorQuantize, kmeans
-from trainer.distributed import CodebookSync, DistributedContext
+from trainer.distributed import CodebookSync, DistributedContext, shutdown_distributed
 
 CENTRES = torch.tensor([[4.0, 0.0], [-4.0, 0.0], [0.0, 4.0], [0.0, -4.0]])
 
@@ -139,6 +139,7 @@ def test_options_off_train_exactly_as_before() -> None:
 
 def _rank_worker(rank: int, world_size: int, store: str, outdir: str, accumulate: bool) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    finished = False
     try:
         torch.manual_seed(100 + rank)  # the ranks' own random draws differ: rank 0's must win
         rvq = ResidualVQ(num_quantizers=2, dim=2, codebook_size=8, kmeans_init=True,
@@ -154,8 +155,9 @@ def _rank_worker(rank: int, world_size: int, store: str, outdir: str, accumulate
                 rvq(part)
             sync.flush()
         torch.save(rvq.state_dict(), Path(outdir) / f"rank{rank}.pt")
+        finished = True
     finally:
-        dist.destroy_process_group()
+        shutdown_distributed(finished)  # (a bare destroy_process_group can hang a gloo rank: see there)
 
 
 @pytest.mark.parametrize("accumulate", [False, True])
