@@ -49,11 +49,11 @@ def test_benchmark_cli_writes_json(tmp_path, vocoder: str | None) -> None:
         assert result["native_sides"] == ["encoder", "decoder"]
 
 
-
 def test_the_test_after_a_benchmark_starts_with_the_suite_s_settings() -> None:
     """tests/conftest.py's torch_process_settings undid the benchmark's settings of the tests above."""
     assert not denormals_flushed()
     assert torch.get_num_threads() == SUITE_THREADS
+
 
 @pytest.mark.skipif(not native_build.available(), reason="a bf16 receiver runs in the native engine")
 def test_benchmark_reports_what_bf16_costs(tmp_path, capsys) -> None:
