@@ -124,10 +124,11 @@ def resident_mib():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * 4096 / 2**20
 
+before = resident_mib()
 blocks = [torch.ones(256, 1024) for _ in range(1024)]  # 1 GiB in blocks of 1 MiB
 del blocks
 held = resident_mib()
-print(current_malloc(), release_free_memory(), round(held), round(resident_mib()))
+print(current_malloc(), release_free_memory(), round(before), round(held), round(resident_mib()))
 """
 
 
@@ -138,7 +139,9 @@ print(current_malloc(), release_free_memory(), round(held), round(resident_mib()
 ) if os.path.exists(path)]])  # fmt: skip
 def test_freed_memory_goes_back_to_the_system_from_each_allocator(tmp_path, library: str) -> None:
     """release_free_memory(): what a benchmark calls before the original runs beside it, so that the two
-    processes' peaks do not add up. tcmalloc and jemalloc (with our settings) keep a freed GiB."""
+    processes' peaks do not add up. tcmalloc and jemalloc (with our settings) usually keep a freed GiB; how much
+    they keep is theirs to decide (a CI run saw tcmalloc keep 100 MiB of it), so the test asserts the outcome:
+    after the call the process is back within 200 MiB of where it was before the GiB."""
     script = tmp_path / "release.py"
     script.write_text(RELEASE_PROBE.format(repo=REPO))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC") and k != "LD_PRELOAD"}
@@ -148,8 +151,7 @@ def test_freed_memory_goes_back_to_the_system_from_each_allocator(tmp_path, libr
         env["MALLOC_CONF"] = JEMALLOC_CONF
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    allocator, released, held, after = result.stdout.split()
+    allocator, released, before, held, after = result.stdout.split()
     assert allocator == released == {"system": "glibc"}.get(library, allocator)
-    if library != "system":
-        assert allocator in library and float(held) > float(after) + 700
-    assert float(after) < float(held) or float(after) < 700
+    assert library == "system" or allocator in library
+    assert float(after) < float(before) + 200, f"resident {before} MiB, {held} after freeing a GiB, {after} released"
