@@ -93,3 +93,15 @@ def test_bf16_compressed_discriminator_gradients_train_close_to_one_process(tmp_
         torch.testing.assert_close(state["model"]["discriminator"][key], tensor, rtol=0, atol=5e-3, msg=key)
         differences.append((state["model"]["discriminator"][key] - tensor).abs().max().item())
     assert max(differences) > 0  # the gradients went through bfloat16
+
+
+@pytest.mark.slow
+def test_a_cpu_budget_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+    """Rank 0 decides when the budget is spent and every rank follows (a broadcast on the CPU group), so
+    the run ends with one checkpoint and exit status 0 instead of a rank waiting in the next all-reduce."""
+    write_wavs(tmp_path / "exact" / "train", 8, 160, seed=5)
+    write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)
+    _, log = train(tmp_path, "budget", 4, 2, "--cpu_budget_minutes", "1e-9")
+    assert [path.name for path in (tmp_path / "exp" / "budget").glob("checkpoint-*")] == ["checkpoint-1steps.pkl"]
+    assert "The CPU budget (0.0 min of training) is spent." in log
+    assert "Finished training at step 1 " in log

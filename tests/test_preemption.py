@@ -19,7 +19,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from trainer.distributed import shutdown_distributed
+from trainer import distributed as distributed_module
+from trainer.distributed import cpu_group, shutdown_distributed
 from trainer.preemption import PreemptionHandler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +49,11 @@ def unused_tcp_port() -> int:
         return probe.getsockname()[1]
 
 
-def _rank_stops_at(rank: int, world_size: int, port: int, results: dict) -> None:
+def _rank_stops_at(rank: int, world_size: int, port: int, as_nccl: bool, results: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    if as_nccl:  # what a GPU job's default group reports: the stop flags then go through a gloo group of their own
+        dist.get_backend = lambda group=None: dist.Backend.NCCL if group is None else dist.Backend.GLOO
     preemption = PreemptionHandler().install()
     stopped_at = None
     for step in range(1, 6):
@@ -59,15 +62,19 @@ def _rank_stops_at(rank: int, world_size: int, port: int, results: dict) -> None
         if preemption.should_stop():
             stopped_at = step
             break
-    results[rank] = stopped_at
+    group = cpu_group()
+    results[rank] = (stopped_at, group is not None and group is cpu_group() and group is not dist.group.WORLD)
     shutdown_distributed(finished=True)  # a barrier, then leaving the group without gloo's exit hang
+    results[rank] += (distributed_module._cpu_process_group is None,)
 
 
-def test_every_rank_stops_at_the_step_one_rank_was_signalled(unused_tcp_port: int) -> None:
+@pytest.mark.parametrize("as_nccl", [False, True], ids=["gloo", "as_nccl"])
+def test_every_rank_stops_at_the_step_one_rank_was_signalled(unused_tcp_port: int, as_nccl: bool) -> None:
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_rank_stops_at, args=(2, unused_tcp_port, results), nprocs=2, join=True)
-        assert dict(results) == {0: 3, 1: 3}
+        mp.spawn(_rank_stops_at, args=(2, unused_tcp_port, as_nccl, results), nprocs=2, join=True)
+        # Under NCCL the CPU group is made once, shared, and forgotten when the process group is left.
+        assert dict(results) == {0: (3, as_nccl, True), 1: (3, as_nccl, True)}
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ from layers.vq import ResidualVQ, keep_statistics_eager
 from losses import MelSpectrogram
 from trainer.curve import LearningCurve
 from trainer.data import StepBatch, TrainingData
-from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, wrap_ddp
+from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, cpu_group, wrap_ddp
 from trainer.fast_activation import use_native_activations
 from trainer.fast_conv import time_major_suits, use_fast_convolutions
 from trainer.preemption import PreemptionHandler
@@ -564,9 +564,9 @@ class GANTrainer:
             return False
         spent = self.train_seconds["cpu"] >= self.cpu_budget_seconds
         if self.context.world_size == 1:
-            return spent  # nothing to agree on, and no tensor (on a GPU, reading one back waits for the step)
-        decision = torch.tensor([float(spent)], device=self.device)
-        torch.distributed.broadcast(decision, 0)
+            return spent  # nothing to agree on
+        decision = torch.tensor([float(spent)])  # on the CPU group: reading it back does not wait for the GPU
+        torch.distributed.broadcast(decision, 0, group=cpu_group())
         return bool(decision.item())
 
     def _check_intervals(self) -> None:

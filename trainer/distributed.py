@@ -134,6 +134,21 @@ def init_distributed(ngpu: int | None = None) -> DistributedContext:
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
+_cpu_process_group: dist.ProcessGroup | None = None
+
+
+def cpu_group() -> dist.ProcessGroup | None:
+    """The group for small per-step decisions (stop flags): its collectives run on the CPU, so reading a
+    result never waits for the GPU's queue. Under gloo the default group (None); under NCCL a gloo group
+    over the same ranks, made at the first call (every rank makes that call at the same point)."""
+    global _cpu_process_group
+    if dist.get_backend() == dist.Backend.GLOO:
+        return None
+    if _cpu_process_group is None:
+        _cpu_process_group = dist.new_group(backend="gloo")
+    return _cpu_process_group
+
+
 def shutdown_distributed(finished: bool = False) -> None:
     """Leave the process group, if one was joined.
 
@@ -143,10 +158,12 @@ def shutdown_distributed(finished: bool = False) -> None:
     group's destructor (run when DDP's reducer is freed, GIL held) joins those threads, so one still
     waiting for the GIL would hang the process forever after its last step.
     """
+    global _cpu_process_group
     if dist.is_available() and dist.is_initialized():
         if finished:
             dist.barrier()
             time.sleep(0.05)
+        _cpu_process_group = None  # destroyed with the default group
         dist.destroy_process_group()
 
 

@@ -28,6 +28,8 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from trainer.distributed import cpu_group
+
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -49,7 +51,6 @@ class PreemptionHandler:
         self.requeue_after_stop = requeue
         self.received: signal.Signals | None = None
         self._previous_handlers: dict[signal.Signals, object] = {}
-        self._gloo_group: dist.ProcessGroup | None = None
 
     def install(self) -> PreemptionHandler:
         """Install the handlers (main thread only); returns self."""
@@ -88,7 +89,7 @@ class PreemptionHandler:
         """
         if dist.is_available() and dist.is_initialized():
             flag = torch.tensor([1.0 if self.requested else 0.0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._cpu_group())
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=cpu_group())
             stop = bool(flag.item() > 0)
         else:
             stop = self.requested
@@ -96,13 +97,6 @@ class PreemptionHandler:
             name = self.received.name if self.received is not None else "another rank's signal"
             logger.info("Stop requested (%s): saving a checkpoint and exiting", name)
         return stop
-
-    def _cpu_group(self) -> dist.ProcessGroup | None:
-        if dist.get_backend() == dist.Backend.GLOO:
-            return None
-        if self._gloo_group is None:
-            self._gloo_group = dist.new_group(backend="gloo")
-        return self._gloo_group
 
     def requeue(self) -> bool:
         """Requeue this SLURM job if asked to and running under SLURM (rank 0 only); True if requeued."""
