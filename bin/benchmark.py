@@ -33,14 +33,16 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment, run_in_own_process  # noqa: E402
 from layers.weight_norm import fold_weight_norm  # noqa: E402
+from models.registry import AUTOENCODER_TYPES, VOCODER_TYPES  # noqa: E402
+from trainer.builder import read_config  # noqa: E402
 from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
+from utils.errors import CodecError  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
@@ -127,9 +129,13 @@ def fit_codebooks(encoder: nn.Module, latents: torch.Tensor, iterations: int = 4
         residual = residual - codebook[torch.cdist(residual, codebook).argmin(1)]
 
 
-def _build(config_path: str) -> tuple[nn.Module, dict]:
-    with open(config_path) as handle:
-        config = yaml.safe_load(handle)
+def _build(config_path: str, option: str, model_types: tuple[str, ...]) -> tuple[nn.Module, dict]:
+    config = read_config(config_path)
+    kind = config.get("model_type")
+    if kind not in model_types:
+        has = f"model_type {kind!r}" if kind else "no model_type"
+        raise CodecError(f"{config_path} has {has}: {option} takes a recipe of model_type {' or '.join(model_types)} "
+                         f"(config/{option.lstrip('-')}/...)")
     model = build_generator(config, inference=True)
     fold_weight_norm(model)
     model.eval().requires_grad_(False)
@@ -143,7 +149,7 @@ def random_codec(
 ) -> tuple[StreamingCodec, dict[str, list[float]]]:
     """A full-size codec with calibrated random weights; also the conv-output RMS per model."""
     torch.manual_seed(seed)
-    autoencoder, config = _build(autoencoder_config)
+    autoencoder, config = _build(autoencoder_config, "--autoencoder", AUTOENCODER_TYPES)
     sample_rate = int(config.get("sampling_rate", 48000))
     x = speech_like(4.0, sample_rate, seed)
     x = x[..., : x.shape[-1] // autoencoder.hop_length * autoencoder.hop_length]
@@ -159,7 +165,7 @@ def random_codec(
     }
     decoder = autoencoder
     if vocoder_config:
-        decoder, _ = _build(vocoder_config)
+        decoder, _ = _build(vocoder_config, "--vocoder", VOCODER_TYPES)
         if getattr(decoder, "norm", False):
             decoder.mean.copy_(zq.mean(dim=(0, 2)))
             decoder.scale.copy_(zq.std(dim=(0, 2)).clamp_min(1e-3))

@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment, run_in_own_process  # noqa: E402
 from trainer.benchmark import PHASES, config_phases, cpu_name, stand_ins, time_phase  # noqa: E402
-from trainer.builder import read_config  # noqa: E402
+from trainer.builder import read_recipe  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
 from utils.runtime.cpu_process import current_malloc, release_free_memory  # noqa: E402
@@ -200,7 +200,7 @@ def main() -> int:
 
 def _run(args: argparse.Namespace, folder: str, precisions: list[str], compiles: list, fast_convs: list[bool]) -> int:
     """The timings of main(), with a vocoder's stand-in inputs (trainer.benchmark.stand_ins) in `folder`."""
-    config, analyzer_config = stand_ins(read_config(args.config), args.config, folder)
+    config, analyzer_config = stand_ins(read_recipe(args.config), args.config, folder)
     phases = _choices(args.phases or ",".join(config_phases(config)), config_phases(config), "--phases")
     if args.original and args.device != "cpu":
         raise CodecError("--original times the original trainer on CPU: use --device cpu")

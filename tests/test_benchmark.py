@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -53,6 +55,25 @@ def test_the_test_after_a_benchmark_starts_with_the_suite_s_settings() -> None:
     """tests/conftest.py's torch_process_settings undid the benchmark's settings of the tests above."""
     assert not denormals_flushed()
     assert torch.get_num_threads() == SUITE_THREADS
+
+
+def test_a_wrong_config_is_a_one_line_error(tmp_path) -> None:
+    (tmp_path / "broken.yaml").write_text("generator_params: [\n")
+    (tmp_path / "other.yaml").write_text("batch_size: 4\n")
+    cases = {
+        (str(tmp_path / "missing.yaml"), None): "config .*missing.yaml not found",
+        (str(tmp_path / "broken.yaml"), None): "broken.yaml is not valid YAML",
+        (str(tmp_path / "other.yaml"), None): "other.yaml has no model_type: --autoencoder takes a recipe",
+        (VOCODER, None): "has model_type 'HiFiGAN': --autoencoder takes .* symAudioDec or symAudioDecUniv",
+        (AUTOENCODER, AUTOENCODER): "has model_type 'symAudioDec': --vocoder takes .* HiFiGAN or UnivNet",
+    }
+    for (autoencoder, vocoder), message in cases.items():
+        with pytest.raises(CodecError, match=message):
+            random_codec(autoencoder, vocoder)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bin", "benchmark.py"), "--autoencoder", VOCODER],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.mark.skipif(not native_build.available(), reason="a bf16 receiver runs in the native engine")

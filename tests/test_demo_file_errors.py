@@ -93,6 +93,14 @@ def test_checkpoint_without_config(tmp_path, python: str) -> None:
     assert_clean_failure(result, out, "no config.yml")
 
 
+def test_a_checkpoint_that_is_not_there(tmp_path, python: str) -> None:
+    out = str(tmp_path / "out.wav")
+    missing = str(tmp_path / "exp" / "checkpoint-1steps.pkl")
+    result = run_demo(python, "--encoder", missing, "--decoder", missing, "-i", official_path("input", "test_48k.wav"),
+                      "-o", out)
+    assert_clean_failure(result, out, f"checkpoint {missing} not found: check the path")
+
+
 def _mimo_model(folder) -> str:
     """A tiny 2-channel-in / 2-channel-out (MIMO) AudioDec saved in the original format."""
     params = {"input_channels": 2, "output_channels": 2, "encode_channels": 4, "decode_channels": 4,

@@ -104,6 +104,10 @@ def test_codec_test_writes_one_output_per_input(trained: tuple[Path, Path]) -> N
 def test_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
     root, expdir = trained
     assert_one_line_error(run_script("codecTrain.py", "-c", "missing.yaml", "--tag", "x", cwd=tmp_path), "not found")
+    statistic = str(REPO / "config" / "statistic" / "demo_48000_hop300.yaml")  # another kind of config
+    assert_one_line_error(run_script("codecTrain.py", "-c", statistic, "--tag", "x", cwd=tmp_path),
+                          "is not a training recipe (no model_type, generator_params")
+    assert not (tmp_path / "exp").exists()
     config = tiny_recipe(root)
     config["data"]["path"] = str(tmp_path / "nowhere")
     recipe = save_recipe(config, tmp_path / "nodata.yaml")

@@ -11,6 +11,7 @@ import yaml
 
 from tests.conftest import official_path
 from utils.checkpoint import build_generator, generator_state_dict
+from utils.errors import CodecError
 
 PARAM_COUNTS = json.load(open(official_path("keys", "param_counts.json")))
 KEY_FILES = sorted(glob.glob(official_path("keys", "*", "*.json")))
@@ -40,3 +41,9 @@ def test_full_size_keys_shapes_and_counts(key_file: str) -> None:
     assert sum(p.numel() for p in model.parameters()) == counts["generator_parameters"]
     assert sum(v.numel() for v in generator_state_dict(model).values()) == counts["generator_state_dict_numel"]
     assert len(ours) == counts["generator_state_dict_keys"]
+
+
+@pytest.mark.parametrize("config", [{}, {"model_type": "symAudioDec"}, {"generator_params": {}}])
+def test_a_config_without_a_generator_is_a_one_line_error(config: dict) -> None:
+    with pytest.raises(CodecError, match=r"the config has no '(model_type|generator_params)': it is not an AudioDec"):
+        build_generator(config)

@@ -91,6 +91,24 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+TRAINING_KEYS = ("model_type", "generator_params", "discriminator_params", "batch_size", "batch_length",
+                 "train_max_steps")
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A training recipe: a config (:func:`read_config`) with the settings every training reads.
+
+    Raises:
+        CodecError: missing, not YAML, or another kind of config (e.g. a statistic one).
+    """
+    config = read_config(path)
+    missing = [key for key in TRAINING_KEYS if key not in config]
+    if missing:
+        raise CodecError(f"{path} is not a training recipe (no {', '.join(missing)}): give one under "
+                         "config/autoencoder, config/vocoder or config/denoise")
+    return config
+
+
 def _by_name(module: Any, name: str, what: str) -> type:
     found = getattr(module, name, None)
     if not isinstance(found, type):
@@ -239,7 +257,7 @@ def run_training(options: TrainOptions) -> Path:
     training state (``auto``: the newest checkpoint of the experiment, if any); otherwise the config's
     ``initial`` checkpoint, when given, provides the starting parameters.
     """
-    config = read_config(options.config)
+    config = read_recipe(options.config)
     try:
         context = init_distributed(options.ngpu)
     except CodecError:

@@ -28,6 +28,8 @@ def config_path_for(checkpoint: str) -> str:
 
 def load_config(checkpoint: str) -> dict[str, Any]:
     """The training config saved beside `checkpoint`."""
+    if not os.path.isfile(checkpoint):
+        raise CodecError(f"checkpoint {checkpoint} not found: check the path")
     path = config_path_for(checkpoint)
     if not os.path.isfile(path):
         raise CodecError(
@@ -73,6 +75,9 @@ def read_checkpoint(checkpoint: str) -> dict[str, Any]:
 
 def build_generator(config: dict[str, Any], inference: bool = True) -> nn.Module:
     """The generator a config describes. For inference the vocoder statistics come from the checkpoint."""
+    for key in ("model_type", "generator_params"):
+        if key not in config:
+            raise CodecError(f"the config has no '{key}': it is not an AudioDec recipe")
     params = dict(config["generator_params"])
     model_type = config["model_type"]
     if inference and "stats" in params:
