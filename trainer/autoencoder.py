@@ -9,8 +9,11 @@ import torch
 
 from trainer.base import GANTrainer, LossTracker
 from trainer.distributed import wrap_ddp
+from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
+
+PARADIGMS = ("efficient", "joint")  # stage 2 with the analysis part fixed, or everything trained on
 
 
 class AutoencoderTrainer(GANTrainer):
@@ -25,9 +28,14 @@ class AutoencoderTrainer(GANTrainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         start_steps = self.config.get("start_steps") or {}
+        if not isinstance(start_steps, dict) or set(start_steps) - {"generator", "discriminator"}:
+            raise CodecError(f"start_steps {start_steps!r}: give a mapping of generator and discriminator to the "
+                             "step each starts training at")
         self.generator_start = int(start_steps.get("generator", 0))
         self.discriminator_start = int(start_steps.get("discriminator", 200000))
         self.paradigm = self.config.get("paradigm", "efficient")
+        if self.paradigm not in PARADIGMS:  # the original trains any other value as "joint": a typo would too
+            raise CodecError(f"paradigm {self.paradigm!r} is not one of {', '.join(PARADIGMS)}: fix the config")
         self.analysis_frozen = False
 
     def generator_active(self) -> bool:

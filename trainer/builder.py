@@ -93,6 +93,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 TRAINING_KEYS = ("model_type", "generator_params", "discriminator_params", "batch_size", "batch_length",
                  "train_max_steps")
+WHOLE_NUMBER_KEYS = ("batch_size", "batch_length", "adv_batch_length", "train_max_steps", "adv_train_max_steps",
+                     "save_interval_steps", "eval_interval_steps", "log_interval_steps", "num_workers")
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -106,6 +108,18 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CodecError(f"{path} is not a training recipe (no {', '.join(missing)}): give one under "
                          "config/autoencoder, config/vocoder or config/denoise")
+    for key in [key for key in config if key.startswith("lambda_") or key.endswith("_grad_norm")]:
+        value = config[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise CodecError(f"{path}: {key} {value!r} is not a number: fix the config")
+    for key in WHOLE_NUMBER_KEYS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value != int(value)):
+            raise CodecError(f"{path}: {key} {value!r} is not a whole number: fix the config")
+    data = config.get("data")
+    if not isinstance(data, dict) or "path" not in data or not isinstance(data.get("subset"), dict):
+        raise CodecError(f"{path}: data needs a path and a subset mapping (train, valid, test folders or lists): "
+                         "fix the config")
     return config
 
 
@@ -116,17 +130,27 @@ def _by_name(module: Any, name: str, what: str) -> type:
     return found
 
 
+def _built(cls: type, key: str, *args: Any, **params: Any) -> Any:
+    """``cls(*args, **params)``, where ``params`` come from the config's ``key``: a wrong name or value
+    there is the config's error (one line), not a traceback."""
+    try:
+        return cls(*args, **params)
+    except (TypeError, ValueError) as error:
+        raise CodecError(f"cannot build {cls.__name__} from {key}: {error}: fix the config") from None
+
+
 def build_optimizer(config: Mapping[str, Any], role: str, parameters) -> torch.optim.Optimizer:
     """``torch.optim.<{role}_optimizer_type>`` over ``parameters`` with ``{role}_optimizer_params``."""
     optimizer_class = _by_name(torch.optim, config[f"{role}_optimizer_type"], f"{role}_optimizer_type")
-    return optimizer_class(parameters, **config.get(f"{role}_optimizer_params", {}))
+    return _built(optimizer_class, f"{role}_optimizer_params", parameters, **config.get(f"{role}_optimizer_params", {}))
 
 
 def build_scheduler(config: Mapping[str, Any], role: str, optimizer: torch.optim.Optimizer) -> Any:
     """``torch.optim.lr_scheduler.<{role}_scheduler_type>`` (default StepLR) with ``{role}_scheduler_params``."""
     name = config.get(f"{role}_scheduler_type", "StepLR")
     scheduler_class = _by_name(torch.optim.lr_scheduler, name, f"{role}_scheduler_type")
-    return scheduler_class(optimizer=optimizer, **config.get(f"{role}_scheduler_params", {}))
+    return _built(scheduler_class, f"{role}_scheduler_params", optimizer=optimizer,
+                  **config.get(f"{role}_scheduler_params", {}))
 
 
 def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str, nn.Module]:
@@ -143,7 +167,8 @@ def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str,
             raise CodecError(f"use_{name}_loss is on but the config has no lambda_{name}_loss (its weight)")
         if name in METRIC_LOSSES:
             _check_crops_fit(config, name, delay)
-    return {name: LOSSES[name](**config.get(f"{name}_loss_params", {})).to(device) for name in names}
+    return {name: _built(LOSSES[name], f"{name}_loss_params", **config.get(f"{name}_loss_params", {})).to(device)
+            for name in names}
 
 
 def _check_crops_fit(config: Mapping[str, Any], name: str, delay: int) -> None:
@@ -300,7 +325,7 @@ def run_training(options: TrainOptions) -> Path:
                 if not Path(initial).is_file():
                     raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
                 trainer.load_checkpoint(initial, params_only=True)
-        except CodecError:
+        except BaseException:
             if fresh:  # a run that cannot start leaves no experiment folder behind
                 if writer is not None:
                     writer.close()

@@ -1,0 +1,50 @@
+"""A recipe with a wrong setting stops training before it starts: one CodecError that names the setting
+(codecTrain.py prints it as one line), and no experiment folder left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_trainer import save_recipe, tiny_recipe
+from trainer.builder import TrainOptions, run_training
+from utils.errors import CodecError
+
+CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "batch_size": ({"batch_size": "x"}, "batch_size 'x' is not a whole number: fix the config"),
+    "train_max_steps": ({"train_max_steps": 2.5}, "train_max_steps 2.5 is not a whole number"),
+    "interval": ({"log_interval_steps": True}, "log_interval_steps True is not a whole number"),
+    "lambda": ({"lambda_mel_loss": "x"}, "lambda_mel_loss 'x' is not a number: fix the config"),
+    "grad_norm": ({"generator_grad_norm": [1]}, r"generator_grad_norm \[1\] is not a number"),
+    "data": ({"data": {"path": "corpus"}}, "data needs a path and a subset mapping"),
+    "loss_value": ({"generator_adv_loss_params": {"loss_type": "nope"}},
+                   "cannot build GeneratorAdversarialLoss from generator_adv_loss_params: loss_type 'nope'"),
+    "loss_name": ({"discriminator_adv_loss_params": {"nope": 1}},
+                  "cannot build DiscriminatorAdversarialLoss from discriminator_adv_loss_params: .*'nope'"),
+    "optimizer_params": ({"generator_optimizer_params": {"lr": "fast"}},
+                         "cannot build Adam from generator_optimizer_params: .*fix the config"),
+    "scheduler_params": ({"generator_scheduler_params": {"steps": 3}},
+                         "cannot build .* from generator_scheduler_params: .*'steps'"),
+    "paradigm": ({"paradigm": "eficient"}, "paradigm 'eficient' is not one of efficient, joint: fix the config"),
+    "start_steps": ({"start_steps": {"gen": 0}}, r"start_steps \{'gen': 0\}: give a mapping of generator and"),
+}
+
+
+def assert_stops(config: dict[str, Any], root: Path, message: str) -> None:
+    recipe = save_recipe(config, root / "recipe.yaml")
+    with pytest.raises(CodecError, match=message):
+        run_training(TrainOptions(config=recipe, tag="wrong", exp_root=str(root / "exp")))
+    assert not (root / "exp" / "wrong").exists()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_wrong_setting_stops_before_training_with_one_error(tmp_path: Path, case: str) -> None:
+    change, message = CASES[case]
+    assert_stops(tiny_recipe(tmp_path, **change), tmp_path, message)
+
+
+def test_a_config_of_another_kind_is_not_trained(tmp_path: Path) -> None:
+    statistic = {key: tiny_recipe(tmp_path)[key] for key in ("sampling_rate", "data")}
+    assert_stops(statistic, tmp_path, r"is not a training recipe \(no model_type, generator_params, ")
