@@ -84,6 +84,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CodecError("give --send or --receive, not both (run two processes)")
     if args.receive is not None and not 0 < args.receive < 65536:
         raise CodecError(f"--receive {args.receive}: give a port in 1..65535")
+    if not args.max_latency >= 0:  # also NaN
+        raise CodecError(f"--max_latency {args.max_latency}: give seconds, 0 or more (0: never drop frames)")
+    for option in ("duration", "idle_timeout"):
+        value = getattr(args, option)
+        if value is not None and not value > 0:
+            raise CodecError(f"--{option} {value}: give a number of seconds above 0")
+    if args.expect_frames is not None and args.expect_frames < 1:
+        raise CodecError(f"--expect_frames {args.expect_frames}: give 1 or more")
     if not 0 <= args.drop_rate < 1:
         raise CodecError(f"--drop_rate {args.drop_rate}: give a value in [0, 1)")
     if args.receive is not None and args.input_file:
