@@ -173,11 +173,41 @@ def test_training_options_reach_the_trainer(stub_python: dict) -> None:
     assert bad.returncode != 0 and "RUN " not in bad.stdout
     assert bad.stderr.strip().splitlines() == ["submit_autoencoder.sh: --compile takes true, false, generator or all, "
                                                "not 'yes'"]  # fmt: skip
-    for option in ("--fast_conv", "--dry-run", "--requeue"):  # the last two are checked for SLURM runs
-        bad = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", "--cmd", "slurm", option, "yes",
-                   env=stub_python)  # fmt: skip
-        assert bad.returncode != 0 and "RUN " not in bad.stdout
-        assert bad.stderr.strip().splitlines() == [f"submit_autoencoder.sh: {option} takes true or false, not 'yes'"]
+    for cmd in ("local", "slurm"):
+        for option in ("--fast_conv", "--dry-run", "--requeue"):
+            bad = bash("submit_autoencoder.sh", "--stage", "0", "--ngpu", "0", "--cmd", cmd, option, "yes",
+                       env=stub_python)  # fmt: skip
+            assert bad.returncode != 0 and "RUN " not in bad.stdout
+            lines = bad.stderr.strip().splitlines()
+            assert lines == [f"submit_autoencoder.sh: {option} takes true or false, not 'yes'"]
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("submit_autoencoder.sh", ["--stage", "9"], "--stage takes the stages to run, digits 0 to 2 (e.g. 0, 2 or 02), "
+                                                "not '9'"),
+    ("submit_vocoder.sh", ["--stage", "0,1"], "--stage takes the stages to run, digits 0 to 2"),
+    ("submit_autoencoder.sh", ["--ngpu", "-1"], "--ngpu must be a whole number of 0 or more, not '-1'"),
+    ("submit_denoise.sh", ["--ngpu", "two"], "--ngpu must be a whole number of 0 or more, not 'two'"),
+    ("submit_vocoder.sh", ["--nnodes", "0"], "--nnodes must be a whole number of 1 or more, not '0'"),
+    ("submit_codec.sh", ["--start", "x"], "--start must be a whole number, not 'x'"),
+    ("submit_codec.sh", ["--stop", "4.5"], "--stop must be a whole number, not '4.5'"),
+])  # fmt: skip
+def test_a_wrong_stage_or_count_is_one_line_before_anything_runs(stub_python: dict, script: str, args: list[str],
+                                                                 message: str) -> None:
+    bad = bash(script, *args, env=stub_python)
+    assert bad.returncode != 0 and "RUN " not in bad.stdout
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: {message}"), bad.stderr
+
+
+def test_a_local_dry_run_prints_the_commands_and_runs_none(stub_python: dict) -> None:
+    result = bash("submit_codec.sh", "--start", "0", "--stop", "4", "--ngpu", "2", "--dry-run", env=stub_python)
+    assert result.returncode == 0, result.stderr
+    assert "RUN " not in result.stdout
+    printed = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert len(printed) == 5 and all(line.endswith("(dry run: not run)") for line in printed)
+    assert "-m torch.distributed.run --standalone --nproc_per_node 2 codecTrain.py" in printed[0]
+    assert "codecStatistic.py" in printed[1] and "codecTest.py" in printed[4]
 
 
 def test_multi_gpu_and_multi_node_launch_torchrun(stub_python: dict) -> None:

@@ -5,10 +5,24 @@
 # variables PYTHON (interpreter, default: python), MASTER_ADDR / MASTER_PORT / RDZV_ID (multi-node
 # rendezvous).
 
-# Print a command, then run it.
+# Print a command, then run it (with --dry-run only print it).
 run_command() {
+    if [ "${dry_run:-false}" = true ]; then
+        echo "+ $*   (dry run: not run)"
+        return 0
+    fi
     echo "+ $*"
     "$@"
+}
+
+# recipe_whole_number <variable> [minimum]: stop with one line unless the recipe option is a whole
+# number (at least minimum), before a typo reaches bash arithmetic or a training process.
+recipe_whole_number() {
+    local name=$1 minimum=${2:-} value=${!1}
+    if ! [[ ${value} =~ ^-?[0-9]+$ ]] || { [ -n "${minimum}" ] && [ "${value}" -lt "${minimum}" ]; }; then
+        echo "$0: --${name} must be a whole number${minimum:+ of ${minimum} or more}, not '${value}'" >&2
+        exit 1
+    fi
 }
 
 # The newest checkpoint-<N>steps.pkl in a folder (by N), or nothing.

@@ -32,7 +32,8 @@
 #   --requeue true       a training job that is told to stop (SIGUSR1, SIGTERM: preemption, the time
 #                        limit's warning signal) saves a checkpoint and requeues itself; it resumes there
 #                        (SLURM starts a requeued job after cred_expire, 120 s by default)
-#   --dry-run            print the sbatch command lines (and write the job scripts), submit nothing
+#   --dry-run            print the sbatch command lines (and write the job scripts), submit nothing;
+#                        with --cmd local, print each stage's command without running it
 # Training options, for run_train (utils/recipe/common.sh) of every recipe, local or under SLURM:
 #   --precision fp32|bf16|fp16   autocast precision (default: the config's, else fp32)
 #   --compile true               torch.compile the generator and, on GPUs, the discriminator (all: both
@@ -121,13 +122,13 @@ launcher_init() {
         *) _launcher_error "--compile takes true, false, generator or all, not '${compile}'"; return 1 ;;
     esac
     _launcher_boolean --fast_conv "${fast_conv}" || return 1
+    _launcher_boolean --dry-run "${dry_run}" || return 1
+    _launcher_boolean --requeue "${requeue}" || return 1
     case "${cmd}" in
         local) return 0 ;;
         slurm) ;;
         *) _launcher_error "--cmd must be local or slurm, not '${cmd}'"; return 1 ;;
     esac
-    _launcher_boolean --dry-run "${dry_run}" || return 1
-    _launcher_boolean --requeue "${requeue}" || return 1
     if [ -n "${slurm_config}" ] && [ ! -r "${slurm_config}" ] && [ "${slurm_config}" != conf/slurm.conf ]; then
         _launcher_error "--slurm_config ${slurm_config} is not a readable file"
         return 1

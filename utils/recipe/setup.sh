@@ -6,6 +6,10 @@
 . ./parse_options.sh
 . ./utils/recipe/common.sh
 launcher_init
+[ -z "${ngpu+set}" ] || recipe_whole_number ngpu 0
+[ -z "${nnodes+set}" ] || recipe_whole_number nnodes 1
+[ -z "${start+set}" ] || recipe_whole_number start
+[ -z "${stop+set}" ] || recipe_whole_number stop
 if [ -n "${exp_root:-}" ]; then
     exp=${exp_root}
 fi

@@ -11,6 +11,10 @@
 # test_decoder (experiment folders under ${exp}), and may set train_message and test_message.
 
 . ./utils/recipe/setup.sh   # options (utils/recipe/launcher.sh, parse_options.sh), helpers
+if ! [[ ${stage} =~ ^[012]+$ ]]; then
+    echo "$0: --stage takes the stages to run, digits 0 to 2 (e.g. 0, 2 or 02), not '${stage}'" >&2
+    exit 1
+fi
 recipe_roles
 config_name="config/${train_tag}.yaml"
 echo "Configuration file=${config_name}"
