@@ -48,3 +48,21 @@ def test_a_wrong_setting_stops_before_training_with_one_error(tmp_path: Path, ca
 def test_a_config_of_another_kind_is_not_trained(tmp_path: Path) -> None:
     statistic = {key: tiny_recipe(tmp_path)[key] for key in ("sampling_rate", "data")}
     assert_stops(statistic, tmp_path, r"is not a training recipe \(no model_type, generator_params, ")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("tag", "", "--tag '': give a folder name under --exp_root"),
+    ("tag", "../elsewhere", "not empty, absolute or with '..'"),
+    ("tag", "/abs/olute", "not empty, absolute or with '..'"),
+    ("ngpu", -1, "--ngpu -1: give the GPUs per node, or 0 to train on the CPU"),
+    ("micro_batch", 0, r"--micro_batch 0: give 1 or more \(or leave it out\)"),
+    ("batch_size_per_rank", 0, "--batch_size_per_rank 0: give 1 or more"),
+    ("threads", -2, "--threads -2: give 1 or more"),
+    ("cpu_budget_minutes", -1.0, r"--cpu_budget_minutes -1.0: give minutes above 0"),
+])  # fmt: skip
+def test_an_option_a_run_would_misread_is_refused(tmp_path: Path, option: str, value: Any, message: str) -> None:
+    """0 would read as 'unset', a negative budget would train nothing, a tag with '..' write elsewhere."""
+    options = {"config": save_recipe(tiny_recipe(tmp_path), tmp_path / "recipe.yaml"), "tag": "run",
+               "exp_root": str(tmp_path / "exp"), option: value}
+    with pytest.raises(CodecError, match=message):
+        TrainOptions(**options)

@@ -10,7 +10,7 @@ import random
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,22 @@ class TrainOptions:
     ddp_bf16_compress: bool | None = None
     threads: int | None = None  # torch's intra-op threads per process (default: torch's choice)
     cpu_budget_minutes: float | None = None  # stop (checkpoint, curve point) after this much training CPU time
+
+    def __post_init__(self) -> None:
+        """Refuse a value the run could only misread (a count of 0 read as unset, a negative budget that
+        trains nothing) with one line."""
+        tag = PurePath(self.tag)
+        if not self.tag or tag.is_absolute() or ".." in tag.parts:
+            raise CodecError(f"--tag {self.tag!r}: give a folder name under --exp_root (e.g. autoencoder/mine), "
+                             "not empty, absolute or with '..'")
+        if self.ngpu is not None and self.ngpu < 0:
+            raise CodecError(f"--ngpu {self.ngpu}: give the GPUs per node, or 0 to train on the CPU")
+        for option in ("batch_size_per_rank", "micro_batch", "threads"):
+            value = getattr(self, option)
+            if value is not None and value < 1:
+                raise CodecError(f"--{option} {value}: give 1 or more (or leave it out)")
+        if self.cpu_budget_minutes is not None and not self.cpu_budget_minutes > 0:
+            raise CodecError(f"--cpu_budget_minutes {self.cpu_budget_minutes}: give minutes above 0 (or leave it out)")
 
 
 RUN_OPTION_DEFAULTS: dict[str, Any] = {
