@@ -44,6 +44,7 @@ from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import CodecError  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
+from utils.live.pipeline import check_frame_size  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
 from utils.runtime.cpu_process import current_malloc  # noqa: E402
@@ -465,6 +466,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--vocoder goes with --autoencoder")
     if args.original and not args.autoencoder:
         parser.error("--original goes with --autoencoder")
+    if args.threads < 1:
+        raise CodecError(f"--threads {args.threads}: give 1 or more")
+    if not args.seconds > 0:
+        raise CodecError(f"--seconds {args.seconds}: give seconds of audio above 0")
     return args
 
 
@@ -484,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                 "%s conv output RMS: min %.3f  median %.3f  max %.3f (%d convs)",
                 part, min(values), statistics.median(values), max(values), len(values),
             )
+    check_frame_size(args.frame_size, codec.hop_length)
     result = benchmark(codec, args.frame_size, args.seconds, whole_file=not args.no_whole_file, live=args.live)
     if args.original:
         result["original"] = time_original(args.original, args)

@@ -190,10 +190,13 @@ def main() -> int:
     compile_text = "off,on" if args.compile == "both" else args.compile
     compiles = [compile_values[value] for value in _choices(compile_text, tuple(compile_values), "--compile")]
     fast_convs = switches[args.fast_conv]
+    for option, least in (("steps", 1), ("rounds", 1), ("warmup", 0), ("threads", 1), ("batch_size", 1),
+                          ("batch_length", 1)):
+        value = getattr(args, option)
+        if value is not None and value < least:
+            raise CodecError(f"--{option} {value}: give {least} or more")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.rounds < 1:
-        raise CodecError(f"--rounds {args.rounds}: give 1 or more")
     with tempfile.TemporaryDirectory() as folder:
         return _run(args, folder, precisions, compiles, fast_convs)
 

@@ -57,7 +57,7 @@ def test_the_test_after_a_benchmark_starts_with_the_suite_s_settings() -> None:
     assert torch.get_num_threads() == SUITE_THREADS
 
 
-def test_a_wrong_config_is_a_one_line_error(tmp_path) -> None:
+def test_a_wrong_config_or_option_is_a_one_line_error(tmp_path) -> None:
     (tmp_path / "broken.yaml").write_text("generator_params: [\n")
     (tmp_path / "other.yaml").write_text("batch_size: 4\n")
     cases = {
@@ -70,6 +70,12 @@ def test_a_wrong_config_is_a_one_line_error(tmp_path) -> None:
     for (autoencoder, vocoder), message in cases.items():
         with pytest.raises(CodecError, match=message):
             random_codec(autoencoder, vocoder)
+    for option, value, message in (("--threads", "0", "--threads 0: give 1 or more"),
+                                   ("--seconds", "-1", "--seconds -1.0: give seconds of audio above 0"),
+                                   ("--frame_size", "450", "--frame_size 450 is not a positive multiple of the model's "
+                                                           "hop \\(300\\): use e.g. 600")):
+        with pytest.raises(CodecError, match=message):
+            main(["--autoencoder", AUTOENCODER, option, value])
     result = subprocess.run([sys.executable, os.path.join(REPO, "bin", "benchmark.py"), "--autoencoder", VOCODER],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stdout == ""

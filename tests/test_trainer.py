@@ -591,6 +591,8 @@ def test_benchmark_rounds_from_the_command_line(tmp_path: Path) -> None:
     assert row["seconds_per_step"] == pytest.approx(sum(row["rounds_seconds_per_step"]) / 2)
     bad = subprocess.run([*command, "--rounds", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --rounds 0: give 1 or more"
+    bad = subprocess.run([*command, "--warmup", "-1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: --warmup -1: give 0 or more"
     bad = subprocess.run([*command, "--compile", "on,sometimes"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == (
         "error: --compile 'on,sometimes': give a comma-separated list of off, on, generator, all")
