@@ -29,7 +29,7 @@ from utils.eval.metrics import (  # noqa: E402
     metric_names,
     visqol_available,
 )
-from utils.eval.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
+from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     with_visqol = visqol_available() and not args.no_visqol
     baseline = None
     if args.opus:
+        check_opus_bitrate(args.bitrate)
         if not opus_available():
             raise CodecError("--opus needs opusenc/opusdec: install the Debian package opus-tools")
 

@@ -41,7 +41,7 @@ from utils.cli import (  # noqa: E402
 )
 from utils.errors import CodecError  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
-from utils.eval.opus_baseline import opus_available, opus_roundtrip  # noqa: E402
+from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
 
 
@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise CodecError(f"--codebooks {bad}: model '{codec.name}' has 1..{codec.n_codebooks}")
     opus_rates = _numbers(args.opus, float, "--opus") if args.opus else []
+    for rate in opus_rates:
+        check_opus_bitrate(rate, "--opus")
     if opus_rates and not opus_available():
         raise CodecError("--opus needs opusenc/opusdec: install the Debian package opus-tools")
     entropy = None

@@ -40,6 +40,13 @@ def test_opus_roundtrip_follows_requested_bitrate():
     assert low < high
 
 
+@pytest.mark.parametrize("kbps", [0, -3, 5.9, 300])
+def test_a_bitrate_opusenc_would_not_keep_is_refused(kbps):
+    """Outside 6-256 kbps opusenc quietly codes at a rate of its own (its default for -3, 213 kbps for 300)."""
+    with pytest.raises(CodecError, match=f"Opus bitrate {kbps:g}: Opus codes 6 to 256 kbps per channel"):
+        opus_roundtrip(np.zeros(4800, np.float32), 48000, bitrate_kbps=kbps)
+
+
 @needs_opus
 def test_opus_roundtrip_rejects_non_mono_input():
     with pytest.raises(CodecError):

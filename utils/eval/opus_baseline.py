@@ -31,6 +31,7 @@ OPUS_SAMPLE_RATE = 48000
 OPUSDEC_LEAD_SAMPLES = 2
 DEFAULT_BITRATE_KBPS = 12.8
 DEFAULT_FRAMESIZE_MS = 20
+BITRATE_RANGE_KBPS = (6.0, 256.0)  # opusenc's --bitrate for one channel; outside it, it picks its own
 
 
 @dataclass
@@ -45,6 +46,13 @@ class OpusResult:
     bitrate_kbps: float
     payload_kbps: float
     file_bytes: int
+
+
+def check_opus_bitrate(kbps: float, option: str = "--bitrate") -> None:
+    """Raise :class:`CodecError` unless opusenc codes ``kbps`` as asked (a mono signal)."""
+    low, high = BITRATE_RANGE_KBPS
+    if not low <= kbps <= high:
+        raise CodecError(f"{option} {kbps:g}: Opus codes {low:g} to {high:g} kbps per channel; give a rate there")
 
 
 def opus_available() -> bool:
@@ -69,6 +77,7 @@ def opus_roundtrip(
 
     Raises :class:`CodecError` when opus-tools is missing or a tool fails.
     """
+    check_opus_bitrate(bitrate_kbps, "Opus bitrate")
     if not opus_available():
         raise CodecError("opusenc/opusdec not found: install the Debian package opus-tools (bash utils/system_deps.sh)")
     audio = np.asarray(audio, dtype=np.float32)
