@@ -93,11 +93,23 @@ def read_audio(path: str | os.PathLike, expected_sampling_rate: int | None = Non
     return audio
 
 
+def read_header(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> tuple[int, int]:
+    """(samples, channels) of an audio file, from its header only (rate checked like :func:`read_audio`).
+
+    Raises:
+        ValueError: the file cannot be read as audio, or is at another rate.
+    """
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise ValueError(f"cannot read {path} as audio ({error}): repair it or remove it from the data") from None
+    check_sampling_rate(path, info.samplerate, expected_sampling_rate)
+    return info.frames, info.channels
+
+
 def num_frames(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> int:
     """Length of an audio file in samples, read from its header only (rate checked like :func:`read_audio`)."""
-    info = sf.info(str(path))
-    check_sampling_rate(path, info.samplerate, expected_sampling_rate)
-    return info.frames
+    return read_header(path, expected_sampling_rate)[0]
 
 
 class AudioFile:

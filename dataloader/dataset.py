@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from dataloader.audio_files import AudioFile, collect_audio_files, num_frames, read_audio
+from dataloader.audio_files import AudioFile, collect_audio_files, read_audio, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,32 @@ def _take_subset(files: list[Path], subset_num: int) -> list[Path]:
     return files[:subset_num] if subset_num > 0 else files
 
 
-class AudioDataset(Dataset):
+class _FileHeaders:
+    """Lengths and channel counts of a dataset's files, each header read once (before training, so that
+    an unreadable file or one of another shape stops the run with its name, not a loader worker)."""
+
+    sampling_rate: int | None
+    lengths: dict[Path, int]
+    channels: dict[Path, int]
+
+    def _paths(self) -> list[Path]:
+        raise NotImplementedError
+
+    def read_headers(self) -> None:
+        for path in self._paths():
+            if path not in self.lengths:
+                self.lengths[path], self.channels[path] = read_header(path, self.sampling_rate)
+
+    def check_channels(self, expected: int, model: str = "the model") -> None:
+        """Raise a ValueError naming the first file that has not ``expected`` channels."""
+        self.read_headers()
+        for path in self._paths():
+            if self.channels[path] != expected:
+                raise ValueError(f"{path} has {self.channels[path]} channel(s) but {model} takes {expected}: "
+                                 f"convert it to {expected} channel(s) or remove it from the data")
+
+
+class AudioDataset(_FileHeaders, Dataset):
     """The audio files of one folder (searched recursively) or one list file.
 
     Items are float32 arrays of shape ``(T, C)``, or ``(name, audio)`` with ``return_name``, where
@@ -51,6 +76,10 @@ class AudioDataset(Dataset):
         self.lazy = lazy
         self.files = _take_subset(collect_audio_files(source, what), subset_num)
         self.lengths: dict[Path, int] = {}  # samples per file, once a header was read
+        self.channels: dict[Path, int] = {}
+
+    def _paths(self) -> list[Path]:
+        return self.files
 
     @property
     def names(self) -> list[str]:
@@ -74,9 +103,7 @@ class AudioDataset(Dataset):
         Returns:
             How many files were dropped.
         """
-        for path in self.files:
-            if path not in self.lengths:
-                self.lengths[path] = num_frames(path, self.sampling_rate)
+        self.read_headers()
         kept = [path for path in self.files if self.lengths[path] > num_samples]
         dropped = len(self.files) - len(kept)
         self.files = kept
@@ -93,7 +120,7 @@ def _pair_keys(source: Path, files: list[Path]) -> list[str]:
     return [path.stem for path in files]
 
 
-class PairedAudioDataset(Dataset):
+class PairedAudioDataset(_FileHeaders, Dataset):
     """Noisy/clean pairs from two folders, matched by their path relative to each folder.
 
     Items are ``(noisy, clean)`` float32 arrays of shape ``(T, C)``, or ``(name, noisy, clean)`` with
@@ -127,6 +154,7 @@ class PairedAudioDataset(Dataset):
         self.return_name = return_name
         self.lazy = lazy
         self.lengths: dict[Path, int] = {}  # samples per file, once a header was read
+        self.channels: dict[Path, int] = {}
         noisy_source, clean_source = Path(noisy_source), Path(clean_source)
         noisy_files = collect_audio_files(noisy_source, f"{what} (noisy)")
         clean_files = collect_audio_files(clean_source, f"{what} (clean)")
@@ -135,6 +163,9 @@ class PairedAudioDataset(Dataset):
         self._check_matched(noisy_by_key, clean_by_key, noisy_source, clean_source)
         keys = _take_subset(sorted(noisy_by_key), subset_num)
         self.pairs: list[tuple[Path, Path]] = [(noisy_by_key[key], clean_by_key[key]) for key in keys]
+
+    def _paths(self) -> list[Path]:
+        return [path for pair in self.pairs for path in pair]
 
     @staticmethod
     def _check_matched(noisy: dict[str, Path], clean: dict[str, Path], noisy_source: Path, clean_source: Path) -> None:
@@ -173,10 +204,10 @@ class PairedAudioDataset(Dataset):
         Returns:
             How many pairs were dropped.
         """
+        self.read_headers()
         kept = []
         for noisy_path, clean_path in self.pairs:
-            noisy_length = self.lengths[noisy_path] = num_frames(noisy_path, self.sampling_rate)
-            clean_length = self.lengths[clean_path] = num_frames(clean_path, self.sampling_rate)
+            noisy_length, clean_length = self.lengths[noisy_path], self.lengths[clean_path]
             if noisy_length != clean_length:
                 logger.warning("Skipping %s: %d noisy vs %d clean samples", noisy_path, noisy_length, clean_length)
             elif noisy_length > num_samples:

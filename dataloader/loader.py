@@ -89,6 +89,15 @@ def _train_mode(config: Mapping[str, Any]) -> str:
     return mode
 
 
+def model_channels(config: Mapping[str, Any]) -> tuple[int, str]:
+    """The audio channels the config's model trains on, and how errors name it: the autoencoder's
+    input (its output reconstructs it), or the vocoder's output."""
+    params = config.get("generator_params") or {}
+    if _train_mode(config) == "vocoder":
+        return int(params.get("out_channels", 1)), "the vocoder (generator_params.out_channels)"
+    return int(params.get("input_channels", 1)), "the model (generator_params.input_channels)"
+
+
 def build_datasets(config: Mapping[str, Any], batch_length: int | None = None) -> dict[str, Dataset]:
     """The ``'train'`` and ``'dev'`` datasets of the config's train mode.
 
@@ -101,7 +110,8 @@ def build_datasets(config: Mapping[str, Any], batch_length: int | None = None) -
         batch_length: crop length in samples; defaults to the config's ``batch_length``.
 
     Raises:
-        ValueError: a set is empty, or every file in it is too short for the crop.
+        ValueError: a set is empty, or every file in it is too short for the crop; a file cannot be read
+            as audio, or has another sampling rate or channel count than the model's.
     """
     batch_length = batch_length or config["batch_length"]
     datasets: dict[str, Dataset] = {}
@@ -110,6 +120,7 @@ def build_datasets(config: Mapping[str, Any], batch_length: int | None = None) -
             dataset = build_dataset(config, *keys, lazy=True)
         else:
             dataset = build_paired_dataset(config, *keys, lazy=True)
+        dataset.check_channels(*model_channels(config))
         if not config.get("pad_short", False):
             total = len(dataset)
             dropped = dataset.keep_longer_than(batch_length)

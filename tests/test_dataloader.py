@@ -239,6 +239,24 @@ def test_build_data_loaders_errors_name_the_fix(corpus: Path) -> None:
         build_data_loaders(make_config(corpus, train_mode="gan"))
 
 
+@pytest.mark.parametrize("pad_short", [False, True])
+def test_a_file_the_model_cannot_take_is_named_before_training(corpus: Path, pad_short: bool) -> None:
+    """Found from the headers when the loaders are built, not by a loader worker in the middle of training."""
+    (corpus / "train" / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    with pytest.raises(ValueError, match=r"cannot read .*broken.wav as audio \(.*\): repair it or remove it"):
+        build_data_loaders(make_config(corpus, pad_short=pad_short))
+    (corpus / "train" / "broken.wav").unlink()
+    write(corpus / "dev" / "stereo.wav", ramp(3 * CROP, channels=2))
+    with pytest.raises(ValueError, match=r"stereo.wav has 2 channel\(s\) but the model \(generator_params.input_"
+                                         r"channels\) takes 1: convert it"):
+        build_data_loaders(make_config(corpus, pad_short=pad_short))
+    # A 2-channel model takes it (and refuses the mono files); a vocoder is checked against its output.
+    with pytest.raises(ValueError, match=r"short.wav has 1 channel\(s\) but the model .* takes 2"):
+        build_data_loaders(make_config(corpus, generator_params={"input_channels": 2}))
+    with pytest.raises(ValueError, match=r"stereo.wav has 2 channel\(s\) but the vocoder \(generator_params.out_"):
+        build_data_loaders(make_config(corpus, train_mode="vocoder", generator_params={"out_channels": 1}))
+
+
 def test_distributed_ranks_read_disjoint_shares(corpus: Path) -> None:
     config = make_config(corpus, batch_size=1)
     shares = []
