@@ -248,6 +248,10 @@ def test_statistics_and_vocoder_training(autoencoder_run: tuple[Path, Path]) -> 
         frames.append(latent[0].T.double().numpy())
     frames = np.concatenate(frames)
     np.testing.assert_allclose(stats[0], frames.mean(0), rtol=1e-5, atol=1e-6)
+    (root / "stereo").mkdir(exist_ok=True)
+    sf.write(root / "stereo" / "two.wav", np.zeros((400, 2), np.float32), SAMPLE_RATE)
+    with pytest.raises(CodecError, match=r"two.wav has 2 channel\(s\) but the analyzer .* takes 1"):
+        compute_code_statistics({**stats_config, "data": {"path": str(root), "subset": {"train": "stereo"}}})
     stats_path = root / "stats" / "tiny.npy"
     stats_path.parent.mkdir(exist_ok=True)
     np.save(stats_path, stats)

@@ -98,6 +98,7 @@ def compute_code_statistics(
     analyzer = load_analyzer(config.get("analyzer", "")).to(device)
     try:
         dataset = build_dataset(config, subset, subset_num=subset_num)
+        dataset.check_channels(analyzer.input_channels, "the analyzer (its generator_params.input_channels)")
     except (FileNotFoundError, ValueError) as error:
         raise CodecError(str(error)) from None
     logger.info("The number of %s audio files = %d.", subset, len(dataset))
