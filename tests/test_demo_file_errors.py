@@ -101,6 +101,15 @@ def test_a_checkpoint_that_is_not_there(tmp_path, python: str) -> None:
     assert_clean_failure(result, out, f"checkpoint {missing} not found: check the path")
 
 
+def test_an_encoder_and_a_decoder_of_different_rates(tmp_path, python: str) -> None:
+    out = str(tmp_path / "out.wav")
+    encoder = official_path("exp", "autoencoder", "symAD_vctk_48000_hop300", "checkpoint-200000steps.pkl")
+    decoder = official_path("exp", "autoencoder", "symAD_libritts_24000_hop300", "checkpoint-500000steps.pkl")
+    result = run_demo(python, "--encoder", encoder, "--decoder", decoder, "-i", official_path("input", "test_48k.wav"),
+                      "-o", out)
+    assert_clean_failure(result, out, "the encoder codes 48000 Hz audio but the decoder makes 24000 Hz")
+
+
 def _mimo_model(folder) -> str:
     """A tiny 2-channel-in / 2-channel-out (MIMO) AudioDec saved in the original format."""
     params = {"input_channels": 2, "output_channels": 2, "encode_channels": 4, "decode_channels": 4,

@@ -109,8 +109,13 @@ class StreamingCodec:
         if encoder.mode != "causal":
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
         decoder, decoder_config = load_generator(decoder_checkpoint)
+        rate = int(encoder_config["sampling_rate"])
+        decoder_rate = int(decoder_config.get("sampling_rate", rate))
+        if decoder_rate != rate:
+            raise CodecError(f"the encoder codes {rate} Hz audio but the decoder makes {decoder_rate} Hz "
+                             f"({encoder_checkpoint}, {decoder_checkpoint}): pick a matching pair")
         codec = cls(
-            encoder, decoder, int(encoder_config["sampling_rate"]), name=name, device=device, precision=precision,
+            encoder, decoder, rate, name=name, device=device, precision=precision,
             backend=backend, output_delay=output_delay(decoder_config),
         )
         codec.encoder_checkpoint = encoder_checkpoint
