@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import official_path
 from tests.test_trainer import save_recipe, tiny_recipe
 from trainer.builder import TrainOptions, run_training
 from utils.errors import CodecError
@@ -66,3 +67,16 @@ def test_an_option_a_run_would_misread_is_refused(tmp_path: Path, option: str, v
                "exp_root": str(tmp_path / "exp"), option: value}
     with pytest.raises(CodecError, match=message):
         TrainOptions(**options)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("autoencoder/symAD_vctk_48000_hop300/checkpoint-200000steps.pkl", r"\d+ tensor\(s\) of another shape \(e.g. "),
+    ("vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean/checkpoint-500000steps.pkl", r"\d+ missing keys \(e.g. \["),
+])  # fmt: skip
+def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path, kind: str, message: str) -> None:
+    """--initial (and --resume) with a checkpoint the recipe's models cannot take: one line, no folder."""
+    checkpoint = official_path("exp", *kind.split("/"))
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "recipe.yaml")
+    with pytest.raises(CodecError, match=f"does not fit the recipe's generator: {message}.*: give a checkpoint of"):
+        run_training(TrainOptions(config=recipe, tag="wrong", exp_root=str(tmp_path / "exp"), initial=checkpoint))
+    assert not (tmp_path / "exp" / "wrong").exists()

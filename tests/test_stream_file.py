@@ -184,3 +184,15 @@ def test_bad_worker_threads_option(python: str) -> None:
                                            ("--expect_frames", "0")])
 def test_bad_time_and_count_options(python: str, option: str, value: str) -> None:
     assert_clean_failure(run_stream(python, "--input_file", INPUT, option, value), f"{option} {value}")
+
+
+def test_listing_no_audio_devices_says_so_and_what_to_do(monkeypatch) -> None:
+    from utils.live import devices
+
+    class NoDevices:
+        @staticmethod
+        def query_devices() -> str:
+            return ""  # what sounddevice's DeviceList prints on a machine without sound hardware
+
+    monkeypatch.setattr(devices, "import_sounddevice", lambda: NoDevices)
+    assert devices.list_devices() == "no audio devices found: stream files with --input_file and -o instead"

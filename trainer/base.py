@@ -59,7 +59,13 @@ from trainer.fast_activation import use_native_activations
 from trainer.fast_conv import time_major_suits, use_fast_convolutions
 from trainer.preemption import PreemptionHandler
 from trainer.state import capture_rng_state, checkpoint_path, read_training_checkpoint, restore_rng_state
-from utils.checkpoint import atomic_torch_save, generator_state_dict, load_generator_state, output_delay
+from utils.checkpoint import (
+    atomic_torch_save,
+    generator_state_dict,
+    load_generator_state,
+    load_state_strictly,
+    output_delay,
+)
 from utils.errors import CodecError
 from utils.runtime import native_build
 
@@ -720,9 +726,12 @@ class GANTrainer:
     def load_checkpoint(self, path: str | Path, params_only: bool = False) -> None:
         """Load a checkpoint: everything to resume, or (``params_only``) only the models' parameters."""
         state = read_training_checkpoint(path)
-        load_generator_state(self.generator, state["model"]["generator"])
+        fix = "give a checkpoint of this recipe"
+        load_generator_state(self.generator, state["model"]["generator"], f"{path} does not fit the recipe's generator",
+                             fix)
         if "discriminator" in state["model"]:
-            self.discriminator.load_state_dict(state["model"]["discriminator"])
+            load_state_strictly(self.discriminator, state["model"]["discriminator"],
+                                f"{path} does not fit the recipe's discriminator", fix)
         elif not params_only:
             raise CodecError(f"{path} has no discriminator: it cannot be resumed from")
         if params_only:

@@ -88,16 +88,33 @@ def build_generator(config: dict[str, Any], inference: bool = True) -> nn.Module
         raise CodecError(f"cannot build {model_type} from generator_params: {error}") from None
 
 
-def load_generator_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a generator state dict in the original spelling (strict: nothing missing or extra)."""
+def load_state_strictly(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "checkpoint does not fit its config",
+    fix: str = "",
+) -> None:
+    """``model.load_state_dict`` with nothing missing, extra or of another shape; else a CodecError:
+    ``what``, which tensors, then ``fix`` (torch's own error is a multi-line traceback)."""
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:
+        shapes = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        detail = f"{len(shapes)} tensor(s) of another shape (e.g. {shapes[0] if shapes else error})"
+    else:
+        if not (missing or unexpected):
+            return
+        detail = f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. "
+        detail += f"{unexpected[:2]})"
+    raise CodecError(f"{what}: {detail}{': ' + fix if fix else ''}")
+
+
+def load_generator_state(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "checkpoint does not fit its config",
+    fix: str = "",
+) -> None:
+    """Load a generator state dict in the original spelling (strict: see :func:`load_state_strictly`)."""
     if has_weight_norm(model):
         state_dict = from_original_keys(state_dict)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise CodecError(
-            f"checkpoint does not fit its config: {len(missing)} missing keys (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
+    load_state_strictly(model, state_dict, what, fix)
 
 
 def generator_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -28,7 +28,9 @@ def parse_device(text: str | None) -> int | str | None:
 
 def list_devices() -> str:
     sd = import_sounddevice()
-    return str(sd.query_devices())
+    devices = str(sd.query_devices())
+    # PortAudio lists nothing on a machine without sound hardware (a server, a container)
+    return devices or "no audio devices found: stream files with --input_file and -o instead"
 
 
 def check_device(kind: str, device: int | str | None, channels: int, sample_rate: int) -> None:
