@@ -48,12 +48,12 @@ from utils.cli import (
     read_input_for,
     run_main,
 )
-from utils.errors import CodecError
+from utils.errors import ArgumentParser, CodecError
 from utils.registry import MODELS, installed_root
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     encode = commands.add_parser("encode", help="audio -> .adc")
     add_model_arguments(encode)

@@ -16,11 +16,11 @@ import torch
 from trainer.analysis import compute_code_statistics, save_statistics
 from trainer.builder import read_config
 from utils.cli import run_main
-from utils.errors import CodecError
+from utils.errors import ArgumentParser, CodecError
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", type=str, required=True, help="statistics recipe (YAML)")
     parser.add_argument("--subset", type=str, default="train", help="data.subset entry to read")
     parser.add_argument("--subset_num", type=int, default=-1, help="only the first N files (-1: all)")

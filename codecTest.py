@@ -22,7 +22,7 @@ import torch
 from trainer.synthesis import run_test
 from utils.checkpoint import load_config
 from utils.cli import run_main
-from utils.errors import CodecError
+from utils.errors import ArgumentParser, CodecError
 
 DEFAULT_SUBSETS = ("test", "clean_test")
 
@@ -43,7 +43,7 @@ def pick_subset(config: Mapping[str, Any], asked: str | None) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subset", type=str,
                         help="data.subset entry of the encoder's config (default: test, else clean_test)")
     parser.add_argument("--subset_num", type=int, default=-1, help="only the first N files (-1: all)")

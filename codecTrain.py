@@ -22,6 +22,7 @@ import argparse  # noqa: E402
 from trainer.base import COMPILE_SETTINGS  # noqa: E402
 from trainer.builder import TrainOptions, run_training  # noqa: E402
 from utils.cli import run_main  # noqa: E402
+from utils.errors import ArgumentParser  # noqa: E402
 
 
 def _compile_setting(text: str) -> str | bool:
@@ -32,7 +33,7 @@ def _compile_setting(text: str) -> str | bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", type=str, required=True, help="recipe config (YAML)")
     parser.add_argument("--tag", type=str, required=True, help="experiment name: writes to <exp_root>/<tag>/")
     parser.add_argument("--exp_root", type=str, default="exp", help="experiment root folder")

@@ -39,11 +39,11 @@ from utils.cli import (
     read_input_for,
     run_main,
 )
-from utils.errors import CodecError
+from utils.errors import ArgumentParser, CodecError
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("-i", "--input", help="input audio file, or a folder of them")
     parser.add_argument("-o", "--output", help="output wav file (PCM_16), or a folder (with a folder -i)")

@@ -29,11 +29,11 @@ import torch
 from utils import live as stream
 from utils.audio import read_audio, write_audio
 from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
-from utils.errors import CodecError
+from utils.errors import ArgumentParser, CodecError
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.set_defaults(model="libritts_sym")
     parser.add_argument("-i", "--input", help="dump the captured input to this wav file")

@@ -42,7 +42,7 @@ from trainer.builder import read_config  # noqa: E402
 from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.live.pipeline import check_frame_size  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
@@ -438,7 +438,7 @@ def format_report(result: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="registered model name (see demoFile.py --list-models)")
     source.add_argument("--autoencoder", help="autoencoder config (YAML): full-size random weights")

@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 
 from trainer.curve import plot_curves, points_from_json, points_to_json  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
 
 COLUMNS = {  # key in a curve point -> column title, format
@@ -36,7 +36,7 @@ COLUMNS = {  # key in a curve point -> column title, format
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="experiment folders with curve.json (and config.yml)")
     parser.add_argument("--out", required=True, help="folder for compare.md, compare.json and compare.png")
     return parser.parse_args(argv)

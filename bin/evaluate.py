@@ -21,7 +21,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 
-from utils.errors import CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.metrics import (  # noqa: E402
     evaluate_directories,
     format_table,
@@ -33,7 +33,7 @@ from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_ro
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reference_dir", metavar="REF",
                         help="reference audio file, or a folder of them (searched recursively)")
     parser.add_argument("degraded_dir", metavar="DEG",

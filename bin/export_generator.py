@@ -41,7 +41,7 @@ from utils.checkpoint import (  # noqa: E402
     read_checkpoint,
 )
 from utils.cli import run_main  # noqa: E402
-from utils.errors import CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.metrics import snr_db  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.files import write_bytes_atomic  # noqa: E402
@@ -51,7 +51,7 @@ INFERENCE_KEYS = ("model_type", "sampling_rate", "generator_params", "output_del
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="source checkpoint (config.yml beside it)")
     parser.add_argument("output", help="the generator-only checkpoint to write (.pkl)")
     parser.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default="fp32",

@@ -20,13 +20,13 @@ import re  # noqa: E402
 
 from bin import model_report  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="checkpoint-<N>steps.pkl files")
     parser.add_argument("--test", required=True, help="folder of test audio")
     parser.add_argument("--every", type=int, default=1, help="score every N-th test file only")

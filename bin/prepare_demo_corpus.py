@@ -31,7 +31,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -48,7 +47,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from utils.audio import resample  # noqa: E402
-from utils.errors import CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -488,7 +487,7 @@ def build_corpus(out_dir: Path, out24k_dir: Path, cache_dir: Path, seed: int = 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("corpus"), help="48 kHz corpus folder (default corpus)")
     parser.add_argument("--out24k", type=Path, help="24 kHz copy folder (default: <out>24k)")
     parser.add_argument("--cache", type=Path, default=Path(".cache/debs"), help="downloaded and unpacked packages")

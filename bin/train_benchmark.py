@@ -52,7 +52,7 @@ from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment,
 from trainer.benchmark import PHASES, config_phases, cpu_name, stand_ins, time_phase  # noqa: E402
 from trainer.builder import read_recipe  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.runtime.cpu_process import current_malloc, release_free_memory  # noqa: E402
 
 
@@ -163,7 +163,7 @@ def _summary(rounds: list[tuple[list[dict], dict | None]]) -> tuple[list[dict], 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", default="config/autoencoder/symAD_vctk_48000_hop300.yaml")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation happens there)")

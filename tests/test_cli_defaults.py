@@ -150,3 +150,18 @@ def test_a_cli_under_an_older_torch_says_so_in_one_line(tmp_path) -> None:
         "(torch 2.13.0), or a torch 2.5 or newer built for your CUDA"
     ]
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("script, args, expected", [
+    ("codecTrain.py", ["-c", "x.yaml", "--tag", "x", "--precision", "fp8"],  # choices quoted or not by Python version
+     r"error: argument --precision: invalid choice: 'fp8' \(choose from .*fp32.*\): see codecTrain.py --help"),
+    ("codec.py", ["encode", "--model", "demo48k"],
+     r"error: the following arguments are required: -i/--input, -o/--output: see codec.py encode --help"),
+    ("demoStream.py", ["--num_threads", "two"],
+     r"error: argument --num_threads: invalid int value: 'two': see demoStream.py --help"),
+])  # fmt: skip
+def test_a_command_line_argparse_refuses_is_one_line(script: str, args: list[str], expected: str) -> None:
+    """Not argparse's usage block before its error: the one line our own checks print, exit status 2."""
+    result = run(script, *args)
+    assert result.returncode == 2 and result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
+    assert re.fullmatch(expected, result.stderr.strip()), result.stderr

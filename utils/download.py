@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Iterable
 
 from utils.checkpoint import build_generator, load_config, load_generator_state, read_checkpoint
-from utils.errors import CodecError
+from utils.errors import ArgumentParser, CodecError
 from utils.files import write_text_atomic
 from utils.registry import MODELS, TOOLKIT_ROOT, ModelEntry, get_entry
 
@@ -251,7 +251,7 @@ def download(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", metavar="NAME", help="registered model names (see --list-models)")
     parser.add_argument("--all", action="store_true", help="every released model")
     parser.add_argument("--root", default=TOOLKIT_ROOT, help="folder to install exp/ into (default: this toolkit)")
