@@ -171,5 +171,5 @@ def test_a_bad_compile_setting_is_one_error(tmp_path: Path) -> None:
                "--exp_root", str(tmp_path / "exp"), "--compile", "everything"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and not (tmp_path / "exp").exists()
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        "argument --compile: 'everything' is not one of generator, all")
+    assert result.stderr == ("error: argument --compile: 'everything' is not one of generator, all: see codecTrain.py "
+                             "--help\n")
