@@ -2,7 +2,7 @@
 an archive), in the original format.
 
     python bin/export_generator.py exp/autoencoder/RUN/checkpoint-NNNsteps.pkl \\
-        exp/autoencoder/MODEL/checkpoint-NNNsteps.pkl [--dtype bf16|fp16|fp32] [--reset_codebook_statistics]
+        exp/autoencoder/MODEL/checkpoint-NNNsteps.pkl [--dtype bf16|fp16|fp32] [--reset_codebook_statistics] [-f]
 
 Keeps ``model.generator`` (the original key names), ``steps`` and ``epochs``; drops the
 discriminators and the optimizer and scheduler states. ``--dtype`` stores the floating tensors in
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="storage type of the floating tensors (default: fp32, as trained)")
     parser.add_argument("--reset_codebook_statistics", action="store_true",
                         help="store the EMA codebook statistics in their reset state (no bytes of their own)")
+    parser.add_argument("-f", "--force", action="store_true", help="replace an output that exists")
     return parser.parse_args(argv)
 
 
@@ -73,6 +74,12 @@ def probe_difference(source: str, exported: str, sample_rate: int) -> tuple[floa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.checkpoint)
+    if os.path.exists(args.output):
+        if os.path.samefile(args.output, args.checkpoint):
+            raise CodecError(f"{args.output} is the source checkpoint itself: export to another file (the export "
+                             "keeps the generator only, and the source its training state)")
+        if not args.force:
+            raise CodecError(f"{args.output} exists already: pass -f/--force to replace it")
     state = read_checkpoint(args.checkpoint)
     source_config, target_config = config_path_for(args.checkpoint), config_path_for(args.output)
     if os.path.exists(target_config):

@@ -106,3 +106,14 @@ def test_cli_error_is_one_line(tmp_path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "out.pkl")
+
+
+def test_an_existing_output_and_the_source_itself_are_refused(tmp_path) -> None:
+    output = export(tmp_path)
+    written = os.path.getmtime(output)
+    with pytest.raises(CodecError, match="checkpoint-1steps.pkl exists already: pass -f/--force to replace it"):
+        main([SOURCE, output])
+    assert os.path.getmtime(output) == written
+    assert main([SOURCE, output, "--force"]) == 0
+    with pytest.raises(CodecError, match="is the source checkpoint itself: export to another file"):
+        main([output, output, "--force"])  # even forced: the source would lose what the export leaves out
