@@ -29,7 +29,7 @@ import torch
 from utils import live as stream
 from utils.audio import read_audio, write_audio
 from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
-from utils.errors import ArgumentParser, CodecError
+from utils.errors import ArgumentParser, CodecError, check_at_least
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,8 +74,7 @@ def _stop_on_sigterm() -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if args.num_threads is None:
         args.num_threads = default_num_threads()
-    if args.num_threads < 1:
-        raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
+    check_at_least("num_threads", args.num_threads, 1)
     if args.worker_threads != "auto":
         if not args.worker_threads.isdigit() or int(args.worker_threads) < 1:
             raise CodecError(f"--worker_threads {args.worker_threads}: give 'auto' or a count of 1 or more")
@@ -90,8 +89,7 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, option)
         if value is not None and not value > 0:
             raise CodecError(f"--{option} {value}: give a number of seconds above 0")
-    if args.expect_frames is not None and args.expect_frames < 1:
-        raise CodecError(f"--expect_frames {args.expect_frames}: give 1 or more")
+    check_at_least("expect_frames", args.expect_frames, 1)
     if not 0 <= args.drop_rate < 1:
         raise CodecError(f"--drop_rate {args.drop_rate}: give a value in [0, 1)")
     if args.receive is not None and args.input_file:

@@ -42,7 +42,7 @@ from trainer.builder import read_config  # noqa: E402
 from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.live.pipeline import check_frame_size  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
@@ -466,8 +466,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--vocoder goes with --autoencoder")
     if args.original and not args.autoencoder:
         parser.error("--original goes with --autoencoder")
-    if args.threads < 1:
-        raise CodecError(f"--threads {args.threads}: give 1 or more")
+    check_at_least("threads", args.threads, 1)
     if not args.seconds > 0:
         raise CodecError(f"--seconds {args.seconds}: give seconds of audio above 0")
     return args

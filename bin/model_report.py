@@ -39,7 +39,7 @@ from utils.cli import (  # noqa: E402
     load_codec,
     run_main,
 )
-from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
@@ -79,8 +79,7 @@ def test_files(folder: str, max_files: int, every: int = 1) -> list[Path]:
     files = find_audio_files(root)
     if not files:
         raise CodecError(f"no audio files under {folder}")
-    if every < 1:
-        raise CodecError(f"--every {every}: give 1 or more")
+    check_at_least("every", every, 1)
     files = files[::every]
     return files[:max_files] if max_files > 0 else files
 

@@ -52,7 +52,7 @@ from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment,
 from trainer.benchmark import PHASES, config_phases, cpu_name, stand_ins, time_phase  # noqa: E402
 from trainer.builder import read_recipe  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
 from utils.runtime.cpu_process import current_malloc, release_free_memory  # noqa: E402
 
 
@@ -192,9 +192,7 @@ def main() -> int:
     fast_convs = switches[args.fast_conv]
     for option, least in (("steps", 1), ("rounds", 1), ("warmup", 0), ("threads", 1), ("batch_size", 1),
                           ("batch_length", 1)):
-        value = getattr(args, option)
-        if value is not None and value < least:
-            raise CodecError(f"--{option} {value}: give {least} or more")
+        check_at_least(option, getattr(args, option), least)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:

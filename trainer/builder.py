@@ -28,7 +28,7 @@ from trainer.distributed import DistributedContext, configure_tf32, init_distrib
 from trainer.state import resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, output_delay
-from utils.errors import CodecError
+from utils.errors import CodecError, check_at_least
 from utils.runtime.cpu_process import current_malloc
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,7 @@ class TrainOptions:
         if self.ngpu is not None and self.ngpu < 0:
             raise CodecError(f"--ngpu {self.ngpu}: give the GPUs per node, or 0 to train on the CPU")
         for option in ("batch_size_per_rank", "micro_batch", "threads"):
-            value = getattr(self, option)
-            if value is not None and value < 1:
-                raise CodecError(f"--{option} {value}: give 1 or more (or leave it out)")
+            check_at_least(option, getattr(self, option), 1, " (or leave it out)")
         if self.cpu_budget_minutes is not None and not self.cpu_budget_minutes > 0:
             raise CodecError(f"--cpu_budget_minutes {self.cpu_budget_minutes}: give minutes above 0 (or leave it out)")
 
@@ -113,6 +111,10 @@ WHOLE_NUMBER_KEYS = ("batch_size", "batch_length", "adv_batch_length", "train_ma
                      "save_interval_steps", "eval_interval_steps", "log_interval_steps", "num_workers")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)  # YAML's true is an int to Python
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """A training recipe: a config (:func:`read_config`) with the settings every training reads.
 
@@ -125,12 +127,11 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise CodecError(f"{path} is not a training recipe (no {', '.join(missing)}): give one under "
                          "config/autoencoder, config/vocoder or config/denoise")
     for key in [key for key in config if key.startswith("lambda_") or key.endswith("_grad_norm")]:
-        value = config[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise CodecError(f"{path}: {key} {value!r} is not a number: fix the config")
+        if config[key] is not None and not _is_number(config[key]):
+            raise CodecError(f"{path}: {key} {config[key]!r} is not a number: fix the config")
     for key in WHOLE_NUMBER_KEYS:
         value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value != int(value)):
+        if value is not None and not (_is_number(value) and value == int(value)):
             raise CodecError(f"{path}: {key} {value!r} is not a whole number: fix the config")
     data = config.get("data")
     if not isinstance(data, dict) or "path" not in data or not isinstance(data.get("subset"), dict):

@@ -26,10 +26,16 @@ def config_path_for(checkpoint: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yml")
 
 
+def _require_checkpoint_file(checkpoint: str) -> None:
+    if not os.path.isfile(checkpoint):
+        raise CodecError(
+            f"checkpoint {checkpoint} not found: check the path (released models: python -m utils.download NAME)"
+        )
+
+
 def load_config(checkpoint: str) -> dict[str, Any]:
     """The training config saved beside `checkpoint`."""
-    if not os.path.isfile(checkpoint):
-        raise CodecError(f"checkpoint {checkpoint} not found: check the path")
+    _require_checkpoint_file(checkpoint)
     path = config_path_for(checkpoint)
     if not os.path.isfile(path):
         raise CodecError(
@@ -57,10 +63,7 @@ def output_delay(config: dict[str, Any]) -> int:
 
 def read_checkpoint(checkpoint: str) -> dict[str, Any]:
     """`torch.load` a checkpoint safely (weights only), with a clear error for a bad file."""
-    if not os.path.isfile(checkpoint):
-        raise CodecError(
-            f"checkpoint {checkpoint} not found: check the path (released models: python -m utils.download NAME)"
-        )
+    _require_checkpoint_file(checkpoint)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file

@@ -13,7 +13,7 @@ import torch
 
 from utils.audio import read_audio, resample
 from utils.audiodec import StreamingCodec
-from utils.errors import CodecError
+from utils.errors import CodecError, check_at_least
 from utils.registry import MODELS, installed_root
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS
 
@@ -141,8 +141,7 @@ def apply_runtime_arguments(args: argparse.Namespace) -> str:
     """Set the thread count; return the device to run on."""
     if args.num_threads is None:
         args.num_threads = default_num_threads()
-    if args.num_threads < 1:
-        raise CodecError(f"--num_threads {args.num_threads}: give 1 or more")
+    check_at_least("num_threads", args.num_threads, 1)
     torch.set_num_threads(args.num_threads)
     return pick_device(args.cuda)
 

@@ -10,6 +10,13 @@ class CodecError(Exception):
     """A user-facing problem: the message names it and says how to fix it."""
 
 
+def check_at_least(option: str, value: int | None, least: int, note: str = "") -> None:
+    """Raise CodecError (``--option value: give least or more`` and ``note``) when a count given on the
+    command line is below ``least``; None (not given) passes."""
+    if value is not None and value < least:
+        raise CodecError(f"--{option} {value}: give {least} or more{note}")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser with one-line errors (``error: <what argparse says>: see <prog> --help``, exit
     status 2) instead of its usage block followed by the error."""
