@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,43 @@ def test_codec_test_writes_one_output_per_input(trained: tuple[Path, Path]) -> N
         assert sf.info(output).frames == sf.info(path).frames
         assert sf.info(output).subtype == "PCM_16"
     assert len(list(outdir.glob("*.wav"))) == len(inputs)
+
+
+def _test_subset_with(root: Path, expdir: Path, tmp_path: Path, name: str, audio: np.ndarray | bytes,
+                      rate: int = 8000) -> str:
+    """A copy of the trained experiment whose config's test subset is the corpus's plus ``name``; its checkpoint."""
+    shutil.copytree(root / "corpus" / "test", tmp_path / "corpus" / "test")
+    if isinstance(audio, bytes):
+        (tmp_path / "corpus" / "test" / name).write_bytes(audio)
+    else:
+        sf.write(tmp_path / "corpus" / "test" / name, audio, rate)
+    shutil.copytree(expdir, tmp_path / "exp", ignore=shutil.ignore_patterns("tensorboard"))
+    config = yaml.safe_load((tmp_path / "exp" / "config.yml").read_text())
+    config["data"]["path"] = str(tmp_path / "corpus")
+    (tmp_path / "exp" / "config.yml").write_text(yaml.safe_dump(config))
+    return str(tmp_path / "exp" / "checkpoint-2steps.pkl")
+
+
+@pytest.mark.parametrize(
+    ("name", "audio", "rate", "expected"),
+    [
+        ("zz_broken.wav", b"RIFF\x10\x00\x00\x00WAVE not audio", 8000, "cannot read"),
+        ("zz_fast.wav", np.zeros(800, dtype=np.float32), 16000, "is sampled at 16000 Hz"),
+        ("zz_empty.wav", np.zeros(0, dtype=np.float32), 8000, "holds no samples"),
+    ],
+    ids=["unreadable", "another_rate", "empty"],
+)
+def test_codec_test_names_a_file_it_cannot_code_before_writing_any_output(
+    trained: tuple[Path, Path], tmp_path: Path, name: str, audio: np.ndarray | bytes, rate: int, expected: str
+) -> None:
+    """The file sorts last, so a run that read files as it went would have written the others' outputs first."""
+    root, expdir = trained
+    checkpoint = _test_subset_with(root, expdir, tmp_path, name, audio, rate)
+    result = run_script("codecTest.py", "--subset", "test", "--encoder", checkpoint, "--decoder", checkpoint,
+                        "--output_dir", str(tmp_path / "output"), cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(result, name)
+    assert expected in result.stderr
+    assert not (tmp_path / "output").exists()
 
 
 def test_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -138,7 +138,18 @@ def run_test(
     codec = OfflineCodec(encoder_checkpoint, decoder_checkpoint, device)
     config = codec.encoder_config
     try:
+        # Every header is read before the first output is written: a file that cannot be coded is named
+        # up front instead of stopping the run halfway with its outputs written.
         dataset = build_dataset(config, subset, return_name=True, subset_num=subset_num)
+        dataset.read_headers()
+        empty = next((path for path in dataset.files if dataset.lengths[path] == 0), None)
+        if empty is not None:
+            raise ValueError(f"{empty} holds no samples: remove it from data.subset.{subset}")
+        if codec.encoder.input_channels > 1:  # a mono model codes each channel on its own
+            dataset.check_channels(codec.encoder.input_channels, "the encoder (generator_params.input_channels)")
+        references = build_dataset(config, _reference_subset(config, subset)) if metrics else None
+        if references is not None:
+            references.read_headers()
     except (FileNotFoundError, ValueError) as error:
         raise CodecError(str(error)) from None
     outdir = output_folder(encoder_checkpoint, decoder_checkpoint, config, subset, output_dir, specific_folder)
@@ -157,9 +168,8 @@ def run_test(
             sf.write(path, output, codec.sample_rate, "PCM_16")
             written.append((name, path))
     logger.info("Finished generation of %d utterances (RTF = %.03f).", len(written), total_rtf / len(written))
-    if not metrics:
+    if references is None:
         return outdir, None
-    references = build_dataset(config, _reference_subset(config, subset))
     reference_by_name = {path.stem: path for path in references.files}
     pairs = [(name, reference_by_name[name], path) for name, path in written if name in reference_by_name]
     if not pairs:
