@@ -30,6 +30,7 @@ from utils import live as stream
 from utils.audio import read_audio, write_audio
 from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
 from utils.errors import ArgumentParser, CodecError, check_at_least
+from utils.runtime.cpu_process import in_passing_thread
 
 
 def parse_args() -> argparse.Namespace:
@@ -126,7 +127,7 @@ def run_receiver(args: argparse.Namespace) -> None:
 
 
 def run_sender(args: argparse.Namespace) -> None:
-    codec = load_codec(args, pick_device(args.tx_cuda))
+    codec = in_passing_thread(load_codec, args, pick_device(args.tx_cuda))
     address = stream.parse_address(args.send)
     if args.input_file:
         data = _read_input_file(args, codec.sample_rate)
@@ -147,8 +148,10 @@ def run_sender(args: argparse.Namespace) -> None:
 
 def run_local(args: argparse.Namespace) -> None:
     tx_device, rx_device = pick_device(args.tx_cuda), pick_device(args.rx_cuda)
-    tx = load_codec(args, tx_device)
-    rx = tx if rx_device == tx_device else load_codec(args, rx_device)
+    # Loaded in a thread that ends, as the pipeline's set-up: worker threads code, and an OpenMP pool
+    # left here would slow theirs down where the runtime cannot release it (utils/runtime/cpu_process.py).
+    tx = in_passing_thread(load_codec, args, tx_device)
+    rx = tx if rx_device == tx_device else in_passing_thread(load_codec, args, rx_device)
     input_device = stream.parse_device(args.input_device)
     output_device = stream.parse_device(args.output_device)
     if args.input_file:

@@ -47,7 +47,7 @@ from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.live.pipeline import check_frame_size  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
-from utils.runtime.cpu_process import current_malloc  # noqa: E402
+from utils.runtime.cpu_process import current_malloc, in_passing_thread  # noqa: E402
 
 CONVS = (nn.Conv1d, nn.ConvTranspose1d)
 RESIDUAL_BRANCH_RMS = 0.5  # the last conv of a residual branch adds to the skip path
@@ -332,14 +332,27 @@ def time_original(original: Path, args: argparse.Namespace) -> dict:
     return {**run_in_own_process(original, arguments, "the original", environment), "malloc": malloc}
 
 
+def benchmark_audio(codec: StreamingCodec, frame_size: int, seconds: float) -> torch.Tensor:
+    """`seconds` of speech-like audio (1, C, T), cut to whole `frame_size`-sample chunks."""
+    if frame_size % codec.hop_length:
+        raise ValueError(f"frame_size {frame_size} is not a multiple of the hop ({codec.hop_length})")
+    x = speech_like(seconds, codec.sample_rate, seed=1).repeat(1, codec.input_channels, 1)
+    return x[..., : x.shape[-1] // frame_size * frame_size]
+
+
+def add_live(result: dict, codec: StreamingCodec, frame_size: int, seconds: float) -> None:
+    """`time_live`'s figures into `result`, on the audio `benchmark` timed (made in a passing thread too:
+    it runs parallel operations, see `main`)."""
+    pipeline = time_live(codec, in_passing_thread(benchmark_audio, codec, frame_size, seconds), frame_size)
+    result["rtf_live"] = pipeline["seconds"] / result["seconds"]
+    result["live_layout"], result["live_threads"] = pipeline["layout"], pipeline["threads"]
+
+
 def benchmark(
     codec: StreamingCodec, frame_size: int, seconds: float, whole_file: bool = True, live: bool = False
 ) -> dict:
     """All figures for `codec` on `seconds` of speech-like audio in `frame_size`-sample chunks."""
-    if frame_size % codec.hop_length:
-        raise ValueError(f"frame_size {frame_size} is not a multiple of the hop ({codec.hop_length})")
-    x = speech_like(seconds, codec.sample_rate, seed=1).repeat(1, codec.input_channels, 1)
-    x = x[..., : x.shape[-1] // frame_size * frame_size]
+    x = benchmark_audio(codec, frame_size, seconds)
     gemm_before = gemm_gflops()
     encode_gflops, decode_gflops = codec_gflops(codec)
     times = time_streaming(codec, x, frame_size)
@@ -366,9 +379,7 @@ def benchmark(
         "gflop_per_audio_second_decode": decode_gflops,
     }
     if live:
-        pipeline = time_live(codec, x, frame_size)
-        result["rtf_live"] = pipeline["seconds"] / result["seconds"]
-        result["live_layout"], result["live_threads"] = pipeline["layout"], pipeline["threads"]
+        add_live(result, codec, frame_size, seconds)
     if whole_file:
         encode_seconds, decode_seconds = time_whole_file(codec, x)
         result["rtf_whole_file_encode"] = encode_seconds / result["seconds"]
@@ -472,11 +483,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+def measure(args: argparse.Namespace) -> tuple[StreamingCodec, dict]:
+    """The codec `args` name (loaded, or made with random weights) and its figures but the live ones."""
     if args.model:
         codec = StreamingCodec.from_name(args.model, root=args.root, precision=args.precision, backend=args.backend)
     else:
@@ -489,7 +497,19 @@ def main(argv: list[str] | None = None) -> int:
                 part, min(values), statistics.median(values), max(values), len(values),
             )
     check_frame_size(args.frame_size, codec.hop_length)
-    result = benchmark(codec, args.frame_size, args.seconds, whole_file=not args.no_whole_file, live=args.live)
+    return codec, benchmark(codec, args.frame_size, args.seconds, whole_file=not args.no_whole_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # threads started from here on inherit it
+    # All but the live pipeline runs in a thread that ends, as demoStream.py loads and tunes: the
+    # pipeline's workers then meet no idle OpenMP pool of this thread's (utils/runtime/cpu_process.py).
+    codec, result = in_passing_thread(measure, args)
+    if args.live:
+        add_live(result, codec, args.frame_size, args.seconds)
     if args.original:
         result["original"] = time_original(args.original, args)
     print(format_report(result))

@@ -35,7 +35,7 @@ import torch
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.live.devices import import_sounddevice, open_stream
-from utils.runtime.cpu_process import release_pool
+from utils.runtime.cpu_process import in_passing_thread, release_pool
 
 POLL_SECONDS = 0.05
 DRAIN_SECONDS = 60.0
@@ -198,6 +198,8 @@ class Pipeline:
     def start(self) -> None:
         # The coding moves to the worker threads: end this thread's idle OpenMP workers, which
         # would otherwise make every parallel region of theirs wake its team through the kernel.
+        # (Subclasses do their own set-up in_passing_thread, which leaves no pool here on runtimes
+        # that cannot release one.)
         release_pool()
         for worker in self.workers:
             worker.start()
@@ -263,8 +265,9 @@ class Streamer(Pipeline):
         v1, 300                                   1.75              1.31               coder
         v1, 1500         1.02-1.04                0.88-0.91         0.69               coder
 
-    (Before the main thread's OpenMP pool was released at start, see `Pipeline.start`, the coder
-    thread ran at half speed: sym 300 1.23-1.52, v1 1500 1.01.)
+    The set-up (timing, tuning, tracing) runs in a thread that ends, and `Pipeline.start` releases
+    the caller's OpenMP pool: an idle pool there would halve the coder thread's speed
+    (docs/performance.md, "The process").
     """
 
     BALANCE = 2.0
@@ -307,19 +310,23 @@ class Streamer(Pipeline):
         return audio
 
     def start(self) -> None:
+        share, overlap = in_passing_thread(self._prepare)
+        self.workers = self.overlapping if overlap else [self.coder]
+        for worker in self.workers:
+            worker.threads = share
+        super().start()
+
+    def _prepare(self) -> tuple[int, bool]:
+        """Plan the workers (`_plan`) and start the streams afresh, tuned and traced for the workers'
+        thread count (both are keyed by it): here rather than on their first frames."""
         threads = torch.get_num_threads()
         share, overlap = self._plan(threads)
-        # Start the streams afresh, tuned and traced for the workers' thread count (both are keyed
-        # by it): here rather than on their first frames.
         torch.set_num_threads(share)
         try:
             self._reset()
         finally:
             torch.set_num_threads(threads)
-        self.workers = self.overlapping if overlap else [self.coder]
-        for worker in self.workers:
-            worker.threads = share
-        super().start()
+        return share, overlap
 
     def _reset(self) -> None:
         self.tx.reset(self.streams, frame_size=self.frame_size)

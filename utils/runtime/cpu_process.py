@@ -16,12 +16,15 @@ OpenMP pools. PyTorch runs its intra-op parallel work on OpenMP (libgomp in the 
 Every Python thread that runs a parallel operation gets a pool of worker threads of its own, and
 the runtime counts the threads of all pools together: once there are more than CPUs, every idle
 worker soon stops spinning and sleeps in the kernel, so each parallel region first has to wake its
-team through a system call. That is what happens in the live pipeline (`utils/live/`): the main
-thread loads and times the codec with all threads, which leaves it a pool, and then worker threads
-do the coding with pools of their own. `release_pool()` ends the calling thread's pool first
-(OpenMP 5.0's `omp_pause_resource_all(omp_pause_hard)`, which libgomp, Intel's and LLVM's runtimes
-implement); the runtime starts a new pool the next time that thread runs a parallel region, so
-nothing is lost but the threads' start-up.
+team through a system call. That is what would happen in the live pipeline (`utils/live/`) if the
+main thread loaded, tuned and timed the codec with all threads, leaving it a pool, before worker
+threads do the coding with pools of their own. Two ways keep it from happening.
+`in_passing_thread()` runs that set-up work in a thread that then ends, and every runtime ends a
+thread's pool with the thread, so the main thread starts none. `release_pool()` ends the calling
+thread's pool where it has one anyway (OpenMP 5.0's `omp_pause_resource_all(omp_pause_hard)`,
+which libgomp, Intel's and LLVM's runtimes implement; older ones, such as the libgomp bundled
+with torch 2.5, lack it); the runtime starts a new pool the next time that thread runs a parallel
+region, so nothing is lost but the threads' start-up.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ import ctypes
 import functools
 import os
 import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 LIBRARIES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libjemalloc.so.2")
 # jemalloc's defaults hand large blocks back to the system at once, so the whole-file decoder's big
@@ -42,6 +48,7 @@ SETTING = "AUDIODEC_MALLOC"
 _DONE = "AUDIODEC_MALLOC_PRELOADED"  # set in the re-executed process: never re-execute twice
 RUNTIMES = ("libgomp", "libiomp5", "libomp")  # file name prefixes of OpenMP runtimes
 OMP_PAUSE_HARD = 2  # omp_pause_resource_t: 1 soft (keep the threads), 2 hard (end them)
+Result = TypeVar("Result")
 
 
 class MallocSettingError(ValueError):
@@ -175,6 +182,27 @@ def release_pool() -> bool:
     for pause in _pause_functions():
         released = pause(OMP_PAUSE_HARD) == 0 or released
     return released
+
+
+def in_passing_thread(function: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
+    """`function(*args, **kwargs)` run in a thread of its own that ends when it returns, so that the
+    OpenMP pool its parallel work starts ends with it, on any runtime (see the module docstring).
+    Returns its result, or raises its exception here. Thread-local settings (grad mode, autocast)
+    are the new thread's defaults; the intra-op thread count is the process's."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = function(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001 - raised again in the calling thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name=f"set-up {getattr(function, '__name__', 'work')}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome.pop("error")
+    return outcome["result"]
 
 
 def release_free_memory() -> str | None:
