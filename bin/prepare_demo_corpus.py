@@ -496,13 +496,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out24k = args.out24k or args.out.with_name(args.out.name + "24k")
+    folders = {args.out: "--out", out24k: "--out24k"}
     try:
-        for folder in (args.out, out24k):
+        for folder in folders:
             if folder.exists() and any(folder.iterdir()):
                 if not args.force:
                     raise CodecError(f"{folder} already exists and is not empty; pass --force to rebuild it")
                 shutil.rmtree(folder)
-        split = build_corpus(args.out, out24k, args.cache, seed=args.seed)
+        for folder, option in folders.items():  # before the packages are fetched and converted
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise CodecError(f"cannot create {folder} ({error.strerror}): give another {option}") from None
+        try:
+            split = build_corpus(args.out, out24k, args.cache, seed=args.seed)
+        except BaseException:
+            for folder in folders:  # a corpus cut short is no corpus: leave none
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
     except CodecError as error:
         print(f"prepare_demo_corpus: error: {error}", file=sys.stderr)
         return 2

@@ -170,3 +170,26 @@ def test_fetch_packages_unpacks_a_cached_deb_without_downloading(tmp_path):
     assert version == "1:2.0-1"
     assert (root / "usr/share/doc/demo-voice/copyright").read_text() == "free\n"
     assert corpus.fetch_packages(("demo-voice",), cache) == unpacked
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_error_line_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(corpus, "fetch_packages", lambda *_: pytest.fail("packages fetched before the check"))
+    (tmp_path / "file").write_text("not a folder")
+    assert corpus.main(["--out", str(tmp_path / "file" / "corpus"), "--out24k", str(tmp_path / "c24")]) == 2
+    assert capsys.readouterr().err.strip().endswith("(Not a directory): give another --out")
+    assert corpus.main(["--out", str(tmp_path / "c48"), "--out24k", str(tmp_path / "file" / "c24")]) == 2
+    assert capsys.readouterr().err.strip().endswith("give another --out24k")
+
+
+def test_a_build_cut_short_leaves_no_corpus(tmp_path, monkeypatch):
+    unpacked = fake_packages(tmp_path / "debs")
+    monkeypatch.setattr(corpus, "fetch_packages", lambda packages, cache_dir: unpacked)
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(corpus, "mix_subset", disk_full)
+    out, out24k = tmp_path / "corpus", tmp_path / "corpus24k"
+    with pytest.raises(OSError, match="No space left"):
+        corpus.main(["--out", str(out), "--out24k", str(out24k), "--cache", str(tmp_path / "debs")])
+    assert not out.exists() and not out24k.exists()
