@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -52,9 +53,35 @@ def _json_safe(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _prepare_output(path: Path | None, option: str, folder: bool = False) -> None:
+    """Make the folder an output goes into now: a path that cannot be written is then an error before
+    the scoring, not a traceback after it."""
+    if path is None:
+        return
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocking = next((parent for parent in (target, *target.parents) if parent.exists()), None)
+        reason = f"{blocking} is a file" if blocking is not None and not blocking.is_dir() else error.strerror
+        raise CodecError(f"{option} {path}: cannot create {target} ({reason}): give another path") from None
+    if not folder and path.is_dir():
+        raise CodecError(f"{option} {path} is a folder: give a file name")
+
+
+def _write(path: Path, option: str, text: str) -> None:
+    try:
+        path.write_text(text, newline="")  # the csv module writes its own line ends
+    except OSError as error:
+        raise CodecError(f"{option} {path}: cannot write it ({error.strerror}): give another path") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    _prepare_output(args.csv, "--csv")
+    _prepare_output(args.json, "--json")
+    _prepare_output(args.plots, "--plot", folder=True)
     with_visqol = visqol_available() and not args.no_visqol
     baseline = None
     if args.opus:
@@ -81,13 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         print("visqol: " + ("skipped (--no-visqol)" if args.no_visqol else "unavailable (pip install visqol-python)"))
 
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows([*rows, mean])
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([*rows, mean])
+        _write(args.csv, "--csv", table.getvalue())
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "settings": {
                 "reference_dir": args.reference_dir,
@@ -99,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "files": [{key: _json_safe(value) for key, value in row.items()} for row in rows],
             "mean": {key: _json_safe(value) for key, value in mean.items()},
         }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        _write(args.json, "--json", json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -87,3 +87,30 @@ def test_no_matching_files_is_one_line_error(folders, tmp_path):
     assert completed.returncode == 2
     assert len(completed.stderr.strip().splitlines()) == 1
     assert "no matching audio files" in completed.stderr
+
+
+def assert_one_line_error(completed: subprocess.CompletedProcess, expected: str) -> None:
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1 and "Traceback" not in completed.stderr
+    assert expected in completed.stderr, completed.stderr
+
+
+def test_a_missing_degraded_file_is_named_as_missing(folders, tmp_path):
+    reference = folders[0] / "a.wav"
+    assert_one_line_error(run_evaluate(str(reference), str(tmp_path / "nope.wav")), "degraded")
+    assert "nope.wav not found" in run_evaluate(str(reference), str(tmp_path / "nope.wav")).stderr
+
+
+@pytest.mark.parametrize("option", ["--csv", "--json", "--plots"])
+def test_an_output_that_cannot_be_written_is_an_error_before_the_scoring(folders, tmp_path, option):
+    (tmp_path / "file").write_text("not a folder")
+    reference_dir, degraded_dir = folders
+    completed = run_evaluate(str(reference_dir), str(degraded_dir), "--no-visqol", option,
+                             str(tmp_path / "file" / "out"))  # fmt: skip
+    assert_one_line_error(completed, f"({tmp_path / 'file'} is a file): give another path")
+    assert completed.stdout == ""  # nothing scored
+
+
+def test_a_file_output_given_a_folder_is_an_error(folders, tmp_path):
+    completed = run_evaluate(str(folders[0]), str(folders[1]), "--no-visqol", "--csv", str(tmp_path))
+    assert_one_line_error(completed, "is a folder: give a file name")

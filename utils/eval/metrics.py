@@ -200,9 +200,11 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
     reference_dir, degraded_dir = Path(reference), Path(degraded)
     if reference_dir.is_file() and degraded_dir.is_file():
         return [(reference_dir.name, reference_dir, degraded_dir)]
-    for label, folder in (("reference", reference_dir), ("degraded", degraded_dir)):
+    labelled = (("reference", reference_dir), ("degraded", degraded_dir))
+    for label, folder in labelled:
         if not folder.exists():
             raise CodecError(f"{label} {folder} not found: check the path")
+    for label, folder in labelled:
         if not folder.is_dir():
             raise CodecError(f"{label} {folder} is a file and the other a folder: give two files or two folders")
 
