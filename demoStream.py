@@ -30,6 +30,7 @@ from utils import live as stream
 from utils.audio import read_audio, write_audio
 from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
 from utils.errors import ArgumentParser, CodecError, check_at_least
+from utils.files import check_output_folder
 from utils.runtime.cpu_process import in_passing_thread
 
 
@@ -97,6 +98,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CodecError("--input_file is for the sender (or the one-process demo), not --receive")
     if args.input_file is None and not args.pace:
         raise CodecError("--no-pace needs --input_file (a microphone keeps its own time)")
+    for dump in (args.input, args.output):  # written at the end: a folder that cannot take them fails now
+        if dump:
+            check_output_folder(dump)
 
 
 def _read_input_file(args: argparse.Namespace, sample_rate: int) -> np.ndarray:

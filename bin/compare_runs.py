@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 
 from trainer.curve import plot_curves, points_from_json, points_to_json  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, make_output_folder  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
 
 COLUMNS = {  # key in a curve point -> column title, format
@@ -74,8 +74,7 @@ def format_table(runs: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = [read_run(Path(folder)) for folder in args.runs]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(args.out, "--out")
     table = format_table(runs)
     subsets = sorted({run["files"] for run in runs})
     title = f"Last learning-curve point of each run ({'/'.join(map(str, subsets))} dev files)"

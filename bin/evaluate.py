@@ -22,7 +22,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 
-from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, make_output_folder  # noqa: E402
 from utils.eval.metrics import (  # noqa: E402
     evaluate_directories,
     format_table,
@@ -58,13 +58,7 @@ def _prepare_output(path: Path | None, option: str, folder: bool = False) -> Non
     the scoring, not a traceback after it."""
     if path is None:
         return
-    target = path if folder else path.parent
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        blocking = next((parent for parent in (target, *target.parents) if parent.exists()), None)
-        reason = f"{blocking} is a file" if blocking is not None and not blocking.is_dir() else error.strerror
-        raise CodecError(f"{option} {path}: cannot create {target} ({reason}): give another path") from None
+    make_output_folder(path if folder else path.parent, option, given=path)
     if not folder and path.is_dir():
         raise CodecError(f"{option} {path} is a folder: give a file name")
 

@@ -20,7 +20,7 @@ import re  # noqa: E402
 
 from bin import model_report  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, make_output_folder  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
 
@@ -49,7 +49,7 @@ def checkpoint_steps(path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     checkpoints = sorted(args.checkpoints, key=checkpoint_steps)
-    out = Path(args.out)
+    out = make_output_folder(args.out, "--out")  # before the first checkpoint's report
     rows = []
     for checkpoint in checkpoints:
         steps = checkpoint_steps(checkpoint) + args.offset

@@ -39,7 +39,7 @@ from utils.cli import (  # noqa: E402
     load_codec,
     run_main,
 )
-from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, check_at_least, make_output_folder  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
 from utils.files import write_text_atomic  # noqa: E402
@@ -232,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             table = entropy_table_path(codec.encoder_checkpoint)
         entropy = load_entropy_model(codec, table)
     files = test_files(args.test, args.max_files, args.every)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(args.out, "--out")  # before the scoring: a path in the way stops it now
     rows = []
     used: list[set[int]] = [set() for _ in range(codec.n_codebooks)]
     with torch.inference_mode():

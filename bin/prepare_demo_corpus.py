@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from utils.audio import resample  # noqa: E402
-from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, make_output_folder  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -504,10 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise CodecError(f"{folder} already exists and is not empty; pass --force to rebuild it")
                 shutil.rmtree(folder)
         for folder, option in folders.items():  # before the packages are fetched and converted
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise CodecError(f"cannot create {folder} ({error.strerror}): give another {option}") from None
+            make_output_folder(folder, option)
         try:
             split = build_corpus(args.out, out24k, args.cache, seed=args.seed)
         except BaseException:

@@ -176,9 +176,10 @@ def test_an_output_folder_that_cannot_be_made_is_one_error_line_before_any_work(
     monkeypatch.setattr(corpus, "fetch_packages", lambda *_: pytest.fail("packages fetched before the check"))
     (tmp_path / "file").write_text("not a folder")
     assert corpus.main(["--out", str(tmp_path / "file" / "corpus"), "--out24k", str(tmp_path / "c24")]) == 2
-    assert capsys.readouterr().err.strip().endswith("(Not a directory): give another --out")
+    assert capsys.readouterr().err.strip() == (f"prepare_demo_corpus: error: --out {tmp_path / 'file' / 'corpus'}: "
+                                               f"cannot create it ({tmp_path / 'file'} is a file): give another path")
     assert corpus.main(["--out", str(tmp_path / "c48"), "--out24k", str(tmp_path / "file" / "c24")]) == 2
-    assert capsys.readouterr().err.strip().endswith("give another --out24k")
+    assert capsys.readouterr().err.startswith(f"prepare_demo_corpus: error: --out24k {tmp_path / 'file' / 'c24'}:")
 
 
 def test_a_build_cut_short_leaves_no_corpus(tmp_path, monkeypatch):

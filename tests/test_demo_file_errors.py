@@ -171,3 +171,12 @@ def test_unpadded_length_is_kept(tmp_path, python: str) -> None:
     result = run_demo(python, "--model", "vctk_v1", "-i", str(tmp_path / "odd.wav"), "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert sf.read(out)[0].shape == (12345,)
+
+
+def test_an_output_folder_in_the_way_stops_before_the_coding(tmp_path, python: str) -> None:
+    (tmp_path / "file").write_text("x")
+    out = str(tmp_path / "file" / "out.wav")
+    result = run_demo(python, "--model", "vctk_sym", "-i", official_path("input", "test_48k.wav"), "-o", out)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write {out}: {tmp_path / 'file'} is a file, not a folder: give another output path"]

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from utils.audio import write_audio
-from utils.files import atomic_output, default_file_mode, write_bytes_atomic
+from utils.bitstream.adc import BitstreamError
+from utils.errors import CodecError
+from utils.files import atomic_output, check_output_folder, default_file_mode, write_bytes_atomic
 
 
 def test_published_file_has_the_umask_mode(tmp_path) -> None:
@@ -34,3 +36,16 @@ def test_failed_write_leaves_neither_target_nor_temp_file(tmp_path) -> None:
         raise RuntimeError("interrupted")
     assert (tmp_path / "keep.bin").read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def test_an_output_folder_that_cannot_take_the_file_is_named(tmp_path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CodecError, match=rf"cannot write .*: {tmp_path / 'file'} is a file, not a folder"):
+        check_output_folder(tmp_path / "file" / "deeper" / "out.wav")
+    with pytest.raises(BitstreamError, match=f"output folder {tmp_path / 'nowhere'} does not exist: create it first"):
+        check_output_folder(tmp_path / "nowhere" / "out.adc", BitstreamError)
+    check_output_folder(tmp_path / "out.wav")  # a folder that exists
+    with pytest.raises(CodecError, match=r"cannot write .*\(Not a directory\): give another output path"):
+        with atomic_output(tmp_path / "file" / "out.bin"):
+            pass  # never reached: the temp file cannot be made there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

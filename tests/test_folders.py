@@ -96,6 +96,11 @@ def test_plan_keeps_the_tree_and_refuses_ambiguity(tmp_path, corpus: Path) -> No
         plan(str(corpus), str(corpus / "a.wav"), (".wav",), ".adc")
     with pytest.raises(CodecError, match="no .adc files"):
         plan(str(corpus), str(tmp_path / "x"), (".adc",), ".wav")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CodecError, match="is a file, not a folder: give another output folder"):
+        plan(str(corpus), str(tmp_path / "file" / "out"), (".wav",), ".adc")
+    with pytest.raises(CodecError, match="does not exist: create it first"):  # one file: checked before the coding
+        plan(str(corpus / "a.wav"), str(tmp_path / "nowhere" / "a.adc"), (".wav",), ".adc")
 
 
 @pytest.fixture

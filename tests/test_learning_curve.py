@@ -124,3 +124,5 @@ def test_compare_runs_tables_and_plots_runs_from_their_curves(tmp_path: Path) ->
     assert [run["name"] for run in json.loads((tmp_path / "out" / "compare.json").read_text())] == ["a", "b"]
     with pytest.raises(CodecError, match="curve.json not found"):
         compare_main([str(tmp_path / "out"), "--out", str(tmp_path / "x")])
+    with pytest.raises(CodecError, match=r"--out .*/compare.md/x: cannot create it \(.*compare.md is a file\)"):
+        compare_main([str(tmp_path / "a"), "--out", str(tmp_path / "out" / "compare.md" / "x")])

@@ -127,6 +127,15 @@ def test_bad_arguments_are_one_line_errors(model, test_dir, tmp_path, extra, mes
     assert not (tmp_path / "r" / "report.json").exists()
 
 
+def test_an_out_path_in_the_way_stops_the_report_before_the_scoring(model, test_dir, tmp_path, monkeypatch) -> None:
+    import bin.model_report as report
+
+    monkeypatch.setattr(report, "score_file", lambda *_: pytest.fail("scored before --out was checked"))
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(CodecError, match=r"--out .*/file/r: cannot create it \(.*/file is a file\): give another"):
+        main([*model.args, "--test", str(test_dir), "--out", str(tmp_path / "file" / "r")])
+
+
 def test_learning_curve_has_one_row_per_checkpoint_in_step_order(test_dir, tmp_path) -> None:
     from bin.learning_curve import main as curve_main
 
@@ -141,6 +150,9 @@ def test_learning_curve_has_one_row_per_checkpoint_in_step_order(test_dir, tmp_p
     assert "| 500010 |" in (out / "curve.md").read_text()
     with pytest.raises(CodecError, match="checkpoint-<N>steps.pkl"):
         curve_main([str(test_dir / "a.wav"), "--test", str(test_dir), "--out", str(out)])
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(CodecError, match="is a file"):  # before the first checkpoint is scored
+        curve_main([late, "--test", str(test_dir), "--out", str(tmp_path / "file" / "curve")])
 
 
 def test_bf16_without_the_engine_is_one_error_line(model, test_dir, tmp_path) -> None:

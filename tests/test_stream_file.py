@@ -186,6 +186,14 @@ def test_bad_time_and_count_options(python: str, option: str, value: str) -> Non
     assert_clean_failure(run_stream(python, "--input_file", INPUT, option, value), f"{option} {value}")
 
 
+@pytest.mark.parametrize("option", ["-o", "-i"])
+def test_a_dump_path_that_cannot_be_written_stops_before_the_stream(python: str, tmp_path, option: str) -> None:
+    (tmp_path / "file").write_text("x")
+    result = run_stream(python, "--input_file", INPUT, "--no-pace", option, str(tmp_path / "file" / "dump.wav"))
+    assert_clean_failure(result, "is a file, not a folder: give another output path")
+    assert "encoder processing time" not in result.stdout  # nothing was streamed
+
+
 def test_listing_no_audio_devices_says_so_and_what_to_do(monkeypatch) -> None:
     from utils.live import devices
 

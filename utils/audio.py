@@ -13,7 +13,7 @@ import soundfile as sf
 import soxr
 
 from utils.errors import CodecError
-from utils.files import atomic_output
+from utils.files import atomic_output, check_output_folder
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 
@@ -115,9 +115,7 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
 
     Integer formats cut samples beyond full scale; that is logged as a warning with the peak.
     """
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise CodecError(f"output folder {folder} does not exist: create it first")
+    check_output_folder(path)
     suffix = os.path.splitext(path)[1] or ".wav"
     try:
         with atomic_output(path, suffix) as tmp:

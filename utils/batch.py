@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.errors import CodecError
+from utils.files import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,15 @@ def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[
     if not os.path.isdir(source):
         if os.path.isdir(target):
             raise CodecError(f"-i {source} is a file but -o {target} is a folder: give an output file name")
+        check_output_folder(target)  # before the coding, not after it
         return [(Path(source), Path(target))]
     if os.path.exists(target) and not os.path.isdir(target):
         raise CodecError(f"-i {source} is a folder but -o {target} is a file: give an output folder")
+    blocking = os.path.dirname(os.path.abspath(target))
+    while not os.path.exists(blocking) and os.path.dirname(blocking) != blocking:
+        blocking = os.path.dirname(blocking)
+    if not os.path.isdir(blocking):
+        raise CodecError(f"-o {target}: {blocking} is a file, not a folder: give another output folder")
     if os.path.realpath(source) == os.path.realpath(target):
         raise CodecError(f"-o {target} is the input folder: give another output folder")
     inputs = find_files(source, endings)
@@ -76,9 +83,9 @@ def run_batch(
     seconds = busy = 0.0
     with tqdm(total=len(pairs), desc=description, unit="file", file=sys.stderr, dynamic_ncols=True) as bar:
         for source, output in pairs:
-            output.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             try:
+                output.parent.mkdir(parents=True, exist_ok=True)
                 seconds += work(source, output)
             except Exception as error:  # one bad file must not end the batch: report it and go on
                 failed += 1

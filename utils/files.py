@@ -7,12 +7,28 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+from utils.errors import CodecError
+
 
 def default_file_mode() -> int:
     """The permissions a new file gets under the current umask (0o666 & ~umask)."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def check_output_folder(path: str | os.PathLike, error: type[CodecError] = CodecError) -> None:
+    """Raise ``error`` naming the problem when `path`'s folder cannot take a new file: it does not exist,
+    or a file stands where a folder of it should be."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(folder):
+        return
+    blocking = folder
+    while not os.path.exists(blocking) and os.path.dirname(blocking) != blocking:
+        blocking = os.path.dirname(blocking)
+    if os.path.exists(blocking) and not os.path.isdir(blocking):
+        raise error(f"cannot write {path}: {blocking} is a file, not a folder: give another output path")
+    raise error(f"output folder {folder} does not exist: create it first")
 
 
 @contextlib.contextmanager
@@ -25,7 +41,10 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     before the rename.
     """
     folder = os.path.dirname(os.path.abspath(path)) or "."
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    try:
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    except OSError as error:  # a folder that does not take files: read-only, full, not a real folder
+        raise CodecError(f"cannot write {path} ({error.strerror}): give another output path") from None
     os.close(handle)
     try:
         yield tmp

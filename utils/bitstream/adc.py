@@ -18,7 +18,7 @@ import numpy as np
 
 from utils.bitstream.bits import MAX_CODE_BITS, bits_per_code, pack_codes, packed_bytes, unpack_codes
 from utils.errors import CodecError
-from utils.files import write_bytes_atomic
+from utils.files import check_output_folder, write_bytes_atomic
 
 MAGIC = b"ADCB"
 FORMAT_VERSION = 1
@@ -322,9 +322,7 @@ def write_adc(
 ) -> StreamHeader:
     """Write an `.adc` file atomically (temp file beside `path`, then rename); return the header written."""
     data = encode_adc(header, codes, entropy_model)
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise BitstreamError(f"output folder {folder} does not exist: create it first")
+    check_output_folder(path, BitstreamError)
     write_bytes_atomic(path, data, suffix=".adc")
     return decode_header(data)
 
