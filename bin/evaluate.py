@@ -22,7 +22,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 
-from utils.errors import ArgumentParser, CodecError, make_output_folder  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.metrics import (  # noqa: E402
     evaluate_directories,
     format_table,
@@ -31,6 +31,7 @@ from utils.eval.metrics import (  # noqa: E402
     visqol_available,
 )
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
+from utils.files import make_output_folder  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

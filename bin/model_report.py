@@ -39,10 +39,13 @@ from utils.cli import (  # noqa: E402
     load_codec,
     run_main,
 )
-from utils.errors import ArgumentParser, CodecError, check_at_least, make_output_folder  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
-from utils.files import write_text_atomic  # noqa: E402
+from utils.files import (
+    make_output_folder,  # noqa: E402
+    write_text_atomic,  # noqa: E402
+)
 
 
 def _numbers(text: str, kind: type, what: str) -> list:

@@ -47,7 +47,8 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from utils.audio import resample  # noqa: E402
-from utils.errors import ArgumentParser, CodecError, make_output_folder  # noqa: E402
+from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.files import make_output_folder  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

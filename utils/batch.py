@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.errors import CodecError
-from utils.files import check_output_folder
+from utils.files import check_output_folder, file_in_the_way
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,8 @@ def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[
         return [(Path(source), Path(target))]
     if os.path.exists(target) and not os.path.isdir(target):
         raise CodecError(f"-i {source} is a folder but -o {target} is a file: give an output folder")
-    blocking = os.path.dirname(os.path.abspath(target))
-    while not os.path.exists(blocking) and os.path.dirname(blocking) != blocking:
-        blocking = os.path.dirname(blocking)
-    if not os.path.isdir(blocking):
+    blocking = file_in_the_way(target)
+    if blocking is not None:
         raise CodecError(f"-o {target}: {blocking} is a file, not a folder: give another output folder")
     if os.path.realpath(source) == os.path.realpath(target):
         raise CodecError(f"-o {target} is the input folder: give another output folder")

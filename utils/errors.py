@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import NoReturn
 
 
@@ -17,23 +15,6 @@ def check_at_least(option: str, value: int | None, least: int, note: str = "") -
     command line is below ``least``; None (not given) passes."""
     if value is not None and value < least:
         raise CodecError(f"--{option} {value}: give {least} or more{note}")
-
-
-def make_output_folder(folder: str | os.PathLike, option: str, given: str | os.PathLike | None = None) -> Path:
-    """Create ``folder`` (and its parents) for an output, before the work that fills it; where it cannot
-    be, a CodecError names ``option`` and the path ``given`` for it (default ``folder``) and what is in
-    the way."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        blocking = next((parent for parent in (folder, *folder.parents) if parent.exists()), None)
-        reason = f"{blocking} is a file" if blocking is not None and not blocking.is_dir() else error.strerror
-        where = "it" if given is None else str(folder)
-        raise CodecError(
-            f"{option} {folder if given is None else given}: cannot create {where} ({reason}): give another path"
-        ) from None
-    return folder
 
 
 class ArgumentParser(argparse.ArgumentParser):

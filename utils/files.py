@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from utils.errors import CodecError
 
@@ -17,18 +18,41 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def file_in_the_way(folder: str | os.PathLike) -> str | None:
+    """The nearest existing one of `folder` and its parents when it is a file, not a folder."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder if os.path.exists(folder) and not os.path.isdir(folder) else None
+
+
 def check_output_folder(path: str | os.PathLike, error: type[CodecError] = CodecError) -> None:
     """Raise ``error`` naming the problem when `path`'s folder cannot take a new file: it does not exist,
     or a file stands where a folder of it should be."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(folder):
         return
-    blocking = folder
-    while not os.path.exists(blocking) and os.path.dirname(blocking) != blocking:
-        blocking = os.path.dirname(blocking)
-    if os.path.exists(blocking) and not os.path.isdir(blocking):
+    blocking = file_in_the_way(folder)
+    if blocking is not None:
         raise error(f"cannot write {path}: {blocking} is a file, not a folder: give another output path")
     raise error(f"output folder {folder} does not exist: create it first")
+
+
+def make_output_folder(folder: str | os.PathLike, option: str, given: str | os.PathLike | None = None) -> Path:
+    """Create ``folder`` (and its parents) for an output, before the work that fills it; where it cannot
+    be, a CodecError names ``option``, the path ``given`` for it (default ``folder``) and what is in
+    the way."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocking = file_in_the_way(folder)
+        reason = f"{blocking} is a file" if blocking is not None else error.strerror
+        where = "it" if given is None else str(folder)
+        raise CodecError(
+            f"{option} {folder if given is None else given}: cannot create {where} ({reason}): give another path"
+        ) from None
+    return folder
 
 
 @contextlib.contextmanager
