@@ -22,10 +22,7 @@ import yaml  # noqa: E402
 from trainer.curve import plot_curves, points_from_json, points_to_json  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser, CodecError  # noqa: E402
-from utils.files import (
-    make_output_folder,  # noqa: E402
-    write_text_atomic,  # noqa: E402
-)
+from utils.files import make_output_folder, write_text_atomic  # noqa: E402
 
 COLUMNS = {  # key in a curve point -> column title, format
     "pesq_wb": ("PESQ-WB", "{:.3f}"),

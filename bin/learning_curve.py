@@ -22,10 +22,7 @@ from bin import model_report  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES  # noqa: E402
-from utils.files import (
-    make_output_folder,  # noqa: E402
-    write_text_atomic,  # noqa: E402
-)
+from utils.files import make_output_folder, write_text_atomic  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -42,10 +42,7 @@ from utils.cli import (  # noqa: E402
 from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
 from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
-from utils.files import (
-    make_output_folder,  # noqa: E402
-    write_text_atomic,  # noqa: E402
-)
+from utils.files import make_output_folder, write_text_atomic  # noqa: E402
 
 
 def _numbers(text: str, kind: type, what: str) -> list:
