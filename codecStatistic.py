@@ -13,10 +13,11 @@ import logging
 
 import torch
 
-from trainer.analysis import compute_code_statistics, save_statistics
+from trainer.analysis import compute_code_statistics, save_statistics, statistics_path
 from trainer.builder import read_config
 from utils.cli import run_main
 from utils.errors import ArgumentParser, CodecError
+from utils.files import make_output_folder
 
 
 def main() -> int:
@@ -29,9 +30,11 @@ def main() -> int:
     if "stats" not in config:
         raise CodecError(f"{args.config} has no 'stats' entry: name the .npy file to write")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    stats_path = statistics_path(config["stats"])
+    make_output_folder(stats_path.parent, "the config's stats", given=config["stats"])  # before the pass
     stats = compute_code_statistics(config, args.subset, args.subset_num, device=device)
     save_statistics(stats, config["stats"])
-    logging.info("Wrote %s: mean and scale of %d channels", config["stats"], stats.shape[1])
+    logging.info("Wrote %s: mean and scale of %d channels", stats_path, stats.shape[1])
     return 0
 
 

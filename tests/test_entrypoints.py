@@ -87,6 +87,25 @@ def test_statistic_writes_mean_and_scale(trained: tuple[Path, Path]) -> None:
     assert stats.shape == (2, 8) and stats.dtype == np.float32 and (stats[1] > 0).all()
 
 
+def test_statistic_output_in_the_way_stops_before_the_pass_and_npy_is_added_as_numpy_does(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, expdir = trained
+    config = {"sampling_rate": 8000, "data": tiny_recipe(root)["data"],
+              "analyzer": str(expdir / "checkpoint-2steps.pkl"), "stats": str(tmp_path / "file" / "s.npy")}
+    (tmp_path / "file").write_text("not a folder")
+    result = run_script("codecStatistic.py", "-c", save_recipe(config, tmp_path / "blocked.yaml"), "--subset",
+                        "train", cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(result, f"the config's stats {tmp_path / 'file' / 's.npy'}: cannot create")
+    assert "Finished the statistics" not in result.stderr  # refused before the pass over the data
+    config["stats"] = str(tmp_path / "stats" / "named")  # the original's np.save writes named.npy
+    result = run_script("codecStatistic.py", "-c", save_recipe(config, tmp_path / "named.yaml"), "--subset", "train",
+                        "--subset_num", "1", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(path.name for path in (tmp_path / "stats").iterdir()) == ["named.npy"]
+    assert np.load(tmp_path / "stats" / "named.npy").shape == (2, 8)
+
+
 def test_codec_test_writes_one_output_per_input(trained: tuple[Path, Path]) -> None:
     root, expdir = trained
     checkpoint = str(expdir / "checkpoint-2steps.pkl")

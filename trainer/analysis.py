@@ -16,6 +16,7 @@ from tqdm import tqdm
 from dataloader import build_dataset
 from utils.checkpoint import load_autoencoder
 from utils.errors import CodecError
+from utils.files import atomic_output, make_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,15 @@ def compute_code_statistics(
     return np.stack([statistics.mean, statistics.scale()]).astype(np.float32)
 
 
-def save_statistics(stats: np.ndarray, path: str | Path) -> None:
-    """Write (2, code_dim) statistics to ``path`` (.npy), creating its folder."""
+def statistics_path(path: str | Path) -> Path:
+    """Where ``np.save(path)`` writes, as the original saves: ``.npy`` appended when missing."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, stats.astype(np.float32), allow_pickle=False)
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+
+def save_statistics(stats: np.ndarray, path: str | Path) -> None:
+    """Write (2, code_dim) statistics to ``path`` (.npy), creating its folder; never half-written."""
+    target = statistics_path(path)
+    make_output_folder(target.parent, "the config's stats", given=path)
+    with atomic_output(target, ".npy") as tmp:
+        np.save(tmp, stats.astype(np.float32), allow_pickle=False)
