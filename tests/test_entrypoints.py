@@ -158,6 +158,16 @@ def test_codec_test_names_a_file_it_cannot_code_before_writing_any_output(
     assert not (tmp_path / "output").exists()
 
 
+def test_codec_test_output_dir_in_the_way_is_one_error_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, expdir = trained
+    checkpoint = str(expdir / "checkpoint-2steps.pkl")
+    (tmp_path / "file").write_text("not a folder")
+    result = run_script("codecTest.py", "--subset", "test", "--encoder", checkpoint, "--decoder", checkpoint,
+                        "--output_dir", str(tmp_path / "file"), cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(result, f"--output_dir {tmp_path / 'file'}: cannot create")
+    assert f"({tmp_path / 'file'} is a file)" in result.stderr
+
+
 def test_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
     root, expdir = trained
     assert_one_line_error(run_script("codecTrain.py", "-c", "missing.yaml", "--tag", "x", cwd=tmp_path), "not found")

@@ -22,6 +22,7 @@ from models.registry import AUTOENCODER_TYPES
 from trainer.analysis import quantized_latent
 from utils.checkpoint import load_autoencoder, load_generator
 from utils.errors import CodecError
+from utils.files import make_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def run_test(
     except (FileNotFoundError, ValueError) as error:
         raise CodecError(str(error)) from None
     outdir = output_folder(encoder_checkpoint, decoder_checkpoint, config, subset, output_dir, specific_folder)
-    outdir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(outdir, "--output_dir", given=output_dir)
     logger.info("The number of utterances = %d; writing to %s", len(dataset), outdir)
     written = []
     total_rtf = 0.0
