@@ -49,6 +49,7 @@ from utils.cli import (
     run_main,
 )
 from utils.errors import ArgumentParser, CodecError
+from utils.files import check_output_folder
 from utils.registry import MODELS, installed_root
 
 
@@ -206,13 +207,14 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
     files = sorted(glob.glob(os.path.join(args.input, "**", "*.wav"), recursive=True))[: args.max_files]
     if not files:
         raise CodecError(f"no .wav files under {args.input}: give a folder of training audio")
+    output = args.output or _table_path(codec, None)
+    check_output_folder(output)  # before the coding, not after it
     all_codes = []
     for path in tqdm(files, desc="fit-entropy", unit="file"):
         streams = codec.streams_from_audio(read_input_for(codec, path, allow_resample=True))
         codes = codec.encode_signal(streams)
         all_codes.extend(codes.cpu().numpy())
     model = EntropyModel.fit(all_codes, codec.codebook_size)
-    output = args.output or _table_path(codec, None)
     model.save(output)
     frames = sum(c.shape[-1] for c in all_codes)
     logging.info(f"entropy table from {len(files)} files ({frames} frames) -> {output}")

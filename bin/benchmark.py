@@ -44,6 +44,7 @@ from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
+from utils.files import check_output_folder, write_text_atomic  # noqa: E402
 from utils.live.pipeline import check_frame_size  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
@@ -480,6 +481,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_at_least("threads", args.threads, 1)
     if not args.seconds > 0:
         raise CodecError(f"--seconds {args.seconds}: give seconds of audio above 0")
+    if args.json:
+        check_output_folder(args.json)  # before the timings, not after them
     return args
 
 
@@ -514,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         result["original"] = time_original(args.original, args)
     print(format_report(result))
     if args.json:
-        args.json.write_text(json.dumps({k: v for k, v in result.items() if not (
+        write_text_atomic(args.json, json.dumps({k: v for k, v in result.items() if not (
             isinstance(v, float) and not math.isfinite(v))}, indent=2) + "\n")
     return 0
 

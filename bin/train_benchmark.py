@@ -53,6 +53,7 @@ from trainer.benchmark import PHASES, config_phases, cpu_name, stand_ins, time_p
 from trainer.builder import read_recipe  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
+from utils.files import check_output_folder, write_text_atomic  # noqa: E402
 from utils.runtime.cpu_process import current_malloc, release_free_memory  # noqa: E402
 
 
@@ -193,6 +194,8 @@ def main() -> int:
     for option, least in (("steps", 1), ("rounds", 1), ("warmup", 0), ("threads", 1), ("batch_size", 1),
                           ("batch_length", 1)):
         check_at_least(option, getattr(args, option), least)
+    if args.json:
+        check_output_folder(args.json)  # before the timings, not after them
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -243,7 +246,7 @@ def _run(args: argparse.Namespace, folder: str, precisions: list[str], compiles:
     if args.json:
         report = {"config": args.config, "machine": machine, "torch": torch.__version__, "device": args.device,
                   "results": results, "original": originals}  # fmt: skip
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 

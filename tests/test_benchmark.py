@@ -76,6 +76,9 @@ def test_a_wrong_config_or_option_is_a_one_line_error(tmp_path) -> None:
                                                            "hop \\(300\\): use e.g. 600")):
         with pytest.raises(CodecError, match=message):
             main(["--autoencoder", AUTOENCODER, option, value])
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(CodecError, match="is a file, not a folder: give another output path"):  # before any timing
+        main(["--autoencoder", AUTOENCODER, "--json", str(tmp_path / "file" / "out.json")])
     result = subprocess.run([sys.executable, os.path.join(REPO, "bin", "benchmark.py"), "--autoencoder", VOCODER],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stdout == ""

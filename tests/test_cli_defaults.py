@@ -73,6 +73,11 @@ def test_fit_entropy_shows_progress(tmp_path, short_wav: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "fit-entropy: 100%" in result.stderr and "1/1" in result.stderr
     assert table.is_file()
+    (tmp_path / "file").write_text("not a folder")
+    result = run("codec.py", "fit-entropy", "--model", "vctk_sym", "-i", str(short_wav.parent), "-o",
+                 str(tmp_path / "file" / "table.entropy"))  # fmt: skip
+    assert result.returncode == 1 and "fit-entropy: " not in result.stderr  # refused before the coding
+    assert result.stderr.strip().endswith("is a file, not a folder: give another output path")
 
 
 def experiment_with_subsets(tmp_path: Path, subsets: dict[str, str]) -> str:

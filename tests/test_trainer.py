@@ -657,3 +657,17 @@ def test_the_training_benchmark_beside_the_original_names_a_bad_checkout(tmp_pat
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert re.search(message, result.stderr.strip().splitlines()[-1])
+
+
+def test_the_training_benchmark_checks_its_json_path_before_timing(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    result = subprocess.run(
+        [sys.executable, str(Path(REPO, "bin", "train_benchmark.py")), "--phases", "stage1", "--precisions", "fp32",
+         "--steps", "1", "--warmup", "0", "--batch_size", "1", "--batch_length", "600", "--threads", "1",
+         "--json", str(tmp_path / "file" / "out.json")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write {tmp_path / 'file' / 'out.json'}: {tmp_path / 'file'} is a file, not a folder: "
+        "give another output path"]  # no step was timed (that logs)
