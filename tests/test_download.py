@@ -194,6 +194,14 @@ def test_unknown_and_unreleased_names(server, tmp_path) -> None:
     assert server.ranges == [] and leftovers(tmp_path) == []
 
 
+def test_a_root_that_is_not_a_folder(server, tmp_path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    assert_one_error(download("vctk_sym", "--root", str(tmp_path / "file"), "--url", server.url), "is a file: give the")
+    assert_one_error(download("vctk_sym", "--root", str(tmp_path / "nowhere"), "--url", server.url),
+                     "does not exist: create it first")
+    assert server.ranges == []
+
+
 def test_no_network(tmp_path) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

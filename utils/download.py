@@ -225,6 +225,8 @@ def download(
     if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower())):
         raise CodecError(f"--sha256 {sha256}: give the 64 hex digits of the archive's SHA-256")
     if not os.path.isdir(root):
+        if os.path.exists(root):
+            raise CodecError(f"--root {root} is a file: give the folder that holds (or is to hold) exp/")
         raise CodecError(f"--root {root} does not exist: create it first")
     wanted = [path for path in model_files(entries) if not os.path.isfile(os.path.join(root, path))]
     if not wanted:
