@@ -80,3 +80,11 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path, kind: str, mes
     with pytest.raises(CodecError, match=f"does not fit the recipe's generator: {message}.*: give a checkpoint of"):
         run_training(TrainOptions(config=recipe, tag="wrong", exp_root=str(tmp_path / "exp"), initial=checkpoint))
     assert not (tmp_path / "exp" / "wrong").exists()
+
+
+def test_an_exp_root_that_is_a_file_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "exp").write_text("not a folder")
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "recipe.yaml")
+    with pytest.raises(CodecError, match=rf"the experiment folder .*: cannot create it \({tmp_path / 'exp'} is a file"):
+        run_training(TrainOptions(config=recipe, tag="x", exp_root=str(tmp_path / "exp")))
+    assert (tmp_path / "exp").read_text() == "not a folder"

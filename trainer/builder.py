@@ -29,6 +29,7 @@ from trainer.state import resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, output_delay
 from utils.errors import CodecError, check_at_least
+from utils.files import make_output_folder
 from utils.runtime.cpu_process import current_malloc
 
 logger = logging.getLogger(__name__)
@@ -326,7 +327,7 @@ def run_training(options: TrainOptions) -> Path:
         fresh = context.is_main and not expdir.exists()
         try:
             if context.is_main:
-                expdir.mkdir(parents=True, exist_ok=True)
+                make_output_folder(expdir, "the experiment folder")
                 with open(expdir / "config.yml", "w") as handle:
                     yaml.safe_dump(config, handle, sort_keys=False)
                 from torch.utils.tensorboard import SummaryWriter
