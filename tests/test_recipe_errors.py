@@ -28,6 +28,10 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
                          "cannot build Adam from generator_optimizer_params: .*fix the config"),
     "scheduler_params": ({"generator_scheduler_params": {"steps": 3}},
                          "cannot build .* from generator_scheduler_params: .*'steps'"),
+    "generator_params": ({"generator_params": {"nope": 1}},
+                         "cannot build symAudioDec from generator_params: .*'nope'.*: fix the config"),
+    "discriminator_params": ({"discriminator_params": {"nope": 1}},
+                             "cannot build the symAudioDec discriminator from discriminator_params: .*'nope'"),
     "paradigm": ({"paradigm": "eficient"}, "paradigm 'eficient' is not one of efficient, joint: fix the config"),
     "start_steps": ({"start_steps": {"gen": 0}}, r"start_steps \{'gen': 0\}: give a mapping of generator and"),
 }

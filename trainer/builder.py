@@ -28,7 +28,7 @@ from trainer.distributed import DistributedContext, configure_tf32, init_distrib
 from trainer.state import resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, output_delay
-from utils.errors import CodecError, check_at_least
+from utils.errors import CodecError, built_from_config, check_at_least
 from utils.files import make_output_folder
 from utils.runtime.cpu_process import current_malloc
 
@@ -148,27 +148,19 @@ def _by_name(module: Any, name: str, what: str) -> type:
     return found
 
 
-def _built(cls: type, key: str, *args: Any, **params: Any) -> Any:
-    """``cls(*args, **params)``, where ``params`` come from the config's ``key``: a wrong name or value
-    there is the config's error (one line), not a traceback."""
-    try:
-        return cls(*args, **params)
-    except (TypeError, ValueError) as error:
-        raise CodecError(f"cannot build {cls.__name__} from {key}: {error}: fix the config") from None
-
-
 def build_optimizer(config: Mapping[str, Any], role: str, parameters) -> torch.optim.Optimizer:
     """``torch.optim.<{role}_optimizer_type>`` over ``parameters`` with ``{role}_optimizer_params``."""
     optimizer_class = _by_name(torch.optim, config[f"{role}_optimizer_type"], f"{role}_optimizer_type")
-    return _built(optimizer_class, f"{role}_optimizer_params", parameters, **config.get(f"{role}_optimizer_params", {}))
+    key = f"{role}_optimizer_params"
+    return built_from_config(optimizer_class, key, config.get(key, {}), parameters)
 
 
 def build_scheduler(config: Mapping[str, Any], role: str, optimizer: torch.optim.Optimizer) -> Any:
     """``torch.optim.lr_scheduler.<{role}_scheduler_type>`` (default StepLR) with ``{role}_scheduler_params``."""
     name = config.get(f"{role}_scheduler_type", "StepLR")
     scheduler_class = _by_name(torch.optim.lr_scheduler, name, f"{role}_scheduler_type")
-    return _built(scheduler_class, f"{role}_scheduler_params", optimizer=optimizer,
-                  **config.get(f"{role}_scheduler_params", {}))
+    key = f"{role}_scheduler_params"
+    return built_from_config(scheduler_class, key, config.get(key, {}), optimizer)
 
 
 def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str, nn.Module]:
@@ -185,8 +177,8 @@ def build_criteria(config: Mapping[str, Any], device: torch.device) -> dict[str,
             raise CodecError(f"use_{name}_loss is on but the config has no lambda_{name}_loss (its weight)")
         if name in METRIC_LOSSES:
             _check_crops_fit(config, name, delay)
-    return {name: _built(LOSSES[name], f"{name}_loss_params", **config.get(f"{name}_loss_params", {})).to(device)
-            for name in names}
+    return {name: built_from_config(LOSSES[name], f"{name}_loss_params", config.get(f"{name}_loss_params", {}))
+            .to(device) for name in names}
 
 
 def _check_crops_fit(config: Mapping[str, Any], name: str, delay: int) -> None:
@@ -214,10 +206,8 @@ def build_discriminator(config: Mapping[str, Any]) -> nn.Module:
     model_type = config["model_type"]
     if model_type not in DISCRIMINATORS:
         raise CodecError(f"no discriminator for model_type '{model_type}': use one of {', '.join(DISCRIMINATORS)}")
-    try:
-        return DISCRIMINATORS[model_type](**config.get("discriminator_params", {}))
-    except (TypeError, ValueError) as error:
-        raise CodecError(f"cannot build the {model_type} discriminator from discriminator_params: {error}") from None
+    return built_from_config(DISCRIMINATORS[model_type], "discriminator_params", config.get("discriminator_params", {}),
+                             name=f"the {model_type} discriminator")
 
 
 def build_training_generator(config: Mapping[str, Any]) -> nn.Module:

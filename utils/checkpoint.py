@@ -18,7 +18,7 @@ from torch import nn
 
 from layers.weight_norm import fold_weight_norm, from_original_keys, has_weight_norm, to_original_keys
 from models.registry import AUTOENCODER_TYPES, generator_class
-from utils.errors import CodecError
+from utils.errors import CodecError, built_from_config
 from utils.files import write_bytes_atomic
 
 
@@ -85,10 +85,7 @@ def build_generator(config: dict[str, Any], inference: bool = True) -> nn.Module
     model_type = config["model_type"]
     if inference and "stats" in params:
         params["load_stats"] = False
-    try:
-        return generator_class(model_type)(**params)
-    except (TypeError, ValueError) as error:
-        raise CodecError(f"cannot build {model_type} from generator_params: {error}") from None
+    return built_from_config(generator_class(model_type), "generator_params", params, name=model_type)
 
 
 def load_state_strictly(

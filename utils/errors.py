@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 
 class CodecError(Exception):
@@ -15,6 +16,16 @@ def check_at_least(option: str, value: int | None, least: int, note: str = "") -
     command line is below ``least``; None (not given) passes."""
     if value is not None and value < least:
         raise CodecError(f"--{option} {value}: give {least} or more{note}")
+
+
+def built_from_config(cls: Callable[..., Any], key: str, params: Mapping[str, Any], *args: Any,
+                      name: str | None = None) -> Any:
+    """``cls(*args, **params)``, where ``params`` are the config's ``key``: a name or value there that
+    ``cls`` refuses is the config's error (one line naming ``name``, default the class's), not a traceback."""
+    try:
+        return cls(*args, **params)
+    except (TypeError, ValueError) as error:
+        raise CodecError(f"cannot build {name or cls.__name__} from {key}: {error}: fix the config") from None
 
 
 class ArgumentParser(argparse.ArgumentParser):
