@@ -38,6 +38,8 @@ def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[
     if not os.path.isdir(source):
         if os.path.isdir(target):
             raise CodecError(f"-i {source} is a file but -o {target} is a folder: give an output file name")
+        if os.path.exists(target) and os.path.exists(source) and os.path.samefile(source, target):
+            raise CodecError(f"-o {target} is the input file: give another output name (the input would be lost)")
         check_output_folder(target)  # before the coding, not after it
         return [(Path(source), Path(target))]
     if os.path.exists(target) and not os.path.isdir(target):
