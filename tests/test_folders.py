@@ -101,6 +101,10 @@ def test_plan_keeps_the_tree_and_refuses_ambiguity(tmp_path, corpus: Path) -> No
         plan(str(corpus), str(tmp_path / "file" / "out"), (".wav",), ".adc")
     with pytest.raises(CodecError, match="does not exist: create it first"):  # one file: checked before the coding
         plan(str(corpus / "a.wav"), str(tmp_path / "nowhere" / "a.adc"), (".wav",), ".adc")
+    (corpus / "coded" / "old").mkdir(parents=True)  # -o inside -i, with an earlier run's output in it
+    sf.write(corpus / "coded" / "old" / "a.wav", np.zeros(300), RATE)
+    inside = plan(str(corpus), str(corpus / "coded"), (".wav",), ".wav")
+    assert [str(a.relative_to(corpus)) for a, _ in inside] == ["a.wav", "sub/broken.wav"]
     with pytest.raises(CodecError, match="is the input file: give another output name"):
         plan(str(corpus / "a.wav"), str(corpus / "sub" / ".." / "a.wav"), (".wav",), ".wav")
 

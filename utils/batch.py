@@ -33,7 +33,8 @@ def find_files(folder: str, endings: tuple[str, ...]) -> list[Path]:
 
 def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[tuple[Path, Path]]:
     """(input, output) pairs: `source` -> `target` for a file; for a folder, each matching file under
-    `source` -> the same relative path under `target`, its ending replaced by `suffix`."""
+    `source` -> the same relative path under `target`, its ending replaced by `suffix` (files under
+    `target`, where it lies inside `source`, are not inputs)."""
     endings = tuple(endings)
     if not os.path.isdir(source):
         if os.path.isdir(target):
@@ -50,6 +51,10 @@ def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[
     if os.path.realpath(source) == os.path.realpath(target):
         raise CodecError(f"-o {target} is the input folder: give another output folder")
     inputs = find_files(source, endings)
+    outputs = os.path.realpath(target)
+    if os.path.commonpath([os.path.realpath(source), outputs]) == os.path.realpath(source):
+        # -o inside -i: what an earlier run wrote there is output, not input to code again
+        inputs = [path for path in inputs if os.path.commonpath([os.path.realpath(path), outputs]) != outputs]
     if not inputs:
         raise CodecError(f"no {'/'.join(endings)} files under {source}: check the folder")
     pairs = [(path, Path(target) / path.relative_to(source).with_suffix(suffix)) for path in inputs]
