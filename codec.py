@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.audio import AUDIO_EXTENSIONS, write_audio
+from utils.audio import AUDIO_EXTENSIONS, check_audio_output, write_audio
 from utils.audiodec import StreamingCodec
 from utils.batch import plan, refuse_existing, run_batch
 from utils.bitstream.adc import decode_header, read_adc
@@ -123,6 +123,8 @@ def run_encode(args: argparse.Namespace) -> None:
 def run_decode(args: argparse.Namespace) -> None:
     pairs = plan(args.input, args.output, (".adc",), ".wav")
     refuse_existing(pairs, args.force)
+    if not os.path.isdir(args.input):
+        check_audio_output(args.output)  # before the decoding, not after it
     device = apply_runtime_arguments(args)
     codecs: dict[str, StreamingCodec] = {}  # each model loaded once, on the first file that names it
     tables: dict[str, EntropyModel] = {}

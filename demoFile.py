@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, write_audio
+from utils.audio import AUDIO_EXTENSIONS, check_audio_output, write_audio
 from utils.batch import plan, refuse_existing, run_batch
 from utils.cli import (
     add_input_arguments,
@@ -68,6 +68,8 @@ def main() -> None:
     pairs = plan(args.input, args.output, AUDIO_EXTENSIONS, ".wav")
     if folder_mode:
         refuse_existing(pairs, args.force)
+    else:
+        check_audio_output(args.output)  # before the coding, not after it
     device = apply_runtime_arguments(args)
     codec = load_codec(args, device)
     check_n_codebooks(codec, args.n_codebooks)

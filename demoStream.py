@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from utils import live as stream
-from utils.audio import read_audio, write_audio
+from utils.audio import check_audio_output, read_audio, write_audio
 from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
 from utils.errors import ArgumentParser, CodecError, check_at_least
-from utils.files import check_output_folder
 from utils.runtime.cpu_process import in_passing_thread
+
+DUMP_SUBTYPE = "FLOAT"  # the dumps keep the samples as computed
 
 
 def parse_args() -> argparse.Namespace:
@@ -98,9 +99,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CodecError("--input_file is for the sender (or the one-process demo), not --receive")
     if args.input_file is None and not args.pace:
         raise CodecError("--no-pace needs --input_file (a microphone keeps its own time)")
-    for dump in (args.input, args.output):  # written at the end: a folder that cannot take them fails now
+    for dump in (args.input, args.output):  # written at the end: a path that cannot take them fails now
         if dump:
-            check_output_folder(dump)
+            check_audio_output(dump, DUMP_SUBTYPE)
 
 
 def _read_input_file(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
@@ -112,7 +113,7 @@ def _read_input_file(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
 
 def _dump(path: str | None, audio: np.ndarray, rate: int) -> None:
     if path:
-        write_audio(path, audio, rate, "FLOAT")
+        write_audio(path, audio, rate, DUMP_SUBTYPE)
         logging.info(f"wrote {path}")
 
 

@@ -180,3 +180,10 @@ def test_an_output_folder_in_the_way_stops_before_the_coding(tmp_path, python: s
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: cannot write {out}: {tmp_path / 'file'} is a file, not a folder: give another output path"]
+
+
+def test_an_output_name_of_no_audio_format_stops_before_the_coding(tmp_path, python: str) -> None:
+    out = str(tmp_path / "out.mp4")
+    result = run_demo(python, "--model", "vctk_sym", "-i", official_path("input", "test_48k.wav"), "-o", out)
+    assert_clean_failure(result, out, "(a .mp4 file does not hold PCM_16 samples): give a .wav or .flac output name")
+    assert "coding " not in result.stderr  # refused before the model ran

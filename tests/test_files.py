@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from utils.audio import write_audio
+from utils.audio import check_audio_output, write_audio
 from utils.bitstream.adc import BitstreamError
 from utils.errors import CodecError
 from utils.files import atomic_output, check_output_folder, default_file_mode, write_bytes_atomic
@@ -49,3 +49,18 @@ def test_an_output_folder_that_cannot_take_the_file_is_named(tmp_path) -> None:
         with atomic_output(tmp_path / "file" / "out.bin"):
             pass  # never reached: the temp file cannot be made there
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("name, subtype, message", [
+    ("out.xyz", "PCM_16", r"\(a .xyz file does not hold PCM_16 samples\): give a .wav or .flac output name"),
+    ("out", "PCM_16", r"\(it has no extension\): give a .wav or .flac"),
+    ("out.flac", "FLOAT", r"\(a .flac file does not hold FLOAT samples\): give a .wav output name"),
+])
+def test_an_audio_output_name_without_a_format_for_its_samples_is_refused(tmp_path, name, subtype, message) -> None:
+    with pytest.raises(CodecError, match=message):
+        check_audio_output(tmp_path / name, subtype)
+    with pytest.raises(CodecError, match=message):
+        write_audio(str(tmp_path / name), np.zeros((10, 1), np.float32), 48000, subtype)
+    assert list(tmp_path.iterdir()) == []
+    check_audio_output(tmp_path / "out.wav", subtype)
+    check_audio_output(tmp_path / "out.FLAC", "PCM_16")

@@ -110,13 +110,25 @@ def resample(data: np.ndarray, rate_in: int, rate_out: int, dtype: type | None =
     return soxr.resample(data, rate_in, rate_out, quality="HQ")
 
 
+def check_audio_output(path: str | os.PathLike, subtype: str = "PCM_16") -> None:
+    """Raise a CodecError when `path` cannot be written as `subtype` audio: its folder cannot take it,
+    or its extension names no format that holds such samples (call it before the work)."""
+    check_output_folder(path)
+    extension = os.path.splitext(str(path))[1][1:].upper()
+    if extension in sf.available_formats() and sf.check_format(extension, subtype):
+        return
+    what = f"a .{extension.lower()} file does not hold {subtype} samples" if extension else "it has no extension"
+    fix = "a .wav or .flac" if sf.check_format("FLAC", subtype) else "a .wav"
+    raise CodecError(f"cannot write {path} ({what}): give {fix} output name")
+
+
 def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> None:
     """Write (T, C) audio to a temp file beside `path`, then rename: never a half-written file.
 
     Integer formats cut samples beyond full scale; that is logged as a warning with the peak.
     """
-    check_output_folder(path)
-    suffix = os.path.splitext(path)[1] or ".wav"
+    check_audio_output(path, subtype)
+    suffix = os.path.splitext(path)[1]
     try:
         with atomic_output(path, suffix) as tmp:
             sf.write(tmp, data, rate, subtype)
