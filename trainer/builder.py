@@ -25,6 +25,7 @@ from trainer.base import METRIC_LOSSES, GANTrainer
 from trainer.data import BatchPlan, TrainingData, plan_batches
 from trainer.denoise import DenoiseTrainer
 from trainer.distributed import DistributedContext, configure_tf32, init_distributed, shutdown_distributed
+from trainer.exp_lock import hold_experiment
 from trainer.state import resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, output_delay
@@ -314,10 +315,12 @@ def run_training(options: TrainOptions) -> Path:
         configure_tf32(context.device, bool(config["tf32"]))
         resume = resolve_resume(options.resume, expdir)
         writer = None
+        lock = None
         fresh = context.is_main and not expdir.exists()
         try:
             if context.is_main:
                 make_output_folder(expdir, "the experiment folder")
+                lock = hold_experiment(expdir)  # before anything in the folder is written
                 with open(expdir / "config.yml", "w") as handle:
                     yaml.safe_dump(config, handle, sort_keys=False)
                 from torch.utils.tensorboard import SummaryWriter
@@ -334,10 +337,12 @@ def run_training(options: TrainOptions) -> Path:
                     raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
                 trainer.load_checkpoint(initial, params_only=True)
         except BaseException:
-            if fresh:  # a run that cannot start leaves no experiment folder behind
-                if writer is not None:
-                    writer.close()
-                shutil.rmtree(expdir, ignore_errors=True)
+            if lock is not None:  # None: the folder is another run's, or this process is not rank 0
+                if fresh:  # a run that cannot start leaves no experiment folder behind
+                    if writer is not None:
+                        writer.close()
+                    shutil.rmtree(expdir, ignore_errors=True)
+                lock.release()
             raise
         logger.info("Training %s (%s) from step %d in %s", config["model_type"], config.get("train_mode",
                     "autoencoder"), trainer.steps, expdir)
@@ -345,7 +350,11 @@ def run_training(options: TrainOptions) -> Path:
             threads = torch.get_num_threads()
             logger.info("On the CPU: %d thread%s per process, malloc %s", threads, "" if threads == 1 else "s",
                         current_malloc())
-        trainer.run()
+        try:
+            trainer.run()
+        finally:
+            if lock is not None:
+                lock.release()
         if writer is not None:
             writer.close()
         finished = True

@@ -1,0 +1,61 @@
+"""One training run per experiment folder: a second run of the same --tag stops with one error while the
+first holds the folder, and trains once it has ended (however it ended)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_trainer import save_recipe, tiny_recipe
+from trainer.builder import TrainOptions, run_training
+from trainer.exp_lock import LOCK_NAME, hold_experiment
+from utils.errors import CodecError
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="flock is POSIX")
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from trainer.exp_lock import hold_experiment
+    lock = hold_experiment(Path(sys.argv[1]))
+    print("held", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_second_run_of_a_tag_in_training_stops_and_the_next_one_after_it_trains(tmp_path: Path) -> None:
+    recipe = save_recipe(tiny_recipe(tmp_path, train_max_steps=1, save_interval_steps=1, eval_interval_steps=1,
+                                     adv_train_max_steps=1), tmp_path / "recipe.yaml")  # fmt: skip
+    expdir = tmp_path / "exp" / "busy"
+    expdir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(expdir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CodecError, match=rf"{expdir} is being trained by another run \(pid {holder.pid} on "):
+            run_training(TrainOptions(config=recipe, tag="busy", exp_root=str(tmp_path / "exp")))
+        assert sorted(path.name for path in expdir.iterdir()) == [LOCK_NAME]  # nothing of the holder's touched
+    finally:
+        holder.kill()  # as a crashed or preempted run ends: the kernel drops its lock
+        holder.wait()
+    assert run_training(TrainOptions(config=recipe, tag="busy", exp_root=str(tmp_path / "exp"))) == expdir
+    assert (expdir / "checkpoint-1steps.pkl").is_file() and (expdir / "config.yml").is_file()
+    assert not (expdir / LOCK_NAME).exists()  # released at the end of the run
+
+
+def test_the_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    lock = hold_experiment(tmp_path)
+    assert f"pid {os.getpid()} on " in (tmp_path / LOCK_NAME).read_text()
+    holder = subprocess.run([sys.executable, "-c", HOLDER.replace("time.sleep(120)", ""), str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert holder.returncode != 0 and "is being trained by another run" in holder.stderr
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+    holder = subprocess.run([sys.executable, "-c", HOLDER.replace("time.sleep(120)", ""), str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert holder.returncode == 0 and holder.stdout.strip() == "held"
