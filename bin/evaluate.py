@@ -31,7 +31,7 @@ from utils.eval.metrics import (  # noqa: E402
     visqol_available,
 )
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
-from utils.files import make_output_folder  # noqa: E402
+from utils.files import make_output_folder, write_text_atomic  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +66,7 @@ def _prepare_output(path: Path | None, option: str, folder: bool = False) -> Non
 
 def _write(path: Path, option: str, text: str) -> None:
     try:
-        path.write_text(text, newline="")  # the csv module writes its own line ends
+        write_text_atomic(path, text)  # as bytes: the csv module's own line ends stay
     except OSError as error:
         raise CodecError(f"{option} {path}: cannot write it ({error.strerror}): give another path") from None
 

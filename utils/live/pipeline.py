@@ -196,13 +196,16 @@ class Pipeline:
         return index
 
     def start(self) -> None:
-        # The coding moves to the worker threads: end this thread's idle OpenMP workers, which
-        # would otherwise make every parallel region of theirs wake its team through the kernel.
-        # (Subclasses do their own set-up in_passing_thread, which leaves no pool here on runtimes
-        # that cannot release one.)
+        # The coding moves to the worker threads. An idle OpenMP pool in this thread would make every
+        # parallel region of theirs wake its team through the kernel: the set-up runs in a thread
+        # that ends (its pool with it, on any runtime), and a pool this thread has anyway is released.
+        in_passing_thread(self._prepare)
         release_pool()
         for worker in self.workers:
             worker.start()
+
+    def _prepare(self) -> None:
+        """The set-up before the workers start (subclasses: reset, tune and trace the codec)."""
 
     def check(self) -> None:
         """Re-raise a worker's failure in the calling thread."""
@@ -265,9 +268,9 @@ class Streamer(Pipeline):
         v1, 300                                   1.75              1.31               coder
         v1, 1500         1.02-1.04                0.88-0.91         0.69               coder
 
-    The set-up (timing, tuning, tracing) runs in a thread that ends, and `Pipeline.start` releases
-    the caller's OpenMP pool: an idle pool there would halve the coder thread's speed
-    (docs/performance.md, "The process").
+    `Pipeline.start` runs the set-up (timing, tuning, tracing) in a thread that ends and releases the
+    caller's OpenMP pool: an idle pool there would halve the coder thread's speed (docs/performance.md,
+    "The process").
     """
 
     BALANCE = 2.0
@@ -309,14 +312,7 @@ class Streamer(Pipeline):
         self.stats.decoder_times.append(time.perf_counter() - middle)
         return audio
 
-    def start(self) -> None:
-        share, overlap = in_passing_thread(self._prepare)
-        self.workers = self.overlapping if overlap else [self.coder]
-        for worker in self.workers:
-            worker.threads = share
-        super().start()
-
-    def _prepare(self) -> tuple[int, bool]:
+    def _prepare(self) -> None:
         """Plan the workers (`_plan`) and start the streams afresh, tuned and traced for the workers'
         thread count (both are keyed by it): here rather than on their first frames."""
         threads = torch.get_num_threads()
@@ -326,7 +322,9 @@ class Streamer(Pipeline):
             self._reset()
         finally:
             torch.set_num_threads(threads)
-        return share, overlap
+        self.workers = self.overlapping if overlap else [self.coder]
+        for worker in self.workers:
+            worker.threads = share
 
     def _reset(self) -> None:
         self.tx.reset(self.streams, frame_size=self.frame_size)

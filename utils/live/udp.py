@@ -32,7 +32,6 @@ from utils.live.pipeline import (
     file_blocks,
     wait_for_stop,
 )
-from utils.runtime.cpu_process import in_passing_thread
 
 END_PACKET_COPIES = 3
 FADE_SECONDS = 0.04
@@ -82,10 +81,8 @@ class Sender(Pipeline):
                                        int(stamp * 1e6)))
         self._arrived(index)
 
-    def start(self) -> None:
-        # Tuned and traced in a thread that ends: no OpenMP pool stays here (see Pipeline.start).
-        in_passing_thread(self.codec.reset, self.streams, frame_size=self.frames_per_packet * self.codec.hop_length)
-        super().start()
+    def _prepare(self) -> None:
+        self.codec.reset(self.streams, frame_size=self.frames_per_packet * self.codec.hop_length)
 
     def _send(self, datagram: bytes) -> None:
         if self.drop_rate > 0 and self.loss.random() < self.drop_rate:
