@@ -11,6 +11,7 @@ from layers.streaming import StreamingState
 from tests.conftest import MANIFEST, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
+from utils.runtime import torchscript
 from utils.runtime.per_shape import used_parts
 from utils.runtime.torchscript import TracedStep
 
@@ -166,3 +167,36 @@ def test_a_shapes_first_graph_costs_one_eager_step_and_one_trace() -> None:
             assert calls == {"eager": eager_on_build, "traced": 1}
             receiver(latent)
             assert calls == {"eager": eager_on_build, "traced": 1}  # the graph ran, no step
+
+
+@pytest.mark.parametrize("failure", ["trace raises", "no torch.jit.trace"])
+def test_a_torch_that_cannot_trace_runs_the_eager_step(
+    failure: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TorchScript is deprecated: where tracing fails or is gone, the torch backend's steps run
+    eagerly after one warning naming why, and code exactly as the eager backend does."""
+    if failure == "trace raises":
+        def trace(*args, **kwargs):
+            raise RuntimeError("tracing is not supported in this build\nsecond line")
+
+        monkeypatch.setattr(torch.jit, "trace", trace)
+        reason = "RuntimeError: tracing is not supported in this build)"
+    else:
+        monkeypatch.delattr(torch.jit, "trace")
+        reason = "AttributeError"
+    torchscript._notice_once.cache_clear()
+    torch.manual_seed(11)
+    x = 0.3 * torch.randn(1, 1, 300 * 12)
+    codecs = {backend: load("vctk_sym", backend) for backend in ("torch", "eager")}
+    results = {}
+    with caplog.at_level("WARNING", logger=torchscript.__name__):
+        for backend, codec in codecs.items():
+            codec.reset(1)
+            codes = [codec.encode(x[..., start:start + 300]) for start in range(0, x.shape[-1], 300)]
+            results[backend] = torch.cat(codes, dim=-1), torch.cat([codec.decode(frame) for frame in codes], dim=-1)
+    assert torch.equal(results["torch"][0], results["eager"][0])
+    assert torch.equal(results["torch"][1], results["eager"][1])
+    for traced in (codecs["torch"]._encode_chunk, codecs["torch"]._decode_latent):
+        assert traced.untraceable and not traced.built
+    warnings = [record.getMessage() for record in caplog.records if record.name == torchscript.__name__]
+    assert len(warnings) == 1 and reason in warnings[0] and "runs it eagerly" in warnings[0], warnings

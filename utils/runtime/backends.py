@@ -6,7 +6,7 @@ A `StreamingCodec` has three steps: the transmitter's (waveform chunk -> codes),
 | backend | transmitter | receiver |
 | --- | --- | --- |
 | `native` (default) | native engine (`native.py`), else as `torch` | native engine, lookup included, else as `torch` |
-| `torch` | a TorchScript graph per chunk shape (`torchscript.py`) | code lookup, then the decoder's graph |
+| `torch` | a TorchScript graph per chunk shape (`torchscript.py`), else eager | code lookup, decoder's graph |
 | `eager` | op by op from Python | op by op from Python |
 
 `native` falls back per side, for a reason `native.why_not_native` gives (the engine does not build

@@ -11,10 +11,17 @@ the transmitter use it too (its codes must not depend on how it is run).
 The state stays in the torch layers, so reset, batch expansion, backend switches and chunk-size
 changes behave as in eager mode. A shape is traced on its second call (`per_shape.PerShapeStep`),
 and any in-place or replaced weight makes a new trace.
+
+TorchScript is deprecated from torch 2.13 on: where a trace cannot be made (a torch without
+`torch.jit.trace`, or one whose tracer fails on the step), the step runs eagerly from then on,
+after one warning that says why; the eager step has run that shape by then, so the failure is the
+tracer's, not the input's.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import warnings
 from collections.abc import Callable
 
@@ -44,10 +51,32 @@ class StepGraph(nn.Module):
         return (self.step(x), *[get_state(layer) for layer in self.layers])
 
 
+class _NoTrace(Exception):
+    """The tracer could not record the step (its message says why)."""
+
+
 class TracedStep(PerShapeStep):
-    """`PerShapeStep` whose compiled form is a TorchScript graph (sharing the module's weights)."""
+    """`PerShapeStep` whose compiled form is a TorchScript graph (sharing the module's weights), or
+    the eager step once a trace has failed (`untraceable` says why)."""
 
     OPTIMIZE = False  # the graph executor's optimising passes (see _run)
+
+    def __init__(self, module: nn.Module, step: Callable) -> None:
+        super().__init__(module, step)
+        self.untraceable = ""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.untraceable:
+            return self.step(x)
+        try:
+            return super().__call__(x)
+        except _NoTrace as error:
+            self.untraceable = str(error)
+            self.built.clear()
+            _notice_once(
+                f"TorchScript cannot trace the streaming step here ({error}): the torch backend runs it eagerly"
+            )
+            return self.step(x)
 
     def _build(self, x: torch.Tensor, warm: bool) -> tuple:
         # An eager run of this shape (states put back) leaves in every cache the step reads what
@@ -62,29 +91,38 @@ class TracedStep(PerShapeStep):
         saved = [get_state(layer) for layer in layers]
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracer notes about shape-specialised Python branches
+                # tracer notes about shape-specialised Python branches, and TorchScript's deprecation
+                warnings.simplefilter("ignore")
                 graph = torch.jit.trace(
                     StepGraph(self.step, layers, packs), (x, *saved, *packed), check_trace=False
                 )
+            # Inline the scripted oneDNN calls, then fold the argument lists that are constants and
+            # drop what nothing uses: a third fewer nodes for the interpreter, the same operations.
+            torch._C._jit_pass_inline(graph.graph)
+            torch._C._jit_pass_constant_propagation(graph.graph)
+            torch._C._jit_pass_dce(graph.graph)
+            executing = torch.jit.optimized_execution
+        except Exception as error:  # the eager step ran this shape: the tracer failed, not the input
+            raise _NoTrace(f"{type(error).__name__}: {error}".splitlines()[0]) from error
         finally:
             for layer, state in zip(layers, saved):
                 set_state(layer, state)
             for pack, tensor in zip(packs, packed):
                 pack.packed = tensor
-        # Inline the scripted oneDNN calls, then fold the argument lists that are constants and
-        # drop what nothing uses: a third fewer nodes for the interpreter, the same operations.
-        torch._C._jit_pass_inline(graph.graph)
-        torch._C._jit_pass_constant_propagation(graph.graph)
-        torch._C._jit_pass_dce(graph.graph)
-        return graph, packed
+        return graph, packed, executing
 
     def _run(self, built: tuple, x: torch.Tensor) -> torch.Tensor:
-        graph, packed = built
+        graph, packed, executing = built
         layers = self.layers
         # The graph computes exactly the eager operations; without the executor's optimising
         # passes nothing is fused or reordered, and no shape guards can fall back to slow paths.
-        with torch.jit.optimized_execution(self.OPTIMIZE):
+        with executing(self.OPTIMIZE):
             y, *states = graph(x, *[get_state(layer) for layer in layers], *packed)
         for layer, state in zip(layers, states):
             set_state(layer, state)
         return y
+
+
+@functools.cache
+def _notice_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
