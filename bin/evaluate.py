@@ -31,7 +31,7 @@ from utils.eval.metrics import (  # noqa: E402
     visqol_available,
 )
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
-from utils.files import make_output_folder, write_text_atomic  # noqa: E402
+from utils.files import make_output_folder, remove_unfilled_folders, write_text_atomic  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,5 +128,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except CodecError as error:
+        remove_unfilled_folders()
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         sys.exit(2)

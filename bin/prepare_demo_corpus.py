@@ -48,7 +48,7 @@ import soundfile as sf  # noqa: E402
 
 from utils.audio import resample  # noqa: E402
 from utils.errors import ArgumentParser, CodecError  # noqa: E402
-from utils.files import make_output_folder  # noqa: E402
+from utils.files import make_output_folder, remove_unfilled_folders  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -511,8 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             for folder in folders:  # a corpus cut short is no corpus: leave none
                 shutil.rmtree(folder, ignore_errors=True)
+            remove_unfilled_folders()
             raise
     except CodecError as error:
+        remove_unfilled_folders()
         print(f"prepare_demo_corpus: error: {error}", file=sys.stderr)
         return 2
     for subset, summary in split["subsets"].items():

@@ -200,3 +200,15 @@ def test_commands_do_not_import_the_compiler_stack() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_a_failed_command_leaves_no_empty_output_folder(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """codecStatistic.py makes the stats folder before its pass over the data; when the pass fails
+    (here: the analyzer checkpoint is missing), the folders it made go again."""
+    root, _ = trained
+    config = {"sampling_rate": 8000, "data": tiny_recipe(root)["data"], "analyzer": str(tmp_path / "missing.pkl"),
+              "stats": str(tmp_path / "new" / "stats" / "s.npy")}
+    result = run_script("codecStatistic.py", "-c", save_recipe(config, tmp_path / "missing.yaml"), "--subset",
+                        "train", cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(result, "missing.pkl")
+    assert not (tmp_path / "new").exists()

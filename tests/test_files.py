@@ -11,7 +11,14 @@ import pytest
 from utils.audio import check_audio_output, write_audio
 from utils.bitstream.adc import BitstreamError
 from utils.errors import CodecError
-from utils.files import atomic_output, check_output_folder, default_file_mode, write_bytes_atomic
+from utils.files import (
+    atomic_output,
+    check_output_folder,
+    default_file_mode,
+    make_output_folder,
+    remove_unfilled_folders,
+    write_bytes_atomic,
+)
 
 
 def test_published_file_has_the_umask_mode(tmp_path) -> None:
@@ -64,3 +71,19 @@ def test_an_audio_output_name_without_a_format_for_its_samples_is_refused(tmp_pa
     assert list(tmp_path.iterdir()) == []
     check_audio_output(tmp_path / "out.wav", subtype)
     check_audio_output(tmp_path / "out.FLAC", "PCM_16")
+
+
+def test_folders_made_for_outputs_go_again_while_they_hold_no_file(tmp_path) -> None:
+    """A failed command removes the output folders it made that hold no file, and only those: a
+    folder that existed before, or one the work put a file in, stays."""
+    (tmp_path / "existing").mkdir()
+    make_output_folder(tmp_path / "existing" / "new" / "deeper", "--out")
+    make_output_folder(tmp_path / "filled" / "empty", "--plots")
+    (tmp_path / "filled" / "report.json").write_text("{}")
+    make_output_folder(tmp_path / "existing", "--out")  # made nothing
+    remove_unfilled_folders()
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*")) == [
+        "existing", "filled", "filled/report.json",
+    ]
+    remove_unfilled_folders()  # nothing left to remove: no error
+    assert (tmp_path / "existing").is_dir()

@@ -14,6 +14,7 @@ import torch
 from utils.audio import read_audio, resample
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError, check_at_least
+from utils.files import remove_unfilled_folders
 from utils.registry import MODELS, installed_root
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS
 
@@ -31,17 +32,26 @@ def check_torch_version(version: str | None = None) -> None:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a CLI body: a CodecError (or Ctrl-C) becomes one line on stderr and a non-zero exit."""
+    """Run a CLI body: a CodecError (or Ctrl-C) becomes one line on stderr and a non-zero exit; a
+    body that fails leaves none of the output folders it made behind empty."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    status: int | str | None = 1  # until the body returns or exits
     try:
         check_torch_version()
-        sys.exit(main() or 0)
+        status = main() or 0
+    except SystemExit as stop:
+        status = stop.code
+        raise
     except CodecError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        status = 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        status = 130
+    finally:
+        if status:
+            remove_unfilled_folders()
+    sys.exit(status)
 
 
 def pick_device(cuda: int | None) -> str:

@@ -38,12 +38,22 @@ def check_output_folder(path: str | os.PathLike, error: type[CodecError] = Codec
     raise error(f"output folder {folder} does not exist: create it first")
 
 
+# The topmost folder each make_output_folder call created, for remove_unfilled_folders.
+_MADE: list[Path] = []
+
+
 def make_output_folder(folder: str | os.PathLike, option: str, given: str | os.PathLike | None = None) -> Path:
     """Create ``folder`` (and its parents) for an output, before the work that fills it; where it cannot
     be, a CodecError names ``option``, the path ``given`` for it (default ``folder``) and what is in
-    the way."""
+    the way. The folders it creates are removed again by `remove_unfilled_folders` while they hold
+    no file (a command whose work then fails leaves no empty folders behind)."""
     folder = Path(folder)
+    top = folder.absolute()
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
     try:
+        if not top.exists():
+            _MADE.append(top)
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         blocking = file_in_the_way(folder)
@@ -53,6 +63,16 @@ def make_output_folder(folder: str | os.PathLike, option: str, given: str | os.P
             f"{option} {folder if given is None else given}: cannot create {where} ({reason}): give another path"
         ) from None
     return folder
+
+
+def remove_unfilled_folders() -> None:
+    """Remove the folders `make_output_folder` created in this process that hold no file (folders
+    inside them that hold none go too); called when a command fails."""
+    while _MADE:
+        top = _MADE.pop()
+        for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                os.rmdir(folder)
 
 
 @contextlib.contextmanager
