@@ -8,6 +8,7 @@ import stat
 import numpy as np
 import pytest
 
+from utils import files
 from utils.audio import check_audio_output, write_audio
 from utils.bitstream.adc import BitstreamError
 from utils.errors import CodecError
@@ -73,9 +74,10 @@ def test_an_audio_output_name_without_a_format_for_its_samples_is_refused(tmp_pa
     check_audio_output(tmp_path / "out.FLAC", "PCM_16")
 
 
-def test_folders_made_for_outputs_go_again_while_they_hold_no_file(tmp_path) -> None:
+def test_folders_made_for_outputs_go_again_while_they_hold_no_file(tmp_path, monkeypatch) -> None:
     """A failed command removes the output folders it made that hold no file, and only those: a
     folder that existed before, or one the work put a file in, stays."""
+    monkeypatch.setattr(files, "_MADE", [])  # not the folders earlier tests in this process made
     (tmp_path / "existing").mkdir()
     make_output_folder(tmp_path / "existing" / "new" / "deeper", "--out")
     make_output_folder(tmp_path / "filled" / "empty", "--plots")
