@@ -107,6 +107,25 @@ def test_plan_keeps_the_tree_and_refuses_ambiguity(tmp_path, corpus: Path) -> No
     assert [str(a.relative_to(corpus)) for a, _ in inside] == ["a.wav", "sub/broken.wav"]
     with pytest.raises(CodecError, match="is the input file: give another output name"):
         plan(str(corpus / "a.wav"), str(corpus / "sub" / ".." / "a.wav"), (".wav",), ".wav")
+    if os.path.isdir("/proc/self"):  # a folder that exists but takes no files, even for root
+        with pytest.raises(CodecError, match=r"^-o /proc: cannot write files in it \(.+\): give another path$"):
+            plan(str(corpus), "/proc", (".wav",), ".adc")
+
+
+def test_a_folder_run_that_writes_nothing_leaves_no_output_folder(tmp_path, corpus: Path) -> None:
+    """-o is made before the coding (a folder that takes no files is one error, not one per file);
+    when every file then fails, the folders made for the outputs go again."""
+    for path in (corpus / "a.wav", corpus / "sub" / "deeper" / "b.flac"):
+        path.unlink()
+    out = tmp_path / "new" / "adc"
+    result = run("codec.py", "encode", "--model", "vctk_sym", "-i", str(corpus), "-o", str(out))
+    assert result.returncode == 1
+    assert error_lines(result)[-1] == "error: 1 of 1 files failed (listed above); the others were written"
+    assert not (tmp_path / "new").exists()
+    if os.path.isdir("/proc/self"):
+        result = run("demoFile.py", "--model", "vctk_sym", "-i", str(corpus), "-o", "/proc/coded")
+        assert result.returncode == 1 and len(error_lines(result)) == 1, result.stderr
+        assert error_lines(result)[0].startswith("error: -o /proc/coded: cannot create it (")
 
 
 @pytest.fixture

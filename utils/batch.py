@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.errors import CodecError
-from utils.files import check_output_folder, file_in_the_way
+from utils.files import check_output_folder, file_in_the_way, make_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[
         if output in seen:
             raise CodecError(f"{seen[output]} and {path} would both write {output}: rename one of them")
         seen[output] = path
+    make_output_folder(target, "-o")  # one error before the coding where it takes no files, not one per file
     return pairs
 
 
@@ -90,7 +91,7 @@ def run_batch(
         for source, output in pairs:
             started = time.perf_counter()
             try:
-                output.parent.mkdir(parents=True, exist_ok=True)
+                make_output_folder(output.parent, "-o", given=output)
                 seconds += work(source, output)
             except Exception as error:  # one bad file must not end the batch: report it and go on
                 failed += 1

@@ -44,10 +44,12 @@ _MADE: list[Path] = []
 
 def make_output_folder(folder: str | os.PathLike, option: str, given: str | os.PathLike | None = None) -> Path:
     """Create ``folder`` (and its parents) for an output, before the work that fills it; where it cannot
-    be, a CodecError names ``option``, the path ``given`` for it (default ``folder``) and what is in
-    the way. The folders it creates are removed again by `remove_unfilled_folders` while they hold
-    no file (a command whose work then fails leaves no empty folders behind)."""
+    be, or it takes no files, a CodecError names ``option``, the path ``given`` for it (default
+    ``folder``) and what is in the way. The folders it creates are removed again by
+    `remove_unfilled_folders` while they hold no file (a command whose work then fails leaves no
+    empty folders behind)."""
     folder = Path(folder)
+    where = "it" if given is None else str(folder)
     top = folder.absolute()
     while not top.parent.exists() and top.parent != top:
         top = top.parent
@@ -58,10 +60,18 @@ def make_output_folder(folder: str | os.PathLike, option: str, given: str | os.P
     except OSError as error:
         blocking = file_in_the_way(folder)
         reason = f"{blocking} is a file" if blocking is not None else error.strerror
-        where = "it" if given is None else str(folder)
         raise CodecError(
             f"{option} {folder if given is None else given}: cannot create {where} ({reason}): give another path"
         ) from None
+    try:  # a folder that exists may still take no files: read-only, full, not a real folder (/proc)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    except OSError as error:
+        raise CodecError(
+            f"{option} {folder if given is None else given}: cannot write files in {where} ({error.strerror}): "
+            "give another path"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
     return folder
 
 
