@@ -341,19 +341,16 @@ def benchmark_audio(codec: StreamingCodec, frame_size: int, seconds: float) -> t
     return x[..., : x.shape[-1] // frame_size * frame_size]
 
 
-def add_live(result: dict, codec: StreamingCodec, frame_size: int, seconds: float) -> None:
-    """`time_live`'s figures into `result`, on the audio `benchmark` timed (made in a passing thread too:
-    it runs parallel operations, see `main`)."""
-    pipeline = time_live(codec, in_passing_thread(benchmark_audio, codec, frame_size, seconds), frame_size)
+def add_live(result: dict, codec: StreamingCodec, x: torch.Tensor, frame_size: int) -> None:
+    """`time_live`'s figures into `result`, on the audio `x` (1, C, T) that `benchmark` timed."""
+    pipeline = time_live(codec, x, frame_size)
     result["rtf_live"] = pipeline["seconds"] / result["seconds"]
     result["live_layout"], result["live_threads"] = pipeline["layout"], pipeline["threads"]
 
 
-def benchmark(
-    codec: StreamingCodec, frame_size: int, seconds: float, whole_file: bool = True, live: bool = False
-) -> dict:
-    """All figures for `codec` on `seconds` of speech-like audio in `frame_size`-sample chunks."""
-    x = benchmark_audio(codec, frame_size, seconds)
+def benchmark(codec: StreamingCodec, x: torch.Tensor, frame_size: int, whole_file: bool = True) -> dict:
+    """All figures for `codec` but the live pipeline's, on the audio `x` (1, C, T) in `frame_size`-sample
+    chunks."""
     gemm_before = gemm_gflops()
     encode_gflops, decode_gflops = codec_gflops(codec)
     times = time_streaming(codec, x, frame_size)
@@ -379,8 +376,6 @@ def benchmark(
         "gflop_per_audio_second_encode": encode_gflops,
         "gflop_per_audio_second_decode": decode_gflops,
     }
-    if live:
-        add_live(result, codec, frame_size, seconds)
     if whole_file:
         encode_seconds, decode_seconds = time_whole_file(codec, x)
         result["rtf_whole_file_encode"] = encode_seconds / result["seconds"]
@@ -486,8 +481,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace) -> tuple[StreamingCodec, dict]:
-    """The codec `args` name (loaded, or made with random weights) and its figures but the live ones."""
+def measure(args: argparse.Namespace) -> tuple[StreamingCodec, torch.Tensor, dict]:
+    """The codec `args` name (loaded, or made with random weights), the audio it is timed on, and its
+    figures but the live ones."""
     if args.model:
         codec = StreamingCodec.from_name(args.model, root=args.root, precision=args.precision, backend=args.backend)
     else:
@@ -500,7 +496,8 @@ def measure(args: argparse.Namespace) -> tuple[StreamingCodec, dict]:
                 part, min(values), statistics.median(values), max(values), len(values),
             )
     check_frame_size(args.frame_size, codec.hop_length)
-    return codec, benchmark(codec, args.frame_size, args.seconds, whole_file=not args.no_whole_file)
+    x = benchmark_audio(codec, args.frame_size, args.seconds)
+    return codec, x, benchmark(codec, x, args.frame_size, whole_file=not args.no_whole_file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -510,9 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)  # threads started from here on inherit it
     # All but the live pipeline runs in a thread that ends, as demoStream.py loads and tunes: the
     # pipeline's workers then meet no idle OpenMP pool of this thread's (utils/runtime/cpu_process.py).
-    codec, result = in_passing_thread(measure, args)
+    codec, x, result = in_passing_thread(measure, args)
     if args.live:
-        add_live(result, codec, args.frame_size, args.seconds)
+        add_live(result, codec, x, args.frame_size)
     if args.original:
         result["original"] = time_original(args.original, args)
     print(format_report(result))
