@@ -67,6 +67,15 @@ def test_thread_default_follows_the_cores_this_process_may_use() -> None:
         torch.set_num_threads(previous)
 
 
+def test_thread_default_on_a_system_without_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows have no os.sched_getaffinity: the default is then the cores there are."""
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert default_num_threads() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undeterminable"
+    assert default_num_threads() == 1
+
+
 def test_fit_entropy_shows_progress(tmp_path, short_wav: Path) -> None:
     table = tmp_path / "table.entropy"
     result = run("codec.py", "fit-entropy", "--model", "vctk_sym", "-i", str(short_wav.parent), "-o", str(table))

@@ -70,8 +70,11 @@ def pick_device(cuda: int | None) -> str:
 
 
 def default_num_threads() -> int:
-    """The cores this process may run on, at most 4 (more rarely pays for one stream)."""
-    return min(4, len(os.sched_getaffinity(0)))
+    """The cores this process may run on (all of them where the system has no affinity), at most 4
+    (more rarely pays for one stream)."""
+    if hasattr(os, "sched_getaffinity"):
+        return min(4, len(os.sched_getaffinity(0)))
+    return min(4, os.cpu_count() or 1)  # macOS and Windows have no affinity call: all cores
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
