@@ -46,22 +46,24 @@ def python() -> str:
     return sys.executable
 
 
-@pytest.fixture
-def openmp_less_compiler(monkeypatch, tmp_path) -> Iterator[Callable[[], Path]]:
-    """A function that has the native engine rebuilt, for the rest of one test, by a compiler that
-    refuses -fopenmp as Apple's clang does (this machine's compiler otherwise), and returns the file
-    its command lines are appended to."""
+def refusing_compiler(monkeypatch, tmp_path: Path, refusals: dict[str, str]) -> Iterator[Callable[[], Path]]:
+    """A function that has the native engine rebuilt, for the rest of one test, by this machine's
+    compiler behind a wrapper that fails, with the message `refusals` gives, on any of its options;
+    it returns the file the wrapper appends its command lines to."""
     from utils.runtime import native_build
 
     real = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if real is None:
         pytest.skip("no C compiler")
-    calls, wrapper = tmp_path / "calls.txt", tmp_path / "clang-without-openmp"
+    calls, wrapper = tmp_path / "calls.txt", tmp_path / "refusing-cc"
+    checks = "".join(
+        f'    if [ "$arg" = {option} ]; then echo "{message}" >&2; exit 1; fi\n' for option, message in refusals.items()
+    )
     wrapper.write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> "{calls}"\n'
         'for arg in "$@"; do\n'
-        '    if [ "$arg" = -fopenmp ]; then echo "clang: error: unsupported option -fopenmp" >&2; exit 1; fi\n'
+        f"{checks}"
         "done\n"
         f'exec "{real}" "$@"\n'
     )
@@ -76,3 +78,20 @@ def openmp_less_compiler(monkeypatch, tmp_path) -> Iterator[Callable[[], Path]]:
     yield use
     monkeypatch.undo()
     native_build._library.cache_clear()
+
+
+NO_OPENMP = {"-fopenmp": "clang: error: unsupported option -fopenmp"}
+
+
+@pytest.fixture
+def openmp_less_compiler(monkeypatch, tmp_path) -> Iterator[Callable[[], Path]]:
+    """`refusing_compiler` that refuses -fopenmp, as Apple's clang does."""
+    yield from refusing_compiler(monkeypatch, tmp_path, NO_OPENMP)
+
+
+@pytest.fixture
+def clang_14_on_arm64(monkeypatch, tmp_path) -> Iterator[Callable[[], Path]]:
+    """`refusing_compiler` that refuses -fopenmp and -march=native, as Apple's clang 14 and older do
+    (and clang 14 on any arm64 machine refuses the latter)."""
+    march = {"-march=native": "clang: error: the clang compiler does not support '-march=native'"}
+    yield from refusing_compiler(monkeypatch, tmp_path, {**NO_OPENMP, **march})

@@ -537,3 +537,35 @@ def test_exported_states_outlive_later_steps() -> None:
     encode(other)
     import_states(codec.encoder, saved)
     assert torch.equal(encode(x[..., 1200:]), expected)
+
+
+def test_a_compiler_without_march_native_builds_for_its_own_target(clang_14_on_arm64, caplog) -> None:
+    """clang before 15 refuses -march=native on arm64 (Apple's too, which also lacks OpenMP): the
+    engine is built for the compiler's default target, once, instead of leaving the codec to
+    TorchScript; it runs both sides with the torch backend's codes."""
+    with caplog.at_level("INFO", logger=native_build.__name__):
+        calls = clang_14_on_arm64()
+        build = native_build.build()
+    assert build is not None, native_build.unavailable_reason()
+    assert build.threads == "pthreads"
+    compiles = [line.split() for line in calls.read_text().splitlines() if "engine.c" in line]
+    assert "-march=native" in compiles[0] and "-fopenmp" in compiles[0]
+    assert not any(flag.startswith("-march") for flag in compiles[-1]) and "-fopenmp" not in compiles[-1]
+    assert any("does not take -march=native" in record.getMessage() for record in caplog.records)
+    x = speech(samples=300 * 20)
+    native = load("vctk_sym")
+    assert native.native_sides == ["encoder", "decoder"]
+    codes, wave = stream(native, x, list(range(0, x.shape[-1] + 1, 300)))
+    torch_codes, torch_wave = stream(load("vctk_sym", backend="torch"), x, [0, x.shape[-1]])
+    assert torch.equal(codes, torch_codes)
+    torch.testing.assert_close(wave, torch_wave, rtol=0, atol=1e-5)
+    native_build._library.cache_clear()
+    assert native_build.available()  # from the cache: not compiled again
+    assert sum("engine.c" in line for line in calls.read_text().splitlines()) == len(compiles)
+
+
+def test_a_march_named_by_the_variable_is_not_dropped(clang_14_on_arm64, monkeypatch) -> None:
+    clang_14_on_arm64()
+    monkeypatch.setenv("AUDIODEC_NATIVE_MARCH", "native")
+    assert not native_build.available()
+    assert "cannot build for -march=native: set AUDIODEC_NATIVE_MARCH" in native_build.unavailable_reason()

@@ -7,9 +7,10 @@ compiler and the CPU's instruction set (`cpu_identity`: so a home folder shared 
 different CPU types holds one build per type). The build's vector width and register blocks follow
 its instruction set (`Build`).
 A compiler without OpenMP (Apple's clang, a gcc without libgomp) builds it with `-pthread` instead:
-its teams are then POSIX threads of its own (`Build.threads`), with the same sums. Without a compiler
-`available()` is False, `unavailable_reason()` says why, and the codec runs TorchScript
-(utils/runtime/backends.py). The plans that run on it are in `native.py`.
+its teams are then POSIX threads of its own (`Build.threads`), with the same sums. One without
+`-march=native` (clang before 15 on arm64) builds for its default target, unless the variable names
+one. Without a compiler `available()` is False, `unavailable_reason()` says why, and the codec runs
+TorchScript (utils/runtime/backends.py). The plans that run on it are in `native.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import re
@@ -134,9 +136,7 @@ def _library() -> tuple[Build | None, str]:
             fd, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                error = _compile(compiler, flags, temporary)
-                if error and _lacks_openmp(error):
-                    error = _compile(compiler, tuple(PTHREADS if flag == OPENMP else flag for flag in flags), temporary)
+                error = _compile_as_taken(compiler, flags, temporary)
                 if error:
                     return None, _build_failure(compiler, flags, error)
                 os.replace(temporary, target)
@@ -170,6 +170,24 @@ def _library() -> tuple[Build | None, str]:
     return Build(library, library.engine_lanes(), widths, isa, fma, threads), ""
 
 
+def _compile_as_taken(compiler: str, flags: tuple[str, ...], output: str) -> str:
+    """`_compile`, again without what the compiler refused: -fopenmp (-pthread instead), and a
+    -march=native nobody asked for by name (clang before 15 has none on arm64, Apple's included:
+    the compiler's own target then, which on arm64 has all the engine uses)."""
+    named_march = bool(os.environ.get(MARCH_VARIABLE, "").strip())
+    while True:
+        error = _compile(compiler, flags, output)
+        if error and OPENMP in flags and _lacks_openmp(error):
+            flags = tuple(PTHREADS if flag == OPENMP else flag for flag in flags)
+        elif error and not named_march and "-march=native" in flags and _refuses_march(error):
+            flags = tuple(flag for flag in flags if flag != "-march=native")
+            logging.getLogger(__name__).info(
+                "%s does not take -march=native: the native engine is built for its default target", compiler
+            )
+        else:
+            return error
+
+
 def _compile(compiler: str, flags: tuple[str, ...], output: str) -> str:
     """Compiles the engine into `output`: "" or the compiler's messages."""
     result = subprocess.run([compiler, *flags, "-o", output, str(SOURCE)], capture_output=True, text=True)
@@ -186,10 +204,15 @@ def compiler_flags(version: str) -> tuple[str, ...]:
     return GCC_FLAGS if "Free Software Foundation" in version else ()
 
 
+def _refuses_march(stderr: str) -> bool:
+    """Whether a failed build failed on its -march."""
+    return any("march" in line or "unknown architecture" in line for line in stderr.splitlines())
+
+
 def _build_failure(compiler: str, flags: tuple[str, ...], stderr: str) -> str:
     """One line on why compiling the engine failed, with the fix."""
     lines = stderr.strip().splitlines()
-    if any("march" in line or "unknown architecture" in line for line in lines):
+    if _refuses_march(stderr):
         return f"{compiler} cannot build for -march={march()}: set {MARCH_VARIABLE} to a target it knows, or unset it"
     return f"compiling {SOURCE.name} with {compiler} failed: {lines[-1] if lines else 'no message'}"
 
