@@ -50,7 +50,7 @@ def make_output_folder(folder: str | os.PathLike, option: str, given: str | os.P
     empty folders behind)."""
     folder = Path(folder)
     where = "it" if given is None else str(folder)
-    top = folder.absolute()
+    top = Path(os.path.abspath(folder))
     while not top.parent.exists() and top.parent != top:
         top = top.parent
     try:
