@@ -21,7 +21,6 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
 
 import argparse
 import logging
-import signal
 
 import numpy as np
 import torch
@@ -66,12 +65,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drop_rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--drop_seed", type=int, help=argparse.SUPPRESS)
     return parser.parse_args()
-
-
-def _stop_on_sigterm() -> None:
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -189,7 +182,6 @@ def main() -> None:
         print(stream.list_devices())
         return
     _check_args(args)
-    _stop_on_sigterm()
     torch.set_num_threads(args.num_threads)
     if args.receive is not None:
         run_receiver(args)

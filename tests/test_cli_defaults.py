@@ -179,3 +179,32 @@ def test_a_command_line_argparse_refuses_is_one_line(script: str, args: list[str
     result = run(script, *args)
     assert result.returncode == 2 and result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
     assert re.fullmatch(expected, result.stderr.strip()), result.stderr
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_leaving_nothing_behind(tmp_path) -> None:
+    """A job's time limit (SIGTERM) in the middle of writing an output: exit status 143 and one
+    line, no temp file, and the output folders the command made are gone again."""
+    body = (
+        "import sys, time\n"
+        "from utils.cli import run_main\n"
+        "from utils.files import atomic_output, make_output_folder\n"
+        "def main():\n"
+        f"    out = make_output_folder({str(tmp_path / 'new' / 'out')!r}, '--out')\n"
+        "    with atomic_output(out / 'x.bin') as tmp:\n"
+        "        open(tmp, 'w').write('half')\n"
+        "        print('writing', flush=True)\n"
+        "        time.sleep(60)\n"
+        "run_main(main)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", body], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert process.stdout.readline() == "writing\n"
+        assert [path.name.startswith(".tmp-") for path in (tmp_path / "new" / "out").iterdir()] == [True]
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143 and stderr.strip().splitlines()[-1] == "terminated", stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "new").exists()

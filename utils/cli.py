@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -31,10 +32,20 @@ def check_torch_version(version: str | None = None) -> None:
                          "built for your CUDA")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job's time limit, `kill`, `scancel`), raised in the main thread: a command stops
+    as on Ctrl-C, through every clean-up on the way out (a live stream's graceful stop included)."""
+
+
+def _raise_terminated(*_: object) -> None:
+    raise Terminated
+
+
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a CLI body: a CodecError (or Ctrl-C) becomes one line on stderr and a non-zero exit; a
-    body that fails leaves none of the output folders it made behind empty."""
+    """Run a CLI body: a CodecError (or Ctrl-C, or SIGTERM) becomes one line on stderr and a non-zero
+    exit; a body that fails leaves none of the output folders it made behind empty, nor a temp file."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGTERM, _raise_terminated)
     status: int | str | None = 1  # until the body returns or exits
     try:
         check_torch_version()
@@ -45,6 +56,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     except CodecError as error:
         print(f"error: {error}", file=sys.stderr)
         status = 1
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        status = 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         status = 130
