@@ -4,6 +4,7 @@ step, an output delay shifting what the losses compare, and compiled training st
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -173,3 +174,18 @@ def test_a_bad_compile_setting_is_one_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and not (tmp_path / "exp").exists()
     assert result.stderr == ("error: argument --compile: 'everything' is not one of generator, all: see codecTrain.py "
                              "--help\n")
+
+
+def test_compile_on_a_cpu_without_a_cpp_compiler_is_one_error_before_training(tmp_path: Path) -> None:
+    """Inductor builds torch.compile's CPU kernels with g++ (or $CXX); a machine with only gcc would
+    fail inside the first step: the run stops before it, with one line, and leaves no folder."""
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "tiny.yaml")
+    command = [sys.executable, str(REPO / "codecTrain.py"), "-c", recipe, "--tag", "nocxx",
+               "--exp_root", str(tmp_path / "exp"), "--compile", "generator"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "CXX": str(tmp_path / "no-such-g++")})  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: compile on the CPU needs a C++ compiler for torch.compile's kernels (g++, or set "
+                      "CXX): install g++ (bash utils/system_deps.sh), or train without compile"], result.stderr
+    assert not (tmp_path / "exp" / "nocxx").exists()

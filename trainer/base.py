@@ -99,10 +99,32 @@ def compiled_networks(setting: Any, device: torch.device) -> tuple[str, ...]:
     if setting is None or setting is False:
         return ()
     if setting is True:
-        return COMPILE_SETTINGS["generator" if device.type == "cpu" else "all"]
-    if isinstance(setting, str) and setting in COMPILE_SETTINGS:
-        return COMPILE_SETTINGS[setting]
-    raise CodecError(f"compile: {setting!r} is not one of true, false, {', '.join(COMPILE_SETTINGS)}")
+        networks = COMPILE_SETTINGS["generator" if device.type == "cpu" else "all"]
+    elif isinstance(setting, str) and setting in COMPILE_SETTINGS:
+        networks = COMPILE_SETTINGS[setting]
+    else:
+        raise CodecError(f"compile: {setting!r} is not one of true, false, {', '.join(COMPILE_SETTINGS)}")
+    if device.type == "cpu":
+        check_cpp_compiler()
+    return networks
+
+
+def check_cpp_compiler() -> None:
+    """Raise a CodecError before training where torch.compile's CPU kernels cannot be built: Inductor
+    compiles them with a C++ compiler (g++, or $CXX), which a machine with only gcc lacks; without
+    this the first step would fail inside Inductor."""
+    try:
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # an Inductor without this entry point: it says so itself
+        return
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise CodecError(
+            "compile on the CPU needs a C++ compiler for torch.compile's kernels (g++, or set CXX): install g++ "
+            "(bash utils/system_deps.sh), or train without compile"
+        ) from None
 
 
 DiscriminatorOutputs = list[list[torch.Tensor]]

@@ -9,6 +9,7 @@ set -uo pipefail
 PACKAGES=(
     libtcmalloc-minimal4  # the inference CLIs run with it (utils/runtime/cpu_process.py)
     gcc  # compiles the native streaming engine on first use (utils/runtime/native_build.py)
+    g++  # torch.compile's CPU kernels (training's compile option, tests/test_trainer.py)
     jackd2
     libportaudio2
     opus-tools
