@@ -1,5 +1,5 @@
-"""Shared fixtures: paths to the official compatibility vectors copied into tests/data, and a C
-compiler without OpenMP."""
+"""Shared fixtures: paths to the official compatibility vectors copied into tests/data, C compilers
+that refuse options, and a skip for torch.compile on a CPU without a C++ compiler."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def torch_process_settings() -> Iterator[None]:
 def denormals_flushed() -> bool:
     """Whether this thread's float arithmetic flushes subnormal numbers to zero."""
     return torch.tensor([1e-39]).mul(1.0).item() == 0.0
+
+
+def skip_without_cpp_compiler() -> None:
+    """Skip the calling test where torch.compile cannot build CPU kernels (no g++ or $CXX here)."""
+    from trainer.base import check_cpp_compiler
+    from utils.errors import CodecError
+
+    try:
+        check_cpp_compiler()
+    except CodecError as error:
+        pytest.skip(f"{error}")
 
 
 @pytest.fixture

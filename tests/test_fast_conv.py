@@ -22,6 +22,7 @@ from layers.weight_norm import apply_weight_norm
 from models.autoencoder.AudioDec import Generator as AudioDec
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
 from models.vocoder.modules.discriminator import HiFiGANDiscriminator
+from tests.conftest import skip_without_cpp_compiler
 from tests.test_trainer import TINY_AUTOENCODER, tiny_recipe, train
 from trainer.fast_conv import use_fast_convolutions
 
@@ -202,6 +203,8 @@ def test_bf16_training_with_time_major_fast_conv_routes_the_discriminators_too(
 def test_training_with_fast_conv_learns_the_default_runs_weights_to_rounding(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, time_major: bool, compile: bool
 ) -> None:
+    if compile:
+        skip_without_cpp_compiler()
     schedule = dict(train_max_steps=2, adv_train_max_steps=None, start_steps={"generator": 0, "discriminator": 100})
     default = train(tiny_recipe(tmp_path, **schedule), tmp_path, "default")
     monkeypatch.setattr(trainer.base, "time_major_suits", lambda: time_major)

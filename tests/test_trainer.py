@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, skip_without_cpp_compiler
 from trainer.analysis import compute_code_statistics, load_analyzer, quantized_latent
 from trainer.builder import TrainOptions, run_training
 from trainer.state import latest_checkpoint, resolve_resume
@@ -546,6 +546,7 @@ def test_each_compiled_benchmark_setting_compiles_its_own_graphs(tmp_path: Path)
 
     from trainer.benchmark import time_phase
 
+    skip_without_cpp_compiler()
     config = tiny_recipe(tmp_path)
     # The limit's name before torch 2.6: cache_size_limit.
     name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import skip_without_cpp_compiler
 from tests.test_trainer import save_recipe, tiny_recipe, train
 from trainer.base import GANTrainer, LossTracker, compiled_networks
 from trainer.builder import TrainOptions, build_trainer, read_config, run_training
@@ -134,6 +135,7 @@ def test_compiled_training_steps_match_eager_ones(tmp_path: Path, micro_batch: i
         # other sign in a micro-batch's sum lands 2 lr away. The weights stay put; the codebooks,
         # which the hooks update, are compared.
         schedule["generator_optimizer_params"] = {"lr": 0.0, "betas": [0.5, 0.9], "weight_decay": 0.0}
+    skip_without_cpp_compiler()
     eager = run(tiny_recipe(tmp_path, **schedule), "eager")
     compiled = run(tiny_recipe(tmp_path, compile=True, **schedule), "compiled")
     expected, state = (torch.load(folder / "checkpoint-2steps.pkl", map_location="cpu", weights_only=True)
@@ -155,6 +157,8 @@ def test_compiled_training_steps_match_eager_ones(tmp_path: Path, micro_batch: i
 def test_compile_leaves_the_discriminators_eager_on_the_cpu_unless_told(
     tmp_path: Path, setting: bool | str | None, device: str, networks: tuple[str, ...]
 ) -> None:
+    if device == "cpu" and networks:
+        skip_without_cpp_compiler()
     assert compiled_networks(setting, torch.device(device)) == networks
     if device == "cpu":  # the trainer compiles those networks and leaves the others as they are
         trainer = built_trainer(tiny_recipe(tmp_path, compile=setting))
