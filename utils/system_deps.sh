@@ -25,9 +25,13 @@ if [ "$(dpkg --print-architecture 2>/dev/null)" != arm64 ]; then
     PACKAGES+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libgomp1-arm64-cross qemu-user)
 fi
 
+# What is installed, by name and by what it provides (Debian 13 renamed libtcmalloc-minimal4 to
+# libtcmalloc-minimal4t64, which provides the old name that apt-get still installs it by).
+installed=" $(dpkg-query -W -f='${db:Status-Abbrev} ${Package}, ${Provides}\n' 2>/dev/null \
+    | awk '/^ii/ {$1 = ""; print}' | sed -E 's/\([^)]*\)//g; s/,/ /g' | tr -s ' \n' '  ') "
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    [[ "$installed" == *" $pkg "* ]] || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
