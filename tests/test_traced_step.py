@@ -11,7 +11,7 @@ from layers.streaming import StreamingState
 from tests.conftest import MANIFEST, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
-from utils.runtime import torchscript
+from utils.runtime import per_shape, torchscript
 from utils.runtime.per_shape import used_parts
 from utils.runtime.torchscript import TracedStep
 
@@ -184,7 +184,7 @@ def test_a_torch_that_cannot_trace_runs_the_eager_step(
     else:
         monkeypatch.delattr(torch.jit, "trace")
         reason = "AttributeError"
-    torchscript._notice_once.cache_clear()
+    per_shape.notice_once.cache_clear()
     torch.manual_seed(11)
     x = 0.3 * torch.randn(1, 1, 300 * 12)
     codecs = {backend: load("vctk_sym", backend) for backend in ("torch", "eager")}

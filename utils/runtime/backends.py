@@ -20,8 +20,6 @@ chosen by a timing, so the codes never depend on the load of the moment. Which i
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 from utils.runtime import native, native_build
+from utils.runtime.per_shape import notice_once
 from utils.runtime.torchscript import TracedStep
 
 BACKENDS = ("native", "torch", "eager")
@@ -61,7 +60,8 @@ def streaming_steps(
     steps = Steps(TracedStep(encoder, transmit), receive, TracedStep(decoder, decoder.decode))
     if backend == "native":
         if not native_build.available():
-            _notice_once(f"native engine unavailable ({native_build.unavailable_reason()}): running TorchScript")
+            why = native_build.unavailable_reason()
+            notice_once(__name__, f"native engine unavailable ({why}): running TorchScript")
             return steps
         codebook = encoder.quantizer.codebook
         if not native.why_not_native(encoder, "encoder"):
@@ -88,8 +88,3 @@ def precision_problem(precision: str, device: torch.device, decoder: nn.Module, 
             "use --precision fp32"
         )
     return ""
-
-
-@functools.cache
-def _notice_once(message: str) -> None:
-    logging.getLogger(__name__).warning(message)

@@ -7,6 +7,8 @@ graph) and `native.NativeStep` (a native-engine plan) fill in how to build and r
 
 from __future__ import annotations
 
+import functools
+import logging
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -32,6 +34,12 @@ def _count_registration(*_) -> None:
 
 nn.modules.module.register_module_parameter_registration_hook(_count_registration)
 nn.modules.module.register_module_buffer_registration_hook(_count_registration)
+
+
+@functools.cache
+def notice_once(logger: str, message: str) -> None:
+    """`message` as a warning of `logger`, once per process: a fall-back every codec load would repeat."""
+    logging.getLogger(logger).warning(message)
 
 
 def used_parts(

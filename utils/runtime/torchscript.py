@@ -20,8 +20,6 @@ tracer's, not the input's.
 
 from __future__ import annotations
 
-import functools
-import logging
 import warnings
 from collections.abc import Callable
 
@@ -30,7 +28,7 @@ from torch import nn
 
 from layers.conv import PackedConv
 from layers.streaming import StreamingState, get_state, set_state
-from utils.runtime.per_shape import PerShapeStep, used_parts
+from utils.runtime.per_shape import PerShapeStep, notice_once, used_parts
 
 
 class StepGraph(nn.Module):
@@ -73,9 +71,8 @@ class TracedStep(PerShapeStep):
         except _NoTrace as error:
             self.untraceable = str(error)
             self.built.clear()
-            _notice_once(
-                f"TorchScript cannot trace the streaming step here ({error}): the torch backend runs it eagerly"
-            )
+            why = f"TorchScript cannot trace the streaming step here ({error})"
+            notice_once(__name__, f"{why}: the torch backend runs it eagerly")
             return self.step(x)
 
     def _build(self, x: torch.Tensor, warm: bool) -> tuple:
@@ -101,7 +98,6 @@ class TracedStep(PerShapeStep):
             torch._C._jit_pass_inline(graph.graph)
             torch._C._jit_pass_constant_propagation(graph.graph)
             torch._C._jit_pass_dce(graph.graph)
-            executing = torch.jit.optimized_execution
         except Exception as error:  # the eager step ran this shape: the tracer failed, not the input
             raise _NoTrace(f"{type(error).__name__}: {error}".splitlines()[0]) from error
         finally:
@@ -109,20 +105,15 @@ class TracedStep(PerShapeStep):
                 set_state(layer, state)
             for pack, tensor in zip(packs, packed):
                 pack.packed = tensor
-        return graph, packed, executing
+        return graph, packed
 
     def _run(self, built: tuple, x: torch.Tensor) -> torch.Tensor:
-        graph, packed, executing = built
+        graph, packed = built
         layers = self.layers
         # The graph computes exactly the eager operations; without the executor's optimising
         # passes nothing is fused or reordered, and no shape guards can fall back to slow paths.
-        with executing(self.OPTIMIZE):
+        with torch.jit.optimized_execution(self.OPTIMIZE):
             y, *states = graph(x, *[get_state(layer) for layer in layers], *packed)
         for layer, state in zip(layers, states):
             set_state(layer, state)
         return y
-
-
-@functools.cache
-def _notice_once(message: str) -> None:
-    logging.getLogger(__name__).warning(message)
