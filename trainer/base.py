@@ -99,14 +99,10 @@ def compiled_networks(setting: Any, device: torch.device) -> tuple[str, ...]:
     if setting is None or setting is False:
         return ()
     if setting is True:
-        networks = COMPILE_SETTINGS["generator" if device.type == "cpu" else "all"]
-    elif isinstance(setting, str) and setting in COMPILE_SETTINGS:
-        networks = COMPILE_SETTINGS[setting]
-    else:
-        raise CodecError(f"compile: {setting!r} is not one of true, false, {', '.join(COMPILE_SETTINGS)}")
-    if device.type == "cpu":
-        check_cpp_compiler()
-    return networks
+        return COMPILE_SETTINGS["generator" if device.type == "cpu" else "all"]
+    if isinstance(setting, str) and setting in COMPILE_SETTINGS:
+        return COMPILE_SETTINGS[setting]
+    raise CodecError(f"compile: {setting!r} is not one of true, false, {', '.join(COMPILE_SETTINGS)}")
 
 
 def check_cpp_compiler() -> None:
@@ -254,6 +250,8 @@ class GANTrainer:
         if config.get("fast_conv"):
             self._use_fast_convolutions()
         self.compiled = compiled_networks(config.get("compile"), self.device)
+        if self.compiled and self.device.type == "cpu":
+            check_cpp_compiler()
         if self.compiled:
             keep_statistics_eager()
         for name in self.compiled:
