@@ -222,6 +222,24 @@ def test_resume_continues_identically(autoencoder_run: tuple[Path, Path]) -> Non
         assert torch.equal(values["exp_avg"], again["optimizer"]["generator"]["state"][index]["exp_avg"])
 
 
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_loader_workers_start_without_fork(tmp_path: Path, method: str) -> None:
+    # Python 3.14 starts processes with forkserver on Linux (spawn on macOS): the workers get the
+    # dataset and collater pickled, and must draw the same crops as forked ones.
+    import multiprocessing
+
+    recipe = tiny_recipe(tmp_path, num_workers=2)
+    forked = train(recipe, tmp_path, "forked")
+    previous = multiprocessing.get_start_method()
+    multiprocessing.set_start_method(method, force=True)
+    try:
+        started = train(recipe, tmp_path, method)
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+    for key, tensor in generator_tensors(forked / "checkpoint-4steps.pkl").items():
+        assert torch.equal(tensor, generator_tensors(started / "checkpoint-4steps.pkl")[key]), key
+
+
 def test_resume_auto_and_bad_resume_paths(tmp_path: Path) -> None:
     assert resolve_resume("auto", tmp_path) is None
     for steps in (2, 10, 4):
