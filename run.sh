@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q -r requirements.txt
+.venv/bin/python -m utils.install_requirements  # torch's CPU build where there is no NVIDIA driver
 PY=.venv/bin/python
 MODEL=${MODEL:-demo48k}
 INPUT=${INPUT:-data/demo/alsa_speakers.wav}

@@ -145,7 +145,7 @@ def test_supported_torch_versions_pass(version: str) -> None:
 
 @pytest.mark.parametrize("version", ["2.4.1+cu121", "2.3.0", "1.13.1"])
 def test_an_older_torch_is_refused_with_the_fix(version: str) -> None:
-    expected = rf"torch {re.escape(version)} is older than 2.5.*pip install -r requirements.txt"
+    expected = rf"torch {re.escape(version)} is older than 2.5.*python -m utils.install_requirements \(torch 2.13.0\)"
     with pytest.raises(CodecError, match=expected):
         check_torch_version(version)
 
@@ -160,8 +160,8 @@ def test_a_cli_under_an_older_torch_says_so_in_one_line(tmp_path) -> None:
                             timeout=180, env={**os.environ, "AUDIODEC_MALLOC": "system", "PYTHONPATH": REPO})
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "error: torch 2.4.1+cu121 is older than 2.5, the oldest this toolkit runs on: pip install -r requirements.txt "
-        "(torch 2.13.0), or a torch 2.5 or newer built for your CUDA"
+        "error: torch 2.4.1+cu121 is older than 2.5, the oldest this toolkit runs on: "
+        "python -m utils.install_requirements (torch 2.13.0), or a torch 2.5 or newer built for your CUDA"
     ]
     assert "Traceback" not in result.stderr and result.stdout == ""
 

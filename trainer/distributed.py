@@ -64,11 +64,15 @@ def _check_gpus(ngpu: int, local_world_size: int) -> None:
     visible = torch.cuda.device_count()
     if visible < ngpu:
         shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if torch.version.cuda is None and torch.version.hip is None:
+            fix = (f"this torch ({torch.__version__}) is a CPU build: install a CUDA one (pip uninstall torch, then "
+                   "TORCH_INDEX_URL=https://pypi.org/simple python -m utils.install_requirements: docs/training.md)")
+        else:
+            fix = "request them from the scheduler (sbatch --gpus-per-node) and check the CUDA driver"
         raise CodecError(
             f"--ngpu {ngpu} asks for {ngpu} GPU(s) per node but this process sees {visible}"
-            f"{f' (CUDA_VISIBLE_DEVICES={shown})' if shown is not None else ''}: request them from the "
-            "scheduler (sbatch --gpus-per-node) and check the CUDA driver, or train on the CPU on purpose "
-            "with --ngpu 0"
+            f"{f' (CUDA_VISIBLE_DEVICES={shown})' if shown is not None else ''}: {fix}, or train on the CPU "
+            "on purpose with --ngpu 0"
         )
     if local_world_size > ngpu:
         raise CodecError(

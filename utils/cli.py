@@ -28,7 +28,7 @@ def check_torch_version(version: str | None = None) -> None:
     installed = torch.torch_version.TorchVersion(version or torch.__version__)
     if installed < OLDEST_TORCH:
         raise CodecError(f"torch {installed} is older than {OLDEST_TORCH}, the oldest this toolkit runs on: "
-                         f"pip install -r requirements.txt (torch 2.13.0), or a torch {OLDEST_TORCH} or newer "
+                         f"python -m utils.install_requirements (torch 2.13.0), or a torch {OLDEST_TORCH} or newer "
                          "built for your CUDA")
 
 
