@@ -7,10 +7,7 @@
 #   MODEL=vctk_sym ROOT=/path/to/AudioDec ./run.sh   # another registered model and its exp/ folder
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
-fi
-.venv/bin/python -m utils.install_requirements  # torch's CPU build where there is no NVIDIA driver
+bash utils/setup_venv.sh  # .venv and the pinned requirements (torch's CPU build where no NVIDIA driver)
 PY=.venv/bin/python
 MODEL=${MODEL:-demo48k}
 INPUT=${INPUT:-data/demo/alsa_speakers.wav}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import shutil
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -114,3 +116,71 @@ def test_the_index_probe_asks_for_torch_s_page() -> None:
         port = closed.getsockname()[1]
     assert not setup.index_answers(f"http://127.0.0.1:{port}/simple")
     assert not setup.index_answers("https://no-such-host.invalid/simple")
+
+
+# utils/setup_venv.sh, with a stand-in python3 on PATH: how .venv is made, and made again.
+FAILED_VENV = """#!/bin/sh
+mkdir -p .venv/bin .venv/lib/python3.13/site-packages && printf '#!/bin/sh\\nexit 1\\n' > .venv/bin/python
+chmod +x .venv/bin/python
+echo "The virtual environment was not created successfully because ensurepip is not"
+echo "available.  On Debian/Ubuntu systems, you need to install the python3-venv"
+echo "Failing command: $PWD/.venv/bin/python3"
+exit 1
+"""
+WORKING_VENV = """#!/bin/sh
+mkdir -p .venv/bin && printf '#!/bin/sh\\necho "$*" >> %s\\n' > .venv/bin/python && chmod +x .venv/bin/python
+"""
+
+
+def run_setup(tmp_path: Path, python3: str | None) -> subprocess.CompletedProcess:
+    project, tools = tmp_path / "project", tmp_path / "bin"
+    (project / "utils").mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(REPO, "utils", "setup_venv.sh"), project / "utils")
+    tools.mkdir(exist_ok=True)
+    for tool in ("dirname", "find", "head", "rm", "grep", "tail", "mkdir", "chmod"):
+        if not (tools / tool).exists():
+            (tools / tool).symlink_to(shutil.which(tool))
+    (tools / "python3").unlink(missing_ok=True)
+    if python3 is not None:
+        (tools / "python3").write_text(python3.replace("%s", str(tmp_path / "calls")))
+        (tools / "python3").chmod(0o755)
+    return subprocess.run([shutil.which("bash"), str(project / "utils" / "setup_venv.sh")], cwd=project,
+                          env={"PATH": str(tools)}, capture_output=True, text=True, timeout=60)
+
+
+def test_a_venv_without_pip_is_refused_in_one_line_and_not_left_behind(tmp_path: Path) -> None:
+    for _ in range(2):  # the second run finds no .venv of the first to stumble on
+        result = run_setup(tmp_path, FAILED_VENV)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.splitlines() == [
+            "error: python3 -m venv could not make .venv: its venv module has no pip to install (ensurepip is not "
+            "available): install Python's venv package (Debian/Ubuntu: apt-get install python3-venv) and run again"]
+        assert not (tmp_path / "project" / ".venv").exists()
+    result = run_setup(tmp_path, None)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: no python3 on PATH: install Python 3 (3.11 is what the project is developed on) and run again"]
+
+
+def test_a_bare_venv_left_without_pip_is_made_again(tmp_path: Path) -> None:
+    venv = tmp_path / "project" / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\nexit 1\n")  # no pip, no package: what a failed venv leaves
+    (venv / "bin" / "python").chmod(0o755)
+    result = run_setup(tmp_path, WORKING_VENV)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == ["-m utils.install_requirements"]  # made afresh
+
+
+def test_a_venv_without_pip_that_holds_packages_is_kept(tmp_path: Path) -> None:
+    venv = tmp_path / "project" / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\nexit 1\n")
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / "lib" / "python3.11" / "site-packages" / "numpy-2.3.5.dist-info").mkdir(parents=True)
+    result = run_setup(tmp_path, WORKING_VENV)
+    assert result.returncode == 1 and not (tmp_path / "calls").exists()
+    assert result.stderr.splitlines() == [
+        "error: .venv has no pip (made by uv or with --without-pip?): add it with .venv/bin/python -m ensurepip, "
+        "or remove .venv to have it made again"]
+    assert (venv / "lib" / "python3.11" / "site-packages" / "numpy-2.3.5.dist-info").is_dir()
