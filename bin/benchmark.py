@@ -319,6 +319,7 @@ def cpu_label() -> str:
     return f"{name} (torch {torch.backends.cpu.get_cpu_capability()}, {engine})"
 
 
+MAX_SECONDS = 3600  # an hour of audio is held in memory, with its codes and output
 ORIGINAL_SECONDS = 3.0  # the original's medians settle within a few seconds; it runs up to 20x slower
 
 
@@ -337,6 +338,9 @@ def benchmark_audio(codec: StreamingCodec, frame_size: int, seconds: float) -> t
     """`seconds` of speech-like audio (1, C, T), cut to whole `frame_size`-sample chunks."""
     if frame_size % codec.hop_length:
         raise ValueError(f"frame_size {frame_size} is not a multiple of the hop ({codec.hop_length})")
+    if seconds * codec.sample_rate < frame_size:
+        raise CodecError(f"--seconds {seconds} holds no chunk of {frame_size} samples at {codec.sample_rate} Hz: "
+                         f"give {frame_size / codec.sample_rate:g} or more")
     x = speech_like(seconds, codec.sample_rate, seed=1).repeat(1, codec.input_channels, 1)
     return x[..., : x.shape[-1] // frame_size * frame_size]
 
@@ -474,8 +478,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.original and not args.autoencoder:
         parser.error("--original goes with --autoencoder")
     check_at_least("threads", args.threads, 1)
-    if not args.seconds > 0:
-        raise CodecError(f"--seconds {args.seconds}: give seconds of audio above 0")
+    if not 0 < args.seconds <= MAX_SECONDS:  # also NaN and infinity
+        raise CodecError(f"--seconds {args.seconds}: give seconds of audio above 0, at most {MAX_SECONDS}")
     if args.json:
         check_output_folder(args.json)  # before the timings, not after them
     return args

@@ -71,11 +71,14 @@ def test_a_wrong_config_or_option_is_a_one_line_error(tmp_path) -> None:
         with pytest.raises(CodecError, match=message):
             random_codec(autoencoder, vocoder)
     for option, value, message in (("--threads", "0", "--threads 0: give 1 or more"),
-                                   ("--seconds", "-1", "--seconds -1.0: give seconds of audio above 0"),
+                                   ("--seconds", "-1", "--seconds -1.0: give seconds of audio above 0, at most 3600"),
+                                   ("--seconds", "inf", "--seconds inf: give seconds of audio above 0"),
+                                   ("--seconds", "0.01", "--seconds 0.01 holds no chunk of 600 samples at 48000 Hz: "
+                                                         "give 0.0125 or more"),
                                    ("--frame_size", "450", "--frame_size 450 is not a positive multiple of the model's "
                                                            "hop \\(300\\): use e.g. 600")):
         with pytest.raises(CodecError, match=message):
-            main(["--autoencoder", AUTOENCODER, option, value])
+            main(["--autoencoder", AUTOENCODER, "--frame_size", "600", option, value])
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(CodecError, match="is a file, not a folder: give another output path"):  # before any timing
         main(["--autoencoder", AUTOENCODER, "--json", str(tmp_path / "file" / "out.json")])

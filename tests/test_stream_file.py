@@ -90,10 +90,11 @@ def test_paced_file_reports_latency(tmp_path, python: str, whole_file: np.ndarra
     assert np.array_equal(dumped, read_audio(INPUT)[0].astype(np.float32))
 
 
-def test_frame_size_not_a_multiple_of_the_hop(tmp_path, python: str) -> None:
-    result = run_stream(python, "--input_file", INPUT, "--no-pace", "--frame_size", "1000",
-                        "-o", str(tmp_path / "o.wav"))
-    assert_clean_failure(result, "--frame_size 1000")
+@pytest.mark.parametrize("frame_size, send", [("1000", False), ("0", False), ("-300", False), ("0", True)])
+def test_frame_size_not_a_multiple_of_the_hop(tmp_path, python: str, frame_size: str, send: bool) -> None:
+    result = run_stream(python, "--input_file", INPUT, "--no-pace", "--frame_size", frame_size,
+                        *(["--send", "127.0.0.1:9"] if send else []), "-o", str(tmp_path / "o.wav"))
+    assert_clean_failure(result, f"--frame_size {frame_size} is not a positive multiple of the model's hop")
     assert not (tmp_path / "o.wav").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from models.autoencoder.modules.residual_unit import ResidualUnit
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
 from tests.conftest import MANIFEST, official_path
 from utils.audiodec import StreamingCodec
+from utils.errors import CodecError
 
 CHUNKS = [300, 1500, 4800]
 BATCHES = [1, 3]
@@ -164,3 +166,88 @@ def test_long_inputs_run_in_blocks(name: str, monkeypatch: pytest.MonkeyPatch) -
     assert lengths[-5:] == [5 * codec.hop_length] * 4 + [3 * codec.hop_length]
     torch.testing.assert_close(blocked_codes, codes, rtol=0, atol=0)
     torch.testing.assert_close(blocked_y, y, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module", params=["native", "torch", "eager"])
+def any_backend(request: pytest.FixtureRequest) -> StreamingCodec:
+    entry = MANIFEST["vctk_sym"]
+    return StreamingCodec.from_checkpoints(
+        official_path(entry["encoder_checkpoint"]), official_path(entry["decoder_checkpoint"]), backend=request.param
+    )
+
+
+def test_empty_chunks_give_empty_results_and_leave_the_streams_as_they_were(any_backend: StreamingCodec) -> None:
+    codec = any_backend
+    torch.manual_seed(5)
+    x = 0.3 * torch.randn(2, 1, 1200)
+    codec.reset(2)
+    straight = codec.encode(x)
+    codec.reset(2)
+    first = codec.encode(x[..., :600])
+    empty = codec.encode(x[..., :0])
+    assert empty.shape == (2, codec.n_codebooks, 0) and empty.dtype == torch.int64
+    assert torch.equal(torch.cat([first, codec.encode(x[..., 600:])], dim=-1), straight)
+    audio = codec.decode(straight[..., :0])
+    assert audio.shape == (2, 1, 0) and audio.dtype == torch.float32
+
+
+@pytest.mark.parametrize("chunk, message", [
+    (torch.zeros(1, 2, 600), r"a chunk is \(streams, 1, samples\) for model 'custom', got \(1, 2, 600\): code each "
+                             r"channel as its own stream"),
+    (torch.zeros(1, 600), r"a chunk is \(streams, 1, samples\) .*got \(1, 600\)"),
+    (torch.zeros(600), r"got \(600,\)"),
+    (torch.zeros(1, 1, 1, 600), r"got \(1, 1, 1, 600\)"),
+    (torch.zeros(1, 1, 600, dtype=torch.int16), r"samples are floats in \[-1, 1\], got torch.int16: scale integer"),
+    (torch.zeros(1, 1, 450), r"chunk of 450 samples is not a multiple of the hop \(300\)"),
+    (torch.tensor([[[0.0] * 299 + [float("nan")]]]), r"the chunk holds NaN or infinite samples"),
+    (torch.full((1, 1, 300), float("inf")), r"NaN or infinite"),
+    ([0.0] * 300, r"a chunk is a torch.Tensor \(streams, 1, samples\), not a list"),
+])  # fmt: skip
+def test_a_chunk_the_codec_cannot_code_is_named(any_backend: StreamingCodec, chunk, message: str) -> None:
+    any_backend.reset(1)
+    with pytest.raises(CodecError, match=message):
+        any_backend.encode(chunk)
+    if isinstance(chunk, torch.Tensor) and chunk.dim() == 3 and chunk.shape[1] == 1 and chunk.is_floating_point():
+        return  # a whole signal need not be a multiple of the hop; NaN stays an error below
+    with pytest.raises(CodecError, match=message):
+        any_backend.code(chunk)
+
+
+@pytest.mark.parametrize("codes, message", [
+    (torch.full((1, 8, 2), 64), r"codes must lie in \[0, 64\), got \[64, 64\]: these are not this model's"),
+    (torch.full((1, 8, 2), -5), r"codes must lie in \[0, 64\), got \[-5, -5\]"),
+    (torch.full((1, 8, 2), 1.7), r"codes are integers, got torch.float32"),
+    (torch.zeros(1, 8, 2, dtype=torch.bool), r"codes are integers, got torch.bool"),
+    (torch.zeros(1, 9, 2, dtype=torch.long), r"codes must be a tensor \(streams, 1..8, frames\), got \(1, 9, 2\)"),
+    (torch.zeros(8, 2, dtype=torch.long), r"got \(8, 2\)"),
+    ([[[0, 0]]], r"got a list"),
+])  # fmt: skip
+def test_codes_the_codec_cannot_decode_are_named_alike_on_every_backend(
+    any_backend: StreamingCodec, codes, message: str
+) -> None:
+    any_backend.reset(1)
+    with pytest.raises(CodecError, match=message):
+        any_backend.decode(codes)
+    with pytest.raises(CodecError, match=message):
+        any_backend.decode_signal(codes, 600)
+    fine = torch.zeros(1, 8, 2, dtype=torch.int32)
+    assert any_backend.decode(fine).shape == (1, 1, 600)  # the stream goes on after a refused call
+
+
+def test_counts_are_checked(any_backend: StreamingCodec) -> None:
+    codec = any_backend
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(CodecError, match=rf"batch_size {bad!r}: give the number of streams, 1 or more"):
+            codec.reset(bad)
+    for bad in (0, -300, 450, 300.0):
+        with pytest.raises(CodecError, match=rf"frame size {bad!r} is not a positive multiple of the hop \(300\)"):
+            codec.reset(1, frame_size=bad)
+    x = 0.1 * torch.randn(1, 1, 900)
+    for bad in (0, -1, 9, 2.0):
+        with pytest.raises(CodecError, match=rf"n_codebooks {bad!r}: this model has 1..8"):
+            codec.code(x, n_codebooks=bad)
+        with pytest.raises(CodecError, match=rf"n_codebooks {bad!r}: this model has 1..8"):
+            codec.bitrate(bad)
+    assert codec.bitrate() == 8 * codec.bitrate(1) and codec.bitrate(np.int64(3)) == 3 * codec.bitrate(1)
+    codes, y = codec.code(x, n_codebooks=3)
+    assert codes.shape == (1, 8, 3) and y.shape == x.shape

@@ -40,6 +40,11 @@ def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([run(x[..., start:start + size]) for start in range(0, x.shape[-1], size)], dim=-1)
 
 
+def _is_count(value: object) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 class StreamingCodec:
     """Encoder and decoder of one codec, with streaming state for a batch of streams.
 
@@ -142,8 +147,16 @@ class StreamingCodec:
         return self.sample_rate / self.hop_length
 
     def bitrate(self, n_codebooks: int | None = None) -> float:
-        """Bits per second of the raw codes with the first `n_codebooks` codebooks."""
-        return (n_codebooks or self.n_codebooks) * bits_per_code(self.codebook_size) * self.frame_rate
+        """Bits per second of the raw codes with the first `n_codebooks` codebooks (default: all)."""
+        return self._codebooks(n_codebooks) * bits_per_code(self.codebook_size) * self.frame_rate
+
+    def _codebooks(self, n_codebooks: int | None) -> int:
+        """`n_codebooks`, checked; all of them for None."""
+        if n_codebooks is None:
+            return self.n_codebooks
+        if not _is_count(n_codebooks) or not 1 <= n_codebooks <= self.n_codebooks:
+            raise CodecError(f"n_codebooks {n_codebooks!r}: this model has 1..{self.n_codebooks}")
+        return int(n_codebooks)
 
     def decoder_hash(self) -> bytes:
         """8-byte fingerprint of what the receiver uses: codebooks and decoder (stored in .adc files)."""
@@ -158,9 +171,11 @@ class StreamingCodec:
         now (on a shape's second chunk) rather than during the first real chunks; the streams then
         start afresh.
         """
-        if frame_size:
-            if frame_size % self.hop_length:
-                raise CodecError(f"frame size {frame_size} is not a multiple of the hop ({self.hop_length})")
+        if not _is_count(batch_size) or batch_size < 1:
+            raise CodecError(f"batch_size {batch_size!r}: give the number of streams, 1 or more")
+        if frame_size is not None:
+            if not _is_count(frame_size) or frame_size <= 0 or frame_size % self.hop_length:
+                raise CodecError(f"frame size {frame_size!r} is not a positive multiple of the hop ({self.hop_length})")
             self.reset(batch_size)
             silence = torch.zeros(batch_size, self.input_channels, frame_size, device=self.device)
             for _ in range(1 if self.backend == "eager" else 2):  # graphs come on a shape's 2nd call
@@ -196,10 +211,26 @@ class StreamingCodec:
         """Transmitter: waveform chunk (B, C, T), T a multiple of the hop -> codes (B, K, T / hop).
 
         A chunk longer than `BLOCK_FRAMES` frames is coded block by block (same codes, faster)."""
-        if x.shape[-1] % self.hop_length:
-            raise CodecError(f"chunk of {x.shape[-1]} samples is not a multiple of the hop ({self.hop_length})")
+        self._check_waveform(x)
         self._check_batch(x.shape[0])
+        if x.shape[-1] == 0:  # nothing to code (the end of a stream, say): the streams stay as they are
+            return torch.empty(x.shape[0], self.n_codebooks, 0, dtype=torch.int64, device=self.device)
         return _in_blocks(self._encode_chunk, x.to(self.device, torch.float32), BLOCK_FRAMES * self.hop_length)
+
+    def _check_waveform(self, x: torch.Tensor, chunk: bool = True) -> None:
+        """A waveform this codec codes, whose length is a multiple of the hop where it is a `chunk`."""
+        shape = f"(streams, {self.input_channels}, samples)"
+        if not isinstance(x, torch.Tensor):
+            raise CodecError(f"a chunk is a torch.Tensor {shape}, not a {type(x).__name__}")
+        if x.dim() != 3 or x.shape[1] != self.input_channels:
+            fix = ": code each channel as its own stream, x.reshape(-1, 1, samples)" if self.input_channels == 1 else ""
+            raise CodecError(f"a chunk is {shape} for model '{self.name}', got {tuple(x.shape)}{fix}")
+        if not x.is_floating_point():
+            raise CodecError(f"samples are floats in [-1, 1], got {x.dtype}: scale integer ones (int16: x / 32768)")
+        if chunk and x.shape[-1] % self.hop_length:
+            raise CodecError(f"chunk of {x.shape[-1]} samples is not a multiple of the hop ({self.hop_length})")
+        if not torch.isfinite(x).all():
+            raise CodecError("the chunk holds NaN or infinite samples: the codec codes finite ones")
 
     def _transmit(self, x: torch.Tensor) -> torch.Tensor:
         """The transmitter's eager step: waveform chunk -> codes."""
@@ -210,10 +241,21 @@ class StreamingCodec:
         """Receiver: codes (B, K', frames), K' <= K -> waveform chunk (B, C_out, frames * hop).
 
         More than `BLOCK_FRAMES` frames are decoded block by block (same waveform to float rounding)."""
-        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_codebooks:
-            raise CodecError(f"codes must be (streams, 1..{self.n_codebooks}, frames), got {tuple(codes.shape)}")
+        self._check_codes(codes)
         self._check_batch(codes.shape[0])
+        if codes.shape[-1] == 0:
+            return torch.empty(codes.shape[0], self.output_channels, 0, device=self.device)
         return _in_blocks(self._decode_codes, codes.to(self.device), BLOCK_FRAMES)
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_codebooks:
+            got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else f"a {type(codes).__name__}"
+            raise CodecError(f"codes must be a tensor (streams, 1..{self.n_codebooks}, frames), got {got}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise CodecError(f"codes are integers, got {codes.dtype}: give the indices the encoder gave")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise CodecError(f"codes must lie in [0, {self.codebook_size}), got [{codes.min()}, {codes.max()}]: "
+                             "these are not this model's codes")
 
     def _receive(self, codes: torch.Tensor) -> torch.Tensor:
         """The receiver's step outside the native engine: codes -> latent -> waveform chunk."""
@@ -230,12 +272,14 @@ class StreamingCodec:
         The signal is zero-padded by `output_delay` samples and to a multiple of the hop; the output,
         from its `output_delay`-th sample on, is cut back to T samples: y[t] is the coded x[t].
         """
+        kept = self._codebooks(n_codebooks)
         codes = self.encode_signal(x)
-        return codes, self.decode_signal(codes[:, :n_codebooks] if n_codebooks else codes, x.shape[-1], reset=False)
+        return codes, self.decode_signal(codes[:, :kept], x.shape[-1], reset=False)
 
     def encode_signal(self, x: torch.Tensor) -> torch.Tensor:
         """The codes of `code` without the decoding: x (B, C, T) -> codes (B, K, frames), from a fresh
         warmed-up state (the transmitter of a whole file)."""
+        self._check_waveform(x, chunk=False)
         self.reset(x.shape[0])
         return self.encode(self._pad_whole_signal(x))
 
@@ -251,6 +295,7 @@ class StreamingCodec:
     def decode_signal(self, codes: torch.Tensor, length: int, reset: bool = True) -> torch.Tensor:
         """Codes of a whole signal of `length` samples (as `code` gives them) -> y (B, C_out, length),
         decoded from a fresh warmed-up state (unless `reset` is False) and aligned with the input."""
+        self._check_codes(codes)
         if reset:
             self.reset(codes.shape[0])
         return self._aligned(self.decode(codes), length)
@@ -261,6 +306,7 @@ class StreamingCodec:
         latent straight into the decoder (eager steps, from a state warmed up the same way). The
         codec's output at unlimited bitrate: its distance to `code`'s is what the codebooks cost.
         """
+        self._check_waveform(x, chunk=False)
         self._warm_up(x.shape[0], quantized=False)
         self.batch_size = 0  # the coding steps start again from their own warmed-up state
         padded = self._pad_whole_signal(x.to(self.device, torch.float32))
@@ -285,4 +331,4 @@ class StreamingCodec:
     @staticmethod
     def audio_from_streams(y: torch.Tensor) -> np.ndarray:
         """Model output (B, C_out, T) -> file samples (T, B * C_out)."""
-        return y.reshape(-1, y.shape[-1]).T.cpu().numpy()
+        return y.reshape(y.shape[0] * y.shape[1], y.shape[-1]).T.cpu().numpy()  # (-1 is ambiguous for T = 0)

@@ -142,7 +142,8 @@ def _queue_frames(max_latency: float, frame_size: int, sample_rate: int) -> int:
 class Pipeline:
     """Frame numbering, drop bookkeeping, input/output dumps and worker supervision."""
 
-    def __init__(self, frame_size: int, sample_rate: int, max_latency: float) -> None:
+    def __init__(self, frame_size: int, hop_length: int, sample_rate: int, max_latency: float) -> None:
+        check_frame_size(frame_size, hop_length)  # before the queue is sized by it
         self.frame_size = frame_size
         self.sample_rate = sample_rate
         self.max_latency = max_latency
@@ -277,8 +278,7 @@ class Streamer(Pipeline):
 
     def __init__(self, tx: StreamingCodec, rx: StreamingCodec, frame_size: int, channels: int,
                  max_latency: float = 0.1, worker_threads: int | str = "auto") -> None:
-        super().__init__(frame_size, tx.sample_rate, max_latency)
-        check_frame_size(frame_size, tx.hop_length)
+        super().__init__(frame_size, tx.hop_length, tx.sample_rate, max_latency)
         if worker_threads != "auto" and not (isinstance(worker_threads, int) and worker_threads >= 1):
             raise CodecError(f"worker_threads {worker_threads!r}: give 'auto' or a count of 1 or more")
         self.tx, self.rx = tx, rx

@@ -27,7 +27,6 @@ from utils.live.pipeline import (
     Pipeline,
     StreamStats,
     Worker,
-    check_frame_size,
     encode_step,
     file_blocks,
     wait_for_stop,
@@ -51,8 +50,7 @@ class Sender(Pipeline):
 
     def __init__(self, codec: StreamingCodec, frame_size: int, channels: int, address: tuple[str, int],
                  max_latency: float = 0.1, drop_rate: float = 0.0, drop_seed: int | None = None) -> None:
-        super().__init__(frame_size, codec.sample_rate, max_latency)
-        check_frame_size(frame_size, codec.hop_length)
+        super().__init__(frame_size, codec.hop_length, codec.sample_rate, max_latency)
         if frame_size // codec.hop_length > packet.MAX_FRAMES:
             raise CodecError(f"--frame_size {frame_size} holds more than {packet.MAX_FRAMES} codec frames: "
                              "use a smaller one")
