@@ -33,7 +33,7 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, check_audio_output, write_audio
 from utils.audiodec import StreamingCodec
 from utils.batch import plan, refuse_existing, run_batch
-from utils.bitstream.adc import decode_header, read_adc
+from utils.bitstream.adc import read_adc, read_verified_header
 from utils.bitstream.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
 from utils.bitstream.entropy import EntropyModel
 from utils.checkpoint import load_config, output_delay
@@ -48,7 +48,7 @@ from utils.cli import (
     read_input_for,
     run_main,
 )
-from utils.errors import ArgumentParser, CodecError
+from utils.errors import ArgumentParser, CodecError, check_at_least
 from utils.files import check_output_folder
 from utils.registry import MODELS, installed_root
 
@@ -88,6 +88,8 @@ def parse_args() -> argparse.Namespace:
     fit.add_argument("-i", "--input", required=True, help="folder of training audio (searched recursively)")
     fit.add_argument("-o", "--output", help="table file (default: beside the encoder checkpoint)")
     fit.add_argument("--max_files", type=int, default=2000)
+    fit.add_argument("-f", "--force", action="store_true",
+                     help="replace a table that exists (files entropy-coded with it then no longer decode)")
     return parser.parse_args()
 
 
@@ -132,12 +134,15 @@ def run_decode(args: argparse.Namespace) -> None:
     def decode(source: Path, output: Path) -> float:
         header = _header_of(str(source))
         name = args.model or header.model_name
+        if not name and not args.encoder:
+            raise CodecError(f"{source} names no model: give the one it was coded with (--model NAME, or "
+                             "--encoder and --decoder)")
         key = "--encoder" if args.encoder else name
         if key not in codecs:
             codecs[key] = load_codec(argparse.Namespace(**{**vars(args), "model": name}), device)
         codec = codecs[key]
         if header.entropy_coded and key not in tables:
-            tables[key] = load_entropy_model(codec, _table_path(codec, args.entropy_table))
+            tables[key] = load_entropy_model(codec, _table_path(codec, args.entropy_table), header.entropy_hash)
         header, codes = read_adc(str(source), tables.get(key) if header.entropy_coded else None)
         samples = decode_codes(codec, header, codes)
         write_audio(str(output), samples, header.sample_rate, "PCM_16")
@@ -153,10 +158,10 @@ def run_decode(args: argparse.Namespace) -> None:
 def run_info(args: argparse.Namespace) -> None:
     header = _header_of(args.file)
     if not header.entropy_coded:
-        read_adc(args.file)  # verifies the CRC and payload; entropy-coded files need their table for that
+        read_adc(args.file)  # the payload's codes too; an entropy-coded one needs its table for that
     size = os.path.getsize(args.file)
     delay = _output_delay_of(header.model_name, args.decoder, args.root)
-    samples = header.n_samples - (delay or 0)
+    samples = max(0, header.n_samples - (delay or 0))  # the decoder gives none before its delay
     seconds = samples / header.sample_rate
     if delay is None:
         length = (
@@ -176,7 +181,8 @@ def run_info(args: argparse.Namespace) -> None:
     print(f"duration      {seconds:.3f} s ({length})")
     print(f"codebooks     {header.n_codebooks} x {header.codebook_size} ({header.bits_per_code} bits per code)")
     print(f"entropy coded {'yes' if header.entropy_coded else 'no'}")
-    print(f"bitrate       {header.bitrate / 1000:.2f} kbps (codes), {size * 8 / seconds / 1000:.2f} kbps (file)")
+    whole = f"{size * 8 / seconds / 1000:.2f} kbps" if seconds else "no audio"
+    print(f"bitrate       {header.bitrate / 1000:.2f} kbps (codes), {whole} (file)")
 
 
 def _output_delay_of(model_name: str, decoder: str | None, root: str | None) -> int | None:
@@ -196,21 +202,27 @@ def _output_delay_of(model_name: str, decoder: str | None, root: str | None) -> 
 
 
 def _header_of(path: str):
-    if not os.path.isfile(path):
-        raise CodecError(f"input file {path} does not exist: check the path")
-    with open(path, "rb") as handle:
-        return decode_header(handle.read(256))
+    """The file's header, believed once the file's length and CRC are checked."""
+    return read_verified_header(path)
 
 
 def run_fit_entropy(args: argparse.Namespace) -> None:
     import glob
 
-    codec = load_codec(args, apply_runtime_arguments(args))
+    check_at_least("max_files", args.max_files, 1)
+    if not os.path.isdir(args.input):
+        raise CodecError(f"-i {args.input} is not a folder: give a folder of training audio")
     files = sorted(glob.glob(os.path.join(args.input, "**", "*.wav"), recursive=True))[: args.max_files]
     if not files:
         raise CodecError(f"no .wav files under {args.input}: give a folder of training audio")
+    if args.output:
+        check_output_folder(args.output)  # before the model is loaded and the files coded
+    codec = load_codec(args, apply_runtime_arguments(args))
     output = args.output or _table_path(codec, None)
-    check_output_folder(output)  # before the coding, not after it
+    check_output_folder(output)
+    if os.path.exists(output) and not args.force:
+        raise CodecError(f"{output} exists already: pass -f/--force to replace it (files entropy-coded with it "
+                         "then no longer decode), or give another -o")
     all_codes = []
     for path in tqdm(files, desc="fit-entropy", unit="file"):
         streams = codec.streams_from_audio(read_input_for(codec, path, allow_resample=True))

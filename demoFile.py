@@ -40,6 +40,7 @@ from utils.cli import (
     run_main,
 )
 from utils.errors import ArgumentParser, CodecError
+from utils.files import atomic_output, check_output_folder
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,6 +71,8 @@ def main() -> None:
         refuse_existing(pairs, args.force)
     else:
         check_audio_output(args.output)  # before the coding, not after it
+        if args.save_codes:
+            check_output_folder(args.save_codes)
     device = apply_runtime_arguments(args)
     codec = load_codec(args, device)
     check_n_codebooks(codec, args.n_codebooks)
@@ -89,7 +92,8 @@ def main() -> None:
         if args.save_codes:
             offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size
             flat = codes.cpu().numpy() + offsets
-            np.save(args.save_codes, flat[0] if flat.shape[0] == 1 else flat)
+            with atomic_output(args.save_codes, ".npy") as tmp, open(tmp, "wb") as stream:
+                np.save(stream, flat[0] if flat.shape[0] == 1 else flat)
         return data.shape[0] / codec.sample_rate
 
     if folder_mode:

@@ -180,8 +180,8 @@ def test_entropy_coding_round_trip(tmp_path, python: str) -> None:
     assert result.returncode == 0, result.stderr
     model = EntropyModel.load(table)
     np.testing.assert_array_equal(read_adc(packed, model)[1], read_adc(raw)[1])
-    # Without the table the decoder says how to get one.
-    _assert_decode_fails(python, tmp_path, packed.read_bytes(), "fit-entropy")
+    # Without the table the decoder names the one it needs (a table fitted now would be another).
+    _assert_decode_fails(python, tmp_path, packed.read_bytes(), "which is not at")
 
 
 def test_a_reduced_precision_receiver_from_the_command_line(tmp_path, python: str) -> None:
@@ -251,3 +251,89 @@ def test_a_model_with_an_output_delay_gives_files_aligned_with_their_input(pytho
     missing = codec_cli(python, "info", str(tmp_path / "x.adc"), "--decoder", str(tmp_path / "none.pkl"))
     assert missing.returncode != 0 and missing.stderr.strip() == f"error: decoder checkpoint {tmp_path / 'none.pkl'} " \
         "not found: check --decoder"
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_a_corrupt_header_is_named_by_the_crc_before_it_is_believed(packed_file: bytes, tmp_path, python) -> None:
+    at = packed_file.index(b"vctk_sym")
+    data = bytearray(packed_file)
+    data[at] ^= 0x01  # "wctk_sym": a model name that decode would otherwise look for
+    _assert_decode_fails(python, tmp_path, bytes(data), "CRC mismatch")
+    assert "CRC mismatch" in _one_error_line(codec_cli(python, "info", str(tmp_path / "bad.adc")))
+
+
+def test_files_holding_no_audio_decode_to_empty_wavs(packed_file: bytes, tmp_path, python) -> None:
+    import dataclasses
+
+    from utils.bitstream.adc import decode_adc, encode_adc
+
+    header, codes = decode_adc(packed_file)
+    for samples, frames in ((0, 0), (150, 1)):
+        (tmp_path / f"{samples}.adc").write_bytes(
+            encode_adc(dataclasses.replace(header, n_samples=samples), codes[..., :frames]))
+        out = tmp_path / f"{samples}.wav"
+        result = codec_cli(python, "decode", "--cuda", "-1", "-i", str(tmp_path / f"{samples}.adc"), "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        assert sf.info(out).frames == samples
+        described = codec_cli(python, "info", str(tmp_path / f"{samples}.adc"))
+        assert described.returncode == 0, described.stderr
+        assert f"({samples} samples, {frames} frames)" in described.stdout
+    assert "no audio (file)" in codec_cli(python, "info", str(tmp_path / "0.adc")).stdout
+    nameless = tmp_path / "nameless.adc"
+    nameless.write_bytes(encode_adc(dataclasses.replace(header, model_name=""), codes))
+    line = _one_error_line(codec_cli(python, "decode", "--cuda", "-1", "-i", str(nameless), "-o",
+                                     str(tmp_path / "n.wav")))
+    assert line == f"error: {nameless} names no model: give the one it was coded with (--model NAME, or --encoder " \
+                   "and --decoder)"
+    line = _one_error_line(codec_cli(python, "info", str(tmp_path)))
+    assert line == f"error: {tmp_path} is a folder: give an .adc file (codec.py decode takes folders)"
+
+
+def test_a_truncated_entropy_coded_file_fails_info(tmp_path, python) -> None:
+    from utils.bitstream.adc import encode_adc, read_adc
+
+    source = official_path("input", "test_48k.wav")
+    raw = tmp_path / "raw.adc"
+    encoded = codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "-i", source, "-o", str(raw))
+    assert encoded.returncode == 0, encoded.stderr
+    header, codes = read_adc(raw)
+    table = EntropyModel.fit(list(codes), header.codebook_size)
+    packed = encode_adc(header, codes, table)
+    (tmp_path / "cut.adc").write_bytes(packed[: len(packed) // 2])
+    assert "truncated file" in _one_error_line(codec_cli(python, "info", str(tmp_path / "cut.adc")))
+
+
+def test_outputs_that_name_folders_or_exist_are_refused_before_the_work(tmp_path, python) -> None:
+    source = official_path("input", "test_48k.wav")
+    line = _one_error_line(codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "-i", source,
+                                     "-o", f"{tmp_path / 'new'}/"))
+    assert line == f"error: cannot write {tmp_path / 'new'}/: it names a folder: give a file name"
+    assert os.listdir(tmp_path) == []
+    result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--model", "vctk_sym", "--cuda", "-1",
+                             "-i", source, "-o", str(tmp_path / "out.wav"), "--save_codes",
+                             str(tmp_path / "nowhere" / "codes.npy")], cwd=OFFICIAL, capture_output=True, text=True,
+                            timeout=300)
+    assert _one_error_line(result) == f"error: output folder {tmp_path / 'nowhere'} does not exist: create it first"
+    assert os.listdir(tmp_path) == []
+
+    train = tmp_path / "train"
+    train.mkdir()
+    sf.write(train / "a.wav", sf.read(source)[0][:24000], 48000)
+    table = tmp_path / "table.entropy"
+    fit = ["fit-entropy", "--model", "vctk_sym", "--cuda", "-1", "-i", str(train)]
+    assert codec_cli(python, *fit, "-o", str(table)).returncode == 0
+    fitted = table.read_bytes()
+    line = _one_error_line(codec_cli(python, *fit, "-o", str(table)))
+    assert line == f"error: {table} exists already: pass -f/--force to replace it (files entropy-coded with it then " \
+                   "no longer decode), or give another -o"
+    assert codec_cli(python, *fit, "-o", str(table), "-f").returncode == 0 and table.read_bytes() == fitted
+    assert "it names a folder" in _one_error_line(codec_cli(python, *fit, "-o", str(train)))
+    assert _one_error_line(codec_cli(python, *fit, "-o", str(tmp_path / "t2"), "--max_files", "0")) == \
+        "error: --max_files 0: give 1 or more"
+    assert sorted(os.listdir(tmp_path)) == ["table.entropy", "train"]

@@ -53,6 +53,9 @@ def test_an_output_folder_that_cannot_take_the_file_is_named(tmp_path) -> None:
     with pytest.raises(BitstreamError, match=f"output folder {tmp_path / 'nowhere'} does not exist: create it first"):
         check_output_folder(tmp_path / "nowhere" / "out.adc", BitstreamError)
     check_output_folder(tmp_path / "out.wav")  # a folder that exists
+    for folder in (str(tmp_path), f"{tmp_path / 'new'}/"):  # a folder is no file name, made or not
+        with pytest.raises(CodecError, match=rf"cannot write {folder}: it names a folder: give a file name"):
+            check_output_folder(folder)
     with pytest.raises(CodecError, match=r"cannot write .*\(Not a directory\): give another output path"):
         with atomic_output(tmp_path / "file" / "out.bin"):
             pass  # never reached: the temp file cannot be made there

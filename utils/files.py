@@ -28,7 +28,11 @@ def file_in_the_way(folder: str | os.PathLike) -> str | None:
 
 def check_output_folder(path: str | os.PathLike, error: type[CodecError] = CodecError) -> None:
     """Raise ``error`` naming the problem when `path`'s folder cannot take a new file: it does not exist,
-    or a file stands where a folder of it should be."""
+    or a file stands where a folder of it should be; or `path` names a folder (one that exists, or with
+    a trailing separator), which no file can be written as."""
+    text = os.fspath(path)
+    if os.path.isdir(text) or text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise error(f"cannot write {path}: it names a folder: give a file name")
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(folder):
         return

@@ -289,6 +289,18 @@ def encode_adc(header: StreamHeader, codes: np.ndarray, entropy_model: EntropyCo
 
 def decode_adc(data: bytes, entropy_model: EntropyCoder | None = None) -> tuple[StreamHeader, np.ndarray]:
     """Parse and verify `.adc` bytes; return the header and codes `(channels, K, frames)` (int64)."""
+    header, payload = verify_adc(data)
+    if header.entropy_coded:
+        model = _check_entropy_model(header, entropy_model)
+        codes = model.decode(payload, header.channels, header.n_codebooks, header.n_frames)
+    else:
+        codes = _decode_raw_payload(header, payload)
+    return header, codes
+
+
+def verify_adc(data: bytes) -> tuple[StreamHeader, bytes]:
+    """The header and payload of `.adc` bytes, once their length and CRC are checked: nothing of the
+    header is believed before (the payload is not decoded: an entropy-coded one needs its table)."""
     data = bytes(data)
     header_bytes = _header_bytes_needed(data)
     if len(data) < header_bytes + CRC_BYTES:
@@ -308,13 +320,7 @@ def decode_adc(data: bytes, entropy_model: EntropyCoder | None = None) -> tuple[
         )
     _check_crc(data)
     header, _ = _unpack_header(data[:header_bytes])
-    payload = data[header_bytes:-CRC_BYTES]
-    if header.entropy_coded:
-        model = _check_entropy_model(header, entropy_model)
-        codes = model.decode(payload, header.channels, header.n_codebooks, header.n_frames)
-    else:
-        codes = _decode_raw_payload(header, payload)
-    return header, codes
+    return header, data[header_bytes:-CRC_BYTES]
 
 
 def write_adc(
@@ -329,14 +335,29 @@ def write_adc(
 
 def read_adc(path: str | os.PathLike, entropy_model: EntropyCoder | None = None) -> tuple[StreamHeader, np.ndarray]:
     """Read and verify an `.adc` file; return the header and codes `(channels, K, frames)` (int64)."""
-    if not os.path.isfile(path):
-        raise BitstreamError(f"input file {path} does not exist: check the path")
-    with open(path, "rb") as stream:
-        data = stream.read()
+    data = _read_bytes(path)
     try:
         return decode_adc(data, entropy_model)
     except BitstreamError as error:
         raise BitstreamError(f"{path}: {error}") from None
+
+
+def read_verified_header(path: str | os.PathLike) -> StreamHeader:
+    """An `.adc` file's header once the file's length and CRC are checked (its payload not decoded)."""
+    data = _read_bytes(path)
+    try:
+        return verify_adc(data)[0]
+    except BitstreamError as error:
+        raise BitstreamError(f"{path}: {error}") from None
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    if os.path.isdir(path):
+        raise BitstreamError(f"{path} is a folder: give an .adc file (codec.py decode takes folders)")
+    if not os.path.isfile(path):
+        raise BitstreamError(f"input file {path} does not exist: check the path")
+    with open(path, "rb") as stream:
+        return stream.read()
 
 
 def decode_header(data: bytes) -> StreamHeader:

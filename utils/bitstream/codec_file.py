@@ -26,8 +26,12 @@ def entropy_table_path(encoder_checkpoint: str) -> str:
     return os.path.splitext(encoder_checkpoint)[0] + ".entropy"
 
 
-def load_entropy_model(codec: StreamingCodec, path: str | None) -> EntropyModel:
+def load_entropy_model(codec: StreamingCodec, path: str | None, wanted: bytes | None = None) -> EntropyModel:
+    """The entropy table at `path`, for coding; with `wanted` (a file's table hash), for decoding that file."""
     if not path or not os.path.isfile(path):
+        if wanted is not None:  # a table fitted now would be another one: only the file's own decodes it
+            raise CodecError(f"the file is entropy-coded with table {wanted.hex()} of model '{codec.name}', which "
+                             f"is not at {path}: give that table with --entropy_table")
         raise CodecError(
             f"no entropy table for model '{codec.name}' ({path}): build one with `codec.py fit-entropy`"
         )
