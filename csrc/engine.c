@@ -26,6 +26,7 @@
  * csrc/selftest.c checks every kernel shape against a plain loop (tests/test_native_selftest.py).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -57,7 +58,6 @@ static void team_run(int nthreads, TeamBody body, void *ctx) {
 #else
 #include <pthread.h>
 #include <sched.h>
-#include <stdlib.h>
 #define TEAM_THREADS "pthreads"
 #define TEAM_SPINS 20000 /* polls of a waiting thread before it yields (barrier) or sleeps (between runs) */
 
@@ -826,19 +826,27 @@ static void run_step(void *context, int tid, int team) {
     }
 }
 
+#define STACK_SHARED_FLOATS (1 << 16)  /* 256 KB */
+enum { ENGINE_BAD_CODE = 1, ENGINE_NO_MEMORY = 2 };  /* engine_run's failures */
+
 int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t state_size,
                const void *x, void *in_dst, int64_t in_bytes,
                const void *out_src, void *y, int64_t out_bytes,
                const float *state_in, float *state_out, int batch, int nthreads) {
-    int64_t shared_floats = 1;  /* run_vq's scratch, on this thread's stack, shared by the team */
+    int64_t shared_floats = 1;  /* run_vq's scratch, shared by the team */
     for (int o = 0; o < n_ops; o++) {
         if (ops[o].kind == OP_VQ && vq_shared_floats(ops + o, nthreads) > shared_floats)
             shared_floats = vq_shared_floats(ops + o, nthreads);
     }
-    float shared[shared_floats] __attribute__((aligned(64)));
+    /* On this thread's stack, but for the thousands of threads that would overflow it: from the heap. */
+    const int on_stack = shared_floats <= STACK_SHARED_FLOATS;
+    float stack_shared[on_stack ? shared_floats : 1] __attribute__((aligned(64)));
+    float *shared = on_stack ? stack_shared : aligned_alloc(64, (size_t)(shared_floats + 15) / 16 * 64);
+    if (shared == NULL) return ENGINE_NO_MEMORY;
     Step step = {ops, n_ops, slots, n_slots, state_size, x, in_dst, in_bytes, out_src, y, out_bytes,
                  state_in, state_out, batch, shared, 0};
     team_run(nthreads, run_step, &step);
+    if (!on_stack) free(shared);
     return step.bad;
 }
 
@@ -1007,3 +1015,39 @@ int engine_rows(int s) { return s >= 0 && s < 3 ? ROWS[s] : 0; }
 int engine_fma(void) { return HAS_FMA; }
 const char *engine_isa(void) { return ISA; }
 const char *engine_threads(void) { return TEAM_THREADS; }
+
+/* Runs a little of each kind of the build's vector code: a convolution through the row kernel and
+ * a block kernel with both epilogues, and the activations in float32 and bfloat16. A build for
+ * instructions this CPU lacks stops here, in the child process utils/runtime/native_build.py runs it
+ * in after building, rather than in a codec. Returns a sum of the results (finite when all ran). */
+float engine_probe(void) {
+    enum { ROWS_PROBED = 3, COLS = VL, N = ROWS_PROBED * COLS };
+    float x[ROWS_PROBED], w[COLS], bias[COLS], out[N], act[N], values[N];
+    uint16_t halves[N];
+    for (int i = 0; i < ROWS_PROBED; i++) x[i] = 0.25f * (float)(i - 1);
+    for (int c = 0; c < COLS; c++) w[c] = 0.5f - 0.03125f * (float)c, bias[c] = 0.0625f * (float)(c % 5) - 0.125f;
+    float sum = 0.0f;
+    for (int rows = 1; rows <= ROWS_PROBED; rows += ROWS_PROBED - 1) {
+        Op op = {.kind = OP_CONV, .cin = 1, .cout = COLS, .cpad = COLS, .k = 1, .dilation = 1, .stride = 1,
+                 .t_out = rows, .alpha = 1.0f, .nv = 1, .act = ACT_ELU, .out_kind = OUT_TANH, .x_channels = 1,
+                 .group_cout = COLS, .group_pad = COLS, .rep = 1, .seg = COLS, .x = x, .w = w, .bias = bias,
+                 .out = out, .out_act = act};
+        engine_run(&op, 1, NULL, 0, 0, x, x, 0, x, x, 0, x, x, 1, 1);
+        for (int i = 0; i < rows * COLS; i++) sum += out[i] + act[i];
+    }
+    engine_activation(act, N, values, N, 0, 1, N, 1.0f, ACT_ELU, 0, 1);
+    engine_activation(act, N, values, N, 0, 1, N, 0.2f, ACT_LEAKY, 0, 1);
+    for (int i = 0; i < N; i++) {
+        uint32_t bits;
+        memcpy(&bits, &values[i], sizeof bits);
+        halves[i] = (uint16_t)(bits >> 16);
+    }
+    engine_activation(halves, N, halves, N, 0, 1, N, 1.0f, ACT_ELU, 1, 1);
+    for (int i = 0; i < N; i++) {
+        uint32_t bits = (uint32_t)halves[i] << 16;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        sum += values[i] + f;
+    }
+    return sum;
+}

@@ -39,11 +39,18 @@ def run_probe(tmp_path, setting: str | None, *args: str, preload: str = "") -> s
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=60)
 
 
-def test_settings() -> None:
+def test_settings(tmp_path) -> None:
     assert current_malloc() in ("glibc", "jemalloc", "tcmalloc")  # pytest itself: however it was started
     assert fast_malloc_library("system") is None
     with pytest.raises(MallocSettingError, match="AUDIODEC_MALLOC=/no/such.so: no such file"):
         fast_malloc_library("/no/such.so")
+    (tmp_path / "notes.txt").write_text("not a library")
+    with pytest.raises(MallocSettingError, match=r"notes.txt: not a shared library; give the path of a malloc"):
+        fast_malloc_library(str(tmp_path / "notes.txt"))
+    (tmp_path / "with space").mkdir()
+    (tmp_path / "with space" / "libx.so").write_bytes(b"\x7fELF" + bytes(60))
+    with pytest.raises(MallocSettingError, match="LD_PRELOAD cannot hold a path with spaces or colons"):
+        fast_malloc_library(str(tmp_path / "with space" / "libx.so"))
     if LIBRARY is not None:
         assert fast_malloc_library(LIBRARY) == LIBRARY
 

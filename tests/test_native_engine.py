@@ -15,7 +15,7 @@ import torch
 from layers.streaming import StreamingState, export_states, import_states
 from models.autoencoder.AudioDec import Generator
 from models.vocoder.HiFiGAN import Generator as HiFiGAN
-from tests.conftest import MANIFEST, official_path
+from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.runtime import native, native_build
@@ -344,10 +344,88 @@ def test_the_library_is_built_once_per_source(monkeypatch, tmp_path) -> None:
         stamp = built[0].stat().st_mtime_ns
         native_build._library.cache_clear()
         assert native_build.available()
-        assert list(tmp_path.glob("*")) == built and built[0].stat().st_mtime_ns == stamp
+        assert sorted(tmp_path.glob("*")) == [built[0], built[0].with_name(built[0].name + ".sha256")]
+        assert built[0].stat().st_mtime_ns == stamp
     finally:
         monkeypatch.undo()
         native_build._library.cache_clear()
+
+
+def test_a_damaged_cached_library_is_built_again(monkeypatch, tmp_path) -> None:
+    """A cached library cut short (which would crash the process that loads it) is built again."""
+    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path))
+    native_build._library.cache_clear()
+    try:
+        assert native_build.available()
+        (library,) = tmp_path.glob("engine-*.so")
+        whole = library.read_bytes()
+        for damaged in (whole[: len(whole) // 3], b"", whole[:-1] + bytes([whole[-1] ^ 1])):
+            (tmp_path / "damaged").write_bytes(damaged)  # a new file: this process has the old one mapped
+            os.replace(tmp_path / "damaged", library)
+            native_build._library.cache_clear()
+            assert native_build.available(), native_build.unavailable_reason()
+            assert library.read_bytes() == whole  # the same build again
+        codes, _ = stream(load("vctk_sym"), speech(samples=1500), [0, 1500])
+        assert codes.shape == (1, 8, 5)
+    finally:
+        monkeypatch.undo()
+        native_build._library.cache_clear()
+
+
+def test_a_build_that_dies_on_this_cpu_is_neither_used_nor_cached(monkeypatch, tmp_path) -> None:
+    """A build for instructions the CPU lacks dies in the probe's child process (here made to, as it
+    does with AUDIODEC_NATIVE_MARCH=x86-64-v4 on an AVX2 CPU), not in the codec: TorchScript runs."""
+    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native_build, "PROBE", "import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    native_build._library.cache_clear()
+    try:
+        assert not native_build.available()
+        assert native_build.unavailable_reason() == (
+            "the engine built for -march=native stops with SIGILL on this CPU (an instruction it lacks): "
+            "set AUDIODEC_NATIVE_MARCH to a target this CPU has, or unset it")
+        assert list(tmp_path.iterdir()) == []  # nothing cached, no temp file left
+        assert load("vctk_sym").native_sides == []
+    finally:
+        monkeypatch.undo()
+        native_build._library.cache_clear()
+
+
+def test_thousands_of_threads_take_their_scratch_from_the_heap() -> None:
+    """The VQ's scratch grows with the threads beyond the frames; past 256 KB it is not on the stack,
+    which a thousand threads overflowed (a thread of 512 KB of stack here). Same codes as on one."""
+    codec = load("vctk_sym")
+    x = speech(samples=300 * 80)
+    codec.reset(1)
+    one = codec.encode(x)
+    many: dict[str, torch.Tensor] = {}
+
+    def encode() -> None:  # its OpenMP team of 1000 threads ends with it
+        torch.set_num_threads(1000)
+        codec.reset(1)
+        many["codes"] = codec.encode(x)
+
+    size = threading.stack_size(512 * 1024)
+    try:
+        worker = threading.Thread(target=encode)
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(size)
+    assert torch.equal(many["codes"], one)
+
+
+def test_a_reduced_precision_receiver_without_the_engine_says_so_in_one_line(tmp_path, python: str) -> None:
+    import subprocess
+
+    source = official_path("input", "test_48k.wav")
+    env = {**os.environ, "CC": str(tmp_path / "no-such-compiler"), "AUDIODEC_NATIVE_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--model", "vctk_sym", "--cuda", "-1",
+                             "--precision", "int8", "-i", source, "-o", str(tmp_path / "out.wav")],
+                            cwd=OFFICIAL, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: --precision int8 runs in the native engine, which does not run this "
+                                    f"receiver (C compiler {tmp_path / 'no-such-compiler'} does not run")
+    assert not (tmp_path / "out.wav").exists()
 
 
 @pytest.mark.parametrize("threads", [2, 3])

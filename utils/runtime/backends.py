@@ -60,8 +60,9 @@ def streaming_steps(
     steps = Steps(TracedStep(encoder, transmit), receive, TracedStep(decoder, decoder.decode))
     if backend == "native":
         if not native_build.available():
-            why = native_build.unavailable_reason()
-            notice_once(__name__, f"native engine unavailable ({why}): running TorchScript")
+            if precision == "fp32":  # else the receiver cannot run at all: precision_problem says so alone
+                why = native_build.unavailable_reason()
+                notice_once(__name__, f"native engine unavailable ({why}): running TorchScript")
             return steps
         codebook = encoder.quantizer.codebook
         if not native.why_not_native(encoder, "encoder"):

@@ -62,11 +62,15 @@ def fast_malloc_library(setting: str | None = None) -> str | None:
     if setting == "system" or not sys.platform.startswith("linux"):
         return None
     if setting != "auto":
+        kinds = "give the path of a malloc library (e.g. libtcmalloc_minimal.so.4), 'auto' or 'system'"
         if not os.path.isfile(setting):
-            raise MallocSettingError(
-                f"{SETTING}={setting}: no such file; give the path of a malloc library (e.g. "
-                f"libtcmalloc_minimal.so.4), 'auto' or 'system'"
-            )
+            raise MallocSettingError(f"{SETTING}={setting}: no such file; {kinds}")
+        if any(character in setting for character in " \t\n:"):  # LD_PRELOAD splits its list there
+            raise MallocSettingError(f"{SETTING}={setting}: LD_PRELOAD cannot hold a path with spaces or colons; "
+                                     "link the library from a path without them")
+        with open(setting, "rb") as library:
+            if library.read(4) != b"\x7fELF":
+                raise MallocSettingError(f"{SETTING}={setting}: not a shared library; {kinds}")
         return setting
     for name in LIBRARIES:
         for directory in DIRECTORIES:

@@ -51,6 +51,8 @@ OUT_RAW, OUT_TANH = 0, 1  # what an op writes to `out`
 # them to float32 as they load them, and sum and write float32 as for float32 weights.
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
+ENGINE_NO_MEMORY = 2  # engine_run's status when its scratch cannot be had (csrc/engine.c)
+
 
 def _vocoder_class() -> type:
     from models.vocoder.HiFiGAN import Generator
@@ -607,6 +609,9 @@ class NativeStep(PerShapeStep):
             plan.output_at, y.data_ptr(), plan.output_bytes,
             state_in.data_ptr(), state_out.data_ptr(), batch, torch.get_num_threads(),
         )
+        if bad == ENGINE_NO_MEMORY:
+            raise CodecError(f"no memory for the native engine's scratch on {torch.get_num_threads()} threads: "
+                             "use fewer (--num_threads)")
         if bad:  # (the streams keep their states: nothing below ran)
             raise CodecError(f"codes must lie in [0, {self.codebook.codebook_size}): these are not this model's codes")
         for layer, view in zip(layers, views):

@@ -23,12 +23,15 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import CodecError
+from utils.files import write_text_atomic
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "engine.c"
 OPENMP = "-fopenmp"
@@ -130,7 +133,10 @@ def _library() -> tuple[Build | None, str]:
     # a compiler without OpenMP is not tried again on every start.
     digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_flags().encode()]))
     target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
-    if not target.exists():
+    if not _intact(target):
+        if target.exists():
+            logging.getLogger(__name__).info("building the native engine again: the cached %s is damaged or "
+                                             "was built before this toolkit checked its builds", target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -139,6 +145,10 @@ def _library() -> tuple[Build | None, str]:
                 error = _compile_as_taken(compiler, flags, temporary)
                 if error:
                     return None, _build_failure(compiler, flags, error)
+                failure = _probe(temporary)
+                if failure:
+                    return None, failure
+                write_text_atomic(_digest_path(target), _file_digest(temporary))
                 os.replace(temporary, target)
             finally:
                 if os.path.exists(temporary):
@@ -147,7 +157,7 @@ def _library() -> tuple[Build | None, str]:
             return None, f"cannot build the engine in {target.parent}: {error}"
     try:
         library = ctypes.CDLL(str(target))
-    except OSError as error:  # e.g. a build for a -march this CPU lacks
+    except OSError as error:
         return None, f"the engine built for -march={march()} does not load here: {error}"
     library.engine_op_size.restype = ctypes.c_int64
     if library.engine_op_size() != ctypes.sizeof(Op):
@@ -168,6 +178,51 @@ def _library() -> tuple[Build | None, str]:
     library.engine_threads.restype = ctypes.c_char_p
     isa, fma, threads = library.engine_isa().decode(), bool(library.engine_fma()), library.engine_threads().decode()
     return Build(library, library.engine_lanes(), widths, isa, fma, threads), ""
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _intact(library: Path) -> bool:
+    """Whether the cached `library` is the one built and probed here: a file damaged since (cut short,
+    overwritten) would crash the process that loads it, so it is built again."""
+    try:
+        return _digest_path(library).read_text().strip() == _file_digest(library)
+    except OSError:
+        return False
+
+
+# Run in a child process: a build for instructions this CPU lacks dies there, not in the codec.
+PROBE = (
+    "import ctypes, math, sys\n"
+    "library = ctypes.CDLL(sys.argv[1])\n"
+    "library.engine_probe.restype = ctypes.c_float\n"
+    "sys.exit(0 if math.isfinite(library.engine_probe()) else 3)\n"
+)
+
+
+def _probe(library: str) -> str:
+    """"" when a fresh build runs its vector code (`engine_probe`) on this CPU, else why not."""
+    try:
+        result = subprocess.run([sys.executable, "-c", PROBE, library], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"the engine built for -march={march()} could not be tried here: {error}"
+    if result.returncode == 0:
+        return ""
+    if result.returncode < 0:
+        try:
+            how = signal.Signals(-result.returncode).name
+        except ValueError:
+            how = f"signal {-result.returncode}"
+        return (f"the engine built for -march={march()} stops with {how} on this CPU (an instruction it lacks): "
+                f"set {MARCH_VARIABLE} to a target this CPU has, or unset it")
+    last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+    return f"the engine built for -march={march()} does not run here: {last}"
 
 
 def _compile_as_taken(compiler: str, flags: tuple[str, ...], output: str) -> str:
