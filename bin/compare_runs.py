@@ -47,13 +47,18 @@ def read_run(folder: Path) -> dict:
     curve = folder / "curve.json"
     if not curve.is_file():
         raise CodecError(f"{curve} not found: train with a learning_curve section in the config")
-    document = json.loads(curve.read_text())
-    points = points_from_json(document["points"])
+    try:
+        document = json.loads(curve.read_text())
+        points = points_from_json(document["points"])
+        files = len(document["files"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # cut short, or not a curve
+        raise CodecError(f"{curve} is not a learning curve the trainer wrote ({type(error).__name__}: {error}): "
+                         "give the run's folder, or score its checkpoints again with bin/learning_curve.py") from None
     if not points:
         raise CodecError(f"{curve} has no points yet")
     config_path = folder / "config.yml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    return {"name": folder.name, "points": points, "files": len(document["files"]),
+    return {"name": folder.name, "points": points, "files": files,
             "threads": config.get("threads"), "cpu_budget_minutes": config.get("cpu_budget_minutes")}
 
 

@@ -44,7 +44,7 @@ from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.metrics import snr_db  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
-from utils.files import write_bytes_atomic  # noqa: E402
+from utils.files import check_output_folder, make_output_folder, write_bytes_atomic  # noqa: E402
 
 PROBE_SECONDS = 2.0
 INFERENCE_KEYS = ("model_type", "sampling_rate", "generator_params", "output_delay")  # what loading reads
@@ -74,6 +74,8 @@ def probe_difference(source: str, exported: str, sample_rate: int) -> tuple[floa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.checkpoint)
+    make_output_folder(os.path.dirname(os.path.abspath(args.output)), "output", args.output)
+    check_output_folder(args.output)  # a folder takes no checkpoint
     if os.path.exists(args.output):
         if os.path.samefile(args.output, args.checkpoint):
             raise CodecError(f"{args.output} is the source checkpoint itself: export to another file (the export "

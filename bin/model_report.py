@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_arguments(parser)
     add_runtime_arguments(parser)
     parser.add_argument("--test", required=True, help="folder of test audio at the model's rate (recursive)")
-    parser.add_argument("--codebooks", default="8", help="numbers of codebooks to decode with (default 8)")
+    parser.add_argument("--codebooks", help="numbers of codebooks to decode with (default: all the model's)")
     parser.add_argument("--opus", default="", help="Opus bitrates in kbps to score beside, e.g. 12.8,6.4")
     parser.add_argument("--entropy", action="store_true", help="measure the entropy-coded bitrate too")
     parser.add_argument("--entropy_table", help="entropy table (default: beside the encoder checkpoint)")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     codec = load_codec(args, apply_runtime_arguments(args))
-    codebooks = _numbers(args.codebooks, int, "--codebooks")
+    codebooks = _numbers(args.codebooks, int, "--codebooks") if args.codebooks else [codec.n_codebooks]
     bad = [k for k in codebooks if not 1 <= k <= codec.n_codebooks]
     if bad:
         raise CodecError(f"--codebooks {bad}: model '{codec.name}' has 1..{codec.n_codebooks}")

@@ -163,6 +163,24 @@ def _summary(rounds: list[tuple[list[dict], dict | None]]) -> tuple[list[dict], 
     return ours, original
 
 
+def _check_device(name: str) -> None:
+    """`--device` names this machine's CPU or one of its GPUs."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CodecError(f"--device {name}: give cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CodecError(f"--device {name}: give cpu or cuda[:N]")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            build = "a CPU build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise CodecError(f"--device {name}: this machine shows no GPU (torch {torch.__version__}, {build}): "
+                             "use --device cpu")
+        if (device.index or 0) >= count:
+            raise CodecError(f"--device {name}: this machine has {count} GPU(s): use cuda:0..{count - 1}")
+
+
 def main() -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", default="config/autoencoder/symAD_vctk_48000_hop300.yaml")
@@ -194,6 +212,7 @@ def main() -> int:
     for option, least in (("steps", 1), ("rounds", 1), ("warmup", 0), ("threads", 1), ("batch_size", 1),
                           ("batch_length", 1)):
         check_at_least(option, getattr(args, option), least)
+    _check_device(args.device)
     if args.json:
         check_output_folder(args.json)  # before the timings, not after them
     if args.threads:

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,24 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_leaving_nothing_behind(tmp_path)
     assert process.returncode == 143 and stderr.strip().splitlines()[-1] == "terminated", stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_reader_that_goes_away_stops_a_command_quietly() -> None:
+    """`demoFile.py --list-models | head -1`: the pipe closes under the writer; no traceback."""
+    program = ("import sys\n"
+               f"sys.path.insert(0, {REPO!r})\n"
+               "from utils.cli import run_main\n"
+               "run_main(lambda: [print(line) for line in range(10**6)] and None)\n")
+    result = subprocess.run(f"{sys.executable} -c {shlex.quote(program)} | head -1", shell=True, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout == "0\n" and result.stderr == ""
+
+
+def test_the_downloader_lists_the_models_without_downloading(tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-m", "utils.download", "--list-models", "--root", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("vctk_v1") and "not installed: python -m utils.download vctk_v1" in line
+               for line in lines)
+    assert list(tmp_path.iterdir()) == []

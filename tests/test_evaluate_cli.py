@@ -59,6 +59,8 @@ def test_table_csv_json_and_plots(folders, tmp_path):
     assert any(line.startswith("sub/b.wav ") for line in lines)
     assert any(line.startswith("mean ") for line in lines)
     assert "visqol: skipped" in completed.stdout
+    assert f"1 of 3 reference files have no degraded file in {degraded_dir} and are not scored: unmatched.wav" in (
+        completed.stderr)  # the mean is not the whole reference set's
 
     with open(csv_path) as handle:
         rows = list(csv.DictReader(handle))
@@ -114,3 +116,15 @@ def test_an_output_that_cannot_be_written_is_an_error_before_the_scoring(folders
 def test_a_file_output_given_a_folder_is_an_error(folders, tmp_path):
     completed = run_evaluate(str(folders[0]), str(folders[1]), "--no-visqol", "--csv", str(tmp_path))
     assert_one_line_error(completed, "is a folder: give a file name")
+
+
+def test_clips_too_short_for_a_metric_score_nan_for_it(tmp_path):
+    for folder in ("ref", "deg"):
+        (tmp_path / folder).mkdir()
+        sf.write(tmp_path / folder / "click.wav", speech_like_signal(1.0, 8000)[:100], 8000)
+    completed = run_evaluate(str(tmp_path / "ref"), str(tmp_path / "deg"), "--no-visqol", "--json",
+                             str(tmp_path / "scores.json"))
+    assert completed.returncode == 0, completed.stderr
+    (row,) = json.loads((tmp_path / "scores.json").read_text())["files"]
+    assert row["stoi"] is None and row["estoi"] is None and row["pesq_wb"] is None  # NaN, as JSON has it
+    assert "STOI undefined for this clip (0.013 s, under 0.4 s)" in completed.stderr

@@ -117,3 +117,8 @@ def test_an_existing_output_and_the_source_itself_are_refused(tmp_path) -> None:
     assert main([SOURCE, output, "--force"]) == 0
     with pytest.raises(CodecError, match="is the source checkpoint itself: export to another file"):
         main([output, output, "--force"])  # even forced: the source would lose what the export leaves out
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CodecError, match=r"output .*file/x.pkl: .*file is a file"):
+        main([SOURCE, str(tmp_path / "file" / "x.pkl")])
+    with pytest.raises(CodecError, match=r"cannot write .*: it names a folder: give a file name"):
+        main([SOURCE, str(tmp_path), "--force"])

@@ -45,6 +45,13 @@ def test_curve_points_at_each_interval_with_metrics_usage_and_cpu_time(tmp_path:
     events = EventAccumulator(str(expdir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     assert [event.step for event in events.Scalars("curve/pesq_wb")] == [2, 4]
+    # The checkpoints scored again afterwards, with all of their 2 codebooks
+    from bin.learning_curve import main as curve_main
+
+    checkpoints = [str(expdir / f"checkpoint-{steps}steps.pkl") for steps in (2, 4)]
+    assert curve_main([*checkpoints, "--test", str(tmp_path / "corpus" / "curve"), "--max_files", "1",
+                       "--num_threads", "1", "--out", str(tmp_path / "again")]) == 0
+    assert [row["steps"] for row in json.loads((tmp_path / "again" / "curve.json").read_text())] == [2, 4]
 
 
 def test_cpu_budget_stops_with_a_checkpoint_and_resume_keeps_counting(tmp_path: Path) -> None:
@@ -126,3 +133,7 @@ def test_compare_runs_tables_and_plots_runs_from_their_curves(tmp_path: Path) ->
         compare_main([str(tmp_path / "out"), "--out", str(tmp_path / "x")])
     with pytest.raises(CodecError, match=r"--out .*/compare.md/x: cannot create it \(.*compare.md is a file\)"):
         compare_main([str(tmp_path / "a"), "--out", str(tmp_path / "out" / "compare.md" / "x")])
+    for broken in ("{bad", "[1, 2]", '{"points": 3, "files": []}'):
+        (tmp_path / "b" / "curve.json").write_text(broken)
+        with pytest.raises(CodecError, match=r"b/curve.json is not a learning curve the trainer wrote"):
+            compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "y")])

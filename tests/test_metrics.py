@@ -111,3 +111,6 @@ def test_stoi_of_a_too_short_clip_is_nan():
     short = speech_like_signal(0.3, SAMPLE_RATE)
     assert np.isnan(stoi(short, short, SAMPLE_RATE))
     assert np.isnan(stoi(short, short, SAMPLE_RATE, extended=True))
+    for samples in (1, 100, 255):  # under one of pystoi's frames, where it fails outright
+        tiny = speech_like_signal(1.0, 8000)[:samples]
+        assert np.isnan(stoi(tiny, tiny, 8000)) and np.isnan(stoi(tiny, tiny, 8000, extended=True))

@@ -623,6 +623,12 @@ def test_benchmark_rounds_from_the_command_line(tmp_path: Path) -> None:
     bad = subprocess.run([*command, "--compile", "on,sometimes"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == (
         "error: --compile 'on,sometimes': give a comma-separated list of off, on, generator, all")
+    for device in ("foo", "cuda:x", "mps"):
+        bad = subprocess.run([*command, "--device", device], capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 1 and bad.stderr.strip() == f"error: --device {device}: give cpu or cuda[:N]"
+    if torch.cuda.device_count() == 0:
+        bad = subprocess.run([*command, "--device", "cuda"], capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 1 and bad.stderr.strip().startswith("error: --device cuda: this machine shows no GPU")
 
 
 def test_the_gpu_training_check_writes_a_json_per_phase_and_setting(tmp_path: Path) -> None:

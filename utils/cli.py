@@ -62,6 +62,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         status = 130
+    except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to go
+        status = 128 + signal.SIGPIPE
     finally:
         if status:
             remove_unfilled_folders()

@@ -259,11 +259,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", default=TOOLKIT_ROOT, help="folder to install exp/ into (default: this toolkit)")
     parser.add_argument("--sha256", help="the archive's expected SHA-256 (default: the one recorded, if any)")
     parser.add_argument("--url", default=RELEASE_URL, help="where the release archive is (a mirror)")
+    parser.add_argument("--list-models", action="store_true", help="which models are installed where, and how to "
+                        "get the others; downloads nothing")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.list_models:
+        from utils.cli import list_models
+
+        list_models(os.path.abspath(args.root))
+        return
     download(select_models(args.names, args.all), os.path.abspath(args.root), args.url, args.sha256)
 
 

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 PESQ_SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac")
+STOI_RATE = 10000  # pystoi's internal sample rate
 METRIC_NAMES = ("pesq_wb", "stoi", "estoi", "si_sdr", "log_mel_distance")
 VISQOL_NAME = "visqol"
 
@@ -62,14 +63,19 @@ def stoi(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, extended
     from pystoi import stoi as pystoi_stoi
 
     reference, degraded = cut_to_common_length(reference, degraded)
+    name = "ESTOI" if extended else "STOI"
+    # pystoi works at 10 kHz in 256-sample frames, 128 apart: a clip too short for 30 of them, even
+    # before its silent frames go, is undefined (and under one frame, pystoi fails outright).
+    if reference.shape[-1] * STOI_RATE < (256 + 29 * 128) * sample_rate:
+        logger.warning("%s undefined for this clip (%.3f s, under 0.4 s): reported as NaN", name,
+                       reference.shape[-1] / sample_rate)
+        return math.nan
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         score = pystoi_stoi(reference.astype(np.float64), degraded.astype(np.float64), sample_rate, extended=extended)
     # pystoi signals a too-short clip only by a warning and a placeholder score of 1e-5.
     if any("Not enough STFT frames" in str(warning.message) for warning in caught):
-        logger.warning(
-            "%s undefined for this clip (too little active speech): reported as NaN", "ESTOI" if extended else "STOI"
-        )
+        logger.warning("%s undefined for this clip (too little active speech): reported as NaN", name)
         return math.nan
     return float(score)
 
@@ -222,6 +228,12 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
             f"no matching audio files: {len(references)} in {reference_dir}, {len(degraded)} in {degraded_dir}, "
             "none share a relative name"
         )
+    unscored = sorted(references.keys() - degraded.keys())
+    if unscored:  # a mean over fewer files than the reference set must not pass for the whole set's
+        shown = ", ".join(str(references[name].relative_to(reference_dir)) for name in unscored[:3])
+        logging.getLogger(__name__).warning(
+            "%d of %d reference files have no degraded file in %s and are not scored: %s%s", len(unscored),
+            len(references), degraded_dir, shown, ", ..." if len(unscored) > 3 else "")
     return [(str(references[name].relative_to(reference_dir)), references[name], degraded[name]) for name in names]
 
 
