@@ -82,3 +82,39 @@ def test_vocoder_normalizes_by_stats(tmp_path) -> None:
     assert y.shape == (2, 1, 1200) and y.abs().max() <= 1
     with pytest.raises(FileNotFoundError, match="statistics stage"):
         HiFiGAN(in_channels=8, stats=str(tmp_path / "missing.npy"))
+
+
+def test_encoder_and_decoder_checkpoints_must_fit_each_other(tmp_path) -> None:
+    """Coders, the test stage and the vocoder's analyzer refuse a pair of another rate or latent size
+    (it would write audio at the decoder's rate, twice as long, or fail deep inside the decoder)."""
+    import shutil
+
+    import yaml
+
+    from tests.conftest import MANIFEST, official_path
+    from trainer.analysis import load_analyzer
+    from trainer.synthesis import OfflineCodec
+    from utils.audiodec import StreamingCodec
+    from utils.checkpoint import check_codec_pair
+    from utils.errors import CodecError
+
+    entry = MANIFEST["vctk_v1"]
+    encoder, decoder = official_path(entry["encoder_checkpoint"]), official_path(entry["decoder_checkpoint"])
+    shutil.copy(decoder, tmp_path / "decoder.pkl")
+    config = yaml.safe_load(open(official_path(entry["decoder_checkpoint"]).rsplit("/", 1)[0] + "/config.yml"))
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({**config, "sampling_rate": 24000}))
+    other_rate = str(tmp_path / "decoder.pkl")
+    for build in (StreamingCodec.from_checkpoints, OfflineCodec):
+        with pytest.raises(CodecError, match=r"the encoder codes 48000 Hz audio but the decoder makes 24000 Hz"):
+            build(encoder, other_rate)
+    with pytest.raises(CodecError, match=r"the analyzer .* codes 48000 Hz audio but the recipe's sampling_rate is "
+                                         r"24000: give an analyzer trained at 24000 Hz"):
+        load_analyzer(encoder, 24000)
+    with pytest.raises(CodecError, match=r"gives latents of \d+ channels but the vocoder takes 7"):
+        load_analyzer(encoder, 48000, code_dim=7)
+    assert load_analyzer(encoder, 48000, code_dim=None) is not None
+    ours = {"sampling_rate": 8000, "model_type": "symAudioDec", "generator_params": {"code_dim": 16}}
+    theirs = {"sampling_rate": 8000, "model_type": "HiFiGAN", "generator_params": {"in_channels": 8}}
+    with pytest.raises(CodecError, match="the encoder gives latents of 16 channels but the decoder takes 8"):
+        check_codec_pair("e.pkl", ours, "d.pkl", theirs)
+    check_codec_pair("e.pkl", ours, "d.pkl", {**theirs, "generator_params": {"in_channels": 16}})

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import official_path
-from tests.test_trainer import save_recipe, tiny_recipe
+from tests.test_trainer import TINY_AUTOENCODER, save_recipe, tiny_recipe
 from trainer.builder import TrainOptions, run_training
 from utils.errors import CodecError
 
@@ -34,6 +34,17 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
                              "cannot build the symAudioDec discriminator from discriminator_params: .*'nope'"),
     "paradigm": ({"paradigm": "eficient"}, "paradigm 'eficient' is not one of efficient, joint: fix the config"),
     "start_steps": ({"start_steps": {"gen": 0}}, r"start_steps \{'gen': 0\}: give a mapping of generator and"),
+    "save_interval": ({"save_interval_steps": 0}, "save_interval_steps 0: give 1 or more"),
+    "log_interval": ({"log_interval_steps": -1}, "log_interval_steps -1: give 1 or more"),
+    "sampling_rate": ({"sampling_rate": "8000"}, "sampling_rate '8000' is not a whole number: fix the config"),
+    "quoted_switch": ({"use_mel_loss": "false"}, "use_mel_loss 'false' is not true or false \\(unquoted\\)"),
+    "quoted_padding": ({"pad_short": "no"}, "pad_short 'no' is not true or false"),
+    "params_list": ({"generator_params": [1, 2]}, "generator_params is a list, not a mapping of settings"),
+    "codebooks": ({"generator_params": {**TINY_AUTOENCODER["generator_params"], "codebook_num": 0}},
+                  "cannot build symAudioDec from generator_params: codebook_num 0: give 1 or more"),
+    "model_type": ({"model_type": "bogus"}, "unknown model_type 'bogus': use one of symAudioDec, .*: fix the config"),
+    "curve_list": ({"learning_curve": [1]}, r"learning_curve is \[1\], not a mapping \(interval_steps, subset"),
+    "curve_interval": ({"learning_curve": {"interval_steps": "x"}}, "learning_curve.interval_steps 'x': give a whole"),
 }
 
 
@@ -50,6 +61,12 @@ def test_a_wrong_setting_stops_before_training_with_one_error(tmp_path: Path, ca
     assert_stops(tiny_recipe(tmp_path, **change), tmp_path, message)
 
 
+def test_a_recipe_without_its_sampling_rate_is_not_trained(tmp_path: Path) -> None:
+    config = tiny_recipe(tmp_path)
+    del config["sampling_rate"]
+    assert_stops(config, tmp_path, r"is not a training recipe \(no sampling_rate\)")
+
+
 def test_a_config_of_another_kind_is_not_trained(tmp_path: Path) -> None:
     statistic = {key: tiny_recipe(tmp_path)[key] for key in ("sampling_rate", "data")}
     assert_stops(statistic, tmp_path, r"is not a training recipe \(no model_type, generator_params, ")
@@ -57,6 +74,9 @@ def test_a_config_of_another_kind_is_not_trained(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("option, value, message", [
     ("tag", "", "--tag '': give a folder name under --exp_root"),
+    ("tag", ".", "--tag '.': give a folder name under --exp_root"),
+    ("seed", -1, r"--seed -1: give a number in 0..4294967295"),
+    ("seed", 2**32, r"--seed 4294967296: give a number in 0..4294967295"),
     ("tag", "../elsewhere", "not empty, absolute or with '..'"),
     ("tag", "/abs/olute", "not empty, absolute or with '..'"),
     ("ngpu", -1, "--ngpu -1: give the GPUs per node, or 0 to train on the CPU"),

@@ -240,6 +240,34 @@ def test_loader_workers_start_without_fork(tmp_path: Path, method: str) -> None:
         assert torch.equal(tensor, generator_tensors(started / "checkpoint-4steps.pkl")[key]), key
 
 
+def test_resuming_with_another_optimizer_is_refused_before_training(autoencoder_run, tmp_path: Path) -> None:
+    """Adam's state would load into SGD, and the first step fail on its missing momentum."""
+    root, expdir = autoencoder_run
+    sgd = tiny_recipe(root, generator_optimizer_type="SGD", generator_optimizer_params={"lr": 0.1})
+    with pytest.raises(CodecError, match=r"checkpoint-2steps.pkl was trained with Adam as generator_optimizer_type, "
+                                         r"the config names SGD: resume with the config it was trained with"):
+        train(sgd, root, "autoencoder/sgd", resume=str(expdir / "checkpoint-2steps.pkl"))
+    state = torch.load(expdir / "checkpoint-2steps.pkl", map_location="cpu", weights_only=True)
+    assert state["optimizer_types"] == {"generator": "Adam", "discriminator": "Adam"}
+    del state["optimizer_types"]  # as checkpoints written before it was recorded
+    torch.save(state, tmp_path / "older.pkl")
+    with pytest.raises(CodecError, match=r"older.pkl was trained with an optimizer with amsgrad, betas, eps, lr, "
+                                         r"weight_decay as generator_optimizer_type, the config names SGD"):
+        train(sgd, root, "autoencoder/sgd", resume=str(tmp_path / "older.pkl"))
+    assert not (root / "exp" / "autoencoder" / "sgd").exists()
+
+
+def test_a_run_whose_weights_stop_being_finite_stops_without_a_checkpoint(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    sf.write(tmp_path / "corpus" / "train" / "broken.wav", np.full(800, np.nan, np.float32), SAMPLE_RATE,
+             subtype="FLOAT")  # (the training data's headers are checked; its samples are not read up front)
+    with pytest.raises(CodecError, match=r"training diverged at step \d+: the generator weights are no longer finite "
+                                         r"\(.*too\); check the data for NaN or infinite samples or lower the learning "
+                                         r"rate: no checkpoint was written"):
+        train(recipe, tmp_path, "diverged")
+    assert not list((tmp_path / "exp" / "diverged").glob("checkpoint-*"))
+
+
 def test_resume_auto_and_bad_resume_paths(tmp_path: Path) -> None:
     assert resolve_resume("auto", tmp_path) is None
     for steps in (2, 10, 4):

@@ -21,17 +21,26 @@ from utils.files import atomic_output, make_output_folder
 logger = logging.getLogger(__name__)
 
 
-def load_analyzer(checkpoint: str) -> nn.Module:
-    """The AudioDec generator of ``checkpoint``, in eval mode with gradients off.
+def load_analyzer(checkpoint: str, sample_rate: int | None = None, code_dim: int | None = None) -> nn.Module:
+    """The AudioDec generator of ``checkpoint``, in eval mode with gradients off; where given, it must
+    code audio at ``sample_rate`` into latents of ``code_dim`` channels (what the recipe reads and feeds).
 
     Raises:
-        CodecError: no such checkpoint, or it is not an AudioDec autoencoder.
+        CodecError: no such checkpoint, not an AudioDec autoencoder, or another rate or latent size.
     """
     if not checkpoint or not Path(checkpoint).is_file():
         raise CodecError(
             f"analyzer checkpoint '{checkpoint}' not found: train the autoencoder first or fix 'analyzer' in the config"
         )
-    analyzer, _ = load_autoencoder(checkpoint, role="analyzer")
+    analyzer, config = load_autoencoder(checkpoint, role="analyzer")
+    rate = int(config["sampling_rate"])
+    if sample_rate is not None and rate != int(sample_rate):
+        raise CodecError(f"the analyzer {checkpoint} codes {rate} Hz audio but the recipe's sampling_rate is "
+                         f"{sample_rate}: give an analyzer trained at {sample_rate} Hz")
+    latent = int(config["generator_params"]["code_dim"])
+    if code_dim is not None and latent != int(code_dim):
+        raise CodecError(f"the analyzer {checkpoint} gives latents of {latent} channels but the vocoder takes "
+                         f"{code_dim} (generator_params.in_channels): make them equal")
     logger.info("Loaded the analyzer from %s", checkpoint)
     return analyzer
 
@@ -96,7 +105,7 @@ def compute_code_statistics(
     Returns:
         float32 array (2, code_dim): row 0 the mean, row 1 the scale (standard deviation).
     """
-    analyzer = load_analyzer(config.get("analyzer", "")).to(device)
+    analyzer = load_analyzer(config.get("analyzer", ""), config.get("sampling_rate")).to(device)
     try:
         dataset = build_dataset(config, subset, subset_num=subset_num)
         dataset.check_channels(analyzer.input_channels, "the analyzer (its generator_params.input_channels)")

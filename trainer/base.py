@@ -190,6 +190,28 @@ def _no_sync(module: nn.Module, skip: bool) -> contextlib.AbstractContextManager
     return module.no_sync() if skip and isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
 
 
+# Keys of an optimizer's settings that torch releases add or drop; the others tell the optimizer apart.
+_VERSION_KEYS = {"params", "initial_lr", "foreach", "maximize", "capturable", "differentiable", "fused",
+                 "decoupled_weight_decay"}
+
+
+def _check_same_optimizer(path: str | Path, name: str, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Refuse to resume ``name``'s optimizer from a checkpoint of another kind of optimizer (its state
+    would load, and the first step fail on a setting it lacks): by the type the checkpoint names, or,
+    in one written before it named them, by its settings."""
+    ours = type(optimizer).__name__
+    theirs = (state.get("optimizer_types") or {}).get(name)
+    if theirs is None:
+        groups = state["optimizer"][name].get("param_groups") or [{}]
+        settings = set(groups[0]) - _VERSION_KEYS
+        if settings == set(optimizer.param_groups[0]) - _VERSION_KEYS:
+            return
+        theirs = f"an optimizer with {', '.join(sorted(settings))}"
+    if theirs != ours:
+        raise CodecError(f"{path} was trained with {theirs} as {name}_optimizer_type, the config names {ours}: "
+                         "resume with the config it was trained with, or start from its parameters (--initial)")
+
+
 class GANTrainer:
     """Generator/discriminator training loop; flavours override the hooks marked below.
 
@@ -656,6 +678,24 @@ class GANTrainer:
         for name, optimizer in self.optimizers.items():
             means[f"learning_rate/{name}"] = optimizer.param_groups[0]["lr"]
         self._write_scalars(means)
+        self._check_finite(means)
+
+    def _check_finite(self, means: Mapping[str, float] | None = None) -> None:
+        """Stop a run whose weights are no longer finite (non-finite samples in the data, a learning rate
+        too high), before it writes such a checkpoint: every later step would be as lost. The weights are
+        the same on every rank, so every rank stops here alike."""
+        broken = [role for role, network in (("generator", self.generator), ("discriminator", self.discriminator))
+                  if not torch.stack([torch.isfinite(p).all() for p in network.parameters()]).all().item()]
+        if not broken:
+            return
+        losses = [name for name, value in (means or {}).items() if not math.isfinite(value)][:3]
+        last = (f"the last checkpoint is {checkpoint_path(self.expdir, self.last_saved_steps)}"
+                if self.last_saved_steps else "no checkpoint was written")
+        raise CodecError(
+            f"training diverged at step {self.steps}: the {' and '.join(broken)} weights are no longer finite"
+            f"{' (' + ', '.join(losses) + ' too)' if losses else ''}; check the data for NaN or infinite samples "
+            f"or lower the learning rate: {last}"
+        )
 
     def _write_scalars(self, values: Mapping[str, float]) -> None:
         if not self.context.is_main:
@@ -716,7 +756,8 @@ class GANTrainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The checkpoint, in the original layout (plus ``rng``, ``data`` and, in fp16, ``scaler``)."""
+        """The checkpoint, in the original layout (plus ``rng``, ``data``, ``train_seconds``,
+        ``optimizer_types`` and, in fp16, ``scaler``)."""
         state = {
             "model": {
                 "generator": generator_state_dict(self.generator),
@@ -729,6 +770,7 @@ class GANTrainer:
             "rng": capture_rng_state(),
             "data": self.data.state_dict(),
             "train_seconds": dict(self.train_seconds),
+            "optimizer_types": {name: type(optimizer).__name__ for name, optimizer in self.optimizers.items()},
         }
         if self.scalers:
             state["scaler"] = {name: scaler.state_dict() for name, scaler in self.scalers.items()}
@@ -736,7 +778,11 @@ class GANTrainer:
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint-<steps>steps.pkl`` (rank 0, atomically; once per step)."""
-        if not self.context.is_main or self.last_saved_steps == self.steps:
+        if self.last_saved_steps == self.steps:
+            return
+        self._check_finite()
+        if not self.context.is_main:
+            self.last_saved_steps = self.steps  # (rank 0's file)
             return
         path = checkpoint_path(self.expdir, self.steps)
         atomic_torch_save(self.state_dict(), str(path))
@@ -758,6 +804,7 @@ class GANTrainer:
             logger.info("Initialized the parameters from %s", path)
             return
         for name, optimizer in self.optimizers.items():
+            _check_same_optimizer(path, name, optimizer, state)
             optimizer.load_state_dict(state["optimizer"][name])
         for name, scheduler in self.schedulers.items():
             scheduler.load_state_dict(state["scheduler"][name])

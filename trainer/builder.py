@@ -73,9 +73,11 @@ class TrainOptions:
         """Refuse a value the run could only misread (a count of 0 read as unset, a negative budget that
         trains nothing) with one line."""
         tag = PurePath(self.tag)
-        if not self.tag or tag.is_absolute() or ".." in tag.parts:
+        if not tag.parts or tag.is_absolute() or ".." in tag.parts:  # "" and "." have no parts
             raise CodecError(f"--tag {self.tag!r}: give a folder name under --exp_root (e.g. autoencoder/mine), "
                              "not empty, absolute or with '..'")
+        if not 0 <= self.seed < 2**32:
+            raise CodecError(f"--seed {self.seed}: give a number in 0..{2**32 - 1}")
         if self.ngpu is not None and self.ngpu < 0:
             raise CodecError(f"--ngpu {self.ngpu}: give the GPUs per node, or 0 to train on the CPU")
         for option in ("batch_size_per_rank", "micro_batch", "threads"):
@@ -107,10 +109,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-TRAINING_KEYS = ("model_type", "generator_params", "discriminator_params", "batch_size", "batch_length",
-                 "train_max_steps")
-WHOLE_NUMBER_KEYS = ("batch_size", "batch_length", "adv_batch_length", "train_max_steps", "adv_train_max_steps",
-                     "save_interval_steps", "eval_interval_steps", "log_interval_steps", "num_workers")
+TRAINING_KEYS = ("model_type", "sampling_rate", "generator_params", "discriminator_params", "batch_size",
+                 "batch_length", "train_max_steps")
+WHOLE_NUMBER_KEYS = ("sampling_rate", "batch_size", "batch_length", "adv_batch_length", "train_max_steps",
+                     "adv_train_max_steps", "save_interval_steps", "eval_interval_steps", "log_interval_steps",
+                     "num_workers")
+# Counts that are divided by or stepped with: 0 has no meaning there
+POSITIVE_KEYS = ("sampling_rate", "batch_size", "batch_length", "save_interval_steps", "eval_interval_steps",
+                 "log_interval_steps")
+SWITCH_KEYS = ("pad_short", "pin_memory")  # and every use_* key: YAML's "false" in quotes is a true string
 
 
 def _is_number(value: Any) -> bool:
@@ -135,6 +142,15 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         value = config.get(key)
         if value is not None and not (_is_number(value) and value == int(value)):
             raise CodecError(f"{path}: {key} {value!r} is not a whole number: fix the config")
+        if value is not None and key in POSITIVE_KEYS and value < 1:
+            raise CodecError(f"{path}: {key} {value!r}: give 1 or more")
+    for key in [key for key in config if key.startswith("use_") or key in SWITCH_KEYS]:
+        if config[key] is not None and not isinstance(config[key], bool):
+            raise CodecError(f"{path}: {key} {config[key]!r} is not true or false (unquoted): fix the config")
+    for key in ("generator_params", "discriminator_params"):
+        if not isinstance(config[key], dict):
+            raise CodecError(f"{path}: {key} is a {type(config[key]).__name__}, not a mapping of settings: "
+                             "fix the config")
     data = config.get("data")
     if not isinstance(data, dict) or "path" not in data or not isinstance(data.get("subset"), dict):
         raise CodecError(f"{path}: data needs a path and a subset mapping (train, valid, test folders or lists): "

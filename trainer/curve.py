@@ -86,9 +86,14 @@ class LearningCurve:
 
     def __init__(self, params: Mapping[str, Any], data_root: str | Path, sample_rate: int, hop: int,
                  expdir: str | Path, delay: int = 0) -> None:
+        if not isinstance(params, Mapping):
+            raise CodecError(f"learning_curve is {params!r}, not a mapping (interval_steps, subset, files): "
+                             "fix the config")
+        for key, default in (("interval_steps", 500), ("files", 48)):
+            value = params.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise CodecError(f"learning_curve.{key} {value!r}: give a whole number above 0")
         self.interval = int(params.get("interval_steps", 500))
-        if self.interval <= 0:
-            raise CodecError("learning_curve.interval_steps must be a positive number of steps")
         subset = Path(params.get("subset", "dev"))
         folder = subset if subset.is_absolute() or subset.exists() else Path(data_root) / subset
         self.files = curve_files(folder, int(params.get("files", 48)))

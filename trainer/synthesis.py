@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dataloader import build_dataset
 from models.registry import AUTOENCODER_TYPES
 from trainer.analysis import quantized_latent
-from utils.checkpoint import load_autoencoder, load_generator
+from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator
 from utils.errors import CodecError
 from utils.files import make_output_folder
 
@@ -57,6 +57,7 @@ class OfflineCodec:
     def __init__(self, encoder_checkpoint: str, decoder_checkpoint: str, device: str | torch.device = "cpu") -> None:
         self.encoder, self.encoder_config = load_autoencoder(encoder_checkpoint)
         self.decoder, self.decoder_config = load_generator(decoder_checkpoint)
+        check_codec_pair(encoder_checkpoint, self.encoder_config, decoder_checkpoint, self.decoder_config)
         self.device = torch.device(device)
         self.encoder.to(self.device)
         self.decoder.to(self.device)

@@ -22,7 +22,10 @@ class VocoderTrainer(GANTrainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.analyzer = load_analyzer(self.config.get("analyzer", "")).to(self.device)
+        self.analyzer = load_analyzer(
+            self.config.get("analyzer", ""), self.config["sampling_rate"],
+            (self.config.get("generator_params") or {}).get("in_channels"),
+        ).to(self.device)
         self.generator_start = int(self.config.get("generator_train_start_steps", 0))
         self.discriminator_start = int(self.config.get("discriminator_train_start_steps", 0))
 

@@ -22,7 +22,7 @@ from torch import nn
 from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from utils.bitstream.bits import bits_per_code
-from utils.checkpoint import load_autoencoder, load_generator, output_delay, state_hash
+from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator, output_delay, state_hash
 from utils.errors import CodecError
 from utils.registry import get_entry, resolve
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, precision_problem, streaming_steps
@@ -114,11 +114,8 @@ class StreamingCodec:
         if encoder.mode != "causal":
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
         decoder, decoder_config = load_generator(decoder_checkpoint)
+        check_codec_pair(encoder_checkpoint, encoder_config, decoder_checkpoint, decoder_config)
         rate = int(encoder_config["sampling_rate"])
-        decoder_rate = int(decoder_config.get("sampling_rate", rate))
-        if decoder_rate != rate:
-            raise CodecError(f"the encoder codes {rate} Hz audio but the decoder makes {decoder_rate} Hz "
-                             f"({encoder_checkpoint}, {decoder_checkpoint}): pick a matching pair")
         codec = cls(
             encoder, decoder, rate, name=name, device=device, precision=precision,
             backend=backend, output_delay=output_delay(decoder_config),

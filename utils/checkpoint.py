@@ -81,11 +81,18 @@ def build_generator(config: dict[str, Any], inference: bool = True) -> nn.Module
     for key in ("model_type", "generator_params"):
         if key not in config:
             raise CodecError(f"the config has no '{key}': it is not an AudioDec recipe")
+    if not isinstance(config["generator_params"], dict):
+        raise CodecError(f"generator_params is a {type(config['generator_params']).__name__}, not a mapping of the "
+                         "generator's settings: fix the config")
     params = dict(config["generator_params"])
     model_type = config["model_type"]
     if inference and "stats" in params:
         params["load_stats"] = False
-    return built_from_config(generator_class(model_type), "generator_params", params, name=model_type)
+    try:
+        cls = generator_class(model_type)
+    except ValueError as error:
+        raise CodecError(f"{error}: fix the config") from None
+    return built_from_config(cls, "generator_params", params, name=model_type)
 
 
 def load_state_strictly(
@@ -132,6 +139,24 @@ def load_generator(checkpoint: str, inference: bool = True) -> tuple[nn.Module, 
         model.eval()
         model.requires_grad_(False)
     return model, config
+
+
+def check_codec_pair(
+    encoder: str, encoder_config: dict[str, Any], decoder: str, decoder_config: dict[str, Any]
+) -> None:
+    """Raise CodecError unless the decoder checkpoint takes what the encoder checkpoint gives: audio at
+    the same rate, latents of the same number of channels."""
+    rate = int(encoder_config["sampling_rate"])
+    decoder_rate = int(decoder_config.get("sampling_rate", rate))
+    if decoder_rate != rate:
+        raise CodecError(f"the encoder codes {rate} Hz audio but the decoder makes {decoder_rate} Hz "
+                         f"({encoder}, {decoder}): pick a matching pair")
+    latent = encoder_config["generator_params"].get("code_dim")
+    params = decoder_config["generator_params"]
+    taken = params.get("code_dim" if decoder_config["model_type"] in AUTOENCODER_TYPES else "in_channels")
+    if latent is not None and taken is not None and int(latent) != int(taken):
+        raise CodecError(f"the encoder gives latents of {latent} channels but the decoder takes {taken} "
+                         f"({encoder}, {decoder}): pick a matching pair")
 
 
 def load_autoencoder(

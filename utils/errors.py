@@ -22,9 +22,13 @@ def built_from_config(cls: Callable[..., Any], key: str, params: Mapping[str, An
                       name: str | None = None) -> Any:
     """``cls(*args, **params)``, where ``params`` are the config's ``key``: a name or value there that
     ``cls`` refuses is the config's error (one line naming ``name``, default the class's), not a traceback."""
+    if not isinstance(params, Mapping):
+        raise CodecError(f"{key} is a {type(params).__name__}, not a mapping of {name or cls.__name__}'s settings: "
+                         "fix the config")
     try:
         return cls(*args, **params)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as error:
+        # a size of 0, say, fails in torch (an empty stack) or in arithmetic, not in a check of the class's
         raise CodecError(f"cannot build {name or cls.__name__} from {key}: {error}: fix the config") from None
 
 

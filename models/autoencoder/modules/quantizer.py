@@ -25,6 +25,10 @@ class Quantizer(nn.Module):
         super().__init__()
         if model != "residual_vq":
             raise ValueError(f"unknown quantizer '{model}': only 'residual_vq' exists")
+        for name, value, least in (("codebook_num", codebook_num, 1), ("codebook_size", codebook_size, 2),
+                                   ("code_dim", code_dim, 1)):
+            if value < least:
+                raise ValueError(f"{name} {value}: give {least} or more")
         self.codebook = ResidualVQ(
             num_quantizers=codebook_num, dim=code_dim, codebook_size=codebook_size, kmeans_init=kmeans_init,
             kmeans_iters=kmeans_iters, threshold_ema_dead_code=threshold_ema_dead_code,
