@@ -14,6 +14,8 @@ How the steps run (native engine, TorchScript, eager) is chosen in `utils.runtim
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -226,7 +228,7 @@ class StreamingCodec:
             raise CodecError(f"samples are floats in [-1, 1], got {x.dtype}: scale integer ones (int16: x / 32768)")
         if chunk and x.shape[-1] % self.hop_length:
             raise CodecError(f"chunk of {x.shape[-1]} samples is not a multiple of the hop ({self.hop_length})")
-        if not torch.isfinite(x).all():
+        if not math.isfinite(x.sum(dtype=torch.float32)):  # one reduction: finite unless a sample is not
             raise CodecError("the chunk holds NaN or infinite samples: the codec codes finite ones")
 
     def _transmit(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,9 +252,11 @@ class StreamingCodec:
             raise CodecError(f"codes must be a tensor (streams, 1..{self.n_codebooks}, frames), got {got}")
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise CodecError(f"codes are integers, got {codes.dtype}: give the indices the encoder gave")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise CodecError(f"codes must lie in [0, {self.codebook_size}), got [{codes.min()}, {codes.max()}]: "
-                             "these are not this model's codes")
+        if codes.numel():
+            least, most = (int(value) for value in torch.aminmax(codes))
+            if least < 0 or most >= self.codebook_size:
+                raise CodecError(f"codes must lie in [0, {self.codebook_size}), got [{least}, {most}]: "
+                                 "these are not this model's codes")
 
     def _receive(self, codes: torch.Tensor) -> torch.Tensor:
         """The receiver's step outside the native engine: codes -> latent -> waveform chunk."""
