@@ -22,6 +22,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "models": {"layers"},
     "losses": {"layers"},
     "utils.errors": set(),
+    "utils.install_requirements": set(),  # runs before anything is installed: the standard library only
     "utils.files": {"utils.errors"},
     "utils.audio": BASE,
     "utils.registry": BASE,
