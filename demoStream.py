@@ -21,6 +21,7 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
 
 import argparse
 import logging
+import math
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CodecError("give --send or --receive, not both (run two processes)")
     if args.receive is not None and not 0 < args.receive < 65536:
         raise CodecError(f"--receive {args.receive}: give a port in 1..65535")
-    if not args.max_latency >= 0:  # also NaN
+    if not 0 <= args.max_latency < math.inf:  # also NaN
         raise CodecError(f"--max_latency {args.max_latency}: give seconds, 0 or more (0: never drop frames)")
     for option in ("duration", "idle_timeout"):
         value = getattr(args, option)
@@ -117,7 +118,7 @@ def run_receiver(args: argparse.Namespace) -> None:
     if play:
         stream.check_device("output", device, codec.output_channels, codec.sample_rate)
     sock = stream.bind_udp(args.bind, args.receive)
-    receiver = stream.Receiver(codec, sock, args.expect_frames, args.idle_timeout)
+    receiver = stream.Receiver(codec, sock, args.expect_frames, args.idle_timeout, duration=args.duration)
     logging.info(f"listening on {args.bind}:{args.receive}")
     stream.receive(receiver, device, play)
     _dump(args.output, receiver.output_audio(), codec.sample_rate)

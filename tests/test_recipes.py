@@ -191,6 +191,9 @@ def test_training_options_reach_the_trainer(stub_python: dict) -> None:
     ("submit_vocoder.sh", ["--nnodes", "0"], "--nnodes must be a whole number of 1 or more, not '0'"),
     ("submit_codec.sh", ["--start", "x"], "--start must be a whole number, not 'x'"),
     ("submit_codec.sh", ["--stop", "4.5"], "--stop must be a whole number, not '4.5'"),
+    ("submit_codec.sh", ["--encoder_checkpoint", "latest"], "--encoder_checkpoint must be a whole number of 0 or "
+                                                            "more, not 'latest'"),
+    ("submit_vocoder.sh", ["--decoder_checkpoint", "-5"], "--decoder_checkpoint must be a whole number of 0 or more"),
 ])  # fmt: skip
 def test_a_wrong_stage_or_count_is_one_line_before_anything_runs(stub_python: dict, script: str, args: list[str],
                                                                  message: str) -> None:
@@ -198,6 +201,15 @@ def test_a_wrong_stage_or_count_is_one_line_before_anything_runs(stub_python: di
     assert bad.returncode != 0 and "RUN " not in bad.stdout
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{script}: {message}"), bad.stderr
+
+
+def test_checkpoint_steps_are_decimal(stub_python: dict) -> None:
+    """09 and 010 are steps 9 and 10 (bash arithmetic read them as octal: an error, and 8)."""
+    result = bash("submit_codec.sh", "--start", "3", "--stop", "3", "--encoder_checkpoint", "010",
+                  "--decoder_checkpoint", "09", "--dry-run", env=stub_python)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert "/checkpoint-10steps.pkl --decoder " in line and "/checkpoint-19steps.pkl " in line
 
 
 def test_a_local_dry_run_prints_the_commands_and_runs_none(stub_python: dict) -> None:

@@ -181,8 +181,8 @@ def test_bad_worker_threads_option(python: str) -> None:
     assert_clean_failure(run_stream(python, "--input_file", INPUT, "--worker_threads", "0"), "--worker_threads")
 
 
-@pytest.mark.parametrize("option, value", [("--max_latency", "-1"), ("--duration", "0"), ("--idle_timeout", "-2"),
-                                           ("--expect_frames", "0")])
+@pytest.mark.parametrize("option, value", [("--max_latency", "-1"), ("--max_latency", "inf"), ("--duration", "0"),
+                                           ("--idle_timeout", "-2"), ("--expect_frames", "0")])
 def test_bad_time_and_count_options(python: str, option: str, value: str) -> None:
     assert_clean_failure(run_stream(python, "--input_file", INPUT, option, value), f"{option} {value}")
 

@@ -133,3 +133,15 @@ def test_bad_receive_port(python: str, port: str) -> None:
     result = subprocess.run([python, os.path.join(REPO, "demoStream.py"), *MODEL, "--receive", port],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_a_receiver_stops_after_its_duration(python: str, tmp_path) -> None:
+    """--duration bounds a receiver as it bounds the other live modes: no sender here, and it stops, writes
+    what it has (nothing: an empty file) and exits 0."""
+    output = tmp_path / "out.wav"
+    receiver = start_receiver(python, free_port(), str(output), "--duration", "1")
+    started = time.monotonic()
+    out, err = finish(receiver, timeout=60)
+    assert receiver.returncode == 0, err
+    assert time.monotonic() - started < 30 and "1 s passed: stopping" in err
+    assert output.exists()

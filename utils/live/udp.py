@@ -200,11 +200,13 @@ class Receiver:
     """
 
     def __init__(self, codec: StreamingCodec, sock: socket.socket, expect_frames: int | None = None,
-                 idle_timeout: float | None = None, play: Callable[[np.ndarray], None] | None = None) -> None:
+                 idle_timeout: float | None = None, play: Callable[[np.ndarray], None] | None = None,
+                 duration: float | None = None) -> None:
         self.codec = codec
         self.socket = sock
         self.expect_frames = expect_frames
         self.idle_timeout = idle_timeout
+        self.duration = duration
         self.play = play
         self.bits = bits_per_code(codec.codebook_size)
         self.fade_samples = max(1, int(FADE_SECONDS * codec.sample_rate))
@@ -228,11 +230,16 @@ class Receiver:
         return max(self.streams, 1) * self.codec.output_channels
 
     def run(self) -> None:
-        """Receive until END, --expect_frames packets, --idle_timeout seconds of silence, or stop()."""
+        """Receive until END, --expect_frames packets, --idle_timeout seconds of silence, --duration
+        seconds from the start, or stop()."""
         self.codec.reset(1)
         last_packet = time.monotonic()
+        deadline = None if self.duration is None else last_packet + self.duration
         self.socket.settimeout(POLL_SECONDS * 2)
         while not self.stopped.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                logging.info(f"{self.duration:g} s passed: stopping")
+                return
             try:
                 datagram = self.socket.recv(65536)
             except TimeoutError:

@@ -10,6 +10,12 @@ launcher_init
 [ -z "${nnodes+set}" ] || recipe_whole_number nnodes 1
 [ -z "${start+set}" ] || recipe_whole_number start
 [ -z "${stop+set}" ] || recipe_whole_number stop
+for checkpoint in encoder_checkpoint decoder_checkpoint; do  # steps in file names, and summed by submit_codec.sh
+    if [ -n "${!checkpoint+set}" ]; then
+        recipe_whole_number "${checkpoint}" 0
+        printf -v "${checkpoint}" '%d' "$((10#${!checkpoint}))"  # 010 is ten steps, not octal 8
+    fi
+done
 if [ -n "${exp_root:-}" ]; then
     exp=${exp_root}
 fi
