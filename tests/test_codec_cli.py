@@ -337,3 +337,25 @@ def test_outputs_that_name_folders_or_exist_are_refused_before_the_work(tmp_path
     assert _one_error_line(codec_cli(python, *fit, "-o", str(tmp_path / "t2"), "--max_files", "0")) == \
         "error: --max_files 0: give 1 or more"
     assert sorted(os.listdir(tmp_path)) == ["table.entropy", "train"]
+
+
+def test_the_test_stage_takes_a_models_output_delay_off_too(tmp_path) -> None:
+    """codecTest.py's offline pass of a model trained with output_delay: D codes D more samples and
+    scores its output from sample D on, aligned with the input (its metrics were of a lagging copy)."""
+    import shutil
+
+    import yaml
+
+    from trainer.synthesis import OfflineCodec
+
+    entry = MANIFEST["vctk_sym"]
+    shutil.copy(official_path(entry["decoder_checkpoint"]), tmp_path / "decoder.pkl")
+    config = yaml.safe_load(open(os.path.join(os.path.dirname(official_path(entry["decoder_checkpoint"])),
+                                              "config.yml")))  # fmt: skip
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({**config, "output_delay": 137}))
+    delayed = OfflineCodec(official_path(entry["encoder_checkpoint"]), str(tmp_path / "decoder.pkl"))
+    plain = OfflineCodec(official_path(entry["encoder_checkpoint"]), official_path(entry["decoder_checkpoint"]))
+    data, _ = sf.read(official_path("input", "test_48k.wav"), always_2d=True, dtype="float32")
+    data = data[:12345]
+    lagging = plain.code(np.pad(data, ((0, 137), (0, 0))))
+    np.testing.assert_array_equal(delayed.code(data), lagging[137:])

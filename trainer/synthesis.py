@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dataloader import build_dataset
 from models.registry import AUTOENCODER_TYPES
 from trainer.analysis import quantized_latent
-from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator
+from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator, output_delay
 from utils.errors import CodecError
 from utils.files import make_output_folder
 
@@ -65,18 +65,23 @@ class OfflineCodec:
         self.synthesize = self.decoder.decoder if is_autoencoder else self.decoder
         self.hop_length = self.encoder.hop_length
         self.sample_rate = int(self.decoder_config["sampling_rate"])
+        # A model trained with output_delay: D lags its input by D samples: coded with D more, taken off
+        # the front, as the coders do (0 for the original's models, whose outputs this keeps).
+        self.delay = output_delay(self.decoder_config)
 
     @torch.no_grad()
     def code(self, audio: np.ndarray) -> np.ndarray:
-        """Samples (T, C) -> coded samples (T, C_out): zero-padded to a multiple of the hop, cut back to T.
+        """Samples (T, C) -> coded samples (T, C_out): zero-padded (by the output delay, then to a multiple
+        of the hop), and the output cut back to T from its delay on.
 
         A mono model codes each channel on its own (channels as the batch), as the original.
         """
         signal = torch.from_numpy(np.ascontiguousarray(audio.T)).float().to(self.device)
         signal = signal.unsqueeze(0) if self.encoder.input_channels > 1 else signal.unsqueeze(1)
         length = signal.shape[-1]
-        padded = F.pad(signal, (0, -length % self.hop_length))
-        output = self.synthesize(quantized_latent(self.encoder, padded))[..., :length]
+        coded = length + self.delay
+        padded = F.pad(signal, (0, coded - length + -coded % self.hop_length))
+        output = self.synthesize(quantized_latent(self.encoder, padded))[..., self.delay:self.delay + length]
         return output.reshape(-1, length).T.cpu().numpy()
 
 
