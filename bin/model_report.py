@@ -52,6 +52,8 @@ def _numbers(text: str, kind: type, what: str) -> list:
         raise CodecError(f"{what} '{text}': give a comma-separated list of numbers, e.g. 8,4,2,1") from None
     if not values:
         raise CodecError(f"{what} is empty: give at least one value")
+    if len(set(values)) < len(values):  # a row scored twice, under one name
+        raise CodecError(f"{what} '{text}' names a value twice: give each once")
     return values
 
 
@@ -80,6 +82,7 @@ def test_files(folder: str, max_files: int, every: int = 1) -> list[Path]:
     if not files:
         raise CodecError(f"no audio files under {folder}")
     check_at_least("every", every, 1)
+    check_at_least("max_files", max_files, 0, " (0: all)")
     files = files[::every]
     return files[:max_files] if max_files > 0 else files
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -140,6 +141,15 @@ def test_bad_models_and_inputs():
         model.encode(np.zeros((1, 3, 5), dtype=np.int64))
     with pytest.raises(ValueError, match=r"lie in \[0, 64\)"):
         model.encode(np.full((1, 2, 5), 64))
+    with pytest.raises(ValueError, match="codes are integers, got dtype float64"):
+        EntropyModel.fit([np.array([[1.7, 2.2]])], 64)  # (counted as 1 and 2, silently)
+    with pytest.raises(ValueError, match="codes are integers, got dtype float64"):
+        model.encode(np.full((1, 2, 5), 1.5))
+    for flat in (np.array([1, 2, 3]), [np.int64(3)]):
+        with pytest.raises(ValueError, match=r"each example must be \(K, frames\) codes"):
+            EntropyModel.fit(flat, 64)
+    with pytest.raises(ValueError, match="give 1 or more channels and 0 or more frames"):
+        model.decode(model.encode(np.zeros((1, 2, 0), np.int64)), 1, 2, -1)
 
 
 def test_table_serialization(tmp_path):
@@ -159,6 +169,15 @@ def test_table_serialization(tmp_path):
         EntropyModel.from_bytes(bytes(data[:-3]))
     with pytest.raises(BitstreamError, match="does not exist"):
         EntropyModel.load(tmp_path / "missing.adce")
+    never = bytearray(model.to_bytes()[:-4])
+    never[4] = 0  # version 0, with a CRC that matches
+    never += zlib.crc32(bytes(never)).to_bytes(4, "big")
+    with pytest.raises(BitstreamError, match="entropy table version 0 was never written"):
+        EntropyModel.from_bytes(bytes(never))
+    with pytest.raises(BitstreamError, match="is a folder: give the table's file"):
+        EntropyModel.load(tmp_path)
+    with pytest.raises(BitstreamError, match="it names a folder: give a file name"):
+        model.save(tmp_path)
 
 
 def test_corrupt_payload_raises_or_decodes_garbage_but_never_crashes_or_hangs():

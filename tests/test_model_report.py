@@ -118,7 +118,9 @@ def test_bf16_receiver_is_labelled(model, test_dir, tmp_path) -> None:
 @pytest.mark.parametrize(
     "extra, message",
     [(["--codebooks", "99"], "has 1.."), (["--codebooks", "x"], "comma-separated"),
-     (["--test", "/nonexistent"], "not found"), (["--opus", "12.8,-3"], "--opus -3: Opus codes 6 to 256 kbps")],
+     (["--test", "/nonexistent"], "not found"), (["--opus", "12.8,-3"], "--opus -3: Opus codes 6 to 256 kbps"),
+     (["--codebooks", "3,3"], "--codebooks '3,3' names a value twice: give each once"),
+     (["--max_files", "-1"], r"--max_files -1: give 0 or more \(0: all\)")],
 )
 def test_bad_arguments_are_one_line_errors(model, test_dir, tmp_path, extra, message) -> None:
     argv = [*model.args, "--test", str(test_dir), "--out", str(tmp_path / "r"), *extra]

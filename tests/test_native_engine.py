@@ -359,7 +359,7 @@ def test_a_damaged_cached_library_is_built_again(monkeypatch, tmp_path) -> None:
         assert native_build.available()
         (library,) = tmp_path.glob("engine-*.so")
         whole = library.read_bytes()
-        for damaged in (whole[: len(whole) // 3], b"", whole[:-1] + bytes([whole[-1] ^ 1])):
+        for damaged in (whole[: len(whole) // 3], whole[:-1] + bytes([whole[-1] ^ 1])):  # cut; one bit
             (tmp_path / "damaged").write_bytes(damaged)  # a new file: this process has the old one mapped
             os.replace(tmp_path / "damaged", library)
             native_build._library.cache_clear()

@@ -23,7 +23,7 @@ from itertools import cycle
 import numpy as np
 
 from utils.bitstream.adc import BitstreamError, short_hash
-from utils.files import write_bytes_atomic
+from utils.files import check_output_folder, write_bytes_atomic
 
 TABLE_MAGIC = b"ADCE"
 TABLE_VERSION = 1
@@ -188,11 +188,13 @@ class EntropyModel:
         examples = [np.asarray(item) for item in codes]
         if not examples:
             raise ValueError("no training codes given")
-        n_codebooks = examples[0].shape[0]
-        counts = np.ones((n_codebooks, codebook_size), dtype=np.int64)
+        n_codebooks = examples[0].shape[0] if examples[0].ndim else 0
+        counts = np.ones((max(n_codebooks, 1), codebook_size), dtype=np.int64)
         for example in examples:
             if example.ndim != 2 or example.shape[0] != n_codebooks:
-                raise ValueError(f"each example must be (K={n_codebooks}, frames), got shape {example.shape}")
+                raise ValueError(f"each example must be (K, frames) codes, K the same for all, got shape "
+                                 f"{example.shape}")
+            _check_integers(example)
             if example.size and (example.min() < 0 or example.max() >= codebook_size):
                 raise ValueError(f"codes must lie in [0, {codebook_size}), got [{example.min()}, {example.max()}]")
             for codebook, row in enumerate(example):
@@ -218,6 +220,8 @@ class EntropyModel:
             raise BitstreamError(
                 f"entropy table version {version} is newer than this toolkit supports ({TABLE_VERSION}); upgrade"
             )
+        if version < 1:
+            raise BitstreamError(f"entropy table version {version} was never written: the table is corrupt")
         expected = _TABLE_HEADER.size + 2 * n_codebooks * codebook_size + 4
         if len(data) != expected:
             raise BitstreamError(f"truncated entropy table: expected {expected} bytes, got {len(data)}")
@@ -231,10 +235,13 @@ class EntropyModel:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the table atomically (temp file beside `path`, then rename)."""
+        check_output_folder(path, BitstreamError)
         write_bytes_atomic(path, self.to_bytes(), suffix=".adce")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EntropyModel:
+        if os.path.isdir(path):
+            raise BitstreamError(f"entropy table {path} is a folder: give the table's file")
         if not os.path.isfile(path):
             raise BitstreamError(f"entropy table {path} does not exist: check the path")
         with open(path, "rb") as stream:
@@ -255,6 +262,7 @@ class EntropyModel:
         codes = np.asarray(codes)
         if codes.ndim != 3:
             raise ValueError(f"codes must be (channels, K, frames), got shape {codes.shape}")
+        _check_integers(codes)
         channels, n_codebooks, _ = codes.shape
         tables = self._tables(n_codebooks, channels)
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
@@ -268,6 +276,8 @@ class EntropyModel:
 
     def decode(self, data: bytes, channels: int, n_codebooks: int, frames: int) -> np.ndarray:
         """Inverse of `encode`: codes `(channels, K, frames)` as int64. Raises BitstreamError on corrupt data."""
+        if channels < 1 or frames < 0:
+            raise ValueError(f"{channels} channels and {frames} frames: give 1 or more channels and 0 or more frames")
         tables = self._tables(n_codebooks, channels)
         decoder = _RangeDecoder(bytes(data), self.precision_bits)
         decode = decoder.decode
@@ -276,3 +286,8 @@ class EntropyModel:
         decoder.finish()
         flat = np.array(symbols, dtype=np.int64)
         return np.ascontiguousarray(flat.reshape(frames, channels, n_codebooks).transpose(1, 2, 0))
+
+
+def _check_integers(codes: np.ndarray) -> None:
+    if codes.dtype.kind not in "iu":
+        raise ValueError(f"codes are integers, got dtype {codes.dtype}: give the indices the encoder gave")
