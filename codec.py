@@ -219,7 +219,8 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
         check_output_folder(args.output)  # before the model is loaded and the files coded
     codec = load_codec(args, apply_runtime_arguments(args))
     output = args.output or _table_path(codec, None)
-    check_output_folder(output)
+    if not args.output:  # (a given -o was checked before the model was loaded)
+        check_output_folder(output)
     if os.path.exists(output) and not args.force:
         raise CodecError(f"{output} exists already: pass -f/--force to replace it (files entropy-coded with it "
                          "then no longer decode), or give another -o")

@@ -779,6 +779,8 @@ static int run_lookup(const Op *op, int tid, int nthreads) {
 /* One streaming step for `batch` streams, each its own state vector of `state_size` floats:
  * states in, input copied to `in_dst`, operations in order, output copied out, states out.
  * Returns 0, or 1 when a lookup met a code out of range. */
+enum { ENGINE_BAD_CODE = 1, ENGINE_NO_MEMORY = 2 };  /* engine_run's failures (utils/runtime/native.py) */
+
 typedef struct {
     const Op *ops;
     int n_ops;
@@ -814,7 +816,7 @@ static void run_step(void *context, int tid, int team) {
             } else if (op->kind == OP_VQ) {
                 run_vq(op, tid, team, step->shared);
             } else if (op->kind == OP_LOOKUP && run_lookup(op, tid, team)) {
-                __atomic_store_n(&((Step *)context)->bad, 1, __ATOMIC_RELAXED);
+                __atomic_store_n(&((Step *)context)->bad, ENGINE_BAD_CODE, __ATOMIC_RELAXED);
             }
             team_barrier();
         }
@@ -827,7 +829,6 @@ static void run_step(void *context, int tid, int team) {
 }
 
 #define STACK_SHARED_FLOATS (1 << 16)  /* 256 KB */
-enum { ENGINE_BAD_CODE = 1, ENGINE_NO_MEMORY = 2 };  /* engine_run's failures */
 
 int engine_run(const Op *ops, int n_ops, const Slot *slots, int n_slots, int64_t state_size,
                const void *x, void *in_dst, int64_t in_bytes,

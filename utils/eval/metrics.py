@@ -231,7 +231,7 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
     unscored = sorted(references.keys() - degraded.keys())
     if unscored:  # a mean over fewer files than the reference set must not pass for the whole set's
         shown = ", ".join(str(references[name].relative_to(reference_dir)) for name in unscored[:3])
-        logging.getLogger(__name__).warning(
+        logger.warning(
             "%d of %d reference files have no degraded file in %s and are not scored: %s%s", len(unscored),
             len(references), degraded_dir, shown, ", ..." if len(unscored) > 3 else "")
     return [(str(references[name].relative_to(reference_dir)), references[name], degraded[name]) for name in names]
