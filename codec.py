@@ -33,7 +33,7 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, check_audio_output, write_audio
 from utils.audiodec import StreamingCodec
 from utils.batch import plan, refuse_existing, run_batch
-from utils.bitstream.adc import read_adc, read_verified_header
+from utils.bitstream.adc import StreamHeader, open_adc
 from utils.bitstream.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
 from utils.bitstream.entropy import EntropyModel
 from utils.checkpoint import load_config, output_delay
@@ -93,6 +93,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+MAX_WAV_CHANNELS = 1024  # libsndfile's limit
+
+
 def _table_path(codec, given: str | None) -> str | None:
     return given or (entropy_table_path(codec.encoder_checkpoint) if codec.encoder_checkpoint else None)
 
@@ -104,9 +107,11 @@ def run_encode(args: argparse.Namespace) -> None:
     check_n_codebooks(codec, args.n_codebooks)
     entropy = load_entropy_model(codec, _table_path(codec, args.entropy_table)) if args.entropy else None
 
+    headers: list[StreamHeader] = []  # what each file's header says, for the log line
+
     def encode(source: Path, output: Path) -> float:
         data = read_input_for(codec, str(source), args.resample, args.allow_truncated)
-        encode_to_file(codec, data, str(output), args.n_codebooks, entropy)
+        headers.append(encode_to_file(codec, data, str(output), args.n_codebooks, entropy))
         seconds = data.shape[0] / codec.sample_rate
         size = os.path.getsize(output)
         logging.debug(f"wrote {output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps")
@@ -116,10 +121,11 @@ def run_encode(args: argparse.Namespace) -> None:
         run_batch(pairs, encode, "encode")
         return
     seconds = encode(*pairs[0])
-    header = _header_of(args.output)
+    header = headers[0]
     size = os.path.getsize(args.output)
+    raw = " (raw: entropy coding would not make it smaller)" if args.entropy and not header.entropy_coded else ""
     logging.info(f"wrote {args.output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps "
-                 f"(codes at {header.bitrate / 1000:.2f} kbps before entropy coding)")
+                 f"(codes at {header.bitrate / 1000:.2f} kbps before entropy coding){raw}")
 
 
 def run_decode(args: argparse.Namespace) -> None:
@@ -132,7 +138,8 @@ def run_decode(args: argparse.Namespace) -> None:
     tables: dict[str, EntropyModel] = {}
 
     def decode(source: Path, output: Path) -> float:
-        header = _header_of(str(source))
+        adc = open_adc(source)
+        header = adc.header
         name = args.model or header.model_name
         if not name and not args.encoder:
             raise CodecError(f"{source} names no model: give the one it was coded with (--model NAME, or "
@@ -141,10 +148,20 @@ def run_decode(args: argparse.Namespace) -> None:
         if key not in codecs:
             codecs[key] = load_codec(argparse.Namespace(**{**vars(args), "model": name}), device)
         codec = codecs[key]
+        channels = header.channels * codec.output_channels
+        if channels > MAX_WAV_CHANNELS:
+            raise CodecError(f"{source} decodes to {channels} channels, more than a WAV file holds "
+                             f"({MAX_WAV_CHANNELS}): the file is corrupt, or decode it with the Python API")
         if header.entropy_coded and key not in tables:
             tables[key] = load_entropy_model(codec, _table_path(codec, args.entropy_table), header.entropy_hash)
-        header, codes = read_adc(str(source), tables.get(key) if header.entropy_coded else None)
-        samples = decode_codes(codec, header, codes)
+        codes = adc.codes(tables.get(key) if header.entropy_coded else None)
+        try:
+            samples = decode_codes(codec, header, codes)
+        except (MemoryError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "allocate" not in str(error):
+                raise
+            raise CodecError(f"{source}: decoding its {header.channels} streams needs more memory than is free: "
+                             "decode it on a machine with more memory") from None
         write_audio(str(output), samples, header.sample_rate, "PCM_16")
         return samples.shape[0] / header.sample_rate
 
@@ -156,9 +173,10 @@ def run_decode(args: argparse.Namespace) -> None:
 
 
 def run_info(args: argparse.Namespace) -> None:
-    header = _header_of(args.file)
+    adc = open_adc(args.file)
+    header = adc.header
     if not header.entropy_coded:
-        read_adc(args.file)  # the payload's codes too; an entropy-coded one needs its table for that
+        adc.codes()  # the payload's codes too; an entropy-coded one needs its table for that
     size = os.path.getsize(args.file)
     delay = _output_delay_of(header.model_name, args.decoder, args.root)
     samples = max(0, header.n_samples - (delay or 0))  # the decoder gives none before its delay
@@ -199,11 +217,6 @@ def _output_delay_of(model_name: str, decoder: str | None, root: str | None) -> 
     elif not os.path.isfile(decoder):
         raise CodecError(f"decoder checkpoint {decoder} not found: check --decoder")
     return output_delay(load_config(decoder))
-
-
-def _header_of(path: str):
-    """The file's header, believed once the file's length and CRC are checked."""
-    return read_verified_header(path)
 
 
 def run_fit_entropy(args: argparse.Namespace) -> None:

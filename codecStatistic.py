@@ -15,7 +15,7 @@ import torch
 
 from trainer.analysis import compute_code_statistics, save_statistics, statistics_path
 from trainer.builder import read_config
-from utils.cli import run_main
+from utils.cli import file_count, run_main
 from utils.errors import ArgumentParser, CodecError
 from utils.files import make_output_folder
 
@@ -24,7 +24,7 @@ def main() -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", type=str, required=True, help="statistics recipe (YAML)")
     parser.add_argument("--subset", type=str, default="train", help="data.subset entry to read")
-    parser.add_argument("--subset_num", type=int, default=-1, help="only the first N files (-1: all)")
+    parser.add_argument("--subset_num", type=file_count, default=-1, help="only the first N files (-1: all)")
     args = parser.parse_args()
     config = read_config(args.config)
     if "stats" not in config:

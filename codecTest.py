@@ -21,7 +21,7 @@ import torch
 
 from trainer.synthesis import run_test
 from utils.checkpoint import load_config
-from utils.cli import run_main
+from utils.cli import file_count, run_main
 from utils.errors import ArgumentParser, CodecError
 
 DEFAULT_SUBSETS = ("test", "clean_test")
@@ -46,7 +46,7 @@ def main() -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subset", type=str,
                         help="data.subset entry of the encoder's config (default: test, else clean_test)")
-    parser.add_argument("--subset_num", type=int, default=-1, help="only the first N files (-1: all)")
+    parser.add_argument("--subset_num", type=file_count, default=-1, help="only the first N files (-1: all)")
     parser.add_argument("--encoder", type=str, required=True, help="AudioDec checkpoint (config.yml beside it)")
     parser.add_argument("--decoder", type=str, required=True, help="AudioDec or vocoder checkpoint")
     parser.add_argument("--output_dir", type=str, required=True)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,31 +13,79 @@ import numpy as np
 import soundfile as sf
 
 from utils import audio as audio_io
+from utils.errors import CodecError
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac")
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(CodecError, ValueError):
+    """A file of the data cannot be used as it is: the message names it and the fix."""
 
 
 def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
     """List the audio files under a folder, recursively, sorted by path.
 
+    Symbolic links to folders are followed, each folder once: a link back to a folder already searched,
+    or to one holding ``root`` (a loop, which would pull the whole tree in again), is skipped with a
+    warning. Audio files of other types are counted in one log line (they would be silently unused).
+
     Args:
-        root: folder to search; symbolic links to folders are followed.
+        root: folder to search.
         extensions: file endings to keep, compared without regard to case.
 
     Returns:
         The matching files, sorted so that every process sees the same order.
+
+    Raises:
+        DataError: a folder under ``root`` cannot be listed (its files would be silently missing).
     """
     endings = tuple(ext.lower() for ext in extensions)
-    found = []
-    for folder, _, names in os.walk(root, followlinks=True):
+    other_audio = tuple(ext for ext in audio_io.AUDIO_EXTENSIONS if ext not in endings)
+    top = os.path.realpath(root)
+    searched = {top}
+    found: list[Path] = []
+    unused = 0
+
+    def unreadable(error: OSError) -> None:
+        raise DataError(f"cannot list {error.filename} ({error.strerror}): make it readable or remove it from the "
+                        "data; its files would be left out") from None
+
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=unreadable):
+        kept = []
+        for name in subfolders:
+            real = os.path.realpath(os.path.join(folder, name))
+            if real in searched or top.startswith(real.rstrip(os.sep) + os.sep):
+                logger.warning("%s: skipped, a link to %s, which is searched already (a loop or a second link)",
+                               os.path.join(folder, name), real)
+                continue
+            searched.add(real)
+            kept.append(name)
+        subfolders[:] = sorted(kept)
         found.extend(Path(folder) / name for name in names if name.lower().endswith(endings))
+        unused += sum(name.lower().endswith(other_audio) for name in names)
+    if unused:
+        logger.warning("%s: %d audio files left out, only %s files are read: convert the others to one of these",
+                       root, unused, "/".join(endings))
     return sorted(found)
 
 
 def read_file_list(list_file: str | os.PathLike) -> list[Path]:
-    """Read a text file naming one audio file per line (blank lines ignored), sorted by path."""
-    with open(list_file, encoding="utf-8") as handle:
-        return sorted(Path(line.strip()) for line in handle if line.strip())
+    """Read a text file naming one audio file per line (blank lines ignored), sorted by path. A relative
+    path is read from the current folder, as the original's lists are.
+
+    Raises:
+        DataError: the file is not UTF-8 text (an audio file given as the list, say).
+    """
+    try:
+        with open(list_file, encoding="utf-8") as handle:
+            return sorted(Path(line.strip()) for line in handle if line.strip())
+    except UnicodeDecodeError as error:
+        what = ("an audio file, not a list of them" if str(list_file).lower().endswith(audio_io.AUDIO_EXTENSIONS)
+                else f"not UTF-8 text (byte {error.object[error.start]:#04x} at {error.start})")
+        raise DataError(f"{list_file} is {what}: give a folder of audio files, or a UTF-8 text file naming one "
+                        "audio file per line") from None
 
 
 def collect_audio_files(source: str | os.PathLike, what: str = "audio files") -> list[Path]:
@@ -69,9 +119,9 @@ def collect_audio_files(source: str | os.PathLike, what: str = "audio files") ->
 
 
 def check_sampling_rate(path: str | os.PathLike, sampling_rate: int, expected: int | None) -> None:
-    """Raise a ValueError naming the file and the fix when its rate differs from the expected one."""
+    """Raise a DataError naming the file and the fix when its rate differs from the expected one."""
     if expected is not None and sampling_rate != expected:
-        raise ValueError(
+        raise DataError(
             f"{path} is sampled at {sampling_rate} Hz but the config's sampling_rate is {expected} Hz; "
             f"resample the data to {expected} Hz or use a config made for {sampling_rate} Hz"
         )
@@ -93,17 +143,35 @@ def read_audio(path: str | os.PathLike, expected_sampling_rate: int | None = Non
     return audio
 
 
+def _unreadable(path: str | os.PathLike, error: Exception) -> DataError:
+    """The error of a data file that cannot be read, with the reason libsndfile hides ("System error")."""
+    if os.path.islink(path) and not os.path.exists(path):
+        reason = f"a link to {os.readlink(path)}, which does not exist"
+    elif not os.path.exists(path):
+        relative = "" if os.path.isabs(path) else f", read from the current folder {os.getcwd()}"
+        reason = f"it does not exist{relative}"
+    elif not os.access(path, os.R_OK):
+        reason = os.strerror(errno.EACCES).lower()
+    else:
+        reason = str(error).splitlines()[0]
+    return DataError(f"cannot read {path} as audio ({reason}): repair it or remove it from the data")
+
+
 def read_header(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> tuple[int, int]:
     """(samples, channels) of an audio file, from its header only (rate checked like :func:`read_audio`).
 
     Raises:
-        ValueError: the file cannot be read as audio, or is at another rate.
+        DataError: the file cannot be read as audio, or is at another rate.
     """
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))  # bytes: soundfile cannot encode a name that is not UTF-8
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        raise ValueError(f"cannot read {path} as audio ({error}): repair it or remove it from the data") from None
+        raise _unreadable(path, error) from None
     check_sampling_rate(path, info.samplerate, expected_sampling_rate)
+    frames = audio_io.wav_frames(path)
+    if frames is not None and frames[1] < frames[0]:  # libsndfile counts what is there: train on that
+        logger.warning("%s is truncated: its header says %d frames, the file holds %d; re-transfer it", path,
+                       *frames)
     return info.frames, info.channels
 
 
@@ -140,5 +208,22 @@ class AudioFile:
         start, stop, step = index.indices(self.frames)
         if step != 1:
             raise ValueError("AudioFile reads contiguous samples only (step 1)")
-        audio, _ = sf.read(self.path, start=start, stop=max(start, stop), dtype="float32", always_2d=True)
+        stop = max(start, stop)
+        try:
+            audio, rate = sf.read(os.fsencode(self.path), start=start, stop=stop, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as error:
+            raise _unreadable(self.path, error) from None
+        check_finite(self.path, audio, rate, start)
         return audio
+
+
+def check_finite(path: str | os.PathLike, audio: np.ndarray, rate: int, first_frame: int = 0) -> None:
+    """Raise a DataError naming the file and the time of the first NaN or infinite sample in ``audio``
+    (frames ``first_frame`` on of the file), where a model would learn from it."""
+    finite = np.isfinite(audio)
+    if finite.all():
+        return
+    frame, channel = np.argwhere(~finite)[0]
+    value, frame = audio[frame, channel], frame + first_frame
+    raise DataError(f"{path} has a non-finite sample ({value}) at {frame / rate:.6f} s (frame {frame}, channel "
+                    f"{channel}): repair or re-export the file, or remove it from the data")

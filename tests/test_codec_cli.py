@@ -359,3 +359,92 @@ def test_the_test_stage_takes_a_models_output_delay_off_too(tmp_path) -> None:
     data = data[:12345]
     lagging = plain.code(np.pad(data, ((0, 137), (0, 0))))
     np.testing.assert_array_equal(delayed.code(data), lagging[137:])
+
+
+def test_a_file_of_more_channels_than_a_wav_holds_is_refused_before_decoding(packed_file: bytes, tmp_path,
+                                                                           python) -> None:
+    import dataclasses
+
+    from utils.bitstream.adc import decode_adc, encode_adc
+
+    header, codes = decode_adc(packed_file)
+    many = dataclasses.replace(header, channels=2000, n_samples=300)  # a valid file: its CRC is right
+    data = encode_adc(many, np.zeros((2000, header.n_codebooks, 1), np.int64))
+    _assert_decode_fails(python, tmp_path, data, "decodes to 2000 channels, more than a WAV file holds (1024)")
+
+
+def test_an_entropy_table_of_another_codebook_size_than_the_header_is_refused(tmp_path) -> None:
+    import dataclasses
+
+    from utils.bitstream.adc import AdcStreamReader, BitstreamError, StreamHeader, decode_adc, encode_adc
+
+    codes = np.random.default_rng(0).integers(0, 4, (1, 2, 5))
+    header = StreamHeader(sample_rate=8000, hop=8, channels=1, n_samples=40, n_codebooks=2, codebook_size=16,
+                          model_name="m", decoder_hash=bytes(8))
+    table = EntropyModel.fit([codes[0]], 16)
+    data = encode_adc(dataclasses.replace(header, codebook_size=4), codes, table)  # written by a broken encoder
+    with pytest.raises(BitstreamError, match="codebook size 4 does not match its entropy table's 16"):
+        decode_adc(data, table)
+    with pytest.raises(BitstreamError, match="codebook size 4 does not match"):
+        AdcStreamReader(table).feed(data)
+    np.testing.assert_array_equal(decode_adc(encode_adc(header, codes, table), table)[1], codes)
+
+
+def test_a_huge_file_is_refused_by_its_length_before_it_is_read(packed_file: bytes, tmp_path, python,
+                                                                monkeypatch) -> None:
+    from utils.bitstream import adc
+
+    big = tmp_path / "big.adc"
+    with open(big, "wb") as handle:
+        handle.write(packed_file)
+        handle.truncate(1 << 30)  # sparse: 1 GiB that reading would have to hold in memory
+    read = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def fileno(self):
+            return self.handle.fileno()
+
+        def read(self, size=-1):
+            data = self.handle.read(size)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k: Counting(real_open(path, mode, *a, **k)))
+    with pytest.raises(adc.BitstreamError, match=f"trailing data: expected {len(packed_file)} bytes, got {1 << 30}"):
+        adc.open_adc(big)
+    assert sum(read) <= adc.MAX_HEADER_BYTES
+
+
+def test_an_entropy_table_with_bytes_appended_says_so() -> None:
+    from utils.bitstream.adc import BitstreamError
+
+    table = EntropyModel.fit([np.arange(16).reshape(2, 8) % 8], 8).to_bytes()
+    with pytest.raises(BitstreamError, match="entropy table with trailing data: expected"):
+        EntropyModel.from_bytes(table + b"\0")
+    with pytest.raises(BitstreamError, match="truncated entropy table: expected"):
+        EntropyModel.from_bytes(table[:-1])
+
+
+def test_entropy_coding_that_would_not_pay_writes_the_raw_payload(tmp_path) -> None:
+    codec = full_size_codec()
+    data = 0.1 * np.random.default_rng(0).standard_normal((48000, 1))
+    raw = encode_to_file(codec, data, str(tmp_path / "raw.adc"))
+    codes = read_adc(tmp_path / "raw.adc")[1]
+    fitted = EntropyModel.fit(list(codes), 1024)  # this very clip's statistics: smaller
+    assert encode_to_file(codec, data, str(tmp_path / "fit.adc"), entropy_model=fitted).entropy_coded
+    assert os.path.getsize(tmp_path / "fit.adc") < os.path.getsize(tmp_path / "raw.adc")
+    np.testing.assert_array_equal(read_adc(tmp_path / "fit.adc", fitted)[1], codes)
+    silence = EntropyModel.fit([np.zeros((8, 5000), np.int64)], 1024)  # every code but 0 near-impossible
+    header = encode_to_file(codec, data, str(tmp_path / "other.adc"), entropy_model=silence)
+    assert not header.entropy_coded and header == raw
+    assert (tmp_path / "other.adc").read_bytes() == (tmp_path / "raw.adc").read_bytes()

@@ -1,5 +1,7 @@
 """Datasets, random-crop collaters and the DataLoader builder, on small wav/flac files written here."""
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from dataloader import (
     build_dataset,
     find_audio_files,
 )
+from dataloader.audio_files import AudioFile, DataError, read_file_list
 
 RATE = 48000
 CROP = 960
@@ -75,6 +78,113 @@ def test_find_audio_files_is_recursive_sorted_and_keeps_wav_and_flac(tmp_path: P
     (tmp_path / "notes.txt").write_text("not audio")
     found = find_audio_files(tmp_path)
     assert [path.relative_to(tmp_path).as_posix() for path in found] == ["a/one.wav", "b/deep/two.flac", "c/three.WAV"]
+
+
+def test_links_are_followed_once_and_a_loop_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    corpus = tmp_path / "corpus"
+    write(corpus / "train" / "a.wav", ramp(100))
+    write(corpus / "dev" / "b.wav", ramp(100))
+    write(tmp_path / "elsewhere" / "c.wav", ramp(100))
+    (corpus / "train" / "loop").symlink_to("..")  # holds train itself: would pull train, dev and all in again
+    (corpus / "train" / "self").symlink_to(".")
+    (corpus / "train" / "more").symlink_to(tmp_path / "elsewhere")
+    (corpus / "train" / "more_again").symlink_to(tmp_path / "elsewhere")
+    with caplog.at_level(logging.WARNING, logger="dataloader.audio_files"):
+        found = find_audio_files(corpus / "train")
+    assert [path.relative_to(corpus / "train").as_posix() for path in found] == ["a.wav", "more/c.wav"]
+    skipped = [record.getMessage() for record in caplog.records if "searched already" in record.getMessage()]
+    assert len(skipped) == 3, skipped  # loop, self, more_again
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "ok" / "a.wav", ramp(100))
+    write(tmp_path / "locked" / "b.wav", ramp(100))
+    real_scandir = os.scandir
+
+    def scandir(path):  # as for a folder of mode 000 (which root, running the tests, could still read)
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot list .*locked \(Permission denied\): make it readable or remove it"):
+        find_audio_files(tmp_path)
+
+
+def test_audio_files_of_other_types_are_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path / "a.wav", ramp(100))
+    (tmp_path / "b.ogg").write_bytes(b"OggS")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.MP3").write_bytes(b"ID3")
+    with caplog.at_level(logging.WARNING, logger="dataloader.audio_files"):
+        assert find_audio_files(tmp_path) == [tmp_path / "a.wav"]
+    assert any("2 audio files left out, only .wav/.flac files are read" in record.getMessage()
+               for record in caplog.records)
+
+
+def test_a_list_file_that_is_not_utf8_text_is_named(tmp_path: Path) -> None:
+    latin = tmp_path / "list.txt"
+    latin.write_bytes("caf\xe9.wav\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"list.txt is not UTF-8 text \(byte 0xe9 at 3\): give a folder"):
+        read_file_list(latin)
+    write(tmp_path / "x.wav", ramp(1000))
+    with pytest.raises(DataError, match=r"x.wav is an audio file, not a list of them"):
+        build_dataset(make_config(tmp_path, data={"path": str(tmp_path), "subset": {"train": "x.wav"}}), "train")
+
+
+def test_unreadable_files_say_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "here.wav", ramp(100))
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    listed = tmp_path / "list.txt"
+    for entry, reason in (
+        ("here.wav", r"here.wav as audio \(it does not exist, read from the current folder /\S+\)"),
+        (str(tmp_path / "dangling.wav"), r"dangling.wav as audio \(a link to \S+gone.wav, which does not exist\)"),
+    ):
+        listed.write_text(entry + "\n")
+        with pytest.raises(DataError, match=reason + ": repair it or remove it from the data"):
+            AudioDataset(listed, sampling_rate=RATE).read_headers()
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.wav")  # a Latin-1 name, as in old corpora
+    sf.write(os.path.join(os.fsencode(tmp_path), b"caf\xe9.wav"), ramp(500), RATE, subtype="FLOAT")
+    dataset = AudioDataset(tmp_path, sampling_rate=RATE, lazy=True)
+    dataset.read_headers()
+    assert dataset.files == [tmp_path / name] and dataset.lengths[tmp_path / name] == 500
+    np.testing.assert_array_equal(dataset[0][100:200], ramp(500)[100:200].astype(np.float32))
+    np.testing.assert_array_equal(AudioDataset(tmp_path)[0], ramp(500).astype(np.float32))
+
+
+def test_non_finite_samples_are_named_where_a_crop_meets_them(tmp_path: Path) -> None:
+    audio = ramp(1000)
+    audio[700, 0] = np.inf
+    path = write(tmp_path / "bad.wav", audio)
+    file = AudioFile(path, expected_sampling_rate=RATE)
+    assert np.isfinite(file[0:700]).all()  # a crop that does not meet it trains
+    with pytest.raises(DataError, match=r"bad.wav has a non-finite sample \(inf\) at 0.014583 s \(frame 700, "
+                                        r"channel 0\): repair or re-export the file, or remove it from the data"):
+        file[600:800]
+
+
+def test_a_damaged_file_is_named_when_its_crop_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "bad.flac"
+    sf.write(path, 0.3 * np.sin(np.arange(RATE) / 3), RATE)
+    data = bytearray(path.read_bytes())
+    for index in range(len(data) // 2, len(data)):
+        data[index] = (data[index] * 7 + 3) & 255
+    path.write_bytes(bytes(data))
+    file = AudioFile(path, expected_sampling_rate=RATE)  # the header is fine
+    with pytest.raises(DataError, match=r"cannot read \S+bad.flac as audio \(.+\): repair it or remove it"):
+        file[RATE - 2000 : RATE - 1000]
+
+
+def test_a_truncated_wav_is_told(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "cut.wav", ramp(800))
+    path.write_bytes(path.read_bytes()[: -200 * 4])  # float32 mono: 200 frames fewer than the header says
+    with caplog.at_level(logging.WARNING, logger="dataloader.audio_files"):
+        assert AudioFile(path).frames == 600
+    assert any("cut.wav is truncated: its header says 800 frames, the file holds 600" in record.getMessage()
+               for record in caplog.records)
 
 
 def test_dataset_returns_float32_time_by_channel_and_names(tmp_path: Path) -> None:

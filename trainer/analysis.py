@@ -109,8 +109,11 @@ def compute_code_statistics(
     try:
         dataset = build_dataset(config, subset, subset_num=subset_num)
         dataset.check_channels(analyzer.input_channels, "the analyzer (its generator_params.input_channels)")
+        empty = dataset.keep_longer_than(0)
     except (FileNotFoundError, ValueError) as error:
         raise CodecError(str(error)) from None
+    if empty:  # as training skips them
+        logger.warning("data.subset.%s: skipped %d file(s) holding no samples", subset, empty)
     logger.info("The number of %s audio files = %d.", subset, len(dataset))
     statistics = RunningStatistics()
     for audio in tqdm(dataset, desc="[statistic]"):

@@ -257,6 +257,8 @@ class GANTrainer:
         self.train_losses = LossTracker()
         self.eval_losses = LossTracker()
         self.last_saved_steps: int | None = None
+        self.logged = False  # whether this run has written a log line of losses (kept should it fail)
+        self._finite_at: int | None = None  # the step whose weights were last found finite
         precision = str(config.get("precision") or "fp32")
         if precision not in PRECISIONS:
             raise CodecError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
@@ -684,9 +686,12 @@ class GANTrainer:
         """Stop a run whose weights are no longer finite (non-finite samples in the data, a learning rate
         too high), before it writes such a checkpoint: every later step would be as lost. The weights are
         the same on every rank, so every rank stops here alike."""
+        if self._finite_at == self.steps:  # a log and a checkpoint at the same step
+            return
         broken = [role for role, network in (("generator", self.generator), ("discriminator", self.discriminator))
                   if not torch.stack([torch.isfinite(p).all() for p in network.parameters()]).all().item()]
         if not broken:
+            self._finite_at = self.steps
             return
         losses = [name for name, value in (means or {}).items() if not math.isfinite(value)][:3]
         last = (f"the last checkpoint is {checkpoint_path(self.expdir, self.last_saved_steps)}"
@@ -700,6 +705,7 @@ class GANTrainer:
     def _write_scalars(self, values: Mapping[str, float]) -> None:
         if not self.context.is_main:
             return
+        self.logged = True
         for name, value in sorted(values.items()):
             logger.info("(Steps: %d) %s = %.4f.", self.steps, name, value)
             if self.writer is not None:
@@ -713,7 +719,8 @@ class GANTrainer:
         self.discriminator.eval()
         self.eval_losses.reset()
         batches = 0
-        for batch in tqdm(self.data.dev_loader, desc="[eval]", disable=not self.context.is_main, leave=False):
+        for batch in tqdm(self.data.dev_batches(), total=len(self.data.dev_loader), desc="[eval]",
+                          disable=not self.context.is_main, leave=False):
             target, predicted = self.eval_step(batch)
             if batches == 0:
                 self._write_samples(target, predicted)

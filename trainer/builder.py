@@ -254,10 +254,7 @@ def build_trainer(
         raise CodecError("the config has no model_type")
     if data is None:
         data = TrainingData(config, context, seed, plan)
-        try:
-            data.set_batch_length(int(config["batch_length"]))
-        except (FileNotFoundError, ValueError) as error:
-            raise CodecError(str(error)) from None
+        data.set_batch_length(int(config["batch_length"]))
     generator = build_training_generator(config).to(context.device)
     discriminator = build_discriminator(config).to(context.device)
     optimizers = {
@@ -368,6 +365,11 @@ def run_training(options: TrainOptions) -> Path:
                         current_malloc())
         try:
             trainer.run()
+        except BaseException:
+            if fresh and lock is not None and trainer.last_saved_steps is None and not trainer.logged:
+                writer.close()  # a run that failed before it logged or saved anything leaves no folder
+                shutil.rmtree(expdir, ignore_errors=True)
+            raise
         finally:
             if lock is not None:
                 lock.release()

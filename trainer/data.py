@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from dataloader import build_collater, build_datasets
+from dataloader.audio_files import DataError
 from trainer.distributed import DistributedContext
 from utils.errors import CodecError
 
@@ -175,6 +176,34 @@ def _loader(dataset: Dataset, config: Mapping[str, Any], collate, seed: int, **s
     )
 
 
+class _LoaderError(NamedTuple):
+    """A data error met in a loader worker, carried to the training process as a batch."""
+
+    message: str
+
+
+class _ReportingCollater:
+    """A collater whose data errors (a file that cannot be read, NaN samples) reach the training process
+    as values: raised in a loader worker, they would arrive as a worker's traceback, not as the one line
+    that names the file and the fix."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, batch: Any) -> Any:
+        try:
+            return self.collate(batch)
+        except DataError as error:
+            return _LoaderError(str(error))
+
+
+def _checked(loader: DataLoader) -> Iterator[Any]:
+    for batch in loader:
+        if isinstance(batch, _LoaderError):
+            raise DataError(batch.message)
+        yield batch
+
+
 class TrainingData:
     """Training steps (endless, epoch after epoch) and the validation loader of a recipe's config.
 
@@ -202,8 +231,11 @@ class TrainingData:
         """(Re)build the datasets with crops of ``batch_length`` samples; the position is kept."""
         if batch_length == self.batch_length:
             return
-        datasets = build_datasets(self.config, batch_length)
-        collate = build_collater(self.config, batch_length)
+        try:
+            datasets = build_datasets(self.config, batch_length)
+        except (FileNotFoundError, ValueError) as error:  # the data's errors, in the adversarial phase too
+            raise CodecError(str(error)) from None
+        collate = _ReportingCollater(build_collater(self.config, batch_length))
         train_sampler = GlobalBatchSampler(len(datasets["train"]), self.plan, self.context.rank, True, self.seed)
         dev_sampler = DistributedSampler(
             datasets["dev"], num_replicas=self.context.world_size, rank=self.context.rank, shuffle=False
@@ -223,12 +255,18 @@ class TrainingData:
         sampler: GlobalBatchSampler = self.train_loader.batch_sampler
         while True:
             sampler.set_position(self.epoch, self.position)
-            for batch in self.train_loader:
+            for batch in _checked(self.train_loader):
                 global_size = sampler.global_size(self.position)
                 self.position += 1
                 yield StepBatch(batch, global_size)
             self.epoch += 1
             self.position = 0
+
+    def dev_batches(self) -> Iterator[Any]:
+        """This rank's share of the validation set, batch by batch."""
+        if self.dev_loader is None:
+            raise RuntimeError("call set_batch_length before reading batches")
+        return _checked(self.dev_loader)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

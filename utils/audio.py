@@ -68,7 +68,7 @@ def read_audio(
     if os.path.getsize(path) == 0:
         raise CodecError(f"input file {path} is empty: give a wav/flac/ogg file with audio in it")
     try:
-        data, rate = sf.read(path, dtype=dtype, always_2d=True)
+        data, rate = sf.read(os.fsencode(path), dtype=dtype, always_2d=True)  # bytes: any name the system takes
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         reason = str(error).splitlines()[0]
         raise CodecError(f"cannot read {path} as audio ({reason}): give a wav/flac/ogg file") from None
@@ -110,11 +110,16 @@ def resample(data: np.ndarray, rate_in: int, rate_out: int, dtype: type | None =
     return soxr.resample(data, rate_in, rate_out, quality="HQ")
 
 
+def _format_of(path: str | os.PathLike) -> str:
+    """The soundfile format an output name's extension names (``WAV`` for ``x.wav``), or ''."""
+    return os.path.splitext(str(path))[1][1:].upper()
+
+
 def check_audio_output(path: str | os.PathLike, subtype: str = "PCM_16") -> None:
     """Raise a CodecError when `path` cannot be written as `subtype` audio: its folder cannot take it,
     or its extension names no format that holds such samples (call it before the work)."""
     check_output_folder(path)
-    extension = os.path.splitext(str(path))[1][1:].upper()
+    extension = _format_of(path)
     if extension in sf.available_formats() and sf.check_format(extension, subtype):
         return
     what = f"a .{extension.lower()} file does not hold {subtype} samples" if extension else "it has no extension"
@@ -131,7 +136,7 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
     suffix = os.path.splitext(path)[1]
     try:
         with atomic_output(path, suffix) as tmp:
-            sf.write(tmp, data, rate, subtype)
+            sf.write(os.fsencode(tmp), data, rate, subtype, format=_format_of(path))
     except (sf.LibsndfileError, ValueError, TypeError) as error:
         raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
     if subtype.startswith("PCM"):

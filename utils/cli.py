@@ -161,6 +161,14 @@ def check_n_codebooks(codec: StreamingCodec, n_codebooks: int | None) -> None:
         raise CodecError(f"--n_codebooks {n_codebooks}: this model has 1..{codec.n_codebooks}")
 
 
+def file_count(text: str) -> int:
+    """``--subset_num``'s value: the first N files of a subset, or -1 for all of them."""
+    value = int(text)  # not a number: argparse says "invalid file_count value"
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"{value} files: give 1 or more, or -1 for all")
+    return value
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--cuda / --num_threads, as the original's demos."""
     parser.add_argument("--cuda", type=int, help="GPU index; -1 = CPU (default: GPU 0 if there is one, else CPU)")

@@ -51,6 +51,9 @@ class EntropyCoder(Protocol):
     @property
     def table_hash(self) -> bytes: ...
 
+    @property
+    def codebook_size(self) -> int: ...
+
     def encode(self, codes: np.ndarray) -> bytes: ...
 
     def decode(self, data: bytes, channels: int, n_codebooks: int, frames: int) -> np.ndarray: ...
@@ -259,6 +262,9 @@ def _check_entropy_model(header: StreamHeader, entropy_model: EntropyCoder | Non
             f"entropy table mismatch: the file needs table {header.entropy_hash.hex()}, the given model is "
             f"{entropy_model.table_hash.hex()}; load the table the file was written with"
         )
+    if entropy_model.codebook_size != header.codebook_size:  # its codes would not be the header's
+        raise BitstreamError(f"codebook size {header.codebook_size} does not match its entropy table's "
+                             f"{entropy_model.codebook_size}: the file is corrupt")
     return entropy_model
 
 
@@ -290,12 +296,14 @@ def encode_adc(header: StreamHeader, codes: np.ndarray, entropy_model: EntropyCo
 def decode_adc(data: bytes, entropy_model: EntropyCoder | None = None) -> tuple[StreamHeader, np.ndarray]:
     """Parse and verify `.adc` bytes; return the header and codes `(channels, K, frames)` (int64)."""
     header, payload = verify_adc(data)
+    return header, _decode_payload(header, payload, entropy_model)
+
+
+def _decode_payload(header: StreamHeader, payload: bytes, entropy_model: EntropyCoder | None) -> np.ndarray:
     if header.entropy_coded:
         model = _check_entropy_model(header, entropy_model)
-        codes = model.decode(payload, header.channels, header.n_codebooks, header.n_frames)
-    else:
-        codes = _decode_raw_payload(header, payload)
-    return header, codes
+        return model.decode(payload, header.channels, header.n_codebooks, header.n_frames)
+    return _decode_raw_payload(header, payload)
 
 
 def verify_adc(data: bytes) -> tuple[StreamHeader, bytes]:
@@ -309,15 +317,7 @@ def verify_adc(data: bytes) -> tuple[StreamHeader, bytes]:
             "re-transfer the complete file"
         )
     payload_bytes = int.from_bytes(data[_PAYLOAD_BYTES_OFFSET : _PAYLOAD_BYTES_OFFSET + 4], "big")
-    expected = header_bytes + payload_bytes + CRC_BYTES
-    if len(data) < expected:
-        raise BitstreamError(
-            f"truncated file: expected {expected} bytes, got {len(data)}; re-transfer the complete file"
-        )
-    if len(data) > expected:
-        raise BitstreamError(
-            f"trailing data: expected {expected} bytes, got {len(data)}; the file is corrupt or has data appended"
-        )
+    _check_length(len(data), header_bytes + payload_bytes + CRC_BYTES)
     _check_crc(data)
     header, _ = _unpack_header(data[:header_bytes])
     return header, data[header_bytes:-CRC_BYTES]
@@ -327,7 +327,11 @@ def write_adc(
     path: str | os.PathLike, header: StreamHeader, codes: np.ndarray, entropy_model: EntropyCoder | None = None
 ) -> StreamHeader:
     """Write an `.adc` file atomically (temp file beside `path`, then rename); return the header written."""
-    data = encode_adc(header, codes, entropy_model)
+    return save_adc(path, encode_adc(header, codes, entropy_model))
+
+
+def save_adc(path: str | os.PathLike, data: bytes) -> StreamHeader:
+    """Write `.adc` bytes atomically (temp file beside `path`, then rename); return their header."""
     check_output_folder(path, BitstreamError)
     write_bytes_atomic(path, data, suffix=".adc")
     return decode_header(data)
@@ -335,29 +339,63 @@ def write_adc(
 
 def read_adc(path: str | os.PathLike, entropy_model: EntropyCoder | None = None) -> tuple[StreamHeader, np.ndarray]:
     """Read and verify an `.adc` file; return the header and codes `(channels, K, frames)` (int64)."""
-    data = _read_bytes(path)
-    try:
-        return decode_adc(data, entropy_model)
-    except BitstreamError as error:
-        raise BitstreamError(f"{path}: {error}") from None
+    adc = open_adc(path)
+    return adc.header, adc.codes(entropy_model)
 
 
-def read_verified_header(path: str | os.PathLike) -> StreamHeader:
-    """An `.adc` file's header once the file's length and CRC are checked (its payload not decoded)."""
+@dataclasses.dataclass(frozen=True)
+class AdcFile:
+    """An `.adc` file read once: its header, believed after the file's length and CRC were checked, and
+    its payload, decoded on demand (an entropy-coded one needs its table, which the header names)."""
+
+    path: str
+    header: StreamHeader
+    payload: bytes
+
+    def codes(self, entropy_model: EntropyCoder | None = None) -> np.ndarray:
+        """The codes `(channels, K, frames)` (int64)."""
+        try:
+            return _decode_payload(self.header, self.payload, entropy_model)
+        except BitstreamError as error:
+            raise BitstreamError(f"{self.path}: {error}") from None
+
+
+def open_adc(path: str | os.PathLike) -> AdcFile:
+    """Read an `.adc` file and check its length and CRC (its payload is not decoded)."""
     data = _read_bytes(path)
     try:
-        return verify_adc(data)[0]
+        header, payload = verify_adc(data)
     except BitstreamError as error:
         raise BitstreamError(f"{path}: {error}") from None
+    return AdcFile(os.fspath(path), header, payload)
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes, once its header shows that its length is right (a huge file is not read)."""
     if os.path.isdir(path):
         raise BitstreamError(f"{path} is a folder: give an .adc file (codec.py decode takes folders)")
     if not os.path.isfile(path):
         raise BitstreamError(f"input file {path} does not exist: check the path")
     with open(path, "rb") as stream:
-        return stream.read()
+        size = os.fstat(stream.fileno()).st_size
+        prefix = stream.read(MAX_HEADER_BYTES)
+        try:
+            header_bytes = _header_bytes_needed(prefix)
+            if len(prefix) >= header_bytes:
+                payload_bytes = int.from_bytes(prefix[_PAYLOAD_BYTES_OFFSET : _PAYLOAD_BYTES_OFFSET + 4], "big")
+                _check_length(size, header_bytes + payload_bytes + CRC_BYTES)
+        except BitstreamError as error:
+            raise BitstreamError(f"{path}: {error}") from None
+        return prefix + stream.read()
+
+
+def _check_length(size: int, expected: int) -> None:
+    if size < expected:
+        raise BitstreamError(f"truncated file: expected {expected} bytes, got {size}; re-transfer the complete file")
+    if size > expected:
+        raise BitstreamError(
+            f"trailing data: expected {expected} bytes, got {size}; the file is corrupt or has data appended"
+        )
 
 
 def decode_header(data: bytes) -> StreamHeader:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from utils.bitstream.adc import AdcStreamReader, StreamHeader, write_adc
+from utils.bitstream.adc import AdcStreamReader, StreamHeader, encode_adc, save_adc
 from utils.bitstream.entropy import EntropyModel
 from utils.errors import CodecError
 
@@ -48,12 +48,22 @@ def encode_to_file(
     n_codebooks: int | None = None,
     entropy_model: EntropyModel | None = None,
 ) -> StreamHeader:
-    """Code samples (T, C) at the codec's rate and write them to `path`; return the header."""
+    """Code samples (T, C) at the codec's rate and write them to `path`; return the header.
+
+    With `entropy_model` the payload is range-coded, unless that would not make the file smaller (audio
+    unlike the table's, or too short for it to pay): then it is written raw, which needs no table.
+    """
     streams = codec.streams_from_audio(data)
     codes = codec.encode_signal(streams)
     kept = n_codebooks or codec.n_codebooks
     header = stream_header(codec, streams.shape[0], data.shape[0], kept)
-    return write_adc(path, header, codes[:, :kept].cpu().numpy(), entropy_model)
+    codes = codes[:, :kept].cpu().numpy()
+    packed = encode_adc(header, codes)
+    if entropy_model is not None:
+        entropy_coded = encode_adc(header, codes, entropy_model)
+        if len(entropy_coded) < len(packed):
+            packed = entropy_coded
+    return save_adc(path, packed)
 
 
 def stream_header(codec: StreamingCodec, channels: int, n_samples: int, n_codebooks: int) -> StreamHeader:

@@ -224,7 +224,8 @@ class EntropyModel:
             raise BitstreamError(f"entropy table version {version} was never written: the table is corrupt")
         expected = _TABLE_HEADER.size + 2 * n_codebooks * codebook_size + 4
         if len(data) != expected:
-            raise BitstreamError(f"truncated entropy table: expected {expected} bytes, got {len(data)}")
+            what = "truncated entropy table" if len(data) < expected else "entropy table with trailing data"
+            raise BitstreamError(f"{what}: expected {expected} bytes, got {len(data)}")
         if zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "big"):
             raise BitstreamError("CRC mismatch: the entropy table is corrupt")
         table = np.frombuffer(data, dtype=">u2", count=n_codebooks * codebook_size, offset=_TABLE_HEADER.size)
