@@ -190,6 +190,32 @@ def test_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None
                    "--output_dir", str(tmp_path), cwd=tmp_path),
         "nosuch",
     )
+    for script, more in (("codecTest.py", ("--encoder", checkpoint, "--decoder", checkpoint, "--output_dir", "o")),
+                         ("codecStatistic.py", ("-c", recipe))):
+        for count in ("0", "-5"):  # (0 and -5 had read every file)
+            assert_one_line_error(run_script(script, "--subset_num", count, *more, cwd=tmp_path),
+                                  f"argument --subset_num: {count} files: give 1 or more, or -1 for all")
+
+
+def test_a_damaged_file_met_in_training_is_one_line_and_leaves_no_folder(trained: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    root, _ = trained
+    config = tiny_recipe(root, num_workers=1)
+    shutil.copytree(root / "corpus", tmp_path / "corpus")
+    config["data"]["path"] = str(tmp_path / "corpus")
+    damaged = tmp_path / "corpus" / "train" / "damaged.flac"
+    sf.write(damaged, 0.3 * np.sin(np.arange(8000) / 3), 8000)
+    data = bytearray(damaged.read_bytes())
+    for index in range(len(data) // 4, len(data)):  # the header is fine, the frames are not
+        data[index] = (data[index] * 7 + 3) & 255
+    damaged.write_bytes(bytes(data))
+    config["data"]["subset"]["train"] = str(tmp_path / "list.txt")
+    (tmp_path / "list.txt").write_text(f"{damaged}\n")
+    result = run_script("codecTrain.py", "-c", save_recipe(config, tmp_path / "damaged.yaml"), "--tag", "damaged",
+                        cwd=tmp_path)
+    assert_one_line_error(result, f"cannot read {damaged} as audio (")
+    assert "repair it or remove it from the data" in result.stderr
+    assert not (tmp_path / "exp" / "damaged").exists()
 
 
 def test_commands_do_not_import_the_compiler_stack() -> None:

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -259,13 +260,27 @@ def test_resuming_with_another_optimizer_is_refused_before_training(autoencoder_
 
 def test_a_run_whose_weights_stop_being_finite_stops_without_a_checkpoint(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
-    sf.write(tmp_path / "corpus" / "train" / "broken.wav", np.full(800, np.nan, np.float32), SAMPLE_RATE,
-             subtype="FLOAT")  # (the training data's headers are checked; its samples are not read up front)
+    sf.write(tmp_path / "corpus" / "train" / "loud.wav", np.full(800, 3e38, np.float32), SAMPLE_RATE,
+             subtype="FLOAT")  # finite samples whose squares are not
     with pytest.raises(CodecError, match=r"training diverged at step \d+: the generator weights are no longer finite "
                                          r"\(.*too\); check the data for NaN or infinite samples or lower the learning "
                                          r"rate: no checkpoint was written"):
         train(recipe, tmp_path, "diverged")
-    assert not list((tmp_path / "exp" / "diverged").glob("checkpoint-*"))
+    assert not list((tmp_path / "exp" / "diverged").glob("checkpoint-*"))  # (its logs are kept)
+
+
+@pytest.mark.parametrize(("split", "workers"), [("train", 0), ("dev", 0), ("train", 1)])
+def test_non_finite_samples_stop_the_run_naming_the_file_and_leave_no_folder(tmp_path: Path, split: str,
+                                                                             workers: int) -> None:
+    recipe = tiny_recipe(tmp_path, num_workers=workers, log_interval_steps=100)
+    for path in (tmp_path / "corpus" / split).glob("*.wav"):
+        audio = sf.read(path, dtype="float32")[0]
+        audio[::50] = np.nan  # every crop meets one
+        sf.write(path, audio, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(CodecError, match=rf"corpus/{split}/utt\d.wav has a non-finite sample \(nan\) at [\d.]+ s "
+                                         r"\(frame \d+, channel 0\): repair or re-export the file, or remove it"):
+        train(recipe, tmp_path, "nan")
+    assert not (tmp_path / "exp" / "nan").exists()
 
 
 def test_resume_auto_and_bad_resume_paths(tmp_path: Path) -> None:
@@ -294,6 +309,12 @@ def test_statistics_and_vocoder_training(autoencoder_run: tuple[Path, Path]) -> 
         frames.append(latent[0].T.double().numpy())
     frames = np.concatenate(frames)
     np.testing.assert_allclose(stats[0], frames.mean(0), rtol=1e-5, atol=1e-6)
+    with_empty = root / "with_empty"
+    shutil.copytree(root / "corpus" / "train", with_empty, dirs_exist_ok=True)
+    sf.write(with_empty / "empty.wav", np.zeros(0, np.float32), SAMPLE_RATE)  # skipped, as training skips it
+    np.testing.assert_array_equal(
+        compute_code_statistics({**stats_config, "data": {"path": str(root), "subset": {"train": "with_empty"}}}),
+        stats)
     (root / "stereo").mkdir(exist_ok=True)
     sf.write(root / "stereo" / "two.wav", np.zeros((400, 2), np.float32), SAMPLE_RATE)
     with pytest.raises(CodecError, match=r"two.wav has 2 channel\(s\) but the analyzer .* takes 1"):
