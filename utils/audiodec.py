@@ -147,14 +147,15 @@ class StreamingCodec:
 
     def bitrate(self, n_codebooks: int | None = None) -> float:
         """Bits per second of the raw codes with the first `n_codebooks` codebooks (default: all)."""
-        return self._codebooks(n_codebooks) * bits_per_code(self.codebook_size) * self.frame_rate
+        return self.checked_codebooks(n_codebooks) * bits_per_code(self.codebook_size) * self.frame_rate
 
-    def _codebooks(self, n_codebooks: int | None) -> int:
-        """`n_codebooks`, checked; all of them for None."""
+    def checked_codebooks(self, n_codebooks: int | None, name: str = "n_codebooks") -> int:
+        """`n_codebooks` (a count of this model's first codebooks), checked; all of them for None. A
+        CodecError names it as `name` (a command's `--n_codebooks`, say)."""
         if n_codebooks is None:
             return self.n_codebooks
         if not _is_count(n_codebooks) or not 1 <= n_codebooks <= self.n_codebooks:
-            raise CodecError(f"n_codebooks {n_codebooks!r}: this model has 1..{self.n_codebooks}")
+            raise CodecError(f"{name} {n_codebooks!r}: this model has 1..{self.n_codebooks}")
         return int(n_codebooks)
 
     def decoder_hash(self) -> bytes:
@@ -273,7 +274,7 @@ class StreamingCodec:
         The signal is zero-padded by `output_delay` samples and to a multiple of the hop; the output,
         from its `output_delay`-th sample on, is cut back to T samples: y[t] is the coded x[t].
         """
-        kept = self._codebooks(n_codebooks)
+        kept = self.checked_codebooks(n_codebooks)
         codes = self.encode_signal(x)
         return codes, self.decode_signal(codes[:, :kept], x.shape[-1], reset=False)
 

@@ -157,8 +157,7 @@ def read_input_for(
 
 
 def check_n_codebooks(codec: StreamingCodec, n_codebooks: int | None) -> None:
-    if n_codebooks is not None and not 1 <= n_codebooks <= codec.n_codebooks:
-        raise CodecError(f"--n_codebooks {n_codebooks}: this model has 1..{codec.n_codebooks}")
+    codec.checked_codebooks(n_codebooks, "--n_codebooks")
 
 
 def file_count(text: str) -> int:
