@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     add_runtime_arguments(parser)
-    parser.add_argument("--test", required=True, help="folder of test audio at the model's rate (recursive; a file of several channels is "
+    parser.add_argument("--test", required=True,
+                        help="folder of test audio at the model's rate (recursive; a file of several channels is "
                         "scored mixed to mono, as the metrics are)")
     parser.add_argument("--codebooks", help="numbers of codebooks to decode with (default: all the model's)")
     parser.add_argument("--opus", default="", help="Opus bitrates in kbps to score beside, e.g. 12.8,6.4")
