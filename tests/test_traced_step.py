@@ -98,16 +98,23 @@ def test_changed_weights_get_a_new_graph() -> None:
 
 
 def test_graph_count_is_bounded_and_batches_are_checked() -> None:
+    """TorchScript never frees a traced graph: past MAX_BUILT shapes, a stream runs the eager step
+    (the same result) instead of tracing more, and memory stays bounded however it is cut."""
     codec = load("vctk_sym")
     codec.reset(1)
     receiver = codec._decode_latent
+    functions = torch.jit._state._python_cu.get_functions
     with torch.inference_mode():
-        for frames in range(1, receiver.MAX_BUILT + 3):
+        for frames in range(1, receiver.MAX_BUILT + 4):
             latent = codec.encoder.lookup(torch.zeros(1, codec.n_codebooks, frames, dtype=torch.long))
-            receiver(latent)
-            receiver(latent)
-            assert [key[0][-1] for key in receiver.built][-1] == frames
-        assert len(receiver.built) == receiver.MAX_BUILT
+            run_both(receiver, latent)
+            y, expected = run_both(receiver, latent)
+            assert torch.equal(y, expected)
+            built = sorted(key[0][-1] for key in receiver.built)
+            assert built == list(range(1, min(frames, receiver.MAX_BUILT) + 1))
+            if frames == receiver.MAX_BUILT:
+                traced = len(functions())
+        assert len(functions()) == traced  # nothing traced past the bound
         with pytest.raises((CodecError, RuntimeError), match="streaming batch changed from 1 to 2"):
             receiver(torch.cat([latent, latent]))
 
@@ -200,3 +207,31 @@ def test_a_torch_that_cannot_trace_runs_the_eager_step(
         assert traced.untraceable and not traced.built
     warnings = [record.getMessage() for record in caplog.records if record.name == torchscript.__name__]
     assert len(warnings) == 1 and reason in warnings[0] and "runs it eagerly" in warnings[0], warnings
+
+
+def test_tracing_in_several_threads_leaves_the_warning_filters_as_they_were() -> None:
+    """Changing the filters around each trace was not thread-safe: overlapping traces in two threads left
+    "ignore every warning" behind for the whole process."""
+    import threading
+    import warnings
+
+    codecs = [load("vctk_sym") for _ in range(3)]
+    x = 0.1 * torch.randn(1, 1, 300 * 12)
+    before = list(warnings.filters)
+    errors = []
+
+    def stream(codec: StreamingCodec) -> None:
+        try:
+            codec.reset(1)
+            for start in range(0, x.shape[-1], 300):
+                codec.decode(codec.encode(x[..., start : start + 300]))
+        except Exception as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=stream, args=(codec,)) for codec in codecs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and all(len(codec._encode_chunk.built) == 1 for codec in codecs)
+    assert warnings.filters == before

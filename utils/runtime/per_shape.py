@@ -79,13 +79,16 @@ class PerShapeStep(ABC):
     A shape gets its compiled form when it comes a second time: a stream's chunks repeat their
     shape, whereas the one-off lengths of whole files (every file ends in a different remainder)
     would each cost a build for one call, so those run the eager step. At most `MAX_BUILT` forms
-    are kept, least recently used out first; changed or replaced weights make a new one. CPU
-    inputs outside autograd only: anything else runs the eager step.
+    are kept, least recently used out first, where a form's memory is given back when it is dropped
+    (`FREES_BUILT`); where it is not, at most `MAX_BUILT` are ever built, and shapes beyond run the
+    eager step. Changed or replaced weights make a new form. CPU inputs outside autograd only:
+    anything else runs the eager step.
     """
 
     MAX_BUILT = 8
     MAX_SEEN = 256
     BUILD_AT_ONCE = False  # True: build on a shape's first call (the build must be cheap)
+    FREES_BUILT = True  # False: a dropped form keeps its memory, so forms are never replaced
 
     def __init__(self, module: nn.Module, step: Callable) -> None:
         self.module = module
@@ -97,6 +100,7 @@ class PerShapeStep(ABC):
         self.tensors: list[torch.Tensor] = []
         self.versioned: list[torch.Tensor] = []
         self.registrations = -1
+        self.builds = 0
 
     def _weights_key(self) -> tuple:
         """Storage and version of every parameter and buffer: a compiled form holds the weights it
@@ -130,6 +134,8 @@ class PerShapeStep(ABC):
                     self.seen.clear()
                 self.seen.add(key)
                 return self.step(x)
+            if not self.FREES_BUILT and self.builds >= self.MAX_BUILT:
+                return self.step(x)  # the same result; another form would be memory never given back
             if len(self.built) >= self.MAX_BUILT:
                 del self.built[next(iter(self.built))]
             if self.layers is None:
@@ -138,5 +144,6 @@ class PerShapeStep(ABC):
         check_states(self.layers, x.shape[0])  # streams start in the torch layers, as the eager step starts them
         if built is None:
             built = self._build(x, warm)
+            self.builds += 1
         self.built[key] = built
         return self._run(built, x)

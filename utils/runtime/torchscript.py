@@ -49,13 +49,23 @@ class StepGraph(nn.Module):
         return (self.step(x), *[get_state(layer) for layer in self.layers])
 
 
+# The tracer's notes on the layers' shape-specialised Python branches, which the per-shape graphs are
+# made for: filtered once here, as changing the filters around each trace is not thread-safe (two
+# codecs tracing in two threads could leave "ignore everything" behind for the whole process).
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"(layers|models)\.")
+
+
 class _NoTrace(Exception):
     """The tracer could not record the step (its message says why)."""
 
 
 class TracedStep(PerShapeStep):
     """`PerShapeStep` whose compiled form is a TorchScript graph (sharing the module's weights), or
-    the eager step once a trace has failed (`untraceable` says why)."""
+    the eager step once a trace has failed (`untraceable` says why). TorchScript keeps every traced
+    graph in its global compilation unit, also one nothing refers to any more: a stream that comes in
+    more than `MAX_BUILT` shapes runs those beyond eagerly (the same result) instead of growing."""
+
+    FREES_BUILT = False
 
     OPTIMIZE = False  # the graph executor's optimising passes (see _run)
 
@@ -87,12 +97,7 @@ class TracedStep(PerShapeStep):
         packed = [pack.packed for pack in packs]
         saved = [get_state(layer) for layer in layers]
         try:
-            with warnings.catch_warnings():
-                # tracer notes about shape-specialised Python branches, and TorchScript's deprecation
-                warnings.simplefilter("ignore")
-                graph = torch.jit.trace(
-                    StepGraph(self.step, layers, packs), (x, *saved, *packed), check_trace=False
-                )
+            graph = torch.jit.trace(StepGraph(self.step, layers, packs), (x, *saved, *packed), check_trace=False)
             # Inline the scripted oneDNN calls, then fold the argument lists that are constants and
             # drop what nothing uses: a third fewer nodes for the interpreter, the same operations.
             torch._C._jit_pass_inline(graph.graph)
