@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.layout import is_channels_last
-from layers.streaming import StreamingState, note_usage
+from layers.streaming import StreamingState, note_usage, tensor_version
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
@@ -68,10 +68,8 @@ class PackedConv:
         )
 
     def _refresh(self, weight: torch.Tensor, bias: torch.Tensor | None, transform) -> None:
-        key = (
-            weight.data_ptr(), weight._version,
-            None if bias is None else (bias.data_ptr(), bias._version),
-        )
+        bias_key = None if bias is None else (bias.data_ptr(), tensor_version(bias))
+        key = (weight.data_ptr(), tensor_version(weight), bias_key)
         if key == self.key:
             return
         with torch.inference_mode(False), torch.no_grad():

@@ -95,6 +95,13 @@ def set_state(layer: StreamingState, state: torch.Tensor | None) -> None:
     layer.__dict__["_state"] = state
 
 
+def tensor_version(tensor: torch.Tensor) -> int:
+    """The tensor's version counter, which an in-place change bumps (caches of weights compare it);
+    -1 for an inference-mode tensor, which keeps none (a codec made under `torch.inference_mode()`:
+    its storage is all there is to compare)."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 def streaming_layers(model: nn.Module) -> dict[str, StreamingState]:
     """The streaming layers of `model` by module path, in module order."""
     return {path: module for path, module in model.named_modules() if isinstance(module, StreamingState)}
@@ -123,9 +130,12 @@ def reset_streaming(model: nn.Module, batch_size: int = 1) -> None:
         layer.reset_state(batch_size)
 
 
-def expand_streams(model: nn.Module, batch_size: int) -> None:
-    """Copy the (single) stream state of every started layer of `model` into `batch_size` streams."""
-    for layer in streaming_layers(model).values():
+def expand_streams(models: nn.Module | tuple[nn.Module, ...], batch_size: int) -> None:
+    """Copy the (single) stream state of every started layer of `models` into `batch_size` streams
+    (each layer once, where the models share layers: one generator as encoder and decoder)."""
+    models = models if isinstance(models, tuple) else (models,)
+    layers = {id(layer): layer for model in models for layer in streaming_layers(model).values()}
+    for layer in layers.values():
         state = get_state(layer)
         if state is not None:
             set_state(layer, state.repeat(batch_size, 1, 1))

@@ -26,6 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from layers.streaming import tensor_version
+
 USAGE_MIN_CLUSTER_SIZE = 0.01  # EMA cluster size from which a code counts as in use
 
 
@@ -149,10 +151,10 @@ class VectorQuantize(nn.Module):
         if self.training or torch.is_grad_enabled():
             return 2 * self.embed, self.embed.pow(2).sum(0, keepdim=True)
         cached = getattr(self, "_search_cache", None)
-        if cached is None or cached[0] is not self.embed or cached[1] != self.embed._version:
+        if cached is None or cached[0] is not self.embed or cached[1] != tensor_version(self.embed):
             with torch.inference_mode(False), torch.no_grad():
                 terms = (2 * self.embed, self.embed.pow(2).sum(0, keepdim=True))
-            cached = self._search_cache = (self.embed, self.embed._version, terms)
+            cached = self._search_cache = (self.embed, tensor_version(self.embed), terms)
         return cached[2]
 
     def distances(self, flatten: torch.Tensor) -> torch.Tensor:
@@ -345,7 +347,7 @@ class ResidualVQ(nn.Module):
 
     def _table(self) -> torch.Tensor:
         """All codebooks stacked, (num_quantizers * size, dim); cached while no `embed` changes."""
-        key = [(layer.embed, layer.embed._version) for layer in self.layers]
+        key = [(layer.embed, tensor_version(layer.embed)) for layer in self.layers]
         cached = getattr(self, "_table_cache", None)
         if cached is None or any(a is not b or u != v for (a, u), (b, v) in zip(cached[0], key)):
             with torch.inference_mode(False), torch.no_grad():

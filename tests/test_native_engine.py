@@ -167,6 +167,71 @@ def test_sizes_off_the_vector_width() -> None:
     torch.testing.assert_close(native_wave, eager_wave, rtol=0, atol=1e-5)
 
 
+def test_in_place_activations_run_as_torch() -> None:
+    """The residual units add the activated input where the activation works in place (the model's own
+    arithmetic, which the engine, adding the input, did not reproduce): such a side runs as torch."""
+    torch.manual_seed(0)
+    generator = Generator(
+        encode_channels=4, decode_channels=4, code_dim=8, codebook_num=2, codebook_size=16, enc_ratios=(2, 4),
+        dec_ratios=(4, 2), enc_strides=(2, 3), dec_strides=(3, 2), nonlinear_activation="ELU",
+        nonlinear_activation_params={"alpha": 1.0, "inplace": True},
+    ).eval()
+    assert native.why_not_native(generator, "encoder") == "in-place activations do not run natively"
+    x = speech(samples=6 * 40)
+    results = {}
+    for backend in ("native", "eager"):
+        codec = StreamingCodec(generator, generator, 24000, backend=backend)
+        results[backend] = stream(codec, x, list(range(0, x.shape[-1] + 1, 6)))
+        assert codec.native_sides == []
+    assert torch.equal(results["native"][0], results["eager"][0])
+    torch.testing.assert_close(results["native"][1], results["eager"][1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch", "eager"])
+def test_one_generator_as_both_sides_holds_a_batch(backend: str) -> None:
+    """Its layers were expanded to a batch twice (once as encoder, once as decoder): B * B streams."""
+    codec = tiny_codec(backend, 20)
+    alone = [tiny_codec(backend, 20) for _ in range(2)]
+    x = speech(samples=6 * 50).repeat(2, 1, 1) * torch.tensor([1.0, 0.5])[:, None, None]
+    codec.reset(2)
+    codes = codec.encode(x)
+    audio = codec.decode(codes)
+    for index, single in enumerate(alone):
+        single.reset(1)
+        assert torch.equal(single.encode(x[index : index + 1]), codes[index : index + 1])
+        torch.testing.assert_close(single.decode(codes[index : index + 1]), audio[index : index + 1], rtol=0,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch", "eager"])
+def test_a_codec_made_in_inference_mode_codes_as_any_other(backend: str) -> None:
+    """Inference-mode tensors keep no version counter, which the caches of packed weights and codebook
+    terms read; a HiFi-GAN left with weight norm computes its weights as such tensors too."""
+    entry = MANIFEST["vctk_v1"]
+    paths = official_path(entry["encoder_checkpoint"]), official_path(entry["decoder_checkpoint"])
+    x = speech(samples=3000)
+    expected = StreamingCodec.from_checkpoints(*paths, backend=backend).code(x)
+    with torch.inference_mode():
+        codec = StreamingCodec.from_checkpoints(*paths, backend=backend)
+    codes, audio = codec.code(x)
+    assert torch.equal(codes, expected[0]) and torch.equal(audio, expected[1])
+    torch.manual_seed(0)
+    vocoder = HiFiGAN(in_channels=10, out_channels=1, channels=16, kernel_size=7, upsample_scales=(2, 3),
+                      upsample_kernel_sizes=(4, 6), resblock_kernel_sizes=(3,), resblock_dilations=((1, 3),),
+                      groups=2, stats="unused", load_stats=False).eval()  # weight norm on
+    codec = StreamingCodec(tiny_codec(backend, 20).encoder, vocoder, 48000, backend=backend)
+    codec.reset(1)
+    assert codec.decode(codec.encode(x[..., :60])).shape == (1, 1, 60)
+
+
+def test_a_non_causal_model_is_refused_in_one_line() -> None:
+    generator = Generator(encode_channels=4, decode_channels=4, code_dim=8, codebook_num=2, codebook_size=16,
+                          enc_ratios=(2, 4), dec_ratios=(4, 2), enc_strides=(2, 3), dec_strides=(3, 2),
+                          mode="noncausal")
+    with pytest.raises(CodecError, match=r"the encoder is non-causal \(mode: noncausal\): streaming needs a causal"):
+        StreamingCodec(generator, generator, 24000)
+
+
 def tiny_vocoder_codec(backend: str) -> StreamingCodec:
     """The tiny AudioDec's encoder with a small grouped HiFi-GAN (v1's structure, normalized input)."""
     encoder = tiny_codec(backend, 20).encoder

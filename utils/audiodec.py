@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layers.conv import NonCausalConv1d, NonCausalConvTranspose1d
 from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from utils.bitstream.bits import bits_per_code
@@ -69,6 +70,9 @@ class StreamingCodec:
             raise CodecError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
             raise CodecError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+        for side, model in (("encoder", encoder), ("decoder", decoder)):
+            if any(type(module) in (NonCausalConv1d, NonCausalConvTranspose1d) for module in model.modules()):
+                raise CodecError(f"the {side} is non-causal (mode: noncausal): streaming needs a causal model")
         if encoder.hop_length != decoder.hop_length:
             raise CodecError(
                 f"encoder hop {encoder.hop_length} and decoder hop {decoder.hop_length} differ: pick a matching pair"
@@ -195,8 +199,7 @@ class StreamingCodec:
             self._decode_codes(self.encoder.quantize(latent))
         else:
             self.decoder.decode(self.encoder.lookup(self.encoder.quantize(latent)))
-        expand_streams(self.encoder, batch_size)
-        expand_streams(self.decoder, batch_size)
+        expand_streams((self.encoder, self.decoder), batch_size)
 
     def _check_batch(self, batch: int) -> None:
         if self.batch_size == 0:

@@ -61,9 +61,11 @@ def _vocoder_class() -> type:
 
 
 def _activation_problem(module: nn.Module) -> str:
-    if type(module) is nn.ELU or type(module) is nn.LeakyReLU:
-        return ""
-    return f"{type(module).__name__} activations do not run natively (ELU and LeakyReLU do)"
+    if type(module) is not nn.ELU and type(module) is not nn.LeakyReLU:
+        return f"{type(module).__name__} activations do not run natively (ELU and LeakyReLU do)"
+    if module.inplace:  # the model's residual sums then add the activated input, which the engine does not
+        return "in-place activations do not run natively"
+    return ""
 
 
 def _conv_problem(network: nn.Module) -> str:
