@@ -51,7 +51,8 @@ class OfflineCodec:
     The original's test stage runs the models' offline `forward` (any mode, causal or not), not
     the warmed-up streaming step of `utils.audiodec.StreamingCodec`; their outputs differ (the
     offline transposed convolutions pad by repeating the first frame), so the test stage keeps
-    its own pass to give the original's outputs.
+    its own pass to give the original's samples. Each output has its input's length; the original
+    writes the output of the input padded to whole hops, which this cuts back.
     """
 
     def __init__(self, encoder_checkpoint: str, decoder_checkpoint: str, device: str | torch.device = "cpu") -> None:
