@@ -39,6 +39,12 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "sampling_rate": ({"sampling_rate": "8000"}, "sampling_rate '8000' is not a whole number: fix the config"),
     "quoted_switch": ({"use_mel_loss": "false"}, "use_mel_loss 'false' is not true or false \\(unquoted\\)"),
     "quoted_padding": ({"pad_short": "no"}, "pad_short 'no' is not true or false"),
+    "quoted_run_switch": ({"fast_conv": "false"}, "fast_conv 'false' is not true or false"),  # (had turned it on)
+    "quoted_compression": ({"ddp_bf16_compress": "false"}, "ddp_bf16_compress 'false' is not true or false"),
+    "budget_zero": ({"cpu_budget_minutes": 0}, "cpu_budget_minutes 0: give minutes above 0, or leave it out"),
+    "budget_negative": ({"cpu_budget_minutes": -1}, "cpu_budget_minutes -1: give minutes above 0"),
+    "micro_batch": ({"micro_batch": 2.5}, "micro_batch 2.5 is not a whole number: fix the config"),
+    "batch_per_rank": ({"batch_size_per_rank": 0}, "batch_size_per_rank 0: give 1 or more"),
     "params_list": ({"generator_params": [1, 2]}, "generator_params is a list, not a mapping of settings"),
     "codebooks": ({"generator_params": {**TINY_AUTOENCODER["generator_params"], "codebook_num": 0}},
                   "cannot build symAudioDec from generator_params: codebook_num 0: give 1 or more"),

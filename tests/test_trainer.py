@@ -258,6 +258,36 @@ def test_resuming_with_another_optimizer_is_refused_before_training(autoencoder_
     assert not (root / "exp" / "autoencoder" / "sgd").exists()
 
 
+def test_a_refused_resume_leaves_the_experiment_as_it_was(autoencoder_run, tmp_path: Path) -> None:
+    """config.yml had been rewritten with the refused recipe (its checkpoints then no longer loaded for
+    inference) and a TensorBoard file added, before the checkpoint was found not to fit."""
+    root, expdir = autoencoder_run
+    before = {path: path.read_bytes() for path in expdir.rglob("*") if path.is_file()}
+    wider = tiny_recipe(root)
+    wider["generator_params"] = {**wider["generator_params"], "encode_channels": 8, "decode_channels": 8}
+    with pytest.raises(CodecError, match=r"checkpoint-4steps.pkl does not fit the recipe's generator"):
+        train(wider, root, "autoencoder/tiny", resume="auto")
+    assert {path: path.read_bytes() for path in expdir.rglob("*") if path.is_file()} == before
+
+
+def test_config_yml_keeps_the_settings_of_every_run(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, adv_train_max_steps=0)
+    expdir = train(recipe, tmp_path, "runs")
+    first = yaml.safe_load((expdir / "config.yml").read_text())
+    assert first["runs"] == [{key: first[key] for key in ("config", "resume", "precision", "compile", "fast_conv",
+                                                           "tf32", "batch_size", "world_size", "ddp_bf16_compress",
+                                                           "seed")} | {"from_step": 0}]
+    longer = tiny_recipe(tmp_path, adv_train_max_steps=0, train_max_steps=4)
+    recipe_path = save_recipe(longer, tmp_path / "longer.yaml")
+    run_training(TrainOptions(config=recipe_path, tag="runs", exp_root=str(tmp_path / "exp"), resume="auto",
+                              seed=7, micro_batch=1))
+    second = yaml.safe_load((expdir / "config.yml").read_text())
+    assert second["resume"] == str(expdir / "checkpoint-2steps.pkl") and second["micro_batch"] == 1
+    assert [run["from_step"] for run in second["runs"]] == [0, 2]
+    assert second["runs"][0] == first["runs"][0] and second["runs"][1]["micro_batch"] == 1
+    assert second["runs"][1]["config"] == recipe_path and second["runs"][1]["resume"] == second["resume"]
+
+
 def test_a_run_whose_weights_stop_being_finite_stops_without_a_checkpoint(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
     sf.write(tmp_path / "corpus" / "train" / "loud.wav", np.full(800, 3e38, np.float32), SAMPLE_RATE,

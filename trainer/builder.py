@@ -30,7 +30,7 @@ from trainer.state import resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, output_delay
 from utils.errors import CodecError, built_from_config, check_at_least
-from utils.files import make_output_folder
+from utils.files import make_output_folder, write_text_atomic
 from utils.runtime.cpu_process import current_malloc
 
 logger = logging.getLogger(__name__)
@@ -113,11 +113,12 @@ TRAINING_KEYS = ("model_type", "sampling_rate", "generator_params", "discriminat
                  "batch_length", "train_max_steps")
 WHOLE_NUMBER_KEYS = ("sampling_rate", "batch_size", "batch_length", "adv_batch_length", "train_max_steps",
                      "adv_train_max_steps", "save_interval_steps", "eval_interval_steps", "log_interval_steps",
-                     "num_workers")
+                     "num_workers", "micro_batch", "batch_size_per_rank")
 # Counts that are divided by or stepped with: 0 has no meaning there
 POSITIVE_KEYS = ("sampling_rate", "batch_size", "batch_length", "save_interval_steps", "eval_interval_steps",
-                 "log_interval_steps")
-SWITCH_KEYS = ("pad_short", "pin_memory")  # and every use_* key: YAML's "false" in quotes is a true string
+                 "log_interval_steps", "micro_batch", "batch_size_per_rank")
+# and every use_* key: YAML's "false" in quotes is a true string
+SWITCH_KEYS = ("pad_short", "pin_memory", "fast_conv", "tf32", "ddp_bf16_compress")
 
 
 def _is_number(value: Any) -> bool:
@@ -144,6 +145,9 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
             raise CodecError(f"{path}: {key} {value!r} is not a whole number: fix the config")
         if value is not None and key in POSITIVE_KEYS and value < 1:
             raise CodecError(f"{path}: {key} {value!r}: give 1 or more")
+    budget = config.get("cpu_budget_minutes")
+    if budget is not None and not (_is_number(budget) and budget > 0):
+        raise CodecError(f"{path}: cpu_budget_minutes {budget!r}: give minutes above 0, or leave it out")
     for key in [key for key in config if key.startswith("use_") or key in SWITCH_KEYS]:
         if config[key] is not None and not isinstance(config[key], bool):
             raise CodecError(f"{path}: {key} {config[key]!r} is not true or false (unquoted): fix the config")
@@ -297,6 +301,33 @@ def experiment_config(
     return full
 
 
+# The settings that may change from one run of an experiment to the next (a resume with --precision
+# bf16, say): config.yml keeps each run's under `runs`, with the step it started from.
+RUN_RECORD_KEYS = ("config", "resume", "initial", "precision", "compile", "fast_conv", "tf32", "batch_size",
+                   "world_size", "micro_batch", "ddp_bf16_compress", "threads", "cpu_budget_minutes", "seed")
+
+
+def record_config(expdir: Path, config: Mapping[str, Any], resume: Path | None, steps: int) -> None:
+    """Write ``<expdir>/config.yml``: the config this run trains with (``resume`` the checkpoint it
+    resumed from), and under ``runs`` the settings of each run of the experiment, earlier ones read
+    from the config.yml a resumed run replaces."""
+    record = {**config, "resume": str(resume) if resume is not None else ""}
+    run = {"from_step": steps, **{key: record[key] for key in RUN_RECORD_KEYS if record.get(key) is not None}}
+    runs = []
+    previous_path = expdir / "config.yml"
+    if resume is not None and previous_path.is_file():
+        try:
+            previous = yaml.safe_load(previous_path.read_text()) or {}
+        except yaml.YAMLError:
+            previous = {}
+        if isinstance(previous, dict):
+            earlier = previous.get("runs") or [
+                {"from_step": 0, **{key: previous[key] for key in RUN_RECORD_KEYS if previous.get(key) is not None}}]
+            runs = [entry for entry in earlier if isinstance(entry, dict) and entry.get("from_step", 0) < steps]
+    record["runs"] = [*runs, run]
+    write_text_atomic(previous_path, yaml.safe_dump(record, sort_keys=False))
+
+
 def run_training(options: TrainOptions) -> Path:
     """Train as ``codecTrain.py`` does; returns the experiment folder ``<exp_root>/<tag>``.
 
@@ -334,12 +365,7 @@ def run_training(options: TrainOptions) -> Path:
             if context.is_main:
                 make_output_folder(expdir, "the experiment folder")
                 lock = hold_experiment(expdir)  # before anything in the folder is written
-                with open(expdir / "config.yml", "w") as handle:
-                    yaml.safe_dump(config, handle, sort_keys=False)
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(expdir / "tensorboard"))
-            trainer = build_trainer(config, context, expdir, options.seed, writer, plan)
+            trainer = build_trainer(config, context, expdir, options.seed, None, plan)
             initial = config.get("initial") or ""
             if resume is not None:
                 trainer.load_checkpoint(resume)
@@ -349,6 +375,11 @@ def run_training(options: TrainOptions) -> Path:
                 if not Path(initial).is_file():
                     raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
                 trainer.load_checkpoint(initial, params_only=True)
+            if context.is_main:  # the run starts: only now is the folder's record of what ran changed
+                record_config(expdir, config, resume, trainer.steps)
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = trainer.writer = SummaryWriter(str(expdir / "tensorboard"))
         except BaseException:
             if lock is not None:  # None: the folder is another run's, or this process is not rank 0
                 if fresh:  # a run that cannot start leaves no experiment folder behind
