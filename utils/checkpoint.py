@@ -81,13 +81,10 @@ def build_generator(config: dict[str, Any], inference: bool = True) -> nn.Module
     for key in ("model_type", "generator_params"):
         if key not in config:
             raise CodecError(f"the config has no '{key}': it is not an AudioDec recipe")
-    if not isinstance(config["generator_params"], dict):
-        raise CodecError(f"generator_params is a {type(config['generator_params']).__name__}, not a mapping of the "
-                         "generator's settings: fix the config")
-    params = dict(config["generator_params"])
+    params = config["generator_params"]  # built_from_config refuses one that is not a mapping
     model_type = config["model_type"]
-    if inference and "stats" in params:
-        params["load_stats"] = False
+    if inference and isinstance(params, dict) and "stats" in params:
+        params = {**params, "load_stats": False}
     try:
         cls = generator_class(model_type)
     except ValueError as error:
