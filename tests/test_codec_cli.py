@@ -13,9 +13,10 @@ import torch
 from models.autoencoder.AudioDec import Generator
 from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from utils.audiodec import StreamingCodec
-from utils.bitstream.adc import read_adc
+from utils.bitstream.adc import BitstreamError, read_adc
 from utils.bitstream.codec_file import decode_codes, decode_stream, encode_to_file
 from utils.bitstream.entropy import EntropyModel
+from utils.errors import CodecError
 from utils.eval.metrics import snr_db
 
 
@@ -205,7 +206,7 @@ def test_a_reduced_precision_receiver_from_the_command_line(tmp_path, python: st
                             cwd=OFFICIAL, capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0].startswith("error: ") and "use --precision fp32" in lines[0] and not out.exists()
+    assert lines[0].startswith("error: ") and "use precision fp32" in lines[0] and not out.exists()
 
 
 @pytest.mark.parametrize("delay", [137, 450])
@@ -448,3 +449,53 @@ def test_entropy_coding_that_would_not_pay_writes_the_raw_payload(tmp_path) -> N
     header = encode_to_file(codec, data, str(tmp_path / "other.adc"), entropy_model=silence)
     assert not header.entropy_coded and header == raw
     assert (tmp_path / "other.adc").read_bytes() == (tmp_path / "raw.adc").read_bytes()
+
+
+def test_the_python_calls_of_the_file_format_check_what_they_are_given(tmp_path) -> None:
+    """Integer samples, a 1-D array, a count of codebooks the model lacks: refused before any coding,
+    with no file written; the streaming reader names its arguments and decodes entropy-coded bytes."""
+    codec = full_size_codec()
+    data = 0.1 * np.random.default_rng(0).standard_normal((4800, 1))
+    target = tmp_path / "x.adc"
+    for samples, message in (((data * 32768).astype(np.int16), r"samples are floats in \[-1, 1\], got int16"),
+                             (data[:, 0], r"a NumPy array \(samples, channels\), got shape \(4800,\)")):
+        with pytest.raises(CodecError, match=message):
+            encode_to_file(codec, samples, str(target))
+    for bad in (0, -1, 9, 4.0, True):
+        with pytest.raises(CodecError, match=rf"n_codebooks {bad!r}: this model has 1..8"):
+            encode_to_file(codec, data, str(target), n_codebooks=bad)
+    assert not target.exists()
+
+    encode_to_file(codec, data, str(target))
+    codes = read_adc(target)[1]
+    fitted = EntropyModel.fit(list(codes), 1024)
+    assert encode_to_file(codec, data, str(tmp_path / "e.adc"), entropy_model=fitted).entropy_coded
+    blob = (tmp_path / "e.adc").read_bytes()
+    with pytest.raises(BitstreamError, match="pass the entropy model it was written with"):
+        list(decode_stream(codec, [blob]))
+    streamed = np.concatenate(list(decode_stream(codec, [blob[:10], blob[10:]], entropy_model=fitted)))
+    np.testing.assert_array_equal(streamed, np.concatenate(list(decode_stream(codec, [target.read_bytes()]))))
+    with pytest.raises(CodecError, match=r"takes an iterable of byte pieces, got the bytes themselves: pass \[data\]"):
+        next(decode_stream(codec, blob))
+    for bad in (0, 1.5, True):
+        with pytest.raises(CodecError, match=rf"frames_per_step {bad!r}: give a whole number of frames, 1 or more"):
+            next(decode_stream(codec, [blob], frames_per_step=bad))
+
+
+def test_a_table_for_more_codes_than_16_bits_hold_names_the_real_limit() -> None:
+    codes = [np.zeros((1, 4), np.int64)]
+    with pytest.raises(ValueError, match=r"exceeds 2\*\*precision_bits = 4096: raise precision_bits \(at most 16\)"):
+        EntropyModel.fit(codes, 5000, precision_bits=12)
+    with pytest.raises(ValueError, match=r"tables of 16 bits hold at most 65536 codes: store such codes raw"):
+        EntropyModel.fit(codes, 1 << 17)
+
+
+def test_the_test_stages_codec_refuses_integer_samples() -> None:
+    from trainer.synthesis import OfflineCodec
+
+    entry = MANIFEST["vctk_sym"]
+    codec = OfflineCodec(official_path(entry["encoder_checkpoint"]), official_path(entry["decoder_checkpoint"]))
+    audio = 0.1 * np.random.default_rng(0).standard_normal((600, 1))
+    with pytest.raises(CodecError, match=r"samples are floats in \[-1, 1\], got int16: scale integer ones"):
+        codec.code((audio * 32768).astype(np.int16))
+    assert codec.code(audio).shape == (600, 1)

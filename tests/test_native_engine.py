@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import signal
 import threading
 
@@ -19,6 +20,7 @@ from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
 from utils.runtime import native, native_build
+from utils.runtime.backends import precision_problem
 from utils.runtime.native import NativeStep
 from utils.runtime.torchscript import TracedStep
 
@@ -367,13 +369,14 @@ def test_int8_weights_keep_each_column_within_half_a_step() -> None:
 
 
 def test_a_bf16_receiver_outside_the_engine_names_the_fix() -> None:
-    with pytest.raises(CodecError, match=r"does not run this receiver \(--backend native is not selected\)"):
+    with pytest.raises(CodecError, match=r"does not run this receiver \(the native backend is not selected\)"):
         load("vctk_sym", backend="torch", precision="bf16")
     with pytest.raises(CodecError, match=r"does not run this receiver \(multi-receptive-field branches .* fp32"):
         unsupported_receiver(precision="bf16")
-    with pytest.raises(CodecError, match=r"is for a CPU receiver .* use --precision fp32 on meta"):
-        load("vctk_sym", precision="bf16", device="meta")
-    with pytest.raises(CodecError, match=r"--precision int8 runs in the native engine, which does not run this"):
+    decoder = load("vctk_sym").decoder
+    assert re.fullmatch(r"precision bf16 is for a CPU receiver .* use precision fp32 on cuda:0",
+                        precision_problem("bf16", torch.device("cuda:0"), decoder, ["encoder", "decoder"]))
+    with pytest.raises(CodecError, match=r"^precision int8 runs in the native engine, which does not run this"):
         load("vctk_sym", backend="eager", precision="int8")
     with pytest.raises(ValueError, match="the engine stores"):
         NativeStep(load("vctk_sym").decoder, lambda x: x, "decoder", load("vctk_sym").encoder.quantizer.codebook,
@@ -488,7 +491,7 @@ def test_a_reduced_precision_receiver_without_the_engine_says_so_in_one_line(tmp
                              "--precision", "int8", "-i", source, "-o", str(tmp_path / "out.wav")],
                             cwd=OFFICIAL, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("error: --precision int8 runs in the native engine, which does not run this "
+    assert result.stderr.startswith("error: precision int8 runs in the native engine, which does not run this "
                                     f"receiver (C compiler {tmp_path / 'no-such-compiler'} does not run")
     assert not (tmp_path / "out.wav").exists()
 

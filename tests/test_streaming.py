@@ -251,3 +251,68 @@ def test_counts_are_checked(any_backend: StreamingCodec) -> None:
     assert codec.bitrate() == 8 * codec.bitrate(1) and codec.bitrate(np.int64(3)) == 3 * codec.bitrate(1)
     codes, y = codec.code(x, n_codebooks=3)
     assert codes.shape == (1, 8, 3) and y.shape == x.shape
+
+
+def test_what_the_codec_gives_back_is_an_ordinary_tensor(any_backend: StreamingCodec) -> None:
+    """Made under inference mode, but handed back as tensors a caller may change in place or train on."""
+    codec = any_backend
+    x = 0.1 * torch.randn(1, 1, 900)
+    codes, y = codec.code(x)
+    codec.reset(1)
+    for tensor in (codes, y, codec.encode(x), codec.decode(codes), codec.code_unquantized(x)):
+        assert not tensor.is_inference()
+    codes[:, 4:] = 0  # fewer codebooks, in place
+    layer = torch.nn.Conv1d(1, 1, 3)
+    layer(y).sum().backward()
+    assert layer.weight.grad is not None
+
+
+def test_inputs_the_codec_cannot_take_are_named(any_backend: StreamingCodec) -> None:
+    codec = any_backend
+    codec.reset(1)
+    with pytest.raises(CodecError, match=r"a chunk of 0 streams: give at least one"):
+        codec.encode(torch.zeros(0, 1, 600))
+    with pytest.raises(CodecError, match=r"the chunk is on the meta device, which holds no samples"):
+        codec.encode(torch.zeros(1, 1, 600, device="meta"))
+    with pytest.raises(CodecError, match=r"the codes are on the meta device"):
+        codec.decode(torch.zeros(1, 8, 2, dtype=torch.long, device="meta"))
+    loud = torch.full((1, 1, 600), 3e38)  # finite, though their float32 sum is not
+    assert codec.encode(loud).shape == (1, 8, 2)
+    audio = 0.1 * np.random.default_rng(1).standard_normal((900, 2))
+    with pytest.raises(CodecError, match=r"samples are floats in \[-1, 1\], got int16: scale integer ones"):
+        codec.streams_from_audio((audio * 32768).astype(np.int16))
+    with pytest.raises(CodecError, match=r"a NumPy array \(samples, channels\), got shape \(900,\): read with "):
+        codec.streams_from_audio(audio[:, 0])
+    assert codec.streams_from_audio(audio).shape == (2, 1, 900)
+
+
+def test_codes_stored_unsigned_decode_as_the_encoder_gave_them(any_backend: StreamingCodec) -> None:
+    codec = any_backend
+    codes, y = codec.code(0.1 * torch.randn(1, 1, 900))
+    for dtype in (torch.uint8, torch.int16, torch.uint16, torch.uint32):
+        stored = codes.clamp(max=torch.iinfo(dtype).max).to(dtype)
+        torch.testing.assert_close(codec.decode_signal(stored, 900), codec.decode_signal(stored.long(), 900),
+                                   rtol=0, atol=0)
+
+
+def test_a_whole_signal_length_the_codes_cannot_give_is_refused(any_backend: StreamingCodec) -> None:
+    codec = any_backend
+    codes, y = codec.code(0.1 * torch.randn(1, 1, 900))  # 3 frames
+    torch.testing.assert_close(codec.decode_signal(codes, 900), y, rtol=0, atol=0)
+    assert codec.decode_signal(codes, 0).shape == (1, 1, 0)
+    for bad in (901, -5, 900.0, True):
+        with pytest.raises(CodecError, match=rf"length {bad!r}: 3 frames of codes give 0 to 900 samples"):
+            codec.decode_signal(codes, bad)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("meta", r"device 'meta' holds no weights to code with: use 'cpu' or 'cuda\[:N\]'"),
+    ("bogus", r"device 'bogus' is not a device: use 'cpu' or 'cuda\[:N\]'"),
+    pytest.param("cuda", r"device 'cuda' cannot be used here \(.+\): use 'cpu'",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+])  # fmt: skip
+def test_a_device_this_machine_cannot_code_on_is_named(device: str, message: str) -> None:
+    entry = MANIFEST["vctk_sym"]
+    with pytest.raises(CodecError, match=message):
+        StreamingCodec.from_checkpoints(official_path(entry["encoder_checkpoint"]),
+                                        official_path(entry["decoder_checkpoint"]), device=device)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from dataloader import build_dataset
 from models.registry import AUTOENCODER_TYPES
 from trainer.analysis import quantized_latent
+from utils.audio import check_file_samples
 from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator, output_delay
 from utils.errors import CodecError
 from utils.files import make_output_folder
@@ -77,6 +78,7 @@ class OfflineCodec:
 
         A mono model codes each channel on its own (channels as the batch), as the original.
         """
+        check_file_samples(audio)
         signal = torch.from_numpy(np.ascontiguousarray(audio.T)).float().to(self.device)
         signal = signal.unsqueeze(0) if self.encoder.input_channels > 1 else signal.unsqueeze(1)
         length = signal.shape[-1]

@@ -94,6 +94,17 @@ def read_audio(
     return data, rate
 
 
+def check_file_samples(data: object) -> None:
+    """Raise CodecError unless `data` is file samples as the coders take them: a float NumPy array
+    (samples, channels). Integer samples (a WAV read as int16, say) would be coded 32768 times too loud."""
+    if not isinstance(data, np.ndarray) or data.ndim != 2:
+        got = f"shape {data.shape}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise CodecError(f"file samples are a NumPy array (samples, channels), got {got}: "
+                         "read with soundfile.read(path, always_2d=True), or reshape mono to (-1, 1)")
+    if not np.issubdtype(data.dtype, np.floating):
+        raise CodecError(f"samples are floats in [-1, 1], got {data.dtype}: scale integer ones (int16: x / 32768)")
+
+
 def read_mono(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Read an audio file as float32 mono (T,) (channels averaged) and its sample rate."""
     data, rate = read_audio(path, dtype="float32")

@@ -14,6 +14,7 @@ How the steps run (native engine, TorchScript, eager) is chosen in `utils.runtim
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 from layers.conv import NonCausalConv1d, NonCausalConvTranspose1d
 from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
+from utils.audio import check_file_samples
 from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator, output_delay, state_hash
 from utils.errors import CodecError
@@ -34,6 +36,8 @@ WARMUP_SAMPLES = 8192
 # Longer inputs run through the streaming path in blocks of this many frames: the same result
 # (Contract 2), faster, as a block's activations stay in cache (docs/performance.md).
 BLOCK_FRAMES = 80
+# Code dtypes torch reduces over only once widened (codes in a file may be stored unsigned).
+_CHECKED_CODE_DTYPES = {torch.uint16: torch.int32, torch.uint32: torch.int64, torch.uint64: torch.int64}
 
 
 def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
@@ -43,9 +47,42 @@ def _in_blocks(run, x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([run(x[..., start:start + size]) for start in range(0, x.shape[-1], size)], dim=-1)
 
 
+def _coding(method):
+    """Run `method` under inference mode, and give its tensors back as ordinary ones: inference
+    tensors cannot be changed in place or saved for backward outside inference mode, which a
+    caller's next line may well do. (Calls from inside inference mode get them as they are.)"""
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        if torch.is_inference_mode_enabled():
+            return method(*args, **kwargs)
+        with torch.inference_mode():
+            result = method(*args, **kwargs)
+        return result.clone() if isinstance(result, torch.Tensor) else result
+
+    return run
+
+
 def _is_count(value: object) -> bool:
     """An integer (Python's or NumPy's), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device this machine can run the codec on, else a CodecError naming the fix."""
+    try:
+        checked = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CodecError(f"device {device!r} is not a device: use 'cpu' or 'cuda[:N]'") from None
+    if checked.type == "meta":
+        raise CodecError("device 'meta' holds no weights to code with: use 'cpu' or 'cuda[:N]'")
+    if checked.type != "cpu":
+        try:  # the one test that holds for every backend torch may have been built with
+            torch.empty(0, device=checked)
+        except (RuntimeError, AssertionError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CodecError(f"device '{checked}' cannot be used here ({reason}): use 'cpu'") from None
+    return checked
 
 
 class StreamingCodec:
@@ -79,7 +116,7 @@ class StreamingCodec:
             )
         self.name = name
         self.sample_rate = sample_rate
-        self.device = torch.device(device)
+        self.device = _checked_device(device)
         self.encoder = encoder.to(self.device)
         self.decoder = decoder.to(self.device)
         self.hop_length = encoder.hop_length
@@ -166,7 +203,7 @@ class StreamingCodec:
         """8-byte fingerprint of what the receiver uses: codebooks and decoder (stored in .adc files)."""
         return state_hash(self.encoder.quantizer, self.decoder)
 
-    @torch.inference_mode()
+    @_coding
     def reset(self, batch_size: int = 1, frame_size: int | None = None) -> None:
         """Start `batch_size` independent streams from the warmed-up state.
 
@@ -202,6 +239,8 @@ class StreamingCodec:
         expand_streams((self.encoder, self.decoder), batch_size)
 
     def _check_batch(self, batch: int) -> None:
+        if batch < 1:
+            raise CodecError("a chunk of 0 streams: give at least one (shape (streams, channels, samples))")
         if self.batch_size == 0:
             self.reset(batch)
         elif batch != self.batch_size:
@@ -209,7 +248,7 @@ class StreamingCodec:
                 f"{batch} streams given but the codec was reset for {self.batch_size}: call reset({batch})"
             )
 
-    @torch.inference_mode()
+    @_coding
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Transmitter: waveform chunk (B, C, T), T a multiple of the hop -> codes (B, K, T / hop).
 
@@ -230,16 +269,19 @@ class StreamingCodec:
             raise CodecError(f"a chunk is {shape} for model '{self.name}', got {tuple(x.shape)}{fix}")
         if not x.is_floating_point():
             raise CodecError(f"samples are floats in [-1, 1], got {x.dtype}: scale integer ones (int16: x / 32768)")
+        if x.is_meta:
+            raise CodecError("the chunk is on the meta device, which holds no samples: give a CPU or GPU tensor")
         if chunk and x.shape[-1] % self.hop_length:
             raise CodecError(f"chunk of {x.shape[-1]} samples is not a multiple of the hop ({self.hop_length})")
-        if not math.isfinite(x.sum(dtype=torch.float32)):  # one reduction: finite unless a sample is not
+        # One reduction: finite unless a sample is not, or the sum of large samples overflowed (then look).
+        if not math.isfinite(x.sum(dtype=torch.float32)) and not bool(torch.isfinite(x).all()):
             raise CodecError("the chunk holds NaN or infinite samples: the codec codes finite ones")
 
     def _transmit(self, x: torch.Tensor) -> torch.Tensor:
         """The transmitter's eager step: waveform chunk -> codes."""
         return self.encoder.quantize(self.encoder.encode(x))
 
-    @torch.inference_mode()
+    @_coding
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Receiver: codes (B, K', frames), K' <= K -> waveform chunk (B, C_out, frames * hop).
 
@@ -248,7 +290,7 @@ class StreamingCodec:
         self._check_batch(codes.shape[0])
         if codes.shape[-1] == 0:
             return torch.empty(codes.shape[0], self.output_channels, 0, device=self.device)
-        return _in_blocks(self._decode_codes, codes.to(self.device), BLOCK_FRAMES)
+        return _in_blocks(self._decode_codes, codes.to(self.device, torch.int64), BLOCK_FRAMES)
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         if not isinstance(codes, torch.Tensor) or codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_codebooks:
@@ -256,8 +298,12 @@ class StreamingCodec:
             raise CodecError(f"codes must be a tensor (streams, 1..{self.n_codebooks}, frames), got {got}")
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise CodecError(f"codes are integers, got {codes.dtype}: give the indices the encoder gave")
+        if codes.is_meta:
+            raise CodecError("the codes are on the meta device, which holds no values: give a CPU or GPU tensor")
         if codes.numel():
-            least, most = (int(value) for value in torch.aminmax(codes))
+            # (torch has no min/max for uint16/32/64; codes of 1024 values fit int16 or wider.)
+            least, most = (int(value) for value in torch.aminmax(codes.to(_CHECKED_CODE_DTYPES.get(codes.dtype,
+                                                                                                  codes.dtype))))
             if least < 0 or most >= self.codebook_size:
                 raise CodecError(f"codes must lie in [0, {self.codebook_size}), got [{least}, {most}]: "
                                  "these are not this model's codes")
@@ -276,6 +322,8 @@ class StreamingCodec:
 
         The signal is zero-padded by `output_delay` samples and to a multiple of the hop; the output,
         from its `output_delay`-th sample on, is cut back to T samples: y[t] is the coded x[t].
+        The codes are all K codebooks' (what the encoder sends); y is decoded from the first
+        `n_codebooks` of them (default: all).
         """
         kept = self.checked_codebooks(n_codebooks)
         codes = self.encode_signal(x)
@@ -301,11 +349,15 @@ class StreamingCodec:
         """Codes of a whole signal of `length` samples (as `code` gives them) -> y (B, C_out, length),
         decoded from a fresh warmed-up state (unless `reset` is False) and aligned with the input."""
         self._check_codes(codes)
+        most = codes.shape[-1] * self.hop_length - self.output_delay
+        if not _is_count(length) or not 0 <= length <= max(0, most):
+            raise CodecError(f"length {length!r}: {codes.shape[-1]} frames of codes give 0 to {max(0, most)} "
+                             "samples of a whole signal; give the coded signal's length")
         if reset:
             self.reset(codes.shape[0])
         return self._aligned(self.decode(codes), length)
 
-    @torch.inference_mode()
+    @_coding
     def code_unquantized(self, x: torch.Tensor) -> torch.Tensor:
         """Whole-signal pass with the quantizer left out: x (B, C, T) -> y (B, C_out, T), the encoder's
         latent straight into the decoder (eager steps, from a state warmed up the same way). The
@@ -323,6 +375,7 @@ class StreamingCodec:
         A mono model codes each channel as its own stream; a multi-channel model takes exactly its
         number of channels as one stream.
         """
+        check_file_samples(data)
         channels = data.shape[1]
         if self.input_channels == 1:
             return torch.from_numpy(np.ascontiguousarray(data.T)).float().unsqueeze(1)

@@ -53,9 +53,9 @@ def encode_to_file(
     With `entropy_model` the payload is range-coded, unless that would not make the file smaller (audio
     unlike the table's, or too short for it to pay): then it is written raw, which needs no table.
     """
+    kept = codec.checked_codebooks(n_codebooks)
     streams = codec.streams_from_audio(data)
     codes = codec.encode_signal(streams)
-    kept = n_codebooks or codec.n_codebooks
     header = stream_header(codec, streams.shape[0], data.shape[0], kept)
     codes = codes[:, :kept].cpu().numpy()
     packed = encode_adc(header, codes)
@@ -96,15 +96,24 @@ def decode_codes(codec: StreamingCodec, header: StreamHeader, codes: np.ndarray)
 
 
 def decode_stream(
-    codec: StreamingCodec, pieces: Iterable[bytes], frames_per_step: int = 1
+    codec: StreamingCodec,
+    pieces: Iterable[bytes],
+    frames_per_step: int = 1,
+    entropy_model: EntropyModel | None = None,
 ) -> Iterator[np.ndarray]:
-    """Decode a raw `.adc` byte stream as it arrives: yields samples (n, channels * C_out) per step.
+    """Decode an `.adc` byte stream as it arrives (an iterable of byte pieces): yields samples
+    (n, channels * C_out) per step.
 
     Audio comes out as soon as `frames_per_step` frames are complete; the model's output delay is taken
     off the front and the tail beyond the file's length is cut, and a truncated or corrupt stream raises
-    at the end (after what was decoded).
+    at the end (after what was decoded). An entropy-coded stream needs the `entropy_model` it was
+    written with, and its frames all come out once the whole payload has arrived.
     """
-    reader = AdcStreamReader()
+    if isinstance(pieces, (bytes, bytearray, memoryview)):
+        raise CodecError("decode_stream takes an iterable of byte pieces, got the bytes themselves: pass [data]")
+    if isinstance(frames_per_step, bool) or not isinstance(frames_per_step, (int, np.integer)) or frames_per_step < 1:
+        raise CodecError(f"frames_per_step {frames_per_step!r}: give a whole number of frames, 1 or more")
+    reader = AdcStreamReader(entropy_model)
     pending: list[np.ndarray] = []
     emitted = 0
     header = None

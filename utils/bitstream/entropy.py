@@ -181,10 +181,10 @@ class EntropyModel:
     ) -> EntropyModel:
         """Count codes `(N, K, frames)` or a list of `(K, frames)` arrays; add-one smoothing; quantize."""
         if codebook_size > 1 << precision_bits:
-            raise ValueError(
-                f"codebook_size {codebook_size} exceeds 2**precision_bits = {1 << precision_bits}: "
-                "raise precision_bits (at most 16)"
-            )
+            fix = (f"raise precision_bits (at most {MAX_PRECISION_BITS})" if precision_bits < MAX_PRECISION_BITS
+                   else f"tables of {MAX_PRECISION_BITS} bits hold at most {1 << MAX_PRECISION_BITS} codes: "
+                   "store such codes raw")
+            raise ValueError(f"codebook_size {codebook_size} exceeds 2**precision_bits = {1 << precision_bits}: {fix}")
         examples = [np.asarray(item) for item in codes]
         if not examples:
             raise ValueError("no training codes given")

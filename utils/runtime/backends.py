@@ -80,12 +80,12 @@ def precision_problem(precision: str, device: torch.device, decoder: nn.Module, 
     if precision == "fp32":
         return ""
     if device.type != "cpu":
-        return f"--precision {precision} is for a CPU receiver (in the native engine): use --precision fp32 on {device}"
+        return f"precision {precision} is for a CPU receiver (in the native engine): use precision fp32 on {device}"
     if "decoder" not in native_sides:
         why = native_build.unavailable_reason() or native.why_not_native(decoder, "decoder")
-        why = why or "--backend native is not selected"
+        why = why or "the native backend is not selected"
         return (
-            f"--precision {precision} runs in the native engine, which does not run this receiver ({why}): "
-            "use --precision fp32"
+            f"precision {precision} runs in the native engine, which does not run this receiver ({why}): "
+            "use precision fp32"
         )
     return ""
