@@ -5,19 +5,33 @@
 #   ./run.sh                                   # bundled clip (data/demo), model demo48k -> output/
 #   INPUT=my.wav ./run.sh                      # your own file (resampled to 48 kHz if needed)
 #   MODEL=vctk_sym ROOT=/path/to/AudioDec ./run.sh   # another registered model and its exp/ folder
+# INPUT and ROOT are read from the caller's folder; the outputs go to output/$MODEL/ of the toolkit.
 set -euo pipefail
+if [ -n "${INPUT:-}" ] && [[ ${INPUT} != /* ]]; then INPUT=$PWD/$INPUT; fi
+if [ -n "${ROOT:-}" ] && [[ ${ROOT} != /* ]]; then ROOT=$PWD/$ROOT; fi
 cd "$(dirname "$0")"
-bash utils/setup_venv.sh  # .venv and the pinned requirements (torch's CPU build where no NVIDIA driver)
-PY=.venv/bin/python
 MODEL=${MODEL:-demo48k}
 INPUT=${INPUT:-data/demo/alsa_speakers.wav}
+if [ ! -f "$INPUT" ]; then
+    echo "error: INPUT=$INPUT is not a file: give an audio file (read from the folder run.sh is called from)" >&2
+    exit 1
+fi
+bash utils/setup_venv.sh  # .venv and the pinned requirements (torch's CPU build where no NVIDIA driver)
+PY=.venv/bin/python
 ROOT_ARGS=()
 if [ -n "${ROOT:-}" ]; then ROOT_ARGS=(--root "$ROOT"); fi
 RUNTIME=(--cuda -1 --num_threads 2 -f)  # -f: output/ is this script's own, rewritten on every run
-name=$(basename "${INPUT%.*}")
+file=$(basename "$INPUT")
+name=${file%.*}
+name=${name:-$file}  # .wav: a name that is all extension
 out=output/$MODEL
-mkdir -p "$out" output/reference
-cp "$INPUT" "output/reference/$name.${INPUT##*.}"
+# A run that fails leaves no folder it made (MODEL=bogus: no output/bogus/).
+made=""
+for folder in output "$out"; do
+    if [ ! -d "$folder" ]; then made=$folder; break; fi
+done
+trap 'status=$?; if [ "$status" -ne 0 ] && [ -n "$made" ]; then rm -rf -- "$made"; fi' EXIT
+mkdir -p "$out"
 
 echo "== encode (raw codes: 1.6 kbps per codebook)"
 $PY codec.py encode --model "$MODEL" "${ROOT_ARGS[@]}" "${RUNTIME[@]}" --resample -i "$INPUT" -o "$out/$name.adc"
@@ -38,5 +52,6 @@ $PY codec.py decode "${ROOT_ARGS[@]}" "${RUNTIME[@]}" -i "$decode_from" -o "$out
 echo "== scores against the input"
 OPUS=()
 if command -v opusenc >/dev/null && command -v opusdec >/dev/null; then OPUS=(--opus); fi
-$PY bin/evaluate.py output/reference "$out" "${OPUS[@]}" --no-visqol --json "$out/scores.json"
+# This run's pair only: the input against its decoding.
+$PY bin/evaluate.py "$INPUT" "$out/$name.wav" "${OPUS[@]}" --no-visqol --json "$out/scores.json"
 echo "decoded audio: $out/$name.wav"

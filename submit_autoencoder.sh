@@ -14,6 +14,7 @@
 # symAD_libritts_24000_hop300, symAD_c16_vctk_48000_hop320 (500000 / 1000000), symAAD_vctk_48000_hop300,
 # demo_48000_hop300 (CPU demo: 10 / 20).
 set -euo pipefail
+declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
 cd "$(dirname "$0")"
 
 tag_name=autoencoder/symAD_vctk_48000_hop300
@@ -33,6 +34,6 @@ nnodes=1
 
 # What the stages (utils/recipe/train_stages.sh) train and test, once the options are parsed.
 recipe_roles() {
-    train_tag=${tag_name} test_encoder=${tag_name} test_decoder=${tag_name}
+    train_tag=${tag_name} train_option=tag_name test_encoder=${tag_name} test_decoder=${tag_name}
 }
 . ./utils/recipe/train_stages.sh

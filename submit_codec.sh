@@ -16,16 +16,19 @@
 #   bash submit_codec.sh --start 0 --stop 4 --cmd slurm --partition gpu --ngpu 8 --precision bf16   # SLURM, utils/recipe/launcher.sh
 # Stage 3 tests the autoencoder's encoder at step encoder_checkpoint and its decoder at step
 # encoder_checkpoint + decoder_checkpoint; stage 4 tests the vocoder at step decoder_checkpoint.
-# Set PYTHON to choose the interpreter (default: python).
+# A stage range that holds none of the stages 0-4, or a reversed one, stops with one line. Stage 0 or 2 run again continue from
+# the experiment's newest checkpoint (--resume auto) unless --resume says otherwise. The stages run
+# PYTHON when set, else .venv/bin/python (./test.sh makes it), else python3.
 set -euo pipefail
+declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
 cd "$(dirname "$0")"
 
 autoencoder=autoencoder/symAD_vctk_48000_hop300
 statistic=statistic/symAD_vctk_48000_hop300_clean
 vocoder=vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean
 
-start=-1                # first stage to run
-stop=100                # last stage to run
+start=-1                # first stage to run (-1, as the original: from the first)
+stop=100                # last stage to run (100, as the original: to the last)
 encoder_checkpoint=200000
 decoder_checkpoint=500000
 exp=exp                 # experiment root (codecTrain.py --exp_root)
@@ -35,12 +38,28 @@ disable_cudnn=False
 statistic_subset=train
 test_subset=test
 subset_num=-1           # number of files for statistics and tests; -1 = all
-resume=""               # training stages: "", latest, a step number, or a checkpoint path
+resume=""               # training stages: "" (= latest), latest, a step number, or a checkpoint path
 seed=""                 # training seed; "" keeps codecTrain.py's default
 ngpu=1                  # GPUs per node, one training process each (torchrun when > 1); 0: train on CPUs
 nnodes=1                # nodes; > 1 needs MASTER_ADDR (and MASTER_PORT) of the rendezvous host
 
 . ./utils/recipe/setup.sh   # options (utils/recipe/launcher.sh, parse_options.sh), helpers
+if [ "${start}" -gt 4 ]; then
+    echo "$0: --start ${start} is past the last stage: the stages are 0 to 4" >&2
+    exit 1
+fi
+if [ "${stop}" -lt 0 ]; then
+    echo "$0: --stop ${stop} is before the first stage: the stages are 0 to 4" >&2
+    exit 1
+fi
+if [ "${start}" -gt "${stop}" ]; then
+    echo "$0: --start ${start} is after --stop ${stop}: no stage would run (give --start <= --stop)" >&2
+    exit 1
+fi
+# Every config a stage in range reads, before the first stage runs or is submitted.
+[ "${start}" -gt 0 ] || recipe_config "config/${autoencoder}.yaml" autoencoder
+[ "${start}" -gt 1 ] || [ "${stop}" -lt 1 ] || recipe_config "config/${statistic}.yaml" statistic
+[ "${start}" -gt 2 ] || [ "${stop}" -lt 2 ] || recipe_config "config/${vocoder}.yaml" vocoder
 
 if [ "${start}" -le 0 ] && [ "${stop}" -ge 0 ]; then
     echo "Stage 0: autoencoder training (config/${autoencoder}.yaml)"

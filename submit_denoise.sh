@@ -10,6 +10,7 @@
 #   bash submit_denoise.sh --stage 02 --encoder denoise/demo_48000_hop300 \
 #       --decoder vocoder/demo_v1_48000_hop300 --encoder_checkpoint 20 --decoder_checkpoint 20   # CPU demo
 set -euo pipefail
+declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
 cd "$(dirname "$0")"
 
 encoder=denoise/symAD_vctk_48000_hop300
@@ -30,7 +31,7 @@ nnodes=1
 
 # What the stages (utils/recipe/train_stages.sh) train and test, once the options are parsed.
 recipe_roles() {
-    train_tag=${encoder} test_encoder=${encoder} test_decoder=${decoder}
+    train_tag=${encoder} train_option=encoder test_encoder=${encoder} test_decoder=${decoder}
     train_message="Denoising training" test_message="Denoising testing"
 }
 . ./utils/recipe/train_stages.sh

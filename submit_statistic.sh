@@ -9,6 +9,7 @@
 # Recipes: statistic/symAD_vctk_48000_hop300_clean, symADuniv_vctk_48000_hop300_clean,
 # symAD_libritts_24000_hop300_clean, demo_48000_hop300.
 set -euo pipefail
+declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
 cd "$(dirname "$0")"
 
 tag_name=statistic/symAD_vctk_48000_hop300_clean
@@ -18,5 +19,6 @@ subset_num=-1           # number of files; -1 = all
 . ./utils/recipe/setup.sh   # options (utils/recipe/launcher.sh, parse_options.sh), helpers
 
 config_name="config/${tag_name}.yaml"
+recipe_config "${config_name}" tag_name
 echo "Configuration file=${config_name}"
 run_stage 0 "${tag_name}" run_python codecStatistic.py -c "${config_name}" --subset "${subset}" --subset_num "${subset_num}"

@@ -13,6 +13,7 @@
 # AudioDec_v3_symADuniv_vctk_48000_hop300_clean and AudioDec_v1_symAD_libritts_24000_hop300_clean
 # (encoder 500000, with the matching --autoencoder), demo_v1_48000_hop300 (CPU demo, encoder 10).
 set -euo pipefail
+declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
 cd "$(dirname "$0")"
 
 autoencoder=autoencoder/symAD_vctk_48000_hop300
@@ -33,6 +34,6 @@ nnodes=1
 
 # What the stages (utils/recipe/train_stages.sh) train and test, once the options are parsed.
 recipe_roles() {
-    train_tag=${tag_name} test_encoder=${autoencoder} test_decoder=${tag_name}
+    train_tag=${tag_name} train_option=tag_name test_encoder=${autoencoder} test_decoder=${tag_name}
 }
 . ./utils/recipe/train_stages.sh

@@ -52,10 +52,11 @@ def test_options_override_in_both_forms(option_script: Path) -> None:
     assert result.stdout.strip() == "stage=12 tag_name=vocoder/x y subset_num=-5 empty= rest="
 
 
-def test_parsing_stops_at_the_first_positional_argument(option_script: Path) -> None:
-    result = bash(str(option_script), "--stage", "2", "data", "--stage", "3")
+def test_a_value_that_starts_with_dashes_is_taken_when_it_is_no_option(option_script: Path) -> None:
+    """`--sbatch_args "--account=x"` style values stay possible; `--name=--value` gives any value."""
+    result = bash(str(option_script), "--tag_name", "--account=x --qos=y", "--empty=--stage")
     assert result.returncode == 0, result.stderr
-    assert "stage=2 " in result.stdout and result.stdout.strip().endswith("rest=data --stage 3")
+    assert result.stdout.strip() == "stage=0 tag_name=--account=x --qos=y subset_num=-1 empty=--stage rest="
 
 
 @pytest.mark.parametrize(
@@ -65,6 +66,12 @@ def test_parsing_stops_at_the_first_positional_argument(option_script: Path) -> 
         (["--bogus=1"], "unknown option --bogus"),
         (["--stage"], "option --stage needs a value"),
         (["--x;rm", "1"], "unknown option"),
+        # A word that is no option stops the parse, instead of dropping every option after it.
+        (["--stage", "2", "data", "--stage", "3"], "unexpected argument 'data'"),
+        (["--stage", "0", "-dry-run"], "unexpected argument '-dry-run'"),
+        (["--tag_name", "--stage", "0"], "option --tag_name needs a value (the next word, --stage, is an option"),
+        (["--tag_name", "--stage=0"], "option --tag_name needs a value"),
+        (["--tag_name", "--help"], "option --tag_name needs a value"),
     ],
 )
 def test_bad_options_fail_with_one_line(option_script: Path, args: list[str], message: str) -> None:
@@ -120,9 +127,11 @@ def test_submit_codec_runs_the_five_stages(stub_python: dict) -> None:
     result = bash("submit_codec.sh", "--start", "0", "--stop", "4", env=stub_python)
     autoencoder, vocoder = "autoencoder/symAD_vctk_48000_hop300", "vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean"
     assert commands(result) == [
-        f"codecTrain.py -c config/{autoencoder}.yaml --tag {autoencoder} --exp_root exp --disable_cudnn False --ngpu 1",
+        f"codecTrain.py -c config/{autoencoder}.yaml --tag {autoencoder} --exp_root exp --disable_cudnn False "
+        "--resume auto --ngpu 1",
         "codecStatistic.py -c config/statistic/symAD_vctk_48000_hop300_clean.yaml --subset train --subset_num -1",
-        f"codecTrain.py -c config/{vocoder}.yaml --tag {vocoder} --exp_root exp --disable_cudnn False --ngpu 1",
+        f"codecTrain.py -c config/{vocoder}.yaml --tag {vocoder} --exp_root exp --disable_cudnn False "
+        "--resume auto --ngpu 1",
         f"codecTest.py --subset test --subset_num -1 --encoder exp/{autoencoder}/checkpoint-200000steps.pkl "
         f"--decoder exp/{autoencoder}/checkpoint-700000steps.pkl --output_dir output/{autoencoder}",
         f"codecTest.py --subset test --subset_num -1 --encoder exp/{autoencoder}/checkpoint-200000steps.pkl "
@@ -158,7 +167,7 @@ def test_resume_latest_picks_the_highest_step(stub_python: dict, tmp_path: Path)
     result = bash("submit_codec_demo.sh", *args, "--resume", "20", env=stub_python)
     assert commands(result)[0].endswith(f"--resume {folder / 'checkpoint-20steps.pkl'} --seed 7 --ngpu 0")
     result = bash("submit_codec.sh", *args, "--resume", "latest", env=stub_python)
-    assert "No checkpoint in" in result.stdout and "--resume" not in commands(result)[0]
+    assert "No checkpoint in" in result.stdout and commands(result)[0].endswith("--resume auto --seed 7 --ngpu 1")
 
 
 def test_training_options_reach_the_trainer(stub_python: dict) -> None:
@@ -194,6 +203,23 @@ def test_training_options_reach_the_trainer(stub_python: dict) -> None:
     ("submit_codec.sh", ["--encoder_checkpoint", "latest"], "--encoder_checkpoint must be a whole number of 0 or "
                                                             "more, not 'latest'"),
     ("submit_vocoder.sh", ["--decoder_checkpoint", "-5"], "--decoder_checkpoint must be a whole number of 0 or more"),
+    ("submit_codec.sh", ["--start", "5"], "--start 5 is past the last stage: the stages are 0 to 4"),
+    ("submit_codec.sh", ["--start", "3", "--stop", "1"], "--start 3 is after --stop 1: no stage would run"),
+    ("submit_codec.sh", ["--stop", "-3"], "--stop -3 is before the first stage: the stages are 0 to 4"),
+    ("submit_autoencoder.sh", ["--stage", "0", "2", "--dry-run"], "unexpected argument '2'"),
+    ("submit_autoencoder.sh", ["--stage", "0", "-dry-run", "--ngpu", "0"], "unexpected argument '-dry-run'"),
+    ("submit_autoencoder.sh", ["--tag_name", "--ngpu", "0", "--dry-run"], "option --tag_name needs a value"),
+    ("submit_autoencoder.sh", ["--seed", "abc"], "--seed must be a whole number from 0 to 4294967295, not 'abc'"),
+    ("submit_autoencoder.sh", ["--seed", "4294967296"], "--seed must be a whole number from 0 to 4294967295"),
+    ("submit_autoencoder.sh", ["--precision", "fp61"], "--precision takes fp32, bf16 or fp16, not 'fp61'"),
+    ("submit_autoencoder.sh", ["--disable_cudnn", "true"], "--disable_cudnn takes True or False (as codecTrain.py "
+                                                           "does), not 'true'"),
+    ("submit_autoencoder.sh", ["--tag_name", "autoencoder/symAD_vctk_48000_hop30"],
+     "--tag_name autoencoder/symAD_vctk_48000_hop30 names no recipe: config/autoencoder/symAD_vctk_48000_hop30.yaml "
+     "does not exist"),
+    ("submit_denoise.sh", ["--encoder", "denoise/nope"], "--encoder denoise/nope names no recipe"),
+    ("submit_statistic.sh", ["--tag_name", "statistic/nope"], "--tag_name statistic/nope names no recipe"),
+    ("submit_codec.sh", ["--start", "2", "--vocoder", "vocoder/nope"], "--vocoder vocoder/nope names no recipe"),
 ])  # fmt: skip
 def test_a_wrong_stage_or_count_is_one_line_before_anything_runs(stub_python: dict, script: str, args: list[str],
                                                                  message: str) -> None:
@@ -201,6 +227,104 @@ def test_a_wrong_stage_or_count_is_one_line_before_anything_runs(stub_python: di
     assert bad.returncode != 0 and "RUN " not in bad.stdout
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{script}: {message}"), bad.stderr
+
+
+def test_gpu_node_and_stage_counts_are_decimal(stub_python: dict) -> None:
+    """--ngpu 010 is 10 GPUs for torchrun and codecTrain.py alike (bash had read octal 8), 09 is 9 (an
+    arithmetic error that skipped the stage); stage numbers and the seed are decimal too."""
+    (train,) = commands(bash("submit_autoencoder.sh", "--ngpu", "010", "--seed", "007", env=stub_python))
+    assert "--nproc_per_node 10 codecTrain.py" in train and train.endswith("--seed 7 --ngpu 10")
+    result = bash("submit_codec.sh", "--start", "00", "--stop", "01", "--ngpu", "09", "--nnodes", "01",
+                  env=stub_python)  # fmt: skip
+    train, statistics = commands(result)
+    assert "--nproc_per_node 9 codecTrain.py" in train and train.endswith("--ngpu 9")
+    assert statistics.startswith("codecStatistic.py")
+
+
+def test_a_training_stage_run_again_continues_from_its_newest_checkpoint(stub_python: dict) -> None:
+    """Without --resume, a training stage passes --resume auto, as the SLURM jobs do: run again over an
+    existing experiment, it resumes from the newest checkpoint instead of training over it from step 0."""
+    for script, args in (("submit_autoencoder.sh", ["--stage", "0"]), ("submit_codec.sh", ["--start", "2",
+                                                                                           "--stop", "2"])):
+        (train,) = commands(bash(script, *args, "--ngpu", "0", env=stub_python))
+        assert train.endswith("--disable_cudnn False --resume auto --ngpu 0"), train
+    (train,) = commands(bash("submit_autoencoder.sh", "--stage", "1", "--resumepoint", "5", env=stub_python))
+    assert train.count("--resume ") == 1 and "checkpoint-5steps.pkl" in train
+
+
+def test_a_local_dry_run_prints_commands_that_paste_back(stub_python: dict, tmp_path: Path) -> None:
+    exp = tmp_path / "my exp"
+    result = bash("submit_codec.sh", "--start", "3", "--stop", "3", "--exp", str(exp), "--dry-run", env=stub_python)
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    printed = line[2:].removesuffix("   (dry run: not run)")
+    pasted = subprocess.run(["bash", "-c", f"printf '%s\\n' {printed}"], capture_output=True, text=True)
+    assert f"{exp}/autoencoder/symAD_vctk_48000_hop300/checkpoint-200000steps.pkl" in pasted.stdout.splitlines()
+
+
+def test_relative_paths_are_the_callers(stub_python: dict, tmp_path: Path) -> None:
+    """--exp myexp (and the other paths given) name the caller's folder, not the toolkit's."""
+    result = bash(str(ROOT / "submit_codec.sh"), "--start", "0", "--stop", "0", "--exp", "myexp", "--dry-run",
+                  env=stub_python, cwd=tmp_path)  # fmt: skip
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert f"--exp_root {tmp_path}/myexp " in line
+    (tmp_path / "my.conf").write_text("cpus=3\n")
+    result = bash(str(ROOT / "submit_statistic.sh"), "--cmd", "slurm", "--dry-run", "--slurm_config", "my.conf",
+                  "--slurm_logdir", "logs", env=stub_python, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("sbatch ")]
+    assert "--cpus-per-task 3" in line and f"{tmp_path}/logs/statistic_" in line
+    assert list((tmp_path / "logs").glob("*.sh"))
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Path:
+    """The toolkit's files, linked into a folder without .venv."""
+    folder = tmp_path / "toolkit"
+    folder.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name != ".venv":
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+def only_bash_path(folder: Path) -> str:
+    """A PATH with the commands the recipes use, but no python or python3."""
+    folder.mkdir()
+    for name in ("bash", "dirname", "basename", "grep", "sed", "tr", "awk", "find", "sort", "tail", "cut", "cat",
+                 "mkdir", "env"):  # fmt: skip
+        (folder / name).symlink_to(subprocess.run(["which", name], capture_output=True, text=True).stdout.strip())
+    return str(folder)
+
+
+def test_the_recipes_run_the_toolkits_venv(sandbox: Path, tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHON"}
+    path = only_bash_path(tmp_path / "bin")
+    result = subprocess.run(["bash", "submit_statistic.sh"], cwd=sandbox, env={**env, "PATH": path},
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 1 and "RUN" not in result.stdout
+    assert result.stderr.splitlines() == ["submit_statistic.sh: no Python: no .venv here and neither python3 nor "
+                                          "python on PATH: run ./test.sh (it makes .venv with the pinned "
+                                          "requirements) or set PYTHON=/path/to/python"]  # fmt: skip
+    (sandbox / ".venv" / "bin").mkdir(parents=True)
+    venv_python = sandbox / ".venv" / "bin" / "python"
+    venv_python.write_text('#!/usr/bin/env bash\n[ "$1" = -c ] || echo "RUN $*"\n')
+    venv_python.chmod(0o755)
+    result = subprocess.run(["bash", "submit_statistic.sh"], cwd=sandbox, env={**env, "PATH": path},
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert commands(result) == ["codecStatistic.py -c config/statistic/symAD_vctk_48000_hop300_clean.yaml "
+                                "--subset train --subset_num -1"]  # fmt: skip
+    assert "+ .venv/bin/python codecStatistic.py" in result.stdout
+
+
+def test_a_python_without_torch_is_one_line(tmp_path: Path) -> None:
+    no_torch = tmp_path / "python"
+    no_torch.write_text('#!/usr/bin/env bash\n[ "$1" != -c ] || exit 1\necho "RUN $*"\n')
+    no_torch.chmod(0o755)
+    result = bash("submit_codec.sh", "--start", "1", "--stop", "1", env={"PYTHON": str(no_torch)})
+    assert result.returncode == 1 and "RUN" not in result.stdout
+    assert result.stderr.splitlines() == [f"submit_codec.sh: {no_torch} has no torch: run ./test.sh (it makes .venv "
+                                          "with the pinned requirements, which the recipes then use) or set "
+                                          "PYTHON=/path/to/python of an environment that has them"]  # fmt: skip
 
 
 def test_checkpoint_steps_are_decimal(stub_python: dict) -> None:
@@ -249,7 +373,7 @@ def test_stage_scripts_commands(stub_python: dict) -> None:
     tag = "autoencoder/symAD_vctk_48000_hop300"
     result = bash("submit_autoencoder.sh", "--stage", "012", "--resumepoint", "300", env=stub_python)
     assert commands(result) == [
-        f"codecTrain.py -c config/{tag}.yaml --tag {tag} --exp_root exp --disable_cudnn False --ngpu 1",
+        f"codecTrain.py -c config/{tag}.yaml --tag {tag} --exp_root exp --disable_cudnn False --resume auto --ngpu 1",
         f"codecTrain.py -c config/{tag}.yaml --tag {tag} --exp_root exp --disable_cudnn False "
         f"--resume exp/{tag}/checkpoint-300steps.pkl --ngpu 1",
         f"codecTest.py --subset test --subset_num -1 --encoder exp/{tag}/checkpoint-200000steps.pkl "
@@ -265,7 +389,8 @@ def test_stage_scripts_commands(stub_python: dict) -> None:
     ]
     denoise = "denoise/symAD_vctk_48000_hop300"
     assert commands(bash("submit_denoise.sh", "--stage", "02", env=stub_python)) == [
-        f"codecTrain.py -c config/{denoise}.yaml --tag {denoise} --exp_root exp --disable_cudnn False --ngpu 1",
+        f"codecTrain.py -c config/{denoise}.yaml --tag {denoise} --exp_root exp --disable_cudnn False --resume auto "
+        "--ngpu 1",
         f"codecTest.py --subset noisy_test --subset_num -1 --encoder exp/{denoise}/checkpoint-200000steps.pkl "
         "--decoder exp/vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean/checkpoint-500000steps.pkl "
         f"--output_dir output/{denoise}",

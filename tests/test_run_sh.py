@@ -1,15 +1,84 @@
 """./run.sh, the README's main job: codes, decodes and scores the bundled clip, and runs again
-over its own outputs (they are its to replace)."""
+over its own outputs (they are its to replace). The fast tests run it in a sandbox whose .venv
+python is a stand-in that writes what codec.py would and records what bin/evaluate.py is asked."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+
+# Stand-in for .venv/bin/python: codec.py encode/decode write their -o file (encode --model bogus
+# fails as an unknown model does; --entropy fails as for a model without a table); evaluate.py's
+# arguments go to evaluate.log.
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+script=$1; shift
+out=""; args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in -o | --json) out=${args[i + 1]} ;; esac
+done
+case "$script $*" in
+    *"--model bogus"*) echo "error: unknown model 'bogus'" >&2; exit 1 ;;
+    *--entropy*) exit 1 ;;
+    "codec.py encode"* | "codec.py decode"*) echo data > "$out" ;;
+    "codec.py info"*) echo "info $*" ;;
+    bin/evaluate.py*) echo "$*" >> "$(dirname "$0")/evaluate.log"; echo "{}" > "$out" ;;
+esac
+"""
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Path:
+    folder = tmp_path / "toolkit"
+    (folder / "utils").mkdir(parents=True)
+    (folder / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(os.path.join(REPO, "run.sh"), folder / "run.sh")
+    (folder / "utils" / "setup_venv.sh").write_text("exit 0\n")
+    python = folder / ".venv" / "bin" / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    return folder
+
+
+def run_sh(sandbox: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(sandbox / "run.sh")], cwd=cwd, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+def test_a_relative_input_is_the_callers_and_only_this_runs_pair_is_scored(sandbox: Path, tmp_path: Path) -> None:
+    caller = tmp_path / "my.clips"  # a dot in the folder, none in the file name
+    caller.mkdir()
+    (caller / "speech").write_bytes(b"RIFF")
+    (caller / "speech.flac").write_bytes(b"fLaC")
+    for clip in ("speech", "speech.flac"):
+        result = run_sh(sandbox, caller, INPUT=clip)
+        assert result.returncode == 0, result.stderr
+    evaluated = (sandbox / ".venv" / "bin" / "evaluate.log").read_text().splitlines()
+    out = "output/demo48k"
+    assert [line.split()[:2] for line in evaluated] == [[f"{caller}/speech", f"{out}/speech.wav"],
+                                                        [f"{caller}/speech.flac", f"{out}/speech.wav"]]
+    assert f"--json {out}/scores.json" in evaluated[1]
+    assert not (sandbox / "output" / "reference").exists()
+
+
+def test_an_unknown_model_or_a_missing_input_leaves_nothing(sandbox: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    result = run_sh(sandbox, tmp_path, INPUT="a.wav", MODEL="bogus")
+    assert result.returncode != 0 and "unknown model 'bogus'" in result.stderr
+    assert not (sandbox / "output").exists()
+    (sandbox / "output" / "demo48k").mkdir(parents=True)
+    result = run_sh(sandbox, tmp_path, INPUT="a.wav", MODEL="bogus")
+    assert result.returncode != 0 and sorted(os.listdir(sandbox / "output")) == ["demo48k"]
+    result = run_sh(sandbox, tmp_path, INPUT="missing.wav")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: INPUT={tmp_path}/missing.wav is not a file: give an audio file "
+                                          "(read from the folder run.sh is called from)"]  # fmt: skip
 
 
 @pytest.mark.slow

@@ -216,10 +216,17 @@ def bash(*args: str, env: dict, cwd: Path, timeout: float = 60) -> subprocess.Co
     return subprocess.run(["bash", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def shipped_configs(sandbox: Path, *tags: str) -> None:
+    """Copy configs of config/ into a sandbox (the recipes check that a stage's config exists)."""
+    for tag in tags:
+        shutil.copy(ROOT / "config" / f"{tag}.yaml", sandbox / "config" / f"{tag}.yaml")
+
+
 def test_a_failed_stage_stops_the_chain(slurm: SlurmCluster, tmp_path: Path) -> None:
     sandbox = recipe_sandbox(tmp_path / "recipe")
-    failing = tmp_path / "failing-python"
-    failing.write_text("#!/usr/bin/env bash\necho failing; exit 3\n")
+    shipped_configs(sandbox, "statistic/demo_48000_hop300", "vocoder/demo_v1_48000_hop300")
+    failing = tmp_path / "failing-python"  # finds torch (the recipe checks), fails every stage
+    failing.write_text('#!/usr/bin/env bash\n[ "$1" != -c ] || exit 0\necho failing; exit 3\n')
     failing.chmod(0o755)
     result = bash("submit_codec_demo.sh", "--start", "1", "--stop", "2", "--cmd", "slurm", "--cpus", "1",
                   env={**slurm.env, "PYTHON": str(failing)}, cwd=sandbox)  # fmt: skip
@@ -239,6 +246,7 @@ def test_a_failed_stage_stops_the_chain(slurm: SlurmCluster, tmp_path: Path) -> 
 
 def test_dry_run_prints_sbatch_lines_and_submits_nothing(slurm: SlurmCluster, tmp_path: Path) -> None:
     sandbox = recipe_sandbox(tmp_path / "recipe")
+    shipped_configs(sandbox, "vocoder/AudioDec_v0_symAD_vctk_48000_hop300_clean")
     before = slurm.run("squeue", "-h").stdout
     result = bash("submit_vocoder.sh", "--stage", "012", "--cmd", "slurm", "--dry-run", "--partition", "debug",
                   "--ngpu", "4", "--nnodes", "2", "--gpus", "1", "--mem", "8G", "--time", "1:00:00",
@@ -246,7 +254,9 @@ def test_dry_run_prints_sbatch_lines_and_submits_nothing(slurm: SlurmCluster, tm
     assert result.returncode == 0, result.stderr
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("sbatch ")]
     assert len(lines) == 3
-    assert all("--partition debug" in line and "--nodes 2" in line and "--mem 8G" in line for line in lines)
+    assert all("--partition debug" in line and "--mem 8G" in line for line in lines)
+    # The training stages run on every node; the test stage once, on one node.
+    assert "--nodes 2" in lines[0] and "--nodes 2" in lines[1] and "--nodes 1 --ntasks-per-node 1" in lines[2]
     assert "--gpus-per-node 4" in lines[0] and "--signal USR1@120" in lines[0]
     assert "--gpus-per-node 1" in lines[2] and "--signal" not in lines[2]
     assert "--dependency afterok:STAGE0_JOB" in lines[1] and "--dependency afterok:STAGE1_JOB" in lines[2]
@@ -272,6 +282,99 @@ def test_a_multi_node_training_job_asks_for_its_gpus_and_cpus(tmp_path: Path, re
                env={**os.environ, "PYTHON": str(stub_python(tmp_path))}, cwd=ROOT)  # fmt: skip
     (line,) = [line.strip() for line in cpu.stdout.splitlines() if line.strip().startswith("sbatch ")]
     assert "gpu" not in line.replace("autoencoder_symAD", "") and "--cpus-per-task 3" in line, line
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path) -> dict[str, str]:
+    """Stand-ins for sbatch (keeps a copy of the batch script as submitted, as SLURM does, in spool/<job>.sh,
+    and its arguments in sbatch.log), srun (runs the step once per node of SLURM_JOB_NUM_NODES) and
+    scontrol (the node list, then many more lines: a reader that stops early gets SIGPIPE)."""
+    folder = tmp_path / "fake-slurm"
+    (folder / "spool").mkdir(parents=True)
+    (folder / "sbatch").write_text(
+        "#!/usr/bin/env bash\n"
+        f"job=$(( $(cat {folder}/last 2>/dev/null || echo 100) + 1 )); echo $job > {folder}/last\n"
+        f'echo "$*" >> {folder}/sbatch.log\n'
+        f'cp "${{@: -1}}" {folder}/spool/$job.sh\necho $job\n'
+    )
+    (folder / "srun").write_text(
+        "#!/usr/bin/env bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+        'for node in $(seq "${SLURM_JOB_NUM_NODES:-1}"); do "$@" || exit; done\n'
+    )
+    (folder / "scontrol").write_text("#!/usr/bin/env bash\necho node0; echo node1; seq 200000\n")
+    for name in ("sbatch", "srun", "scontrol"):
+        (folder / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "PYTHON": str(stub_python(tmp_path))}
+
+
+def run_fake_job(env: dict[str, str], job: str, nodes: int = 1) -> subprocess.CompletedProcess:
+    """Run a job of fake_slurm from SLURM's copy of its batch script, as slurmd would."""
+    spool = Path(env["PATH"].split(os.pathsep)[0]) / "spool"
+    job_env = {**env, "SLURM_JOB_ID": job, "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_NTASKS": str(nodes),
+               "SLURM_JOB_NODELIST": "node[0-1]"}  # fmt: skip
+    return subprocess.run(["bash", str(spool / f"{job}.sh")], env=job_env, capture_output=True, text=True, timeout=30)
+
+
+def test_a_queued_job_runs_the_command_it_was_submitted_with(fake_slurm: dict[str, str], tmp_path: Path) -> None:
+    """Later submissions and dry runs of the same tag and stage do not change what a queued job runs."""
+    logdir = tmp_path / "logs"
+    jobs = []
+    for checkpoint in ("100", "200", "300"):
+        args = ["submit_autoencoder.sh", "--stage", "2", "--encoder_checkpoint", checkpoint, "--cmd", "slurm",
+                "--slurm_logdir", str(logdir)]  # fmt: skip
+        result = bash(*args, *(["--dry-run"] if checkpoint == "300" else []), env=fake_slurm, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        jobs += submitted_jobs(result.stdout)
+    assert jobs == ["101", "102"]
+    for job, checkpoint in zip(jobs, ("100", "200")):
+        ran = run_fake_job(fake_slurm, job)
+        assert ran.returncode == 0, ran.stderr
+        (command,) = [line for line in ran.stdout.splitlines() if line.startswith("RUN ")]
+        assert f"/checkpoint-{checkpoint}steps.pkl --decoder" in command, command
+        assert (logdir / f"autoencoder_symAD_vctk_48000_hop300-stage2-{job}.sh").is_file()
+    assert "checkpoint-300steps" in (logdir / "autoencoder_symAD_vctk_48000_hop300-stage2.sh").read_text()
+    assert sorted(path.name for path in logdir.iterdir()) == [
+        "autoencoder_symAD_vctk_48000_hop300-stage2-101.sh", "autoencoder_symAD_vctk_48000_hop300-stage2-102.sh",
+        "autoencoder_symAD_vctk_48000_hop300-stage2.sh"]  # fmt: skip
+
+
+def test_with_two_nodes_only_training_runs_on_both(fake_slurm: dict[str, str], tmp_path: Path) -> None:
+    """--nnodes 2: the training job takes two nodes and meets at the first (read without a pipe that a
+    long node list breaks); statistics and tests run once, on one node."""
+    args = ["submit_codec.sh", "--start", "0", "--stop", "1", "--ngpu", "2", "--nnodes", "2", "--cmd", "slurm",
+            "--slurm_logdir", str(tmp_path / "logs")]  # fmt: skip
+    result = bash(*args, env=fake_slurm, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    train_job, statistics_job = submitted_jobs(result.stdout)
+    submitted = Path(fake_slurm["PATH"].split(os.pathsep)[0]) / "sbatch.log"
+    train_line, statistics_line = submitted.read_text().splitlines()
+    assert "--nodes 2 --ntasks-per-node 1" in train_line and "--nodes 1 --ntasks-per-node 1" in statistics_line
+    trained = run_fake_job(fake_slurm, train_job, nodes=2)
+    assert trained.returncode == 0, trained.stderr
+    assert f"launcher: rendezvous node0:{20000 + int(train_job)} (id {train_job}) for 2 tasks" in trained.stdout
+    assert [line for line in trained.stdout.splitlines() if line.startswith("RUN ")] == [
+        f"RUN -m torch.distributed.run --nnodes 2 --nproc_per_node 2 --rdzv_backend c10d --rdzv_endpoint "
+        f"node0:{20000 + int(train_job)} --rdzv_id {train_job} codecTrain.py -c config/autoencoder/"
+        "symAD_vctk_48000_hop300.yaml --tag autoencoder/symAD_vctk_48000_hop300 --exp_root exp --disable_cudnn False "
+        "--resume auto --ngpu 2"] * 2  # fmt: skip
+    counted = run_fake_job(fake_slurm, statistics_job, nodes=1)
+    assert counted.returncode == 0 and counted.stdout.count("RUN codecStatistic.py") == 1, counted.stdout
+    assert "rendezvous" not in counted.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tag_name", "autoencoder/symAD_vctk_48000_hop30"], "--tag_name autoencoder/symAD_vctk_48000_hop30 names no "
+                                                           "recipe"),
+    (["--precision", "fp61"], "--precision takes fp32, bf16 or fp16, not 'fp61'"),
+    (["--seed", "abc"], "--seed must be a whole number from 0 to 4294967295, not 'abc'"),
+    (["--disable_cudnn", "true"], "--disable_cudnn takes True or False (as codecTrain.py does), not 'true'"),
+])  # fmt: skip
+def test_what_fails_locally_is_not_submitted(fake_slurm: dict[str, str], args: list[str], message: str) -> None:
+    result = bash("submit_autoencoder.sh", *args, "--cmd", "slurm", env=fake_slurm, cwd=ROOT)
+    assert result.returncode == 1 and "submitted" not in result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"submit_autoencoder.sh: {message}"), result.stderr
+    assert not (Path(fake_slurm["PATH"].split(os.pathsep)[0]) / "sbatch.log").exists()
 
 
 def hidden_sbatch_path(folder: Path) -> str:

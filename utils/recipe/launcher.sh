@@ -13,8 +13,13 @@
 #                        slurm: submit each stage with sbatch. A stage starts once the stage submitted
 #                        before it succeeded (--dependency=afterok), logs to
 #                        ${slurm_logdir}/<tag>-stage<k>-<jobid>.log, and runs its command in an srun
-#                        step (one task per node: with --ngpu N --nnodes M, torchrun on every node,
-#                        rendezvous at the first node of the allocation).
+#                        step (a training stage: one task per node, with --ngpu N --nnodes M torchrun on
+#                        every node, rendezvous at the first node of the allocation; the other stages:
+#                        one node, one task). A job runs the command it was submitted with: it copies
+#                        its batch script (SLURM's copy, taken at submission) to
+#                        ${slurm_logdir}/<tag>-stage<k>-<jobid>.sh for its step; later submissions and
+#                        dry runs of the same stage rewrite only ${slurm_logdir}/<tag>-stage<k>.sh,
+#                        the newest batch script, kept to be read.
 #   --partition NAME --gpus N --cpus N --mem SIZE --time LIMIT
 #                        sbatch resources; "" takes the value from ${slurm_config}, whose empty values
 #                        leave the cluster's defaults. A training stage asks for what it uses: the
@@ -33,7 +38,7 @@
 #                        limit's warning signal) saves a checkpoint and requeues itself; it resumes there
 #                        (SLURM starts a requeued job after cred_expire, 120 s by default)
 #   --dry-run            print the sbatch command lines (and write the job scripts), submit nothing;
-#                        with --cmd local, print each stage's command without running it
+#                        with --cmd local, print each stage's command (shell-quoted) without running it
 # Training options, for run_train (utils/recipe/common.sh) of every recipe, local or under SLURM:
 #   --precision fp32|bf16|fp16   autocast precision (default: the config's, else fp32)
 #   --compile true               torch.compile the generator and, on GPUs, the discriminator (all: both
@@ -45,9 +50,10 @@
 #   --batch_size_per_rank N      samples per process and step (default: the config's batch_size is the
 #                                global batch, shared by the processes)
 #   --micro_batch N              at most N samples per forward pass; the rest is accumulated
-# Under --cmd slurm a training command without --resume gets --resume auto (the newest checkpoint of
-# its experiment folder, if any), and a requeued job resumes with --resume auto whatever it was given:
-# re-running or requeueing a training stage continues where it stopped.
+# A training command without --resume gets --resume auto (the newest checkpoint of its experiment
+# folder, if any; run_train in utils/recipe/common.sh), and under --cmd slurm a requeued job resumes
+# with --resume auto whatever it was given: re-running or requeueing a training stage continues where
+# it stopped.
 
 cmd=local
 partition=""
@@ -120,6 +126,10 @@ launcher_init() {
     case "${compile}" in
         true | false | generator | all) ;;
         *) _launcher_error "--compile takes true, false, generator or all, not '${compile}'"; return 1 ;;
+    esac
+    case "${precision}" in
+        "" | fp32 | bf16 | fp16) ;;
+        *) _launcher_error "--precision takes fp32, bf16 or fp16, not '${precision}'"; return 1 ;;
     esac
     _launcher_boolean --fast_conv "${fast_conv}" || return 1
     _launcher_boolean --dry-run "${dry_run}" || return 1
@@ -222,10 +232,12 @@ _launcher_recipe_variables() {
 }
 
 # Write the batch script of a stage: the recipe's variables and functions, then the stage command.
-# Run by sbatch, it starts the command in an srun step (one task per node); the step runs it.
+# Run by sbatch, it copies itself (SLURM's copy of the script as submitted) to step_script (a path
+# prefix: the job id and .sh follow) and runs that copy in an srun step (one task per node), which runs
+# the command: what a later submission writes does not reach a queued job.
 _launcher_write_job_script() {
-    local script=$1 stage=$2 name=$3
-    shift 3
+    local script=$1 stage=$2 name=$3 step_script=$4
+    shift 4
     local -a first=("$@") restarted=("$@")
     local i variable
     if _launcher_is_training "$@"; then
@@ -245,10 +257,10 @@ _launcher_write_job_script() {
     {
         echo "#!/usr/bin/env bash"
         echo "# Stage ${stage} (${name}) of $(basename "$0"), written by utils/recipe/launcher.sh on $(date '+%F %T')."
-        echo "# sbatch runs it; it runs the stage's command in an srun step ('$(basename "${script}") --step')."
+        echo "# sbatch runs it; it runs the stage's command in an srun step ('$(basename "${step_script}")<jobid>.sh --step')."
         echo "set -euo pipefail"
         printf 'cd %q\n' "${PWD}"
-        for variable in $(_launcher_recipe_variables) cmd requeue precision compile fast_conv batch_size_per_rank micro_batch; do
+        for variable in $(_launcher_recipe_variables) recipe_python cmd requeue precision compile fast_conv batch_size_per_rank micro_batch; do
             declare -p "${variable}" 2>/dev/null || true
         done
         declare -f
@@ -269,20 +281,27 @@ fi
 EOF
         printf 'echo "launcher: stage %s (%s) job ${SLURM_JOB_ID} started on $(hostname) at $(date +%%s.%%N)"\n' \
             "${stage}" "${name}"
-        cat <<'EOF'
+        printf 'launcher_step_script=%q${SLURM_JOB_ID}.sh\n' "${step_script}"
+        echo 'cp -- "$0" "${launcher_step_script}"'
+        if _launcher_is_training "$@"; then
+            cat <<'EOF'
 if [ "${nnodes:-1}" -gt 1 ]; then
-    MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)
+    # The first line without head: head's early exit would fail this pipeline under pipefail.
+    launcher_hosts=$(scontrol show hostnames "${SLURM_JOB_NODELIST}")
+    MASTER_ADDR=${launcher_hosts%%$'\n'*}
     MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
     RDZV_ID=${SLURM_JOB_ID}
     export MASTER_ADDR MASTER_PORT RDZV_ID
     echo "launcher: rendezvous ${MASTER_ADDR}:${MASTER_PORT} (id ${RDZV_ID}) for ${SLURM_NTASKS} tasks"
 fi
+EOF
+        fi
+        cat <<'EOF'
 if [ "${requeue}" = true ]; then
     export AUDIODEC_REQUEUE=1
 fi
+srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=${SLURM_CPUS_PER_TASK}} bash "${launcher_step_script}" --step
 EOF
-        printf 'srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=${SLURM_CPUS_PER_TASK}} bash %q --step\n' \
-            "${script}"
         printf 'echo "launcher: stage %s (%s) job ${SLURM_JOB_ID} finished at $(date +%%s.%%N)"\n' "${stage}" "${name}"
     } >"${script}"
     chmod +x "${script}"
@@ -298,19 +317,22 @@ run_stage() {
         return
     fi
     local label=${name//\//_}
-    local logdir script log job line gpus_per_node=${gpus:-0} stage_cpus=${cpus}
+    local logdir script written log job line gpus_per_node=${gpus:-0} stage_cpus=${cpus} nodes=1
     mkdir -p "${slurm_logdir}"
     logdir=$(cd "${slurm_logdir}" && pwd)
     script="${logdir}/${label}-stage${stage}.sh"
     log="${logdir}/${label}-stage${stage}-%j.log"
-    _launcher_write_job_script "${script}" "${stage}" "${name}" "$@"
+    # Written under a name of its own, submitted, then renamed: two submissions never share the file.
+    written=$(mktemp "${script}.XXXXXX")
+    _launcher_write_job_script "${written}" "${stage}" "${name}" "${logdir}/${label}-stage${stage}-" "$@"
 
-    local -a sbatch_command=(sbatch --parsable --job-name "${label}-stage${stage}" --output "${log}"
-        --open-mode append --nodes "${nnodes:-1}" --ntasks-per-node 1 --export ALL)
     if _launcher_is_training "$@"; then
+        nodes=${nnodes:-1}
         gpus_per_node=${ngpu:-1}
         [ -n "${_launcher_cpus_given}" ] || stage_cpus=$(_launcher_training_cpus "$@")
     fi
+    local -a sbatch_command=(sbatch --parsable --job-name "${label}-stage${stage}" --output "${log}"
+        --open-mode append --nodes "${nodes}" --ntasks-per-node 1 --export ALL)
     [ -n "${partition}" ] && sbatch_command+=(--partition "${partition}")
     [ -n "${stage_cpus}" ] && sbatch_command+=(--cpus-per-task "${stage_cpus}")
     [ -n "${mem}" ] && sbatch_command+=(--mem "${mem}")
@@ -333,15 +355,22 @@ run_stage() {
         read -r -a extra <<<"${sbatch_args}"
         sbatch_command+=("${extra[@]}")
     fi
-    sbatch_command+=("${script}")
 
     if [ "${dry_run}" = true ]; then
+        mv -f "${written}" "${script}"
+        sbatch_command+=("${script}")
         job="STAGE${stage}_JOB"
         echo "Stage ${stage} (${name}) would be submitted with:"
         printf -v line '%q ' "${sbatch_command[@]}"
         echo "  ${line% }"
     else
-        job=$("${sbatch_command[@]}") || _launcher_error "sbatch failed for stage ${stage} (${name})" || return 1
+        sbatch_command+=("${written}")
+        if ! job=$("${sbatch_command[@]}"); then
+            rm -f "${written}"
+            _launcher_error "sbatch failed for stage ${stage} (${name})"
+            return 1
+        fi
+        mv -f "${written}" "${script}"  # sbatch has its copy: this one is to be read
         job=${job%%;*}
         echo "Stage ${stage} (${name}): submitted job ${job}${dependency:+ (after ${dependency})}"
         echo "  follow: tail -f ${log//%j/${job}}"
