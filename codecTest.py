@@ -5,8 +5,10 @@
         --decoder exp/vocoder/Y/checkpoint-500000steps.pkl --output_dir output/vocoder/Y [--metrics]
 
 Writes <output_dir>/<encoder>-<decoder>_<steps>-<steps>/<subset folder>/<name>_output.wav
-(or straight into --output_dir with --specific_folder True). --metrics scores each output against its
-input (a denoiser's noisy_* subset: against the clean_* files) and writes metrics.csv there.
+(or straight into --output_dir with --specific_folder True), <name> the input's path relative to the
+subset's folder without its extension (de/x.wav -> de/x_output.wav). --metrics scores each output
+against its input (a denoiser's noisy_* subset: against the clean_* file of the same relative path)
+and writes metrics.csv there (per file, the mean, and how many files each mean covers).
 Without --subset, the encoder config's `test` subset is coded (or `clean_test`, the original's name).
 """
 
@@ -23,6 +25,7 @@ from trainer.synthesis import run_test
 from utils.checkpoint import load_config
 from utils.cli import file_count, run_main
 from utils.errors import ArgumentParser, CodecError
+from utils.eval.metrics import mean_row, scored_counts
 
 DEFAULT_SUBSETS = ("test", "clean_test")
 
@@ -55,14 +58,16 @@ def main() -> int:
     parser.add_argument("--metrics", action="store_true", help="score the outputs (utils.eval.metrics)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    outdir, means = run_test(
+    outdir, rows = run_test(
         args.encoder, args.decoder, args.output_dir, pick_subset(load_config(args.encoder), args.subset),
         args.subset_num,
         specific_folder=args.specific_folder == "True", metrics=args.metrics, device=device,
     )
-    if means is not None:
-        summary = "  ".join(f"{name} {value:.3f}" for name, value in means.items())
-        print(f"mean over {outdir}: {summary}")
+    if rows is not None:
+        means, counts = mean_row(rows), scored_counts(rows)
+        summary = "  ".join(f"{name} {means[name]:.3f}" + (f" ({count} files)" if count < len(rows) else "")
+                            for name, count in counts.items())
+        print(f"mean over {len(rows)} files of {outdir}: {summary}")
         logging.info("Per-file metrics: %s", outdir / "metrics.csv")
     return 0
 

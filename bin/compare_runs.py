@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+POINT_KEYS = ("steps", "train_cpu_seconds", "wall_seconds")  # what every row of the table needs
+
+
 def read_run(folder: Path) -> dict:
     """A run's curve points (NaN for null) and the settings that matter for a comparison."""
     curve = folder / "curve.json"
@@ -49,15 +52,40 @@ def read_run(folder: Path) -> dict:
         raise CodecError(f"{curve} not found: train with a learning_curve section in the config")
     try:
         document = json.loads(curve.read_text())
+    except ValueError as error:  # cut short, or not JSON
+        raise CodecError(f"{curve} is not a learning curve the trainer wrote (ValueError: {error}): "
+                         "give the run's folder") from None
+    if isinstance(document, list) and all(isinstance(row, dict) and "checkpoint" in row for row in document):
+        raise CodecError(f"{curve} is bin/learning_curve.py's table of scored checkpoints, which has no training "
+                         "CPU time to compare runs at: give the folder of a run trained with a learning_curve "
+                         "section in its config (its curve.json is written while it trains)")
+    try:
         points = points_from_json(document["points"])
         files = len(document["files"])
-    except (ValueError, KeyError, TypeError, AttributeError) as error:  # cut short, or not a curve
+    except (KeyError, TypeError, AttributeError) as error:  # not a curve
         raise CodecError(f"{curve} is not a learning curve the trainer wrote ({type(error).__name__}: {error}): "
-                         "give the run's folder, or score its checkpoints again with bin/learning_curve.py") from None
+                         "give the run's folder") from None
     if not points:
         raise CodecError(f"{curve} has no points yet")
+    for index, point in enumerate(points):
+        missing = [key for key in POINT_KEYS if not isinstance(point.get(key), (int, float))]
+        if missing:
+            raise CodecError(f"{curve}: point {index} has no {', '.join(missing)}: not a learning curve the trainer "
+                             "wrote; give the run's folder")
     config_path = folder / "config.yml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    try:
+        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or type(error).__name__
+        problem += f" at line {mark.line + 1}" if mark is not None else ""
+        raise CodecError(f"{config_path} is not valid YAML ({problem}): fix it, or remove it to compare the run "
+                         "without its settings") from None
+    if config is None:  # no config.yml, or an empty one: the run's settings are unknown
+        config = {}
+    if not isinstance(config, dict):
+        raise CodecError(f"{config_path} holds a {type(config).__name__}, not a training config: fix it, or remove "
+                         "it to compare the run without its settings")
     return {"name": folder.name, "points": points, "files": files,
             "threads": config.get("threads"), "cpu_budget_minutes": config.get("cpu_budget_minutes")}
 

@@ -7,7 +7,9 @@
 Two folders: files are matched by relative path (extension may differ); two files: scored as a pair.
 --plot writes one PNG per file of log-mel spectrograms side by side (frequency axis in Hz).
 Prints one table line per file and the mean; metrics: wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel
-distance, ViSQOL (speech) when installed.
+distance, ViSQOL (speech) when installed. A metric undefined on a file (a clip too short, a silent
+signal) is NaN there and left out of its mean; a `scored` line then gives the files each mean covers
+(the CSV's `scored` row and the JSON's mean `counts` always do).
 """
 
 import sys
@@ -22,16 +24,18 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 
+from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.metrics import (  # noqa: E402
     evaluate_directories,
     format_table,
     mean_row,
     metric_names,
+    scored_counts,
     visqol_available,
 )
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
-from utils.files import make_output_folder, remove_unfilled_folders, write_text_atomic  # noqa: E402
+from utils.files import make_output_folder, write_text_atomic  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +77,7 @@ def _write(path: Path, option: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
     _prepare_output(args.csv, "--csv")
     _prepare_output(args.json, "--json")
     _prepare_output(args.plots, "--plot", folder=True)
@@ -92,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         args.reference_dir, args.degraded_dir, baseline=baseline, with_visqol=with_visqol, plots_dir=args.plots
     )
     mean = mean_row(rows)
+    counts = scored_counts(rows)
+    scored = {"file": "scored", **counts}
     names = metric_names(with_visqol)
-    print(format_table([*rows, mean], names, baseline_name="opus" if args.opus else None))
+    shown = [*rows, mean] + ([scored] if min(counts.values()) < len(rows) else [])
+    print(format_table(shown, names, baseline_name="opus" if args.opus else None))
     if args.opus:
         print(
-            f"opus: requested {args.bitrate:g} kbps; measured mean {mean['opus_kbps']:.2f} kbps (whole Ogg file), "
-            f"{mean['opus_payload_kbps']:.2f} kbps (audio packets only)"
+            f"opus: requested {args.bitrate:g} kbps; measured {mean['opus_kbps']:.2f} kbps (whole Ogg files), "
+            f"{mean['opus_payload_kbps']:.2f} kbps (audio packets only), over the files' total duration"
         )
     if not with_visqol:
         print("visqol: " + ("skipped (--no-visqol)" if args.no_visqol else "unavailable (pip install visqol-python)"))
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         table = io.StringIO(newline="")
         writer = csv.DictWriter(table, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows([*rows, mean])
+        writer.writerows([*rows, mean, scored])
         _write(args.csv, "--csv", table.getvalue())
     if args.json:
         report = {
@@ -118,16 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 "opus_bitrate_kbps": args.bitrate if args.opus else None,
             },
             "files": [{key: _json_safe(value) for key, value in row.items()} for row in rows],
-            "mean": {key: _json_safe(value) for key, value in mean.items()},
+            "mean": {**{key: _json_safe(value) for key, value in mean.items()}, "counts": counts},
         }
         _write(args.json, "--json", json.dumps(report, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CodecError as error:
-        remove_unfilled_folders()
-        print(f"evaluate.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

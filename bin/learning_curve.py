@@ -7,6 +7,8 @@ Each checkpoint (an autoencoder in the original format, config.yml beside it) co
 test files with all its codebooks; the table has one row per checkpoint, sorted by step. `--offset`
 is added to each checkpoint's step count (for a run started with `codecTrain.py --initial` from a
 model that had already trained that many steps). Writes `curve.json` and `curve.md` to `--out`.
+`--reuse` keeps a checkpoint's earlier report only where it was made from the same checkpoint with
+the same --test, --every and --max_files; any other is scored again.
 """
 
 import sys
@@ -16,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import re  # noqa: E402
 
 from bin import model_report  # noqa: E402
@@ -34,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offset", type=int, default=0, help="steps to add to each checkpoint's count")
     parser.add_argument("--num_threads", type=int, default=2)
     parser.add_argument("--reuse", action="store_true",
-                        help="keep a checkpoint's earlier report (<out>/steps<N>/report.json) if it has one")
+                        help="keep a checkpoint's earlier report (<out>/steps<N>/report.json) if it was made with the "
+                        "same checkpoint, --test, --every and --max_files")
     parser.add_argument("--out", required=True, help="folder for curve.json and curve.md")
     return parser.parse_args(argv)
 
@@ -46,6 +50,24 @@ def checkpoint_steps(path: str) -> int:
     return int(match.group(1))
 
 
+REUSED_SETTINGS = {"encoder": "checkpoint", "test": "--test", "every": "--every", "max_files": "--max_files"}
+
+
+def differing_setting(report_path: Path, wanted: dict) -> str | None:
+    """What the report at ``report_path`` differs in from ``wanted`` (keyed as :data:`REUSED_SETTINGS`),
+    named for a message; None where it was made with all of them."""
+    try:
+        settings = json.loads(report_path.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unreadable report"
+    for key, value in wanted.items():
+        if key not in settings:  # a report from before the settings were recorded
+            return f"no record of its {REUSED_SETTINGS[key]}"
+        if settings[key] != value:
+            return f"{REUSED_SETTINGS[key]} {settings[key]} (now {value})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     checkpoints = sorted(args.checkpoints, key=checkpoint_steps)
@@ -54,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     for checkpoint in checkpoints:
         steps = checkpoint_steps(checkpoint) + args.offset
         folder = out / f"steps{steps}"
-        if not (args.reuse and (folder / "report.json").is_file()):
+        wanted = {"encoder": checkpoint, "test": args.test, "every": args.every, "max_files": args.max_files}
+        reused = args.reuse and (folder / "report.json").is_file()
+        if reused:
+            differing = differing_setting(folder / "report.json", wanted)
+            if differing is not None:
+                logging.info("%s has %s: scoring %s again", folder / "report.json", differing, checkpoint)
+                reused = False
+        if not reused:
             model_report.main([
                 "--encoder", checkpoint, "--decoder", checkpoint, "--test", args.test, "--every", str(args.every),
                 "--max_files", str(args.max_files), "--cuda", "-1", "--num_threads", str(args.num_threads),

@@ -8,10 +8,14 @@ decoded with the first K codebooks for every K asked; each decode is scored agai
 (wide-band PESQ, STOI, ESTOI, SI-SDR, log-mel distance; see utils/eval/metrics.py). `--opus` scores Opus
 at the given bitrates on the same files. `--entropy` range-codes each file's codes with the model's
 entropy table (`codec.py fit-entropy`), checks that they decode to the same codes, and reports the
-payload bitrate. `--unquantized` adds the model with its quantizer left out (the encoder's latent
+payload bitrate of what `codec.py encode --entropy` stores (the raw codes where range coding would not
+be smaller). `--unquantized` adds the model with its quantizer left out (the encoder's latent
 straight into the decoder): its quality at unlimited bitrate, the ceiling the codebooks approach.
 Writes `report.json` (settings, per-file rows, means), `report.md` (the table) and `rate_quality.png`
 (PESQ-WB and ESTOI against kbps, the codec's points beside Opus's) to `--out`, and prints the table.
+Every bitrate is total bits over total duration. A metric undefined on a file (too short, a silent
+signal) is left out of its mean; each summary line's `files` gives how many files each mean covers, and
+the table says where that is fewer than all.
 """
 
 import sys
@@ -89,9 +93,22 @@ def test_files(folder: str, max_files: int, every: int = 1) -> list[Path]:
     return files[:max_files] if max_files > 0 else files
 
 
+def _finite_values(rows: list[dict], key: str) -> np.ndarray:
+    values = np.array([row[key] for row in rows if key in row and row[key] is not None], dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
 def _mean(rows: list[dict], key: str) -> float:
-    values = np.array([row[key] for row in rows if key in row], dtype=np.float64)
-    return float(np.nanmean(values)) if values.size and np.any(np.isfinite(values)) else math.nan
+    values = _finite_values(rows, key)
+    return float(values.mean()) if values.size else math.nan
+
+
+def _scored_line(rows: list[dict], prefix: str) -> dict:
+    """The mean of each metric of one system (its columns ``<prefix>_<metric>``), and under ``files`` how
+    many files each mean covers."""
+    line: dict = {name: _mean(rows, f"{prefix}_{name}") for name in METRIC_NAMES}
+    line["files"] = {name: int(_finite_values(rows, f"{prefix}_{name}").size) for name in METRIC_NAMES}
+    return line
 
 
 def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: list[float], entropy,
@@ -113,59 +130,72 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
             decoded = full[0, 0].cpu().numpy()
         else:
             decoded = codec.decode_signal(codes[:, :k], len(reference))[0, 0].cpu().numpy()
-        row.update({f"K{k}_{name}": value for name, value in evaluate_pair(reference, decoded, rate).items()})
+        scores = evaluate_pair(reference, decoded, rate, name=f"{path} (K={k})")
+        row.update({f"K{k}_{name}": value for name, value in scores.items()})
     if unquantized:
         decoded = codec.code_unquantized(streams)[0, 0].cpu().numpy()
-        row.update({f"unquantized_{name}": value for name, value in evaluate_pair(reference, decoded, rate).items()})
+        scores = evaluate_pair(reference, decoded, rate, name=f"{path} (unquantized)")
+        row.update({f"unquantized_{name}": value for name, value in scores.items()})
     for kbps in opus_rates:
         result = opus_roundtrip(reference, rate, bitrate_kbps=kbps)
-        scores = evaluate_pair(reference, result.audio, rate)
+        scores = evaluate_pair(reference, result.audio, rate, name=f"{path} (Opus {kbps:g} kbps)")
         row.update({f"opus{kbps:g}_{name}": value for name, value in scores.items()})
         row[f"opus{kbps:g}_payload_kbps"] = result.payload_kbps
     if entropy is not None:
         array = codes.cpu().numpy()
         for k in codebooks:
             kept = array[:, :k]
-            payload = entropy.encode(kept)  # what `codec.py encode --entropy` stores as the payload
+            payload = entropy.encode(kept)
             if not np.array_equal(entropy.decode(payload, *kept.shape), kept):
                 raise CodecError(f"{path}: entropy-coded codes did not decode to the same codes (K={k})")
-            row[f"K{k}_raw_payload_bits"] = 8 * stream_header(codec, 1, len(reference), k).raw_payload_bytes
-            row[f"K{k}_entropy_payload_bits"] = 8 * len(payload)
+            raw_bytes = stream_header(codec, 1, len(reference), k).raw_payload_bytes
+            row[f"K{k}_raw_payload_bits"] = 8 * raw_bytes
+            # `codec.py encode --entropy` stores the raw codes where range coding is not smaller (the header
+            # is the same size either way).
+            row[f"K{k}_entropy_payload_bits"] = 8 * min(len(payload), raw_bytes)
     return row
 
 
 def summarize(rows: list[dict], codec, codebooks: list[int], opus_rates: list[float], entropy: bool,
               unquantized: bool = False) -> list[dict]:
-    """One line per system: the mean of each metric, and the bitrate (raw and, if measured, entropy-coded;
-    none for the unquantized model)."""
+    """One line per system: the mean of each metric, under ``files`` how many files each mean covers, and
+    the bitrate, total bits over total seconds (raw and, if measured, entropy-coded; none for the
+    unquantized model)."""
     seconds = sum(row["seconds"] for row in rows)
     lines = []
     if unquantized:
-        line = {"system": f"{codec.name} unquantized", "kbps": math.nan}
-        line.update({name: _mean(rows, f"unquantized_{name}") for name in METRIC_NAMES})
-        lines.append(line)
+        lines.append({"system": f"{codec.name} unquantized", "kbps": math.nan, **_scored_line(rows, "unquantized")})
     for k in codebooks:
         tag = "" if codec.precision == "fp32" else f" {codec.precision}"
-        line = {"system": f"{codec.name}{tag} K={k}", "kbps": codec.bitrate(k) / 1000}
-        line.update({name: _mean(rows, f"K{k}_{name}") for name in METRIC_NAMES})
+        line = {"system": f"{codec.name}{tag} K={k}", "kbps": codec.bitrate(k) / 1000, **_scored_line(rows, f"K{k}")}
         if entropy:
             line["raw_payload_kbps"] = sum(row[f"K{k}_raw_payload_bits"] for row in rows) / seconds / 1000
             line["entropy_kbps"] = sum(row[f"K{k}_entropy_payload_bits"] for row in rows) / seconds / 1000
         lines.append(line)
     for kbps in opus_rates:
-        line = {"system": f"Opus {kbps:g} kbps", "kbps": _mean(rows, f"opus{kbps:g}_payload_kbps")}
-        line.update({name: _mean(rows, f"opus{kbps:g}_{name}") for name in METRIC_NAMES})
-        lines.append(line)
+        # The payload of each file: its rate times its duration, as the codec's bits are summed.
+        bits = sum(row[f"opus{kbps:g}_payload_kbps"] * row["seconds"] for row in rows)
+        lines.append({"system": f"Opus {kbps:g} kbps", "kbps": bits / seconds, **_scored_line(rows, f"opus{kbps:g}")})
     return lines
 
 
-def markdown_table(lines: list[dict], entropy: bool) -> str:
+def markdown_table(lines: list[dict], entropy: bool, n_files: int) -> str:
+    """The summary as a Markdown table; below it, where a mean covers fewer than ``n_files`` files, how many."""
     columns = ["kbps"] + (["entropy_kbps"] if entropy else []) + list(METRIC_NAMES)
     labels = {"kbps": "kbps", "entropy_kbps": "entropy-coded kbps", **METRIC_LABELS}
     out = ["| system | " + " | ".join(labels[c] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
     for line in lines:
         cells = [f"{line[c]:.3f}" if isinstance(line.get(c), float) and math.isfinite(line[c]) else "" for c in columns]
         out.append(f"| {line['system']} | " + " | ".join(cells) + " |")
+    notes = {line["system"]: ", ".join(f"{METRIC_LABELS[name]} {count}" for name, count in line["files"].items()
+                                       if count < n_files) for line in lines}
+    if any(notes.values()):
+        if len(set(notes.values())) == 1:
+            covered = f"{next(iter(notes.values()))} (every system)"
+        else:
+            covered = "; ".join(f"{system}: {note}" for system, note in notes.items() if note)
+        out.append(f"\nMeans over fewer than the {n_files} files (the metric is undefined on the others: too "
+                   f"short, or a silent signal): {covered}.")
     return "\n".join(out)
 
 
@@ -245,10 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(score_file(codec, path, Path(args.test), codebooks, opus_rates, entropy, used,
                                    args.unquantized))
     lines = summarize(rows, codec, codebooks, opus_rates, entropy is not None, args.unquantized)
-    table = markdown_table(lines, entropy is not None)
+    table = markdown_table(lines, entropy is not None, len(rows))
     seconds = sum(row["seconds"] for row in rows)
     settings = {
-        "model": codec.name, "test": args.test, "files": len(rows), "seconds": seconds,
+        "model": codec.name, "encoder": codec.encoder_checkpoint, "test": args.test, "every": args.every,
+        "max_files": args.max_files, "files": len(rows), "seconds": seconds,
         "codebooks": codebooks, "opus_kbps": opus_rates, "entropy": entropy is not None,
         "unquantized": args.unquantized,
         "precision": args.precision, "codes_used": [len(codes) for codes in used],

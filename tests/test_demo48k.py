@@ -55,7 +55,7 @@ def test_demo48k_entropy_table_shrinks_real_speech_losslessly(codec, clip) -> No
     _, back = decode_adc(packed, table)
     np.testing.assert_array_equal(back, codes)
     # its codes are used almost evenly (958-1009 of 1024 per codebook), so the saving is a few percent
-    # (8 % on corpus/test, exp/README.md)
+    # (9 % on corpus/test, exp/README.md)
     assert len(packed) < 0.95 * len(raw)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -238,3 +239,36 @@ def test_a_failed_command_leaves_no_empty_output_folder(trained: tuple[Path, Pat
                         "train", cwd=tmp_path)  # fmt: skip
     assert_one_line_error(result, "missing.pkl")
     assert not (tmp_path / "new").exists()
+
+
+def test_codec_test_mirrors_subfolders_and_scores_each_output_against_its_own_reference(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two files named u.wav in two folders get two outputs, each scored against the clean file of its own
+    relative path; a noisy file without a clean one is named as not scored."""
+    from utils.eval.probe import speech_like_signal
+
+    _, expdir = trained
+    corpus = tmp_path / "corpus"
+    for index, locale in enumerate(("de", "fr")):
+        speech = speech_like_signal(1.0, 8000, seed=index)
+        for subset in ("clean", "noisy"):
+            (corpus / subset / locale).mkdir(parents=True)
+            sf.write(corpus / subset / locale / "u.wav", speech, 8000)
+    sf.write(corpus / "noisy" / "extra.wav", speech_like_signal(1.0, 8000, seed=5), 8000)
+    shutil.copytree(expdir, tmp_path / "exp", ignore=shutil.ignore_patterns("tensorboard"))
+    config = yaml.safe_load((tmp_path / "exp" / "config.yml").read_text())
+    config["data"] = {"path": str(corpus), "subset": {"noisy_test": "noisy", "clean_test": "clean"}}
+    (tmp_path / "exp" / "config.yml").write_text(yaml.safe_dump(config))
+    checkpoint = str(tmp_path / "exp" / "checkpoint-2steps.pkl")
+    result = run_script("codecTest.py", "--subset", "noisy_test", "--encoder", checkpoint, "--decoder", checkpoint,
+                        "--output_dir", str(tmp_path / "out"), "--specific_folder", "True", "--metrics",
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    outputs = sorted(path.relative_to(tmp_path / "out").as_posix() for path in (tmp_path / "out").rglob("*.wav"))
+    assert outputs == ["de/u_output.wav", "extra_output.wav", "fr/u_output.wav"]
+    assert "1 of 3 outputs have no reference file of the same relative name and are not scored: extra" in result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "out" / "metrics.csv")))
+    assert [row["file"] for row in rows] == ["de/u", "fr/u", "mean", "scored"]
+    assert rows[-1]["log_mel_distance"] == "2"
+    assert "mean over 2 files of" in result.stdout

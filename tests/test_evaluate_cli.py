@@ -2,8 +2,10 @@
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,21 +66,22 @@ def test_table_csv_json_and_plots(folders, tmp_path):
 
     with open(csv_path) as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["file"] for row in rows] == ["a.wav", "sub/b.wav", "mean"]
-    assert 1.0 <= float(rows[-1]["pesq_wb"]) <= 4.7
+    assert [row["file"] for row in rows] == ["a.wav", "sub/b.wav", "mean", "scored"]
+    assert 1.0 <= float(rows[-2]["pesq_wb"]) <= 4.7 and rows[-1]["pesq_wb"] == "2"
+    assert not any(line.startswith("scored") for line in lines)  # every mean covers every file
     report = json.loads(json_path.read_text())
     assert len(report["files"]) == 2 and report["mean"]["file"] == "mean"
     assert set(report["settings"]["metrics"]) == {"pesq_wb", "stoi", "estoi", "si_sdr", "log_mel_distance"}
     assert (plots / "a.png").is_file() and (plots / "sub" / "b.png").is_file()
     if options:
         assert "opus_pesq_wb" in rows[0]
-        assert float(rows[-1]["opus_payload_kbps"]) < float(rows[-1]["opus_kbps"])
+        assert float(rows[-2]["opus_payload_kbps"]) < float(rows[-2]["opus_kbps"])
         assert "audio packets only" in completed.stdout
 
 
 def test_missing_directory_is_one_line_error(folders, tmp_path):
     completed = run_evaluate(str(tmp_path / "missing"), str(folders[1]))
-    assert completed.returncode == 2
+    assert completed.returncode == 1
     assert len(completed.stderr.strip().splitlines()) == 1
     assert "not found" in completed.stderr and "Traceback" not in completed.stderr
 
@@ -86,13 +89,13 @@ def test_missing_directory_is_one_line_error(folders, tmp_path):
 def test_no_matching_files_is_one_line_error(folders, tmp_path):
     (tmp_path / "empty").mkdir()
     completed = run_evaluate(str(folders[0]), str(tmp_path / "empty"))
-    assert completed.returncode == 2
+    assert completed.returncode == 1
     assert len(completed.stderr.strip().splitlines()) == 1
     assert "no matching audio files" in completed.stderr
 
 
 def assert_one_line_error(completed: subprocess.CompletedProcess, expected: str) -> None:
-    assert completed.returncode == 2
+    assert completed.returncode == 1
     assert len(completed.stderr.strip().splitlines()) == 1 and "Traceback" not in completed.stderr
     assert expected in completed.stderr, completed.stderr
 
@@ -128,3 +131,51 @@ def test_clips_too_short_for_a_metric_score_nan_for_it(tmp_path):
     (row,) = json.loads((tmp_path / "scores.json").read_text())["files"]
     assert row["stoi"] is None and row["estoi"] is None and row["pesq_wb"] is None  # NaN, as JSON has it
     assert "STOI undefined for this clip (0.013 s, under 0.4 s)" in completed.stderr
+
+
+def test_a_silent_decode_is_named_and_every_mean_says_how_many_files_it_covers(tmp_path):
+    for folder in ("ref", "deg"):
+        (tmp_path / folder).mkdir()
+    for index, name in enumerate(("a.wav", "b.wav")):
+        speech = speech_like_signal(2.0, SAMPLE_RATE, seed=index)
+        sf.write(tmp_path / "ref" / name, speech, SAMPLE_RATE)
+        sf.write(tmp_path / "deg" / name, speech * 0.9 if name == "a.wav" else np.zeros_like(speech), SAMPLE_RATE)
+    csv_path, json_path = tmp_path / "scores.csv", tmp_path / "scores.json"
+    completed = run_evaluate(str(tmp_path / "ref"), str(tmp_path / "deg"), "--no-visqol", "--csv", str(csv_path),
+                             "--json", str(json_path))
+    assert completed.returncode == 0, completed.stderr
+    assert "b.wav: decoded signal is silent: PESQ-WB and SI-SDR are undefined" in completed.stderr
+    scored = next(line for line in completed.stdout.splitlines() if line.startswith("scored"))
+    assert scored.split() == ["scored", "1", "2", "2", "1", "2"]
+    with open(csv_path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == ["a.wav", "b.wav", "mean", "scored"]
+    assert rows[2]["sample_rate"] == "" and rows[3]["pesq_wb"] == "1" and rows[3]["stoi"] == "2"
+    mean = json.loads(json_path.read_text())["mean"]
+    assert mean["counts"] == {"pesq_wb": 1, "stoi": 2, "estoi": 2, "si_sdr": 1, "log_mel_distance": 2}
+    assert "sample_rate" not in mean and "seconds" not in mean
+
+
+def test_errors_are_the_tools_one_line_with_exit_status_1(folders, tmp_path):
+    completed = run_evaluate(str(tmp_path / "missing"), str(folders[1]))
+    assert completed.stderr.startswith("error: reference ") and completed.returncode == 1
+
+
+@pytest.mark.parametrize(("number", "line", "status"), [(signal.SIGINT, "interrupted", 130),
+                                                        (signal.SIGTERM, "terminated", 143)])
+def test_an_interrupted_run_says_so_and_leaves_no_empty_plot_folder(tmp_path, number, line, status):
+    for folder in ("ref", "deg"):
+        (tmp_path / folder).mkdir()
+        # long enough that scoring it outlasts the signal's way there
+        sf.write(tmp_path / folder / "long.wav", speech_like_signal(30.0, SAMPLE_RATE), SAMPLE_RATE)
+    plots = tmp_path / "plots"
+    process = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "ref"), str(tmp_path / "deg"),
+                                "--no-visqol", "--plot", str(plots)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not plots.is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(number)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == status and stderr.strip().splitlines()[-1] == line, stderr
+    assert "Traceback" not in stderr and not plots.exists()

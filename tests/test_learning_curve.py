@@ -137,3 +137,34 @@ def test_compare_runs_tables_and_plots_runs_from_their_curves(tmp_path: Path) ->
         (tmp_path / "b" / "curve.json").write_text(broken)
         with pytest.raises(CodecError, match=r"b/curve.json is not a learning curve the trainer wrote"):
             compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "y")])
+
+
+def _run_folder(folder: Path, points: list[dict], config: str | None = None) -> Path:
+    folder.mkdir()
+    (folder / "curve.json").write_text(json.dumps(points if isinstance(points, list) and points and "checkpoint"
+                                                  in points[0] else {"files": ["x.wav"], "points": points}))
+    if config is not None:
+        (folder / "config.yml").write_text(config)
+    return folder
+
+
+def test_compare_runs_refuses_broken_inputs_in_one_line_and_takes_an_empty_config(tmp_path: Path) -> None:
+    from bin.compare_runs import main as compare_main
+
+    point = {"steps": 100, "train_cpu_seconds": 60.0, "wall_seconds": 90.0, "pesq_wb": 1.2}
+    good = _run_folder(tmp_path / "good", [point], "threads: 2\n")
+    empty = _run_folder(tmp_path / "empty", [point], "")
+    assert compare_main([str(good), str(empty), "--out", str(tmp_path / "out")]) == 0
+    assert "| empty | 100 | 1.0 | 1.5 | - | 1.200 |" in (tmp_path / "out" / "compare.md").read_text()
+    cases = [
+        (_run_folder(tmp_path / "bad_yaml", [point], "threads: [1,\n"), r"bad_yaml/config.yml is not valid YAML"),
+        (_run_folder(tmp_path / "list_yaml", [point], "- 1\n"), r"list_yaml/config.yml holds a list"),
+        (_run_folder(tmp_path / "no_cpu", [{"steps": 100, "wall_seconds": 1.0}]),
+         r"no_cpu/curve.json: point 0 has no train_cpu_seconds"),
+        (_run_folder(tmp_path / "scored", [{"steps": 9500, "checkpoint": "c.pkl", "files": 3, "pesq_wb": 1.2}]),
+         r"scored/curve.json is bin/learning_curve.py's table of scored checkpoints"),
+    ]
+    for folder, message in cases:
+        with pytest.raises(CodecError, match=message):
+            compare_main([str(good), str(folder), "--out", str(tmp_path / "refused")])
+        assert not (tmp_path / "refused").exists()

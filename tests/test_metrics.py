@@ -1,14 +1,23 @@
 """Objective metrics on synthetic speech-like signals: known values for identical, scaled and noisy pairs."""
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 
+from utils.audio import AUDIO_EXTENSIONS
 from utils.errors import CodecError
 from utils.eval.metrics import (
     evaluate_pair,
+    format_table,
     log_mel_distance,
+    match_audio_files,
+    mean_row,
     metric_names,
     pesq_wb,
+    scored_counts,
     si_sdr,
     snr_db,
     stoi,
@@ -114,3 +123,73 @@ def test_stoi_of_a_too_short_clip_is_nan():
     for samples in (1, 100, 255):  # under one of pystoi's frames, where it fails outright
         tiny = speech_like_signal(1.0, 8000)[:samples]
         assert np.isnan(stoi(tiny, tiny, 8000)) and np.isnan(stoi(tiny, tiny, 8000, extended=True))
+
+
+def test_a_silent_reference_leaves_every_metric_undefined_with_one_warning(speech, caplog):
+    with caplog.at_level(logging.WARNING, logger="utils.eval.metrics"):
+        scores = evaluate_pair(np.zeros_like(speech), speech, SAMPLE_RATE, name="quiet.wav")
+    assert tuple(scores) == metric_names(False) and all(np.isnan(value) for value in scores.values())
+    assert [record.getMessage() for record in caplog.records] == [
+        "quiet.wav: the reference is silent: every metric is undefined, reported as NaN"]
+
+
+def test_a_silent_decode_has_no_pesq_or_si_sdr_and_the_worst_stoi(speech, caplog):
+    with caplog.at_level(logging.WARNING, logger="utils.eval.metrics"):
+        scores = evaluate_pair(speech, np.zeros_like(speech), SAMPLE_RATE, name="broken.wav")
+    assert np.isnan(scores["pesq_wb"]) and np.isnan(scores["si_sdr"])
+    assert abs(scores["stoi"]) < 0.05 and abs(scores["estoi"]) < 0.05  # unintelligible: pystoi's own score
+    assert np.isfinite(scores["log_mel_distance"])
+    assert any("broken.wav: decoded signal is silent" in record.getMessage() for record in caplog.records)
+
+
+def test_si_sdr_of_a_constant_signal_is_nan_not_an_eps_artefact(speech):
+    assert np.isnan(si_sdr(np.zeros_like(speech), speech))
+    assert np.isnan(si_sdr(speech, np.zeros_like(speech)))
+    assert np.isnan(si_sdr(np.full_like(speech, 0.25), speech))  # nothing left once its mean is removed
+
+
+def test_means_cover_the_finite_entries_and_say_how_many():
+    rows = [{"file": "a", "sample_rate": 48000, "seconds": 1.0, "pesq_wb": 2.0, "kbps": 10.0},
+            {"file": "b", "sample_rate": 48000, "seconds": 3.0, "pesq_wb": float("nan"), "kbps": 6.0}]
+    mean = mean_row(rows)
+    assert mean == {"file": "mean", "pesq_wb": 2.0, "kbps": 7.0}  # no sample_rate; kbps over the total duration
+    assert scored_counts(rows) == {"pesq_wb": 1, "kbps": 2}
+
+
+def test_table_columns_fit_their_values():
+    rows = [{"file": "quiet.wav", "pesq_wb": 1.5, "stoi": 0.5, "estoi": 0.4, "si_sdr": -149.959,
+             "log_mel_distance": 3.828},
+            {"file": "scored", "pesq_wb": 1, "stoi": 1, "estoi": 1, "si_sdr": 1, "log_mel_distance": 1}]
+    lines = format_table(rows, metric_names(False)).splitlines()
+    assert lines[1].split() == ["quiet.wav", "1.500", "0.500", "0.400", "-149.959", "3.828"]
+    assert lines[2].split() == ["scored", "1", "1", "1", "1", "1"]
+    header = lines[0]
+    assert [header.index(label) for label in ("SI-SDR", "LogMel")] == [lines[1].index("-149.959"),
+                                                                       lines[1].index("3.828")]
+
+
+def test_table_with_a_baseline_fits_long_labels_and_values():
+    row = {"file": "x", **{name: -100.0 for name in metric_names(False)},
+           **{f"opus_{name}": 12.5 for name in metric_names(False)}}
+    lines = format_table([row], metric_names(False), baseline_name="opus").splitlines()
+    assert lines[1].split() == ["ours", "opus"] * len(metric_names(False))
+    assert lines[2].split()[1:] == ["-100.000", "12.500"] * len(metric_names(False))
+
+
+@pytest.mark.parametrize("suffix", [suffix for suffix in AUDIO_EXTENSIONS if suffix not in (".mp3", ".oga")])
+def test_folders_match_every_audio_type_the_readers_take(tmp_path: Path, suffix: str):
+    formats = {".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF", ".wav": "WAV", ".flac": "FLAC"}
+    for side in ("ref", "deg"):
+        (tmp_path / side).mkdir()
+    sf.write(tmp_path / "ref" / f"x{suffix}", speech_like_signal(0.5, 16000), 16000, format=formats[suffix])
+    sf.write(tmp_path / "deg" / "x.wav", speech_like_signal(0.5, 16000), 16000)
+    assert [name for name, _, _ in match_audio_files(tmp_path / "ref", tmp_path / "deg")] == [f"x{suffix}"]
+
+
+def test_two_files_of_one_name_but_their_extension_are_refused(tmp_path: Path):
+    for side in ("ref", "deg"):
+        (tmp_path / side).mkdir()
+        sf.write(tmp_path / side / "x.wav", speech_like_signal(0.5, 16000), 16000)
+    sf.write(tmp_path / "deg" / "x.flac", speech_like_signal(0.5, 16000), 16000)
+    with pytest.raises(CodecError, match=r"degraded files .*x.flac and .*x.wav differ only in their extension"):
+        match_audio_files(tmp_path / "ref", tmp_path / "deg")

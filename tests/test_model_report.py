@@ -171,3 +171,51 @@ def test_bf16_without_the_engine_is_one_error_line(model, test_dir, tmp_path) ->
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and "no-such-compiler" in lines[-1] and "use --precision fp32" in lines[-1]
     assert "Traceback" not in result.stderr and not (out / "report.json").exists()
+
+
+def test_entropy_bits_are_what_codec_py_stores_and_every_mean_says_how_many_files_it_covers(model, tmp_path) -> None:
+    """A table fitted on one code makes range coding every other code dearer than the raw codes, which
+    `codec.py encode --entropy` then stores; a silent reference leaves every metric undefined there."""
+    codec = model.codec
+    table = tmp_path / "skewed.entropy"
+    EntropyModel.fit([np.zeros((codec.n_codebooks, 1000), np.int64)], codec.codebook_size).save(table)
+    folder = tmp_path / "test"
+    folder.mkdir()
+    audio, rate = sf.read(official_path("input", "test_48k.wav"), dtype="float32")
+    sf.write(folder / "a.wav", audio[:rate], rate, "PCM_16")
+    sf.write(folder / "quiet.wav", np.zeros(rate, np.float32), rate, "PCM_16")
+    args = [arg if arg != model.args[model.args.index("--entropy_table") + 1] else str(table) for arg in model.args]
+    out = tmp_path / "report"
+    assert main([*args, "--test", str(folder), "--codebooks", "2", "--entropy", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for row in report["files"]:
+        assert row["K2_entropy_payload_bits"] == row["K2_raw_payload_bits"]
+    (line,) = report["summary"]
+    assert line["entropy_kbps"] == pytest.approx(line["raw_payload_kbps"])
+    assert line["files"] == dict.fromkeys(("pesq_wb", "stoi", "estoi", "si_sdr", "log_mel_distance"), 1)
+    assert "Means over fewer than the 2 files" in (out / "report.md").read_text()
+    assert "PESQ-WB 1, STOI 1, ESTOI 1, SI-SDR 1, LogMel 1 (every system)" in (out / "report.md").read_text()
+    assert {key: report["settings"][key] for key in ("every", "max_files")} == {"every": 1, "max_files": 0}
+
+
+def test_opus_kbps_is_total_bits_over_total_seconds_as_the_codecs() -> None:
+    from bin.model_report import summarize
+
+    rows = [{"seconds": 1.0, "opus12.8_payload_kbps": 20.0}, {"seconds": 3.0, "opus12.8_payload_kbps": 12.0}]
+    (line,) = summarize(rows, SimpleNamespace(name="m"), [], [12.8], entropy=False)
+    assert line["system"] == "Opus 12.8 kbps" and line["kbps"] == pytest.approx((20.0 + 36.0) / 4.0)  # not 16.0
+
+
+def test_learning_curve_reuses_only_reports_made_with_the_same_settings(test_dir, tmp_path, monkeypatch) -> None:
+    import bin.learning_curve as curve
+
+    folder = official_path("exp", "autoencoder", "symAD_c16_vctk_48000_hop320")
+    late, early = f"{folder}/checkpoint-1000000steps.pkl", f"{folder}/checkpoint-500000steps.pkl"
+    out = tmp_path / "curve"
+    common = ["--test", str(test_dir), "--num_threads", "1", "--out", str(out)]
+    assert curve.main([early, *common, "--max_files", "1"]) == 0
+    assert curve.main([early, late, *common, "--max_files", "2", "--reuse"]) == 0
+    rows = json.loads((out / "curve.json").read_text())
+    assert [row["files"] for row in rows] == [2, 2]  # the 1-file report was scored again, not mixed in
+    monkeypatch.setattr(curve.model_report, "main", lambda *_: pytest.fail("a matching report was scored again"))
+    assert curve.main([early, late, *common, "--max_files", "2", "--reuse"]) == 0

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.audio import read_mono
+from utils.audio import AUDIO_EXTENSIONS, read_mono
 from utils.errors import CodecError
-from utils.eval.metrics import AUDIO_SUFFIXES, METRIC_NAMES, evaluate_pair
+from utils.eval.metrics import METRIC_NAMES, evaluate_pair
 from utils.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,9 @@ def curve_files(folder: str | Path, count: int) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CodecError(f"learning_curve.subset {folder} is not a folder: fix the config or build the corpus")
-    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file())
     if not files:
-        raise CodecError(f"learning_curve.subset {folder} holds no .wav/.flac files")
+        raise CodecError(f"learning_curve.subset {folder} holds no {'/'.join(AUDIO_EXTENSIONS)} files")
     if count <= 0 or count >= len(files):
         return files
     if count == 1:
@@ -134,11 +134,11 @@ class LearningCurve:
         device = next(generator.parameters()).device
         scores: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
         used: dict[int, set[int]] = {}
-        for audio in self.audio:
+        for path, audio in zip(self.files, self.audio):
             padded = np.pad(audio, (0, self.delay + -(len(audio) + self.delay) % self.hop))
             signal = torch.from_numpy(padded).to(device).view(1, 1, -1)
             decoded = reconstruct(signal).float().cpu().numpy().reshape(-1)[self.delay : self.delay + len(audio)]
-            for name, value in evaluate_pair(audio, decoded, self.sample_rate).items():
+            for name, value in evaluate_pair(audio, decoded, self.sample_rate, name=str(path)).items():
                 scores[name].append(value)
             codes = _codes(generator, signal)
             if codes is not None:

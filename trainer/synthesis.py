@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -95,7 +95,51 @@ def _reference_subset(config: Mapping[str, Any], subset: str) -> str:
     return subset
 
 
-def score_outputs(pairs: list[tuple[str, Path, Path]], sample_rate: int) -> list[dict[str, Any]]:
+def relative_names(source: Path, files: list[Path], what: str) -> list[str]:
+    """Each file's path relative to the subset's folder, without its extension (``de/x`` for
+    ``<subset>/de/x.wav``): the outputs mirror it, and references are matched by it. The files a list
+    file names are taken relative to the deepest folder that holds them all (their own folder when they
+    share one: then the names are the files' stems).
+
+    Raises:
+        CodecError: two files get one name (``x.wav`` beside ``x.flac``, or a file listed twice): one output
+            would overwrite the other.
+    """
+    if source.is_dir():
+        relative = [path.relative_to(source) for path in files]
+    else:
+        absolute = [Path(os.path.abspath(path)) for path in files]
+        root = Path(os.path.commonpath([path.parent for path in absolute]))
+        relative = [path.relative_to(root) for path in absolute]
+    names: dict[str, Path] = {}
+    for path, name in zip(files, (path.with_suffix("").as_posix() for path in relative)):
+        if name in names:
+            raise CodecError(f"{what}: {names[name]} and {path} would both be written as {name}_output.wav: "
+                             "rename or remove one of them")
+        names[name] = path
+    return list(names)
+
+
+def pair_with_references(written: list[tuple[str, Path]], references: dict[str, Path],
+                         what: str) -> list[tuple[str, Path, Path]]:
+    """``(name, reference, output)`` for each written ``(name, output)`` whose name ``references`` has; the
+    outputs left without a reference are named in a warning (the mean is then not the whole subset's).
+
+    Raises:
+        CodecError: no output has a reference.
+    """
+    pairs = [(name, references[name], path) for name, path in written if name in references]
+    if not pairs:
+        raise CodecError(f"no reference files matched the outputs of {what}: the clean subset must hold the same "
+                         "relative paths")
+    unscored = [name for name, _ in written if name not in references]
+    if unscored:
+        logger.warning("%d of %d outputs have no reference file of the same relative name and are not scored: %s%s",
+                       len(unscored), len(written), ", ".join(unscored[:3]), ", ..." if len(unscored) > 3 else "")
+    return pairs
+
+
+def score_outputs(pairs: list[tuple[str, Path, Path]]) -> list[dict[str, Any]]:
     """Metrics of each (name, reference, output) pair (first channels), with ``utils.eval.metrics.evaluate_pair``."""
     from utils.eval.metrics import evaluate_pair
 
@@ -103,30 +147,23 @@ def score_outputs(pairs: list[tuple[str, Path, Path]], sample_rate: int) -> list
     for name, reference_path, output_path in tqdm(pairs, desc="[metrics]"):
         reference, reference_rate = sf.read(reference_path, dtype="float32", always_2d=True)
         output, output_rate = sf.read(output_path, dtype="float32", always_2d=True)
-        scores = evaluate_pair(reference[:, 0], output[:, 0], reference_rate, degraded_sample_rate=output_rate)
+        scores = evaluate_pair(reference[:, 0], output[:, 0], reference_rate, degraded_sample_rate=output_rate,
+                               name=str(reference_path))
         rows.append({"file": name, **scores})
     return rows
 
 
-def mean_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of each metric over the files (NaN entries, clips a metric cannot score, left out)."""
-    means = {}
-    for key in rows[0]:
-        if key == "file":
-            continue
-        values = np.array([float(row[key]) for row in rows])
-        finite = values[np.isfinite(values)]
-        means[key] = float(finite.mean()) if finite.size else math.nan
-    return means
+def write_scores(rows: list[dict[str, Any]], path: Path) -> None:
+    """CSV: one row per file, then the mean of each metric (NaN entries left out) and the ``scored`` row:
+    how many files each mean covers."""
+    from utils.eval.metrics import mean_row, scored_counts
 
-
-def write_scores(rows: list[dict[str, Any]], means: Mapping[str, float], path: Path) -> None:
-    """CSV: one row per file, then the mean."""
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-        writer.writerow({"file": "mean", **means})
+        writer.writerow(mean_row(rows))
+        writer.writerow({"file": "scored", **scored_counts(rows)})
 
 
 def run_test(
@@ -138,27 +175,35 @@ def run_test(
     specific_folder: bool = False,
     metrics: bool = False,
     device: str | torch.device = "cpu",
-) -> tuple[Path, dict[str, float] | None]:
-    """Code every file of the encoder config's ``data.subset.<subset>``; write ``<name>_output.wav`` (PCM 16).
+) -> tuple[Path, list[dict[str, Any]] | None]:
+    """Code every file of the encoder config's ``data.subset.<subset>``; write ``<name>_output.wav`` (PCM 16),
+    ``<name>`` the file's path relative to the subset's folder without its extension (:func:`relative_names`:
+    a file in a subfolder gets its output in the same subfolder).
 
     Returns:
-        The output folder, and the mean metrics (``metrics``) else None; the per-file metrics go to
-        ``metrics.csv`` in the output folder.
+        The output folder, and the per-file metrics (``metrics``; each output against the file of the same
+        relative name in the reference subset) else None; they also go to ``metrics.csv`` in the output folder.
     """
     codec = OfflineCodec(encoder_checkpoint, decoder_checkpoint, device)
     config = codec.encoder_config
     try:
         # Every header is read before the first output is written: a file that cannot be coded is named
         # up front instead of stopping the run halfway with its outputs written.
-        dataset = build_dataset(config, subset, return_name=True, subset_num=subset_num)
+        dataset = build_dataset(config, subset, subset_num=subset_num)
+        names = relative_names(dataset.source, dataset.files, f"data.subset.{subset}")
         dataset.read_headers()
         empty = next((path for path in dataset.files if dataset.lengths[path] == 0), None)
         if empty is not None:
             raise ValueError(f"{empty} holds no samples: remove it from data.subset.{subset}")
         if codec.encoder.input_channels > 1:  # a mono model codes each channel on its own
             dataset.check_channels(codec.encoder.input_channels, "the encoder (generator_params.input_channels)")
-        references = build_dataset(config, _reference_subset(config, subset)) if metrics else None
+        reference_subset = _reference_subset(config, subset)
+        references = build_dataset(config, reference_subset) if metrics else None
         if references is not None:
+            reference_by_name = dict(zip(
+                relative_names(references.source, references.files, f"data.subset.{reference_subset}"),
+                references.files,
+            ))
             references.read_headers()
     except (FileNotFoundError, ValueError) as error:
         raise CodecError(str(error)) from None
@@ -167,7 +212,7 @@ def run_test(
     logger.info("The number of utterances = %d; writing to %s", len(dataset), outdir)
     written = []
     total_rtf = 0.0
-    with tqdm(dataset, desc="[test]") as progress:
+    with tqdm(zip(names, dataset), desc="[test]", total=len(names)) as progress:
         for name, audio in progress:
             start = time.time()
             output = codec.code(audio)
@@ -175,16 +220,12 @@ def run_test(
             total_rtf += rtf
             progress.set_postfix({"RTF": rtf})
             path = outdir / f"{name}_output.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, output, codec.sample_rate, "PCM_16")
             written.append((name, path))
     logger.info("Finished generation of %d utterances (RTF = %.03f).", len(written), total_rtf / len(written))
     if references is None:
         return outdir, None
-    reference_by_name = {path.stem: path for path in references.files}
-    pairs = [(name, reference_by_name[name], path) for name, path in written if name in reference_by_name]
-    if not pairs:
-        raise CodecError(f"no reference files matched the outputs of data.subset.{subset}")
-    rows = score_outputs(pairs, codec.sample_rate)
-    means = mean_scores(rows)
-    write_scores(rows, means, outdir / "metrics.csv")
-    return outdir, means
+    rows = score_outputs(pair_with_references(written, reference_by_name, f"data.subset.{subset}"))
+    write_scores(rows, outdir / "metrics.csv")
+    return outdir, rows

@@ -22,16 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.audio import read_mono, resample
+from utils.audio import AUDIO_EXTENSIONS, read_mono, resample
 from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
 
 PESQ_SAMPLE_RATE = 16000
-AUDIO_SUFFIXES = (".wav", ".flac")
 STOI_RATE = 10000  # pystoi's internal sample rate
 METRIC_NAMES = ("pesq_wb", "stoi", "estoi", "si_sdr", "log_mel_distance")
 VISQOL_NAME = "visqol"
+# Columns of a score row that describe the file, not its quality: no mean is taken of them.
+FILE_COLUMNS = ("file", "sample_rate", "seconds")
 
 
 def cut_to_common_length(reference: np.ndarray, degraded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,11 +59,14 @@ def pesq_wb(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> fl
 
 
 def stoi(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, extended: bool = False) -> float:
-    """STOI (or ESTOI when ``extended``) in [0, 1] (ESTOI may dip below 0); NaN when the clip has
-    fewer than 30 active 25.6 ms frames (about 0.4 s of speech after silent-frame removal)."""
+    """STOI (or ESTOI when ``extended``) in [0, 1] (ESTOI may dip below 0); NaN when the reference is
+    silent, or the clip has fewer than 30 active 25.6 ms frames (about 0.4 s of speech after silent-frame
+    removal). The signals go to pystoi at their own rate (it resamples to 10 kHz)."""
     from pystoi import stoi as pystoi_stoi
 
     reference, degraded = cut_to_common_length(reference, degraded)
+    if not np.any(reference):
+        return math.nan
     name = "ESTOI" if extended else "STOI"
     # pystoi works at 10 kHz in 256-sample frames, 128 apart: a clip too short for 30 of them, even
     # before its silent frames go, is undefined (and under one frame, pystoi fails outright).
@@ -89,8 +93,11 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 
 def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> float:
-    """Scale-invariant signal-to-distortion ratio in dB (zero-mean signals, optimal scaling)."""
+    """Scale-invariant signal-to-distortion ratio in dB (zero-mean signals, optimal scaling); NaN when
+    either signal is constant (nothing left once its mean is removed: the ratio would be set by ``eps``)."""
     reference, estimate = cut_to_common_length(reference, estimate)
+    if not (reference.size and np.ptp(reference) > 0 and np.ptp(estimate) > 0):
+        return math.nan
     reference = reference.astype(np.float64) - np.mean(reference)
     estimate = estimate.astype(np.float64) - np.mean(estimate)
     scale = np.dot(estimate, reference) / (np.dot(reference, reference) + eps)
@@ -174,17 +181,29 @@ def evaluate_pair(
     sample_rate: int,
     degraded_sample_rate: int | None = None,
     with_visqol: bool = False,
+    name: str = "this pair",
 ) -> dict[str, float]:
     """All metrics for one (reference, degraded) pair, keyed by :func:`metric_names`.
 
     The degraded signal is resampled to the reference rate when ``degraded_sample_rate`` differs,
-    then both are cut to the common length.
+    then both are cut to the common length. A silent reference leaves every metric undefined (NaN); a
+    silent (or constant) decoded signal leaves PESQ-WB and SI-SDR undefined, while STOI and ESTOI score
+    it as unintelligible. Each such case is logged once as a warning naming ``name`` (the file).
     """
     if degraded_sample_rate is not None and degraded_sample_rate != sample_rate:
         degraded = resample(degraded, degraded_sample_rate, sample_rate, np.float32)
     reference, degraded = cut_to_common_length(np.asarray(reference, np.float32), np.asarray(degraded, np.float32))
     if len(reference) == 0:
         raise CodecError("cannot evaluate an empty signal")
+    if not np.any(reference):
+        logger.warning("%s: the reference is silent: every metric is undefined, reported as NaN", name)
+        return dict.fromkeys(metric_names(with_visqol), math.nan)
+    if not np.any(degraded):
+        logger.warning("%s: decoded signal is silent: PESQ-WB and SI-SDR are undefined, reported as NaN", name)
+    elif np.ptp(degraded) == 0:
+        logger.warning("%s: decoded signal is constant: SI-SDR is undefined, reported as NaN", name)
+    if np.ptp(reference) == 0:
+        logger.warning("%s: the reference is constant: SI-SDR is undefined, reported as NaN", name)
     scores = {
         "pesq_wb": pesq_wb(reference, degraded, sample_rate),
         "stoi": stoi(reference, degraded, sample_rate),
@@ -200,8 +219,9 @@ def evaluate_pair(
 def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple[str, Path, Path]]:
     """Pairs ``(relative name, reference path, degraded path)``: two files, or two folders matched by relative path.
 
-    In folders the extension may differ (``a/b.wav`` matches ``a/b.flac``). Raises :class:`CodecError`
-    when a path is missing, a file is paired with a folder, or nothing matches.
+    In folders the extension may differ (``a/b.wav`` matches ``a/b.flac``); any of
+    ``utils.audio.AUDIO_EXTENSIONS`` is read. Raises :class:`CodecError` when a path is missing, a file is
+    paired with a folder, nothing matches, or one folder holds two files of one name (``x.wav`` and ``x.flac``).
     """
     reference_dir, degraded_dir = Path(reference), Path(degraded)
     if reference_dir.is_file() and degraded_dir.is_file():
@@ -214,19 +234,24 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
         if not folder.is_dir():
             raise CodecError(f"{label} {folder} is a file and the other a folder: give two files or two folders")
 
-    def index(folder: Path) -> dict[str, Path]:
-        return {
-            str(path.relative_to(folder).with_suffix("")): path
-            for path in sorted(folder.rglob("*"))
-            if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
-        }
+    def index(label: str, folder: Path) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+                continue
+            name = str(path.relative_to(folder).with_suffix(""))
+            if name in files:
+                raise CodecError(f"{label} files {files[name]} and {path} differ only in their extension, so either "
+                                 "could be the pair of the other side's file: keep one of them")
+            files[name] = path
+        return files
 
-    references, degraded = index(reference_dir), index(degraded_dir)
+    references, degraded = index("reference", reference_dir), index("degraded", degraded_dir)
     names = sorted(references.keys() & degraded.keys())
     if not names:
         raise CodecError(
-            f"no matching audio files: {len(references)} in {reference_dir}, {len(degraded)} in {degraded_dir}, "
-            "none share a relative name"
+            f"no matching audio files ({'/'.join(AUDIO_EXTENSIONS)}): {len(references)} in {reference_dir}, "
+            f"{len(degraded)} in {degraded_dir}, none share a relative name"
         )
     unscored = sorted(references.keys() - degraded.keys())
     if unscored:  # a mean over fewer files than the reference set must not pass for the whole set's
@@ -310,11 +335,12 @@ def evaluate_directories(
         degraded = resample(degraded, degraded_rate, sample_rate, np.float32)
         row: dict[str, float | str] = {"file": name, "sample_rate": sample_rate}
         row["seconds"] = len(reference) / sample_rate
-        row.update(evaluate_pair(reference, degraded, sample_rate, with_visqol=with_visqol))
+        row.update(evaluate_pair(reference, degraded, sample_rate, with_visqol=with_visqol, name=name))
         spectrograms = {"reference": reference, "decoded": degraded}
         if baseline is not None:
             baseline_audio, extra = baseline(reference, sample_rate)
-            scores = evaluate_pair(reference, baseline_audio, sample_rate, with_visqol=with_visqol)
+            scores = evaluate_pair(reference, baseline_audio, sample_rate, with_visqol=with_visqol,
+                                   name=f"{name} ({baseline_name})")
             row.update({f"{baseline_name}_{key}": value for key, value in {**scores, **extra}.items()})
             title = f"{baseline_name} ({extra['kbps']:.1f} kbps)" if "kbps" in extra else baseline_name
             spectrograms[title] = baseline_audio
@@ -329,30 +355,66 @@ def evaluate_directories(
     return rows
 
 
+def metric_columns(rows: list[dict[str, float | str]]) -> list[str]:
+    """The columns of score rows that are scores (not :data:`FILE_COLUMNS`), in row order."""
+    return [key for key, value in rows[0].items() if key not in FILE_COLUMNS and not isinstance(value, str)]
+
+
 def mean_row(rows: list[dict[str, float | str]]) -> dict[str, float | str]:
-    """Column means over ``rows`` (NaN entries ignored), with ``file`` set to ``"mean"``."""
-    keys = [key for key, value in rows[0].items() if key != "file" and not isinstance(value, str)]
+    """Column means of the score columns (:func:`metric_columns`), with ``file`` set to ``"mean"``.
+
+    NaN entries (files a metric cannot score) are left out; :func:`scored_counts` says how many files
+    each mean covers. A bitrate column (``*kbps``) is weighted by each file's ``seconds``, where rows have
+    it: the total bits over the total duration.
+    """
     means: dict[str, float | str] = {"file": "mean"}
-    for key in keys:
+    for key in metric_columns(rows):
         values = np.array([float(row[key]) for row in rows], dtype=np.float64)
-        means[key] = float(np.nanmean(values)) if np.any(np.isfinite(values)) else math.nan
+        finite = np.isfinite(values)
+        if not finite.any():
+            means[key] = math.nan
+        elif key.endswith("kbps") and "seconds" in rows[0]:
+            seconds = np.array([float(row["seconds"]) for row in rows], dtype=np.float64)
+            means[key] = float(np.sum(values[finite] * seconds[finite]) / np.sum(seconds[finite]))
+        else:
+            means[key] = float(np.mean(values[finite]))
     return means
 
 
+def scored_counts(rows: list[dict[str, float | str]]) -> dict[str, int]:
+    """How many rows each score column's mean covers: its finite entries."""
+    return {key: sum(math.isfinite(float(row[key])) for row in rows) for key in metric_columns(rows)}
+
+
 def format_table(rows: list[dict[str, float | str]], names: tuple[str, ...], baseline_name: str | None = None) -> str:
-    """A fixed-width text table: one line per row, one column per metric (ours, then the baseline's)."""
+    """A text table: one line per row, one column per metric (ours, then the baseline's), each as wide as
+    its widest entry and two spaces apart. Floats print with 3 decimals, integers (file counts) as they are."""
     systems = ["ours"] + ([baseline_name] if baseline_name else [])
-    width = max(len("file"), *(len(str(row["file"])) for row in rows)) + 2
-    cell = 8
-    header = "file".ljust(width) + "".join(METRIC_LABELS.get(name, name).ljust(cell * len(systems)) for name in names)
-    lines = [header.rstrip()]
+    columns = [(name, system) for name in names for system in systems]
+
+    def cell(row: dict[str, float | str], name: str, system: str) -> str:
+        value = row[name if system == "ours" else f"{system}_{name}"]
+        if isinstance(value, int):
+            return str(value)
+        return f"{float(value):.3f}" if math.isfinite(float(value)) else "nan"
+
+    body = [[str(row["file"]), *(cell(row, *column) for column in columns)] for row in rows]
+    widths = [max(len(line[index]) for line in body) for index in range(len(columns) + 1)]
+    widths[0] = max(widths[0], len("file"))
     if baseline_name:
-        lines.append((" " * width + "".join(system.ljust(cell) for _ in names for system in systems)).rstrip())
-    for row in rows:
-        cells = []
-        for name in names:
-            for system in systems:
-                value = float(row[name if system == "ours" else f"{system}_{name}"])
-                cells.append(f"{value:.3f}".ljust(cell) if math.isfinite(value) else "nan".ljust(cell))
-        lines.append((str(row["file"]).ljust(width) + "".join(cells)).rstrip())
+        widths[1:] = [max(width, len(system)) for width, (_, system) in zip(widths[1:], columns)]
+    for group, name in enumerate(names):  # a metric's label spans its systems' columns
+        last = (group + 1) * len(systems)
+        span = sum(widths[last - len(systems) + 1:last + 1]) + 2 * (len(systems) - 1)
+        widths[last] += max(0, len(METRIC_LABELS.get(name, name)) - span)
+
+    def line(cells: list[str], cell_widths: list[int]) -> str:
+        return "  ".join(text.ljust(width) for text, width in zip(cells, cell_widths)).rstrip()
+
+    group_widths = [sum(widths[1 + group * len(systems):1 + (group + 1) * len(systems)]) + 2 * (len(systems) - 1)
+                    for group in range(len(names))]
+    lines = [line(["file", *(METRIC_LABELS.get(name, name) for name in names)], [widths[0], *group_widths])]
+    if baseline_name:
+        lines.append(line(["", *(system for _, system in columns)], widths))
+    lines.extend(line(cells, widths) for cells in body)
     return "\n".join(lines)
