@@ -164,10 +164,12 @@ def test_errors_are_the_tools_one_line_with_exit_status_1(folders, tmp_path):
 @pytest.mark.parametrize(("number", "line", "status"), [(signal.SIGINT, "interrupted", 130),
                                                         (signal.SIGTERM, "terminated", 143)])
 def test_an_interrupted_run_says_so_and_leaves_no_empty_plot_folder(tmp_path, number, line, status):
+    speech = speech_like_signal(30.0, SAMPLE_RATE)
     for folder in ("ref", "deg"):
         (tmp_path / folder).mkdir()
-        # long enough that scoring it outlasts the signal's way there
-        sf.write(tmp_path / folder / "long.wav", speech_like_signal(30.0, SAMPLE_RATE), SAMPLE_RATE)
+        # minutes of scoring: the signal arrives mid-run however loaded the machine is (it ends the run)
+        for index in range(40):
+            sf.write(tmp_path / folder / f"long{index}.wav", speech, SAMPLE_RATE)
     plots = tmp_path / "plots"
     process = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "ref"), str(tmp_path / "deg"),
                                 "--no-visqol", "--plot", str(plots)], cwd=REPO, stderr=subprocess.PIPE, text=True)
