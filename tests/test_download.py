@@ -217,3 +217,22 @@ def test_missing_model_error_names_the_command(tmp_path) -> None:
                              "-o", str(tmp_path / "out.wav")], capture_output=True, text=True, timeout=120)
     assert_one_error(result, f"python -m utils.download vctk_sym --root {tmp_path}")
     assert get_entry("vctk_sym").released and not get_entry("demo48k").released
+
+
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_a_mirror_on_this_machine_installs_and_is_left_in_place(tmp_path, form: str) -> None:
+    archive = tmp_path / "mirror" / "exp.zip"
+    archive.parent.mkdir()
+    archive.write_bytes(release_zip(official_files(SYM_FILES)))
+    root = tmp_path / "root"
+    root.mkdir()
+    url = str(archive) if form == "path" else archive.as_uri()
+    result = download("vctk_sym", "--root", str(root), "--url", url)
+    assert result.returncode == 0, result.stderr
+    for path in SYM_FILES:
+        assert (root / path).read_bytes() == open(os.path.join(OFFICIAL, path), "rb").read()
+    assert archive.is_file() and not [name for name in os.listdir(root) if name.startswith(".exp-download")]
+    missing = download("vctk_v1", "--root", str(root), "--url", str(tmp_path / "nope.zip"))
+    assert_one_error(missing, f"--url {tmp_path / 'nope.zip'}: no such file: give the release archive's path or URL")
+    odd = download("vctk_v1", "--root", str(root), "--url", "http//example.invalid/exp.zip")
+    assert_one_error(odd, "no such file")

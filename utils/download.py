@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterable
@@ -75,6 +76,20 @@ def part_path(root: str, url: str) -> str:
     return os.path.join(root, f".exp-download-{tag}.part")
 
 
+def local_archive(url: str) -> str | None:
+    """The file a mirror on this machine names (a path, or a file:// URL), checked; None for a URL to fetch."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        path = urllib.request.url2pathname(parsed.path)
+    elif "://" not in url:
+        path = url
+    else:
+        return None
+    if not os.path.isfile(path):
+        raise CodecError(f"--url {url}: no such file: give the release archive's path or URL")
+    return path
+
+
 def fetch(url: str, path: str, attempts: int = ATTEMPTS) -> None:
     """Download `url` to `path`, continuing a partial `path` with an HTTP Range request.
 
@@ -93,7 +108,7 @@ def fetch(url: str, path: str, attempts: int = ATTEMPTS) -> None:
                 continue
             _drop_if_empty(path)
             raise CodecError(f"{url} answered HTTP {error.code} ({error.reason}): check --url") from None
-        except (urllib.error.URLError, OSError) as error:
+        except (urllib.error.URLError, OSError, ValueError) as error:  # ValueError: a URL urllib cannot parse
             _drop_if_empty(path)
             cause = getattr(error, "reason", error)
             raise CodecError(f"cannot reach {url} ({cause}): check the network connection, or pass --url") from None
@@ -233,19 +248,22 @@ def download(
         logger.info(f"already installed under {root}: {', '.join(entry.name for entry in entries)}")
         return []
     expected = (sha256 or read_record(root).get(url) or "").lower() or None
-    partial = part_path(root, url)
-    logger.info(f"fetching {url}")
-    fetch(url, partial)
+    archive = local_archive(url)
+    if archive is None:
+        archive = part_path(root, url)
+        logger.info(f"fetching {url}")
+        fetch(url, archive)
     try:
-        digest = sha256_of(partial)
+        digest = sha256_of(archive)
         logger.info(f"archive sha256 {digest}")
         if expected and digest != expected:
             source = "--sha256" if sha256 else f"the hash recorded in {RECORD_FILE}"
             raise CodecError(f"archive sha256 {digest} differs from {source} ({expected}): the download is "
                              "damaged or the release changed; nothing was installed")
-        unpack(partial, wanted, root)
+        unpack(archive, wanted, root)
     finally:
-        os.unlink(partial)
+        if archive == part_path(root, url):
+            os.unlink(archive)
     write_record(root, url, digest)
     for entry in entries:
         logger.info(f"installed {entry.name} under {root}")
@@ -258,7 +276,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--all", action="store_true", help="every released model")
     parser.add_argument("--root", default=TOOLKIT_ROOT, help="folder to install exp/ into (default: this toolkit)")
     parser.add_argument("--sha256", help="the archive's expected SHA-256 (default: the one recorded, if any)")
-    parser.add_argument("--url", default=RELEASE_URL, help="where the release archive is (a mirror)")
+    parser.add_argument("--url", default=RELEASE_URL,
+                        help="where the release archive is: a mirror's URL, or a copy on this machine (a path)")
     parser.add_argument("--list-models", action="store_true", help="which models are installed where, and how to "
                         "get the others; downloads nothing")
     return parser.parse_args(argv)
