@@ -103,5 +103,5 @@ def test_a_cpu_budget_stops_every_rank_after_the_same_step(tmp_path: Path) -> No
     write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)
     _, log = train(tmp_path, "budget", 4, 2, "--cpu_budget_minutes", "1e-9")
     assert [path.name for path in (tmp_path / "exp" / "budget").glob("checkpoint-*")] == ["checkpoint-1steps.pkl"]
-    assert "The CPU budget (0.0 min of training) is spent." in log
+    assert "The CPU budget (1e-09 min of training) is spent." in log
     assert "Finished training at step 1 " in log

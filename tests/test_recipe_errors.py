@@ -101,7 +101,7 @@ def test_an_option_a_run_would_misread_is_refused(tmp_path: Path, option: str, v
 
 @pytest.mark.parametrize("kind, message", [
     ("autoencoder/symAD_vctk_48000_hop300/checkpoint-200000steps.pkl", r"\d+ tensor\(s\) of another shape \(e.g. "),
-    ("vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean/checkpoint-500000steps.pkl", r"\d+ missing keys \(e.g. \["),
+    ("vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean/checkpoint-500000steps.pkl", r"\d+ missing keys \(e.g. \w+"),
 ])  # fmt: skip
 def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path, kind: str, message: str) -> None:
     """--initial (and --resume) with a checkpoint the recipe's models cannot take: one line, no folder."""

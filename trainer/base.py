@@ -578,7 +578,7 @@ class GANTrainer:
         finally:
             preemption.uninstall()
         if self.budget_spent():
-            logger.info("The CPU budget (%.1f min of training) is spent.", self.cpu_budget_seconds / 60)
+            logger.info("The CPU budget (%.3g min of training) is spent.", self.cpu_budget_seconds / 60)
         self.save_checkpoint()
         self.score_curve()
         logger.info("Finished training at step %d (%.1f CPU min, %.1f wall min in training steps).", self.steps,

@@ -106,8 +106,9 @@ def load_state_strictly(
     else:
         if not (missing or unexpected):
             return
-        detail = f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. "
-        detail += f"{unexpected[:2]})"
+        parts = [f"{len(keys)} {kind} keys (e.g. {', '.join(keys[:2])})"
+                 for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        detail = ", ".join(parts)
     raise CodecError(f"{what}: {detail}{': ' + fix if fix else ''}")
 
 

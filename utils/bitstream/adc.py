@@ -259,7 +259,7 @@ def _check_entropy_model(header: StreamHeader, entropy_model: EntropyCoder | Non
         )
     if entropy_model.table_hash != header.entropy_hash:
         raise BitstreamError(
-            f"entropy table mismatch: the file needs table {header.entropy_hash.hex()}, the given model is "
+            f"entropy table mismatch: the file needs table {header.entropy_hash.hex()}, the given table is "
             f"{entropy_model.table_hash.hex()}; load the table the file was written with"
         )
     if entropy_model.codebook_size != header.codebook_size:  # its codes would not be the header's
