@@ -453,7 +453,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="registered model name (see demoFile.py --list-models)")
     source.add_argument("--autoencoder", help="autoencoder config (YAML): full-size random weights")
-    parser.add_argument("--root", help="folder holding exp/ for --model (default: the current folder, then this toolkit's)")
+    parser.add_argument("--root",
+                        help="folder holding exp/ for --model (default: the current folder, then this toolkit's)")
     parser.add_argument("--vocoder", help="vocoder config (YAML) used as decoder with --autoencoder")
     parser.add_argument("--frame_size", type=int, default=300, help="samples per streaming chunk (hop multiple)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
