@@ -169,9 +169,11 @@ def run_local(args: argparse.Namespace) -> None:
     if args.input_file:
         data = _read_input_file(args, tx.sample_rate)
         streamer = stream.Streamer(tx, rx, args.frame_size, data.shape[1], args.max_latency, args.worker_threads)
-        logging.info(f"### streaming {args.input_file} [press Return or Ctrl-C to stop] ###")
-        if args.output_device is not None or not args.output:
+        to_device = args.output_device is not None or not args.output
+        if to_device:
             stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
+        logging.info(f"### streaming {args.input_file} [press Return or Ctrl-C to stop] ###")
+        if to_device:
             n_samples = stream.run_file_to_device(streamer, data, output_device, args.duration)
         else:
             n_samples = stream.run_file(streamer, data, args.pace, args.duration)
