@@ -101,6 +101,8 @@ def _table_path(codec, given: str | None) -> str | None:
 
 
 def run_encode(args: argparse.Namespace) -> None:
+    if not os.path.isdir(args.input) and args.output.lower().endswith(AUDIO_EXTENSIONS):
+        raise CodecError(f"-o {args.output}: encode writes .adc files, not audio: give an .adc output name")
     pairs = plan(args.input, args.output, AUDIO_EXTENSIONS, ".adc")
     refuse_existing(pairs, args.force)
     codec = load_codec(args, apply_runtime_arguments(args))
@@ -140,10 +142,10 @@ def run_decode(args: argparse.Namespace) -> None:
     def decode(source: Path, output: Path) -> float:
         adc = open_adc(source)
         header = adc.header
-        name = args.model or header.model_name
+        name = args.model or (None if args.encoder else header.named_model)
         if not name and not args.encoder:
-            raise CodecError(f"{source} names no model: give the one it was coded with (--model NAME, or "
-                             "--encoder and --decoder)")
+            raise CodecError(f"{source} names no model (it was coded with checkpoints outside the registry): "
+                             "give the --encoder and --decoder it was coded with")
         key = "--encoder" if args.encoder else name
         if key not in codecs:
             codecs[key] = load_codec(argparse.Namespace(**{**vars(args), "model": name}), device)
@@ -178,7 +180,7 @@ def run_info(args: argparse.Namespace) -> None:
     if not header.entropy_coded:
         adc.codes()  # the payload's codes too; an entropy-coded one needs its table for that
     size = os.path.getsize(args.file)
-    delay = _output_delay_of(header.model_name, args.decoder, args.root)
+    delay = _output_delay_of(header.named_model, args.decoder, args.root)
     samples = max(0, header.n_samples - (delay or 0))  # the decoder gives none before its delay
     seconds = samples / header.sample_rate
     if delay is None:
@@ -193,7 +195,8 @@ def run_info(args: argparse.Namespace) -> None:
         )
     else:
         length = f"{samples} samples, {header.n_frames} frames"
-    print(f"model         {header.model_name or '(unnamed)'} (decoder {header.decoder_hash.hex()})")
+    model = header.named_model or "(none: decode with --encoder and --decoder)"
+    print(f"model         {model} (decoder {header.decoder_hash.hex()})")
     print(f"sample rate   {header.sample_rate} Hz, hop {header.hop}")
     print(f"channels      {header.channels}")
     print(f"duration      {seconds:.3f} s ({length})")

@@ -20,13 +20,14 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
     use_fast_malloc()
 
 import argparse
+import io
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, check_audio_output, write_audio
+from utils.audio import AUDIO_EXTENSIONS, audio_bytes, check_audio_output, warn_if_clipping
 from utils.batch import plan, refuse_existing, run_batch
 from utils.cli import (
     add_input_arguments,
@@ -40,7 +41,7 @@ from utils.cli import (
     run_main,
 )
 from utils.errors import ArgumentParser, CodecError
-from utils.files import atomic_output, check_output_folder
+from utils.files import check_output_folder, same_path, write_outputs
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,6 +55,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--resample", action="store_true", help="resample input at another rate instead of failing")
     parser.add_argument("--save_codes", help="also write the transmitted codes (.npy, offset per codebook)")
     return parser.parse_args()
+
+
+def _check_codes_path(path: str, source: str, output: str) -> None:
+    """--save_codes names a file of its own, in a folder that takes it (before the coding)."""
+    check_output_folder(path)
+    if os.path.exists(source) and same_path(path, source):
+        raise CodecError(f"--save_codes {path} is the input file: give another name (the input would be lost)")
+    if same_path(path, output):
+        raise CodecError(f"--save_codes {path} is the -o file too: give the codes a name of their own (.npy)")
 
 
 def main() -> None:
@@ -72,7 +82,7 @@ def main() -> None:
     else:
         check_audio_output(args.output)  # before the coding, not after it
         if args.save_codes:
-            check_output_folder(args.save_codes)
+            _check_codes_path(args.save_codes, args.input, args.output)
     device = apply_runtime_arguments(args)
     codec = load_codec(args, device)
     check_n_codebooks(codec, args.n_codebooks)
@@ -86,14 +96,18 @@ def main() -> None:
         )
         codes, y = codec.code(streams, n_codebooks=args.n_codebooks)
         replacing = output.exists()
-        write_audio(str(output), codec.audio_from_streams(y), codec.sample_rate, "PCM_16")
-        if replacing:
-            logging.info(f"replaced the existing {output}")
+        audio = codec.audio_from_streams(y)
+        outputs = {output: audio_bytes(output, audio, codec.sample_rate, "PCM_16")}
         if args.save_codes:
             offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size
             flat = codes.cpu().numpy() + offsets
-            with atomic_output(args.save_codes, ".npy") as tmp, open(tmp, "wb") as stream:
-                np.save(stream, flat[0] if flat.shape[0] == 1 else flat)
+            stream = io.BytesIO()
+            np.save(stream, flat[0] if flat.shape[0] == 1 else flat)
+            outputs[Path(args.save_codes)] = stream.getvalue()
+        write_outputs(outputs)  # both or neither
+        warn_if_clipping(str(output), audio)
+        if replacing:
+            logging.info(f"replaced the existing {output}")
         return data.shape[0] / codec.sample_rate
 
     if folder_mode:

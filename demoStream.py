@@ -7,11 +7,15 @@
     python demoStream.py --model vctk_sym --send 127.0.0.1:5004 [--input_file in.wav] # sender process
     python demoStream.py --list-devices
 
-Stops on Return, Ctrl-C, after --duration seconds, or at the end of --input_file, then prints the
-encoder and decoder time per frame, the latency from capture to decoded output, and frame drops.
--i / -o dump the captured input and the decoded output as float wav, frame by frame in input order
-(a dropped frame is silence there). With --input_file (or --receive) the output goes to a speaker
-only when -o is not given or --output_device is.
+Every mode stops on Return, Ctrl-C (or SIGTERM), after --duration seconds, or at the end of
+--input_file, then writes its dumps, prints the encoder and decoder time per frame, the latency from
+capture to decoded output, and frame drops, and exits 0. -i / -o dump the captured input and the
+decoded output as float wav, frame by frame in input order (a dropped frame is silence there), the
+output aligned with the input (a model's output delay taken off its front; a file is followed by
+that many zeros so that the output holds all of it). With --input_file (or --receive) the output
+goes to a speaker only when -o is not given or --output_device is. A receiver that got no packets,
+or whose first packets come from a sender with another model or stream format, says so and exits 1
+without writing anything.
 """
 
 if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/runtime/cpu_process.py)
@@ -22,6 +26,7 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
 import argparse
 import logging
 import math
+import os
 
 import numpy as np
 import torch
@@ -30,6 +35,7 @@ from utils import live as stream
 from utils.audio import check_audio_output, read_audio, write_audio
 from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
 from utils.errors import ArgumentParser, CodecError, check_at_least
+from utils.files import same_path
 from utils.runtime.cpu_process import in_passing_thread
 
 DUMP_SUBTYPE = "FLOAT"  # the dumps keep the samples as computed
@@ -37,8 +43,7 @@ DUMP_SUBTYPE = "FLOAT"  # the dumps keep the samples as computed
 
 def parse_args() -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
-    parser.set_defaults(model="libritts_sym")
+    add_model_arguments(parser, default_model="libritts_sym")
     parser.add_argument("-i", "--input", help="dump the captured input to this wav file")
     parser.add_argument("-o", "--output", help="dump the decoded output to this wav file")
     parser.add_argument("--tx_cuda", type=int, default=-1, help="GPU of the transmitter; -1 = CPU")
@@ -54,7 +59,7 @@ def parse_args() -> argparse.Namespace:
                              "one thread encodes and decodes each frame with all of them)")
     parser.add_argument("--max_latency", type=float, default=0.1,
                         help="seconds a frame may take from capture to output before frames are dropped (0 = never)")
-    parser.add_argument("--duration", type=float, help="stop live streaming after this many seconds")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds (any mode)")
     parser.add_argument("--input_file", help="stream this audio file instead of the microphone")
     parser.add_argument("--no-pace", dest="pace", action="store_false",
                         help="with --input_file: as fast as possible instead of in real time")
@@ -93,9 +98,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CodecError("--input_file is for the sender (or the one-process demo), not --receive")
     if args.input_file is None and not args.pace:
         raise CodecError("--no-pace needs --input_file (a microphone keeps its own time)")
-    for dump in (args.input, args.output):  # written at the end: a path that cannot take them fails now
-        if dump:
-            check_audio_output(dump, DUMP_SUBTYPE)
+    dumps = [(option, path) for option, path in (("-i", args.input), ("-o", args.output)) if path]
+    for option, path in dumps:  # written at the end: a path that cannot take them fails now
+        check_audio_output(path, DUMP_SUBTYPE)
+        if args.input_file and os.path.exists(args.input_file) and same_path(path, args.input_file):
+            raise CodecError(f"{option} {path} is the --input_file: give the dump another name (the recording "
+                             "would be lost)")
+    if len(dumps) == 2 and same_path(args.input, args.output):
+        raise CodecError(f"-i and -o both name {args.output}: give each dump a file of its own")
 
 
 def _read_input_file(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
@@ -121,6 +131,9 @@ def run_receiver(args: argparse.Namespace) -> None:
     receiver = stream.Receiver(codec, sock, args.expect_frames, args.idle_timeout, duration=args.duration)
     logging.info(f"listening on {args.bind}:{args.receive}")
     stream.receive(receiver, device, play)
+    if receiver.session is None:
+        raise CodecError(f"no stream packets arrived on {args.bind}:{args.receive}, nothing was written: check that "
+                         f"the sender's --send names this address and that it is running")
     _dump(args.output, receiver.output_audio(), codec.sample_rate)
     print(receiver.report())
 
@@ -132,9 +145,9 @@ def run_sender(args: argparse.Namespace) -> None:
         data = _read_input_file(args, codec.sample_rate)
         sender = stream.Sender(codec, args.frame_size, data.shape[1], address, args.max_latency,
                                args.drop_rate, args.drop_seed)
-        logging.info(f"sending {args.input_file} to {address[0]}:{address[1]}")
-        stream.send_file(sender, data, args.pace)
-        _dump(args.input, sender.input_audio()[:data.shape[0]], codec.sample_rate)
+        logging.info(f"sending {args.input_file} to {address[0]}:{address[1]} [press Return or Ctrl-C to stop]")
+        sent = stream.send_file(sender, data, args.pace, args.duration)
+        _dump(args.input, sender.input_audio()[:sent], codec.sample_rate)
     else:
         device = stream.parse_device(args.input_device)
         stream.check_device("input", device, codec.input_channels, codec.sample_rate)
@@ -156,12 +169,14 @@ def run_local(args: argparse.Namespace) -> None:
     if args.input_file:
         data = _read_input_file(args, tx.sample_rate)
         streamer = stream.Streamer(tx, rx, args.frame_size, data.shape[1], args.max_latency, args.worker_threads)
-        if args.output_device is not None or not args.output:
+        to_device = args.output_device is not None or not args.output
+        if to_device:
             stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
-            stream.run_file_to_device(streamer, data, output_device)
+        logging.info(f"### streaming {args.input_file} [press Return or Ctrl-C to stop] ###")
+        if to_device:
+            n_samples = stream.run_file_to_device(streamer, data, output_device, args.duration)
         else:
-            stream.run_file(streamer, data, args.pace)
-        n_samples = data.shape[0]
+            n_samples = stream.run_file(streamer, data, args.pace, args.duration)
     else:
         streamer = stream.Streamer(tx, rx, args.frame_size, tx.input_channels, args.max_latency,
                                    args.worker_threads)

@@ -290,8 +290,8 @@ def test_files_holding_no_audio_decode_to_empty_wavs(packed_file: bytes, tmp_pat
     nameless.write_bytes(encode_adc(dataclasses.replace(header, model_name=""), codes))
     line = _one_error_line(codec_cli(python, "decode", "--cuda", "-1", "-i", str(nameless), "-o",
                                      str(tmp_path / "n.wav")))
-    assert line == f"error: {nameless} names no model: give the one it was coded with (--model NAME, or --encoder " \
-                   "and --decoder)"
+    assert line == f"error: {nameless} names no model (it was coded with checkpoints outside the registry): give " \
+                   "the --encoder and --decoder it was coded with"
     line = _one_error_line(codec_cli(python, "info", str(tmp_path)))
     assert line == f"error: {tmp_path} is a folder: give an .adc file (codec.py decode takes folders)"
 
@@ -499,3 +499,69 @@ def test_the_test_stages_codec_refuses_integer_samples() -> None:
     with pytest.raises(CodecError, match=r"samples are floats in \[-1, 1\], got int16: scale integer ones"):
         codec.code((audio * 32768).astype(np.int16))
     assert codec.code(audio).shape == (600, 1)
+
+
+def test_files_coded_with_checkpoints_outside_the_registry_name_no_model(packed_file: bytes, tmp_path, python) -> None:
+    """--encoder/--decoder files name no model (they had named 'custom', which decode then looked up);
+    such files, old ones included, decode with their checkpoints, and every message gives that fix."""
+    import dataclasses
+
+    from utils.bitstream.adc import decode_adc, encode_adc
+
+    sym, v1 = MANIFEST["vctk_sym"], MANIFEST["vctk_v1"]
+    checkpoints = ("--encoder", sym["encoder_checkpoint"], "--decoder", sym["decoder_checkpoint"])
+    coded = tmp_path / "c.adc"
+    result = codec_cli(python, "encode", *checkpoints, "--cuda", "-1", "-i", official_path("input", "test_48k.wav"),
+                       "-o", str(coded))
+    assert result.returncode == 0, result.stderr
+    header, codes = decode_adc(coded.read_bytes())
+    assert header.model_name == ""
+    info = codec_cli(python, "info", str(coded)).stdout
+    assert "model         (none: decode with --encoder and --decoder) (decoder " in info
+    old = tmp_path / "old.adc"
+    old.write_bytes(encode_adc(dataclasses.replace(header, model_name="custom"), codes))
+    reference = tmp_path / "reference.wav"
+    assert codec_cli(python, "decode", "--cuda", "-1", "-i", str(tmp_path / "good.adc"), "-o", str(reference)) \
+        .returncode == 0
+    for path in (coded, old):
+        line = _one_error_line(codec_cli(python, "decode", "--cuda", "-1", "-i", str(path), "-o",
+                                         str(tmp_path / "x.wav")))
+        assert line == f"error: {path} names no model (it was coded with checkpoints outside the registry): give the " \
+                       "--encoder and --decoder it was coded with"
+        other = ("--encoder", v1["encoder_checkpoint"], "--decoder", v1["decoder_checkpoint"])
+        line = _one_error_line(codec_cli(python, "decode", *other, "--cuda", "-1", "-i", str(path), "-o",
+                                         str(tmp_path / "x.wav")))
+        assert "encoded with checkpoints outside the model registry" in line
+        assert line.endswith("give the --encoder and --decoder it was coded with")
+        out = tmp_path / f"{path.stem}.wav"
+        decoded = codec_cli(python, "decode", *checkpoints, "--cuda", "-1", "-i", str(path), "-o", str(out))
+        assert decoded.returncode == 0, decoded.stderr
+        assert np.array_equal(sf.read(out)[0], sf.read(reference)[0])
+    both = codec_cli(python, "decode", *checkpoints, "--model", "vctk_sym", "--cuda", "-1", "-i", str(coded), "-o",
+                     str(tmp_path / "y.wav"))
+    assert _one_error_line(both) == \
+        "error: --model vctk_sym and --encoder/--decoder both name the model: give one of them"
+    assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
+
+
+def test_encode_refuses_an_audio_name_and_the_dash(tmp_path, python) -> None:
+    source = official_path("input", "test_48k.wav")
+    encode = ("encode", "--model", "vctk_sym", "--cuda", "-1", "-i", source, "-o")
+    assert _one_error_line(codec_cli(python, *encode, str(tmp_path / "x.wav"))) == \
+        f"error: -o {tmp_path / 'x.wav'}: encode writes .adc files, not audio: give an .adc output name"
+    assert _one_error_line(codec_cli(python, *encode, "-")) == \
+        "error: -o -: standard input and output are not read or written: give a file path"
+    assert _one_error_line(codec_cli(python, "decode", "--cuda", "-1", "-i", "-", "-o", str(tmp_path / "y.wav"))) == \
+        "error: -i -: standard input and output are not read or written: give a file path"
+    assert os.listdir(tmp_path) == [] and not os.path.exists(os.path.join(OFFICIAL, "-"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder that takes no files")
+def test_an_output_folder_that_takes_no_files_stops_before_the_work(tmp_path, python) -> None:
+    """Checked first: before a model is looked up (here one that does not exist) or a file read (here junk)."""
+    source = official_path("input", "test_48k.wav")
+    result = codec_cli(python, "encode", "--model", "nosuch", "--cuda", "-1", "-i", source, "-o", "/proc/out.adc")
+    assert _one_error_line(result).startswith("error: cannot write /proc/out.adc (")
+    (tmp_path / "junk.adc").write_bytes(b"junk")
+    result = codec_cli(python, "decode", "--cuda", "-1", "-i", str(tmp_path / "junk.adc"), "-o", "/proc/out.wav")
+    assert _one_error_line(result).startswith("error: cannot write /proc/out.wav (")

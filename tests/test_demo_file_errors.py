@@ -7,12 +7,13 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 import yaml
 
 from models.autoencoder.AudioDec import Generator
-from tests.conftest import OFFICIAL, REPO, official_path
+from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from utils.checkpoint import atomic_torch_save, generator_state_dict
 
 
@@ -187,3 +188,44 @@ def test_an_output_name_of_no_audio_format_stops_before_the_coding(tmp_path, pyt
     result = run_demo(python, "--model", "vctk_sym", "-i", official_path("input", "test_48k.wav"), "-o", out)
     assert_clean_failure(result, out, "(a .mp4 file does not hold PCM_16 samples): give a .wav or .flac output name")
     assert "coding " not in result.stderr  # refused before the model ran
+
+
+def test_save_codes_naming_the_input_or_the_output_is_refused_before_the_coding(tmp_path, python: str) -> None:
+    source = tmp_path / "in.wav"
+    shutil.copy(official_path("input", "test_48k.wav"), source)
+    kept = source.read_bytes()
+    os.symlink(source, tmp_path / "link.wav")
+    out = str(tmp_path / "out.wav")
+    for codes in (str(source), f"{tmp_path}/./in.wav", str(tmp_path / "link.wav")):
+        result = run_demo(python, "--model", "vctk_sym", "-i", str(source), "-o", out, "--save_codes", codes)
+        assert_clean_failure(result, out, f"--save_codes {codes} is the input file: give another name")
+        assert "coding " not in result.stderr
+    result = run_demo(python, "--model", "vctk_sym", "-i", str(source), "-o", out,
+                      "--save_codes", f"{tmp_path}/./out.wav")
+    assert_clean_failure(result, out, "is the -o file too: give the codes a name of their own")
+    assert source.read_bytes() == kept and sorted(os.listdir(tmp_path)) == ["in.wav", "link.wav"]
+
+
+def test_a_pipe_as_input_is_named_as_such(tmp_path, python: str) -> None:
+    out = str(tmp_path / "out.wav")
+    result = subprocess.run([python, os.path.join(REPO, "demoFile.py"), "--cuda", "-1", "--model", "vctk_sym",
+                             "-i", "/dev/stdin", "-o", out], cwd=OFFICIAL, capture_output=True, timeout=120,
+                            input=open(official_path("input", "test_48k.wav"), "rb").read())  # noqa: SIM115
+    result.stderr = result.stderr.decode()
+    assert_clean_failure(result, out, "is not a regular file (a pipe or a device?): give an audio file's path")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder that takes no files")
+def test_an_output_folder_that_takes_no_files_stops_before_the_coding(python: str) -> None:
+    result = run_demo(python, "--model", "vctk_sym", "-i", official_path("input", "test_48k.wav"), "-o", "/proc/o.wav")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot write /proc/o.wav (") and lines[0].endswith("give another output path")
+
+
+def test_a_model_name_beside_checkpoints_is_refused(tmp_path, python: str) -> None:
+    entry = MANIFEST["vctk_sym"]
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--model", "vctk_v1", "--encoder", entry["encoder_checkpoint"], "--decoder",
+                      entry["decoder_checkpoint"], "-i", official_path("input", "test_48k.wav"), "-o", out)
+    assert_clean_failure(result, out, "--model vctk_v1 and --encoder/--decoder both name the model: give one of them")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -92,3 +93,72 @@ def test_folders_made_for_outputs_go_again_while_they_hold_no_file(tmp_path, mon
     ]
     remove_unfilled_folders()  # nothing left to remove: no error
     assert (tmp_path / "existing").is_dir()
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk, from the `full_after`-th open on."""
+
+    def __init__(self, real_open, full_after: int) -> None:
+        self.real_open, self.opened, self.full_after = real_open, 0, full_after
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        self.opened += 1
+        handle = self.real_open(path, mode, *args, **kwargs)
+        if self.opened < self.full_after:
+            return handle
+
+        class Full:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                handle.close()
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return Full()
+
+
+@pytest.mark.parametrize("full_after", [1, 2])
+def test_a_full_disk_is_named_and_leaves_none_of_the_outputs(tmp_path, monkeypatch, full_after: int) -> None:
+    """write_outputs writes every file before it renames any: the second failing leaves no first either."""
+    monkeypatch.setattr(files, "open", _FullDisk(open, full_after), raising=False)
+    first, second = tmp_path / "out.wav", tmp_path / "codes.npy"
+    with pytest.raises(CodecError) as caught:
+        files.write_outputs({first: b"RIFF", second: b"NUMPY"})
+    failed = first if full_after == 1 else second
+    assert str(caught.value) == f"no space left on device writing {failed}: free space or write elsewhere"
+    assert os.listdir(tmp_path) == []
+
+
+def test_audio_and_adc_writers_name_a_full_disk(tmp_path, monkeypatch) -> None:
+    """Audio is made in memory and written as bytes, so that libsndfile's 'System error.' does not hide
+    the system's reason; other OS errors are given in their own words."""
+    from utils.bitstream.adc import StreamHeader, write_adc
+
+    monkeypatch.setattr(files, "open", _FullDisk(open, 1), raising=False)
+    with pytest.raises(CodecError, match=r"^no space left on device writing .*x\.wav: free space or write elsewhere$"):
+        write_audio(str(tmp_path / "x.wav"), np.zeros((4800, 1)), 48000)
+    header = StreamHeader(sample_rate=48000, hop=300, channels=1, n_samples=300, n_codebooks=1, codebook_size=1024)
+    with pytest.raises(CodecError, match=r"^no space left on device writing .*x\.adc"):
+        write_adc(tmp_path / "x.adc", header, np.zeros((1, 1, 1), np.int64))
+    assert os.listdir(tmp_path) == []
+    assert str(files.write_failure("y", OSError(errno.EIO, os.strerror(errno.EIO)))) == \
+        "cannot write y (Input/output error): give another output path"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder that takes no files")
+def test_an_output_folder_that_takes_no_files_is_named_before_the_work() -> None:
+    with pytest.raises(CodecError, match=r"^cannot write /proc/out.wav \(.+\): give another output path$"):
+        check_audio_output("/proc/out.wav")
+
+
+def test_same_path_sees_through_links_and_dots(tmp_path) -> None:
+    (tmp_path / "a.wav").write_bytes(b"x")
+    os.symlink(tmp_path / "a.wav", tmp_path / "link.wav")
+    os.link(tmp_path / "a.wav", tmp_path / "hard.wav")
+    assert files.same_path(tmp_path / "a.wav", f"{tmp_path}/./sub/../a.wav")
+    assert files.same_path(tmp_path / "link.wav", tmp_path / "a.wav")
+    assert files.same_path(tmp_path / "hard.wav", tmp_path / "a.wav")
+    assert files.same_path(tmp_path / "new.npy", f"{tmp_path}/./new.npy")  # neither exists yet
+    assert not files.same_path(tmp_path / "a.wav", tmp_path / "b.wav")

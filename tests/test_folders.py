@@ -120,7 +120,7 @@ def test_a_folder_run_that_writes_nothing_leaves_no_output_folder(tmp_path, corp
     out = tmp_path / "new" / "adc"
     result = run("codec.py", "encode", "--model", "vctk_sym", "-i", str(corpus), "-o", str(out))
     assert result.returncode == 1
-    assert error_lines(result)[-1] == "error: 1 of 1 files failed (listed above); the others were written"
+    assert error_lines(result)[-1] == "error: the one file failed (listed above): nothing was written"
     assert not (tmp_path / "new").exists()
     if os.path.isdir("/proc/self"):
         result = run("demoFile.py", "--model", "vctk_sym", "-i", str(corpus), "-o", "/proc/coded")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import signal
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from tests.conftest import OFFICIAL, REPO, official_path
+from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from utils.audio import read_audio
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
@@ -205,3 +208,90 @@ def test_listing_no_audio_devices_says_so_and_what_to_do(monkeypatch) -> None:
 
     monkeypatch.setattr(devices, "import_sounddevice", lambda: NoDevices)
     assert devices.list_devices() == "no audio devices found: stream files with --input_file and -o instead"
+
+
+@pytest.mark.parametrize("send", [False, True])
+def test_a_dump_naming_the_input_file_is_refused(python: str, tmp_path, send: bool) -> None:
+    recording = tmp_path / "rec.wav"
+    shutil.copy(INPUT, recording)
+    kept = recording.read_bytes()
+    mode = ("--send", "127.0.0.1:9") if send else ("--no-pace",)
+    for option in ("-o", "-i"):
+        result = run_stream(python, "--input_file", str(recording), *mode, option, str(tmp_path / "." / "rec.wav"))
+        assert_clean_failure(result, f"{option} {tmp_path / '.' / 'rec.wav'} is the --input_file: give the dump "
+                                     "another name")
+    os.symlink(recording, tmp_path / "link.wav")
+    assert_clean_failure(run_stream(python, "--input_file", str(tmp_path / "link.wav"), *mode, "-o", str(recording)),
+                         "is the --input_file")
+    dump = str(tmp_path / "d.wav")
+    both = run_stream(python, "--input_file", INPUT, *mode, "-i", dump, "-o", dump)
+    assert_clean_failure(both, f"-i and -o both name {tmp_path / 'd.wav'}: give each dump a file of its own")
+    assert recording.read_bytes() == kept and sorted(os.listdir(tmp_path)) == ["link.wav", "rec.wav"]
+
+
+def test_a_file_stream_stops_after_its_duration(python: str, tmp_path) -> None:
+    out = tmp_path / "out.wav"
+    started = time.monotonic()
+    result = run_stream(python, "--input_file", INPUT, "--duration", "0.5", "-o", str(out),
+                        "-i", str(tmp_path / "in.wav"))
+    assert result.returncode == 0, result.stderr
+    assert "0.5 s passed: stopping" in result.stderr and "encoder processing time" in result.stdout
+    streamed, captured = sf.info(out).frames, sf.info(tmp_path / "in.wav").frames
+    assert 0 < streamed < 72000 and streamed == captured  # the file is 96000 samples (2 s)
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("how", ["return", "ctrl-c"])
+def test_return_and_ctrl_c_stop_a_file_stream_with_its_statistics_and_dumps(python: str, tmp_path, how: str) -> None:
+    """As every live mode: what was streamed is dumped, the statistics printed, exit status 0."""
+    out = tmp_path / "out.wav"
+    process = subprocess.Popen([python, os.path.join(REPO, "demoStream.py"), *MODEL, "--input_file", INPUT, "-o",
+                                str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for line in process.stderr:
+            if "### streaming" in line:
+                break
+        time.sleep(0.3)
+        if how == "return":
+            process.stdin.write("\n")
+            process.stdin.flush()
+        else:
+            process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "encoder processing time" in stdout
+    assert 0 < sf.info(out).frames < 96000
+
+
+@pytest.mark.parametrize("delay", [137, 450])
+def test_a_model_with_an_output_delay_streams_a_file_aligned_like_demo_file(python: str, tmp_path, delay: int) -> None:
+    """The -o dump of a model that lags its input by D samples is its input's length and aligned with it,
+    as demoFile.py's output: D zeros coded after the file, D samples taken off the front."""
+    import yaml
+
+    entry = MANIFEST["vctk_sym"]
+    decoder = tmp_path / "decoder.pkl"
+    shutil.copy(official_path(entry["decoder_checkpoint"]), decoder)
+    folder = os.path.dirname(official_path(entry["decoder_checkpoint"]))
+    config = yaml.safe_load(open(os.path.join(folder, "config.yml")))  # noqa: SIM115
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({**config, "output_delay": delay}))
+    checkpoints = ("--encoder", official_path(entry["encoder_checkpoint"]), "--decoder", str(decoder))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        codec = StreamingCodec.from_checkpoints(*checkpoints[1::2])
+        data, _ = read_audio(INPUT)
+        whole = codec.audio_from_streams(codec.code(codec.streams_from_audio(data))[1])
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "stream.wav"
+    result = subprocess.run([python, os.path.join(REPO, "demoStream.py"), *checkpoints, "--num_threads", "1",
+                             "--input_file", INPUT, "--no-pace", "-o", str(out)], capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    streamed, _ = sf.read(out, always_2d=True, dtype="float32")
+    assert streamed.shape == whole.shape == (96000, 1)
+    assert np.abs(streamed - whole).max() < 1e-5

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import OFFICIAL, REPO, official_path
+from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from tests.test_stream_file import INPUT, MODEL, stat
 from utils.audiodec import StreamingCodec
 from utils.bitstream import packet
 from utils.bitstream.bits import bits_per_code
+from utils.errors import CodecError
 from utils.live import Receiver, bind_udp
 
 
@@ -75,7 +76,8 @@ def test_loss_is_concealed_and_counted(tmp_path, python: str) -> None:
 
 def _codes_packet(codec: StreamingCodec, seq: int, frames: int = 2, session: int = 1) -> bytes:
     codes = np.random.default_rng(seq).integers(0, codec.codebook_size, (1, codec.n_codebooks, frames))
-    return packet.encode_codes(codes, bits_per_code(codec.codebook_size), session, seq, seq * frames, 0)
+    return packet.encode_codes(codes, bits_per_code(codec.codebook_size), session, seq, seq * frames, 0,
+                               codec.decoder_hash()[:4])
 
 
 def test_corrupt_and_foreign_packets_are_counted_and_ignored() -> None:
@@ -84,7 +86,7 @@ def test_corrupt_and_foreign_packets_are_counted_and_ignored() -> None:
     receiver = Receiver(codec, sock, expect_frames=4, idle_timeout=10)
     damaged = bytearray(_codes_packet(codec, 1))
     damaged[30] ^= 0x10
-    wrong_bits = packet.encode_codes(np.zeros((1, 8, 2), np.int64), 3, 1, 2, 4, 0)
+    wrong_bits = packet.encode_codes(np.zeros((1, 8, 2), np.int64), 3, 1, 2, 4, 0, codec.decoder_hash()[:4])
     datagrams = [
         _codes_packet(codec, 0),
         b"\x00" * 40,                                  # foreign: no magic
@@ -113,11 +115,12 @@ def test_corrupt_and_foreign_packets_are_counted_and_ignored() -> None:
 
 def test_packets_round_trip() -> None:
     codes = np.random.default_rng(0).integers(0, 1024, (2, 8, 5))
-    parsed = packet.decode(packet.encode_codes(codes, 10, 5, 6, 7, 8))
+    parsed = packet.decode(packet.encode_codes(codes, 10, 5, 6, 7, 8, b"\x01\x02\x03\x04"))
     assert np.array_equal(parsed.codes, codes)
     assert (parsed.session, parsed.seq, parsed.frame_index, parsed.capture_us) == (5, 6, 7, 8)
-    end = packet.decode(packet.encode_end(5, 9, 45, 12345))
-    assert end.kind == packet.KIND_END and end.n_samples == 12345
+    assert parsed.decoder == b"\x01\x02\x03\x04"
+    end = packet.decode(packet.encode_end(5, 9, 45, 12345, b"\x01\x02\x03\x04"))
+    assert end.kind == packet.KIND_END and end.n_samples == 12345 and end.decoder == b"\x01\x02\x03\x04"
 
 
 def test_sender_to_unresolvable_host_fails_cleanly(python: str) -> None:
@@ -136,12 +139,72 @@ def test_bad_receive_port(python: str, port: str) -> None:
 
 
 def test_a_receiver_stops_after_its_duration(python: str, tmp_path) -> None:
-    """--duration bounds a receiver as it bounds the other live modes: no sender here, and it stops, writes
-    what it has (nothing: an empty file) and exits 0."""
+    """--duration bounds a receiver as it bounds the other live modes: no sender here, and it stops, says
+    that nothing came in one line, writes no empty dump and exits 1."""
     output = tmp_path / "out.wav"
     receiver = start_receiver(python, free_port(), str(output), "--duration", "1")
     started = time.monotonic()
     out, err = finish(receiver, timeout=60)
-    assert receiver.returncode == 0, err
+    assert receiver.returncode == 1, err
     assert time.monotonic() - started < 30 and "1 s passed: stopping" in err
-    assert output.exists()
+    assert err.strip().splitlines()[-1].startswith("error: no stream packets arrived on 127.0.0.1:")
+    assert "Traceback" not in err and not output.exists() and os.listdir(tmp_path) == []
+
+
+def _send_file(python: str, port: int, model: tuple[str, ...]) -> subprocess.CompletedProcess:
+    return subprocess.run([python, os.path.join(REPO, "demoStream.py"), *model, "--send", f"127.0.0.1:{port}",
+                           "--input_file", INPUT, "--no-pace"], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_a_receiver_of_another_model_stops_with_one_line(tmp_path, python: str) -> None:
+    """The packets carry the sender's decoder fingerprint: a receiver with another model says so and
+    exits 1 without a dump, even where the two models' codes have the same layout (here: one
+    decoder's weights changed a little, as a model and its earlier stage)."""
+    import shutil
+
+    import torch
+
+    entry = MANIFEST["vctk_sym"]
+    other = tmp_path / "model"
+    other.mkdir()
+    decoder = torch.load(official_path(entry["decoder_checkpoint"]), map_location="cpu", weights_only=True)
+    decoder["model"]["generator"]["decoder.conv1.conv.weight"] *= 1.01
+    torch.save(decoder, other / "decoder.pkl")
+    shutil.copy(os.path.join(os.path.dirname(official_path(entry["decoder_checkpoint"])), "config.yml"), other)
+    port = free_port()
+    output = tmp_path / "received.wav"
+    receiver = subprocess.Popen(
+        [python, os.path.join(REPO, "demoStream.py"), "--encoder", official_path(entry["encoder_checkpoint"]),
+         "--decoder", str(other / "decoder.pkl"), "--num_threads", "1", "--receive", str(port), "-o", str(output),
+         "--idle_timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        for line in receiver.stderr:
+            if "listening on" in line:
+                break
+        sender = _send_file(python, port, MODEL)
+        assert sender.returncode == 0, sender.stderr
+    finally:
+        out, err = finish(receiver)
+    assert receiver.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[-1].startswith("error: the sender codes with another model (decoder ")
+    assert "start the receiver with the sender's --model" in lines[-1]
+    assert not output.exists()
+
+
+def test_packets_of_another_version_are_named_until_a_stream_is_followed() -> None:
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    sock = bind_udp("127.0.0.1", 0)
+    receiver = Receiver(codec, sock, expect_frames=2, idle_timeout=10)
+    old = bytearray(_codes_packet(codec, 0))
+    old[2] = 1
+    with pytest.raises(CodecError, match="stream format version 1, this receiver reads version 2: run sender and "):
+        receiver._handle(bytes(old))
+    assert receiver._handle(_codes_packet(codec, 0))
+    assert not receiver._handle(bytes(old))  # a stream is followed: another sender's packet is foreign
+    another_decoder = bytes(byte ^ 0xFF for byte in codec.decoder_hash()[:4])
+    stray = packet.encode_codes(np.zeros((1, 8, 2), np.int64), 10, 1, 1, 2, 0, another_decoder)
+    assert not receiver._handle(stray)
+    assert receiver.counts["packets foreign"] == 2
+    sock.close()

@@ -3,6 +3,7 @@ reader and resampler of the codec CLIs, the evaluation and the datasets."""
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ import soundfile as sf
 import soxr
 
 from utils.errors import CodecError
-from utils.files import atomic_output, check_output_folder
+from utils.files import check_output_folder, write_outputs
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 
@@ -63,8 +64,11 @@ def read_audio(
     Refused with a CodecError: a missing, empty or unreadable file; a WAV shorter than its header
     says (unless `allow_truncated`: then what is there, with a warning); NaN or infinite samples.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CodecError(f"input file {path} does not exist: check the path")
+    if not os.path.isfile(path):
+        what = "a folder" if os.path.isdir(path) else "not a regular file (a pipe or a device?)"
+        raise CodecError(f"input {path} is {what}: give an audio file's path")
     if os.path.getsize(path) == 0:
         raise CodecError(f"input file {path} is empty: give a wav/flac/ogg file with audio in it")
     try:
@@ -138,18 +142,24 @@ def check_audio_output(path: str | os.PathLike, subtype: str = "PCM_16") -> None
     raise CodecError(f"cannot write {path} ({what}): give {fix} output name")
 
 
+def audio_bytes(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    """(T, C) audio as the bytes of a file of the format `path`'s extension names, in memory."""
+    buffer = io.BytesIO()
+    try:
+        sf.write(buffer, data, rate, subtype, format=_format_of(path))
+    except (sf.LibsndfileError, ValueError, TypeError) as error:
+        raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
+    return buffer.getvalue()
+
+
 def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> None:
-    """Write (T, C) audio to a temp file beside `path`, then rename: never a half-written file.
+    """Write (T, C) audio to a temp file beside `path`, then rename: never a half-written file. The
+    file is made in memory first, so that a failure to write it (a full disk) is named as such.
 
     Integer formats cut samples beyond full scale; that is logged as a warning with the peak.
     """
     check_audio_output(path, subtype)
-    suffix = os.path.splitext(path)[1]
-    try:
-        with atomic_output(path, suffix) as tmp:
-            sf.write(os.fsencode(tmp), data, rate, subtype, format=_format_of(path))
-    except (sf.LibsndfileError, ValueError, TypeError) as error:
-        raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
+    write_outputs({path: audio_bytes(path, data, rate, subtype)})
     if subtype.startswith("PCM"):
         warn_if_clipping(path, data)
 

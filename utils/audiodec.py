@@ -29,7 +29,7 @@ from utils.audio import check_file_samples
 from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator, output_delay, state_hash
 from utils.errors import CodecError
-from utils.registry import get_entry, resolve
+from utils.registry import MODELS, get_entry, resolve
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, precision_problem, streaming_steps
 
 WARMUP_SAMPLES = 8192
@@ -181,6 +181,12 @@ class StreamingCodec:
         return cls.from_checkpoints(
             encoder_checkpoint, decoder_checkpoint, device=device, name=name, precision=precision, backend=backend
         )
+
+    @property
+    def registry_name(self) -> str:
+        """The registered model this codec is named as (`from_name`), else '': what an `.adc` header
+        names, so that a file coded with other checkpoints names no model that would not decode it."""
+        return self.name if self.name in MODELS else ""
 
     @property
     def frame_rate(self) -> float:

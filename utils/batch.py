@@ -36,6 +36,9 @@ def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[
     `source` -> the same relative path under `target`, its ending replaced by `suffix` (files under
     `target`, where it lies inside `source`, are not inputs)."""
     endings = tuple(endings)
+    for option, path in (("-i", source), ("-o", target)):
+        if path == "-":  # read as a file named "-", which the user did not mean
+            raise CodecError(f"{option} -: standard input and output are not read or written: give a file path")
     if not os.path.isdir(source):
         if os.path.isdir(target):
             raise CodecError(f"-i {source} is a file but -o {target} is a folder: give an output file name")
@@ -101,6 +104,9 @@ def run_batch(
             if seconds > 0:
                 bar.set_postfix_str(f"RTF {busy / seconds:.3f}")
             bar.update()
+    if failed == len(pairs):
+        which = "the one file" if failed == 1 else f"all {failed} files"
+        raise CodecError(f"{which} failed (listed above): nothing was written")
     if failed:
         raise CodecError(f"{failed} of {len(pairs)} files failed (listed above); the others were written")
     logger.info(f"{len(pairs)} files, {seconds:.1f} s of audio in {busy:.1f} s (RTF {busy / max(seconds, 1e-9):.3f})")

@@ -94,9 +94,12 @@ def default_num_threads() -> int:
     return min(4, os.cpu_count() or 1)  # macOS and Windows have no affinity call: all cores
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model / --encoder / --decoder / --root / --list-models."""
-    parser.add_argument("--model", default="libritts_v1", help="registered model name (see --list-models)")
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = "libritts_v1") -> None:
+    """--model / --encoder / --decoder / --root / --list-models. --model is None unless given (so that
+    giving it beside --encoder/--decoder is refused); `load_codec` falls back to `default_model`."""
+    parser.add_argument("--model", help=f"registered model name (see --list-models; default: {default_model})"
+                        if default_model else "registered model name (see --list-models)")
+    parser.set_defaults(default_model=default_model)
     parser.add_argument("--encoder", help="encoder checkpoint (instead of --model)")
     parser.add_argument("--decoder", help="decoder checkpoint (instead of --model)")
     parser.add_argument("--root", help="folder holding the models' exp/ (default: current folder, then the toolkit)")
@@ -132,12 +135,17 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
     """The codec that --model or --encoder/--decoder name."""
     if bool(args.encoder) != bool(args.decoder):
         raise CodecError("give both --encoder and --decoder, or neither (and --model)")
+    if args.encoder and args.model:
+        raise CodecError(f"--model {args.model} and --encoder/--decoder both name the model: give one of them")
     backend, precision = getattr(args, "backend", DEFAULT_BACKEND), getattr(args, "precision", "fp32")
     if args.encoder:
         return StreamingCodec.from_checkpoints(
             args.encoder, args.decoder, device=device, precision=precision, backend=backend
         )
-    return StreamingCodec.from_name(args.model, root=args.root, device=device, precision=precision, backend=backend)
+    name = args.model or getattr(args, "default_model", None)
+    if not name:
+        raise CodecError("no model: give --model NAME, or --encoder and --decoder")
+    return StreamingCodec.from_name(name, root=args.root, device=device, precision=precision, backend=backend)
 
 
 def read_input_for(

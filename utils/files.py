@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from utils.errors import CodecError
@@ -26,15 +27,39 @@ def file_in_the_way(folder: str | os.PathLike) -> str | None:
     return folder if os.path.exists(folder) and not os.path.isdir(folder) else None
 
 
+def same_path(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same after links, `.` and `..` are resolved, or (both
+    existing) the same file on disk (hard links)."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    return os.path.exists(first) and os.path.exists(second) and os.path.samefile(first, second)
+
+
+def write_failure(path: str | os.PathLike, error: OSError) -> CodecError:
+    """The one-line error for an OSError met writing `path`: what the system said, and the fix."""
+    if error.errno == errno.ENOSPC:
+        return CodecError(f"no space left on device writing {path}: free space or write elsewhere")
+    if error.errno == errno.EDQUOT:
+        return CodecError(f"disk quota exceeded writing {path}: free space or write elsewhere")
+    return CodecError(f"cannot write {path} ({error.strerror or error}): give another output path")
+
+
 def check_output_folder(path: str | os.PathLike, error: type[CodecError] = CodecError) -> None:
     """Raise ``error`` naming the problem when `path`'s folder cannot take a new file: it does not exist,
-    or a file stands where a folder of it should be; or `path` names a folder (one that exists, or with
-    a trailing separator), which no file can be written as."""
+    a file stands where a folder of it should be, or it takes no files (read-only, not a real folder);
+    or `path` names a folder (one that exists, or with a trailing separator), which no file can be
+    written as. A command calls it before its work, so that it is not lost to an unwritable output."""
     text = os.fspath(path)
     if os.path.isdir(text) or text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
         raise error(f"cannot write {path}: it names a folder: give a file name")
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(folder):
+        try:
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        except OSError as failure:
+            raise error(f"cannot write {path} ({failure.strerror}): give another output path") from None
+        os.close(handle)
+        os.unlink(probe)
         return
     blocking = file_in_the_way(folder)
     if blocking is not None:
@@ -112,6 +137,21 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_outputs(files: Mapping[str | os.PathLike, bytes]) -> None:
+    """Write each of `files` (path -> bytes) through :func:`atomic_output`, renaming none into place
+    before all are written: a failure (a full disk, say) leaves none of them, and is raised as a
+    CodecError naming the path and the system's reason (`write_failure`)."""
+    path: str | os.PathLike = ""
+    try:
+        with contextlib.ExitStack() as stack:
+            for path, data in files.items():
+                tmp = stack.enter_context(atomic_output(path, os.path.splitext(path)[1]))
+                with open(tmp, "wb") as stream:
+                    stream.write(data)
+    except OSError as error:
+        raise write_failure(path, error) from None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, suffix: str = "") -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from utils.bitstream.bits import MAX_CODE_BITS, bits_per_code, pack_codes, packed_bytes, unpack_codes
 from utils.errors import CodecError
-from utils.files import check_output_folder, write_bytes_atomic
+from utils.files import check_output_folder, write_outputs
 
 MAGIC = b"ADCB"
 FORMAT_VERSION = 1
@@ -57,6 +57,9 @@ class EntropyCoder(Protocol):
     def encode(self, codes: np.ndarray) -> bytes: ...
 
     def decode(self, data: bytes, channels: int, n_codebooks: int, frames: int) -> np.ndarray: ...
+
+
+UNREGISTERED_NAME = "custom"  # the model name older files carry for checkpoints outside the registry
 
 
 def short_hash(data: bytes) -> bytes:
@@ -100,6 +103,12 @@ class StreamHeader:
         return -(-self.n_samples // self.hop)
 
     @property
+    def named_model(self) -> str:
+        """The registered model the file names for its decoding, or '' for none (checkpoints outside
+        the registry; files written before that rule name those 'custom')."""
+        return "" if self.model_name == UNREGISTERED_NAME else self.model_name
+
+    @property
     def raw_payload_bytes(self) -> int:
         return packed_bytes(self.n_frames * self.channels * self.n_codebooks, self.bits_per_code)
 
@@ -136,9 +145,14 @@ class StreamHeader:
     def check_decoder(self, decoder_hash: bytes) -> None:
         """Raise unless `decoder_hash` (short_hash of the decoder state) is the one the file names."""
         if self.decoder_hash != _NO_HASH and decoder_hash != self.decoder_hash:
+            if self.named_model:
+                coded, fix = f"model {self.named_model!r}", f"decode with model {self.named_model!r}"
+            else:
+                coded = "checkpoints outside the model registry"
+                fix = "give the --encoder and --decoder it was coded with"
             raise BitstreamError(
-                f"this file was encoded for model {self.model_name!r} (decoder {self.decoder_hash.hex()}), "
-                f"the loaded decoder is {decoder_hash.hex()}: decode with model {self.model_name!r}"
+                f"this file was encoded with {coded} (decoder {self.decoder_hash.hex()}), "
+                f"the loaded decoder is {decoder_hash.hex()}: {fix}"
             )
 
 
@@ -333,7 +347,7 @@ def write_adc(
 def save_adc(path: str | os.PathLike, data: bytes) -> StreamHeader:
     """Write `.adc` bytes atomically (temp file beside `path`, then rename); return their header."""
     check_output_folder(path, BitstreamError)
-    write_bytes_atomic(path, data, suffix=".adc")
+    write_outputs({path: data})
     return decode_header(data)
 
 

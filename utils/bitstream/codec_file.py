@@ -76,7 +76,7 @@ def stream_header(codec: StreamingCodec, channels: int, n_samples: int, n_codebo
     return StreamHeader(
         sample_rate=codec.sample_rate, hop=codec.hop_length, channels=channels,
         n_samples=codec.coded_length(n_samples), n_codebooks=n_codebooks, codebook_size=codec.codebook_size,
-        model_name=codec.name, decoder_hash=codec.decoder_hash(),
+        model_name=codec.registry_name, decoder_hash=codec.decoder_hash(),
     )
 
 
@@ -85,7 +85,8 @@ def _check_compatible(codec: StreamingCodec, header: StreamHeader) -> None:
     if (header.sample_rate, header.hop, header.codebook_size) != (
         codec.sample_rate, codec.hop_length, codec.codebook_size
     ) or header.n_codebooks > codec.n_codebooks:
-        raise CodecError(f"the file was coded by model '{header.model_name}', which this one does not match")
+        coded = f"model '{header.named_model}'" if header.named_model else "other checkpoints"
+        raise CodecError(f"the file was coded by {coded}, which this one does not match")
 
 
 def decode_codes(codec: StreamingCodec, header: StreamHeader, codes: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from itertools import cycle
 import numpy as np
 
 from utils.bitstream.adc import BitstreamError, short_hash
-from utils.files import check_output_folder, write_bytes_atomic
+from utils.files import check_output_folder, write_outputs
 
 TABLE_MAGIC = b"ADCE"
 TABLE_VERSION = 1
@@ -237,7 +237,7 @@ class EntropyModel:
     def save(self, path: str | os.PathLike) -> None:
         """Write the table atomically (temp file beside `path`, then rename)."""
         check_output_folder(path, BitstreamError)
-        write_bytes_atomic(path, self.to_bytes(), suffix=".adce")
+        write_outputs({path: self.to_bytes()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EntropyModel:

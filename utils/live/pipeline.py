@@ -379,11 +379,14 @@ class Streamer(Pipeline):
         self.pull(timeout=POLL_SECONDS)  # (collects what the decoder finished)
 
     def output_audio(self, n_samples: int | None = None) -> np.ndarray:
-        """What the receiver produced, frame by frame in input order (dropped frames silent)."""
+        """What the receiver produced, frame by frame in input order (dropped frames silent), aligned
+        with the input: the model's output delay taken off the front (`stream_file` codes that many
+        zeros after a file), cut to `n_samples` when given."""
         n_frames = self._next_index
         audio = np.zeros((n_frames * self.frame_size, self.output_channels), np.float32)
         for index, block in self.received.items():
             audio[index * self.frame_size:(index + 1) * self.frame_size] = block
+        audio = audio[self.rx.output_delay:]
         return audio if n_samples is None else audio[:n_samples]
 
 
@@ -428,50 +431,100 @@ def push_unpaced(streamer: Streamer, data: np.ndarray) -> None:
     streamer.drain()
 
 
-def run_file(streamer: Streamer, data: np.ndarray, pace: bool) -> None:
-    """Stream a file's samples (T, C) through the codec; paced in real time or as fast as possible.
+class StopRequest:
+    """Whether a live run was asked to stop: `duration` seconds passed since it was made, or Return
+    was pressed (a line on stdin). Ctrl-C is the caller's to catch."""
+
+    def __init__(self, duration: float | None = None) -> None:
+        self.duration = duration
+        self.deadline = None if duration is None else time.monotonic() + duration
+        self.returned = threading.Event()
+        threading.Thread(target=self._read_return, daemon=True).start()
+
+    def _read_return(self) -> None:
+        try:
+            line = sys.stdin.readline()
+        except (OSError, ValueError, AttributeError):  # no stdin, or a closed one
+            return
+        if line:
+            self.returned.set()
+
+    def requested(self) -> bool:
+        """True once the run should stop (said once in the log)."""
+        if self.returned.is_set():
+            return True
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            logging.info(f"{self.duration:g} s passed: stopping")
+            self.deadline = -math.inf  # said once; stays due
+            self.duration = None
+            return True
+        return False
+
+
+def padded_for_delay(data: np.ndarray, delay: int) -> np.ndarray:
+    """A file's samples (T, C) followed by `delay` zeros: what a model whose output lags its input by
+    `delay` samples codes, so that its output holds the whole input (as `StreamingCodec.code` does)."""
+    return np.pad(data, ((0, delay), (0, 0))) if delay else data
+
+
+def stream_file(pipeline: Pipeline, data: np.ndarray, pace: bool, stop: StopRequest,
+                step: Callable[[np.ndarray], None]) -> int:
+    """Hand a file's samples (T, C) to `step` block by block, paced in real time or not, until the end,
+    `stop` or Ctrl-C (SIGTERM too); return the samples handed over (whole blocks, at most T)."""
+    clock = FrameClock(pipeline.frame_size / pipeline.sample_rate)
+    blocks = 0
+    try:
+        for block in file_blocks(data, pipeline.frame_size):
+            if stop.requested():
+                break
+            if pace:
+                clock.wait()
+            step(block)
+            pipeline.check()
+            blocks += 1
+    except KeyboardInterrupt:
+        logging.info("stopping")
+    return min(blocks * pipeline.frame_size, data.shape[0])
+
+
+def run_file(streamer: Streamer, data: np.ndarray, pace: bool, duration: float | None = None) -> int:
+    """Stream a file's samples (T, C) through the codec; paced in real time or as fast as possible;
+    until its end, `duration` seconds, Return or Ctrl-C. Returns the samples of the file streamed
+    (`Streamer.output_audio(n)` is their decoded audio, aligned with them).
 
     Unpaced, nothing is late, so nothing is dropped: the file waits for the codec instead.
     """
+    stop = StopRequest(duration)
     streamer.start()
     try:
         if not pace:
             streamer.max_latency = 0
-            push_unpaced(streamer, data)
-            return
+            streamed = stream_file(streamer, padded_for_delay(data, streamer.rx.output_delay), False, stop,
+                                   lambda block: streamer.push(block, wait=True))
+            streamer.drain()
+            return min(streamed, data.shape[0])
+        streamed = stream_file(streamer, padded_for_delay(data, streamer.rx.output_delay), True, stop,
+                               streamer.process)
         clock = FrameClock(streamer.frame_size / streamer.sample_rate)
-        for block in file_blocks(data, streamer.frame_size):
-            clock.wait()
-            streamer.process(block)
-            streamer.check()
         deadline = time.monotonic() + max(streamer.max_latency, 0) * 2 + (0 if streamer.max_latency > 0 else 60)
         while streamer.pending and time.monotonic() < deadline + 1.0:
             clock.wait()
             streamer.process(None)
             streamer.check()
         streamer.drop()
+        return min(streamed, data.shape[0])
     finally:
         streamer.close()
 
 
 def wait_for_stop(duration: float | None, check: Callable[[], None], finished: threading.Event | None = None) -> None:
-    """Block until `duration` seconds pass, Return is pressed, `finished` is set, or Ctrl-C."""
-    stop = finished or threading.Event()
-
-    def read_return() -> None:
-        try:
-            line = sys.stdin.readline()
-        except (OSError, ValueError):
-            return
-        if line:
-            stop.set()
-
-    threading.Thread(target=read_return, daemon=True).start()
-    deadline = None if duration is None else time.monotonic() + duration
+    """Block until `duration` seconds pass, Return is pressed, `finished` is set, or Ctrl-C (SIGTERM too)."""
+    stop = StopRequest(duration)
+    finished = finished or threading.Event()
     try:
-        while not stop.wait(POLL_SECONDS):
+        while not finished.wait(POLL_SECONDS):
             check()
-            if deadline is not None and time.monotonic() >= deadline:
+            if stop.requested():
                 return
     except KeyboardInterrupt:
         logging.info("stopping")
@@ -500,17 +553,20 @@ def run_devices(streamer: Streamer, input_device: int | str | None, output_devic
         streamer.close()
 
 
-def run_file_to_device(streamer: Streamer, data: np.ndarray, output_device: int | str | None) -> None:
-    """A file as the microphone, the codec's output on a speaker; the sound card keeps the time."""
+def run_file_to_device(streamer: Streamer, data: np.ndarray, output_device: int | str | None,
+                       duration: float | None = None) -> int:
+    """A file as the microphone, the codec's output on a speaker; the sound card keeps the time. Until
+    the file's end, `duration` seconds, Return or Ctrl-C; returns the samples of the file streamed."""
     sd = import_sounddevice()
-    blocks = file_blocks(data, streamer.frame_size)
+    padded = padded_for_delay(data, streamer.rx.output_delay)
+    blocks = file_blocks(padded, streamer.frame_size)
     finished = threading.Event()
 
     def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
         if status:
             streamer.stats.device_xruns += 1
-        outdata[:] = streamer.process(next(blocks, None))
-        if streamer.stats.frames * streamer.frame_size >= data.shape[0] and not streamer.pending:
+        outdata[:] = streamer.process(None if finished.is_set() else next(blocks, None))
+        if streamer.stats.frames * streamer.frame_size >= padded.shape[0] and not streamer.pending:
             finished.set()
 
     streamer.start()
@@ -518,8 +574,11 @@ def run_file_to_device(streamer: Streamer, data: np.ndarray, output_device: int 
         with open_stream(sd.OutputStream, device=output_device, samplerate=streamer.sample_rate,
                    blocksize=streamer.frame_size, dtype="float32", latency="low",
                    channels=streamer.output_channels, callback=callback):
-            wait_for_stop(data.shape[0] / streamer.sample_rate + DRAIN_SECONDS, streamer.check, finished)
+            limit = padded.shape[0] / streamer.sample_rate + DRAIN_SECONDS
+            wait_for_stop(limit if duration is None else min(duration, limit), streamer.check, finished)
+            finished.set()  # no more blocks from the file
         streamer.drop()
+        return min(streamer.stats.frames * streamer.frame_size, data.shape[0])
     finally:
         streamer.close()
 

@@ -23,12 +23,13 @@ from utils.errors import CodecError
 from utils.live.devices import import_sounddevice, open_stream
 from utils.live.pipeline import (
     POLL_SECONDS,
-    FrameClock,
     Pipeline,
+    StopRequest,
     StreamStats,
     Worker,
     encode_step,
-    file_blocks,
+    padded_for_delay,
+    stream_file,
     wait_for_stop,
 )
 
@@ -58,6 +59,7 @@ class Sender(Pipeline):
         self.streams = 1 if codec.input_channels > 1 else channels
         self.frames_per_packet = frame_size // codec.hop_length
         self.bits = bits_per_code(codec.codebook_size)
+        self.decoder = codec.decoder_hash()[:packet.DECODER_BYTES]
         self.session = random.getrandbits(32)
         self.drop_rate = drop_rate
         self.loss = random.Random(drop_seed)
@@ -76,7 +78,7 @@ class Sender(Pipeline):
     def _encode_and_send(self, index: int, block: np.ndarray, stamp: float) -> None:
         codes = self.encode(block).cpu().numpy()
         self._send(packet.encode_codes(codes, self.bits, self.session, index, index * self.frames_per_packet,
-                                       int(stamp * 1e6)))
+                                       int(stamp * 1e6), self.decoder))
         self._arrived(index)
 
     def _prepare(self) -> None:
@@ -95,7 +97,7 @@ class Sender(Pipeline):
     def finish(self, n_samples: int) -> None:
         """Send the END packet (a few copies, loss may take some) telling the receiver the length."""
         end = packet.encode_end(self.session, self._next_index, self._next_index * self.frames_per_packet,
-                                n_samples)
+                                n_samples, self.decoder)
         for _ in range(END_PACKET_COPIES):
             self._send(end)
         self.stats.counters = {"packets sent": self.packets_sent, "packets dropped (--drop_rate)": self.packets_dropped}
@@ -105,17 +107,18 @@ class Sender(Pipeline):
         self.socket.close()
 
 
-def send_file(sender: Sender, data: np.ndarray, pace: bool) -> None:
+def send_file(sender: Sender, data: np.ndarray, pace: bool, duration: float | None = None) -> int:
+    """Send a file's samples (T, C), paced in real time or not, until its end, `duration` seconds,
+    Return or Ctrl-C; then the END packet. Returns the samples of the file sent. The model's output
+    delay is coded after the file (zeros), so that the receiver's audio holds the whole file."""
+    stop = StopRequest(duration)
     sender.start()
     try:
-        clock = FrameClock(sender.frame_size / sender.sample_rate)
-        for block in file_blocks(data, sender.frame_size):
-            if pace:
-                clock.wait()
-            sender.push(block, wait=not pace)
-            sender.check()
+        padded = padded_for_delay(data, sender.codec.output_delay)
+        sent = stream_file(sender, padded, pace, stop, lambda block: sender.push(block, wait=not pace))
         sender.drain()
-        sender.finish(data.shape[0])
+        sender.finish(sent)
+        return min(sent, data.shape[0])
     finally:
         sender.close()
 
@@ -209,6 +212,7 @@ class Receiver:
         self.duration = duration
         self.play = play
         self.bits = bits_per_code(codec.codebook_size)
+        self.decoder = codec.decoder_hash()[:packet.DECODER_BYTES]
         self.fade_samples = max(1, int(FADE_SECONDS * codec.sample_rate))
         self.max_gap = int(MAX_CONCEAL_SECONDS * codec.frame_rate)
         self.stats = StreamStats(0, codec.sample_rate)
@@ -258,11 +262,26 @@ class Receiver:
         self.stopped.set()
 
     def _handle(self, datagram: bytes) -> bool:
-        """Process one datagram; True when it was a packet of our stream."""
+        """Process one datagram; True when it was a packet of our stream.
+
+        Until a stream is followed, a packet of this link in another format version, or from a sender
+        with another model (its decoder fingerprint), stops the receiver with a CodecError: decoding
+        it would give silence or noise. Once one is followed, such packets are foreign (another sender)."""
         try:
             received = packet.decode(datagram)
         except packet.PacketError as error:
+            if error.version is not None and self.session is None:
+                raise CodecError(f"the sender's packets are of stream format version {error.version}, this receiver "
+                                 f"reads version {packet.VERSION}: run sender and receiver from the same toolkit "
+                                 "version") from None
             self.counts["packets foreign" if error.foreign else "packets corrupt"] += 1
+            return False
+        if received.decoder != self.decoder:
+            if self.session is None:
+                raise CodecError(f"the sender codes with another model (decoder {received.decoder.hex()}, this "
+                                 f"receiver's is {self.decoder.hex()}): start the receiver "
+                                 "with the sender's --model (or --encoder/--decoder)")
+            self.counts["packets foreign"] += 1
             return False
         if self.session is None:
             self.session = received.session
@@ -334,9 +353,12 @@ class Receiver:
             self.play(audio)
 
     def output_audio(self) -> np.ndarray:
+        """The decoded stream, cut to the sender's length when its END came, aligned with the sender's
+        input: the model's output delay taken off the front."""
         audio = (np.concatenate(self.chunks) if self.chunks
                  else np.zeros((0, self.output_channels), np.float32))
-        return audio if self.n_samples is None else audio[:self.n_samples]
+        audio = audio if self.n_samples is None else audio[:self.n_samples]
+        return audio[self.codec.output_delay:]
 
     def report(self) -> str:
         self.stats.frame_size = self.codec.hop_length
