@@ -32,7 +32,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "utils.runtime": {"layers", "models", *BASE},
     "utils.bitstream": BASE,
     "utils.audiodec": {"layers", "models", "utils.runtime", "utils.checkpoint", "utils.registry", "utils.bitstream",
-                       *BASE},  # fmt: skip
+                       "utils.audio", *BASE},  # fmt: skip
     "utils.cli": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", *BASE},
     "utils.batch": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.cli", *BASE},
     "utils.live": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.cli", *BASE},
