@@ -125,9 +125,12 @@ def run_encode(args: argparse.Namespace) -> None:
     seconds = encode(*pairs[0])
     header = headers[0]
     size = os.path.getsize(args.output)
-    raw = " (raw: entropy coding would not make it smaller)" if args.entropy and not header.entropy_coded else ""
-    logging.info(f"wrote {args.output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps "
-                 f"(codes at {header.bitrate / 1000:.2f} kbps before entropy coding){raw}")
+    codes = f"codes at {header.bitrate / 1000:.2f} kbps"
+    if header.entropy_coded:
+        detail = f"range-coded {codes}"
+    else:
+        detail = f"raw {codes}" + ("; entropy coding would not make it smaller" if args.entropy else "")
+    logging.info(f"wrote {args.output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps ({detail})")
 
 
 def run_decode(args: argparse.Namespace) -> None:

@@ -98,7 +98,8 @@ def main() -> None:
         replacing = output.exists()
         audio = codec.audio_from_streams(y)
         outputs = {output: audio_bytes(output, audio, codec.sample_rate, "PCM_16")}
-        if args.save_codes:
+        if args.save_codes:  # what is transmitted: the first n_codebooks
+            codes = codes[:, : codec.checked_codebooks(args.n_codebooks)]
             offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size
             flat = codes.cpu().numpy() + offsets
             stream = io.BytesIO()

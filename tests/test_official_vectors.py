@@ -63,3 +63,17 @@ def test_streaming_in_1500_chunks_matches_original_stream(name: str) -> None:
     reference = np.load(official_path("ref", f"{name}_stream1500_float.npy")).reshape(-1)
     assert y.shape == reference.shape
     assert np.abs(y - reference).max() < 1e-5
+
+
+def test_saved_codes_are_the_codebooks_transmitted(tmp_path, python: str) -> None:
+    """--save_codes with --n_codebooks 3 stores the three codebooks sent: the original's first three."""
+    entry = MANIFEST["vctk_sym"]
+    codes = tmp_path / "codes.npy"
+    result = subprocess.run(
+        [python, os.path.join(REPO, "demoFile.py"), "--model", "vctk_sym", "--cuda", "-1", "--num_threads", "1",
+         "--n_codebooks", "3", "-i", official_path(entry["input"]), "-o", str(tmp_path / "out.wav"),
+         "--save_codes", str(codes)],
+        cwd=OFFICIAL, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(codes), np.load(official_path("ref", "vctk_sym_codes.npy"))[:3])
