@@ -289,7 +289,7 @@ def test_bf16_codec_is_close_to_fp32() -> None:
 
 def test_bf16_outside_the_engine_is_an_error_that_names_the_fix() -> None:
     codec, _ = random_codec(AUTOENCODER)
-    with pytest.raises(CodecError, match=r"bf16 runs in the native engine.*not selected.*use --precision fp32"):
+    with pytest.raises(CodecError, match=r"bf16 runs in the native engine.*not selected.*use precision fp32"):
         StreamingCodec(codec.encoder, codec.decoder, codec.sample_rate, precision="bf16", backend="torch")
 
 

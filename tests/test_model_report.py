@@ -169,7 +169,7 @@ def test_bf16_without_the_engine_is_one_error_line(model, test_dir, tmp_path) ->
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error:") and "no-such-compiler" in lines[-1] and "use --precision fp32" in lines[-1]
+    assert lines[-1].startswith("error:") and "no-such-compiler" in lines[-1] and "use precision fp32" in lines[-1]
     assert "Traceback" not in result.stderr and not (out / "report.json").exists()
 
 
