@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL = os.path.join(REPO, "tests", "data", "official")
 with open(os.path.join(OFFICIAL, "manifest.json")) as manifest:
     MANIFEST = json.load(manifest)["models"]
+
+
+def ctrl_c_default() -> None:
+    """preexec_fn for a child that a test stops with SIGINT: a shell starting the suite in the background
+    ignores SIGINT, children inherit that, and Python then leaves Ctrl-C ignored (as it should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def official_path(*parts: str) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.conftest import ctrl_c_default
 from utils.eval.opus_baseline import opus_available
 from utils.eval.probe import speech_like_signal
 
@@ -172,7 +173,8 @@ def test_an_interrupted_run_says_so_and_leaves_no_empty_plot_folder(tmp_path, nu
             sf.write(tmp_path / folder / f"long{index}.wav", speech, SAMPLE_RATE)
     plots = tmp_path / "plots"
     process = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "ref"), str(tmp_path / "deg"),
-                                "--no-visqol", "--plot", str(plots)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                                "--no-visqol", "--plot", str(plots)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_default)
     deadline = time.monotonic() + 60
     while not plots.is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

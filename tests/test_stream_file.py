@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
+from tests.conftest import MANIFEST, OFFICIAL, REPO, ctrl_c_default, official_path
 from utils.audio import read_audio
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError
@@ -247,7 +247,7 @@ def test_return_and_ctrl_c_stop_a_file_stream_with_its_statistics_and_dumps(pyth
     out = tmp_path / "out.wav"
     process = subprocess.Popen([python, os.path.join(REPO, "demoStream.py"), *MODEL, "--input_file", INPUT, "-o",
                                 str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=ctrl_c_default)
     try:
         for line in process.stderr:
             if "### streaming" in line:
