@@ -7,8 +7,9 @@
 Writes <output_dir>/<encoder>-<decoder>_<steps>-<steps>/<subset folder>/<name>_output.wav
 (or straight into --output_dir with --specific_folder True), <name> the input's path relative to the
 subset's folder without its extension (de/x.wav -> de/x_output.wav). --metrics scores each output
-against its input (a denoiser's noisy_* subset: against the clean_* file of the same relative path)
-and writes metrics.csv there (per file, the mean, and how many files each mean covers).
+against its input (a denoiser's noisy_* subset: against the clean_* file of the same relative path;
+a noisy_* subset without its clean_* one is refused) and writes metrics.csv there (per file, the mean,
+and how many files each mean covers); the references are paired before any file is coded.
 Without --subset, the encoder config's `test` subset is coded (or `clean_test`, the original's name).
 """
 

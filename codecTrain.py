@@ -45,6 +45,10 @@ def main() -> int:
         "--initial", type=str, default="",
         help="start from this checkpoint's parameters (fresh optimizers, step 0); overrides the config's 'initial'",
     )
+    parser.add_argument(
+        "--analyzer", type=str, default="",
+        help="a vocoder recipe's frozen encoder checkpoint (it learns from its codes); overrides the config's analyzer",
+    )
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--disable_cudnn", choices=("True", "False"), default="False", help="no cuDNN benchmark")
     parser.add_argument(

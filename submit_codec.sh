@@ -3,6 +3,9 @@
 #   stage 0: train the autoencoder (metric losses, then adversarial)   -> ${exp}/${autoencoder}/
 #   stage 1: extract code statistics with its encoder                  -> stats/*.npy (named in the config)
 #   stage 2: train the vocoder on the frozen encoder's codes           -> ${exp}/${vocoder}/
+# Stages 1-4 use the encoder ${exp}/${autoencoder}/checkpoint-${encoder_checkpoint}steps.pkl: where the
+# statistic or vocoder config names another analyzer (--exp, --encoder_checkpoint or --autoencoder given),
+# stages 1 and 2 pass it with --analyzer.
 #   stage 3: test the symmetric codec (autoencoder encoder + decoder)  -> ${output_root}/${autoencoder}/
 #   stage 4: test the codec with the vocoder as decoder                -> ${output_root}/${vocoder}/
 #
@@ -61,6 +64,13 @@ fi
 [ "${start}" -gt 1 ] || [ "${stop}" -lt 1 ] || recipe_config "config/${statistic}.yaml" statistic
 [ "${start}" -gt 2 ] || [ "${stop}" -lt 2 ] || recipe_config "config/${vocoder}.yaml" vocoder
 
+encoder_path=${exp}/${autoencoder}/checkpoint-${encoder_checkpoint}steps.pkl
+# analyzer_args <config>: --analyzer <the encoder> where the config's analyzer is another checkpoint.
+analyzer_args() {
+    analyzer_override=()
+    [ "$(recipe_config_value "$1" analyzer)" = "${encoder_path}" ] || analyzer_override=(--analyzer "${encoder_path}")
+}
+
 if [ "${start}" -le 0 ] && [ "${stop}" -ge 0 ]; then
     echo "Stage 0: autoencoder training (config/${autoencoder}.yaml)"
     set_resume_args "${resume}" "${exp}/${autoencoder}"
@@ -69,22 +79,24 @@ if [ "${start}" -le 0 ] && [ "${stop}" -ge 0 ]; then
 fi
 
 if [ "${start}" -le 1 ] && [ "${stop}" -ge 1 ]; then
-    echo "Stage 1: statistics extraction (config/${statistic}.yaml)"
+    echo "Stage 1: statistics extraction (config/${statistic}.yaml) with the encoder ${encoder_path}"
+    analyzer_args "config/${statistic}.yaml"
     run_stage 1 "${statistic}" run_python codecStatistic.py -c "config/${statistic}.yaml" --subset "${statistic_subset}" \
-        --subset_num "${subset_num}"
+        --subset_num "${subset_num}" "${analyzer_override[@]}"
 fi
 
 if [ "${start}" -le 2 ] && [ "${stop}" -ge 2 ]; then
-    echo "Stage 2: vocoder training (config/${vocoder}.yaml)"
+    echo "Stage 2: vocoder training (config/${vocoder}.yaml) on the codes of the encoder ${encoder_path}"
     set_resume_args "${resume}" "${exp}/${vocoder}"
+    analyzer_args "config/${vocoder}.yaml"
     run_stage 2 "${vocoder}" run_train -c "config/${vocoder}.yaml" --tag "${vocoder}" --exp_root "${exp}" \
-        --disable_cudnn "${disable_cudnn}" "${resume_args[@]}"
+        --disable_cudnn "${disable_cudnn}" "${analyzer_override[@]}" "${resume_args[@]}"
 fi
 
 if [ "${start}" -le 3 ] && [ "${stop}" -ge 3 ]; then
     echo "Stage 3: testing the symmetric codec"
     run_stage 3 "${autoencoder}" run_python codecTest.py --subset "${test_subset}" --subset_num "${subset_num}" \
-        --encoder "${exp}/${autoencoder}/checkpoint-${encoder_checkpoint}steps.pkl" \
+        --encoder "${encoder_path}" \
         --decoder "${exp}/${autoencoder}/checkpoint-$((encoder_checkpoint + decoder_checkpoint))steps.pkl" \
         --output_dir "${output_root}/${autoencoder}"
 fi
@@ -92,7 +104,7 @@ fi
 if [ "${start}" -le 4 ] && [ "${stop}" -ge 4 ]; then
     echo "Stage 4: testing the codec with the vocoder"
     run_stage 4 "${vocoder}" run_python codecTest.py --subset "${test_subset}" --subset_num "${subset_num}" \
-        --encoder "${exp}/${autoencoder}/checkpoint-${encoder_checkpoint}steps.pkl" \
+        --encoder "${encoder_path}" \
         --decoder "${exp}/${vocoder}/checkpoint-${decoder_checkpoint}steps.pkl" \
         --output_dir "${output_root}/${vocoder}"
 fi

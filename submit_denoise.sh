@@ -7,8 +7,9 @@
 # Usage:
 #   bash submit_denoise.sh --stage 0
 #   bash submit_denoise.sh --stage 2 --encoder_checkpoint 200000 --decoder_checkpoint 500000
-#   bash submit_denoise.sh --stage 02 --encoder denoise/demo_48000_hop300 \
+#   bash submit_denoise.sh --stage 02 --encoder denoise/demo_48000_hop300 --ngpu 0 \
 #       --decoder vocoder/demo_v1_48000_hop300 --encoder_checkpoint 20 --decoder_checkpoint 20   # CPU demo
+# With --exp, the config's initial under exp/ is read under that folder (passed as --initial).
 set -euo pipefail
 declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
 cd "$(dirname "$0")"

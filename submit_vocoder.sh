@@ -3,6 +3,9 @@
 #   stage 0: train from scratch on the codes of the config's analyzer    -> ${exp}/${tag_name}/
 #   stage 1: resume training from step ${resumepoint} ("latest": the newest checkpoint)
 #   stage 2: test: ${autoencoder}'s encoder at encoder_checkpoint, this vocoder at decoder_checkpoint
+#            (it stops with one line where that is not the vocoder's analyzer: give the matching
+#            --autoencoder and --encoder_checkpoint)
+# With --exp, the config's analyzer under exp/ is read under that folder (passed as --analyzer).
 # The vocoder reads the code statistics its config names: run submit_statistic.sh first.
 #
 # Usage:
@@ -35,5 +38,6 @@ nnodes=1
 # What the stages (utils/recipe/train_stages.sh) train and test, once the options are parsed.
 recipe_roles() {
     train_tag=${tag_name} train_option=tag_name test_encoder=${autoencoder} test_decoder=${tag_name}
+    test_analyzer=true
 }
 . ./utils/recipe/train_stages.sh

@@ -198,20 +198,44 @@ class PairedAudioDataset(_FileHeaders, Dataset):
             clean = read_audio(clean_path, self.sampling_rate)
         return (noisy_path.stem, noisy, clean) if self.return_name else (noisy, clean)
 
-    def keep_longer_than(self, num_samples: int) -> int:
-        """Drop the pairs not longer than ``num_samples`` and the pairs whose two files differ in length.
+    def drop_unequal_pairs(self, what: str = "the pairs") -> int:
+        """Drop the pairs whose noisy and clean files differ in length, each named in a warning: the
+        original's collater skips them (an aligned crop needs two files of one length).
 
         Returns:
             How many pairs were dropped.
+
+        Raises:
+            ValueError: every pair differs in length (naming the first and both lengths).
         """
         self.read_headers()
         kept = []
         for noisy_path, clean_path in self.pairs:
             noisy_length, clean_length = self.lengths[noisy_path], self.lengths[clean_path]
-            if noisy_length != clean_length:
-                logger.warning("Skipping %s: %d noisy vs %d clean samples", noisy_path, noisy_length, clean_length)
-            elif noisy_length > num_samples:
+            if noisy_length == clean_length:
                 kept.append((noisy_path, clean_path))
+            else:
+                logger.warning("Skipping %s: %d noisy vs %d clean samples", noisy_path, noisy_length, clean_length)
+        if self.pairs and not kept:
+            noisy_path, clean_path = self.pairs[0]
+            raise ValueError(
+                f"{what}: the noisy and clean files of every pair differ in length, e.g. {noisy_path} has "
+                f"{self.lengths[noisy_path]} samples and {clean_path} {self.lengths[clean_path]}; pairs of "
+                "unequal length are skipped: give clean files of their noisy files' length"
+            )
         dropped = len(self.pairs) - len(kept)
+        self.pairs = kept
+        return dropped
+
+    def keep_longer_than(self, num_samples: int) -> int:
+        """Drop the pairs whose two files differ in length (:meth:`drop_unequal_pairs`) and the pairs not
+        longer than ``num_samples``.
+
+        Returns:
+            How many pairs were dropped.
+        """
+        dropped = self.drop_unequal_pairs()
+        kept = [(noisy, clean) for noisy, clean in self.pairs if self.lengths[noisy] > num_samples]
+        dropped += len(self.pairs) - len(kept)
         self.pairs = kept
         return dropped

@@ -40,12 +40,16 @@ def subset_path(config: Mapping[str, Any], subset: str) -> Path:
     """The folder (or list file) of ``data.subset.<subset>``, joined to ``data.path``.
 
     Raises:
-        ValueError: the config has no such subset.
+        ValueError: the config has no ``data`` with ``path`` and ``subset``, or no such subset.
     """
-    subsets = config["data"]["subset"]
+    data = config.get("data")
+    if not isinstance(data, Mapping) or "path" not in data or not isinstance(data.get("subset"), Mapping):
+        raise ValueError(f"data needs a path and a subset mapping: add data: {{path: <corpus folder>, subset: "
+                         f"{{{subset}: <folder or list file under path>}}}}")
+    subsets = data["subset"]
     if subset not in subsets:
         raise ValueError(f"config data.subset has no '{subset}' entry (it has {', '.join(subsets)}); add it")
-    return Path(config["data"]["path"]) / subsets[subset]
+    return Path(data["path"]) / subsets[subset]
 
 
 def build_dataset(
@@ -121,6 +125,8 @@ def build_datasets(config: Mapping[str, Any], batch_length: int | None = None) -
         else:
             dataset = build_paired_dataset(config, *keys, lazy=True)
         dataset.check_channels(*model_channels(config))
+        if isinstance(dataset, PairedAudioDataset):
+            dataset.drop_unequal_pairs(f"data.subset.{'/'.join(keys)}")
         if not config.get("pad_short", False):
             total = len(dataset)
             dropped = dataset.keep_longer_than(batch_length)

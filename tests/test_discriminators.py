@@ -237,3 +237,21 @@ def test_conflicting_or_unknown_options_are_rejected() -> None:
         UnivNetDiscriminator(spectral_discriminator_params={"nonlinear_activation": "Swoosh"})
     with pytest.raises(ValueError, match="pooling"):
         HiFiGANDiscriminator(scale_downsample_pooling="MeanPool1d")
+
+
+@pytest.mark.parametrize("count", [2, 3, 6])
+def test_univnet_spectral_layers_are_built_as_the_original_builds_them(count: int) -> None:
+    """The original takes any two or more (kernel, stride) pairs: the first conv, the hidden ones, the
+    last hidden and the output conv; with two, the first pair serves the first and the last hidden conv."""
+    kernels = [(3, 9), (3, 7), (3, 5), (3, 3), (5, 3), (3, 1)][-count:]
+    strides = [(1, 1), (1, 2), (1, 2), (1, 1), (1, 2), (1, 1)][-count:]
+    used = [0, *range(1, count - 2), count - 2, count - 1]
+    discriminator = UnivNetSpectralDiscriminator(64, 16, 64, kernel_sizes=kernels, strides=strides, channels=4,
+                                                 use_weight_norm=False)
+    convs = [layer[0] if isinstance(layer, torch.nn.Sequential) else layer for layer in discriminator.layers]
+    assert [(conv.conv.kernel_size, conv.conv.stride) for conv in convs] == [(kernels[i], strides[i]) for i in used]
+    assert [conv.conv.out_channels for conv in convs] == [4] * (len(used) - 1) + [1]
+    outputs = discriminator(torch.randn(2, 1, 640))
+    assert len(outputs) == len(used) and outputs[-1].shape[1] == 1
+    with pytest.raises(ValueError, match="at least 2"):
+        UnivNetSpectralDiscriminator(64, 16, 64, kernel_sizes=kernels[:1], strides=strides[:1])

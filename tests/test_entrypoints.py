@@ -107,6 +107,17 @@ def test_statistic_output_in_the_way_stops_before_the_pass_and_npy_is_added_as_n
     assert np.load(tmp_path / "stats" / "named.npy").shape == (2, 8)
 
 
+def test_a_statistic_config_without_data_is_one_line_and_analyzer_overrides_the_configs(tmp_path: Path) -> None:
+    config = {"sampling_rate": 8000, "analyzer": str(tmp_path / "nope.pkl"), "stats": str(tmp_path / "s" / "x.npy")}
+    result = run_script("codecStatistic.py", "-c", save_recipe(config, tmp_path / "no_data.yaml"), cwd=tmp_path)
+    assert_one_line_error(result, "no_data.yaml: data needs a path and a subset mapping: add data: {path: ")
+    assert not (tmp_path / "s").exists()
+    config["data"] = tiny_recipe(tmp_path)["data"]
+    result = run_script("codecStatistic.py", "-c", save_recipe(config, tmp_path / "stat.yaml"), "--analyzer",
+                        str(tmp_path / "given.pkl"), cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(result, f"analyzer checkpoint '{tmp_path / 'given.pkl'}' not found")
+
+
 def test_codec_test_writes_one_output_per_input(trained: tuple[Path, Path]) -> None:
     root, expdir = trained
     checkpoint = str(expdir / "checkpoint-2steps.pkl")

@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import official_path
-from tests.test_trainer import TINY_AUTOENCODER, save_recipe, tiny_recipe
+from tests.test_trainer import (
+    TINY_AUTOENCODER,
+    save_recipe,
+    tiny_recipe,
+    tiny_vocoder_recipe,
+    untrained_checkpoint,
+    write_wavs,
+)
 from trainer.builder import TrainOptions, run_training
 from utils.errors import CodecError
 
@@ -118,3 +127,79 @@ def test_an_exp_root_that_is_a_file_is_one_error(tmp_path: Path) -> None:
     with pytest.raises(CodecError, match=rf"the experiment folder .*: cannot create it \({tmp_path / 'exp'} is a file"):
         run_training(TrainOptions(config=recipe, tag="x", exp_root=str(tmp_path / "exp")))
     assert (tmp_path / "exp").read_text() == "not a folder"
+
+
+def vocoder_on_an_untrained_analyzer(root: Path, **generator_params: Any) -> dict[str, Any]:
+    """The tiny vocoder recipe on the codes of an untrained tiny autoencoder (hop 8), statistics of ones."""
+    analyzer = untrained_checkpoint(tiny_recipe(root), root / "analyzer")
+    np.save(root / "stats.npy", np.ones((2, 8), np.float32))
+    config = tiny_vocoder_recipe(root, analyzer, str(root / "stats.npy"))
+    config["generator_params"].update(generator_params)
+    return config
+
+
+def test_a_vocoder_of_another_hop_than_its_analyzer_is_refused(tmp_path: Path) -> None:
+    """Upsampling by 4 the frames of an analyzer of hop 8 failed in the mel loss, leaving the folder."""
+    config = vocoder_on_an_untrained_analyzer(tmp_path, upsample_scales=[2, 2], upsample_kernel_sizes=[4, 4])
+    assert_stops(config, tmp_path, r"encoder hop 8 and decoder hop 4 differ \(the analyzer .*checkpoint-0steps.pkl "
+                                   r"and the vocoder's upsample_scales\): pick a matching pair")
+
+
+@pytest.mark.parametrize("content", [b"not numpy", None], ids=["text", "pickled"])
+def test_a_statistics_file_that_is_no_array_is_named_as_such(tmp_path: Path, content: bytes | None) -> None:
+    config = vocoder_on_an_untrained_analyzer(tmp_path)
+    if content is None:
+        np.save(tmp_path / "stats.npy", np.array([{"mean": 0}], dtype=object), allow_pickle=True)
+    else:
+        (tmp_path / "stats.npy").write_bytes(content)
+    assert_stops(config, tmp_path, r"^statistics file .*stats.npy is not a .npy array of statistics \(2 rows: mean, "
+                                   r"scale\): write it with the statistics stage")
+
+
+@pytest.mark.parametrize("pad_short", [False, True])
+def test_denoise_pairs_of_unequal_length_are_named(tmp_path: Path, pad_short: bool) -> None:
+    """Pairs whose noisy and clean files differ in length are skipped (as the original's collater does);
+    when none is left the error names one and both lengths (it blamed batch_length, or, with pad_short, a
+    loader worker's traceback)."""
+    config = tiny_recipe(tmp_path, train_mode="denoise", pad_short=pad_short)
+    corpus = tmp_path / "corpus"
+    for split, length in (("train", 795), ("dev", 400)):
+        names = sorted(path.stem for path in (corpus / split).glob("*.wav"))
+        write_wavs(corpus / f"noisy_{split}", len(names), length, seed=11, names=names)
+    config["data"]["subset"] = {"clean_train": "train", "clean_valid": "dev", "noisy_train": "noisy_train",
+                                "noisy_valid": "noisy_dev"}
+    assert_stops(config, tmp_path, r"data.subset.noisy_train/clean_train: the noisy and clean files of every pair "
+                                   r"differ in length, e.g. .*noisy_train/utt0.wav has 795 samples and "
+                                   r".*train/utt0.wav 800; pairs of unequal length are skipped")
+
+
+def test_a_denoise_recipe_without_initial_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The original trains it too, against the random decoder and codebooks it freezes: a warning says so."""
+    config = tiny_recipe(tmp_path, train_mode="denoise", train_max_steps=1, save_interval_steps=1,
+                         eval_interval_steps=1, log_interval_steps=1)
+    config.pop("adv_train_max_steps")
+    corpus = tmp_path / "corpus"
+    for split, length in (("train", 800), ("dev", 400)):
+        names = sorted(path.stem for path in (corpus / split).glob("*.wav"))
+        write_wavs(corpus / f"noisy_{split}", len(names), length, seed=11, names=names)
+    config["data"]["subset"] = {"clean_train": "train", "clean_valid": "dev", "noisy_train": "noisy_train",
+                                "noisy_valid": "noisy_dev"}
+    recipe = save_recipe(config, tmp_path / "denoise.yaml")
+    with caplog.at_level(logging.WARNING, logger="trainer.builder"):
+        run_training(TrainOptions(config=recipe, tag="denoise", exp_root=str(tmp_path / "exp")))
+    assert "The denoise recipe has no 'initial': the encoder trains against a random frozen decoder" in caplog.text
+
+
+def test_analyzer_option_overrides_a_vocoder_recipes_and_is_refused_elsewhere(tmp_path: Path) -> None:
+    """codecTrain.py --analyzer (what submit_codec.sh passes with --exp) replaces the config's analyzer."""
+    config = vocoder_on_an_untrained_analyzer(tmp_path, upsample_scales=[2, 2], upsample_kernel_sizes=[4, 4])
+    given, config["analyzer"] = config["analyzer"], str(tmp_path / "elsewhere.pkl")
+    recipe = save_recipe(config, tmp_path / "vocoder.yaml")
+    with pytest.raises(CodecError, match=rf"\(the analyzer {given} and the vocoder's upsample_scales\)"):
+        run_training(TrainOptions(config=recipe, tag="wrong", exp_root=str(tmp_path / "exp"), analyzer=given))
+    assert not (tmp_path / "exp" / "wrong").exists()
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "autoencoder.yaml")
+    with pytest.raises(CodecError, match=r"--analyzer x.pkl: .*autoencoder.yaml is not a vocoder recipe \(train_mode: "
+                                         r"autoencoder\), which has no analyzer: leave --analyzer out"):
+        run_training(TrainOptions(config=recipe, tag="wrong", exp_root=str(tmp_path / "exp"), analyzer="x.pkl"))
+    assert not (tmp_path / "exp" / "wrong").exists()

@@ -403,3 +403,74 @@ def test_recipe_configs_exist() -> None:
         for word in script.read_text().replace("=", " ").split():
             if word.startswith(("autoencoder/", "vocoder/", "statistic/", "denoise/")) and "{" not in word:
                 assert (ROOT / "config" / f"{word.rstrip(',')}.yaml").is_file(), (script.name, word)
+
+
+def test_the_statistics_and_vocoder_stages_use_the_encoder_of_exp_and_encoder_checkpoint(
+    stub_python: dict, tmp_path: Path
+) -> None:
+    """With --exp or --encoder_checkpoint, stages 1 and 2 read the encoder stage 0 trained and stages 3-4
+    test, not the config's analyzer under the toolkit's exp/; by default the commands are the original's."""
+    exp = tmp_path / "myexp"
+    result = bash("submit_codec.sh", "--start", "1", "--stop", "4", "--exp", str(exp), "--encoder_checkpoint", "300",
+                  env=stub_python)  # fmt: skip
+    encoder = f"{exp}/autoencoder/symAD_vctk_48000_hop300/checkpoint-300steps.pkl"
+    statistics, vocoder, symmetric, with_vocoder = commands(result)
+    assert statistics.endswith(f"--subset_num -1 --analyzer {encoder}")
+    assert f"--disable_cudnn False --analyzer {encoder} --resume auto" in vocoder
+    assert f"--encoder {encoder} " in symmetric and f"--encoder {encoder} " in with_vocoder
+    assert f"Stage 2: vocoder training (config/vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean.yaml) on the codes " \
+           f"of the encoder {encoder}" in result.stdout
+    statistics, vocoder = commands(bash("submit_codecUniv_vctk.sh", "--start", "1", "--stop", "2", env=stub_python))
+    assert "--analyzer" not in statistics + vocoder  # the config's analyzer is the recipe's encoder
+    statistics, vocoder = commands(bash("submit_codecUniv_vctk.sh", "--start", "1", "--stop", "2", "--exp", str(exp),
+                                        env=stub_python))  # fmt: skip
+    assert statistics.endswith(f"--analyzer {exp}/autoencoder/symADuniv_vctk_48000_hop300/checkpoint-500000steps.pkl")
+
+
+def test_a_denoisers_initial_and_a_vocoders_analyzer_are_read_under_exp(stub_python: dict, tmp_path: Path) -> None:
+    exp = tmp_path / "myexp"
+    (denoise,) = commands(bash("submit_denoise.sh", "--stage", "0", "--exp", str(exp), env=stub_python))
+    assert f"--initial {exp}/autoencoder/symAD_vctk_48000_hop300/checkpoint-200000steps.pkl --resume auto" in denoise
+    (vocoder,) = commands(bash("submit_vocoder.sh", "--stage", "0", "--exp", str(exp), env=stub_python))
+    assert f"--analyzer {exp}/autoencoder/symAD_vctk_48000_hop300/checkpoint-200000steps.pkl --resume auto" in vocoder
+    for script in ("submit_denoise.sh", "submit_vocoder.sh"):  # the toolkit's exp/: the original's command
+        (line,) = commands(bash(script, "--stage", "0", env=stub_python))
+        assert "--initial" not in line and "--analyzer" not in line
+
+
+def test_a_vocoder_is_not_tested_with_another_encoder_than_it_learnt_from(stub_python: dict, tmp_path: Path) -> None:
+    """The v3 vocoder learnt from the symADuniv encoder: tested with the default symAD one, stage 2 stops."""
+    v3 = "vocoder/AudioDec_v3_symADuniv_vctk_48000_hop300_clean"
+    result = bash("submit_vocoder.sh", "--stage", "2", "--tag_name", v3, env=stub_python)
+    assert result.returncode == 1 and "RUN " not in result.stdout
+    assert result.stderr.strip() == (
+        f"submit_vocoder.sh: the vocoder {v3} learnt from the codes of exp/autoencoder/symADuniv_vctk_48000_hop300/"
+        "checkpoint-500000steps.pkl but stage 2 would code with exp/autoencoder/symAD_vctk_48000_hop300/"
+        "checkpoint-200000steps.pkl: give the --autoencoder and --encoder_checkpoint of its analyzer (--autoencoder "
+        "autoencoder/symADuniv_vctk_48000_hop300 --encoder_checkpoint 500000)")
+    matching = ["--autoencoder", "autoencoder/symADuniv_vctk_48000_hop300", "--encoder_checkpoint", "500000"]
+    result = bash("submit_vocoder.sh", "--stage", "2", "--tag_name", v3, *matching, env=stub_python)
+    encoder = "exp/autoencoder/symADuniv_vctk_48000_hop300/checkpoint-500000steps.pkl"
+    assert commands(result)[0].startswith(f"codecTest.py --subset test --subset_num -1 --encoder {encoder} ")
+    assert f"Testing with the encoder {encoder}" in result.stdout
+    # A trained vocoder: the analyzer its experiment recorded (here given with --analyzer at step 300).
+    record = tmp_path / "exp" / v3 / "config.yml"
+    record.parent.mkdir(parents=True)
+    trained_on = tmp_path / "exp" / "autoencoder" / "symADuniv_vctk_48000_hop300" / "checkpoint-300steps.pkl"
+    record.write_text(f"analyzer: {trained_on}\n")
+    args = ["--stage", "2", "--tag_name", v3, "--exp", str(tmp_path / "exp"), *matching[:2]]
+    assert "--encoder_checkpoint 300)" in bash("submit_vocoder.sh", *args, env=stub_python).stderr
+    assert commands(bash("submit_vocoder.sh", *args, "--encoder_checkpoint", "300", env=stub_python))
+
+
+def test_the_cpu_demo_examples_of_the_recipe_headers_train_on_the_cpu(stub_python: dict) -> None:
+    """An example line a header labels as the CPU demo passes --ngpu 0 (without it the job asks for a GPU)."""
+    for script in RECIPES:
+        header = script.read_text().split("\nset -euo pipefail")[0].replace("\\\n#      ", "")
+        for line in header.splitlines():
+            if "CPU demo" not in line or not line.startswith("#   bash "):
+                continue
+            words = line.removeprefix("#   bash ").split("#")[0].split()
+            result = bash(*words, env=stub_python)
+            trained = [command for command in commands(result) if command.startswith("codecTrain.py")]
+            assert trained and all(command.endswith("--ngpu 0") for command in trained), (script.name, line)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from trainer.synthesis import pair_with_references, relative_names
+from trainer.synthesis import pair_with_references, relative_names, run_test
 from utils.errors import CodecError
 
 
@@ -33,11 +35,76 @@ def test_two_files_that_would_share_an_output_are_refused(tmp_path: Path, second
 
 
 def test_outputs_without_a_reference_are_named_and_left_out(tmp_path: Path, caplog) -> None:
-    written = [("de/u", tmp_path / "de" / "u_output.wav"), ("extra", tmp_path / "extra_output.wav")]
+    names = ["de/u", "extra"]
     references = {"de/u": tmp_path / "clean" / "de" / "u.wav", "fr/u": tmp_path / "clean" / "fr" / "u.wav"}
     with caplog.at_level(logging.WARNING, logger="trainer.synthesis"):
-        pairs = pair_with_references(written, references, "data.subset.noisy_test")
-    assert pairs == [("de/u", references["de/u"], written[0][1])]
+        pairs = pair_with_references(names, references, "data.subset.noisy_test")
+    assert pairs == {"de/u": references["de/u"]}
     assert "1 of 2 outputs have no reference file of the same relative name and are not scored: extra" in caplog.text
     with pytest.raises(CodecError, match="no reference files matched the outputs of data.subset.noisy_test"):
-        pair_with_references(written[1:], references, "data.subset.noisy_test")
+        pair_with_references(names[1:], references, "data.subset.noisy_test")
+
+
+@pytest.fixture
+def untrained_pair(tmp_path: Path) -> Path:
+    """An untrained tiny autoencoder checkpoint (hop 8) whose config's data has noisy_test and clean_test."""
+    from tests.test_trainer import tiny_recipe, untrained_checkpoint, write_wavs
+
+    config = tiny_recipe(tmp_path)
+    write_wavs(tmp_path / "corpus" / "noisy", 2, 1003, seed=4)
+    write_wavs(tmp_path / "corpus" / "clean", 2, 1003, seed=5, names=["other0", "other1"])
+    config["data"]["subset"].update(noisy_test="noisy", noisy_dev="noisy", clean_test="clean")
+    return Path(untrained_checkpoint(config, tmp_path / "exp"))
+
+
+def test_a_noisy_subset_without_its_clean_one_is_not_scored_against_itself(untrained_pair: Path,
+                                                                           tmp_path: Path) -> None:
+    with pytest.raises(CodecError, match=r"--metrics on data.subset.noisy_dev: the encoder's config has no "
+                                         r"data.subset.clean_dev to score against: add clean_dev .* or leave out"):
+        run_test(str(untrained_pair), str(untrained_pair), str(tmp_path / "out"), "noisy_dev", metrics=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_without_references_are_refused_before_any_file_is_coded(untrained_pair: Path,
+                                                                         tmp_path: Path) -> None:
+    with pytest.raises(CodecError, match="no reference files matched the outputs of data.subset.noisy_test"):
+        run_test(str(untrained_pair), str(untrained_pair), str(tmp_path / "out"), "noisy_test", metrics=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_test_stage_writes_the_originals_samples_of_a_file_not_a_whole_number_of_hops(
+    untrained_pair: Path,
+) -> None:
+    """The original codes the file unpadded (its last frame covers the partial hop): the first T samples of
+    that output, not those of the file zero-padded to whole hops (other rounding; in a trained model other
+    codes for the last frames, tens of LSB in the last hop or two)."""
+    from trainer.analysis import quantized_latent
+    from trainer.synthesis import OfflineCodec
+
+    codec = OfflineCodec(str(untrained_pair), str(untrained_pair))
+    for length in (1001, 1003, 1005, 1007):
+        for seed in range(3):
+            audio = np.random.default_rng(seed).uniform(-0.5, 0.5, (length, 1)).astype(np.float32)
+            signal = torch.from_numpy(audio.T.copy()).unsqueeze(0)
+            expected = codec.decoder.decoder(quantized_latent(codec.encoder, signal))[0, 0, :length]
+            np.testing.assert_array_equal(codec.code(audio)[:, 0], expected.numpy(), err_msg=f"{length}, {seed}")
+
+
+def test_a_vocoder_of_another_hop_than_the_encoder_is_refused(untrained_pair: Path, tmp_path: Path) -> None:
+    """It failed deep in the output's reshape ("shape '[-1, 1003]' is invalid")."""
+    import yaml
+
+    from tests.test_trainer import tiny_vocoder_recipe
+    from trainer.synthesis import OfflineCodec
+    from utils.checkpoint import build_generator, generator_state_dict
+
+    config = tiny_vocoder_recipe(tmp_path, str(untrained_pair), "unused.npy")
+    config["generator_params"].update(upsample_scales=[2, 2], upsample_kernel_sizes=[4, 4])
+    config["generator_params"].pop("stats")
+    (tmp_path / "vocoder").mkdir()
+    (tmp_path / "vocoder" / "config.yml").write_text(yaml.safe_dump(config))
+    model = build_generator(config, inference=False)
+    torch.save({"model": {"generator": generator_state_dict(model)}}, tmp_path / "vocoder" / "checkpoint-1steps.pkl")
+    with pytest.raises(CodecError, match=r"encoder hop 8 and decoder hop 4 differ \(.*checkpoint-0steps.pkl, "
+                                         r".*checkpoint-1steps.pkl\): pick a matching pair"):
+        OfflineCodec(str(untrained_pair), str(tmp_path / "vocoder" / "checkpoint-1steps.pkl"))

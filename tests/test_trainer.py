@@ -23,7 +23,9 @@ import yaml
 
 from tests.conftest import REPO, skip_without_cpp_compiler
 from trainer.analysis import compute_code_statistics, load_analyzer, quantized_latent
-from trainer.builder import TrainOptions, run_training
+from trainer.builder import TrainOptions, build_trainer, run_training
+from trainer.data import TrainingData
+from trainer.distributed import DistributedContext
 from trainer.state import latest_checkpoint, resolve_resume
 from utils.audiodec import StreamingCodec
 from utils.checkpoint import load_generator
@@ -137,6 +139,15 @@ def tiny_vocoder_recipe(root: Path, analyzer: str, stats: str) -> dict[str, Any]
 def save_recipe(config: dict[str, Any], path: Path) -> str:
     path.write_text(yaml.safe_dump(config))
     return str(path)
+
+
+def untrained_checkpoint(config: dict[str, Any], folder: Path) -> str:
+    """The step-0 checkpoint of ``config``'s freshly built models, config.yml beside it (no training)."""
+    context = DistributedContext()
+    folder.mkdir(parents=True, exist_ok=True)
+    build_trainer(config, context, folder, 0, data=TrainingData(config, context, 0)).save_checkpoint()
+    (folder / "config.yml").write_text(yaml.safe_dump(config))
+    return str(folder / "checkpoint-0steps.pkl")
 
 
 def train(config: dict[str, Any], root: Path, tag: str, resume: str = "", seed: int = 7) -> Path:

@@ -193,3 +193,25 @@ def test_compile_on_a_cpu_without_a_cpp_compiler_is_one_error_before_training(tm
     assert errors == ["error: compile on the CPU needs a C++ compiler for torch.compile's kernels (g++, or set "
                       "CXX): install g++ (bash utils/system_deps.sh), or train without compile"], result.stderr
     assert not (tmp_path / "exp" / "nocxx").exists()
+
+
+def test_the_vocoders_analyzer_codes_in_fp32_under_bf16_training(tmp_path: Path) -> None:
+    """--precision bf16 autocasts the vocoder's pass, not the frozen analyzer's: the vocoder learns from the
+    codes inference sends (under autocast the analyzer picked other codes for many frames)."""
+    from tests.test_trainer import cpu_autocast_works, tiny_vocoder_recipe, untrained_checkpoint
+    from trainer.analysis import quantized_latent
+
+    reason = cpu_autocast_works(torch.bfloat16)
+    if reason:
+        pytest.skip(reason)
+    analyzer = untrained_checkpoint(tiny_recipe(tmp_path), tmp_path / "analyzer")
+    np.save(tmp_path / "stats.npy", np.ones((2, 8), np.float32))
+    config = {**tiny_vocoder_recipe(tmp_path, analyzer, str(tmp_path / "stats.npy")), "precision": "bf16"}
+    trainer = built_trainer(config)
+    fed = []
+    trainer.generator.register_forward_pre_hook(lambda module, args: fed.append(args[0]))
+    audio = torch.randn(2, 1, 800) * 0.3
+    with trainer.autocast():
+        trainer.generate(audio, LossTracker(), "train", training=False)
+    expected = quantized_latent(trainer.analyzer, audio)
+    assert fed[0].dtype == torch.float32 and torch.equal(fed[0], expected)

@@ -14,19 +14,22 @@ from torch import nn
 from tqdm import tqdm
 
 from dataloader import build_dataset
-from utils.checkpoint import load_autoencoder
+from utils.checkpoint import check_hop_pair, load_autoencoder
 from utils.errors import CodecError
 from utils.files import atomic_output, make_output_folder
 
 logger = logging.getLogger(__name__)
 
 
-def load_analyzer(checkpoint: str, sample_rate: int | None = None, code_dim: int | None = None) -> nn.Module:
+def load_analyzer(
+    checkpoint: str, sample_rate: int | None = None, code_dim: int | None = None, hop_length: int | None = None
+) -> nn.Module:
     """The AudioDec generator of ``checkpoint``, in eval mode with gradients off; where given, it must
-    code audio at ``sample_rate`` into latents of ``code_dim`` channels (what the recipe reads and feeds).
+    code audio at ``sample_rate`` into latents of ``code_dim`` channels, one frame per ``hop_length``
+    samples (what the recipe reads, feeds and makes of each frame).
 
     Raises:
-        CodecError: no such checkpoint, not an AudioDec autoencoder, or another rate or latent size.
+        CodecError: no such checkpoint, not an AudioDec autoencoder, or another rate, latent size or hop.
     """
     if not checkpoint or not Path(checkpoint).is_file():
         raise CodecError(
@@ -41,6 +44,8 @@ def load_analyzer(checkpoint: str, sample_rate: int | None = None, code_dim: int
     if code_dim is not None and latent != int(code_dim):
         raise CodecError(f"the analyzer {checkpoint} gives latents of {latent} channels but the vocoder takes "
                          f"{code_dim} (generator_params.in_channels): make them equal")
+    if hop_length is not None:
+        check_hop_pair(analyzer.hop_length, hop_length, f"the analyzer {checkpoint} and the vocoder's upsample_scales")
     logger.info("Loaded the analyzer from %s", checkpoint)
     return analyzer
 

@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from losses import LOSSES
+from models.vocoder.HiFiGAN import StatisticsFileError
 from models.vocoder.modules.discriminator import DISCRIMINATORS
 from trainer.autoencoder import AutoencoderTrainer
 from trainer.base import METRIC_LOSSES, GANTrainer
@@ -58,6 +59,7 @@ class TrainOptions:
     seed: int = 1337
     disable_cudnn: str = "False"
     initial: str = ""  # overrides the config's ``initial`` (start from these parameters) when given
+    analyzer: str = ""  # overrides a vocoder recipe's ``analyzer`` (the frozen encoder) when given
     ngpu: int | None = None  # GPUs per node asked for; 0: CPU; None: CUDA if present (see init_distributed)
     precision: str | None = None  # fp32 | bf16 | fp16
     compile: bool | str | None = None  # true, false, 'generator' or 'all' (trainer.base.compiled_networks)
@@ -235,7 +237,7 @@ def build_training_generator(config: Mapping[str, Any]) -> nn.Module:
     """The generator to train; a vocoder reads its input statistics from the file the config names."""
     try:
         return build_generator(dict(config), inference=False)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, StatisticsFileError) as error:
         raise CodecError(str(error)) from None
 
 
@@ -289,7 +291,8 @@ def experiment_config(
     and the number of processes (``world_size``)."""
     full = dict(config)
     given = vars(options)
-    full.update({key: value for key, value in given.items() if value is not None and (key != "initial" or value)})
+    full.update({key: value for key, value in given.items()
+                 if value is not None and (key not in ("initial", "analyzer") or value)})
     for key, default in RUN_OPTION_DEFAULTS.items():
         if full.get(key) is None:
             full[key] = default
@@ -336,6 +339,9 @@ def run_training(options: TrainOptions) -> Path:
     ``initial`` checkpoint, when given, provides the starting parameters.
     """
     config = read_recipe(options.config)
+    if options.analyzer and config.get("train_mode") != "vocoder":
+        raise CodecError(f"--analyzer {options.analyzer}: {options.config} is not a vocoder recipe (train_mode: "
+                         f"{config.get('train_mode', 'autoencoder')}), which has no analyzer: leave --analyzer out")
     try:
         context = init_distributed(options.ngpu)
     except CodecError:
@@ -375,6 +381,10 @@ def run_training(options: TrainOptions) -> Path:
                 if not Path(initial).is_file():
                     raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
                 trainer.load_checkpoint(initial, params_only=True)
+            elif resume is None and config.get("train_mode") == "denoise":
+                # The original trains so too; the encoder then learns codes no trained decoder reads.
+                logger.warning("The denoise recipe has no 'initial': the encoder trains against a random frozen "
+                               "decoder and codebooks; set initial to the autoencoder checkpoint it denoises for")
             if context.is_main:  # the run starts: only now is the folder's record of what ran changed
                 record_config(expdir, config, resume, trainer.steps)
                 from torch.utils.tensorboard import SummaryWriter

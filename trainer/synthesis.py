@@ -52,14 +52,17 @@ class OfflineCodec:
     The original's test stage runs the models' offline `forward` (any mode, causal or not), not
     the warmed-up streaming step of `utils.audiodec.StreamingCodec`; their outputs differ (the
     offline transposed convolutions pad by repeating the first frame), so the test stage keeps
-    its own pass to give the original's samples. Each output has its input's length; the original
-    writes the output of the input padded to whole hops, which this cuts back.
+    its own pass to give the original's samples. The original codes the file as it is (its last
+    frame covers the partial hop) and writes the whole output, up to a hop longer than the input;
+    this writes the first T samples of the same output, its input's length. A model trained with an
+    output delay is coded with the delay (zeros) appended and padded to whole hops instead.
     """
 
     def __init__(self, encoder_checkpoint: str, decoder_checkpoint: str, device: str | torch.device = "cpu") -> None:
         self.encoder, self.encoder_config = load_autoencoder(encoder_checkpoint)
         self.decoder, self.decoder_config = load_generator(decoder_checkpoint)
-        check_codec_pair(encoder_checkpoint, self.encoder_config, decoder_checkpoint, self.decoder_config)
+        check_codec_pair(encoder_checkpoint, self.encoder_config, decoder_checkpoint, self.decoder_config,
+                         hops=(self.encoder.hop_length, self.decoder.hop_length))
         self.device = torch.device(device)
         self.encoder.to(self.device)
         self.decoder.to(self.device)
@@ -73,8 +76,8 @@ class OfflineCodec:
 
     @torch.no_grad()
     def code(self, audio: np.ndarray) -> np.ndarray:
-        """Samples (T, C) -> coded samples (T, C_out): zero-padded (by the output delay, then to a multiple
-        of the hop), and the output cut back to T from its delay on.
+        """Samples (T, C) -> coded samples (T, C_out): the output cut back to T (from the output delay on,
+        for a delayed model, whose input is zero-padded by the delay and then to a multiple of the hop).
 
         A mono model codes each channel on its own (channels as the batch), as the original.
         """
@@ -82,17 +85,29 @@ class OfflineCodec:
         signal = torch.from_numpy(np.ascontiguousarray(audio.T)).float().to(self.device)
         signal = signal.unsqueeze(0) if self.encoder.input_channels > 1 else signal.unsqueeze(1)
         length = signal.shape[-1]
-        coded = length + self.delay
-        padded = F.pad(signal, (0, coded - length + -coded % self.hop_length))
-        output = self.synthesize(quantized_latent(self.encoder, padded))[..., self.delay:self.delay + length]
+        if self.delay:
+            coded = length + self.delay
+            signal = F.pad(signal, (0, coded - length + -coded % self.hop_length))
+        output = self.synthesize(quantized_latent(self.encoder, signal))[..., self.delay:self.delay + length]
         return output.reshape(-1, length).T.cpu().numpy()
 
 
 def _reference_subset(config: Mapping[str, Any], subset: str) -> str:
-    """The clean counterpart of a noisy subset (``noisy_test`` -> ``clean_test``) when the config has one."""
-    if subset.startswith("noisy_") and f"clean_{subset[6:]}" in config["data"]["subset"]:
-        return f"clean_{subset[6:]}"
-    return subset
+    """The subset the outputs of ``subset`` are scored against: its clean counterpart for a noisy subset
+    (``noisy_test`` -> ``clean_test``), else the subset itself.
+
+    Raises:
+        CodecError: a noisy subset without its clean counterpart (scoring against the noisy input would
+            reward keeping the noise).
+    """
+    if not subset.startswith("noisy_"):
+        return subset
+    clean = f"clean_{subset[6:]}"
+    if clean not in config["data"]["subset"]:
+        raise CodecError(f"--metrics on data.subset.{subset}: the encoder's config has no data.subset.{clean} to "
+                         f"score against: add {clean} (the clean files of the same relative paths) or leave out "
+                         "--metrics")
+    return clean
 
 
 def relative_names(source: Path, files: list[Path], what: str) -> list[str]:
@@ -120,22 +135,21 @@ def relative_names(source: Path, files: list[Path], what: str) -> list[str]:
     return list(names)
 
 
-def pair_with_references(written: list[tuple[str, Path]], references: dict[str, Path],
-                         what: str) -> list[tuple[str, Path, Path]]:
-    """``(name, reference, output)`` for each written ``(name, output)`` whose name ``references`` has; the
-    outputs left without a reference are named in a warning (the mean is then not the whole subset's).
+def pair_with_references(names: list[str], references: dict[str, Path], what: str) -> dict[str, Path]:
+    """The reference of each output name that ``references`` has (checked before any file is coded); the
+    names left without a reference are named in a warning (the mean is then not the whole subset's).
 
     Raises:
-        CodecError: no output has a reference.
+        CodecError: no name has a reference.
     """
-    pairs = [(name, references[name], path) for name, path in written if name in references]
+    pairs = {name: references[name] for name in names if name in references}
     if not pairs:
         raise CodecError(f"no reference files matched the outputs of {what}: the clean subset must hold the same "
                          "relative paths")
-    unscored = [name for name, _ in written if name not in references]
+    unscored = [name for name in names if name not in references]
     if unscored:
         logger.warning("%d of %d outputs have no reference file of the same relative name and are not scored: %s%s",
-                       len(unscored), len(written), ", ".join(unscored[:3]), ", ..." if len(unscored) > 3 else "")
+                       len(unscored), len(names), ", ".join(unscored[:3]), ", ..." if len(unscored) > 3 else "")
     return pairs
 
 
@@ -197,14 +211,16 @@ def run_test(
             raise ValueError(f"{empty} holds no samples: remove it from data.subset.{subset}")
         if codec.encoder.input_channels > 1:  # a mono model codes each channel on its own
             dataset.check_channels(codec.encoder.input_channels, "the encoder (generator_params.input_channels)")
-        reference_subset = _reference_subset(config, subset)
-        references = build_dataset(config, reference_subset) if metrics else None
-        if references is not None:
+        reference_of: dict[str, Path] | None = None
+        if metrics:
+            reference_subset = _reference_subset(config, subset)
+            references = build_dataset(config, reference_subset)
             reference_by_name = dict(zip(
                 relative_names(references.source, references.files, f"data.subset.{reference_subset}"),
                 references.files,
             ))
             references.read_headers()
+            reference_of = pair_with_references(names, reference_by_name, f"data.subset.{subset}")
     except (FileNotFoundError, ValueError) as error:
         raise CodecError(str(error)) from None
     outdir = output_folder(encoder_checkpoint, decoder_checkpoint, config, subset, output_dir, specific_folder)
@@ -224,8 +240,8 @@ def run_test(
             sf.write(path, output, codec.sample_rate, "PCM_16")
             written.append((name, path))
     logger.info("Finished generation of %d utterances (RTF = %.03f).", len(written), total_rtf / len(written))
-    if references is None:
+    if reference_of is None:
         return outdir, None
-    rows = score_outputs(pair_with_references(written, reference_by_name, f"data.subset.{subset}"))
+    rows = score_outputs([(name, reference_of[name], path) for name, path in written if name in reference_of])
     write_scores(rows, outdir / "metrics.csv")
     return outdir, rows

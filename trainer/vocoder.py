@@ -24,7 +24,7 @@ class VocoderTrainer(GANTrainer):
         super().__init__(*args, **kwargs)
         self.analyzer = load_analyzer(
             self.config.get("analyzer", ""), self.config["sampling_rate"],
-            (self.config.get("generator_params") or {}).get("in_channels"),
+            (self.config.get("generator_params") or {}).get("in_channels"), getattr(self.generator, "hop_length", None),
         ).to(self.device)
         self.generator_start = int(self.config.get("generator_train_start_steps", 0))
         self.discriminator_start = int(self.config.get("discriminator_train_start_steps", 0))
@@ -36,6 +36,9 @@ class VocoderTrainer(GANTrainer):
         return self.steps > self.discriminator_start
 
     def generate(self, inputs: torch.Tensor, losses: LossTracker, prefix: str, training: bool) -> tuple:
-        latent = quantized_latent(self.analyzer, inputs)
+        # The frozen analyzer codes in float32 at any precision: the vocoder learns from the codes
+        # inference sends, and bf16 would pick other codes for many frames.
+        with torch.autocast(self.device.type, enabled=False):
+            latent = quantized_latent(self.analyzer, inputs.float())
         model = self.generator_ddp if training else self.generator
         return model(latent), 0.0

@@ -27,7 +27,14 @@ from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
 from utils.audio import check_file_samples
 from utils.bitstream.bits import bits_per_code
-from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator, output_delay, state_hash
+from utils.checkpoint import (
+    check_codec_pair,
+    check_hop_pair,
+    load_autoencoder,
+    load_generator,
+    output_delay,
+    state_hash,
+)
 from utils.errors import CodecError
 from utils.registry import MODELS, get_entry, resolve
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, precision_problem, streaming_steps
@@ -110,10 +117,7 @@ class StreamingCodec:
         for side, model in (("encoder", encoder), ("decoder", decoder)):
             if any(type(module) in (NonCausalConv1d, NonCausalConvTranspose1d) for module in model.modules()):
                 raise CodecError(f"the {side} is non-causal (mode: noncausal): streaming needs a causal model")
-        if encoder.hop_length != decoder.hop_length:
-            raise CodecError(
-                f"encoder hop {encoder.hop_length} and decoder hop {decoder.hop_length} differ: pick a matching pair"
-            )
+        check_hop_pair(encoder.hop_length, decoder.hop_length, f"{name} codec")
         self.name = name
         self.sample_rate = sample_rate
         self.device = _checked_device(device)
@@ -157,7 +161,8 @@ class StreamingCodec:
         if encoder.mode != "causal":
             raise CodecError(f"{encoder_checkpoint} is a non-causal model: streaming inference needs mode: causal")
         decoder, decoder_config = load_generator(decoder_checkpoint)
-        check_codec_pair(encoder_checkpoint, encoder_config, decoder_checkpoint, decoder_config)
+        check_codec_pair(encoder_checkpoint, encoder_config, decoder_checkpoint, decoder_config,
+                         hops=(encoder.hop_length, decoder.hop_length))
         rate = int(encoder_config["sampling_rate"])
         codec = cls(
             encoder, decoder, rate, name=name, device=device, precision=precision,

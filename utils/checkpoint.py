@@ -139,11 +139,21 @@ def load_generator(checkpoint: str, inference: bool = True) -> tuple[nn.Module, 
     return model, config
 
 
+def check_hop_pair(encoder_hop: int, decoder_hop: int, pair: str) -> None:
+    """Raise CodecError unless a decoder (or vocoder) makes as many samples per frame as its encoder
+    codes: each frame would otherwise stand for another stretch of audio. ``pair`` names the two."""
+    if int(encoder_hop) != int(decoder_hop):
+        raise CodecError(f"encoder hop {encoder_hop} and decoder hop {decoder_hop} differ ({pair}): pick a matching "
+                         "pair (a vocoder's upsample_scales must multiply to its encoder's hop)")
+
+
 def check_codec_pair(
-    encoder: str, encoder_config: dict[str, Any], decoder: str, decoder_config: dict[str, Any]
+    encoder: str, encoder_config: dict[str, Any], decoder: str, decoder_config: dict[str, Any],
+    hops: tuple[int, int] | None = None,
 ) -> None:
     """Raise CodecError unless the decoder checkpoint takes what the encoder checkpoint gives: audio at
-    the same rate, latents of the same number of channels."""
+    the same rate, latents of the same number of channels and, with ``hops`` (the built models'
+    ``hop_length``: encoder, decoder), frames of the same number of samples."""
     rate = int(encoder_config["sampling_rate"])
     decoder_rate = int(decoder_config.get("sampling_rate", rate))
     if decoder_rate != rate:
@@ -155,6 +165,8 @@ def check_codec_pair(
     if latent is not None and taken is not None and int(latent) != int(taken):
         raise CodecError(f"the encoder gives latents of {latent} channels but the decoder takes {taken} "
                          f"({encoder}, {decoder}): pick a matching pair")
+    if hops is not None:
+        check_hop_pair(*hops, f"{encoder}, {decoder}")
 
 
 def load_autoencoder(

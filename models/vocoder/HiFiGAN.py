@@ -19,13 +19,31 @@ from layers.weight_norm import apply_weight_norm
 from models.vocoder.modules.residual_block import MultiGroupConv1d, MultiReceptiveField
 
 
+class StatisticsFileError(Exception):
+    """A statistics file that is there but holds no statistics array (not a ValueError: the config
+    builders report those as settings the class refuses, and this is the file's fault)."""
+
+
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a statistics file (.npy, row 0 mean, row 1 scale) -> (mean, scale) float32 vectors."""
+    """Read a statistics file (.npy, row 0 mean, row 1 scale) -> (mean, scale) float32 vectors.
+
+    Raises:
+        FileNotFoundError: no such file.
+        StatisticsFileError: not a .npy array of two numeric rows.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"statistics file {path} not found: run the statistics stage (codecStatistic.py) first"
         )
-    stats = np.load(path)
+    try:
+        stats = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):  # not .npy: pickled objects, text, a truncated header
+        stats = None
+    if not isinstance(stats, np.ndarray) or stats.ndim < 1 or stats.shape[0] != 2 or stats.dtype.kind not in "fiu":
+        raise StatisticsFileError(
+            f"statistics file {path} is not a .npy array of statistics (2 rows: mean, scale): write it with the "
+            "statistics stage (codecStatistic.py) or fix generator_params.stats"
+        )
     return stats[0].reshape(-1).astype(np.float32), stats[1].reshape(-1).astype(np.float32)
 
 

@@ -85,6 +85,13 @@ recipe_config() {
     exit 1
 }
 
+# recipe_config_value <file> <key>: the value of the config's top-level "<key>: value" line (its comment and
+# quotes taken off), or nothing; read with sed, not Python: a dry run names the paths without running anything.
+recipe_config_value() {
+    [ -f "$1" ] || return 0
+    sed -n -E "/^$2:/{s/^$2:[[:space:]]*//; s/[[:space:]]+#.*$//; s/^[\"']//; s/[\"'][[:space:]]*$//; p; q}" "$1"
+}
+
 # The newest checkpoint-<N>steps.pkl in a folder (by N), or nothing.
 latest_checkpoint() {
     local folder=$1

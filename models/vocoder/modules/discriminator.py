@@ -290,13 +290,15 @@ class UnivNetSpectralDiscriminator(nn.Module):
         """
         Args:
             fft_size, hop_size, win_length, window: STFT geometry (`window` a torch window function).
-            kernel_sizes, strides: one (frames, bins) pair per conv, at least three convs; the
-                last conv maps to one channel.
+            kernel_sizes, strides: (frames, bins) pairs, at least two: the first conv, the hidden
+                convs, the last hidden conv and the output conv (to one channel), one pair each; with
+                two pairs the first is used by the first and the last hidden conv (three convs), as the
+                original builds them.
             channels: width of the hidden convs.
         """
         super().__init__()
-        if len(kernel_sizes) != len(strides) or len(kernel_sizes) < 3:
-            raise ValueError("kernel_sizes and strides must have the same length, at least 3")
+        if len(kernel_sizes) != len(strides) or len(kernel_sizes) < 2:
+            raise ValueError("kernel_sizes and strides must have the same length, at least 2")
         window_function = getattr(torch, window, None)
         if not window.endswith("_window") or window_function is None:
             raise ValueError(f"unknown window {window!r}: expected a torch window function name")
@@ -306,7 +308,9 @@ class UnivNetSpectralDiscriminator(nn.Module):
         self.register_buffer("window", window_function(win_length))
         self.layers = nn.ModuleList()
         in_chs = 1
-        for kernel, stride in zip(kernel_sizes[:-1], strides[:-1]):
+        last = len(kernel_sizes) - 1
+        for index in (0, *range(1, last - 1), last - 1):
+            kernel, stride = kernel_sizes[index], strides[index]
             self.layers.append(
                 nn.Sequential(
                     NonCausalConv2d(in_chs, channels, tuple(kernel), stride=tuple(stride), bias=bias),
