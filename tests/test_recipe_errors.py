@@ -156,18 +156,24 @@ def test_a_statistics_file_that_is_no_array_is_named_as_such(tmp_path: Path, con
                                    r"scale\): write it with the statistics stage")
 
 
+def add_noisy_subsets(config: dict, tmp_path: Path, train_length: int) -> None:
+    """Noisy twins of the tiny corpus's train and dev files (train ones of `train_length` samples), and a
+    denoise recipe's four subsets pointing at them."""
+    corpus = tmp_path / "corpus"
+    for split, length in (("train", train_length), ("dev", 400)):
+        names = sorted(path.stem for path in (corpus / split).glob("*.wav"))
+        write_wavs(corpus / f"noisy_{split}", len(names), length, seed=11, names=names)
+    config["data"]["subset"] = {"clean_train": "train", "clean_valid": "dev", "noisy_train": "noisy_train",
+                                "noisy_valid": "noisy_dev"}
+
+
 @pytest.mark.parametrize("pad_short", [False, True])
 def test_denoise_pairs_of_unequal_length_are_named(tmp_path: Path, pad_short: bool) -> None:
     """Pairs whose noisy and clean files differ in length are skipped (as the original's collater does);
     when none is left the error names one and both lengths (it blamed batch_length, or, with pad_short, a
     loader worker's traceback)."""
     config = tiny_recipe(tmp_path, train_mode="denoise", pad_short=pad_short)
-    corpus = tmp_path / "corpus"
-    for split, length in (("train", 795), ("dev", 400)):
-        names = sorted(path.stem for path in (corpus / split).glob("*.wav"))
-        write_wavs(corpus / f"noisy_{split}", len(names), length, seed=11, names=names)
-    config["data"]["subset"] = {"clean_train": "train", "clean_valid": "dev", "noisy_train": "noisy_train",
-                                "noisy_valid": "noisy_dev"}
+    add_noisy_subsets(config, tmp_path, train_length=795)
     assert_stops(config, tmp_path, r"data.subset.noisy_train/clean_train: the noisy and clean files of every pair "
                                    r"differ in length, e.g. .*noisy_train/utt0.wav has 795 samples and "
                                    r".*train/utt0.wav 800; pairs of unequal length are skipped")
@@ -178,12 +184,7 @@ def test_a_denoise_recipe_without_initial_warns(tmp_path: Path, caplog: pytest.L
     config = tiny_recipe(tmp_path, train_mode="denoise", train_max_steps=1, save_interval_steps=1,
                          eval_interval_steps=1, log_interval_steps=1)
     config.pop("adv_train_max_steps")
-    corpus = tmp_path / "corpus"
-    for split, length in (("train", 800), ("dev", 400)):
-        names = sorted(path.stem for path in (corpus / split).glob("*.wav"))
-        write_wavs(corpus / f"noisy_{split}", len(names), length, seed=11, names=names)
-    config["data"]["subset"] = {"clean_train": "train", "clean_valid": "dev", "noisy_train": "noisy_train",
-                                "noisy_valid": "noisy_dev"}
+    add_noisy_subsets(config, tmp_path, train_length=800)
     recipe = save_recipe(config, tmp_path / "denoise.yaml")
     with caplog.at_level(logging.WARNING, logger="trainer.builder"):
         run_training(TrainOptions(config=recipe, tag="denoise", exp_root=str(tmp_path / "exp")))
