@@ -106,7 +106,12 @@ def check_file_samples(data: object) -> None:
         raise CodecError(f"file samples are a NumPy array (samples, channels), got {got}: "
                          "read with soundfile.read(path, always_2d=True), or reshape mono to (-1, 1)")
     if not np.issubdtype(data.dtype, np.floating):
-        raise CodecError(f"samples are floats in [-1, 1], got {data.dtype}: scale integer ones (int16: x / 32768)")
+        raise integer_samples_error(data.dtype)
+
+
+def integer_samples_error(dtype: object) -> CodecError:
+    """The error for samples of a non-float `dtype` (NumPy's or torch's), which would be coded unscaled."""
+    return CodecError(f"samples are floats in [-1, 1], got {dtype}: scale integer ones (int16: x / 32768)")
 
 
 def read_mono(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -25,7 +25,7 @@ from torch import nn
 from layers.conv import NonCausalConv1d, NonCausalConvTranspose1d
 from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
-from utils.audio import check_file_samples
+from utils.audio import check_file_samples, integer_samples_error
 from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import (
     check_codec_pair,
@@ -279,7 +279,7 @@ class StreamingCodec:
             fix = ": code each channel as its own stream, x.reshape(-1, 1, samples)" if self.input_channels == 1 else ""
             raise CodecError(f"a chunk is {shape} for model '{self.name}', got {tuple(x.shape)}{fix}")
         if not x.is_floating_point():
-            raise CodecError(f"samples are floats in [-1, 1], got {x.dtype}: scale integer ones (int16: x / 32768)")
+            raise integer_samples_error(x.dtype)
         if x.is_meta:
             raise CodecError("the chunk is on the meta device, which holds no samples: give a CPU or GPU tensor")
         if chunk and x.shape[-1] % self.hop_length:
