@@ -147,6 +147,23 @@ def test_audio_and_adc_writers_name_a_full_disk(tmp_path, monkeypatch) -> None:
         "cannot write y (Input/output error): give another output path"
 
 
+def test_the_output_folder_probe_names_a_full_disk(tmp_path, monkeypatch) -> None:
+    """The check before the work and the temp file of every write say 'no space left', not a bare reason."""
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", full)
+    expected = f"no space left on device writing {tmp_path / 'x.wav'}: free space or write elsewhere"
+    with pytest.raises(CodecError) as caught:
+        files.check_output_folder(tmp_path / "x.wav")
+    assert str(caught.value) == expected
+    with pytest.raises(CodecError) as caught:
+        files.write_bytes_atomic(tmp_path / "x.wav", b"RIFF")
+    assert str(caught.value) == expected
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder that takes no files")
 def test_an_output_folder_that_takes_no_files_is_named_before_the_work() -> None:
     with pytest.raises(CodecError, match=r"^cannot write /proc/out.wav \(.+\): give another output path$"):

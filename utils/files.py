@@ -35,13 +35,14 @@ def same_path(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     return os.path.exists(first) and os.path.exists(second) and os.path.samefile(first, second)
 
 
-def write_failure(path: str | os.PathLike, error: OSError) -> CodecError:
-    """The one-line error for an OSError met writing `path`: what the system said, and the fix."""
+def write_failure(path: str | os.PathLike, error: OSError, kind: type[CodecError] = CodecError) -> CodecError:
+    """The one-line error (of type `kind`) for an OSError met writing `path`: what the system said,
+    and the fix."""
     if error.errno == errno.ENOSPC:
-        return CodecError(f"no space left on device writing {path}: free space or write elsewhere")
+        return kind(f"no space left on device writing {path}: free space or write elsewhere")
     if error.errno == errno.EDQUOT:
-        return CodecError(f"disk quota exceeded writing {path}: free space or write elsewhere")
-    return CodecError(f"cannot write {path} ({error.strerror or error}): give another output path")
+        return kind(f"disk quota exceeded writing {path}: free space or write elsewhere")
+    return kind(f"cannot write {path} ({error.strerror or error}): give another output path")
 
 
 def check_output_folder(path: str | os.PathLike, error: type[CodecError] = CodecError) -> None:
@@ -57,7 +58,7 @@ def check_output_folder(path: str | os.PathLike, error: type[CodecError] = Codec
         try:
             handle, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-")
         except OSError as failure:
-            raise error(f"cannot write {path} ({failure.strerror}): give another output path") from None
+            raise write_failure(path, failure, error) from None
         os.close(handle)
         os.unlink(probe)
         return
@@ -127,7 +128,7 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     try:
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     except OSError as error:  # a folder that does not take files: read-only, full, not a real folder
-        raise CodecError(f"cannot write {path} ({error.strerror}): give another output path") from None
+        raise write_failure(path, error) from None
     os.close(handle)
     try:
         yield tmp
