@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from utils import live as stream
-from utils.audio import check_audio_output, read_audio, write_audio
+from utils.audio import check_audio_output, read_audio, warn_if_input_beyond_full_scale, write_audio
 from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
 from utils.errors import ArgumentParser, CodecError, check_at_least
 from utils.files import same_path
@@ -110,6 +110,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _read_input_file(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
     data, rate = read_audio(args.input_file)
+    warn_if_input_beyond_full_scale(args.input_file, data)
     if rate != sample_rate:
         raise CodecError(f"{args.input_file} is at {rate} Hz but the model codes {sample_rate} Hz: convert it first")
     return data.astype(np.float32)

@@ -75,6 +75,20 @@ def test_clipping_is_warned_with_the_peak(tmp_path, caplog) -> None:
     assert caplog.text == ""
 
 
+def test_a_float_input_beyond_full_scale_is_warned(tmp_path) -> None:
+    """A float file louder than full scale is coded (it is audio), with a warning naming its peak."""
+    loud, quiet = tmp_path / "loud.wav", tmp_path / "quiet.wav"
+    wave = np.sin(np.linspace(0, 200, RATE // 2))[:, None].astype(np.float32)
+    sf.write(loud, 2 * wave, RATE, subtype="FLOAT")
+    sf.write(quiet, wave / 2, RATE, subtype="FLOAT")
+    result = run("codec.py", "encode", "--model", "vctk_sym", "-i", str(loud), "-o", str(tmp_path / "x.adc"))
+    assert result.returncode == 0, result.stderr
+    assert f"{loud}: " in result.stderr and "beyond full scale (peak 2.000, +6.0 dBFS)" in result.stderr
+    assert "6.0 dB down" in result.stderr
+    result = run("codec.py", "encode", "--model", "vctk_sym", "-i", str(quiet), "-o", str(tmp_path / "y.adc"))
+    assert result.returncode == 0 and "full scale" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("script, bad", [("demoFile.py", np.nan), ("codec.py", -np.inf)])
 def test_non_finite_samples_are_refused(tmp_path, script: str, bad: float) -> None:
     audio = 0.1 * np.random.default_rng(0).standard_normal((RATE // 2, 2)).astype(np.float32)

@@ -59,7 +59,8 @@ def wav_frames(path: str) -> tuple[int, int] | None:
 def read_audio(
     path: str | os.PathLike, allow_truncated: bool = False, dtype: str = "float64"
 ) -> tuple[np.ndarray, int]:
-    """Read an audio file as (T, C) samples of `dtype` in [-1, 1] and its sample rate.
+    """Read an audio file as (T, C) samples of `dtype` (integer formats scaled to [-1, 1); float ones as
+    stored, which may pass full scale) and its sample rate.
 
     Refused with a CodecError: a missing, empty or unreadable file; a WAV shorter than its header
     says (unless `allow_truncated`: then what is there, with a warning); NaN or infinite samples.
@@ -169,13 +170,34 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
         warn_if_clipping(path, data)
 
 
-def warn_if_clipping(path: str, data: np.ndarray) -> None:
-    """Log a warning when samples of `data` (T, C) lie beyond full scale (they are cut when stored as integers)."""
+def _beyond_full_scale(data: np.ndarray) -> tuple[float, int] | None:
+    """The peak of `data` and how many samples lie beyond full scale (|x| > 1), or None where none do."""
     peak = float(np.max(np.abs(data))) if data.size else 0.0
     if peak <= 1.0:
+        return None
+    return peak, int(np.count_nonzero(np.abs(data) > 1.0))
+
+
+def warn_if_clipping(path: str, data: np.ndarray) -> None:
+    """Log a warning when samples of `data` (T, C) lie beyond full scale (they are cut when stored as integers)."""
+    beyond = _beyond_full_scale(data)
+    if beyond is None:
         return
-    clipped = int(np.count_nonzero(np.abs(data) > 1.0))
+    peak, clipped = beyond
     logger.warning(
         f"{path}: the decoded audio clips: peak {peak:.3f} ({20 * math.log10(peak):+.1f} dBFS), {clipped} samples "
         f"cut to full scale; code the input about {20 * math.log10(peak):.1f} dB quieter to keep them"
+    )
+
+
+def warn_if_input_beyond_full_scale(path: str, data: np.ndarray) -> None:
+    """Log a warning when a float file's samples (T, C) go beyond [-1, 1]: the models learnt audio
+    within full scale, and the decoding of louder input clips when written as integers."""
+    beyond = _beyond_full_scale(data)
+    if beyond is None:
+        return
+    peak, count = beyond
+    logger.warning(
+        f"{path}: {count} samples lie beyond full scale (peak {peak:.3f}, {20 * math.log10(peak):+.1f} dBFS); "
+        f"the codec is made for [-1, 1]: scale the file about {20 * math.log10(peak):.1f} dB down for a faithful coding"
     )

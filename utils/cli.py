@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from utils.audio import read_audio, resample
+from utils.audio import read_audio, resample, warn_if_input_beyond_full_scale
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError, check_at_least
 from utils.files import remove_unfilled_folders
@@ -153,6 +153,7 @@ def read_input_for(
 ) -> np.ndarray:
     """Samples (T, C) of `path` at the codec's rate: a different rate is an error unless resampling."""
     data, rate = read_audio(path, allow_truncated)
+    warn_if_input_beyond_full_scale(path, data)
     if rate != codec.sample_rate:
         if not allow_resample:
             raise CodecError(
