@@ -4,7 +4,8 @@
         exp/ablation/d_lightdisc --out exp/autoencoder/demo48k/ablation
 
 Each run folder holds ``curve.json`` and ``config.yml``. Writes to ``--out``: ``compare.md`` (one row
-per run: its last point's steps, training CPU and wall minutes, threads and scores), ``compare.json``
+per run: its last point's steps, training CPU and wall minutes, threads and scores, each with the
+count of files it covers where a metric was undefined on some), ``compare.json``
 and ``compare.png`` (each metric against training CPU minutes, one line per run).
 """
 
@@ -99,7 +100,10 @@ def format_table(runs: list[dict]) -> str:
                  f"{last['wall_seconds'] / 60:.1f}", str(run["threads"] or "-")]
         for key, (_, form) in COLUMNS.items():
             value = last.get(key, math.nan)
-            cells.append(form.format(value) if math.isfinite(value) else "-")
+            cell = form.format(value) if math.isfinite(value) else "-"
+            if f"{key}_scored" in last:  # the mean covers only the files the metric is defined on
+                cell += f" ({last[key + '_scored']} of {run['files']} files)"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

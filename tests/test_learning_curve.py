@@ -105,6 +105,23 @@ def test_a_delayed_output_is_scored_from_its_delay_on(tmp_path: Path) -> None:
     assert scores["unaligned"]["si_sdr"] < 10
 
 
+def test_a_mean_over_fewer_files_than_the_subset_records_its_count(tmp_path: Path) -> None:
+    """A silent decoding of one file leaves PESQ-WB and SI-SDR undefined there: their means cover the
+    other file, and the point says how many files each covers; a metric defined on all has no count."""
+    write_wavs(tmp_path / "dev", 2, SAMPLE_RATE, seed=0)
+    calls = []
+
+    def first_silent(audio: torch.Tensor) -> torch.Tensor:
+        calls.append(None)
+        return torch.zeros_like(audio) if len(calls) == 1 else audio
+
+    curve = LearningCurve({"subset": str(tmp_path / "dev"), "files": 2}, tmp_path, SAMPLE_RATE, 8, tmp_path / "x", 0)
+    point = curve.score(first_silent, torch.nn.Linear(1, 1), {}, 0, 0.0, 0.0)
+    assert point["pesq_wb_scored"] == 1 and point["si_sdr_scored"] == 1
+    assert point["si_sdr"] > 60  # the copy alone, not pulled down by the silent file
+    assert "log_mel_distance_scored" not in point and math.isfinite(point["log_mel_distance"])
+
+
 def test_plot_curves_draws_runs_side_by_side(tmp_path: Path) -> None:
     rows = [{"steps": step, "train_cpu_seconds": 60.0 * step, "pesq_wb": 1 + 0.1 * step, "stoi": np.nan}
             for step in range(1, 4)]
@@ -121,12 +138,14 @@ def test_compare_runs_tables_and_plots_runs_from_their_curves(tmp_path: Path) ->
         points = [{"steps": 100 * step, "train_cpu_seconds": 60.0 * step, "wall_seconds": 90.0 * step,
                    "pesq_wb": pesq + 0.01 * step, "stoi": 0.6, "estoi": None, "si_sdr": -3.0,
                    "log_mel_distance": 1.0, "dev_codes_used_0": 300, "codes_in_use_0": 500} for step in (1, 2)]
+        if name == "b":
+            points[-1]["pesq_wb_scored"] = 3  # a silent decoding among the 4 files
         (folder / "curve.json").write_text(json.dumps({"files": ["x.wav"] * 4, "points": points}))
         (folder / "config.yml").write_text(yaml.safe_dump({"threads": 1}))
     assert compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out" / "compare.md").read_text()
     assert "| a | 200 | 2.0 | 3.0 | 1 | 1.120 | 0.600 | - | -3.00 | 1.000 | 300 | 500 |" in table
-    assert "| b | 200 | 2.0 | 3.0 | 1 | 1.420 |" in table
+    assert "| b | 200 | 2.0 | 3.0 | 1 | 1.420 (3 of 4 files) | 0.600 |" in table
     assert (tmp_path / "out" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert [run["name"] for run in json.loads((tmp_path / "out" / "compare.json").read_text())] == ["a", "b"]
     with pytest.raises(CodecError, match="curve.json not found"):

@@ -10,7 +10,9 @@ Config (absent from the original recipes, so off there)::
 Each point codes and decodes every file of the subset with the generator in eval mode (its full
 forward pass, all codebooks; an ``output_delay`` of D samples is taken off the front of its output, the
 input padded with D zeros) and records the means of PESQ-WB, STOI, ESTOI, SI-SDR and log-mel
-distance (:mod:`utils.eval.metrics`), the codes of the first codebook used on the subset, and the codes in
+distance (:mod:`utils.eval.metrics`; a metric undefined on some files, such as PESQ of a silent
+decoding, is the mean of the others, and ``<metric>_scored`` gives their count), the codes of the
+first codebook used on the subset, and the codes in
 use / entropy per codebook from the EMA cluster sizes. Beside the step it records the training
 CPU seconds (the process's CPU time in training steps, scoring excluded) and wall seconds. Rank 0
 writes ``<expdir>/curve.json`` (one row per point; a resumed run keeps the earlier rows),
@@ -149,6 +151,8 @@ class LearningCurve:
         for name, values in scores.items():
             finite = [value for value in values if math.isfinite(value)]
             point[name] = float(np.mean(finite)) if finite else math.nan
+            if len(finite) < len(values):  # a mean over fewer files than the subset says so
+                point[f"{name}_scored"] = len(finite)
         for index, codes in sorted(used.items()):
             point[f"dev_codes_used_{index}"] = len(codes)
         point.update({name.split("/", 1)[-1]: value for name, value in usage.items()})
