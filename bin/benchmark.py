@@ -27,7 +27,6 @@ import copy  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -48,7 +47,7 @@ from utils.files import check_output_folder, write_text_atomic  # noqa: E402
 from utils.live.pipeline import check_frame_size  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
-from utils.runtime.cpu_process import current_malloc, in_passing_thread  # noqa: E402
+from utils.runtime.cpu_process import cpu_name, current_malloc, in_passing_thread  # noqa: E402
 
 CONVS = (nn.Conv1d, nn.ConvTranspose1d)
 RESIDUAL_BRANCH_RMS = 0.5  # the last conv of a residual branch adds to the skip path
@@ -306,12 +305,7 @@ def time_live(codec: StreamingCodec, x: torch.Tensor, frame_size: int) -> dict:
 def cpu_label() -> str:
     """The CPU's model name, torch's instruction set and the native engine's build, e.g.
     "AMD EPYC (torch AVX2, engine avx2)"."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
-    except OSError:
-        pass
+    name = cpu_name()
     build = native_build.build()
     engine = "no engine"
     if build:

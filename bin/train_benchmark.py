@@ -49,12 +49,12 @@ if __name__ == "__main__":  # before anything allocates: the allocator codecTrai
 import torch  # noqa: E402
 
 from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment, run_in_own_process  # noqa: E402
-from trainer.benchmark import PHASES, config_phases, cpu_name, stand_ins, time_phase  # noqa: E402
+from trainer.benchmark import PHASES, config_phases, stand_ins, time_phase  # noqa: E402
 from trainer.builder import read_recipe  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
 from utils.files import check_output_folder, write_text_atomic  # noqa: E402
-from utils.runtime.cpu_process import current_malloc, release_free_memory  # noqa: E402
+from utils.runtime.cpu_process import cpu_name, current_malloc, release_free_memory  # noqa: E402
 
 
 def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:

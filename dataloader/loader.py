@@ -86,7 +86,8 @@ def build_paired_dataset(
     )
 
 
-def _train_mode(config: Mapping[str, Any]) -> str:
+def train_mode(config: Mapping[str, Any]) -> str:
+    """The config's ``train_mode`` (default autoencoder), checked."""
     mode = config.get("train_mode", "autoencoder")
     if mode not in SUBSET_KEYS:
         raise ValueError(f"train_mode '{mode}' is not one of {', '.join(SUBSET_KEYS)}; fix train_mode in the config")
@@ -97,7 +98,7 @@ def model_channels(config: Mapping[str, Any]) -> tuple[int, str]:
     """The audio channels the config's model trains on, and how errors name it: the autoencoder's
     input (its output reconstructs it), or the vocoder's output."""
     params = config.get("generator_params") or {}
-    if _train_mode(config) == "vocoder":
+    if train_mode(config) == "vocoder":
         return int(params.get("out_channels", 1)), "the vocoder (generator_params.out_channels)"
     return int(params.get("input_channels", 1)), "the model (generator_params.input_channels)"
 
@@ -119,7 +120,7 @@ def build_datasets(config: Mapping[str, Any], batch_length: int | None = None) -
     """
     batch_length = batch_length or config["batch_length"]
     datasets: dict[str, Dataset] = {}
-    for split, keys in SUBSET_KEYS[_train_mode(config)].items():
+    for split, keys in SUBSET_KEYS[train_mode(config)].items():
         if len(keys) == 1:
             dataset = build_dataset(config, *keys, lazy=True)
         else:
@@ -150,7 +151,7 @@ def build_datasets(config: Mapping[str, Any], batch_length: int | None = None) -
 
 def build_collater(config: Mapping[str, Any], batch_length: int | None = None) -> AudioCollater:
     """The collater of the config's train mode: single crops, or aligned noisy/clean crops for denoise."""
-    collater_class = PairedAudioCollater if _train_mode(config) == "denoise" else AudioCollater
+    collater_class = PairedAudioCollater if train_mode(config) == "denoise" else AudioCollater
     return collater_class(batch_length or config["batch_length"], pad_short=config.get("pad_short", False))
 
 

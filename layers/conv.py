@@ -36,10 +36,11 @@ class PackedConv:
     PyTorch has no oneDNN. The cache is opaque (oneDNN tensors have no storage), so copies and
     pickles start without it.
 
-    Formulations of conv1d(x, weight) for x (B, C_in, L), weight (C_out, C_in / groups, k).
+    The two paths (`FORMULATIONS`: `_onednn`, `_conv1d`) compute conv1d(x, weight) for x (B, C_in, L),
+    weight (C_out, C_in / groups, k); which one runs depends only on whether PyTorch has oneDNN.
     """
 
-    FORMULATIONS = ("onednn", "native")
+    FORMULATIONS = ("onednn", "conv1d")
     MAX_PACKINGS = 32  # input shapes whose weight layout is remembered (a few per chunk size in use)
     PACK_MAX_LENGTH = 8192  # longer inputs (whole files) share the layout packed for this length
 
@@ -121,12 +122,12 @@ class PackedConv:
         self.packings[key] = packed
         return packed
 
-    def _native(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
+    def _conv1d(self, x: torch.Tensor, stride: int, dilation: int, groups: int) -> torch.Tensor:
         return F.conv1d(x, self.weight, self.bias, stride, 0, dilation, groups)
 
     @staticmethod
     def applies(name: str) -> bool:
-        """Whether formulation `name` is available here."""
+        """Whether path `name` can run here (oneDNN: where PyTorch is built with it)."""
         return name != "onednn" or _ONEDNN
 
     def run(
@@ -151,7 +152,7 @@ class PackedConv:
         self._refresh(weight, bias, transform)
         if _ONEDNN:
             return self._onednn(x, stride, dilation, groups, residual)
-        y = self._native(x, stride, dilation, groups)
+        y = self._conv1d(x, stride, dilation, groups)
         return y if residual is None else residual + y
 
 
@@ -395,10 +396,3 @@ class NonCausalConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H', W')."""
         return self.conv(x)
-
-
-class Conv2d1x1(nn.Conv2d):
-    """Pointwise 2-D convolution."""
-
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)

@@ -187,7 +187,7 @@ def test_layout_keeping_helpers_match_torch() -> None:
     ids=["dilated", "strided_grouped", "grouped_one_frame", "pointwise"],
 )
 def test_each_conv_formulation_equals_reference(formulation: str, shape: tuple) -> None:
-    """onednn (prepacked weights) and native (F.conv1d, where PyTorch has no oneDNN) compute the
+    """onednn (prepacked weights) and conv1d (F.conv1d, where PyTorch has no oneDNN) compute the
     same convolution, from either memory layout."""
     c_in, c_out, kernel, stride, dilation, groups, frames = shape
     if not PackedConv.applies(formulation):

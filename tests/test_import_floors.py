@@ -34,8 +34,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "utils.audiodec": {"layers", "models", "utils.runtime", "utils.checkpoint", "utils.registry", "utils.bitstream",
                        "utils.audio", *BASE},  # fmt: skip
     "utils.cli": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", *BASE},
-    "utils.batch": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.cli", *BASE},
-    "utils.live": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.cli", *BASE},
+    "utils.batch": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", "utils.cli",
+                    *BASE},  # fmt: skip
+    "utils.live": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", "utils.cli",
+                   *BASE},  # fmt: skip
     # Released models: fetched and checked by building them; its own command line runs through utils.cli.
     "utils.download": {"layers", "models", "utils.checkpoint", "utils.registry", "utils.cli", *BASE},
     "trainer": {"layers", "models", "losses", "dataloader", "utils.checkpoint", "utils.eval", "utils.runtime",

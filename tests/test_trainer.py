@@ -556,8 +556,9 @@ def test_a_mixed_precision_run_trains_both_stages(tmp_path: Path, precision: str
 
 
 def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
-    from trainer.benchmark import cpu_name, time_phase
+    from trainer.benchmark import time_phase
     from trainer.fast_conv import time_major_suits
+    from utils.runtime.cpu_process import cpu_name
 
     config = tiny_recipe(tmp_path)
     for phase in ("stage1", "adversarial"):

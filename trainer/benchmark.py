@@ -15,7 +15,6 @@ does not depend on the weights.
 
 from __future__ import annotations
 
-import platform
 import tempfile
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from dataloader.loader import train_mode
 from trainer.autoencoder import AutoencoderTrainer
 from trainer.base import GANTrainer
 from trainer.builder import build_trainer
@@ -62,21 +62,6 @@ class PhaseTiming:
         return asdict(self)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _train_mode(config: Mapping[str, Any]) -> str:
-    return str(config.get("train_mode", "autoencoder"))
-
-
 def _vocoder_starts(config: Mapping[str, Any]) -> tuple[int, int]:
     """A vocoder's generator and discriminator start steps: each trains at steps above its own."""
     return int(config.get("generator_train_start_steps", 0)), int(config.get("discriminator_train_start_steps", 0))
@@ -85,7 +70,7 @@ def _vocoder_starts(config: Mapping[str, Any]) -> tuple[int, int]:
 def config_phases(config: Mapping[str, Any]) -> tuple[str, ...]:
     """The phases a config trains: a denoising encoder has no discriminator; a vocoder has a stage 1
     only where its discriminator starts after its generator."""
-    mode = _train_mode(config)
+    mode = train_mode(config)
     if mode == "denoise":
         return ("stage1",)
     if mode == "vocoder":
@@ -127,7 +112,7 @@ def stand_ins(
     Raises:
         CodecError: the analyzer is missing and no config says what it would be.
     """
-    if _train_mode(config) != "vocoder":
+    if train_mode(config) != "vocoder":
         return dict(config), None
     config = {**config, "generator_params": dict(config["generator_params"])}
     analyzer = str(config.get("analyzer") or "")
@@ -177,7 +162,7 @@ def time_phase(
     """Time ``steps`` training steps of ``phase`` (``stage1`` or ``adversarial``) after ``warmup`` ones."""
     if phase not in config_phases(config):
         raise CodecError(
-            f"a {_train_mode(config)} recipe of these start steps has no {phase} phase: time "
+            f"a {train_mode(config)} recipe of these start steps has no {phase} phase: time "
             f"{' or '.join(config_phases(config))}"
         )
     run_config = {**config, "precision": precision, "compile": compile, "fast_conv": fast_conv}
@@ -201,7 +186,7 @@ def time_phase(
             length = int(run_config.get("adv_batch_length") or length)
         batch_size = data.plan.global_batch
         audio = 0.1 * torch.randn(batch_size, 1, length, generator=torch.Generator().manual_seed(seed))
-        if _train_mode(run_config) == "denoise":  # (noisy, clean)
+        if train_mode(run_config) == "denoise":  # (noisy, clean)
             audio = (audio + 0.03 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(seed + 1)), audio)
         batch = StepBatch(audio, batch_size)
         if context.device.type == "cuda":

@@ -1,8 +1,8 @@
 """Model names -> encoder and decoder checkpoints (the original's names, plus ours).
 
 Paths are relative to a model root: a folder holding `exp/` (as the original's demos, run from
-the project folder). `resolve` looks in the given root, else the current folder, else this
-toolkit's folder.
+the project folder). `resolve` looks in the given root alone; without one, in the current folder,
+else this toolkit's folder.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 #     run_stage 0 "${tag_name}" run_train -c "config/${tag_name}.yaml" ...
 #
 # Options (besides the recipe's own):
-#   --cmd local|slurm    local (default): run each stage's command here, as the recipes always did.
+#   --cmd local|slurm    local (default): run each stage's command here, as the original's recipes do.
 #                        slurm: submit each stage with sbatch. A stage starts once the stage submitted
 #                        before it succeeded (--dependency=afterok), logs to
 #                        ${slurm_logdir}/<tag>-stage<k>-<jobid>.log, and runs its command in an srun

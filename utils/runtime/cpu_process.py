@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import platform
 import sys
 import threading
 from collections.abc import Callable
@@ -53,6 +54,18 @@ Result = TypeVar("Result")
 
 class MallocSettingError(ValueError):
     """AUDIODEC_MALLOC names something that is not a library file."""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows: for benchmark reports."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def fast_malloc_library(setting: str | None = None) -> str | None:

@@ -1,5 +1,0 @@
-"""UnivNet-trained vocoder: the generator is the causal HiFi-GAN one (only the discriminator differs)."""
-
-from models.vocoder.HiFiGAN import Generator
-
-__all__ = ["Generator"]
