@@ -314,7 +314,7 @@ def cpu_label() -> str:
 
 
 MAX_SECONDS = 3600  # an hour of audio is held in memory, with its codes and output
-ORIGINAL_SECONDS = 3.0  # the original's medians settle within a few seconds; it runs up to 20x slower
+ORIGINAL_SECONDS = 3.0  # the original's medians settle within a few seconds, and it is many times slower
 
 
 def time_original(original: Path, args: argparse.Namespace) -> dict:
@@ -381,8 +381,8 @@ def benchmark(codec: StreamingCodec, x: torch.Tensor, frame_size: int, whole_fil
         result["rtf_whole_file"] = result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"]
     if codec.precision != "fp32":
         result["snr_vs_fp32_db"] = precision_snr(codec, x)
-    # The machine's rate: the better of a measurement before and one after the timings (a shared VM
-    # drifts by up to 15 %; one slow moment at the start would inflate every fraction).
+    # The machine's rate: the better of a measurement before and one after the timings (a shared VM's
+    # speed drifts; one slow moment at the start would inflate every fraction).
     gemm = result["gemm_gflops"] = max(gemm_before, gemm_gflops())
     result["machine_fraction_encode"] = encode_gflops / result["rtf_encode"] / gemm
     result["machine_fraction_decode"] = decode_gflops / result["rtf_decode"] / gemm
