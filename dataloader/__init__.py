@@ -1,6 +1,12 @@
 """Audio datasets (one folder, or paired noisy/clean folders), random-crop collaters and DataLoader builders."""
 
-from dataloader.audio_files import AUDIO_EXTENSIONS, collect_audio_files, find_audio_files, num_frames, read_audio
+from dataloader.audio_files import (
+    TRAINING_EXTENSIONS,
+    collect_audio_files,
+    find_audio_files,
+    num_frames,
+    read_training_audio,
+)
 from dataloader.collater import AudioCollater, PairedAudioCollater
 from dataloader.dataset import AudioDataset, PairedAudioDataset
 from dataloader.loader import (
@@ -14,7 +20,7 @@ from dataloader.loader import (
 )
 
 __all__ = [
-    "AUDIO_EXTENSIONS",
+    "TRAINING_EXTENSIONS",
     "SUBSET_KEYS",
     "AudioCollater",
     "AudioDataset",
@@ -28,6 +34,6 @@ __all__ = [
     "collect_audio_files",
     "find_audio_files",
     "num_frames",
-    "read_audio",
+    "read_training_audio",
     "subset_path",
 ]

@@ -15,7 +15,7 @@ import soundfile as sf
 from utils import audio as audio_io
 from utils.errors import CodecError
 
-AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac")
+TRAINING_EXTENSIONS: tuple[str, ...] = (".wav", ".flac")
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class DataError(CodecError, ValueError):
     """A file of the data cannot be used as it is: the message names it and the fix."""
 
 
-def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
+def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = TRAINING_EXTENSIONS) -> list[Path]:
     """List the audio files under a folder, recursively, sorted by path.
 
     Symbolic links to folders are followed, each folder once: a link back to a folder already searched,
@@ -112,7 +112,7 @@ def collect_audio_files(source: str | os.PathLike, what: str = "audio files") ->
         raise FileNotFoundError(f"{what}: {path} does not exist; check data.path and data.subset in the config")
     if not files:
         raise ValueError(
-            f"{what}: no {'/'.join(AUDIO_EXTENSIONS)} files found in {path}; "
+            f"{what}: no {'/'.join(TRAINING_EXTENSIONS)} files found in {path}; "
             "point data.path / data.subset in the config at a folder of audio files"
         )
     return files
@@ -127,7 +127,7 @@ def check_sampling_rate(path: str | os.PathLike, sampling_rate: int, expected: i
         )
 
 
-def read_audio(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> np.ndarray:
+def read_training_audio(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> np.ndarray:
     """Read an audio file as float32 samples in [-1, 1].
 
     Args:
@@ -158,7 +158,7 @@ def _unreadable(path: str | os.PathLike, error: Exception) -> DataError:
 
 
 def read_header(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> tuple[int, int]:
-    """(samples, channels) of an audio file, from its header only (rate checked like :func:`read_audio`).
+    """(samples, channels) of an audio file, from its header only (rate checked like :func:`read_training_audio`).
 
     Raises:
         DataError: the file cannot be read as audio, or is at another rate.
@@ -176,7 +176,7 @@ def read_header(path: str | os.PathLike, expected_sampling_rate: int | None = No
 
 
 def num_frames(path: str | os.PathLike, expected_sampling_rate: int | None = None) -> int:
-    """Length of an audio file in samples, read from its header only (rate checked like :func:`read_audio`)."""
+    """Length of an audio file in samples, read from its header only (rate checked like :func:`read_training_audio`)."""
     return read_header(path, expected_sampling_rate)[0]
 
 
@@ -185,7 +185,7 @@ class AudioFile:
     ``file[start:stop]`` decodes only those samples, as float32 ``(stop - start, C)``.
 
     A training crop of 0.2 s from a file of several seconds then costs a seek and the crop's frames
-    instead of decoding the whole file; the samples are those :func:`read_audio` would give.
+    instead of decoding the whole file; the samples are those :func:`read_training_audio` would give.
 
     Args:
         path: wav or flac file.

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from dataloader.audio_files import AudioFile, collect_audio_files, read_audio, read_header
+from dataloader.audio_files import AudioFile, collect_audio_files, read_header, read_training_audio
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class AudioDataset(_FileHeaders, Dataset):
         if self.lazy:
             audio = AudioFile(path, self.lengths.get(path), self.sampling_rate)
         else:
-            audio = read_audio(path, self.sampling_rate)
+            audio = read_training_audio(path, self.sampling_rate)
         return (path.stem, audio) if self.return_name else audio
 
     def keep_longer_than(self, num_samples: int) -> int:
@@ -194,8 +194,8 @@ class PairedAudioDataset(_FileHeaders, Dataset):
             noisy = AudioFile(noisy_path, self.lengths.get(noisy_path), self.sampling_rate)
             clean = AudioFile(clean_path, self.lengths.get(clean_path), self.sampling_rate)
         else:
-            noisy = read_audio(noisy_path, self.sampling_rate)
-            clean = read_audio(clean_path, self.sampling_rate)
+            noisy = read_training_audio(noisy_path, self.sampling_rate)
+            clean = read_training_audio(clean_path, self.sampling_rate)
         return (noisy_path.stem, noisy, clean) if self.return_name else (noisy, clean)
 
     def drop_unequal_pairs(self, what: str = "the pairs") -> int:
