@@ -74,6 +74,30 @@ def test_program_that_has_the_library_already_is_not_reexecuted(tmp_path) -> Non
     assert loaded != "glibc" and marker == "not re-executed"
 
 
+CLOSED_PROBE = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from utils.runtime.cpu_process import use_fast_malloc, current_malloc
+use_fast_malloc()
+with open(sys.argv[1], "w") as report:
+    report.write(current_malloc() + " " + os.environ.get("AUDIODEC_MALLOC_PRELOADED", "not re-executed"))
+"""
+
+
+@needs_library
+@pytest.mark.parametrize("closed", [(1,), (2,), (1, 2)], ids=["stdout", "stderr", "both"])
+def test_program_started_with_its_output_closed_still_reexecutes(tmp_path, closed: tuple[int, ...]) -> None:
+    """`cmd >&-` or `2>&-` (some cron and daemon set-ups): Python has no sys.stdout / sys.stderr then."""
+    script, report = tmp_path / "probe.py", tmp_path / "report.txt"
+    script.write_text(CLOSED_PROBE.format(repo=REPO))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC") and k != "LD_PRELOAD"}
+    result = subprocess.run([sys.executable, str(script), str(report)], env=env, timeout=60,
+                            preexec_fn=lambda: [os.close(descriptor) for descriptor in closed])
+    assert result.returncode == 0
+    loaded, marker = report.read_text().split()
+    assert loaded != "glibc" and marker == LIBRARY
+
+
 def test_system_setting_keeps_glibc(tmp_path) -> None:
     result = run_probe(tmp_path, "system")
     assert result.returncode == 0, result.stderr

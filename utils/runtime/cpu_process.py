@@ -142,8 +142,9 @@ def use_fast_malloc() -> None:
     env = dict(os.environ, LD_PRELOAD=preload, **{_DONE: library})
     if "jemalloc" in os.path.basename(library):
         env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None where the program was started with that descriptor closed
+            stream.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
