@@ -28,9 +28,10 @@ print(os.environ.get("AUDIODEC_MALLOC_PRELOADED", "not re-executed"))
 """
 
 
-def run_probe(tmp_path, setting: str | None, *args: str, preload: str = "") -> subprocess.CompletedProcess:
+def run_probe(tmp_path, setting: str | None, *args: str, preload: str = "", prelude: str = ""
+              ) -> subprocess.CompletedProcess:
     script = tmp_path / "probe.py"
-    script.write_text(PROBE.format(repo=REPO))
+    script.write_text(prelude + PROBE.format(repo=REPO))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC") and k != "LD_PRELOAD"}
     if setting is not None:
         env["AUDIODEC_MALLOC"] = setting
@@ -96,6 +97,19 @@ def test_program_started_with_its_output_closed_still_reexecutes(tmp_path, close
     assert result.returncode == 0
     loaded, marker = report.read_text().split()
     assert loaded != "glibc" and marker == LIBRARY
+
+
+@pytest.mark.parametrize("failure", ["UnicodeEncodeError('euc_jp', '\\x80', 0, 1, 'illegal multibyte sequence')",
+                                     "PermissionError(13, 'Permission denied')"], ids=["unencodable", "refused"])
+def test_program_that_cannot_reexecute_runs_with_the_systems_allocator(tmp_path, failure: str) -> None:
+    """An argument that a non-UTF-8 locale (EUC-JP) decodes to characters it cannot encode back makes
+    os.execve raise; the program goes on as with AUDIODEC_MALLOC=system, with its arguments."""
+    library = tmp_path / "libfake.so"  # any ELF file: the re-execution that would load it fails first
+    library.write_bytes(b"\x7fELF" + bytes(60))
+    prelude = f"import os\ndef refuse(*args):\n    raise {failure}\nos.execve = refuse\n"
+    result = run_probe(tmp_path, str(library), "a\u2014b.adc", prelude=prelude)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines() == ["glibc", str(["a\u2014b.adc"]), "not re-executed"]
 
 
 def test_system_setting_keeps_glibc(tmp_path) -> None:
