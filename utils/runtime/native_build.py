@@ -15,6 +15,7 @@ TorchScript (utils/runtime/backends.py). The plans that run on it are in `native
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -27,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,9 +246,37 @@ def _compile_as_taken(compiler: str, flags: tuple[str, ...], output: str) -> str
 
 
 def _compile(compiler: str, flags: tuple[str, ...], output: str) -> str:
-    """Compiles the engine into `output`: "" or the compiler's messages."""
-    result = subprocess.run([compiler, *flags, "-o", output, str(SOURCE)], capture_output=True, text=True)
-    return "" if result.returncode == 0 else result.stderr or f"{compiler} exited with {result.returncode}"
+    """Compiles the engine into `output`: "" or the compiler's messages. The compiler runs in a
+    process group of its own, so that an interruption (Ctrl-C, SIGTERM) ends its passes (cc1, as,
+    ld) too, not just the driver."""
+    command = [compiler, *flags, "-o", output, str(SOURCE)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          process_group=0) as process:
+        try:
+            _, stderr = process.communicate()
+        except BaseException:
+            _end_group(process)
+            raise
+    return "" if process.returncode == 0 else stderr or f"{compiler} exited with {process.returncode}"
+
+
+def _end_group(process: subprocess.Popen, grace: float = 5.0) -> None:
+    """Ends `process`'s process group: SIGTERM first, so that gcc removes its temporary files, then
+    SIGKILL for what is left after `grace` seconds; returns once the group is gone (or a second after
+    the SIGKILL, for members that no parent reaps)."""
+    deadline = time.monotonic() + grace
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, how)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(deadline - time.monotonic(), 0))
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        deadline = time.monotonic() + 1.0
 
 
 def _lacks_openmp(stderr: str) -> bool:
