@@ -82,3 +82,47 @@ def test_an_interrupted_build_leaves_no_compiler_process_nor_temporary_file(
         for pid in pids:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# A compiler that logs its arguments and refuses to build.
+REFUSING_COMPILER = """#!/bin/sh
+echo "$*" >> "{log}"
+for arg in "$@"; do
+    if [ "$arg" = --version ]; then echo "refusing cc 1.0"; exit 0; fi
+done
+echo "refusing cc: stop here" >&2
+exit 1
+"""
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path: Path):
+    """native_build with its cached answer forgotten and the cache in `tmp_path`, for one test."""
+    from utils.runtime import native_build
+
+    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
+    native_build._library.cache_clear()
+    yield native_build
+    monkeypatch.undo()
+    native_build._library.cache_clear()
+
+
+def test_cc_with_arguments_is_split_into_words_as_make_does(monkeypatch, tmp_path: Path, fresh_build) -> None:
+    """CC="ccache gcc", CC="gcc -m64": the first word is the program, the others come first on its
+    command line; a failure names the whole command."""
+    folder = tmp_path / "tools dir"
+    folder.mkdir()
+    compiler, log = folder / "refusing-cc", tmp_path / "calls.txt"
+    compiler.write_text(REFUSING_COMPILER.format(log=log))
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", f"'{compiler}' -m64")
+    assert fresh_build.compiler_command() == (str(compiler), "-m64")
+    assert not fresh_build.available()
+    assert fresh_build.unavailable_reason() == (f"compiling engine.c with '{compiler}' -m64 failed: "
+                                                "refusing cc: stop here")
+    calls = log.read_text().splitlines()
+    assert calls[0] == "-m64 --version" and calls[1].startswith("-m64 -O3 ")
+    monkeypatch.setenv("CC", "ccache gcc")
+    assert fresh_build.compiler_command() == ("ccache", "gcc")
+    monkeypatch.setenv("CC", str(compiler))  # a path with a space, naming a file: taken whole
+    assert fresh_build.compiler_command() == (str(compiler),)
