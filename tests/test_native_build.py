@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -96,13 +98,17 @@ exit 1
 
 
 @pytest.fixture
-def fresh_build(monkeypatch, tmp_path: Path):
-    """native_build with its cached answer forgotten and the cache in `tmp_path`, for one test."""
+def fresh_build(monkeypatch, tmp_path: Path) -> Iterator[Callable[[], ModuleType]]:
+    """A function that has native_build forget its engine and build the next one in `tmp_path`/cache,
+    for the rest of one test; it returns the module."""
     from utils.runtime import native_build
 
-    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
-    native_build._library.cache_clear()
-    yield native_build
+    def use() -> ModuleType:
+        monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
+        native_build._library.cache_clear()
+        return native_build
+
+    yield use
     monkeypatch.undo()
     native_build._library.cache_clear()
 
@@ -110,19 +116,47 @@ def fresh_build(monkeypatch, tmp_path: Path):
 def test_cc_with_arguments_is_split_into_words_as_make_does(monkeypatch, tmp_path: Path, fresh_build) -> None:
     """CC="ccache gcc", CC="gcc -m64": the first word is the program, the others come first on its
     command line; a failure names the whole command."""
+    native_build = fresh_build()
     folder = tmp_path / "tools dir"
     folder.mkdir()
     compiler, log = folder / "refusing-cc", tmp_path / "calls.txt"
     compiler.write_text(REFUSING_COMPILER.format(log=log))
     compiler.chmod(0o755)
     monkeypatch.setenv("CC", f"'{compiler}' -m64")
-    assert fresh_build.compiler_command() == (str(compiler), "-m64")
-    assert not fresh_build.available()
-    assert fresh_build.unavailable_reason() == (f"compiling engine.c with '{compiler}' -m64 failed: "
+    assert native_build.compiler_command() == (str(compiler), "-m64")
+    assert not native_build.available()
+    assert native_build.unavailable_reason() == (f"compiling engine.c with '{compiler}' -m64 failed: "
                                                 "refusing cc: stop here")
     calls = log.read_text().splitlines()
     assert calls[0] == "-m64 --version" and calls[1].startswith("-m64 -O3 ")
     monkeypatch.setenv("CC", "ccache gcc")
-    assert fresh_build.compiler_command() == ("ccache", "gcc")
+    assert native_build.compiler_command() == ("ccache", "gcc")
     monkeypatch.setenv("CC", str(compiler))  # a path with a space, naming a file: taken whole
-    assert fresh_build.compiler_command() == (str(compiler),)
+    assert native_build.compiler_command() == (str(compiler),)
+
+
+def test_the_cached_engine_follows_the_umask(monkeypatch, tmp_path: Path, fresh_build) -> None:
+    """The library gets 0o777 & ~umask, as a linker's output and the other outputs do (not mkstemp's
+    owner-only mode), so that a group-shared AUDIODEC_NATIVE_CACHE can load it; its digest 0o666 & ~umask."""
+    from utils.runtime import native_build
+
+    engine = native_build.build()  # this machine's, from the usual cache
+    if engine is None:
+        pytest.skip(f"native engine unavailable: {native_build.unavailable_reason()}")
+    built = engine.library._name
+    fresh_build()
+    compiler = tmp_path / "copying-cc"  # "builds" by writing the engine built above into its -o file
+    compiler.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "copying cc 1.0"; exit 0; fi\n'
+                        'while [ "$1" != -o ]; do shift; done\n'
+                        f'cat "{built}" > "$2"\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    previous = os.umask(0o002)
+    try:
+        assert native_build.available(), native_build.unavailable_reason()
+    finally:
+        os.umask(previous)
+    library = Path(native_build.build().library._name)
+    assert library.parent == tmp_path / "cache"
+    assert library.stat().st_mode & 0o777 == 0o775
+    assert Path(f"{library}.sha256").stat().st_mode & 0o777 == 0o664

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import CodecError
-from utils.files import write_text_atomic
+from utils.files import default_file_mode, write_text_atomic
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "engine.c"
 OPENMP = "-fopenmp"
@@ -154,6 +154,7 @@ def _library() -> tuple[Build | None, str]:
                 if failure:
                     return None, failure
                 write_text_atomic(_digest_path(target), _file_digest(temporary))
+                os.chmod(temporary, default_file_mode(executable=True))  # not mkstemp's owner-only mode
                 os.replace(temporary, target)
             finally:
                 if os.path.exists(temporary):
