@@ -14,11 +14,11 @@
 _parse_options_usage() {
     local _po_script=$1 _po_var
     # Recipes cd to their own folder first, so a relative $0 may only resolve by its base name.
-    [ -r "${_po_script}" ] || _po_script=$(basename "${_po_script}")
+    [ -r "${_po_script}" ] || _po_script=$(basename -- "${_po_script}")
     echo "Usage: bash ${_po_script} [--name value | --name=value] ..."
     echo "Options (current values):"
     # The options are the variables the calling script assigns at its top level.
-    for _po_var in $(grep -oE '^[A-Za-z_][A-Za-z0-9_]*=' "${_po_script}" 2>/dev/null | tr -d '=' | awk '!seen[$0]++'); do
+    for _po_var in $(grep -oE '^[A-Za-z_][A-Za-z0-9_]*=' -- "${_po_script}" 2>/dev/null | tr -d '=' | awk '!seen[$0]++'); do
         if declare -p "${_po_var}" >/dev/null 2>&1; then
             printf '  --%s %s\n' "${_po_var}" "${!_po_var:-\"\"}"
         fi

@@ -9,7 +9,7 @@
 set -euo pipefail
 if [ -n "${INPUT:-}" ] && [[ ${INPUT} != /* ]]; then INPUT=$PWD/$INPUT; fi
 if [ -n "${ROOT:-}" ] && [[ ${ROOT} != /* ]]; then ROOT=$PWD/$ROOT; fi
-cd "$(dirname "$0")"
+cd -- "$(dirname -- "$0")"
 MODEL=${MODEL:-demo48k}
 INPUT=${INPUT:-data/demo/alsa_speakers.wav}
 if [ ! -f "$INPUT" ]; then
@@ -21,7 +21,7 @@ PY=.venv/bin/python
 ROOT_ARGS=()
 if [ -n "${ROOT:-}" ]; then ROOT_ARGS=(--root "$ROOT"); fi
 RUNTIME=(--cuda -1 --num_threads 2 -f)  # -f: output/ is this script's own, rewritten on every run
-file=$(basename "$INPUT")
+file=$(basename -- "$INPUT")
 name=${file%.*}
 name=${name:-$file}  # .wav: a name that is all extension
 out=output/$MODEL

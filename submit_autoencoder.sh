@@ -15,7 +15,7 @@
 # demo_48000_hop300 (CPU demo: 10 / 20).
 set -euo pipefail
 declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
-cd "$(dirname "$0")"
+cd -- "$(dirname -- "$0")"
 
 tag_name=autoencoder/symAD_vctk_48000_hop300
 stage=0

@@ -24,7 +24,7 @@
 # PYTHON when set, else .venv/bin/python (./test.sh makes it), else python3.
 set -euo pipefail
 declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
-cd "$(dirname "$0")"
+cd -- "$(dirname -- "$0")"
 
 autoencoder=autoencoder/symAD_vctk_48000_hop300
 statistic=statistic/symAD_vctk_48000_hop300_clean

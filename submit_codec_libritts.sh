@@ -2,7 +2,7 @@
 # submit_codec.sh with the LibriTTS 24 kHz recipes (v1 vocoder) as defaults.
 # Every submit_codec.sh option still applies, e.g.: bash submit_codec_libritts.sh --start 0 --stop 4
 set -euo pipefail
-exec bash "$(dirname "$0")/submit_codec.sh" \
+exec bash -- "$(dirname -- "$0")/submit_codec.sh" \
     --autoencoder autoencoder/symAD_libritts_24000_hop300 \
     --statistic statistic/symAD_libritts_24000_hop300_clean \
     --vocoder vocoder/AudioDec_v1_symAD_libritts_24000_hop300_clean \

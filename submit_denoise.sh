@@ -12,7 +12,7 @@
 # With --exp, the config's initial under exp/ is read under that folder (passed as --initial).
 set -euo pipefail
 declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
-cd "$(dirname "$0")"
+cd -- "$(dirname -- "$0")"
 
 encoder=denoise/symAD_vctk_48000_hop300
 decoder=vocoder/AudioDec_v1_symAD_vctk_48000_hop300_clean

@@ -10,7 +10,7 @@
 # symAD_libritts_24000_hop300_clean, demo_48000_hop300.
 set -euo pipefail
 declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
-cd "$(dirname "$0")"
+cd -- "$(dirname -- "$0")"
 
 tag_name=statistic/symAD_vctk_48000_hop300_clean
 subset=train

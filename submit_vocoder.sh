@@ -17,7 +17,7 @@
 # (encoder 500000, with the matching --autoencoder), demo_v1_48000_hop300 (CPU demo, encoder 10).
 set -euo pipefail
 declare -r recipe_caller=${PWD}  # relative paths given as options are read from here
-cd "$(dirname "$0")"
+cd -- "$(dirname -- "$0")"
 
 autoencoder=autoencoder/symAD_vctk_48000_hop300
 tag_name=vocoder/AudioDec_v0_symAD_vctk_48000_hop300_clean

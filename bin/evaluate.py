@@ -54,6 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _shown(name: str) -> str:
+    """`name` (a path as the system gave it) with the bytes that are not text in the file-system
+    encoding (a Latin-1 name under UTF-8) as backslash escapes (`caf\\xe9.wav`): printable and
+    writable as UTF-8."""
+    encoding = sys.getfilesystemencoding()
+    return name.encode(encoding, "surrogateescape").decode(encoding, "backslashreplace")
+
+
 def _json_safe(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
@@ -95,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = evaluate_directories(
         args.reference_dir, args.degraded_dir, baseline=baseline, with_visqol=with_visqol, plots_dir=args.plots
     )
+    for row in rows:
+        row["file"] = _shown(row["file"])
     mean = mean_row(rows)
     counts = scored_counts(rows)
     scored = {"file": "scored", **counts}
@@ -118,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {
             "settings": {
-                "reference_dir": args.reference_dir,
-                "degraded_dir": args.degraded_dir,
+                "reference_dir": _shown(args.reference_dir),
+                "degraded_dir": _shown(args.degraded_dir),
                 "metrics": list(names),
                 "visqol": with_visqol,
                 "opus_bitrate_kbps": args.bitrate if args.opus else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -70,7 +70,7 @@ def refusing_compiler(monkeypatch, tmp_path: Path, refusals: dict[str, str]) -> 
     it returns the file the wrapper appends its command lines to."""
     from utils.runtime import native_build
 
-    real = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    real = native_build.compiler_command()
     if real is None:
         pytest.skip("no C compiler")
     calls, wrapper = tmp_path / "calls.txt", tmp_path / "refusing-cc"
@@ -83,7 +83,7 @@ def refusing_compiler(monkeypatch, tmp_path: Path, refusals: dict[str, str]) -> 
         'for arg in "$@"; do\n'
         f"{checks}"
         "done\n"
-        f'exec "{real}" "$@"\n'
+        f'exec {shlex.join(real)} "$@"\n'
     )
     wrapper.chmod(0o755)
 

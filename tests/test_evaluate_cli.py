@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,6 +79,33 @@ def test_table_csv_json_and_plots(folders, tmp_path):
         assert "opus_pesq_wb" in rows[0]
         assert float(rows[-2]["opus_payload_kbps"]) < float(rows[-2]["opus_kbps"])
         assert "audio packets only" in completed.stdout
+
+
+def test_a_name_that_is_not_utf8_is_shown_and_written_escaped(tmp_path):
+    """A Latin-1 `caf\\xe9.wav` from an old archive: the table (on a stdout that refuses what UTF-8
+    cannot encode, as under en_US.UTF-8), the CSV and the JSON name it `caf\\xe9.wav`, and every file
+    is scored; the plot keeps the file's own name."""
+    latin1 = b"caf\xe9.wav"
+    speech = speech_like_signal(1.0, SAMPLE_RATE)
+    for side in ("ref", "deg"):
+        (tmp_path / side).mkdir()
+        for name in (latin1, b"a.wav"):
+            sf.write(os.path.join(os.fsencode(tmp_path / side), name), speech, SAMPLE_RATE)
+    csv_path, json_path, plots = tmp_path / "scores.csv", tmp_path / "scores.json", tmp_path / "plots"
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "ref"), str(tmp_path / "deg"), "--no-visqol", "--csv",
+         str(csv_path), "--json", str(json_path), "--plots", str(plots)],
+        cwd=REPO, capture_output=True, timeout=120, env=dict(os.environ, PYTHONIOENCODING="utf-8"),
+    )
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+    lines = completed.stdout.decode("utf-8").splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["a.wav", "caf\\xe9.wav", "mean"]
+    with open(csv_path, encoding="utf-8") as handle:
+        assert [row["file"] for row in csv.DictReader(handle)] == ["a.wav", "caf\\xe9.wav", "mean", "scored"]
+    report = json.loads(json_path.read_bytes().decode("utf-8"))
+    assert [row["file"] for row in report["files"]] == ["a.wav", "caf\\xe9.wav"]
+    assert report["files"][1]["pesq_wb"] > 4
+    assert sorted(os.listdir(os.fsencode(plots))) == [b"a.png", b"caf\xe9.png"]
 
 
 def test_missing_directory_is_one_line_error(folders, tmp_path):

@@ -28,9 +28,10 @@ print(os.environ.get("AUDIODEC_MALLOC_PRELOADED", "not re-executed"))
 """
 
 
-def run_probe(tmp_path, setting: str | None, *args: str, preload: str = "") -> subprocess.CompletedProcess:
+def run_probe(tmp_path, setting: str | None, *args: str, preload: str = "", prelude: str = ""
+              ) -> subprocess.CompletedProcess:
     script = tmp_path / "probe.py"
-    script.write_text(PROBE.format(repo=REPO))
+    script.write_text(prelude + PROBE.format(repo=REPO))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC") and k != "LD_PRELOAD"}
     if setting is not None:
         env["AUDIODEC_MALLOC"] = setting
@@ -72,6 +73,43 @@ def test_program_that_has_the_library_already_is_not_reexecuted(tmp_path) -> Non
     assert result.returncode == 0, result.stderr
     loaded, _, marker = result.stdout.strip().splitlines()
     assert loaded != "glibc" and marker == "not re-executed"
+
+
+CLOSED_PROBE = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from utils.runtime.cpu_process import use_fast_malloc, current_malloc
+use_fast_malloc()
+with open(sys.argv[1], "w") as report:
+    report.write(current_malloc() + " " + os.environ.get("AUDIODEC_MALLOC_PRELOADED", "not re-executed"))
+"""
+
+
+@needs_library
+@pytest.mark.parametrize("closed", [(1,), (2,), (1, 2)], ids=["stdout", "stderr", "both"])
+def test_program_started_with_its_output_closed_still_reexecutes(tmp_path, closed: tuple[int, ...]) -> None:
+    """`cmd >&-` or `2>&-` (some cron and daemon set-ups): Python has no sys.stdout / sys.stderr then."""
+    script, report = tmp_path / "probe.py", tmp_path / "report.txt"
+    script.write_text(CLOSED_PROBE.format(repo=REPO))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIODEC_MALLOC") and k != "LD_PRELOAD"}
+    result = subprocess.run([sys.executable, str(script), str(report)], env=env, timeout=60,
+                            preexec_fn=lambda: [os.close(descriptor) for descriptor in closed])
+    assert result.returncode == 0
+    loaded, marker = report.read_text().split()
+    assert loaded != "glibc" and marker == LIBRARY
+
+
+@pytest.mark.parametrize("failure", ["UnicodeEncodeError('euc_jp', '\\x80', 0, 1, 'illegal multibyte sequence')",
+                                     "PermissionError(13, 'Permission denied')"], ids=["unencodable", "refused"])
+def test_program_that_cannot_reexecute_runs_with_the_systems_allocator(tmp_path, failure: str) -> None:
+    """An argument that a non-UTF-8 locale (EUC-JP) decodes to characters it cannot encode back makes
+    os.execve raise; the program goes on as with AUDIODEC_MALLOC=system, with its arguments."""
+    library = tmp_path / "libfake.so"  # any ELF file: the re-execution that would load it fails first
+    library.write_bytes(b"\x7fELF" + bytes(60))
+    prelude = f"import os\ndef refuse(*args):\n    raise {failure}\nos.execve = refuse\n"
+    result = run_probe(tmp_path, str(library), "a\u2014b.adc", prelude=prelude)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines() == ["glibc", str(["a\u2014b.adc"]), "not re-executed"]
 
 
 def test_system_setting_keeps_glibc(tmp_path) -> None:

@@ -27,6 +27,7 @@ def test_published_file_has_the_umask_mode(tmp_path) -> None:
     previous = os.umask(0o022)
     try:
         assert default_file_mode() == 0o644
+        assert default_file_mode(executable=True) == 0o755
         write_bytes_atomic(tmp_path / "x.bin", b"data")
         assert stat.S_IMODE(os.stat(tmp_path / "x.bin").st_mode) == 0o644
         assert (tmp_path / "x.bin").read_bytes() == b"data"

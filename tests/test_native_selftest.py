@@ -25,16 +25,16 @@ def cpu_has(*flags: str) -> bool:
     return all(flag in words for flag in flags)
 
 
-def build(tmp_path: Path, compiler: str, march: str, openmp: bool | None = None) -> Path:
+def build(tmp_path: Path, compiler: tuple[str, ...], march: str, openmp: bool | None = None) -> Path:
     """The self-test built as the engine is (its flags, the compiler's own included; -pthread for
     -fopenmp where the engine was built so, or when `openmp` is False)."""
     openmp = native_build.build().threads == "openmp" if openmp is None else openmp
     binary = tmp_path / f"selftest-{march}{'' if openmp else '-pthreads'}"
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
     flags = [flag if openmp or flag != native_build.OPENMP else native_build.PTHREADS
              for flag in (*FLAGS, *native_build.compiler_flags(version))]  # fmt: skip
     result = subprocess.run(
-        [compiler, *flags, f"-march={march}", "-o", str(binary), str(SELFTEST), "-lm"], capture_output=True, text=True
+        [*compiler, *flags, f"-march={march}", "-o", str(binary), str(SELFTEST), "-lm"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     return binary
@@ -48,21 +48,21 @@ def run(command: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def compiler() -> str:
-    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def compiler() -> tuple[str, ...]:
+    found = native_build.compiler_command()
     if found is None or not native_build.available():
         pytest.skip(f"native engine unavailable: {native_build.unavailable_reason()}")
     return found
 
 
-def test_native_build(compiler: str, tmp_path: Path) -> None:
+def test_native_build(compiler: tuple[str, ...], tmp_path: Path) -> None:
     """The build the engine uses here (-march=native, or $AUDIODEC_NATIVE_MARCH): its instruction set
     is the one the library reports."""
     out = run([str(build(tmp_path, compiler, native_build.march()))])
     assert out.startswith(native_build.build().isa + " ")
 
 
-def test_the_build_on_posix_threads(compiler: str, tmp_path: Path) -> None:
+def test_the_build_on_posix_threads(compiler: tuple[str, ...], tmp_path: Path) -> None:
     """Built with -pthread instead of -fopenmp (a compiler without OpenMP): every kernel passes on
     the engine's own teams of 1 to 3 threads."""
     out = run([str(build(tmp_path, compiler, native_build.march(), openmp=False))])
@@ -75,7 +75,7 @@ def test_the_build_on_posix_threads(compiler: str, tmp_path: Path) -> None:
     ("x86-64", "generic (4 lanes, fma 0)", ()),
     ("x86-64-v4", "avx512 (16 lanes, fma 1)", ("avx512f", "avx512bw", "avx512vl", "avx512dq")),
 ])
-def test_x86_builds(compiler: str, tmp_path: Path, march: str, isa: str, flags: tuple[str, ...]) -> None:
+def test_x86_builds(compiler: tuple[str, ...], tmp_path: Path, march: str, isa: str, flags: tuple[str, ...]) -> None:
     binary = build(tmp_path, compiler, march)  # (every target compiles, whatever this CPU runs)
     if not cpu_has(*flags):
         pytest.skip(f"this CPU lacks {' '.join(flags)} to run the {march} build")
@@ -91,7 +91,7 @@ def test_arm64_build_under_qemu(tmp_path: Path, openmp: bool) -> None:
         cross, qemu = cross or shutil.which("gcc"), None
     if cross is None or (platform.machine() != "aarch64" and qemu is None):
         pytest.skip("no arm64 cross compiler or qemu-aarch64 (utils/system_deps.sh installs them)")
-    binary = build(tmp_path, cross, "armv8-a", openmp)
+    binary = build(tmp_path, (cross,), "armv8-a", openmp)
     command = [str(binary)] if qemu is None else [qemu, "-L", "/usr/aarch64-linux-gnu", str(binary)]
     assert run(command).startswith("neon (4 lanes, fma 1)")
 

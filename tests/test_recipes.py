@@ -105,6 +105,16 @@ def test_sourced_recipe_parts_are_valid_bash(script: Path) -> None:
     assert bash("-n", str(script)).returncode == 0
 
 
+@pytest.mark.parametrize("script", RECIPES, ids=lambda path: path.name)
+def test_a_recipe_under_a_folder_whose_name_starts_with_a_dash_runs(tmp_path: Path, script: Path) -> None:
+    """`bash -- -dash/AudioDec/submit_x.sh`: the recipe finds its own folder (no `dirname: invalid option`)."""
+    (tmp_path / "-dash").mkdir()
+    (tmp_path / "-dash" / "AudioDec").symlink_to(ROOT)
+    result = bash("--", f"-dash/AudioDec/{script.name}", "--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert any(line.startswith("Usage: bash submit_") for line in result.stdout.splitlines())
+
+
 def test_every_stage_script_exists() -> None:
     for name in STAGE_SCRIPTS + ["parse_options.sh"]:
         assert (ROOT / name).is_file()

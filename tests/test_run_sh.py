@@ -67,6 +67,17 @@ def test_a_relative_input_is_the_callers_and_only_this_runs_pair_is_scored(sandb
     assert not (sandbox / "output" / "reference").exists()
 
 
+def test_a_toolkit_under_a_folder_whose_name_starts_with_a_dash_runs(sandbox: Path, tmp_path: Path) -> None:
+    """`bash -- -dash/AudioDec/run.sh`: run.sh finds its own folder (no `dirname: invalid option`)."""
+    (tmp_path / "-dash").mkdir()
+    toolkit = sandbox.rename(tmp_path / "-dash" / "AudioDec")
+    (tmp_path / "-clip.wav").write_bytes(b"RIFF")
+    result = subprocess.run(["bash", "--", "-dash/AudioDec/run.sh"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "INPUT": "-clip.wav"}, timeout=30)  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert sorted(os.listdir(toolkit / "output" / "demo48k")) == ["-clip.adc", "-clip.wav", "scores.json"]
+
+
 def test_an_unknown_model_or_a_missing_input_leaves_nothing(sandbox: Path, tmp_path: Path) -> None:
     (tmp_path / "a.wav").write_bytes(b"RIFF")
     result = run_sh(sandbox, tmp_path, INPUT="a.wav", MODEL="bogus")

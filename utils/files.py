@@ -12,11 +12,12 @@ from pathlib import Path
 from utils.errors import CodecError
 
 
-def default_file_mode() -> int:
-    """The permissions a new file gets under the current umask (0o666 & ~umask)."""
+def default_file_mode(executable: bool = False) -> int:
+    """The permissions a new file gets under the current umask (0o666 & ~umask; 0o777 & ~umask for
+    an `executable` one, as a linker's output)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if executable else 0o666) & ~umask
 
 
 def file_in_the_way(folder: str | os.PathLike) -> str | None:

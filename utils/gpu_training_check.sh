@@ -22,7 +22,7 @@
 # and there: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #            && PYTHONPATH=/tmp/site bash utils/gpu_training_check.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd -- "$(dirname -- "$0")/.."
 
 device=${DEVICE:-cuda}
 config=${CONFIG:-config/autoencoder/symAD_vctk_48000_hop300.yaml}

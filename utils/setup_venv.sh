@@ -4,7 +4,7 @@
 # `python3 -m venv` left without pip (Debian and Ubuntu without their python3-venv package) is
 # removed, so that the next run makes it again, rather than failing on it ever after.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd -- "$(dirname -- "$0")/.."
 
 has_pip() { .venv/bin/python -m pip --version >/dev/null 2>&1; }
 

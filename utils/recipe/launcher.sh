@@ -227,8 +227,8 @@ _launcher_training_cpus() {
 # The recipe's own variables (what parse_options.sh lets users set), for the job script.
 _launcher_recipe_variables() {
     local script=$0
-    [ -r "${script}" ] || script=$(basename "${script}")
-    grep -oE '^[A-Za-z_][A-Za-z0-9_]*=' "${script}" 2>/dev/null | tr -d '=' | awk '!seen[$0]++'
+    [ -r "${script}" ] || script=$(basename -- "${script}")
+    grep -oE '^[A-Za-z_][A-Za-z0-9_]*=' -- "${script}" 2>/dev/null | tr -d '=' | awk '!seen[$0]++'
 }
 
 # Write the batch script of a stage: the recipe's variables and functions, then the stage command.
@@ -256,8 +256,8 @@ _launcher_write_job_script() {
     fi
     {
         echo "#!/usr/bin/env bash"
-        echo "# Stage ${stage} (${name}) of $(basename "$0"), written by utils/recipe/launcher.sh on $(date '+%F %T')."
-        echo "# sbatch runs it; it runs the stage's command in an srun step ('$(basename "${step_script}")<jobid>.sh --step')."
+        echo "# Stage ${stage} (${name}) of $(basename -- "$0"), written by utils/recipe/launcher.sh on $(date '+%F %T')."
+        echo "# sbatch runs it; it runs the stage's command in an srun step ('$(basename -- "${step_script}")<jobid>.sh --step')."
         echo "set -euo pipefail"
         printf 'cd %q\n' "${PWD}"
         for variable in $(_launcher_recipe_variables) recipe_python cmd requeue precision compile fast_conv batch_size_per_rank micro_batch; do
@@ -318,8 +318,8 @@ run_stage() {
     fi
     local label=${name//\//_}
     local logdir script written log job line gpus_per_node=${gpus:-0} stage_cpus=${cpus} nodes=1
-    mkdir -p "${slurm_logdir}"
-    logdir=$(cd "${slurm_logdir}" && pwd)
+    mkdir -p -- "${slurm_logdir}"
+    logdir=$(cd -- "${slurm_logdir}" && pwd)
     script="${logdir}/${label}-stage${stage}.sh"
     log="${logdir}/${label}-stage${stage}-%j.log"
     # Written under a name of its own, submitted, then renamed: two submissions never share the file.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 import platform
 import sys
@@ -127,8 +128,10 @@ def current_malloc() -> str:
 
 def use_fast_malloc() -> None:
     """Re-execute this program with the allocator preloaded, unless it has it, it was already
-    re-executed, or none is available. Call before importing anything heavy (torch): the
-    first process's imports are thrown away. A bad AUDIODEC_MALLOC ends the program with one line."""
+    re-executed, or none is available; where the re-execution cannot be done (an argument that the
+    locale cannot encode back to bytes), the program goes on with the system's allocator. Call before
+    importing anything heavy (torch): the first process's imports are thrown away. A bad
+    AUDIODEC_MALLOC ends the program with one line."""
     if os.environ.get(_DONE):
         return
     try:
@@ -142,9 +145,13 @@ def use_fast_malloc() -> None:
     env = dict(os.environ, LD_PRELOAD=preload, **{_DONE: library})
     if "jemalloc" in os.path.basename(library):
         env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None where the program was started with that descriptor closed
+            stream.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except (UnicodeEncodeError, OSError) as error:  # an argument the locale cannot encode back, an exec refused
+        logging.getLogger(__name__).debug("running with the system's allocator: cannot re-execute (%s)", error)
 
 
 def environment_without_fast_malloc() -> dict[str, str]:

@@ -1,9 +1,9 @@
 """The native engine's library: compiled on first use, cached, loaded, and described (`Build`).
 
-`csrc/engine.c` is compiled with the machine's C compiler (`cc`, or `$CC`) for `-march=native` (or
-`$AUDIODEC_NATIVE_MARCH`, e.g. `x86-64-v3` to run as an AVX2 machine would) into
-`$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the flags, the
-compiler and the CPU's instruction set (`cpu_identity`: so a home folder shared by cluster nodes of
+`csrc/engine.c` is compiled with the machine's C compiler (`cc`, or `$CC`, split into words as make
+does) for `-march=native` (or `$AUDIODEC_NATIVE_MARCH`, e.g. `x86-64-v3` to run as an AVX2 machine
+would) into `$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the
+flags, the compiler and the CPU's instruction set (`cpu_identity`: so a home folder shared by cluster nodes of
 different CPU types holds one build per type). The build's vector width and register blocks follow
 its instruction set (`Build`).
 A compiler without OpenMP (Apple's clang, a gcc without libgomp) builds it with `-pthread` instead:
@@ -15,6 +15,7 @@ TorchScript (utils/runtime/backends.py). The plans that run on it are in `native
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -22,16 +23,18 @@ import logging
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import CodecError
-from utils.files import write_text_atomic
+from utils.files import default_file_mode, write_text_atomic
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "engine.c"
 OPENMP = "-fopenmp"
@@ -120,18 +123,20 @@ def _library() -> tuple[Build | None, str]:
         flags = (*FLAGS, f"-march={march()}")
     except CodecError as error:
         return None, str(error)
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = compiler_command()
     if compiler is None:
         return None, "no C compiler found (install gcc, or set CC)"
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as error:
-        return None, f"C compiler {compiler} does not run: {error}"
+        return None, f"C compiler {shlex.join(compiler)} does not run: {error}"
     flags = (*flags, *compiler_flags(version))
     source = SOURCE.read_bytes()
     # Keyed by the flags asked for: a build with -pthread instead is cached under them too, so that
-    # a compiler without OpenMP is not tried again on every start.
-    digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_flags().encode()]))
+    # a compiler without OpenMP is not tried again on every start. CC's own arguments (`gcc -m64`)
+    # are flags too.
+    asked = " ".join((*compiler[1:], *flags))
+    digest = hashlib.sha256(b"\0".join([source, asked.encode(), version.encode(), _cpu_flags().encode()]))
     target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
     if not _intact(target):
         if target.exists():
@@ -149,6 +154,7 @@ def _library() -> tuple[Build | None, str]:
                 if failure:
                     return None, failure
                 write_text_atomic(_digest_path(target), _file_digest(temporary))
+                os.chmod(temporary, default_file_mode(executable=True))  # not mkstemp's owner-only mode
                 os.replace(temporary, target)
             finally:
                 if os.path.exists(temporary):
@@ -225,7 +231,7 @@ def _probe(library: str) -> str:
     return f"the engine built for -march={march()} does not run here: {last}"
 
 
-def _compile_as_taken(compiler: str, flags: tuple[str, ...], output: str) -> str:
+def _compile_as_taken(compiler: tuple[str, ...], flags: tuple[str, ...], output: str) -> str:
     """`_compile`, again without what the compiler refused: -fopenmp (-pthread instead), and a
     -march=native nobody asked for by name (clang before 15 has none on arm64, Apple's included:
     the compiler's own target then, which on arm64 has all the engine uses)."""
@@ -237,21 +243,66 @@ def _compile_as_taken(compiler: str, flags: tuple[str, ...], output: str) -> str
         elif error and not named_march and "-march=native" in flags and _refuses_march(error):
             flags = tuple(flag for flag in flags if flag != "-march=native")
             logging.getLogger(__name__).info(
-                "%s does not take -march=native: the native engine is built for its default target", compiler
+                "%s does not take -march=native: the native engine is built for its default target",
+                shlex.join(compiler),
             )
         else:
             return error
 
 
-def _compile(compiler: str, flags: tuple[str, ...], output: str) -> str:
-    """Compiles the engine into `output`: "" or the compiler's messages."""
-    result = subprocess.run([compiler, *flags, "-o", output, str(SOURCE)], capture_output=True, text=True)
-    return "" if result.returncode == 0 else result.stderr or f"{compiler} exited with {result.returncode}"
+def _compile(compiler: tuple[str, ...], flags: tuple[str, ...], output: str) -> str:
+    """Compiles the engine into `output`: "" or the compiler's messages. The compiler runs in a
+    process group of its own, so that an interruption (Ctrl-C, SIGTERM) ends its passes (cc1, as,
+    ld) too, not just the driver."""
+    command = [*compiler, *flags, "-o", output, str(SOURCE)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          process_group=0) as process:
+        try:
+            _, stderr = process.communicate()
+        except BaseException:
+            _end_group(process)
+            raise
+    return "" if process.returncode == 0 else stderr or f"{shlex.join(compiler)} exited with {process.returncode}"
+
+
+def _end_group(process: subprocess.Popen, grace: float = 5.0) -> None:
+    """Ends `process`'s process group: SIGTERM first, so that gcc removes its temporary files, then
+    SIGKILL for what is left after `grace` seconds; returns once the group is gone (or a second after
+    the SIGKILL, for members that no parent reaps)."""
+    deadline = time.monotonic() + grace
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, how)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(deadline - time.monotonic(), 0))
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        deadline = time.monotonic() + 1.0
 
 
 def _lacks_openmp(stderr: str) -> bool:
     """Whether a failed build failed for want of OpenMP (its option, header or runtime library)."""
     return any(sign in stderr for sign in ("fopenmp", "omp.h", "-lgomp", "-lomp"))
+
+
+def compiler_command() -> tuple[str, ...] | None:
+    """The C compiler's command line: $CC split into words as make's shell does (`ccache gcc`,
+    `gcc -m64`), or taken whole where it names a file (a path with spaces); else cc or gcc; None
+    where there is none."""
+    named = os.environ.get("CC", "").strip()
+    if not named:
+        found = shutil.which("cc") or shutil.which("gcc")
+        return None if found is None else (found,)
+    if os.path.isfile(named):
+        return (named,)
+    try:
+        return tuple(shlex.split(named)) or (named,)
+    except ValueError:  # an unclosed quote: tried as one name, and named in the notice when it fails
+        return (named,)
 
 
 def compiler_flags(version: str) -> tuple[str, ...]:
@@ -264,12 +315,13 @@ def _refuses_march(stderr: str) -> bool:
     return any("march" in line or "unknown architecture" in line for line in stderr.splitlines())
 
 
-def _build_failure(compiler: str, flags: tuple[str, ...], stderr: str) -> str:
+def _build_failure(compiler: tuple[str, ...], flags: tuple[str, ...], stderr: str) -> str:
     """One line on why compiling the engine failed, with the fix."""
     lines = stderr.strip().splitlines()
+    named = shlex.join(compiler)
     if _refuses_march(stderr):
-        return f"{compiler} cannot build for -march={march()}: set {MARCH_VARIABLE} to a target it knows, or unset it"
-    return f"compiling {SOURCE.name} with {compiler} failed: {lines[-1] if lines else 'no message'}"
+        return f"{named} cannot build for -march={march()}: set {MARCH_VARIABLE} to a target it knows, or unset it"
+    return f"compiling {SOURCE.name} with {named} failed: {lines[-1] if lines else 'no message'}"
 
 
 def build() -> Build | None:
