@@ -326,3 +326,46 @@ def test_every_byte_flip_in_entropy_coded_file_is_detected():
         corrupt[position] ^= 0x10
         with pytest.raises(BitstreamError):
             decode_adc(bytes(corrupt), entropy_model=model)
+
+
+@pytest.mark.parametrize("codebook_size", [1000, 1024])
+def test_a_code_equal_to_the_codebook_size_is_not_written(tmp_path, codebook_size):
+    """The first code out of range is refused before writing (at 1024 it would pack as 0)."""
+    header, codes = make_stream(codebook_size=codebook_size)
+    codes[0, 3, 2] = codebook_size - 1
+    np.testing.assert_array_equal(decode_adc(encode_adc(header, codes))[1], codes)
+    codes[0, 3, 2] = codebook_size
+    message = rf"^codes must lie in \[0, {codebook_size}\), got \[\d+, {codebook_size}\]"
+    with pytest.raises(BitstreamError, match=message):
+        write_adc(tmp_path / "a.adc", header, codes)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stored_code_equal_to_the_codebook_size_is_corrupt():
+    """1000 codes take 10 bits: a stored 1000 (valid CRC) is refused, whole and streamed."""
+    from utils.bitstream.bits import pack_codes
+
+    header, codes = make_stream(n_codebooks=1, codebook_size=1000, n_samples=600)
+    data = encode_adc(header, codes)
+    header_bytes = len(data) - header.raw_payload_bytes - CRC_BYTES
+    codes[0, 0, 1] = 1000
+    stored = with_crc(data[:header_bytes] + pack_codes(codes.transpose(2, 0, 1), header.bits_per_code))
+    message = r"^code 1000 is not below codebook size 1000: the file is corrupt$"
+    with pytest.raises(BitstreamError, match=message):
+        decode_adc(stored)
+    with pytest.raises(BitstreamError, match=message):
+        AdcStreamReader().feed(stored)
+
+
+def test_the_next_format_version_asks_for_an_upgrade():
+    from utils.bitstream.adc import FORMAT_VERSION
+
+    header, codes = make_stream()
+    data = encode_adc(header, codes)
+    version = FORMAT_VERSION + 1
+    newer = with_crc(data[:4] + bytes([version]) + data[5:-CRC_BYTES])
+    message = rf"^format version {version} is newer than this toolkit supports \({FORMAT_VERSION}\); upgrade$"
+    with pytest.raises(BitstreamError, match=message):
+        decode_adc(newer)
+    with pytest.raises(BitstreamError, match=message):
+        AdcStreamReader().feed(newer[:5])

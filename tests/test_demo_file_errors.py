@@ -67,6 +67,14 @@ def test_wrong_sample_rate_resampled_on_request(tmp_path, python: str) -> None:
     assert result.returncode == 0, result.stderr
     data, rate = sf.read(out)
     assert rate == 48000 and abs(len(data) - 2 * 48000) <= 1
+    # the audio is that of the input resampled (soxr, high quality), then coded
+    from utils.audio import read_audio, resample
+    from utils.audiodec import StreamingCodec
+
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    _, expected = codec.code(codec.streams_from_audio(resample(read_audio(official_path("input", "test_24k.wav"))[0],
+                                                                24000, 48000)))
+    assert np.abs(data - expected.reshape(-1).numpy()).max() <= 2 / 32768
 
 
 def test_unknown_model(tmp_path, python: str) -> None:
@@ -229,3 +237,33 @@ def test_a_model_name_beside_checkpoints_is_refused(tmp_path, python: str) -> No
     result = run_demo(python, "--model", "vctk_v1", "--encoder", entry["encoder_checkpoint"], "--decoder",
                       entry["decoder_checkpoint"], "-i", official_path("input", "test_48k.wav"), "-o", out)
     assert_clean_failure(result, out, "--model vctk_v1 and --encoder/--decoder both name the model: give one of them")
+
+
+def test_a_mimo_model_takes_the_file_channels_in_order(tmp_path, python: str) -> None:
+    """Files (a, 0) and (0, a) code differently, each as StreamingCodec.code codes that (1, 2, T) tensor."""
+    from utils.audiodec import StreamingCodec
+
+    torch.manual_seed(0)
+    checkpoint = _mimo_model(tmp_path / "mimo")
+    state = torch.load(checkpoint, weights_only=True)
+    for key, tensor in state["model"]["generator"].items():
+        if key.endswith(".embed"):  # codes near the untrained latents, so that the codes follow the input
+            tensor.mul_(0.1)
+    atomic_torch_save(state, checkpoint)
+    a = 0.5 * np.random.default_rng(0).standard_normal(4500).clip(-1.9, 1.9)
+    silence = np.zeros_like(a)
+    (tmp_path / "in").mkdir()
+    for name, channels in (("a0", (a, silence)), ("0a", (silence, a))):
+        sf.write(tmp_path / "in" / f"{name}.wav", np.stack(channels, axis=1), 48000, "PCM_16")
+    result = run_demo(python, "--encoder", checkpoint, "--decoder", checkpoint,
+                      "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    codec = StreamingCodec.from_checkpoints(checkpoint, checkpoint)
+    coded = {}
+    for name in ("a0", "0a"):
+        data, _ = sf.read(tmp_path / "in" / f"{name}.wav", always_2d=True)
+        _, expected = codec.code(torch.from_numpy(data.T).float().unsqueeze(0))
+        coded[name], _ = sf.read(tmp_path / "out" / f"{name}.wav", always_2d=True)
+        assert coded[name].shape == (4500, 2)
+        assert np.abs(coded[name] - expected[0].numpy().T).max() <= 2 / 32768, name
+    assert np.abs(coded["a0"] - coded["0a"]).max() > 1e-3

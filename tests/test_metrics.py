@@ -193,3 +193,22 @@ def test_two_files_of_one_name_but_their_extension_are_refused(tmp_path: Path):
     sf.write(tmp_path / "deg" / "x.flac", speech_like_signal(0.5, 16000), 16000)
     with pytest.raises(CodecError, match=r"degraded files .*x.flac and .*x.wav differ only in their extension"):
         match_audio_files(tmp_path / "ref", tmp_path / "deg")
+
+
+def test_pesq_and_stoi_take_the_reference_first(speech):
+    """pesq_wb and stoi give the libraries' scores with the reference first, as both document; the
+    swapped pair scores otherwise (a decode judged as the reference would go unnoticed)."""
+    from pesq import pesq
+    from pystoi import stoi as pystoi_stoi
+
+    degraded = (speech + noise_at_snr(speech, 20.0)).astype(np.float32)
+    reference = speech.astype(np.float32)
+    score = pesq_wb(reference, degraded, SAMPLE_RATE)
+    assert score == pytest.approx(pesq(SAMPLE_RATE, reference, degraded, "wb"), abs=1e-9)
+    assert abs(score - pesq_wb(degraded, reference, SAMPLE_RATE)) > 0.2
+    for extended in (False, True):
+        score = stoi(reference, degraded, SAMPLE_RATE, extended)
+        library = pystoi_stoi(reference.astype(np.float64), degraded.astype(np.float64), SAMPLE_RATE,
+                              extended=extended)  # fmt: skip
+        assert score == pytest.approx(library, abs=1e-9)
+        assert abs(score - stoi(degraded, reference, SAMPLE_RATE, extended)) > 0.05

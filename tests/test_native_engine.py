@@ -716,3 +716,36 @@ def test_a_march_named_by_the_variable_is_not_dropped(clang_14_on_arm64, monkeyp
     monkeypatch.setenv("AUDIODEC_NATIVE_MARCH", "native")
     assert not native_build.available()
     assert "cannot build for -march=native: set AUDIODEC_NATIVE_MARCH" in native_build.unavailable_reason()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_equal_codes_resolve_to_the_first_across_lanes_and_threads(threads: int) -> None:
+    """Codebook 0 holds one vector at codes 3, 17 and 50, nearer every latent than its other codes:
+    in vectors of 4, 8 or 16 floats the three sit in lanes 3, 1 and 2, and one-frame chunks on 3
+    threads split them over three ranges. Every frame gets code 3, as torch's first minimum."""
+
+    def tied_codec(backend: str) -> StreamingCodec:
+        torch.manual_seed(5)
+        generator = Generator(
+            encode_channels=6, decode_channels=6, code_dim=10, codebook_num=3, codebook_size=64,
+            enc_ratios=(2, 3), dec_ratios=(3, 2), enc_strides=(2, 3), dec_strides=(3, 2),
+        ).eval()
+        embed = generator.quantizer.codebook.layers[0].embed
+        with torch.no_grad():
+            embed.add_(100.0)
+            embed[:, [3, 17, 50]] = 0.01 * torch.arange(10.0).unsqueeze(1)
+        return StreamingCodec(generator, generator, 48000, backend=backend)
+
+    x = speech(samples=6 * 60)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native = tied_codec("native")
+        assert native.native_sides == ["encoder", "decoder"]
+        for cuts in ([0, x.shape[-1]], list(range(0, x.shape[-1] + 1, 6))):
+            native_codes, _ = stream(native, x, cuts)
+            eager_codes, _ = stream(tied_codec("eager"), x, cuts)
+            assert torch.equal(native_codes, eager_codes)
+            assert native_codes[:, 0].eq(3).all()
+    finally:
+        torch.set_num_threads(before)

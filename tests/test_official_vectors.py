@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import MANIFEST, OFFICIAL, REPO, official_path
 from utils.audiodec import StreamingCodec
+from utils.checkpoint import load_generator
 from utils.eval.metrics import snr_db
 
 
@@ -77,3 +78,19 @@ def test_saved_codes_are_the_codebooks_transmitted(tmp_path, python: str) -> Non
     )
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.load(codes), np.load(official_path("ref", "vctk_sym_codes.npy"))[:3])
+
+
+def test_training_forward_matches_the_originals_offline_output() -> None:
+    """The generator's offline (training) forward, zero history instead of the warmed-up streams, gives
+    the original's ref/vctk_sym_offline outputs: its codes (per-layer indices) and waveform."""
+    torch.set_num_threads(1)
+    entry = MANIFEST["vctk_sym"]
+    model, _ = load_generator(official_path(entry["decoder_checkpoint"]))
+    data, _ = sf.read(official_path(entry["input"]), always_2d=True)
+    with torch.no_grad():
+        y, _, z, _, _ = model(torch.from_numpy(data.T).float().unsqueeze(0))
+        codes = model.quantize(z)
+    np.testing.assert_array_equal(codes[0].numpy(), np.load(official_path("ref", "vctk_sym_offline_codes.npy")))
+    reference = np.load(official_path("ref", "vctk_sym_offline_float.npy")).reshape(-1)
+    assert y.shape == (1, 1, reference.size)
+    assert snr_db(reference, y.reshape(-1).numpy()) >= 90

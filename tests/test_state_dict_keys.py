@@ -47,3 +47,24 @@ def test_full_size_keys_shapes_and_counts(key_file: str) -> None:
 def test_a_config_without_a_generator_is_a_one_line_error(config: dict) -> None:
     with pytest.raises(CodecError, match=r"the config has no '(model_type|generator_params)': it is not an AudioDec"):
         build_generator(config)
+
+
+def test_a_checkpoint_missing_one_tensor_is_refused_naming_it(tmp_path) -> None:
+    """A released generator's state dict less one codebook (nothing extra, no shape changed) does not
+    load with that codebook left as initialised: one line names the missing key."""
+    import shutil
+
+    import torch
+
+    from utils.checkpoint import load_generator, read_checkpoint
+
+    folder = official_path("exp", "autoencoder", "symAD_vctk_48000_hop300")
+    state = read_checkpoint(os.path.join(folder, "checkpoint-700000steps.pkl"))
+    del state["model"]["generator"]["quantizer.codebook.layers.7.embed"]
+    torch.save(state, tmp_path / "checkpoint-700000steps.pkl")
+    shutil.copy(os.path.join(folder, "config.yml"), tmp_path / "config.yml")
+    with pytest.raises(CodecError) as caught:
+        load_generator(str(tmp_path / "checkpoint-700000steps.pkl"))
+    message = str(caught.value)
+    assert "\n" not in message and "unexpected" not in message
+    assert "1 missing keys" in message and "quantizer.codebook.layers.7.embed" in message

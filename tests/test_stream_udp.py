@@ -208,3 +208,27 @@ def test_packets_of_another_version_are_named_until_a_stream_is_followed() -> No
     assert not receiver._handle(stray)
     assert receiver.counts["packets foreign"] == 2
     sock.close()
+
+
+def test_a_damaged_payload_byte_is_refused_by_the_crc() -> None:
+    """Every payload byte and CRC byte flipped: the size checks pass, the CRC refuses the packet."""
+    codes = np.random.default_rng(1).integers(0, 64, (1, 8, 2))
+    good = packet.encode_codes(codes, 6, 1, 1, 2, 0, b"\x01\x02\x03\x04")
+    assert len(good) > packet.HEADER_BYTES + packet.CRC_BYTES
+    for position in range(packet.HEADER_BYTES, len(good)):
+        damaged = bytearray(good)
+        damaged[position] ^= 0x10
+        with pytest.raises(packet.PacketError, match="^CRC mismatch$") as caught:
+            packet.decode(bytes(damaged))
+        assert not caught.value.foreign
+
+
+def test_a_code_beyond_the_code_bits_is_not_sent() -> None:
+    """Codes in [0, 2**bits) are sent; 2**bits would pack as 0 and is refused naming the code and the range."""
+    decoder = b"\x01\x02\x03\x04"
+    highest = np.full((1, 2, 1), 63)
+    assert np.array_equal(packet.decode(packet.encode_codes(highest, 6, 1, 1, 0, 0, decoder)).codes, highest)
+    with pytest.raises(ValueError, match=r"^codes must lie in \[0, 64\) for 6-bit codes, got \[63, 64\]"):
+        packet.encode_codes(np.array([[[63], [64]]]), 6, 1, 1, 0, 0, decoder)
+    with pytest.raises(ValueError, match=r"got \[-1, 0\]"):
+        packet.encode_codes(np.array([[[-1], [0]]]), 6, 1, 1, 0, 0, decoder)

@@ -215,3 +215,27 @@ def test_the_vocoders_analyzer_codes_in_fp32_under_bf16_training(tmp_path: Path)
         trainer.generate(audio, LossTracker(), "train", training=False)
     expected = quantized_latent(trainer.analyzer, audio)
     assert fed[0].dtype == torch.float32 and torch.equal(fed[0], expected)
+
+
+def test_the_generator_loss_is_each_term_times_its_lambda(tmp_path: Path) -> None:
+    """On a fixed batch with each loss stubbed to a constant, the generator's loss is the sum of lambda x
+    term: the metric losses, lambda_vq_loss x the sum over the codebooks, and lambda_adv x (adversarial
+    + lambda_feat_match x feature matching)."""
+    config = tiny_recipe(tmp_path, lambda_mel_loss=3.0, lambda_stft_loss=5.0, lambda_shape_loss=7.0,
+                         lambda_adv=1.5, lambda_feat_match=2.0, lambda_vq_loss=0.5)  # fmt: skip
+    torch.manual_seed(0)
+    trainer = built_trainer(config)
+    terms = {"mel": 0.5, "stft": (0.25, 0.125), "shape": 0.0625, "generator_adv": 0.75, "feat_match": 1.5}
+    for name, value in terms.items():
+        constant = tuple(map(torch.tensor, value)) if isinstance(value, tuple) else torch.tensor(value)
+        trainer.criteria[name] = lambda *outputs, constant=constant: constant
+    vq_losses = torch.tensor([0.25, 1.0])
+    trainer.generator_ddp = lambda inputs: (inputs.clone(), None, None, vq_losses, torch.tensor([3.0, 4.0]))
+    losses = LossTracker()
+    audio = 0.1 * torch.randn(2, 1, 160, generator=torch.Generator().manual_seed(1))
+    loss = trainer.generator_loss(audio, audio, True, losses, "train")
+    expected = 3.0 * 0.5 + 5.0 * (0.25 + 0.125) + 7.0 * 0.0625 + 0.5 * (0.25 + 1.0) + 1.5 * (0.75 + 2.0 * 1.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    logged = losses.means()
+    assert logged["train/vqloss"] == pytest.approx(0.625) and logged["train/feature_matching_loss"] == 1.5
+    assert logged["train/adversarial_loss"] == pytest.approx(1.5 * (0.75 + 2.0 * 1.5))

@@ -63,8 +63,12 @@ def test_losses_perplexity_and_straight_through() -> None:
 
 def test_quantizer_dropout_uses_fewer_codebooks() -> None:
     vq = ResidualVQ(num_quantizers=4, dim=3, codebook_size=8).train()
+    before = [layer.embed.clone() for layer in vq.layers]
     _, losses, _ = vq(torch.randn(1, 5, 3), n_quantizers=2)
     assert losses.shape == (2,)
+    # the first two codebooks counted the batch and moved; the last two were not used
+    assert [bool(layer.cluster_size.sum() > 0) for layer in vq.layers] == [True, True, False, False]
+    assert [torch.equal(layer.embed, embed) for layer, embed in zip(vq.layers, before)] == [False, False, True, True]
 
 
 def test_inference_caches_follow_codebook_changes() -> None:
@@ -135,3 +139,18 @@ def test_a_rows_distances_do_not_depend_on_how_many_rows_are_searched(threads: i
                 assert torch.equal(parts, whole), f"rows searched {size} at a time differ"
     finally:
         torch.set_num_threads(previous)
+
+
+def test_the_commitment_loss_pulls_the_encoder_output_toward_its_code() -> None:
+    """The original's commitment loss, commitment x mean((x - sg(q))^2), sends x the gradient
+    2 commitment (x - q) / numel."""
+    torch.manual_seed(0)
+    vq = VectorQuantize(dim=3, codebook_size=8, commitment=0.25).eval()
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    _, loss, _ = vq(x)
+    code = vq.codebook[vq.nearest(x.detach().reshape(-1, 3))].reshape(x.shape)
+    torch.testing.assert_close(loss, 0.25 * (x.detach() - code).pow(2).mean())
+    loss.backward()
+    expected = 2 * 0.25 * (x.detach() - code) / x.numel()
+    assert expected.abs().min() > 0
+    torch.testing.assert_close(x.grad, expected)

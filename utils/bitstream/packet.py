@@ -91,7 +91,8 @@ def encode_codes(codes: np.ndarray, bits: int, session: int, seq: int, frame_ind
     if not 1 <= n_frames <= MAX_FRAMES:
         raise ValueError(f"a packet holds 1..{MAX_FRAMES} codec frames, got {n_frames}: use a smaller frame size")
     if codes.min() < 0 or codes.max() >= 1 << bits:
-        raise ValueError(f"codes out of range for {bits} bits")
+        raise ValueError(f"codes must lie in [0, {1 << bits}) for {bits}-bit codes, got [{codes.min()}, "
+                         f"{codes.max()}]: pass the codec's per-codebook indices")
     header = _HEADER.pack(MAGIC, VERSION, KIND_CODES, session, seq, frame_index, capture_us,
                           _checked_decoder(decoder), streams, n_codebooks, bits, n_frames)
     return _seal(header, pack_codes(np.transpose(codes, (2, 0, 1)), bits))
