@@ -110,11 +110,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _read_input_file(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
-    data, rate = read_audio(args.input_file)
+    """The --input_file's samples (T, C), read whole as float32: what the stream codes and the -i dump writes."""
+    data, rate = read_audio(args.input_file, dtype="float32")
     warn_if_input_beyond_full_scale(args.input_file, data)
     if rate != sample_rate:
         raise CodecError(f"{args.input_file} is at {rate} Hz but the model codes {sample_rate} Hz: convert it first")
-    return data.astype(np.float32)
+    return data
 
 
 def _dump(path: str | None, audio: Callable[[], np.ndarray], rate: int) -> None:
@@ -148,10 +149,10 @@ def run_sender(args: argparse.Namespace) -> None:
     if args.input_file:
         data = _read_input_file(args, codec.sample_rate)
         sender = stream.Sender(codec, args.frame_size, data.shape[1], address, args.max_latency,
-                               args.drop_rate, args.drop_seed, keep_input=bool(args.input))
+                               args.drop_rate, args.drop_seed, keep_input=False)
         logging.info(f"sending {args.input_file} to {address[0]}:{address[1]} [press Return or Ctrl-C to stop]")
         sent = stream.send_file(sender, data, args.pace, args.duration)
-        _dump(args.input, lambda: sender.input_audio()[:sent], codec.sample_rate)
+        _dump(args.input, lambda: data[:sent], codec.sample_rate)  # what the stream captured: the file's start
     else:
         device = stream.parse_device(args.input_device)
         stream.check_device("input", device, codec.input_channels, codec.sample_rate)
@@ -173,7 +174,7 @@ def run_local(args: argparse.Namespace) -> None:
     if args.input_file:
         data = _read_input_file(args, tx.sample_rate)
         streamer = stream.Streamer(tx, rx, args.frame_size, data.shape[1], args.max_latency, args.worker_threads,
-                                   keep_input=bool(args.input), keep_output=bool(args.output))
+                                   keep_input=False, keep_output=bool(args.output))
         to_device = args.output_device is not None or not args.output
         if to_device:
             stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
@@ -189,7 +190,8 @@ def run_local(args: argparse.Namespace) -> None:
         stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
         stream.run_devices(streamer, input_device, output_device, args.duration)
         n_samples = None
-    _dump(args.input, lambda: streamer.input_audio()[:n_samples], tx.sample_rate)
+    captured = (lambda: data[:n_samples]) if args.input_file else streamer.input_audio
+    _dump(args.input, captured, tx.sample_rate)
     _dump(args.output, lambda: streamer.output_audio(n_samples), rx.sample_rate)
     print(streamer.stats.report())
 

@@ -435,9 +435,11 @@ def check_frame_size(frame_size: int, hop_length: int) -> None:
         )
 
 
-def file_blocks(data: np.ndarray, frame_size: int) -> Iterator[np.ndarray]:
-    """(T, C) audio -> float32 blocks of frame_size samples; the last one zero-padded."""
-    for start in range(0, data.shape[0], frame_size):
+def file_blocks(data: np.ndarray, frame_size: int, tail: int = 0) -> Iterator[np.ndarray]:
+    """(T, C) audio followed by `tail` zeros -> float32 blocks of frame_size samples; the last one
+    zero-padded. With a model whose output lags its input by `tail` samples, the blocks hold what it
+    needs to give out the whole input (as `StreamingCodec.code` does)."""
+    for start in range(0, data.shape[0] + tail, frame_size):
         block = np.zeros((frame_size, data.shape[1]), np.float32)
         chunk = data[start:start + frame_size]
         block[:chunk.shape[0]] = chunk
@@ -498,20 +500,15 @@ class StopRequest:
         return False
 
 
-def padded_for_delay(data: np.ndarray, delay: int) -> np.ndarray:
-    """A file's samples (T, C) followed by `delay` zeros: what a model whose output lags its input by
-    `delay` samples codes, so that its output holds the whole input (as `StreamingCodec.code` does)."""
-    return np.pad(data, ((0, delay), (0, 0))) if delay else data
-
-
 def stream_file(pipeline: Pipeline, data: np.ndarray, pace: bool, stop: StopRequest,
-                step: Callable[[np.ndarray], None]) -> int:
-    """Hand a file's samples (T, C) to `step` block by block, paced in real time or not, until the end,
-    `stop` or Ctrl-C (SIGTERM too); return the samples handed over (whole blocks, at most T)."""
+                step: Callable[[np.ndarray], None], tail: int = 0) -> int:
+    """Hand a file's samples (T, C), then `tail` zeros, to `step` block by block (`file_blocks`), paced
+    in real time or not, until the end, `stop` or Ctrl-C (SIGTERM too); return the samples handed over
+    (whole blocks, at most T + tail)."""
     clock = FrameClock(pipeline.frame_size / pipeline.sample_rate)
     blocks = 0
     try:
-        for block in file_blocks(data, pipeline.frame_size):
+        for block in file_blocks(data, pipeline.frame_size, tail):
             if stop.requested():
                 break
             if pace:
@@ -521,7 +518,7 @@ def stream_file(pipeline: Pipeline, data: np.ndarray, pace: bool, stop: StopRequ
             blocks += 1
     except KeyboardInterrupt:
         logging.info("stopping")
-    return min(blocks * pipeline.frame_size, data.shape[0])
+    return min(blocks * pipeline.frame_size, data.shape[0] + tail)
 
 
 def run_file(streamer: Streamer, data: np.ndarray, pace: bool, duration: float | None = None) -> int:
@@ -536,12 +533,16 @@ def run_file(streamer: Streamer, data: np.ndarray, pace: bool, duration: float |
     try:
         if not pace:
             streamer.max_latency = 0
-            streamed = stream_file(streamer, padded_for_delay(data, streamer.rx.output_delay), False, stop,
-                                   lambda block: streamer.push(block, wait=True))
+
+            def push(block: np.ndarray) -> None:
+                streamer.push(block, wait=True)
+                while streamer.pull() is not None:  # taken as decoded: the output queue has no bound
+                    pass
+
+            streamed = stream_file(streamer, data, False, stop, push, streamer.rx.output_delay)
             streamer.drain()
             return min(streamed, data.shape[0])
-        streamed = stream_file(streamer, padded_for_delay(data, streamer.rx.output_delay), True, stop,
-                               streamer.process)
+        streamed = stream_file(streamer, data, True, stop, streamer.process, streamer.rx.output_delay)
         clock = FrameClock(streamer.frame_size / streamer.sample_rate)
         deadline = time.monotonic() + max(streamer.max_latency, 0) * 2 + (0 if streamer.max_latency > 0 else 60)
         while streamer.pending and time.monotonic() < deadline + 1.0:
@@ -595,15 +596,15 @@ def run_file_to_device(streamer: Streamer, data: np.ndarray, output_device: int 
     """A file as the microphone, the codec's output on a speaker; the sound card keeps the time. Until
     the file's end, `duration` seconds, Return or Ctrl-C; returns the samples of the file streamed."""
     sd = import_sounddevice()
-    padded = padded_for_delay(data, streamer.rx.output_delay)
-    blocks = file_blocks(padded, streamer.frame_size)
+    coded = data.shape[0] + streamer.rx.output_delay  # samples: the file, then the zeros its delay needs
+    blocks = file_blocks(data, streamer.frame_size, streamer.rx.output_delay)
     finished = threading.Event()
 
     def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
         if status:
             streamer.stats.device_xruns += 1
         outdata[:] = streamer.process(None if finished.is_set() else next(blocks, None))
-        if streamer.stats.frames * streamer.frame_size >= padded.shape[0] and not streamer.pending:
+        if streamer.stats.frames * streamer.frame_size >= coded and not streamer.pending:
             finished.set()
 
     streamer.start()
@@ -611,7 +612,7 @@ def run_file_to_device(streamer: Streamer, data: np.ndarray, output_device: int 
         with open_stream(sd.OutputStream, device=output_device, samplerate=streamer.sample_rate,
                    blocksize=streamer.frame_size, dtype="float32", latency="low",
                    channels=streamer.output_channels, callback=callback):
-            limit = padded.shape[0] / streamer.sample_rate + DRAIN_SECONDS
+            limit = coded / streamer.sample_rate + DRAIN_SECONDS
             wait_for_stop(limit if duration is None else min(duration, limit), streamer.check, finished)
             finished.set()  # no more blocks from the file
         streamer.drop()

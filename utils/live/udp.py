@@ -28,7 +28,6 @@ from utils.live.pipeline import (
     StreamStats,
     Worker,
     encode_step,
-    padded_for_delay,
     stream_file,
     wait_for_stop,
 )
@@ -116,8 +115,8 @@ def send_file(sender: Sender, data: np.ndarray, pace: bool, duration: float | No
     stop = StopRequest(duration)
     sender.start()
     try:
-        padded = padded_for_delay(data, sender.codec.output_delay)
-        sent = stream_file(sender, padded, pace, stop, lambda block: sender.push(block, wait=not pace))
+        sent = stream_file(sender, data, pace, stop, lambda block: sender.push(block, wait=not pace),
+                           sender.codec.output_delay)
         sender.drain()
         sender.finish(sent)
         return min(sent, data.shape[0])
