@@ -27,6 +27,7 @@ import argparse
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -109,16 +110,18 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _read_input_file(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
-    data, rate = read_audio(args.input_file)
+    """The --input_file's samples (T, C), read whole as float32: what the stream codes and the -i dump writes."""
+    data, rate = read_audio(args.input_file, dtype="float32")
     warn_if_input_beyond_full_scale(args.input_file, data)
     if rate != sample_rate:
         raise CodecError(f"{args.input_file} is at {rate} Hz but the model codes {sample_rate} Hz: convert it first")
-    return data.astype(np.float32)
+    return data
 
 
-def _dump(path: str | None, audio: np.ndarray, rate: int) -> None:
+def _dump(path: str | None, audio: Callable[[], np.ndarray], rate: int) -> None:
+    """Write `audio()` to `path` when a dump was asked for (the stream kept its blocks only then)."""
     if path:
-        write_audio(path, audio, rate, DUMP_SUBTYPE)
+        write_audio(path, audio(), rate, DUMP_SUBTYPE)
         logging.info(f"wrote {path}")
 
 
@@ -129,13 +132,14 @@ def run_receiver(args: argparse.Namespace) -> None:
     if play:
         stream.check_device("output", device, codec.output_channels, codec.sample_rate)
     sock = stream.bind_udp(args.bind, args.receive)
-    receiver = stream.Receiver(codec, sock, args.expect_frames, args.idle_timeout, duration=args.duration)
+    receiver = stream.Receiver(codec, sock, args.expect_frames, args.idle_timeout, duration=args.duration,
+                               keep_output=bool(args.output))
     logging.info(f"listening on {args.bind}:{args.receive}")
     stream.receive(receiver, device, play)
     if receiver.session is None:
         raise CodecError(f"no stream packets arrived on {args.bind}:{args.receive}, nothing was written: check that "
                          f"the sender's --send names this address and that it is running")
-    _dump(args.output, receiver.output_audio(), codec.sample_rate)
+    _dump(args.output, receiver.output_audio, codec.sample_rate)
     print(receiver.report())
 
 
@@ -145,17 +149,17 @@ def run_sender(args: argparse.Namespace) -> None:
     if args.input_file:
         data = _read_input_file(args, codec.sample_rate)
         sender = stream.Sender(codec, args.frame_size, data.shape[1], address, args.max_latency,
-                               args.drop_rate, args.drop_seed)
+                               args.drop_rate, args.drop_seed, keep_input=False)
         logging.info(f"sending {args.input_file} to {address[0]}:{address[1]} [press Return or Ctrl-C to stop]")
         sent = stream.send_file(sender, data, args.pace, args.duration)
-        _dump(args.input, sender.input_audio()[:sent], codec.sample_rate)
+        _dump(args.input, lambda: data[:sent], codec.sample_rate)  # what the stream captured: the file's start
     else:
         device = stream.parse_device(args.input_device)
         stream.check_device("input", device, codec.input_channels, codec.sample_rate)
         sender = stream.Sender(codec, args.frame_size, codec.input_channels, address, args.max_latency,
-                               args.drop_rate, args.drop_seed)
+                               args.drop_rate, args.drop_seed, keep_input=bool(args.input))
         stream.send_device(sender, device, args.duration)
-        _dump(args.input, sender.input_audio(), codec.sample_rate)
+        _dump(args.input, sender.input_audio, codec.sample_rate)
     print(sender.stats.report())
 
 
@@ -169,7 +173,8 @@ def run_local(args: argparse.Namespace) -> None:
     output_device = stream.parse_device(args.output_device)
     if args.input_file:
         data = _read_input_file(args, tx.sample_rate)
-        streamer = stream.Streamer(tx, rx, args.frame_size, data.shape[1], args.max_latency, args.worker_threads)
+        streamer = stream.Streamer(tx, rx, args.frame_size, data.shape[1], args.max_latency, args.worker_threads,
+                                   keep_input=False, keep_output=bool(args.output))
         to_device = args.output_device is not None or not args.output
         if to_device:
             stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
@@ -180,13 +185,14 @@ def run_local(args: argparse.Namespace) -> None:
             n_samples = stream.run_file(streamer, data, args.pace, args.duration)
     else:
         streamer = stream.Streamer(tx, rx, args.frame_size, tx.input_channels, args.max_latency,
-                                   args.worker_threads)
+                                   args.worker_threads, keep_input=bool(args.input), keep_output=bool(args.output))
         stream.check_device("input", input_device, tx.input_channels, tx.sample_rate)
         stream.check_device("output", output_device, streamer.output_channels, tx.sample_rate)
         stream.run_devices(streamer, input_device, output_device, args.duration)
         n_samples = None
-    _dump(args.input, streamer.input_audio()[:n_samples], tx.sample_rate)
-    _dump(args.output, streamer.output_audio(n_samples), rx.sample_rate)
+    captured = (lambda: data[:n_samples]) if args.input_file else streamer.input_audio
+    _dump(args.input, captured, tx.sample_rate)
+    _dump(args.output, lambda: streamer.output_audio(n_samples), rx.sample_rate)
     print(streamer.stats.report())
 
 

@@ -156,6 +156,51 @@ def test_decode_as_bytes_arrive() -> None:
     np.testing.assert_allclose(decode_codes(codec, header, codes.numpy())[:, 0], whole[0, 0].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("frames_per_step", [1, 7])
+@pytest.mark.parametrize("entropy", [False, True], ids=["raw_as_one_piece", "entropy_coded"])
+def test_a_step_of_decode_stream_costs_the_same_however_many_frames_wait(entropy: bool, frames_per_step: int) -> None:
+    """A whole file's frames arrive at once (an entropy-coded payload; a raw file given as one piece):
+    each step then takes its frames without copying the ones still waiting, which would make a long
+    file quadratic in time (seen here, without timing, as a step's transient allocation, by
+    tracemalloc), and the audio is each frame's, in order, cut in steps of `frames_per_step`."""
+    import tracemalloc
+
+    from utils.bitstream.adc import StreamHeader, encode_adc
+
+    codec = full_size_codec()
+    n_frames = 8000
+    codes = np.random.default_rng(0).integers(0, codec.codebook_size, (1, codec.n_codebooks, n_frames))
+    header = StreamHeader(48000, 300, 1, n_frames * 300, 8, codec.codebook_size, "", codec.decoder_hash())
+    model = EntropyModel.fit(list(codes), codec.codebook_size) if entropy else None
+    blob = encode_adc(header, codes, model)
+    pieces = [blob[i:i + 4096] for i in range(0, len(blob), 4096)] if entropy else [blob]
+    expected = np.repeat(codes[0, 0], 300).astype(np.float32)  # the stand-in decoder's output: codebook 0's codes
+    steps: list[int] = []
+    allocated: list[int] = []
+
+    def decode(batch: torch.Tensor) -> torch.Tensor:
+        current, peak = tracemalloc.get_traced_memory()
+        allocated.append(peak - current)  # since the step before
+        tracemalloc.reset_peak()
+        steps.append(batch.shape[-1])
+        return batch[:, :1].float().repeat_interleave(300, -1)
+
+    codec.decode = decode
+    decoded = np.full_like(expected, np.nan)
+    at = 0
+    tracemalloc.start()
+    try:
+        for audio in decode_stream(codec, pieces, frames_per_step=frames_per_step, entropy_model=model):
+            decoded[at:at + audio.shape[0]] = audio[:, 0]
+            at += audio.shape[0]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(decoded[:at], expected)
+    assert steps == [frames_per_step] * (n_frames // frames_per_step) + [n_frames % frames_per_step] * (
+        n_frames % frames_per_step > 0)
+    assert max(allocated[1:]) < n_frames * 8 // 4, "a step copied the list of frames waiting (8 bytes each)"
+
+
 def test_entropy_coding_round_trip(tmp_path, python: str) -> None:
     """fit-entropy then --entropy: identical codes after decoding, fewer bytes than raw."""
     train = tmp_path / "train"

@@ -180,6 +180,90 @@ def test_explicit_worker_threads_and_bad_counts(whole_file: np.ndarray) -> None:
             stream.Streamer(codec, codec, 1500, 1, worker_threads=bad)
 
 
+def test_a_stream_without_dumps_holds_no_blocks_however_long_it_runs() -> None:
+    """As demoStream.py streams a microphone without -i/-o: after many frames the stream holds no more
+    memory than after a few (a kept block is 1200 bytes here), still times every frame, and says in
+    one line that it has no dump to give."""
+    import tracemalloc
+
+    from utils import live as stream
+
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    streamer = stream.Streamer(codec, codec, 300, 1, max_latency=0, worker_threads=1, keep_input=False,
+                               keep_output=False)
+    block = (0.1 * np.random.default_rng(0).standard_normal((300, 1))).astype(np.float32)
+    held = []
+    streamer.start()
+    tracemalloc.start()
+    try:
+        for step in range(1, 601):
+            streamer.push(block.copy(), wait=True)  # as run_devices: a copy of each period's samples
+            streamer.pull(timeout=1.0)
+            if step in (100, 600):
+                held.append(tracemalloc.get_traced_memory()[0])
+        streamer.drain()
+    finally:
+        tracemalloc.stop()
+        streamer.close()
+    assert held[1] - held[0] < 100 * 1200, f"{held[1] - held[0]} bytes more after 500 more frames"
+    assert streamer.stats.frames == len(streamer.stats.encoder_times) == len(streamer.stats.latencies) == 600
+    for dump in (streamer.input_audio, streamer.output_audio):
+        with pytest.raises(CodecError, match=r"kept no (in|out)put \(keep_(in|out)put=False\): make it with "):
+            dump()
+
+
+def test_a_file_stream_holds_the_file_once(tmp_path) -> None:
+    """--input_file is read whole as float32 (not as float64 and then a float32 copy), and the zeros a
+    model's output delay needs after it are coded without a padded copy of the file."""
+    import argparse
+    import runpy
+    import tracemalloc
+
+    from utils import live as stream
+    from utils.runtime.cpu_process import in_passing_thread
+
+    path = tmp_path / "in.wav"
+    sf.write(path, 0.1 * np.random.default_rng(0).standard_normal((480000, 1)), 48000, "PCM_16")
+    file_bytes = 480000 * 4
+    read_input_file = runpy.run_path(os.path.join(REPO, "demoStream.py"), run_name="demoStream")["_read_input_file"]
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    codec.output_delay = 450  # a model that lags its input: its stream codes 450 zeros after the file
+    streamer = stream.Streamer(codec, codec, 4800, 1, worker_threads=1, keep_input=False, keep_output=False)
+    in_passing_thread(streamer._prepare)  # the engine's plans for these steps, before anything is measured
+    tracemalloc.start()
+    try:
+        data = read_input_file(argparse.Namespace(input_file=str(path)), 48000)
+        read_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        streamed = stream.run_file(streamer, data, pace=False)
+        stream_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert data.dtype == np.float32 and streamed == 480000
+    assert np.array_equal(data, read_audio(path)[0].astype(np.float32))
+    # The file once, and for a moment its magnitudes (the full-scale check); float64 took twice both.
+    assert read_peak < 2.25 * file_bytes, f"reading took {read_peak / file_bytes:.2f} times the file's float32 bytes"
+    assert stream_peak < 0.25 * file_bytes, f"streaming took {stream_peak / file_bytes:.2f} times them more"
+    assert streamer.stats.frames == -(-(480000 + 450) // 4800)
+
+
+def test_timings_report_what_a_list_of_them_gives() -> None:
+    """The statistics keep 8 bytes a frame and print what the mean and deviation of a list of the same
+    seconds print, across the array's growth."""
+    from utils.live.pipeline import StreamStats, _mean_std_ms
+
+    seconds = np.random.default_rng(1).exponential(0.004, 5000).tolist()
+    stats = StreamStats(300, 48000)
+    assert _mean_std_ms(stats.latencies) == "n/a"
+    for value in seconds:
+        stats.latencies.append(value)
+    values = np.asarray(seconds) * 1000.0
+    assert _mean_std_ms(stats.latencies) == f"{values.mean():.2f} +- {values.std():.2f}"
+    assert np.array_equal(stats.latencies.seconds, seconds) and len(stats.latencies) == 5000
+    assert stats.latencies.seconds.dtype == np.float64
+
+
 def test_bad_worker_threads_option(python: str) -> None:
     assert_clean_failure(run_stream(python, "--input_file", INPUT, "--worker_threads", "0"), "--worker_threads")
 

@@ -113,6 +113,38 @@ def test_corrupt_and_foreign_packets_are_counted_and_ignored() -> None:
     assert receiver.output_audio().shape == (8 * codec.hop_length, 1)
 
 
+def test_a_receiver_without_a_dump_holds_no_audio_however_long_it_runs() -> None:
+    """As demoStream.py --receive without -o: after many packets the receiver holds no more memory
+    than after a few (a kept packet's audio is 9600 bytes here), and says in one line that it has no
+    dump to give."""
+    import tracemalloc
+
+    import torch
+
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    sock = bind_udp("127.0.0.1", 0)
+    receiver = Receiver(codec, sock, keep_output=False)
+    codec.reset(1)
+    packets = [_codes_packet(codec, seq, frames=8) for seq in range(150)]
+    held = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2-frame steps: a thread team would only wait on itself
+    tracemalloc.start()
+    try:
+        for seq, datagram in enumerate(packets):
+            assert receiver._handle(datagram)
+            if seq + 1 in (30, 150):
+                held.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+        torch.set_num_threads(threads)
+        sock.close()
+    assert held[1] - held[0] < 12 * 9600, f"{held[1] - held[0]} bytes more after 120 more packets"
+    assert receiver.counts["packets received"] == len(receiver.stats.decoder_times) == 150
+    with pytest.raises(CodecError, match=r"kept no output \(keep_output=False\): make it with keep_output=True"):
+        receiver.output_audio()
+
+
 def test_packets_round_trip() -> None:
     codes = np.random.default_rng(0).integers(0, 1024, (2, 8, 5))
     parsed = packet.decode(packet.encode_codes(codes, 10, 5, 6, 7, 8, b"\x01\x02\x03\x04"))

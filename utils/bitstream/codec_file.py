@@ -7,6 +7,7 @@ demoFile.py): the receiver starts from the same warmed-up state and sees the sam
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -115,7 +116,8 @@ def decode_stream(
     if isinstance(frames_per_step, bool) or not isinstance(frames_per_step, (int, np.integer)) or frames_per_step < 1:
         raise CodecError(f"frames_per_step {frames_per_step!r}: give a whole number of frames, 1 or more")
     reader = AdcStreamReader(entropy_model)
-    pending: list[np.ndarray] = []
+    # A whole file's frames may wait at once (entropy-coded, or one piece): a list cut at its head copies the rest.
+    pending: deque[np.ndarray] = deque()
     emitted = 0
     header = None
     for piece in pieces:
@@ -126,11 +128,11 @@ def decode_stream(
             codec.reset(header.channels)
         pending.extend(frames)
         while len(pending) >= frames_per_step:
-            batch, pending = pending[:frames_per_step], pending[frames_per_step:]
+            batch = [pending.popleft() for _ in range(frames_per_step)]
             yield _decode_frames(codec, batch, header, emitted)
             emitted += frames_per_step * codec.hop_length
     if pending:
-        yield _decode_frames(codec, pending, header, emitted)
+        yield _decode_frames(codec, list(pending), header, emitted)
     reader.close()
 
 

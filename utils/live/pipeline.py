@@ -43,10 +43,32 @@ DRAIN_SECONDS = 60.0
 
 # --------------------------------------------------------------------------- statistics
 
-def _mean_std_ms(seconds: list[float]) -> str:
-    if not seconds:
+class Timings:
+    """Seconds, one per frame, appended by one thread: a float64 array that doubles when full, 8 bytes
+    a frame (a list of floats takes 32), so that an hours-long stream keeps its statistics in a few MB."""
+
+    def __init__(self) -> None:
+        self._seconds = np.empty(1024)
+        self._count = 0
+
+    def append(self, seconds: float) -> None:
+        if self._count == self._seconds.shape[0]:
+            self._seconds = np.concatenate([self._seconds, np.empty_like(self._seconds)])
+        self._seconds[self._count] = seconds
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def seconds(self) -> np.ndarray:
+        return self._seconds[:self._count]
+
+
+def _mean_std_ms(times: Timings) -> str:
+    if not times:
         return "n/a"
-    values = np.asarray(seconds) * 1000.0
+    values = times.seconds * 1000.0
     return f"{values.mean():.2f} +- {values.std():.2f}"
 
 
@@ -56,9 +78,9 @@ class StreamStats:
 
     frame_size: int
     sample_rate: int
-    encoder_times: list[float] = field(default_factory=list)
-    decoder_times: list[float] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
+    encoder_times: Timings = field(default_factory=Timings)
+    decoder_times: Timings = field(default_factory=Timings)
+    latencies: Timings = field(default_factory=Timings)
     frames: int = 0
     frame_drops: int = 0
     device_xruns: int = 0
@@ -96,7 +118,7 @@ class Worker(threading.Thread):
     threads: int | None = None
 
     def __init__(self, name: str, source: queue.Queue, step: Callable[[int, Any, float], Any], sink: queue.Queue | None,
-                 times: list[float] | None, stop: threading.Event, is_dropped: Callable[[int], bool]) -> None:
+                 times: Timings | None, stop: threading.Event, is_dropped: Callable[[int], bool]) -> None:
         super().__init__(name=name, daemon=True)
         self.source, self.step, self.sink, self.times = source, step, sink, times
         self.stop, self.is_dropped = stop, is_dropped
@@ -140,9 +162,14 @@ def _queue_frames(max_latency: float, frame_size: int, sample_rate: int) -> int:
 
 
 class Pipeline:
-    """Frame numbering, drop bookkeeping, input/output dumps and worker supervision."""
+    """Frame numbering, drop bookkeeping, input/output dumps and worker supervision.
 
-    def __init__(self, frame_size: int, hop_length: int, sample_rate: int, max_latency: float) -> None:
+    `keep_input`: hold every captured block for `input_audio()`; without it a stream's memory stays
+    the same however long it runs.
+    """
+
+    def __init__(self, frame_size: int, hop_length: int, sample_rate: int, max_latency: float,
+                 keep_input: bool = True) -> None:
         check_frame_size(frame_size, hop_length)  # before the queue is sized by it
         self.frame_size = frame_size
         self.sample_rate = sample_rate
@@ -151,7 +178,7 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.workers: list[Worker] = []
         self.encoder_queue: queue.Queue = queue.Queue(_queue_frames(max_latency, frame_size, sample_rate))
-        self.input_dump: list[np.ndarray] = []
+        self.input_dump: list[np.ndarray] | None = [] if keep_input else None
         self._lock = threading.Lock()
         self._pending: dict[int, float] = {}
         self._next_index = 0
@@ -185,7 +212,8 @@ class Pipeline:
         index = self._next_index
         self._next_index += 1
         self.stats.frames += 1
-        self.input_dump.append(block)
+        if self.input_dump is not None:
+            self.input_dump.append(block)
         now = time.perf_counter()
         with self._lock:
             self._pending[index] = now
@@ -236,6 +264,8 @@ class Pipeline:
             worker.join(timeout=5.0)
 
     def input_audio(self) -> np.ndarray:
+        if self.input_dump is None:
+            raise CodecError("this stream kept no input (keep_input=False): make it with keep_input=True to dump it")
         return np.concatenate(self.input_dump) if self.input_dump else np.zeros((0, 1), np.float32)
 
 
@@ -272,13 +302,17 @@ class Streamer(Pipeline):
     `Pipeline.start` runs the set-up (timing, tuning, tracing) in a thread that ends and releases the
     caller's OpenMP pool: an idle pool there would halve the coder thread's speed (docs/performance.md,
     "The process").
+
+    `keep_input` and `keep_output` hold every block captured and decoded for `input_audio()` and
+    `output_audio()`; a stream that dumps neither is made without them.
     """
 
     BALANCE = 2.0
 
     def __init__(self, tx: StreamingCodec, rx: StreamingCodec, frame_size: int, channels: int,
-                 max_latency: float = 0.1, worker_threads: int | str = "auto") -> None:
-        super().__init__(frame_size, tx.hop_length, tx.sample_rate, max_latency)
+                 max_latency: float = 0.1, worker_threads: int | str = "auto", keep_input: bool = True,
+                 keep_output: bool = True) -> None:
+        super().__init__(frame_size, tx.hop_length, tx.sample_rate, max_latency, keep_input)
         if worker_threads != "auto" and not (isinstance(worker_threads, int) and worker_threads >= 1):
             raise CodecError(f"worker_threads {worker_threads!r}: give 'auto' or a count of 1 or more")
         self.tx, self.rx = tx, rx
@@ -287,7 +321,7 @@ class Streamer(Pipeline):
         self.output_channels = self.streams * rx.output_channels
         self.decoder_queue: queue.Queue = queue.Queue(self.encoder_queue.maxsize)
         self.output_queue: queue.Queue = queue.Queue()
-        self.received: dict[int, np.ndarray] = {}
+        self.received: dict[int, np.ndarray] | None = {} if keep_output else None
         encode = encode_step(tx)
         self.overlapping = [
             Worker("encoder", self.encoder_queue, lambda _, block, __: encode(block), self.decoder_queue,
@@ -363,7 +397,8 @@ class Streamer(Pipeline):
                 continue
             latency = time.perf_counter() - pushed
             self.stats.latencies.append(latency)
-            self.received[index] = audio
+            if self.received is not None:
+                self.received[index] = audio
             if self.max_latency > 0 and latency > self.max_latency:
                 self.drop()
             return audio
@@ -382,6 +417,8 @@ class Streamer(Pipeline):
         """What the receiver produced, frame by frame in input order (dropped frames silent), aligned
         with the input: the model's output delay taken off the front (`stream_file` codes that many
         zeros after a file), cut to `n_samples` when given."""
+        if self.received is None:
+            raise CodecError("this stream kept no output (keep_output=False): make it with keep_output=True to dump it")
         n_frames = self._next_index
         audio = np.zeros((n_frames * self.frame_size, self.output_channels), np.float32)
         for index, block in self.received.items():
@@ -398,9 +435,11 @@ def check_frame_size(frame_size: int, hop_length: int) -> None:
         )
 
 
-def file_blocks(data: np.ndarray, frame_size: int) -> Iterator[np.ndarray]:
-    """(T, C) audio -> float32 blocks of frame_size samples; the last one zero-padded."""
-    for start in range(0, data.shape[0], frame_size):
+def file_blocks(data: np.ndarray, frame_size: int, tail: int = 0) -> Iterator[np.ndarray]:
+    """(T, C) audio followed by `tail` zeros -> float32 blocks of frame_size samples; the last one
+    zero-padded. With a model whose output lags its input by `tail` samples, the blocks hold what it
+    needs to give out the whole input (as `StreamingCodec.code` does)."""
+    for start in range(0, data.shape[0] + tail, frame_size):
         block = np.zeros((frame_size, data.shape[1]), np.float32)
         chunk = data[start:start + frame_size]
         block[:chunk.shape[0]] = chunk
@@ -461,20 +500,15 @@ class StopRequest:
         return False
 
 
-def padded_for_delay(data: np.ndarray, delay: int) -> np.ndarray:
-    """A file's samples (T, C) followed by `delay` zeros: what a model whose output lags its input by
-    `delay` samples codes, so that its output holds the whole input (as `StreamingCodec.code` does)."""
-    return np.pad(data, ((0, delay), (0, 0))) if delay else data
-
-
 def stream_file(pipeline: Pipeline, data: np.ndarray, pace: bool, stop: StopRequest,
-                step: Callable[[np.ndarray], None]) -> int:
-    """Hand a file's samples (T, C) to `step` block by block, paced in real time or not, until the end,
-    `stop` or Ctrl-C (SIGTERM too); return the samples handed over (whole blocks, at most T)."""
+                step: Callable[[np.ndarray], None], tail: int = 0) -> int:
+    """Hand a file's samples (T, C), then `tail` zeros, to `step` block by block (`file_blocks`), paced
+    in real time or not, until the end, `stop` or Ctrl-C (SIGTERM too); return the samples handed over
+    (whole blocks, at most T + tail)."""
     clock = FrameClock(pipeline.frame_size / pipeline.sample_rate)
     blocks = 0
     try:
-        for block in file_blocks(data, pipeline.frame_size):
+        for block in file_blocks(data, pipeline.frame_size, tail):
             if stop.requested():
                 break
             if pace:
@@ -484,7 +518,7 @@ def stream_file(pipeline: Pipeline, data: np.ndarray, pace: bool, stop: StopRequ
             blocks += 1
     except KeyboardInterrupt:
         logging.info("stopping")
-    return min(blocks * pipeline.frame_size, data.shape[0])
+    return min(blocks * pipeline.frame_size, data.shape[0] + tail)
 
 
 def run_file(streamer: Streamer, data: np.ndarray, pace: bool, duration: float | None = None) -> int:
@@ -499,12 +533,16 @@ def run_file(streamer: Streamer, data: np.ndarray, pace: bool, duration: float |
     try:
         if not pace:
             streamer.max_latency = 0
-            streamed = stream_file(streamer, padded_for_delay(data, streamer.rx.output_delay), False, stop,
-                                   lambda block: streamer.push(block, wait=True))
+
+            def push(block: np.ndarray) -> None:
+                streamer.push(block, wait=True)
+                while streamer.pull() is not None:  # taken as decoded: the output queue has no bound
+                    pass
+
+            streamed = stream_file(streamer, data, False, stop, push, streamer.rx.output_delay)
             streamer.drain()
             return min(streamed, data.shape[0])
-        streamed = stream_file(streamer, padded_for_delay(data, streamer.rx.output_delay), True, stop,
-                               streamer.process)
+        streamed = stream_file(streamer, data, True, stop, streamer.process, streamer.rx.output_delay)
         clock = FrameClock(streamer.frame_size / streamer.sample_rate)
         deadline = time.monotonic() + max(streamer.max_latency, 0) * 2 + (0 if streamer.max_latency > 0 else 60)
         while streamer.pending and time.monotonic() < deadline + 1.0:
@@ -558,15 +596,15 @@ def run_file_to_device(streamer: Streamer, data: np.ndarray, output_device: int 
     """A file as the microphone, the codec's output on a speaker; the sound card keeps the time. Until
     the file's end, `duration` seconds, Return or Ctrl-C; returns the samples of the file streamed."""
     sd = import_sounddevice()
-    padded = padded_for_delay(data, streamer.rx.output_delay)
-    blocks = file_blocks(padded, streamer.frame_size)
+    coded = data.shape[0] + streamer.rx.output_delay  # samples: the file, then the zeros its delay needs
+    blocks = file_blocks(data, streamer.frame_size, streamer.rx.output_delay)
     finished = threading.Event()
 
     def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
         if status:
             streamer.stats.device_xruns += 1
         outdata[:] = streamer.process(None if finished.is_set() else next(blocks, None))
-        if streamer.stats.frames * streamer.frame_size >= padded.shape[0] and not streamer.pending:
+        if streamer.stats.frames * streamer.frame_size >= coded and not streamer.pending:
             finished.set()
 
     streamer.start()
@@ -574,7 +612,7 @@ def run_file_to_device(streamer: Streamer, data: np.ndarray, output_device: int 
         with open_stream(sd.OutputStream, device=output_device, samplerate=streamer.sample_rate,
                    blocksize=streamer.frame_size, dtype="float32", latency="low",
                    channels=streamer.output_channels, callback=callback):
-            limit = padded.shape[0] / streamer.sample_rate + DRAIN_SECONDS
+            limit = coded / streamer.sample_rate + DRAIN_SECONDS
             wait_for_stop(limit if duration is None else min(duration, limit), streamer.check, finished)
             finished.set()  # no more blocks from the file
         streamer.drop()

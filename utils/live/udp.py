@@ -28,7 +28,6 @@ from utils.live.pipeline import (
     StreamStats,
     Worker,
     encode_step,
-    padded_for_delay,
     stream_file,
     wait_for_stop,
 )
@@ -47,11 +46,13 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 class Sender(Pipeline):
-    """Capture -> encoder thread -> one UDP packet per frame. `drop_rate` fakes network loss."""
+    """Capture -> encoder thread -> one UDP packet per frame. `drop_rate` fakes network loss; `keep_input`
+    holds every captured block for `input_audio()`."""
 
     def __init__(self, codec: StreamingCodec, frame_size: int, channels: int, address: tuple[str, int],
-                 max_latency: float = 0.1, drop_rate: float = 0.0, drop_seed: int | None = None) -> None:
-        super().__init__(frame_size, codec.hop_length, codec.sample_rate, max_latency)
+                 max_latency: float = 0.1, drop_rate: float = 0.0, drop_seed: int | None = None,
+                 keep_input: bool = True) -> None:
+        super().__init__(frame_size, codec.hop_length, codec.sample_rate, max_latency, keep_input)
         if frame_size // codec.hop_length > packet.MAX_FRAMES:
             raise CodecError(f"--frame_size {frame_size} holds more than {packet.MAX_FRAMES} codec frames: "
                              "use a smaller one")
@@ -114,8 +115,8 @@ def send_file(sender: Sender, data: np.ndarray, pace: bool, duration: float | No
     stop = StopRequest(duration)
     sender.start()
     try:
-        padded = padded_for_delay(data, sender.codec.output_delay)
-        sent = stream_file(sender, padded, pace, stop, lambda block: sender.push(block, wait=not pace))
+        sent = stream_file(sender, data, pace, stop, lambda block: sender.push(block, wait=not pace),
+                           sender.codec.output_delay)
         sender.drain()
         sender.finish(sent)
         return min(sent, data.shape[0])
@@ -199,12 +200,13 @@ class Receiver:
     """UDP packets -> decoder -> audio, in frame order; lost packets concealed, bad ones counted.
 
     A gap in the frame numbers is filled by decoding the last frame's codes again, faded out over
-    FADE_SECONDS (silence when nothing came yet); the next real frame fades back in.
+    FADE_SECONDS (silence when nothing came yet); the next real frame fades back in. `keep_output`
+    holds the decoded audio for `output_audio()`; without it memory stays the same however long it runs.
     """
 
     def __init__(self, codec: StreamingCodec, sock: socket.socket, expect_frames: int | None = None,
                  idle_timeout: float | None = None, play: Callable[[np.ndarray], None] | None = None,
-                 duration: float | None = None) -> None:
+                 duration: float | None = None, keep_output: bool = True) -> None:
         self.codec = codec
         self.socket = sock
         self.expect_frames = expect_frames
@@ -219,7 +221,7 @@ class Receiver:
         self.counts = dict.fromkeys(
             ("packets received", "packets lost (concealed)", "frames concealed", "packets late or duplicate",
              "packets corrupt", "packets foreign"), 0)
-        self.chunks: list[np.ndarray] = []
+        self.chunks: list[np.ndarray] | None = [] if keep_output else None
         self.session: int | None = None
         self.streams = 0
         self.next_frame = 0
@@ -348,13 +350,17 @@ class Receiver:
         self._emit(audio * ramp[:, None].astype(np.float32))
 
     def _emit(self, audio: np.ndarray) -> None:
-        self.chunks.append(audio)
+        if self.chunks is not None:
+            self.chunks.append(audio)
         if self.play is not None:
             self.play(audio)
 
     def output_audio(self) -> np.ndarray:
         """The decoded stream, cut to the sender's length when its END came, aligned with the sender's
         input: the model's output delay taken off the front."""
+        if self.chunks is None:
+            raise CodecError("this receiver kept no output (keep_output=False): make it with keep_output=True "
+                             "to dump it")
         audio = (np.concatenate(self.chunks) if self.chunks
                  else np.zeros((0, self.output_channels), np.float32))
         audio = audio if self.n_samples is None else audio[:self.n_samples]
