@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import OFFICIAL, REPO, official_path
-from utils.audio import read_audio, wav_frames, write_audio
+from utils.audio import read_audio, warn_if_clipping, wav_frames, write_audio
 from utils.errors import CodecError
 
 RATE = 48000
@@ -72,6 +72,20 @@ def test_clipping_is_warned_with_the_peak(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         write_audio(str(tmp_path / "quiet.wav"), loud / 2, RATE)
         write_audio(str(tmp_path / "float.wav"), loud, RATE, "FLOAT")  # float keeps the peak: nothing cut
+    assert caplog.text == ""
+
+
+def test_non_finite_decoded_audio_is_refused_and_not_written(tmp_path, caplog) -> None:
+    """NaN would be stored as a full-scale constant: the writers refuse it, and the clipping check names no nan peak."""
+    decoded = np.zeros((RATE, 2))
+    decoded[100:, 1] = np.nan
+    for subtype in ("PCM_16", "FLOAT"):
+        with pytest.raises(CodecError, match=r"out.wav: 47900 of its 96000 decoded samples are NaN or infinite "
+                                             r"\(a damaged or diverged model\): decode with a sound checkpoint"):
+            write_audio(str(tmp_path / "out.wav"), decoded, RATE, subtype)
+    assert os.listdir(tmp_path) == []
+    with caplog.at_level(logging.WARNING), pytest.raises(CodecError, match="NaN or infinite"):
+        warn_if_clipping("out.wav", decoded)
     assert caplog.text == ""
 
 

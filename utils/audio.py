@@ -148,8 +148,21 @@ def check_audio_output(path: str | os.PathLike, subtype: str = "PCM_16") -> None
     raise CodecError(f"cannot write {path} ({what}): give {fix} output name")
 
 
+def check_finite_output(path: str | os.PathLike, data: np.ndarray) -> None:
+    """Raise CodecError where audio to be written to `path` holds NaN or infinite samples (a decoder with
+    such weights): stored as integers they would be a full-scale constant, not a decoding."""
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise CodecError(
+            f"{path}: {finite.size - int(np.count_nonzero(finite))} of its {finite.size} decoded samples are NaN or "
+            "infinite (a damaged or diverged model): decode with a sound checkpoint"
+        )
+
+
 def audio_bytes(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
-    """(T, C) audio as the bytes of a file of the format `path`'s extension names, in memory."""
+    """(T, C) audio as the bytes of a file of the format `path`'s extension names, in memory (NaN or
+    infinite samples refused: :func:`check_finite_output`)."""
+    check_finite_output(path, data)
     buffer = io.BytesIO()
     try:
         sf.write(buffer, data, rate, subtype, format=_format_of(path))
@@ -179,7 +192,9 @@ def _beyond_full_scale(data: np.ndarray) -> tuple[float, int] | None:
 
 
 def warn_if_clipping(path: str, data: np.ndarray) -> None:
-    """Log a warning when samples of `data` (T, C) lie beyond full scale (they are cut when stored as integers)."""
+    """Log a warning when samples of `data` (T, C) lie beyond full scale (they are cut when stored as integers);
+    NaN or infinite samples are refused (:func:`check_finite_output`), as they have no peak to name."""
+    check_finite_output(path, data)
     beyond = _beyond_full_scale(data)
     if beyond is None:
         return

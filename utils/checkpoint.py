@@ -73,7 +73,23 @@ def read_checkpoint(checkpoint: str) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or "generator" not in state.get("model", {}):
         raise CodecError(f"{checkpoint} holds no model.generator: it is not an AudioDec checkpoint")
+    if isinstance(state["model"]["generator"], dict):
+        check_finite_weights(checkpoint, state["model"]["generator"])
     return state
+
+
+def check_finite_weights(checkpoint: str, state_dict: dict[str, Any]) -> None:
+    """Raise CodecError at the first floating tensor of `state_dict` holding NaN or infinity: such a
+    generator codes every input to the same codes and decodes them to full-scale noise or silence."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            finite = torch.isfinite(tensor)
+            if not finite.all():
+                value = tensor[~finite].flatten()[0].item()
+                raise CodecError(
+                    f"checkpoint {checkpoint} has non-finite weights ({value} in {name}): its training diverged "
+                    "or the file is damaged; use an earlier checkpoint"
+                )
 
 
 def build_generator(config: dict[str, Any], inference: bool = True) -> nn.Module:
