@@ -150,18 +150,23 @@ def test_foreign_archive_leaves_nothing(server, tmp_path, payload: bytes, words:
     assert leftovers(tmp_path) == []
 
 
-def nan_weights(path: str) -> bytes:
-    """The checkpoint at `path` (under OFFICIAL) with its first convolution's weights NaN."""
-    state = torch.load(os.path.join(OFFICIAL, path), map_location="cpu", weights_only=True)
-    state["model"]["generator"]["encoder.conv.conv.weight"].fill_(float("nan"))
+def torch_saved(state: object) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
 
 
+def nan_weights(path: str) -> bytes:
+    """The checkpoint at `path` (under OFFICIAL) with its first convolution's weights NaN."""
+    state = torch.load(os.path.join(OFFICIAL, path), map_location="cpu", weights_only=True)
+    state["model"]["generator"]["encoder.conv.conv.weight"].fill_(float("nan"))
+    return torch_saved(state)
+
+
 @pytest.mark.parametrize("checkpoint, words", [
     (lambda: b"not a checkpoint" * 100, "cannot read checkpoint"),
     (lambda: nan_weights(SYM_FILES[2]), "has non-finite weights (nan in encoder.conv.conv.weight)"),
+    (lambda: torch_saved({"model": {"generator": [1, 2, 3]}}), "model.generator is not a state dict (list)"),
 ])
 def test_checkpoint_that_is_not_weights_leaves_nothing(server, tmp_path, checkpoint, words: str) -> None:
     files = official_files(SYM_FILES)
