@@ -116,6 +116,23 @@ def test_non_finite_samples_are_refused(tmp_path, script: str, bad: float) -> No
     assert os.listdir(tmp_path) == ["bad.wav"]
 
 
+@pytest.mark.parametrize("script, folder_mode", [("codec.py", False), ("codec.py", True), ("demoFile.py", False)])
+def test_a_file_that_resamples_to_no_samples_is_refused(tmp_path, script: str, folder_mode: bool) -> None:
+    """One sample at 192 kHz is none at 48 kHz: refused before the coding (it wrote an .adc, then failed)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sf.write(inputs / "one.wav", np.array([0.1]), 4 * RATE, "PCM_16")
+    source = inputs if folder_mode else inputs / "one.wav"
+    out = tmp_path / ("out" if folder_mode else "one.wav" if script == "demoFile.py" else "one.adc")
+    command = ["--model", "vctk_sym", "--resample", "-i", str(source), "-o", str(out)]
+    result = run(script, *(["encode", *command] if script == "codec.py" else command))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line.strip() for line in result.stderr.splitlines() if "error: " in line]
+    assert errors[0] == (f"error: {inputs / 'one.wav'} is too short to code at the model's rate: its 1 sample(s) at "
+                         "192000 Hz resample to none at 48000 Hz; give a longer file")
+    assert os.listdir(tmp_path) == ["in"]
+
+
 def truncated_copy(speech: str, path) -> tuple[int, int]:
     data = open(speech, "rb").read()
     path.write_bytes(data[: len(data) - 2 * 5000 - 1])  # 5000 frames and one odd byte short
