@@ -133,6 +133,24 @@ def test_a_file_that_resamples_to_no_samples_is_refused(tmp_path, script: str, f
     assert os.listdir(tmp_path) == ["in"]
 
 
+@pytest.mark.parametrize("script, rate", [("codec.py", 1), ("demoFile.py", 999), ("bin/evaluate.py", 768_001)])
+def test_a_header_that_declares_no_audio_rate_is_refused(tmp_path, script: str, rate: int) -> None:
+    """1 Hz resampled to 48 kHz asked soxr for 48000 samples per sample (a MemoryError, or minutes of work)."""
+    source = tmp_path / "odd.wav"
+    sf.write(source, np.zeros(2000), rate, "PCM_16")
+    if script == "bin/evaluate.py":
+        result = run(script, str(source), str(source))
+    else:
+        out = tmp_path / ("out.adc" if script == "codec.py" else "out.wav")
+        command = ["--model", "vctk_sym", "--resample", "-i", str(source), "-o", str(out)]
+        result = run(script, *(["encode", *command] if script == "codec.py" else command))
+    assert_one_error(result, f"{source} declares {rate} Hz, not an audio rate: fix its header")
+    assert os.listdir(tmp_path) == ["odd.wav"]
+    for edge in (1000, 768_000):
+        sf.write(source, np.zeros(2000), edge, "PCM_16")
+        assert read_audio(source)[1] == edge
+
+
 def truncated_copy(speech: str, path) -> tuple[int, int]:
     data = open(speech, "rb").read()
     path.write_bytes(data[: len(data) - 2 * 5000 - 1])  # 5000 frames and one odd byte short

@@ -17,6 +17,7 @@ from utils.errors import CodecError
 from utils.files import check_output_folder, write_outputs
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
+MIN_AUDIO_RATE, MAX_AUDIO_RATE = 1000, 768_000  # Hz: the rates read_audio takes
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,9 @@ def read_audio(
     """Read an audio file as (T, C) samples of `dtype` (integer formats scaled to [-1, 1); float ones as
     stored, which may pass full scale) and its sample rate.
 
-    Refused with a CodecError: a missing, empty or unreadable file; a WAV shorter than its header
-    says (unless `allow_truncated`: then what is there, with a warning); NaN or infinite samples.
+    Refused with a CodecError: a missing, empty or unreadable file; a rate outside [MIN_AUDIO_RATE,
+    MAX_AUDIO_RATE]; a WAV shorter than its header says (unless `allow_truncated`: then what is there,
+    with a warning); NaN or infinite samples.
     """
     if not os.path.exists(path):
         raise CodecError(f"input file {path} does not exist: check the path")
@@ -77,6 +79,8 @@ def read_audio(
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         reason = str(error).splitlines()[0]
         raise CodecError(f"cannot read {path} as audio ({reason}): give a wav/flac/ogg file") from None
+    if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:  # resampling 1 Hz to 48 kHz would ask for 48000 x the samples
+        raise CodecError(f"{path} declares {rate} Hz, not an audio rate: fix its header")
     if data.shape[0] == 0:
         raise CodecError(f"input file {path} holds no samples: give a file with audio in it")
     frames = wav_frames(path)
