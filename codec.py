@@ -116,7 +116,7 @@ def run_encode(args: argparse.Namespace) -> None:
         headers.append(encode_to_file(codec, data, str(output), args.n_codebooks, entropy))
         seconds = data.shape[0] / codec.sample_rate
         size = os.path.getsize(output)
-        logging.debug(f"wrote {output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps")
+        logging.debug(f"wrote {output}: {size} bytes, {_kbps(size, seconds)}")
         return seconds
 
     if os.path.isdir(args.input):
@@ -130,7 +130,12 @@ def run_encode(args: argparse.Namespace) -> None:
         detail = f"range-coded {codes}"
     else:
         detail = f"raw {codes}" + ("; entropy coding would not make it smaller" if args.entropy else "")
-    logging.info(f"wrote {args.output}: {size} bytes, {size * 8 / seconds / 1000:.2f} kbps ({detail})")
+    logging.info(f"wrote {args.output}: {size} bytes, {_kbps(size, seconds)} ({detail})")
+
+
+def _kbps(size: int, seconds: float) -> str:
+    """A file's bitrate for the log (a file of no audio has none)."""
+    return f"{size * 8 / seconds / 1000:.2f} kbps" if seconds else "no audio"
 
 
 def run_decode(args: argparse.Namespace) -> None:

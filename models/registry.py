@@ -20,6 +20,6 @@ VOCODER_TYPES = ("HiFiGAN", "UnivNet")
 
 def generator_class(model_type: str) -> type[nn.Module]:
     """The generator class a config's `model_type` names."""
-    if model_type not in GENERATORS:
-        raise ValueError(f"unknown model_type '{model_type}': use one of {', '.join(GENERATORS)}")
+    if not isinstance(model_type, str) or model_type not in GENERATORS:  # (a YAML list is not hashable)
+        raise ValueError(f"unknown model_type {model_type!r}: use one of {', '.join(GENERATORS)}")
     return GENERATORS[model_type]

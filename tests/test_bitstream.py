@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import types
 import zlib
 
 import numpy as np
@@ -21,6 +22,7 @@ from utils.bitstream.adc import (
     short_hash,
     write_adc,
 )
+from utils.bitstream.codec_file import decode_codes
 from utils.bitstream.entropy import EntropyModel
 from utils.errors import CodecError
 
@@ -131,6 +133,29 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
 def test_read_missing_file(tmp_path):
     with pytest.raises(BitstreamError, match="does not exist"):
         read_adc(tmp_path / "nothing.adc")
+
+
+def test_read_a_fifo_says_it_is_not_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "pipe.adc")
+    with pytest.raises(BitstreamError, match=r"pipe\.adc is not a regular file \(a pipe or a device\?\): give an "
+                                             r"\.adc file's path$"):
+        read_adc(tmp_path / "pipe.adc")
+
+
+@pytest.mark.parametrize("field, change, words", [
+    ("sample_rate", 16000, "sample rate 16000, this model's is 48000"),
+    ("hop", 320, "hop 320, this model's is 300"),
+    ("codebook_size", 2048, "codebook size 2048, this model's is 1024"),
+    ("n_codebooks", 9, "9 codebooks, this model has 8"),
+])
+def test_a_file_of_another_layout_names_the_field_and_both_values(field: str, change: int, words: str):
+    """A file whose decoder fingerprint matches (forged, or unset) but whose layout does not."""
+    header, codes = make_stream(name="demo48k")
+    codec = types.SimpleNamespace(decoder_hash=lambda: header.decoder_hash, sample_rate=48000, hop_length=300,
+                                  codebook_size=1024, n_codebooks=8)
+    with pytest.raises(CodecError) as error:
+        decode_codes(codec, dataclasses.replace(header, **{field: change}), codes)
+    assert str(error.value) == f"the file was coded by model 'demo48k' with {words}: decode it with the model it names"
 
 
 def test_read_error_names_the_file(tmp_path):

@@ -119,6 +119,60 @@ def test_an_encoder_and_a_decoder_of_different_rates(tmp_path, python: str) -> N
     assert_clean_failure(result, out, "the encoder codes 48000 Hz audio but the decoder makes 24000 Hz")
 
 
+def rewritten_checkpoint(folder, change=None, **config_changes: object) -> str:
+    """A copy of the official vctk_sym decoder checkpoint whose loaded state `change` rewrites in place
+    before it is saved again (a file torch.load(weights_only=True) reads), its config.yml beside it with
+    `config_changes`."""
+    source = official_path("exp", "autoencoder", "symAD_vctk_48000_hop300")
+    folder.mkdir(parents=True)
+    config = yaml.safe_load(open(os.path.join(source, "config.yml")))
+    (folder / "config.yml").write_text(yaml.safe_dump({**config, **config_changes}))
+    state = torch.load(os.path.join(source, "checkpoint-700000steps.pkl"), map_location="cpu", weights_only=True)
+    if change is not None:
+        change(state)
+    path = str(folder / "checkpoint-1steps.pkl")
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("name, value", [
+    ("decoder.conv1.conv.weight", float("nan")),  # decoded as a full-scale constant
+    ("quantizer.codebook.layers.0.embed", float("inf")),  # every frame coded as code 0
+])
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path, python: str, name: str, value: float) -> None:
+    def poison(state: dict) -> None:
+        state["model"]["generator"][name][0] = value
+
+    checkpoint = rewritten_checkpoint(tmp_path / "exp", poison)
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--encoder", checkpoint, "--decoder", checkpoint,
+                      "-i", official_path("input", "test_48k.wav"), "-o", out)
+    assert_clean_failure(result, out, f"checkpoint {checkpoint} has non-finite weights ({value} in {name}): "
+                         "its training diverged or the file is damaged; use an earlier checkpoint")
+
+
+def _generator_list(state: dict) -> None:
+    state["model"]["generator"] = [1, 2, 3]
+
+
+@pytest.mark.parametrize("change, config_changes, options, words", [
+    (_generator_list, {}, [], "checkpoint-1steps.pkl: model.generator is not a state dict (list): it is not an "
+                              "AudioDec checkpoint"),
+    (None, {"model_type": ["x"]}, [], "config.yml: unknown model_type ['x']"),
+    (None, {"sampling_rate": 0}, ["--resample"], "config.yml: sampling_rate 0 is not a positive whole number of Hz"),
+    (None, {"sampling_rate": -48000}, [], "config.yml: sampling_rate -48000 is not a positive whole number of Hz"),
+    (None, {"output_delay": 10**11}, [], "config.yml: output_delay 100000000000 is more than 480000 samples"),
+])
+def test_a_checkpoint_or_config_of_the_wrong_type_is_one_line(
+    tmp_path, python: str, change, config_changes: dict, options: list[str], words: str
+) -> None:
+    checkpoint = rewritten_checkpoint(tmp_path / "exp", change, **config_changes)
+    out = str(tmp_path / "out.wav")
+    result = run_demo(python, "--encoder", checkpoint, "--decoder", checkpoint, *options,
+                      "-i", official_path("input", "test_48k.wav"), "-o", out)
+    assert_clean_failure(result, out, f"{tmp_path / 'exp'}{os.sep}{words}")
+
+
 def _mimo_model(folder) -> str:
     """A tiny 2-channel-in / 2-channel-out (MIMO) AudioDec saved in the original format."""
     params = {"input_channels": 2, "output_channels": 2, "encode_channels": 4, "decode_channels": 4,

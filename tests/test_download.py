@@ -14,6 +14,7 @@ import threading
 import zipfile
 
 import pytest
+import torch
 
 from tests.conftest import OFFICIAL, REPO
 from utils.registry import get_entry
@@ -149,11 +150,31 @@ def test_foreign_archive_leaves_nothing(server, tmp_path, payload: bytes, words:
     assert leftovers(tmp_path) == []
 
 
-def test_checkpoint_that_is_not_weights_leaves_nothing(server, tmp_path) -> None:
+def torch_saved(state: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def nan_weights(path: str) -> bytes:
+    """The checkpoint at `path` (under OFFICIAL) with its first convolution's weights NaN."""
+    state = torch.load(os.path.join(OFFICIAL, path), map_location="cpu", weights_only=True)
+    state["model"]["generator"]["encoder.conv.conv.weight"].fill_(float("nan"))
+    return torch_saved(state)
+
+
+@pytest.mark.parametrize("checkpoint, words", [
+    (lambda: b"not a checkpoint" * 100, "cannot read checkpoint"),
+    (lambda: nan_weights(SYM_FILES[2]), "has non-finite weights (nan in encoder.conv.conv.weight)"),
+    (lambda: torch_saved({"model": {"generator": [1, 2, 3]}}), "model.generator is not a state dict (list)"),
+])
+def test_checkpoint_that_is_not_weights_leaves_nothing(server, tmp_path, checkpoint, words: str) -> None:
     files = official_files(SYM_FILES)
-    files[SYM_FILES[2]] = b"not a checkpoint" * 100
+    files[SYM_FILES[2]] = checkpoint()
     server.payload = release_zip(files)
-    assert_one_error(download("vctk_sym", "--root", str(tmp_path), "--url", server.url), "failed its check")
+    result = download("vctk_sym", "--root", str(tmp_path), "--url", server.url)
+    assert_one_error(result, "failed its check")
+    assert words in result.stderr
     assert leftovers(tmp_path) == []
 
 

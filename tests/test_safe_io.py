@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import OFFICIAL, REPO, official_path
-from utils.audio import read_audio, wav_frames, write_audio
+from utils.audio import read_audio, warn_if_clipping, wav_frames, write_audio
 from utils.errors import CodecError
 
 RATE = 48000
@@ -75,6 +75,20 @@ def test_clipping_is_warned_with_the_peak(tmp_path, caplog) -> None:
     assert caplog.text == ""
 
 
+def test_non_finite_decoded_audio_is_refused_and_not_written(tmp_path, caplog) -> None:
+    """NaN would be stored as a full-scale constant: the writers refuse it, and the clipping check names no nan peak."""
+    decoded = np.zeros((RATE, 2))
+    decoded[100:, 1] = np.nan
+    for subtype in ("PCM_16", "FLOAT"):
+        with pytest.raises(CodecError, match=r"out.wav: 47900 of its 96000 decoded samples are NaN or infinite "
+                                             r"\(a damaged or diverged model\): decode with a sound checkpoint"):
+            write_audio(str(tmp_path / "out.wav"), decoded, RATE, subtype)
+    assert os.listdir(tmp_path) == []
+    with caplog.at_level(logging.WARNING), pytest.raises(CodecError, match="NaN or infinite"):
+        warn_if_clipping("out.wav", decoded)
+    assert caplog.text == ""
+
+
 def test_a_float_input_beyond_full_scale_is_warned(tmp_path) -> None:
     """A float file louder than full scale is coded (it is audio), with a warning naming its peak."""
     loud, quiet = tmp_path / "loud.wav", tmp_path / "quiet.wav"
@@ -100,6 +114,41 @@ def test_non_finite_samples_are_refused(tmp_path, script: str, bad: float) -> No
     assert_one_error(result, f"{source} has a non-finite sample")
     assert f"({bad}) at 0.125000 s (frame 6000, channel 1)" in result.stderr
     assert os.listdir(tmp_path) == ["bad.wav"]
+
+
+@pytest.mark.parametrize("script, folder_mode", [("codec.py", False), ("codec.py", True), ("demoFile.py", False)])
+def test_a_file_that_resamples_to_no_samples_is_refused(tmp_path, script: str, folder_mode: bool) -> None:
+    """One sample at 192 kHz is none at 48 kHz: refused before the coding (it wrote an .adc, then failed)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sf.write(inputs / "one.wav", np.array([0.1]), 4 * RATE, "PCM_16")
+    source = inputs if folder_mode else inputs / "one.wav"
+    out = tmp_path / ("out" if folder_mode else "one.wav" if script == "demoFile.py" else "one.adc")
+    command = ["--model", "vctk_sym", "--resample", "-i", str(source), "-o", str(out)]
+    result = run(script, *(["encode", *command] if script == "codec.py" else command))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line.strip() for line in result.stderr.splitlines() if "error: " in line]
+    assert errors[0] == (f"error: {inputs / 'one.wav'} is too short to code at the model's rate: its 1 sample(s) at "
+                         "192000 Hz resample to none at 48000 Hz; give a longer file")
+    assert os.listdir(tmp_path) == ["in"]
+
+
+@pytest.mark.parametrize("script, rate", [("codec.py", 1), ("demoFile.py", 999), ("bin/evaluate.py", 768_001)])
+def test_a_header_that_declares_no_audio_rate_is_refused(tmp_path, script: str, rate: int) -> None:
+    """1 Hz resampled to 48 kHz asked soxr for 48000 samples per sample (a MemoryError, or minutes of work)."""
+    source = tmp_path / "odd.wav"
+    sf.write(source, np.zeros(2000), rate, "PCM_16")
+    if script == "bin/evaluate.py":
+        result = run(script, str(source), str(source))
+    else:
+        out = tmp_path / ("out.adc" if script == "codec.py" else "out.wav")
+        command = ["--model", "vctk_sym", "--resample", "-i", str(source), "-o", str(out)]
+        result = run(script, *(["encode", *command] if script == "codec.py" else command))
+    assert_one_error(result, f"{source} declares {rate} Hz, not an audio rate: fix its header")
+    assert os.listdir(tmp_path) == ["odd.wav"]
+    for edge in (1000, 768_000):
+        sf.write(source, np.zeros(2000), edge, "PCM_16")
+        assert read_audio(source)[1] == edge
 
 
 def truncated_copy(speech: str, path) -> tuple[int, int]:

@@ -264,3 +264,29 @@ def test_a_code_beyond_the_code_bits_is_not_sent() -> None:
         packet.encode_codes(np.array([[[63], [64]]]), 6, 1, 1, 0, 0, decoder)
     with pytest.raises(ValueError, match=r"got \[-1, 0\]"):
         packet.encode_codes(np.array([[[-1], [0]]]), 6, 1, 1, 0, 0, decoder)
+
+
+def test_a_packet_whose_seq_jumps_far_ahead_is_not_followed() -> None:
+    """One forged packet (this session, a valid CRC, the next frames, seq 2**32 - 1) made every later
+    packet of the stream late; its capture time (0) gave a latency of 56 years."""
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    sock = bind_udp("127.0.0.1", 0)
+    receiver = Receiver(codec, sock)
+    codec.reset(1)
+    assert receiver._handle(_codes_packet(codec, 0))
+    codes = np.zeros((1, codec.n_codebooks, 2), np.int64)
+    forged = packet.encode_codes(codes, bits_per_code(codec.codebook_size), 1, 2**32 - 1, 2, 0,
+                                 codec.decoder_hash()[:4])
+    assert not receiver._handle(forged)
+    for seq in range(1, 5):
+        assert receiver._handle(_codes_packet(codec, seq))
+    counts = receiver.counts
+    assert counts["packets received"] == 5 and counts["packets corrupt"] == 1
+    assert counts["packets late or duplicate"] == 0 and counts["frames concealed"] == 0
+    assert receiver.output_audio().shape == (10 * codec.hop_length, 1)
+    assert len(receiver.stats.latencies) == 0  # every packet here says it was captured in 1970
+    now = packet.encode_codes(codes, bits_per_code(codec.codebook_size), 1, 5, 10, int(time.time() * 1e6),
+                              codec.decoder_hash()[:4])
+    assert receiver._handle(now)
+    assert len(receiver.stats.latencies) == 1 and 0 <= receiver.stats.latencies.seconds[0] < 10
+    sock.close()

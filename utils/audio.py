@@ -17,6 +17,7 @@ from utils.errors import CodecError
 from utils.files import check_output_folder, write_outputs
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
+MIN_AUDIO_RATE, MAX_AUDIO_RATE = 1000, 768_000  # Hz: the rates read_audio takes
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,9 @@ def read_audio(
     """Read an audio file as (T, C) samples of `dtype` (integer formats scaled to [-1, 1); float ones as
     stored, which may pass full scale) and its sample rate.
 
-    Refused with a CodecError: a missing, empty or unreadable file; a WAV shorter than its header
-    says (unless `allow_truncated`: then what is there, with a warning); NaN or infinite samples.
+    Refused with a CodecError: a missing, empty or unreadable file; a rate outside [MIN_AUDIO_RATE,
+    MAX_AUDIO_RATE]; a WAV shorter than its header says (unless `allow_truncated`: then what is there,
+    with a warning); NaN or infinite samples.
     """
     if not os.path.exists(path):
         raise CodecError(f"input file {path} does not exist: check the path")
@@ -77,6 +79,8 @@ def read_audio(
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         reason = str(error).splitlines()[0]
         raise CodecError(f"cannot read {path} as audio ({reason}): give a wav/flac/ogg file") from None
+    if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:  # resampling 1 Hz to 48 kHz would ask for 48000 x the samples
+        raise CodecError(f"{path} declares {rate} Hz, not an audio rate: fix its header")
     if data.shape[0] == 0:
         raise CodecError(f"input file {path} holds no samples: give a file with audio in it")
     frames = wav_frames(path)
@@ -148,8 +152,21 @@ def check_audio_output(path: str | os.PathLike, subtype: str = "PCM_16") -> None
     raise CodecError(f"cannot write {path} ({what}): give {fix} output name")
 
 
+def check_finite_output(path: str | os.PathLike, data: np.ndarray) -> None:
+    """Raise CodecError where audio to be written to `path` holds NaN or infinite samples (a decoder with
+    such weights): stored as integers they would be a full-scale constant, not a decoding."""
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise CodecError(
+            f"{path}: {finite.size - int(np.count_nonzero(finite))} of its {finite.size} decoded samples are NaN or "
+            "infinite (a damaged or diverged model): decode with a sound checkpoint"
+        )
+
+
 def audio_bytes(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
-    """(T, C) audio as the bytes of a file of the format `path`'s extension names, in memory."""
+    """(T, C) audio as the bytes of a file of the format `path`'s extension names, in memory (NaN or
+    infinite samples refused: :func:`check_finite_output`)."""
+    check_finite_output(path, data)
     buffer = io.BytesIO()
     try:
         sf.write(buffer, data, rate, subtype, format=_format_of(path))
@@ -179,7 +196,9 @@ def _beyond_full_scale(data: np.ndarray) -> tuple[float, int] | None:
 
 
 def warn_if_clipping(path: str, data: np.ndarray) -> None:
-    """Log a warning when samples of `data` (T, C) lie beyond full scale (they are cut when stored as integers)."""
+    """Log a warning when samples of `data` (T, C) lie beyond full scale (they are cut when stored as integers);
+    NaN or infinite samples are refused (:func:`check_finite_output`), as they have no peak to name."""
+    check_finite_output(path, data)
     beyond = _beyond_full_scale(data)
     if beyond is None:
         return

@@ -21,6 +21,9 @@ from models.registry import AUTOENCODER_TYPES, generator_class
 from utils.errors import CodecError, built_from_config
 from utils.files import write_bytes_atomic
 
+NOT_A_CHECKPOINT = "it is not an AudioDec checkpoint (give one that codecTrain.py or the original saved)"
+MAX_OUTPUT_DELAY = 480_000  # samples; a model's lag is a fraction of a second
+
 
 def config_path_for(checkpoint: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yml")
@@ -50,7 +53,29 @@ def load_config(checkpoint: str) -> dict[str, Any]:
     for key in ("model_type", "generator_params"):
         if not isinstance(config, dict) or key not in config:
             raise CodecError(f"{path} has no '{key}': it is not an AudioDec training config")
+    _check_inference_keys(config, path)
     return config
+
+
+def _check_inference_keys(config: dict[str, Any], path: str) -> None:
+    """Raise CodecError, naming `path`, where a value the loaders read is not one they can use."""
+    model_type = config["model_type"]
+    try:
+        generator_class(model_type)
+    except ValueError as error:
+        raise CodecError(f"{path}: {error}: fix the config") from None
+    try:
+        output_delay(config)
+    except CodecError as error:
+        raise CodecError(f"{path}: {error}") from None
+    if "sampling_rate" not in config:
+        if model_type in AUTOENCODER_TYPES:  # a vocoder may leave it to its encoder's
+            raise CodecError(f"{path} has no 'sampling_rate': it is not an AudioDec training config")
+        return
+    rate = config["sampling_rate"]
+    whole = isinstance(rate, int) or (isinstance(rate, float) and rate.is_integer())
+    if isinstance(rate, bool) or not whole or rate <= 0:
+        raise CodecError(f"{path}: sampling_rate {rate!r} is not a positive whole number of Hz: fix the config")
 
 
 def output_delay(config: dict[str, Any]) -> int:
@@ -58,6 +83,9 @@ def output_delay(config: dict[str, Any]) -> int:
     value = config.get("output_delay") or 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise CodecError(f"output_delay {value!r} is not a whole number of samples >= 0: fix the config")
+    if value > MAX_OUTPUT_DELAY:  # whole-file coding pads this many samples per stream
+        raise CodecError(f"output_delay {value} is more than {MAX_OUTPUT_DELAY} samples (10 s at 48 kHz): "
+                         "fix the config")
     return value
 
 
@@ -71,9 +99,33 @@ def read_checkpoint(checkpoint: str) -> dict[str, Any]:
         raise CodecError(
             f"cannot read checkpoint {checkpoint} ({reason}): the file is damaged or not a checkpoint"
         ) from None
-    if not isinstance(state, dict) or "generator" not in state.get("model", {}):
-        raise CodecError(f"{checkpoint} holds no model.generator: it is not an AudioDec checkpoint")
+    model = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(model, dict) or "generator" not in model:
+        raise CodecError(f"{checkpoint} holds no model.generator: {NOT_A_CHECKPOINT}")
+    generator = model["generator"]
+    if not isinstance(generator, dict):
+        raise CodecError(f"{checkpoint}: model.generator is not a state dict ({type(generator).__name__}): "
+                         f"{NOT_A_CHECKPOINT}")
+    for name, tensor in generator.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CodecError(f"{checkpoint}: model.generator[{name!r}] is not a tensor ({type(tensor).__name__}): "
+                             f"{NOT_A_CHECKPOINT}")
+    check_finite_weights(checkpoint, generator)
     return state
+
+
+def check_finite_weights(checkpoint: str, state_dict: dict[str, Any]) -> None:
+    """Raise CodecError at the first floating tensor of `state_dict` holding NaN or infinity: such a
+    generator codes every input to the same codes and decodes them to full-scale noise or silence."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            finite = torch.isfinite(tensor)
+            if not finite.all():
+                value = tensor[~finite].flatten()[0].item()
+                raise CodecError(
+                    f"checkpoint {checkpoint} has non-finite weights ({value} in {name}): its training diverged "
+                    "or the file is damaged; use an earlier checkpoint"
+                )
 
 
 def build_generator(config: dict[str, Any], inference: bool = True) -> nn.Module:

@@ -151,7 +151,8 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
 def read_input_for(
     codec: StreamingCodec, path: str, allow_resample: bool, allow_truncated: bool = False
 ) -> np.ndarray:
-    """Samples (T, C) of `path` at the codec's rate: a different rate is an error unless resampling."""
+    """Samples (T, C) of `path` at the codec's rate: a different rate is an error unless resampling, and so
+    is a file too short to leave a sample at the codec's rate."""
     data, rate = read_audio(path, allow_truncated)
     warn_if_input_beyond_full_scale(path, data)
     if rate != codec.sample_rate:
@@ -161,7 +162,11 @@ def read_input_for(
                 "convert it, or pass --resample"
             )
         logging.info(f"resampling {rate} Hz -> {codec.sample_rate} Hz")
+        frames = data.shape[0]
         data = resample(data, rate, codec.sample_rate)
+        if data.shape[0] == 0:
+            raise CodecError(f"{path} is too short to code at the model's rate: its {frames} sample(s) at {rate} Hz "
+                             f"resample to none at {codec.sample_rate} Hz; give a longer file")
     return data
 
 

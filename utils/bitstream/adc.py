@@ -388,8 +388,10 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
     """The file's bytes, once its header shows that its length is right (a huge file is not read)."""
     if os.path.isdir(path):
         raise BitstreamError(f"{path} is a folder: give an .adc file (codec.py decode takes folders)")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise BitstreamError(f"input file {path} does not exist: check the path")
+    if not os.path.isfile(path):  # a FIFO would block the read; a device has no length to check
+        raise BitstreamError(f"input {path} is not a regular file (a pipe or a device?): give an .adc file's path")
     with open(path, "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         prefix = stream.read(MAX_HEADER_BYTES)

@@ -83,11 +83,16 @@ def stream_header(codec: StreamingCodec, channels: int, n_samples: int, n_codebo
 
 def _check_compatible(codec: StreamingCodec, header: StreamHeader) -> None:
     header.check_decoder(codec.decoder_hash())
-    if (header.sample_rate, header.hop, header.codebook_size) != (
-        codec.sample_rate, codec.hop_length, codec.codebook_size
-    ) or header.n_codebooks > codec.n_codebooks:
-        coded = f"model '{header.named_model}'" if header.named_model else "other checkpoints"
-        raise CodecError(f"the file was coded by {coded}, which this one does not match")
+    coded = f"model '{header.named_model}'" if header.named_model else "other checkpoints"
+    for field, in_file, in_model in (("sample rate", header.sample_rate, codec.sample_rate),
+                                     ("hop", header.hop, codec.hop_length),
+                                     ("codebook size", header.codebook_size, codec.codebook_size)):
+        if in_file != in_model:
+            raise CodecError(f"the file was coded by {coded} with {field} {in_file}, this model's is {in_model}: "
+                             "decode it with the model it names")
+    if header.n_codebooks > codec.n_codebooks:
+        raise CodecError(f"the file was coded by {coded} with {header.n_codebooks} codebooks, this model has "
+                         f"{codec.n_codebooks}: decode it with the model it names")
 
 
 def decode_codes(codec: StreamingCodec, header: StreamHeader, codes: np.ndarray) -> np.ndarray:

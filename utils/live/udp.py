@@ -35,6 +35,7 @@ from utils.live.pipeline import (
 END_PACKET_COPIES = 3
 FADE_SECONDS = 0.04
 MAX_CONCEAL_SECONDS = 10.0
+MAX_LATENCY_SECONDS = 60.0  # a capture time further from this clock is a forged or unset one, not a latency
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -291,7 +292,7 @@ class Receiver:
             self.counts["packets foreign"] += 1
             return False
         if received.kind == packet.KIND_END:
-            if received.frame_index - self.next_frame > self.max_gap:
+            if self._too_far_ahead(received):
                 self.counts["packets corrupt"] += 1
                 return False
             self._conceal_until(received.frame_index, received.seq)
@@ -306,7 +307,7 @@ class Receiver:
         if received.frame_index < self.next_frame or received.seq < self.next_seq:
             self.counts["packets late or duplicate"] += 1
             return True
-        if received.frame_index - self.next_frame > self.max_gap:
+        if self._too_far_ahead(received):
             self.counts["packets corrupt"] += 1
             return False
         if not self.streams:
@@ -318,7 +319,9 @@ class Receiver:
         start = time.perf_counter()
         audio = self._decode(codes)
         self.stats.decoder_times.append(time.perf_counter() - start)
-        self.stats.latencies.append(time.time() - received.capture_us / 1e6)
+        latency = time.time() - received.capture_us / 1e6
+        if abs(latency) <= MAX_LATENCY_SECONDS:
+            self.stats.latencies.append(latency)
         if self.gain < 1.0:
             ramp = np.minimum(1.0, self.gain + np.arange(1, audio.shape[0] + 1) / self.fade_samples)
             audio = audio * ramp[:, None].astype(np.float32)
@@ -328,6 +331,12 @@ class Receiver:
         self.next_seq = received.seq + 1
         self._emit(audio)
         return True
+
+    def _too_far_ahead(self, received: packet.Packet) -> bool:
+        """Whether a packet's frame_index or seq lies more than MAX_CONCEAL_SECONDS of frames ahead of the
+        stream: following it would conceal that long, or make every later packet look late."""
+        return (received.frame_index - self.next_frame > self.max_gap
+                or received.seq - self.next_seq > self.max_gap)
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         decoded = self.codec.decode(torch.from_numpy(np.ascontiguousarray(codes)))

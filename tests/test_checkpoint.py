@@ -1,0 +1,82 @@
+"""utils/checkpoint: a checkpoint or config.yml of the wrong shape or type is one CodecError naming the
+file, the key and the fix, where the loaders read it (not a TypeError deep in torch, nor a 4 TB allocation)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import official_path
+from utils.audiodec import StreamingCodec
+from utils.checkpoint import load_config, load_generator
+from utils.errors import CodecError
+
+SOURCE = official_path("exp", "autoencoder", "symAD_vctk_48000_hop300")
+NOT_A_CHECKPOINT = "it is not an AudioDec checkpoint (give one that codecTrain.py or the original saved)"
+REMOVED = object()  # a config key left out
+
+
+def official_state() -> dict:
+    return torch.load(os.path.join(SOURCE, "checkpoint-700000steps.pkl"), map_location="cpu", weights_only=True)
+
+
+def saved(folder, state: object, **changes: object) -> str:
+    """`state` saved as a checkpoint beside the official vctk_sym config with `changes` (REMOVED: left out)."""
+    folder.mkdir()
+    config = {**yaml.safe_load(open(os.path.join(SOURCE, "config.yml"))), **changes}
+    kept = {key: value for key, value in config.items() if value is not REMOVED}
+    (folder / "config.yml").write_text(yaml.safe_dump(kept))
+    path = str(folder / "checkpoint-1steps.pkl")
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("state, problem", [
+    ([1, 2], " holds no model.generator"),
+    ({"model": ["generator"]}, " holds no model.generator"),
+    ({"model": torch.zeros(2)}, " holds no model.generator"),
+    ({"model": {"generator": [1, 2, 3]}}, ": model.generator is not a state dict (list)"),
+    ({"model": {"generator": torch.zeros(3)}}, ": model.generator is not a state dict (Tensor)"),
+    ({"model": {"generator": {"encoder.conv.conv.weight": 5}}},
+     ": model.generator['encoder.conv.conv.weight'] is not a tensor (int)"),
+])
+def test_a_checkpoint_of_the_wrong_shape_is_one_error(tmp_path, state: object, problem: str) -> None:
+    path = saved(tmp_path / "exp", state)
+    with pytest.raises(CodecError) as error:
+        load_generator(path)
+    assert str(error.value) == f"{path}{problem}: {NOT_A_CHECKPOINT}"
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"model_type": ["x"]}, "unknown model_type ['x']: use one of symAudioDec, symAudioDecUniv, HiFiGAN, UnivNet: "
+                            "fix the config"),
+    ({"sampling_rate": "abc"}, "sampling_rate 'abc' is not a positive whole number of Hz: fix the config"),
+    ({"sampling_rate": None}, "sampling_rate None is not a positive whole number of Hz: fix the config"),
+    ({"sampling_rate": 0}, "sampling_rate 0 is not a positive whole number of Hz: fix the config"),
+    ({"sampling_rate": -48000}, "sampling_rate -48000 is not a positive whole number of Hz: fix the config"),
+    ({"sampling_rate": 44100.5}, "sampling_rate 44100.5 is not a positive whole number of Hz: fix the config"),
+    ({"output_delay": 10**11}, "output_delay 100000000000 is more than 480000 samples (10 s at 48 kHz): "
+                               "fix the config"),
+])
+def test_a_config_value_the_loaders_cannot_use_is_one_error(tmp_path, changes: dict, problem: str) -> None:
+    path = saved(tmp_path / "exp", official_state(), **changes)
+    with pytest.raises(CodecError) as error:
+        StreamingCodec.from_checkpoints(path, path)
+    assert str(error.value) == f"{tmp_path / 'exp' / 'config.yml'}: {problem}"
+
+
+def test_an_autoencoder_config_without_a_sampling_rate_is_one_error(tmp_path) -> None:
+    path = saved(tmp_path / "exp", official_state(), sampling_rate=REMOVED)
+    with pytest.raises(CodecError) as error:
+        StreamingCodec.from_checkpoints(path, path)
+    assert str(error.value) == f"{tmp_path / 'exp' / 'config.yml'} has no 'sampling_rate': it is not an AudioDec " \
+                               "training config"
+
+
+def test_whole_values_of_any_yaml_type_load_as_before(tmp_path) -> None:
+    path = saved(tmp_path / "exp", official_state(), sampling_rate=48000.0, output_delay=480_000)
+    assert load_config(path)["sampling_rate"] == 48000.0
+    assert StreamingCodec.from_checkpoints(path, path).sample_rate == 48000
