@@ -243,10 +243,11 @@ def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
 # ---- a local training process stopped by SIGTERM --------------------------------------------------
 
 
-def train(sandbox: Path, tag: str, log: Path, *extra: str) -> subprocess.Popen:
+def train(sandbox: Path, tag: str, log: Path, *extra: str, new_session: bool = False) -> subprocess.Popen:
     command = [sys.executable, "codecTrain.py", "-c", f"config/{tag}.yaml", "--tag", tag, *extra]
     with open(log, "w") as output:
-        return subprocess.Popen(command, cwd=sandbox, env=training_env(), stdout=output, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, cwd=sandbox, env=training_env(), stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=new_session)
 
 
 @needs_trainer
@@ -278,3 +279,33 @@ def test_sigterm_saves_the_step_reached_and_resuming_matches_an_uninterrupted_ru
     assert f"at step {stopped_at}" in (tmp_path / "resumed.log").read_text()
     final = f"checkpoint-{stopped_at + 2}steps.pkl"
     assert_same_training_state(sandbox / "exp/autoencoder/long" / final, sandbox / "exp/autoencoder/reference" / final)
+
+
+@needs_trainer
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_to_the_whole_process_group_spares_the_loader_workers(tmp_path: Path, signum: int) -> None:
+    """SLURM signals every process of a job step, the data loader's workers too: the run must still save
+    its checkpoint and exit 0, and leave no worker behind."""
+    sandbox = recipe_sandbox(tmp_path / "recipe")
+    corpus = write_corpus(tmp_path / "corpus", train_files=3)
+    config = tiny_configs(corpus, steps=2)["autoencoder/tiny"]
+    config.update(adv_train_max_steps=1000, save_interval_steps=10**6, num_workers=2)
+    write_configs(sandbox, {"autoencoder/long": config})
+
+    log = tmp_path / "stopped.log"
+    process = train(sandbox, "autoencoder/long", log, new_session=True)
+    wait_for_text(log, r"\(Steps: 3\)", process)
+    os.killpg(process.pid, signum)
+    assert process.wait(timeout=60) == 0, log.read_text()
+    text = log.read_text()
+    assert f"Stop requested ({signal.Signals(signum).name})" in text and "Traceback" not in text, text
+    (checkpoint,) = (sandbox / "exp" / "autoencoder" / "long").glob("checkpoint-*steps.pkl")
+    assert f"Saved checkpoint {checkpoint.relative_to(sandbox)}" in text
+    deadline = time.monotonic() + 20
+    while True:  # the workers end when the training process shuts its loader down
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a loader worker outlived the training process"
+        time.sleep(0.2)
