@@ -764,7 +764,7 @@ class GANTrainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint, in the original layout (plus ``rng``, ``data``, ``train_seconds``,
-        ``optimizer_types`` and, in fp16, ``scaler``)."""
+        ``optimizer_types`` and, in fp16, ``scaler``; :meth:`save_checkpoint` adds ``rng_per_rank``)."""
         state = {
             "model": {
                 "generator": generator_state_dict(self.generator),
@@ -788,13 +788,46 @@ class GANTrainer:
         if self.last_saved_steps == self.steps:
             return
         self._check_finite()
+        rng_per_rank = self._gather_rng_states()
         if not self.context.is_main:
             self.last_saved_steps = self.steps  # (rank 0's file)
             return
         path = checkpoint_path(self.expdir, self.steps)
-        atomic_torch_save(self.state_dict(), str(path))
+        state = self.state_dict()
+        if rng_per_rank is not None:
+            state["rng_per_rank"] = rng_per_rank
+        atomic_torch_save(state, str(path))
         self.last_saved_steps = self.steps
         logger.info("Saved checkpoint %s", path)
+
+    def _gather_rng_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's random state, by rank, on rank 0 (every rank calls this; None on the others and
+        in a one-process run). Each rank draws the random crops of its own share, so the ranks' states
+        part as soon as their shares differ in size or in the files shorter than a crop."""
+        if not self.context.is_distributed:
+            return None
+        states = [None] * self.context.world_size if self.context.is_main else None
+        torch.distributed.gather_object(capture_rng_state(), states, dst=0, group=cpu_group())
+        return states
+
+    def _restore_rng_state(self, path: str | Path, state: Mapping[str, Any]) -> None:
+        """This rank's random state from a checkpoint: its own where the checkpoint holds one per rank
+        of a run of as many processes, else rank 0's (``rng``), saying so where the crops then differ
+        from those of an uninterrupted run."""
+        per_rank, world_size = state.get("rng_per_rank"), self.context.world_size
+        if isinstance(per_rank, list) and len(per_rank) == world_size:
+            restore_rng_state(per_rank[self.context.rank])
+            return
+        if "rng" not in state:
+            return
+        if isinstance(per_rank, list):
+            logger.info("%s holds the random states of %d processes and this run has %d: every process resumes "
+                        "with rank 0's, so the random crops are not those of an uninterrupted run",
+                        path, len(per_rank), world_size)  # fmt: skip
+        elif world_size > 1:
+            logger.info("%s holds one random state: each of the %d processes resumes with it, so the random crops "
+                        "are not those of an uninterrupted run", path, world_size)  # fmt: skip
+        restore_rng_state(state["rng"])
 
     def load_checkpoint(self, path: str | Path, params_only: bool = False) -> None:
         """Load a checkpoint: everything to resume, or (``params_only``) only the models' parameters."""
@@ -821,7 +854,6 @@ class GANTrainer:
         self.steps = int(state["steps"])
         self.data.load_state_dict(state.get("data", {"epoch": state.get("epochs", 0), "position": 0}))
         self.train_seconds.update(state.get("train_seconds", {}))
-        if "rng" in state:
-            restore_rng_state(state["rng"])
+        self._restore_rng_state(path, state)
         self.last_saved_steps = self.steps
         logger.info("Resumed from %s at step %d (epoch %d)", path, self.steps, self.data.epoch)

@@ -1,9 +1,10 @@
 """Training checkpoints: file names, the newest one, resume requests, and the random-number state.
 
 A training checkpoint is the original's dict (``model``, ``optimizer``, ``scheduler``, ``steps``,
-``epochs``) plus two keys of ours that the original's loaders ignore: ``rng`` (the generators' states,
-so that a resumed run draws the same random crops) and ``data`` (how far into the epoch the data
-order had got).
+``epochs``) plus keys of ours that the original's loaders ignore, among them ``rng`` (the generators'
+states, so that a resumed run draws the same random crops; rank 0's in a run of several processes,
+whose checkpoints also hold every rank's, by rank, as ``rng_per_rank``) and ``data`` (how far into the
+epoch the data order had got).
 """
 
 from __future__ import annotations
