@@ -37,10 +37,11 @@ be thrown away), and the logged losses stay on the device until the log interval
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,48 @@ def _check_same_optimizer(path: str | Path, name: str, optimizer: torch.optim.Op
     if theirs != ours:
         raise CodecError(f"{path} was trained with {theirs} as {name}_optimizer_type, the config names {ours}: "
                          "resume with the config it was trained with, or start from its parameters (--initial)")
+
+
+def _as_configured(value: Any) -> Any:
+    """A stored optimizer or scheduler setting as a config writes it: sequences as lists, a milestone
+    Counter as its sorted milestones, a tensor as its number(s)."""
+    if isinstance(value, Counter):
+        return sorted(value.elements())
+    if isinstance(value, list | tuple):
+        return [_as_configured(item) for item in value]
+    return value.tolist() if torch.is_tensor(value) else value
+
+
+def _changed_setting(ours: Mapping[str, Any], theirs: Mapping[str, Any], keys: set[str]) -> tuple | None:
+    """(key, checkpoint's value, config's value) of the first of ``keys`` whose values differ, or None."""
+    for key in sorted(keys & set(ours) & set(theirs)):
+        mine, saved = _as_configured(ours[key]), _as_configured(theirs[key])
+        if mine != saved:
+            return key, saved, mine
+    return None
+
+
+def _check_same_settings(path: str | Path, name: str, optimizer: torch.optim.Optimizer, scheduler: Any,
+                         state: dict) -> None:
+    """Refuse to resume where the config changed a setting of ``name``'s optimizer or scheduler: their
+    states would load the checkpoint's values over the config's, silently, while config.yml records the
+    config's. Settings torch adds or drops between releases are not compared."""
+    part, changed = "optimizer", None
+    for ours, theirs in zip(optimizer.param_groups, state["optimizer"][name].get("param_groups") or []):
+        # A group's lr is where its schedule has got to; the config's is where it started (initial_lr).
+        ours = {**ours, "lr": ours.get("initial_lr", ours["lr"])}
+        theirs = {**theirs, "lr": theirs.get("initial_lr", theirs.get("lr"))}
+        changed = changed or _changed_setting(ours, theirs, set(optimizer.defaults) - _VERSION_KEYS)
+    if changed is None:
+        part = "scheduler"
+        arguments = set(inspect.signature(type(scheduler)).parameters) - {"optimizer", "last_epoch", "verbose"}
+        changed = _changed_setting(scheduler.state_dict(), state["scheduler"][name], arguments)
+    if changed is None:
+        return
+    key, saved, mine = changed
+    raise CodecError(f"{path} was trained with {name}_{part}_params {key}: {saved}, the config gives {mine}: put "
+                     f"{key}: {saved} back in the config to resume, or train anew under another --tag (--initial "
+                     f"{path} starts from its parameters)")
 
 
 class GANTrainer:
@@ -707,7 +750,9 @@ class GANTrainer:
             return
         self.logged = True
         for name, value in sorted(values.items()):
-            logger.info("(Steps: %d) %s = %.4f.", self.steps, name, value)
+            # Four decimals would show a learning rate of 1e-5 as 0.0000.
+            shown = f"{value:.3g}" if name.startswith("learning_rate/") else f"{value:.4f}"
+            logger.info("(Steps: %d) %s = %s.", self.steps, name, shown)
             if self.writer is not None:
                 self.writer.add_scalar(name, value, self.steps)
         if self.writer is not None:
@@ -845,6 +890,8 @@ class GANTrainer:
             return
         for name, optimizer in self.optimizers.items():
             _check_same_optimizer(path, name, optimizer, state)
+            _check_same_settings(path, name, optimizer, self.schedulers[name], state)
+        for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizer"][name])
         for name, scheduler in self.schedulers.items():
             scheduler.load_state_dict(state["scheduler"][name])
