@@ -6,6 +6,8 @@ shares) with micro-batches of 1 (gradient accumulation) equals one process with 
 Each file is exactly one crop long (``pad_short``), so crops take no random draws; the sampler gives
 the two ranks the even and odd samples of the one-process batch. Covers the EMA codebook all-reduce
 (metric-loss step) and the re-wrapping of the generator when the efficient paradigm freezes the encoder.
+With files longer than a crop, each rank draws its own crops: two ranks resume bit for bit from their
+own random states. An error every rank meets alike is printed once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def train(root: Path, tag: str, batch_size: int, processes: int, *extra: str, data: str = "exact",
-          save_interval_steps: int = 100) -> tuple[Path, str]:
+          save_interval_steps: int = 100, returncode: int = 0) -> tuple[Path, str]:
     # No spectral convergence loss: a ratio of norms over the whole (micro-)batch, it is not a mean of
     # per-sample terms, so it differs by how the batch is cut (docs/training.md).
     config = tiny_recipe(
@@ -43,7 +45,7 @@ def train(root: Path, tag: str, batch_size: int, processes: int, *extra: str, da
     result = subprocess.run([*launcher, "-c", recipe, "--tag", tag, "--exp_root", str(root / "exp"), *extra],
                             cwd=root, capture_output=True, text=True, timeout=400,
                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return root / "exp" / tag / "checkpoint-3steps.pkl", result.stderr
 
 
@@ -134,3 +136,15 @@ def test_two_ranks_drawing_different_random_crops_resume_bit_identically(tmp_pat
     assert ("checkpoint-2steps.pkl holds the random states of 2 processes and this run has 1: every process "
             "resumes with rank 0's, so the random crops are not those of an uninterrupted run") in log
     assert "rng_per_rank" not in torch.load(alone, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_every_rank_reads_is_reported_once(tmp_path: Path) -> None:
+    write_wavs(tmp_path / "exact" / "train", 4, 160, seed=5)
+    write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)
+    damaged = tmp_path / "checkpoint-9steps.pkl"
+    damaged.write_bytes(b"PK\x03\x04 cut short")
+    _, log = train(tmp_path, "damaged", 4, 2, "--resume", str(damaged), returncode=1)
+    assert log.count("error: ") == 1, log
+    assert f"error: cannot read checkpoint {damaged} (" in log
+    assert not (tmp_path / "exp" / "damaged").exists()

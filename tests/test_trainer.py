@@ -28,7 +28,7 @@ from trainer.base import GANTrainer, _check_same_settings
 from trainer.builder import TrainOptions, build_trainer, run_training
 from trainer.data import TrainingData
 from trainer.distributed import DistributedContext
-from trainer.state import latest_checkpoint, resolve_resume
+from trainer.state import latest_checkpoint, read_newest_checkpoint, resolve_resume
 from utils.audiodec import StreamingCodec
 from utils.checkpoint import load_generator
 from utils.errors import CodecError
@@ -383,6 +383,52 @@ def test_resume_auto_and_bad_resume_paths(tmp_path: Path) -> None:
     assert resolve_resume("", tmp_path) is None
     with pytest.raises(CodecError, match="no such checkpoint"):
         resolve_resume(str(tmp_path / "missing.pkl"), tmp_path)
+
+
+def test_resume_auto_passes_over_damaged_checkpoints_and_resumes_from_the_newest_readable(
+    autoencoder_run, tmp_path: Path, caplog
+) -> None:
+    """A requeued job whose newest checkpoint was damaged (a failed disk, a copy cut short) resumes from
+    the one before instead of failing on every restart; the damaged file is left where it is."""
+    root, expdir = autoencoder_run
+    folder = root / "exp" / "autoencoder" / "damaged"
+    folder.mkdir()
+    shutil.copy(expdir / "checkpoint-2steps.pkl", folder)
+    cut = (expdir / "checkpoint-4steps.pkl").read_bytes()[:5000]
+    (folder / "checkpoint-4steps.pkl").write_bytes(cut)
+    (folder / "checkpoint-3steps.pkl").write_text("not a checkpoint")
+    with caplog.at_level("INFO"):
+        path, state = read_newest_checkpoint(folder)
+    assert path.name == "checkpoint-2steps.pkl" and state["steps"] == 2
+    assert re.search(r"--resume auto: cannot read checkpoint \S*checkpoint-4steps.pkl \(\w+\): it is damaged or not a "
+                     r"checkpoint; cannot read checkpoint \S*checkpoint-3steps.pkl \(\w+\): it is damaged or not a "
+                     r"checkpoint; resuming from checkpoint-2steps.pkl, the newest that can be read, and leaving "
+                     r"checkpoint-4steps.pkl, checkpoint-3steps.pkl as they are", caplog.text)
+    assert (folder / "checkpoint-4steps.pkl").read_bytes() == cut
+
+    # The run goes on from step 2 as the uninterrupted one did.
+    (folder / "checkpoint-3steps.pkl").unlink()
+    resumed = train(tiny_recipe(root), root, "autoencoder/damaged", resume="auto")
+    assert yaml.safe_load((resumed / "config.yml").read_text())["resume"] == str(folder / "checkpoint-2steps.pkl")
+    for key, tensor in generator_tensors(expdir / "checkpoint-4steps.pkl").items():
+        assert torch.equal(tensor, generator_tensors(resumed / "checkpoint-4steps.pkl")[key]), key
+
+    (tmp_path / "checkpoint-1steps.pkl").write_bytes(cut)
+    with pytest.raises(CodecError, match=r"--resume auto: no checkpoint in \S+ can be read \(cannot read checkpoint "
+                                         r"\S+checkpoint-1steps.pkl \(\w+\): it is damaged or not a checkpoint\): "
+                                         r"move them away to train from the start, or give another --tag"):
+        read_newest_checkpoint(tmp_path)
+    assert read_newest_checkpoint(tmp_path / "empty") is None
+
+
+def test_an_explicitly_named_damaged_checkpoint_is_refused_naming_the_fix(autoencoder_run, tmp_path: Path) -> None:
+    root, expdir = autoencoder_run
+    (tmp_path / "checkpoint-4steps.pkl").write_bytes((expdir / "checkpoint-4steps.pkl").read_bytes()[:5000])
+    with pytest.raises(CodecError, match=r"cannot read checkpoint \S+checkpoint-4steps.pkl \(\w+\): it is damaged or "
+                                         r"not a checkpoint; resume from another checkpoint, or with --resume auto "
+                                         r"from the newest that can be read$"):
+        train(tiny_recipe(root), root, "autoencoder/named", resume=str(tmp_path / "checkpoint-4steps.pkl"))
+    assert not (root / "exp" / "autoencoder" / "named").exists()
 
 
 def test_statistics_and_vocoder_training(autoencoder_run: tuple[Path, Path]) -> None:

@@ -874,9 +874,12 @@ class GANTrainer:
                         "are not those of an uninterrupted run", path, world_size)  # fmt: skip
         restore_rng_state(state["rng"])
 
-    def load_checkpoint(self, path: str | Path, params_only: bool = False) -> None:
-        """Load a checkpoint: everything to resume, or (``params_only``) only the models' parameters."""
-        state = read_training_checkpoint(path)
+    def load_checkpoint(self, path: str | Path, params_only: bool = False, state: dict | None = None) -> None:
+        """Load a checkpoint: everything to resume, or (``params_only``) only the models' parameters
+        (``state``: what the checkpoint holds, where the caller has read it already)."""
+        if state is None:
+            state = read_training_checkpoint(path, "give another checkpoint" if params_only else (
+                "resume from another checkpoint, or with --resume auto from the newest that can be read"))
         fix = "give a checkpoint of this recipe"
         load_generator_state(self.generator, state["model"]["generator"], f"{path} does not fit the recipe's generator",
                              fix)
