@@ -3,6 +3,7 @@
 
     python codecTrain.py -c config/autoencoder/demo_48000_hop300.yaml --tag autoencoder/demo_48000_hop300
     torchrun --nproc_per_node 4 codecTrain.py -c ... --tag ...          # DDP, one process per GPU
+    python -m trainer.torchrun --nproc_per_node 4 codecTrain.py ...     # the same; a stop signal then exits 0
     python codecTrain.py -c ... --tag ... --resume auto                 # continue from the newest checkpoint
     python codecTrain.py -c ... --tag ... --initial exp/.../checkpoint-9500steps.pkl   # fine-tune from parameters
     torchrun --nproc_per_node 8 codecTrain.py -c ... --tag ... --ngpu 8 --precision bf16 --compile

@@ -6,10 +6,13 @@ shares) with micro-batches of 1 (gradient accumulation) equals one process with 
 Each file is exactly one crop long (``pad_short``), so crops take no random draws; the sampler gives
 the two ranks the even and odd samples of the one-process batch. Covers the EMA codebook all-reduce
 (metric-loss step) and the re-wrapping of the generator when the efficient paradigm freezes the encoder.
+With files longer than a crop, each rank draws its own crops: two ranks resume bit for bit from their
+own random states. An error every rank meets alike is printed once.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,20 +21,22 @@ import pytest
 import torch
 import yaml
 
+from tests.test_preemption import assert_same_training_state
 from tests.test_trainer import save_recipe, tiny_recipe, write_wavs
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def train(root: Path, tag: str, batch_size: int, processes: int, *extra: str) -> tuple[Path, str]:
+def train(root: Path, tag: str, batch_size: int, processes: int, *extra: str, data: str = "exact",
+          save_interval_steps: int = 100, returncode: int = 0) -> tuple[Path, str]:
     # No spectral convergence loss: a ratio of norms over the whole (micro-)batch, it is not a mean of
     # per-sample terms, so it differs by how the batch is cut (docs/training.md).
     config = tiny_recipe(
         root, batch_size=batch_size, use_stft_loss=False, pad_short=True, batch_length=160, adv_batch_length=160,
         start_steps={"generator": 0, "discriminator": 2}, train_max_steps=2, adv_train_max_steps=3,
-        save_interval_steps=100, eval_interval_steps=100, log_interval_steps=1,
+        save_interval_steps=save_interval_steps, eval_interval_steps=100, log_interval_steps=1,
     )
-    config["data"]["path"] = str(root / "exact")
+    config["data"]["path"] = str(root / data)
     recipe = save_recipe(config, root / f"{tag}.yaml")
     launcher = [sys.executable, str(REPO / "codecTrain.py")]
     if processes > 1:
@@ -40,7 +45,7 @@ def train(root: Path, tag: str, batch_size: int, processes: int, *extra: str) ->
     result = subprocess.run([*launcher, "-c", recipe, "--tag", tag, "--exp_root", str(root / "exp"), *extra],
                             cwd=root, capture_output=True, text=True, timeout=400,
                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return root / "exp" / tag / "checkpoint-3steps.pkl", result.stderr
 
 
@@ -105,3 +110,41 @@ def test_a_cpu_budget_stops_every_rank_after_the_same_step(tmp_path: Path) -> No
     assert [path.name for path in (tmp_path / "exp" / "budget").glob("checkpoint-*")] == ["checkpoint-1steps.pkl"]
     assert "The CPU budget (1e-09 min of training) is spent." in log
     assert "Finished training at step 1 " in log
+
+
+@pytest.mark.slow
+def test_two_ranks_drawing_different_random_crops_resume_bit_identically(tmp_path: Path) -> None:
+    """Batch 3 on 2 ranks: rank 0 crops 2 files a step, rank 1 one, so their random states part; each
+    resumes with its own (one process's checkpoint holds no per-rank states, as before)."""
+    write_wavs(tmp_path / "long" / "train", 6, 400, seed=5)  # longer than the 160-sample crops
+    write_wavs(tmp_path / "long" / "dev", 2, 160, seed=6)
+    straight, _ = train(tmp_path, "straight", 3, 2, data="long", save_interval_steps=1)
+    first = torch.load(straight.parent / "checkpoint-1steps.pkl", map_location="cpu", weights_only=True)
+    assert len(first["rng_per_rank"]) == 2
+    assert torch.equal(first["rng_per_rank"][0]["torch"], first["rng"]["torch"])
+    assert not torch.equal(first["rng_per_rank"][1]["torch"], first["rng"]["torch"])
+    (tmp_path / "exp" / "resumed").mkdir()
+    shutil.copy(straight.parent / "checkpoint-1steps.pkl", tmp_path / "exp" / "resumed")
+    resumed, log = train(tmp_path, "resumed", 3, 2, "--resume", "auto", data="long", save_interval_steps=1)
+    assert "random state" not in log
+    assert_same_training_state(resumed, straight)
+
+    # Another number of processes takes rank 0's state, as a one-process checkpoint always gives it.
+    (tmp_path / "exp" / "alone").mkdir()
+    shutil.copy(straight.parent / "checkpoint-2steps.pkl", tmp_path / "exp" / "alone")
+    alone, log = train(tmp_path, "alone", 3, 1, "--resume", "auto", data="long")
+    assert ("checkpoint-2steps.pkl holds the random states of 2 processes and this run has 1: every process "
+            "resumes with rank 0's, so the random crops are not those of an uninterrupted run") in log
+    assert "rng_per_rank" not in torch.load(alone, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_every_rank_reads_is_reported_once(tmp_path: Path) -> None:
+    write_wavs(tmp_path / "exact" / "train", 4, 160, seed=5)
+    write_wavs(tmp_path / "exact" / "dev", 2, 160, seed=6)
+    damaged = tmp_path / "checkpoint-9steps.pkl"
+    damaged.write_bytes(b"PK\x03\x04 cut short")
+    _, log = train(tmp_path, "damaged", 4, 2, "--resume", str(damaged), returncode=1)
+    assert log.count("error: ") == 1, log
+    assert f"error: cannot read checkpoint {damaged} (" in log
+    assert not (tmp_path / "exp" / "damaged").exists()

@@ -77,6 +77,31 @@ def test_every_rank_stops_at_the_step_one_rank_was_signalled(unused_tcp_port: in
         assert dict(results) == {0: (3, as_nccl, True), 1: (3, as_nccl, True)}
 
 
+
+RELAY_SCRIPT = """
+import signal, subprocess, sys
+from trainer.torchrun import StopSignalRelay, child_processes
+
+calls = []
+relay = StopSignalRelay(lambda signum, frame: calls.append(signal.Signals(signum).name))
+relay(signal.SIGINT, None)  # not a stop signal: torchrun's
+relay(signal.SIGTERM, None)  # no rank yet: torchrun's
+rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+found = child_processes() == [rank.pid]
+relay(signal.SIGTERM, None)
+ended = rank.wait(timeout=10)
+relay(signal.SIGTERM, None)  # a second one: torchrun's
+print(calls, found, ended, relay.passed_on)
+"""
+
+
+def test_torchruns_relay_passes_the_first_stop_signal_to_the_ranks_and_leaves_the_rest_to_torchrun() -> None:
+    result = subprocess.run([sys.executable, "-c", RELAY_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "['SIGINT', 'SIGTERM', 'SIGTERM'] True -15 True", result.stderr
+    assert "torchrun: SIGTERM passed on to its 1 training process: they save" in result.stderr
+
+
 @pytest.fixture
 def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     calls = tmp_path / "calls"
@@ -243,10 +268,11 @@ def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
 # ---- a local training process stopped by SIGTERM --------------------------------------------------
 
 
-def train(sandbox: Path, tag: str, log: Path, *extra: str) -> subprocess.Popen:
+def train(sandbox: Path, tag: str, log: Path, *extra: str, new_session: bool = False) -> subprocess.Popen:
     command = [sys.executable, "codecTrain.py", "-c", f"config/{tag}.yaml", "--tag", tag, *extra]
     with open(log, "w") as output:
-        return subprocess.Popen(command, cwd=sandbox, env=training_env(), stdout=output, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, cwd=sandbox, env=training_env(), stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=new_session)
 
 
 @needs_trainer
@@ -278,3 +304,62 @@ def test_sigterm_saves_the_step_reached_and_resuming_matches_an_uninterrupted_ru
     assert f"at step {stopped_at}" in (tmp_path / "resumed.log").read_text()
     final = f"checkpoint-{stopped_at + 2}steps.pkl"
     assert_same_training_state(sandbox / "exp/autoencoder/long" / final, sandbox / "exp/autoencoder/reference" / final)
+
+
+@needs_trainer
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_to_the_whole_process_group_spares_the_loader_workers(tmp_path: Path, signum: int) -> None:
+    """SLURM signals every process of a job step, the data loader's workers too: the run must still save
+    its checkpoint and exit 0, and leave no worker behind."""
+    sandbox = recipe_sandbox(tmp_path / "recipe")
+    corpus = write_corpus(tmp_path / "corpus", train_files=3)
+    config = tiny_configs(corpus, steps=2)["autoencoder/tiny"]
+    config.update(adv_train_max_steps=1000, save_interval_steps=10**6, num_workers=2)
+    write_configs(sandbox, {"autoencoder/long": config})
+
+    log = tmp_path / "stopped.log"
+    process = train(sandbox, "autoencoder/long", log, new_session=True)
+    wait_for_text(log, r"\(Steps: 3\)", process)
+    os.killpg(process.pid, signum)
+    assert process.wait(timeout=60) == 0, log.read_text()
+    text = log.read_text()
+    assert f"Stop requested ({signal.Signals(signum).name})" in text and "Traceback" not in text, text
+    (checkpoint,) = (sandbox / "exp" / "autoencoder" / "long").glob("checkpoint-*steps.pkl")
+    assert f"Saved checkpoint {checkpoint.relative_to(sandbox)}" in text
+    deadline = time.monotonic() + 20
+    while True:  # the workers end when the training process shuts its loader down
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a loader worker outlived the training process"
+        time.sleep(0.2)
+
+
+@needs_trainer
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_to_the_recipes_torchrun_checkpoints_and_exits_0(tmp_path: Path, signum: int) -> None:
+    """torchrun alone exits 1 with a traceback on SIGTERM after its ranks saved and exited 0, and dies of
+    SIGUSR1 at once; the recipes' torchrun (trainer/torchrun.py) passes the signal on to its ranks and
+    ends as they end."""
+    sandbox = recipe_sandbox(tmp_path / "recipe")
+    corpus = write_corpus(tmp_path / "corpus", train_files=4)
+    config = tiny_configs(corpus, steps=2)["autoencoder/tiny"]
+    config.update(adv_train_max_steps=1000, save_interval_steps=10**6)
+    write_configs(sandbox, {"autoencoder/long": config})
+
+    log = tmp_path / "torchrun.log"
+    command = [sys.executable, "-m", "trainer.torchrun", "--standalone", "--nproc_per_node", "2", "codecTrain.py",
+               "-c", "config/autoencoder/long.yaml", "--tag", "autoencoder/long", "--ngpu", "0"]
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=sandbox, env=training_env(), stdout=output, stderr=subprocess.STDOUT)
+    wait_for_text(log, r"\(Steps: 4\)", process)
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == 0, log.read_text()
+    text = log.read_text()
+    name = signal.Signals(signum).name
+    assert f"torchrun: {name} passed on to its 2 training processes: they save a checkpoint and exit" in text
+    assert f"Stop requested ({name})" in text and "Traceback" not in text, text
+    (checkpoint,) = (sandbox / "exp" / "autoencoder" / "long").glob("checkpoint-*steps.pkl")
+    assert f"Saved checkpoint {checkpoint.relative_to(sandbox)}" in text

@@ -352,19 +352,19 @@ def test_a_local_dry_run_prints_the_commands_and_runs_none(stub_python: dict) ->
     assert "RUN " not in result.stdout
     printed = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
     assert len(printed) == 5 and all(line.endswith("(dry run: not run)") for line in printed)
-    assert "-m torch.distributed.run --standalone --nproc_per_node 2 codecTrain.py" in printed[0]
+    assert "-m trainer.torchrun --standalone --nproc_per_node 2 codecTrain.py" in printed[0]
     assert "codecStatistic.py" in printed[1] and "codecTest.py" in printed[4]
 
 
 def test_multi_gpu_and_multi_node_launch_torchrun(stub_python: dict) -> None:
     result = bash("submit_codec.sh", "--start", "0", "--stop", "0", "--ngpu", "4", env=stub_python)
     assert commands(result)[0].startswith(
-        "-m torch.distributed.run --standalone --nproc_per_node 4 codecTrain.py -c config/autoencoder/"
+        "-m trainer.torchrun --standalone --nproc_per_node 4 codecTrain.py -c config/autoencoder/"
     )
     env = {**stub_python, "MASTER_ADDR": "node0", "MASTER_PORT": "1234"}
     result = bash("submit_vocoder.sh", "--stage", "0", "--ngpu", "8", "--nnodes", "2", env=env)
     assert commands(result)[0].startswith(
-        "-m torch.distributed.run --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node0:1234 "
+        "-m trainer.torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node0:1234 "
         "--rdzv_id audiodec codecTrain.py -c config/vocoder/AudioDec_v0_symAD_vctk_48000_hop300_clean.yaml"
     )
     env = {key: value for key, value in os.environ.items() if key != "MASTER_ADDR"}

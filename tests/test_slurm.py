@@ -353,7 +353,7 @@ def test_with_two_nodes_only_training_runs_on_both(fake_slurm: dict[str, str], t
     assert trained.returncode == 0, trained.stderr
     assert f"launcher: rendezvous node0:{20000 + int(train_job)} (id {train_job}) for 2 tasks" in trained.stdout
     assert [line for line in trained.stdout.splitlines() if line.startswith("RUN ")] == [
-        f"RUN -m torch.distributed.run --nnodes 2 --nproc_per_node 2 --rdzv_backend c10d --rdzv_endpoint "
+        f"RUN -m trainer.torchrun --nnodes 2 --nproc_per_node 2 --rdzv_backend c10d --rdzv_endpoint "
         f"node0:{20000 + int(train_job)} --rdzv_id {train_job} codecTrain.py -c config/autoencoder/"
         "symAD_vctk_48000_hop300.yaml --tag autoencoder/symAD_vctk_48000_hop300 --exp_root exp --disable_cudnn False "
         "--resume auto --ngpu 2"] * 2  # fmt: skip

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,11 @@ import yaml
 
 from tests.conftest import REPO, skip_without_cpp_compiler
 from trainer.analysis import compute_code_statistics, load_analyzer, quantized_latent
+from trainer.base import GANTrainer, _check_same_settings
 from trainer.builder import TrainOptions, build_trainer, run_training
 from trainer.data import TrainingData
 from trainer.distributed import DistributedContext
-from trainer.state import latest_checkpoint, resolve_resume
+from trainer.state import latest_checkpoint, read_newest_checkpoint, resolve_resume
 from utils.audiodec import StreamingCodec
 from utils.checkpoint import load_generator
 from utils.errors import CodecError
@@ -269,6 +271,54 @@ def test_resuming_with_another_optimizer_is_refused_before_training(autoencoder_
     assert not (root / "exp" / "autoencoder" / "sgd").exists()
 
 
+@pytest.mark.parametrize(("role", "part", "change", "message"), [
+    ("generator", "optimizer", {"lr": 5.0e-2}, "generator_optimizer_params lr: 0.001, the config gives 0.05"),
+    ("generator", "optimizer", {"betas": [0.8, 0.99]},
+     r"generator_optimizer_params betas: \[0.5, 0.9\], the config gives \[0.8, 0.99\]"),
+    ("discriminator", "scheduler", {"milestones": [1, 30]},
+     r"discriminator_scheduler_params milestones: \[1, 3\], the config gives \[1, 30\]"),
+    ("generator", "scheduler", {"step_size": 1000}, "generator_scheduler_params step_size: 2, the config gives 1000"),
+])
+def test_resuming_with_changed_optimizer_or_scheduler_settings_is_refused(autoencoder_run, role: str, part: str,
+                                                                          change: dict, message: str) -> None:
+    """The checkpoint's states would load over the config's settings, silently, while config.yml recorded
+    the config's."""
+    root, expdir = autoencoder_run
+    recipe = tiny_recipe(root)
+    recipe[f"{role}_{part}_params"] = {**recipe[f"{role}_{part}_params"], **change}
+    key = next(iter(change))
+    with pytest.raises(CodecError, match=rf"checkpoint-2steps.pkl was trained with {message}: put {key}: .* back "
+                                         r"in the config to resume, or train anew under another --tag \(--initial "
+                                         r".*checkpoint-2steps.pkl starts from its parameters\)$"):
+        train(recipe, root, "autoencoder/changed", resume=str(expdir / "checkpoint-2steps.pkl"))
+    assert not (root / "exp" / "autoencoder" / "changed").exists()
+
+
+def test_settings_stored_in_other_forms_or_by_other_torch_releases_resume(autoencoder_run) -> None:
+    """Betas as a list (the original's torch), a learning rate scheduled down from the config's, and the
+    param-group keys a torch release adds or drops, are not changes."""
+    root, expdir = autoencoder_run
+    config = tiny_recipe(root)
+    context = DistributedContext()
+    trainer = build_trainer(config, context, root / "unused", 0, data=TrainingData(config, context, 0))
+    state = torch.load(expdir / "checkpoint-4steps.pkl", map_location="cpu", weights_only=True)
+    group = state["optimizer"]["generator"]["param_groups"][0]
+    assert group["lr"] != group["initial_lr"] == 1.0e-3  # the schedule has halved it since
+    group["betas"] = list(group["betas"])
+    for key in ("foreach", "fused", "decoupled_weight_decay", "differentiable", "capturable"):
+        group.pop(key)
+    for name, optimizer in trainer.optimizers.items():
+        _check_same_settings("checkpoint-4steps.pkl", name, optimizer, trainer.schedulers[name], state)
+
+
+def test_learning_rates_are_logged_with_their_significant_digits(caplog) -> None:
+    log = SimpleNamespace(context=DistributedContext(), logged=False, steps=7, writer=None)
+    with caplog.at_level("INFO"):
+        GANTrainer._write_scalars(log, {"learning_rate/generator": 1.25e-05, "train/mel_loss": 1.23456})
+    assert "(Steps: 7) learning_rate/generator = 1.25e-05." in caplog.text
+    assert "(Steps: 7) train/mel_loss = 1.2346." in caplog.text
+
+
 def test_a_refused_resume_leaves_the_experiment_as_it_was(autoencoder_run, tmp_path: Path) -> None:
     """config.yml had been rewritten with the refused recipe (its checkpoints then no longer loaded for
     inference) and a TensorBoard file added, before the checkpoint was found not to fit."""
@@ -333,6 +383,52 @@ def test_resume_auto_and_bad_resume_paths(tmp_path: Path) -> None:
     assert resolve_resume("", tmp_path) is None
     with pytest.raises(CodecError, match="no such checkpoint"):
         resolve_resume(str(tmp_path / "missing.pkl"), tmp_path)
+
+
+def test_resume_auto_passes_over_damaged_checkpoints_and_resumes_from_the_newest_readable(
+    autoencoder_run, tmp_path: Path, caplog
+) -> None:
+    """A requeued job whose newest checkpoint was damaged (a failed disk, a copy cut short) resumes from
+    the one before instead of failing on every restart; the damaged file is left where it is."""
+    root, expdir = autoencoder_run
+    folder = root / "exp" / "autoencoder" / "damaged"
+    folder.mkdir()
+    shutil.copy(expdir / "checkpoint-2steps.pkl", folder)
+    cut = (expdir / "checkpoint-4steps.pkl").read_bytes()[:5000]
+    (folder / "checkpoint-4steps.pkl").write_bytes(cut)
+    (folder / "checkpoint-3steps.pkl").write_text("not a checkpoint")
+    with caplog.at_level("INFO"):
+        path, state = read_newest_checkpoint(folder)
+    assert path.name == "checkpoint-2steps.pkl" and state["steps"] == 2
+    assert re.search(r"--resume auto: cannot read checkpoint \S*checkpoint-4steps.pkl \(\w+\): it is damaged or not a "
+                     r"checkpoint; cannot read checkpoint \S*checkpoint-3steps.pkl \(\w+\): it is damaged or not a "
+                     r"checkpoint; resuming from checkpoint-2steps.pkl, the newest that can be read, and leaving "
+                     r"checkpoint-4steps.pkl, checkpoint-3steps.pkl as they are", caplog.text)
+    assert (folder / "checkpoint-4steps.pkl").read_bytes() == cut
+
+    # The run goes on from step 2 as the uninterrupted one did.
+    (folder / "checkpoint-3steps.pkl").unlink()
+    resumed = train(tiny_recipe(root), root, "autoencoder/damaged", resume="auto")
+    assert yaml.safe_load((resumed / "config.yml").read_text())["resume"] == str(folder / "checkpoint-2steps.pkl")
+    for key, tensor in generator_tensors(expdir / "checkpoint-4steps.pkl").items():
+        assert torch.equal(tensor, generator_tensors(resumed / "checkpoint-4steps.pkl")[key]), key
+
+    (tmp_path / "checkpoint-1steps.pkl").write_bytes(cut)
+    with pytest.raises(CodecError, match=r"--resume auto: no checkpoint in \S+ can be read \(cannot read checkpoint "
+                                         r"\S+checkpoint-1steps.pkl \(\w+\): it is damaged or not a checkpoint\): "
+                                         r"move them away to train from the start, or give another --tag"):
+        read_newest_checkpoint(tmp_path)
+    assert read_newest_checkpoint(tmp_path / "empty") is None
+
+
+def test_an_explicitly_named_damaged_checkpoint_is_refused_naming_the_fix(autoencoder_run, tmp_path: Path) -> None:
+    root, expdir = autoencoder_run
+    (tmp_path / "checkpoint-4steps.pkl").write_bytes((expdir / "checkpoint-4steps.pkl").read_bytes()[:5000])
+    with pytest.raises(CodecError, match=r"cannot read checkpoint \S+checkpoint-4steps.pkl \(\w+\): it is damaged or "
+                                         r"not a checkpoint; resume from another checkpoint, or with --resume auto "
+                                         r"from the newest that can be read$"):
+        train(tiny_recipe(root), root, "autoencoder/named", resume=str(tmp_path / "checkpoint-4steps.pkl"))
+    assert not (root / "exp" / "autoencoder" / "named").exists()
 
 
 def test_statistics_and_vocoder_training(autoencoder_run: tuple[Path, Path]) -> None:

@@ -37,10 +37,11 @@ be thrown away), and the logged losses stay on the device until the log interval
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,48 @@ def _check_same_optimizer(path: str | Path, name: str, optimizer: torch.optim.Op
     if theirs != ours:
         raise CodecError(f"{path} was trained with {theirs} as {name}_optimizer_type, the config names {ours}: "
                          "resume with the config it was trained with, or start from its parameters (--initial)")
+
+
+def _as_configured(value: Any) -> Any:
+    """A stored optimizer or scheduler setting as a config writes it: sequences as lists, a milestone
+    Counter as its sorted milestones, a tensor as its number(s)."""
+    if isinstance(value, Counter):
+        return sorted(value.elements())
+    if isinstance(value, list | tuple):
+        return [_as_configured(item) for item in value]
+    return value.tolist() if torch.is_tensor(value) else value
+
+
+def _changed_setting(ours: Mapping[str, Any], theirs: Mapping[str, Any], keys: set[str]) -> tuple | None:
+    """(key, checkpoint's value, config's value) of the first of ``keys`` whose values differ, or None."""
+    for key in sorted(keys & set(ours) & set(theirs)):
+        mine, saved = _as_configured(ours[key]), _as_configured(theirs[key])
+        if mine != saved:
+            return key, saved, mine
+    return None
+
+
+def _check_same_settings(path: str | Path, name: str, optimizer: torch.optim.Optimizer, scheduler: Any,
+                         state: dict) -> None:
+    """Refuse to resume where the config changed a setting of ``name``'s optimizer or scheduler: their
+    states would load the checkpoint's values over the config's, silently, while config.yml records the
+    config's. Settings torch adds or drops between releases are not compared."""
+    part, changed = "optimizer", None
+    for ours, theirs in zip(optimizer.param_groups, state["optimizer"][name].get("param_groups") or []):
+        # A group's lr is where its schedule has got to; the config's is where it started (initial_lr).
+        ours = {**ours, "lr": ours.get("initial_lr", ours["lr"])}
+        theirs = {**theirs, "lr": theirs.get("initial_lr", theirs.get("lr"))}
+        changed = changed or _changed_setting(ours, theirs, set(optimizer.defaults) - _VERSION_KEYS)
+    if changed is None:
+        part = "scheduler"
+        arguments = set(inspect.signature(type(scheduler)).parameters) - {"optimizer", "last_epoch", "verbose"}
+        changed = _changed_setting(scheduler.state_dict(), state["scheduler"][name], arguments)
+    if changed is None:
+        return
+    key, saved, mine = changed
+    raise CodecError(f"{path} was trained with {name}_{part}_params {key}: {saved}, the config gives {mine}: put "
+                     f"{key}: {saved} back in the config to resume, or train anew under another --tag (--initial "
+                     f"{path} starts from its parameters)")
 
 
 class GANTrainer:
@@ -707,7 +750,9 @@ class GANTrainer:
             return
         self.logged = True
         for name, value in sorted(values.items()):
-            logger.info("(Steps: %d) %s = %.4f.", self.steps, name, value)
+            # Four decimals would show a learning rate of 1e-5 as 0.0000.
+            shown = f"{value:.3g}" if name.startswith("learning_rate/") else f"{value:.4f}"
+            logger.info("(Steps: %d) %s = %s.", self.steps, name, shown)
             if self.writer is not None:
                 self.writer.add_scalar(name, value, self.steps)
         if self.writer is not None:
@@ -764,7 +809,7 @@ class GANTrainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint, in the original layout (plus ``rng``, ``data``, ``train_seconds``,
-        ``optimizer_types`` and, in fp16, ``scaler``)."""
+        ``optimizer_types`` and, in fp16, ``scaler``; :meth:`save_checkpoint` adds ``rng_per_rank``)."""
         state = {
             "model": {
                 "generator": generator_state_dict(self.generator),
@@ -788,17 +833,53 @@ class GANTrainer:
         if self.last_saved_steps == self.steps:
             return
         self._check_finite()
+        rng_per_rank = self._gather_rng_states()
         if not self.context.is_main:
             self.last_saved_steps = self.steps  # (rank 0's file)
             return
         path = checkpoint_path(self.expdir, self.steps)
-        atomic_torch_save(self.state_dict(), str(path))
+        state = self.state_dict()
+        if rng_per_rank is not None:
+            state["rng_per_rank"] = rng_per_rank
+        atomic_torch_save(state, str(path))
         self.last_saved_steps = self.steps
         logger.info("Saved checkpoint %s", path)
 
-    def load_checkpoint(self, path: str | Path, params_only: bool = False) -> None:
-        """Load a checkpoint: everything to resume, or (``params_only``) only the models' parameters."""
-        state = read_training_checkpoint(path)
+    def _gather_rng_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's random state, by rank, on rank 0 (every rank calls this; None on the others and
+        in a one-process run). Each rank draws the random crops of its own share, so the ranks' states
+        part as soon as their shares differ in size or in the files shorter than a crop."""
+        if not self.context.is_distributed:
+            return None
+        states = [None] * self.context.world_size if self.context.is_main else None
+        torch.distributed.gather_object(capture_rng_state(), states, dst=0, group=cpu_group())
+        return states
+
+    def _restore_rng_state(self, path: str | Path, state: Mapping[str, Any]) -> None:
+        """This rank's random state from a checkpoint: its own where the checkpoint holds one per rank
+        of a run of as many processes, else rank 0's (``rng``), saying so where the crops then differ
+        from those of an uninterrupted run."""
+        per_rank, world_size = state.get("rng_per_rank"), self.context.world_size
+        if isinstance(per_rank, list) and len(per_rank) == world_size:
+            restore_rng_state(per_rank[self.context.rank])
+            return
+        if "rng" not in state:
+            return
+        if isinstance(per_rank, list):
+            logger.info("%s holds the random states of %d processes and this run has %d: every process resumes "
+                        "with rank 0's, so the random crops are not those of an uninterrupted run",
+                        path, len(per_rank), world_size)  # fmt: skip
+        elif world_size > 1:
+            logger.info("%s holds one random state: each of the %d processes resumes with it, so the random crops "
+                        "are not those of an uninterrupted run", path, world_size)  # fmt: skip
+        restore_rng_state(state["rng"])
+
+    def load_checkpoint(self, path: str | Path, params_only: bool = False, state: dict | None = None) -> None:
+        """Load a checkpoint: everything to resume, or (``params_only``) only the models' parameters
+        (``state``: what the checkpoint holds, where the caller has read it already)."""
+        if state is None:
+            state = read_training_checkpoint(path, "give another checkpoint" if params_only else (
+                "resume from another checkpoint, or with --resume auto from the newest that can be read"))
         fix = "give a checkpoint of this recipe"
         load_generator_state(self.generator, state["model"]["generator"], f"{path} does not fit the recipe's generator",
                              fix)
@@ -812,6 +893,8 @@ class GANTrainer:
             return
         for name, optimizer in self.optimizers.items():
             _check_same_optimizer(path, name, optimizer, state)
+            _check_same_settings(path, name, optimizer, self.schedulers[name], state)
+        for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizer"][name])
         for name, scheduler in self.schedulers.items():
             scheduler.load_state_dict(state["scheduler"][name])
@@ -821,7 +904,6 @@ class GANTrainer:
         self.steps = int(state["steps"])
         self.data.load_state_dict(state.get("data", {"epoch": state.get("epochs", 0), "position": 0}))
         self.train_seconds.update(state.get("train_seconds", {}))
-        if "rng" in state:
-            restore_rng_state(state["rng"])
+        self._restore_rng_state(path, state)
         self.last_saved_steps = self.steps
         logger.info("Resumed from %s at step %d (epoch %d)", path, self.steps, self.data.epoch)

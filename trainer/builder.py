@@ -25,9 +25,15 @@ from trainer.autoencoder import AutoencoderTrainer
 from trainer.base import METRIC_LOSSES, GANTrainer
 from trainer.data import BatchPlan, TrainingData, plan_batches
 from trainer.denoise import DenoiseTrainer
-from trainer.distributed import DistributedContext, configure_tf32, init_distributed, shutdown_distributed
+from trainer.distributed import (
+    DistributedContext,
+    configure_tf32,
+    init_distributed,
+    raise_first_error,
+    shutdown_distributed,
+)
 from trainer.exp_lock import hold_experiment
-from trainer.state import resolve_resume
+from trainer.state import read_newest_checkpoint, resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, output_delay
 from utils.errors import CodecError, built_from_config, check_at_least
@@ -331,6 +337,32 @@ def record_config(expdir: Path, config: Mapping[str, Any], resume: Path | None, 
     write_text_atomic(previous_path, yaml.safe_dump(record, sort_keys=False))
 
 
+def load_starting_point(trainer: GANTrainer, config: Mapping[str, Any], expdir: Path, request: str,
+                        resume: Path | None) -> Path | None:
+    """Load what a run starts from: the checkpoint it resumes (``request`` ``auto``: the newest of
+    ``expdir`` that can be read), else the config's ``initial`` parameters. Returns the checkpoint
+    resumed from, or None."""
+    state = None
+    if resume is not None and request == "auto":
+        found = read_newest_checkpoint(expdir, warn=trainer.context.is_main)
+        resume, state = found if found is not None else (None, None)
+    if resume is not None:
+        trainer.load_checkpoint(resume, state=state)
+        return resume
+    if request == "auto":
+        logger.info("No checkpoint in %s yet: training from the start", expdir)
+    initial = config.get("initial") or ""
+    if initial:
+        if not Path(initial).is_file():
+            raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
+        trainer.load_checkpoint(initial, params_only=True)
+    elif config.get("train_mode") == "denoise":
+        # The original trains so too; the encoder then learns codes no trained decoder reads.
+        logger.warning("The denoise recipe has no 'initial': the encoder trains against a random frozen "
+                       "decoder and codebooks; set initial to the autoencoder checkpoint it denoises for")
+    return None
+
+
 def run_training(options: TrainOptions) -> Path:
     """Train as ``codecTrain.py`` does; returns the experiment folder ``<exp_root>/<tag>``.
 
@@ -372,19 +404,12 @@ def run_training(options: TrainOptions) -> Path:
                 make_output_folder(expdir, "the experiment folder")
                 lock = hold_experiment(expdir)  # before anything in the folder is written
             trainer = build_trainer(config, context, expdir, options.seed, None, plan)
-            initial = config.get("initial") or ""
-            if resume is not None:
-                trainer.load_checkpoint(resume)
-            elif options.resume == "auto":
-                logger.info("No checkpoint in %s yet: training from the start", expdir)
-            if resume is None and initial:
-                if not Path(initial).is_file():
-                    raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
-                trainer.load_checkpoint(initial, params_only=True)
-            elif resume is None and config.get("train_mode") == "denoise":
-                # The original trains so too; the encoder then learns codes no trained decoder reads.
-                logger.warning("The denoise recipe has no 'initial': the encoder trains against a random frozen "
-                               "decoder and codebooks; set initial to the autoencoder checkpoint it denoises for")
+            error = None
+            try:
+                resume = load_starting_point(trainer, config, expdir, options.resume, resume)
+            except CodecError as caught:
+                error = caught
+            raise_first_error(error, context)  # every rank read the same files: one line, not one per rank
             if context.is_main:  # the run starts: only now is the folder's record of what ran changed
                 record_config(expdir, config, resume, trainer.steps)
                 from torch.utils.tensorboard import SummaryWriter

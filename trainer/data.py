@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from dataloader import build_collater, build_datasets
 from dataloader.audio_files import DataError
 from trainer.distributed import DistributedContext
+from trainer.preemption import STOP_SIGNALS
 from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
@@ -161,12 +163,21 @@ class StepBatch(NamedTuple):
     global_size: int
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker's start: the stop signals are the training process's to act on (it checkpoints, then
+    shuts its workers down). SLURM signals every process of a job, and a worker that died of one would fail
+    the run before its checkpoint."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _loader(dataset: Dataset, config: Mapping[str, Any], collate, seed: int, **sampling: Any) -> DataLoader:
     num_workers = int(config.get("num_workers", 0))
     return DataLoader(
         dataset,
         collate_fn=collate,
         num_workers=num_workers,
+        worker_init_fn=_ignore_stop_signals,
         pin_memory=bool(config.get("pin_memory", False)) and torch.cuda.is_available(),
         # Workers live for the whole phase: re-spawning them every epoch stalls the GPU.
         persistent_workers=num_workers > 0,

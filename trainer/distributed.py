@@ -171,6 +171,28 @@ def shutdown_distributed(finished: bool = False) -> None:
         dist.destroy_process_group()
 
 
+def raise_first_error(error: CodecError | None, context: DistributedContext) -> None:
+    """After a step every rank takes alike (reading the checkpoint a run starts from), raise its error
+    once: rank 0 raises the first rank's (naming the rank where it is another's) and the others leave
+    quietly with exit status 0, rank 0's failure failing the job, so that N processes do not print the
+    same line N times. Without an error on any rank, return. Every rank calls this."""
+    if not context.is_distributed:
+        if error is not None:
+            raise error
+        return
+    messages: list[str | None] = [None] * context.world_size
+    dist.all_gather_object(messages, None if error is None else str(error), group=cpu_group())
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if not failed:
+        return
+    if not context.is_main:
+        raise SystemExit(0)
+    if error is not None:
+        raise error
+    rank, message = failed[0]
+    raise CodecError(f"rank {rank}: {message}")
+
+
 def bfloat16_mean_hook(group, bucket):  # not named bf16_compress_hook, nor annotated: DDP checks both
     """DDP communication hook (process group or None, ``dist.GradBucket``) -> future of the bucket's mean:
     all-reduced as bfloat16, returned in the bucket's dtype. Ours because torch's own bf16 hook requires

@@ -4,7 +4,8 @@ SLURM sends SIGTERM before it preempts or cancels a job, and the launcher (``uti
 for SIGUSR1 shortly before the time limit; ``scancel --signal=USR1 <job>`` sends it by hand. A
 :class:`PreemptionHandler` turns those signals into a flag that the training loop reads once per
 step: the loop then saves a checkpoint at the step it reached and returns, so the process exits 0 and
-the next run (``--resume auto``) continues from there. With ``requeue`` (or ``AUDIODEC_REQUEUE=1``,
+the next run (``--resume auto``) continues from there (under torchrun, :mod:`trainer.torchrun` passes
+the signal on to the ranks and exits 0 with them). With ``requeue`` (or ``AUDIODEC_REQUEUE=1``,
 which ``--requeue true`` of the launcher sets) a job running under SLURM requeues itself afterwards::
 
     preemption = PreemptionHandler().install()

@@ -1,13 +1,15 @@
 """Training checkpoints: file names, the newest one, resume requests, and the random-number state.
 
 A training checkpoint is the original's dict (``model``, ``optimizer``, ``scheduler``, ``steps``,
-``epochs``) plus two keys of ours that the original's loaders ignore: ``rng`` (the generators' states,
-so that a resumed run draws the same random crops) and ``data`` (how far into the epoch the data
-order had got).
+``epochs``) plus keys of ours that the original's loaders ignore, among them ``rng`` (the generators'
+states, so that a resumed run draws the same random crops; rank 0's in a run of several processes,
+whose checkpoints also hold every rank's, by rank, as ``rng_per_rank``) and ``data`` (how far into the
+epoch the data order had got).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from pathlib import Path
@@ -18,6 +20,8 @@ import torch
 
 from utils.errors import CodecError
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)steps\.pkl$")
 
 
@@ -26,13 +30,18 @@ def checkpoint_path(expdir: str | Path, steps: int) -> Path:
     return Path(expdir) / f"checkpoint-{steps}steps.pkl"
 
 
-def latest_checkpoint(expdir: str | Path) -> Path | None:
-    """The checkpoint with the most steps in ``expdir``, or None."""
+def checkpoints_newest_first(expdir: str | Path) -> list[Path]:
+    """The checkpoints in ``expdir``, the one with the most steps first."""
     folder = Path(expdir)
     if not folder.is_dir():
-        return None
+        return []
     found = [(int(match.group(1)), path) for path in folder.iterdir() if (match := CHECKPOINT_PATTERN.match(path.name))]
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(expdir: str | Path) -> Path | None:
+    """The checkpoint with the most steps in ``expdir``, or None."""
+    return next(iter(checkpoints_newest_first(expdir)), None)
 
 
 def resolve_resume(resume: str | None, expdir: str | Path) -> Path | None:
@@ -51,20 +60,56 @@ def resolve_resume(resume: str | None, expdir: str | Path) -> Path | None:
     return path
 
 
-def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a training checkpoint (tensors, numbers and plain containers only).
-
-    Raises:
-        CodecError: the file is not a readable AudioDec checkpoint.
-    """
+def _read(path: Path | str) -> tuple[dict[str, Any] | None, str]:
+    """What a training checkpoint holds (tensors, numbers and plain containers only), or None and why
+    it cannot be read."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        reason = error.__class__.__name__
-        raise CodecError(f"cannot read checkpoint {path} ({reason}): damaged or not a checkpoint") from None
-    if not isinstance(state, dict) or "generator" not in state.get("model", {}):
-        raise CodecError(f"{path} holds no model.generator: it is not an AudioDec checkpoint")
+        return None, f"cannot read checkpoint {path} ({error.__class__.__name__}): it is damaged or not a checkpoint"
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "generator" not in state["model"]:
+        return None, f"{path} holds no model.generator: it is not an AudioDec checkpoint"
+    return state, ""
+
+
+def read_training_checkpoint(path: str | Path, fix: str = "give another checkpoint") -> dict[str, Any]:
+    """Load a training checkpoint.
+
+    Raises:
+        CodecError: the file is not a readable AudioDec checkpoint (the message ends with ``fix``).
+    """
+    state, problem = _read(path)
+    if state is None:
+        raise CodecError(f"{problem}; {fix}")
     return state
+
+
+def read_newest_checkpoint(expdir: str | Path, warn: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``expdir`` that can be read, and what it holds (``--resume auto``); None
+    where there is none. Newer ones that cannot be read (a disk that failed, a copy cut short) are passed
+    over, with a warning when ``warn``, and left where they are: a job requeued after such damage
+    resumes from the checkpoint before instead of failing on every restart.
+
+    Raises:
+        CodecError: there are checkpoints, and none can be read.
+    """
+    problems, passed_over = [], []
+    for path in checkpoints_newest_first(expdir):
+        state, problem = _read(path)
+        if state is None:
+            problems.append(problem)
+            passed_over.append(path.name)
+            continue
+        if problems and warn:
+            logger.warning("--resume auto: %s; resuming from %s, the newest that can be read, and leaving %s as %s",
+                           "; ".join(problems), path.name, ", ".join(passed_over),
+                           "they are" if len(passed_over) > 1 else "it is")  # fmt: skip
+        return path, state
+    if problems:
+        more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise CodecError(f"--resume auto: no checkpoint in {expdir} can be read ({problems[0]}{more}): move them "
+                         "away to train from the start, or give another --tag")
+    return None
 
 
 def capture_rng_state() -> dict[str, Any]:

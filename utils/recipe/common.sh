@@ -126,7 +126,8 @@ set_resume_args() {
 # run again continues from the experiment's newest checkpoint instead of training over it from step
 # 0), --seed when the recipe's seed is set, --ngpu (the GPUs per node it must find; 0 trains on CPUs)
 # and the training options given: one process for ngpu <= 1 and nnodes=1, else torchrun with ngpu
-# processes (one with ngpu=0) on each of nnodes nodes.
+# processes (one with ngpu=0) on each of nnodes nodes, through trainer/torchrun.py (a stop signal then
+# lets the ranks checkpoint and the run exit 0).
 run_train() {
     local python=${recipe_python}
     local -a args=("$@")
@@ -152,11 +153,11 @@ run_train() {
             echo "--nnodes ${nnodes} needs MASTER_ADDR (and MASTER_PORT, default 29500) set to the rendezvous host" >&2
             return 1
         fi
-        run_command "${python}" -m torch.distributed.run --nnodes "${nnodes}" --nproc_per_node "${processes}" \
+        run_command "${python}" -m trainer.torchrun --nnodes "${nnodes}" --nproc_per_node "${processes}" \
             --rdzv_backend c10d --rdzv_endpoint "${MASTER_ADDR}:${MASTER_PORT:-29500}" \
             --rdzv_id "${RDZV_ID:-audiodec}" codecTrain.py "${args[@]}"
     elif [ "${processes}" -gt 1 ]; then
-        run_command "${python}" -m torch.distributed.run --standalone --nproc_per_node "${processes}" \
+        run_command "${python}" -m trainer.torchrun --standalone --nproc_per_node "${processes}" \
             codecTrain.py "${args[@]}"
     else
         run_command "${python}" codecTrain.py "${args[@]}"
