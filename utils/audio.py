@@ -188,21 +188,24 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
 
 
 def _beyond_full_scale(data: np.ndarray) -> tuple[float, int] | None:
-    """The peak of `data` and how many samples lie beyond full scale (|x| > 1), or None where none do."""
-    peak = float(np.max(np.abs(data))) if data.size else 0.0
+    """The peak of `data` and how many samples lie beyond full scale (|x| > 1), or None where none do
+    (a NaN anywhere makes the peak NaN, which is not <= 1)."""
+    magnitude = np.abs(data)
+    peak = float(np.max(magnitude)) if data.size else 0.0
     if peak <= 1.0:
         return None
-    return peak, int(np.count_nonzero(np.abs(data) > 1.0))
+    return peak, int(np.count_nonzero(magnitude > 1.0))
 
 
 def warn_if_clipping(path: str, data: np.ndarray) -> None:
     """Log a warning when samples of `data` (T, C) lie beyond full scale (they are cut when stored as integers);
     NaN or infinite samples are refused (:func:`check_finite_output`), as they have no peak to name."""
-    check_finite_output(path, data)
     beyond = _beyond_full_scale(data)
     if beyond is None:
         return
     peak, clipped = beyond
+    if not math.isfinite(peak):  # the writers checked already; only then is the whole array scanned again
+        check_finite_output(path, data)
     logger.warning(
         f"{path}: the decoded audio clips: peak {peak:.3f} ({20 * math.log10(peak):+.1f} dBFS), {clipped} samples "
         f"cut to full scale; code the input about {20 * math.log10(peak):.1f} dB quieter to keep them"
