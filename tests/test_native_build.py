@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -102,22 +100,6 @@ done
 echo "refusing cc: stop here" >&2
 exit 1
 """
-
-
-@pytest.fixture
-def fresh_build(monkeypatch, tmp_path: Path) -> Iterator[Callable[[], ModuleType]]:
-    """A function that has native_build forget its engine and build the next one in `tmp_path`/cache,
-    for the rest of one test; it returns the module."""
-    from utils.runtime import native_build
-
-    def use() -> ModuleType:
-        monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
-        native_build._library.cache_clear()
-        return native_build
-
-    yield use
-    monkeypatch.undo()
-    native_build._library.cache_clear()
 
 
 def test_cc_with_arguments_is_split_into_words_as_make_does(monkeypatch, tmp_path: Path, fresh_build) -> None:
