@@ -59,7 +59,8 @@ def parse_args() -> argparse.Namespace:
                              "two sides cost about the same, they overlap with half of --num_threads each; else "
                              "one thread encodes and decodes each frame with all of them)")
     parser.add_argument("--max_latency", type=float, default=0.1,
-                        help="seconds a frame may take from capture to output before frames are dropped (0 = never)")
+                        help="seconds a frame may take from capture to output before frames are dropped; a "
+                             "receiver's audio waiting for the speaker beyond it is dropped too (0 = never)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (any mode)")
     parser.add_argument("--input_file", help="stream this audio file instead of the microphone")
     parser.add_argument("--no-pace", dest="pace", action="store_false",
@@ -135,7 +136,7 @@ def run_receiver(args: argparse.Namespace) -> None:
     receiver = stream.Receiver(codec, sock, args.expect_frames, args.idle_timeout, duration=args.duration,
                                keep_output=bool(args.output))
     logging.info(f"listening on {args.bind}:{args.receive}")
-    stream.receive(receiver, device, play)
+    stream.receive(receiver, device, play, args.max_latency)
     if receiver.session is None:
         raise CodecError(f"no stream packets arrived on {args.bind}:{args.receive}, nothing was written: check that "
                          f"the sender's --send names this address and that it is running")

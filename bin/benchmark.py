@@ -286,11 +286,13 @@ def time_live(codec: StreamingCodec, x: torch.Tensor, frame_size: int) -> dict:
     """`demoStream.py`'s in-process pipeline (`utils.live.Streamer`, worker_threads "auto") fed `x`
     (1, C, T) in `frame_size` blocks as fast as it takes them, as `demoStream.py --input_file`
     without `--pace` does: seconds from the first block pushed to the last one out (the start-up,
-    which tunes, traces and times the two sides, is not timed), and the layout "auto" chose."""
+    which tunes, traces and times the two sides, is not timed), and the layout "auto" chose. Like that
+    command without dumps, it keeps neither the input nor the decoded blocks."""
     from utils import live as stream
 
     data = StreamingCodec.audio_from_streams(x)
-    streamer = stream.Streamer(codec, codec, frame_size, data.shape[1], max_latency=0)
+    streamer = stream.Streamer(codec, codec, frame_size, data.shape[1], max_latency=0, keep_input=False,
+                               keep_output=False)
     streamer.start()
     try:
         start = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Shared fixtures: paths to the official compatibility vectors copied into tests/data, C compilers
-that refuse options, and a skip for torch.compile on a CPU without a C++ compiler."""
+"""Shared fixtures: paths to the official compatibility vectors copied into tests/data, a fresh
+native-engine build and C compilers that refuse options, and a skip for torch.compile on a CPU
+without a C++ compiler."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -64,10 +66,27 @@ def python() -> str:
     return sys.executable
 
 
-def refusing_compiler(monkeypatch, tmp_path: Path, refusals: dict[str, str]) -> Iterator[Callable[[], Path]]:
-    """A function that has the native engine rebuilt, for the rest of one test, by this machine's
-    compiler behind a wrapper that fails, with the message `refusals` gives, on any of its options;
-    it returns the file the wrapper appends its command lines to."""
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path: Path) -> Iterator[Callable[[], ModuleType]]:
+    """A function that has native_build forget its engine and build the next one in `tmp_path`/cache,
+    for the rest of one test; it returns the module."""
+    from utils.runtime import native_build
+
+    def use() -> ModuleType:
+        monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
+        native_build._library.cache_clear()
+        return native_build
+
+    yield use
+    monkeypatch.undo()  # the test's CC and cache gone before the next test's engine is looked up
+    native_build._library.cache_clear()
+
+
+def refusing_compiler(monkeypatch, fresh_build: Callable[[], ModuleType], tmp_path: Path,
+                      refusals: dict[str, str]) -> Callable[[], Path]:
+    """A function that has the native engine rebuilt (`fresh_build`), for the rest of one test, by this
+    machine's compiler behind a wrapper that fails, with the message `refusals` gives, on any of its
+    options; it returns the file the wrapper appends its command lines to."""
     from utils.runtime import native_build
 
     real = native_build.compiler_command()
@@ -89,27 +108,24 @@ def refusing_compiler(monkeypatch, tmp_path: Path, refusals: dict[str, str]) -> 
 
     def use() -> Path:
         monkeypatch.setenv("CC", str(wrapper))
-        monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
-        native_build._library.cache_clear()
+        fresh_build()
         return calls
 
-    yield use
-    monkeypatch.undo()
-    native_build._library.cache_clear()
+    return use
 
 
 NO_OPENMP = {"-fopenmp": "clang: error: unsupported option -fopenmp"}
 
 
 @pytest.fixture
-def openmp_less_compiler(monkeypatch, tmp_path) -> Iterator[Callable[[], Path]]:
+def openmp_less_compiler(monkeypatch, fresh_build, tmp_path) -> Callable[[], Path]:
     """`refusing_compiler` that refuses -fopenmp, as Apple's clang does."""
-    yield from refusing_compiler(monkeypatch, tmp_path, NO_OPENMP)
+    return refusing_compiler(monkeypatch, fresh_build, tmp_path, NO_OPENMP)
 
 
 @pytest.fixture
-def clang_14_on_arm64(monkeypatch, tmp_path) -> Iterator[Callable[[], Path]]:
+def clang_14_on_arm64(monkeypatch, fresh_build, tmp_path) -> Callable[[], Path]:
     """`refusing_compiler` that refuses -fopenmp and -march=native, as Apple's clang 14 and older do
     (and clang 14 on any arm64 machine refuses the latter)."""
     march = {"-march=native": "clang: error: the clang compiler does not support '-march=native'"}
-    yield from refusing_compiler(monkeypatch, tmp_path, {**NO_OPENMP, **march})
+    return refusing_compiler(monkeypatch, fresh_build, tmp_path, {**NO_OPENMP, **march})

@@ -102,7 +102,19 @@ def test_benchmark_reports_what_bf16_costs(tmp_path, capsys) -> None:
     assert "snr_vs_fp32_db" not in json.loads(fp32.read_text())
 
 
-def test_benchmark_times_the_live_pipeline(tmp_path, capsys) -> None:
+def test_benchmark_times_the_live_pipeline(tmp_path, capsys, monkeypatch) -> None:
+    """As demoStream.py --input_file --no-pace without dumps: the pipeline keeps no audio, so that its
+    memory stays flat however many --seconds it is timed on."""
+    from utils import live
+
+    streamers = []
+
+    class Recorded(live.Streamer):
+        def start(self) -> None:
+            streamers.append(self)
+            super().start()
+
+    monkeypatch.setattr(live, "Streamer", Recorded)
     out = tmp_path / "bench.json"
     argv = ["--autoencoder", AUTOENCODER, "--seconds", "1", "--frame_size", "600", "--threads", "2",
             "--no-whole-file", "--live", "--json", str(out)]
@@ -111,6 +123,8 @@ def test_benchmark_times_the_live_pipeline(tmp_path, capsys) -> None:
     assert np.isfinite(result["rtf_live"]) and result["rtf_live"] > 0
     assert (result["live_layout"], result["live_threads"]) in (("overlap", 1), ("coder", 2))
     assert "live pipeline RTF" in capsys.readouterr().out
+    [streamer] = streamers
+    assert streamer.input_dump is None and streamer.received is None and streamer.output_queue.empty()
     assert torch.get_num_threads() == 2  # the workers' thread counts stay in the workers
 
 

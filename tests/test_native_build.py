@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -31,12 +29,18 @@ echo $$ > "{folder}/driver.pid"
 wait
 """
 
+# The first build, in the main thread or (as demoStream.py and the live pipeline load the codec) in a
+# passing thread that the main thread waits on.
 BUILDER = """
 import sys
 sys.path.insert(0, {repo!r})
 from utils.cli import run_main
 from utils.runtime import native_build
-run_main(native_build.available)
+from utils.runtime.cpu_process import in_passing_thread
+if {passing}:
+    run_main(lambda: in_passing_thread(native_build.available))
+else:
+    run_main(native_build.available)
 """
 
 
@@ -54,14 +58,15 @@ def running(pid: int) -> bool:
     (signal.SIGINT, 130, "interrupted", "sleep 300"),
     (signal.SIGTERM, 143, "terminated", "sh -c 'trap \"\" TERM; exec sleep 300'"),  # a pass deaf to SIGTERM
 ], ids=["SIGTERM", "SIGINT", "SIGTERM-ignored"])  # fmt: skip
+@pytest.mark.parametrize("passing", [False, True], ids=["main-thread", "passing-thread"])
 def test_an_interrupted_build_leaves_no_compiler_process_nor_temporary_file(
-    tmp_path: Path, how: signal.Signals, status: int, line: str, child: str
+    tmp_path: Path, how: signal.Signals, status: int, line: str, child: str, passing: bool
 ) -> None:
     compiler = tmp_path / "slow-cc"
     compiler.write_text(SLOW_COMPILER.format(folder=tmp_path, child=child))
     compiler.chmod(0o755)
     script = tmp_path / "builder.py"
-    script.write_text(BUILDER.format(repo=REPO))
+    script.write_text(BUILDER.format(repo=REPO, passing=passing))
     env = dict(os.environ, CC=str(compiler), AUDIODEC_NATIVE_CACHE=str(tmp_path / "cache"))
     builder = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -95,22 +100,6 @@ done
 echo "refusing cc: stop here" >&2
 exit 1
 """
-
-
-@pytest.fixture
-def fresh_build(monkeypatch, tmp_path: Path) -> Iterator[Callable[[], ModuleType]]:
-    """A function that has native_build forget its engine and build the next one in `tmp_path`/cache,
-    for the rest of one test; it returns the module."""
-    from utils.runtime import native_build
-
-    def use() -> ModuleType:
-        monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "cache"))
-        native_build._library.cache_clear()
-        return native_build
-
-    yield use
-    monkeypatch.undo()
-    native_build._library.cache_clear()
 
 
 def test_cc_with_arguments_is_split_into_words_as_make_does(monkeypatch, tmp_path: Path, fresh_build) -> None:

@@ -18,6 +18,7 @@ from utils.bitstream import packet
 from utils.bitstream.bits import bits_per_code
 from utils.errors import CodecError
 from utils.live import Receiver, bind_udp
+from utils.live.udp import PlaybackBuffer
 
 
 def free_port() -> int:
@@ -143,6 +144,30 @@ def test_a_receiver_without_a_dump_holds_no_audio_however_long_it_runs() -> None
     assert receiver.counts["packets received"] == len(receiver.stats.decoder_times) == 150
     with pytest.raises(CodecError, match=r"kept no output \(keep_output=False\): make it with keep_output=True"):
         receiver.output_audio()
+
+
+@pytest.mark.parametrize("max_samples", [4800, 0], ids=["bounded", "never-dropped"])
+def test_a_playing_receiver_stays_within_its_bound_behind_a_fast_sender(max_samples: int) -> None:
+    """A sender whose clock runs fast (1201 samples arrive for every 1200 the card plays) would leave
+    the receiver's speaker ever further behind: beyond --max_latency (`max_samples`) behind the block
+    playing, the oldest blocks are dropped and counted; what plays stays in order, without underruns.
+    With 0, nothing is dropped and the wait grows by a sample a period."""
+    buffer = PlaybackBuffer(1, max_samples)
+    card = np.empty((1200, 1), np.float32)
+    periods, arrived, played = 5000, 0, []
+    for _ in range(periods):
+        buffer.put(np.arange(arrived, arrived + 1201, dtype=np.float32)[:, None])  # the samples' numbers
+        arrived += 1201
+        buffer.callback(card, 1200, None, None)
+        played.append(card[:, 0].copy())
+    played = np.concatenate(played)
+    assert buffer.underruns == 0 and np.all(np.diff(played) > 0)
+    assert buffer.waiting == sum(block.shape[0] for block in buffer.blocks) - buffer.offset
+    assert buffer.waiting + buffer.dropped + played.shape[0] == arrived
+    if max_samples:
+        assert buffer.waiting < max_samples + 1201 and buffer.dropped > 0
+    else:
+        assert buffer.waiting == periods and buffer.dropped == 0
 
 
 def test_packets_round_trip() -> None:

@@ -403,6 +403,14 @@ class Streamer(Pipeline):
                 self.drop()
             return audio
 
+    def feed(self, block: np.ndarray) -> None:
+        """Queue `block` for unpaced input: wait while the encoder queue is full, then take what was
+        decoded meanwhile (kept for `output_audio` when asked), so that the output queue, which has no
+        bound, holds no more than the frames in flight however long the input."""
+        self.push(block, wait=True)
+        while self.pull() is not None:
+            pass
+
     def process(self, block: np.ndarray | None) -> np.ndarray:
         """One sound-card period: queue `block` (None = no more input), return what to play now."""
         if block is not None:
@@ -462,10 +470,10 @@ class FrameClock:
 
 
 def push_unpaced(streamer: Streamer, data: np.ndarray) -> None:
-    """Push a file's samples (T, C) through a started `streamer` as fast as it takes them, and
-    wait until the last frame is out."""
+    """Push a file's samples (T, C) through a started `streamer` as fast as it takes them (`feed`:
+    its memory stays flat however long the file), and wait until the last frame is out."""
     for block in file_blocks(data, streamer.frame_size):
-        streamer.push(block, wait=True)
+        streamer.feed(block)
         streamer.check()
     streamer.drain()
 
@@ -533,13 +541,7 @@ def run_file(streamer: Streamer, data: np.ndarray, pace: bool, duration: float |
     try:
         if not pace:
             streamer.max_latency = 0
-
-            def push(block: np.ndarray) -> None:
-                streamer.push(block, wait=True)
-                while streamer.pull() is not None:  # taken as decoded: the output queue has no bound
-                    pass
-
-            streamed = stream_file(streamer, data, False, stop, push, streamer.rx.output_delay)
+            streamed = stream_file(streamer, data, False, stop, streamer.feed, streamer.rx.output_delay)
             streamer.drain()
             return min(streamed, data.shape[0])
         streamed = stream_file(streamer, data, True, stop, streamer.process, streamer.rx.output_delay)

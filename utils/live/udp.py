@@ -167,18 +167,32 @@ def bind_udp(host: str, port: int) -> socket.socket:
 
 
 class PlaybackBuffer:
-    """Samples waiting for the sound card; the card's callback takes what is there (silence if not)."""
+    """Samples waiting for the sound card; the card's callback takes what is there (silence if not).
 
-    def __init__(self, channels: int) -> None:
+    Audio that comes faster than the card plays it (a sender's clock a little fast, a burst after a
+    network stall, an unpaced sender) would wait ever longer: once `max_samples` wait behind the
+    oldest block, that block is dropped (`dropped` counts its samples). 0: never dropped.
+    """
+
+    def __init__(self, channels: int, max_samples: int = 0) -> None:
         self.channels = channels
+        self.max_samples = max_samples
         self.blocks: deque[np.ndarray] = deque()
         self.offset = 0
+        self.waiting = 0  # samples not yet played
+        self.dropped = 0
         self.lock = threading.Lock()
         self.underruns = 0
 
     def put(self, audio: np.ndarray) -> None:
         with self.lock:
             self.blocks.append(audio)
+            self.waiting += audio.shape[0]
+            while self.max_samples and self.waiting - (self.blocks[0].shape[0] - self.offset) >= self.max_samples:
+                late = self.blocks.popleft().shape[0] - self.offset
+                self.waiting -= late
+                self.dropped += late
+                self.offset = 0
 
     def callback(self, outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
         filled = 0
@@ -189,6 +203,7 @@ class PlaybackBuffer:
                 outdata[filled:filled + take] = block[self.offset:self.offset + take]
                 filled += take
                 self.offset += take
+                self.waiting -= take
                 if self.offset == block.shape[0]:
                     self.blocks.popleft()
                     self.offset = 0
@@ -383,8 +398,9 @@ class Receiver:
         return self.stats.report()
 
 
-def receive(receiver: Receiver, output_device: int | str | None, play: bool) -> None:
-    """Run `receiver` until it stops (or Ctrl-C), playing what it decodes when `play`."""
+def receive(receiver: Receiver, output_device: int | str | None, play: bool, max_latency: float = 0.0) -> None:
+    """Run `receiver` until it stops (or Ctrl-C), playing what it decodes when `play`, at most
+    `max_latency` seconds behind the block playing (0: however far; `PlaybackBuffer`)."""
     sd = import_sounddevice() if play else None
     buffer: PlaybackBuffer | None = None
     output = None
@@ -392,7 +408,7 @@ def receive(receiver: Receiver, output_device: int | str | None, play: bool) -> 
     def play_audio(audio: np.ndarray) -> None:
         nonlocal buffer, output
         if buffer is None:
-            buffer = PlaybackBuffer(audio.shape[1])
+            buffer = PlaybackBuffer(audio.shape[1], round(max_latency * receiver.codec.sample_rate))
             output = open_stream(sd.OutputStream, device=output_device, samplerate=receiver.codec.sample_rate,
                                  dtype="float32", latency="low", channels=audio.shape[1], callback=buffer.callback)
             output.start()
@@ -411,4 +427,5 @@ def receive(receiver: Receiver, output_device: int | str | None, play: bool) -> 
             output.close()
         if buffer is not None:
             receiver.stats.device_xruns = buffer.underruns
+            receiver.counts["frames dropped (playback behind)"] = buffer.dropped // receiver.codec.hop_length
 

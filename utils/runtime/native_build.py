@@ -15,6 +15,7 @@ TorchScript (utils/runtime/backends.py). The plans that run on it are in `native
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -29,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +159,7 @@ def _library() -> tuple[Build | None, str]:
                 os.chmod(temporary, default_file_mode(executable=True))  # not mkstemp's owner-only mode
                 os.replace(temporary, target)
             finally:
-                if os.path.exists(temporary):
+                with contextlib.suppress(FileNotFoundError):  # (or `_end_builds` took it at the exit)
                     os.unlink(temporary)
         except OSError as error:
             return None, f"cannot build the engine in {target.parent}: {error}"
@@ -250,19 +252,55 @@ def _compile_as_taken(compiler: tuple[str, ...], flags: tuple[str, ...], output:
             return error
 
 
+# The compilers running now (each with its output file), so that a process that exits while another
+# thread builds ends them (`_end_builds`); `_EXITING` once it does.
+_BUILDS: dict[subprocess.Popen, str] = {}
+_BUILDS_LOCK = threading.Lock()
+_EXITING = threading.Event()
+
+
 def _compile(compiler: tuple[str, ...], flags: tuple[str, ...], output: str) -> str:
     """Compiles the engine into `output`: "" or the compiler's messages. The compiler runs in a
     process group of its own, so that an interruption (Ctrl-C, SIGTERM) ends its passes (cc1, as,
-    ld) too, not just the driver."""
+    ld) too, not just the driver: here when it reaches this thread, at the exit (`_end_builds`)
+    when this is a thread that the interrupted main thread no longer waits for."""
     command = [*compiler, *flags, "-o", output, str(SOURCE)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          process_group=0) as process:
+    with _BUILDS_LOCK:
+        _stop_if_exiting()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   process_group=0)
+        _BUILDS[process] = output
+    with process:
         try:
             _, stderr = process.communicate()
         except BaseException:
             _end_group(process)
             raise
+        finally:
+            with _BUILDS_LOCK:
+                del _BUILDS[process]
+        _stop_if_exiting()  # its group was ended: not a failure to report
     return "" if process.returncode == 0 else stderr or f"{shlex.join(compiler)} exited with {process.returncode}"
+
+
+def _stop_if_exiting() -> None:
+    """Ends a build thread quietly (threads print no SystemExit) once the process exits."""
+    if _EXITING.is_set():
+        raise SystemExit
+
+
+@atexit.register
+def _end_builds() -> None:
+    """At the exit, the compilers other threads still run: their groups ended and their outputs
+    removed. An interruption reaches only the main thread; one that waits on a build thread (as
+    `cpu_process.in_passing_thread` does) leaves it, and a daemon thread is never resumed."""
+    with _BUILDS_LOCK:
+        _EXITING.set()
+        builds = dict(_BUILDS)
+    for process, output in builds.items():
+        _end_group(process)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(output)
 
 
 def _end_group(process: subprocess.Popen, grace: float = 5.0) -> None:
