@@ -400,11 +400,15 @@ def run_training(options: TrainOptions) -> Path:
         lock = None
         fresh = context.is_main and not expdir.exists()
         try:
-            if context.is_main:
-                make_output_folder(expdir, "the experiment folder")
-                lock = hold_experiment(expdir)  # before anything in the folder is written
-            trainer = build_trainer(config, context, expdir, options.seed, None, plan)
             error = None
+            if context.is_main:
+                try:
+                    make_output_folder(expdir, "the experiment folder")
+                    lock = hold_experiment(expdir)  # before anything in the folder is written
+                except CodecError as caught:
+                    error = caught
+            raise_first_error(error, context)  # the other ranks stop with rank 0 instead of waiting on it
+            trainer = build_trainer(config, context, expdir, options.seed, None, plan)
             try:
                 resume = load_starting_point(trainer, config, expdir, options.resume, resume)
             except CodecError as caught:
