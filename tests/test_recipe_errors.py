@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ from tests.test_trainer import (
     untrained_checkpoint,
     write_wavs,
 )
-from trainer.builder import TrainOptions, run_training
+from trainer.builder import TrainOptions, load_starting_point, run_training
+from trainer.distributed import DistributedContext
 from utils.errors import CodecError
 
 CASES: dict[str, tuple[dict[str, Any], str]] = {
@@ -189,6 +191,15 @@ def test_a_denoise_recipe_without_initial_warns(tmp_path: Path, caplog: pytest.L
     with caplog.at_level(logging.WARNING, logger="trainer.builder"):
         run_training(TrainOptions(config=recipe, tag="denoise", exp_root=str(tmp_path / "exp")))
     assert "The denoise recipe has no 'initial': the encoder trains against a random frozen decoder" in caplog.text
+
+
+@pytest.mark.parametrize(("rank", "warned"), [(0, True), (1, False)])
+def test_the_denoise_warning_is_given_once_by_rank_0(rank: int, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Every rank of a run starts from the same point; only rank 0 says the recipe has no 'initial'."""
+    trainer = SimpleNamespace(context=DistributedContext(rank=rank, world_size=2))
+    with caplog.at_level(logging.WARNING, logger="trainer.builder"):
+        assert load_starting_point(trainer, {"train_mode": "denoise"}, Path("unused"), "", None) is None
+    assert ("The denoise recipe has no 'initial'" in caplog.text) is warned
 
 
 def test_analyzer_option_overrides_a_vocoder_recipes_and_is_refused_elsewhere(tmp_path: Path) -> None:

@@ -356,7 +356,7 @@ def load_starting_point(trainer: GANTrainer, config: Mapping[str, Any], expdir: 
         if not Path(initial).is_file():
             raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
         trainer.load_checkpoint(initial, params_only=True)
-    elif config.get("train_mode") == "denoise":
+    elif config.get("train_mode") == "denoise" and trainer.context.is_main:  # said once, not once per rank
         # The original trains so too; the encoder then learns codes no trained decoder reads.
         logger.warning("The denoise recipe has no 'initial': the encoder trains against a random frozen "
                        "decoder and codebooks; set initial to the autoencoder checkpoint it denoises for")
