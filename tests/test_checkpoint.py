@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from tests.conftest import official_path
+from tests.conftest import REPO, official_path
+from tests.test_trainer import tiny_recipe, tiny_vocoder_recipe, untrained_checkpoint
+from trainer.builder import build_discriminator, build_training_generator
+from trainer.state import read_training_checkpoint
 from utils.audiodec import StreamingCodec
 from utils.checkpoint import load_config, load_generator
 from utils.errors import CodecError
@@ -80,3 +84,43 @@ def test_whole_values_of_any_yaml_type_load_as_before(tmp_path) -> None:
     path = saved(tmp_path / "exp", official_state(), sampling_rate=48000.0, output_delay=480_000)
     assert load_config(path)["sampling_rate"] == 48000.0
     assert StreamingCodec.from_checkpoints(path, path).sample_rate == 48000
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool])
+def test_weights_stored_as_integers_are_refused_naming_the_first(tmp_path, dtype: torch.dtype) -> None:
+    """torch's load_state_dict would cast them into the model's floating-point weights, silently."""
+    state = official_state()
+    generator = state["model"]["generator"]
+    name = next(key for key, tensor in generator.items() if tensor.dim() > 1)
+    generator[name] = generator[name].to(dtype)
+    path = saved(tmp_path / "exp", state)
+    with pytest.raises(CodecError) as error:
+        load_generator(path)
+    assert str(error.value) == (f"checkpoint {path} stores model.generator {name} as {dtype}, where the model's "
+                                "weights are floating point: the file was converted or written wrongly; use the "
+                                "checkpoint as training saved it")
+
+
+def test_a_training_checkpoint_with_integer_discriminator_weights_is_refused(tmp_path) -> None:
+    state = official_state()
+    discriminator = state["model"]["discriminator"]
+    name = next(iter(discriminator))
+    discriminator[name] = discriminator[name].to(torch.int32)
+    path = saved(tmp_path / "exp", state)
+    with pytest.raises(CodecError, match=rf"^checkpoint {path} stores model.discriminator {name} as torch.int32, "
+                                         r"where .*written wrongly; resume from another$"):
+        read_training_checkpoint(path, "resume from another")
+
+
+def test_every_tensor_the_models_save_is_floating_point(tmp_path) -> None:
+    """What lets a checkpoint's integer tensors be refused without the model at hand: an integer buffer
+    by design (a counter) would need a place in utils.checkpoint.integer_weights."""
+    autoencoder = tiny_recipe(tmp_path)
+    analyzer = untrained_checkpoint(autoencoder, tmp_path / "analyzer")
+    vocoder = tiny_vocoder_recipe(tmp_path, analyzer, str(tmp_path / "stats.npy"))
+    np.save(tmp_path / "stats.npy", np.stack([np.zeros(8), np.ones(8)]).astype(np.float32))
+    univ = yaml.safe_load(open(os.path.join(REPO, "config", "autoencoder", "symADuniv_vctk_48000_hop300.yaml")))
+    univ = {**autoencoder, "model_type": univ["model_type"], "discriminator_params": univ["discriminator_params"]}
+    for config in (autoencoder, vocoder, univ):
+        for model in (build_training_generator(config), build_discriminator(config)):
+            assert [key for key, tensor in model.state_dict().items() if not tensor.is_floating_point()] == []

@@ -148,3 +148,19 @@ def test_a_damaged_checkpoint_every_rank_reads_is_reported_once(tmp_path: Path) 
     assert log.count("error: ") == 1, log
     assert f"error: cannot read checkpoint {damaged} (" in log
     assert not (tmp_path / "exp" / "damaged").exists()
+
+
+@pytest.mark.slow
+def test_models_too_large_for_any_machine_are_reported_once_before_they_are_allocated(tmp_path: Path) -> None:
+    config = tiny_recipe(tmp_path)
+    config["generator_params"] = {**config["generator_params"], "codebook_size": 10**11}  # 13.6 TB of codebooks
+    recipe = save_recipe(config, tmp_path / "huge.yaml")
+    result = subprocess.run([sys.executable, "-m", "trainer.torchrun", "--standalone", "--nproc_per_node", "2",
+                             str(REPO / "codecTrain.py"), "-c", recipe, "--tag", "huge", "--exp_root",
+                             str(tmp_path / "exp"), "--ngpu", "0"], cwd=REPO, capture_output=True, text=True,
+                            timeout=400, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.count("error: ") == 1, result.stderr
+    assert "error: generator_params codebook_size: 100000000000 makes the models' parameters and buffers take" in (
+        result.stderr)
+    assert not (tmp_path / "exp" / "huge").exists()

@@ -1,9 +1,11 @@
 """One training run per experiment folder: a second run of the same --tag stops with one error while the
-first holds the folder, and trains once it has ended (however it ended)."""
+first holds the folder, and trains once it has ended (however it ended); every rank of a second run of
+several processes stops with it."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -46,6 +48,37 @@ def test_a_second_run_of_a_tag_in_training_stops_and_the_next_one_after_it_train
     assert run_training(TrainOptions(config=recipe, tag="busy", exp_root=str(tmp_path / "exp"))) == expdir
     assert (expdir / "checkpoint-1steps.pkl").is_file() and (expdir / "config.yml").is_file()
     assert not (expdir / LOCK_NAME).exists()  # released at the end of the run
+
+
+def test_every_rank_of_a_run_refused_the_lock_stops_with_one_error(tmp_path: Path) -> None:
+    """The ranks are started by hand, as on nodes whose torchrun does not stop them when rank 0 fails:
+    rank 1 waited for rank 0 in its first collective, which rank 0 never reached."""
+    recipe = save_recipe(tiny_recipe(tmp_path, train_max_steps=1), tmp_path / "recipe.yaml")
+    expdir = tmp_path / "exp" / "busy"
+    expdir.mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(expdir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    ranks = []
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for rank in range(2):
+            ranks.append(subprocess.Popen(
+                [sys.executable, "codecTrain.py", "-c", recipe, "--tag", "busy", "--exp_root", str(tmp_path / "exp"),
+                 "--ngpu", "0"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, **job, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
+        logs = [process.communicate(timeout=120)[1] for process in ranks]
+    finally:
+        for process in [holder, *ranks]:
+            process.kill()
+            process.wait()
+    assert [process.returncode for process in ranks] == [1, 0], logs
+    assert logs[0].count("error: ") == 1 and f"error: {expdir} is being trained by another run (pid " in logs[0]
+    assert "error" not in logs[1].lower(), logs[1]
+    assert sorted(path.name for path in expdir.iterdir()) == [LOCK_NAME]
 
 
 def test_the_lock_is_exclusive_and_released(tmp_path: Path) -> None:

@@ -102,6 +102,26 @@ def test_torchruns_relay_passes_the_first_stop_signal_to_the_ranks_and_leaves_th
     assert "torchrun: SIGTERM passed on to its 1 training process: they save" in result.stderr
 
 
+FAILING_RANK = """
+import os, sys
+if os.environ["RANK"] == "1":
+    print("error: rank 1 cannot go on: fix it", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def test_a_failed_rank_ends_the_recipes_torchrun_with_its_error_line_and_no_traceback(tmp_path: Path) -> None:
+    """torchrun alone follows the rank's error with its ChildFailedError block and a traceback."""
+    script = tmp_path / "fails.py"
+    script.write_text(FAILING_RANK)
+    result = subprocess.run([sys.executable, "-m", "trainer.torchrun", "--standalone", "--nproc_per_node", "2",
+                             str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "error: rank 1 cannot go on: fix it" in result.stderr
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == f"torchrun: {script} failed: rank 1 exited with status 3"
+
+
 @pytest.fixture
 def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     calls = tmp_path / "calls"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,10 @@ from tests.test_trainer import (
     untrained_checkpoint,
     write_wavs,
 )
-from trainer.builder import TrainOptions, run_training
+from trainer import memory
+from trainer.base import GANTrainer
+from trainer.builder import TrainOptions, load_starting_point, run_training
+from trainer.distributed import DistributedContext
 from utils.errors import CodecError
 
 CASES: dict[str, tuple[dict[str, Any], str]] = {
@@ -191,6 +195,15 @@ def test_a_denoise_recipe_without_initial_warns(tmp_path: Path, caplog: pytest.L
     assert "The denoise recipe has no 'initial': the encoder trains against a random frozen decoder" in caplog.text
 
 
+@pytest.mark.parametrize(("rank", "warned"), [(0, True), (1, False)])
+def test_the_denoise_warning_is_given_once_by_rank_0(rank: int, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Every rank of a run starts from the same point; only rank 0 says the recipe has no 'initial'."""
+    trainer = SimpleNamespace(context=DistributedContext(rank=rank, world_size=2))
+    with caplog.at_level(logging.WARNING, logger="trainer.builder"):
+        assert load_starting_point(trainer, {"train_mode": "denoise"}, Path("unused"), "", None) is None
+    assert ("The denoise recipe has no 'initial'" in caplog.text) is warned
+
+
 def test_analyzer_option_overrides_a_vocoder_recipes_and_is_refused_elsewhere(tmp_path: Path) -> None:
     """codecTrain.py --analyzer (what submit_codec.sh passes with --exp) replaces the config's analyzer."""
     config = vocoder_on_an_untrained_analyzer(tmp_path, upsample_scales=[2, 2], upsample_kernel_sizes=[4, 4])
@@ -204,3 +217,42 @@ def test_analyzer_option_overrides_a_vocoder_recipes_and_is_refused_elsewhere(tm
                                          r"autoencoder\), which has no analyzer: leave --analyzer out"):
         run_training(TrainOptions(config=recipe, tag="wrong", exp_root=str(tmp_path / "exp"), analyzer="x.pkl"))
     assert not (tmp_path / "exp" / "wrong").exists()
+
+
+def test_a_size_yaml_reads_as_text_is_named_with_the_number_to_write(tmp_path: Path) -> None:
+    """``codebook_size: 1e9`` is the string '1e9' to YAML 1.1; the model failed comparing it with a number."""
+    config = tiny_recipe(tmp_path)
+    config["generator_params"] = {**config["generator_params"], "codebook_size": "1e9"}
+    assert_stops(config, tmp_path, r"^cannot build symAudioDec from generator_params: codebook_size: '1e9' is text, "
+                                   r"not a number \(YAML reads 1e9 as text\): write 1000000000: fix the config$")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"codebook_size": 2**16}, r"generator_params codebook_size: 65536 makes the models' parameters and buffers "
+                               r"take \d+\.\d MB \(quantizer.codebook.layers.0.embed is 8 x 65536\), more than the "
+                               r"4.0 MB of CPU memory free for this process: give a smaller codebook_size in "
+                               r"generator_params"),
+    ({"encode_channels": 64, "decode_channels": 64},
+     r"the sizes in generator_params make the models' parameters and buffers take \d+\.\d MB "
+     r"\(encoder.conv_blocks.1.conv.conv.weight is 256 x 128 x 8\), more .*: give smaller sizes in generator_params"),
+])
+def test_models_larger_than_the_free_memory_stop_before_they_are_allocated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict, message: str
+) -> None:
+    """A size a few digits too long failed in the allocator (its own message), or, where the system
+    overcommits, was granted and killed the process once written."""
+    monkeypatch.setattr(memory, "free_memory", lambda device: 4 * 10**6)
+    config = tiny_recipe(tmp_path)
+    config["generator_params"] = {**config["generator_params"], **change}
+    assert_stops(config, tmp_path, rf"^{message}$")
+
+
+def test_a_step_that_runs_out_of_memory_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(trainer: GANTrainer) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 640000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(GANTrainer, "run", exhausted)
+    assert_stops(tiny_recipe(tmp_path), tmp_path, r"^out of CPU memory at step 0 \(allocating 640000000 bytes\): "
+                                                  r"lower batch_size or batch_length, train in --micro_batch parts, "
+                                                  r"or give smaller sizes in generator_params or discriminator_params$")

@@ -271,6 +271,44 @@ def test_resuming_with_another_optimizer_is_refused_before_training(autoencoder_
     assert not (root / "exp" / "autoencoder" / "sgd").exists()
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"generator_scheduler_type": "MultiStepLR", "generator_scheduler_params": {"milestones": [1, 3], "gamma": 0.5}},
+     "StepLR as generator_scheduler_type, the config names MultiStepLR"),
+    ({"discriminator_scheduler_type": "StepLR", "discriminator_scheduler_params": {"step_size": 1, "gamma": 0.5}},
+     "MultiStepLR as discriminator_scheduler_type, the config names StepLR"),
+    ({"generator_optimizer_type": "AdamW"}, "Adam as generator_optimizer_type, the config names AdamW"),
+])
+def test_resuming_with_another_scheduler_or_optimizer_type_is_refused(autoencoder_run, tmp_path: Path, change: dict,
+                                                                       message: str) -> None:
+    """A scheduler's state loads over one of another type (``load_state_dict`` takes any keys) and the
+    schedule then follows neither config, silently."""
+    root, expdir = autoencoder_run
+    recipe = tiny_recipe(root, **change)
+    with pytest.raises(CodecError, match=rf"checkpoint-2steps.pkl was trained with {message}: "):
+        train(recipe, root, "autoencoder/retyped", resume=str(expdir / "checkpoint-2steps.pkl"))
+    assert not (root / "exp" / "autoencoder" / "retyped").exists()
+
+
+def test_a_checkpoint_that_does_not_name_its_schedulers_is_told_apart_by_their_settings(autoencoder_run,
+                                                                                        tmp_path: Path) -> None:
+    root, expdir = autoencoder_run
+    state = torch.load(expdir / "checkpoint-2steps.pkl", map_location="cpu", weights_only=True)
+    assert state["scheduler_types"] == {"generator": "StepLR", "discriminator": "MultiStepLR"}
+    del state["scheduler_types"]  # as checkpoints written before it was recorded
+    torch.save(state, tmp_path / "older.pkl")
+    recipe = tiny_recipe(root, generator_scheduler_type="MultiStepLR",
+                         generator_scheduler_params={"milestones": [1, 3], "gamma": 0.5})
+    with pytest.raises(CodecError, match=r"older.pkl was trained with a scheduler with gamma, step_size as "
+                                         r"generator_scheduler_type, the config names MultiStepLR: put "
+                                         r"generator_scheduler_type and its params back in the config to resume"):
+        train(recipe, root, "autoencoder/retyped", resume=str(tmp_path / "older.pkl"))
+    context = DistributedContext()
+    trainer = build_trainer(tiny_recipe(root), context, root / "unused", 0, data=TrainingData(tiny_recipe(root),
+                                                                                              context, 0))
+    trainer.load_checkpoint(tmp_path / "older.pkl")  # the same types resume
+    assert trainer.steps == 2
+
+
 @pytest.mark.parametrize(("role", "part", "change", "message"), [
     ("generator", "optimizer", {"lr": 5.0e-2}, "generator_optimizer_params lr: 0.001, the config gives 0.05"),
     ("generator", "optimizer", {"betas": [0.8, 0.99]},

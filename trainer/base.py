@@ -213,6 +213,31 @@ def _check_same_optimizer(path: str | Path, name: str, optimizer: torch.optim.Op
                          "resume with the config it was trained with, or start from its parameters (--initial)")
 
 
+def _scheduler_arguments(scheduler: Any) -> set[str]:
+    """The config's settings of ``scheduler``: its constructor's arguments, which its state stores by name."""
+    return set(inspect.signature(type(scheduler)).parameters) - {"optimizer", "last_epoch", "verbose"}
+
+
+def _check_same_scheduler(path: str | Path, name: str, scheduler: Any, state: dict) -> None:
+    """Refuse to resume ``name``'s scheduler from a checkpoint of another kind of scheduler: its state
+    would load over the config's (``load_state_dict`` takes any keys), and the schedule silently follow
+    neither. By the type the checkpoint names, or, in one written before it named them, by the
+    settings its state stores."""
+    ours = type(scheduler).__name__
+    theirs = (state.get("scheduler_types") or {}).get(name)
+    if theirs is None:
+        stored = state["scheduler"][name]
+        if _scheduler_arguments(scheduler) & set(scheduler.state_dict()) <= set(stored):
+            return
+        kept = {"base_lrs", "last_epoch", "verbose"}  # every scheduler's, not settings of a config
+        settings = sorted(key for key in stored if not key.startswith("_") and key not in kept)
+        theirs = f"a scheduler with {', '.join(settings)}"
+    if theirs != ours:
+        raise CodecError(f"{path} was trained with {theirs} as {name}_scheduler_type, the config names {ours}: "
+                         f"put {name}_scheduler_type and its params back in the config to resume, or train anew "
+                         f"under another --tag (--initial {path} starts from its parameters)")
+
+
 def _as_configured(value: Any) -> Any:
     """A stored optimizer or scheduler setting as a config writes it: sequences as lists, a milestone
     Counter as its sorted milestones, a tensor as its number(s)."""
@@ -245,8 +270,7 @@ def _check_same_settings(path: str | Path, name: str, optimizer: torch.optim.Opt
         changed = changed or _changed_setting(ours, theirs, set(optimizer.defaults) - _VERSION_KEYS)
     if changed is None:
         part = "scheduler"
-        arguments = set(inspect.signature(type(scheduler)).parameters) - {"optimizer", "last_epoch", "verbose"}
-        changed = _changed_setting(scheduler.state_dict(), state["scheduler"][name], arguments)
+        changed = _changed_setting(scheduler.state_dict(), state["scheduler"][name], _scheduler_arguments(scheduler))
     if changed is None:
         return
     key, saved, mine = changed
@@ -809,7 +833,8 @@ class GANTrainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint, in the original layout (plus ``rng``, ``data``, ``train_seconds``,
-        ``optimizer_types`` and, in fp16, ``scaler``; :meth:`save_checkpoint` adds ``rng_per_rank``)."""
+        ``optimizer_types``, ``scheduler_types`` and, in fp16, ``scaler``; :meth:`save_checkpoint` adds
+        ``rng_per_rank``)."""
         state = {
             "model": {
                 "generator": generator_state_dict(self.generator),
@@ -823,6 +848,7 @@ class GANTrainer:
             "data": self.data.state_dict(),
             "train_seconds": dict(self.train_seconds),
             "optimizer_types": {name: type(optimizer).__name__ for name, optimizer in self.optimizers.items()},
+            "scheduler_types": {name: type(scheduler).__name__ for name, scheduler in self.schedulers.items()},
         }
         if self.scalers:
             state["scaler"] = {name: scaler.state_dict() for name, scaler in self.scalers.items()}
@@ -893,6 +919,7 @@ class GANTrainer:
             return
         for name, optimizer in self.optimizers.items():
             _check_same_optimizer(path, name, optimizer, state)
+            _check_same_scheduler(path, name, self.schedulers[name], state)
             _check_same_settings(path, name, optimizer, self.schedulers[name], state)
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizer"][name])

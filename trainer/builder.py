@@ -33,6 +33,7 @@ from trainer.distributed import (
     shutdown_distributed,
 )
 from trainer.exp_lock import hold_experiment
+from trainer.memory import check_models_fit, out_of_memory
 from trainer.state import read_newest_checkpoint, resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, output_delay
@@ -247,6 +248,17 @@ def build_training_generator(config: Mapping[str, Any]) -> nn.Module:
         raise CodecError(str(error)) from None
 
 
+def models_on_meta(config: Mapping[str, Any]) -> dict[str, nn.Module]:
+    """The config's generator and discriminator on the meta device (shapes only, no memory), by the key
+    of their settings; none where they do not build."""
+    try:
+        with torch.device("meta"):
+            return {"generator_params": build_training_generator(config),
+                    "discriminator_params": build_discriminator(config)}
+    except Exception:  # the real build reports the config's error in its own words
+        return {}
+
+
 def build_trainer(
     config: Mapping[str, Any],
     context: DistributedContext,
@@ -267,6 +279,7 @@ def build_trainer(
     if data is None:
         data = TrainingData(config, context, seed, plan)
         data.set_batch_length(int(config["batch_length"]))
+    check_models_fit(models_on_meta(config), config, context.device)
     generator = build_training_generator(config).to(context.device)
     discriminator = build_discriminator(config).to(context.device)
     optimizers = {
@@ -356,11 +369,23 @@ def load_starting_point(trainer: GANTrainer, config: Mapping[str, Any], expdir: 
         if not Path(initial).is_file():
             raise CodecError(f"initial checkpoint {initial} not found: train the model it names first")
         trainer.load_checkpoint(initial, params_only=True)
-    elif config.get("train_mode") == "denoise":
+    elif config.get("train_mode") == "denoise" and trainer.context.is_main:  # said once, not once per rank
         # The original trains so too; the encoder then learns codes no trained decoder reads.
         logger.warning("The denoise recipe has no 'initial': the encoder trains against a random frozen "
                        "decoder and codebooks; set initial to the autoencoder checkpoint it denoises for")
     return None
+
+
+def run_steps(trainer: GANTrainer) -> None:
+    """Train: ``trainer.run()``, with an allocation that fails (a batch or a model too large for the
+    device) as one line instead of the allocator's message in a traceback."""
+    try:
+        trainer.run()
+    except RuntimeError as error:
+        failed = out_of_memory(error, trainer.steps, trainer.context.device)
+        if failed is None:
+            raise
+        raise failed from None
 
 
 def run_training(options: TrainOptions) -> Path:
@@ -400,16 +425,20 @@ def run_training(options: TrainOptions) -> Path:
         lock = None
         fresh = context.is_main and not expdir.exists()
         try:
-            if context.is_main:
-                make_output_folder(expdir, "the experiment folder")
-                lock = hold_experiment(expdir)  # before anything in the folder is written
-            trainer = build_trainer(config, context, expdir, options.seed, None, plan)
             error = None
+            if context.is_main:
+                try:
+                    make_output_folder(expdir, "the experiment folder")
+                    lock = hold_experiment(expdir)  # before anything in the folder is written
+                except CodecError as caught:
+                    error = caught
+            raise_first_error(error, context)  # the other ranks stop with rank 0 instead of waiting on it
             try:
+                trainer = build_trainer(config, context, expdir, options.seed, None, plan)
                 resume = load_starting_point(trainer, config, expdir, options.resume, resume)
             except CodecError as caught:
                 error = caught
-            raise_first_error(error, context)  # every rank read the same files: one line, not one per rank
+            raise_first_error(error, context)  # every rank built the same config: one line, not one per rank
             if context.is_main:  # the run starts: only now is the folder's record of what ran changed
                 record_config(expdir, config, resume, trainer.steps)
                 from torch.utils.tensorboard import SummaryWriter
@@ -430,7 +459,7 @@ def run_training(options: TrainOptions) -> Path:
             logger.info("On the CPU: %d thread%s per process, malloc %s", threads, "" if threads == 1 else "s",
                         current_malloc())
         try:
-            trainer.run()
+            run_steps(trainer)
         except BaseException:
             if fresh and lock is not None and trainer.last_saved_steps is None and not trainer.logged:
                 writer.close()  # a run that failed before it logged or saved anything leaves no folder

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.checkpoint import integer_weights
 from utils.errors import CodecError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def _read(path: Path | str) -> tuple[dict[str, Any] | None, str]:
         return None, f"cannot read checkpoint {path} ({error.__class__.__name__}): it is damaged or not a checkpoint"
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "generator" not in state["model"]:
         return None, f"{path} holds no model.generator: it is not an AudioDec checkpoint"
-    return state, ""
+    problem = integer_weights(state["model"])
+    return (None, f"checkpoint {path} {problem}") if problem is not None else (state, "")
 
 
 def read_training_checkpoint(path: str | Path, fix: str = "give another checkpoint") -> dict[str, Any]:

@@ -11,6 +11,9 @@ the ranks and torchrun goes on watching them as it does while they train: once e
 0, torchrun does too, and a rank that fails fails the run as before. Where the ranks have not started,
 a second stop signal, and SIGINT, SIGHUP, SIGQUIT, are torchrun's own (Linux: the ranks are found under
 ``/proc``; elsewhere torchrun runs as it is).
+
+A run whose rank fails ends with that rank's own one-line error and one line of torchrun's naming the
+rank and its exit status (exit status 1), not torchrun's ChildFailedError block and traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from types import FrameType
 
 from torch.distributed import run
 from torch.distributed.elastic.multiprocessing import api
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from trainer.preemption import STOP_SIGNALS
 
@@ -76,7 +80,21 @@ def main(argv: list[str] | None = None) -> None:
         # torchrun installs this name's handler for SIGTERM (and SIGINT, SIGHUP, SIGQUIT) once its ranks start.
         api._terminate_process_handler = relay
         signal.signal(signal.SIGUSR1, relay)
-    run.main(argv)
+    try:
+        run.main(argv)
+    except ChildFailedError as failed:
+        print(f"torchrun: {first_failure(failed)}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def first_failure(failed: ChildFailedError) -> str:
+    """One line for the rank that failed first: the rank's own output above says why, so torchrun's
+    block (times, hosts, a link about tracebacks) adds nothing but length."""
+    rank, failure = failed.get_first_failure()
+    if failure.exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"{failed.name} failed: rank {rank} was killed by {signal.Signals(-failure.exitcode).name}"
+    return f"{failed.name} failed: rank {rank} exited with status {failure.exitcode}"
 
 
 if __name__ == "__main__":

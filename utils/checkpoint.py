@@ -110,8 +110,25 @@ def read_checkpoint(checkpoint: str) -> dict[str, Any]:
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise CodecError(f"{checkpoint}: model.generator[{name!r}] is not a tensor ({type(tensor).__name__}): "
                              f"{NOT_A_CHECKPOINT}")
+    problem = integer_weights(model)
+    if problem is not None:
+        raise CodecError(f"checkpoint {checkpoint} {problem}; use the checkpoint as training saved it")
     check_finite_weights(checkpoint, generator)
     return state
+
+
+def integer_weights(models: dict[str, Any]) -> str | None:
+    """What is wrong with the first tensor of a checkpoint's models (``model.generator``, and
+    ``model.discriminator`` where present) that is not floating point, or None. Every parameter and
+    buffer of these models is (weights, codebooks, statistics, padding), so an integer one was
+    converted or written wrongly, and loading would silently cast it to the integers it holds."""
+    for part in ("generator", "discriminator"):
+        state_dict = models.get(part)
+        for name, tensor in (state_dict.items() if isinstance(state_dict, dict) else ()):
+            if isinstance(tensor, torch.Tensor) and not tensor.is_floating_point():
+                return (f"stores model.{part} {name} as {tensor.dtype}, where the model's weights are floating "
+                        "point: the file was converted or written wrongly")
+    return None
 
 
 def check_finite_weights(checkpoint: str, state_dict: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
@@ -29,7 +30,26 @@ def built_from_config(cls: Callable[..., Any], key: str, params: Mapping[str, An
         return cls(*args, **params)
     except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as error:
         # a size of 0, say, fails in torch (an empty stack) or in arithmetic, not in a check of the class's
-        raise CodecError(f"cannot build {name or cls.__name__} from {key}: {error}: fix the config") from None
+        reason = _number_as_text(params) or str(error)
+        raise CodecError(f"cannot build {name or cls.__name__} from {key}: {reason}: fix the config") from None
+
+
+def _number_as_text(params: Mapping[str, Any]) -> str | None:
+    """What is wrong with the first setting of ``params`` that YAML read as text though it reads as a
+    number (``1e9``, ``1.0e9``: YAML 1.1 wants a dot and a signed exponent), or None: the class then
+    fails on a string where it counts, with a message that names neither."""
+    for key, value in params.items():
+        if not isinstance(value, str):
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if not math.isfinite(number):  # "nan", "inf": words more than numbers
+            continue
+        written = str(int(number)) if number.is_integer() and abs(number) < 1e18 else repr(number)
+        return f"{key}: {value!r} is text, not a number (YAML reads {value} as text): write {written}"
+    return None
 
 
 class ArgumentParser(argparse.ArgumentParser):
