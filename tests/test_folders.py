@@ -128,6 +128,27 @@ def test_a_folder_run_that_writes_nothing_leaves_no_output_folder(tmp_path, corp
         assert error_lines(result)[0].startswith("error: -o /proc/coded: cannot create it (")
 
 
+def test_names_that_are_no_utf8_are_printed_escaped(tmp_path) -> None:
+    """A Latin-1 name from an old archive (`caf\\xe9.wav` under UTF-8) is printed `caf\\xe9` in codec.py's
+    log and error lines, as evaluate.py prints it, never as Python's stand-in `caf\\udce9`."""
+    audio, _ = sf.read(official_path("input", "test_48k.wav"))
+    folder = os.fsencode(tmp_path / "in")
+    os.mkdir(folder)
+    sf.write(os.path.join(folder, b"caf\xe9.wav"), audio[:14400], RATE, "PCM_16")
+    with open(os.path.join(folder, b"br\xfbl\xe9.wav"), "wb") as broken:
+        broken.write(b"not audio")
+    source, packed = (os.fsdecode(os.path.join(folder, b"caf\xe9.wav")),
+                      os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.adc")))
+    single = run("codec.py", "encode", "--model", "vctk_sym", "-i", source, "-o", packed)
+    assert single.returncode == 0, single.stderr
+    assert f"wrote {tmp_path}/caf\\xe9.adc: " in single.stderr
+    batch = run("codec.py", "encode", "--model", "vctk_sym", "-i", os.fsdecode(folder), "-o", str(tmp_path / "out"))
+    assert error_lines(batch)[0].startswith(f"error: cannot read {tmp_path}/in/br\\xfbl\\xe9.wav as audio (")
+    assert os.listdir(os.fsencode(tmp_path / "out")) == [b"caf\xe9.adc"]
+    for result in (single, batch):
+        assert "\\udc" not in result.stderr
+
+
 @pytest.fixture
 def pair(tmp_path) -> tuple[Path, Path]:
     from utils.eval.probe import speech_like_signal

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.errors import CodecError
+from utils.errors import CodecError, shown
 from utils.files import check_output_folder, file_in_the_way, make_output_folder
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ def run_batch(
             except Exception as error:  # one bad file must not end the batch: report it and go on
                 failed += 1
                 message = str(error) if isinstance(error, CodecError) else f"{error.__class__.__name__}: {error}"
-                bar.write(f"error: {message if str(source) in message else f'{source}: {message}'}", file=sys.stderr)
+                line = message if str(source) in message else f"{source}: {message}"
+                bar.write(f"error: {shown(line)}", file=sys.stderr)
             busy += time.perf_counter() - started
             if seconds > 0:
                 bar.set_postfix_str(f"RTF {busy / seconds:.3f}")
