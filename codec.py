@@ -34,7 +34,7 @@ from utils.audio import AUDIO_EXTENSIONS, check_audio_output, write_audio
 from utils.audiodec import StreamingCodec
 from utils.batch import plan, refuse_existing, run_batch
 from utils.bitstream.adc import StreamHeader, open_adc
-from utils.bitstream.codec_file import decode_codes, encode_to_file, entropy_table_path, load_entropy_model
+from utils.bitstream.codec_file import FileDecoder, encode_to_file, load_entropy_model, model_entropy_table
 from utils.bitstream.entropy import EntropyModel
 from utils.checkpoint import load_config, output_delay
 from utils.cli import (
@@ -96,10 +96,6 @@ def parse_args() -> argparse.Namespace:
 MAX_WAV_CHANNELS = 1024  # libsndfile's limit
 
 
-def _table_path(codec, given: str | None) -> str | None:
-    return given or (entropy_table_path(codec.encoder_checkpoint) if codec.encoder_checkpoint else None)
-
-
 def run_encode(args: argparse.Namespace) -> None:
     if not os.path.isdir(args.input) and args.output.lower().endswith(AUDIO_EXTENSIONS):
         raise CodecError(f"-o {args.output}: encode writes .adc files, not audio: give an .adc output name")
@@ -107,7 +103,7 @@ def run_encode(args: argparse.Namespace) -> None:
     refuse_existing(pairs, args.force)
     codec = load_codec(args, apply_runtime_arguments(args))
     check_n_codebooks(codec, args.n_codebooks)
-    entropy = load_entropy_model(codec, _table_path(codec, args.entropy_table)) if args.entropy else None
+    entropy = load_entropy_model(codec, model_entropy_table(codec, args.entropy_table)) if args.entropy else None
 
     headers: list[StreamHeader] = []  # what each file's header says, for the log line
 
@@ -138,42 +134,27 @@ def _kbps(size: int, seconds: float) -> str:
     return f"{size * 8 / seconds / 1000:.2f} kbps" if seconds else "no audio"
 
 
+CHECKPOINTS = "--encoder"  # what FileDecoder calls the model --encoder and --decoder give
+
+
 def run_decode(args: argparse.Namespace) -> None:
     pairs = plan(args.input, args.output, (".adc",), ".wav")
     refuse_existing(pairs, args.force)
     if not os.path.isdir(args.input):
         check_audio_output(args.output)  # before the decoding, not after it
     device = apply_runtime_arguments(args)
-    codecs: dict[str, StreamingCodec] = {}  # each model loaded once, on the first file that names it
-    tables: dict[str, EntropyModel] = {}
+
+    def load(name: str) -> StreamingCodec:
+        return load_codec(argparse.Namespace(**{**vars(args), "model": None if name == CHECKPOINTS else name}), device)
+
+    # each model loaded once, on the first file that names it
+    decoder = FileDecoder(load, args.model or (CHECKPOINTS if args.encoder else None), args.entropy_table,
+                          MAX_WAV_CHANNELS)
 
     def decode(source: Path, output: Path) -> float:
-        adc = open_adc(source)
-        header = adc.header
-        name = args.model or (None if args.encoder else header.named_model)
-        if not name and not args.encoder:
-            raise CodecError(f"{source} names no model (it was coded with checkpoints outside the registry): "
-                             "give the --encoder and --decoder it was coded with")
-        key = "--encoder" if args.encoder else name
-        if key not in codecs:
-            codecs[key] = load_codec(argparse.Namespace(**{**vars(args), "model": name}), device)
-        codec = codecs[key]
-        channels = header.channels * codec.output_channels
-        if channels > MAX_WAV_CHANNELS:
-            raise CodecError(f"{source} decodes to {channels} channels, more than a WAV file holds "
-                             f"({MAX_WAV_CHANNELS}): the file is corrupt, or decode it with the Python API")
-        if header.entropy_coded and key not in tables:
-            tables[key] = load_entropy_model(codec, _table_path(codec, args.entropy_table), header.entropy_hash)
-        codes = adc.codes(tables.get(key) if header.entropy_coded else None)
-        try:
-            samples = decode_codes(codec, header, codes)
-        except (MemoryError, RuntimeError) as error:
-            if isinstance(error, RuntimeError) and "allocate" not in str(error):
-                raise
-            raise CodecError(f"{source}: decoding its {header.channels} streams needs more memory than is free: "
-                             "decode it on a machine with more memory") from None
-        write_audio(str(output), samples, header.sample_rate, "PCM_16")
-        return samples.shape[0] / header.sample_rate
+        samples, rate = decoder.decode(source)
+        write_audio(str(output), samples, rate, "PCM_16")
+        return samples.shape[0] / rate
 
     if os.path.isdir(args.input):
         run_batch(pairs, decode, "decode")
@@ -242,7 +223,7 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
     if args.output:
         check_output_folder(args.output)  # before the model is loaded and the files coded
     codec = load_codec(args, apply_runtime_arguments(args))
-    output = args.output or _table_path(codec, None)
+    output = args.output or model_entropy_table(codec)
     if not args.output:  # (a given -o was checked before the model was loaded)
         check_output_folder(output)
     if os.path.exists(output) and not args.force:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, audio_bytes, check_audio_output, warn_if_clipping
+from utils.audio import AUDIO_EXTENSIONS, audio_writer, check_audio_output, warn_if_clipping
 from utils.batch import plan, refuse_existing, run_batch
 from utils.cli import (
     add_input_arguments,
@@ -97,7 +97,7 @@ def main() -> None:
         codes, y = codec.code(streams, n_codebooks=args.n_codebooks)
         replacing = output.exists()
         audio = codec.audio_from_streams(y)
-        outputs = {output: audio_bytes(output, audio, codec.sample_rate, "PCM_16")}
+        outputs = {output: audio_writer(output, audio, codec.sample_rate, "PCM_16")}
         if args.save_codes:  # what is transmitted: the first n_codebooks
             codes = codes[:, : codec.checked_codebooks(args.n_codebooks)]
             offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size

@@ -24,8 +24,8 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 
-from utils.cli import run_main  # noqa: E402
-from utils.errors import ArgumentParser, CodecError  # noqa: E402
+from utils.cli import configure_logging, run_main  # noqa: E402
+from utils.errors import ArgumentParser, CodecError, shown  # noqa: E402
 from utils.eval.metrics import (  # noqa: E402
     evaluate_directories,
     format_table,
@@ -54,14 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _shown(name: str) -> str:
-    """`name` (a path as the system gave it) with the bytes that are not text in the file-system
-    encoding (a Latin-1 name under UTF-8) as backslash escapes (`caf\\xe9.wav`): printable and
-    writable as UTF-8."""
-    encoding = sys.getfilesystemencoding()
-    return name.encode(encoding, "surrogateescape").decode(encoding, "backslashreplace")
-
-
 def _json_safe(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
@@ -85,7 +77,7 @@ def _write(path: Path, option: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
+    configure_logging(logging.WARNING, "%(levelname)s: %(message)s", force=True)
     _prepare_output(args.csv, "--csv")
     _prepare_output(args.json, "--json")
     _prepare_output(args.plots, "--plot", folder=True)
@@ -104,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         args.reference_dir, args.degraded_dir, baseline=baseline, with_visqol=with_visqol, plots_dir=args.plots
     )
     for row in rows:
-        row["file"] = _shown(row["file"])
+        row["file"] = shown(row["file"])
     mean = mean_row(rows)
     counts = scored_counts(rows)
     scored = {"file": "scored", **counts}
     names = metric_names(with_visqol)
-    shown = [*rows, mean] + ([scored] if min(counts.values()) < len(rows) else [])
-    print(format_table(shown, names, baseline_name="opus" if args.opus else None))
+    table_rows = [*rows, mean] + ([scored] if min(counts.values()) < len(rows) else [])
+    print(format_table(table_rows, names, baseline_name="opus" if args.opus else None))
     if args.opus:
         print(
             f"opus: requested {args.bitrate:g} kbps; measured {mean['opus_kbps']:.2f} kbps (whole Ogg files), "
@@ -128,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {
             "settings": {
-                "reference_dir": _shown(args.reference_dir),
-                "degraded_dir": _shown(args.degraded_dir),
+                "reference_dir": shown(args.reference_dir),
+                "degraded_dir": shown(args.degraded_dir),
                 "metrics": list(names),
                 "visqol": with_visqol,
                 "opus_bitrate_kbps": args.bitrate if args.opus else None,

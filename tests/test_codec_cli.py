@@ -611,3 +611,36 @@ def test_an_output_folder_that_takes_no_files_stops_before_the_work(tmp_path, py
     (tmp_path / "junk.adc").write_bytes(b"junk")
     result = codec_cli(python, "decode", "--cuda", "-1", "-i", str(tmp_path / "junk.adc"), "-o", "/proc/out.wav")
     assert _one_error_line(result).startswith("error: cannot write /proc/out.wav (")
+
+
+def test_the_python_api_decodes_files_loading_each_model_once(packed_file: bytes, tmp_path, python) -> None:
+    """FileDecoder, what `codec.py decode` runs per file: the CLI's audio, each model loaded on the first
+    file that names it, and a file naming no model refused in the CLI's words."""
+    import dataclasses
+
+    from utils.bitstream.adc import decode_adc, encode_adc
+    from utils.bitstream.codec_file import FileDecoder
+
+    (tmp_path / "a.adc").write_bytes(packed_file)
+    (tmp_path / "b.adc").write_bytes(packed_file)
+    header, codes = decode_adc(packed_file)
+    (tmp_path / "none.adc").write_bytes(encode_adc(dataclasses.replace(header, model_name=""), codes))
+    loaded = []
+
+    def load(name: str) -> StreamingCodec:
+        loaded.append(name)
+        return StreamingCodec.from_name(name, root=OFFICIAL, device="cpu")
+
+    decoder = FileDecoder(load)
+    first, rate = decoder.decode(tmp_path / "a.adc")
+    second, _ = decoder.decode(str(tmp_path / "b.adc"))
+    assert loaded == ["vctk_sym"] and rate == 48000
+    result = codec_cli(python, "decode", "--cuda", "-1", "-i", str(tmp_path / "a.adc"), "-o", str(tmp_path / "a.wav"))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(second, first)
+    from utils.audio import write_audio
+
+    write_audio(str(tmp_path / "api.wav"), first, rate)
+    np.testing.assert_array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "api.wav")[0])
+    with pytest.raises(CodecError, match=r"none.adc names no model \(it was coded with checkpoints outside"):
+        decoder.decode(tmp_path / "none.adc")

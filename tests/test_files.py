@@ -117,6 +117,12 @@ class _FullDisk:
 
             def write(self, data):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def seek(self, offset, whence=os.SEEK_SET):
+                return 0
+
+            def tell(self):
+                return 0
         return Full()
 
 
@@ -133,8 +139,8 @@ def test_a_full_disk_is_named_and_leaves_none_of_the_outputs(tmp_path, monkeypat
 
 
 def test_audio_and_adc_writers_name_a_full_disk(tmp_path, monkeypatch) -> None:
-    """Audio is made in memory and written as bytes, so that libsndfile's 'System error.' does not hide
-    the system's reason; other OS errors are given in their own words."""
+    """Audio goes to disk through a Python stream whose OSError is kept, so that libsndfile's 'System
+    error.' does not hide the system's reason; other OS errors are given in their own words."""
     from utils.bitstream.adc import StreamHeader, write_adc
 
     monkeypatch.setattr(files, "open", _FullDisk(open, 1), raising=False)
@@ -146,6 +152,65 @@ def test_audio_and_adc_writers_name_a_full_disk(tmp_path, monkeypatch) -> None:
     assert os.listdir(tmp_path) == []
     assert str(files.write_failure("y", OSError(errno.EIO, os.strerror(errno.EIO)))) == \
         "cannot write y (Input/output error): give another output path"
+
+
+def test_a_disk_full_in_mid_audio_is_named_and_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
+    """The disk fills after libsndfile has written part of the file: one line naming it, no temp file,
+    and the file that was there before untouched."""
+    (tmp_path / "x.wav").write_bytes(b"old")
+    real_open = open
+
+    class FillsUp:
+        """A file on a disk with room for 100 kB."""
+
+        def __init__(self, handle) -> None:
+            self.handle, self.written = handle, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 100_000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.handle.write(data)
+
+        def seek(self, *args):
+            return self.handle.seek(*args)
+
+        def tell(self):
+            return self.handle.tell()
+
+    monkeypatch.setattr(files, "open", lambda *args, **kwargs: FillsUp(real_open(*args, **kwargs)), raising=False)
+    with pytest.raises(CodecError) as caught:
+        write_audio(str(tmp_path / "x.wav"), np.zeros((48000, 2), np.float32), 48000)
+    assert str(caught.value) == f"no space left on device writing {tmp_path / 'x.wav'}: free space or write elsewhere"
+    assert os.listdir(tmp_path) == ["x.wav"] and (tmp_path / "x.wav").read_bytes() == b"old"
+
+
+def test_write_audio_holds_no_copy_of_the_file_in_memory(tmp_path) -> None:
+    """A long decoding is written a block at a time: the memory Python allocates while writing (and
+    scanning for NaN and clipping) stays far below the file's size."""
+    import tracemalloc
+
+    import soundfile as sf
+
+    audio = np.full((30 * 48000, 2), 0.25, np.float32)  # 30 s of 48 kHz stereo: a 5.8 MB WAV
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        write_audio(str(tmp_path / "long.wav"), audio, 48000)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    size = os.path.getsize(tmp_path / "long.wav")
+    assert peak < 0.5 * size, f"{peak} bytes allocated writing a {size}-byte file"
+    assert sf.info(tmp_path / "long.wav").frames == audio.shape[0]
+    np.testing.assert_array_equal(sf.read(tmp_path / "long.wav", dtype="int16")[0][-1], [8192, 8192])
 
 
 def test_the_output_folder_probe_names_a_full_disk(tmp_path, monkeypatch) -> None:

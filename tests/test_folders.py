@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import OFFICIAL, REPO, official_path
-from utils.batch import plan
+from utils.batch import plan, run_batch
 from utils.errors import CodecError
 from utils.eval.metrics import mel_axis_ticks
 
@@ -126,6 +126,70 @@ def test_a_folder_run_that_writes_nothing_leaves_no_output_folder(tmp_path, corp
         result = run("demoFile.py", "--model", "vctk_sym", "-i", str(corpus), "-o", "/proc/coded")
         assert result.returncode == 1 and len(error_lines(result)) == 1, result.stderr
         assert error_lines(result)[0].startswith("error: -o /proc/coded: cannot create it (")
+
+
+def test_names_that_are_no_utf8_are_printed_escaped(tmp_path) -> None:
+    """A Latin-1 name from an old archive (`caf\\xe9.wav` under UTF-8) is printed `caf\\xe9` in codec.py's
+    log and error lines, as evaluate.py prints it, never as Python's stand-in `caf\\udce9`."""
+    audio, _ = sf.read(official_path("input", "test_48k.wav"))
+    folder = os.fsencode(tmp_path / "in")
+    os.mkdir(folder)
+    sf.write(os.path.join(folder, b"caf\xe9.wav"), audio[:14400], RATE, "PCM_16")
+    with open(os.path.join(folder, b"br\xfbl\xe9.wav"), "wb") as broken:
+        broken.write(b"not audio")
+    source, packed = (os.fsdecode(os.path.join(folder, b"caf\xe9.wav")),
+                      os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.adc")))
+    single = run("codec.py", "encode", "--model", "vctk_sym", "-i", source, "-o", packed)
+    assert single.returncode == 0, single.stderr
+    assert f"wrote {tmp_path}/caf\\xe9.adc: " in single.stderr
+    batch = run("codec.py", "encode", "--model", "vctk_sym", "-i", os.fsdecode(folder), "-o", str(tmp_path / "out"))
+    assert error_lines(batch)[0].startswith(f"error: cannot read {tmp_path}/in/br\\xfbl\\xe9.wav as audio (")
+    assert os.listdir(os.fsencode(tmp_path / "out")) == [b"caf\xe9.adc"]
+    for result in (single, batch):
+        assert "\\udc" not in result.stderr
+
+
+def _work_that_fails(at: dict[str, str]):
+    """A folder mode's work: writes its output as a coder does (atomically), unless `at` names its input's
+    stem: "read" fails before writing, "after" fails after the output is written."""
+    from utils.files import write_bytes_atomic
+
+    def work(source: Path, output: Path) -> float:
+        if at.get(source.stem) == "read":
+            raise CodecError(f"cannot read {source} as audio: give a wav file")
+        write_bytes_atomic(output, b"new")
+        if at.get(source.stem) == "after":
+            raise RuntimeError("failed after writing")
+        return 1.0
+
+    return work
+
+
+def test_a_failed_file_leaves_nothing_and_the_last_line_says_what_was_written(tmp_path) -> None:
+    """Files failing at different points: before the output is written (in a folder made for it), or after
+    (the output is removed again); an output from an earlier run (-f) is named as left as it was."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a", "b", "c", "sub/deeper/d"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / f"{name}.wav").write_bytes(b"")
+    out.mkdir()
+    (out / "c.adc").write_bytes(b"old")
+    pairs = plan(str(source), str(out), (".wav",), ".adc")
+    with pytest.raises(CodecError) as caught:
+        run_batch(pairs, _work_that_fails({"b": "after", "c": "read", "d": "read"}), "encode")
+    assert str(caught.value) == (f"3 of 4 files failed (listed above); the others were written; {out / 'c.adc'}, "
+                                 "from an earlier run, is left as it was")
+    assert tree(out) == ["a.adc", "c.adc"] and (out / "c.adc").read_bytes() == b"old"
+    assert sorted(path.name for path in out.iterdir()) == ["a.adc", "c.adc"]  # no folder made for d
+
+    (out / "a.adc").unlink()
+    (out / "b.adc").write_bytes(b"old")
+    with pytest.raises(CodecError) as caught:
+        run_batch(pairs, _work_that_fails({"a": "after", "b": "after", "c": "read", "d": "read"}), "encode")
+    assert str(caught.value) == (f"all 4 files failed (listed above): nothing was written; {out / 'c.adc'}, from "
+                                 f"an earlier run, is left as it was; {out / 'b.adc'}, from an earlier run, was "
+                                 "replaced before its file failed, and is removed")
+    assert tree(out) == ["c.adc"]
 
 
 @pytest.fixture

@@ -3,21 +3,23 @@ reader and resampler of the codec CLIs, the evaluation and the datasets."""
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
 import struct
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from utils.errors import CodecError
-from utils.files import check_output_folder, write_outputs
+from utils.files import Writer, check_output_folder, write_outputs
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 1000, 768_000  # Hz: the rates read_audio takes
+BLOCK_SAMPLES = 1 << 18  # samples (frames x channels) per block when audio is scanned or written
 
 logger = logging.getLogger(__name__)
 
@@ -152,37 +154,90 @@ def check_audio_output(path: str | os.PathLike, subtype: str = "PCM_16") -> None
     raise CodecError(f"cannot write {path} ({what}): give {fix} output name")
 
 
+def _row_blocks(data: np.ndarray) -> Iterator[np.ndarray]:
+    """`data` (T, C) (or (T,)) as views of consecutive rows, about BLOCK_SAMPLES samples each: a scan's
+    temporaries (abs, isfinite) then take a block's memory, not the whole signal's."""
+    channels = data.shape[1] if data.ndim == 2 else 1
+    rows = max(1, BLOCK_SAMPLES // max(1, channels))
+    for start in range(0, data.shape[0], rows):
+        yield data[start : start + rows]
+
+
 def check_finite_output(path: str | os.PathLike, data: np.ndarray) -> None:
     """Raise CodecError where audio to be written to `path` holds NaN or infinite samples (a decoder with
     such weights): stored as integers they would be a full-scale constant, not a decoding."""
-    finite = np.isfinite(data)
-    if not finite.all():
+    bad = sum(block.size - int(np.count_nonzero(np.isfinite(block))) for block in _row_blocks(data))
+    if bad:
         raise CodecError(
-            f"{path}: {finite.size - int(np.count_nonzero(finite))} of its {finite.size} decoded samples are NaN or "
+            f"{path}: {bad} of its {data.size} decoded samples are NaN or "
             "infinite (a damaged or diverged model): decode with a sound checkpoint"
         )
 
 
-def audio_bytes(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
-    """(T, C) audio as the bytes of a file of the format `path`'s extension names, in memory (NaN or
-    infinite samples refused: :func:`check_finite_output`)."""
+class _KeptWriteErrors:
+    """The binary stream libsndfile writes through (soundfile's virtual I/O), keeping the OSError of a
+    failing write or seek (a full disk) for the caller: raised inside libsndfile's callback, it would be
+    lost, and libsndfile would only say 'System error.'."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self.stream.write(data)
+        except OSError as error:
+            self.error = error
+            return 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        try:
+            return self.stream.seek(offset, whence)
+        except OSError as error:  # a buffered stream writes what it holds before it seeks
+            self.error = self.error or error
+            return -1
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+
+def audio_writer(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> Writer:
+    """A function that writes (T, C) audio to an open binary stream as a file of the format `path`'s
+    extension names, a block at a time (no copy of the file in memory), for `write_outputs`. NaN or
+    infinite samples are refused now, before any file is made (:func:`check_finite_output`); a failing
+    write raises the system's OSError (a full disk), which `write_outputs` names."""
     check_finite_output(path, data)
-    buffer = io.BytesIO()
-    try:
-        sf.write(buffer, data, rate, subtype, format=_format_of(path))
-    except (sf.LibsndfileError, ValueError, TypeError) as error:
-        raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
-    return buffer.getvalue()
+    channels = data.shape[1] if data.ndim == 2 else 1
+
+    def write(stream: BinaryIO) -> None:
+        kept = _KeptWriteErrors(stream)
+        try:
+            with sf.SoundFile(kept, "w", rate, channels, subtype, format=_format_of(path)) as sound:
+                for block in _row_blocks(data):
+                    sound.write(block)
+        except Exception as error:
+            if kept.error is not None:  # libsndfile's failure (a short write, soundfile's assertion) is the stream's
+                raise kept.error from None
+            if isinstance(error, (sf.LibsndfileError, ValueError, TypeError)):
+                raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
+            raise
+        if kept.error is not None:
+            raise kept.error
+
+    return write
 
 
 def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> None:
-    """Write (T, C) audio to a temp file beside `path`, then rename: never a half-written file. The
-    file is made in memory first, so that a failure to write it (a full disk) is named as such.
+    """Write (T, C) audio straight to a temp file beside `path`, a block at a time, then rename: never a
+    half-written file, nor the whole file held in memory; a failure to write it (a full disk) is named
+    as such, and leaves no temp file.
 
     Integer formats cut samples beyond full scale; that is logged as a warning with the peak.
     """
     check_audio_output(path, subtype)
-    write_outputs({path: audio_bytes(path, data, rate, subtype)})
+    write_outputs({path: audio_writer(path, data, rate, subtype)})
     if subtype.startswith("PCM"):
         warn_if_clipping(path, data)
 
@@ -190,11 +245,16 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
 def _beyond_full_scale(data: np.ndarray) -> tuple[float, int] | None:
     """The peak of `data` and how many samples lie beyond full scale (|x| > 1), or None where none do
     (a NaN anywhere makes the peak NaN, which is not <= 1)."""
-    magnitude = np.abs(data)
-    peak = float(np.max(magnitude)) if data.size else 0.0
+    peaks, beyond = [0.0], 0
+    for block in _row_blocks(data):
+        magnitude = np.abs(block)
+        if magnitude.size:
+            peaks.append(float(np.max(magnitude)))
+            beyond += int(np.count_nonzero(magnitude > 1.0))
+    peak = float(np.max(peaks))  # NaN where any block's is
     if peak <= 1.0:
         return None
-    return peak, int(np.count_nonzero(magnitude > 1.0))
+    return peak, beyond
 
 
 def warn_if_clipping(path: str, data: np.ndarray) -> None:

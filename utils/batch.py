@@ -2,13 +2,16 @@
 
 A folder input is searched recursively for files with the given endings; each output keeps its
 file's path relative to the input folder, under the output folder, with the new ending. A file that
-fails is reported on its own `error:` line and the others go on; the run fails at the end.
+fails is reported on its own `error:` line and leaves no output of this run (nor a folder made for
+it), and the others go on; the run fails at the end, saying what was written and what was left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.errors import CodecError
+from utils.errors import CodecError, shown
 from utils.files import check_output_folder, file_in_the_way, make_output_folder
 
 logger = logging.getLogger(__name__)
@@ -80,33 +83,93 @@ def refuse_existing(pairs: list[tuple[Path, Path]], force: bool) -> None:
         raise CodecError(f"{existing[0]}{more} already: pass -f/--force to replace them")
 
 
+def _file_state(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells whether the regular file `path` changed (device, inode, size, modification time);
+    None where there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _undo_failed(output: Path, before: tuple[int, int, int, int] | None, made: list[Path]) -> str | None:
+    """After a file failed: remove the output its work wrote before failing at a later step (a failed
+    file leaves no output of this run) and the folders made for it that hold nothing. Return "kept"
+    where an earlier run's output is left as it was, "lost" where the failed work had replaced one."""
+    outcome = "kept" if before is not None else None
+    if _file_state(output) != before:
+        with contextlib.suppress(OSError):
+            os.unlink(output)
+        outcome = "lost" if before is not None else None
+    for folder in made:
+        with contextlib.suppress(OSError):  # not empty: another file's output is in it
+            os.rmdir(folder)
+    return outcome
+
+
+def _earlier_outputs(left: dict[str, list[Path]]) -> str:
+    """The end of the failure line naming the failed files' outputs from an earlier run (-f): those left as
+    they were, which are not this run's codings, and those the failed work had replaced, which are gone."""
+    fates = {"kept": ("is left as it was", "are left as they were"),
+             "lost": ("was replaced before its file failed, and is removed",
+                      "were replaced before their files failed, and are removed")}
+    notes = []
+    for outcome, (one, several) in fates.items():
+        paths = left[outcome]
+        if len(paths) == 1:
+            notes.append(f"{paths[0]}, from an earlier run, {one}")
+        elif paths:
+            notes.append(f"{paths[0]} and {len(paths) - 1} more outputs of the failed files, from an earlier run, "
+                         f"{several}")
+    return "".join(f"; {note}" for note in notes)
+
+
 def run_batch(
     pairs: list[tuple[Path, Path]], work: Callable[[Path, Path], float], description: str
 ) -> None:
     """Call `work(input, output)` (returning the seconds of audio it coded) for every pair, with a bar.
 
     The bar shows the real-time factor so far (time spent / audio seconds). Failures are printed as
-    they happen; if any, a CodecError at the end says how many.
+    they happen; a failed file leaves no output of this run (what its work wrote before it failed is
+    removed) nor a folder made for it. If any failed, a CodecError at the end says how many, what was
+    written, and what became of the failed files' outputs from an earlier run (with -f).
     """
     failed = 0
+    left: dict[str, list[Path]] = {"kept": [], "lost": []}  # failed files' outputs from an earlier run
     seconds = busy = 0.0
     with tqdm(total=len(pairs), desc=description, unit="file", file=sys.stderr, dynamic_ncols=True) as bar:
         for source, output in pairs:
             started = time.perf_counter()
+            before, made = _file_state(output), _missing_folders(output.parent)
             try:
                 make_output_folder(output.parent, "-o", given=output)
                 seconds += work(source, output)
             except Exception as error:  # one bad file must not end the batch: report it and go on
                 failed += 1
                 message = str(error) if isinstance(error, CodecError) else f"{error.__class__.__name__}: {error}"
-                bar.write(f"error: {message if str(source) in message else f'{source}: {message}'}", file=sys.stderr)
+                line = message if str(source) in message else f"{source}: {message}"
+                bar.write(f"error: {shown(line)}", file=sys.stderr)
+                outcome = _undo_failed(output, before, made)
+                if outcome:
+                    left[outcome].append(output)
             busy += time.perf_counter() - started
             if seconds > 0:
                 bar.set_postfix_str(f"RTF {busy / seconds:.3f}")
             bar.update()
     if failed == len(pairs):
         which = "the one file" if failed == 1 else f"all {failed} files"
-        raise CodecError(f"{which} failed (listed above): nothing was written")
+        raise CodecError(f"{which} failed (listed above): nothing was written{_earlier_outputs(left)}")
     if failed:
-        raise CodecError(f"{failed} of {len(pairs)} files failed (listed above); the others were written")
+        raise CodecError(f"{failed} of {len(pairs)} files failed (listed above); the others were written"
+                         f"{_earlier_outputs(left)}")
     logger.info(f"{len(pairs)} files, {seconds:.1f} s of audio in {busy:.1f} s (RTF {busy / max(seconds, 1e-9):.3f})")

@@ -14,7 +14,7 @@ import torch
 
 from utils.audio import read_audio, resample, warn_if_input_beyond_full_scale
 from utils.audiodec import StreamingCodec
-from utils.errors import CodecError, check_at_least
+from utils.errors import CodecError, check_at_least, shown
 from utils.files import remove_unfilled_folders
 from utils.registry import MODELS, installed_root
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS
@@ -41,10 +41,25 @@ def _raise_terminated(*_: object) -> None:
     raise Terminated
 
 
+class _ShownFormatter(logging.Formatter):
+    """A log line with the file names in it printed as `shown` prints them (`caf\\xe9.wav`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown(super().format(record))
+
+
+def configure_logging(level: int = logging.INFO, format: str = "%(message)s", force: bool = False) -> None:
+    """Log to stderr (as `logging.basicConfig`), every line through `shown`."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ShownFormatter(format))
+    logging.basicConfig(level=level, handlers=[handler], force=force)
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a CLI body: a CodecError (or Ctrl-C, or SIGTERM) becomes one line on stderr and a non-zero
-    exit; a body that fails leaves none of the output folders it made behind empty, nor a temp file."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    exit; a body that fails leaves none of the output folders it made behind empty, nor a temp file.
+    File names in its log and error lines are printed escaped where they are no text (`shown`)."""
+    configure_logging()
     signal.signal(signal.SIGTERM, _raise_terminated)
     status: int | str | None = 1  # until the body returns or exits
     try:
@@ -54,7 +69,7 @@ def run_main(main: Callable[[], int | None]) -> None:
         status = stop.code
         raise
     except CodecError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {shown(str(error))}", file=sys.stderr)
         status = 1
     except Terminated:
         print("terminated", file=sys.stderr)

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
+
+# os.fsdecode's stand-ins for the bytes of a name that are no text in the file-system encoding
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 class CodecError(Exception):
     """A user-facing problem: the message names it and says how to fix it."""
+
+
+def shown(text: str) -> str:
+    """`text` (a path as the system gave it, or a message naming one) as it is printed: the bytes of a
+    name that are no text in the file-system encoding (a Latin-1 `caf\\xe9.wav` under UTF-8, which
+    Python holds as the surrogate `\\udce9`) as backslash escapes (`caf\\xe9.wav`), which any stream
+    and a UTF-8 file take."""
+    return _ESCAPED_BYTE.sub(lambda byte: f"\\x{ord(byte.group()) - 0xDC00:02x}", text)
 
 
 def check_at_least(option: str, value: int | None, least: int, note: str = "") -> None:

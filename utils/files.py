@@ -6,8 +6,9 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from utils.errors import CodecError
 
@@ -141,9 +142,13 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
         raise
 
 
-def write_outputs(files: Mapping[str | os.PathLike, bytes]) -> None:
-    """Write each of `files` (path -> bytes) through :func:`atomic_output`, renaming none into place
-    before all are written: a failure (a full disk, say) leaves none of them, and is raised as a
+Writer = Callable[[BinaryIO], None]  # writes a file's contents to the stream it is given
+
+
+def write_outputs(files: Mapping[str | os.PathLike, bytes | Writer]) -> None:
+    """Write each of `files` (path -> its bytes, or a function that writes them to an open stream, so
+    that a large file is not built in memory first) through :func:`atomic_output`, renaming none into
+    place before all are written: a failure (a full disk, say) leaves none of them, and is raised as a
     CodecError naming the path and the system's reason (`write_failure`)."""
     path: str | os.PathLike = ""
     try:
@@ -151,7 +156,10 @@ def write_outputs(files: Mapping[str | os.PathLike, bytes]) -> None:
             for path, data in files.items():
                 tmp = stack.enter_context(atomic_output(path, os.path.splitext(path)[1]))
                 with open(tmp, "wb") as stream:
-                    stream.write(data)
+                    if callable(data):
+                        data(stream)
+                    else:
+                        stream.write(data)
     except OSError as error:
         raise write_failure(path, error) from None
 

@@ -1,20 +1,21 @@
 """Compressed files: audio -> `.adc` (codes in the container of `utils.bitstream.adc`) -> audio.
 
 Decoding a file gives the same audio as coding it in memory with `StreamingCodec.code` (and so as
-demoFile.py): the receiver starts from the same warmed-up state and sees the same codes.
+demoFile.py): the receiver starts from the same warmed-up state and sees the same codes. `FileDecoder`
+decodes files that may name different models (a folder of them), loading each model once.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from utils.bitstream.adc import AdcStreamReader, StreamHeader, encode_adc, save_adc
+from utils.bitstream.adc import AdcStreamReader, StreamHeader, encode_adc, open_adc, save_adc
 from utils.bitstream.entropy import EntropyModel
 from utils.errors import CodecError
 
@@ -25,6 +26,12 @@ if TYPE_CHECKING:  # the codec is only passed in: the byte formats import no mod
 def entropy_table_path(encoder_checkpoint: str) -> str:
     """Where a model's entropy table lives: beside its encoder checkpoint, same stem."""
     return os.path.splitext(encoder_checkpoint)[0] + ".entropy"
+
+
+def model_entropy_table(codec: StreamingCodec, given: str | None = None) -> str | None:
+    """The entropy table to use with `codec`: `given`, else the one beside its encoder checkpoint (None
+    for a codec built without one)."""
+    return given or (entropy_table_path(codec.encoder_checkpoint) if codec.encoder_checkpoint else None)
 
 
 def load_entropy_model(codec: StreamingCodec, path: str | None, wanted: bytes | None = None) -> EntropyModel:
@@ -100,6 +107,67 @@ def decode_codes(codec: StreamingCodec, header: StreamHeader, codes: np.ndarray)
     _check_compatible(codec, header)
     length = max(0, header.n_samples - codec.output_delay)
     return codec.audio_from_streams(codec.decode_signal(torch.from_numpy(codes), length))
+
+
+class FileDecoder:
+    """Decodes `.adc` files to audio, loading each model (and entropy table) the files need once.
+
+    `load_model(name)` gives the codec called `name`: `model`, where given, for every file (a registry
+    name, or whatever else `load_model` takes, such as a key for checkpoints), else the model each file
+    names. An entropy-coded file is decoded with the table at `entropy_table`, else with the one beside
+    its model's encoder checkpoint. A file that would decode to more than `max_channels` channels (where
+    given: what the output format holds) is refused before it is decoded.
+    """
+
+    def __init__(
+        self,
+        load_model: Callable[[str], StreamingCodec],
+        model: str | None = None,
+        entropy_table: str | None = None,
+        max_channels: int | None = None,
+    ) -> None:
+        self.load_model, self.model = load_model, model
+        self.entropy_table, self.max_channels = entropy_table, max_channels
+        self.codecs: dict[str, StreamingCodec] = {}
+        self.tables: dict[str, EntropyModel] = {}
+
+    def decode(self, source: str | os.PathLike) -> tuple[np.ndarray, int]:
+        """The audio of the `.adc` file `source`, (n_samples - output delay, channels * C_out), and its
+        sample rate."""
+        adc = open_adc(source)
+        header = adc.header
+        name, codec = self._codec_for(source, header)
+        channels = header.channels * codec.output_channels
+        if self.max_channels is not None and channels > self.max_channels:
+            raise CodecError(f"{source} decodes to {channels} channels, more than a WAV file holds "
+                             f"({self.max_channels}): the file is corrupt, or decode it with the Python API")
+        codes = adc.codes(self._table_for(name, codec, header) if header.entropy_coded else None)
+        try:
+            samples = decode_codes(codec, header, codes)
+        except (MemoryError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "allocate" not in str(error):
+                raise
+            raise CodecError(f"{source}: decoding its {header.channels} streams needs more memory than is free: "
+                             "decode it on a machine with more memory") from None
+        return samples, header.sample_rate
+
+    def _codec_for(self, source: str | os.PathLike, header: StreamHeader) -> tuple[str, StreamingCodec]:
+        """The name and codec to decode `source` with, loaded on the first file that needs it."""
+        name = self.model or header.named_model
+        if not name:
+            raise CodecError(f"{source} names no model (it was coded with checkpoints outside the registry): "
+                             "give the --encoder and --decoder it was coded with")
+        if name not in self.codecs:
+            self.codecs[name] = self.load_model(name)
+        return name, self.codecs[name]
+
+    def _table_for(self, name: str, codec: StreamingCodec, header: StreamHeader) -> EntropyModel:
+        """The entropy table of model `name`, loaded on the first entropy-coded file (whose table it must be)."""
+        if name not in self.tables:
+            self.tables[name] = load_entropy_model(
+                codec, model_entropy_table(codec, self.entropy_table), header.entropy_hash
+            )
+        return self.tables[name]
 
 
 def decode_stream(
