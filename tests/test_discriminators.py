@@ -197,8 +197,9 @@ def test_channels_are_judged_as_separate_signals(build) -> None:
     for joint_layers, left_layers, right_layers in zip(joint, left, right):
         for joint_output, left_output, right_output in zip(joint_layers, left_layers, right_layers):
             assert joint_output.shape[0] == 4
-            torch.testing.assert_close(joint_output[0::2], left_output)
-            torch.testing.assert_close(joint_output[1::2], right_output)
+            # to rounding: a batch of 4 and one of 2 may run other convolution kernels (AVX2 vs AVX-512)
+            torch.testing.assert_close(joint_output[0::2], left_output, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(joint_output[1::2], right_output, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("build", [_small_hifigan, _small_univnet])
