@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, check_audio_output, write_audio
 from utils.audiodec import StreamingCodec
-from utils.batch import plan, refuse_existing, run_batch
+from utils.batch import find_files, plan, refuse_existing, run_batch
 from utils.bitstream.adc import StreamHeader, open_adc
 from utils.bitstream.codec_file import FileDecoder, encode_to_file, load_entropy_model, model_entropy_table
 from utils.bitstream.entropy import EntropyModel
@@ -85,7 +85,8 @@ def parse_args() -> argparse.Namespace:
     fit = commands.add_parser("fit-entropy", help="estimate a model's entropy tables from audio files")
     add_model_arguments(fit)
     add_runtime_arguments(fit)
-    fit.add_argument("-i", "--input", required=True, help="folder of training audio (searched recursively)")
+    fit.add_argument("-i", "--input", required=True,
+                     help="folder of training audio (searched recursively, the extensions folder mode codes)")
     fit.add_argument("-o", "--output", help="table file (default: beside the encoder checkpoint)")
     fit.add_argument("--max_files", type=int, default=2000)
     fit.add_argument("-f", "--force", action="store_true",
@@ -212,14 +213,13 @@ def _output_delay_of(model_name: str, decoder: str | None, root: str | None) -> 
 
 
 def run_fit_entropy(args: argparse.Namespace) -> None:
-    import glob
-
     check_at_least("max_files", args.max_files, 1)
     if not os.path.isdir(args.input):
         raise CodecError(f"-i {args.input} is not a folder: give a folder of training audio")
-    files = sorted(glob.glob(os.path.join(args.input, "**", "*.wav"), recursive=True))[: args.max_files]
+    files = find_files(args.input, AUDIO_EXTENSIONS)[: args.max_files]  # the audio folder mode codes
     if not files:
-        raise CodecError(f"no .wav files under {args.input}: give a folder of training audio")
+        raise CodecError(f"no audio files ({'/'.join(AUDIO_EXTENSIONS)}) under {args.input}: "
+                         "give a folder of training audio")
     if args.output:
         check_output_folder(args.output)  # before the model is loaded and the files coded
     codec = load_codec(args, apply_runtime_arguments(args))

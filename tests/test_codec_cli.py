@@ -207,11 +207,13 @@ def test_entropy_coding_round_trip(tmp_path, python: str) -> None:
     train.mkdir()
     rng = np.random.default_rng(0)
     clean, _ = sf.read(official_path("input", "test_48k.wav"))
-    for index in range(3):
-        sf.write(train / f"{index}.wav", np.roll(clean, 4800 * index) + 0.01 * rng.standard_normal(clean.shape), 48000)
+    (train / "sub").mkdir()
+    for index, name in enumerate(["0.wav", "1.wav", "sub/2.flac"]):  # any audio folder mode codes, recursively
+        sf.write(train / name, np.roll(clean, 4800 * index) + 0.01 * rng.standard_normal(clean.shape), 48000)
     table = tmp_path / "table.entropy"
     fit = codec_cli(python, "fit-entropy", "--model", "vctk_sym", "--cuda", "-1", "-i", str(train), "-o", str(table))
     assert fit.returncode == 0, fit.stderr
+    assert "entropy table from 3 files" in fit.stderr
     source = official_path("input", "test_48k.wav")
     raw, packed, decoded = tmp_path / "raw.adc", tmp_path / "ent.adc", tmp_path / "ent.wav"
     encoded = codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "-i", source, "-o", str(raw))
