@@ -13,7 +13,9 @@ be smaller). `--unquantized` adds the model with its quantizer left out (the enc
 straight into the decoder): its quality at unlimited bitrate, the ceiling the codebooks approach.
 Writes `report.json` (settings, per-file rows, means), `report.md` (the table) and `rate_quality.png`
 (PESQ-WB and ESTOI against kbps, the codec's points beside Opus's) to `--out`, and prints the table.
-Every bitrate is total bits over total duration. A metric undefined on a file (too short, a silent
+The codec's `kbps` is its nominal rate (K codebooks of 10 bits per frame); with `--entropy`, `raw kbps`
+and `entropy-coded kbps` are measured, total payload bits over total duration (the raw one above the
+nominal by each file's last, partial frame), as Opus's `kbps` is. A metric undefined on a file (too short, a silent
 signal) is left out of its mean; each summary line's `files` gives how many files each mean covers, and
 the table says where that is fewer than all.
 """
@@ -159,8 +161,8 @@ def score_file(codec, path: Path, root: Path, codebooks: list[int], opus_rates: 
 def summarize(rows: list[dict], codec, codebooks: list[int], opus_rates: list[float], entropy: bool,
               unquantized: bool = False) -> list[dict]:
     """One line per system: the mean of each metric, under ``files`` how many files each mean covers, and
-    the bitrate, total bits over total seconds (raw and, if measured, entropy-coded; none for the
-    unquantized model)."""
+    the bitrate: the codec's nominal one and, if measured, its raw and entropy-coded payloads' (total
+    bits over total seconds); Opus's measured; none for the unquantized model."""
     seconds = sum(row["seconds"] for row in rows)
     lines = []
     if unquantized:
@@ -181,8 +183,8 @@ def summarize(rows: list[dict], codec, codebooks: list[int], opus_rates: list[fl
 
 def markdown_table(lines: list[dict], entropy: bool, n_files: int) -> str:
     """The summary as a Markdown table; below it, where a mean covers fewer than ``n_files`` files, how many."""
-    columns = ["kbps"] + (["entropy_kbps"] if entropy else []) + list(METRIC_NAMES)
-    labels = {"kbps": "kbps", "entropy_kbps": "entropy-coded kbps", **METRIC_LABELS}
+    columns = ["kbps"] + (["raw_payload_kbps", "entropy_kbps"] if entropy else []) + list(METRIC_NAMES)
+    labels = {"kbps": "kbps", "raw_payload_kbps": "raw kbps", "entropy_kbps": "entropy-coded kbps", **METRIC_LABELS}
     out = ["| system | " + " | ".join(labels[c] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
     for line in lines:
         cells = [f"{line[c]:.3f}" if isinstance(line.get(c), float) and math.isfinite(line[c]) else "" for c in columns]

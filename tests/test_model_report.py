@@ -70,7 +70,8 @@ def test_report_lists_every_codebook_count_with_entropy_bitrate(model, test_dir,
     for line in (full, two):
         assert 1.0 <= line["pesq_wb"] <= 4.7 and -1 <= line["stoi"] <= 1 and np.isfinite(line["log_mel_distance"])
     table = (out / "report.md").read_text()
-    assert f"| custom K={k} | {codec.bitrate() / 1000:.3f} |" in table and "entropy-coded kbps" in table
+    assert f"| custom K={k} | {codec.bitrate() / 1000:.3f} | {expected_raw:.3f} | {full['entropy_kbps']:.3f} |" in table
+    assert "| system | kbps | raw kbps | entropy-coded kbps |" in table
     used = [set() for _ in range(k)]
     for name in ("a.wav", "sub/b.wav"):
         audio, _ = sf.read(test_dir / name, dtype="float32", always_2d=True)
