@@ -35,7 +35,7 @@ from utils.eval.metrics import (  # noqa: E402
     visqol_available,
 )
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
-from utils.files import make_output_folder, write_text_atomic  # noqa: E402
+from utils.files import file_in_the_way, make_output_folder, write_text_atomic  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,10 +59,12 @@ def _json_safe(value):
 
 
 def _prepare_output(path: Path | None, option: str, folder: bool = False) -> None:
-    """Make the folder an output goes into now: a path that cannot be written is then an error before
-    the scoring, not a traceback after it."""
+    """Check an output before the scoring (not a traceback after it): a file's folder must exist, as
+    for every command's output file; a folder output (--plot) is made now."""
     if path is None:
         return
+    if not folder and file_in_the_way(path.parent) is None and not path.parent.is_dir():
+        raise CodecError(f"{option} {path}: output folder {path.parent} does not exist: create it first")
     make_output_folder(path if folder else path.parent, option, given=path)
     if not folder and path.is_dir():
         raise CodecError(f"{option} {path} is a folder: give a file name")

@@ -145,6 +145,16 @@ def test_an_output_that_cannot_be_written_is_an_error_before_the_scoring(folders
     assert completed.stdout == ""  # nothing scored
 
 
+@pytest.mark.parametrize("option", ["--csv", "--json"])
+def test_a_file_output_in_a_missing_folder_is_an_error_before_the_scoring(folders, tmp_path, option):
+    """As for every command's output file: the folder is not made (a typo would hide the scores)."""
+    output = tmp_path / "missing" / "scores"
+    completed = run_evaluate(str(folders[0]), str(folders[1]), "--no-visqol", option, str(output))
+    expected = f"{option} {output}: output folder {output.parent} does not exist: create it first"
+    assert_one_line_error(completed, expected)
+    assert completed.stdout == "" and not output.parent.exists()
+
+
 def test_a_file_output_given_a_folder_is_an_error(folders, tmp_path):
     completed = run_evaluate(str(folders[0]), str(folders[1]), "--no-visqol", "--csv", str(tmp_path))
     assert_one_line_error(completed, "is a folder: give a file name")
