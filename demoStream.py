@@ -70,8 +70,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bind", default="127.0.0.1", help="address the receiver listens on")
     parser.add_argument("--expect_frames", type=int, help="receiver: stop after this many frames (packets)")
     parser.add_argument("--idle_timeout", type=float, help="receiver: stop after this many seconds without packets")
-    parser.add_argument("--drop_rate", type=float, default=0.0, help=argparse.SUPPRESS)
-    parser.add_argument("--drop_seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--drop_rate", type=float, default=0.0,
+                        help="--send: leave out this fraction of packets at random, to try the receiver's "
+                             "loss concealment (default 0)")
+    parser.add_argument("--drop_seed", type=int, help="--send: seed of --drop_rate's draws (default: a fresh one)")
     return parser.parse_args()
 
 
