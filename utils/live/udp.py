@@ -170,8 +170,9 @@ class PlaybackBuffer:
     """Samples waiting for the sound card; the card's callback takes what is there (silence if not).
 
     Audio that comes faster than the card plays it (a sender's clock a little fast, a burst after a
-    network stall, an unpaced sender) would wait ever longer: once `max_samples` wait behind the
-    oldest block, that block is dropped (`dropped` counts its samples). 0: never dropped.
+    network stall, an unpaced sender) would wait ever longer. A paced stream leaves at most the newest
+    block and one card period waiting; once more than `max_samples` wait beyond those, the oldest
+    blocks are dropped (`dropped` counts their samples). 0: never dropped.
     """
 
     def __init__(self, channels: int, max_samples: int = 0) -> None:
@@ -180,6 +181,7 @@ class PlaybackBuffer:
         self.blocks: deque[np.ndarray] = deque()
         self.offset = 0
         self.waiting = 0  # samples not yet played
+        self.period = 0  # the most samples the card has taken at once
         self.dropped = 0
         self.lock = threading.Lock()
         self.underruns = 0
@@ -188,7 +190,8 @@ class PlaybackBuffer:
         with self.lock:
             self.blocks.append(audio)
             self.waiting += audio.shape[0]
-            while self.max_samples and self.waiting - (self.blocks[0].shape[0] - self.offset) >= self.max_samples:
+            allowed = self.max_samples + audio.shape[0] + self.period
+            while self.max_samples and len(self.blocks) > 1 and self.waiting > allowed:
                 late = self.blocks.popleft().shape[0] - self.offset
                 self.waiting -= late
                 self.dropped += late
@@ -197,6 +200,7 @@ class PlaybackBuffer:
     def callback(self, outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
         filled = 0
         with self.lock:
+            self.period = max(self.period, frames)
             while filled < frames and self.blocks:
                 block = self.blocks[0]
                 take = min(frames - filled, block.shape[0] - self.offset)
