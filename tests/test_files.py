@@ -5,10 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from tests.conftest import REPO, ctrl_c_default
 from utils import files
 from utils.audio import check_audio_output, write_audio
 from utils.bitstream.adc import BitstreamError
@@ -245,3 +248,44 @@ def test_same_path_sees_through_links_and_dots(tmp_path) -> None:
     assert files.same_path(tmp_path / "hard.wav", tmp_path / "a.wav")
     assert files.same_path(tmp_path / "new.npy", f"{tmp_path}/./new.npy")  # neither exists yet
     assert not files.same_path(tmp_path / "a.wav", tmp_path / "b.wav")
+
+
+_STOPPED_WRITE = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {repo!r})
+from utils import audio
+from utils.batch import run_batch
+from utils.cli import run_main
+
+write = audio._KeptWriteErrors.write
+
+def write_once_stopped(self, data):  # the stop comes while libsndfile writes, in its callback
+    if not getattr(audio, "stopped", False):
+        audio.stopped = True
+        os.kill(os.getpid(), signal.{signal})
+    return write(self, data)
+
+audio._KeptWriteErrors.write = write_once_stopped
+data = np.zeros((48000, 2), np.float32)
+out = Path(sys.argv[1])
+run_main(lambda: run_batch([(Path("a.wav"), out / "a.wav"), (Path("b.wav"), out / "b.wav")],
+                           lambda _, output: audio.write_audio(str(output), data, 48000, "PCM_16") or 1.0, "write"))
+"""
+
+
+@pytest.mark.parametrize("stop, status, line", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_stop_during_an_audio_write_stops_the_command(tmp_path, stop: str, status: int, line: str) -> None:
+    """Ctrl-C or SIGTERM while libsndfile writes (its callbacks run Python, where the signal's exception
+    would be printed and dropped by cffi) stops the command: its exit status, one line, no file of the
+    batch written, no temp file; the next file is not begun."""
+    script = tmp_path / "stopped.py"
+    script.write_text(_STOPPED_WRITE.format(repo=str(REPO), signal=stop))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=120,
+                            preexec_fn=ctrl_c_default)
+    assert result.returncode == status, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == line and "Exception ignored" not in result.stderr
+    assert os.listdir(out) == []

@@ -3,10 +3,13 @@ reader and resampler of the codec CLIs, the evaluation and the datasets."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import struct
+import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -203,6 +206,30 @@ class _KeptWriteErrors:
         return self.stream.tell()
 
 
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """Holds Ctrl-C and SIGTERM (where Python handles them) until the block ends, then delivers them:
+    raised in libsndfile's write callbacks, a stop would be printed and dropped by cffi, and the
+    command would go on as if a file had failed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(number)
+        if callable(handler):  # (SIG_DFL's SIGTERM ends the process in the kernel: nothing is lost)
+            previous[number] = handler
+            signal.signal(number, lambda caught, _frame: held.append(caught))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(held):
+            signal.raise_signal(number)
+
+
 def audio_writer(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> Writer:
     """A function that writes (T, C) audio to an open binary stream as a file of the format `path`'s
     extension names, a block at a time (no copy of the file in memory), for `write_outputs`. NaN or
@@ -214,7 +241,7 @@ def audio_writer(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: 
     def write(stream: BinaryIO) -> None:
         kept = _KeptWriteErrors(stream)
         try:
-            with sf.SoundFile(kept, "w", rate, channels, subtype, format=_format_of(path)) as sound:
+            with _stops_held(), sf.SoundFile(kept, "w", rate, channels, subtype, format=_format_of(path)) as sound:
                 for block in _row_blocks(data):
                     sound.write(block)
         except Exception as error:
