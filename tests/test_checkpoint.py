@@ -15,7 +15,7 @@ from tests.test_trainer import tiny_recipe, tiny_vocoder_recipe, untrained_check
 from trainer.builder import build_discriminator, build_training_generator
 from trainer.state import read_training_checkpoint
 from utils.audiodec import StreamingCodec
-from utils.checkpoint import load_config, load_generator
+from utils.checkpoint import INTEGER_BUFFERS, load_config, load_generator, read_checkpoint
 from utils.errors import CodecError
 
 SOURCE = official_path("exp", "autoencoder", "symAD_vctk_48000_hop300")
@@ -112,15 +112,25 @@ def test_a_training_checkpoint_with_integer_discriminator_weights_is_refused(tmp
         read_training_checkpoint(path, "resume from another")
 
 
-def test_every_tensor_the_models_save_is_floating_point(tmp_path) -> None:
+def test_every_tensor_the_models_save_is_floating_point_but_the_counters_named(tmp_path) -> None:
     """What lets a checkpoint's integer tensors be refused without the model at hand: an integer buffer
-    by design (a counter) would need a place in utils.checkpoint.integer_weights."""
+    by design (batch norm's counter, `projector: conv1d_bn`) has its place in INTEGER_BUFFERS, and a
+    checkpoint holding one reads."""
     autoencoder = tiny_recipe(tmp_path)
     analyzer = untrained_checkpoint(autoencoder, tmp_path / "analyzer")
     vocoder = tiny_vocoder_recipe(tmp_path, analyzer, str(tmp_path / "stats.npy"))
     np.save(tmp_path / "stats.npy", np.stack([np.zeros(8), np.ones(8)]).astype(np.float32))
     univ = yaml.safe_load(open(os.path.join(REPO, "config", "autoencoder", "symADuniv_vctk_48000_hop300.yaml")))
     univ = {**autoencoder, "model_type": univ["model_type"], "discriminator_params": univ["discriminator_params"]}
-    for config in (autoencoder, vocoder, univ):
+    batch_norm = {**autoencoder, "generator_params": {**autoencoder["generator_params"], "projector": "conv1d_bn"}}
+    counters = []
+    for config in (autoencoder, vocoder, univ, batch_norm):
         for model in (build_training_generator(config), build_discriminator(config)):
-            assert [key for key, tensor in model.state_dict().items() if not tensor.is_floating_point()] == []
+            integers = [key for key, tensor in model.state_dict().items() if not tensor.is_floating_point()]
+            assert [key for key in integers if key.rpartition(".")[2] not in INTEGER_BUFFERS] == []
+            counters += integers
+    assert counters and all(key.endswith(".num_batches_tracked") for key in counters)  # conv1d_bn's
+    generator = build_training_generator(batch_norm)
+    path = saved(tmp_path / "bn", {"model": {"generator": generator.state_dict()}})
+    assert read_checkpoint(str(path))["model"]["generator"].keys() == generator.state_dict().keys()
+    assert read_training_checkpoint(path)["model"]["generator"].keys() == generator.state_dict().keys()

@@ -117,15 +117,21 @@ def read_checkpoint(checkpoint: str) -> dict[str, Any]:
     return state
 
 
+# The integer buffers these models hold by design: batch norm's step counter (`projector: conv1d_bn`).
+INTEGER_BUFFERS = ("num_batches_tracked",)
+
+
 def integer_weights(models: dict[str, Any]) -> str | None:
     """What is wrong with the first tensor of a checkpoint's models (``model.generator``, and
     ``model.discriminator`` where present) that is not floating point, or None. Every parameter and
-    buffer of these models is (weights, codebooks, statistics, padding), so an integer one was
-    converted or written wrongly, and loading would silently cast it to the integers it holds."""
+    buffer of these models is (weights, codebooks, statistics, padding) but the counters named in
+    INTEGER_BUFFERS, so an integer one was converted or written wrongly, and loading would silently
+    cast it to the integers it holds."""
     for part in ("generator", "discriminator"):
         state_dict = models.get(part)
         for name, tensor in (state_dict.items() if isinstance(state_dict, dict) else ()):
-            if isinstance(tensor, torch.Tensor) and not tensor.is_floating_point():
+            if (isinstance(tensor, torch.Tensor) and not tensor.is_floating_point()
+                    and str(name).rpartition(".")[2] not in INTEGER_BUFFERS):
                 return (f"stores model.{part} {name} as {tensor.dtype}, where the model's weights are floating "
                         "point: the file was converted or written wrongly")
     return None
