@@ -15,9 +15,10 @@ Writes `report.json` (settings, per-file rows, means), `report.md` (the table) a
 (PESQ-WB and ESTOI against kbps, the codec's points beside Opus's) to `--out`, and prints the table.
 The codec's `kbps` is its nominal rate (K codebooks of 10 bits per frame); with `--entropy`, `raw kbps`
 and `entropy-coded kbps` are measured, total payload bits over total duration (the raw one above the
-nominal by each file's last, partial frame), as Opus's `kbps` is. A metric undefined on a file (too short, a silent
-signal) is left out of its mean; each summary line's `files` gives how many files each mean covers, and
-the table says where that is fewer than all.
+nominal by the frames of each file's last part and of the output delay, which are coded too), as
+Opus's `kbps` is. A metric undefined on a file (too short, a silent signal) is left out of its mean;
+each summary line's `files` gives how many files each mean covers, and the table says where that is
+fewer than all.
 """
 
 import sys

@@ -12,8 +12,9 @@ the ranks and torchrun goes on watching them as it does while they train: once e
 a second stop signal, and SIGINT, SIGHUP, SIGQUIT, are torchrun's own (Linux: the ranks are found under
 ``/proc``; elsewhere torchrun runs as it is).
 
-A run whose rank fails ends with that rank's own one-line error and one line of torchrun's naming the
-rank and its exit status (exit status 1), not torchrun's ChildFailedError block and traceback.
+A run whose rank fails ends with that rank's own one-line error, torchrun's log lines on stopping the
+others, and a last line naming the rank and its exit status (exit status 1), not torchrun's
+ChildFailedError block and traceback.
 """
 
 from __future__ import annotations
