@@ -289,3 +289,28 @@ def test_a_stop_during_an_audio_write_stops_the_command(tmp_path, stop: str, sta
     assert result.returncode == status, result.stderr
     assert result.stderr.strip().splitlines()[-1] == line and "Exception ignored" not in result.stderr
     assert os.listdir(out) == []
+
+
+def test_the_case_probe_tells_a_disk_that_ignores_case(tmp_path, monkeypatch) -> None:
+    """`ignores_case` makes a mixed-case temp file and looks it up by its case-swapped name; it leaves
+    no file. Linux's disks tell case apart; one that ignores it is stood in for by a link from the
+    swapped name to the probe (no case-insensitive disk can be mounted here)."""
+    if sys.platform == "linux":
+        assert not files.ignores_case(tmp_path)
+        assert list(tmp_path.iterdir()) == []
+    real_mkstemp = files.tempfile.mkstemp
+
+    def mkstemp_with_twin(**kwargs):
+        handle, probe = real_mkstemp(**kwargs)
+        os.symlink(probe, os.path.join(os.path.dirname(probe), os.path.basename(probe).swapcase()))
+        return handle, probe
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp_with_twin)
+    assert files.ignores_case(tmp_path)
+    assert [path for path in tmp_path.iterdir() if not path.is_symlink()] == []  # the probe is gone, its twin left
+
+
+def test_case_twins_are_names_that_differ_only_in_case() -> None:
+    assert files.case_twins(["out/a.wav", "out/X.wav", "out/b.wav", "out/x.wav"]) == (1, 3)
+    assert files.case_twins(["out/A/x.wav", "out/a/x.wav"]) == (0, 1)
+    assert files.case_twins(["out/a.wav", "out/b.wav"]) is None

@@ -192,6 +192,82 @@ def test_a_failed_file_leaves_nothing_and_the_last_line_says_what_was_written(tm
     assert tree(out) == ["c.adc"]
 
 
+def _two_inputs_one_name_apart_in_case(tmp_path: Path) -> Path:
+    """in/X.wav and in/x.flac (0.1 s each): on a disk that ignores case, both would write out/x.wav."""
+    source = tmp_path / "in"
+    source.mkdir()
+    sf.write(source / "X.wav", np.zeros(4800), RATE)
+    sf.write(source / "x.flac", np.zeros(4800), RATE)
+    return source
+
+
+def test_outputs_that_differ_only_in_case_are_refused_where_the_disk_ignores_case(tmp_path, monkeypatch) -> None:
+    """X.wav and x.flac write out/X.adc and out/x.adc: two files where the disk tells case apart (Linux's),
+    one on macOS's and Windows' disks, where the second replaced the first with exit status 0. The disk is
+    probed only where two outputs differ only in case; the probe is stood in for here."""
+    import utils.batch
+
+    source, out = _two_inputs_one_name_apart_in_case(tmp_path), tmp_path / "out"
+    asked: list[str] = []
+    monkeypatch.setattr(utils.batch, "ignores_case", lambda folder: asked.append(folder) or True)
+    with pytest.raises(CodecError) as caught:
+        plan(str(source), str(out), (".wav", ".flac"), ".adc")
+    assert str(caught.value) == (f"{source / 'X.wav'} and {source / 'x.flac'} would both write {out / 'x.adc'} "
+                                 f"({out} ignores letter case in names): rename one of them")
+    assert asked == [str(out)]
+    (source / "x.flac").rename(source / "y.flac")
+    assert len(plan(str(source), str(out), (".wav", ".flac"), ".adc")) == 2 and asked == [str(out)]
+    monkeypatch.undo()
+    if sys.platform == "linux":  # a case-sensitive disk: both are written
+        (source / "y.flac").rename(source / "x.flac")
+        assert [output.name for _, output in plan(str(source), str(out), (".wav", ".flac"), ".adc")] == [
+            "X.adc", "x.adc"]
+
+
+def test_demo_file_refuses_outputs_one_case_apart_before_the_coding(tmp_path) -> None:
+    """The same through demoFile.py's command line, the probe made to answer as macOS's disk would: one
+    line, exit status 1, and no output folder left."""
+    source, out = _two_inputs_one_name_apart_in_case(tmp_path), tmp_path / "out"
+    script = ("import runpy, sys, utils.batch; utils.batch.ignores_case = lambda folder: True; "
+              "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", script, os.path.join(REPO, "demoFile.py"), "--model", "vctk_sym",
+                             "-i", str(source), "-o", str(out)], cwd=OFFICIAL, capture_output=True, text=True,
+                            timeout=180, env={**os.environ, "PYTHONPATH": REPO})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {source / 'X.wav'} and {source / 'x.flac'} would both write {out / 'x.wav'} ({out} ignores letter "
+        "case in names): rename one of them"]
+    assert not out.exists()
+
+
+def test_a_batch_never_replaces_a_file_it_wrote(tmp_path, capsys) -> None:
+    """Where two output names are one file that the up-front check did not see (a disk that ignores case
+    in a way the probe missed, a link), the second input fails and the first output stays. A link stands
+    in for the case-folded name; the work writes through the name, as a coder on such a disk reaches the
+    earlier file."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    for name in ("a", "b", "c"):
+        (source / f"{name}.wav").write_bytes(b"")
+    os.symlink("a.adc", out / "b.adc")  # out/b.adc will be out/a.adc, once that is written
+
+    def work(source: Path, output: Path) -> float:
+        with open(output, "wb") as stream:
+            stream.write(source.name.encode())
+        return 1.0
+
+    pairs = plan(str(source), str(out), (".wav",), ".adc")
+    with pytest.raises(CodecError) as caught:
+        run_batch(pairs, work, "encode")
+    assert str(caught.value) == "1 of 3 files failed (listed above); the others were written"
+    assert error_lines(subprocess.CompletedProcess([], 0, "", capsys.readouterr().err)) == [
+        f"error: {source / 'b.wav'}: {out / 'b.adc'} is the file {out / 'a.adc'} that this run wrote (the disk "
+        "ignores letter case, or a link joins the names): rename one of the inputs"]
+    assert (out / "a.adc").read_bytes() == b"a.wav" and (out / "c.adc").read_bytes() == b"c.wav"
+    assert os.readlink(out / "b.adc") == "a.adc"
+
+
 @pytest.fixture
 def pair(tmp_path) -> tuple[Path, Path]:
     from utils.eval.probe import speech_like_signal

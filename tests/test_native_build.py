@@ -149,3 +149,36 @@ def test_the_cached_engine_follows_the_umask(monkeypatch, tmp_path: Path, fresh_
     assert library.parent == tmp_path / "cache"
     assert library.stat().st_mode & 0o777 == 0o775
     assert Path(f"{library}.sha256").stat().st_mode & 0o777 == 0o664
+
+
+# /usr/bin/cc on a Mac without the Command Line Tools: xcode-select's stand-in, which asks for them.
+XCODE_SELECT_STAND_IN = """#!/bin/sh
+echo "$*" >> "{log}"
+echo "xcode-select: note: No developer tools were found, requesting install." >&2
+echo "See \\`man xcode-select' for more details." >&2
+exit 1
+"""
+
+
+@pytest.mark.parametrize("system, fix", [
+    ("darwin", "install Apple's Command Line Tools (xcode-select --install), or set CC"),
+    ("linux", "install gcc, or set CC"),
+])
+def test_a_compiler_that_does_not_run_is_named_with_the_fix(monkeypatch, tmp_path: Path, fresh_build, system: str,
+                                                             fix: str) -> None:
+    """The notice names what the compiler said and how to get one that runs (on macOS, Apple's tools: its
+    `cc` is there without them); a process asks the compiler once."""
+    native_build = fresh_build()
+    compiler, log = tmp_path / "cc", tmp_path / "calls.txt"
+    compiler.write_text(XCODE_SELECT_STAND_IN.format(log=log))
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setattr(native_build.sys, "platform", system)
+    assert not native_build.available() and not native_build.available()
+    assert native_build.unavailable_reason() == (f"C compiler {compiler} does not run (exit status 1: xcode-select: "
+                                                 f"note: No developer tools were found, requesting install.): {fix}")
+    assert log.read_text().splitlines() == ["--version"]
+    native_build._library.cache_clear()
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert native_build.unavailable_reason() == f"no C compiler found ({fix})"

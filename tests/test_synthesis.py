@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,34 @@ def test_a_vocoder_of_another_hop_than_the_encoder_is_refused(untrained_pair: Pa
     with pytest.raises(CodecError, match=r"encoder hop 8 and decoder hop 4 differ \(.*checkpoint-0steps.pkl, "
                                          r".*checkpoint-1steps.pkl\): pick a matching pair"):
         OfflineCodec(str(untrained_pair), str(tmp_path / "vocoder" / "checkpoint-1steps.pkl"))
+
+
+@pytest.fixture
+def twins_one_case_apart(untrained_pair: Path, tmp_path: Path) -> Path:
+    """untrained_pair, its clean_test subset holding Take.wav and take.wav."""
+    clean = tmp_path / "corpus" / "clean"
+    (clean / "other0.wav").rename(clean / "Take.wav")
+    (clean / "other1.wav").rename(clean / "take.wav")
+    return untrained_pair
+
+
+def test_outputs_one_case_apart_are_refused_where_the_disk_ignores_case(twins_one_case_apart: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """Take.wav and take.wav give Take_output.wav and take_output.wav: one file on macOS's and Windows' disks
+    (the second replaced the first, and was scored against both references), two on Linux's. The probe is
+    made to answer as macOS's disk would."""
+    import trainer.synthesis
+
+    checkpoint, out = str(twins_one_case_apart), tmp_path / "out"
+    monkeypatch.setattr(trainer.synthesis, "ignores_case", lambda folder: True)
+    with pytest.raises(CodecError) as caught:
+        run_test(checkpoint, checkpoint, str(out), "clean_test", specific_folder=True)
+    clean = tmp_path / "corpus" / "clean"
+    assert str(caught.value) == (f"data.subset.clean_test: {clean / 'Take.wav'} and {clean / 'take.wav'} would both "
+                                 f"be written as take_output.wav ({out} ignores letter case in names): rename or "
+                                 "remove one of them")
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    if sys.platform == "linux":  # a case-sensitive disk: both are written
+        run_test(checkpoint, checkpoint, str(out), "clean_test", specific_folder=True)
+        assert sorted(path.name for path in out.iterdir()) == ["Take_output.wav", "take_output.wav"]

@@ -23,7 +23,7 @@ from trainer.analysis import quantized_latent
 from utils.audio import check_file_samples
 from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator, output_delay
 from utils.errors import CodecError
-from utils.files import make_output_folder
+from utils.files import case_twins, ignores_case, make_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,18 @@ def relative_names(source: Path, files: list[Path], what: str) -> list[str]:
     return list(names)
 
 
+def refuse_case_twins(names: list[str], files: list[Path], outdir: Path, what: str) -> None:
+    """Two names that differ only in letter case (``X.wav`` beside ``x.flac``) are one output file where
+    ``outdir``'s disk ignores case (macOS's and Windows' by default): refused there, before any file is
+    coded, as the second output would replace the first. ``files[i]`` is the file named ``names[i]``."""
+    twins = case_twins(names)
+    if twins is not None and ignores_case(outdir):
+        first, second = twins
+        raise CodecError(f"{what}: {files[first]} and {files[second]} would both be written as "
+                         f"{names[second]}_output.wav ({outdir} ignores letter case in names): rename or remove "
+                         "one of them")
+
+
 def pair_with_references(names: list[str], references: dict[str, Path], what: str) -> dict[str, Path]:
     """The reference of each output name that ``references`` has (checked before any file is coded); the
     names left without a reference are named in a warning (the mean is then not the whole subset's).
@@ -225,6 +237,7 @@ def run_test(
         raise CodecError(str(error)) from None
     outdir = output_folder(encoder_checkpoint, decoder_checkpoint, config, subset, output_dir, specific_folder)
     make_output_folder(outdir, "--output_dir", given=output_dir)
+    refuse_case_twins(names, dataset.files, outdir, f"data.subset.{subset}")
     logger.info("The number of utterances = %d; writing to %s", len(dataset), outdir)
     written = []
     total_rtf = 0.0

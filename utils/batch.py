@@ -1,9 +1,11 @@
 """One file or a folder of files through one loaded model: output paths, no clobbering, a progress bar.
 
 A folder input is searched recursively for files with the given endings; each output keeps its
-file's path relative to the input folder, under the output folder, with the new ending. A file that
-fails is reported on its own `error:` line and leaves no output of this run (nor a folder made for
-it), and the others go on; the run fails at the end, saying what was written and what was left.
+file's path relative to the input folder, under the output folder, with the new ending; two inputs
+that would write one file (`x.wav` beside `x.flac`, or `X.wav` beside it on a disk that ignores letter
+case) are refused before any work. A file that fails is reported on its own `error:` line and leaves
+no output of this run (nor a folder made for it), and the others go on; the run fails at the end,
+saying what was written and what was left.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.errors import CodecError, shown
-from utils.files import check_output_folder, file_in_the_way, make_output_folder
+from utils.files import case_twins, check_output_folder, file_in_the_way, ignores_case, make_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,19 @@ def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[
             raise CodecError(f"{seen[output]} and {path} would both write {output}: rename one of them")
         seen[output] = path
     make_output_folder(target, "-o")  # one error before the coding where it takes no files, not one per file
+    _refuse_case_twins(pairs, target)
     return pairs
+
+
+def _refuse_case_twins(pairs: list[tuple[Path, Path]], target: str) -> None:
+    """Two outputs whose names differ only in letter case (`X.wav` and `x.flac` -> `x.wav`) are one file
+    where `target`'s disk ignores case: refused there, before the coding, as the second would replace
+    the first. Where the disk tells case apart (Linux's), both are written."""
+    twins = case_twins([output for _, output in pairs])
+    if twins is not None and ignores_case(target):
+        (first, _), (second, output) = pairs[twins[0]], pairs[twins[1]]
+        raise CodecError(f"{first} and {second} would both write {output} ({target} ignores letter case in "
+                         "names): rename one of them")
 
 
 def refuse_existing(pairs: list[tuple[Path, Path]], force: bool) -> None:
@@ -91,6 +105,12 @@ def _file_state(path: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
+
+
+def _identity(output: Path) -> dict[tuple[int, int], Path]:
+    """{(device, inode): output} for the file a work just wrote (none where it wrote none)."""
+    state = _file_state(output)
+    return {} if state is None else {state[:2]: output}
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -141,26 +161,34 @@ def run_batch(
 
     The bar shows the real-time factor so far (time spent / audio seconds). Failures are printed as
     they happen; a failed file leaves no output of this run (what its work wrote before it failed is
-    removed) nor a folder made for it. If any failed, a CodecError at the end says how many, what was
-    written, and what became of the failed files' outputs from an earlier run (with -f).
+    removed) nor a folder made for it. An output that is a file this run wrote already (one file under
+    two names: a disk that ignores case, a link) is never replaced: its input fails. If any failed, a
+    CodecError at the end says how many, what was written, and what became of the failed files' outputs
+    from an earlier run (with -f).
     """
     failed = 0
     left: dict[str, list[Path]] = {"kept": [], "lost": []}  # failed files' outputs from an earlier run
+    written: dict[tuple[int, int], Path] = {}  # (device, inode) of each output this run wrote -> its name
     seconds = busy = 0.0
     with tqdm(total=len(pairs), desc=description, unit="file", file=sys.stderr, dynamic_ncols=True) as bar:
         for source, output in pairs:
             started = time.perf_counter()
             before, made = _file_state(output), _missing_folders(output.parent)
+            earlier = written.get(before[:2]) if before is not None else None
             try:
+                if earlier is not None:  # a disk that ignores case, or a link: one file under two names
+                    raise CodecError(f"{source}: {output} is the file {earlier} that this run wrote (the disk "
+                                     "ignores letter case, or a link joins the names): rename one of the inputs")
                 make_output_folder(output.parent, "-o", given=output)
                 seconds += work(source, output)
+                written.update(_identity(output))
             except Exception as error:  # one bad file must not end the batch: report it and go on
                 failed += 1
                 message = str(error) if isinstance(error, CodecError) else f"{error.__class__.__name__}: {error}"
                 line = message if str(source) in message else f"{source}: {message}"
                 bar.write(f"error: {shown(line)}", file=sys.stderr)
                 outcome = _undo_failed(output, before, made)
-                if outcome:
+                if outcome and earlier is None:  # this run's own output is no earlier run's
                     left[outcome].append(output)
             busy += time.perf_counter() - started
             if seconds > 0:

@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -68,6 +68,35 @@ def check_output_folder(path: str | os.PathLike, error: type[CodecError] = Codec
     if blocking is not None:
         raise error(f"cannot write {path}: {blocking} is a file, not a folder: give another output path")
     raise error(f"output folder {folder} does not exist: create it first")
+
+
+def ignores_case(folder: str | os.PathLike) -> bool:
+    """Whether the file system of `folder` (an existing folder that takes files) finds a file by a name
+    that differs from its own only in letter case, as macOS's and Windows' disks do by default: two
+    outputs named so would be one file there, and the second would replace the first. Probed with a
+    temp file of a mixed-case name, looked up by its case-swapped name."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-Case-")
+    except OSError:  # the writes that follow meet it too, and say so
+        return False
+    os.close(handle)
+    try:
+        twin = os.path.join(os.path.dirname(probe), os.path.basename(probe).swapcase())
+        return os.path.exists(twin) and os.path.samefile(probe, twin)
+    finally:
+        os.unlink(probe)
+
+
+def case_twins(paths: Sequence[str | os.PathLike]) -> tuple[int, int] | None:
+    """The positions of the first two of `paths` that differ only in letter case (`X.wav`, `x.wav`),
+    or None: one file where the disk ignores case (`ignores_case`)."""
+    first_of: dict[str, int] = {}
+    for position, path in enumerate(paths):
+        key = os.fspath(path).casefold()
+        if key in first_of:
+            return first_of[key], position
+        first_of[key] = position
+    return None
 
 
 # The topmost folder each make_output_folder call created, for remove_unfilled_folders.

@@ -127,11 +127,15 @@ def _library() -> tuple[Build | None, str]:
         return None, str(error)
     compiler = compiler_command()
     if compiler is None:
-        return None, "no C compiler found (install gcc, or set CC)"
+        return None, f"no C compiler found ({compiler_fix()})"
     try:
         version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        return None, f"C compiler {shlex.join(compiler)} does not run: {error}"
+    except OSError as error:
+        return None, f"C compiler {shlex.join(compiler)} does not run ({error.strerror or error}): {compiler_fix()}"
+    except subprocess.CalledProcessError as error:
+        said = (error.stderr or error.stdout or "").strip().splitlines()
+        why = f"exit status {error.returncode}" + (f": {said[0]}" if said else "")
+        return None, f"C compiler {shlex.join(compiler)} does not run ({why}): {compiler_fix()}"
     flags = (*flags, *compiler_flags(version))
     source = SOURCE.read_bytes()
     # Keyed by the flags asked for: a build with -pthread instead is cached under them too, so that
@@ -341,6 +345,14 @@ def compiler_command() -> tuple[str, ...] | None:
         return tuple(shlex.split(named)) or (named,)
     except ValueError:  # an unclosed quote: tried as one name, and named in the notice when it fails
         return (named,)
+
+
+def compiler_fix() -> str:
+    """How to get a C compiler that runs. On macOS `cc` is there without one: until Apple's Command Line
+    Tools are installed it is xcode-select's stand-in, which asks for them and exits 1."""
+    if sys.platform == "darwin":
+        return "install Apple's Command Line Tools (xcode-select --install), or set CC"
+    return "install gcc, or set CC"
 
 
 def compiler_flags(version: str) -> tuple[str, ...]:
