@@ -18,9 +18,10 @@ if [ ! -f "$INPUT" ]; then
 fi
 bash utils/setup_venv.sh  # .venv and the pinned requirements (torch's CPU build where no NVIDIA driver)
 PY=.venv/bin/python
-ROOT_ARGS=()
-if [ -n "${ROOT:-}" ]; then ROOT_ARGS=(--root "$ROOT"); fi
-RUNTIME=(--cuda -1 --num_threads 2 -f)  # -f: output/ is this script's own, rewritten on every run
+# Whole-array expansions are written ${a[@]+"${a[@]}"}: bash before 4.4 (macOS's /bin/bash is 3.2)
+# stops on an empty array's "${a[@]}" under set -u (tests/test_shell_portability.py).
+CODEC_ARGS=(--cuda -1 --num_threads 2 -f)  # -f: output/ is this script's own, rewritten on every run
+if [ -n "${ROOT:-}" ]; then CODEC_ARGS+=(--root "$ROOT"); fi
 file=$(basename -- "$INPUT")
 name=${file%.*}
 name=${name:-$file}  # .wav: a name that is all extension
@@ -30,13 +31,22 @@ made=""
 for folder in output "$out"; do
     if [ ! -d "$folder" ]; then made=$folder; break; fi
 done
-trap 'status=$?; if [ "$status" -ne 0 ] && [ -n "$made" ]; then rm -rf -- "$made"; fi' EXIT
+# A run that stops before its last line failed, whatever $? says: bash 3.2 gives an EXIT trap
+# $? = 0 after a set -u error, and would exit 0 with it.
+finished=false
+on_exit() {
+    local status=$?
+    [ "$finished" = false ] || return 0
+    if [ -n "$made" ]; then rm -rf -- "$made"; fi
+    exit $((status == 0 ? 1 : status))
+}
+trap on_exit EXIT
 mkdir -p "$out"
 
 echo "== encode (raw codes: 1.6 kbps per codebook)"
-$PY codec.py encode --model "$MODEL" "${ROOT_ARGS[@]}" "${RUNTIME[@]}" --resample -i "$INPUT" -o "$out/$name.adc"
+$PY codec.py encode --model "$MODEL" ${CODEC_ARGS[@]+"${CODEC_ARGS[@]}"} --resample -i "$INPUT" -o "$out/$name.adc"
 decode_from=$out/$name.adc
-if $PY codec.py encode --model "$MODEL" "${ROOT_ARGS[@]}" "${RUNTIME[@]}" --resample --entropy \
+if $PY codec.py encode --model "$MODEL" ${CODEC_ARGS[@]+"${CODEC_ARGS[@]}"} --resample --entropy \
         -i "$INPUT" -o "$out/$name.entropy.adc" 2>/dev/null; then
     echo "== encode --entropy (same codes, range-coded with the model's table)"
     decode_from=$out/$name.entropy.adc
@@ -47,11 +57,12 @@ $PY codec.py info "$out/$name.adc"
 $PY codec.py info "$decode_from"
 
 echo "== decode $decode_from -> $out/$name.wav"
-$PY codec.py decode "${ROOT_ARGS[@]}" "${RUNTIME[@]}" -i "$decode_from" -o "$out/$name.wav"
+$PY codec.py decode ${CODEC_ARGS[@]+"${CODEC_ARGS[@]}"} -i "$decode_from" -o "$out/$name.wav"
 
 echo "== scores against the input"
 OPUS=()
 if command -v opusenc >/dev/null && command -v opusdec >/dev/null; then OPUS=(--opus); fi
 # This run's pair only: the input against its decoding.
-$PY bin/evaluate.py "$INPUT" "$out/$name.wav" "${OPUS[@]}" --no-visqol --json "$out/scores.json"
+$PY bin/evaluate.py "$INPUT" "$out/$name.wav" ${OPUS[@]+"${OPUS[@]}"} --no-visqol --json "$out/scores.json"
 echo "decoded audio: $out/$name.wav"
+finished=true

@@ -75,14 +75,14 @@ if [ "${start}" -le 0 ] && [ "${stop}" -ge 0 ]; then
     echo "Stage 0: autoencoder training (config/${autoencoder}.yaml)"
     set_resume_args "${resume}" "${exp}/${autoencoder}"
     run_stage 0 "${autoencoder}" run_train -c "config/${autoencoder}.yaml" --tag "${autoencoder}" --exp_root "${exp}" \
-        --disable_cudnn "${disable_cudnn}" "${resume_args[@]}"
+        --disable_cudnn "${disable_cudnn}" ${resume_args[@]+"${resume_args[@]}"}
 fi
 
 if [ "${start}" -le 1 ] && [ "${stop}" -ge 1 ]; then
     echo "Stage 1: statistics extraction (config/${statistic}.yaml) with the encoder ${encoder_path}"
     analyzer_args "config/${statistic}.yaml"
     run_stage 1 "${statistic}" run_python codecStatistic.py -c "config/${statistic}.yaml" --subset "${statistic_subset}" \
-        --subset_num "${subset_num}" "${analyzer_override[@]}"
+        --subset_num "${subset_num}" ${analyzer_override[@]+"${analyzer_override[@]}"}
 fi
 
 if [ "${start}" -le 2 ] && [ "${stop}" -ge 2 ]; then
@@ -90,7 +90,8 @@ if [ "${start}" -le 2 ] && [ "${stop}" -ge 2 ]; then
     set_resume_args "${resume}" "${exp}/${vocoder}"
     analyzer_args "config/${vocoder}.yaml"
     run_stage 2 "${vocoder}" run_train -c "config/${vocoder}.yaml" --tag "${vocoder}" --exp_root "${exp}" \
-        --disable_cudnn "${disable_cudnn}" "${analyzer_override[@]}" "${resume_args[@]}"
+        --disable_cudnn "${disable_cudnn}" ${analyzer_override[@]+"${analyzer_override[@]}"} \
+        ${resume_args[@]+"${resume_args[@]}"}
 fi
 
 if [ "${start}" -le 3 ] && [ "${stop}" -ge 3 ]; then

@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,19 @@ def ctrl_c_default() -> None:
 
 def official_path(*parts: str) -> str:
     return os.path.join(OFFICIAL, *parts)
+
+
+def old_bash() -> str | None:
+    """A bash before 4.4, which stops a set -u script on an empty array: $AUDIODEC_OLD_BASH, else a
+    /bin/bash that old (macOS's is 3.2), else None."""
+    for candidate in (os.environ.get("AUDIODEC_OLD_BASH"), "/bin/bash"):
+        if not candidate or not os.access(candidate, os.X_OK):
+            continue
+        version = subprocess.run([candidate, "-c", 'echo "${BASH_VERSINFO[0]} ${BASH_VERSINFO[1]}"'],
+                                 capture_output=True, text=True, timeout=10).stdout.split()  # fmt: skip
+        if len(version) == 2 and tuple(map(int, version)) < (4, 4):
+            return candidate
+    return None
 
 
 @pytest.fixture(autouse=True)

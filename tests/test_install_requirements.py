@@ -132,7 +132,14 @@ mkdir -p .venv/bin && printf '#!/bin/sh\\necho "$*" >> %s\\n' > .venv/bin/python
 """
 
 
-def run_setup(tmp_path: Path, python3: str | None) -> subprocess.CompletedProcess:
+def answering(version: str, script: str) -> str:
+    """A stand-in python that says it is ``version`` when asked (``-c``), else runs ``script``."""
+    shebang, rest = script.split("\n", 1)
+    return f'{shebang}\nif [ "$1" = -c ]; then echo {version}; exit 0; fi\n{rest}'
+
+
+def run_setup(tmp_path: Path, python3: str | None, version: str = "3.11.9") -> subprocess.CompletedProcess:
+    """setup_venv.sh in tmp_path/project, with a python3 stand-in (None: no python3) of ``version``."""
     project, tools = tmp_path / "project", tmp_path / "bin"
     (project / "utils").mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(REPO, "utils", "setup_venv.sh"), project / "utils")
@@ -142,7 +149,7 @@ def run_setup(tmp_path: Path, python3: str | None) -> subprocess.CompletedProces
             (tools / tool).symlink_to(shutil.which(tool))
     (tools / "python3").unlink(missing_ok=True)
     if python3 is not None:
-        (tools / "python3").write_text(python3.replace("%s", str(tmp_path / "calls")))
+        (tools / "python3").write_text(answering(version, python3.replace("%s", str(tmp_path / "calls"))))
         (tools / "python3").chmod(0o755)
     return subprocess.run([shutil.which("bash"), str(project / "utils" / "setup_venv.sh")], cwd=project,
                           env={"PATH": str(tools)}, capture_output=True, text=True, timeout=60)
@@ -159,7 +166,47 @@ def test_a_venv_without_pip_is_refused_in_one_line_and_not_left_behind(tmp_path:
     result = run_setup(tmp_path, None)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "error: no python3 on PATH: install Python 3 (3.11 is what the project is developed on) and run again"]
+        "error: no python3 on PATH: install Python 3.11 or newer and run again"]
+
+
+@pytest.mark.parametrize("version", ["3.9.6", "3.10.12", "2.7.18"])  # a stock Mac's, Ubuntu 22.04's, Python 2
+def test_a_python3_older_than_3_11_is_refused_in_one_line_and_makes_no_venv(tmp_path: Path, version: str) -> None:
+    result = run_setup(tmp_path, WORKING_VENV, version)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: python3 is Python {version} and the toolkit needs 3.11 or newer: make .venv with a newer one "
+        "(e.g. python3.11 -m venv .venv) or put one first on PATH as python3, then run again"]
+    assert not (tmp_path / "project" / ".venv").exists() and not (tmp_path / "calls").exists()
+
+
+def old_venv(tmp_path: Path, *packages: str) -> Path:
+    """A .venv of Python 3.9.6 with pip, holding ``packages`` (dist-info names) besides pip's own."""
+    venv = tmp_path / "project" / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(answering("3.9.6", "#!/bin/sh\nexit 0\n"))  # -m pip --version: it has pip
+    (venv / "bin" / "python").chmod(0o755)
+    for package in ("pip-23.0.1", "setuptools-58.1.0", *packages):
+        (venv / "lib" / "python3.9" / "site-packages" / f"{package}.dist-info").mkdir(parents=True)
+    return venv
+
+
+def test_a_venv_of_an_older_python_holding_only_pip_is_made_again(tmp_path: Path) -> None:
+    """What an older python3 left (a run before this check): nothing of the user's, so made again with 3.11+."""
+    venv = old_venv(tmp_path)
+    result = run_setup(tmp_path, WORKING_VENV)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == ["-m utils.install_requirements"]
+    assert not (venv / "lib" / "python3.9").exists()
+
+
+def test_a_venv_of_an_older_python_holding_packages_is_named_and_kept(tmp_path: Path) -> None:
+    venv = old_venv(tmp_path, "numpy-1.26.4")
+    result = run_setup(tmp_path, WORKING_VENV)
+    assert result.returncode == 1 and result.stdout == "" and not (tmp_path / "calls").exists()
+    assert result.stderr.splitlines() == [
+        "error: .venv has Python 3.9.6 and the toolkit needs 3.11 or newer: remove .venv (rm -rf .venv) and run "
+        "again with a python3 of 3.11 or newer first on PATH"]
+    assert (venv / "lib" / "python3.9" / "site-packages" / "numpy-1.26.4.dist-info").is_dir()
 
 
 def test_a_bare_venv_left_without_pip_is_made_again(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, old_bash
 
 # Stand-in for .venv/bin/python: codec.py encode/decode write their -o file (encode --model bogus
 # fails as an unknown model does; --entropy fails as for a model without a table); evaluate.py's
@@ -90,6 +90,38 @@ def test_an_unknown_model_or_a_missing_input_leaves_nothing(sandbox: Path, tmp_p
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [f"error: INPUT={tmp_path}/missing.wav is not a file: give an audio file "
                                           "(read from the folder run.sh is called from)"]  # fmt: skip
+
+
+# Sourced by every bash the test starts (BASH_ENV): run.sh exits with status 0 where it would decode, as
+# bash 3.2 (macOS's) exits a script stopped by set -u, with its EXIT trap seeing $? = 0.
+STOP_BEFORE_DECODE = """echo() { if [[ $1 == "== decode"* ]]; then exit 0; fi; builtin echo "$@"; }
+"""
+
+
+def test_a_run_that_stops_early_fails_and_leaves_nothing_even_at_status_0(sandbox: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    (tmp_path / "stop.sh").write_text(STOP_BEFORE_DECODE)
+    result = run_sh(sandbox, tmp_path, INPUT="a.wav", BASH_ENV=str(tmp_path / "stop.sh"))
+    assert "== encode" in result.stdout and "== decode" not in result.stdout
+    assert result.returncode == 1 and not (sandbox / "output").exists()
+
+
+def test_an_old_bash_runs_it_and_a_failure_there_exits_non_zero(sandbox: Path, tmp_path: Path) -> None:
+    """bash before 4.4 (macOS's /bin/bash is 3.2): an empty array is no error, a failure no exit status 0."""
+    bash = old_bash()
+    if bash is None:
+        pytest.skip("no bash before 4.4 here (set AUDIODEC_OLD_BASH to one to run this)")
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    env = {**os.environ, "INPUT": "a.wav", "PATH": f"{os.path.dirname(bash)}:{os.environ['PATH']}"}
+    result = subprocess.run([bash, str(sandbox / "run.sh")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=30)  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert sorted(os.listdir(sandbox / "output" / "demo48k")) == ["a.adc", "a.wav", "scores.json"]
+    shutil.rmtree(sandbox / "output")
+    result = subprocess.run([bash, str(sandbox / "run.sh")], cwd=tmp_path, env={**env, "MODEL": "bogus"},
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode != 0 and "unknown model 'bogus'" in result.stderr
+    assert not (sandbox / "output").exists()
 
 
 @pytest.mark.slow

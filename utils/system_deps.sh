@@ -30,20 +30,20 @@ fi
 installed=" $(dpkg-query -W -f='${db:Status-Abbrev} ${Package}, ${Provides}\n' 2>/dev/null \
     | awk '/^ii/ {$1 = ""; print}' | sed -E 's/\([^)]*\)//g; s/,/ /g' | tr -s ' \n' '  ') "
 missing=()
-for pkg in "${PACKAGES[@]}"; do
+for pkg in ${PACKAGES[@]+"${PACKAGES[@]}"}; do
     [[ "$installed" == *" $pkg "* ]] || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
-    echo "system_deps: missing ${missing[*]} (need root and apt-get); the tests that use them will skip" >&2
+    echo "system_deps: missing ${missing[*]-} (need root and apt-get); the tests that use them will skip" >&2
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null 2>&1 || true
-if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+if ! apt-get install -y -qq --no-install-recommends ${missing[@]+"${missing[@]}"} >/dev/null 2>&1; then
     # one package this system lacks must not keep the others out: each on its own
-    for pkg in "${missing[@]}"; do
+    for pkg in ${missing[@]+"${missing[@]}"}; do
         apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
             || echo "system_deps: apt-get install $pkg failed; the tests that use it will skip" >&2
     done

@@ -155,12 +155,12 @@ run_train() {
         fi
         run_command "${python}" -m trainer.torchrun --nnodes "${nnodes}" --nproc_per_node "${processes}" \
             --rdzv_backend c10d --rdzv_endpoint "${MASTER_ADDR}:${MASTER_PORT:-29500}" \
-            --rdzv_id "${RDZV_ID:-audiodec}" codecTrain.py "${args[@]}"
+            --rdzv_id "${RDZV_ID:-audiodec}" codecTrain.py ${args[@]+"${args[@]}"}
     elif [ "${processes}" -gt 1 ]; then
         run_command "${python}" -m trainer.torchrun --standalone --nproc_per_node "${processes}" \
-            codecTrain.py "${args[@]}"
+            codecTrain.py ${args[@]+"${args[@]}"}
     else
-        run_command "${python}" codecTrain.py "${args[@]}"
+        run_command "${python}" codecTrain.py ${args[@]+"${args[@]}"}
     fi
 }
 

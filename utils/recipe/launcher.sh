@@ -95,7 +95,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-set -- "${_launcher_args[@]+"${_launcher_args[@]}"}"
+set -- ${_launcher_args[@]+"${_launcher_args[@]}"}
 unset _launcher_args
 
 launcher_jobs=()          # the job ids submitted so far, in order
@@ -188,7 +188,7 @@ _launcher_summary() {
     if [ "${dry_run}" = true ]; then
         echo "Dry run: nothing submitted"
     else
-        echo "Jobs: ${launcher_jobs[*]}   queue: squeue -u ${USER:-$(id -un)}   cancel: scancel ${launcher_jobs[*]}"
+        echo "Jobs: ${launcher_jobs[*]-}   queue: squeue -u ${USER:-$(id -un)}   cancel: scancel ${launcher_jobs[*]-}"
     fi
 }
 
@@ -251,7 +251,7 @@ _launcher_write_job_script() {
         done
         restarted+=(--resume auto)
         if [ ${#restarted[@]} -eq $(($# + 2)) ]; then
-            first=("${restarted[@]}")
+            first=(${restarted[@]+"${restarted[@]}"})
         fi
     fi
     {
@@ -264,8 +264,8 @@ _launcher_write_job_script() {
             declare -p "${variable}" 2>/dev/null || true
         done
         declare -f
-        printf 'launcher_stage_command() {\n    %s\n}\n' "$(printf '%q ' "${first[@]}")"
-        printf 'launcher_restarted_command() {\n    %s\n}\n' "$(printf '%q ' "${restarted[@]}")"
+        printf 'launcher_stage_command() {\n    %s\n}\n' "$(printf '%q ' ${first[@]+"${first[@]}"})"
+        printf 'launcher_restarted_command() {\n    %s\n}\n' "$(printf '%q ' ${restarted[@]+"${restarted[@]}"})"
         cat <<'EOF'
 if [ "${1:-}" = --step ]; then
     # The trainer handles these (trainer/preemption.py); this shell must outlive its checkpoint.
@@ -353,7 +353,7 @@ run_stage() {
     if [ -n "${sbatch_args}" ]; then
         local -a extra
         read -r -a extra <<<"${sbatch_args}"
-        sbatch_command+=("${extra[@]}")
+        sbatch_command+=(${extra[@]+"${extra[@]}"})
     fi
 
     if [ "${dry_run}" = true ]; then
@@ -361,11 +361,11 @@ run_stage() {
         sbatch_command+=("${script}")
         job="STAGE${stage}_JOB"
         echo "Stage ${stage} (${name}) would be submitted with:"
-        printf -v line '%q ' "${sbatch_command[@]}"
+        printf -v line '%q ' ${sbatch_command[@]+"${sbatch_command[@]}"}
         echo "  ${line% }"
     else
         sbatch_command+=("${written}")
-        if ! job=$("${sbatch_command[@]}"); then
+        if ! job=$(${sbatch_command[@]+"${sbatch_command[@]}"}); then
             rm -f "${written}"
             _launcher_error "sbatch failed for stage ${stage} (${name})"
             return 1

@@ -9,7 +9,7 @@
 # A relative path given as an option is the caller's, as in any command (the defaults are the toolkit's).
 if [ "${recipe_caller}" != "${PWD}" ]; then
     for path_option in exp exp_root output_root slurm_config slurm_logdir resume resumepoint; do
-        [[ " ${options_given[*]} " == *" ${path_option} "* ]] || continue
+        [[ " ${options_given[*]-} " == *" ${path_option} "* ]] || continue
         case "${!path_option}" in
             "" | /* | latest | auto) continue ;;  # not a path, or an absolute one
         esac

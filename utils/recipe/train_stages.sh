@@ -71,13 +71,15 @@ fi
 
 if [[ ${stage} == *0* ]]; then
     echo "${train_message:-Training} (from the newest checkpoint in ${exp}/${train_tag}, if any)"
-    run_stage 0 "${train_tag}" run_train "${train_args[@]}" "${checkpoint_args[@]}"
+    run_stage 0 "${train_tag}" run_train ${train_args[@]+"${train_args[@]}"} \
+        ${checkpoint_args[@]+"${checkpoint_args[@]}"}
 fi
 
 if [[ ${stage} == *1* ]]; then
     set_resume_args "${resumepoint}" "${exp}/${train_tag}"
-    echo "Resuming: ${resume_args[*]}"
-    run_stage 1 "${train_tag}" run_train "${train_args[@]}" "${checkpoint_args[@]}" "${resume_args[@]}"
+    echo "Resuming: ${resume_args[*]-}"
+    run_stage 1 "${train_tag}" run_train ${train_args[@]+"${train_args[@]}"} \
+        ${checkpoint_args[@]+"${checkpoint_args[@]}"} ${resume_args[@]+"${resume_args[@]}"}
 fi
 
 if [[ ${stage} == *2* ]]; then
