@@ -56,9 +56,13 @@ def shell_scripts() -> list[Path]:
     """Every *.sh of the toolkit, and every file whose first line is a bash or sh shebang (.ci/run)."""
     scripts = []
     for folder, subfolders, files in os.walk(REPO):
-        subfolders[:] = [name for name in subfolders if name not in NOT_SOURCE]
+        # (hidden folders are caches, .venv and .git, but for .ci)
+        subfolders[:] = [name for name in subfolders
+                         if name not in NOT_SOURCE and (name == ".ci" or not name.startswith("."))]
         for name in files:
             path = Path(folder, name)
+            if not path.is_file():  # a link to nothing
+                continue
             if name.endswith(".sh"):
                 scripts.append(path)
             elif not name.endswith(".py"):
