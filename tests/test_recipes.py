@@ -115,6 +115,27 @@ def test_a_recipe_under_a_folder_whose_name_starts_with_a_dash_runs(tmp_path: Pa
     assert any(line.startswith("Usage: bash submit_") for line in result.stdout.splitlines())
 
 
+def test_a_config_value_is_read_as_the_stages_read_it(tmp_path: Path) -> None:
+    """recipe_config_value (utils/recipe/common.sh): a top-level key's value, its quotes and comment
+    taken off; not a longer key nor a nested one; nothing where the key or the file is missing."""
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "analyzer_params:\n"
+        "    analyzer: nested/no.pkl\n"
+        "analyzer_x: other.pkl\n"
+        "analyzer: \"exp/autoencoder/x/checkpoint-200steps.pkl\"   # the encoder\n"
+        "initial: 'exp/a b/c.pkl'\n"
+        "analyzer: second.pkl\n"
+    )
+    script = ("source utils/recipe/common.sh; for key in analyzer initial missing; do "
+              "printf '%s=[%s]\\n' \"$key\" \"$(recipe_config_value \"$1\" \"$key\")\"; done; "
+              "printf 'none=[%s]\\n' \"$(recipe_config_value \"$1.gone\" analyzer)\"")
+    result = bash("-c", script, "bash", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "analyzer=[exp/autoencoder/x/checkpoint-200steps.pkl]", "initial=[exp/a b/c.pkl]", "missing=[]", "none=[]"]
+
+
 def test_every_stage_script_exists() -> None:
     for name in STAGE_SCRIPTS + ["parse_options.sh"]:
         assert (ROOT / name).is_file()

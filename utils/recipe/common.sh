@@ -86,10 +86,16 @@ recipe_config() {
 }
 
 # recipe_config_value <file> <key>: the value of the config's top-level "<key>: value" line (its comment and
-# quotes taken off), or nothing; read with sed, not Python: a dry run names the paths without running anything.
+# quotes taken off), or nothing; read with awk, not Python: a dry run names the paths without running anything
+# (awk, not a sed block, which BSD sed on macOS reads otherwise).
 recipe_config_value() {
     [ -f "$1" ] || return 0
-    sed -n -E "/^$2:/{s/^$2:[[:space:]]*//; s/[[:space:]]+#.*$//; s/^[\"']//; s/[\"'][[:space:]]*$//; p; q}" "$1"
+    awk -v key="$2" 'index($0, key ":") == 1 {
+        value = substr($0, length(key) + 2)
+        sub(/^[ \t]+/, "", value); sub(/[ \t]+#.*$/, "", value)
+        sub(/^["\047]/, "", value); sub(/["\047][ \t]*$/, "", value)
+        print value; exit
+    }' "$1"
 }
 
 # The newest checkpoint-<N>steps.pkl in a folder (by N), or nothing.
