@@ -172,10 +172,11 @@ def shutdown_distributed(finished: bool = False) -> None:
 
 
 def raise_first_error(error: CodecError | None, context: DistributedContext) -> None:
-    """After a step every rank takes alike (reading the checkpoint a run starts from), raise its error
-    once: rank 0 raises the first rank's (naming the rank where it is another's) and the others leave
-    quietly with exit status 0, rank 0's failure failing the job, so that N processes do not print the
-    same line N times. Without an error on any rank, return. Every rank calls this."""
+    """After a step that can fail on any rank (building the trainer, reading the checkpoint a run starts
+    from) or on rank 0 alone (taking the experiment's lock), raise its error once: rank 0 raises the
+    first rank's (naming the rank where it is another's) and the others leave quietly with exit status
+    0, rank 0's failure failing the job, so that N processes do not print the same line N times.
+    Without an error on any rank, return. Every rank calls this."""
     if not context.is_distributed:
         if error is not None:
             raise error
