@@ -55,6 +55,7 @@ from utils.registry import MODELS, installed_root
 
 def parse_args() -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     encode = commands.add_parser("encode", help="audio -> .adc")
     add_model_arguments(encode)
@@ -240,11 +241,22 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
     logging.info(f"entropy table from {len(files)} files ({frames} frames) -> {output}")
 
 
+def listing_root() -> tuple[bool, str | None]:
+    """Whether the line asks for --list-models (with its --root), whatever else it lacks: a command's
+    required -i/-o would otherwise refuse the listing its --help offers."""
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--list-models", action="store_true")
+    listing.add_argument("--root")
+    known, _ = listing.parse_known_args()
+    return known.list_models, known.root
+
+
 def main() -> None:
-    args = parse_args()
-    if getattr(args, "list_models", False):
-        list_models(args.root)
+    wanted, root = listing_root()
+    if wanted:
+        list_models(root)
         return
+    args = parse_args()
     {"encode": run_encode, "decode": run_decode, "info": run_info, "fit-entropy": run_fit_entropy}[args.command](args)
 
 

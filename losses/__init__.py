@@ -1,5 +1,8 @@
 """Training losses, looked up by the name that prefixes their `<name>_loss_params` config entry.
 
+A metric loss is also listed in `trainer.base.METRIC_LOSSES` (the names its outputs are logged under),
+which is what a config's `use_<name>_loss: true` switches on.
+
     criterion = LOSSES["mel"](**config["mel_loss_params"])
 
 | name                | class                          | forward                               |

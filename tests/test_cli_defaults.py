@@ -50,6 +50,19 @@ def test_cpu_only_default_is_quiet_and_explicit_gpu_says_it_falls_back(tmp_path,
     assert told.returncode == 0 and "--cuda 0: CUDA is not available, running on the CPU" in told.stderr
 
 
+@pytest.mark.parametrize("script, command, output", [("demoFile.py", [], "out.wav"),
+                                                     ("codec.py", ["encode"], "out.adc")])
+def test_the_default_model_when_missing_is_named_as_the_default(tmp_path, short_wav: Path, script: str,
+                                                                command: list[str], output: str) -> None:
+    """No --model: the error says the missing model is the default one, and how to name another."""
+    result = run(script, *command, "-i", str(short_wav / "a.wav"), "-o", str(tmp_path / output),
+                 "--root", str(tmp_path))  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no --model given, so the default, model 'libritts_v1' is not installed")
+    assert result.stderr.rstrip().endswith("or name another with --model (--list-models)")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / output).exists()
+
+
 def test_thread_default_follows_the_cores_this_process_may_use() -> None:
     assert default_num_threads() == min(4, len(os.sched_getaffinity(0)))
     pinned = subprocess.run(

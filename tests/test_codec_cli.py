@@ -646,3 +646,13 @@ def test_the_python_api_decodes_files_loading_each_model_once(packed_file: bytes
     np.testing.assert_array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "api.wav")[0])
     with pytest.raises(CodecError, match=r"none.adc names no model \(it was coded with checkpoints outside"):
         decoder.decode(tmp_path / "none.adc")
+
+
+@pytest.mark.parametrize("line", [["--list-models"], ["encode", "--list-models"], ["decode", "--list-models"],
+                                  ["fit-entropy", "--list-models", "--root", "."]])
+def test_list_models_needs_no_input_or_output(python: str, line: list[str]) -> None:
+    """Each command's --help offers --list-models: it lists without the -i/-o a command requires."""
+    result = codec_cli(python, *line)
+    assert result.returncode == 0, result.stderr
+    installed = [row.split()[0] for row in result.stdout.splitlines() if "installed in" in row]
+    assert "vctk_v1" in installed  # the official vectors' folder (the cwd) holds it

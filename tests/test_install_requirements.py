@@ -231,3 +231,34 @@ def test_a_venv_without_pip_that_holds_packages_is_kept(tmp_path: Path) -> None:
         "error: .venv has no pip (made by uv or with --without-pip?): add it with .venv/bin/python -m ensurepip, "
         "or remove .venv to have it made again"]
     assert (venv / "lib" / "python3.11" / "site-packages" / "numpy-2.3.5.dist-info").is_dir()
+
+
+def run_system_deps(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """utils/system_deps.sh as root on a machine with none of its packages, apt-get a stand-in that logs."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "apt.log"
+    bin_dir.mkdir()
+    stubs = {"apt-get": f'echo "$*" >> {log}', "dpkg-query": "exit 0", "id": "echo 0",
+             "dpkg": "echo amd64"}  # fmt: skip
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    path = f"{bin_dir}:/usr/bin:/bin"
+    result = subprocess.run(["bash", str(Path(REPO) / "utils" / "system_deps.sh")], capture_output=True, text=True,
+                            env={"PATH": path, **env}, timeout=60)  # fmt: skip
+    return result, log
+
+
+def test_system_deps_says_what_it_installs_as_root(tmp_path: Path) -> None:
+    result, log = run_system_deps(tmp_path)
+    assert result.returncode == 0
+    assert "system_deps: installing" in result.stderr and "slurmd" in result.stderr
+    assert "AUDIODEC_SYSTEM_DEPS=0 leaves them out" in result.stderr
+    assert "install" in log.read_text() and "slurmd" in log.read_text()
+
+
+def test_system_deps_installs_nothing_when_told_not_to(tmp_path: Path) -> None:
+    """A workstation's root runs the suite without SLURM's daemons: the tests that need them skip."""
+    result, log = run_system_deps(tmp_path, AUDIODEC_SYSTEM_DEPS="0")
+    assert result.returncode == 0
+    assert "not installed: AUDIODEC_SYSTEM_DEPS=0" in result.stderr
+    assert not log.exists()

@@ -51,6 +51,8 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "log_interval": ({"log_interval_steps": -1}, "log_interval_steps -1: give 1 or more"),
     "sampling_rate": ({"sampling_rate": "8000"}, "sampling_rate '8000' is not a whole number: fix the config"),
     "quoted_switch": ({"use_mel_loss": "false"}, "use_mel_loss 'false' is not true or false \\(unquoted\\)"),
+    "misspelt_loss": ({"use_sftf_loss": True, "lambda_sftf_loss": 45},
+                      r"use_sftf_loss switches on no loss the trainer knows \(mel, stft, .*\): fix the name"),
     "quoted_padding": ({"pad_short": "no"}, "pad_short 'no' is not true or false"),
     "quoted_run_switch": ({"fast_conv": "false"}, "fast_conv 'false' is not true or false"),  # (had turned it on)
     "quoted_compression": ({"ddp_bf16_compress": "false"}, "ddp_bf16_compress 'false' is not true or false"),

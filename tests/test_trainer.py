@@ -887,6 +887,15 @@ def test_the_gpu_training_check_writes_a_json_per_phase_and_setting(tmp_path: Pa
     if not torch.cuda.is_available():
         none = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
         assert none.returncode == 2 and "sees no CUDA device" in none.stderr
+    (tmp_path / "bin").mkdir()  # a python3 without torch: named as such, not as one without CUDA
+    (tmp_path / "bin" / "python3").write_text("#!/bin/sh\necho 'No module named torch' >&2\nexit 1\n")
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    bare = subprocess.run(["bash", script], env={**env, "PYTHON": str(tmp_path / "bin" / "python3")},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bare.returncode == 2 and bare.stderr.strip().endswith("cannot import torch: give a Python that has it "
+                                                                 "(PYTHON=...)")
+    helped = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "Variables (defaults in brackets)" in helped.stdout
 
 
 @pytest.mark.parametrize("layout, message", [

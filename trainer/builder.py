@@ -160,6 +160,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     for key in [key for key in config if key.startswith("use_") or key in SWITCH_KEYS]:
         if config[key] is not None and not isinstance(config[key], bool):
             raise CodecError(f"{path}: {key} {config[key]!r} is not true or false (unquoted): fix the config")
+    _check_loss_switches(config, path)
     for key in ("generator_params", "discriminator_params"):
         if not isinstance(config[key], dict):
             raise CodecError(f"{path}: {key} is a {type(config[key]).__name__}, not a mapping of settings: "
@@ -169,6 +170,16 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise CodecError(f"{path}: data needs a path and a subset mapping (train, valid, test folders or lists): "
                          "fix the config")
     return config
+
+
+def _check_loss_switches(config: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Every ``use_<name>_loss`` names a loss the trainer weighs: a misspelt one would train without it."""
+    known = (*METRIC_LOSSES, "feat_match")
+    for key in config:
+        name = key[len("use_"):-len("_loss")] if key.startswith("use_") and key.endswith("_loss") else None
+        if name is not None and name not in known:
+            raise CodecError(f"{path}: {key} switches on no loss the trainer knows ({', '.join(known)}): "
+                             "fix the name (a new loss goes in losses.LOSSES and trainer.base.METRIC_LOSSES)")
 
 
 def _by_name(module: Any, name: str, what: str) -> type:

@@ -160,7 +160,14 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
     name = args.model or getattr(args, "default_model", None)
     if not name:
         raise CodecError("no model: give --model NAME, or --encoder and --decoder")
-    return StreamingCodec.from_name(name, root=args.root, device=device, precision=precision, backend=backend)
+    try:
+        return StreamingCodec.from_name(name, root=args.root, device=device, precision=precision, backend=backend)
+    except CodecError as error:
+        if args.model:
+            raise
+        # the user named no model: say that this one is the default, and how to name another
+        raise CodecError(f"no --model given, so the default, {error}; or name another with --model "
+                         "(--list-models)") from None
 
 
 def read_input_for(

@@ -7,7 +7,8 @@
 #   OUT=/some/dir bash utils/gpu_training_check.sh   # writes there instead
 #
 # Variables (defaults in brackets): DEVICE [cuda], CONFIG [the full recipe], STAGE1_STEPS [200],
-# ADVERSARIAL_STEPS [50], WARMUP [3], SETTINGS ["fp32 bf16 bf16+compile"], PYTHON [python3],
+# ADVERSARIAL_STEPS [50], WARMUP [3], SETTINGS ["fp32 bf16 bf16+compile"], PYTHON [.venv/bin/python
+# where it exists, else python3],
 # RUN_TIMEOUT [270: seconds one phase of one setting may take, compilation included].
 # A setting that fails or runs out of time is marked FAILED in the summary (its messages in
 # OUT/PHASE_SETTING.log) and the others still run; the exit status is then 1.
@@ -23,6 +24,12 @@
 #            && PYTHONPATH=/tmp/site bash utils/gpu_training_check.sh
 set -euo pipefail
 cd -- "$(dirname -- "$0")/.."
+case "${1-}" in
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    ?*) echo "gpu_training_check: it takes no arguments but -h (settings are variables: see --help)" >&2; exit 2 ;;
+esac
+default_python=python3
+[ -x .venv/bin/python ] && default_python=.venv/bin/python
 
 device=${DEVICE:-cuda}
 config=${CONFIG:-config/autoencoder/symAD_vctk_48000_hop300.yaml}
@@ -30,7 +37,7 @@ stage1_steps=${STAGE1_STEPS:-200}
 adversarial_steps=${ADVERSARIAL_STEPS:-50}
 warmup=${WARMUP:-3}
 settings=${SETTINGS:-fp32 bf16 bf16+compile}
-python=${PYTHON:-python3}
+python=${PYTHON:-${default_python}}
 run_timeout=${RUN_TIMEOUT:-270}
 out=${OUT:-gpu_check}
 
@@ -42,6 +49,10 @@ for setting in ${settings}; do
     esac
 done
 
+if ! "${python}" -c "import torch" 2>/dev/null; then
+    echo "gpu_training_check: ${python} cannot import torch: give a Python that has it (PYTHON=...)" >&2
+    exit 2
+fi
 if [ "${device}" != cpu ] && ! "${python}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_training_check: ${python} sees no CUDA device: run it on a GPU machine (or DEVICE=cpu to try it)" >&2
     exit 2

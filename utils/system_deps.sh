@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages that parts of the toolkit and its tests use (JACK for the live
 # streaming test, Opus tools for the baseline, ...). Safe to re-run: only missing packages are
-# installed. Without root or apt-get it prints what is missing and returns 0, so the tests that
-# need a package skip with a message instead of failing the whole run.
+# installed. Without root or apt-get, or with AUDIODEC_SYSTEM_DEPS=0 (a workstation whose root
+# should not get SLURM's and JACK's daemons), it prints what is missing and returns 0, so the tests
+# that need a package skip with a message instead of failing the whole run.
 set -uo pipefail
 
 # One package per line; append what your part needs.
@@ -35,10 +36,16 @@ for pkg in ${PACKAGES[@]+"${PACKAGES[@]}"}; do
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
+if [ "${AUDIODEC_SYSTEM_DEPS:-1}" = 0 ]; then
+    echo "system_deps: missing ${missing[*]-} (not installed: AUDIODEC_SYSTEM_DEPS=0); the tests that use them will skip" >&2
+    exit 0
+fi
 if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
     echo "system_deps: missing ${missing[*]-} (need root and apt-get); the tests that use them will skip" >&2
     exit 0
 fi
+echo "system_deps: installing ${missing[*]-} with apt-get, for the tests that use them" \
+    "(AUDIODEC_SYSTEM_DEPS=0 leaves them out)" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null 2>&1 || true
 if ! apt-get install -y -qq --no-install-recommends ${missing[@]+"${missing[@]}"} >/dev/null 2>&1; then
