@@ -705,6 +705,40 @@ def test_the_training_benchmark_times_both_phases(tmp_path: Path) -> None:
     assert timing.fast_conv and timing.fast_conv_form == ("time_major" if time_major_suits() else "blocked")
 
 
+def test_the_training_benchmark_needs_no_learning_curve_corpus_and_runs_out_of_memory_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It trains on random audio: a recipe's learning curve (a corpus folder) is not built; an allocation
+    that fails in a step is the trainer's one line, not a traceback."""
+    from trainer.benchmark import time_phase
+
+    config = {**tiny_recipe(tmp_path), "learning_curve": {"interval_steps": 1, "subset": str(tmp_path / "none")}}
+    assert time_phase(config, "stage1", steps=1, warmup=0).steps == 1
+
+    def fails(self, batch) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123456789 bytes.")
+
+    monkeypatch.setattr(GANTrainer, "train_step", fails)
+    with pytest.raises(CodecError, match=r"^out of CPU memory at step \d+ \(allocating 123456789 bytes\): lower"):
+        time_phase(config, "stage1", steps=1, warmup=0)
+
+
+def test_compile_on_a_gpu_is_refused_without_what_triton_builds_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton compiles its launcher with a C compiler against Python.h: without them, one line before training."""
+    import sysconfig
+
+    from trainer import base
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(base.shutil, "which", lambda name: None)
+    with pytest.raises(CodecError, match=r"^compile on a GPU needs a C compiler .*\(gcc or clang, or set CC\)"):
+        base.check_gpu_compiler()
+    monkeypatch.setenv("CC", "cc")
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"include": "/nonexistent/include"})
+    with pytest.raises(CodecError, match=r"Python's headers .*no Python.h in /nonexistent/include.*python3-dev"):
+        base.check_gpu_compiler()
+
+
 def test_the_training_benchmark_times_vocoder_recipes_with_stand_ins_for_what_is_not_trained_yet(
     tmp_path: Path,
 ) -> None:
@@ -879,6 +913,10 @@ def test_the_gpu_training_check_writes_a_json_per_phase_and_setting(tmp_path: Pa
         assert failing.returncode == 1 and summary.count(f"FAILED ({reason})") == 4, summary
         assert sorted(path.name for path in out.glob("*.log")) == [
             "adversarial_bf16.log", "adversarial_fp32.log", "stage1_bf16.log", "stage1_fp32.log"]
+    # A failing run into the first run's folder leaves none of that run's figures beside its failure.
+    rerun = subprocess.run(["bash", script], env={**env, "DEVICE": "cpu", "SETTINGS": "fp32", "RUN_TIMEOUT": "1"},
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert rerun.returncode == 1 and not list((tmp_path / "out").glob("*.json"))
     bad = subprocess.run(["bash", script], env={**env, "DEVICE": "cpu", "SETTINGS": "fp32 fp32+jit",
                                                  "OUT": str(tmp_path / "bad")}, capture_output=True, text=True,
                          timeout=60)  # fmt: skip

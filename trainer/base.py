@@ -40,6 +40,9 @@ import contextlib
 import inspect
 import logging
 import math
+import os
+import shutil
+import sysconfig
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -122,6 +125,19 @@ def check_cpp_compiler() -> None:
             "compile on the CPU needs a C++ compiler for torch.compile's kernels (g++, or set CXX): install g++ "
             "(bash utils/system_deps.sh), or train without compile"
         ) from None
+
+
+def check_gpu_compiler() -> None:
+    """Raise a CodecError before training where torch.compile cannot build its GPU kernels' launcher:
+    Triton compiles it with a C compiler ($CC, else gcc or clang) against Python's headers, and without
+    them the first step would fail inside Triton, minutes into the run."""
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        raise CodecError("compile on a GPU needs a C compiler for Triton's kernel launcher (gcc or clang, or set "
+                         "CC): install one, or train without compile")
+    headers = sysconfig.get_paths()["include"]
+    if not os.path.exists(os.path.join(headers, "Python.h")):
+        raise CodecError(f"compile on a GPU needs Python's headers for Triton's kernel launcher (no Python.h in "
+                         f"{headers}): install them (Debian/Ubuntu: python3-dev), or train without compile")
 
 
 DiscriminatorOutputs = list[list[torch.Tensor]]
@@ -343,6 +359,8 @@ class GANTrainer:
         self.compiled = compiled_networks(config.get("compile"), self.device)
         if self.compiled and self.device.type == "cpu":
             check_cpp_compiler()
+        elif self.compiled:
+            check_gpu_compiler()
         if self.compiled:
             keep_statistics_eager()
         for name in self.compiled:

@@ -32,6 +32,7 @@ from trainer.base import GANTrainer
 from trainer.builder import build_trainer
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import DistributedContext, configure_tf32
+from trainer.memory import out_of_memory
 from trainer.vocoder import VocoderTrainer
 from utils.checkpoint import build_generator, config_path_for, generator_state_dict
 from utils.errors import CodecError
@@ -165,7 +166,8 @@ def time_phase(
             f"a {train_mode(config)} recipe of these start steps has no {phase} phase: time "
             f"{' or '.join(config_phases(config))}"
         )
-    run_config = {**config, "precision": precision, "compile": compile, "fast_conv": fast_conv}
+    # (no learning curve: the steps train on random audio and need no corpus)
+    run_config = {**config, "precision": precision, "compile": compile, "fast_conv": fast_conv, "learning_curve": None}
     if compile:
         from torch import _dynamo
 
@@ -191,15 +193,21 @@ def time_phase(
         batch = StepBatch(audio, batch_size)
         if context.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(context.device)
-        start = time.perf_counter()
-        for _ in range(warmup):
-            trainer.train_step(batch)
-        _synchronize(context.device)
-        warmed = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(batch)
-        _synchronize(context.device)
-        seconds = (time.perf_counter() - warmed) / steps
+        try:
+            start = time.perf_counter()
+            for _ in range(warmup):
+                trainer.train_step(batch)
+            _synchronize(context.device)
+            warmed = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step(batch)
+            _synchronize(context.device)
+            seconds = (time.perf_counter() - warmed) / steps
+        except (RuntimeError, MemoryError) as error:
+            failed = out_of_memory(error, trainer.steps, context.device)
+            if failed is None:
+                raise
+            raise failed from None
     cuda = context.device.type == "cuda"
     peak = torch.cuda.max_memory_allocated(context.device) / 2**20 if cuda else None
     return PhaseTiming(

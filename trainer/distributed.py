@@ -91,7 +91,7 @@ def configure_tf32(device: torch.device, enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = use
     if major >= 8:
         logger.info("TF32 matmuls and convolutions %s (compute capability %d.%d%s)", "on" if use else "off",
-                    major, minor, "; --tf32 false turns them off" if use else "")
+                    major, minor, "; --no-tf32 turns them off" if use else "")
 
 
 def init_distributed(ngpu: int | None = None) -> DistributedContext:

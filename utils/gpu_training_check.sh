@@ -22,6 +22,9 @@
 #       -d .whl librosa==0.11.0 soundfile==0.14.0 soxr==1.1.0 cffi audioread pooch decorator platformdirs
 # and there: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #            && PYTHONPATH=/tmp/site bash utils/gpu_training_check.sh
+# These are what the lent GPU machines' image lacks; librosa needs numba, llvmlite, scipy,
+# lazy_loader, joblib and msgpack too, which that image has (a bare Python needs them as well, about
+# 100 MB of wheels). The check below imports what the first step does, librosa's filters included.
 set -euo pipefail
 cd -- "$(dirname -- "$0")/.."
 case "${1-}" in
@@ -58,8 +61,10 @@ if [ "${device}" != cpu ] && ! "${python}" -c "import torch, sys; sys.exit(0 if 
     exit 2
 fi
 # Everything the benchmark imports, before any timing: a missing package costs seconds, not a run.
-if ! missing=$("${python}" -c "import trainer.benchmark" 2>&1); then
-    echo "gpu_training_check: ${python} cannot import the trainer: ${missing##*$'\n'} (carry the packages as above)" >&2
+# (librosa loads its submodules lazily: its filters, which need numba, only when the mel loss is built)
+if ! missing=$("${python}" -c "import trainer.benchmark, librosa.filters
+from utils.cli import check_torch_version; check_torch_version()" 2>&1); then
+    echo "gpu_training_check: ${python} cannot run the trainer: ${missing##*$'\n'} (carry the packages as above)" >&2
     exit 2
 fi
 mkdir -p "${out}"
@@ -78,6 +83,7 @@ for setting in ${settings}; do
         steps=${stage1_steps}
         [ "${phase}" = adversarial ] && steps=${adversarial_steps}
         name=${phase}_${setting/+/_}
+        rm -f "${out}/${name}.json"  # an earlier run's figures must not stand beside this run's failure
         echo "== ${phase}, ${setting}, ${steps} steps after ${warmup}" | tee -a "${out}/summary.txt"
         if PYTHONUNBUFFERED=1 timeout "${run_timeout}" "${python}" bin/train_benchmark.py -c "${config}" \
             --device "${device}" --phases "${phase}" --precisions "${precision}" --compile "${compile}" \
