@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -182,3 +183,158 @@ def test_a_compiler_that_does_not_run_is_named_with_the_fix(monkeypatch, tmp_pat
     monkeypatch.delenv("CC")
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     assert native_build.unavailable_reason() == f"no C compiler found ({fix})"
+
+
+# A compiler that logs its arguments and, asked to build, runs `{build}`.
+FAKE_COMPILER = """#!/bin/sh
+echo "$*" >> "{log}"
+if [ "$1" = --version ]; then echo "fake cc 1.0"; exit 0; fi
+{build}
+"""
+LD_OUT_OF_SPACE = ('echo "/usr/bin/ld: final link failed: No space left on device" >&2\n'
+                   'echo "collect2: error: ld returned 1 exit status" >&2\nexit 1')
+WRITES_OUTPUT = 'while [ "$1" != -o ]; do shift; done\necho "a library" > "$2"'
+
+
+def fake_compiler(monkeypatch, tmp_path: Path, build: str) -> Path:
+    """Makes $CC a FAKE_COMPILER that runs `build`; returns the file it logs its command lines to."""
+    compiler, log = tmp_path / "fake-cc", tmp_path / "calls.txt"
+    compiler.write_text(FAKE_COMPILER.format(log=log, build=build))
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    return log
+
+
+def builds(log: Path) -> int:
+    """How many times the fake compiler was asked to build (not for its --version)."""
+    return sum(line != "--version" for line in log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_without_a_home_folder_the_engine_gives_way_with_the_fix(monkeypatch, tmp_path: Path, fresh_build) -> None:
+    """A user with neither HOME nor a passwd entry (`docker run --user 23456`): no traceback, but the
+    notice that names AUDIODEC_NATIVE_CACHE; XDG_CACHE_HOME, where it is set, gives the cache folder."""
+    native_build = fresh_build()
+    log = fake_compiler(monkeypatch, tmp_path, LD_OUT_OF_SPACE)
+    for variable in ("AUDIODEC_NATIVE_CACHE", "HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", no_home)
+    assert not native_build.available()
+    assert native_build.unavailable_reason() == (
+        "no folder to cache it in (HOME is unset and this user has no home directory): set AUDIODEC_NATIVE_CACHE "
+        "to a folder you can write, on a disk that lets programs run")
+    assert builds(log) == 0
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG spec asks
+    native_build._library.cache_clear()
+    assert native_build.unavailable_reason().startswith("no folder to cache it in")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    native_build._library.cache_clear()
+    assert not native_build.available() and builds(log) == 1
+    assert (tmp_path / "xdg" / "audiodec" / "native").is_dir()
+
+
+def test_xdg_cache_home_is_followed_where_there_is_a_home(monkeypatch, tmp_path: Path, fresh_build) -> None:
+    native_build = fresh_build()
+    fake_compiler(monkeypatch, tmp_path, LD_OUT_OF_SPACE)
+    monkeypatch.delenv("AUDIODEC_NATIVE_CACHE")
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "home")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    native_build.available()
+    assert (tmp_path / "xdg" / "audiodec" / "native").is_dir() and not (tmp_path / "home").exists()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    native_build._library.cache_clear()
+    native_build.available()
+    assert (tmp_path / "home" / ".cache" / "audiodec" / "native").is_dir()
+
+
+@pytest.mark.parametrize("flag, blocks, cause", [
+    (getattr(os, "ST_NOEXEC", 8), 1 << 20, "is on a disk mounted noexec, from which the system runs no programs"),
+    (0, 3, "the disk of {cache} is full (12 KiB free, too little for the engine): free space there, or"),
+], ids=["noexec", "full"])  # fmt: skip
+def test_a_cache_on_a_disk_that_cannot_hold_a_running_engine_is_found_before_compiling(
+    monkeypatch, tmp_path: Path, fresh_build, flag: int, blocks: int, cause: str
+) -> None:
+    """A noexec mount or a full disk fails the build every time: found before compiling, each run, and
+    named with the fix."""
+    native_build = fresh_build()
+    log = fake_compiler(monkeypatch, tmp_path, WRITES_OUTPUT)
+    cache, statvfs = tmp_path / "cache", os.statvfs
+
+    def disk(path: os.PathLike) -> object:
+        if Path(path) != cache:
+            return statvfs(path)
+        return SimpleNamespace(f_flag=flag, f_bavail=blocks, f_frsize=4096)
+
+    monkeypatch.setattr(os, "statvfs", disk)
+    for _ in range(2):
+        native_build._library.cache_clear()
+        assert not native_build.available()
+        reason = native_build.unavailable_reason()
+        assert cause.format(cache=cache) in reason and str(cache) in reason
+        assert reason.endswith("set AUDIODEC_NATIVE_CACHE to a folder you can write, on a disk that lets programs run")
+    assert builds(log) == 0 and list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("summary", [
+    "collect2: error: ld returned 1 exit status",
+    "clang: error: linker command failed with exit code 1 (use -v to see invocation)",
+])  # fmt: skip
+def test_a_link_that_runs_out_of_space_names_the_cause_not_the_linkers_summary(
+    monkeypatch, tmp_path: Path, fresh_build, summary: str
+) -> None:
+    native_build = fresh_build()
+    fake_compiler(monkeypatch, tmp_path, LD_OUT_OF_SPACE.replace("collect2: error: ld returned 1 exit status", summary))
+    assert not native_build.available()
+    reason = native_build.unavailable_reason()
+    assert reason.startswith(f"compiling engine.c with {tmp_path / 'fake-cc'} failed: /usr/bin/ld: final link "
+                             f"failed: No space left on device: free space in {tmp_path / 'cache'} and in the "
+                             "temporary folder ")
+    assert "AUDIODEC_NATIVE_CACHE" in reason and "collect2" not in reason and "linker command" not in reason
+
+
+def test_a_cache_folder_that_cannot_be_made_is_named_with_the_fix(monkeypatch, tmp_path: Path, fresh_build) -> None:
+    native_build = fresh_build()
+    log = fake_compiler(monkeypatch, tmp_path, WRITES_OUTPUT)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "file" / "cache"))
+    assert not native_build.available() and builds(log) == 0
+    assert native_build.unavailable_reason() == (
+        f"cannot build the engine in {tmp_path / 'file' / 'cache'} (Not a directory): set AUDIODEC_NATIVE_CACHE to a "
+        "folder you can write, on a disk that lets programs run")
+
+
+NOEXEC_REASON = ("the system runs no programs from {cache} (the engine failed to map segment: a noexec mount, or a "
+                 "policy such as SELinux's): set AUDIODEC_NATIVE_CACHE to a folder you can write, on a disk that lets "
+                 "programs run")
+
+
+def test_a_fresh_build_that_the_system_will_not_map_names_the_cause(monkeypatch, tmp_path: Path, fresh_build) -> None:
+    """A build that loads nowhere in the cache (a noexec mount that statvfs does not tell, a policy):
+    the probe's 'failed to map segment' named as such, with the fix."""
+    native_build = fresh_build()
+    fake_compiler(monkeypatch, tmp_path, WRITES_OUTPUT)
+    monkeypatch.setattr(native_build, "PROBE", "import sys\nraise OSError(f'{sys.argv[1]}: failed to map segment "
+                                               "from shared object')\n")
+    assert not native_build.available()
+    assert native_build.unavailable_reason() == NOEXEC_REASON.format(cache=tmp_path / "cache")
+
+
+def test_a_cached_engine_that_the_system_will_not_map_names_the_cause(monkeypatch, tmp_path: Path,
+                                                                     fresh_build) -> None:
+    """A cache folder remounted noexec after the build: named as such, and not built again."""
+    native_build = fresh_build()
+    log = fake_compiler(monkeypatch, tmp_path, WRITES_OUTPUT)
+    monkeypatch.setattr(native_build, "PROBE", "pass")
+
+    def loader(name: str) -> None:
+        raise OSError(f"{name}: failed to map segment from shared object")
+
+    monkeypatch.setattr(native_build.ctypes, "CDLL", loader)
+    for _ in range(2):
+        native_build._library.cache_clear()
+        assert not native_build.available()
+        assert native_build.unavailable_reason() == NOEXEC_REASON.format(cache=tmp_path / "cache")
+    assert builds(log) == 1

@@ -2,10 +2,13 @@
 
 `csrc/engine.c` is compiled with the machine's C compiler (`cc`, or `$CC`, split into words as make
 does) for `-march=native` (or `$AUDIODEC_NATIVE_MARCH`, e.g. `x86-64-v3` to run as an AVX2 machine
-would) into `$AUDIODEC_NATIVE_CACHE` (default `~/.cache/audiodec/native`), keyed by the source, the
-flags, the compiler and the CPU's instruction set (`cpu_identity`: so a home folder shared by cluster nodes of
-different CPU types holds one build per type). The build's vector width and register blocks follow
-its instruction set (`Build`).
+would) into `$AUDIODEC_NATIVE_CACHE` (default `audiodec/native` in `$XDG_CACHE_HOME` or `~/.cache`),
+keyed by the source, the flags, the compiler and the CPU's instruction set (`cpu_identity`: so a home
+folder shared by cluster nodes of different CPU types holds one build per type). The build's vector
+width and register blocks follow its instruction set (`Build`). A cache folder that cannot hold a
+library that runs (no home folder to put it in, a noexec mount, a full disk, no permission) is
+named in `unavailable_reason()` with the fix, and found before compiling where it can be, so that
+every command does not build again only to fail again.
 A compiler without OpenMP (Apple's clang, a gcc without libgomp) builds it with `-pthread` instead:
 its teams are then POSIX threads of its own (`Build.threads`), with the same sums. One without
 `-march=native` (clang before 15 on arm64) builds for its default target, unless the variable names
@@ -18,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import logging
@@ -46,6 +50,12 @@ FLAGS = ("-O3", "-ffp-contract=fast", OPENMP, "-fPIC", "-shared", "-std=gnu11")
 # 1-row kernels would round unlike the others and a chunk's cut would change the sums.
 GCC_FLAGS = ("--param=avoid-fma-max-bits=0",)
 MARCH_VARIABLE = "AUDIODEC_NATIVE_MARCH"
+CACHE_VARIABLE = "AUDIODEC_NATIVE_CACHE"
+CACHE_FIX = f"set {CACHE_VARIABLE} to a folder you can write, on a disk that lets programs run"
+# More than any build of the engine takes: on a disk with less free none is tried, as none would fit.
+LIBRARY_ROOM = 512 << 10
+# The linkers' last words after a failed link; the cause is on a line before.
+LINK_SUMMARIES = ("collect2: error: ld returned", "linker command failed with exit code")
 
 
 class Op(ctypes.Structure):
@@ -71,7 +81,20 @@ class Slot(ctypes.Structure):
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("AUDIODEC_NATIVE_CACHE") or Path.home() / ".cache" / "audiodec" / "native")
+    """Where builds are cached: $AUDIODEC_NATIVE_CACHE, else audiodec/native in $XDG_CACHE_HOME (an
+    absolute one, as the XDG spec asks) or in ~/.cache. A CodecError where none of these is known (a
+    container's user with neither HOME nor a passwd entry)."""
+    named = os.environ.get(CACHE_VARIABLE)
+    if named:
+        return Path(named)
+    xdg_cache = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg_cache):
+        return Path(xdg_cache) / "audiodec" / "native"
+    try:
+        return Path.home() / ".cache" / "audiodec" / "native"
+    except RuntimeError:
+        raise CodecError(f"no folder to cache it in (HOME is unset and this user has no home directory): "
+                         f"{CACHE_FIX}") from None
 
 
 def _cpu_flags() -> str:
@@ -123,6 +146,7 @@ def _library() -> tuple[Build | None, str]:
     library is written to a temporary name and renamed, so concurrent builds are safe."""
     try:
         flags = (*FLAGS, f"-march={march()}")
+        folder = _cache_dir()
     except CodecError as error:
         return None, str(error)
     compiler = compiler_command()
@@ -143,19 +167,22 @@ def _library() -> tuple[Build | None, str]:
     # are flags too.
     asked = " ".join((*compiler[1:], *flags))
     digest = hashlib.sha256(b"\0".join([source, asked.encode(), version.encode(), _cpu_flags().encode()]))
-    target = _cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
+    target = folder / f"engine-{digest.hexdigest()[:16]}.so"
     if not _intact(target):
         if target.exists():
             logging.getLogger(__name__).info("building the native engine again: the cached %s is damaged or "
                                              "was built before this toolkit checked its builds", target)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            folder.mkdir(parents=True, exist_ok=True)
+            problem = _cache_problem(folder)
+            if problem:
+                return None, problem
+            fd, temporary = tempfile.mkstemp(suffix=".so", dir=folder)
             os.close(fd)
             try:
                 error = _compile_as_taken(compiler, flags, temporary)
                 if error:
-                    return None, _build_failure(compiler, flags, error)
+                    return None, _build_failure(compiler, flags, error, folder)
                 failure = _probe(temporary)
                 if failure:
                     return None, failure
@@ -166,11 +193,11 @@ def _library() -> tuple[Build | None, str]:
                 with contextlib.suppress(FileNotFoundError):  # (or `_end_builds` took it at the exit)
                     os.unlink(temporary)
         except OSError as error:
-            return None, f"cannot build the engine in {target.parent}: {error}"
+            return None, _cache_failure(folder, error)
     try:
         library = ctypes.CDLL(str(target))
     except OSError as error:
-        return None, f"the engine built for -march={march()} does not load here: {error}"
+        return None, _load_failure(folder, str(error), "does not load here")
     library.engine_op_size.restype = ctypes.c_int64
     if library.engine_op_size() != ctypes.sizeof(Op):
         return None, "csrc/engine.c's Op and utils/runtime/native_build.py's Op differ"
@@ -190,6 +217,38 @@ def _library() -> tuple[Build | None, str]:
     library.engine_threads.restype = ctypes.c_char_p
     isa, fma, threads = library.engine_isa().decode(), bool(library.engine_fma()), library.engine_threads().decode()
     return Build(library, library.engine_lanes(), widths, isa, fma, threads), ""
+
+
+def _cache_problem(folder: Path) -> str:
+    """"" when `folder` may hold a library that runs, else why not with the fix. Asked of the mount
+    before compiling: a noexec mount or a full disk would fail the build of every command again."""
+    try:
+        disk = os.statvfs(folder)
+    except (AttributeError, OSError):  # no statvfs (Windows): the build finds out
+        return ""
+    if disk.f_flag & getattr(os, "ST_NOEXEC", 0):
+        return f"{folder} is on a disk mounted noexec, from which the system runs no programs: {CACHE_FIX}"
+    free = disk.f_bavail * disk.f_frsize
+    if free < LIBRARY_ROOM:
+        return (f"the disk of {folder} is full ({free >> 10} KiB free, too little for the engine): free space "
+                f"there, or {CACHE_FIX}")
+    return ""
+
+
+def _cache_failure(folder: Path, error: OSError) -> str:
+    """One line on why `folder` could not take a build (`error`), with the fix."""
+    if error.errno == errno.ENOSPC:
+        return f"the disk of {folder} is full ({error.strerror}): free space there, or {CACHE_FIX}"
+    return f"cannot build the engine in {folder} ({error.strerror or error}): {CACHE_FIX}"
+
+
+def _load_failure(folder: Path, said: str, what: str) -> str:
+    """One line on why a build in `folder` did not load (the loader `said` so), with the fix. The
+    loader says "failed to map segment" where the system refuses to run code from the folder's disk."""
+    if "failed to map segment" in said:
+        return (f"the system runs no programs from {folder} (the engine failed to map segment: a noexec mount, "
+                f"or a policy such as SELinux's): {CACHE_FIX}")
+    return f"the engine built for -march={march()} {what}: {said}"
 
 
 def _digest_path(library: Path) -> Path:
@@ -234,7 +293,7 @@ def _probe(library: str) -> str:
         return (f"the engine built for -march={march()} stops with {how} on this CPU (an instruction it lacks): "
                 f"set {MARCH_VARIABLE} to a target this CPU has, or unset it")
     last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-    return f"the engine built for -march={march()} does not run here: {last}"
+    return _load_failure(Path(library).parent, last, "does not run here")
 
 
 def _compile_as_taken(compiler: tuple[str, ...], flags: tuple[str, ...], output: str) -> str:
@@ -365,13 +424,19 @@ def _refuses_march(stderr: str) -> bool:
     return any("march" in line or "unknown architecture" in line for line in stderr.splitlines())
 
 
-def _build_failure(compiler: tuple[str, ...], flags: tuple[str, ...], stderr: str) -> str:
-    """One line on why compiling the engine failed, with the fix."""
+def _build_failure(compiler: tuple[str, ...], flags: tuple[str, ...], stderr: str, folder: Path) -> str:
+    """One line on why compiling the engine into `folder` failed, with the fix: the compiler's last
+    message that is not the linker's summary."""
     lines = stderr.strip().splitlines()
     named = shlex.join(compiler)
     if _refuses_march(stderr):
         return f"{named} cannot build for -march={march()}: set {MARCH_VARIABLE} to a target it knows, or unset it"
-    return f"compiling {SOURCE.name} with {named} failed: {lines[-1] if lines else 'no message'}"
+    causes = [line for line in lines if not any(summary in line for summary in LINK_SUMMARIES)] or lines
+    failed = f"compiling {SOURCE.name} with {named} failed: {causes[-1] if causes else 'no message'}"
+    if any(os.strerror(errno.ENOSPC) in line for line in lines):
+        return (f"{failed}: free space in {folder} and in the temporary folder {tempfile.gettempdir()}, "
+                f"or {CACHE_FIX}")
+    return failed
 
 
 def build() -> Build | None:
