@@ -278,6 +278,8 @@ class StreamingCodec:
         if x.dim() != 3 or x.shape[1] != self.input_channels:
             fix = ": code each channel as its own stream, x.reshape(-1, 1, samples)" if self.input_channels == 1 else ""
             raise CodecError(f"a chunk is {shape} for model '{self.name}', got {tuple(x.shape)}{fix}")
+        if x.is_complex():
+            raise CodecError(f"the chunk is complex ({x.dtype}): the codec codes real samples in [-1, 1]")
         if not x.is_floating_point():
             raise integer_samples_error(x.dtype)
         if x.is_meta:
@@ -384,10 +386,19 @@ class StreamingCodec:
         """File samples (T, C) -> model input (B, input_channels, T).
 
         A mono model codes each channel as its own stream; a multi-channel model takes exactly its
-        number of channels as one stream.
+        number of channels as one stream. More channels than samples (some, not none) is refused: that
+        is a channels-first (C, T) array, which would code T one-sample streams.
         """
+        if isinstance(data, np.ndarray) and np.iscomplexobj(data):
+            raise CodecError(f"file samples are complex ({data.dtype}): the codec codes real samples in [-1, 1]")
         check_file_samples(data)
-        channels = data.shape[1]
+        samples, channels = data.shape
+        if 0 < samples < channels:
+            raise CodecError(
+                f"file samples of shape {data.shape} read as {samples} sample(s) of {channels} channels: they are "
+                "(samples, channels), as soundfile.read(path, always_2d=True) gives them; transpose a "
+                "channels-first array (data.T)"
+            )
         if self.input_channels == 1:
             return torch.from_numpy(np.ascontiguousarray(data.T)).float().unsqueeze(1)
         if channels != self.input_channels:
