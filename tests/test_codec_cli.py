@@ -21,7 +21,8 @@ from utils.eval.metrics import snr_db
 
 # How a file that names no model is decoded, for a command-line user and a library caller alike.
 NAMELESS_FIX = ("decode it with the encoder and decoder checkpoints it was coded with (codec.py decode "
-                "--encoder/--decoder; from Python, a FileDecoder whose load_model loads them)")
+                "--encoder/--decoder; from Python, FileDecoder(load_model, model=KEY) with a load_model(KEY) that "
+                "loads them)")
 
 def codec_cli(python: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([python, os.path.join(REPO, "codec.py"), *args], cwd=OFFICIAL,
@@ -649,5 +650,8 @@ def test_the_python_api_decodes_files_loading_each_model_once(packed_file: bytes
     write_audio(str(tmp_path / "api.wav"), first, rate)
     np.testing.assert_array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "api.wav")[0])
     with pytest.raises(CodecError, match=r"none.adc names no model \(it was coded with checkpoints outside.*; from "
-                                         r"Python, a FileDecoder whose load_model loads them\)$"):
+                                         r"Python, FileDecoder\(load_model, model=KEY\) with a load_model\(KEY\) "
+                                         r"that loads them\)$"):
         decoder.decode(tmp_path / "none.adc")
+    nameless, _ = FileDecoder(load, model="vctk_sym").decode(tmp_path / "none.adc")  # what the message says to do
+    np.testing.assert_array_equal(nameless, first)

@@ -157,7 +157,8 @@ class FileDecoder:
         if not name:
             raise CodecError(f"{source} names no model (it was coded with checkpoints outside the registry): "
                              "decode it with the encoder and decoder checkpoints it was coded with (codec.py "
-                             "decode --encoder/--decoder; from Python, a FileDecoder whose load_model loads them)")
+                             "decode --encoder/--decoder; from Python, FileDecoder(load_model, model=KEY) with a "
+                             "load_model(KEY) that loads them)")
         if name not in self.codecs:
             self.codecs[name] = self.load_model(name)
         return name, self.codecs[name]
