@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import types
 import zlib
 
@@ -20,6 +21,7 @@ from utils.bitstream.adc import (
     encode_adc,
     read_adc,
     short_hash,
+    verify_adc,
     write_adc,
 )
 from utils.bitstream.codec_file import decode_codes
@@ -110,6 +112,9 @@ def test_bad_codes_are_refused_before_writing(tmp_path):
         write_adc(tmp_path / "a.adc", header, codes + 1024)
     with pytest.raises(BitstreamError, match="out of range"):
         write_adc(tmp_path / "a.adc", dataclasses.replace(header, hop=0), codes)
+    for value, kind in ((4500.0, "float"), (True, "bool"), ("4500", "str")):
+        with pytest.raises(BitstreamError, match=rf"n_samples={value!r} is a {kind}, not an integer: give an int"):
+            write_adc(tmp_path / "a.adc", dataclasses.replace(header, n_samples=value), codes)
     with pytest.raises(BitstreamError, match="does not exist"):
         write_adc(tmp_path / "missing" / "a.adc", header, codes)
     assert os.listdir(tmp_path) == []
@@ -299,6 +304,28 @@ def test_decoder_hash_check():
     header.check_decoder(short_hash(b"decoder weights"))
     with pytest.raises(BitstreamError, match="decode with model 'vctk_v1'"):
         header.check_decoder(short_hash(b"other weights"))
+    with pytest.raises(BitstreamError, match=r"outside the model registry .*: decode with the encoder and decoder "
+                                             r"checkpoints it was coded with \(codec.py decode --encoder/--decoder\)$"):
+        dataclasses.replace(header, model_name="").check_decoder(short_hash(b"other weights"))
+
+
+def test_a_path_or_other_non_bytes_given_for_the_bytes_says_what_to_pass(tmp_path):
+    header, codes = make_stream()
+    path = tmp_path / "a.adc"
+    data = encode_adc(header, codes)
+    path.write_bytes(data)
+    for given in (str(path), path):
+        for function, call in (("decode_adc", decode_adc), ("verify_adc", verify_adc),
+                               ("decode_header", decode_header), ("feed()", AdcStreamReader().feed)):
+            with pytest.raises(BitstreamError, match=rf"^{re.escape(function)} takes an .adc file's bytes, got the "
+                                                     rf"path '.*a.adc': read the file with read_adc\(path\), or pass "
+                                                     r"Path\(path\).read_bytes\(\)$"):
+                call(given)
+    for given, kind in ((len(data), "int"), (None, "NoneType"), ([1, 2], "list")):
+        with pytest.raises(BitstreamError, match=rf"decode_adc takes an .adc file's bytes, got a {kind}: pass bytes"):
+            decode_adc(given)
+    for buffer in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        assert np.array_equal(decode_adc(buffer)[1], codes)
 
 
 def fitted_model(codebook_size=1024, n_codebooks=8):

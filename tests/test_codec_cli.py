@@ -19,6 +19,10 @@ from utils.bitstream.entropy import EntropyModel
 from utils.errors import CodecError
 from utils.eval.metrics import snr_db
 
+# How a file that names no model is decoded, for a command-line user and a library caller alike.
+NAMELESS_FIX = ("decode it with the encoder and decoder checkpoints it was coded with (codec.py decode "
+                "--encoder/--decoder; from Python, FileDecoder(load_model, model=KEY) with a load_model(KEY) that "
+                "loads them)")
 
 def codec_cli(python: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([python, os.path.join(REPO, "codec.py"), *args], cwd=OFFICIAL,
@@ -337,8 +341,8 @@ def test_files_holding_no_audio_decode_to_empty_wavs(packed_file: bytes, tmp_pat
     nameless.write_bytes(encode_adc(dataclasses.replace(header, model_name=""), codes))
     line = _one_error_line(codec_cli(python, "decode", "--cuda", "-1", "-i", str(nameless), "-o",
                                      str(tmp_path / "n.wav")))
-    assert line == f"error: {nameless} names no model (it was coded with checkpoints outside the registry): give " \
-                   "the --encoder and --decoder it was coded with"
+    assert line == f"error: {nameless} names no model (it was coded with checkpoints outside the registry): " \
+                   f"{NAMELESS_FIX}"
     line = _one_error_line(codec_cli(python, "info", str(tmp_path)))
     assert line == f"error: {tmp_path} is a folder: give an .adc file (codec.py decode takes folders)"
 
@@ -574,13 +578,14 @@ def test_files_coded_with_checkpoints_outside_the_registry_name_no_model(packed_
     for path in (coded, old):
         line = _one_error_line(codec_cli(python, "decode", "--cuda", "-1", "-i", str(path), "-o",
                                          str(tmp_path / "x.wav")))
-        assert line == f"error: {path} names no model (it was coded with checkpoints outside the registry): give the " \
-                       "--encoder and --decoder it was coded with"
+        assert line == f"error: {path} names no model (it was coded with checkpoints outside the registry): " \
+                       f"{NAMELESS_FIX}"
         other = ("--encoder", v1["encoder_checkpoint"], "--decoder", v1["decoder_checkpoint"])
         line = _one_error_line(codec_cli(python, "decode", *other, "--cuda", "-1", "-i", str(path), "-o",
                                          str(tmp_path / "x.wav")))
         assert "encoded with checkpoints outside the model registry" in line
-        assert line.endswith("give the --encoder and --decoder it was coded with")
+        assert line.endswith("decode with the encoder and decoder checkpoints it was coded with (codec.py decode "
+                             "--encoder/--decoder)")
         out = tmp_path / f"{path.stem}.wav"
         decoded = codec_cli(python, "decode", *checkpoints, "--cuda", "-1", "-i", str(path), "-o", str(out))
         assert decoded.returncode == 0, decoded.stderr
@@ -644,8 +649,12 @@ def test_the_python_api_decodes_files_loading_each_model_once(packed_file: bytes
 
     write_audio(str(tmp_path / "api.wav"), first, rate)
     np.testing.assert_array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "api.wav")[0])
-    with pytest.raises(CodecError, match=r"none.adc names no model \(it was coded with checkpoints outside"):
+    with pytest.raises(CodecError, match=r"none.adc names no model \(it was coded with checkpoints outside.*; from "
+                                         r"Python, FileDecoder\(load_model, model=KEY\) with a load_model\(KEY\) "
+                                         r"that loads them\)$"):
         decoder.decode(tmp_path / "none.adc")
+    nameless, _ = FileDecoder(load, model="vctk_sym").decode(tmp_path / "none.adc")  # what the message says to do
+    np.testing.assert_array_equal(nameless, first)
 
 
 @pytest.mark.parametrize("line", [["--list-models"], ["encode", "--list-models"], ["decode", "--list-models"],

@@ -13,6 +13,7 @@ from utils.eval.metrics import (
     evaluate_pair,
     format_table,
     log_mel_distance,
+    log_mel_spectrogram,
     match_audio_files,
     mean_row,
     metric_names,
@@ -102,6 +103,47 @@ def test_evaluate_pair_cuts_to_common_length_and_resamples(speech):
 def test_evaluate_pair_rejects_empty_signal():
     with pytest.raises(CodecError):
         evaluate_pair(np.zeros(0, np.float32), np.zeros(0, np.float32), SAMPLE_RATE)
+
+
+@pytest.fixture(scope="module")
+def pair_48k() -> tuple[np.ndarray, np.ndarray]:
+    """A 48 kHz pair (rate changes go through soxr, which a (1, T) array used to crash)."""
+    reference = speech_like_signal(1.0, 48000, seed=5)
+    return reference, (reference + 0.3 * noise_at_snr(reference, 10.0)).astype(np.float32)
+
+
+@pytest.mark.parametrize("layout", [lambda x: x[:, None], lambda x: x[None, :]], ids=["(T,1)", "(1,T)"])
+def test_single_channel_arrays_score_as_their_samples(pair_48k, layout):
+    # (the same samples at another address may be summed in another order: equal to rounding)
+    reference, degraded = pair_48k
+    expected = evaluate_pair(reference, degraded, 48000)
+    assert evaluate_pair(layout(reference), layout(degraded), 48000) == pytest.approx(expected, rel=1e-9)
+    assert pesq_wb(layout(reference), layout(degraded), 48000) == pytest.approx(expected["pesq_wb"], rel=1e-9)
+    assert log_mel_distance(layout(reference), layout(degraded), 48000) == pytest.approx(
+        expected["log_mel_distance"], rel=1e-6)
+    assert np.allclose(log_mel_spectrogram(layout(reference), 48000), log_mel_spectrogram(reference, 48000))
+    half_rate = degraded[::2].copy()
+    resampled = evaluate_pair(layout(reference), layout(half_rate), 48000, degraded_sample_rate=24000)
+    assert resampled == pytest.approx(evaluate_pair(reference, half_rate, 48000, degraded_sample_rate=24000), rel=1e-9)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda x: np.stack([x, x]), r"shape \(2, 48000\): the metrics score one channel"),
+    (lambda x: np.stack([x, x], axis=1), r"shape \(48000, 2\): the metrics score one channel"),
+    (lambda x: x[None, None], r"shape \(1, 1, 48000\)"),
+    (lambda x: np.float32(0.5), r"shape \(\)"),
+    (lambda x: (x * 32767).astype(np.int16), r"int16 samples: .* \(int16: x / 32768\)"),
+    (lambda x: x.astype(np.complex64), r"complex \(complex64\)"),
+], ids=["(2,T)", "(T,2)", "(1,1,T)", "scalar", "int16", "complex"])
+def test_multi_channel_integer_and_complex_signals_are_refused(pair_48k, make, message):
+    reference, degraded = pair_48k
+    for call in (lambda: evaluate_pair(make(reference), degraded, 48000),
+                 lambda: evaluate_pair(reference, make(degraded), 48000, degraded_sample_rate=24000),
+                 lambda: pesq_wb(make(reference), degraded, 48000),
+                 lambda: si_sdr(reference, make(degraded)),
+                 lambda: log_mel_spectrogram(make(reference), 48000)):
+        with pytest.raises(CodecError, match=message):
+            call()
 
 
 @pytest.mark.skipif(not visqol_available(), reason="optional package visqol (pip install visqol-python) not installed")

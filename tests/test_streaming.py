@@ -198,6 +198,7 @@ def test_empty_chunks_give_empty_results_and_leave_the_streams_as_they_were(any_
     (torch.zeros(600), r"got \(600,\)"),
     (torch.zeros(1, 1, 1, 600), r"got \(1, 1, 1, 600\)"),
     (torch.zeros(1, 1, 600, dtype=torch.int16), r"samples are floats in \[-1, 1\], got torch.int16: scale integer"),
+    (torch.zeros(1, 1, 600, dtype=torch.complex64), r"the chunk is complex \(torch.complex64\): the codec codes real"),
     (torch.zeros(1, 1, 450), r"chunk of 450 samples is not a multiple of the hop \(300\)"),
     (torch.tensor([[[0.0] * 299 + [float("nan")]]]), r"the chunk holds NaN or infinite samples"),
     (torch.full((1, 1, 300), float("inf")), r"NaN or infinite"),
@@ -284,6 +285,14 @@ def test_inputs_the_codec_cannot_take_are_named(any_backend: StreamingCodec) -> 
     with pytest.raises(CodecError, match=r"a NumPy array \(samples, channels\), got shape \(900,\): read with "):
         codec.streams_from_audio(audio[:, 0])
     assert codec.streams_from_audio(audio).shape == (2, 1, 900)
+    with pytest.raises(CodecError, match=r"file samples are complex \(complex128\)"):
+        codec.streams_from_audio(audio.astype(np.complex128))
+    for channels_first in (audio.T, audio[:, :1].T, audio[:2, :1].T):  # (2, 900), (1, 900), (1, 2)
+        shape = str(channels_first.shape).replace("(", r"\(").replace(")", r"\)")
+        with pytest.raises(CodecError, match=rf"file samples of shape {shape} read as .* transpose a channels-first"):
+            codec.streams_from_audio(channels_first)
+    assert codec.streams_from_audio(audio[:2]).shape == (2, 1, 2)  # as many samples as channels
+    assert codec.streams_from_audio(np.zeros((0, 2))).shape == (2, 1, 0)  # no samples of 2 channels
 
 
 def test_codes_stored_unsigned_decode_as_the_encoder_gave_them(any_backend: StreamingCodec) -> None:

@@ -30,13 +30,15 @@ from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import (
     check_codec_pair,
     check_hop_pair,
+    config_path_for,
     load_autoencoder,
+    load_config,
     load_generator,
     output_delay,
     state_hash,
 )
 from utils.errors import CodecError
-from utils.registry import MODELS, get_entry, resolve
+from utils.registry import MODELS, ModelEntry, get_entry, resolve
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, precision_problem, streaming_steps
 
 WARMUP_SAMPLES = 8192
@@ -90,6 +92,16 @@ def _checked_device(device: str | torch.device) -> torch.device:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CodecError(f"device '{checked}' cannot be used here ({reason}): use 'cpu'") from None
     return checked
+
+
+def _check_registered_rate(entry: ModelEntry, encoder_checkpoint: str) -> None:
+    """Raise CodecError unless `entry` registers the rate its encoder's config codes at: --list-models
+    shows the entry's, the codec runs at the config's."""
+    rate = load_config(encoder_checkpoint).get("sampling_rate")
+    if rate is not None and int(rate) != entry.sample_rate:
+        raise CodecError(f"model '{entry.name}' is registered at {entry.sample_rate} Hz but its config "
+                         f"({config_path_for(encoder_checkpoint)}) codes {int(rate)} Hz: fix the registry entry's "
+                         "sample_rate (utils.registry.MODELS)")
 
 
 class StreamingCodec:
@@ -183,6 +195,7 @@ class StreamingCodec:
         """Load a registered model (see utils.registry) from `root` (a folder holding exp/)."""
         entry = get_entry(name)
         encoder_checkpoint, decoder_checkpoint = resolve(entry, root)
+        _check_registered_rate(entry, encoder_checkpoint)
         return cls.from_checkpoints(
             encoder_checkpoint, decoder_checkpoint, device=device, name=name, precision=precision, backend=backend
         )
@@ -278,6 +291,8 @@ class StreamingCodec:
         if x.dim() != 3 or x.shape[1] != self.input_channels:
             fix = ": code each channel as its own stream, x.reshape(-1, 1, samples)" if self.input_channels == 1 else ""
             raise CodecError(f"a chunk is {shape} for model '{self.name}', got {tuple(x.shape)}{fix}")
+        if x.is_complex():
+            raise CodecError(f"the chunk is complex ({x.dtype}): the codec codes real samples in [-1, 1]")
         if not x.is_floating_point():
             raise integer_samples_error(x.dtype)
         if x.is_meta:
@@ -384,10 +399,19 @@ class StreamingCodec:
         """File samples (T, C) -> model input (B, input_channels, T).
 
         A mono model codes each channel as its own stream; a multi-channel model takes exactly its
-        number of channels as one stream.
+        number of channels as one stream. More channels than samples (some, not none) is refused: that
+        is a channels-first (C, T) array, which would code T one-sample streams.
         """
+        if isinstance(data, np.ndarray) and np.iscomplexobj(data):
+            raise CodecError(f"file samples are complex ({data.dtype}): the codec codes real samples in [-1, 1]")
         check_file_samples(data)
-        channels = data.shape[1]
+        samples, channels = data.shape
+        if 0 < samples < channels:
+            raise CodecError(
+                f"file samples of shape {data.shape} read as {samples} sample(s) of {channels} channels: they are "
+                "(samples, channels), as soundfile.read(path, always_2d=True) gives them; transpose a "
+                "channels-first array (data.T)"
+            )
         if self.input_channels == 1:
             return torch.from_numpy(np.ascontiguousarray(data.T)).float().unsqueeze(1)
         if channels != self.input_channels:

@@ -17,7 +17,12 @@ TOOLKIT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered codec: which checkpoint encodes, which decodes, at what sample rate."""
+    """A registered codec: which checkpoint encodes, which decodes, at what sample rate.
+
+    `sample_rate` is what --list-models shows; it must be the encoder config's `sampling_rate`
+    (`StreamingCodec.from_name` refuses the model otherwise). An entry neither `released` nor `shipped`
+    is a user's own model, which they train or copy into place.
+    """
 
     name: str
     sample_rate: int
@@ -25,6 +30,7 @@ class ModelEntry:
     decoder: str
     description: str
     released: bool = True  # in the original's release archive (utils/download.py fetches it)
+    shipped: bool = False  # its checkpoints are committed to this toolkit's exp/
 
 
 def _ckpt(kind: str, tag: str, steps: int) -> str:
@@ -73,10 +79,11 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("demo48k", 48000, _ckpt(_AE, "demo48k", 27547), _ckpt(_AE, "demo48k", 27547),
                    "ours: 48 kHz symmetric, half width, trained on 2 CPU cores on the demo corpus: 14500 "
                    "metric-loss steps, 13047 with light discriminators, the last 10250 with waveform losses at "
-                   "its output delay (exp/README.md)", released=False),
+                   "its output delay (exp/README.md)", released=False, shipped=True),
         ModelEntry("demo48k_stage1", 48000, _ckpt(_AE, "demo48k_stage1", 14500),
                    _ckpt(_AE, "demo48k_stage1", 14500),
-                   "ours: demo48k before its adversarial fine-tuning (14500 metric-loss steps)", released=False),
+                   "ours: demo48k before its adversarial fine-tuning (14500 metric-loss steps)", released=False,
+                   shipped=True),
         _official("vctk_c16h320_sym", 48000, (_AE, "symAD_c16_vctk_48000_hop320", 500000),
                   (_AE, "symAD_c16_vctk_48000_hop320", 1000000),
                   "VCTK 48 kHz, 16 codebooks, hop 320, symmetric"),
@@ -111,9 +118,18 @@ def resolve(entry: ModelEntry, root: str | None = None) -> tuple[str, str]:
         return os.path.join(folder, entry.encoder), os.path.join(folder, entry.decoder)
     roots = search_roots(root)
     missing = entry.encoder if not os.path.isfile(os.path.join(roots[0], entry.encoder)) else entry.decoder
-    fetch = f"python -m utils.download {entry.name}" + (f" --root {root}" if root else "")
-    how = f"get it with `{fetch}`" if entry.released else "restore its exp/ folder from this toolkit's git"
     raise CodecError(
         f"model '{entry.name}' is not installed: {missing} not found under {' or '.join(roots)}; "
-        f"{how}, or pass --root to where it is"
+        f"{install_hint(entry, root)}, or pass --root to where it is"
     )
+
+
+def install_hint(entry: ModelEntry, root: str | None = None) -> str:
+    """How to get `entry`'s checkpoints, as a clause of a message: download a released model, restore a
+    shipped one from git, train (or copy into place) a user's own."""
+    if entry.released:
+        fetch = f"python -m utils.download {entry.name}" + (f" --root {root}" if root else "")
+        return f"get it with `{fetch}`"
+    if entry.shipped:
+        return "restore its exp/ folder from this toolkit's git"
+    return "train it (codecTrain.py writes its checkpoints under exp/) or copy them there"

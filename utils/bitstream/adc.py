@@ -128,7 +128,10 @@ class StreamHeader:
             ("codebook_size", self.codebook_size, 2, 2**MAX_CODE_BITS - 1),
         )
         for name, value, low, high in limits:
-            if not isinstance(value, (int, np.integer)) or not low <= value <= high:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise BitstreamError(f"header field {name}={value!r} is a {type(value).__name__}, not an integer: "
+                                     "give an int")
+            if not low <= value <= high:
                 raise BitstreamError(f"header field {name}={value!r} is out of range [{low}, {high}]")
         if self.version != FORMAT_VERSION:
             raise BitstreamError(f"cannot write format version {self.version}: this toolkit writes {FORMAT_VERSION}")
@@ -149,7 +152,8 @@ class StreamHeader:
                 coded, fix = f"model {self.named_model!r}", f"decode with model {self.named_model!r}"
             else:
                 coded = "checkpoints outside the model registry"
-                fix = "give the --encoder and --decoder it was coded with"
+                fix = ("decode with the encoder and decoder checkpoints it was coded with (codec.py decode "
+                       "--encoder/--decoder)")
             raise BitstreamError(
                 f"this file was encoded with {coded} (decoder {self.decoder_hash.hex()}), "
                 f"the loaded decoder is {decoder_hash.hex()}: {fix}"
@@ -307,9 +311,24 @@ def encode_adc(header: StreamHeader, codes: np.ndarray, entropy_model: EntropyCo
     return body + zlib.crc32(body).to_bytes(CRC_BYTES, "big")
 
 
+def _adc_bytes(data: bytes, function: str) -> bytes:
+    """`data` (bytes or any other buffer) as bytes, else a BitstreamError saying what `function` takes:
+    bytes() would refuse a path cryptically and read an int as that many zero bytes."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        raise BitstreamError(f"{function} takes an .adc file's bytes, got the path {os.fspath(data)!r}: read the "
+                             "file with read_adc(path), or pass Path(path).read_bytes()")
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise BitstreamError(f"{function} takes an .adc file's bytes, got a {type(data).__name__}: "
+                             "pass bytes (a file's: Path(path).read_bytes())") from None
+
+
 def decode_adc(data: bytes, entropy_model: EntropyCoder | None = None) -> tuple[StreamHeader, np.ndarray]:
     """Parse and verify `.adc` bytes; return the header and codes `(channels, K, frames)` (int64)."""
-    header, payload = verify_adc(data)
+    header, payload = verify_adc(_adc_bytes(data, "decode_adc"))
     return header, _decode_payload(header, payload, entropy_model)
 
 
@@ -323,7 +342,7 @@ def _decode_payload(header: StreamHeader, payload: bytes, entropy_model: Entropy
 def verify_adc(data: bytes) -> tuple[StreamHeader, bytes]:
     """The header and payload of `.adc` bytes, once their length and CRC are checked: nothing of the
     header is believed before (the payload is not decoded: an entropy-coded one needs its table)."""
-    data = bytes(data)
+    data = _adc_bytes(data, "verify_adc")
     header_bytes = _header_bytes_needed(data)
     if len(data) < header_bytes + CRC_BYTES:
         raise BitstreamError(
@@ -416,7 +435,7 @@ def _check_length(size: int, expected: int) -> None:
 
 def decode_header(data: bytes) -> StreamHeader:
     """Parse only the header at the start of `data` (no CRC check): for inspecting a file quickly."""
-    data = bytes(data)
+    data = _adc_bytes(data, "decode_header")
     header_bytes = _header_bytes_needed(data)
     if len(data) < header_bytes:
         raise BitstreamError(f"truncated file: expected at least {header_bytes} bytes, got {len(data)}")
@@ -458,6 +477,7 @@ class AdcStreamReader:
     def feed(self, chunk: bytes) -> list[np.ndarray]:
         if self._closed:
             raise BitstreamError("feed() after close(): start a new AdcStreamReader")
+        chunk = _adc_bytes(chunk, "feed()")
         self._received += len(chunk)
         self._inbox += chunk
         frames: list[np.ndarray] = []

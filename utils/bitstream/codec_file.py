@@ -156,7 +156,9 @@ class FileDecoder:
         name = self.model or header.named_model
         if not name:
             raise CodecError(f"{source} names no model (it was coded with checkpoints outside the registry): "
-                             "give the --encoder and --decoder it was coded with")
+                             "decode it with the encoder and decoder checkpoints it was coded with (codec.py "
+                             "decode --encoder/--decoder; from Python, FileDecoder(load_model, model=KEY) with a "
+                             "load_model(KEY) that loads them)")
         if name not in self.codecs:
             self.codecs[name] = self.load_model(name)
         return name, self.codecs[name]

@@ -1,7 +1,9 @@
 """Objective speech-quality metrics for comparing a decoded signal with its reference.
 
-All functions take 1-D float arrays ``(T,)`` in [-1, 1]. Pairs of different lengths are cut to the
-common length (the codec and Opus paths are both delay-compensated, so no search for a lag is made).
+All functions take 1-D float arrays ``(T,)`` in [-1, 1]; a single-channel ``(T, 1)`` or ``(1, T)`` array is
+taken as ``(T,)``. A multi-channel, integer, complex or scalar array is refused with a CodecError naming the
+fix (:func:`mono_signal`). Pairs of different lengths are cut to the common length (the codec and Opus paths
+are both delay-compensated, so no search for a lag is made).
 
 - wide-band PESQ (ITU-T P.862.2), computed at 16 kHz after resampling with soxr
 - STOI and extended STOI (pystoi)
@@ -35,10 +37,32 @@ VISQOL_NAME = "visqol"
 FILE_COLUMNS = ("file", "sample_rate", "seconds")
 
 
+def mono_signal(audio: np.ndarray, label: str = "signal") -> np.ndarray:
+    """`audio` as the float array ``(T,)`` the metrics score; a ``(T, 1)`` or ``(1, T)`` array is flattened.
+
+    Anything else is a CodecError naming `label` and the fix: soxr, which changes the rates, takes a
+    ``(1, T)`` array for T channels of one sample (and crashes Python on it), and integer samples would be
+    scored as if 32768 times too loud.
+    """
+    array = np.asarray(audio)
+    if np.iscomplexobj(array):
+        raise CodecError(f"the {label} is complex ({array.dtype}): the metrics score real samples in [-1, 1]")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise CodecError(f"the {label} holds {array.dtype} samples: the metrics take floats in [-1, 1], so scale "
+                         "integer ones first (int16: x / 32768)")
+    if array.ndim == 2 and 1 in array.shape:
+        return array.reshape(-1)
+    if array.ndim != 1:
+        raise CodecError(f"the {label} has shape {array.shape}: the metrics score one channel, a (samples,) array; "
+                         "give one channel, or the mean of the channels")
+    return array
+
+
 def cut_to_common_length(reference: np.ndarray, degraded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both signals truncated to the shorter length."""
+    """Both signals as :func:`mono_signal` takes them, truncated to the shorter length."""
+    reference, degraded = mono_signal(reference, "reference"), mono_signal(degraded, "degraded signal")
     length = min(len(reference), len(degraded))
-    return np.asarray(reference[:length]), np.asarray(degraded[:length])
+    return reference[:length], degraded[:length]
 
 
 def pesq_wb(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
@@ -121,7 +145,9 @@ def log_mel_spectrogram(
     n_mels: int = 80,
     floor: float = 1e-5,
 ) -> np.ndarray:
-    """Natural-log mel magnitude ``(n_mels, frames)``; Hann window, centered frames (reflect pad)."""
+    """Natural-log mel magnitude ``(n_mels, frames)`` of `audio` (as :func:`mono_signal` takes it); Hann
+    window, centered frames (reflect pad)."""
+    audio = mono_signal(audio, "audio")
     n_fft = int(round(frame_ms * sample_rate / 1000))
     hop_length = int(round(hop_ms * sample_rate / 1000))
     audio = np.asarray(audio, dtype=np.float64)
@@ -185,14 +211,17 @@ def evaluate_pair(
 ) -> dict[str, float]:
     """All metrics for one (reference, degraded) pair, keyed by :func:`metric_names`.
 
-    The degraded signal is resampled to the reference rate when ``degraded_sample_rate`` differs,
-    then both are cut to the common length. A silent reference leaves every metric undefined (NaN); a
+    Both signals are 1-D float arrays (or single-channel ones, as :func:`mono_signal` takes them). The
+    degraded signal is resampled to the reference rate when ``degraded_sample_rate`` differs, then both
+    are cut to the common length. A silent reference leaves every metric undefined (NaN); a
     silent (or constant) decoded signal leaves PESQ-WB and SI-SDR undefined, while STOI and ESTOI score
     it as unintelligible. Each such case is logged once as a warning naming ``name`` (the file).
     """
+    reference = mono_signal(reference, "reference").astype(np.float32, copy=False)
+    degraded = mono_signal(degraded, "degraded signal").astype(np.float32, copy=False)
     if degraded_sample_rate is not None and degraded_sample_rate != sample_rate:
-        degraded = resample(degraded, degraded_sample_rate, sample_rate, np.float32)
-    reference, degraded = cut_to_common_length(np.asarray(reference, np.float32), np.asarray(degraded, np.float32))
+        degraded = resample(degraded, degraded_sample_rate, sample_rate)
+    reference, degraded = cut_to_common_length(reference, degraded)
     if len(reference) == 0:
         raise CodecError("cannot evaluate an empty signal")
     if not np.any(reference):
