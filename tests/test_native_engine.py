@@ -749,3 +749,17 @@ def test_equal_codes_resolve_to_the_first_across_lanes_and_threads(threads: int)
             assert native_codes[:, 0].eq(3).all()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_codec_on_a_gpu_names_no_native_side() -> None:
+    """The engine and the TorchScript graphs are CPU code: on a GPU the steps are eager ops, and
+    `native_sides` (what README tells users to read) must not claim the engine ran."""
+    from utils.runtime.backends import backend_on, streaming_steps
+
+    for backend in ("native", "torch", "eager"):
+        assert backend_on(backend, torch.device("cuda")) == "eager"
+        assert backend_on(backend, torch.device("cpu")) == backend
+    codec = load("vctk_sym")
+    steps = streaming_steps(backend_on("native", torch.device("cuda")), codec.encoder, codec.decoder,
+                            codec._transmit, codec._receive)  # fmt: skip
+    assert steps.native_sides == [] and codec.native_sides == ["encoder", "decoder"]

@@ -43,3 +43,19 @@ def test_a_model_not_installed_says_how_to_get_it(tmp_path, released: bool, ship
                 f"{tmp_path}; {hint.format(root=tmp_path)}, or pass --root to where it is")
     with pytest.raises(CodecError, match=f"^{re.escape(expected)}$"):
         resolve(entry, str(tmp_path))
+
+
+def test_the_listing_and_the_downloader_say_how_to_get_a_users_own_model(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from utils.cli import list_models
+    from utils.download import select_models
+
+    own = ModelEntry("mine", 48000, "exp/autoencoder/mine/checkpoint-100steps.pkl",
+                     "exp/autoencoder/mine/checkpoint-100steps.pkl", "a user's model", released=False)
+    monkeypatch.setattr("utils.cli.MODELS", {"mine": own})
+    list_models(str(tmp_path))
+    assert "mine" in capsys.readouterr().out.split("not installed: train it (codecTrain.py")[0]
+    monkeypatch.setitem(MODELS, "mine", own)
+    with pytest.raises(CodecError, match="^model 'mine' is not in the released archive: it is a model of one's own"):
+        select_models(["mine"], everything=False)

@@ -39,7 +39,14 @@ from utils.checkpoint import (
 )
 from utils.errors import CodecError
 from utils.registry import MODELS, ModelEntry, get_entry, resolve
-from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS, precision_problem, streaming_steps
+from utils.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    PRECISIONS,
+    backend_on,
+    precision_problem,
+    streaming_steps,
+)
 
 WARMUP_SAMPLES = 8192
 # Longer inputs run through the streaming path in blocks of this many frames: the same result
@@ -149,7 +156,8 @@ class StreamingCodec:
         self.n_codebooks = encoder.n_codebooks
         self.codebook_size = encoder.codebook_size
         self.backend = backend
-        steps = streaming_steps(backend, self.encoder, self.decoder, self._transmit, self._receive, precision)
+        steps = streaming_steps(backend_on(backend, self.device), self.encoder, self.decoder, self._transmit,
+                                self._receive, precision)
         self._encode_chunk, self._decode_codes, self._decode_latent = steps.encode, steps.decode, steps.decode_latent
         self.native_sides = steps.native_sides  # the sides the native engine runs ("encoder", "decoder")
         problem = precision_problem(precision, self.device, self.decoder, self.native_sides)

@@ -16,7 +16,7 @@ from utils.audio import read_audio, resample, warn_if_input_beyond_full_scale
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError, check_at_least, shown
 from utils.files import remove_unfilled_folders
-from utils.registry import MODELS, installed_root
+from utils.registry import MODELS, install_hint, installed_root
 from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS
 
 OLDEST_TORCH = "2.5"  # the oldest release the whole test suite passes on (docs/training.md)
@@ -142,7 +142,7 @@ def list_models(root: str | None = None) -> None:
         elif entry.released:
             where = f"not installed: python -m utils.download {entry.name}"
         else:
-            where = "not installed: restore exp/ from git"
+            where = f"not installed: {install_hint(entry)}"
         print(f"{entry.name:20s} {entry.sample_rate:6d} Hz  {where}  ({entry.description})")
 
 

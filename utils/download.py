@@ -57,7 +57,8 @@ def select_models(names: Iterable[str], everything: bool) -> list[ModelEntry]:
     entries = [get_entry(name) for name in names]
     for entry in entries:
         if not entry.released:
-            raise CodecError(f"model '{entry.name}' is not in the released archive: it ships with this toolkit")
+            ships = "it ships with this toolkit" if entry.shipped else "it is a model of one's own, not downloaded"
+            raise CodecError(f"model '{entry.name}' is not in the released archive: {ships}")
     return entries
 
 

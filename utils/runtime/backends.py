@@ -47,6 +47,12 @@ class Steps:
     native_sides: list[str] = field(default_factory=list)
 
 
+def backend_on(backend: str, device: torch.device) -> str:
+    """The backend that runs on `device`: the native engine and the TorchScript graphs are CPU code, so
+    on a GPU every step is eager (and `native_sides` names none, and no engine is compiled)."""
+    return backend if device.type == "cpu" else "eager"
+
+
 def streaming_steps(
     backend: str, encoder: nn.Module, decoder: nn.Module, transmit: Callable, receive: Callable,
     precision: str = "fp32",
