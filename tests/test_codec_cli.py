@@ -665,3 +665,23 @@ def test_list_models_needs_no_input_or_output(python: str, line: list[str]) -> N
     assert result.returncode == 0, result.stderr
     installed = [row.split()[0] for row in result.stdout.splitlines() if "installed in" in row]
     assert "vctk_v1" in installed  # the official vectors' folder (the cwd) holds it
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_a_file_at_the_codecs_rate_is_read_in_float32_and_codes_as_in_float64(tmp_path, subtype: str) -> None:
+    """The coders read a file at the codec's rate in float32 (half the memory of a long file): the codes
+    are those of the float64 samples, which the codec rounds to float32 anyway."""
+    from utils.audio import read_audio
+    from utils.cli import read_input_for
+
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL)
+    signal = 0.3 * np.random.default_rng(5).standard_normal((48000 // 2 + 123, 2))
+    sf.write(tmp_path / "in.wav", signal, 48000, subtype)
+    single = read_input_for(codec, str(tmp_path / "in.wav"), allow_resample=False)
+    double, _ = read_audio(tmp_path / "in.wav")
+    assert single.dtype == np.float32 and double.dtype == np.float64
+    codes = codec.encode_signal(codec.streams_from_audio(single))
+    assert torch.equal(codes, codec.encode_signal(codec.streams_from_audio(double)))
+    padded = codec._pad_whole_signal(codec.streams_from_audio(double))  # one padded whole, as before
+    codec.reset(2)
+    assert torch.equal(codes, codec.encode(padded))

@@ -310,3 +310,11 @@ def warn_if_input_beyond_full_scale(path: str, data: np.ndarray) -> None:
         f"{path}: {count} samples lie beyond full scale (peak {peak:.3f}, {20 * math.log10(peak):+.1f} dBFS); "
         f"the codec is made for [-1, 1]: scale the file about {20 * math.log10(peak):.1f} dB down for a faithful coding"
     )
+
+
+def declared_rate(path: str | os.PathLike) -> int | None:
+    """The sample rate `path`'s header declares, or None where it cannot be read (read_audio then says why)."""
+    try:
+        return sf.info(os.fsencode(path)).samplerate
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
+        return None

@@ -368,12 +368,20 @@ class StreamingCodec:
         warmed-up state (the transmitter of a whole file)."""
         self._check_waveform(x, chunk=False)
         self.reset(x.shape[0])
-        return self.encode(self._pad_whole_signal(x))
+        # The whole hops as they are, then the rest padded: the same codes (Contract 2) without a
+        # padded copy of a whole file.
+        whole = x.shape[-1] - x.shape[-1] % self.hop_length
+        rest = F.pad(x[..., whole:], (0, self._whole_signal_padding(x.shape[-1])))
+        return torch.cat([self.encode(x[..., :whole]), self.encode(rest)], dim=-1)
+
+    def _whole_signal_padding(self, length: int) -> int:
+        """The zeros after a whole signal of `length` samples: `output_delay` of them, then up to a hop."""
+        coded = self.coded_length(length)
+        return coded - length + -coded % self.hop_length
 
     def _pad_whole_signal(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, T) zero-padded by `output_delay` samples and then to a multiple of the hop."""
-        coded = self.coded_length(x.shape[-1])
-        return F.pad(x, (0, coded - x.shape[-1] + -coded % self.hop_length))
+        return F.pad(x, (0, self._whole_signal_padding(x.shape[-1])))
 
     def _aligned(self, y: torch.Tensor, length: int) -> torch.Tensor:
         """A whole-signal output from its `output_delay`-th sample on, `length` samples long."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from utils.audio import read_audio, resample, warn_if_input_beyond_full_scale
+from utils.audio import declared_rate, read_audio, resample, warn_if_input_beyond_full_scale
 from utils.audiodec import StreamingCodec
 from utils.errors import CodecError, check_at_least, shown
 from utils.files import remove_unfilled_folders
@@ -175,7 +175,7 @@ def read_input_for(
 ) -> np.ndarray:
     """Samples (T, C) of `path` at the codec's rate: a different rate is an error unless resampling, and so
     is a file too short to leave a sample at the codec's rate."""
-    data, rate = read_audio(path, allow_truncated)
+    data, rate = read_audio(path, allow_truncated, _reading_dtype(path, codec.sample_rate))
     warn_if_input_beyond_full_scale(path, data)
     if rate != codec.sample_rate:
         if not allow_resample:
@@ -190,6 +190,12 @@ def read_input_for(
             raise CodecError(f"{path} is too short to code at the model's rate: its {frames} sample(s) at {rate} Hz "
                              f"resample to none at {codec.sample_rate} Hz; give a longer file")
     return data
+
+
+def _reading_dtype(path: str, rate: int) -> str:
+    """float32 for a file at `rate`: the codec codes float32, to which float64 samples would be rounded
+    anyway (the same values, in half the memory of a long file); float64 for one to resample first."""
+    return "float32" if declared_rate(path) == rate else "float64"
 
 
 def check_n_codebooks(codec: StreamingCodec, n_codebooks: int | None) -> None:
