@@ -29,6 +29,20 @@ def file_in_the_way(folder: str | os.PathLike) -> str | None:
     return folder if os.path.exists(folder) and not os.path.isdir(folder) else None
 
 
+def walk_every_folder(
+    root: str | os.PathLike, fix: str, kind: type[CodecError] = CodecError, followlinks: bool = False
+) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(root)`, where a folder (`root` or one under it) that cannot be listed, for want of read
+    permission say, raises `kind` naming it, the system's reason and `fix`: os.walk passes over such a
+    folder quietly, and a command would report success over fewer files than it was given."""
+
+    def unlistable(error: OSError) -> None:
+        raise kind(f"cannot list {error.filename} ({error.strerror or error}): {fix}; its files would be left "
+                   "out") from None
+
+    return os.walk(root, followlinks=followlinks, onerror=unlistable)
+
+
 def same_path(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """Whether two paths name one file: the same after links, `.` and `..` are resolved, or (both
     existing) the same file on disk (hard links)."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from utils.audio import AUDIO_EXTENSIONS, read_mono, resample
 from utils.errors import CodecError
+from utils.files import walk_every_folder
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
 
     In folders the extension may differ (``a/b.wav`` matches ``a/b.flac``); any of
     ``utils.audio.AUDIO_EXTENSIONS`` is read. Raises :class:`CodecError` when a path is missing, a file is
-    paired with a folder, nothing matches, or one folder holds two files of one name (``x.wav`` and ``x.flac``).
+    paired with a folder, a folder under either cannot be listed (its files would be left out), nothing
+    matches, or one folder holds two files of one name (``x.wav`` and ``x.flac``).
     """
     reference_dir, degraded_dir = Path(reference), Path(degraded)
     if reference_dir.is_file() and degraded_dir.is_file():
@@ -236,7 +238,8 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
 
     def index(label: str, folder: Path) -> dict[str, Path]:
         files: dict[str, Path] = {}
-        for path in sorted(folder.rglob("*")):
+        listing = walk_every_folder(folder, f"make it readable or move it out of the {label} folder {folder}")
+        for path in sorted(Path(parent) / name for parent, _, names in listing for name in names):
             if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
                 continue
             name = str(path.relative_to(folder).with_suffix(""))
