@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import builtins
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from utils.audio import read_audio
 from utils.batch import plan
+from utils.bitstream.adc import BitstreamError, open_adc
+from utils.bitstream.entropy import EntropyModel
+from utils.checkpoint import load_config, read_checkpoint
 from utils.errors import CodecError
 from utils.eval.metrics import match_audio_files
 
@@ -39,16 +44,33 @@ def locked_folders(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def unreadable_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files named `noread.*` cannot be opened, as a file of mode 000 for a user other than root."""
-    real_open = builtins.open
+def unreadable(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Path]:
+    """`unreadable(path)` makes `path` a file that cannot be opened, as one of mode 000 for a user other
+    than root: Python's open fails, and libsndfile's as it does there ("System error")."""
+    locked: set[str] = set()
+    real_open, real_read = builtins.open, sf.read
 
-    def guarded(file, *args, **kwargs):
-        if isinstance(file, (str, bytes, os.PathLike)) and os.path.basename(os.fsdecode(file)).startswith("noread."):
+    def is_locked(file: object) -> bool:
+        return isinstance(file, (str, bytes, os.PathLike)) and os.path.abspath(os.fsdecode(file)) in locked
+
+    def guarded_open(file, *args, **kwargs):
+        if is_locked(file):
             raise PermissionError(13, "Permission denied", os.fsdecode(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", guarded)
+    def guarded_read(file, *args, **kwargs):
+        if is_locked(file):
+            raise sf.LibsndfileError(2, f"Error opening {file!r}: ")  # 2: libsndfile's SF_ERR_SYSTEM
+        return real_read(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(sf, "read", guarded_read)
+
+    def lock(path: Path) -> Path:
+        locked.add(os.path.abspath(path))
+        return path
+
+    return lock
 
 
 def test_a_folder_input_with_a_folder_that_cannot_be_listed_is_refused_before_the_work(
@@ -74,3 +96,39 @@ def test_evaluate_folders_with_a_folder_that_cannot_be_listed_are_refused(
     with pytest.raises(CodecError, match=rf"^cannot list .*{side}/locked \(Permission denied\): make it readable or "
                                          rf"move it out of the {label} folder"):
         match_audio_files(tmp_path / "ref", tmp_path / "deg")
+
+
+PERMISSION = r"\(permission denied\): make it readable for this user \(chmod \+r\)$"
+
+
+def test_an_audio_file_the_user_may_not_read_is_named_as_such_not_as_no_audio(
+    tmp_path: Path, unreadable: Callable[[Path], Path]
+) -> None:
+    path = unreadable(clip(tmp_path / "a.wav"))
+    with pytest.raises(CodecError, match=rf"^cannot read .*a\.wav {PERMISSION}"):
+        read_audio(path)
+
+
+def test_an_adc_or_entropy_file_the_user_may_not_read_is_one_line(
+    tmp_path: Path, unreadable: Callable[[Path], Path]
+) -> None:
+    for name, reader in (("x.adc", open_adc), ("x.entropy", EntropyModel.load)):
+        path = tmp_path / name
+        path.write_bytes(b"ADC")
+        unreadable(path)
+        with pytest.raises(BitstreamError, match=rf"^cannot read .*{name} {PERMISSION}"):
+            reader(path)
+
+
+def test_a_checkpoint_or_config_the_user_may_not_read_is_not_called_damaged(
+    tmp_path: Path, unreadable: Callable[[Path], Path]
+) -> None:
+    checkpoint = tmp_path / "checkpoint-1steps.pkl"
+    checkpoint.write_bytes(b"PK")
+    (tmp_path / "config.yml").write_text("model_type: audiodec\n")
+    unreadable(checkpoint)
+    with pytest.raises(CodecError, match=rf"^cannot read .*checkpoint-1steps\.pkl {PERMISSION}"):
+        read_checkpoint(str(checkpoint))
+    unreadable(tmp_path / "config.yml")
+    with pytest.raises(CodecError, match=rf"^cannot read .*config\.yml {PERMISSION}"):
+        load_config(str(checkpoint))

@@ -61,6 +61,25 @@ def write_failure(path: str | os.PathLike, error: OSError, kind: type[CodecError
     return kind(f"cannot write {path} ({error.strerror or error}): give another output path")
 
 
+def read_failure(path: str | os.PathLike, error: OSError, kind: type[CodecError] = CodecError) -> CodecError:
+    """The one-line error (of type `kind`) for an OSError met opening or reading the input `path`: what
+    the system said, and the fix (a file the user may not read is made readable, not replaced)."""
+    if isinstance(error, PermissionError):
+        return kind(f"cannot read {path} (permission denied): make it readable for this user (chmod +r)")
+    return kind(f"cannot read {path} ({error.strerror or error}): check the file")
+
+
+def check_readable(path: str | os.PathLike, kind: type[CodecError] = CodecError) -> None:
+    """Raise `read_failure`'s error where the regular file `path` cannot be opened for reading. For the
+    readers whose library hides the system's reason (libsndfile's "System error", torch.load): they call
+    it when they fail, so that a file the user may not read is not called damaged."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise read_failure(path, error, kind) from None
+
+
 def check_output_folder(path: str | os.PathLike, error: type[CodecError] = CodecError) -> None:
     """Raise ``error`` naming the problem when `path`'s folder cannot take a new file: it does not exist,
     a file stands where a folder of it should be, or it takes no files (read-only, not a real folder);
