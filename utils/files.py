@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -84,7 +85,8 @@ def check_output_folder(path: str | os.PathLike, error: type[CodecError] = Codec
     """Raise ``error`` naming the problem when `path`'s folder cannot take a new file: it does not exist,
     a file stands where a folder of it should be, or it takes no files (read-only, not a real folder);
     or `path` names a folder (one that exists, or with a trailing separator), which no file can be
-    written as. A command calls it before its work, so that it is not lost to an unwritable output."""
+    written as; or `path` is a file this user may not replace (`_kept_from_this_user`). A command
+    calls it before its work, so that it is not lost to an unwritable output."""
     text = os.fspath(path)
     if os.path.isdir(text) or text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
         raise error(f"cannot write {path}: it names a folder: give a file name")
@@ -96,11 +98,29 @@ def check_output_folder(path: str | os.PathLike, error: type[CodecError] = Codec
             raise write_failure(path, failure, error) from None
         os.close(handle)
         os.unlink(probe)
+        if _kept_from_this_user(path):
+            raise error(f"cannot replace {path}: it is another user's, in a folder where only its owner may replace "
+                        "it (the sticky bit, as in /tmp): give another output path")
         return
     blocking = file_in_the_way(folder)
     if blocking is not None:
         raise error(f"cannot write {path}: {blocking} is a file, not a folder: give another output path")
     raise error(f"output folder {folder} does not exist: create it first")
+
+
+def _kept_from_this_user(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file that this user may not replace though its folder takes new files:
+    another user's, in a folder with the sticky bit (/tmp's), where only the owner of the file or of
+    the folder, or root, may rename over it (an output's temp file is renamed over it at the end)."""
+    if not hasattr(os, "geteuid"):  # Windows has no such rule
+        return False
+    try:
+        file_info = os.lstat(path)
+        folder_info = os.stat(os.path.dirname(os.path.abspath(path)) or ".")
+    except OSError:  # no file there yet
+        return False
+    user = os.geteuid()
+    return bool(folder_info.st_mode & stat.S_ISVTX) and user not in (0, file_info.st_uid, folder_info.st_uid)
 
 
 def ignores_case(folder: str | os.PathLike) -> bool:

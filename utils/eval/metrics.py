@@ -24,7 +24,7 @@ import numpy as np
 
 from utils.audio import AUDIO_EXTENSIONS, read_mono, resample
 from utils.errors import CodecError
-from utils.files import walk_every_folder
+from utils.files import atomic_output, walk_every_folder, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,8 @@ def mel_axis_ticks(sample_rate: int, n_mels: int) -> tuple[list[float], list[str
 def save_spectrogram_figure(
     path: str | Path, spectrograms: dict[str, np.ndarray], sample_rate: int, hop_ms: float = 10.0
 ) -> None:
-    """One PNG with the log-mel spectrograms ``(n_mels, frames)`` side by side, titled by key; frequency in Hz."""
+    """One PNG with the log-mel spectrograms ``(n_mels, frames)`` side by side, titled by key; frequency in Hz.
+    Written whole or not at all; a failure to write it is a CodecError naming ``path`` and the system's reason."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,8 +300,13 @@ def save_spectrogram_figure(
         axis.set_ylabel("frequency (Hz, mel scale)")
     figure.colorbar(image, ax=axes[0].tolist(), label="log magnitude")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:  # through a temp file: a full disk leaves no half-written image, and is one line
+        with atomic_output(path, Path(path).suffix) as temporary:
+            figure.savefig(temporary, dpi=100)
+    except OSError as error:
+        raise write_failure(path, error) from None
+    finally:
+        plt.close(figure)
 
 
 METRIC_LABELS = {
