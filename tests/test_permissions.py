@@ -132,3 +132,9 @@ def test_a_checkpoint_or_config_the_user_may_not_read_is_not_called_damaged(
     unreadable(tmp_path / "config.yml")
     with pytest.raises(CodecError, match=rf"^cannot read .*config\.yml {PERMISSION}"):
         load_config(str(checkpoint))
+
+
+def test_a_folder_input_that_cannot_be_listed_itself_is_named(tmp_path: Path, locked_folders: None) -> None:
+    clip(tmp_path / "locked" / "a.wav")
+    with pytest.raises(CodecError, match=r"^cannot list .*/locked \(Permission denied\): make it readable$"):
+        plan(str(tmp_path / "locked"), str(tmp_path / "out"), (".wav",), ".adc")

@@ -1,4 +1,6 @@
-"""Writing outputs atomically: a temp file beside the target, renamed into place once complete."""
+"""Files and folders as the commands meet them: outputs written atomically (a temp file beside the
+target, renamed into place once complete) and checked before the work; inputs and folders the user
+may not read named in one line (`read_failure`, `walk_every_folder`)."""
 
 from __future__ import annotations
 
@@ -33,13 +35,16 @@ def file_in_the_way(folder: str | os.PathLike) -> str | None:
 def walk_every_folder(
     root: str | os.PathLike, fix: str, kind: type[CodecError] = CodecError, followlinks: bool = False
 ) -> Iterator[tuple[str, list[str], list[str]]]:
-    """`os.walk(root)`, where a folder (`root` or one under it) that cannot be listed, for want of read
-    permission say, raises `kind` naming it, the system's reason and `fix`: os.walk passes over such a
-    folder quietly, and a command would report success over fewer files than it was given."""
+    """`os.walk(root)`, where a folder under `root` that cannot be listed, for want of read permission
+    say, raises `kind` naming it, the system's reason and `fix` (`root` itself: "make it readable"):
+    os.walk passes over such a folder quietly, and a command would report success over fewer files
+    than it was given."""
 
     def unlistable(error: OSError) -> None:
-        raise kind(f"cannot list {error.filename} ({error.strerror or error}): {fix}; its files would be left "
-                   "out") from None
+        reason = error.strerror or error
+        if os.path.abspath(error.filename) == os.path.abspath(root):
+            raise kind(f"cannot list {root} ({reason}): make it readable") from None
+        raise kind(f"cannot list {error.filename} ({reason}): {fix}; its files would be left out") from None
 
     return os.walk(root, followlinks=followlinks, onerror=unlistable)
 
