@@ -77,6 +77,43 @@ def _write(path: Path, option: str, text: str) -> None:
         raise CodecError(f"{option} {path}: cannot write it ({error.strerror}): give another path") from None
 
 
+def _print_scores(args: argparse.Namespace, table_rows: list[dict], names: tuple[str, ...], mean: dict,
+                  with_visqol: bool) -> None:
+    """The table of scores, Opus's measured bitrate and whether ViSQOL ran, on stdout."""
+    print(format_table(table_rows, names, baseline_name="opus" if args.opus else None))
+    if args.opus:
+        print(
+            f"opus: requested {args.bitrate:g} kbps; measured {mean['opus_kbps']:.2f} kbps (whole Ogg files), "
+            f"{mean['opus_payload_kbps']:.2f} kbps (audio packets only), over the files' total duration"
+        )
+    if not with_visqol:
+        print("visqol: " + ("skipped (--no-visqol)" if args.no_visqol else "unavailable (pip install visqol-python)"))
+
+
+def _write_reports(args: argparse.Namespace, rows: list[dict], mean: dict, scored: dict, counts: dict[str, int],
+                   names: tuple[str, ...], with_visqol: bool) -> None:
+    """The --csv and --json files asked for."""
+    if args.csv:
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([*rows, mean, scored])
+        _write(args.csv, "--csv", table.getvalue())
+    if args.json:
+        report = {
+            "settings": {
+                "reference_dir": shown(args.reference_dir),
+                "degraded_dir": shown(args.degraded_dir),
+                "metrics": list(names),
+                "visqol": with_visqol,
+                "opus_bitrate_kbps": args.bitrate if args.opus else None,
+            },
+            "files": [{key: _json_safe(value) for key, value in row.items()} for row in rows],
+            "mean": {**{key: _json_safe(value) for key, value in mean.items()}, "counts": counts},
+        }
+        _write(args.json, "--json", json.dumps(report, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(logging.WARNING, "%(levelname)s: %(message)s", force=True)
@@ -104,34 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     scored = {"file": "scored", **counts}
     names = metric_names(with_visqol)
     table_rows = [*rows, mean] + ([scored] if min(counts.values()) < len(rows) else [])
-    print(format_table(table_rows, names, baseline_name="opus" if args.opus else None))
-    if args.opus:
-        print(
-            f"opus: requested {args.bitrate:g} kbps; measured {mean['opus_kbps']:.2f} kbps (whole Ogg files), "
-            f"{mean['opus_payload_kbps']:.2f} kbps (audio packets only), over the files' total duration"
-        )
-    if not with_visqol:
-        print("visqol: " + ("skipped (--no-visqol)" if args.no_visqol else "unavailable (pip install visqol-python)"))
-
-    if args.csv:
-        table = io.StringIO(newline="")
-        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([*rows, mean, scored])
-        _write(args.csv, "--csv", table.getvalue())
-    if args.json:
-        report = {
-            "settings": {
-                "reference_dir": shown(args.reference_dir),
-                "degraded_dir": shown(args.degraded_dir),
-                "metrics": list(names),
-                "visqol": with_visqol,
-                "opus_bitrate_kbps": args.bitrate if args.opus else None,
-            },
-            "files": [{key: _json_safe(value) for key, value in row.items()} for row in rows],
-            "mean": {**{key: _json_safe(value) for key, value in mean.items()}, "counts": counts},
-        }
-        _write(args.json, "--json", json.dumps(report, indent=2) + "\n")
+    try:
+        _print_scores(args, table_rows, names, mean, with_visqol)
+    finally:  # whatever became of the table: scores that cannot be printed (a full disk under stdout) are kept
+        _write_reports(args, rows, mean, scored, counts, names, with_visqol)
     return 0
 
 

@@ -14,6 +14,7 @@ import soundfile as sf
 
 from utils import audio as audio_io
 from utils.errors import CodecError
+from utils.files import walk_every_folder
 
 TRAINING_EXTENSIONS: tuple[str, ...] = (".wav", ".flac")
 
@@ -48,11 +49,8 @@ def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = TRAINI
     found: list[Path] = []
     unused = 0
 
-    def unreadable(error: OSError) -> None:
-        raise DataError(f"cannot list {error.filename} ({error.strerror}): make it readable or remove it from the "
-                        "data; its files would be left out") from None
-
-    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=unreadable):
+    listing = walk_every_folder(root, "make it readable or remove it from the data", DataError, followlinks=True)
+    for folder, subfolders, names in listing:
         kept = []
         for name in subfolders:
             real = os.path.realpath(os.path.join(folder, name))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -133,3 +134,40 @@ def test_run_sh_runs_twice() -> None:
     assert os.path.getsize(os.path.join(out, "alsa_speakers.wav")) > 44
     scores = json.load(open(os.path.join(out, "scores.json")))
     assert scores["files"] and "mean" in scores  # the evaluation scored the decoded clip
+
+
+def test_output_puts_the_outputs_elsewhere_read_from_the_callers_folder(sandbox: Path, tmp_path: Path) -> None:
+    """OUTPUT=DIR: a clone of the toolkit that the user may not write in still runs."""
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    result = run_sh(sandbox, tmp_path, INPUT="a.wav", OUTPUT="coded/here")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "coded" / "here" / "demo48k")) == ["a.adc", "a.wav", "scores.json"]
+    assert not (sandbox / "output").exists()
+    result = run_sh(sandbox, tmp_path, INPUT="a.wav", OUTPUT="made/for/it", MODEL="bogus")
+    assert result.returncode != 0 and not (tmp_path / "made").exists()  # all it made is gone again
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_naming_output(sandbox: Path, tmp_path: Path) -> None:
+    """A read-only clone (simulated, as root writes anywhere: a file where output/ would be) is named in
+    one line with the way out, before the set-up, and nothing in the way is removed."""
+    (sandbox / "output").write_text("not a folder")
+    (sandbox / "utils" / "setup_venv.sh").write_text("echo set-up ran >&2\n")
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    result = run_sh(sandbox, tmp_path, INPUT="a.wav")
+    assert result.returncode == 1 and result.stdout == ""
+    assert re.fullmatch(r"error: cannot create output/demo48k \([^)\n]+\): give OUTPUT=a folder you may write in\n",
+                        result.stderr), result.stderr
+    assert (sandbox / "output").read_text() == "not a folder"
+
+
+def test_a_read_only_toolkit_is_one_line_naming_output(sandbox: Path, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes in a read-only folder (the test above simulates one)")
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    sandbox.chmod(0o555)
+    try:
+        result = run_sh(sandbox, tmp_path, INPUT="a.wav")
+    finally:
+        sandbox.chmod(0o755)
+    assert result.returncode == 1 and result.stderr == (
+        "error: cannot create output/demo48k (Permission denied): give OUTPUT=a folder you may write in\n")

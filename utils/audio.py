@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 
 from utils.errors import CodecError
-from utils.files import Writer, check_output_folder, write_outputs
+from utils.files import Writer, check_output_folder, check_readable, write_outputs
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 1000, 768_000  # Hz: the rates read_audio takes
@@ -82,6 +82,7 @@ def read_audio(
     try:
         data, rate = sf.read(os.fsencode(path), dtype=dtype, always_2d=True)  # bytes: any name the system takes
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        check_readable(path)  # libsndfile says "System error" for a file the user may not read
         reason = str(error).splitlines()[0]
         raise CodecError(f"cannot read {path} as audio ({reason}): give a wav/flac/ogg file") from None
     if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:  # resampling 1 Hz to 48 kHz would ask for 48000 x the samples

@@ -22,16 +22,25 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.errors import CodecError, shown
-from utils.files import case_twins, check_output_folder, file_in_the_way, ignores_case, make_output_folder
+from utils.files import (
+    case_twins,
+    check_output_folder,
+    file_in_the_way,
+    ignores_case,
+    make_output_folder,
+    walk_every_folder,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def find_files(folder: str, endings: tuple[str, ...]) -> list[Path]:
-    """Files under `folder` (recursively, links followed) whose names end in one of `endings` (any case), sorted."""
+    """Files under `folder` (recursively, links followed) whose names end in one of `endings` (any case), sorted.
+    A folder under it that cannot be listed is a CodecError naming it, before any work."""
     endings = tuple(ending.lower() for ending in endings)
     found = []
-    for parent, _, names in os.walk(folder, followlinks=True):
+    listing = walk_every_folder(folder, f"make it readable or move it out of {folder}", followlinks=True)
+    for parent, _, names in listing:
         found.extend(Path(parent) / name for name in names if name.lower().endswith(endings))
     return sorted(found)
 

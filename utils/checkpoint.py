@@ -19,7 +19,7 @@ from torch import nn
 from layers.weight_norm import fold_weight_norm, from_original_keys, has_weight_norm, to_original_keys
 from models.registry import AUTOENCODER_TYPES, generator_class
 from utils.errors import CodecError, built_from_config
-from utils.files import write_bytes_atomic
+from utils.files import read_failure, write_bytes_atomic
 
 NOT_A_CHECKPOINT = "it is not an AudioDec checkpoint (give one that codecTrain.py or the original saved)"
 MAX_OUTPUT_DELAY = 480_000  # samples; a model's lag is a fraction of a second
@@ -44,7 +44,11 @@ def load_config(checkpoint: str) -> dict[str, Any]:
         raise CodecError(
             f"no config.yml beside {checkpoint}: copy the experiment folder whole (config.yml + checkpoint)"
         )
-    with open(path) as handle:
+    try:
+        handle = open(path)
+    except OSError as error:  # no read permission, say
+        raise read_failure(path, error) from None
+    with handle:
         try:
             config = yaml.safe_load(handle)
         except yaml.YAMLError as error:
@@ -94,6 +98,8 @@ def read_checkpoint(checkpoint: str) -> dict[str, Any]:
     _require_checkpoint_file(checkpoint)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except OSError as error:  # no read permission, say: not a damaged file
+        raise read_failure(checkpoint, error) from None
     except Exception as error:  # torch raises many types for a damaged file
         reason = error.__class__.__name__
         raise CodecError(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -55,19 +57,86 @@ def configure_logging(level: int = logging.INFO, format: str = "%(message)s", fo
     logging.basicConfig(level=level, handlers=[handler], force=force)
 
 
+class StandardOutputError(CodecError):
+    """Standard output takes no more text for a reason other than a broken pipe (a full disk, /dev/full)."""
+
+
+@contextlib.contextmanager
+def _reported_as_stdout_failure() -> Iterator[None]:
+    """An OSError in the block, but a broken pipe (its own quiet stop), as StandardOutputError."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise StandardOutputError(f"cannot write to standard output ({error.strerror or error}): free space, or "
+                                  "redirect it elsewhere") from None
+
+
+class _CheckedOutput:
+    """Stands in for sys.stdout while a command runs: a write or flush that fails raises
+    StandardOutputError (one line), not an OSError traceback; all else is the stream's own."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with _reported_as_stdout_failure():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with _reported_as_stdout_failure():
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _checked_stdout() -> Iterator[None]:
+    """sys.stdout as `_CheckedOutput` in the block, flushed at its end (an exit, as argparse's --help,
+    included): what the body printed fails here, as StandardOutputError, not in the interpreter's exit."""
+    stream = sys.stdout
+    if stream is None:  # started with stdout closed: print() does nothing
+        yield
+        return
+    sys.stdout = _CheckedOutput(stream)
+    try:
+        yield
+        sys.stdout.flush()
+    except SystemExit:
+        sys.stdout.flush()
+        raise
+    finally:
+        sys.stdout = stream
+
+
+def _discard_stdout() -> None:
+    """Point stdout's file at the null device: what its buffer holds can go nowhere, and the exit's
+    flush would fail on it again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # a stream with no file (a test's)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a CLI body: a CodecError (or Ctrl-C, or SIGTERM) becomes one line on stderr and a non-zero
     exit; a body that fails leaves none of the output folders it made behind empty, nor a temp file.
-    File names in its log and error lines are printed escaped where they are no text (`shown`)."""
+    Standard output that cannot be written is one line and exit status 1 (a closed pipe: a quiet
+    stop). File names in its log and error lines are printed escaped where they are no text (`shown`)."""
     configure_logging()
     signal.signal(signal.SIGTERM, _raise_terminated)
     status: int | str | None = 1  # until the body returns or exits
     try:
         check_torch_version()
-        status = main() or 0
+        with _checked_stdout():
+            status = main() or 0
     except SystemExit as stop:
         status = stop.code
         raise
+    except StandardOutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        _discard_stdout()
+        status = 1
     except CodecError as error:
         print(f"error: {shown(str(error))}", file=sys.stderr)
         status = 1
@@ -78,7 +147,7 @@ def run_main(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         status = 130
     except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, as other tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to go
+        _discard_stdout()
         status = 128 + signal.SIGPIPE
     finally:
         if status:

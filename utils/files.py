@@ -1,10 +1,13 @@
-"""Writing outputs atomically: a temp file beside the target, renamed into place once complete."""
+"""Files and folders as the commands meet them: outputs written atomically (a temp file beside the
+target, renamed into place once complete) and checked before the work; inputs and folders the user
+may not read named in one line (`read_failure`, `walk_every_folder`)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +32,23 @@ def file_in_the_way(folder: str | os.PathLike) -> str | None:
     return folder if os.path.exists(folder) and not os.path.isdir(folder) else None
 
 
+def walk_every_folder(
+    root: str | os.PathLike, fix: str, kind: type[CodecError] = CodecError, followlinks: bool = False
+) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(root)`, where a folder under `root` that cannot be listed, for want of read permission
+    say, raises `kind` naming it, the system's reason and `fix` (`root` itself: "make it readable"):
+    os.walk passes over such a folder quietly, and a command would report success over fewer files
+    than it was given."""
+
+    def unlistable(error: OSError) -> None:
+        reason = error.strerror or error
+        if os.path.abspath(error.filename) == os.path.abspath(root):
+            raise kind(f"cannot list {root} ({reason}): make it readable") from None
+        raise kind(f"cannot list {error.filename} ({reason}): {fix}; its files would be left out") from None
+
+    return os.walk(root, followlinks=followlinks, onerror=unlistable)
+
+
 def same_path(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """Whether two paths name one file: the same after links, `.` and `..` are resolved, or (both
     existing) the same file on disk (hard links)."""
@@ -47,11 +67,31 @@ def write_failure(path: str | os.PathLike, error: OSError, kind: type[CodecError
     return kind(f"cannot write {path} ({error.strerror or error}): give another output path")
 
 
+def read_failure(path: str | os.PathLike, error: OSError, kind: type[CodecError] = CodecError) -> CodecError:
+    """The one-line error (of type `kind`) for an OSError met opening or reading the input `path`: what
+    the system said, and the fix (a file the user may not read is made readable, not replaced)."""
+    if isinstance(error, PermissionError):
+        return kind(f"cannot read {path} (permission denied): make it readable for this user (chmod +r)")
+    return kind(f"cannot read {path} ({error.strerror or error}): check the file")
+
+
+def check_readable(path: str | os.PathLike, kind: type[CodecError] = CodecError) -> None:
+    """Raise `read_failure`'s error where the regular file `path` cannot be opened for reading. For the
+    readers whose library hides the system's reason (libsndfile's "System error", torch.load): they call
+    it when they fail, so that a file the user may not read is not called damaged."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise read_failure(path, error, kind) from None
+
+
 def check_output_folder(path: str | os.PathLike, error: type[CodecError] = CodecError) -> None:
     """Raise ``error`` naming the problem when `path`'s folder cannot take a new file: it does not exist,
     a file stands where a folder of it should be, or it takes no files (read-only, not a real folder);
     or `path` names a folder (one that exists, or with a trailing separator), which no file can be
-    written as. A command calls it before its work, so that it is not lost to an unwritable output."""
+    written as; or `path` is a file this user may not replace (`_kept_from_this_user`). A command
+    calls it before its work, so that it is not lost to an unwritable output."""
     text = os.fspath(path)
     if os.path.isdir(text) or text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
         raise error(f"cannot write {path}: it names a folder: give a file name")
@@ -63,11 +103,29 @@ def check_output_folder(path: str | os.PathLike, error: type[CodecError] = Codec
             raise write_failure(path, failure, error) from None
         os.close(handle)
         os.unlink(probe)
+        if _kept_from_this_user(path):
+            raise error(f"cannot replace {path}: it is another user's, in a folder where only its owner may replace "
+                        "it (the sticky bit, as in /tmp): give another output path")
         return
     blocking = file_in_the_way(folder)
     if blocking is not None:
         raise error(f"cannot write {path}: {blocking} is a file, not a folder: give another output path")
     raise error(f"output folder {folder} does not exist: create it first")
+
+
+def _kept_from_this_user(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file that this user may not replace though its folder takes new files:
+    another user's, in a folder with the sticky bit (/tmp's), where only the owner of the file or of
+    the folder, or root, may rename over it (an output's temp file is renamed over it at the end)."""
+    if not hasattr(os, "geteuid"):  # Windows has no such rule
+        return False
+    try:
+        file_info = os.lstat(path)
+        folder_info = os.stat(os.path.dirname(os.path.abspath(path)) or ".")
+    except OSError:  # no file there yet
+        return False
+    user = os.geteuid()
+    return bool(folder_info.st_mode & stat.S_ISVTX) and user not in (0, file_info.st_uid, folder_info.st_uid)
 
 
 def ignores_case(folder: str | os.PathLike) -> bool:

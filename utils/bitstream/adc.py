@@ -18,7 +18,7 @@ import numpy as np
 
 from utils.bitstream.bits import MAX_CODE_BITS, bits_per_code, pack_codes, packed_bytes, unpack_codes
 from utils.errors import CodecError
-from utils.files import check_output_folder, write_outputs
+from utils.files import check_output_folder, read_failure, write_outputs
 
 MAGIC = b"ADCB"
 FORMAT_VERSION = 1
@@ -411,7 +411,11 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         raise BitstreamError(f"input file {path} does not exist: check the path")
     if not os.path.isfile(path):  # a FIFO would block the read; a device has no length to check
         raise BitstreamError(f"input {path} is not a regular file (a pipe or a device?): give an .adc file's path")
-    with open(path, "rb") as stream:
+    try:
+        stream = open(path, "rb")
+    except OSError as error:  # no read permission, say
+        raise read_failure(path, error, BitstreamError) from None
+    with stream:
         size = os.fstat(stream.fileno()).st_size
         prefix = stream.read(MAX_HEADER_BYTES)
         try:

@@ -23,7 +23,7 @@ from itertools import cycle
 import numpy as np
 
 from utils.bitstream.adc import BitstreamError, short_hash
-from utils.files import check_output_folder, write_outputs
+from utils.files import check_output_folder, read_failure, write_outputs
 
 TABLE_MAGIC = b"ADCE"
 TABLE_VERSION = 1
@@ -245,8 +245,12 @@ class EntropyModel:
             raise BitstreamError(f"entropy table {path} is a folder: give the table's file")
         if not os.path.isfile(path):
             raise BitstreamError(f"entropy table {path} does not exist: check the path")
-        with open(path, "rb") as stream:
-            return cls.from_bytes(stream.read())
+        try:
+            with open(path, "rb") as stream:
+                data = stream.read()
+        except OSError as error:  # no read permission, say
+            raise read_failure(path, error, BitstreamError) from None
+        return cls.from_bytes(data)
 
     def _tables(self, n_codebooks: int, channels: int) -> list[tuple[list[int], list[int]]]:
         """The table of each symbol position within one frame (channel-major, codebook-minor)."""

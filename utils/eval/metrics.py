@@ -26,6 +26,7 @@ import numpy as np
 
 from utils.audio import AUDIO_EXTENSIONS, read_mono, resample
 from utils.errors import CodecError
+from utils.files import atomic_output, walk_every_folder, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +251,8 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
 
     In folders the extension may differ (``a/b.wav`` matches ``a/b.flac``); any of
     ``utils.audio.AUDIO_EXTENSIONS`` is read. Raises :class:`CodecError` when a path is missing, a file is
-    paired with a folder, nothing matches, or one folder holds two files of one name (``x.wav`` and ``x.flac``).
+    paired with a folder, a folder under either cannot be listed (its files would be left out), nothing
+    matches, or one folder holds two files of one name (``x.wav`` and ``x.flac``).
     """
     reference_dir, degraded_dir = Path(reference), Path(degraded)
     if reference_dir.is_file() and degraded_dir.is_file():
@@ -265,7 +267,8 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
 
     def index(label: str, folder: Path) -> dict[str, Path]:
         files: dict[str, Path] = {}
-        for path in sorted(folder.rglob("*")):
+        listing = walk_every_folder(folder, f"make it readable or move it out of the {label} folder {folder}")
+        for path in sorted(Path(parent) / name for parent, _, names in listing for name in names):
             if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
                 continue
             name = str(path.relative_to(folder).with_suffix(""))
@@ -304,7 +307,8 @@ def mel_axis_ticks(sample_rate: int, n_mels: int) -> tuple[list[float], list[str
 def save_spectrogram_figure(
     path: str | Path, spectrograms: dict[str, np.ndarray], sample_rate: int, hop_ms: float = 10.0
 ) -> None:
-    """One PNG with the log-mel spectrograms ``(n_mels, frames)`` side by side, titled by key; frequency in Hz."""
+    """One PNG with the log-mel spectrograms ``(n_mels, frames)`` side by side, titled by key; frequency in Hz.
+    Written whole or not at all; a failure to write it is a CodecError naming ``path`` and the system's reason."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,8 +329,13 @@ def save_spectrogram_figure(
         axis.set_ylabel("frequency (Hz, mel scale)")
     figure.colorbar(image, ax=axes[0].tolist(), label="log magnitude")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:  # through a temp file: a full disk leaves no half-written image, and is one line
+        with atomic_output(path, Path(path).suffix) as temporary:
+            figure.savefig(temporary, dpi=100)
+    except OSError as error:
+        raise write_failure(path, error) from None
+    finally:
+        plt.close(figure)
 
 
 METRIC_LABELS = {
