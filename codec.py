@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.audio import AUDIO_EXTENSIONS, check_audio_output, write_audio
+from utils.audio import AUDIO_EXTENSIONS, MAX_FILE_CHANNELS, check_audio_output, write_audio
 from utils.audiodec import StreamingCodec
 from utils.batch import find_files, plan, refuse_existing, run_batch
 from utils.bitstream.adc import StreamHeader, open_adc
@@ -95,9 +95,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-MAX_WAV_CHANNELS = 1024  # libsndfile's limit
-
-
 def run_encode(args: argparse.Namespace) -> None:
     if not os.path.isdir(args.input) and args.output.lower().endswith(AUDIO_EXTENSIONS):
         raise CodecError(f"-o {args.output}: encode writes .adc files, not audio: give an .adc output name")
@@ -151,7 +148,7 @@ def run_decode(args: argparse.Namespace) -> None:
 
     # each model loaded once, on the first file that names it
     decoder = FileDecoder(load, args.model or (CHECKPOINTS if args.encoder else None), args.entropy_table,
-                          MAX_WAV_CHANNELS)
+                          MAX_FILE_CHANNELS)
 
     def decode(source: Path, output: Path) -> float:
         samples, rate = decoder.decode(source)
@@ -244,10 +241,13 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
 def listing_root() -> tuple[bool, str | None]:
     """Whether the line asks for --list-models (with its --root), whatever else it lacks: a command's
     required -i/-o would otherwise refuse the listing its --help offers."""
-    listing = argparse.ArgumentParser(add_help=False)
+    listing = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     listing.add_argument("--list-models", action="store_true")
     listing.add_argument("--root")
-    known, _ = listing.parse_known_args()
+    try:
+        known, _ = listing.parse_known_args()
+    except argparse.ArgumentError:  # (`--root` without a folder, say): the command's own parser says so
+        return False, None
     return known.list_models, known.root
 
 

@@ -27,6 +27,11 @@ out=$OUTPUT/$MODEL
 # A run that fails leaves no folder it made (MODEL=bogus: no output/bogus/): the topmost of $out's
 # folders that does not exist yet.
 made=""
+case "/$out/" in
+    */../*)  # the clean-up below walks $out's folders by name, which '..' would send elsewhere
+        echo "error: OUTPUT=$OUTPUT has '..' in it: give the folder's path without it" >&2
+        exit 1 ;;
+esac
 folder=$out
 while [ ! -e "$folder" ] && [ ! -L "$folder" ]; do
     made=$folder
@@ -47,6 +52,13 @@ if ! reason=$(mkdir -p -- "$out" 2>&1); then
     echo "error: cannot create $out (${reason##*: }): give OUTPUT=a folder you may write in" >&2
     exit 1
 fi
+for written in "$out/$name.adc" "$out/$name.entropy.adc" "$out/$name.wav" "$out/scores.json"; do
+    if [ "$INPUT" -ef "$written" ]; then  # -f would replace the input with its own decoding
+        echo "error: INPUT=$INPUT is one of the files run.sh writes ($written): give an input outside $out," \
+             "or another OUTPUT" >&2
+        exit 1
+    fi
+done
 bash utils/setup_venv.sh  # .venv and the pinned requirements (torch's CPU build where no NVIDIA driver)
 PY=.venv/bin/python
 # Whole-array expansions are written ${a[@]+"${a[@]}"}: bash before 4.4 (macOS's /bin/bash is 3.2)

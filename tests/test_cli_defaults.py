@@ -185,6 +185,10 @@ def test_a_cli_under_an_older_torch_says_so_in_one_line(tmp_path) -> None:
      r"error: argument --precision: invalid choice: 'fp8' \(choose from .*fp32.*\): see codecTrain.py --help"),
     ("codec.py", ["encode", "--model", "demo48k"],
      r"error: the following arguments are required: -i/--input, -o/--output: see codec.py encode --help"),
+    ("codec.py", ["encode", "-i", "x.wav", "-o", "x.adc", "--root"],  # (past --list-models' own reading)
+     r"error: argument --root: expected one argument: see codec.py encode --help"),
+    ("codec.py", ["decode", "--list-models", "--root"],
+     r"error: argument --root: expected one argument: see codec.py decode --help"),
     ("demoStream.py", ["--num_threads", "two"],
      r"error: argument --num_threads: invalid int value: 'two': see demoStream.py --help"),
 ])  # fmt: skip

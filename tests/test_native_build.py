@@ -306,6 +306,27 @@ def test_a_cache_folder_that_cannot_be_made_is_named_with_the_fix(monkeypatch, t
         "folder you can write, on a disk that lets programs run")
 
 
+def test_a_cache_folder_that_may_not_be_entered_is_named_with_the_fix(monkeypatch, tmp_path: Path,
+                                                                     fresh_build) -> None:
+    """A HOME of another user's (`docker run --user` on an image with HOME=/root): asking whether the
+    cached engine exists raises PermissionError there, which was a traceback; now the engine's notice."""
+    native_build = fresh_build()
+    log = fake_compiler(monkeypatch, tmp_path, WRITES_OUTPUT)
+    monkeypatch.setenv("AUDIODEC_NATIVE_CACHE", str(tmp_path / "theirs"))
+    exists = Path.exists
+
+    def locked(path: Path, *args, **kwargs) -> bool:
+        if path.parent == tmp_path / "theirs":
+            raise PermissionError(13, "Permission denied", str(path))
+        return exists(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", locked)
+    assert not native_build.available() and builds(log) == 0
+    assert native_build.unavailable_reason() == (
+        f"cannot build the engine in {tmp_path / 'theirs'} (Permission denied): set AUDIODEC_NATIVE_CACHE to a "
+        "folder you can write, on a disk that lets programs run")
+
+
 NOEXEC_REASON = ("the system runs no programs from {cache} (the engine failed to map segment: a noexec mount, or a "
                  "policy such as SELinux's): set AUDIODEC_NATIVE_CACHE to a folder you can write, on a disk that lets "
                  "programs run")

@@ -147,6 +147,25 @@ def test_output_puts_the_outputs_elsewhere_read_from_the_callers_folder(sandbox:
     assert result.returncode != 0 and not (tmp_path / "made").exists()  # all it made is gone again
 
 
+def test_an_input_among_the_outputs_is_refused_and_kept(sandbox: Path, tmp_path: Path) -> None:
+    """INPUT=DIR/demo48k/x.wav OUTPUT=DIR: decode -f would replace the input with its own decoding, and
+    score it against itself."""
+    (tmp_path / "out" / "demo48k").mkdir(parents=True)
+    (tmp_path / "out" / "demo48k" / "x.wav").write_bytes(b"RIFF")
+    result = run_sh(sandbox, tmp_path, INPUT="out/demo48k/x.wav", OUTPUT="out")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"error: INPUT={tmp_path}/out/demo48k/x.wav is one of the files run.sh writes")
+    assert (tmp_path / "out" / "demo48k" / "x.wav").read_bytes() == b"RIFF"
+
+
+def test_an_output_with_dot_dot_is_refused_before_anything_is_made(sandbox: Path, tmp_path: Path) -> None:
+    """The clean-up of a failed run walks OUTPUT's folders by name: '..' would leave a folder it made."""
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    result = run_sh(sandbox, tmp_path, INPUT="a.wav", OUTPUT="new/..", MODEL="bogus")
+    assert result.returncode == 1 and result.stderr.startswith("error: OUTPUT=") and "'..'" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a.wav", "toolkit"]  # (the sandbox)
+
+
 def test_an_output_folder_that_cannot_be_made_is_one_line_naming_output(sandbox: Path, tmp_path: Path) -> None:
     """A read-only clone (simulated, as root writes anywhere: a file where output/ would be) is named in
     one line with the way out, before the set-up, and nothing in the way is removed."""

@@ -287,11 +287,13 @@ def test_inputs_the_codec_cannot_take_are_named(any_backend: StreamingCodec) -> 
     assert codec.streams_from_audio(audio).shape == (2, 1, 900)
     with pytest.raises(CodecError, match=r"file samples are complex \(complex128\)"):
         codec.streams_from_audio(audio.astype(np.complex128))
-    for channels_first in (audio.T, audio[:, :1].T, audio[:2, :1].T):  # (2, 900), (1, 900), (1, 2)
+    long = 0.1 * np.random.default_rng(2).standard_normal((1500, 2))
+    for channels_first in (long.T, long[:, :1].T):  # (2, 1500), (1, 1500): more channels than any file holds
         shape = str(channels_first.shape).replace("(", r"\(").replace(")", r"\)")
         with pytest.raises(CodecError, match=rf"file samples of shape {shape} read as .* transpose a channels-first"):
             codec.streams_from_audio(channels_first)
     assert codec.streams_from_audio(audio[:2]).shape == (2, 1, 2)  # as many samples as channels
+    assert codec.streams_from_audio(audio[:1]).shape == (2, 1, 1)  # a file of one stereo sample is one
     assert codec.streams_from_audio(np.zeros((0, 2))).shape == (2, 1, 0)  # no samples of 2 channels
 
 

@@ -22,6 +22,7 @@ from utils.files import Writer, check_output_folder, check_readable, write_outpu
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 1000, 768_000  # Hz: the rates read_audio takes
+MAX_FILE_CHANNELS = 1024  # libsndfile's limit: no audio file it reads or writes has more
 BLOCK_SAMPLES = 1 << 18  # samples (frames x channels) per block when audio is scanned or written
 
 logger = logging.getLogger(__name__)

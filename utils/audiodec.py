@@ -25,7 +25,7 @@ from torch import nn
 from layers.conv import NonCausalConv1d, NonCausalConvTranspose1d
 from layers.streaming import expand_streams, reset_streaming
 from models.autoencoder.AudioDec import Generator as AudioDecGenerator
-from utils.audio import check_file_samples, integer_samples_error
+from utils.audio import MAX_FILE_CHANNELS, check_file_samples, integer_samples_error
 from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import (
     check_codec_pair,
@@ -415,14 +415,14 @@ class StreamingCodec:
         """File samples (T, C) -> model input (B, input_channels, T).
 
         A mono model codes each channel as its own stream; a multi-channel model takes exactly its
-        number of channels as one stream. More channels than samples (some, not none) is refused: that
-        is a channels-first (C, T) array, which would code T one-sample streams.
+        number of channels as one stream. More channels than any audio file holds, and more than samples,
+        is refused: that is a channels-first (C, T) array, which would code T one-sample streams.
         """
         if isinstance(data, np.ndarray) and np.iscomplexobj(data):
             raise CodecError(f"file samples are complex ({data.dtype}): the codec codes real samples in [-1, 1]")
         check_file_samples(data)
         samples, channels = data.shape
-        if 0 < samples < channels:
+        if channels > MAX_FILE_CHANNELS and samples < channels:  # (no file holds more: a (C, T) array)
             raise CodecError(
                 f"file samples of shape {data.shape} read as {samples} sample(s) of {channels} channels: they are "
                 "(samples, channels), as soundfile.read(path, always_2d=True) gives them; transpose a "

@@ -169,10 +169,10 @@ def _library() -> tuple[Build | None, str]:
     digest = hashlib.sha256(b"\0".join([source, asked.encode(), version.encode(), _cpu_flags().encode()]))
     target = folder / f"engine-{digest.hexdigest()[:16]}.so"
     if not _intact(target):
-        if target.exists():
-            logging.getLogger(__name__).info("building the native engine again: the cached %s is damaged or "
-                                             "was built before this toolkit checked its builds", target)
         try:
+            if target.exists():  # (raises where the folder may not be entered: a HOME of another user's)
+                logging.getLogger(__name__).info("building the native engine again: the cached %s is damaged or "
+                                                 "was built before this toolkit checked its builds", target)
             folder.mkdir(parents=True, exist_ok=True)
             problem = _cache_problem(folder)
             if problem:
