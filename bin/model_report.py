@@ -30,7 +30,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -47,7 +46,7 @@ from utils.cli import (  # noqa: E402
     run_main,
 )
 from utils.errors import ArgumentParser, CodecError, check_at_least  # noqa: E402
-from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair  # noqa: E402
+from utils.eval.metrics import METRIC_LABELS, METRIC_NAMES, evaluate_pair, save_figure  # noqa: E402
 from utils.eval.opus_baseline import check_opus_bitrate, opus_available, opus_roundtrip  # noqa: E402
 from utils.files import make_output_folder, write_text_atomic  # noqa: E402
 
@@ -231,10 +230,7 @@ def save_rate_quality_plot(path: Path, lines: list[dict]) -> None:
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[0].legend()
-    buffer = path.with_name(f".tmp-{path.name}")
-    figure.savefig(buffer, dpi=100, format="png")
-    plt.close(figure)
-    os.replace(buffer, path)
+    save_figure(figure, path)
 
 
 def _finite(value):

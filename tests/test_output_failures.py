@@ -75,7 +75,25 @@ def test_evaluate_writes_its_json_though_the_table_cannot_be_printed(tmp_path: P
     assert json.loads(scores.read_text())["files"][0]["file"] == "ref.wav"
 
 
-def test_a_plot_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _plot(kind: str, path: Path) -> None:
+    """One of the toolkit's plots written to `path`: evaluate's spectrograms, a learning curve, the
+    model report's rate-quality plot."""
+    if kind == "spectrograms":
+        spectrogram = np.zeros((80, 50))
+        metrics.save_spectrogram_figure(path, {"reference": spectrogram, "decoded": spectrogram}, 48000)
+    elif kind == "curve":
+        from trainer.curve import plot_curves
+
+        plot_curves({"run": [{"steps": step, "pesq_wb": 1 + 0.1 * step} for step in (1, 2)]}, path)
+    else:
+        from bin.model_report import save_rate_quality_plot
+
+        save_rate_quality_plot(path, [{"system": "custom K=8", "kbps": 12.8, "pesq_wb": 2.0, "estoi": 0.7}])
+
+
+@pytest.mark.parametrize("kind", ["spectrograms", "curve", "rate_quality"])
+def test_a_plot_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              kind: str) -> None:
     from matplotlib.figure import Figure
 
     def savefig(self, name, **kwargs) -> None:
@@ -84,10 +102,10 @@ def test_a_plot_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path: Path, mo
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Figure, "savefig", savefig)
-    spectrogram = np.zeros((80, 50))
     path = tmp_path / "plots" / "a.png"
+    path.parent.mkdir()
     with pytest.raises(CodecError, match=rf"^no space left on device writing {path}: free space or write elsewhere$"):
-        metrics.save_spectrogram_figure(path, {"reference": spectrogram, "decoded": spectrogram}, 48000)
+        _plot(kind, path)
     assert os.listdir(path.parent) == []
 
 

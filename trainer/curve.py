@@ -33,7 +33,7 @@ import torch
 
 from utils.audio import AUDIO_EXTENSIONS, read_mono
 from utils.errors import CodecError
-from utils.eval.metrics import METRIC_NAMES, evaluate_pair
+from utils.eval.metrics import METRIC_NAMES, evaluate_pair, save_figure
 from utils.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -187,8 +187,4 @@ def plot_curves(runs: Mapping[str, list[Mapping[str, float]]], path: str | Path,
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp.png")
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    temporary.replace(path)
+    save_figure(figure, path)

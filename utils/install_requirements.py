@@ -76,7 +76,8 @@ def torch_index(pin: str | None) -> tuple[str | None, str]:
     if has_nvidia_driver():
         return None, "an NVIDIA driver is installed: PyPI's CUDA build"
     if not index_answers(CPU_INDEX):
-        return None, f"PyTorch's CPU index ({CPU_INDEX}) does not answer: torch comes from PyPI (its CUDA build, GBs)"
+        return None, (f"PyTorch's CPU index ({CPU_INDEX}) does not answer: torch comes from PyPI, or what pip is "
+                      "configured with (PyPI's Linux build is the CUDA one, GBs)")
     return CPU_INDEX, "no NVIDIA driver here: PyTorch's CPU build"
 
 

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -329,9 +330,17 @@ def save_spectrogram_figure(
         axis.set_ylabel("frequency (Hz, mel scale)")
     figure.colorbar(image, ax=axes[0].tolist(), label="log magnitude")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:  # through a temp file: a full disk leaves no half-written image, and is one line
-        with atomic_output(path, Path(path).suffix) as temporary:
-            figure.savefig(temporary, dpi=100)
+    save_figure(figure, path)
+
+
+def save_figure(figure: Any, path: str | Path) -> None:
+    """Write the matplotlib `figure` to the PNG `path` and close it. Through a temp file: a full disk
+    leaves no half-written image and is a CodecError naming `path` and the system's reason."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_output(path, ".png") as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
     except OSError as error:
         raise write_failure(path, error) from None
     finally:
