@@ -92,3 +92,47 @@ def test_the_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     holder = subprocess.run([sys.executable, "-c", HOLDER.replace("time.sleep(120)", ""), str(tmp_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert holder.returncode == 0 and holder.stdout.strip() == "held"
+
+
+class _FullDisk:
+    """A file on a full disk: it opens, takes text into its buffer, and fails to write it out."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._real = open(*args, **kwargs)
+
+    def write(self, text) -> int:
+        raise OSError(28, os.strerror(28))
+
+    flush = write
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+
+def test_a_lock_on_a_full_disk_is_one_line_and_a_fresh_run_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import exp_lock
+
+    monkeypatch.setattr(exp_lock, "open", _FullDisk, raising=False)
+    with pytest.raises(CodecError, match=rf"^no space left on device writing {tmp_path / LOCK_NAME}: free space"):
+        hold_experiment(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "recipe.yaml")
+    with pytest.raises(CodecError, match="^no space left on device writing .*run/.training.lock"):
+        run_training(TrainOptions(config=recipe, tag="run", exp_root=str(tmp_path / "exp")))
+    assert not (tmp_path / "exp" / "run").exists()
+
+
+def test_a_lock_file_that_cannot_be_removed_is_a_warning_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The folder made read-only during the run: the run's own error must stay the one that is seen."""
+    lock = hold_experiment(tmp_path)
+
+    def refused(self, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    lock.release()
+    assert "cannot remove" in caplog.text and "Permission denied" in caplog.text

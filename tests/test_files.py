@@ -314,3 +314,31 @@ def test_case_twins_are_names_that_differ_only_in_case() -> None:
     assert files.case_twins(["out/a.wav", "out/X.wav", "out/b.wav", "out/x.wav"]) == (1, 3)
     assert files.case_twins(["out/A/x.wav", "out/a/x.wav"]) == (0, 1)
     assert files.case_twins(["out/a.wav", "out/b.wav"]) is None
+
+
+def test_an_atomic_write_onto_a_full_disk_is_one_line_and_leaves_the_target_as_it_was(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint, config.yml or curve written when the disk fills: a CodecError naming the path."""
+    from utils import files
+
+    target = tmp_path / "checkpoint.pkl"
+    target.write_bytes(b"old")
+
+    class Full:
+        def __init__(self, *args, **kwargs) -> None:
+            self._real = open(*args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self._real.close()
+
+        def write(self, data) -> int:
+            raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(files, "open", Full, raising=False)
+    with pytest.raises(CodecError, match=rf"^no space left on device writing {target}: free space or write elsewhere$"):
+        files.write_bytes_atomic(target, b"new")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pkl"]

@@ -443,6 +443,8 @@ def run_training(options: TrainOptions) -> Path:
                     lock = hold_experiment(expdir)  # before anything in the folder is written
                 except CodecError as caught:
                     error = caught
+                    if fresh:  # (the lock's file on a full disk, say): a run that cannot start leaves no folder
+                        shutil.rmtree(expdir, ignore_errors=True)
             raise_first_error(error, context)  # the other ranks stop with rank 0 instead of waiting on it
             try:
                 trainer = build_trainer(config, context, expdir, options.seed, None, plan)

@@ -8,6 +8,7 @@ process ends, however it ends, so a killed or preempted run leaves nothing that 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from utils.errors import CodecError
+from utils.files import write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +32,17 @@ class ExperimentLock:
         self._handle = handle
 
     def release(self) -> None:
+        """Let the lock go. Called as a run ends however it ends: a lock file that cannot be removed
+        (the folder made read-only meanwhile) is said in a warning, not raised over the run's own error."""
         if self._handle is None:
             return
-        self.path.unlink(missing_ok=True)  # before the lock goes: nothing sees a free, stale file
-        self._handle.close()
+        try:
+            self.path.unlink(missing_ok=True)  # before the lock goes: nothing sees a free, stale file
+        except OSError as error:
+            logger.warning("cannot remove %s (%s): it holds no lock now, and may be deleted", self.path,
+                           error.strerror or error)
+        with contextlib.suppress(OSError):  # (the holder's line may not reach a full disk: nothing is lost)
+            self._handle.close()
         self._handle = None
 
 
@@ -48,7 +57,10 @@ def hold_experiment(expdir: Path) -> ExperimentLock:
         import fcntl
     except ImportError:  # not a POSIX system
         return ExperimentLock(path, None)
-    handle = open(path, "a+", encoding="utf-8")
+    try:
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as error:
+        raise write_failure(path, error) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -63,8 +75,13 @@ def hold_experiment(expdir: Path) -> ExperimentLock:
         handle.close()
         logger.warning("cannot lock %s (%s): make sure no other run trains into it", expdir, error.strerror)
         return ExperimentLock(path, None)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    handle.flush()
-    return ExperimentLock(path, handle)
+    lock = ExperimentLock(path, handle)
+    try:  # who holds it, for the run refused beside it
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+    except OSError as error:  # a full disk: the run could not save anything either
+        lock.release()
+        raise write_failure(path, error) from None
+    return lock

@@ -252,9 +252,13 @@ def write_outputs(files: Mapping[str | os.PathLike, bytes | Writer]) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, suffix: str = "") -> None:
-    """Write `data` to `path` through :func:`atomic_output`."""
-    with atomic_output(path, suffix) as tmp, open(tmp, "wb") as stream:
-        stream.write(data)
+    """Write `data` to `path` through :func:`atomic_output`; a failure (a full disk, say) is a CodecError
+    naming the path and the system's reason (`write_failure`), and leaves `path` as it was."""
+    try:
+        with atomic_output(path, suffix) as tmp, open(tmp, "wb") as stream:
+            stream.write(data)
+    except OSError as error:
+        raise write_failure(path, error) from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
