@@ -505,3 +505,33 @@ def test_the_cpu_demo_examples_of_the_recipe_headers_train_on_the_cpu(stub_pytho
             result = bash(*words, env=stub_python)
             trained = [command for command in commands(result) if command.startswith("codecTrain.py")]
             assert trained and all(command.endswith("--ngpu 0") for command in trained), (script.name, line)
+
+
+def test_a_local_recipe_told_to_stop_passes_it_on_to_its_stage_and_stops(tmp_path: Path) -> None:
+    """SIGTERM to a --cmd local recipe (`timeout`, a scheduler without SLURM): the stage's trainer is told
+    too (it saves and exits), the recipe waits for it, then stops with 143 instead of running the next
+    stage; it used to end alone and leave its trainer training."""
+    import signal
+    import time
+
+    log, started = tmp_path / "log", tmp_path / "started"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/usr/bin/env bash\n[ "$1" = codecTrain.py ] || exit 0  # (the recipe asks it for torch first)\n'
+                    f'echo "RUN $*" >> {log}\ntrap \'echo "saved" >> {log}; exit 0\' TERM\n'
+                    f"touch {started}\nsleep 30 &\nwait $!\n")  # fmt: skip
+    stub.chmod(0o755)
+    recipe = subprocess.Popen(["bash", "submit_codec.sh", "--start", "0", "--stop", "4"], cwd=ROOT,
+                              env={**os.environ, "PYTHON": str(stub)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert started.exists()
+    recipe.send_signal(signal.SIGTERM)
+    _, stderr = recipe.communicate(timeout=20)
+    assert recipe.returncode == 143
+    assert "stage 0 was told to stop: the signal was passed on to its processes" in stderr
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("RUN codecTrain.py") and lines[1:] == ["saved"]  # no stage after it ran
+    with pytest.raises(ProcessLookupError):  # nothing of the stage is left running
+        os.killpg(recipe.pid, 0)

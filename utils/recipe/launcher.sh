@@ -307,13 +307,46 @@ EOF
     chmod +x "${script}"
 }
 
+# _launcher_run_here <k> <command...>: run stage k's command here, in a process group of its own, and
+# pass SIGTERM, SIGINT and SIGHUP on to the whole group: stopped by `timeout` or a scheduler, the
+# recipe used to end alone and leave its trainer training (a training saves on SIGTERM, then the
+# recipe stops with 128 + the signal instead of going on to the next stage). Its status otherwise.
+_launcher_run_here() {
+    local stage=$1 status=0
+    shift
+    _launcher_signal="" _launcher_group=""
+    # Set before the command starts: a signal that comes first is passed on as soon as it has started.
+    trap '_launcher_pass_on 143 TERM' TERM
+    trap '_launcher_pass_on 130 INT' INT
+    trap '_launcher_pass_on 129 HUP' HUP
+    set -m  # the command's own process group, which the traps signal whole
+    "$@" &
+    _launcher_group=$!
+    set +m
+    if [ -n "${_launcher_signal}" ]; then kill -"${_launcher_signame}" -- "-${_launcher_group}" 2>/dev/null || true; fi
+    wait "${_launcher_group}" || status=$?
+    while kill -0 -- "-${_launcher_group}" 2>/dev/null; do sleep 0.2; done  # its processes still at work (a save)
+    trap - TERM INT HUP
+    if [ -n "${_launcher_signal}" ]; then
+        echo "stage ${stage} was told to stop: the signal was passed on to its processes, and the recipe stops" >&2
+        exit "${_launcher_signal}"
+    fi
+    return "${status}"
+}
+
+# _launcher_pass_on <status> <signal>: remember that the recipe was told to stop, and tell the stage.
+_launcher_pass_on() {
+    _launcher_signal=$1 _launcher_signame=$2
+    if [ -n "${_launcher_group}" ]; then kill -"$2" -- "-${_launcher_group}" 2>/dev/null || true; fi
+}
+
 # run_stage <k> <name> <command...>: run stage k of the recipe (name: its tag, e.g.
 # autoencoder/symAD_vctk_48000_hop300). --cmd local runs the command now; --cmd slurm submits it.
 run_stage() {
     local stage=$1 name=$2
     shift 2
     if [ "${cmd}" != slurm ]; then
-        "$@"
+        _launcher_run_here "${stage}" "$@"
         return
     fi
     local label=${name//\//_}
