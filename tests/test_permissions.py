@@ -19,6 +19,7 @@ from utils.bitstream.adc import BitstreamError, open_adc
 from utils.bitstream.entropy import EntropyModel
 from utils.checkpoint import load_config, read_checkpoint
 from utils.errors import CodecError
+from utils.eval import metrics
 from utils.eval.metrics import match_audio_files
 
 RATE = 16000
@@ -138,3 +139,41 @@ def test_a_folder_input_that_cannot_be_listed_itself_is_named(tmp_path: Path, lo
     clip(tmp_path / "locked" / "a.wav")
     with pytest.raises(CodecError, match=r"^cannot list .*/locked \(Permission denied\): make it readable$"):
         plan(str(tmp_path / "locked"), str(tmp_path / "out"), (".wav",), ".adc")
+
+
+@pytest.fixture
+def librosa_without_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """librosa's filters failing to import as they do for a user whose home folder is missing (numba's
+    and platformdirs' RuntimeErrors), simulated: this process has a home folder."""
+    import importlib.abc
+    import sys
+
+    class NoCaches(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "librosa.filters":
+                raise RuntimeError("could not determine the home directory for '~/.cache', set an absolute HOME")
+            return None
+
+    monkeypatch.delitem(sys.modules, "librosa.filters", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [NoCaches(), *sys.meta_path])
+    metrics._mel_filters.cache_clear()
+    yield
+    metrics._mel_filters.cache_clear()
+
+
+CACHES = (r"^librosa cannot set up its caches \(could not determine the home directory for '~/.cache', set an "
+          r"absolute HOME\): this user's home folder is missing or read-only; set XDG_CACHE_HOME and "
+          r"NUMBA_CACHE_DIR to a folder you can write$")
+
+
+def test_training_and_the_metrics_without_librosas_caches_are_one_line(tmp_path: Path, librosa_without_caches) -> None:
+    from tests.test_trainer import save_recipe, tiny_recipe
+    from trainer.builder import TrainOptions, run_training
+
+    recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "recipe.yaml")
+    with pytest.raises(CodecError, match=CACHES):  # (it said "cannot build MultiMelSpectrogramLoss ... fix the config")
+        run_training(TrainOptions(config=recipe, tag="run", exp_root=str(tmp_path / "exp")))
+    assert not (tmp_path / "exp" / "run").exists()
+    signal = np.sin(np.arange(4800) / 10.0)
+    with pytest.raises(CodecError, match=CACHES):
+        metrics.log_mel_spectrogram(signal, 48000)

@@ -36,6 +36,7 @@ from trainer.exp_lock import hold_experiment
 from trainer.memory import check_models_fit, out_of_memory
 from trainer.state import read_newest_checkpoint, resolve_resume
 from trainer.vocoder import VocoderTrainer
+from utils.audio import librosa_filters
 from utils.checkpoint import build_generator, output_delay
 from utils.errors import CodecError, built_from_config, check_at_least
 from utils.files import make_output_folder, write_text_atomic
@@ -407,6 +408,7 @@ def run_training(options: TrainOptions) -> Path:
     ``initial`` checkpoint, when given, provides the starting parameters.
     """
     config = read_recipe(options.config)
+    librosa_filters()  # the mel losses' filters: without a usable home folder, one line naming the fix
     if options.analyzer and config.get("train_mode") != "vocoder":
         raise CodecError(f"--analyzer {options.analyzer}: {options.config} is not a vocoder recipe (train_mode: "
                          f"{config.get('train_mode', 'autoencoder')}), which has no analyzer: leave --analyzer out")

@@ -11,6 +11,7 @@ import signal
 import struct
 import threading
 from collections.abc import Iterator
+from types import ModuleType
 from typing import BinaryIO
 
 import numpy as np
@@ -320,3 +321,17 @@ def declared_rate(path: str | os.PathLike) -> int | None:
         return sf.info(os.fsencode(path)).samplerate
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
         return None
+
+
+def librosa_filters() -> ModuleType:
+    """`librosa.filters`, whose import sets up librosa's caches: numba's compiled functions (beside
+    librosa, else under the home folder) and its data folder (under the home folder). For a user whose
+    home folder is missing or read-only that fails with a RuntimeError deep in numba or platformdirs:
+    a CodecError here, naming the variables that put the caches elsewhere."""
+    try:
+        import librosa.filters
+    except RuntimeError as error:
+        reason = (str(error).strip().splitlines() or ["no reason given"])[0]
+        raise CodecError(f"librosa cannot set up its caches ({reason}): this user's home folder is missing or "
+                         "read-only; set XDG_CACHE_HOME and NUMBA_CACHE_DIR to a folder you can write") from None
+    return librosa.filters

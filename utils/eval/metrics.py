@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, read_mono, resample
+from utils.audio import AUDIO_EXTENSIONS, librosa_filters, read_mono, resample
 from utils.errors import CodecError
 from utils.files import atomic_output, walk_every_folder, write_failure
 
@@ -134,9 +134,7 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> f
 
 @lru_cache(maxsize=8)
 def _mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sample_rate / 2)
+    return librosa_filters().mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sample_rate / 2)
 
 
 def log_mel_spectrogram(
@@ -297,9 +295,7 @@ def match_audio_files(reference: str | Path, degraded: str | Path) -> list[tuple
 
 def mel_axis_ticks(sample_rate: int, n_mels: int) -> tuple[list[float], list[str]]:
     """Positions on a mel-bin axis (bin i spans [i, i + 1)) of round frequencies, and their labels in Hz."""
-    import librosa
-
-    centers = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=0.0, fmax=sample_rate / 2)[1:-1]
+    centers = librosa_filters().mel_frequencies(n_mels=n_mels + 2, fmin=0.0, fmax=sample_rate / 2)[1:-1]
     round_hz = [hz for hz in (100, 250, 500, 1000, 2000, 4000, 8000, 16000, 24000) if centers[0] <= hz <= centers[-1]]
     positions = [float(np.interp(hz, centers, np.arange(n_mels))) + 0.5 for hz in round_hz]
     return positions, [str(hz) for hz in round_hz]
