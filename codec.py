@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.audio import AUDIO_EXTENSIONS, MAX_FILE_CHANNELS, check_audio_output, write_audio
+from utils.audio import AUDIO_EXTENSIONS, MAX_FILE_CHANNELS, check_audio_output, write_audio_blocks
 from utils.audiodec import StreamingCodec
 from utils.batch import find_files, plan, refuse_existing, run_batch
 from utils.bitstream.adc import StreamHeader, open_adc
@@ -151,9 +151,8 @@ def run_decode(args: argparse.Namespace) -> None:
                           MAX_FILE_CHANNELS)
 
     def decode(source: Path, output: Path) -> float:
-        samples, rate = decoder.decode(source)
-        write_audio(str(output), samples, rate, "PCM_16")
-        return samples.shape[0] / rate
+        blocks, rate, channels = decoder.decode_blocks(source)
+        return write_audio_blocks(str(output), blocks, rate, channels, "PCM_16") / rate
 
     if os.path.isdir(args.input):
         run_batch(pairs, decode, "decode")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, audio_writer, check_audio_output, warn_if_clipping
+from utils.audio import AUDIO_EXTENSIONS, CheckedBlocks, audio_blocks_writer, check_audio_output
 from utils.batch import plan, refuse_existing, run_batch
 from utils.cli import (
     add_input_arguments,
@@ -94,19 +94,20 @@ def main() -> None:
             f"coding {data.shape[0] / codec.sample_rate:.2f} s, {streams.shape[0]} stream(s), "
             f"{codec.bitrate(args.n_codebooks) / 1000:.1f} kbps"
         )
-        codes, y = codec.code(streams, n_codebooks=args.n_codebooks)
+        kept = codec.checked_codebooks(args.n_codebooks)
+        codes = codec.encode_signal(streams)[:, :kept]
+        # decoded a block at a time as the file is written: the decoded audio is never whole in memory
+        pieces = codec.decode_signal_blocks(codes, streams.shape[-1])
+        audio = CheckedBlocks(output, map(codec.audio_from_streams, pieces), codec.sample_rate)
         replacing = output.exists()
-        audio = codec.audio_from_streams(y)
-        outputs = {output: audio_writer(output, audio, codec.sample_rate, "PCM_16")}
+        outputs = {output: audio_blocks_writer(audio, streams.shape[0] * codec.output_channels, "PCM_16")}
         if args.save_codes:  # what is transmitted: the first n_codebooks
-            codes = codes[:, : codec.checked_codebooks(args.n_codebooks)]
             offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size
             flat = codes.cpu().numpy() + offsets
             stream = io.BytesIO()
             np.save(stream, flat[0] if flat.shape[0] == 1 else flat)
             outputs[Path(args.save_codes)] = stream.getvalue()
         write_outputs(outputs)  # both or neither
-        warn_if_clipping(str(output), audio)
         if replacing:
             logging.info(f"replaced the existing {output}")
         return data.shape[0] / codec.sample_rate

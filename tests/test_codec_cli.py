@@ -657,6 +657,33 @@ def test_the_python_api_decodes_files_loading_each_model_once(packed_file: bytes
     np.testing.assert_array_equal(nameless, first)
 
 
+def test_a_file_is_decoded_a_block_at_a_time_as_it_is_written(tmp_path) -> None:
+    """FileDecoder.decode_blocks, what `codec.py decode` writes from: its pieces join to `decode`'s audio,
+    and the first comes before the rest of the file is decoded, so a long file is never whole in memory."""
+    from utils.audiodec import BLOCK_FRAMES
+    from utils.bitstream.codec_file import FileDecoder
+
+    codec = StreamingCodec.from_name("vctk_sym", root=OFFICIAL, device="cpu")
+    data = 0.1 * np.random.default_rng(5).standard_normal((3 * BLOCK_FRAMES * codec.hop_length + 123, 2))
+    encode_to_file(codec, data.astype(np.float32), str(tmp_path / "long.adc"))
+    steps: list[int] = []
+    decode_codes_step = codec._decode_codes
+    codec._decode_codes = lambda codes: steps.append(codes.shape[-1]) or decode_codes_step(codes)
+    decoder = FileDecoder(lambda name: codec)
+    whole, rate = decoder.decode(tmp_path / "long.adc")
+    warm_up, *blocks = steps  # the warmed-up state's decoding, then the file's blocks
+    assert blocks == [BLOCK_FRAMES] * 3 + [1]
+    steps.clear()
+    pieces, piece_rate, channels = decoder.decode_blocks(tmp_path / "long.adc")
+    assert steps == []
+    first = next(pieces)
+    assert steps == [warm_up, BLOCK_FRAMES]  # one block decoded for the first piece
+    rest = list(pieces)
+    assert steps == [warm_up, *blocks] and (piece_rate, channels) == (rate, 2)
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), whole)
+    assert whole.shape == data.shape
+
+
 @pytest.mark.parametrize("line", [["--list-models"], ["encode", "--list-models"], ["decode", "--list-models"],
                                   ["fit-entropy", "--list-models", "--root", "."]])
 def test_list_models_needs_no_input_or_output(python: str, line: list[str]) -> None:

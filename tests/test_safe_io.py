@@ -89,6 +89,49 @@ def test_non_finite_decoded_audio_is_refused_and_not_written(tmp_path, caplog) -
     assert caplog.text == ""
 
 
+def test_audio_written_as_it_is_made_is_the_same_file(tmp_path, caplog) -> None:
+    """write_audio_blocks (what `codec.py decode` writes with, a decoded piece at a time) gives the bytes
+    write_audio gives for the joined audio, and one clipping warning counting every block's samples."""
+    from utils.audio import write_audio_blocks
+
+    loud = np.sin(np.linspace(0, 300, 3 * RATE))[:, None] * np.array([1.5, 0.5])
+    pieces = [loud[:1000], loud[1000:1000], loud[1000:RATE], loud[RATE:]]
+    logs = []
+    for subtype in ("PCM_16", "FLOAT"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            write_audio(str(tmp_path / "whole.wav"), loud, RATE, subtype)
+            whole_log = caplog.text.replace("whole.wav", "x.wav")
+            caplog.clear()
+            assert write_audio_blocks(str(tmp_path / "blocks.wav"), iter(pieces), RATE, 2, subtype) == 3 * RATE
+        assert caplog.text.replace("blocks.wav", "x.wav") == whole_log
+        assert (tmp_path / "blocks.wav").read_bytes() == (tmp_path / "whole.wav").read_bytes()
+        logs.append(whole_log)
+    assert "clips: peak 1.500" in logs[0] and logs[0].count("clips") == 1 and logs[1] == ""  # (float keeps it)
+
+
+def test_audio_made_in_blocks_that_fails_leaves_no_file(tmp_path) -> None:
+    """A NaN in a later block, or any error while the blocks are made, stops the writing: the output
+    keeps what it held and no temp file is left; the maker's error comes through as it was raised."""
+    from utils.audio import write_audio_blocks
+
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"old")
+    bad = np.zeros((RATE, 1))
+    bad[7] = np.inf
+    with pytest.raises(CodecError, match=r"out.wav: the decoded audio holds NaN or infinite samples from 2.00 s on "
+                                         r"\(a damaged or diverged model\): decode with a sound checkpoint"):
+        write_audio_blocks(str(out), iter([np.zeros((RATE, 1))] * 2 + [bad]), RATE, 1)
+
+    def failing():
+        yield np.zeros((RATE, 1))
+        raise ValueError("the decoder's own failure")
+
+    with pytest.raises(ValueError, match="^the decoder's own failure$"):
+        write_audio_blocks(str(out), failing(), RATE, 1)
+    assert os.listdir(tmp_path) == ["out.wav"] and out.read_bytes() == b"old"
+
+
 def test_a_float_input_beyond_full_scale_is_warned(tmp_path) -> None:
     """A float file louder than full scale is coded (it is audio), with a warning naming its peak."""
     loud, quiet = tmp_path / "loud.wav", tmp_path / "quiet.wav"

@@ -316,6 +316,27 @@ def test_a_whole_signal_length_the_codes_cannot_give_is_refused(any_backend: Str
             codec.decode_signal(codes, bad)
 
 
+def test_a_whole_signal_decoded_in_blocks_is_the_same_samples(any_backend: StreamingCodec) -> None:
+    """decode_signal_blocks, what the file decoder writes from: pieces of at most BLOCK_FRAMES frames
+    that join to decode_signal's output, the output delay and the tail cut as there; bad codes or a
+    length the codes cannot give are refused at the call, before any piece."""
+    from utils.audiodec import BLOCK_FRAMES
+
+    codec = any_backend
+    block = BLOCK_FRAMES * codec.hop_length
+    for length in (0, 1, block - codec.output_delay, 2 * block + 7):
+        codes = codec.encode_signal(0.1 * torch.randn(2, 1, length))
+        pieces = list(codec.decode_signal_blocks(codes, length))
+        assert all(0 < piece.shape[-1] <= block and piece.shape[:2] == (2, 1) for piece in pieces)
+        whole = torch.cat(pieces, -1) if pieces else torch.empty(2, 1, 0)
+        torch.testing.assert_close(whole, codec.decode_signal(codes, length), rtol=0, atol=0)
+    assert len(pieces) == 3
+    with pytest.raises(CodecError, match=r"length 901: 3 frames of codes give 0 to 900 samples"):
+        codec.decode_signal_blocks(codes[..., :3], 901)
+    with pytest.raises(CodecError, match=rf"codes must lie in \[0, {codec.codebook_size}\)"):
+        codec.decode_signal_blocks(codes + codec.codebook_size, 600)
+
+
 @pytest.mark.parametrize("device, message", [
     ("meta", r"device 'meta' holds no weights to code with: use 'cpu' or 'cuda\[:N\]'"),
     ("bogus", r"device 'bogus' is not a device: use 'cpu' or 'cuda\[:N\]'"),

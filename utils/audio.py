@@ -10,7 +10,7 @@ import os
 import signal
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import BinaryIO
 
@@ -239,24 +239,47 @@ def audio_writer(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: 
     infinite samples are refused now, before any file is made (:func:`check_finite_output`); a failing
     write raises the system's OSError (a full disk), which `write_outputs` names."""
     check_finite_output(path, data)
-    channels = data.shape[1] if data.ndim == 2 else 1
+    return _blocks_writer(path, _row_blocks(data), rate, data.shape[1] if data.ndim == 2 else 1, subtype)
+
+
+def _blocks_writer(path: str | os.PathLike, blocks: Iterable[np.ndarray], rate: int, channels: int,
+                   subtype: str) -> Writer:
+    """`audio_writer` of audio that comes as (n, channels) blocks. Stops are held while libsndfile
+    writes (`_stops_held`), not while the next block is made: a long decoding stays stoppable."""
 
     def write(stream: BinaryIO) -> None:
         kept = _KeptWriteErrors(stream)
+        sound = None
         try:
-            with _stops_held(), sf.SoundFile(kept, "w", rate, channels, subtype, format=_format_of(path)) as sound:
-                for block in _row_blocks(data):
+            with _write_errors_named(path, kept), _stops_held():  # (the header is written here)
+                sound = sf.SoundFile(kept, "w", rate, channels, subtype, format=_format_of(path))
+            for block in blocks:
+                with _write_errors_named(path, kept), _stops_held():
                     sound.write(block)
-        except Exception as error:
-            if kept.error is not None:  # libsndfile's failure (a short write, soundfile's assertion) is the stream's
-                raise kept.error from None
-            if isinstance(error, (sf.LibsndfileError, ValueError, TypeError)):
-                raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
+        except BaseException:
+            if sound is not None:  # closed while its stream is open (a later close would write to a closed one)
+                with contextlib.suppress(Exception), _stops_held():
+                    sound.close()
             raise
+        with _write_errors_named(path, kept), _stops_held():
+            sound.close()
         if kept.error is not None:
             raise kept.error
 
     return write
+
+
+@contextlib.contextmanager
+def _write_errors_named(path: str | os.PathLike, kept: _KeptWriteErrors) -> Iterator[None]:
+    """libsndfile's failures as the stream's OSError (a full disk), or as a CodecError naming `path`."""
+    try:
+        yield
+    except Exception as error:
+        if kept.error is not None:  # libsndfile's failure (a short write, soundfile's assertion) is the stream's
+            raise kept.error from None
+        if isinstance(error, (sf.LibsndfileError, ValueError, TypeError)):
+            raise CodecError(f"cannot write {path} ({error}): use a .wav or .flac output name") from None
+        raise
 
 
 def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> None:
@@ -270,6 +293,61 @@ def write_audio(path: str, data: np.ndarray, rate: int, subtype: str = "PCM_16")
     write_outputs({path: audio_writer(path, data, rate, subtype)})
     if subtype.startswith("PCM"):
         warn_if_clipping(path, data)
+
+
+def write_audio_blocks(path: str, blocks: Iterable[np.ndarray], rate: int, channels: int,
+                       subtype: str = "PCM_16") -> int:
+    """`write_audio` of audio made a block at a time ((n, channels) arrays, a decoding's pieces), each
+    written as it comes: the file is never whole in memory. Returns the frames written.
+
+    A block with NaN or infinite samples, or any error raised while the blocks are made, stops the
+    writing and leaves no file (as `write_audio`'s failures do); samples beyond full scale are
+    counted over all blocks and logged once at the end.
+    """
+    check_audio_output(path, subtype)
+    checked = CheckedBlocks(path, blocks, rate)
+    write_outputs({path: audio_blocks_writer(checked, channels, subtype)})
+    return checked.frames
+
+
+class CheckedBlocks:
+    """Decoded audio blocks (n, channels) for the file `path`, checked as they pass: one with NaN or
+    infinite samples raises a CodecError naming where it starts (stored as integers they would be a
+    full-scale constant), and the samples beyond full scale are counted for `log_clipping`."""
+
+    def __init__(self, path: str | os.PathLike, blocks: Iterable[np.ndarray], rate: int) -> None:
+        self.path, self.blocks, self.rate = path, blocks, rate
+        self.frames, self.peak, self.clipped = 0, 0.0, 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self.blocks:
+            if not np.all(np.isfinite(block)):
+                raise CodecError(f"{self.path}: the decoded audio holds NaN or infinite samples from "
+                                 f"{self.frames / self.rate:.2f} s on (a damaged or diverged model): decode with a "
+                                 "sound checkpoint")
+            beyond = _beyond_full_scale(block)
+            if beyond is not None:
+                self.peak, self.clipped = max(self.peak, beyond[0]), self.clipped + beyond[1]
+            self.frames += block.shape[0]
+            yield block
+
+    def log_clipping(self) -> None:
+        """The warning of `warn_if_clipping`, over every block that passed."""
+        if self.clipped:
+            _log_clipping(self.path, self.peak, self.clipped)
+
+
+def audio_blocks_writer(blocks: CheckedBlocks, channels: int, subtype: str = "PCM_16") -> Writer:
+    """`audio_writer` of audio that comes as checked blocks, for `write_outputs`; where the format
+    stores integers, the clipping is logged once the last block is written."""
+    write = _blocks_writer(blocks.path, blocks, blocks.rate, channels, subtype)
+
+    def write_and_tell(stream: BinaryIO) -> None:
+        write(stream)
+        if subtype.startswith("PCM"):
+            blocks.log_clipping()
+
+    return write_and_tell
 
 
 def _beyond_full_scale(data: np.ndarray) -> tuple[float, int] | None:
@@ -296,6 +374,10 @@ def warn_if_clipping(path: str, data: np.ndarray) -> None:
     peak, clipped = beyond
     if not math.isfinite(peak):  # the writers checked already; only then is the whole array scanned again
         check_finite_output(path, data)
+    _log_clipping(path, peak, clipped)
+
+
+def _log_clipping(path: str | os.PathLike, peak: float, clipped: int) -> None:
     logger.warning(
         f"{path}: the decoded audio clips: peak {peak:.3f} ({20 * math.log10(peak):+.1f} dBFS), {clipped} samples "
         f"cut to full scale; code the input about {20 * math.log10(peak):.1f} dB quieter to keep them"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -390,14 +391,43 @@ class StreamingCodec:
     def decode_signal(self, codes: torch.Tensor, length: int, reset: bool = True) -> torch.Tensor:
         """Codes of a whole signal of `length` samples (as `code` gives them) -> y (B, C_out, length),
         decoded from a fresh warmed-up state (unless `reset` is False) and aligned with the input."""
+        self._check_signal_codes(codes, length)
+        if reset:
+            self.reset(codes.shape[0])
+        return self._aligned(self.decode(codes), length)
+
+    def decode_signal_blocks(self, codes: torch.Tensor, length: int) -> Iterator[torch.Tensor]:
+        """`decode_signal(codes, length)` a block of `BLOCK_FRAMES` frames at a time: pieces
+        (B, C_out, n) whose join is its output, the same samples, so that a long signal can be written
+        as it is decoded without all of it in memory. The codes are checked now, before any decoding;
+        the state is reset when the first piece is asked for."""
+        self._check_signal_codes(codes, length)
+        if codes.shape[0] < 1:
+            raise CodecError("codes of 0 streams: give at least one (shape (streams, codebooks, frames))")
+
+        def pieces() -> Iterator[torch.Tensor]:
+            self.reset(codes.shape[0])
+            skip, left = self.output_delay, length
+            for start in range(0, codes.shape[-1], BLOCK_FRAMES):
+                if left == 0:
+                    return
+                with torch.inference_mode():
+                    y = self._decode_codes(codes[..., start : start + BLOCK_FRAMES].to(self.device, torch.int64))
+                piece = y[..., min(skip, y.shape[-1]) :][..., :left]
+                skip -= min(skip, y.shape[-1])
+                left -= piece.shape[-1]
+                if piece.shape[-1]:
+                    yield piece.clone()  # (an ordinary tensor, as `decode` gives)
+
+        return pieces()
+
+    def _check_signal_codes(self, codes: torch.Tensor, length: int) -> None:
+        """The checks of `decode_signal`'s arguments: the codes, and a length they can give."""
         self._check_codes(codes)
         most = codes.shape[-1] * self.hop_length - self.output_delay
         if not _is_count(length) or not 0 <= length <= max(0, most):
             raise CodecError(f"length {length!r}: {codes.shape[-1]} frames of codes give 0 to {max(0, most)} "
                              "samples of a whole signal; give the coded signal's length")
-        if reset:
-            self.reset(codes.shape[0])
-        return self._aligned(self.decode(codes), length)
 
     @_coding
     def code_unquantized(self, x: torch.Tensor) -> torch.Tensor:

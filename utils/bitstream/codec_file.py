@@ -7,6 +7,7 @@ decodes files that may name different models (a folder of them), loading each mo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -109,6 +110,18 @@ def decode_codes(codec: StreamingCodec, header: StreamHeader, codes: np.ndarray)
     return codec.audio_from_streams(codec.decode_signal(torch.from_numpy(codes), length))
 
 
+@contextlib.contextmanager
+def _memory_named(source: str | os.PathLike, header: StreamHeader) -> Iterator[None]:
+    """A decoding that runs out of memory as a CodecError naming `source`."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "allocate" not in str(error):
+            raise
+        raise CodecError(f"{source}: decoding its {header.channels} streams needs more memory than is free: "
+                         "decode it on a machine with more memory") from None
+
+
 class FileDecoder:
     """Decodes `.adc` files to audio, loading each model (and entropy table) the files need once.
 
@@ -134,6 +147,29 @@ class FileDecoder:
     def decode(self, source: str | os.PathLike) -> tuple[np.ndarray, int]:
         """The audio of the `.adc` file `source`, (n_samples - output delay, channels * C_out), and its
         sample rate."""
+        header, codec, codes = self._opened(source)
+        with _memory_named(source, header):
+            samples = decode_codes(codec, header, codes)
+        return samples, header.sample_rate
+
+    def decode_blocks(self, source: str | os.PathLike) -> tuple[Iterator[np.ndarray], int, int]:
+        """`decode`'s audio as it is decoded: (pieces (n, channels * C_out) whose join is `decode`'s
+        samples, the sample rate, channels * C_out). The file is read and checked now; a piece is
+        decoded when it is asked for, so a long file's audio can be written without all of it in memory."""
+        header, codec, codes = self._opened(source)
+        _check_compatible(codec, header)
+        length = max(0, header.n_samples - codec.output_delay)
+        pieces = codec.decode_signal_blocks(torch.from_numpy(codes), length)
+
+        def samples() -> Iterator[np.ndarray]:
+            with _memory_named(source, header):
+                for piece in pieces:
+                    yield codec.audio_from_streams(piece)
+
+        return samples(), header.sample_rate, header.channels * codec.output_channels
+
+    def _opened(self, source: str | os.PathLike) -> tuple[StreamHeader, StreamingCodec, np.ndarray]:
+        """The header, codec and codes (channels, K, frames) of `source`, its channels checked."""
         adc = open_adc(source)
         header = adc.header
         name, codec = self._codec_for(source, header)
@@ -141,15 +177,7 @@ class FileDecoder:
         if self.max_channels is not None and channels > self.max_channels:
             raise CodecError(f"{source} decodes to {channels} channels, more than a WAV file holds "
                              f"({self.max_channels}): the file is corrupt, or decode it with the Python API")
-        codes = adc.codes(self._table_for(name, codec, header) if header.entropy_coded else None)
-        try:
-            samples = decode_codes(codec, header, codes)
-        except (MemoryError, RuntimeError) as error:
-            if isinstance(error, RuntimeError) and "allocate" not in str(error):
-                raise
-            raise CodecError(f"{source}: decoding its {header.channels} streams needs more memory than is free: "
-                             "decode it on a machine with more memory") from None
-        return samples, header.sample_rate
+        return header, codec, adc.codes(self._table_for(name, codec, header) if header.entropy_coded else None)
 
     def _codec_for(self, source: str | os.PathLike, header: StreamHeader) -> tuple[str, StreamingCodec]:
         """The name and codec to decode `source` with, loaded on the first file that needs it."""

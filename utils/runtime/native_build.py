@@ -182,7 +182,7 @@ def _library() -> tuple[Build | None, str]:
             try:
                 error = _compile_as_taken(compiler, flags, temporary)
                 if error:
-                    return None, _build_failure(compiler, flags, error, folder)
+                    return None, _build_failure(compiler, error, folder)
                 failure = _probe(temporary)
                 if failure:
                     return None, failure
@@ -424,7 +424,7 @@ def _refuses_march(stderr: str) -> bool:
     return any("march" in line or "unknown architecture" in line for line in stderr.splitlines())
 
 
-def _build_failure(compiler: tuple[str, ...], flags: tuple[str, ...], stderr: str, folder: Path) -> str:
+def _build_failure(compiler: tuple[str, ...], stderr: str, folder: Path) -> str:
     """One line on why compiling the engine into `folder` failed, with the fix: the compiler's last
     message that is not the linker's summary."""
     lines = stderr.strip().splitlines()
