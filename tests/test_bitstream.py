@@ -421,3 +421,48 @@ def test_the_next_format_version_asks_for_an_upgrade():
         decode_adc(newer)
     with pytest.raises(BitstreamError, match=message):
         AdcStreamReader().feed(newer[:5])
+
+
+@pytest.mark.parametrize("bits", [1, 7, 10, 32])
+def test_codes_packed_in_pieces_are_the_bits_written_one_by_one(bits: int, monkeypatch) -> None:
+    """pack_codes and unpack_codes work a piece of codes at a time (a long file's bit matrix would
+    take gigabytes): the bytes and codes are those of writing each code's bits in turn, MSB first,
+    across piece boundaries and from any bit offset."""
+    from utils.bitstream import bits as packing
+
+    monkeypatch.setattr(packing, "PIECE", 16)  # many pieces on a short array
+    values = np.random.default_rng(bits).integers(0, 2**bits, 100, dtype=np.int64)
+    stream = "".join(format(int(value), f"0{bits}b") for value in values)
+    stream += "0" * (-len(stream) % 8)
+    expected = bytes(int(stream[at : at + 8], 2) for at in range(0, len(stream), 8))
+    assert packing.pack_codes(values, bits) == expected
+    np.testing.assert_array_equal(packing.unpack_codes(expected, 100, bits), values)
+    for offset in (1, 5, 13):  # behind `offset` bits of something else
+        prefix = "1" * offset + stream[: 100 * bits]
+        prefix += "0" * (-len(prefix) % 8)
+        shifted = bytes(int(prefix[at : at + 8], 2) for at in range(0, len(prefix), 8))
+        np.testing.assert_array_equal(packing.unpack_codes(bytearray(shifted), 100, bits, offset), values)
+    assert packing.pack_codes(values[:0], bits) == b"" and packing.unpack_codes(b"", 0, bits).shape == (0,)
+
+
+def test_packing_a_long_file_takes_memory_of_the_codes_not_of_their_bits() -> None:
+    """An hour of 8 x 10-bit codes is 4.6 million codes: (un)packed whole, their bits as int64 took
+    368 MB. Python's allocations (tracemalloc) while (un)packing 2**20 codes stay within a few times
+    the codes' own 8 MB."""
+    import tracemalloc
+
+    from utils.bitstream.bits import pack_codes, unpack_codes
+
+    values = np.random.default_rng(0).integers(0, 1024, 1 << 20, dtype=np.int64)
+    tracemalloc.start()
+    try:
+        packed = pack_codes(values, 10)
+        pack_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        codes = unpack_codes(packed, len(values), 10)
+        unpack_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(codes, values)
+    assert pack_peak < 3 * len(packed) + 16e6 and unpack_peak < 2 * values.nbytes, (pack_peak, unpack_peak)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 MAX_CODE_BITS = 32
+# Codes (un)packed at a time: a whole file's bit matrix would take 8 bytes per bit (368 MB for an
+# hour of 8 x 10-bit codes). A multiple of 8, so that a piece packs to whole bytes.
+PIECE = 1 << 16
 
 
 def bits_per_code(codebook_size: int) -> int:
@@ -28,12 +31,21 @@ def _bit_weights(bits: int) -> np.ndarray:
 def pack_codes(values: np.ndarray, bits: int) -> bytes:
     """Pack integers in [0, 2**bits), flattened in C order, at `bits` bits each, MSB first, zero-padded."""
     values = np.asarray(values, dtype=np.int64).reshape(-1)
-    bit_matrix = (values[:, None] & _bit_weights(bits)) != 0
-    return np.packbits(bit_matrix.reshape(-1)).tobytes()
+    weights = _bit_weights(bits)
+    # PIECE codes take whole bytes, so the pieces' bytes joined are the whole array's
+    return b"".join(np.packbits(((values[start : start + PIECE, None] & weights) != 0).reshape(-1)).tobytes()
+                    for start in range(0, len(values), PIECE))
 
 
 def unpack_codes(data: bytes | bytearray, count: int, bits: int, bit_offset: int = 0) -> np.ndarray:
     """Inverse of `pack_codes`: `count` integers (int64) starting `bit_offset` bits into `data`."""
-    bit_array = np.unpackbits(np.frombuffer(bytes(data), dtype=np.uint8))
-    bit_array = bit_array[bit_offset : bit_offset + count * bits].astype(np.int64)
-    return bit_array.reshape(count, bits) @ _bit_weights(bits)
+    packed = np.frombuffer(data, dtype=np.uint8)
+    weights = _bit_weights(bits)
+    codes = np.empty(count, dtype=np.int64)
+    for start in range(0, count, PIECE):
+        n = min(PIECE, count - start)
+        first = bit_offset + start * bits  # the piece's first bit
+        unpacked = np.unpackbits(packed[first // 8 : -(-(first + n * bits) // 8)])
+        piece_bits = unpacked[first % 8 : first % 8 + n * bits]
+        codes[start : start + n] = piece_bits.reshape(n, bits).astype(np.int64) @ weights
+    return codes
