@@ -407,19 +407,24 @@ class StreamingCodec:
 
         def pieces() -> Iterator[torch.Tensor]:
             self.reset(codes.shape[0])
-            skip, left = self.output_delay, length
+            position, end = 0, self.output_delay + length
             for start in range(0, codes.shape[-1], BLOCK_FRAMES):
-                if left == 0:
+                if position >= end:
                     return
                 with torch.inference_mode():
                     y = self._decode_codes(codes[..., start : start + BLOCK_FRAMES].to(self.device, torch.int64))
-                piece = y[..., min(skip, y.shape[-1]) :][..., :left]
-                skip -= min(skip, y.shape[-1])
-                left -= piece.shape[-1]
+                piece = y[..., self.signal_slice(position, y.shape[-1], end)]
+                position += y.shape[-1]
                 if piece.shape[-1]:
                     yield piece.clone()  # (an ordinary tensor, as `decode` gives)
 
         return pieces()
+
+    def signal_slice(self, position: int, size: int, end: int) -> slice:
+        """Of `size` decoder output samples from its `position`-th on, the slice that is signal: after the
+        output delay and before `end` (the delay plus the signal's length)."""
+        first = min(max(0, self.output_delay - position), size)
+        return slice(first, max(first, min(size, end - position)))
 
     def _check_signal_codes(self, codes: torch.Tensor, length: int) -> None:
         """The checks of `decode_signal`'s arguments: the codes, and a length they can give."""

@@ -243,5 +243,4 @@ def _decode_frames(codec: StreamingCodec, frames: list[np.ndarray], header: Stre
     """The decoder's samples from its `emitted`-th on, less those before its output delay or past the file."""
     codes = torch.from_numpy(np.stack(frames, axis=-1))
     samples = codec.audio_from_streams(codec.decode(codes))
-    start = min(max(0, codec.output_delay - emitted), samples.shape[0])
-    return samples[start : max(start, header.n_samples - emitted)]
+    return samples[codec.signal_slice(emitted, samples.shape[0], header.n_samples)]

@@ -308,9 +308,9 @@ EOF
 }
 
 # _launcher_run_here <k> <command...>: run stage k's command here, in a process group of its own, and
-# pass SIGTERM, SIGINT and SIGHUP on to the whole group: stopped by `timeout` or a scheduler, the
-# recipe used to end alone and leave its trainer training (a training saves on SIGTERM, then the
-# recipe stops with 128 + the signal instead of going on to the next stage). Its status otherwise.
+# pass SIGTERM, SIGINT and SIGHUP on to the whole group, so that a recipe stopped by `timeout` or a
+# scheduler does not leave its trainer training (a training saves on SIGTERM, then the recipe stops
+# with 128 + the signal instead of going on to the next stage). Its status otherwise.
 _launcher_run_here() {
     local stage=$1 status=0
     shift
