@@ -52,6 +52,8 @@ from utils.runtime.cpu_process import cpu_name, current_malloc, in_passing_threa
 CONVS = (nn.Conv1d, nn.ConvTranspose1d)
 RESIDUAL_BRANCH_RMS = 0.5  # the last conv of a residual branch adds to the skip path
 OUTPUT_RMS = 0.1  # waveform-level convs (speech-like level before tanh)
+WARMUP_CHUNKS = 10  # streamed untimed before the timed pass: the receiver tunes, caches fill
+WHOLE_FILE_REPEATS = 3  # timed whole-file passes, after one untimed pass
 
 
 def speech_like(seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:
@@ -248,11 +250,13 @@ def _p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
 
 
-def time_streaming(codec: StreamingCodec, x: torch.Tensor, frame_size: int, warmup_chunks: int = 10) -> dict:
-    """Per-chunk encode and decode times (s) of streaming `x` (1, C, T) in `frame_size` chunks."""
+def time_streaming(codec: StreamingCodec, x: torch.Tensor, frame_size: int, warmup_chunks: int = WARMUP_CHUNKS) -> dict:
+    """Per-chunk encode and decode times (s) of streaming `x` (1, C, T) in `frame_size` chunks, after
+    its first `warmup_chunks` streamed untimed from another state; "warmup": how many were."""
     chunks = [x[..., i:i + frame_size] for i in range(0, x.shape[-1] - frame_size + 1, frame_size)]
     codec.reset(1)
-    for chunk in chunks[:warmup_chunks]:
+    warmup = chunks[:warmup_chunks]
+    for chunk in warmup:
         codec.decode(codec.encode(chunk))
     codec.reset(1, frame_size=frame_size)
     encode_times, decode_times = [], []
@@ -263,10 +267,10 @@ def time_streaming(codec: StreamingCodec, x: torch.Tensor, frame_size: int, warm
         codec.decode(codes)
         encode_times.append(middle - start)
         decode_times.append(time.perf_counter() - middle)
-    return {"encode": encode_times, "decode": decode_times}
+    return {"encode": encode_times, "decode": decode_times, "warmup": len(warmup)}
 
 
-def time_whole_file(codec: StreamingCodec, x: torch.Tensor, repeats: int = 3) -> tuple[float, float]:
+def time_whole_file(codec: StreamingCodec, x: torch.Tensor, repeats: int = WHOLE_FILE_REPEATS) -> tuple[float, float]:
     """Median seconds of encoding, and of decoding, the whole signal in one call each from a fresh
     state (what `code()` does; the first pass, which tunes the receiver for these lengths, is not timed)."""
     encode_times, decode_times = [], []
@@ -373,6 +377,8 @@ def benchmark(codec: StreamingCodec, x: torch.Tensor, frame_size: int, whole_fil
         "rtf_encode": enc_median / chunk_seconds,
         "rtf_decode": dec_median / chunk_seconds,
         "rtf_total": (enc_median + dec_median) / chunk_seconds,
+        "warmup_chunks": times["warmup"],  # streamed untimed first
+        "timed_chunks": len(times["encode"]),
         "gflop_per_audio_second_encode": encode_gflops,
         "gflop_per_audio_second_decode": decode_gflops,
     }
@@ -380,6 +386,7 @@ def benchmark(codec: StreamingCodec, x: torch.Tensor, frame_size: int, whole_fil
         encode_seconds, decode_seconds = time_whole_file(codec, x)
         result["rtf_whole_file_encode"] = encode_seconds / result["seconds"]
         result["rtf_whole_file_decode"] = decode_seconds / result["seconds"]
+        result["whole_file_runs"] = WHOLE_FILE_REPEATS  # medians of these, after one untimed run
         result["rtf_whole_file"] = result["rtf_whole_file_encode"] + result["rtf_whole_file_decode"]
     if codec.precision != "fp32":
         result["snr_vs_fp32_db"] = precision_snr(codec, x)

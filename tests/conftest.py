@@ -17,6 +17,18 @@ from types import ModuleType
 import pytest
 import torch
 
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (test.sh runs a worker per core), a worker's torch takes its share of the
+    cores, 2 at least so that the threaded paths still run: each taking them all would oversubscribe a
+    large machine as many times over as it has workers."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(min(torch.get_num_threads(), max(2, cores // workers)))
+
+
+_share_the_cores()
 SUITE_THREADS = torch.get_num_threads()  # what every test starts with
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL = os.path.join(REPO, "tests", "data", "official")
