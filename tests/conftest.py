@@ -22,10 +22,11 @@ def _share_the_cores() -> None:
     """Under pytest-xdist (test.sh runs a worker per core), a worker's torch takes its share of the
     cores, 2 at least so that the threaded paths still run: each taking them all would oversubscribe a
     large machine as many times over as it has workers."""
+    from utils.cli import usable_cores
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(min(torch.get_num_threads(), max(2, cores // workers)))
+        torch.set_num_threads(min(torch.get_num_threads(), max(2, usable_cores() // workers)))
 
 
 _share_the_cores()

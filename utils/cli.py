@@ -170,12 +170,16 @@ def pick_device(cuda: int | None) -> str:
     return f"cuda:{cuda}"
 
 
-def default_num_threads() -> int:
-    """The cores this process may run on (all of them where the system has no affinity), at most 4
-    (more rarely pays for one stream)."""
+def usable_cores() -> int:
+    """The cores this process may run on (all of them where the system has no affinity)."""
     if hasattr(os, "sched_getaffinity"):
-        return min(4, len(os.sched_getaffinity(0)))
-    return min(4, os.cpu_count() or 1)  # macOS and Windows have no affinity call: all cores
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # macOS and Windows have no affinity call: all cores
+
+
+def default_num_threads() -> int:
+    """`usable_cores()`, at most 4 (more rarely pays for one stream)."""
+    return min(4, usable_cores())
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = "libritts_v1") -> None:
