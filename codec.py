@@ -18,6 +18,8 @@ under it (by extension) and decode every .adc file, into the same tree under the
 loading each model once; a file that fails is reported and the rest go on (exit status 1 at the end).
 """
 
+from __future__ import annotations
+
 if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/runtime/cpu_process.py)
     from utils.runtime.cpu_process import use_fast_malloc
 
@@ -27,16 +29,14 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, MAX_FILE_CHANNELS, check_audio_output, write_audio_blocks
-from utils.audiodec import StreamingCodec
 from utils.batch import find_files, plan, refuse_existing, run_batch
 from utils.bitstream.adc import StreamHeader, open_adc
-from utils.bitstream.codec_file import FileDecoder, encode_to_file, load_entropy_model, model_entropy_table
 from utils.bitstream.entropy import EntropyModel
-from utils.checkpoint import load_config, output_delay
 from utils.cli import (
     add_input_arguments,
     add_model_arguments,
@@ -49,8 +49,15 @@ from utils.cli import (
     run_main,
 )
 from utils.errors import ArgumentParser, CodecError, check_at_least
+from utils.experiment_config import load_config, output_delay
 from utils.files import check_output_folder
 from utils.registry import MODELS, installed_root
+
+if TYPE_CHECKING:
+    from utils.audiodec import StreamingCodec
+
+# The coding modules (utils.bitstream.codec_file, utils.audiodec) bring torch: each command imports them once
+# its arguments and files are checked, so that --help, `info` and the errors before the work answer at once.
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,6 +107,8 @@ def run_encode(args: argparse.Namespace) -> None:
         raise CodecError(f"-o {args.output}: encode writes .adc files, not audio: give an .adc output name")
     pairs = plan(args.input, args.output, AUDIO_EXTENSIONS, ".adc")
     refuse_existing(pairs, args.force)
+    from utils.bitstream.codec_file import encode_to_file, load_entropy_model, model_entropy_table
+
     codec = load_codec(args, apply_runtime_arguments(args))
     check_n_codebooks(codec, args.n_codebooks)
     entropy = load_entropy_model(codec, model_entropy_table(codec, args.entropy_table)) if args.entropy else None
@@ -141,6 +150,8 @@ def run_decode(args: argparse.Namespace) -> None:
     refuse_existing(pairs, args.force)
     if not os.path.isdir(args.input):
         check_audio_output(args.output)  # before the decoding, not after it
+    from utils.bitstream.codec_file import FileDecoder
+
     device = apply_runtime_arguments(args)
 
     def load(name: str) -> StreamingCodec:
@@ -219,6 +230,8 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
                          "give a folder of training audio")
     if args.output:
         check_output_folder(args.output)  # before the model is loaded and the files coded
+    from utils.bitstream.codec_file import model_entropy_table
+
     codec = load_codec(args, apply_runtime_arguments(args))
     output = args.output or model_entropy_table(codec)
     if not args.output:  # (a given -o was checked before the model was loaded)

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from trainer.synthesis import run_test
-from utils.checkpoint import load_config
 from utils.cli import file_count, run_main
 from utils.errors import ArgumentParser, CodecError
 from utils.eval.metrics import mean_row, scored_counts
+from utils.experiment_config import load_config
 
 DEFAULT_SUBSETS = ("test", "clean_test")
 

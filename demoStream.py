@@ -30,11 +30,18 @@ import os
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from utils import live as stream
 from utils.audio import check_audio_output, read_audio, warn_if_input_beyond_full_scale, write_audio
-from utils.cli import add_model_arguments, default_num_threads, list_models, load_codec, pick_device, run_main
+from utils.cli import (
+    add_model_arguments,
+    default_num_threads,
+    list_models,
+    load_codec,
+    pick_device,
+    run_main,
+    set_num_threads,
+)
 from utils.errors import ArgumentParser, CodecError, check_at_least
 from utils.files import same_path
 from utils.runtime.cpu_process import in_passing_thread
@@ -208,7 +215,7 @@ def main() -> None:
         print(stream.list_devices())
         return
     _check_args(args)
-    torch.set_num_threads(args.num_threads)
+    set_num_threads(args.num_threads)
     if args.receive is not None:
         run_receiver(args)
     elif args.send:

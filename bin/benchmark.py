@@ -46,8 +46,8 @@ from utils.eval.probe import speech_like_signal  # noqa: E402
 from utils.files import check_output_folder, write_text_atomic  # noqa: E402
 from utils.live.pipeline import check_frame_size  # noqa: E402
 from utils.runtime import native_build  # noqa: E402
-from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS  # noqa: E402
 from utils.runtime.cpu_process import cpu_name, current_malloc, in_passing_thread  # noqa: E402
+from utils.runtime.names import BACKENDS, DEFAULT_BACKEND, PRECISION_NAMES  # noqa: E402
 
 CONVS = (nn.Conv1d, nn.ConvTranspose1d)
 RESIDUAL_BRANCH_RMS = 0.5  # the last conv of a residual branch adds to the skip path
@@ -462,7 +462,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frame_size", type=int, default=300, help="samples per streaming chunk (hop multiple)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of audio to stream (default 10)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+    parser.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
                         help="the receiver's weights in the engine (bf16, int8: fewer bytes per step)")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="native (default: every released model's encoder and decoder in the compiled "

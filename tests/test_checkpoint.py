@@ -15,8 +15,9 @@ from tests.test_trainer import tiny_recipe, tiny_vocoder_recipe, untrained_check
 from trainer.builder import build_discriminator, build_training_generator
 from trainer.state import read_training_checkpoint
 from utils.audiodec import StreamingCodec
-from utils.checkpoint import INTEGER_BUFFERS, load_config, load_generator, read_checkpoint
+from utils.checkpoint import INTEGER_BUFFERS, load_generator, read_checkpoint
 from utils.errors import CodecError
+from utils.experiment_config import load_config
 
 SOURCE = official_path("exp", "autoencoder", "symAD_vctk_48000_hop300")
 NOT_A_CHECKPOINT = "it is not an AudioDec checkpoint (give one that codecTrain.py or the original saved)"

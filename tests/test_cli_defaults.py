@@ -55,7 +55,7 @@ def test_cpu_only_default_is_quiet_and_explicit_gpu_says_it_falls_back(tmp_path,
 def test_the_default_model_when_missing_is_named_as_the_default(tmp_path, short_wav: Path, script: str,
                                                                 command: list[str], output: str) -> None:
     """No --model: the error says the missing model is the default one, and how to name another."""
-    result = run(script, *command, "-i", str(short_wav / "a.wav"), "-o", str(tmp_path / output),
+    result = run(script, *command, "-i", str(short_wav), "-o", str(tmp_path / output),
                  "--root", str(tmp_path))  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.startswith("error: no --model given, so the default, model 'libritts_v1' is not installed")
@@ -164,19 +164,30 @@ def test_an_older_torch_is_refused_with_the_fix(version: str) -> None:
         check_torch_version(version)
 
 
-def test_a_cli_under_an_older_torch_says_so_in_one_line(tmp_path) -> None:
-    """What demoFile.py prints under torch 2.4 (whose models would fail deep inside their constructors)."""
-    program = ("import runpy, sys, torch\n"
-               "torch.__version__ = torch.torch_version.TorchVersion('2.4.1+cu121')\n"
-               f"sys.argv = ['demoFile.py', '--list-models']\n"
+NO_TORCH = ("def missing(name):\n"
+            "    raise importlib.metadata.PackageNotFoundError(name)\n"
+            "real_version, real_spec = importlib.metadata.version, importlib.util.find_spec\n"
+            "importlib.metadata.version = lambda name: missing(name) if name == 'torch' else real_version(name)\n"
+            "importlib.util.find_spec = lambda name, *rest: None if name == 'torch' else real_spec(name, *rest)\n")
+
+
+@pytest.mark.parametrize("installed, expected", [
+    ("real = importlib.metadata.version\n"
+     "importlib.metadata.version = lambda name: '2.4.1+cu121' if name == 'torch' else real(name)\n",
+     "error: torch 2.4.1+cu121 is older than 2.5, the oldest this toolkit runs on: "
+     "python -m utils.install_requirements (torch 2.13.0), or a torch 2.5 or newer built for your CUDA"),
+    (NO_TORCH, "error: torch is not installed: python -m utils.install_requirements"),
+], ids=["torch-2.4", "no-torch"])
+def test_a_cli_under_an_older_torch_or_none_says_so_in_one_line(tmp_path, installed: str, expected: str) -> None:
+    """What demoFile.py prints under torch 2.4 (whose models would fail deep inside their constructors), or with
+    no torch: the version is read from torch's package metadata, before torch is imported."""
+    program = ("import importlib.metadata, importlib.util, runpy, sys\n" + installed
+               + "sys.argv = ['demoFile.py', '--list-models']\n"
                f"runpy.run_path({os.path.join(REPO, 'demoFile.py')!r}, run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
                             timeout=180, env={**os.environ, "AUDIODEC_MALLOC": "system", "PYTHONPATH": REPO})
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
-        "error: torch 2.4.1+cu121 is older than 2.5, the oldest this toolkit runs on: "
-        "python -m utils.install_requirements (torch 2.13.0), or a torch 2.5 or newer built for your CUDA"
-    ]
+    assert result.stderr.splitlines() == [expected]
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 

@@ -240,6 +240,36 @@ def test_commands_do_not_import_the_compiler_stack() -> None:
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("script, args, expected", [
+    ("codec.py", ["--help"], None),
+    ("codec.py", ["info", "{adc}"], None),
+    ("codec.py", ["encode", "--model", "vctk_v1", "-i", "{missing}", "-o", "out.adc"], "does not exist"),
+    ("codec.py", ["decode", "-i", "{adc}", "-o", "{adc}.txt"], ".txt"),
+    ("demoFile.py", ["--model", "vctk_v1", "-i", "{missing}", "-o", "out.wav"], "does not exist"),
+    ("demoStream.py", ["--model", "vctk_v1", "--receive", "0"], "give a port in 1..65535"),
+], ids=["help", "info", "encode-missing-input", "decode-to-text", "demoFile-missing-input", "demoStream-bad-port"])
+def test_help_info_and_errors_before_the_work_answer_without_torch(tmp_path: Path, script: str, args: list[str],
+                                                                   expected: str | None) -> None:
+    """torch takes seconds to import: a command imports it only once its arguments and files are checked."""
+    from utils.bitstream.adc import StreamHeader, encode_adc
+
+    header = StreamHeader(sample_rate=48000, hop=300, channels=1, n_samples=3000, n_codebooks=8, codebook_size=1024,
+                          model_name="nowhere_model")  # fmt: skip
+    (tmp_path / "x.adc").write_bytes(encode_adc(header, np.zeros((1, 8, 10), dtype=np.int64)))
+    given = [arg.format(adc=tmp_path / "x.adc", missing=tmp_path / "missing.wav") for arg in args]
+    result = run_script(script, *given, cwd=tmp_path, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    profile = [line for line in result.stderr.splitlines() if line.startswith("import time")]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in profile}
+    assert "numpy" in imported  # (the profile is there to read)
+    assert "torch" not in imported
+    report = [line for line in result.stderr.splitlines() if not line.startswith("import time")]
+    if expected is None:
+        assert result.returncode == 0, report
+        assert "10 frames" in result.stdout or "usage" in result.stdout
+    else:
+        assert result.returncode != 0 and len(report) == 1 and expected in report[0], report
+
+
 def test_a_failed_command_leaves_no_empty_output_folder(trained: tuple[Path, Path], tmp_path: Path) -> None:
     """codecStatistic.py makes the stats folder before its pass over the data; when the pass fails
     (here: the analyzer checkpoint is missing), the folders it made go again."""

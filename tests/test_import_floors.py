@@ -27,21 +27,23 @@ MAY_IMPORT: dict[str, set[str]] = {
     "utils.audio": BASE,
     "utils.registry": BASE,
     "dataloader": {"utils.audio", *BASE},
-    "utils.checkpoint": {"layers", "models", "utils.audio", *BASE},
+    "utils.experiment_config": {"models", *BASE},  # (models/registry.py's type names)
+    "utils.checkpoint": {"layers", "models", "utils.audio", "utils.experiment_config", *BASE},
     "utils.eval": {"layers", "models", "utils.audio", *BASE},
     "utils.runtime": {"layers", "models", *BASE},
     "utils.bitstream": BASE,
-    "utils.audiodec": {"layers", "models", "utils.runtime", "utils.checkpoint", "utils.registry", "utils.bitstream",
-                       "utils.audio", *BASE},  # fmt: skip
+    "utils.audiodec": {"layers", "models", "utils.runtime", "utils.checkpoint", "utils.experiment_config",
+                       "utils.registry", "utils.bitstream", "utils.audio", *BASE},  # fmt: skip
     "utils.cli": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", *BASE},
     "utils.batch": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", "utils.cli",
                     *BASE},  # fmt: skip
     "utils.live": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", "utils.cli",
                    *BASE},  # fmt: skip
     # Released models: fetched and checked by building them; its own command line runs through utils.cli.
-    "utils.download": {"layers", "models", "utils.checkpoint", "utils.registry", "utils.cli", *BASE},
-    "trainer": {"layers", "models", "losses", "dataloader", "utils.checkpoint", "utils.eval", "utils.runtime",
-                "utils.audio", *BASE},  # fmt: skip
+    "utils.download": {"layers", "models", "utils.checkpoint", "utils.experiment_config", "utils.registry", "utils.cli",
+                       *BASE},  # fmt: skip
+    "trainer": {"layers", "models", "losses", "dataloader", "utils.checkpoint", "utils.experiment_config",
+                "utils.eval", "utils.runtime", "utils.audio", *BASE},  # fmt: skip
 }
 
 

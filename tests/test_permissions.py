@@ -17,10 +17,11 @@ from utils.audio import read_audio
 from utils.batch import plan
 from utils.bitstream.adc import BitstreamError, open_adc
 from utils.bitstream.entropy import EntropyModel
-from utils.checkpoint import load_config, read_checkpoint
+from utils.checkpoint import read_checkpoint
 from utils.errors import CodecError
 from utils.eval import metrics
 from utils.eval.metrics import match_audio_files
+from utils.experiment_config import load_config
 
 RATE = 16000
 

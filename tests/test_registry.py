@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import OFFICIAL
 from utils.audiodec import StreamingCodec
-from utils.checkpoint import load_config
 from utils.errors import CodecError
+from utils.experiment_config import load_config
 from utils.registry import MODELS, TOOLKIT_ROOT, ModelEntry, installed_root, resolve
 
 

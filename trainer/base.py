@@ -68,9 +68,9 @@ from utils.checkpoint import (
     generator_state_dict,
     load_generator_state,
     load_state_strictly,
-    output_delay,
 )
 from utils.errors import CodecError
+from utils.experiment_config import output_delay
 from utils.runtime import native_build
 
 logger = logging.getLogger(__name__)

@@ -34,8 +34,9 @@ from trainer.data import StepBatch, TrainingData
 from trainer.distributed import DistributedContext, configure_tf32
 from trainer.memory import out_of_memory
 from trainer.vocoder import VocoderTrainer
-from utils.checkpoint import build_generator, config_path_for, generator_state_dict
+from utils.checkpoint import build_generator, generator_state_dict
 from utils.errors import CodecError
+from utils.experiment_config import config_path_for
 
 PHASES = ("stage1", "adversarial")
 

@@ -37,8 +37,9 @@ from trainer.memory import check_models_fit, out_of_memory
 from trainer.state import read_newest_checkpoint, resolve_resume
 from trainer.vocoder import VocoderTrainer
 from utils.audio import librosa_filters
-from utils.checkpoint import build_generator, output_delay
+from utils.checkpoint import build_generator
 from utils.errors import CodecError, built_from_config, check_at_least
+from utils.experiment_config import output_delay
 from utils.files import make_output_folder, write_text_atomic
 from utils.runtime.cpu_process import current_malloc
 

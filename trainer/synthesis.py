@@ -21,8 +21,9 @@ from dataloader import build_dataset
 from models.registry import AUTOENCODER_TYPES
 from trainer.analysis import quantized_latent
 from utils.audio import check_file_samples
-from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator, output_delay
+from utils.checkpoint import check_codec_pair, load_autoencoder, load_generator
 from utils.errors import CodecError
+from utils.experiment_config import output_delay
 from utils.files import case_twins, ignores_case, make_output_folder
 
 logger = logging.getLogger(__name__)

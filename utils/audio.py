@@ -19,7 +19,7 @@ import soundfile as sf
 import soxr
 
 from utils.errors import CodecError
-from utils.files import Writer, check_output_folder, check_readable, write_outputs
+from utils.files import Writer, check_input_exists, check_output_folder, check_readable, write_outputs
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 1000, 768_000  # Hz: the rates read_audio takes
@@ -74,8 +74,7 @@ def read_audio(
     MAX_AUDIO_RATE]; a WAV shorter than its header says (unless `allow_truncated`: then what is there,
     with a warning); NaN or infinite samples.
     """
-    if not os.path.exists(path):
-        raise CodecError(f"input file {path} does not exist: check the path")
+    check_input_exists(path)
     if not os.path.isfile(path):
         what = "a folder" if os.path.isdir(path) else "not a regular file (a pipe or a device?)"
         raise CodecError(f"input {path} is {what}: give an audio file's path")

@@ -31,23 +31,15 @@ from utils.bitstream.bits import bits_per_code
 from utils.checkpoint import (
     check_codec_pair,
     check_hop_pair,
-    config_path_for,
     load_autoencoder,
-    load_config,
     load_generator,
-    output_delay,
     state_hash,
 )
 from utils.errors import CodecError
+from utils.experiment_config import config_path_for, load_config, output_delay
 from utils.registry import MODELS, ModelEntry, get_entry, resolve
-from utils.runtime.backends import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    PRECISIONS,
-    backend_on,
-    precision_problem,
-    streaming_steps,
-)
+from utils.runtime.backends import PRECISIONS, backend_on, precision_problem, streaming_steps
+from utils.runtime.names import BACKENDS, DEFAULT_BACKEND
 
 WARMUP_SAMPLES = 8192
 # Longer inputs run through the streaming path in blocks of this many frames: the same result

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from utils.errors import CodecError, shown
 from utils.files import (
     case_twins,
+    check_input_exists,
     check_output_folder,
     file_in_the_way,
     ignores_case,
@@ -54,6 +55,7 @@ def plan(source: str, target: str, endings: Iterable[str], suffix: str) -> list[
         if path == "-":  # read as a file named "-", which the user did not mean
             raise CodecError(f"{option} -: standard input and output are not read or written: give a file path")
     if not os.path.isdir(source):
+        check_input_exists(source)  # before a model is loaded for it
         if os.path.isdir(target):
             raise CodecError(f"-i {source} is a file but -o {target} is a folder: give an output file name")
         if os.path.exists(target) and os.path.exists(source) and os.path.samefile(source, target):

@@ -1,37 +1,65 @@
-"""Shared pieces of the command-line tools: one-line errors, device choice, model loading."""
+"""Shared pieces of the command-line tools: one-line errors, device choice, model loading.
+
+Imports no torch: a command's --help and the errors in its arguments and files answer before torch
+loads (seconds); the functions that need it import it when called.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
+import importlib.util
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
-import torch
 
 from utils.audio import declared_rate, read_audio, resample, warn_if_input_beyond_full_scale
-from utils.audiodec import StreamingCodec
 from utils.errors import CodecError, check_at_least, shown
 from utils.files import remove_unfilled_folders
 from utils.registry import MODELS, install_hint, installed_root
-from utils.runtime.backends import BACKENDS, DEFAULT_BACKEND, PRECISIONS
+from utils.runtime.names import BACKENDS, DEFAULT_BACKEND, PRECISION_NAMES
+
+if TYPE_CHECKING:
+    from utils.audiodec import StreamingCodec
 
 OLDEST_TORCH = "2.5"  # the oldest release the whole test suite passes on (docs/training.md)
+
+
+def installed_torch_version() -> str | None:
+    """The installed torch's version, read from its package metadata without importing it; None for a
+    torch installed with no metadata (a source tree on the path)."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        if importlib.util.find_spec("torch") is None:
+            raise CodecError("torch is not installed: python -m utils.install_requirements") from None
+        return None
 
 
 def check_torch_version(version: str | None = None) -> None:
     """Raise CodecError where the installed torch (or ``version``) is older than :data:`OLDEST_TORCH`:
     an older one fails inside the models (e.g. torch 2.4 lacks nn.Module.register_state_dict_post_hook)."""
-    installed = torch.torch_version.TorchVersion(version or torch.__version__)
-    if installed < OLDEST_TORCH:
-        raise CodecError(f"torch {installed} is older than {OLDEST_TORCH}, the oldest this toolkit runs on: "
+    version = version or installed_torch_version()
+    if version is None:
+        return
+    installed = _release(version)
+    if installed < _release(OLDEST_TORCH):
+        raise CodecError(f"torch {version} is older than {OLDEST_TORCH}, the oldest this toolkit runs on: "
                          f"python -m utils.install_requirements (torch 2.13.0), or a torch {OLDEST_TORCH} or newer "
                          "built for your CUDA")
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """A version's release numbers: '2.5.1+cu124' -> (2, 5, 1)."""
+    found = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in found.group().split(".")) if found else ()
 
 
 class Terminated(KeyboardInterrupt):
@@ -158,6 +186,8 @@ def run_main(main: Callable[[], int | None]) -> None:
 def pick_device(cuda: int | None) -> str:
     """The device `--cuda` names: None -> GPU 0 if there is one, else the CPU (quietly); -1 -> the CPU;
     N -> GPU N, or the CPU with a notice when this machine has no CUDA."""
+    import torch
+
     if cuda is None:
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if cuda < 0:
@@ -199,7 +229,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | No
         "(op by op). docs/performance.md",
     )
     parser.add_argument(
-        "--precision", choices=tuple(PRECISIONS), default="fp32",
+        "--precision", choices=PRECISION_NAMES, default="fp32",
         help="the receiver's convolution weights in the native engine: fp32 (default), bf16 (half the bytes), or "
         "int8 (a quarter, with a scale per output channel); sums stay float32 and the codes do not change. "
         "docs/performance.md",
@@ -226,6 +256,8 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
     if args.encoder and args.model:
         raise CodecError(f"--model {args.model} and --encoder/--decoder both name the model: give one of them")
     backend, precision = getattr(args, "backend", DEFAULT_BACKEND), getattr(args, "precision", "fp32")
+    from utils.audiodec import StreamingCodec
+
     if args.encoder:
         return StreamingCodec.from_checkpoints(
             args.encoder, args.decoder, device=device, precision=precision, backend=backend
@@ -293,9 +325,16 @@ def apply_runtime_arguments(args: argparse.Namespace) -> str:
     """Set the thread count; return the device to run on."""
     if args.num_threads is None:
         args.num_threads = default_num_threads()
-    check_at_least("num_threads", args.num_threads, 1)
-    torch.set_num_threads(args.num_threads)
+    set_num_threads(args.num_threads)
     return pick_device(args.cuda)
+
+
+def set_num_threads(count: int) -> None:
+    """torch's CPU threads (`--num_threads`), `count` >= 1."""
+    check_at_least("num_threads", count, 1)
+    import torch
+
+    torch.set_num_threads(count)
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

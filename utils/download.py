@@ -29,8 +29,9 @@ import urllib.request
 import zipfile
 from collections.abc import Iterable
 
-from utils.checkpoint import build_generator, load_config, load_generator_state, read_checkpoint
+from utils.checkpoint import build_generator, load_generator_state, read_checkpoint
 from utils.errors import ArgumentParser, CodecError
+from utils.experiment_config import load_config
 from utils.files import write_text_atomic
 from utils.registry import MODELS, TOOLKIT_ROOT, ModelEntry, get_entry
 

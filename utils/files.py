@@ -75,6 +75,12 @@ def read_failure(path: str | os.PathLike, error: OSError, kind: type[CodecError]
     return kind(f"cannot read {path} ({error.strerror or error}): check the file")
 
 
+def check_input_exists(path: str | os.PathLike, error: type[CodecError] = CodecError) -> None:
+    """Raise ``error`` where the input `path` names nothing (a command checks it before loading a model)."""
+    if not os.path.exists(path):
+        raise error(f"input file {path} does not exist: check the path")
+
+
 def check_readable(path: str | os.PathLike, kind: type[CodecError] = CodecError) -> None:
     """Raise `read_failure`'s error where the regular file `path` cannot be opened for reading. For the
     readers whose library hides the system's reason (libsndfile's "System error", torch.load): they call

@@ -18,7 +18,7 @@ import numpy as np
 
 from utils.bitstream.bits import MAX_CODE_BITS, bits_per_code, pack_codes, packed_bytes, unpack_codes
 from utils.errors import CodecError
-from utils.files import check_output_folder, read_failure, write_outputs
+from utils.files import check_input_exists, check_output_folder, read_failure, write_outputs
 
 MAGIC = b"ADCB"
 FORMAT_VERSION = 1
@@ -407,8 +407,7 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
     """The file's bytes, once its header shows that its length is right (a huge file is not read)."""
     if os.path.isdir(path):
         raise BitstreamError(f"{path} is a folder: give an .adc file (codec.py decode takes folders)")
-    if not os.path.exists(path):
-        raise BitstreamError(f"input file {path} does not exist: check the path")
+    check_input_exists(path, BitstreamError)
     if not os.path.isfile(path):  # a FIFO would block the read; a device has no length to check
         raise BitstreamError(f"input {path} is not a regular file (a pipe or a device?): give an .adc file's path")
     try:

@@ -27,12 +27,11 @@ import torch
 from torch import nn
 
 from utils.runtime import native, native_build
+from utils.runtime.names import PRECISION_NAMES
 from utils.runtime.per_shape import notice_once
 from utils.runtime.torchscript import TracedStep
 
-BACKENDS = ("native", "torch", "eager")
-DEFAULT_BACKEND = "native"
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.int8), strict=True))
 
 
 @dataclass
