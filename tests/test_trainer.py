@@ -938,6 +938,12 @@ def test_the_gpu_training_check_writes_a_json_per_phase_and_setting(tmp_path: Pa
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bare.returncode == 2 and bare.stderr.strip().endswith("cannot import torch: give a Python that has it "
                                                                  "(PYTHON=...)")
+    (tmp_path / "lacking" / "librosa").mkdir(parents=True)  # a librosa without the filters the mel loss needs
+    (tmp_path / "lacking" / "librosa" / "__init__.py").write_text("")
+    lacking = subprocess.run(["bash", script], env={**env, "DEVICE": "cpu", "PYTHONPATH": str(tmp_path / "lacking")},
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert lacking.returncode == 2 and lacking.stderr.strip().endswith(
+        "cannot run the trainer: No module named 'librosa.filters' (carry the packages as above)")
     helped = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "Variables (defaults in brackets)" in helped.stdout
 

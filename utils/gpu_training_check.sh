@@ -52,26 +52,41 @@ for setting in ${settings}; do
     esac
 done
 
-if ! "${python}" -c "import torch" 2>/dev/null; then
-    echo "gpu_training_check: ${python} cannot import torch: give a Python that has it (PYTHON=...)" >&2
-    exit 2
-fi
-if [ "${device}" != cpu ] && ! "${python}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "gpu_training_check: ${python} sees no CUDA device: run it on a GPU machine (or DEVICE=cpu to try it)" >&2
-    exit 2
-fi
-# Everything the benchmark imports, before any timing: a missing package costs seconds, not a run.
-# (librosa loads its submodules lazily: its filters, which need numba, only when the mel loss is built)
-if ! missing=$("${python}" -c "import trainer.benchmark, librosa.filters
-from utils.cli import check_torch_version; check_torch_version()" 2>&1); then
-    echo "gpu_training_check: ${python} cannot run the trainer: ${missing##*$'\n'} (carry the packages as above)" >&2
-    exit 2
-fi
+# One Python start (seconds each) checks the interpreter: torch, a CUDA device, and everything the
+# benchmark imports, before any timing: a missing package costs seconds, not a run (librosa loads its
+# submodules lazily: its filters, which need numba, only when the mel loss is built).
+probe='import sys
+try:
+    import torch
+except ImportError:
+    sys.exit(3)
+if sys.argv[1] != "cpu" and not torch.cuda.is_available():
+    sys.exit(4)
+try:
+    import librosa.filters
+    import trainer.benchmark
+    from utils.cli import check_torch_version
+    check_torch_version()
+except Exception as error:
+    print(error)
+    sys.exit(5)
+print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+status=0
+machine=$("${python}" -c "${probe}" "${device}" 2>&1) || status=$?
+case "${status}" in
+    0) ;;
+    4) echo "gpu_training_check: ${python} sees no CUDA device: run it on a GPU machine (or DEVICE=cpu to try it)" >&2
+       exit 2 ;;
+    5) echo "gpu_training_check: ${python} cannot run the trainer: ${machine##*$'\n'} (carry the packages as above)" >&2
+       exit 2 ;;
+    *) echo "gpu_training_check: ${python} cannot import torch: give a Python that has it (PYTHON=...)" >&2
+       exit 2 ;;
+esac
 mkdir -p "${out}"
 : > "${out}/summary.txt"
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-    "${python}" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+    echo "${machine##*$'\n'}"
 } | tee "${out}/machine.txt"
 
 failed=0
