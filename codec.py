@@ -107,9 +107,9 @@ def run_encode(args: argparse.Namespace) -> None:
         raise CodecError(f"-o {args.output}: encode writes .adc files, not audio: give an .adc output name")
     pairs = plan(args.input, args.output, AUDIO_EXTENSIONS, ".adc")
     refuse_existing(pairs, args.force)
+    codec = load_codec(args)
     from utils.bitstream.codec_file import encode_to_file, load_entropy_model, model_entropy_table
 
-    codec = load_codec(args, apply_runtime_arguments(args))
     check_n_codebooks(codec, args.n_codebooks)
     entropy = load_entropy_model(codec, model_entropy_table(codec, args.entropy_table)) if args.entropy else None
 
@@ -230,9 +230,9 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
                          "give a folder of training audio")
     if args.output:
         check_output_folder(args.output)  # before the model is loaded and the files coded
+    codec = load_codec(args)
     from utils.bitstream.codec_file import model_entropy_table
 
-    codec = load_codec(args, apply_runtime_arguments(args))
     output = args.output or model_entropy_table(codec)
     if not args.output:  # (a given -o was checked before the model was loaded)
         check_output_folder(output)

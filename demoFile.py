@@ -33,7 +33,6 @@ from utils.cli import (
     add_input_arguments,
     add_model_arguments,
     add_runtime_arguments,
-    apply_runtime_arguments,
     check_n_codebooks,
     list_models,
     load_codec,
@@ -83,8 +82,7 @@ def main() -> None:
         check_audio_output(args.output)  # before the coding, not after it
         if args.save_codes:
             _check_codes_path(args.save_codes, args.input, args.output)
-    device = apply_runtime_arguments(args)
-    codec = load_codec(args, device)
+    codec = load_codec(args)  # (with --cuda and --num_threads applied)
     check_n_codebooks(codec, args.n_codebooks)
 
     def code_file(source: Path, output: Path) -> float:

@@ -247,7 +247,11 @@ def test_commands_do_not_import_the_compiler_stack() -> None:
     ("codec.py", ["decode", "-i", "{adc}", "-o", "{adc}.txt"], ".txt"),
     ("demoFile.py", ["--model", "vctk_v1", "-i", "{missing}", "-o", "out.wav"], "does not exist"),
     ("demoStream.py", ["--model", "vctk_v1", "--receive", "0"], "give a port in 1..65535"),
-], ids=["help", "info", "encode-missing-input", "decode-to-text", "demoFile-missing-input", "demoStream-bad-port"])
+    ("demoFile.py", ["-i", "{wav}", "-o", "out.wav", "--root", "{tmp}"], "the default, model 'libritts_v1' is not"),
+    ("codec.py", ["encode", "--encoder", "{wav}", "--decoder", "{wav}", "-i", "{wav}", "-o", "out.adc"],
+     "no config.yml beside"),
+], ids=["help", "info", "encode-missing-input", "decode-to-text", "demoFile-missing-input", "demoStream-bad-port",
+        "model-not-installed", "checkpoint-without-config"])
 def test_help_info_and_errors_before_the_work_answer_without_torch(tmp_path: Path, script: str, args: list[str],
                                                                    expected: str | None) -> None:
     """torch takes seconds to import: a command imports it only once its arguments and files are checked."""
@@ -256,7 +260,9 @@ def test_help_info_and_errors_before_the_work_answer_without_torch(tmp_path: Pat
     header = StreamHeader(sample_rate=48000, hop=300, channels=1, n_samples=3000, n_codebooks=8, codebook_size=1024,
                           model_name="nowhere_model")  # fmt: skip
     (tmp_path / "x.adc").write_bytes(encode_adc(header, np.zeros((1, 8, 10), dtype=np.int64)))
-    given = [arg.format(adc=tmp_path / "x.adc", missing=tmp_path / "missing.wav") for arg in args]
+    sf.write(tmp_path / "x.wav", np.zeros(4800, dtype=np.float32), 48000)
+    given = [arg.format(adc=tmp_path / "x.adc", missing=tmp_path / "missing.wav", wav=tmp_path / "x.wav", tmp=tmp_path)
+             for arg in args]
     result = run_script(script, *given, cwd=tmp_path, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     profile = [line for line in result.stderr.splitlines() if line.startswith("import time")]
     imported = {line.rsplit("|", 1)[-1].strip() for line in profile}

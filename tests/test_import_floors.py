@@ -34,7 +34,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "utils.bitstream": BASE,
     "utils.audiodec": {"layers", "models", "utils.runtime", "utils.checkpoint", "utils.experiment_config",
                        "utils.registry", "utils.bitstream", "utils.audio", *BASE},  # fmt: skip
-    "utils.cli": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", *BASE},
+    "utils.cli": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry",
+                  "utils.experiment_config", *BASE},  # fmt: skip
     "utils.batch": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", "utils.cli",
                     *BASE},  # fmt: skip
     "utils.live": {"utils.audiodec", "utils.bitstream", "utils.runtime", "utils.audio", "utils.registry", "utils.cli",

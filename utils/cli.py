@@ -22,8 +22,9 @@ import numpy as np
 
 from utils.audio import declared_rate, read_audio, resample, warn_if_input_beyond_full_scale
 from utils.errors import CodecError, check_at_least, shown
+from utils.experiment_config import load_config
 from utils.files import remove_unfilled_folders
-from utils.registry import MODELS, install_hint, installed_root
+from utils.registry import MODELS, get_entry, install_hint, installed_root, resolve
 from utils.runtime.names import BACKENDS, DEFAULT_BACKEND, PRECISION_NAMES
 
 if TYPE_CHECKING:
@@ -249,12 +250,21 @@ def list_models(root: str | None = None) -> None:
         print(f"{entry.name:20s} {entry.sample_rate:6d} Hz  {where}  ({entry.description})")
 
 
-def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
-    """The codec that --model or --encoder/--decoder name."""
+def load_codec(args: argparse.Namespace, device: str | None = None) -> StreamingCodec:
+    """The codec that --model or --encoder/--decoder name, on `device` (default: --cuda's, with
+    --num_threads applied: `apply_runtime_arguments`). Its checkpoints are found and their config.yml
+    checked before torch loads: a model that is not installed or a bad config is named at once."""
     if bool(args.encoder) != bool(args.decoder):
         raise CodecError("give both --encoder and --decoder, or neither (and --model)")
     if args.encoder and args.model:
         raise CodecError(f"--model {args.model} and --encoder/--decoder both name the model: give one of them")
+    name = None if args.encoder else args.model or getattr(args, "default_model", None)
+    if not args.encoder and not name:
+        raise CodecError("no model: give --model NAME, or --encoder and --decoder")
+    with _named_as_the_default(args):
+        for checkpoint in (args.encoder, args.decoder) if args.encoder else resolve(get_entry(name), args.root):
+            load_config(checkpoint)
+    device = device or apply_runtime_arguments(args)
     backend, precision = getattr(args, "backend", DEFAULT_BACKEND), getattr(args, "precision", "fp32")
     from utils.audiodec import StreamingCodec
 
@@ -262,15 +272,19 @@ def load_codec(args: argparse.Namespace, device: str) -> StreamingCodec:
         return StreamingCodec.from_checkpoints(
             args.encoder, args.decoder, device=device, precision=precision, backend=backend
         )
-    name = args.model or getattr(args, "default_model", None)
-    if not name:
-        raise CodecError("no model: give --model NAME, or --encoder and --decoder")
-    try:
+    with _named_as_the_default(args):
         return StreamingCodec.from_name(name, root=args.root, device=device, precision=precision, backend=backend)
+
+
+@contextlib.contextmanager
+def _named_as_the_default(args: argparse.Namespace) -> Iterator[None]:
+    """A CodecError in the block, where the user named no model, says that the model is the default one
+    and how to name another."""
+    try:
+        yield
     except CodecError as error:
-        if args.model:
+        if args.encoder or args.model:
             raise
-        # the user named no model: say that this one is the default, and how to name another
         raise CodecError(f"no --model given, so the default, {error}; or name another with --model "
                          "(--list-models)") from None
 
