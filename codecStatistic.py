@@ -12,11 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
-
-from dataloader import subset_path
-from trainer.analysis import compute_code_statistics, save_statistics, statistics_path
-from trainer.builder import read_config
+from trainer.options import read_config
 from utils.cli import file_count, run_main
 from utils.errors import ArgumentParser, CodecError
 from utils.files import make_output_folder
@@ -35,6 +31,11 @@ def main() -> int:
         config["analyzer"] = args.analyzer
     if "stats" not in config:
         raise CodecError(f"{args.config} has no 'stats' entry: name the .npy file to write")
+    import torch  # (after the checks above, which answer without it: seconds)
+
+    from dataloader import subset_path
+    from trainer.analysis import compute_code_statistics, save_statistics, statistics_path
+
     try:
         subset_path(config, args.subset)  # before the stats folder is made
     except ValueError as error:

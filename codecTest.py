@@ -20,9 +20,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from trainer.synthesis import run_test
 from utils.cli import file_count, run_main
 from utils.errors import ArgumentParser, CodecError
 from utils.eval.metrics import mean_row, scored_counts
@@ -58,10 +55,14 @@ def main() -> int:
                         help="write into --output_dir itself")
     parser.add_argument("--metrics", action="store_true", help="score the outputs (utils.eval.metrics)")
     args = parser.parse_args()
+    subset = pick_subset(load_config(args.encoder), args.subset)  # (before torch loads: seconds)
+    import torch
+
+    from trainer.synthesis import run_test
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     outdir, rows = run_test(
-        args.encoder, args.decoder, args.output_dir, pick_subset(load_config(args.encoder), args.subset),
-        args.subset_num,
+        args.encoder, args.decoder, args.output_dir, subset, args.subset_num,
         specific_folder=args.specific_folder == "True", metrics=args.metrics, device=device,
     )
     if rows is not None:

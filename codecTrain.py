@@ -20,8 +20,7 @@ if __name__ == "__main__":  # before anything allocates: a faster malloc (utils/
 
 import argparse  # noqa: E402
 
-from trainer.base import COMPILE_SETTINGS  # noqa: E402
-from trainer.builder import TrainOptions, run_training  # noqa: E402
+from trainer.options import COMPILE_SETTINGS, TrainOptions, read_config  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser  # noqa: E402
 
@@ -85,7 +84,11 @@ def main() -> int:
                         help="stop after this many minutes of the process's CPU time in training steps "
                         "(a checkpoint and a learning-curve point are written); for runs compared at equal CPU")
     args = parser.parse_args()
-    run_training(TrainOptions(**{**vars(args), "resume": args.resume or ""}))
+    options = TrainOptions(**{**vars(args), "resume": args.resume or ""})  # its errors before torch loads
+    read_config(options.config)
+    from trainer.builder import run_training
+
+    run_training(options)
     return 0
 
 

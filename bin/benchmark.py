@@ -37,7 +37,7 @@ from torch import nn  # noqa: E402
 from bin.time_original import MALLOC_CHOICES, MALLOC_HELP, original_environment, run_in_own_process  # noqa: E402
 from layers.weight_norm import fold_weight_norm  # noqa: E402
 from models.registry import AUTOENCODER_TYPES, VOCODER_TYPES  # noqa: E402
-from trainer.builder import read_config  # noqa: E402
+from trainer.options import read_config  # noqa: E402
 from utils.audiodec import StreamingCodec  # noqa: E402
 from utils.checkpoint import build_generator  # noqa: E402
 from utils.cli import run_main  # noqa: E402

@@ -250,11 +250,18 @@ def test_commands_do_not_import_the_compiler_stack() -> None:
     ("demoFile.py", ["-i", "{wav}", "-o", "out.wav", "--root", "{tmp}"], "the default, model 'libritts_v1' is not"),
     ("codec.py", ["encode", "--encoder", "{wav}", "--decoder", "{wav}", "-i", "{wav}", "-o", "out.adc"],
      "no config.yml beside"),
+    ("codecTrain.py", ["--help"], None),
+    ("codecTrain.py", ["-c", "missing.yaml", "--tag", "x"], "config missing.yaml not found"),
+    ("codecTrain.py", ["-c", "missing.yaml", "--tag", "../x"], "--tag '../x': give a folder name under --exp_root"),
+    ("codecTest.py", ["--encoder", "{wav}", "--decoder", "{wav}", "--output_dir", "o"], "no config.yml beside"),
+    ("codecStatistic.py", ["-c", "missing.yaml"], "config missing.yaml not found"),
 ], ids=["help", "info", "encode-missing-input", "decode-to-text", "demoFile-missing-input", "demoStream-bad-port",
-        "model-not-installed", "checkpoint-without-config"])
+        "model-not-installed", "checkpoint-without-config", "codecTrain-help", "codecTrain-missing-config",
+        "codecTrain-bad-tag", "codecTest-checkpoint-without-config", "codecStatistic-missing-config"])
 def test_help_info_and_errors_before_the_work_answer_without_torch(tmp_path: Path, script: str, args: list[str],
                                                                    expected: str | None) -> None:
-    """torch takes seconds to import: a command imports it only once its arguments and files are checked."""
+    """torch takes seconds to import (the trainer's modules more): a command imports it only once its arguments
+    and files are checked."""
     from utils.bitstream.adc import StreamHeader, encode_adc
 
     header = StreamHeader(sample_rate=48000, hop=300, channels=1, n_samples=3000, n_codebooks=8, codebook_size=1024,

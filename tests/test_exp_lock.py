@@ -15,8 +15,9 @@ import pytest
 
 from tests.conftest import REPO
 from tests.test_trainer import save_recipe, tiny_recipe
-from trainer.builder import TrainOptions, run_training
+from trainer.builder import run_training
 from trainer.exp_lock import LOCK_NAME, hold_experiment
+from trainer.options import TrainOptions
 from utils.errors import CodecError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="flock is POSIX")

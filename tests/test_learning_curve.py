@@ -58,7 +58,8 @@ def test_cpu_budget_stops_with_a_checkpoint_and_resume_keeps_counting(tmp_path: 
     config = curve_recipe(tmp_path)
     path = tmp_path / "budget.yaml"
     path.write_text(yaml.safe_dump(config))
-    from trainer.builder import TrainOptions, run_training
+    from trainer.builder import run_training
+    from trainer.options import TrainOptions
 
     options = dict(config=str(path), tag="budget", exp_root=str(tmp_path / "exp"))
     expdir = run_training(TrainOptions(**options, cpu_budget_minutes=1e-9))

@@ -169,7 +169,8 @@ CACHES = (r"^librosa cannot set up its caches \(could not determine the home dir
 
 def test_training_and_the_metrics_without_librosas_caches_are_one_line(tmp_path: Path, librosa_without_caches) -> None:
     from tests.test_trainer import save_recipe, tiny_recipe
-    from trainer.builder import TrainOptions, run_training
+    from trainer.builder import run_training
+    from trainer.options import TrainOptions
 
     recipe = save_recipe(tiny_recipe(tmp_path), tmp_path / "recipe.yaml")
     with pytest.raises(CodecError, match=CACHES):  # (it said "cannot build MultiMelSpectrogramLoss ... fix the config")

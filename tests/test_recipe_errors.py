@@ -22,8 +22,9 @@ from tests.test_trainer import (
 )
 from trainer import memory
 from trainer.base import GANTrainer
-from trainer.builder import TrainOptions, load_starting_point, run_training
+from trainer.builder import load_starting_point, run_training
 from trainer.distributed import DistributedContext
+from trainer.options import TrainOptions
 from utils.errors import CodecError
 
 CASES: dict[str, tuple[dict[str, Any], str]] = {

@@ -25,9 +25,10 @@ import yaml
 from tests.conftest import REPO, skip_without_cpp_compiler
 from trainer.analysis import compute_code_statistics, load_analyzer, quantized_latent
 from trainer.base import GANTrainer, _check_same_settings
-from trainer.builder import TrainOptions, build_trainer, run_training
+from trainer.builder import build_trainer, run_training
 from trainer.data import TrainingData
 from trainer.distributed import DistributedContext
+from trainer.options import TrainOptions
 from trainer.state import latest_checkpoint, read_newest_checkpoint, resolve_resume
 from utils.audiodec import StreamingCodec
 from utils.checkpoint import load_generator

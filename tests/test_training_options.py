@@ -18,9 +18,10 @@ import yaml
 from tests.conftest import skip_without_cpp_compiler
 from tests.test_trainer import save_recipe, tiny_recipe, train
 from trainer.base import GANTrainer, LossTracker, compiled_networks
-from trainer.builder import TrainOptions, build_trainer, read_config, run_training
+from trainer.builder import build_trainer, run_training
 from trainer.data import StepBatch, TrainingData
 from trainer.distributed import DistributedContext
+from trainer.options import TrainOptions, read_config
 from utils.errors import CodecError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -61,6 +61,7 @@ from trainer.data import StepBatch, TrainingData
 from trainer.distributed import CodebookSync, DistributedContext, all_reduce_mean, all_reduce_sum, cpu_group, wrap_ddp
 from trainer.fast_activation import use_native_activations
 from trainer.fast_conv import time_major_suits, use_fast_convolutions
+from trainer.options import COMPILE_SETTINGS
 from trainer.preemption import PreemptionHandler
 from trainer.state import capture_rng_state, checkpoint_path, read_training_checkpoint, restore_rng_state
 from utils.checkpoint import (
@@ -90,8 +91,6 @@ NUM_EVAL_SAMPLES = 2  # validation samples written to TensorBoard as audio and l
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# The ``compile`` run option: what each value compiles (``true`` depends on the device).
-COMPILE_SETTINGS: dict[str, tuple[str, ...]] = {"generator": ("generator",), "all": ("generator", "discriminator")}
 
 
 def compiled_networks(setting: Any, device: torch.device) -> tuple[str, ...]:
