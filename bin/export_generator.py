@@ -36,14 +36,13 @@ from utils.checkpoint import (  # noqa: E402
     STORAGE_DTYPES,
     atomic_torch_save,
     compact_generator_state,
-    config_path_for,
-    load_config,
     read_checkpoint,
 )
 from utils.cli import run_main  # noqa: E402
 from utils.errors import ArgumentParser, CodecError  # noqa: E402
 from utils.eval.metrics import snr_db  # noqa: E402
 from utils.eval.probe import speech_like_signal  # noqa: E402
+from utils.experiment_config import config_path_for, load_config  # noqa: E402
 from utils.files import check_output_folder, make_output_folder, write_bytes_atomic  # noqa: E402
 
 PROBE_SECONDS = 2.0
