@@ -33,7 +33,9 @@ wait
 # The first build, in the main thread or (as demoStream.py and the live pipeline load the codec) in a
 # passing thread that the main thread waits on.
 BUILDER = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as started from a terminal: a suite run in the
+# background (`nohup ... &`) hands its children SIGINT ignored, which Python then keeps
 sys.path.insert(0, {repo!r})
 from utils.cli import run_main
 from utils.runtime import native_build
