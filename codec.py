@@ -43,9 +43,9 @@ from utils.cli import (
     add_runtime_arguments,
     apply_runtime_arguments,
     check_n_codebooks,
+    input_audio_for,
     list_models,
     load_codec,
-    read_input_for,
     run_main,
 )
 from utils.errors import ArgumentParser, CodecError, check_at_least
@@ -116,9 +116,10 @@ def run_encode(args: argparse.Namespace) -> None:
     headers: list[StreamHeader] = []  # what each file's header says, for the log line
 
     def encode(source: Path, output: Path) -> float:
-        data = read_input_for(codec, str(source), args.resample, args.allow_truncated)
-        headers.append(encode_to_file(codec, data, str(output), args.n_codebooks, entropy))
-        seconds = data.shape[0] / codec.sample_rate
+        _, _, audio = input_audio_for(codec, str(source), args.resample, args.allow_truncated)
+        header = encode_to_file(codec, audio, str(output), args.n_codebooks, entropy)
+        headers.append(header)
+        seconds = (header.n_samples - codec.output_delay) / codec.sample_rate
         size = os.path.getsize(output)
         logging.debug(f"wrote {output}: {size} bytes, {_kbps(size, seconds)}")
         return seconds
@@ -241,8 +242,7 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
                          "then no longer decode), or give another -o")
     all_codes = []
     for path in tqdm(files, desc="fit-entropy", unit="file"):
-        streams = codec.streams_from_audio(read_input_for(codec, path, allow_resample=True))
-        codes = codec.encode_signal(streams)
+        codes, _ = codec.encode_audio(input_audio_for(codec, path, allow_resample=True)[2])
         all_codes.extend(codes.cpu().numpy())
     model = EntropyModel.fit(all_codes, codec.codebook_size)
     model.save(output)

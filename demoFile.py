@@ -34,9 +34,9 @@ from utils.cli import (
     add_model_arguments,
     add_runtime_arguments,
     check_n_codebooks,
+    input_audio_for,
     list_models,
     load_codec,
-    read_input_for,
     run_main,
 )
 from utils.errors import ArgumentParser, CodecError
@@ -86,19 +86,20 @@ def main() -> None:
     check_n_codebooks(codec, args.n_codebooks)
 
     def code_file(source: Path, output: Path) -> float:
-        data = read_input_for(codec, str(source), args.resample, args.allow_truncated)
-        streams = codec.streams_from_audio(data)
+        frames, channels, audio = input_audio_for(codec, str(source), args.resample, args.allow_truncated)
         (logging.debug if folder_mode else logging.info)(
-            f"coding {data.shape[0] / codec.sample_rate:.2f} s, {streams.shape[0]} stream(s), "
+            f"coding {frames / codec.sample_rate:.2f} s, {channels if codec.input_channels == 1 else 1} stream(s), "
             f"{codec.bitrate(args.n_codebooks) / 1000:.1f} kbps"
         )
         kept = codec.checked_codebooks(args.n_codebooks)
-        codes = codec.encode_signal(streams)[:, :kept]
-        # decoded a block at a time as the file is written: the decoded audio is never whole in memory
-        pieces = codec.decode_signal_blocks(codes, streams.shape[-1])
-        audio = CheckedBlocks(output, map(codec.audio_from_streams, pieces), codec.sample_rate)
+        # read and coded a piece at a time, decoded a block at a time as the file is written: neither the
+        # input nor the decoded audio is ever whole in memory
+        codes, samples = codec.encode_audio(audio)
+        codes = codes[:, :kept]
+        pieces = codec.decode_signal_blocks(codes, samples)
+        decoded = CheckedBlocks(output, map(codec.audio_from_streams, pieces), codec.sample_rate)
         replacing = output.exists()
-        outputs = {output: audio_blocks_writer(audio, streams.shape[0] * codec.output_channels, "PCM_16")}
+        outputs = {output: audio_blocks_writer(decoded, codes.shape[0] * codec.output_channels, "PCM_16")}
         if args.save_codes:  # what is transmitted: the first n_codebooks
             offsets = np.arange(codes.shape[1]).reshape(1, -1, 1) * codec.codebook_size
             flat = codes.cpu().numpy() + offsets
@@ -108,7 +109,7 @@ def main() -> None:
         write_outputs(outputs)  # both or neither
         if replacing:
             logging.info(f"replaced the existing {output}")
-        return data.shape[0] / codec.sample_rate
+        return samples / codec.sample_rate
 
     if folder_mode:
         run_batch(pairs, code_file, "demoFile")

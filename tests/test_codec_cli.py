@@ -63,6 +63,26 @@ def test_multichannel_round_trip(tmp_path, python: str) -> None:
     assert ours.shape == ref.shape == (96000, 2) and snr_db(ref, ours) >= 60
 
 
+def test_a_file_longer_than_a_read_piece_codes_as_its_whole_samples(tmp_path, python: str) -> None:
+    """codec.py encode reads a long file a piece at a time (codec.signal_block_samples) as it codes it, as
+    demoFile.py does (the pieces' codes: test_streaming.py): the .adc is byte for byte that of the whole
+    samples coded at once."""
+    entry = MANIFEST["vctk_sym"]
+    codec = StreamingCodec.from_checkpoints(official_path(entry["encoder_checkpoint"]),
+                                            official_path(entry["decoder_checkpoint"]), name="vctk_sym")
+    speech, rate = sf.read(official_path("input", "test_48k.wav"), dtype="float32", always_2d=True)
+    length = 2 * codec.signal_block_samples + 4321
+    audio = np.tile(0.5 * speech, (length // len(speech) + 1, 1))[:length]
+    source, packed = tmp_path / "long.wav", tmp_path / "long.adc"
+    sf.write(source, audio, rate, "FLOAT")
+    result = codec_cli(python, "encode", "--model", "vctk_sym", "--cuda", "-1", "-i", str(source), "-o", str(packed))
+    assert result.returncode == 0, result.stderr
+    encode_to_file(codec, audio, str(tmp_path / "whole.adc"))
+    assert packed.read_bytes() == (tmp_path / "whole.adc").read_bytes()
+    assert codec_cli(python, "decode", "--cuda", "-1", "-i", str(packed), "-o", str(tmp_path / "d.wav")).returncode == 0
+    assert sf.info(tmp_path / "d.wav").frames == length
+
+
 def full_size_codec() -> StreamingCodec:
     torch.manual_seed(0)
     model = Generator().eval()  # 8 x 1024 codes, hop 300: the released layout

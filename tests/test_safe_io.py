@@ -233,3 +233,41 @@ def test_reader_accepts_complete_and_unfinished_headers(tmp_path, speech: str) -
     with pytest.raises(CodecError, match="truncated"):
         read_audio(str(tmp_path / "cut.wav"))
     assert read_audio(str(tmp_path / "cut.wav"), allow_truncated=True)[0].shape == (RATE // 2 - 5001, 1)
+
+
+def test_a_file_read_a_block_at_a_time_is_read_audio_in_pieces_and_checked_as_it(tmp_path, speech: str,
+                                                                                   caplog) -> None:
+    """AudioInput, what the coders read a long file with: the blocks join to read_audio's samples, and a
+    bad file is refused with read_audio's words (a NaN named at its own frame, however late it comes)."""
+    from utils.audio import AudioInput
+
+    audio = AudioInput(speech, 5000, dtype="float32")
+    assert (audio.rate, audio.channels, audio.frames) == (RATE, 1, RATE // 2)
+    blocks = list(audio)
+    assert [len(block) for block in blocks] == [5000] * 4 + [RATE // 2 - 20000]
+    np.testing.assert_array_equal(np.concatenate(blocks), read_audio(speech, dtype="float32")[0])
+    loud = np.zeros((12000, 2))
+    loud[300, 1], loud[11000, 0], loud[11001, 0] = 1.5, -2.0, np.nan
+    sf.write(tmp_path / "loud.wav", loud, RATE, "FLOAT")
+    with pytest.raises(CodecError) as whole:
+        read_audio(str(tmp_path / "loud.wav"))
+    with pytest.raises(CodecError) as blocked:
+        list(AudioInput(str(tmp_path / "loud.wav"), 4000))
+    assert str(blocked.value) == str(whole.value) and "(frame 11001, channel 0)" in str(blocked.value)
+    loud[11001, 0] = 0.0
+    sf.write(tmp_path / "loud.wav", loud, RATE, "FLOAT")
+    with caplog.at_level(logging.WARNING, logger="utils.audio"):
+        assert sum(len(block) for block in AudioInput(str(tmp_path / "loud.wav"), 4000)) == 12000
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{tmp_path / 'loud.wav'}: 2 samples lie beyond full scale (peak 2.000, +6.0 dBFS); the codec is made for "
+        "[-1, 1]: scale the file about 6.0 dB down for a faithful coding"]
+    sf.write(tmp_path / "none.wav", np.zeros((0, 1)), RATE)  # a header and no samples
+    with pytest.raises(CodecError, match="holds no samples"):
+        list(AudioInput(str(tmp_path / "none.wav"), 4000))
+    truncated_copy(speech, tmp_path / "cut.wav")
+    with pytest.raises(CodecError, match="is truncated: header says"):
+        AudioInput(str(tmp_path / "cut.wav"), 4000)  # before any block is read
+    assert sum(map(len, AudioInput(str(tmp_path / "cut.wav"), 4000, allow_truncated=True))) == RATE // 2 - 5001
+    (tmp_path / "junk.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVE not audio")
+    with pytest.raises(CodecError, match=r"cannot read .*junk.wav as audio \("):
+        AudioInput(str(tmp_path / "junk.wav"), 4000)

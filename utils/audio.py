@@ -74,22 +74,78 @@ def read_audio(
     MAX_AUDIO_RATE]; a WAV shorter than its header says (unless `allow_truncated`: then what is there,
     with a warning); NaN or infinite samples.
     """
+    _check_input_file(path)
+    with _read_as_audio(path):
+        data, rate = sf.read(os.fsencode(path), dtype=dtype, always_2d=True)  # bytes: any name the system takes
+    _check_audio_rate(path, rate)
+    if data.shape[0] == 0:
+        raise CodecError(f"input file {path} holds no samples: give a file with audio in it")
+    _check_truncation(path, allow_truncated)
+    _check_finite_input(path, data, rate)
+    return data, rate
+
+
+class AudioInput:
+    """An audio file read as `read_audio` reads it, but a block of `block_frames` frames (n, C) at a time as
+    the blocks are asked for, so that a long file is coded without all of it in memory. Its header is
+    checked now (`rate`, `channels`, `frames` as the header counts them); each block's samples as it is
+    read (a NaN is named where it lies); a file of no samples is refused once the blocks are read; the
+    samples beyond full scale are warned about then, once, as `warn_if_input_beyond_full_scale` does."""
+
+    def __init__(self, path: str | os.PathLike, block_frames: int, allow_truncated: bool = False,
+                 dtype: str = "float64") -> None:
+        _check_input_file(path)
+        with _read_as_audio(path):
+            info = sf.info(os.fsencode(path))
+        _check_audio_rate(path, info.samplerate)
+        _check_truncation(path, allow_truncated)
+        self.path, self.block_frames, self.dtype = path, block_frames, dtype
+        self.rate, self.channels, self.frames = info.samplerate, info.channels, info.frames
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        read, peak, beyond = 0, 0.0, 0
+        with _read_as_audio(self.path), sf.SoundFile(os.fsencode(self.path)) as audio:
+            for block in audio.blocks(blocksize=self.block_frames, dtype=self.dtype, always_2d=True):
+                _check_finite_input(self.path, block, self.rate, read)
+                found = _beyond_full_scale(block)
+                if found is not None:
+                    peak, beyond = max(peak, found[0]), beyond + found[1]
+                read += block.shape[0]
+                yield block
+        if read == 0:
+            raise CodecError(f"input file {self.path} holds no samples: give a file with audio in it")
+        if beyond:
+            _warn_beyond_full_scale(str(self.path), peak, beyond)
+
+
+def _check_input_file(path: str | os.PathLike) -> None:
+    """A regular file that holds bytes, else a CodecError saying what `path` is instead."""
     check_input_exists(path)
     if not os.path.isfile(path):
         what = "a folder" if os.path.isdir(path) else "not a regular file (a pipe or a device?)"
         raise CodecError(f"input {path} is {what}: give an audio file's path")
     if os.path.getsize(path) == 0:
         raise CodecError(f"input file {path} is empty: give a wav/flac/ogg file with audio in it")
+
+
+@contextlib.contextmanager
+def _read_as_audio(path: str | os.PathLike) -> Iterator[None]:
+    """libsndfile's failures in the block as one CodecError naming `path` and the reason."""
     try:
-        data, rate = sf.read(os.fsencode(path), dtype=dtype, always_2d=True)  # bytes: any name the system takes
+        yield
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         check_readable(path)  # libsndfile says "System error" for a file the user may not read
         reason = str(error).splitlines()[0]
         raise CodecError(f"cannot read {path} as audio ({reason}): give a wav/flac/ogg file") from None
+
+
+def _check_audio_rate(path: str | os.PathLike, rate: int) -> None:
     if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:  # resampling 1 Hz to 48 kHz would ask for 48000 x the samples
         raise CodecError(f"{path} declares {rate} Hz, not an audio rate: fix its header")
-    if data.shape[0] == 0:
-        raise CodecError(f"input file {path} holds no samples: give a file with audio in it")
+
+
+def _check_truncation(path: str | os.PathLike, allow_truncated: bool) -> None:
+    """A WAV shorter than its header says is an error, unless `allow_truncated` (then a warning)."""
     frames = wav_frames(path)
     if frames is not None and frames[1] < frames[0]:
         declared, present = frames
@@ -99,15 +155,19 @@ def read_audio(
                 "or pass --allow-truncated to code what is there"
             )
         logger.warning(f"{path} is truncated: coding the {present} of {declared} frames it holds")
+
+
+def _check_finite_input(path: str | os.PathLike, data: np.ndarray, rate: int, offset: int = 0) -> None:
+    """NaN or infinite samples in `data` (T, C), the file's frames from `offset` on, are an error naming the first."""
     finite = np.isfinite(data)
     if not finite.all():
         frame, channel = np.argwhere(~finite)[0]
         value = data[frame, channel]
+        frame += offset
         raise CodecError(
             f"{path} has a non-finite sample ({value}) at {frame / rate:.6f} s (frame {frame}, channel {channel}): "
             "repair or re-export the file"
         )
-    return data, rate
 
 
 def check_file_samples(data: object) -> None:
@@ -387,9 +447,11 @@ def warn_if_input_beyond_full_scale(path: str, data: np.ndarray) -> None:
     """Log a warning when a float file's samples (T, C) go beyond [-1, 1]: the models learnt audio
     within full scale, and the decoding of louder input clips when written as integers."""
     beyond = _beyond_full_scale(data)
-    if beyond is None:
-        return
-    peak, count = beyond
+    if beyond is not None:
+        _warn_beyond_full_scale(path, *beyond)
+
+
+def _warn_beyond_full_scale(path: str, peak: float, count: int) -> None:
     logger.warning(
         f"{path}: {count} samples lie beyond full scale (peak {peak:.3f}, {20 * math.log10(peak):+.1f} dBFS); "
         f"the codec is made for [-1, 1]: scale the file about {20 * math.log10(peak):.1f} dB down for a faithful coding"

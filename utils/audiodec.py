@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ WARMUP_SAMPLES = 8192
 # Longer inputs run through the streaming path in blocks of this many frames: the same result
 # (Contract 2), faster, as a block's activations stay in cache (docs/performance.md).
 BLOCK_FRAMES = 80
+SIGNAL_BLOCKS = 16  # encoder blocks per piece of a long file read at a time (8 s at hop 300 and 48 kHz)
 # Code dtypes torch reduces over only once widened (codes in a file may be stored unsigned).
 _CHECKED_CODE_DTYPES = {torch.uint16: torch.int32, torch.uint32: torch.int64, torch.uint64: torch.int64}
 
@@ -359,13 +360,32 @@ class StreamingCodec:
     def encode_signal(self, x: torch.Tensor) -> torch.Tensor:
         """The codes of `code` without the decoding: x (B, C, T) -> codes (B, K, frames), from a fresh
         warmed-up state (the transmitter of a whole file)."""
-        self._check_waveform(x, chunk=False)
-        self.reset(x.shape[0])
-        # The whole hops as they are, then the rest padded: the same codes (Contract 2) without a
-        # padded copy of a whole file.
-        whole = x.shape[-1] - x.shape[-1] % self.hop_length
-        rest = F.pad(x[..., whole:], (0, self._whole_signal_padding(x.shape[-1])))
-        return torch.cat([self.encode(x[..., :whole]), self.encode(rest)], dim=-1)
+        return self.encode_signal_blocks([x])
+
+    def encode_signal_blocks(self, pieces: Iterable[torch.Tensor]) -> torch.Tensor:
+        """`encode_signal` of the pieces' join along time (each (B, C, n), B the same throughout), coded as
+        they come, so that a long signal need not be whole in memory. Pieces of `signal_block_samples`
+        (the last one shorter) give `encode_signal`'s very codes: the encoder is called on the same blocks."""
+        codes: list[torch.Tensor] = []
+        rest, length = None, 0
+        for piece in pieces:
+            self._check_waveform(piece, chunk=False)
+            if rest is None:
+                self.reset(piece.shape[0])
+            joined = piece if rest is None or not rest.shape[-1] else torch.cat([rest, piece], dim=-1)
+            # the whole hops as they are, the rest with the next piece: no padded copy of a whole signal
+            whole = joined.shape[-1] - joined.shape[-1] % self.hop_length
+            codes.append(self.encode(joined[..., :whole]))
+            rest, length = joined[..., whole:], length + piece.shape[-1]
+        if rest is None:
+            raise CodecError("no pieces of signal to code: give at least one (streams, channels, samples) tensor")
+        codes.append(self.encode(F.pad(rest, (0, self._whole_signal_padding(length)))))  # (Contract 2)
+        return torch.cat(codes, dim=-1)
+
+    @property
+    def signal_block_samples(self) -> int:
+        """Samples of a piece of a long signal read at a time (`encode_signal_blocks`): whole encoder blocks."""
+        return SIGNAL_BLOCKS * BLOCK_FRAMES * self.hop_length
 
     def _whole_signal_padding(self, length: int) -> int:
         """The zeros after a whole signal of `length` samples: `output_delay` of them, then up to a hop."""
@@ -437,6 +457,20 @@ class StreamingCodec:
         self.batch_size = 0  # the coding steps start again from their own warmed-up state
         padded = self._pad_whole_signal(x.to(self.device, torch.float32))
         return self._aligned(self.decoder.decode(self.encoder.encode(padded)), x.shape[-1])
+
+    def encode_audio(self, audio: np.ndarray | Iterable[np.ndarray]) -> tuple[torch.Tensor, int]:
+        """File samples (T, C), whole or as consecutive blocks -> (codes (streams, K, frames), T): the
+        streams of `streams_from_audio`, coded a block at a time (`encode_signal_blocks`)."""
+        samples = 0
+
+        def streams() -> Iterator[torch.Tensor]:
+            nonlocal samples
+            for block in [audio] if isinstance(audio, np.ndarray) else audio:
+                piece = self.streams_from_audio(block)
+                samples += piece.shape[-1]
+                yield piece
+
+        return self.encode_signal_blocks(streams()), samples
 
     def streams_from_audio(self, data: np.ndarray) -> torch.Tensor:
         """File samples (T, C) -> model input (B, input_channels, T).

@@ -15,12 +15,12 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from utils.audio import declared_rate, read_audio, resample, warn_if_input_beyond_full_scale
+from utils.audio import AudioInput, declared_rate, read_audio, resample, warn_if_input_beyond_full_scale
 from utils.errors import CodecError, check_at_least, shown
 from utils.experiment_config import load_config
 from utils.files import remove_unfilled_folders
@@ -309,6 +309,19 @@ def read_input_for(
             raise CodecError(f"{path} is too short to code at the model's rate: its {frames} sample(s) at {rate} Hz "
                              f"resample to none at {codec.sample_rate} Hz; give a longer file")
     return data
+
+
+def input_audio_for(
+    codec: StreamingCodec, path: str, allow_resample: bool, allow_truncated: bool = False
+) -> tuple[int, int, Iterable[np.ndarray]]:
+    """`read_input_for`'s samples as (frames, channels, blocks): a file at the codec's rate read a piece
+    of `codec.signal_block_samples` at a time as it is coded (`frames` as its header counts them); one
+    at another rate resampled whole first, as `read_input_for` does."""
+    if declared_rate(path) != codec.sample_rate:  # (or no rate: read_input_for says why)
+        data = read_input_for(codec, path, allow_resample, allow_truncated)
+        return data.shape[0], data.shape[1], [data]
+    audio = AudioInput(path, codec.signal_block_samples, allow_truncated, dtype="float32")
+    return audio.frames, audio.channels, audio
 
 
 def _reading_dtype(path: str, rate: int) -> str:

@@ -52,20 +52,20 @@ def load_entropy_model(codec: StreamingCodec, path: str | None, wanted: bytes | 
 
 def encode_to_file(
     codec: StreamingCodec,
-    data: np.ndarray,
+    data: np.ndarray | Iterable[np.ndarray],
     path: str,
     n_codebooks: int | None = None,
     entropy_model: EntropyModel | None = None,
 ) -> StreamHeader:
-    """Code samples (T, C) at the codec's rate and write them to `path`; return the header.
+    """Code samples (T, C) at the codec's rate, whole or as consecutive blocks (a long file read as it is
+    coded: `utils.audio.AudioInput`), and write them to `path`; return the header.
 
     With `entropy_model` the payload is range-coded, unless that would not make the file smaller (audio
     unlike the table's, or too short for it to pay): then it is written raw, which needs no table.
     """
     kept = codec.checked_codebooks(n_codebooks)
-    streams = codec.streams_from_audio(data)
-    codes = codec.encode_signal(streams)
-    header = stream_header(codec, streams.shape[0], data.shape[0], kept)
+    codes, samples = codec.encode_audio(data)
+    header = stream_header(codec, codes.shape[0], samples, kept)
     codes = codes[:, :kept].cpu().numpy()
     packed = encode_adc(header, codes)
     if entropy_model is not None:
