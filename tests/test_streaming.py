@@ -340,9 +340,12 @@ def test_a_whole_signal_decoded_in_blocks_is_the_same_samples(any_backend: Strea
 def test_a_signal_coded_piece_by_piece_has_the_whole_signals_codes(any_backend: StreamingCodec) -> None:
     """encode_signal_blocks, what a long file is coded with as it is read: pieces of any length (not whole
     hops, one empty) give encode_signal's codes of their join, the output delay's padding included."""
+    from utils.audiodec import BLOCK_FRAMES
+
     codec = any_backend
-    x = 0.1 * torch.randn(2, 1, 3 * codec.signal_block_samples // 64 + 7, generator=torch.Generator().manual_seed(4))
-    cuts = [0, 1, 301, 301, codec.hop_length * 81 + 5, x.shape[-1]]
+    length = (2 * BLOCK_FRAMES + 4) * codec.hop_length + 7  # more than two encoder blocks
+    x = 0.1 * torch.randn(2, 1, length, generator=torch.Generator().manual_seed(4))
+    cuts = [0, 1, 301, 301, (BLOCK_FRAMES + 1) * codec.hop_length + 5, length]  # the 4th spans a block's end
     pieces = [x[..., start:end] for start, end in zip(cuts, cuts[1:])]
     torch.testing.assert_close(codec.encode_signal_blocks(pieces), codec.encode_signal(x), rtol=0, atol=0)
     codes, samples = codec.encode_audio(iter([x[0].T.numpy()[:1000], x[0].T.numpy()[1000:]]))
