@@ -116,7 +116,7 @@ def run_encode(args: argparse.Namespace) -> None:
     headers: list[StreamHeader] = []  # what each file's header says, for the log line
 
     def encode(source: Path, output: Path) -> float:
-        _, _, audio = input_audio_for(codec, str(source), args.resample, args.allow_truncated)
+        audio = input_audio_for(codec, str(source), args.resample, args.allow_truncated)
         header = encode_to_file(codec, audio, str(output), args.n_codebooks, entropy)
         headers.append(header)
         seconds = (header.n_samples - codec.output_delay) / codec.sample_rate
@@ -242,7 +242,7 @@ def run_fit_entropy(args: argparse.Namespace) -> None:
                          "then no longer decode), or give another -o")
     all_codes = []
     for path in tqdm(files, desc="fit-entropy", unit="file"):
-        codes, _ = codec.encode_audio(input_audio_for(codec, path, allow_resample=True)[2])
+        codes, _ = codec.encode_audio(input_audio_for(codec, path, allow_resample=True))
         all_codes.extend(codes.cpu().numpy())
     model = EntropyModel.fit(all_codes, codec.codebook_size)
     model.save(output)

@@ -86,16 +86,16 @@ def main() -> None:
     check_n_codebooks(codec, args.n_codebooks)
 
     def code_file(source: Path, output: Path) -> float:
-        frames, channels, audio = input_audio_for(codec, str(source), args.resample, args.allow_truncated)
-        (logging.debug if folder_mode else logging.info)(
-            f"coding {frames / codec.sample_rate:.2f} s, {channels if codec.input_channels == 1 else 1} stream(s), "
-            f"{codec.bitrate(args.n_codebooks) / 1000:.1f} kbps"
-        )
+        audio = input_audio_for(codec, str(source), args.resample, args.allow_truncated)
         kept = codec.checked_codebooks(args.n_codebooks)
         # read and coded a piece at a time, decoded a block at a time as the file is written: neither the
         # input nor the decoded audio is ever whole in memory
-        codes, samples = codec.encode_audio(audio)
+        codes, samples = codec.encode_audio(audio)  # (a bad sample or shape is found here, before the log line)
         codes = codes[:, :kept]
+        (logging.debug if folder_mode else logging.info)(
+            f"coding {samples / codec.sample_rate:.2f} s, {codes.shape[0]} stream(s), "
+            f"{codec.bitrate(args.n_codebooks) / 1000:.1f} kbps"
+        )
         pieces = codec.decode_signal_blocks(codes, samples)
         decoded = CheckedBlocks(output, map(codec.audio_from_streams, pieces), codec.sample_rate)
         replacing = output.exists()

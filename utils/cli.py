@@ -313,15 +313,13 @@ def read_input_for(
 
 def input_audio_for(
     codec: StreamingCodec, path: str, allow_resample: bool, allow_truncated: bool = False
-) -> tuple[int, int, Iterable[np.ndarray]]:
-    """`read_input_for`'s samples as (frames, channels, blocks): a file at the codec's rate read a piece
-    of `codec.signal_block_samples` at a time as it is coded (`frames` as its header counts them); one
-    at another rate resampled whole first, as `read_input_for` does."""
+) -> Iterable[np.ndarray]:
+    """`read_input_for`'s samples as blocks: a file at the codec's rate read a piece of
+    `codec.signal_block_samples` at a time as it is coded (`AudioInput`); one at another rate
+    resampled whole first, as `read_input_for` does."""
     if declared_rate(path) != codec.sample_rate:  # (or no rate: read_input_for says why)
-        data = read_input_for(codec, path, allow_resample, allow_truncated)
-        return data.shape[0], data.shape[1], [data]
-    audio = AudioInput(path, codec.signal_block_samples, allow_truncated, dtype="float32")
-    return audio.frames, audio.channels, audio
+        return [read_input_for(codec, path, allow_resample, allow_truncated)]
+    return AudioInput(path, codec.signal_block_samples, allow_truncated, dtype="float32")
 
 
 def _reading_dtype(path: str, rate: int) -> str:
